@@ -1,0 +1,368 @@
+//! Endpoint choice: which member of an upstream takes the next request.
+//!
+//! [`EndpointSet::pick`] first decides the candidate set (available endpoints, or every
+//! non-drained one in panic mode), then asks the configured algorithm. Each algorithm lives in its
+//! own file and sees candidates only through [`Candidates`].
+
+mod least_conn;
+mod p2c;
+mod ring;
+mod round_robin;
+mod weighted;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use rand::Rng;
+
+pub use ring::Ring;
+
+use crate::{EndpointState, Tick};
+
+/// The balancing algorithm of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// Each candidate in turn.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm).
+    Weighted,
+    /// Fewest in-flight requests per unit of weight.
+    LeastConn,
+    /// Power of two random choices, cost = peak-EWMA latency × (in-flight + 1).
+    P2cEwma,
+    /// Consistent hash of the client address.
+    IpHash,
+    /// Sticky by cookie; first requests are spread round robin.
+    Cookie,
+    /// Consistent hash of a request key (header, cookie or path).
+    ConsistentHash,
+}
+
+/// One endpoint as the balancer sees it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Configured weight (≥ 1).
+    pub weight: u32,
+    /// Stable identity hash (of the address); also the sticky cookie value.
+    pub id_hash: u64,
+    /// Shared runtime state.
+    pub state: Arc<EndpointState>,
+}
+
+/// Set-wide balancing knobs.
+#[derive(Clone, Debug)]
+pub struct SetPolicy {
+    /// The algorithm.
+    pub balance: Balance,
+    /// Slow-start window after an endpoint returns (None: off).
+    pub slow_start: Option<Duration>,
+    /// Below this percentage of available endpoints, balance over all of them (0: off).
+    pub panic_threshold_percent: u32,
+}
+
+/// What the proxy knows of a request that a balancer may use.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PickRequest {
+    /// Hash of the consistent-hash key (client IP for `IpHash`, the configured key otherwise).
+    pub hash_key: Option<u64>,
+    /// Endpoint id hash from the sticky cookie, if the request carried one.
+    pub sticky: Option<u64>,
+    /// An endpoint to avoid if any other will do (the one that just failed).
+    pub avoid: Option<usize>,
+}
+
+/// The balancer's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// Index into the set's members.
+    pub index: usize,
+    /// Chosen in panic mode (too few available endpoints).
+    pub panic: bool,
+    /// The response should set the sticky cookie to this member's id.
+    pub set_sticky: bool,
+}
+
+/// An upstream's endpoints plus the algorithm's own state.
+#[derive(Debug)]
+pub struct EndpointSet {
+    members: Vec<Member>,
+    policy: SetPolicy,
+    cursor: AtomicUsize,
+    weighted: weighted::SmoothState,
+    ring: Ring,
+}
+
+/// The view of candidates an algorithm gets: which members may be chosen and at what weight.
+pub(crate) struct Candidates<'a> {
+    members: &'a [Member],
+    now: Tick,
+    panic: bool,
+    avoid: Option<usize>,
+    slow_start: Option<Duration>,
+}
+
+impl Candidates<'_> {
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    fn ok(&self, i: usize) -> bool {
+        if Some(i) == self.avoid {
+            return false;
+        }
+        let s = &self.members[i].state;
+        if self.panic {
+            !s.is_draining()
+        } else {
+            s.is_available(self.now)
+        }
+    }
+
+    /// Weight after slow start, never below a tenth of a unit.
+    fn effective_weight(&self, i: usize) -> f64 {
+        let m = &self.members[i];
+        f64::from(m.weight.max(1)) * m.state.slow_start_factor(self.now, self.slow_start)
+    }
+
+    fn ramp(&self, i: usize) -> f64 {
+        self.members[i]
+            .state
+            .slow_start_factor(self.now, self.slow_start)
+    }
+
+    fn state(&self, i: usize) -> &EndpointState {
+        &self.members[i].state
+    }
+}
+
+impl EndpointSet {
+    /// Builds the set; the hash ring is built once here, not per request.
+    pub fn new(members: Vec<Member>, policy: SetPolicy) -> Self {
+        let ring = match policy.balance {
+            Balance::IpHash | Balance::ConsistentHash => Ring::new(&members),
+            _ => Ring::default(),
+        };
+        EndpointSet {
+            weighted: weighted::SmoothState::new(members.len()),
+            members,
+            policy,
+            cursor: AtomicUsize::new(0),
+            ring,
+        }
+    }
+
+    /// The members, in config order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The set's policy.
+    pub fn policy(&self) -> &SetPolicy {
+        &self.policy
+    }
+
+    /// Number of members available at `now`.
+    pub fn available_count(&self, now: Tick) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.state.is_available(now))
+            .count()
+    }
+
+    /// Whether too few members are available, so balancing spreads over all of them.
+    pub fn in_panic(&self, now: Tick) -> bool {
+        let total = self.members.len();
+        let pct = self.policy.panic_threshold_percent as usize;
+        pct > 0 && total > 0 && self.available_count(now) * 100 < total * pct
+    }
+
+    /// Chooses an endpoint for a request, or None when no endpoint may take it.
+    pub fn pick<R: Rng + ?Sized>(&self, req: &PickRequest, now: Tick, rng: &mut R) -> Option<Pick> {
+        let panic = self.in_panic(now);
+        let mut c = Candidates {
+            members: &self.members,
+            now,
+            panic,
+            avoid: req.avoid,
+            slow_start: self.policy.slow_start,
+        };
+        let first = self.pick_in(&c, req, rng);
+        let picked = match first {
+            Some(p) => Some(p),
+            None if req.avoid.is_some() => {
+                c.avoid = None;
+                self.pick_in(&c, req, rng)
+            }
+            None => None,
+        };
+        picked.map(|(index, set_sticky)| Pick {
+            index,
+            panic,
+            set_sticky,
+        })
+    }
+
+    fn pick_in<R: Rng + ?Sized>(
+        &self,
+        c: &Candidates<'_>,
+        req: &PickRequest,
+        rng: &mut R,
+    ) -> Option<(usize, bool)> {
+        let plain = |i| Some((i, false));
+        match self.policy.balance {
+            Balance::RoundRobin => round_robin::pick(c, &self.cursor, rng).and_then(plain),
+            Balance::Weighted => self.weighted.pick(c).and_then(plain),
+            Balance::LeastConn => least_conn::pick(c, &self.cursor).and_then(plain),
+            Balance::P2cEwma => p2c::pick(c, rng).and_then(plain),
+            Balance::IpHash | Balance::ConsistentHash => match req.hash_key {
+                Some(key) => self.ring.pick(c, key).and_then(plain),
+                None => round_robin::pick(c, &self.cursor, rng).and_then(plain),
+            },
+            Balance::Cookie => {
+                let stuck = req
+                    .sticky
+                    .and_then(|h| (0..c.len()).find(|&i| self.members[i].id_hash == h && c.ok(i)));
+                match stuck {
+                    Some(i) => Some((i, false)),
+                    None => round_robin::pick(c, &self.cursor, rng).map(|i| (i, true)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::OutlierPolicy;
+    use crate::hash::stable_hash;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    pub(crate) fn set(n: usize, balance: Balance) -> EndpointSet {
+        set_weighted(&vec![1; n], balance)
+    }
+
+    pub(crate) fn set_weighted(weights: &[u32], balance: Balance) -> EndpointSet {
+        let members = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Member {
+                weight: *w,
+                id_hash: stable_hash(format!("10.0.0.{i}:80").as_bytes()),
+                state: Arc::new(EndpointState::default()),
+            })
+            .collect();
+        EndpointSet::new(
+            members,
+            SetPolicy {
+                balance,
+                slow_start: None,
+                panic_threshold_percent: 50,
+            },
+        )
+    }
+
+    pub(crate) fn counts(set: &EndpointSet, n: usize, req: PickRequest) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = vec![0; set.members().len()];
+        for _ in 0..n {
+            let p = set.pick(&req, Tick(1), &mut rng).expect("pick");
+            counts[p.index] += 1;
+        }
+        counts
+    }
+
+    fn eject(set: &EndpointSet, i: usize) {
+        let p = OutlierPolicy {
+            consecutive_failures: 1,
+            ..OutlierPolicy::default()
+        };
+        set.members()[i].state.record_outcome(false, &p, Tick(1));
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly() {
+        assert_eq!(
+            counts(&set(3, Balance::RoundRobin), 300, PickRequest::default()),
+            [100; 3]
+        );
+    }
+
+    #[test]
+    fn unavailable_endpoint_gets_nothing() {
+        let s = set(3, Balance::RoundRobin);
+        eject(&s, 1);
+        let c = counts(&s, 300, PickRequest::default());
+        assert_eq!(c, [150, 0, 150]);
+    }
+
+    #[test]
+    fn panic_mode_spreads_over_all_when_too_few_available() {
+        let s = set(4, Balance::RoundRobin);
+        eject(&s, 0);
+        eject(&s, 1);
+        eject(&s, 2);
+        assert!(s.in_panic(Tick(1)));
+        let c = counts(&s, 400, PickRequest::default());
+        assert_eq!(c, [100; 4]);
+    }
+
+    #[test]
+    fn no_candidates_gives_none() {
+        let s = set(2, Balance::LeastConn);
+        s.members()[0].state.set_draining(true);
+        s.members()[1].state.set_draining(true);
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(s.pick(&PickRequest::default(), Tick(1), &mut rng), None);
+    }
+
+    #[test]
+    fn avoid_is_honoured_unless_it_is_the_only_choice() {
+        let s = set(2, Balance::RoundRobin);
+        let req = PickRequest {
+            avoid: Some(0),
+            ..PickRequest::default()
+        };
+        assert_eq!(counts(&s, 10, req), [0, 10]);
+        eject(&s, 1);
+        let single = set(1, Balance::RoundRobin);
+        assert_eq!(
+            counts(
+                &single,
+                3,
+                PickRequest {
+                    avoid: Some(0),
+                    ..req
+                }
+            ),
+            [3]
+        );
+    }
+
+    #[test]
+    fn cookie_sticks_to_the_named_endpoint() {
+        let s = set(3, Balance::Cookie);
+        let id = s.members()[2].id_hash;
+        let mut rng = StdRng::seed_from_u64(1);
+        let req = PickRequest {
+            sticky: Some(id),
+            ..PickRequest::default()
+        };
+        for _ in 0..10 {
+            let p = s.pick(&req, Tick(1), &mut rng).expect("pick");
+            assert_eq!((p.index, p.set_sticky), (2, false));
+        }
+        let fresh = s
+            .pick(&PickRequest::default(), Tick(1), &mut rng)
+            .expect("pick");
+        assert!(fresh.set_sticky);
+        eject(&s, 2);
+        let moved = s.pick(&req, Tick(1), &mut rng).expect("pick");
+        assert!(
+            moved.index != 2 && moved.set_sticky,
+            "re-stuck elsewhere when its endpoint is out"
+        );
+    }
+}

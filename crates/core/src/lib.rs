@@ -1,0 +1,19 @@
+//! Pure decisions of scalegate: which endpoint gets a request, whether an endpoint is healthy,
+//! when live traffic ejects it, how its latency estimate moves.
+//!
+//! Nothing here does I/O or reads a clock: every decision takes `now` as a [`Tick`] and, where it
+//! needs chance, an rng. Protocol crates (`scalegate-http`, later `pg`) act on these decisions.
+
+pub mod balance;
+pub mod endpoint;
+pub mod ewma;
+pub mod hash;
+pub mod health;
+pub mod outlier;
+pub mod time;
+
+pub use balance::{Balance, EndpointSet, Member, Pick, PickRequest};
+pub use endpoint::EndpointState;
+pub use health::{HealthCounter, HealthPolicy, Transition};
+pub use outlier::OutlierPolicy;
+pub use time::Tick;
