@@ -110,6 +110,16 @@ impl EndpointState {
         (elapsed / window.as_secs_f64()).clamp(0.1, 1.0)
     }
 
+    /// Forgets probe results and puts the endpoint back in rotation (checks were turned off).
+    pub fn reset_probe(&self) {
+        let mut counter = match self.probe.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *counter = HealthCounter::default();
+        self.probe_healthy.store(true, Relaxed);
+    }
+
     /// Records an active probe result; returns the flip, if any.
     pub fn record_probe(
         &self,

@@ -1,1 +1,25 @@
-//! placeholder
+//! scalegate's HTTP data path: listeners, routing, proxying over pooled upstream connections,
+//! active health checks. Decisions (which endpoint, is it healthy) come from `scalegate-core`;
+//! this crate acts on them.
+//!
+//! Read [`proxy`] first: it is the request path, phase by phase.
+
+pub mod access_log;
+pub mod body;
+pub mod clock;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod health_check;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod router;
+pub mod spec;
+pub mod upstream;
+pub mod worker;
+
+pub use error::ProxyError;
+pub use gateway::{ApplyError, Gateway, Snapshot};
+pub use spec::GatewaySpec;

@@ -1,0 +1,166 @@
+//! Body types of the data path: request bodies streamed to upstreams under the route's size
+//! limit, and response bodies that hand the upstream connection back when they end.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::proxy::Completion;
+
+/// Boxed error of a body stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client sent more body than the route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// A request body on its way to an upstream.
+#[derive(Debug)]
+pub enum ReqBody {
+    /// No body (health probes, bodiless requests).
+    Empty,
+    /// The client's body, streamed, cut off with [`BodyTooLarge`] past `limit` bytes.
+    Client {
+        /// The client's stream.
+        inner: Incoming,
+        /// Bytes passed so far.
+        seen: u64,
+        /// Most bytes allowed.
+        limit: u64,
+    },
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Client { inner, seen, limit } => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                Poll::Ready(match frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            *seen += d.len() as u64;
+                            if *seen > *limit {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                            }
+                        }
+                        Some(Ok(f))
+                    }
+                    Some(Err(e)) => Some(Err(Box::new(e))),
+                    None => None,
+                })
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Client { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Client { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+#[derive(Debug)]
+pub enum RespBody {
+    /// A body the gateway made itself, sent in one frame.
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed; `done` runs once when it ends or is dropped.
+    Upstream {
+        /// The upstream's stream.
+        inner: Incoming,
+        /// Bytes passed so far.
+        bytes: u64,
+        /// Bookkeeping for when the stream ends (returns the connection to the pool).
+        done: Option<Completion>,
+    },
+}
+
+impl RespBody {
+    /// A body of the given bytes.
+    pub fn full(b: Bytes) -> Self {
+        RespBody::Full(Some(b))
+    }
+
+    /// The upstream's body, with its completion bookkeeping.
+    pub fn upstream(inner: Incoming, done: Completion) -> Self {
+        RespBody::Upstream { inner, bytes: 0, done: Some(done) }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Upstream { inner, bytes, done } => {
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            *bytes += d.len() as u64;
+                        }
+                        if inner.is_end_stream()
+                            && let Some(c) = done.take()
+                        {
+                            c.finish(true, *bytes);
+                        }
+                    }
+                    Some(Err(_)) => {
+                        if let Some(c) = done.take() {
+                            c.finish(false, *bytes);
+                        }
+                    }
+                    None => {
+                        if let Some(c) = done.take() {
+                            c.finish(true, *bytes);
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Full(b) => b.is_none(),
+            RespBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RespBody::Full(None) => SizeHint::with_exact(0),
+            RespBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let RespBody::Upstream { inner, bytes, done } = self
+            && let Some(c) = done.take()
+        {
+            c.finish(inner.is_end_stream(), *bytes);
+        }
+    }
+}

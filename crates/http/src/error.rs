@@ -1,0 +1,124 @@
+//! Every way the gateway itself answers a request, and the one place each becomes a status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::RespBody;
+
+/// Who failed, which decides the status and whether a retry could help.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matches the request (client's side).
+    #[error("no route matches")]
+    NoRoute,
+    /// The request is malformed in a way hyper let through (client's side).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body is over the route's limit (client's side).
+    #[error("request body over the route's limit")]
+    BodyTooLarge,
+    /// Every endpoint of the upstream is out of rotation (upstream's side; retry later).
+    #[error("no healthy endpoint in upstream")]
+    NoHealthyEndpoint,
+    /// The endpoint's connection pool stayed full for the connect timeout (ours; retry later).
+    #[error("connection pool exhausted")]
+    PoolExhausted,
+    /// TCP connect refused or failed (upstream's side; another endpoint may do).
+    #[error("connect to upstream failed")]
+    ConnectFailed,
+    /// TCP connect did not finish in time (upstream's side).
+    #[error("connect to upstream timed out")]
+    ConnectTimeout,
+    /// The connection broke before a response head arrived (upstream's side).
+    #[error("upstream connection broke")]
+    UpstreamReset,
+    /// No response head within the request timeout (upstream's side).
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The gateway is shutting down and refuses new work (ours; retry elsewhere).
+    #[error("gateway draining")]
+    Draining,
+}
+
+/// How long clients are told to wait before retrying a 503.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl ProxyError {
+    /// The status this outcome is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoHealthyEndpoint | ProxyError::PoolExhausted | ProxyError::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Retry-After for outcomes where coming back later helps.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER)
+    }
+
+    /// Whether this failure counts against the endpoint for passive ejection.
+    pub fn blames_endpoint(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed
+                | ProxyError::ConnectTimeout
+                | ProxyError::UpstreamReset
+                | ProxyError::UpstreamTimeout
+        )
+    }
+
+    /// The synthetic response: status, Retry-After where useful, a one-line text body.
+    pub fn to_response(&self) -> Response<RespBody> {
+        let status = self.status();
+        let body = format!("{}: {self}\n", status.as_u16());
+        let mut resp = Response::new(RespBody::full(Bytes::from(body)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Some(after) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        }
+        if matches!(self, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ProxyError; 10] = [
+        ProxyError::NoRoute,
+        ProxyError::BadRequest("x"),
+        ProxyError::BodyTooLarge,
+        ProxyError::NoHealthyEndpoint,
+        ProxyError::PoolExhausted,
+        ProxyError::ConnectFailed,
+        ProxyError::ConnectTimeout,
+        ProxyError::UpstreamReset,
+        ProxyError::UpstreamTimeout,
+        ProxyError::Draining,
+    ];
+
+    #[test]
+    fn every_outcome_maps_to_one_status_and_503s_carry_retry_after() {
+        for e in ALL {
+            let r = e.to_response();
+            assert_eq!(r.status(), e.status());
+            let has = r.headers().contains_key(header::RETRY_AFTER);
+            assert_eq!(has, r.status() == StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            assert!(r.status().is_client_error() || r.status().is_server_error());
+        }
+    }
+}

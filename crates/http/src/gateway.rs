@@ -1,0 +1,241 @@
+//! The gateway's shared state: the current [`Snapshot`] (swapped atomically on reload) and what
+//! must outlive snapshots: endpoint state and pools, bound sockets, metrics, the drain flag.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use scalegate_core::EndpointState;
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::listener::{BoundSockets, Listener};
+use crate::metrics::Metrics;
+use crate::router::{Route, RouteTable};
+use crate::spec::GatewaySpec;
+use crate::upstream::{HttpEndpoint, Upstream};
+
+/// An immutable view of the config in force. Requests load it once and use it to the end.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every applied config.
+    pub version: u64,
+    /// Listeners with their sockets.
+    pub listeners: Vec<Listener>,
+    /// Routes, most specific first.
+    pub routes: RouteTable,
+    /// Upstreams, in config order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Write JSON access log lines.
+    pub access_log: bool,
+}
+
+impl Snapshot {
+    /// The upstream with this name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.spec.name == name)
+    }
+}
+
+/// Why a config could not be applied; the old one stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A listener could not bind.
+    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A route names an upstream that does not exist (validation should have caught it).
+    #[error("route {route:?}: unknown upstream {upstream:?}")]
+    UnknownUpstream {
+        /// Route name.
+        route: String,
+        /// Upstream name.
+        upstream: String,
+    },
+}
+
+type EndpointKey = (String, String);
+
+/// Shared state of a running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    current: ArcSwap<Snapshot>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<HttpEndpoint>>>,
+    apply_lock: Mutex<()>,
+    version_tx: watch::Sender<u64>,
+    draining: AtomicBool,
+    workers: usize,
+    /// Data-path metrics.
+    pub metrics: Metrics,
+}
+
+impl Gateway {
+    /// Builds the gateway from its first config, binding every listener.
+    pub fn new(spec: &GatewaySpec, workers: usize) -> Result<Arc<Self>, ApplyError> {
+        let empty = Snapshot {
+            version: 0,
+            listeners: Vec::new(),
+            routes: RouteTable::default(),
+            upstreams: Vec::new(),
+            access_log: false,
+        };
+        let (version_tx, _) = watch::channel(0);
+        let gw = Arc::new(Gateway {
+            current: ArcSwap::from_pointee(empty),
+            endpoints: Mutex::new(HashMap::new()),
+            apply_lock: Mutex::new(()),
+            version_tx,
+            draining: AtomicBool::new(false),
+            workers: workers.max(1),
+            metrics: Metrics::default(),
+        });
+        gw.apply(spec)?;
+        Ok(gw)
+    }
+
+    /// Number of data-path workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Notifies on every applied config (the value is the snapshot version).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version_tx.subscribe()
+    }
+
+    /// Applies a new config: binds new listeners, carries endpoint state over by identity,
+    /// publishes the new snapshot with one swap. On error nothing changes.
+    pub fn apply(&self, spec: &GatewaySpec) -> Result<Arc<Snapshot>, ApplyError> {
+        let _serial = lock(&self.apply_lock);
+        let old = self.snapshot();
+
+        let mut listeners = Vec::with_capacity(spec.listeners.len());
+        for l in &spec.listeners {
+            let reused = old.listeners.iter().find(|o| o.spec.name == l.name && o.spec.bind == l.bind);
+            let sockets = match reused {
+                Some(o) => o.sockets.clone(),
+                None => BoundSockets::bind(l.bind, self.workers).map_err(|source| ApplyError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?,
+            };
+            listeners.push(Listener { spec: l.clone(), sockets });
+        }
+
+        let mut registry = lock(&self.endpoints);
+        let mut next: HashMap<EndpointKey, Arc<HttpEndpoint>> = HashMap::new();
+        let mut upstreams = Vec::with_capacity(spec.upstreams.len());
+        for u in &spec.upstreams {
+            let mut eps = Vec::with_capacity(u.endpoints.len());
+            for e in &u.endpoints {
+                let key = (u.name.clone(), e.addr.clone());
+                let ep = match registry.get(&key) {
+                    Some(prev) if prev.pool_spec == u.pool && prev.protocol == u.protocol => prev.clone(),
+                    prev => {
+                        let state = prev.map_or_else(|| Arc::new(EndpointState::default()), |p| p.state.clone());
+                        let metrics = self.metrics.endpoint(&u.name, &e.addr);
+                        Arc::new(HttpEndpoint::new(&e.addr, state, &u.pool, u.protocol, self.workers, metrics))
+                    }
+                };
+                next.insert(key, ep.clone());
+                eps.push(ep);
+            }
+            upstreams.push(Arc::new(Upstream::new(u.clone(), eps)));
+        }
+
+        let mut routes = Vec::with_capacity(spec.routes.len());
+        for r in &spec.routes {
+            let Some(idx) = upstreams.iter().position(|u| u.spec.name == r.upstream) else {
+                return Err(ApplyError::UnknownUpstream { route: r.name.clone(), upstream: r.upstream.clone() });
+            };
+            routes.push(Arc::new(Route {
+                spec: r.clone(),
+                upstream: idx,
+                metrics: self.metrics.route(&r.name, &r.upstream),
+            }));
+        }
+
+        for (key, gone) in registry.iter() {
+            if !next.contains_key(key) {
+                gone.state.set_draining(true);
+                gone.close_idle();
+            }
+        }
+        *registry = next;
+        drop(registry);
+
+        let snap = Arc::new(Snapshot {
+            version: old.version + 1,
+            listeners,
+            routes: RouteTable::new(routes),
+            upstreams,
+            access_log: spec.access_log,
+        });
+        self.current.store(snap.clone());
+        self.version_tx.send_replace(snap.version);
+        Ok(snap)
+    }
+
+    /// The bound address of a listener.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.snapshot().listeners.iter().find(|l| l.spec.name == name).map(|l| l.sockets.local_addr)
+    }
+
+    /// Starts draining: /ready turns false.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Ready: not draining, and every upstream has an available endpoint or is in panic mode.
+    /// Returns the names of upstreams that are not ready.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        if self.is_draining() {
+            return Err(vec!["draining".to_string()]);
+        }
+        let now = clock::now();
+        let not_ready: Vec<String> = self
+            .snapshot()
+            .upstreams
+            .iter()
+            .filter(|u| u.set.available_count(now) == 0 && !u.set.in_panic(now))
+            .map(|u| u.spec.name.clone())
+            .collect();
+        if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
+    }
+
+    /// Closes idle upstream connections past their idle timeout.
+    pub fn sweep_idle(&self) {
+        let now = clock::now();
+        for u in &self.snapshot().upstreams {
+            for e in &u.endpoints {
+                e.sweep(now);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}

@@ -1,0 +1,144 @@
+//! Every metric of the HTTP data path, named in one place. Handles for a route or endpoint are
+//! resolved once when a snapshot is built, so the request path only bumps atomics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pool::PoolGauges;
+
+/// Label set: ordered (name, value) pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~16 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+/// All data-path metric families.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
+    in_flight: Family<Labels, Gauge>,
+    endpoint_available: Family<Labels, Gauge>,
+    pool: Family<Labels, Gauge>,
+    ejections: Family<Labels, Counter>,
+    health_transitions: Family<Labels, Counter>,
+    /// Config reloads by result ("ok", "error").
+    pub reloads: Family<Labels, Counter>,
+}
+
+/// Status classes counted per route.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Handles for one route × upstream.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    /// Request duration from arrival to end of response body.
+    pub duration: Histogram,
+    /// Requests in flight on the route.
+    pub in_flight: Gauge,
+}
+
+impl RouteMetrics {
+    /// Counts one finished request by status class.
+    pub fn count(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+    }
+}
+
+/// Handles for one endpoint of one upstream.
+#[derive(Clone, Debug)]
+pub struct EndpointMetrics {
+    /// 1 when available, 0 when out of rotation; refreshed at scrape time.
+    pub available: Gauge,
+    /// Active/idle connections.
+    pub pool: PoolGauges,
+    /// Passive ejections.
+    pub ejections: Counter,
+    /// Probe flips to healthy.
+    pub became_healthy: Counter,
+    /// Probe flips to unhealthy.
+    pub became_unhealthy: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            in_flight: Family::default(),
+            endpoint_available: Family::default(),
+            pool: Family::default(),
+            ejections: Family::default(),
+            health_transitions: Family::default(),
+            reloads: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `scalegate_` prefix.
+    pub fn register(&self, r: &mut Registry) {
+        r.register("scalegate_http_requests", "Requests by route, upstream and status class", self.requests.clone());
+        r.register(
+            "scalegate_http_request_duration_seconds",
+            "Request duration from arrival to the end of the response body",
+            self.duration.clone(),
+        );
+        r.register("scalegate_http_in_flight", "Requests in flight by route", self.in_flight.clone());
+        r.register(
+            "scalegate_upstream_endpoint_available",
+            "1 when an endpoint is in rotation (healthy, not ejected, not drained)",
+            self.endpoint_available.clone(),
+        );
+        r.register("scalegate_upstream_connections", "Upstream connections by state", self.pool.clone());
+        r.register("scalegate_upstream_ejections", "Passive ejections of endpoints", self.ejections.clone());
+        r.register(
+            "scalegate_upstream_health_transitions",
+            "Active health check state flips",
+            self.health_transitions.clone(),
+        );
+        r.register("scalegate_config_reloads", "Config reloads by result", self.reloads.clone());
+    }
+
+    /// Handles for a route towards an upstream.
+    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+        let base = || vec![("route", route.to_string()), ("upstream", upstream.to_string())];
+        let by_class = CLASSES.map(|c| {
+            let mut l = base();
+            l.push(("class", c.to_string()));
+            self.requests.get_or_create_owned(&l)
+        });
+        RouteMetrics {
+            by_class,
+            duration: self.duration.get_or_create_owned(&base()),
+            in_flight: self.in_flight.get_or_create_owned(&vec![("route", route.to_string())]),
+        }
+    }
+
+    /// Handles for an endpoint.
+    pub fn endpoint(&self, upstream: &str, addr: &str) -> EndpointMetrics {
+        let base = || vec![("upstream", upstream.to_string()), ("endpoint", addr.to_string())];
+        let with = |k: &'static str, v: &str| {
+            let mut l = base();
+            l.push((k, v.to_string()));
+            l
+        };
+        EndpointMetrics {
+            available: self.endpoint_available.get_or_create_owned(&base()),
+            pool: PoolGauges {
+                active: self.pool.get_or_create_owned(&with("state", "active")),
+                idle: self.pool.get_or_create_owned(&with("state", "idle")),
+            },
+            ejections: self.ejections.get_or_create_owned(&base()),
+            became_healthy: self.health_transitions.get_or_create_owned(&with("to", "healthy")),
+            became_unhealthy: self.health_transitions.get_or_create_owned(&with("to", "unhealthy")),
+        }
+    }
+}

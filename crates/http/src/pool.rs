@@ -1,0 +1,244 @@
+//! Upstream connections of one endpoint on one worker: keep-alive HTTP/1.1 connections reused
+//! LIFO (the warmest first) under a connection cap, or one multiplexed HTTP/2 connection.
+//!
+//! Each worker has its own pool per endpoint, so checkout and release never contend across
+//! threads and a connection's I/O stays on the worker that uses it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use scalegate_core::Tick;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::ReqBody;
+use crate::error::ProxyError;
+use crate::spec::{PoolSpec, UpstreamProtocol};
+
+/// Gauges of one endpoint's connections, summed over workers.
+#[derive(Clone, Debug, Default)]
+pub struct PoolGauges {
+    /// Connections carrying a request.
+    pub active: Gauge,
+    /// Keep-alive connections waiting for one.
+    pub idle: Gauge,
+}
+
+struct Idle {
+    tx: http1::SendRequest<ReqBody>,
+    since: Tick,
+}
+
+/// One endpoint's connections on one worker.
+pub struct EndpointPool {
+    idle: Mutex<Vec<Idle>>,
+    permits: Arc<Semaphore>,
+    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    idle_timeout: Duration,
+    protocol: UpstreamProtocol,
+    gauges: PoolGauges,
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool").field("protocol", &self.protocol).finish_non_exhaustive()
+    }
+}
+
+/// The sending half of an upstream connection.
+pub enum Sender {
+    /// An HTTP/1.1 connection, exclusively ours until released.
+    H1(http1::SendRequest<ReqBody>),
+    /// A handle on the shared HTTP/2 connection.
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// A connection checked out for one request; [`Lease::release`] returns it for reuse, dropping
+/// it closes it.
+pub struct Lease {
+    sender: Option<Sender>,
+    /// Whether it served an earlier request (a stale keep-alive connection may have been closed
+    /// by the upstream, so an unsent request on it can be retried).
+    pub reused: bool,
+    pool: Arc<EndpointPool>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("reused", &self.reused).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl EndpointPool {
+    /// A pool allowing `max_conns` connections on this worker.
+    pub fn new(spec: &PoolSpec, max_conns: usize, protocol: UpstreamProtocol, gauges: PoolGauges) -> Self {
+        EndpointPool {
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max_conns.max(1))),
+            h2: Mutex::new(None),
+            idle_timeout: spec.idle_timeout,
+            protocol,
+            gauges,
+        }
+    }
+
+    /// A connection for one request: a live idle one if any, else a new one. Waits at most
+    /// `connect_timeout` for a free slot and for the connect itself.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        addr: &Target<'_>,
+        connect_timeout: Duration,
+        now: Tick,
+        fresh: bool,
+    ) -> Result<Lease, ProxyError> {
+        if self.protocol == UpstreamProtocol::Http2 {
+            return self.checkout_h2(addr, connect_timeout).await;
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(connect_timeout, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| ProxyError::PoolExhausted)?
+                .map_err(|_| ProxyError::PoolExhausted)?,
+        };
+        if !fresh {
+            while let Some(mut idle) = self.pop_idle() {
+                if now.since(idle.since) >= self.idle_timeout || idle.tx.is_closed() {
+                    continue;
+                }
+                if !idle.tx.is_ready() {
+                    // The previous response just ended; the connection is about to be ready.
+                    let ready = tokio::time::timeout(connect_timeout, idle.tx.ready()).await;
+                    if !matches!(ready, Ok(Ok(()))) {
+                        continue;
+                    }
+                }
+                self.gauges.active.inc();
+                return Ok(self.lease(Sender::H1(idle.tx), true, Some(permit)));
+            }
+        }
+        let stream = connect(addr, connect_timeout).await?;
+        let mut b = http1::Builder::new();
+        b.max_buf_size(1 << 20);
+        let (tx, conn) = b.handshake(TokioIo::new(stream)).await.map_err(|_| ProxyError::ConnectFailed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        self.gauges.active.inc();
+        Ok(self.lease(Sender::H1(tx), false, Some(permit)))
+    }
+
+    async fn checkout_h2(self: &Arc<Self>, addr: &Target<'_>, connect_timeout: Duration) -> Result<Lease, ProxyError> {
+        if let Some(tx) = lock(&self.h2).as_ref().filter(|tx| !tx.is_closed()) {
+            return Ok(self.lease(Sender::H2(tx.clone()), true, None));
+        }
+        let stream = connect(addr, connect_timeout).await?;
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20));
+        let (tx, conn) = b.handshake(TokioIo::new(stream)).await.map_err(|_| ProxyError::ConnectFailed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        self.gauges.active.set(1);
+        *lock(&self.h2) = Some(tx.clone());
+        Ok(self.lease(Sender::H2(tx), false, None))
+    }
+
+    fn lease(self: &Arc<Self>, sender: Sender, reused: bool, permit: Option<OwnedSemaphorePermit>) -> Lease {
+        Lease { sender: Some(sender), reused, pool: self.clone(), _permit: permit }
+    }
+
+    fn pop_idle(&self) -> Option<Idle> {
+        let idle = lock(&self.idle).pop();
+        if idle.is_some() {
+            self.gauges.idle.dec();
+        }
+        idle
+    }
+
+    /// Closes idle connections older than the idle timeout.
+    pub fn sweep(&self, now: Tick) {
+        let mut idle = lock(&self.idle);
+        let before = idle.len();
+        idle.retain(|c| now.since(c.since) < self.idle_timeout && !c.tx.is_closed());
+        let closed = before - idle.len();
+        if closed > 0 {
+            self.gauges.idle.dec_by(closed as i64);
+        }
+    }
+
+    /// Closes every idle connection (endpoint removed).
+    pub fn close_idle(&self) {
+        let n = lock(&self.idle).drain(..).count();
+        self.gauges.idle.dec_by(n as i64);
+        lock(&self.h2).take();
+    }
+}
+
+impl Lease {
+    /// The connection to send on.
+    pub fn sender(&mut self) -> Option<&mut Sender> {
+        self.sender.as_mut()
+    }
+
+    /// Returns the connection for reuse; called once the response has been read to its end.
+    pub fn release(mut self, now: Tick) {
+        if let Some(Sender::H1(tx)) = self.sender.take() {
+            self.pool.gauges.active.dec();
+            if !tx.is_closed() {
+                lock(&self.pool.idle).push(Idle { tx, since: now });
+                self.pool.gauges.idle.inc();
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped without [`Lease::release`] closes its HTTP/1.1 connection: the response
+    /// was not read to its end, so the connection cannot carry another request.
+    fn drop(&mut self) {
+        if let Some(Sender::H1(_)) = self.sender.take() {
+            self.pool.gauges.active.dec();
+        }
+    }
+}
+
+/// Where to connect: a resolved socket address, or a `host:port` to resolve per connect.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// Already an IP address.
+    Addr(SocketAddr),
+    /// A name to resolve.
+    Name(&'a str),
+}
+
+async fn connect(target: &Target<'_>, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let fut = async {
+        match target {
+            Target::Addr(a) => TcpStream::connect(*a).await,
+            Target::Name(n) => TcpStream::connect(*n).await,
+        }
+    };
+    let stream = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout)?
+        .map_err(|_| ProxyError::ConnectFailed)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

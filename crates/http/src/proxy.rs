@@ -1,0 +1,332 @@
+//! The request path, phases in the order they run:
+//!
+//! 1. [`handle`]: load the snapshot, match a route (404 if none);
+//! 2. [`forward`]: check the body limit (413), pick an endpoint (503 if none), rewrite the head;
+//! 3. [`send`]: check out a pooled connection, send, wait for the head within the timeout
+//!    (502/504), retry once on a fresh connection if a stale keep-alive one never took the request;
+//! 4. [`respond`]: record passive health and latency, clean the response head, set the sticky
+//!    cookie, and attach a [`Completion`] that returns the connection and writes metrics and the
+//!    access log when the body ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use scalegate_core::balance::{Balance, PickRequest};
+use scalegate_core::hash::stable_hash;
+use scalegate_core::{Pick, Tick};
+
+use crate::access_log::AccessRecord;
+use crate::body::{BodyTooLarge, ReqBody, RespBody};
+use crate::error::ProxyError;
+use crate::gateway::{Gateway, Snapshot};
+use crate::headers;
+use crate::pool::{Lease, Sender};
+use crate::router::{Route, RouteKey};
+use crate::spec::{HashOn, UpstreamProtocol};
+use crate::upstream::{HttpEndpoint, Upstream};
+use crate::clock;
+
+/// Per-connection context handed to every request on it.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    /// Listener the connection arrived on.
+    pub listener: Arc<str>,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Worker serving the connection (selects the connection pool).
+    pub worker: usize,
+    /// "http" or "https".
+    pub scheme: &'static str,
+}
+
+/// Latency-estimate decay of the p2c balancer.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Entry point: one client request in, one response out. Never fails; failures are responses.
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    let started = clock::now();
+    let snap = ctx.gateway.snapshot();
+    let (parts, body) = req.into_parts();
+    let Some(route) = snap.routes.find(&ctx.listener, &RouteKey::of(&parts)).cloned() else {
+        return ProxyError::NoRoute.to_response();
+    };
+    route.metrics.in_flight.inc();
+    let mut done = Completion {
+        route: route.clone(),
+        started,
+        status: 0,
+        lease: None,
+        endpoint: None,
+        log: snap.access_log.then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
+    };
+    match forward(&ctx, &snap, &route, parts, body, &mut done).await {
+        Ok((head, upstream_body)) => {
+            done.status = head.status.as_u16();
+            Response::from_parts(head, RespBody::upstream(upstream_body, done))
+        }
+        Err(e) => {
+            let resp = e.to_response();
+            done.status = resp.status().as_u16();
+            done.finish(false, 0);
+            resp
+        }
+    }
+}
+
+async fn forward(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    done: &mut Completion,
+) -> Result<(http::response::Parts, Incoming), ProxyError> {
+    let limit = route.spec.max_body_bytes;
+    if content_length(&parts.headers).is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let upstream = snap.upstreams.get(route.upstream).ok_or(ProxyError::NoHealthyEndpoint)?;
+    let pick_req = pick_request(upstream, &parts, ctx.peer);
+    let now = clock::now();
+    let pick = upstream.set.pick(&pick_req, now, &mut rand::rng()).ok_or(ProxyError::NoHealthyEndpoint)?;
+    let endpoint = upstream.endpoints.get(pick.index).ok_or(ProxyError::NoHealthyEndpoint)?.clone();
+    endpoint.state.start_request();
+    done.endpoint = Some(endpoint.clone());
+    if let Some(log) = done.log.as_mut() {
+        log.upstream(&upstream.spec.name, &endpoint.addr);
+    }
+
+    rewrite_request(&mut parts, ctx, upstream.spec.protocol, &endpoint);
+    if let Some(log) = done.log.as_mut()
+        && let Some(id) = parts.headers.get(&headers::X_REQUEST_ID).and_then(|v| v.to_str().ok())
+    {
+        log.request_id(id);
+    }
+    let req = Request::from_parts(parts, ReqBody::Client { inner: body, seen: 0, limit });
+    let sent = send(ctx, route, &endpoint, req, now).await;
+    respond(upstream, &endpoint, pick, now, sent, done)
+}
+
+async fn send(
+    ctx: &ConnCtx,
+    route: &Route,
+    endpoint: &HttpEndpoint,
+    req: Request<ReqBody>,
+    now: Tick,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let pool = endpoint.pool(ctx.worker);
+    let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
+    let mut req = req;
+    let mut fresh = false;
+    loop {
+        let mut lease = pool.checkout(&endpoint.target(), route.spec.connect_timeout, now, fresh).await?;
+        let reused = lease.reused;
+        let Some(sender) = lease.sender() else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        let sending = async {
+            match sender {
+                Sender::H1(tx) => tx.try_send_request(req).await,
+                Sender::H2(tx) => tx.try_send_request(req).await,
+            }
+        };
+        match tokio::time::timeout_at(deadline, sending).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Ok(resp)) => return Ok((resp, lease)),
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                match unsent {
+                    // A pooled connection the upstream closed while it idled: the request never
+                    // left, so it is safe to send on a new connection whatever its method.
+                    Some(r) if reused && !fresh => {
+                        tracing::debug!(error = %err, "stale pooled connection; retrying on a new one");
+                        req = r;
+                        fresh = true;
+                    }
+                    _ => return Err(classify(&err)),
+                }
+            }
+        }
+    }
+}
+
+/// Maps a client-connection error to the outcome it means.
+fn classify(err: &hyper::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return ProxyError::BodyTooLarge;
+        }
+        source = e.source();
+    }
+    if err.is_timeout() { ProxyError::UpstreamTimeout } else { ProxyError::UpstreamReset }
+}
+
+fn respond(
+    upstream: &Upstream,
+    endpoint: &HttpEndpoint,
+    pick: Pick,
+    sent_at: Tick,
+    sent: Result<(Response<Incoming>, Lease), ProxyError>,
+    done: &mut Completion,
+) -> Result<(http::response::Parts, Incoming), ProxyError> {
+    let now = clock::now();
+    let (resp, lease) = match sent {
+        Ok(ok) => ok,
+        Err(e) => {
+            if e.blames_endpoint() {
+                record_outcome(upstream, endpoint, false, now);
+            }
+            return Err(e);
+        }
+    };
+    let (mut head, body) = resp.into_parts();
+    record_outcome(upstream, endpoint, !head.status.is_server_error(), now);
+    endpoint.state.observe_latency(now.since(sent_at), now, EWMA_DECAY);
+    done.lease = Some(lease);
+
+    headers::strip_hop_by_hop(&mut head.headers);
+    if pick.set_sticky && upstream.spec.balance == Balance::Cookie {
+        let id = stable_hash(endpoint.addr.as_bytes());
+        let cookie = format!("{}={id:016x}; Path=/; HttpOnly", upstream.spec.sticky_cookie);
+        if let Ok(v) = HeaderValue::try_from(cookie) {
+            head.headers.append(header::SET_COOKIE, v);
+        }
+    }
+    Ok((head, body))
+}
+
+fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: Tick) {
+    if let Some(period) = endpoint.state.record_outcome(ok, &upstream.spec.outlier, now) {
+        endpoint.metrics.ejections.inc();
+        tracing::warn!(
+            upstream = %upstream.spec.name,
+            endpoint = %endpoint.addr,
+            seconds = period.as_secs_f64(),
+            "endpoint ejected after consecutive failures"
+        );
+    }
+}
+
+/// Rewrites the request head for the upstream hop: origin-form URI (absolute for h2),
+/// hop-by-hop headers out, Host kept, X-Forwarded-*, X-Request-Id.
+fn rewrite_request(parts: &mut http::request::Parts, ctx: &ConnCtx, protocol: UpstreamProtocol, endpoint: &HttpEndpoint) {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());
+    headers::ensure_request_id(&mut parts.headers);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            if let Some(h) = host {
+                parts.headers.insert(header::HOST, h);
+            }
+            if parts.uri.authority().is_some()
+                && let Ok(u) = Uri::try_from(path)
+            {
+                parts.uri = u;
+            }
+            parts.version = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(&endpoint.addr);
+            if let Ok(u) = Uri::try_from(format!("http://{authority}{path}")) {
+                parts.uri = u;
+            }
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+        }
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// What a balancer may use of the request: the hash key and the sticky cookie.
+fn pick_request(upstream: &Upstream, parts: &http::request::Parts, peer: SocketAddr) -> PickRequest {
+    let mut req = PickRequest::default();
+    match upstream.spec.balance {
+        Balance::IpHash => {
+            req.hash_key = Some(match peer.ip() {
+                std::net::IpAddr::V4(v4) => stable_hash(&v4.octets()),
+                std::net::IpAddr::V6(v6) => stable_hash(&v6.octets()),
+            })
+        }
+        Balance::ConsistentHash => {
+            req.hash_key = match &upstream.spec.hash_on {
+                Some(HashOn::Header(name)) => parts.headers.get(name.as_str()).map(|v| stable_hash(v.as_bytes())),
+                Some(HashOn::Cookie(name)) => cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes())),
+                Some(HashOn::Path) | None => Some(stable_hash(parts.uri.path().as_bytes())),
+            }
+        }
+        Balance::Cookie => {
+            req.sticky = cookie(&parts.headers, &upstream.spec.sticky_cookie)
+                .and_then(|v| u64::from_str_radix(v, 16).ok());
+        }
+        _ => {}
+    }
+    req
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Bookkeeping when a request ends: returns the upstream connection, ends the in-flight count,
+/// records metrics and the access log line. Runs exactly once, when the response body ends or
+/// is dropped, or at once for responses the gateway made itself.
+#[derive(Debug)]
+pub struct Completion {
+    route: Arc<Route>,
+    started: Tick,
+    status: u16,
+    lease: Option<Lease>,
+    endpoint: Option<Arc<HttpEndpoint>>,
+    log: Option<Box<AccessRecord>>,
+}
+
+impl Completion {
+    /// Ends the request; `complete` says whether the upstream body was read to its end, so the
+    /// connection can carry another request.
+    pub fn finish(mut self, complete: bool, bytes: u64) {
+        let now = clock::now();
+        if let Some(lease) = self.lease.take() {
+            if complete {
+                lease.release(now);
+            } else {
+                drop(lease);
+            }
+        }
+        if let Some(ep) = &self.endpoint {
+            ep.state.end_request();
+        }
+        let m = &self.route.metrics;
+        m.in_flight.dec();
+        m.count(self.status);
+        let elapsed = now.since(self.started);
+        m.duration.observe(elapsed.as_secs_f64());
+        if let Some(log) = self.log.take() {
+            log.write(self.status, bytes, elapsed);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! What the gateway is told to do: plain, validated structs built from the config file by the
+//! binary. Nothing here knows serde or TOML; a reload hands over a whole new [`GatewaySpec`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Method;
+use scalegate_core::balance::Balance;
+use scalegate_core::{HealthPolicy, OutlierPolicy};
+
+/// Everything the data path needs, validated.
+#[derive(Clone, Debug)]
+pub struct GatewaySpec {
+    /// Sockets that accept client connections.
+    pub listeners: Vec<ListenerSpec>,
+    /// Routing rules, in config order.
+    pub routes: Vec<RouteSpec>,
+    /// Named groups of endpoints.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Write one JSON line per request to stdout.
+    pub access_log: bool,
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerSpec {
+    /// Name routes refer to.
+    pub name: String,
+    /// Address to bind (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// A client must send a request's headers within this time (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted; larger gets 431 (default 64 KiB).
+    pub max_header_bytes: usize,
+}
+
+/// What a route matches; every present field must match. Empty matches everything.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MatchSpec {
+    /// Exact host (without port), case-insensitive.
+    pub host: Option<String>,
+    /// Path prefix, matched on segment boundaries ("/api" matches "/api/x", not "/apix").
+    pub path_prefix: Option<String>,
+    /// Request method.
+    pub method: Option<Method>,
+    /// Headers that must be present with these exact values.
+    pub headers: Vec<(String, String)>,
+}
+
+/// One routing rule.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// Name for metrics and logs (defaults to its position, "route0").
+    pub name: String,
+    /// Listener it applies to (None: every listener).
+    pub listener: Option<String>,
+    /// Match conditions.
+    pub matcher: MatchSpec,
+    /// Upstream name.
+    pub upstream: String,
+    /// Connect timeout per attempt (default 1 s).
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the response head (default 5 s).
+    pub request_timeout: Duration,
+    /// Largest request body; larger gets 413 (default 10 MiB).
+    pub max_body_bytes: u64,
+}
+
+/// Where the consistent-hash key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The request path.
+    Path,
+}
+
+/// Wire protocol towards an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), one multiplexed connection per endpoint and worker.
+    Http2,
+}
+
+/// One endpoint of an upstream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    /// `host:port`; its identity across reloads.
+    pub addr: String,
+    /// Balancing weight (default 1).
+    pub weight: u32,
+    /// Availability zone label.
+    pub zone: Option<String>,
+}
+
+/// Connection pool limits per endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSpec {
+    /// Most connections to one endpoint (default 256), shared out over workers.
+    pub max_per_endpoint: usize,
+    /// Idle connections older than this are closed (default 60 s).
+    pub idle_timeout: Duration,
+}
+
+/// A named group of endpoints and how to balance over them.
+#[derive(Clone, Debug)]
+pub struct UpstreamSpec {
+    /// Name routes refer to.
+    pub name: String,
+    /// Balancing algorithm.
+    pub balance: Balance,
+    /// Key for `consistent_hash`.
+    pub hash_on: Option<HashOn>,
+    /// Cookie name for `cookie` balancing (default "sg_sticky").
+    pub sticky_cookie: String,
+    /// The endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Active checks (None: off).
+    pub health: Option<HealthPolicy>,
+    /// Passive ejection.
+    pub outlier: OutlierPolicy,
+    /// Slow-start window (None: off).
+    pub slow_start: Option<Duration>,
+    /// Panic threshold in percent (default 50; 0 off).
+    pub panic_threshold_percent: u32,
+    /// Pool limits.
+    pub pool: PoolSpec,
+    /// Protocol to the endpoints.
+    pub protocol: UpstreamProtocol,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec { max_per_endpoint: 256, idle_timeout: Duration::from_secs(60) }
+    }
+}

@@ -1,0 +1,122 @@
+//! An upstream at runtime: its endpoint set (core's balancer) beside the HTTP side of each
+//! endpoint (address, per-worker pools, metric handles), in the same order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use scalegate_core::balance::{EndpointSet, Member, SetPolicy};
+use scalegate_core::hash::stable_hash;
+use scalegate_core::{EndpointState, Tick};
+
+use crate::metrics::EndpointMetrics;
+use crate::pool::{EndpointPool, Target};
+use crate::spec::{PoolSpec, UpstreamProtocol, UpstreamSpec};
+
+/// One endpoint's HTTP side. Survives reloads (matched by upstream name and address) as long as
+/// its pool settings do not change; its [`EndpointState`] survives even then.
+#[derive(Debug)]
+pub struct HttpEndpoint {
+    /// `host:port` as configured.
+    pub addr: String,
+    /// The address, when `addr` is an IP literal.
+    pub socket: Option<SocketAddr>,
+    /// Health, ejection, drain, load.
+    pub state: Arc<EndpointState>,
+    /// One pool per worker.
+    pools: Box<[Arc<EndpointPool>]>,
+    /// Pool settings the pools were built with.
+    pub pool_spec: PoolSpec,
+    /// Protocol the pools speak.
+    pub protocol: UpstreamProtocol,
+    /// Metric handles.
+    pub metrics: EndpointMetrics,
+}
+
+impl HttpEndpoint {
+    /// Builds an endpoint with `workers` pools sharing `max_per_endpoint` between them.
+    pub fn new(
+        addr: &str,
+        state: Arc<EndpointState>,
+        pool_spec: &PoolSpec,
+        protocol: UpstreamProtocol,
+        workers: usize,
+        metrics: EndpointMetrics,
+    ) -> Self {
+        let per_worker = pool_spec.max_per_endpoint.div_ceil(workers.max(1));
+        let pools = (0..workers.max(1))
+            .map(|_| Arc::new(EndpointPool::new(pool_spec, per_worker, protocol, metrics.pool.clone())))
+            .collect();
+        HttpEndpoint {
+            addr: addr.to_string(),
+            socket: addr.parse().ok(),
+            state,
+            pools,
+            pool_spec: pool_spec.clone(),
+            protocol,
+            metrics,
+        }
+    }
+
+    /// The pool of worker `worker`.
+    pub fn pool(&self, worker: usize) -> &Arc<EndpointPool> {
+        &self.pools[worker % self.pools.len()]
+    }
+
+    /// Where to connect.
+    pub fn target(&self) -> Target<'_> {
+        match self.socket {
+            Some(a) => Target::Addr(a),
+            None => Target::Name(&self.addr),
+        }
+    }
+
+    /// Closes idle connections past their timeout, on every worker's pool.
+    pub fn sweep(&self, now: Tick) {
+        for p in self.pools.iter() {
+            p.sweep(now);
+        }
+    }
+
+    /// Closes all idle connections (the endpoint left the config).
+    pub fn close_idle(&self) {
+        for p in self.pools.iter() {
+            p.close_idle();
+        }
+    }
+}
+
+/// An upstream ready to serve.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The validated spec.
+    pub spec: UpstreamSpec,
+    /// Balancer over the endpoints.
+    pub set: EndpointSet,
+    /// HTTP side of each endpoint, same order as `set.members()`.
+    pub endpoints: Vec<Arc<HttpEndpoint>>,
+}
+
+impl Upstream {
+    /// Pairs endpoints with a balancer built for them.
+    pub fn new(spec: UpstreamSpec, endpoints: Vec<Arc<HttpEndpoint>>) -> Self {
+        let members = spec
+            .endpoints
+            .iter()
+            .zip(&endpoints)
+            .map(|(e, h)| Member {
+                weight: e.weight.max(1),
+                id_hash: stable_hash(e.addr.as_bytes()),
+                state: h.state.clone(),
+            })
+            .collect();
+        let set = EndpointSet::new(
+            members,
+            SetPolicy {
+                balance: spec.balance,
+                slow_start: spec.slow_start,
+                panic_threshold_percent: spec.panic_threshold_percent,
+            },
+        );
+        Upstream { spec, set, endpoints }
+    }
+}
