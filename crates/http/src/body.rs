@@ -38,7 +38,10 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Client { inner, seen, limit } => {
@@ -99,7 +102,11 @@ impl RespBody {
 
     /// The upstream's body, with its completion bookkeeping.
     pub fn upstream(inner: Incoming, done: Completion) -> Self {
-        RespBody::Upstream { inner, bytes: 0, done: Some(done) }
+        RespBody::Upstream {
+            inner,
+            bytes: 0,
+            done: Some(done),
+        }
     }
 }
 
@@ -107,7 +114,10 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Upstream { inner, bytes, done } => {

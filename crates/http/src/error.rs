@@ -83,7 +83,10 @@ impl ProxyError {
         let mut resp = Response::new(RespBody::full(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if let Some(after) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
         }

@@ -124,16 +124,24 @@ impl Gateway {
 
         let mut listeners = Vec::with_capacity(spec.listeners.len());
         for l in &spec.listeners {
-            let reused = old.listeners.iter().find(|o| o.spec.name == l.name && o.spec.bind == l.bind);
+            let reused = old
+                .listeners
+                .iter()
+                .find(|o| o.spec.name == l.name && o.spec.bind == l.bind);
             let sockets = match reused {
                 Some(o) => o.sockets.clone(),
-                None => BoundSockets::bind(l.bind, self.workers).map_err(|source| ApplyError::Bind {
-                    name: l.name.clone(),
-                    addr: l.bind,
-                    source,
-                })?,
+                None => {
+                    BoundSockets::bind(l.bind, self.workers).map_err(|source| ApplyError::Bind {
+                        name: l.name.clone(),
+                        addr: l.bind,
+                        source,
+                    })?
+                }
             };
-            listeners.push(Listener { spec: l.clone(), sockets });
+            listeners.push(Listener {
+                spec: l.clone(),
+                sockets,
+            });
         }
 
         let mut registry = lock(&self.endpoints);
@@ -144,11 +152,23 @@ impl Gateway {
             for e in &u.endpoints {
                 let key = (u.name.clone(), e.addr.clone());
                 let ep = match registry.get(&key) {
-                    Some(prev) if prev.pool_spec == u.pool && prev.protocol == u.protocol => prev.clone(),
+                    Some(prev) if prev.pool_spec == u.pool && prev.protocol == u.protocol => {
+                        prev.clone()
+                    }
                     prev => {
-                        let state = prev.map_or_else(|| Arc::new(EndpointState::default()), |p| p.state.clone());
+                        let state = prev.map_or_else(
+                            || Arc::new(EndpointState::default()),
+                            |p| p.state.clone(),
+                        );
                         let metrics = self.metrics.endpoint(&u.name, &e.addr);
-                        Arc::new(HttpEndpoint::new(&e.addr, state, &u.pool, u.protocol, self.workers, metrics))
+                        Arc::new(HttpEndpoint::new(
+                            &e.addr,
+                            state,
+                            &u.pool,
+                            u.protocol,
+                            self.workers,
+                            metrics,
+                        ))
                     }
                 };
                 next.insert(key, ep.clone());
@@ -160,7 +180,10 @@ impl Gateway {
         let mut routes = Vec::with_capacity(spec.routes.len());
         for r in &spec.routes {
             let Some(idx) = upstreams.iter().position(|u| u.spec.name == r.upstream) else {
-                return Err(ApplyError::UnknownUpstream { route: r.name.clone(), upstream: r.upstream.clone() });
+                return Err(ApplyError::UnknownUpstream {
+                    route: r.name.clone(),
+                    upstream: r.upstream.clone(),
+                });
             };
             routes.push(Arc::new(Route {
                 spec: r.clone(),
@@ -192,7 +215,11 @@ impl Gateway {
 
     /// The bound address of a listener.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.snapshot().listeners.iter().find(|l| l.spec.name == name).map(|l| l.sockets.local_addr)
+        self.snapshot()
+            .listeners
+            .iter()
+            .find(|l| l.spec.name == name)
+            .map(|l| l.sockets.local_addr)
     }
 
     /// Starts draining: /ready turns false.
@@ -219,7 +246,11 @@ impl Gateway {
             .filter(|u| u.set.available_count(now) == 0 && !u.set.in_panic(now))
             .map(|u| u.spec.name.clone())
             .collect();
-        if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
+        if not_ready.is_empty() {
+            Ok(())
+        } else {
+            Err(not_ready)
+        }
     }
 
     /// Closes idle upstream connections past their idle timeout.

@@ -32,14 +32,19 @@ impl Supervisor {
             for ep in &u.endpoints {
                 match &u.spec.health {
                     Some(policy) => {
-                        wanted.insert((u.spec.name.clone(), ep.addr.clone()), (policy.clone(), ep.clone()));
+                        wanted.insert(
+                            (u.spec.name.clone(), ep.addr.clone()),
+                            (policy.clone(), ep.clone()),
+                        );
                     }
                     None => ep.state.reset_probe(),
                 }
             }
         }
         self.running.retain(|key, (policy, ep, task)| {
-            let keep = wanted.get(key).is_some_and(|(p, e)| p == policy && Arc::ptr_eq(e, ep));
+            let keep = wanted
+                .get(key)
+                .is_some_and(|(p, e)| p == policy && Arc::ptr_eq(e, ep));
             if !keep {
                 task.abort();
             }
@@ -67,7 +72,10 @@ async fn probe_loop(upstream: String, ep: Arc<HttpEndpoint>, policy: HealthPolic
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ok = matches!(tokio::time::timeout(policy.timeout, probe(&ep, &policy.path)).await, Ok(true));
+        let ok = matches!(
+            tokio::time::timeout(policy.timeout, probe(&ep, &policy.path)).await,
+            Ok(true)
+        );
         match ep.state.record_probe(ok, &policy, clock::now()) {
             Some(Transition::Healthy) => {
                 ep.metrics.became_healthy.inc();
@@ -89,7 +97,8 @@ async fn probe(ep: &HttpEndpoint, path: &str) -> bool {
         None => TcpStream::connect(ep.addr.as_str()).await,
     };
     let Ok(stream) = stream else { return false };
-    let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+    let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
         return false;
     };
     let conn = tokio::spawn(conn);
@@ -99,7 +108,10 @@ async fn probe(ep: &HttpEndpoint, path: &str) -> bool {
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new());
     let ok = match req {
-        Ok(req) => tx.send_request(req).await.is_ok_and(|r| r.status().is_success() || r.status().is_redirection()),
+        Ok(req) => tx
+            .send_request(req)
+            .await
+            .is_ok_and(|r| r.status().is_success() || r.status().is_redirection()),
         Err(_) => false,
     };
     conn.abort();

@@ -26,7 +26,10 @@ impl BoundSockets {
         for _ in 1..workers {
             slots.push(Some(bind_one(local_addr, true)?));
         }
-        Ok(Arc::new(BoundSockets { local_addr, slots: Mutex::new(slots) }))
+        Ok(Arc::new(BoundSockets {
+            local_addr,
+            slots: Mutex::new(slots),
+        }))
     }
 
     /// Takes worker `i`'s socket (None if already taken).

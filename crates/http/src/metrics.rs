@@ -85,31 +85,56 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family under the `scalegate_` prefix.
     pub fn register(&self, r: &mut Registry) {
-        r.register("scalegate_http_requests", "Requests by route, upstream and status class", self.requests.clone());
+        r.register(
+            "scalegate_http_requests",
+            "Requests by route, upstream and status class",
+            self.requests.clone(),
+        );
         r.register(
             "scalegate_http_request_duration_seconds",
             "Request duration from arrival to the end of the response body",
             self.duration.clone(),
         );
-        r.register("scalegate_http_in_flight", "Requests in flight by route", self.in_flight.clone());
+        r.register(
+            "scalegate_http_in_flight",
+            "Requests in flight by route",
+            self.in_flight.clone(),
+        );
         r.register(
             "scalegate_upstream_endpoint_available",
             "1 when an endpoint is in rotation (healthy, not ejected, not drained)",
             self.endpoint_available.clone(),
         );
-        r.register("scalegate_upstream_connections", "Upstream connections by state", self.pool.clone());
-        r.register("scalegate_upstream_ejections", "Passive ejections of endpoints", self.ejections.clone());
+        r.register(
+            "scalegate_upstream_connections",
+            "Upstream connections by state",
+            self.pool.clone(),
+        );
+        r.register(
+            "scalegate_upstream_ejections",
+            "Passive ejections of endpoints",
+            self.ejections.clone(),
+        );
         r.register(
             "scalegate_upstream_health_transitions",
             "Active health check state flips",
             self.health_transitions.clone(),
         );
-        r.register("scalegate_config_reloads", "Config reloads by result", self.reloads.clone());
+        r.register(
+            "scalegate_config_reloads",
+            "Config reloads by result",
+            self.reloads.clone(),
+        );
     }
 
     /// Handles for a route towards an upstream.
     pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
-        let base = || vec![("route", route.to_string()), ("upstream", upstream.to_string())];
+        let base = || {
+            vec![
+                ("route", route.to_string()),
+                ("upstream", upstream.to_string()),
+            ]
+        };
         let by_class = CLASSES.map(|c| {
             let mut l = base();
             l.push(("class", c.to_string()));
@@ -118,13 +143,20 @@ impl Metrics {
         RouteMetrics {
             by_class,
             duration: self.duration.get_or_create_owned(&base()),
-            in_flight: self.in_flight.get_or_create_owned(&vec![("route", route.to_string())]),
+            in_flight: self
+                .in_flight
+                .get_or_create_owned(&vec![("route", route.to_string())]),
         }
     }
 
     /// Handles for an endpoint.
     pub fn endpoint(&self, upstream: &str, addr: &str) -> EndpointMetrics {
-        let base = || vec![("upstream", upstream.to_string()), ("endpoint", addr.to_string())];
+        let base = || {
+            vec![
+                ("upstream", upstream.to_string()),
+                ("endpoint", addr.to_string()),
+            ]
+        };
         let with = |k: &'static str, v: &str| {
             let mut l = base();
             l.push((k, v.to_string()));
@@ -137,8 +169,12 @@ impl Metrics {
                 idle: self.pool.get_or_create_owned(&with("state", "idle")),
             },
             ejections: self.ejections.get_or_create_owned(&base()),
-            became_healthy: self.health_transitions.get_or_create_owned(&with("to", "healthy")),
-            became_unhealthy: self.health_transitions.get_or_create_owned(&with("to", "unhealthy")),
+            became_healthy: self
+                .health_transitions
+                .get_or_create_owned(&with("to", "healthy")),
+            became_unhealthy: self
+                .health_transitions
+                .get_or_create_owned(&with("to", "unhealthy")),
         }
     }
 }

@@ -45,7 +45,9 @@ pub struct EndpointPool {
 
 impl std::fmt::Debug for EndpointPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointPool").field("protocol", &self.protocol).finish_non_exhaustive()
+        f.debug_struct("EndpointPool")
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +72,9 @@ pub struct Lease {
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("reused", &self.reused).finish_non_exhaustive()
+        f.debug_struct("Lease")
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +87,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl EndpointPool {
     /// A pool allowing `max_conns` connections on this worker.
-    pub fn new(spec: &PoolSpec, max_conns: usize, protocol: UpstreamProtocol, gauges: PoolGauges) -> Self {
+    pub fn new(
+        spec: &PoolSpec,
+        max_conns: usize,
+        protocol: UpstreamProtocol,
+        gauges: PoolGauges,
+    ) -> Self {
         EndpointPool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max_conns.max(1))),
@@ -132,7 +141,10 @@ impl EndpointPool {
         let stream = connect(addr, connect_timeout).await?;
         let mut b = http1::Builder::new();
         b.max_buf_size(1 << 20);
-        let (tx, conn) = b.handshake(TokioIo::new(stream)).await.map_err(|_| ProxyError::ConnectFailed)?;
+        let (tx, conn) = b
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ProxyError::ConnectFailed)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -142,14 +154,22 @@ impl EndpointPool {
         Ok(self.lease(Sender::H1(tx), false, Some(permit)))
     }
 
-    async fn checkout_h2(self: &Arc<Self>, addr: &Target<'_>, connect_timeout: Duration) -> Result<Lease, ProxyError> {
+    async fn checkout_h2(
+        self: &Arc<Self>,
+        addr: &Target<'_>,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ProxyError> {
         if let Some(tx) = lock(&self.h2).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(self.lease(Sender::H2(tx.clone()), true, None));
         }
         let stream = connect(addr, connect_timeout).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20));
-        let (tx, conn) = b.handshake(TokioIo::new(stream)).await.map_err(|_| ProxyError::ConnectFailed)?;
+        b.timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20));
+        let (tx, conn) = b
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ProxyError::ConnectFailed)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended");
@@ -160,8 +180,18 @@ impl EndpointPool {
         Ok(self.lease(Sender::H2(tx), false, None))
     }
 
-    fn lease(self: &Arc<Self>, sender: Sender, reused: bool, permit: Option<OwnedSemaphorePermit>) -> Lease {
-        Lease { sender: Some(sender), reused, pool: self.clone(), _permit: permit }
+    fn lease(
+        self: &Arc<Self>,
+        sender: Sender,
+        reused: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Lease {
+        Lease {
+            sender: Some(sender),
+            reused,
+            pool: self.clone(),
+            _permit: permit,
+        }
     }
 
     fn pop_idle(&self) -> Option<Idle> {

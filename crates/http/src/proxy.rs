@@ -21,6 +21,7 @@ use scalegate_core::{Pick, Tick};
 
 use crate::access_log::AccessRecord;
 use crate::body::{BodyTooLarge, ReqBody, RespBody};
+use crate::clock;
 use crate::error::ProxyError;
 use crate::gateway::{Gateway, Snapshot};
 use crate::headers;
@@ -28,7 +29,6 @@ use crate::pool::{Lease, Sender};
 use crate::router::{Route, RouteKey};
 use crate::spec::{HashOn, UpstreamProtocol};
 use crate::upstream::{HttpEndpoint, Upstream};
-use crate::clock;
 
 /// Per-connection context handed to every request on it.
 #[derive(Debug)]
@@ -53,7 +53,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let started = clock::now();
     let snap = ctx.gateway.snapshot();
     let (parts, body) = req.into_parts();
-    let Some(route) = snap.routes.find(&ctx.listener, &RouteKey::of(&parts)).cloned() else {
+    let Some(route) = snap
+        .routes
+        .find(&ctx.listener, &RouteKey::of(&parts))
+        .cloned()
+    else {
         return ProxyError::NoRoute.to_response();
     };
     route.metrics.in_flight.inc();
@@ -63,7 +67,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         status: 0,
         lease: None,
         endpoint: None,
-        log: snap.access_log.then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
+        log: snap
+            .access_log
+            .then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
     };
     match forward(&ctx, &snap, &route, parts, body, &mut done).await {
         Ok((head, upstream_body)) => {
@@ -91,11 +97,21 @@ async fn forward(
     if content_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let upstream = snap.upstreams.get(route.upstream).ok_or(ProxyError::NoHealthyEndpoint)?;
+    let upstream = snap
+        .upstreams
+        .get(route.upstream)
+        .ok_or(ProxyError::NoHealthyEndpoint)?;
     let pick_req = pick_request(upstream, &parts, ctx.peer);
     let now = clock::now();
-    let pick = upstream.set.pick(&pick_req, now, &mut rand::rng()).ok_or(ProxyError::NoHealthyEndpoint)?;
-    let endpoint = upstream.endpoints.get(pick.index).ok_or(ProxyError::NoHealthyEndpoint)?.clone();
+    let pick = upstream
+        .set
+        .pick(&pick_req, now, &mut rand::rng())
+        .ok_or(ProxyError::NoHealthyEndpoint)?;
+    let endpoint = upstream
+        .endpoints
+        .get(pick.index)
+        .ok_or(ProxyError::NoHealthyEndpoint)?
+        .clone();
     endpoint.state.start_request();
     done.endpoint = Some(endpoint.clone());
     if let Some(log) = done.log.as_mut() {
@@ -104,11 +120,21 @@ async fn forward(
 
     rewrite_request(&mut parts, ctx, upstream.spec.protocol, &endpoint);
     if let Some(log) = done.log.as_mut()
-        && let Some(id) = parts.headers.get(&headers::X_REQUEST_ID).and_then(|v| v.to_str().ok())
+        && let Some(id) = parts
+            .headers
+            .get(&headers::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
     {
         log.request_id(id);
     }
-    let req = Request::from_parts(parts, ReqBody::Client { inner: body, seen: 0, limit });
+    let req = Request::from_parts(
+        parts,
+        ReqBody::Client {
+            inner: body,
+            seen: 0,
+            limit,
+        },
+    );
     let sent = send(ctx, route, &endpoint, req, now).await;
     respond(upstream, &endpoint, pick, now, sent, done)
 }
@@ -125,7 +151,9 @@ async fn send(
     let mut req = req;
     let mut fresh = false;
     loop {
-        let mut lease = pool.checkout(&endpoint.target(), route.spec.connect_timeout, now, fresh).await?;
+        let mut lease = pool
+            .checkout(&endpoint.target(), route.spec.connect_timeout, now, fresh)
+            .await?;
         let reused = lease.reused;
         let Some(sender) = lease.sender() else {
             return Err(ProxyError::UpstreamReset);
@@ -166,7 +194,11 @@ fn classify(err: &hyper::Error) -> ProxyError {
         }
         source = e.source();
     }
-    if err.is_timeout() { ProxyError::UpstreamTimeout } else { ProxyError::UpstreamReset }
+    if err.is_timeout() {
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::UpstreamReset
+    }
 }
 
 fn respond(
@@ -189,13 +221,18 @@ fn respond(
     };
     let (mut head, body) = resp.into_parts();
     record_outcome(upstream, endpoint, !head.status.is_server_error(), now);
-    endpoint.state.observe_latency(now.since(sent_at), now, EWMA_DECAY);
+    endpoint
+        .state
+        .observe_latency(now.since(sent_at), now, EWMA_DECAY);
     done.lease = Some(lease);
 
     headers::strip_hop_by_hop(&mut head.headers);
     if pick.set_sticky && upstream.spec.balance == Balance::Cookie {
         let id = stable_hash(endpoint.addr.as_bytes());
-        let cookie = format!("{}={id:016x}; Path=/; HttpOnly", upstream.spec.sticky_cookie);
+        let cookie = format!(
+            "{}={id:016x}; Path=/; HttpOnly",
+            upstream.spec.sticky_cookie
+        );
         if let Ok(v) = HeaderValue::try_from(cookie) {
             head.headers.append(header::SET_COOKIE, v);
         }
@@ -204,7 +241,10 @@ fn respond(
 }
 
 fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: Tick) {
-    if let Some(period) = endpoint.state.record_outcome(ok, &upstream.spec.outlier, now) {
+    if let Some(period) = endpoint
+        .state
+        .record_outcome(ok, &upstream.spec.outlier, now)
+    {
         endpoint.metrics.ejections.inc();
         tracing::warn!(
             upstream = %upstream.spec.name,
@@ -217,12 +257,18 @@ fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: T
 
 /// Rewrites the request head for the upstream hop: origin-form URI (absolute for h2),
 /// hop-by-hop headers out, Host kept, X-Forwarded-*, X-Request-Id.
-fn rewrite_request(parts: &mut http::request::Parts, ctx: &ConnCtx, protocol: UpstreamProtocol, endpoint: &HttpEndpoint) {
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+fn rewrite_request(
+    parts: &mut http::request::Parts,
+    ctx: &ConnCtx,
+    protocol: UpstreamProtocol,
+    endpoint: &HttpEndpoint,
+) {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());
@@ -241,7 +287,10 @@ fn rewrite_request(parts: &mut http::request::Parts, ctx: &ConnCtx, protocol: Up
             parts.version = Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
-            let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(&endpoint.addr);
+            let authority = host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(&endpoint.addr);
             if let Ok(u) = Uri::try_from(format!("http://{authority}{path}")) {
                 parts.uri = u;
             }
@@ -256,7 +305,11 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 }
 
 /// What a balancer may use of the request: the hash key and the sticky cookie.
-fn pick_request(upstream: &Upstream, parts: &http::request::Parts, peer: SocketAddr) -> PickRequest {
+fn pick_request(
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+) -> PickRequest {
     let mut req = PickRequest::default();
     match upstream.spec.balance {
         Balance::IpHash => {
@@ -267,8 +320,13 @@ fn pick_request(upstream: &Upstream, parts: &http::request::Parts, peer: SocketA
         }
         Balance::ConsistentHash => {
             req.hash_key = match &upstream.spec.hash_on {
-                Some(HashOn::Header(name)) => parts.headers.get(name.as_str()).map(|v| stable_hash(v.as_bytes())),
-                Some(HashOn::Cookie(name)) => cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes())),
+                Some(HashOn::Header(name)) => parts
+                    .headers
+                    .get(name.as_str())
+                    .map(|v| stable_hash(v.as_bytes())),
+                Some(HashOn::Cookie(name)) => {
+                    cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes()))
+                }
                 Some(HashOn::Path) | None => Some(stable_hash(parts.uri.path().as_bytes())),
             }
         }

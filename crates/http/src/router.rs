@@ -64,7 +64,12 @@ pub struct RouteTable {
 }
 
 fn specificity(m: &MatchSpec) -> (bool, usize, bool, usize) {
-    (m.host.is_some(), m.path_prefix.as_ref().map_or(0, |p| p.len()), m.method.is_some(), m.headers.len())
+    (
+        m.host.is_some(),
+        m.path_prefix.as_ref().map_or(0, |p| p.len()),
+        m.method.is_some(),
+        m.headers.len(),
+    )
 }
 
 impl RouteTable {
@@ -77,7 +82,8 @@ impl RouteTable {
     /// The route for a request on `listener`, if any.
     pub fn find(&self, listener: &str, key: &RouteKey<'_>) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| {
-            r.spec.listener.as_deref().is_none_or(|l| l == listener) && matches(&r.spec.matcher, key)
+            r.spec.listener.as_deref().is_none_or(|l| l == listener)
+                && matches(&r.spec.matcher, key)
         })
     }
 
@@ -104,7 +110,10 @@ fn matches(m: &MatchSpec, key: &RouteKey<'_>) -> bool {
         return false;
     }
     m.headers.iter().all(|(name, value)| {
-        key.headers.get_all(name.as_str()).iter().any(|v| v.as_bytes() == value.as_bytes())
+        key.headers
+            .get_all(name.as_str())
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes())
     })
 }
 
@@ -139,38 +148,91 @@ mod tests {
         })
     }
 
-    fn check(table: &RouteTable, method: &str, uri: &str, host: &str, headers: &[(&str, &str)]) -> Option<String> {
-        let mut b = http::Request::builder().method(method).uri(uri).header("host", host);
+    fn check(
+        table: &RouteTable,
+        method: &str,
+        uri: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", host);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
         let (parts, ()) = b.body(()).ok()?.into_parts();
-        table.find("public", &RouteKey::of(&parts)).map(|r| r.spec.name.clone())
+        table
+            .find("public", &RouteKey::of(&parts))
+            .map(|r| r.spec.name.clone())
     }
 
     #[test]
     fn most_specific_route_wins() {
-        let prefix = |p: &str| MatchSpec { path_prefix: Some(p.into()), ..MatchSpec::default() };
+        let prefix = |p: &str| MatchSpec {
+            path_prefix: Some(p.into()),
+            ..MatchSpec::default()
+        };
         let t = RouteTable::new(vec![
             route("root", prefix("/")),
             route("api", prefix("/api")),
-            route("api-post", MatchSpec { method: Some(Method::POST), ..prefix("/api") }),
-            route("host", MatchSpec { host: Some("Admin.Example.com".into()), ..prefix("/") }),
-            route("beta", MatchSpec { headers: vec![("x-beta".into(), "1".into())], ..prefix("/api") }),
+            route(
+                "api-post",
+                MatchSpec {
+                    method: Some(Method::POST),
+                    ..prefix("/api")
+                },
+            ),
+            route(
+                "host",
+                MatchSpec {
+                    host: Some("Admin.Example.com".into()),
+                    ..prefix("/")
+                },
+            ),
+            route(
+                "beta",
+                MatchSpec {
+                    headers: vec![("x-beta".into(), "1".into())],
+                    ..prefix("/api")
+                },
+            ),
         ]);
-        assert_eq!(check(&t, "GET", "/", "ex.com", &[]).as_deref(), Some("root"));
-        assert_eq!(check(&t, "GET", "/apix", "ex.com", &[]).as_deref(), Some("root"));
-        assert_eq!(check(&t, "GET", "/api/v1?q=1", "ex.com", &[]).as_deref(), Some("api"));
-        assert_eq!(check(&t, "POST", "/api", "ex.com", &[]).as_deref(), Some("api-post"));
-        assert_eq!(check(&t, "GET", "/api", "admin.example.com:8080", &[]).as_deref(), Some("host"));
-        assert_eq!(check(&t, "GET", "/api", "ex.com", &[("x-beta", "1")]).as_deref(), Some("beta"));
+        assert_eq!(
+            check(&t, "GET", "/", "ex.com", &[]).as_deref(),
+            Some("root")
+        );
+        assert_eq!(
+            check(&t, "GET", "/apix", "ex.com", &[]).as_deref(),
+            Some("root")
+        );
+        assert_eq!(
+            check(&t, "GET", "/api/v1?q=1", "ex.com", &[]).as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            check(&t, "POST", "/api", "ex.com", &[]).as_deref(),
+            Some("api-post")
+        );
+        assert_eq!(
+            check(&t, "GET", "/api", "admin.example.com:8080", &[]).as_deref(),
+            Some("host")
+        );
+        assert_eq!(
+            check(&t, "GET", "/api", "ex.com", &[("x-beta", "1")]).as_deref(),
+            Some("beta")
+        );
     }
 
     #[test]
     fn no_route_when_nothing_matches() {
         let t = RouteTable::new(vec![route(
             "api",
-            MatchSpec { path_prefix: Some("/api".into()), ..MatchSpec::default() },
+            MatchSpec {
+                path_prefix: Some("/api".into()),
+                ..MatchSpec::default()
+            },
         )]);
         assert_eq!(check(&t, "GET", "/other", "ex.com", &[]), None);
     }

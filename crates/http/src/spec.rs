@@ -135,6 +135,9 @@ pub struct UpstreamSpec {
 
 impl Default for PoolSpec {
     fn default() -> Self {
-        PoolSpec { max_per_endpoint: 256, idle_timeout: Duration::from_secs(60) }
+        PoolSpec {
+            max_per_endpoint: 256,
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }

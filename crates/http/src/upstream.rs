@@ -44,7 +44,14 @@ impl HttpEndpoint {
     ) -> Self {
         let per_worker = pool_spec.max_per_endpoint.div_ceil(workers.max(1));
         let pools = (0..workers.max(1))
-            .map(|_| Arc::new(EndpointPool::new(pool_spec, per_worker, protocol, metrics.pool.clone())))
+            .map(|_| {
+                Arc::new(EndpointPool::new(
+                    pool_spec,
+                    per_worker,
+                    protocol,
+                    metrics.pool.clone(),
+                ))
+            })
             .collect();
         HttpEndpoint {
             addr: addr.to_string(),
@@ -117,6 +124,10 @@ impl Upstream {
                 panic_threshold_percent: spec.panic_threshold_percent,
             },
         );
-        Upstream { spec, set, endpoints }
+        Upstream {
+            spec,
+            set,
+            endpoints,
+        }
     }
 }

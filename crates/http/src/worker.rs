@@ -55,25 +55,48 @@ impl Shutdown {
     }
 }
 
-/// Starts `gateway.workers()` worker threads. Each returns when it has drained.
-pub fn spawn_workers(gateway: Arc<Gateway>, shutdown: Shutdown, drain_timeout: Duration) -> Vec<std::thread::JoinHandle<()>> {
+/// How data-path threads are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// One single-threaded runtime per worker, one socket and pool set each (the default).
+    ThreadPerCore,
+    /// One multi-threaded work-stealing runtime with this many threads, sharing one socket and
+    /// one pool set (kept for comparison; see ARCHITECTURE.md).
+    WorkStealing(usize),
+}
+
+/// Starts the data-path threads. Each returns when it has drained.
+pub fn spawn_workers(
+    gateway: Arc<Gateway>,
+    shutdown: Shutdown,
+    drain_timeout: Duration,
+    shape: Runtime,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..gateway.workers())
-        .map(|id| {
+        .filter_map(|id| {
             let gw = gateway.clone();
             let sd = shutdown.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("sg-worker-{id}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot start worker runtime");
-                            return;
-                        }
+                    let rt = match shape {
+                        Runtime::ThreadPerCore => tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build(),
+                        Runtime::WorkStealing(n) => tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(n.max(1))
+                            .thread_name("sg-worker")
+                            .enable_all()
+                            .build(),
                     };
-                    rt.block_on(run_worker(id, gw, sd, drain_timeout));
-                })
-                .unwrap_or_else(|e| panic!("cannot spawn worker thread: {e}"))
+                    match rt {
+                        Ok(rt) => rt.block_on(run_worker(id, gw, sd, drain_timeout)),
+                        Err(e) => tracing::error!(error = %e, "cannot start worker runtime"),
+                    }
+                });
+            spawned
+                .map_err(|e| tracing::error!(error = %e, "cannot spawn worker thread"))
+                .ok()
         })
         .collect()
 }
@@ -106,13 +129,24 @@ async fn run_worker(id: usize, gw: Arc<Gateway>, mut shutdown: Shutdown, drain_t
         tracing::error!(worker = id, "connection watcher still shared; not draining");
         return;
     };
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(worker = id, "drain timeout reached with connections still open");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            worker = id,
+            "drain timeout reached with connections still open"
+        );
     }
 }
 
 /// Starts accept loops for new listeners, stops those that left, restarts changed ones.
-fn reconcile(id: usize, gw: &Arc<Gateway>, graceful: &Arc<GracefulShutdown>, running: &mut HashMap<String, Running>) {
+fn reconcile(
+    id: usize,
+    gw: &Arc<Gateway>,
+    graceful: &Arc<GracefulShutdown>,
+    running: &mut HashMap<String, Running>,
+) {
     let snap = gw.snapshot();
     running.retain(|key, r| {
         let keep = snap.listeners.iter().any(|l| listener_key(&l.spec) == *key);
@@ -129,10 +163,18 @@ fn reconcile(id: usize, gw: &Arc<Gateway>, graceful: &Arc<GracefulShutdown>, run
             Some(r) => {
                 r.task.abort();
                 r.spec = l.spec.clone();
-                r.task = tokio::spawn(accept_loop(id, gw.clone(), l.spec.clone(), r.socket.clone(), graceful.clone()));
+                r.task = tokio::spawn(accept_loop(
+                    id,
+                    gw.clone(),
+                    l.spec.clone(),
+                    r.socket.clone(),
+                    graceful.clone(),
+                ));
             }
             None => {
-                let Some(std_listener) = l.sockets.take(id) else { continue };
+                let Some(std_listener) = l.sockets.take(id) else {
+                    continue;
+                };
                 let socket = match TcpListener::from_std(std_listener) {
                     Ok(s) => Arc::new(s),
                     Err(e) => {
@@ -140,8 +182,21 @@ fn reconcile(id: usize, gw: &Arc<Gateway>, graceful: &Arc<GracefulShutdown>, run
                         continue;
                     }
                 };
-                let task = tokio::spawn(accept_loop(id, gw.clone(), l.spec.clone(), socket.clone(), graceful.clone()));
-                running.insert(key, Running { spec: l.spec.clone(), socket, task });
+                let task = tokio::spawn(accept_loop(
+                    id,
+                    gw.clone(),
+                    l.spec.clone(),
+                    socket.clone(),
+                    graceful.clone(),
+                ));
+                running.insert(
+                    key,
+                    Running {
+                        spec: l.spec.clone(),
+                        socket,
+                        task,
+                    },
+                );
             }
         }
     }
@@ -187,12 +242,20 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Arc::new(ConnCtx { gateway: gw.clone(), listener: name.clone(), peer, worker, scheme: "http" });
+        let ctx = Arc::new(ConnCtx {
+            gateway: gw.clone(),
+            listener: name.clone(),
+            peer,
+            worker,
+            scheme: "http",
+        });
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(proxy::handle(ctx, req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -1,1 +1,83 @@
-fn main() {}
+//! `scalegate`: the scaling tier of a web stack in one binary.
+//!
+//! Subcommands: `run` (serve a config file), `check` (validate one), `demo` (a gateway in front
+//! of built-in backends, no set-up needed).
+
+mod admin;
+mod config;
+mod demo;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The scaling tier of a web stack in one binary: HTTP gateway with load balancing, health checks
+/// and graceful reloads.
+#[derive(Parser, Debug)]
+#[command(name = "scalegate", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a config file: SIGHUP or a change of the file reloads it, SIGTERM drains and exits.
+    Run {
+        /// Path of the TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every problem as FILE:LINE:COL: message, or a summary.
+    Check {
+        /// Path of the TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start a gateway in front of three built-in backends with different latencies.
+    Demo {
+        /// Gateway address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok: {}", config.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{}: {} problem(s)", config.display(), e.problems.len());
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => match config::Config::load(&config) {
+            Ok(c) => exit(run::run(c, Some(config), None)),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Demo { listen, admin } => exit(demo::run(listen, admin)),
+    }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scalegate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

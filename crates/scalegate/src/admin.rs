@@ -1,0 +1,164 @@
+//! The admin listener (loopback by default): `/health`, `/ready`, `/metrics` (Prometheus text) and
+//! `/upstreams` (JSON view of every upstream and endpoint).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use scalegate_core::endpoint::Availability;
+use scalegate_http::{Gateway, clock};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+struct Admin {
+    gw: Arc<Gateway>,
+    registry: Registry,
+}
+
+/// Binds the admin listener and serves it on the current runtime; returns the bound address.
+pub async fn start(addr: SocketAddr, gw: Arc<Gateway>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let mut registry = Registry::default();
+    gw.metrics.register(&mut registry);
+    let admin = Arc::new(Admin { gw, registry });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+impl Admin {
+    fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "405: use GET\n");
+        }
+        match req.uri().path() {
+            "/health" => reply(StatusCode::OK, TEXT, "ok\n"),
+            "/ready" => match self.gw.readiness() {
+                Ok(()) => reply(StatusCode::OK, JSON, r#"{"ready":true}"#.to_string() + "\n"),
+                Err(reasons) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    JSON,
+                    json!({ "ready": false, "not_ready": reasons }).to_string() + "\n",
+                ),
+            },
+            "/metrics" => self.metrics(),
+            "/upstreams" => reply(StatusCode::OK, JSON, self.upstreams().to_string() + "\n"),
+            "/" => reply(
+                StatusCode::OK,
+                TEXT,
+                "scalegate admin: /health /ready /metrics /upstreams\n",
+            ),
+            _ => reply(StatusCode::NOT_FOUND, TEXT, "404: no such admin endpoint\n"),
+        }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let now = clock::now();
+        for u in &self.gw.snapshot().upstreams {
+            for e in &u.endpoints {
+                e.metrics
+                    .available
+                    .set(i64::from(e.state.is_available(now)));
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                "500: cannot encode metrics\n",
+            );
+        }
+        reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            out,
+        )
+    }
+
+    fn upstreams(&self) -> serde_json::Value {
+        let now = clock::now();
+        let snap = self.gw.snapshot();
+        let ups: Vec<_> = snap
+            .upstreams
+            .iter()
+            .map(|u| {
+                let eps: Vec<_> = u
+                    .spec
+                    .endpoints
+                    .iter()
+                    .zip(&u.endpoints)
+                    .map(|(spec, e)| {
+                        let (state, ejected_ms) = match e.state.availability(now) {
+                            Availability::Available => ("available", 0),
+                            Availability::Unhealthy => ("unhealthy", 0),
+                            Availability::Ejected(until) => ("ejected", until.since(now).as_millis()),
+                            Availability::Draining => ("draining", 0),
+                        };
+                        json!({
+                            "addr": e.addr,
+                            "weight": spec.weight,
+                            "zone": spec.zone,
+                            "state": state,
+                            "ejected_for_ms": ejected_ms,
+                            "in_flight": e.state.in_flight(),
+                            "latency_ewma_ms": e.state.latency_estimate_ns() / 1e6,
+                            "consecutive_failures": e.state.consecutive_failures(),
+                            "slow_start_factor": e.state.slow_start_factor(now, u.spec.slow_start),
+                            "connections": { "active": e.metrics.pool.active.get(), "idle": e.metrics.pool.idle.get() },
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": u.spec.name,
+                    "balance": format!("{:?}", u.spec.balance),
+                    "health_checks": u.spec.health.is_some(),
+                    "available": u.set.available_count(now),
+                    "panic": u.set.in_panic(now),
+                    "endpoints": eps,
+                })
+            })
+            .collect();
+        json!({ "version": snap.version, "draining": self.gw.is_draining(), "upstreams": ups })
+    }
+}

@@ -1,0 +1,147 @@
+//! Loading the config file: parse (serde, unknown keys rejected), validate into plain runtime
+//! specs, and report every problem as `FILE:LINE:COL: message`.
+//!
+//! Which settings a reload can change: everything under `listeners`, `routes`, `upstreams` and
+//! `log.access_log` applies on reload; `runtime.*`, `admin.listen` and `log.format` need a
+//! restart (a reload that changes them logs a warning and keeps the running values).
+
+mod raw;
+mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use scalegate_http::GatewaySpec;
+
+pub use raw::{LogFormat, RuntimeMode};
+
+/// A validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Threads and runtime shape (restart to change).
+    pub runtime: RuntimeConfig,
+    /// Admin listener address (restart to change).
+    pub admin_listen: SocketAddr,
+    /// Longest wait for in-flight requests at shutdown (default 30 s).
+    pub drain_timeout: Duration,
+    /// Reload when the file changes (default true).
+    pub watch_config: bool,
+    /// Process log format (restart to change).
+    pub log_format: LogFormat,
+    /// The data path.
+    pub gateway: GatewaySpec,
+}
+
+/// Threads and runtime shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Cores used for the data path (default: all).
+    pub worker_threads: usize,
+    /// Thread per core or work stealing.
+    pub mode: RuntimeMode,
+}
+
+/// One problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Byte range in the file (None when the error has no position).
+    pub span: Option<Range<usize>>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Every problem of one file, printable as `FILE:LINE:COL: message` lines.
+#[derive(Clone, Debug)]
+pub struct ConfigErrors {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems, each located.
+    pub problems: Vec<(usize, usize, String)>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (line, col, msg)) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{line}:{col}: {msg}", self.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            path: path.to_path_buf(),
+            problems: vec![(1, 1, format!("cannot read config file: {e}"))],
+        })?;
+        Config::parse(&text).map_err(|problems| ConfigErrors {
+            path: path.to_path_buf(),
+            problems: problems.into_iter().map(|p| locate(&text, p)).collect(),
+        })
+    }
+
+    /// Validates config text; every problem found is returned.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            vec![Problem {
+                span: e.span(),
+                message: e.message().trim_end().replace('\n', " "),
+            }]
+        })?;
+        validate::validate(raw)
+    }
+
+    /// One line for `scalegate check`: what the file sets up.
+    pub fn summary(&self) -> String {
+        let g = &self.gateway;
+        let endpoints: usize = g.upstreams.iter().map(|u| u.endpoints.len()).sum();
+        let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}, {}",
+            plural(g.listeners.len(), "listener"),
+            plural(g.routes.len(), "route"),
+            plural(g.upstreams.len(), "upstream"),
+            plural(endpoints, "endpoint"),
+        )
+    }
+
+    /// Settings that differ from `running` but only apply after a restart.
+    pub fn restart_needed(&self, running: &Config) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.runtime != running.runtime {
+            v.push("runtime");
+        }
+        if self.admin_listen != running.admin_listen {
+            v.push("admin.listen");
+        }
+        if self.log_format != running.log_format {
+            v.push("log.format");
+        }
+        v
+    }
+}
+
+/// Turns a byte span into a 1-based line and column (in characters).
+fn locate(text: &str, p: Problem) -> (usize, usize, String) {
+    let Some(span) = p.span else {
+        return (1, 1, p.message);
+    };
+    let at = span.start.min(text.len());
+    let before = &text[..text.floor_char_boundary(at)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col, p.message)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+//! The config file as written: serde types that mirror the TOML, with spans on every value that
+//! validation may complain about. Unknown keys are errors. Only this module and `validate` know
+//! the file's shape.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{ByteSize, Dur};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub lifecycle: RawLifecycle,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, Spanned<RawUpstream>>,
+}
+
+/// How the process uses its cores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub worker_threads: Option<Spanned<i64>>,
+    pub mode: Option<RuntimeMode>,
+}
+
+/// Thread-per-core (default) or one work-stealing runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeMode {
+    ThreadPerCore,
+    WorkStealing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    pub drain_timeout: Option<Spanned<Dur>>,
+    pub watch_config: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access_log: Option<bool>,
+    pub format: Option<LogFormat>,
+}
+
+/// Format of the process log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    pub header_read_timeout: Option<Spanned<Dur>>,
+    pub max_header_bytes: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<Spanned<String>>,
+    pub listener: Option<Spanned<String>>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub upstream: Spanned<String>,
+    pub connect_timeout: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub max_body_bytes: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// Balancing algorithms as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    P2cEwma,
+    IpHash,
+    Cookie,
+    ConsistentHash,
+}
+
+/// Upstream protocols as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProtocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub balance: Option<RawBalance>,
+    pub endpoints: Vec<Spanned<RawEndpoint>>,
+    pub hash_on: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub passive: Option<Spanned<RawPassive>>,
+    pub slow_start: Option<Spanned<Dur>>,
+    pub panic_threshold: Option<Spanned<i64>>,
+    pub pool: Option<Spanned<RawPool>>,
+    pub protocol: Option<RawProtocol>,
+}
+
+/// An endpoint: "host:port" or `{ addr = "host:port", weight = 2, zone = "a" }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = r#"an endpoint: "host:port" or { addr = "host:port", weight = 1, zone = "..." }"#
+)]
+pub enum RawEndpoint {
+    Addr(String),
+    Full(RawEndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub addr: String,
+    pub weight: Option<i64>,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub healthy_after: Option<i64>,
+    pub unhealthy_after: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub consecutive_failures: Option<i64>,
+    pub base_ejection: Option<Dur>,
+    pub max_ejection: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub max_per_endpoint: Option<i64>,
+    pub idle_timeout: Option<Dur>,
+}

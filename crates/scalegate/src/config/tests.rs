@@ -1,0 +1,146 @@
+use super::*;
+
+/// Runs `text` through parse + locate, returning "LINE:COL: message" lines.
+fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => Vec::new(),
+        Err(ps) => ps
+            .into_iter()
+            .map(|p| {
+                let (l, c, m) = locate(text, p);
+                format!("{l}:{c}: {m}")
+            })
+            .collect(),
+    }
+}
+
+const ISSUE_EXAMPLE: &str = r#"[runtime]
+worker_threads = 1
+[admin]
+listen = "127.0.0.1:9901"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:8080"
+[[routes]]
+listener = "public"
+match = { path_prefix = "/" }
+upstream = "app"
+[upstreams.app]
+balance = "round_robin"
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"#;
+
+#[test]
+fn the_reference_config_is_accepted_as_written() {
+    let c = Config::parse(ISSUE_EXAMPLE).expect("valid");
+    assert_eq!(c.runtime.worker_threads, 1);
+    assert_eq!(c.summary(), "1 listener, 1 route, 1 upstream, 2 endpoints");
+    assert_eq!(c.gateway.routes[0].request_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_line() {
+    let text = ISSUE_EXAMPLE.replace(
+        "balance = \"round_robin\"",
+        "balance = \"round_robin\"\nretries = 3",
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("14:1: unknown field `retries`"), "{p:?}");
+}
+
+#[test]
+fn bad_enum_value_lists_what_was_expected() {
+    let text = ISSUE_EXAMPLE.replace("round_robin", "fastest");
+    let p = problems(&text);
+    assert!(
+        p[0].starts_with("13:11:") && p[0].contains("round_robin"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn bad_duration_says_what_a_duration_looks_like() {
+    let text = ISSUE_EXAMPLE.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\ntimeout = \"5 parsecs\"",
+    );
+    let p = problems(&text);
+    assert!(
+        p[0].starts_with("12:11:") && p[0].contains("250ms"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn every_semantic_problem_is_reported() {
+    let text = r#"
+[[listeners]]
+name = "public"
+bind = "localhost"
+
+[[routes]]
+listener = "private"
+match = { path_prefix = "api" }
+upstream = "nope"
+
+[upstreams.app]
+endpoints = ["10.0.0.1", "10.0.0.2:80", "10.0.0.2:80"]
+health = { path = "/h", unhealthy_after = 0 }
+"#;
+    let p = problems(text);
+    let want = [
+        "4:8: bind",
+        "7:12: unknown listener \"private\"; defined: [\"public\"]",
+        "8:25: path_prefix",
+        "9:12: unknown upstream",
+        "12:14: endpoint \"10.0.0.1\"",
+        "12:41: duplicate endpoint",
+        "13:10: health.unhealthy_after",
+    ];
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+    for (got, w) in p.iter().zip(want) {
+        assert!(
+            got.starts_with(w),
+            "want {w:?}, got {got:?} (problems come in file order)"
+        );
+    }
+}
+
+#[test]
+fn endpoint_tables_and_options_parse() {
+    let text = r#"
+[[listeners]]
+name = "public"
+bind = "0.0.0.0:0"
+[[routes]]
+match = { host = "API.example.com", path_prefix = "/api", method = "post", headers = { "X-Beta" = "1" } }
+upstream = "app"
+timeout = "250ms"
+max_body_bytes = "1MiB"
+[upstreams.app]
+balance = "consistent_hash"
+hash_on = "header:X-User"
+endpoints = ["10.0.0.1:80", { addr = "10.0.0.2:80", weight = 3, zone = "b" }]
+passive = { consecutive_failures = 3, base_ejection = "1s", max_ejection = "30s" }
+slow_start = "30s"
+panic_threshold = 0
+pool = { max_per_endpoint = 64, idle_timeout = "30s" }
+protocol = "h2c"
+"#;
+    let c = Config::parse(text).expect("valid");
+    let u = &c.gateway.upstreams[0];
+    assert_eq!(u.endpoints[1].weight, 3);
+    assert_eq!(
+        u.hash_on,
+        Some(scalegate_http::spec::HashOn::Header("x-user".into()))
+    );
+    let r = &c.gateway.routes[0];
+    assert_eq!(r.matcher.host.as_deref(), Some("api.example.com"));
+    assert_eq!(r.matcher.method, Some(http::Method::POST));
+    assert_eq!(
+        r.matcher.headers,
+        vec![("x-beta".to_string(), "1".to_string())]
+    );
+    assert_eq!(r.max_body_bytes, 1 << 20);
+}

@@ -1,0 +1,446 @@
+//! From the file's shape to runtime specs: defaults filled in, cross-references checked, every
+//! problem collected with its position rather than stopping at the first.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use http::Method;
+use scalegate_core::balance::Balance;
+use scalegate_core::{HealthPolicy, OutlierPolicy};
+use scalegate_http::spec::{
+    EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
+    UpstreamProtocol, UpstreamSpec,
+};
+use toml::Spanned;
+
+use super::raw::{self, RawBalance, RawConfig, RawEndpoint, RawProtocol};
+use super::{Config, LogFormat, Problem, RuntimeConfig, RuntimeMode};
+
+/// Default admin address: loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            span: Some(span),
+            message: message.into(),
+        });
+    }
+
+    /// A positive duration, or the default.
+    fn dur(
+        &mut self,
+        v: &Option<Spanned<super::units::Dur>>,
+        default: Duration,
+        what: &str,
+    ) -> Duration {
+        match v {
+            Some(d) if d.get_ref().0.is_zero() => {
+                self.err(d.span(), format!("{what} must be greater than zero"));
+                default
+            }
+            Some(d) => d.get_ref().0,
+            None => default,
+        }
+    }
+
+    /// An integer in `range`, or the default.
+    fn int(
+        &mut self,
+        v: Option<i64>,
+        span: &Range<usize>,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+        what: &str,
+    ) -> i64 {
+        match v {
+            Some(n) if !range.contains(&n) => {
+                self.err(
+                    span.clone(),
+                    format!(
+                        "{what} must be between {} and {}, got {n}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut c = Check {
+        problems: Vec::new(),
+    };
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worker_threads = match &raw.runtime.worker_threads {
+        Some(w) => c.int(
+            Some(*w.get_ref()),
+            &w.span(),
+            1..=1024,
+            cores as i64,
+            "runtime.worker_threads",
+        ) as usize,
+        None => cores,
+    };
+    let runtime = RuntimeConfig {
+        worker_threads,
+        mode: raw.runtime.mode.unwrap_or(RuntimeMode::ThreadPerCore),
+    };
+
+    let admin_listen = match &raw.admin.listen {
+        Some(s) => parse_addr(&mut c, s, "admin.listen"),
+        None => DEFAULT_ADMIN.parse().ok(),
+    }
+    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+
+    let drain_timeout = c.dur(
+        &raw.lifecycle.drain_timeout,
+        Duration::from_secs(30),
+        "lifecycle.drain_timeout",
+    );
+
+    let listeners = listeners(&mut c, &raw.listeners);
+    let upstreams = upstreams(&mut c, &raw.upstreams);
+    let listener_names: Vec<String> = raw
+        .listeners
+        .iter()
+        .map(|l| l.get_ref().name.get_ref().clone())
+        .collect();
+    let routes = routes(&mut c, &raw.routes, &listener_names, &upstreams);
+
+    if !c.problems.is_empty() {
+        c.problems
+            .sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
+        return Err(c.problems);
+    }
+    Ok(Config {
+        runtime,
+        admin_listen,
+        drain_timeout,
+        watch_config: raw.lifecycle.watch_config.unwrap_or(true),
+        log_format: raw.log.format.unwrap_or(LogFormat::Text),
+        gateway: GatewaySpec {
+            listeners,
+            routes,
+            upstreams,
+            access_log: raw.log.access_log.unwrap_or(false),
+        },
+    })
+}
+
+fn parse_addr(c: &mut Check, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+    match s.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.err(
+                s.span(),
+                format!(
+                    r#"{what}: "{}" is not an IP address with a port, e.g. "127.0.0.1:8080""#,
+                    s.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn listeners(c: &mut Check, raw: &[Spanned<raw::RawListener>]) -> Vec<ListenerSpec> {
+    let mut names = HashSet::new();
+    let mut binds = HashSet::new();
+    let mut out = Vec::new();
+    for l in raw {
+        let l = l.get_ref();
+        if !names.insert(l.name.get_ref().clone()) {
+            c.err(
+                l.name.span(),
+                format!("duplicate listener name {:?}", l.name.get_ref()),
+            );
+        }
+        let Some(bind) = parse_addr(c, &l.bind, "bind") else {
+            continue;
+        };
+        if bind.port() != 0 && !binds.insert(bind) {
+            c.err(
+                l.bind.span(),
+                format!("another listener already binds {bind}"),
+            );
+        }
+        let max_header_bytes = match &l.max_header_bytes {
+            Some(s) if !(1024..=(16 << 20)).contains(&s.get_ref().0) => {
+                c.err(s.span(), "max_header_bytes must be between 1KiB and 16MiB");
+                64 << 10
+            }
+            Some(s) => s.get_ref().0 as usize,
+            None => 64 << 10,
+        };
+        out.push(ListenerSpec {
+            name: l.name.get_ref().clone(),
+            bind,
+            header_read_timeout: c.dur(
+                &l.header_read_timeout,
+                Duration::from_secs(10),
+                "header_read_timeout",
+            ),
+            max_header_bytes,
+        });
+    }
+    out
+}
+
+fn routes(
+    c: &mut Check,
+    raw: &[Spanned<raw::RawRoute>],
+    listeners: &[String],
+    upstreams: &[UpstreamSpec],
+) -> Vec<RouteSpec> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in raw.iter().enumerate() {
+        let r = r.get_ref();
+        let name = r
+            .name
+            .as_ref()
+            .map_or_else(|| format!("route{i}"), |n| n.get_ref().clone());
+        if !names.insert(name.clone()) {
+            let span = r
+                .name
+                .as_ref()
+                .map_or_else(|| r.upstream.span(), |n| n.span());
+            c.err(span, format!("duplicate route name {name:?}"));
+        }
+        if let Some(l) = &r.listener
+            && !listeners.contains(l.get_ref())
+        {
+            let known = listeners;
+            c.err(
+                l.span(),
+                format!("unknown listener {:?}; defined: {known:?}", l.get_ref()),
+            );
+        }
+        if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
+            let known: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
+            c.err(
+                r.upstream.span(),
+                format!(
+                    "unknown upstream {:?}; defined: {known:?}",
+                    r.upstream.get_ref()
+                ),
+            );
+        }
+        let m = &r.matcher;
+        if let Some(p) = &m.path_prefix
+            && !p.get_ref().starts_with('/')
+        {
+            c.err(p.span(), r#"path_prefix must start with "/""#);
+        }
+        let method = m.method.as_ref().and_then(|s| {
+            match Method::from_bytes(s.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    c.err(s.span(), format!("invalid HTTP method {:?}", s.get_ref()));
+                    None
+                }
+            }
+        });
+        let mut headers = Vec::new();
+        for (k, v) in &m.headers {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                c.err(v.span(), format!("invalid header name {k:?}"));
+            }
+            headers.push((k.to_ascii_lowercase(), v.get_ref().clone()));
+        }
+        let max_body_bytes = r
+            .max_body_bytes
+            .as_ref()
+            .map_or(10 << 20, |s| s.get_ref().0);
+        out.push(RouteSpec {
+            name,
+            listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
+            matcher: MatchSpec {
+                host: m.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+                path_prefix: m.path_prefix.as_ref().map(|p| p.get_ref().clone()),
+                method,
+                headers,
+            },
+            upstream: r.upstream.get_ref().clone(),
+            connect_timeout: c.dur(
+                &r.connect_timeout,
+                Duration::from_secs(1),
+                "connect_timeout",
+            ),
+            request_timeout: c.dur(&r.timeout, Duration::from_secs(5), "timeout"),
+            max_body_bytes,
+        });
+    }
+    out
+}
+
+fn upstreams(
+    c: &mut Check,
+    raw: &std::collections::BTreeMap<Spanned<String>, Spanned<raw::RawUpstream>>,
+) -> Vec<UpstreamSpec> {
+    let mut out = Vec::new();
+    for (name, u) in raw {
+        let span = u.span();
+        let u = u.get_ref();
+        let balance = match u.balance.unwrap_or(RawBalance::RoundRobin) {
+            RawBalance::RoundRobin => Balance::RoundRobin,
+            RawBalance::Weighted => Balance::Weighted,
+            RawBalance::LeastConn => Balance::LeastConn,
+            RawBalance::P2cEwma => Balance::P2cEwma,
+            RawBalance::IpHash => Balance::IpHash,
+            RawBalance::Cookie => Balance::Cookie,
+            RawBalance::ConsistentHash => Balance::ConsistentHash,
+        };
+        let hash_on = u.hash_on.as_ref().and_then(|h| {
+            let v = h.get_ref();
+            match v.split_once(':') {
+                _ if v == "path" => Some(HashOn::Path),
+                Some(("header", n)) if http::HeaderName::from_bytes(n.as_bytes()).is_ok() => Some(HashOn::Header(n.to_ascii_lowercase())),
+                Some(("cookie", n)) if !n.is_empty() => Some(HashOn::Cookie(n.to_string())),
+                _ => {
+                    c.err(h.span(), format!(r#"invalid hash_on {v:?}: expected "path", "header:NAME" or "cookie:NAME""#));
+                    None
+                }
+            }
+        });
+        if hash_on.is_some() && balance != Balance::ConsistentHash {
+            c.err(
+                u.hash_on.as_ref().map_or(span.clone(), |h| h.span()),
+                r#"hash_on only applies with balance = "consistent_hash""#,
+            );
+        }
+        if u.endpoints.is_empty() {
+            c.err(
+                span.clone(),
+                format!("upstream {:?} has no endpoints", name.get_ref()),
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut endpoints = Vec::new();
+        for e in &u.endpoints {
+            let (addr, weight, zone) = match e.get_ref() {
+                RawEndpoint::Addr(a) => (a.clone(), None, None),
+                RawEndpoint::Full(t) => (t.addr.clone(), t.weight, t.zone.clone()),
+            };
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                c.err(
+                    e.span(),
+                    format!(r#"endpoint {addr:?} must be "host:port", e.g. "10.0.0.1:8000""#),
+                );
+            }
+            if !seen.insert(addr.clone()) {
+                c.err(e.span(), format!("duplicate endpoint {addr:?}"));
+            }
+            let weight = c.int(weight, &e.span(), 1..=1000, 1, "weight") as u32;
+            endpoints.push(EndpointSpec { addr, weight, zone });
+        }
+        let health = u.health.as_ref().map(|h| {
+            let s = h.span();
+            let h = h.get_ref();
+            let path = h.path.clone().unwrap_or_else(|| "/health".into());
+            if !path.starts_with('/') {
+                c.err(s.clone(), r#"health.path must start with "/""#);
+            }
+            let interval = h.interval.map_or(Duration::from_secs(2), |d| d.0);
+            let timeout = h.timeout.map_or(Duration::from_secs(1), |d| d.0);
+            if interval.is_zero() || timeout.is_zero() {
+                c.err(
+                    s.clone(),
+                    "health.interval and health.timeout must be greater than zero",
+                );
+            }
+            HealthPolicy {
+                path,
+                interval,
+                timeout,
+                healthy_after: c.int(h.healthy_after, &s, 1..=100, 2, "health.healthy_after")
+                    as u32,
+                unhealthy_after: c.int(h.unhealthy_after, &s, 1..=100, 3, "health.unhealthy_after")
+                    as u32,
+            }
+        });
+        let outlier = u.passive.as_ref().map_or_else(OutlierPolicy::default, |p| {
+            let s = p.span();
+            let p = p.get_ref();
+            let d = OutlierPolicy::default();
+            let o = OutlierPolicy {
+                consecutive_failures: c.int(
+                    p.consecutive_failures,
+                    &s,
+                    0..=1000,
+                    5,
+                    "passive.consecutive_failures",
+                ) as u32,
+                base_ejection: p.base_ejection.map_or(d.base_ejection, |x| x.0),
+                max_ejection: p.max_ejection.map_or(d.max_ejection, |x| x.0),
+            };
+            if o.max_ejection < o.base_ejection {
+                c.err(
+                    s,
+                    "passive.max_ejection must be at least passive.base_ejection",
+                );
+            }
+            o
+        });
+        let pool = u.pool.as_ref().map_or_else(PoolSpec::default, |p| {
+            let s = p.span();
+            let p = p.get_ref();
+            let d = PoolSpec::default();
+            PoolSpec {
+                max_per_endpoint: c.int(
+                    p.max_per_endpoint,
+                    &s,
+                    1..=100_000,
+                    d.max_per_endpoint as i64,
+                    "pool.max_per_endpoint",
+                ) as usize,
+                idle_timeout: p.idle_timeout.map_or(d.idle_timeout, |x| x.0),
+            }
+        });
+        let panic_threshold_percent = match &u.panic_threshold {
+            Some(p) => c.int(
+                Some(*p.get_ref()),
+                &p.span(),
+                0..=100,
+                50,
+                "panic_threshold",
+            ) as u32,
+            None => 50,
+        };
+        out.push(UpstreamSpec {
+            name: name.get_ref().clone(),
+            balance,
+            hash_on,
+            sticky_cookie: u
+                .cookie
+                .as_ref()
+                .map_or_else(|| "sg_sticky".into(), |s| s.get_ref().clone()),
+            endpoints,
+            health,
+            outlier,
+            slow_start: u.slow_start.as_ref().map(|s| s.get_ref().0),
+            panic_threshold_percent,
+            pool,
+            protocol: match u.protocol {
+                Some(RawProtocol::H2c) => UpstreamProtocol::Http2,
+                _ => UpstreamProtocol::Http1,
+            },
+        });
+    }
+    out
+}

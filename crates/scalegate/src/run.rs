@@ -1,0 +1,184 @@
+//! Process lifecycle: start workers and the admin listener, reload on SIGHUP or a change of the
+//! config file, drain on SIGTERM/SIGINT and exit 0.
+//!
+//! Threads: the main thread runs a small control runtime (admin API, health probes, signals,
+//! reloads); data-path workers run on their own threads (see `scalegate_http::worker`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::Watcher;
+use scalegate_http::Gateway;
+use scalegate_http::health_check::Supervisor;
+use scalegate_http::metrics::Labels;
+use scalegate_http::worker::{Runtime, shutdown_channel, spawn_workers};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::admin;
+use crate::config::{Config, LogFormat, RuntimeMode};
+
+/// A task the caller wants running beside the gateway on the control runtime (demo backends).
+pub type Sidecar = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs the gateway until SIGTERM or SIGINT; `path` enables reloads from that file.
+pub fn run(config: Config, path: Option<PathBuf>, sidecar: Option<Sidecar>) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sg-control")
+        .build()
+        .context("cannot start control runtime")?;
+    rt.block_on(serve(config, path, sidecar))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    sidecar: Option<Sidecar>,
+) -> anyhow::Result<()> {
+    let (pools, shape) = match config.runtime.mode {
+        RuntimeMode::ThreadPerCore => (config.runtime.worker_threads, Runtime::ThreadPerCore),
+        RuntimeMode::WorkStealing => (1, Runtime::WorkStealing(config.runtime.worker_threads)),
+    };
+    let gw = Gateway::new(&config.gateway, pools).context("cannot apply config")?;
+    let mut health = Supervisor::default();
+    health.reconcile(&gw.snapshot());
+
+    let admin_addr = admin::start(config.admin_listen, gw.clone())
+        .await
+        .context("cannot start admin listener")?;
+    let (trigger, shutdown) = shutdown_channel();
+    let workers = spawn_workers(gw.clone(), shutdown, config.drain_timeout, shape);
+    if let Some(task) = sidecar {
+        tokio::spawn(task);
+    }
+    for l in &gw.snapshot().listeners {
+        tracing::info!(listener = %l.spec.name, addr = %l.sockets.local_addr, "listening");
+    }
+    tracing::info!(addr = %admin_addr, workers = config.runtime.worker_threads, "admin listening");
+
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = match &path {
+        Some(p) if config.watch_config => watch_file(p, changed_tx),
+        _ => None,
+    };
+    let mut running = config;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                if let Some(p) = &path { reload(p, &gw, &mut running, &mut health) }
+            }
+            Some(()) = changed_rx.recv() => {
+                // Editors write in several steps: wait for the file to settle.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while changed_rx.try_recv().is_ok() {}
+                if let Some(p) = &path {
+                    tracing::info!("config file changed: reloading");
+                    reload(p, &gw, &mut running, &mut health);
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
+        }
+    }
+
+    gw.set_draining();
+    trigger.trigger();
+    health.stop();
+    let joined = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::error!("a worker thread panicked");
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// Applies the file at `path` if it is valid; otherwise logs every problem and keeps the
+/// running config.
+fn reload(path: &Path, gw: &Arc<Gateway>, running: &mut Config, health: &mut Supervisor) {
+    let counted = |result: &str| {
+        let l: Labels = vec![("result", result.to_string())];
+        gw.metrics.reloads.get_or_create(&l).inc();
+    };
+    let next = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload rejected, previous config stays in force:\n{e}");
+            counted("error");
+            return;
+        }
+    };
+    for setting in next.restart_needed(running) {
+        tracing::warn!(
+            setting,
+            "changed setting only applies after a restart; keeping the running value"
+        );
+    }
+    match gw.apply(&next.gateway) {
+        Ok(snap) => {
+            health.reconcile(&snap);
+            tracing::info!(version = snap.version, summary = %next.summary(), "config reloaded");
+            running.gateway = next.gateway;
+            running.drain_timeout = next.drain_timeout;
+            counted("ok");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected, previous config stays in force");
+            counted("error");
+        }
+    }
+}
+
+/// Watches the config file's directory (editors replace files by rename) for changes to it.
+fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let file = path.file_name()?.to_os_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && !ev.kind.is_access()
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file.as_os_str()))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch config file; SIGHUP still reloads"))
+    .ok()?;
+    w.watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(
+            |e| tracing::warn!(error = %e, "cannot watch config directory; SIGHUP still reloads"),
+        )
+        .ok()?;
+    Some(w)
+}
