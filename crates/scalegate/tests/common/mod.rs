@@ -1,0 +1,61 @@
+//! Shared helpers for the gateway's integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+pub use scalegate_testkit::client::{Client, Resp, raw};
+pub use scalegate_testkit::{Backend, GatewayProcess, eventually, free_port};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_scalegate");
+
+/// Starts `n` backends named b0, b1, …
+pub async fn backends(n: usize) -> Vec<Backend> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(Backend::start(&format!("b{i}")).await);
+    }
+    v
+}
+
+/// `"addr", "addr"` for an endpoints list.
+pub fn endpoints(bs: &[Backend]) -> String {
+    bs.iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A catch-all route to upstream "app" plus the upstream with `settings` lines.
+pub fn app(bs: &[Backend], settings: &str) -> String {
+    format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [{}]\n{settings}\n",
+        endpoints(bs)
+    )
+}
+
+/// Sends `n` sequential GETs of `path`; counts responses by body (non-2xx as "status:NNN").
+pub async fn spread(
+    c: &Client,
+    addr: SocketAddr,
+    path: &str,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let key = match c.get_with(addr, path, headers).await {
+            Ok(r) if r.status.is_success() => r.body,
+            Ok(r) => format!("status:{}", r.status.as_u16()),
+            Err(e) => format!("error:{e}"),
+        };
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Starts a gateway in front of `bs` with upstream `settings`.
+pub async fn gateway(bs: &[Backend], settings: &str) -> GatewayProcess {
+    GatewayProcess::start(BIN, &app(bs, settings)).await
+}

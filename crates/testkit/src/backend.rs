@@ -1,0 +1,227 @@
+//! A real HTTP backend (HTTP/1.1 and h2c) that answers with its name, counts requests, records
+//! the last request head, and misbehaves on command.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+/// What the backend does, changeable while it runs.
+#[derive(Debug)]
+pub struct Behaviour {
+    /// Status for normal requests (default 200).
+    pub status: AtomicU16,
+    /// Delay before answering normal requests, in ms.
+    pub delay_ms: AtomicU64,
+    /// Whether `/health` answers 200 (else 503).
+    pub healthy: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    behaviour: Behaviour,
+    hits: AtomicUsize,
+    health_hits: AtomicUsize,
+    last_headers: Mutex<Option<HeaderMap>>,
+    last_body_len: AtomicUsize,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// A running backend; stops (closing every connection) on [`Backend::stop`] or drop.
+#[derive(Debug)]
+pub struct Backend {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Backend {
+    /// Starts a backend on a free loopback port.
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        Self::serve(name, listener)
+    }
+
+    /// Starts a backend on a given port (to bring a stopped one back).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let mut last = None;
+        for _ in 0..50 {
+            match TcpListener::bind(addr).await {
+                Ok(l) => return Self::serve(name, l),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("rebind {addr}: {last:?}")
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Backend {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            behaviour: Behaviour {
+                status: AtomicU16::new(200),
+                delay_ms: AtomicU64::new(0),
+                healthy: AtomicBool::new(true),
+            },
+            hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            last_headers: Mutex::new(None),
+            last_body_len: AtomicUsize::new(0),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s2 = s.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s3 = s2.clone();
+                        async move { Ok::<_, Infallible>(answer(&s3, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                if let Ok(mut t) = s.tasks.lock() {
+                    t.push(conn.abort_handle());
+                }
+            }
+        });
+        if let Ok(mut t) = shared.tasks.lock() {
+            t.push(accept.abort_handle());
+        }
+        Backend { addr, shared }
+    }
+
+    /// The backend's name (its response body).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The behaviour knobs.
+    pub fn behaviour(&self) -> &Behaviour {
+        &self.shared.behaviour
+    }
+
+    /// Answer normal requests with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.shared.behaviour.status.store(status, SeqCst);
+    }
+
+    /// Delay normal requests by `d`.
+    pub fn set_delay(&self, d: Duration) {
+        self.shared
+            .behaviour
+            .delay_ms
+            .store(d.as_millis() as u64, SeqCst);
+    }
+
+    /// Make `/health` pass or fail.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.behaviour.healthy.store(healthy, SeqCst);
+    }
+
+    /// Normal (non-health) requests served so far.
+    pub fn hits(&self) -> usize {
+        self.shared.hits.load(SeqCst)
+    }
+
+    /// Health probes served so far.
+    pub fn health_hits(&self) -> usize {
+        self.shared.health_hits.load(SeqCst)
+    }
+
+    /// Headers of the last normal request.
+    pub fn last_headers(&self) -> Option<HeaderMap> {
+        self.shared.last_headers.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// Body length of the last normal request.
+    pub fn last_body_len(&self) -> usize {
+        self.shared.last_body_len.load(SeqCst)
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn stop(&self) {
+        if let Ok(mut t) = self.shared.tasks.lock() {
+            for h in t.drain(..) {
+                h.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/health" {
+        s.health_hits.fetch_add(1, SeqCst);
+        let ok = s.behaviour.healthy.load(SeqCst);
+        let mut r = Response::new(Full::new(Bytes::from_static(b"health")));
+        *r.status_mut() = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return r;
+    }
+    s.hits.fetch_add(1, SeqCst);
+    if let Ok(mut h) = s.last_headers.lock() {
+        *h = Some(req.headers().clone());
+    }
+    let path = req.uri().path().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    s.last_body_len.store(body.len(), SeqCst);
+    let delay = s.behaviour.delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let reply = if let Some(n) = path.strip_prefix("/bytes/") {
+        Bytes::from(vec![b'x'; n.parse().unwrap_or(0)])
+    } else {
+        Bytes::from(s.name.clone())
+    };
+    let mut r = Response::new(Full::new(reply));
+    *r.status_mut() =
+        StatusCode::from_u16(s.behaviour.status.load(SeqCst)).unwrap_or(StatusCode::OK);
+    r.headers_mut().insert(
+        "x-backend",
+        s.name
+            .parse()
+            .unwrap_or(http::HeaderValue::from_static("?")),
+    );
+    r.headers_mut()
+        .insert("connection", http::HeaderValue::from_static("keep-alive"));
+    r.headers_mut()
+        .insert("keep-alive", http::HeaderValue::from_static("timeout=60"));
+    r
+}

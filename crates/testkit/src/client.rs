@@ -1,0 +1,116 @@
+//! Test clients: pooled HTTP/1.1, HTTP/2 with prior knowledge, and raw TCP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as Legacy;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response read whole.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Resp {
+    /// A header's value as text ("" if absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// A keep-alive HTTP client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Legacy<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// HTTP/1.1 with keep-alive.
+    pub fn http1() -> Self {
+        Client {
+            inner: Legacy::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// HTTP/2 with prior knowledge (h2c).
+    pub fn h2c() -> Self {
+        Client {
+            inner: Legacy::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    /// Sends a request; Err on transport failure.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Resp, String> {
+        let resp = tokio::time::timeout(Duration::from_secs(20), self.inner.request(req))
+            .await
+            .map_err(|_| "client timeout".to_string())?
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// GET `http://addr{path}` with extra headers.
+    pub async fn get_with(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let mut b = Request::get(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?)
+            .await
+    }
+
+    /// GET `http://addr{path}`.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Resp, String> {
+        self.get_with(addr, path, &[]).await
+    }
+}
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it (or 10 s).
+/// Returns what was read and whether the server closed the connection.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return (String::new(), false);
+    };
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}

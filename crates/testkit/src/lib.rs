@@ -1,0 +1,42 @@
+//! Test-only helpers for scalegate's integration tests: real sockets, no mocks.
+//!
+//! - [`Backend`]: an HTTP server that answers with its name and misbehaves on command (status,
+//!   delay, failing health check, refusing connections);
+//! - [`GatewayProcess`]: the real `scalegate` binary run on a config in a temp dir, with
+//!   reload and signal helpers;
+//! - [`client`]: plain HTTP/1.1 and HTTP/2 requests, and raw TCP for malformed input.
+
+pub mod backend;
+pub mod client;
+pub mod process;
+
+pub use backend::Backend;
+pub use process::GatewayProcess;
+
+use std::time::Duration;
+
+/// A port the OS says is free right now (bind to 0, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,123 @@
+//! The real `scalegate` binary run on a config file in a temp dir.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::client::Client;
+use crate::{eventually, free_port};
+
+/// A running gateway process; killed on drop.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// The "public" listener.
+    pub http: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    header: String,
+}
+
+impl GatewayProcess {
+    /// Starts `bin run` on a config of a "public" listener and an admin listener on free ports,
+    /// followed by `rest` (routes, upstreams, …); waits until /health answers.
+    pub async fn start(bin: &str, rest: &str) -> GatewayProcess {
+        Self::start_with(bin, "[runtime]\nworker_threads = 2\n", rest).await
+    }
+
+    /// Like [`Self::start`] with a custom `[runtime]`/`[log]`/`[lifecycle]` preamble.
+    pub async fn start_with(bin: &str, preamble: &str, rest: &str) -> GatewayProcess {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let header = format!(
+            "{preamble}\n[admin]\nlisten = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n\n"
+        );
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let config = dir.path().join("scalegate.toml");
+        std::fs::write(&config, format!("{header}{rest}"))
+            .unwrap_or_else(|e| panic!("write config: {e}"));
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("SG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let gw = GatewayProcess {
+            child: Some(child),
+            _dir: dir,
+            config,
+            http,
+            admin,
+            header,
+        };
+        let c = Client::http1();
+        let up = eventually(Duration::from_secs(20), || async {
+            c.get(admin, "/health").await.is_ok()
+        })
+        .await;
+        assert!(up, "gateway did not come up");
+        gw
+    }
+
+    /// Rewrites the config file with the same listeners and a new `rest` (the file watcher and
+    /// SIGHUP both pick it up).
+    pub fn write_config(&self, rest: &str) {
+        std::fs::write(&self.config, format!("{}{rest}", self.header))
+            .unwrap_or_else(|e| panic!("write: {e}"));
+    }
+
+    /// Sends a signal (libc number) to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(st);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Fetches an admin path's body.
+    pub async fn admin_get(&self, path: &str) -> String {
+        Client::http1()
+            .get(self.admin, path)
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
