@@ -17,10 +17,13 @@ use crate::clock;
 use crate::gateway::Snapshot;
 use crate::upstream::HttpEndpoint;
 
+/// A running probe loop: the policy and endpoint it probes.
+type Probe = (HealthPolicy, Arc<HttpEndpoint>, JoinHandle<()>);
+
 /// Probe loops by (upstream, endpoint address).
 #[derive(Debug, Default)]
 pub struct Supervisor {
-    running: HashMap<(String, String), (HealthPolicy, Arc<HttpEndpoint>, JoinHandle<()>)>,
+    running: HashMap<(String, String), Probe>,
 }
 
 impl Supervisor {

@@ -75,7 +75,7 @@ fn specificity(m: &MatchSpec) -> (bool, usize, bool, usize) {
 impl RouteTable {
     /// Sorts routes by specificity (stable, so config order breaks ties).
     pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
-        routes.sort_by(|a, b| specificity(&b.spec.matcher).cmp(&specificity(&a.spec.matcher)));
+        routes.sort_by_key(|r| std::cmp::Reverse(specificity(&r.spec.matcher)));
         RouteTable { routes }
     }
 

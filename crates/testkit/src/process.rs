@@ -31,6 +31,11 @@ impl GatewayProcess {
 
     /// Like [`Self::start`] with a custom `[runtime]`/`[log]`/`[lifecycle]` preamble.
     pub async fn start_with(bin: &str, preamble: &str, rest: &str) -> GatewayProcess {
+        Self::start_full(bin, preamble, "", rest).await
+    }
+
+    /// Like [`Self::start_with`] with extra settings for the "public" listener.
+    pub async fn start_full(bin: &str, preamble: &str, listener: &str, rest: &str) -> GatewayProcess {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
@@ -38,7 +43,7 @@ impl GatewayProcess {
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
         let header = format!(
-            "{preamble}\n[admin]\nlisten = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n\n"
+            "{preamble}\n[admin]\nlisten = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n{listener}\n\n"
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("scalegate.toml");

@@ -1,5 +1,5 @@
 //! Shared helpers for the gateway's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

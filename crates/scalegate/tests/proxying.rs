@@ -1,0 +1,87 @@
+//! What crosses the hop: headers, protocols, bodies.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    let c = Client::http1();
+    let r = c
+        .get_with(
+            gw.http,
+            "/",
+            &[
+                ("connection", "x-private"),
+                ("x-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-authorization", "Basic eA=="),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-app", "kept"),
+            ],
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 200);
+    let h = bs[0].last_headers().expect("request reached the backend");
+    for gone in ["x-private", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!h.contains_key(gone), "{gone} crossed the hop: {h:?}");
+    }
+    assert_eq!(h["x-app"], "kept");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], gw.http.to_string());
+    assert_eq!(h["host"], gw.http.to_string());
+    let id = h["x-request-id"].to_str().unwrap_or_default();
+    assert_eq!(id.len(), 32, "{id}");
+    // The backend's own hop-by-hop response headers stay on its side.
+    assert!(!r.headers.contains_key("keep-alive"), "{:?}", r.headers);
+    assert_eq!(r.header("x-backend"), "b0");
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_kept() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    Client::http1().get_with(gw.http, "/", &[("x-request-id", "abc-123")]).await.expect("response");
+    assert_eq!(bs[0].last_headers().expect("headers")["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn h2c_client_reaches_an_http1_upstream() {
+    let bs = backends(2).await;
+    let gw = gateway(&bs, "").await;
+    let c = Client::h2c();
+    let m = spread(&c, gw.http, "/", 20, &[]).await;
+    assert_eq!(m.values().sum::<usize>(), 20, "{m:?}");
+    assert_eq!(m.len(), 2, "{m:?}");
+    let h = bs[0].last_headers().expect("headers");
+    assert_eq!(h["host"], gw.http.to_string(), "the :authority becomes Host towards an h1 upstream");
+}
+
+#[tokio::test]
+async fn h2c_upstream_is_used_when_marked() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "protocol = \"h2c\"").await;
+    let m = spread(&Client::http1(), gw.http, "/", 10, &[]).await;
+    assert_eq!(m.get("b0"), Some(&10), "{m:?}");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    let c = Client::http1();
+    let big = Bytes::from(vec![b'y'; 5 << 20]);
+    let req = http::Request::post(format!("http://{}/upload", gw.http)).body(Full::new(big)).expect("request");
+    let r = c.send(req).await.expect("upload");
+    assert_eq!(r.status, 200);
+    assert_eq!(bs[0].last_body_len(), 5 << 20);
+    let r = c.get(gw.http, "/bytes/3000000").await.expect("download");
+    assert_eq!(r.body.len(), 3_000_000);
+}
