@@ -1,21 +1,13 @@
 //! Header rules of a proxy hop: hop-by-hop removal (RFC 9110 §7.6.1), X-Forwarded-*,
 //! X-Request-Id.
+//!
+//! This runs twice per request (request and response), so it walks the map once instead of
+//! looking up each hop-by-hop name.
 
+use std::io::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
-/// Headers that never cross a hop, whatever Connection says.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -23,24 +15,33 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Headers that never cross a hop, whatever Connection says.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == header::TE
+        || *n == header::TRAILER
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+        || *n == header::PROXY_AUTHORIZATION
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers, including every header the Connection header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
+    if !h.keys().any(is_hop_by_hop) {
+        return;
     }
-    for n in &HOP_BY_HOP {
-        if h.contains_key(n) {
-            h.remove(n);
-        }
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let doomed: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for n in doomed.iter().chain(&named) {
+        h.remove(n);
     }
 }
 
@@ -51,12 +52,25 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client.to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")),
-        None => HeaderValue::try_from(ip),
+    let mut buf = [0u8; 512];
+    let mut w = &mut buf[..];
+    let prev = h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
+    let written = match prev {
+        Some(p) if p.len() < 400 => w.write_all(p).and_then(|_| write!(w, ", {client}")),
+        Some(_) => Err(std::io::ErrorKind::OutOfMemory.into()),
+        None => write!(w, "{client}"),
     };
-    if let Ok(v) = xff {
+    let len = 512 - w.len();
+    let value = match written {
+        Ok(()) => HeaderValue::from_bytes(&buf[..len]).ok(),
+        // A very long chain: fall back to an allocation.
+        Err(_) => prev.and_then(|p| {
+            let mut v = p.to_vec();
+            v.extend_from_slice(format!(", {client}").as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }),
+    };
+    if let Some(v) = value {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
@@ -69,13 +83,18 @@ pub fn add_forwarded(
     }
 }
 
-/// Returns the request's X-Request-Id, adding a fresh random one if it has none.
+/// Returns the request's X-Request-Id, adding a fresh random one (32 hex digits) if it has none.
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID) {
         return v.clone();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    let v = HeaderValue::try_from(format!("{id:032x}")).unwrap_or(HeaderValue::from_static("0"));
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    let v = HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"));
     h.insert(X_REQUEST_ID.clone(), v.clone());
     v
 }
@@ -93,10 +112,11 @@ mod tests {
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
     }
 
@@ -118,6 +138,21 @@ mod tests {
         let mut fresh = HeaderMap::new();
         let id = ensure_request_id(&mut fresh);
         assert_eq!(id.len(), 32);
+        assert!(id.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(fresh["x-request-id"], id);
+    }
+
+    #[test]
+    fn very_long_forwarded_chain_still_appends() {
+        let mut h = HeaderMap::new();
+        let long = vec!["10.0.0.1"; 60].join(", ");
+        h.insert("x-forwarded-for", HeaderValue::from_str(&long).unwrap());
+        add_forwarded(&mut h, "10.9.9.9".parse().unwrap(), "http", None);
+        assert!(
+            h["x-forwarded-for"]
+                .to_str()
+                .unwrap()
+                .ends_with(", 10.9.9.9")
+        );
     }
 }

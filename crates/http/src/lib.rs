@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod body;
 pub mod clock;
+pub mod conn;
 pub mod error;
 pub mod gateway;
 pub mod headers;

@@ -43,6 +43,8 @@ pub struct ConnCtx {
     pub worker: usize,
     /// "http" or "https".
     pub scheme: &'static str,
+    /// Requests in flight on this connection and when the last ended (for idle parking).
+    pub activity: crate::conn::Activity,
 }
 
 /// Latency-estimate decay of the p2c balancer.
@@ -61,7 +63,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         return ProxyError::NoRoute.to_response();
     };
     route.metrics.in_flight.inc();
+    ctx.activity.begin();
     let mut done = Completion {
+        conn: ctx.clone(),
         route: route.clone(),
         started,
         status: 0,
@@ -355,6 +359,7 @@ fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 /// is dropped, or at once for responses the gateway made itself.
 #[derive(Debug)]
 pub struct Completion {
+    conn: Arc<ConnCtx>,
     route: Arc<Route>,
     started: Tick,
     status: u16,
@@ -378,6 +383,7 @@ impl Completion {
         if let Some(ep) = &self.endpoint {
             ep.state.end_request();
         }
+        self.conn.activity.end();
         let m = &self.route.metrics;
         m.in_flight.dec();
         m.count(self.status);

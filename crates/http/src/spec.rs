@@ -32,6 +32,8 @@ pub struct ListenerSpec {
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger gets 431 (default 64 KiB).
     pub max_header_bytes: usize,
+    /// Idle keep-alive client connections close after this (default 60 s).
+    pub idle_timeout: Duration,
 }
 
 /// What a route matches; every present field must match. Empty matches everything.

@@ -3,28 +3,24 @@
 //! never crosses threads. (ARCHITECTURE.md has the measurement behind this choice.)
 //!
 //! A worker follows the gateway's snapshot: listeners that appear start accepting, listeners
-//! that go stop accepting. On shutdown it stops accepting, asks every connection to finish
-//! (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY) and waits up to the drain
-//! timeout.
+//! that go stop accepting. On shutdown it stops accepting, every connection closes once its
+//! request in flight is answered (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY; idle
+//! ones at once), and the worker waits for them up to the drain timeout.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::conn::{self, ConnTracker, Protocols};
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnCtx};
+use crate::proxy::ConnCtx;
 use crate::spec::ListenerSpec;
 
-/// How the workers are told to stop.
+/// How the workers and their connections are told to stop.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
@@ -50,7 +46,8 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
-    async fn wait(&mut self) {
+    /// Resolves once shutdown has been triggered.
+    pub async fn wait(&mut self) {
         let _ = self.rx.wait_for(|stop| *stop).await;
     }
 }
@@ -101,21 +98,37 @@ pub fn spawn_workers(
         .collect()
 }
 
+/// What every accept loop of a worker shares.
+#[derive(Clone)]
+struct WorkerCtx {
+    id: usize,
+    gw: Arc<Gateway>,
+    tracker: Arc<ConnTracker>,
+    shutdown: Shutdown,
+}
+
 struct Running {
     spec: ListenerSpec,
     socket: Arc<TcpListener>,
     task: JoinHandle<()>,
 }
 
-async fn run_worker(id: usize, gw: Arc<Gateway>, mut shutdown: Shutdown, drain_timeout: Duration) {
-    let graceful = Arc::new(GracefulShutdown::new());
+async fn run_worker(id: usize, gw: Arc<Gateway>, shutdown: Shutdown, drain_timeout: Duration) {
+    let tracker = Arc::new(ConnTracker::default());
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut versions = gw.subscribe();
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut stop = shutdown.clone();
+    let w = WorkerCtx {
+        id,
+        gw: gw.clone(),
+        tracker: tracker.clone(),
+        shutdown,
+    };
     loop {
-        reconcile(id, &gw, &graceful, &mut running);
+        reconcile(&w, &mut running);
         tokio::select! {
-            _ = shutdown.wait() => break,
+            _ = stop.wait() => break,
             changed = versions.changed() => if changed.is_err() { break },
             _ = sweep.tick() => if id == 0 { gw.sweep_idle() },
         }
@@ -125,34 +138,27 @@ async fn run_worker(id: usize, gw: Arc<Gateway>, mut shutdown: Shutdown, drain_t
         r.task.abort();
         let _ = r.task.await;
     }
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        tracing::error!(worker = id, "connection watcher still shared; not draining");
-        return;
-    };
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    // Every connection saw the same shutdown signal and is finishing on its own.
+    if tokio::time::timeout(drain_timeout, tracker.wait_idle())
         .await
         .is_err()
     {
         tracing::warn!(
             worker = id,
+            open = tracker.live(),
             "drain timeout reached with connections still open"
         );
     }
 }
 
 /// Starts accept loops for new listeners, stops those that left, restarts changed ones.
-fn reconcile(
-    id: usize,
-    gw: &Arc<Gateway>,
-    graceful: &Arc<GracefulShutdown>,
-    running: &mut HashMap<String, Running>,
-) {
-    let snap = gw.snapshot();
+fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
+    let snap = w.gw.snapshot();
     running.retain(|key, r| {
         let keep = snap.listeners.iter().any(|l| listener_key(&l.spec) == *key);
         if !keep {
             r.task.abort();
-            tracing::info!(worker = id, listener = %r.spec.name, "listener stopped");
+            tracing::info!(worker = w.id, listener = %r.spec.name, "listener stopped");
         }
         keep
     });
@@ -163,32 +169,20 @@ fn reconcile(
             Some(r) => {
                 r.task.abort();
                 r.spec = l.spec.clone();
-                r.task = tokio::spawn(accept_loop(
-                    id,
-                    gw.clone(),
-                    l.spec.clone(),
-                    r.socket.clone(),
-                    graceful.clone(),
-                ));
+                r.task = tokio::spawn(accept_loop(w.clone(), l.spec.clone(), r.socket.clone()));
             }
             None => {
-                let Some(std_listener) = l.sockets.take(id) else {
+                let Some(std_listener) = l.sockets.take(w.id) else {
                     continue;
                 };
                 let socket = match TcpListener::from_std(std_listener) {
                     Ok(s) => Arc::new(s),
                     Err(e) => {
-                        tracing::error!(worker = id, listener = %l.spec.name, error = %e, "cannot register listener");
+                        tracing::error!(worker = w.id, listener = %l.spec.name, error = %e, "cannot register listener");
                         continue;
                     }
                 };
-                let task = tokio::spawn(accept_loop(
-                    id,
-                    gw.clone(),
-                    l.spec.clone(),
-                    socket.clone(),
-                    graceful.clone(),
-                ));
+                let task = tokio::spawn(accept_loop(w.clone(), l.spec.clone(), socket.clone()));
                 running.insert(
                     key,
                     Running {
@@ -206,30 +200,8 @@ fn listener_key(spec: &ListenerSpec) -> String {
     format!("{}@{}", spec.name, spec.bind)
 }
 
-/// The HTTP/1.1 + HTTP/2 (prior knowledge) connection settings of a listener.
-pub fn connection_builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(spec.header_read_timeout)
-        .max_buf_size(spec.max_header_bytes.max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
-}
-
-async fn accept_loop(
-    worker: usize,
-    gw: Arc<Gateway>,
-    spec: ListenerSpec,
-    socket: Arc<TcpListener>,
-    graceful: Arc<GracefulShutdown>,
-) {
-    let builder = Arc::new(connection_builder(&spec));
+async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>) {
+    let protocols = Arc::new(Protocols::new(&spec));
     let name: Arc<str> = Arc::from(spec.name.as_str());
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -243,24 +215,19 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ctx = Arc::new(ConnCtx {
-            gateway: gw.clone(),
+            gateway: w.gw.clone(),
             listener: name.clone(),
             peer,
-            worker,
+            worker: w.id,
             scheme: "http",
+            activity: conn::Activity::default(),
         });
-        let svc = service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(ctx, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-        });
+        tokio::spawn(conn::serve(
+            stream,
+            ctx,
+            protocols.clone(),
+            w.shutdown.clone(),
+            w.tracker.track(),
+        ));
     }
 }

@@ -13,6 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The scaling tier of a web stack in one binary: HTTP gateway with load balancing, health checks
 /// and graceful reloads.
 #[derive(Parser, Debug)]

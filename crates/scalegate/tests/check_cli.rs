@@ -15,7 +15,11 @@ fn every_example_config_passes_check() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run check");
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -24,7 +28,10 @@ fn every_example_config_passes_check() {
             stdout,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("ok:") && stdout.contains("listener"), "{stdout}");
+        assert!(
+            stdout.contains("ok:") && stdout.contains("listener"),
+            "{stdout}"
+        );
         n += 1;
     }
     assert!(n >= 3, "expected the example configs in {}", dir.display());
@@ -39,7 +46,11 @@ fn a_bad_config_fails_with_file_line_and_column() {
         "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:8080\"\n\n[[routes]]\nmatch = { path_prefix = \"/\" }\nupstream = \"nope\"\n",
     )
     .expect("write");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run check");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let want = format!("{}:7:12: unknown upstream \"nope\"", path.display());
@@ -48,10 +59,16 @@ fn a_bad_config_fails_with_file_line_and_column() {
 
 #[test]
 fn version_and_help_work() {
-    let out = Command::new(BIN).arg("--version").output().expect("version");
+    let out = Command::new(BIN)
+        .arg("--version")
+        .output()
+        .expect("version");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("scalegate "));
     for sub in ["run", "check", "demo"] {
-        let out = Command::new(BIN).args([sub, "--help"]).output().expect("help");
+        let out = Command::new(BIN)
+            .args([sub, "--help"])
+            .output()
+            .expect("help");
         assert!(out.status.success(), "{sub} --help");
     }
 }

@@ -22,7 +22,11 @@ async fn connect_refused_is_502() {
 async fn no_healthy_endpoint_is_503_with_retry_after() {
     let bs = backends(1).await;
     bs[0].set_healthy(false);
-    let gw = gateway(&bs, "panic_threshold = 0\nhealth = { interval = \"50ms\", unhealthy_after = 1 }").await;
+    let gw = gateway(
+        &bs,
+        "panic_threshold = 0\nhealth = { interval = \"50ms\", unhealthy_after = 1 }",
+    )
+    .await;
     let c = Client::http1();
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -33,7 +37,10 @@ async fn no_healthy_endpoint_is_503_with_retry_after() {
     let r = c.get(gw.http, "/").await.expect("response");
     assert_eq!(r.header("retry-after"), "1");
     let ready = gw.admin_get("/ready").await;
-    assert!(ready.contains("\"ready\":false") && ready.contains("app"), "{ready}");
+    assert!(
+        ready.contains("\"ready\":false") && ready.contains("app"),
+        "{ready}"
+    );
 }
 
 #[tokio::test]
@@ -58,8 +65,14 @@ async fn no_matching_route_is_404() {
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let c = Client::http1();
-    assert_eq!(c.get(gw.http, "/other").await.expect("response").status, 404);
-    assert_eq!(c.get(gw.http, "/api/x").await.expect("response").status, 200);
+    assert_eq!(
+        c.get(gw.http, "/other").await.expect("response").status,
+        404
+    );
+    assert_eq!(
+        c.get(gw.http, "/api/x").await.expect("response").status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -69,7 +82,11 @@ async fn malformed_request_is_400_and_the_connection_closes() {
     let (out, closed) = raw(gw.http, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     assert!(closed);
-    let (out, closed) = raw(gw.http, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n").await;
+    let (out, closed) = raw(
+        gw.http,
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     assert!(closed);
     assert_eq!(bs[0].hits(), 0);
@@ -78,11 +95,16 @@ async fn malformed_request_is_400_and_the_connection_closes() {
 #[tokio::test]
 async fn oversized_headers_are_431() {
     let bs = backends(1).await;
-    let gw = GatewayProcess::start_full(BIN, "", "max_header_bytes = \"16KiB\"", &app(&bs, "")).await;
+    let gw =
+        GatewayProcess::start_full(BIN, "", "max_header_bytes = \"16KiB\"", &app(&bs, "")).await;
     let big = "a".repeat(40_000);
     let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
     let (out, closed) = raw(gw.http, req.as_bytes()).await;
-    assert!(out.starts_with("HTTP/1.1 431"), "{:?}", &out[..out.len().min(100)]);
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &out[..out.len().min(100)]
+    );
     assert!(closed);
 }
 
@@ -98,7 +120,9 @@ async fn body_over_the_route_limit_is_413() {
     let declared = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n{body}");
     let (out, _) = raw(gw.http, declared.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
-    let chunked = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n");
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n"
+    );
     let (out, _) = raw(gw.http, chunked.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
     let small = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
@@ -109,9 +133,14 @@ async fn body_over_the_route_limit_is_413() {
 #[tokio::test]
 async fn slowloris_client_is_cut_off_after_the_header_timeout() {
     let bs = backends(1).await;
-    let gw = GatewayProcess::start_full(BIN, "", "header_read_timeout = \"300ms\"", &app(&bs, "")).await;
-    let mut s = tokio::net::TcpStream::connect(gw.http).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let gw =
+        GatewayProcess::start_full(BIN, "", "header_read_timeout = \"300ms\"", &app(&bs, "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
     // Dribble one header byte at a time, never finishing the head.
     let mut closed = false;
     for _ in 0..40 {
@@ -121,32 +150,51 @@ async fn slowloris_client_is_cut_off_after_the_header_timeout() {
             break;
         }
         let mut buf = [0u8; 512];
-        if let Ok(Ok(0)) | Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+        if let Ok(Ok(0)) | Ok(Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
             closed = true;
             break;
         }
     }
-    assert!(closed, "a client dribbling headers for 4 s was not cut off by a 300 ms header timeout");
+    assert!(
+        closed,
+        "a client dribbling headers for 4 s was not cut off by a 300 ms header timeout"
+    );
 }
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body() {
     let bs = backends(1).await;
     let gw = gateway(&bs, "").await;
-    let mut s = tokio::net::TcpStream::connect(gw.http).await.expect("connect");
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("100 in time").expect("read");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("100 in time")
+        .expect("read");
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head:?}");
     s.write_all(b"hello").await.expect("body");
     let mut rest = String::new();
     while !rest.contains("b0") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("response").expect("read");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("response")
+            .expect("read");
         assert!(n > 0, "closed early: {rest:?}");
         rest.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(rest.contains("200 OK"), "{rest:?}");
     assert_eq!(bs[0].last_body_len(), 5);
-    assert!(bs[0].last_headers().is_some_and(|h| !h.contains_key("expect")));
+    assert!(
+        bs[0]
+            .last_headers()
+            .is_some_and(|h| !h.contains_key("expect"))
+    );
 }

@@ -11,7 +11,10 @@ const FAST_CHECKS: &str = "health = { path = \"/health\", interval = \"50ms\", t
 async fn state_of(gw: &GatewayProcess, addr: std::net::SocketAddr) -> String {
     let body = gw.admin_get("/upstreams").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let eps = v["upstreams"][0]["endpoints"].as_array().cloned().unwrap_or_default();
+    let eps = v["upstreams"][0]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     eps.iter()
         .find(|e| e["addr"] == addr.to_string())
         .map(|e| e["state"].as_str().unwrap_or_default().to_string())
@@ -24,11 +27,21 @@ async fn active_check_ejects_a_failing_endpoint_and_brings_it_back() {
     let gw = gateway(&bs, FAST_CHECKS).await;
     let c = Client::http1();
     bs[0].set_healthy(false);
-    assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, bs[0].addr).await == "unhealthy" }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[0].addr).await == "unhealthy"
+        })
+        .await
+    );
     let m = spread(&c, gw.http, "/", 20, &[]).await;
     assert_eq!(m.get("b1"), Some(&20), "{m:?}");
     bs[0].set_healthy(true);
-    assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, bs[0].addr).await == "available" }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[0].addr).await == "available"
+        })
+        .await
+    );
     let m = spread(&c, gw.http, "/", 20, &[]).await;
     assert!(m.get("b0").copied().unwrap_or(0) >= 5, "{m:?}");
     assert!(bs[0].health_hits() > 4);
@@ -38,13 +51,24 @@ async fn active_check_ejects_a_failing_endpoint_and_brings_it_back() {
 async fn passive_ejection_after_consecutive_5xx() {
     let bs = backends(2).await;
     bs[0].set_status(500);
-    let gw = gateway(&bs, "passive = { consecutive_failures = 3, base_ejection = \"60s\" }").await;
+    let gw = gateway(
+        &bs,
+        "passive = { consecutive_failures = 3, base_ejection = \"60s\" }",
+    )
+    .await;
     let m = spread(&Client::http1(), gw.http, "/", 40, &[]).await;
-    assert!(bs[0].hits() <= 4, "b0 kept getting traffic after ejection: {} hits, {m:?}", bs[0].hits());
+    assert!(
+        bs[0].hits() <= 4,
+        "b0 kept getting traffic after ejection: {} hits, {m:?}",
+        bs[0].hits()
+    );
     assert!(m.get("b1").copied().unwrap_or(0) >= 36, "{m:?}");
     assert_eq!(state_of(&gw, bs[0].addr).await, "ejected");
     let metrics = gw.admin_get("/metrics").await;
-    let line = format!("scalegate_upstream_ejections_total{{upstream=\"app\",endpoint=\"{}\"}} 1", bs[0].addr);
+    let line = format!(
+        "scalegate_upstream_ejections_total{{upstream=\"app\",endpoint=\"{}\"}} 1",
+        bs[0].addr
+    );
     assert!(metrics.contains(&line), "{metrics}");
 }
 
@@ -68,14 +92,27 @@ async fn slow_start_ramps_a_returning_endpoint() {
     let bs = backends(2).await;
     let gw = gateway(&bs, &format!("{FAST_CHECKS}\nslow_start = \"60s\"")).await;
     bs[0].set_healthy(false);
-    assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, bs[0].addr).await == "unhealthy" }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[0].addr).await == "unhealthy"
+        })
+        .await
+    );
     bs[0].set_healthy(true);
-    assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, bs[0].addr).await == "available" }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[0].addr).await == "available"
+        })
+        .await
+    );
     let m = spread(&Client::http1(), gw.http, "/", 200, &[]).await;
     let returning = m.get("b0").copied().unwrap_or(0);
     // At the start of a 60 s ramp the weight is ~10%: far below an even half.
     assert!(returning < 50, "{m:?}");
-    assert!(returning > 0, "a ramping endpoint still gets some traffic: {m:?}");
+    assert!(
+        returning > 0,
+        "a ramping endpoint still gets some traffic: {m:?}"
+    );
 }
 
 #[tokio::test]
@@ -85,8 +122,18 @@ async fn panic_mode_spreads_over_all_when_too_few_are_healthy() {
     for b in &bs[..3] {
         b.set_healthy(false);
     }
-    assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, bs[2].addr).await == "unhealthy" }).await);
-    assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, bs[0].addr).await == "unhealthy" }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[2].addr).await == "unhealthy"
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[0].addr).await == "unhealthy"
+        })
+        .await
+    );
     let m = spread(&Client::http1(), gw.http, "/", 40, &[]).await;
     assert_eq!(m.len(), 4, "panic mode balances over every endpoint: {m:?}");
     let ready = gw.admin_get("/ready").await;
@@ -101,7 +148,12 @@ async fn without_panic_mode_only_healthy_endpoints_serve() {
         b.set_healthy(false);
     }
     for b in &bs[..3] {
-        assert!(eventually(Duration::from_secs(10), || async { state_of(&gw, b.addr).await == "unhealthy" }).await);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                state_of(&gw, b.addr).await == "unhealthy"
+            })
+            .await
+        );
     }
     let m = spread(&Client::http1(), gw.http, "/", 20, &[]).await;
     assert_eq!(m.get("b3"), Some(&20), "{m:?}");
@@ -125,7 +177,15 @@ async fn health_state_survives_a_reload() {
         })
         .await
     );
-    assert_eq!(state_of(&gw, bs[0].addr).await, "ejected", "ejection carried over the reload");
+    assert_eq!(
+        state_of(&gw, bs[0].addr).await,
+        "ejected",
+        "ejection carried over the reload"
+    );
     spread(&c, gw.http, "/", 10, &[]).await;
-    assert_eq!(bs[0].hits(), hits, "the ejected endpoint got traffic after the reload");
+    assert_eq!(
+        bs[0].hits(),
+        hits,
+        "the ejected endpoint got traffic after the reload"
+    );
 }

@@ -19,14 +19,21 @@ async fn reload_under_load_loses_no_request() {
     for i in 0..4 {
         let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), gw.http);
         // Half the loops keep one connection alive across reloads, half use h2.
-        let c = if i % 2 == 0 { Client::http1() } else { Client::h2c() };
+        let c = if i % 2 == 0 {
+            Client::http1()
+        } else {
+            Client::h2c()
+        };
         loops.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match c.get(addr, "/").await {
                     Ok(r) if r.status == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    other => failures.lock().map(|mut f| f.push(format!("{other:?}"))).unwrap_or(()),
+                    other => failures
+                        .lock()
+                        .map(|mut f| f.push(format!("{other:?}")))
+                        .unwrap_or(()),
                 }
             }
         }));
@@ -34,7 +41,9 @@ async fn reload_under_load_loses_no_request() {
     for round in 0..20 {
         // Alternate between two and three endpoints and a changing extra route.
         let set = if round % 2 == 0 { &bs[..] } else { &bs[..2] };
-        let extra = format!("\n[[routes]]\nname = \"r{round}\"\nmatch = {{ path_prefix = \"/r{round}\" }}\nupstream = \"app\"\n");
+        let extra = format!(
+            "\n[[routes]]\nname = \"r{round}\"\nmatch = {{ path_prefix = \"/r{round}\" }}\nupstream = \"app\"\n"
+        );
         gw.write_config(&format!("{}{extra}", app(set, "")));
         gw.signal(libc::SIGHUP);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -44,11 +53,22 @@ async fn reload_under_load_loses_no_request() {
         let _ = l.await;
     }
     let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
-    assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     assert!(ok.load(Ordering::Relaxed) > 100, "the load loop barely ran");
     let metrics = gw.admin_get("/metrics").await;
-    assert!(metrics.contains("scalegate_config_reloads_total{result=\"ok\"}"), "{metrics}");
-    assert!(bs[2].hits() > 0, "the endpoint added by reloads got traffic");
+    assert!(
+        metrics.contains("scalegate_config_reloads_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        bs[2].hits() > 0,
+        "the endpoint added by reloads got traffic"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +90,12 @@ async fn reload_adds_routes_upstreams_and_listeners() {
         .await
     );
     let second: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    assert!(eventually(Duration::from_secs(10), || async { c.get(second, "/").await.is_ok_and(|r| r.body == "b0") }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            c.get(second, "/").await.is_ok_and(|r| r.body == "b0")
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -79,22 +104,34 @@ async fn a_changed_file_is_reloaded_without_a_signal() {
     let gw = gateway(&bs[..1], "").await;
     gw.write_config(&app(&bs[1..], ""));
     let c = Client::http1();
-    assert!(eventually(Duration::from_secs(10), || async { c.get(gw.http, "/").await.is_ok_and(|r| r.body == "b1") }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            c.get(gw.http, "/").await.is_ok_and(|r| r.body == "b1")
+        })
+        .await
+    );
 }
 
 #[tokio::test]
 async fn an_invalid_reload_keeps_the_old_config() {
     let bs = backends(1).await;
     let gw = gateway(&bs, "").await;
-    gw.write_config("[[routes]]\nmatch = { path_prefix = \"/\" }\nupstream = \"missing\"\nbogus_key = 1\n");
+    gw.write_config(
+        "[[routes]]\nmatch = { path_prefix = \"/\" }\nupstream = \"missing\"\nbogus_key = 1\n",
+    );
     gw.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            gw.admin_get("/metrics").await.contains("scalegate_config_reloads_total{result=\"error\"} ")
+            gw.admin_get("/metrics")
+                .await
+                .contains("scalegate_config_reloads_total{result=\"error\"} ")
         })
         .await
     );
-    let r = Client::http1().get(gw.http, "/").await.expect("still serving");
+    let r = Client::http1()
+        .get(gw.http, "/")
+        .await
+        .expect("still serving");
     assert_eq!(r.body, "b0");
     assert!(gw.admin_get("/ready").await.contains("true"));
 }
@@ -103,20 +140,31 @@ async fn an_invalid_reload_keeps_the_old_config() {
 async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_0() {
     let bs = backends(1).await;
     bs[0].set_delay(Duration::from_millis(1500));
-    let mut gw = GatewayProcess::start_with(BIN, "[lifecycle]\ndrain_timeout = \"10s\"", &app(&bs, "")).await;
+    let mut gw =
+        GatewayProcess::start_with(BIN, "[lifecycle]\ndrain_timeout = \"10s\"", &app(&bs, ""))
+            .await;
     let addr = gw.http;
     let slow = tokio::spawn(async move { Client::http1().get(addr, "/slow").await });
     assert!(eventually(Duration::from_secs(5), || async { bs[0].hits() == 1 }).await);
     gw.signal(libc::SIGTERM);
     assert!(
-        eventually(Duration::from_secs(5), || async { gw.admin_get("/ready").await.contains("false") }).await,
+        eventually(Duration::from_secs(5), || async {
+            gw.admin_get("/ready").await.contains("false")
+        })
+        .await,
         "/ready turns false while draining"
     );
     assert!(
-        eventually(Duration::from_secs(5), || async { tokio::net::TcpStream::connect(addr).await.is_err() }).await,
+        eventually(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
         "new connections are refused while draining"
     );
-    let r = slow.await.expect("join").expect("in-flight request completed");
+    let r = slow
+        .await
+        .expect("join")
+        .expect("in-flight request completed");
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b0"));
     let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
     assert_eq!(status.code(), Some(0));
@@ -129,6 +177,9 @@ async fn sigterm_closes_idle_keep_alive_connections_politely() {
     let c = Client::http1();
     assert_eq!(c.get(gw.http, "/").await.expect("first").status, 200);
     gw.signal(libc::SIGTERM);
-    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("exited without waiting for idle clients");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited without waiting for idle clients");
     assert_eq!(status.code(), Some(0));
 }

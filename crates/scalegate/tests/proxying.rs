@@ -48,8 +48,14 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
 async fn a_client_request_id_is_kept() {
     let bs = backends(1).await;
     let gw = gateway(&bs, "").await;
-    Client::http1().get_with(gw.http, "/", &[("x-request-id", "abc-123")]).await.expect("response");
-    assert_eq!(bs[0].last_headers().expect("headers")["x-request-id"], "abc-123");
+    Client::http1()
+        .get_with(gw.http, "/", &[("x-request-id", "abc-123")])
+        .await
+        .expect("response");
+    assert_eq!(
+        bs[0].last_headers().expect("headers")["x-request-id"],
+        "abc-123"
+    );
 }
 
 #[tokio::test]
@@ -61,7 +67,11 @@ async fn h2c_client_reaches_an_http1_upstream() {
     assert_eq!(m.values().sum::<usize>(), 20, "{m:?}");
     assert_eq!(m.len(), 2, "{m:?}");
     let h = bs[0].last_headers().expect("headers");
-    assert_eq!(h["host"], gw.http.to_string(), "the :authority becomes Host towards an h1 upstream");
+    assert_eq!(
+        h["host"],
+        gw.http.to_string(),
+        "the :authority becomes Host towards an h1 upstream"
+    );
 }
 
 #[tokio::test]
@@ -78,7 +88,9 @@ async fn large_bodies_stream_both_ways() {
     let gw = gateway(&bs, "").await;
     let c = Client::http1();
     let big = Bytes::from(vec![b'y'; 5 << 20]);
-    let req = http::Request::post(format!("http://{}/upload", gw.http)).body(Full::new(big)).expect("request");
+    let req = http::Request::post(format!("http://{}/upload", gw.http))
+        .body(Full::new(big))
+        .expect("request");
     let r = c.send(req).await.expect("upload");
     assert_eq!(r.status, 200);
     assert_eq!(bs[0].last_body_len(), 5 << 20);

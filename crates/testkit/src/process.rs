@@ -35,7 +35,12 @@ impl GatewayProcess {
     }
 
     /// Like [`Self::start_with`] with extra settings for the "public" listener.
-    pub async fn start_full(bin: &str, preamble: &str, listener: &str, rest: &str) -> GatewayProcess {
+    pub async fn start_full(
+        bin: &str,
+        preamble: &str,
+        listener: &str,
+        rest: &str,
+    ) -> GatewayProcess {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));

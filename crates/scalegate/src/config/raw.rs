@@ -80,6 +80,7 @@ pub struct RawListener {
     pub bind: Spanned<String>,
     pub header_read_timeout: Option<Spanned<Dur>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]

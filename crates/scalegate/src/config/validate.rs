@@ -193,6 +193,7 @@ fn listeners(c: &mut Check, raw: &[Spanned<raw::RawListener>]) -> Vec<ListenerSp
                 "header_read_timeout",
             ),
             max_header_bytes,
+            idle_timeout: c.dur(&l.idle_timeout, Duration::from_secs(60), "idle_timeout"),
         });
     }
     out

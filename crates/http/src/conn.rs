@@ -1,0 +1,359 @@
+//! Serving one client connection: protocol sniffing (HTTP/1.1 or h2c prior knowledge), idle
+//! parking, and graceful close on shutdown.
+//!
+//! **Parking.** hyper keeps an 8 KiB read and an 8 KiB write buffer for the whole life of an
+//! HTTP/1 connection. A gateway holding tens of thousands of idle keep-alive clients would spend
+//! most of its memory on those buffers, so an HTTP/1 connection with no request in flight for
+//! [`PARK_AFTER`] is handed back by hyper (`poll_without_shutdown` + `into_parts`) and waits for
+//! readability holding no buffers; the next request builds a fresh hyper connection. Parked
+//! connections close after the listener's idle timeout.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::body::RespBody;
+use crate::clock;
+use crate::proxy::{self, ConnCtx};
+use crate::spec::ListenerSpec;
+use crate::worker::Shutdown;
+
+/// An HTTP/1 connection idle this long gives its buffers back.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Per-connection activity, read by the park timer.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicU32,
+    last: AtomicU64,
+}
+
+impl Activity {
+    /// A request started on the connection.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// A request on the connection finished.
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.last.store(clock::now().0, Relaxed);
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        (self.in_flight.load(Relaxed) == 0)
+            .then(|| clock::now().since(scalegate_core::Tick(self.last.load(Relaxed))))
+    }
+}
+
+/// Counts live connections of a worker so a drain can wait for them.
+#[derive(Debug, Default)]
+pub struct ConnTracker {
+    live: AtomicUsize,
+    zero: Notify,
+}
+
+/// Decrements the tracker when its connection ends.
+#[derive(Debug)]
+pub struct Tracked(Arc<ConnTracker>);
+
+impl ConnTracker {
+    /// Registers a connection.
+    pub fn track(self: &Arc<Self>) -> Tracked {
+        self.live.fetch_add(1, Relaxed);
+        Tracked(self.clone())
+    }
+
+    /// Live connections.
+    pub fn live(&self) -> usize {
+        self.live.load(Relaxed)
+    }
+
+    /// Waits until no connection is live.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Relaxed) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// Protocol settings of one listener's connections, built once per accept loop.
+#[derive(Clone, Debug)]
+pub struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    header_read_timeout: Duration,
+}
+
+impl Protocols {
+    /// HTTP/1.1 and HTTP/2 settings for a listener.
+    pub fn new(spec: &ListenerSpec) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(spec.header_read_timeout)
+            .max_buf_size(spec.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Protocols {
+            h1,
+            h2,
+            idle_timeout: spec.idle_timeout,
+            header_read_timeout: spec.header_read_timeout,
+        }
+    }
+}
+
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+/// Serves one accepted connection to its end.
+pub async fn serve(
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocols: Arc<Protocols>,
+    mut shutdown: Shutdown,
+    _t: Tracked,
+) {
+    match sniff(&stream, protocols.header_read_timeout).await {
+        Ok(Sniffed::H1) => serve_h1(stream, ctx, &protocols, &mut shutdown).await,
+        Ok(Sniffed::H2) => serve_h2(stream, ctx, &protocols, &mut shutdown).await,
+        Ok(Sniffed::Closed) | Err(_) => {}
+    }
+}
+
+enum Sniffed {
+    H1,
+    H2,
+    Closed,
+}
+
+/// Tells HTTP/2 prior knowledge from HTTP/1 by the first bytes, without consuming them.
+async fn sniff(stream: &TcpStream, limit: Duration) -> io::Result<Sniffed> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Ok(Sniffed::Closed);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Sniffed::H1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Sniffed::H2);
+        }
+        // A partial preface: peek does not consume readiness, so wait a moment for the rest.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn service(
+    ctx: &Arc<ConnCtx>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<RespBody>,
+    Error = Infallible,
+    Future = BoxedResponse,
+> + Unpin
++ use<> {
+    let ctx = ctx.clone();
+    service_fn(move |req| -> BoxedResponse { Box::pin(proxy::handle(ctx.clone(), req).map_ok()) })
+}
+
+trait MapOk: Future<Output = Response<RespBody>> + Sized {
+    fn map_ok(self) -> impl Future<Output = Result<Response<RespBody>, Infallible>> {
+        async move { Ok(self.await) }
+    }
+}
+
+impl<F: Future<Output = Response<RespBody>>> MapOk for F {}
+
+async fn serve_h1(
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocols: &Protocols,
+    shutdown: &mut Shutdown,
+) {
+    let mut io = Prefixed {
+        prefix: Bytes::new(),
+        inner: stream,
+    };
+    loop {
+        let mut conn = protocols
+            .h1
+            .serve_connection(TokioIo::new(io), service(&ctx));
+        let mut park_check = tokio::time::interval(PARK_AFTER);
+        park_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        park_check.reset();
+        let mut closing = false;
+        let mut parking = false;
+        let done = loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                _ = shutdown.wait(), if !closing => {
+                    closing = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+                _ = park_check.tick(), if !closing && !parking => {
+                    if ctx.activity.idle_for().is_some_and(|d| d >= PARK_AFTER) {
+                        parking = true;
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                }
+            }
+        };
+        if done.is_err() || closing || !parking {
+            // An error hyper already answered (400/431), a shutdown, or the client ended the
+            // connection (EOF or Connection: close): close.
+            return;
+        }
+        let parts = conn.into_parts();
+        let mut rest = parts.io.into_inner();
+        if !parts.read_buf.is_empty() {
+            // Pipelined bytes already read: put them in front and serve on at once.
+            rest.prefix = join(parts.read_buf, std::mem::take(&mut rest.prefix));
+            io = rest;
+            continue;
+        }
+        if !rest.prefix.is_empty() {
+            io = rest;
+            continue;
+        }
+        // Parked: wait for the next request with no buffers held.
+        tokio::select! {
+            r = rest.inner.readable() => if r.is_err() { return },
+            _ = tokio::time::sleep(protocols.idle_timeout) => return,
+            _ = shutdown.wait() => return,
+        }
+        io = rest;
+    }
+}
+
+fn join(a: Bytes, b: Bytes) -> Bytes {
+    if b.is_empty() {
+        return a;
+    }
+    let mut v = Vec::with_capacity(a.len() + b.len());
+    v.extend_from_slice(&a);
+    v.extend_from_slice(&b);
+    Bytes::from(v)
+}
+
+async fn serve_h2(
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocols: &Protocols,
+    shutdown: &mut Shutdown,
+) {
+    let conn = protocols
+        .h2
+        .serve_connection(TokioIo::new(stream), service(&ctx));
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "h2 client connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
