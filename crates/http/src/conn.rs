@@ -149,7 +149,7 @@ pub async fn serve(
 ) {
     match sniff(&stream, protocols.header_read_timeout).await {
         Ok(Sniffed::H1) => serve_h1(stream, ctx, &protocols, &mut shutdown).await,
-        Ok(Sniffed::H2) => serve_h2(stream, ctx, &protocols, &mut shutdown).await,
+        Ok(Sniffed::H2) => Box::pin(serve_h2(stream, ctx, &protocols, &mut shutdown)).await,
         Ok(Sniffed::Closed) | Err(_) => {}
     }
 }
@@ -217,54 +217,81 @@ async fn serve_h1(
         inner: stream,
     };
     loop {
-        let mut conn = protocols
-            .h1
-            .serve_connection(TokioIo::new(io), service(&ctx));
-        let mut park_check = tokio::time::interval(PARK_AFTER);
-        park_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        park_check.reset();
-        let mut closing = false;
-        let mut parking = false;
-        let done = loop {
-            tokio::select! {
-                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-                _ = shutdown.wait(), if !closing => {
-                    closing = true;
-                    Pin::new(&mut conn).graceful_shutdown();
-                }
-                _ = park_check.tick(), if !closing && !parking => {
-                    if ctx.activity.idle_for().is_some_and(|d| d >= PARK_AFTER) {
-                        parking = true;
-                        Pin::new(&mut conn).graceful_shutdown();
-                    }
-                }
-            }
+        // The active phase is boxed: a parked connection's task then holds only its socket and
+        // the wait below, not hyper's state and timers.
+        io = match Box::pin(run_h1(io, &ctx, protocols, shutdown)).await {
+            H1End::Close => return,
+            H1End::Pipelined(io) => io,
+            H1End::Parked(io) => io,
         };
-        if done.is_err() || closing || !parking {
-            // An error hyper already answered (400/431), a shutdown, or the client ended the
-            // connection (EOF or Connection: close): close.
-            return;
-        }
-        let parts = conn.into_parts();
-        let mut rest = parts.io.into_inner();
-        if !parts.read_buf.is_empty() {
-            // Pipelined bytes already read: put them in front and serve on at once.
-            rest.prefix = join(parts.read_buf, std::mem::take(&mut rest.prefix));
-            io = rest;
+        if !io.prefix.is_empty() {
             continue;
         }
-        if !rest.prefix.is_empty() {
-            io = rest;
-            continue;
-        }
-        // Parked: wait for the next request with no buffers held.
+        tracing::trace!(peer = %ctx.peer, "parked idle connection");
         tokio::select! {
-            r = rest.inner.readable() => if r.is_err() { return },
+            r = io.inner.readable() => if r.is_err() { return },
             _ = tokio::time::sleep(protocols.idle_timeout) => return,
             _ = shutdown.wait() => return,
         }
-        io = rest;
     }
+}
+
+enum H1End {
+    /// Close the connection.
+    Close,
+    /// Idle: hyper handed the socket back.
+    Parked(Prefixed),
+    /// Bytes of a next request were already read: serve on at once.
+    Pipelined(Prefixed),
+}
+
+/// Serves requests on `io` until it closes, errs, shuts down, or parks.
+async fn run_h1(
+    io: Prefixed,
+    ctx: &Arc<ConnCtx>,
+    protocols: &Protocols,
+    shutdown: &mut Shutdown,
+) -> H1End {
+    let mut conn = protocols
+        .h1
+        .serve_connection(TokioIo::new(io), service(ctx));
+    let mut park_check = tokio::time::interval(PARK_AFTER);
+    park_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    park_check.reset();
+    let mut closing = false;
+    let mut parking = false;
+    let done = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = park_check.tick(), if !closing && !parking => {
+                if ctx.activity.idle_for().is_some_and(|d| d >= PARK_AFTER) {
+                    parking = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        }
+    };
+    if done.is_err() || closing || !parking {
+        // An error hyper already answered (400/431), a shutdown, or the client ended the
+        // connection (EOF or Connection: close).
+        return H1End::Close;
+    }
+    // Take the socket back. `read_buf` is a view of hyper's read buffer: even when empty it
+    // keeps the whole allocation alive, so it must not outlive this function.
+    let hyper::server::conn::http1::Parts {
+        io: back, read_buf, ..
+    } = conn.into_parts();
+    let mut rest = back.into_inner();
+    if !read_buf.is_empty() || !rest.prefix.is_empty() {
+        rest.prefix = join(read_buf, std::mem::take(&mut rest.prefix));
+        return H1End::Pipelined(rest);
+    }
+    rest.prefix = Bytes::new();
+    H1End::Parked(rest)
 }
 
 fn join(a: Bytes, b: Bytes) -> Bytes {
@@ -322,6 +349,10 @@ impl AsyncRead for Prefixed {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Release the buffer the prefix was cut from.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -355,5 +386,64 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked connection costs its task: keep the serving future small.
+    #[test]
+    fn serving_future_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let s = TcpStream::connect(l.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let spec = ListenerSpec {
+                name: "t".into(),
+                bind: "127.0.0.1:0".parse().expect("addr"),
+                header_read_timeout: Duration::from_secs(1),
+                max_header_bytes: 65536,
+                idle_timeout: Duration::from_secs(1),
+            };
+            let gw = crate::Gateway::new(
+                &crate::GatewaySpec {
+                    listeners: vec![],
+                    routes: vec![],
+                    upstreams: vec![],
+                    access_log: false,
+                },
+                1,
+            )
+            .expect("gateway");
+            let ctx = Arc::new(ConnCtx {
+                gateway: gw,
+                listener: Arc::from("t"),
+                peer: "127.0.0.1:1".parse().expect("addr"),
+                worker: 0,
+                scheme: "http",
+                activity: Activity::default(),
+            });
+            let (_trigger, shutdown) = crate::worker::shutdown_channel();
+            let tracker = Arc::new(ConnTracker::default());
+            let fut = serve(
+                s,
+                ctx,
+                Arc::new(Protocols::new(&spec)),
+                shutdown,
+                tracker.track(),
+            );
+            let size = std::mem::size_of_val(&fut);
+            println!("serve future: {size} bytes");
+            assert!(size < 1024, "serve future is {size} bytes");
+        });
     }
 }

@@ -39,6 +39,7 @@ pub struct EndpointPool {
     permits: Arc<Semaphore>,
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
     idle_timeout: Duration,
+    max_idle: usize,
     protocol: UpstreamProtocol,
     gauges: PoolGauges,
 }
@@ -86,10 +87,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EndpointPool {
-    /// A pool allowing `max_conns` connections on this worker.
+    /// A pool allowing `max_conns` connections, `max_idle` of them idle, on this worker.
     pub fn new(
         spec: &PoolSpec,
         max_conns: usize,
+        max_idle: usize,
         protocol: UpstreamProtocol,
         gauges: PoolGauges,
     ) -> Self {
@@ -98,6 +100,7 @@ impl EndpointPool {
             permits: Arc::new(Semaphore::new(max_conns.max(1))),
             h2: Mutex::new(None),
             idle_timeout: spec.idle_timeout,
+            max_idle,
             protocol,
             gauges,
         }
@@ -232,8 +235,11 @@ impl Lease {
         if let Some(Sender::H1(tx)) = self.sender.take() {
             self.pool.gauges.active.dec();
             if !tx.is_closed() {
-                lock(&self.pool.idle).push(Idle { tx, since: now });
-                self.pool.gauges.idle.inc();
+                let mut idle = lock(&self.pool.idle);
+                if idle.len() < self.pool.max_idle {
+                    idle.push(Idle { tx, since: now });
+                    self.pool.gauges.idle.inc();
+                }
             }
         }
     }

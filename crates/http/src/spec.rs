@@ -106,6 +106,8 @@ pub struct PoolSpec {
     pub max_per_endpoint: usize,
     /// Idle connections older than this are closed (default 60 s).
     pub idle_timeout: Duration,
+    /// Most idle connections kept per endpoint (default 128); more are closed when released.
+    pub max_idle_per_endpoint: usize,
 }
 
 /// A named group of endpoints and how to balance over them.
@@ -140,6 +142,7 @@ impl Default for PoolSpec {
         PoolSpec {
             max_per_endpoint: 256,
             idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 128,
         }
     }
 }

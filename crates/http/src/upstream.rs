@@ -43,11 +43,13 @@ impl HttpEndpoint {
         metrics: EndpointMetrics,
     ) -> Self {
         let per_worker = pool_spec.max_per_endpoint.div_ceil(workers.max(1));
+        let idle_per_worker = pool_spec.max_idle_per_endpoint.div_ceil(workers.max(1));
         let pools = (0..workers.max(1))
             .map(|_| {
                 Arc::new(EndpointPool::new(
                     pool_spec,
                     per_worker,
+                    idle_per_worker,
                     protocol,
                     metrics.pool.clone(),
                 ))

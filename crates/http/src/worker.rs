@@ -62,12 +62,18 @@ pub enum Runtime {
     WorkStealing(usize),
 }
 
+/// Runs on each worker thread every few seconds: the binary passes a hook that hands memory the
+/// allocator holds but no longer uses back to the OS (parked connections free their buffers, but
+/// an idle thread's allocator would otherwise keep the pages).
+pub type Housekeeping = fn();
+
 /// Starts the data-path threads. Each returns when it has drained.
 pub fn spawn_workers(
     gateway: Arc<Gateway>,
     shutdown: Shutdown,
     drain_timeout: Duration,
     shape: Runtime,
+    housekeeping: Housekeeping,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..gateway.workers())
         .filter_map(|id| {
@@ -87,7 +93,7 @@ pub fn spawn_workers(
                             .build(),
                     };
                     match rt {
-                        Ok(rt) => rt.block_on(run_worker(id, gw, sd, drain_timeout)),
+                        Ok(rt) => rt.block_on(run_worker(id, gw, sd, drain_timeout, housekeeping)),
                         Err(e) => tracing::error!(error = %e, "cannot start worker runtime"),
                     }
                 });
@@ -113,11 +119,17 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-async fn run_worker(id: usize, gw: Arc<Gateway>, shutdown: Shutdown, drain_timeout: Duration) {
+async fn run_worker(
+    id: usize,
+    gw: Arc<Gateway>,
+    shutdown: Shutdown,
+    drain_timeout: Duration,
+    housekeeping: Housekeeping,
+) {
     let tracker = Arc::new(ConnTracker::default());
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut versions = gw.subscribe();
-    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut sweep = tokio::time::interval(Duration::from_secs(2));
     let mut stop = shutdown.clone();
     let w = WorkerCtx {
         id,
@@ -130,7 +142,12 @@ async fn run_worker(id: usize, gw: Arc<Gateway>, shutdown: Shutdown, drain_timeo
         tokio::select! {
             _ = stop.wait() => break,
             changed = versions.changed() => if changed.is_err() { break },
-            _ = sweep.tick() => if id == 0 { gw.sweep_idle() },
+            _ = sweep.tick() => {
+                if id == 0 {
+                    gw.sweep_idle();
+                }
+                housekeeping();
+            }
         }
     }
     // Stop accepting: the sockets close once their accept loops are gone.

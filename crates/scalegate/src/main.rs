@@ -4,6 +4,7 @@
 //! of built-in backends, no set-up needed).
 
 mod admin;
+mod alloc;
 mod config;
 mod demo;
 mod run;

@@ -65,7 +65,13 @@ async fn serve(
         .await
         .context("cannot start admin listener")?;
     let (trigger, shutdown) = shutdown_channel();
-    let workers = spawn_workers(gw.clone(), shutdown, config.drain_timeout, shape);
+    let workers = spawn_workers(
+        gw.clone(),
+        shutdown,
+        config.drain_timeout,
+        shape,
+        crate::alloc::release_free_memory,
+    );
     if let Some(task) = sidecar {
         tokio::spawn(task);
     }

@@ -183,5 +183,6 @@ pub struct RawPassive {
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub max_per_endpoint: Option<i64>,
+    pub max_idle_per_endpoint: Option<i64>,
     pub idle_timeout: Option<Dur>,
 }

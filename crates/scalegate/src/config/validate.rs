@@ -411,6 +411,13 @@ fn upstreams(
                     "pool.max_per_endpoint",
                 ) as usize,
                 idle_timeout: p.idle_timeout.map_or(d.idle_timeout, |x| x.0),
+                max_idle_per_endpoint: c.int(
+                    p.max_idle_per_endpoint,
+                    &s,
+                    0..=100_000,
+                    d.max_idle_per_endpoint as i64,
+                    "pool.max_idle_per_endpoint",
+                ) as usize,
             }
         });
         let panic_threshold_percent = match &u.panic_threshold {
