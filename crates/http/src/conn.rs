@@ -107,12 +107,21 @@ impl Drop for Tracked {
 }
 
 /// Protocol settings of one listener's connections, built once per accept loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Protocols {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Protocols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protocols")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Protocols {
@@ -133,6 +142,10 @@ impl Protocols {
             h2,
             idle_timeout: spec.idle_timeout,
             header_read_timeout: spec.header_read_timeout,
+            tls: spec
+                .tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
         }
     }
 }
@@ -147,6 +160,9 @@ pub async fn serve(
     mut shutdown: Shutdown,
     _t: Tracked,
 ) {
+    if let Some(acceptor) = &protocols.tls {
+        return Box::pin(serve_tls(acceptor, stream, ctx, &protocols, &mut shutdown)).await;
+    }
     match sniff(&stream, protocols.header_read_timeout).await {
         Ok(Sniffed::H1) => serve_h1(stream, ctx, &protocols, &mut shutdown).await,
         Ok(Sniffed::H2) => Box::pin(serve_h2(stream, ctx, &protocols, &mut shutdown)).await,
@@ -304,12 +320,10 @@ fn join(a: Bytes, b: Bytes) -> Bytes {
     Bytes::from(v)
 }
 
-async fn serve_h2(
-    stream: TcpStream,
-    ctx: Arc<ConnCtx>,
-    protocols: &Protocols,
-    shutdown: &mut Shutdown,
-) {
+async fn serve_h2<I>(stream: I, ctx: Arc<ConnCtx>, protocols: &Protocols, shutdown: &mut Shutdown)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = protocols
         .h2
         .serve_connection(TokioIo::new(stream), service(&ctx));
@@ -320,6 +334,48 @@ async fn serve_h2(
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "h2 client connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// TLS: handshake within the header timeout, then HTTP/2 or HTTP/1.1 as ALPN chose. TLS
+/// connections are not parked (rustls keeps its own buffers; parking would save little).
+async fn serve_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocols: &Protocols,
+    shutdown: &mut Shutdown,
+) {
+    let tls =
+        match tokio::time::timeout(protocols.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return Box::pin(serve_h2(tls, ctx, protocols, shutdown)).await;
+    }
+    let conn = protocols
+        .h1
+        .serve_connection(TokioIo::new(tls), service(&ctx));
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "TLS client connection ended with an error");
                 }
                 return;
             }
@@ -413,6 +469,7 @@ mod tests {
                 header_read_timeout: Duration::from_secs(1),
                 max_header_bytes: 65536,
                 idle_timeout: Duration::from_secs(1),
+                tls: None,
             };
             let gw = crate::Gateway::new(
                 &crate::GatewaySpec {

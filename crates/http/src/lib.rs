@@ -18,6 +18,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod spec;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

@@ -34,6 +34,8 @@ pub struct ListenerSpec {
     pub max_header_bytes: usize,
     /// Idle keep-alive client connections close after this (default 60 s).
     pub idle_timeout: Duration,
+    /// TLS (None: plain TCP, HTTP/1.1 and h2c).
+    pub tls: Option<crate::tls::TlsSpec>,
 }
 
 /// What a route matches; every present field must match. Empty matches everything.

@@ -236,7 +236,7 @@ async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>)
             listener: name.clone(),
             peer,
             worker: w.id,
-            scheme: "http",
+            scheme: if spec.tls.is_some() { "https" } else { "http" },
             activity: conn::Activity::default(),
         });
         tokio::spawn(conn::serve(

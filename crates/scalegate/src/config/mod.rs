@@ -84,21 +84,28 @@ impl Config {
             path: path.to_path_buf(),
             problems: vec![(1, 1, format!("cannot read config file: {e}"))],
         })?;
-        Config::parse(&text).map_err(|problems| ConfigErrors {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse_in(&text, base).map_err(|problems| ConfigErrors {
             path: path.to_path_buf(),
             problems: problems.into_iter().map(|p| locate(&text, p)).collect(),
         })
     }
 
-    /// Validates config text; every problem found is returned.
+    /// Validates config text, with relative paths (TLS files) taken from the current directory.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Validates config text whose relative paths are relative to `base`; every problem found is
+    /// returned.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
             vec![Problem {
                 span: e.span(),
                 message: e.message().trim_end().replace('\n', " "),
             }]
         })?;
-        validate::validate(raw)
+        validate::validate(raw, base)
     }
 
     /// One line for `scalegate check`: what the file sets up.

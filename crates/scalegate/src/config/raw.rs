@@ -81,6 +81,15 @@ pub struct RawListener {
     pub header_read_timeout: Option<Spanned<Dur>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub idle_timeout: Option<Spanned<Dur>>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// PEM files of a TLS listener, relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

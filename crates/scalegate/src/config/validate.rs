@@ -13,6 +13,7 @@ use scalegate_http::spec::{
     EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
     UpstreamProtocol, UpstreamSpec,
 };
+use scalegate_http::tls::TlsSpec;
 use toml::Spanned;
 
 use super::raw::{self, RawBalance, RawConfig, RawEndpoint, RawProtocol};
@@ -77,7 +78,7 @@ impl Check {
     }
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config, Vec<Problem>> {
     let mut c = Check {
         problems: Vec::new(),
     };
@@ -110,7 +111,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         "lifecycle.drain_timeout",
     );
 
-    let listeners = listeners(&mut c, &raw.listeners);
+    let listeners = listeners(&mut c, &raw.listeners, base);
     let upstreams = upstreams(&mut c, &raw.upstreams);
     let listener_names: Vec<String> = raw
         .listeners
@@ -155,7 +156,11 @@ fn parse_addr(c: &mut Check, s: &Spanned<String>, what: &str) -> Option<SocketAd
     }
 }
 
-fn listeners(c: &mut Check, raw: &[Spanned<raw::RawListener>]) -> Vec<ListenerSpec> {
+fn listeners(
+    c: &mut Check,
+    raw: &[Spanned<raw::RawListener>],
+    base: &std::path::Path,
+) -> Vec<ListenerSpec> {
     let mut names = HashSet::new();
     let mut binds = HashSet::new();
     let mut out = Vec::new();
@@ -184,7 +189,17 @@ fn listeners(c: &mut Check, raw: &[Spanned<raw::RawListener>]) -> Vec<ListenerSp
             Some(s) => s.get_ref().0 as usize,
             None => 64 << 10,
         };
+        let tls = l.tls.as_ref().and_then(|t| {
+            let read = |p: &str| {
+                std::fs::read(base.join(p)).map_err(|e| format!("cannot read {p:?}: {e}"))
+            };
+            let built = read(&t.get_ref().cert)
+                .and_then(|cert| read(&t.get_ref().key).map(|key| (cert, key)))
+                .and_then(|(cert, key)| TlsSpec::from_pem(&cert, &key));
+            built.map_err(|e| c.err(t.span(), format!("tls: {e}"))).ok()
+        });
         out.push(ListenerSpec {
+            tls,
             name: l.name.get_ref().clone(),
             bind,
             header_read_timeout: c.dur(
