@@ -8,13 +8,16 @@
 #
 # Usage: bench/http.sh [--write]     (--write appends the results to bench/RESULTS.md)
 # Env:   ROUNDS (default 5), DURATION seconds per run (default 8), CONNS (default 50),
-#        IDLE (default 10000)
+#        IDLE (default 10000), PATHS (default "/tiny /64k"),
+#        SG_MODE (thread_per_core | work_stealing, default thread_per_core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-50}
 IDLE=${IDLE:-10000}
+PATHS=${PATHS:-/tiny /64k}
+SG_MODE=${SG_MODE:-thread_per_core}
 WRITE=${1:-}
 
 need=()
@@ -98,6 +101,7 @@ haproxy -f "$WORK/haproxy.cfg" -q & PIDS+=($!)
 cat > "$WORK/scalegate.toml" <<SGC
 [runtime]
 worker_threads = 1
+mode = "$SG_MODE"
 [admin]
 listen = "127.0.0.1:$SG_ADMIN"
 [[listeners]]
@@ -133,7 +137,7 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 
 PROXIES=("nginx:$P_NGINX" "haproxy:$P_HAPROXY" "scalegate:$P_SG")
 declare -A RPS P50 P99
-for path in /tiny /64k; do
+for path in $PATHS; do
   for px in "${PROXIES[@]}"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${px#*:}$path" >/dev/null; done  # warm-up
   for r in $(seq "$ROUNDS"); do
     for px in "${PROXIES[@]}"; do
@@ -163,11 +167,11 @@ report() {
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -r)."
   echo "Peers: $(nginx -v 2>&1 | sed 's/.*\///'), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), scalegate $($SG --version | awk '{print $2}')."
-  echo "Command: \`ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS bench/http.sh\` — wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds, medians."
+  echo "Command: \`ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS SG_MODE=$SG_MODE bench/http.sh\` — wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds, medians."
   echo
   echo "| body | proxy | req/s | p50 ms | p99 ms | req/s vs haproxy | p99 vs haproxy |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
-  for path in /tiny /64k; do
+  for path in $PATHS; do
     local h_rps h_p99
     h_rps=$(tr ' ' '\n' <<<"${RPS[haproxy$path]}" | grep . | median)
     h_p99=$(tr ' ' '\n' <<<"${P99[haproxy$path]}" | grep . | median)
