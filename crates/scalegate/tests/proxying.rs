@@ -97,3 +97,40 @@ async fn large_bodies_stream_both_ways() {
     let r = c.get(gw.http, "/bytes/3000000").await.expect("download");
     assert_eq!(r.body.len(), 3_000_000);
 }
+
+#[tokio::test]
+async fn access_log_writes_one_json_line_per_request() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_with(BIN, "[log]\naccess_log = true", &app(&bs, "")).await;
+    let c = Client::http1();
+    c.get_with(gw.http, "/bytes/10?q=1", &[("x-request-id", "req-1")])
+        .await
+        .expect("response");
+    c.get(gw.http, "/missing-upstream-is-fine")
+        .await
+        .expect("response");
+    let mut lines = Vec::new();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            lines = gw.stdout().lines().map(str::to_string).collect::<Vec<_>>();
+            let n = lines.len();
+            async move { n >= 2 }
+        })
+        .await
+    );
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/bytes/10");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["bytes"], 10);
+    assert_eq!(first["request_id"], "req-1");
+    assert_eq!(first["upstream"], "app");
+    assert_eq!(first["endpoint"], bs[0].addr.to_string());
+    assert!(first["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("json");
+    assert_eq!(
+        second["request_id"].as_str().map(str::len),
+        Some(32),
+        "generated ids are logged"
+    );
+}

@@ -54,9 +54,12 @@ impl GatewayProcess {
         let config = dir.path().join("scalegate.toml");
         std::fs::write(&config, format!("{header}{rest}"))
             .unwrap_or_else(|e| panic!("write config: {e}"));
+        let stdout = std::fs::File::create(dir.path().join("stdout.log"))
+            .unwrap_or_else(|e| panic!("stdout file: {e}"));
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
+            .stdout(stdout)
             .env(
                 "RUST_LOG",
                 std::env::var("SG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -111,6 +114,11 @@ impl GatewayProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// Everything the process wrote to stdout so far (the access log).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     /// Fetches an admin path's body.
