@@ -51,6 +51,11 @@ impl Activity {
         self.in_flight.fetch_add(1, Relaxed);
     }
 
+    /// The connection started reading (accepted, or woken from parking).
+    pub fn touch(&self) {
+        self.last.store(clock::now().0, Relaxed);
+    }
+
     /// A request on the connection finished.
     pub fn end(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
@@ -128,8 +133,8 @@ impl Protocols {
     /// HTTP/1.1 and HTTP/2 settings for a listener.
     pub fn new(spec: &ListenerSpec) -> Self {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(spec.header_read_timeout)
+        // The header timeout is enforced by the connection's own tick (see `run_h1`).
+        h1.header_read_timeout(None)
             .max_buf_size(spec.max_header_bytes.max(8192))
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -271,9 +276,15 @@ async fn run_h1(
     let mut conn = protocols
         .h1
         .serve_connection(TokioIo::new(io), service(ctx));
-    let mut park_check = tokio::time::interval(PARK_AFTER);
-    park_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    park_check.reset();
+    // One coarse per-connection tick does both idle parking and the header timeout (instead of
+    // hyper's timer, which allocates and arms a sleep for every request): with no request in
+    // flight, the connection parks after `park_after`; one that still has not produced a request
+    // by `header_read_timeout` is sending its head too slowly and is closed.
+    let park_after = PARK_AFTER.min(protocols.header_read_timeout);
+    let mut tick = tokio::time::interval((park_after / 2).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    ctx.activity.touch();
     let mut closing = false;
     let mut parking = false;
     let done = loop {
@@ -283,10 +294,17 @@ async fn run_h1(
                 closing = true;
                 Pin::new(&mut conn).graceful_shutdown();
             }
-            _ = park_check.tick(), if !closing && !parking => {
-                if ctx.activity.idle_for().is_some_and(|d| d >= PARK_AFTER) {
-                    parking = true;
-                    Pin::new(&mut conn).graceful_shutdown();
+            _ = tick.tick(), if !closing => {
+                match ctx.activity.idle_for() {
+                    Some(idle) if !parking && idle >= park_after => {
+                        parking = true;
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                    Some(idle) if parking && idle >= protocols.header_read_timeout => {
+                        tracing::debug!(peer = %ctx.peer, "request head not received in time; closing");
+                        return H1End::Close;
+                    }
+                    _ => {}
                 }
             }
         }

@@ -89,16 +89,27 @@ async fn serve(
         _ => None,
     };
     let mut running = config;
+    // A file change is applied once the file has been quiet for a moment (editors write in
+    // several steps); signals are never held up by that wait.
+    let mut settle: Option<tokio::time::Instant> = None;
     loop {
+        let settled = async {
+            match settle {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
+                settle = None;
                 if let Some(p) = &path { reload(p, &gw, &mut running, &mut health) }
             }
             Some(()) = changed_rx.recv() => {
-                // Editors write in several steps: wait for the file to settle.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while changed_rx.try_recv().is_ok() {}
+                settle = Some(tokio::time::Instant::now() + Duration::from_millis(150));
+            }
+            _ = settled => {
+                settle = None;
                 if let Some(p) = &path {
                     tracing::info!("config file changed: reloading");
                     reload(p, &gw, &mut running, &mut health);

@@ -46,7 +46,13 @@ async fn reload_under_load_loses_no_request() {
         );
         gw.write_config(&format!("{}{extra}", app(set, "")));
         gw.signal(libc::SIGHUP);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let want = format!("route=\"r{round}\"");
+        let applied = eventually(Duration::from_secs(10), || async {
+            gw.admin_get("/metrics").await.contains(&want)
+        })
+        .await;
+        assert!(applied, "reload {round} did not apply");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
     for l in loops {
