@@ -10,6 +10,7 @@ pub mod ewma;
 pub mod hash;
 pub mod health;
 pub mod outlier;
+pub mod retry;
 pub mod time;
 
 pub use balance::{Balance, EndpointSet, Member, Pick, PickRequest};
