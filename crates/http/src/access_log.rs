@@ -18,6 +18,7 @@ pub struct AccessRecord {
     upstream: String,
     endpoint: String,
     status: u16,
+    attempts: u32,
     bytes: u64,
     duration_ms: f64,
 }
@@ -39,6 +40,7 @@ impl AccessRecord {
             upstream: String::new(),
             endpoint: String::new(),
             status: 0,
+            attempts: 0,
             bytes: 0,
             duration_ms: 0.0,
         }
@@ -48,6 +50,11 @@ impl AccessRecord {
     pub fn upstream(&mut self, upstream: &str, endpoint: &str) {
         self.upstream = upstream.to_string();
         self.endpoint = endpoint.to_string();
+    }
+
+    /// Notes how many attempts the request has taken so far.
+    pub fn attempts(&mut self, n: u32) {
+        self.attempts = n;
     }
 
     /// Notes the request id once the gateway has assigned it.

@@ -23,6 +23,8 @@ pub struct BodyTooLarge(pub u64);
 pub enum ReqBody {
     /// No body (health probes, bodiless requests).
     Empty,
+    /// A body kept whole so it can be sent again on a retry.
+    Replay(Option<Bytes>),
     /// The client's body, streamed, cut off with [`BodyTooLarge`] past `limit` bytes.
     Client {
         /// The client's stream.
@@ -44,6 +46,7 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Replay(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ReqBody::Client { inner, seen, limit } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 Poll::Ready(match frame {
@@ -66,6 +69,7 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Empty => true,
+            ReqBody::Replay(b) => b.is_none(),
             ReqBody::Client { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -73,6 +77,7 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Replay(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Client { inner, .. } => inner.size_hint(),
         }
     }

@@ -189,6 +189,13 @@ impl Gateway {
                 spec: r.clone(),
                 upstream: idx,
                 metrics: self.metrics.route(&r.name, &r.upstream),
+                budget: r.retry.as_ref().map(|rt| {
+                    scalegate_core::retry::RetryBudget::new(
+                        rt.budget_percent,
+                        rt.min_retries_per_second,
+                        std::time::Duration::from_secs(10),
+                    )
+                }),
             }));
         }
 

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod retry;
 pub mod router;
 pub mod spec;
 pub mod tls;

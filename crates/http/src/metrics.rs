@@ -29,6 +29,8 @@ pub struct Metrics {
     health_transitions: Family<Labels, Counter>,
     /// Config reloads by result ("ok", "error").
     pub reloads: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    retries_denied: Family<Labels, Counter>,
 }
 
 /// Status classes counted per route.
@@ -42,6 +44,10 @@ pub struct RouteMetrics {
     pub duration: Histogram,
     /// Requests in flight on the route.
     pub in_flight: Gauge,
+    /// Retries made.
+    pub retries: Counter,
+    /// Retries the budget refused.
+    pub retries_denied: Counter,
 }
 
 impl RouteMetrics {
@@ -78,6 +84,8 @@ impl Default for Metrics {
             ejections: Family::default(),
             health_transitions: Family::default(),
             reloads: Family::default(),
+            retries: Family::default(),
+            retries_denied: Family::default(),
         }
     }
 }
@@ -125,6 +133,16 @@ impl Metrics {
             "Config reloads by result",
             self.reloads.clone(),
         );
+        r.register(
+            "scalegate_http_retries",
+            "Retries by route",
+            self.retries.clone(),
+        );
+        r.register(
+            "scalegate_http_retries_budget_exhausted",
+            "Retries refused by the route's retry budget",
+            self.retries_denied.clone(),
+        );
     }
 
     /// Handles for a route towards an upstream.
@@ -145,6 +163,12 @@ impl Metrics {
             duration: self.duration.get_or_create_owned(&base()),
             in_flight: self
                 .in_flight
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            retries: self
+                .retries
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            retries_denied: self
+                .retries_denied
                 .get_or_create_owned(&vec![("route", route.to_string())]),
         }
     }

@@ -17,6 +17,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use scalegate_core::balance::{Balance, PickRequest};
 use scalegate_core::hash::stable_hash;
+use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp};
 use scalegate_core::{Pick, Tick};
 
 use crate::access_log::AccessRecord;
@@ -26,6 +27,7 @@ use crate::error::ProxyError;
 use crate::gateway::{Gateway, Snapshot};
 use crate::headers;
 use crate::pool::{Lease, Sender};
+use crate::retry;
 use crate::router::{Route, RouteKey};
 use crate::spec::{HashOn, UpstreamProtocol};
 use crate::upstream::{HttpEndpoint, Upstream};
@@ -93,7 +95,7 @@ async fn forward(
     ctx: &ConnCtx,
     snap: &Snapshot,
     route: &Route,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Incoming,
     done: &mut Completion,
 ) -> Result<(http::response::Parts, Incoming), ProxyError> {
@@ -105,42 +107,118 @@ async fn forward(
         .upstreams
         .get(route.upstream)
         .ok_or(ProxyError::NoHealthyEndpoint)?;
-    let pick_req = pick_request(upstream, &parts, ctx.peer);
-    let now = clock::now();
-    let pick = upstream
-        .set
-        .pick(&pick_req, now, &mut rand::rng())
-        .ok_or(ProxyError::NoHealthyEndpoint)?;
-    let endpoint = upstream
-        .endpoints
-        .get(pick.index)
-        .ok_or(ProxyError::NoHealthyEndpoint)?
-        .clone();
-    endpoint.state.start_request();
-    done.endpoint = Some(endpoint.clone());
-    if let Some(log) = done.log.as_mut() {
-        log.upstream(&upstream.spec.name, &endpoint.addr);
+    let retry = route.spec.retry.as_ref();
+    let (mut body, facts) =
+        retry::prepare_body(&parts.method, &parts.headers, body, retry, limit).await?;
+    let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
+    if let Some(b) = &route.budget {
+        b.deposit(clock::now());
     }
+    let mut pick_req = pick_request(upstream, &parts, ctx.peer);
+    let mut template = Some(parts);
+    let mut attempt = 1;
+    loop {
+        let now = clock::now();
+        let pick = upstream
+            .set
+            .pick(&pick_req, now, &mut rand::rng())
+            .ok_or(ProxyError::NoHealthyEndpoint)?;
+        let endpoint = upstream
+            .endpoints
+            .get(pick.index)
+            .ok_or(ProxyError::NoHealthyEndpoint)?
+            .clone();
+        let Some(req_body) = body.for_attempt() else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        // The last possible attempt takes the head itself; earlier ones take a copy.
+        let mut head = match &template {
+            Some(t) if retry.is_some_and(|r| attempt < r.policy.attempts) && body.replayable() => {
+                copy_head(t)
+            }
+            _ => template.take().ok_or(ProxyError::UpstreamReset)?,
+        };
+        rewrite_request(&mut head, ctx, upstream.spec.protocol, &endpoint);
+        if let Some(log) = done.log.as_mut() {
+            log.upstream(&upstream.spec.name, &endpoint.addr);
+            if let Some(id) = head
+                .headers
+                .get(&headers::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+            {
+                log.request_id(id);
+            }
+            log.attempts(attempt);
+        }
+        endpoint.state.start_request();
+        let try_deadline = retry
+            .and_then(|r| r.per_try_timeout)
+            .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
+        let sent = send(
+            ctx,
+            route,
+            &endpoint,
+            Request::from_parts(head, req_body),
+            now,
+            try_deadline,
+        )
+        .await;
 
-    rewrite_request(&mut parts, ctx, upstream.spec.protocol, &endpoint);
-    if let Some(log) = done.log.as_mut()
-        && let Some(id) = parts
-            .headers
-            .get(&headers::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-    {
-        log.request_id(id);
+        let outcome = match &sent {
+            Ok((resp, _)) => Some(AttemptOutcome::Status(
+                resp.status().as_u16(),
+                retry::retry_after(resp.headers()),
+            )),
+            Err(e) => retry::outcome_of_error(e),
+        };
+        let decision = match (retry, outcome) {
+            (Some(r), Some(o)) if template.is_some() => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let d = r
+                    .policy
+                    .decide(attempt, o, facts, true, remaining, rand::random::<f64>());
+                match (d, &route.budget) {
+                    (Decision::Retry(_), Some(b)) if !b.try_withdraw(clock::now()) => {
+                        route.metrics.retries_denied.inc();
+                        Decision::GiveUp(GiveUp::Budget)
+                    }
+                    _ => d,
+                }
+            }
+            _ => Decision::GiveUp(GiveUp::NotRetryable),
+        };
+        let Decision::Retry(wait) = decision else {
+            done.endpoint = Some(endpoint.clone());
+            return respond(upstream, &endpoint, pick, now, sent, done);
+        };
+        // Abandon this attempt: count its failure against the endpoint, then try another.
+        let failed = match &sent {
+            Ok(_) => true,
+            Err(e) => e.blames_endpoint(),
+        };
+        if failed {
+            record_outcome(upstream, &endpoint, false, clock::now());
+        }
+        drop(sent);
+        endpoint.state.end_request();
+        route.metrics.retries.inc();
+        tracing::debug!(route = %route.spec.name, endpoint = %endpoint.addr, attempt, ?outcome, "retrying");
+        pick_req.avoid = Some(pick.index);
+        attempt += 1;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
-    let req = Request::from_parts(
-        parts,
-        ReqBody::Client {
-            inner: body,
-            seen: 0,
-            limit,
-        },
-    );
-    let sent = send(ctx, route, &endpoint, req, now).await;
-    respond(upstream, &endpoint, pick, now, sent, done)
+}
+
+/// A copy of a request head for one attempt (extensions are not carried).
+fn copy_head(t: &http::request::Parts) -> http::request::Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = t.method.clone();
+    p.uri = t.uri.clone();
+    p.version = t.version;
+    p.headers = t.headers.clone();
+    p
 }
 
 async fn send(
@@ -149,9 +227,9 @@ async fn send(
     endpoint: &HttpEndpoint,
     req: Request<ReqBody>,
     now: Tick,
+    deadline: tokio::time::Instant,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let pool = endpoint.pool(ctx.worker);
-    let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
     let mut req = req;
     let mut fresh = false;
     loop {

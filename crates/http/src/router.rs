@@ -19,6 +19,8 @@ pub struct Route {
     pub upstream: usize,
     /// Metric handles.
     pub metrics: RouteMetrics,
+    /// Retry budget, when the route retries.
+    pub budget: Option<scalegate_core::retry::RetryBudget>,
 }
 
 /// The request fields routing looks at.
@@ -142,9 +144,11 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 request_timeout: Duration::from_secs(1),
                 max_body_bytes: 1,
+                retry: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),
+            budget: None,
         })
     }
 

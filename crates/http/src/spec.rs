@@ -68,6 +68,23 @@ pub struct RouteSpec {
     pub request_timeout: Duration,
     /// Largest request body; larger gets 413 (default 10 MiB).
     pub max_body_bytes: u64,
+    /// Retries (None: one attempt; a stale pooled connection is still re-sent once).
+    pub retry: Option<RetrySpec>,
+}
+
+/// A route's retry settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetrySpec {
+    /// The decision rules.
+    pub policy: scalegate_core::retry::RetryPolicy,
+    /// Retries allowed as a percentage of requests over a 10 s window (default 20).
+    pub budget_percent: u32,
+    /// Retries allowed per second regardless of traffic (default 5).
+    pub min_retries_per_second: u32,
+    /// Bodies up to this size (with a known length) are kept for replay (default 64 KiB).
+    pub max_body_bytes: u64,
+    /// Timeout of each attempt, inside the route's timeout (None: the route's timeout).
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// Where the consistent-hash key comes from.

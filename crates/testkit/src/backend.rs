@@ -26,6 +26,12 @@ pub struct Behaviour {
     pub delay_ms: AtomicU64,
     /// Whether `/health` answers 200 (else 503).
     pub healthy: AtomicBool,
+    /// The next this-many normal requests fail with `fail_status` (then `status` again).
+    pub fail_remaining: AtomicUsize,
+    /// Status of those failures.
+    pub fail_status: AtomicU16,
+    /// Retry-After seconds sent with 429/503 answers (0: none).
+    pub retry_after: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -79,6 +85,9 @@ impl Backend {
                 status: AtomicU16::new(200),
                 delay_ms: AtomicU64::new(0),
                 healthy: AtomicBool::new(true),
+                fail_remaining: AtomicUsize::new(0),
+                fail_status: AtomicU16::new(503),
+                retry_after: AtomicU64::new(0),
             },
             hits: AtomicUsize::new(0),
             health_hits: AtomicUsize::new(0),
@@ -134,6 +143,17 @@ impl Backend {
             .behaviour
             .delay_ms
             .store(d.as_millis() as u64, SeqCst);
+    }
+
+    /// Fail the next `n` normal requests with `status`.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.shared.behaviour.fail_status.store(status, SeqCst);
+        self.shared.behaviour.fail_remaining.store(n, SeqCst);
+    }
+
+    /// Send `Retry-After: secs` with 429 and 503 answers (0: none).
+    pub fn set_retry_after(&self, secs: u64) {
+        self.shared.behaviour.retry_after.store(secs, SeqCst);
     }
 
     /// Make `/health` pass or fail.
@@ -210,9 +230,23 @@ async fn answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     } else {
         Bytes::from(s.name.clone())
     };
+    let failing = s
+        .behaviour
+        .fail_remaining
+        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if failing {
+        s.behaviour.fail_status.load(SeqCst)
+    } else {
+        s.behaviour.status.load(SeqCst)
+    };
     let mut r = Response::new(Full::new(reply));
-    *r.status_mut() =
-        StatusCode::from_u16(s.behaviour.status.load(SeqCst)).unwrap_or(StatusCode::OK);
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let after = s.behaviour.retry_after.load(SeqCst);
+    if after > 0 && (status == 429 || status == 503) {
+        r.headers_mut()
+            .insert("retry-after", http::HeaderValue::from(after));
+    }
     r.headers_mut().insert(
         "x-backend",
         s.name

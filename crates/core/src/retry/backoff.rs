@@ -11,6 +11,16 @@ pub struct Backoff {
     cap: Duration,
 }
 
+impl Default for Backoff {
+    /// 25 ms doubling up to 1 s.
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(25),
+            cap: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Backoff {
     /// A backoff starting at `base`, never above `cap`.
     pub fn new(base: Duration, cap: Duration) -> Result<Backoff, &'static str> {

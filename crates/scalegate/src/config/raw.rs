@@ -103,6 +103,22 @@ pub struct RawRoute {
     pub connect_timeout: Option<Spanned<Dur>>,
     pub timeout: Option<Spanned<Dur>>,
     pub max_body_bytes: Option<Spanned<ByteSize>>,
+    pub retry: Option<Spanned<RawRetry>>,
+}
+
+/// A route's retry settings as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<i64>,
+    pub per_try_timeout: Option<Dur>,
+    pub backoff: Option<Dur>,
+    pub max_backoff: Option<Dur>,
+    pub budget_percent: Option<i64>,
+    pub min_retries_per_second: Option<i64>,
+    pub max_retry_after: Option<Dur>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub statuses: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use http::Method;
 use scalegate_core::balance::Balance;
+use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
+use scalegate_http::spec::RetrySpec;
 use scalegate_http::spec::{
     EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
     UpstreamProtocol, UpstreamSpec,
@@ -280,7 +282,9 @@ fn routes(
             .max_body_bytes
             .as_ref()
             .map_or(10 << 20, |s| s.get_ref().0);
+        let retry = r.retry.as_ref().map(|rt| retry_spec(c, rt));
         out.push(RouteSpec {
+            retry,
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
@@ -300,6 +304,53 @@ fn routes(
         });
     }
     out
+}
+
+fn retry_spec(c: &mut Check, rt: &Spanned<raw::RawRetry>) -> RetrySpec {
+    let s = rt.span();
+    let rt = rt.get_ref();
+    let base = rt.backoff.map_or(Duration::from_millis(25), |d| d.0);
+    let cap = rt
+        .max_backoff
+        .map_or(Duration::from_secs(1).max(base), |d| d.0);
+    let backoff = Backoff::new(base, cap).unwrap_or_else(|e| {
+        c.err(s.clone(), format!("retry: {e}"));
+        Backoff::default()
+    });
+    let statuses = match &rt.statuses {
+        Some(v) => v
+            .iter()
+            .filter_map(|n| match u16::try_from(*n) {
+                Ok(code) if (100..=599).contains(&code) => Some(code),
+                _ => {
+                    c.err(
+                        s.clone(),
+                        format!("retry.statuses: {n} is not an HTTP status"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        None => vec![502, 503, 504],
+    };
+    RetrySpec {
+        policy: RetryPolicy {
+            attempts: c.int(rt.attempts, &s, 1..=10, 3, "retry.attempts") as u32,
+            backoff,
+            max_retry_after: rt.max_retry_after.map_or(Duration::from_secs(2), |d| d.0),
+            retry_statuses: statuses,
+        },
+        budget_percent: c.int(rt.budget_percent, &s, 0..=100, 20, "retry.budget_percent") as u32,
+        min_retries_per_second: c.int(
+            rt.min_retries_per_second,
+            &s,
+            0..=10_000,
+            5,
+            "retry.min_retries_per_second",
+        ) as u32,
+        max_body_bytes: rt.max_body_bytes.map_or(64 << 10, |b| b.0),
+        per_try_timeout: rt.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+    }
 }
 
 fn upstreams(

@@ -1,0 +1,125 @@
+//! What the request path needs to retry: a body that can be sent again, the outcome of an
+//! attempt in core's terms, and Retry-After. The decision itself is core's
+//! `RetryPolicy::decide`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use scalegate_core::retry::{AttemptOutcome, RequestFacts, is_idempotent_method};
+
+use crate::body::ReqBody;
+use crate::error::ProxyError;
+use crate::spec::RetrySpec;
+
+/// The request body across attempts.
+#[derive(Debug)]
+pub enum BodySource {
+    /// Kept whole: every attempt gets a copy.
+    Replay(Bytes),
+    /// Streamed once; a retry is impossible after the first attempt took it.
+    Stream(Option<(Incoming, u64)>),
+}
+
+impl BodySource {
+    /// The body for the next attempt (None once a streamed body was used).
+    pub fn for_attempt(&mut self) -> Option<ReqBody> {
+        match self {
+            BodySource::Replay(b) if b.is_empty() => Some(ReqBody::Empty),
+            BodySource::Replay(b) => Some(ReqBody::Replay(Some(b.clone()))),
+            BodySource::Stream(s) => s.take().map(|(inner, limit)| ReqBody::Client {
+                inner,
+                seen: 0,
+                limit,
+            }),
+        }
+    }
+
+    /// Whether another attempt can carry the body.
+    pub fn replayable(&self) -> bool {
+        matches!(self, BodySource::Replay(_))
+    }
+}
+
+/// Keeps the body for replay when the route retries, the request may be retried, and the body
+/// has a known length within the replay limit; otherwise it streams as usual.
+pub async fn prepare_body(
+    method: &http::Method,
+    headers: &HeaderMap,
+    body: Incoming,
+    retry: Option<&RetrySpec>,
+    route_limit: u64,
+) -> Result<(BodySource, RequestFacts), ProxyError> {
+    let idempotent =
+        is_idempotent_method(method.as_str()) || headers.contains_key("idempotency-key");
+    let length = if http_body::Body::is_end_stream(&body) {
+        Some(0)
+    } else {
+        headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let keep =
+        retry.is_some_and(|r| length.is_some_and(|n| n <= r.max_body_bytes.min(route_limit)));
+    if !keep {
+        let facts = RequestFacts {
+            idempotent,
+            replayable: false,
+        };
+        return Ok((BodySource::Stream(Some((body, route_limit))), facts));
+    }
+    let limit = length.unwrap_or(0) as usize;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        Err(_) => return Err(ProxyError::BadRequest("request body ended early")),
+    };
+    Ok((
+        BodySource::Replay(bytes),
+        RequestFacts {
+            idempotent,
+            replayable: true,
+        },
+    ))
+}
+
+/// An attempt's outcome in the retry policy's terms.
+pub fn outcome_of_error(e: &ProxyError) -> Option<AttemptOutcome> {
+    match e {
+        ProxyError::ConnectFailed | ProxyError::ConnectTimeout | ProxyError::PoolExhausted => {
+            Some(AttemptOutcome::ConnectFailed)
+        }
+        ProxyError::UpstreamReset => Some(AttemptOutcome::Reset),
+        ProxyError::UpstreamTimeout => Some(AttemptOutcome::Timeout),
+        _ => None,
+    }
+}
+
+/// Retry-After as a delay, when given in seconds (HTTP-dates are not honoured for retries).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(
+            header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}
