@@ -1,9 +1,14 @@
-//! Runtime state of one endpoint that outlives config reloads: probe health, passive ejection,
-//! admin drain, in-flight count and latency estimate.
+//! Runtime state of one endpoint that outlives config reloads: probe health, the live-traffic
+//! circuit breaker (passive ejection), admin drain, in-flight count and latency estimate.
 //!
-//! The three ways out of rotation are separate fields (probe health, live-traffic ejection,
-//! admin drain); an endpoint is available only when all three allow it. Everything the request
-//! path reads is an atomic, so picking an endpoint takes no lock.
+//! The three ways out of rotation are separate fields (probe health, breaker, admin drain); an
+//! endpoint is available only when all three allow it. Everything the request path reads is an
+//! atomic, so picking an endpoint takes no lock.
+//!
+//! Breaker states: **closed** (`ejected_until` in the past, not half-open) → **open** (`now <
+//! ejected_until`) → **half-open** (`ejected_until` passed, `half_open` set: at most
+//! `half_open_probes` requests at once) → closed on a success, or open again for longer on a
+//! failure.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -11,6 +16,7 @@ use std::time::Duration;
 
 use crate::health::{HealthCounter, HealthPolicy, Transition};
 use crate::outlier::OutlierPolicy;
+use crate::window::FailureWindow;
 use crate::{Tick, ewma};
 
 /// Default latency estimate of an endpoint that has not answered yet (1 ms).
@@ -23,8 +29,12 @@ pub struct EndpointState {
     probe: Mutex<HealthCounter>,
     returned_at: AtomicU64,
     ejected_until: AtomicU64,
+    half_open: AtomicBool,
+    probe_limit: AtomicU32,
+    probes: AtomicU32,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
+    window: FailureWindow,
     draining: AtomicBool,
     in_flight: AtomicU32,
     ewma_ns: AtomicU64,
@@ -38,8 +48,12 @@ impl Default for EndpointState {
             probe: Mutex::new(HealthCounter::default()),
             returned_at: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
+            half_open: AtomicBool::new(false),
+            probe_limit: AtomicU32::new(1),
+            probes: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            window: FailureWindow::default(),
             draining: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(DEFAULT_EWMA_NS.to_bits()),
@@ -53,20 +67,37 @@ impl Default for EndpointState {
 pub enum Availability {
     /// In rotation.
     Available,
+    /// Breaker half-open: only probe requests go through.
+    HalfOpen,
     /// Active probes failed.
     Unhealthy,
-    /// Ejected by live-traffic failures until the given tick.
+    /// Breaker open (ejected by live-traffic failures) until the given tick.
     Ejected(Tick),
     /// Drained by an operator or removed by a reload.
     Draining,
 }
 
+/// A breaker state change, reported so the caller can log and count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerEvent {
+    /// Opened (ejected) for this long.
+    Opened(Duration),
+    /// A half-open probe succeeded: closed again.
+    Closed,
+}
+
 impl EndpointState {
+    /// Whether the breaker lets a request through at `now` (closed, or half-open with a free
+    /// probe slot).
+    pub fn breaker_allows(&self, now: Tick) -> bool {
+        self.ejected_until.load(Relaxed) <= now.0
+            && (!self.half_open.load(Relaxed)
+                || self.probes.load(Relaxed) < self.probe_limit.load(Relaxed))
+    }
+
     /// Whether the endpoint may take new requests at `now`.
     pub fn is_available(&self, now: Tick) -> bool {
-        self.probe_healthy.load(Relaxed)
-            && !self.draining.load(Relaxed)
-            && self.ejected_until.load(Relaxed) <= now.0
+        self.probe_healthy.load(Relaxed) && !self.draining.load(Relaxed) && self.breaker_allows(now)
     }
 
     /// The reason, if any, the endpoint is out of rotation at `now`.
@@ -78,6 +109,8 @@ impl EndpointState {
             Availability::Unhealthy
         } else if until > now.0 {
             Availability::Ejected(Tick(until))
+        } else if self.half_open.load(Relaxed) {
+            Availability::HalfOpen
         } else {
             Availability::Available
         }
@@ -110,13 +143,16 @@ impl EndpointState {
         (elapsed / window.as_secs_f64()).clamp(0.1, 1.0)
     }
 
-    /// Forgets probe results and puts the endpoint back in rotation (checks were turned off).
-    pub fn reset_probe(&self) {
-        let mut counter = match self.probe.lock() {
+    fn lock_probe(&self) -> std::sync::MutexGuard<'_, HealthCounter> {
+        match self.probe.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        *counter = HealthCounter::default();
+        }
+    }
+
+    /// Forgets probe results and puts the endpoint back in rotation (checks were turned off).
+    pub fn reset_probe(&self) {
+        *self.lock_probe() = HealthCounter::default();
         self.probe_healthy.store(true, Relaxed);
     }
 
@@ -127,11 +163,7 @@ impl EndpointState {
         policy: &HealthPolicy,
         now: Tick,
     ) -> Option<Transition> {
-        let mut counter = match self.probe.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let flip = counter.record(success, policy);
+        let flip = self.lock_probe().record(success, policy);
         match flip {
             Some(Transition::Healthy) => {
                 self.returned_at.store(now.0.max(1), Relaxed);
@@ -143,50 +175,74 @@ impl EndpointState {
         flip
     }
 
-    /// Records the outcome of one live request. Returns the ejection period when this failure
-    /// ejected the endpoint.
+    /// Records the outcome of one live request and moves the breaker; returns the change, if any.
     pub fn record_outcome(
         &self,
         success: bool,
         policy: &OutlierPolicy,
         now: Tick,
-    ) -> Option<Duration> {
+    ) -> Option<BreakerEvent> {
+        if policy.failure_rate_percent > 0 {
+            self.window.record(!success, now, policy.window);
+        }
+        let half_open = self.half_open.load(Relaxed) && self.ejected_until.load(Relaxed) <= now.0;
         if success {
             if self.consecutive_failures.load(Relaxed) != 0 {
                 self.consecutive_failures.store(0, Relaxed);
             }
-            if self.ejections.load(Relaxed) != 0 {
-                let until = Tick(self.ejected_until.load(Relaxed));
-                if now.since(until) >= policy.max_ejection {
-                    self.ejections.store(0, Relaxed);
-                }
+            if half_open {
+                self.half_open.store(false, Relaxed);
+                self.probes.store(0, Relaxed);
+                self.window.clear();
+                return Some(BreakerEvent::Closed);
+            }
+            if self.ejections.load(Relaxed) != 0
+                && now.since(Tick(self.ejected_until.load(Relaxed))) >= policy.max_ejection
+            {
+                self.ejections.store(0, Relaxed);
             }
             return None;
         }
-        if policy.consecutive_failures == 0 {
-            return None;
+        if half_open {
+            return self.open(policy, now, self.ejected_until.load(Relaxed));
         }
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if failures < policy.consecutive_failures {
+        let by_run = policy.consecutive_failures > 0 && failures >= policy.consecutive_failures;
+        let by_rate = policy.failure_rate_percent > 0 && {
+            let (total, failed) = self.window.counts(now, policy.window);
+            total >= policy.min_requests.max(1)
+                && u64::from(failed) * 100
+                    >= u64::from(total) * u64::from(policy.failure_rate_percent)
+        };
+        if !(by_run || by_rate) {
             return None;
         }
         let old = self.ejected_until.load(Relaxed);
         if old > now.0 {
-            return None; // already out; failures from requests that were in flight
+            return None; // already open; failures from requests that were in flight
         }
+        self.open(policy, now, old)
+    }
+
+    /// Opens the breaker for the next (longer) period, unless another thread just did.
+    fn open(&self, policy: &OutlierPolicy, now: Tick, seen: u64) -> Option<BreakerEvent> {
         let nth = self.ejections.load(Relaxed) + 1;
         let period = policy.ejection_for(nth);
         let until = now.after(period).0.max(1);
         if self
             .ejected_until
-            .compare_exchange(old, until, Relaxed, Relaxed)
+            .compare_exchange(seen, until, Relaxed, Relaxed)
             .is_err()
         {
-            return None; // another thread ejected it first
+            return None;
         }
         self.ejections.store(nth, Relaxed);
         self.consecutive_failures.store(0, Relaxed);
-        Some(period)
+        self.probe_limit
+            .store(policy.half_open_probes.max(1), Relaxed);
+        self.probes.store(0, Relaxed);
+        self.half_open.store(true, Relaxed);
+        Some(BreakerEvent::Opened(period))
     }
 
     /// Requests currently in flight to this endpoint.
@@ -194,14 +250,22 @@ impl EndpointState {
         self.in_flight.load(Relaxed)
     }
 
-    /// Counts a request starting.
+    /// Counts a request starting (taking a probe slot while half-open).
     pub fn start_request(&self) {
         self.in_flight.fetch_add(1, Relaxed);
+        if self.half_open.load(Relaxed) {
+            self.probes.fetch_add(1, Relaxed);
+        }
     }
 
     /// Counts a request finishing (pairs with [`Self::start_request`]).
     pub fn end_request(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
+        if self.half_open.load(Relaxed) {
+            let _ = self
+                .probes
+                .fetch_update(Relaxed, Relaxed, |p| p.checked_sub(1));
+        }
     }
 
     /// Feeds a latency sample into the peak-EWMA estimate.
@@ -226,43 +290,93 @@ impl EndpointState {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn secs(s: u64) -> Tick {
         Tick(s * 1_000_000_000)
     }
 
-    #[test]
-    fn passive_ejection_after_consecutive_failures_and_backoff_grows() {
-        let p = OutlierPolicy {
-            consecutive_failures: 2,
+    fn policy(run: u32) -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: run,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(100),
-        };
+            ..OutlierPolicy::default()
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_then_half_open_probe_closes_it() {
+        let p = policy(2);
         let s = EndpointState::default();
-        let t = secs(1);
-        assert_eq!(s.record_outcome(false, &p, t), None);
+        assert_eq!(s.record_outcome(false, &p, secs(1)), None);
         assert_eq!(
-            s.record_outcome(false, &p, t),
-            Some(Duration::from_secs(10))
+            s.record_outcome(false, &p, secs(1)),
+            Some(BreakerEvent::Opened(Duration::from_secs(10)))
         );
-        assert!(!s.is_available(t));
+        assert_eq!(s.availability(secs(5)), Availability::Ejected(secs(11)));
+        assert!(!s.is_available(secs(5)));
+        // Half-open: one probe at a time.
+        assert_eq!(s.availability(secs(11)), Availability::HalfOpen);
         assert!(s.is_available(secs(11)));
-        assert_eq!(s.record_outcome(false, &p, secs(12)), None);
+        s.start_request();
+        assert!(!s.is_available(secs(11)), "the probe slot is taken");
+        assert_eq!(
+            s.record_outcome(true, &p, secs(12)),
+            Some(BreakerEvent::Closed)
+        );
+        s.end_request();
+        assert_eq!(s.availability(secs(12)), Availability::Available);
+    }
+
+    #[test]
+    fn a_failed_half_open_probe_reopens_for_longer() {
+        let p = policy(1);
+        let s = EndpointState::default();
+        assert_eq!(
+            s.record_outcome(false, &p, secs(1)),
+            Some(BreakerEvent::Opened(Duration::from_secs(10)))
+        );
+        s.start_request();
         assert_eq!(
             s.record_outcome(false, &p, secs(12)),
-            Some(Duration::from_secs(20))
+            Some(BreakerEvent::Opened(Duration::from_secs(20)))
         );
+        s.end_request();
         assert!(!s.is_available(secs(31)));
         assert!(s.is_available(secs(32)));
     }
 
     #[test]
-    fn success_resets_failure_run() {
+    fn opens_on_failure_rate_with_minimum_volume() {
         let p = OutlierPolicy {
-            consecutive_failures: 2,
-            ..OutlierPolicy::default()
+            consecutive_failures: 0,
+            failure_rate_percent: 50,
+            min_requests: 10,
+            ..policy(0)
         };
+        let s = EndpointState::default();
+        // Alternating failures never make a run, but half of the traffic fails.
+        let mut opened = None;
+        for i in 0..20 {
+            if let Some(e) = s.record_outcome(i % 2 == 0, &p, secs(1)) {
+                opened = Some((i, e));
+                break;
+            }
+        }
+        let (at, event) = opened.expect("opened on rate");
+        assert!(
+            at >= 9,
+            "not before the minimum volume: opened at request {at}"
+        );
+        assert_eq!(event, BreakerEvent::Opened(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn success_resets_failure_run() {
+        let p = policy(2);
         let s = EndpointState::default();
         s.record_outcome(false, &p, secs(1));
         s.record_outcome(true, &p, secs(1));
@@ -292,5 +406,56 @@ mod tests {
         assert!((s.slow_start_factor(secs(100), w) - 0.1).abs() < 1e-9);
         assert!((s.slow_start_factor(secs(105), w) - 0.5).abs() < 1e-9);
         assert_eq!(s.slow_start_factor(secs(200), w), 1.0);
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Ok,
+        Fail,
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![Just(Op::Ok), Just(Op::Fail), (0u64..40).prop_map(Op::Wait)]
+    }
+
+    proptest! {
+        /// Every transition is one the state machine allows: closed→open on failures, open never
+        /// changes by outcomes, half-open→closed on success, half-open→open (longer) on failure.
+        #[test]
+        fn breaker_transitions_follow_the_state_machine(ops in proptest::collection::vec(op(), 1..200)) {
+            let p = policy(3);
+            let s = EndpointState::default();
+            let mut now = secs(1);
+            let mut last_period = Duration::ZERO;
+            for o in ops {
+                let before = s.availability(now);
+                match o {
+                    Op::Wait(sec) => { now = now.after(Duration::from_secs(sec)); continue; }
+                    Op::Ok | Op::Fail => {}
+                }
+                let event = s.record_outcome(matches!(o, Op::Ok), &p, now);
+                let after = s.availability(now);
+                match (before, event) {
+                    (Availability::Available, Some(BreakerEvent::Opened(_))) => prop_assert!(matches!(o, Op::Fail)),
+                    (Availability::Available, Some(BreakerEvent::Closed)) => prop_assert!(false, "closed while closed"),
+                    (Availability::Ejected(_), Some(e)) => prop_assert!(false, "outcome changed an open breaker: {e:?}"),
+                    (Availability::HalfOpen, Some(BreakerEvent::Closed)) => {
+                        prop_assert!(matches!(o, Op::Ok));
+                        prop_assert_eq!(after, Availability::Available);
+                    }
+                    (Availability::HalfOpen, Some(BreakerEvent::Opened(d))) => {
+                        prop_assert!(matches!(o, Op::Fail));
+                        prop_assert!(d >= last_period.min(p.max_ejection), "reopened for less: {d:?} < {last_period:?}");
+                    }
+                    (Availability::HalfOpen, None) => prop_assert!(false, "a half-open outcome must decide"),
+                    _ => {}
+                }
+                if let Some(BreakerEvent::Opened(d)) = event {
+                    prop_assert!(matches!(after, Availability::Ejected(_)));
+                    last_period = d;
+                }
+            }
+        }
     }
 }

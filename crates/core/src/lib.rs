@@ -12,6 +12,7 @@ pub mod health;
 pub mod outlier;
 pub mod retry;
 pub mod time;
+pub mod window;
 
 pub use balance::{Balance, EndpointSet, Member, Pick, PickRequest};
 pub use endpoint::EndpointState;

@@ -1,5 +1,7 @@
-//! Passive health: live traffic ejects an endpoint after consecutive failures, for a period that
-//! doubles each time it is ejected again soon after returning.
+//! Passive health as a circuit breaker: live traffic opens an endpoint's breaker (ejects it) after
+//! consecutive failures or a failure rate over a rolling window; after the open period it is
+//! half-open and lets a few probe requests through; a success closes it, a failure reopens it for
+//! twice as long. The state lives in [`crate::EndpointState`]; this is the policy.
 
 use std::time::Duration;
 
@@ -12,6 +14,14 @@ pub struct OutlierPolicy {
     pub base_ejection: Duration,
     /// Longest ejection period (default 5 min).
     pub max_ejection: Duration,
+    /// Open when at least this percentage of requests in the window failed (default 0: off).
+    pub failure_rate_percent: u32,
+    /// ... and the window held at least this many requests (default 20).
+    pub min_requests: u32,
+    /// The rolling window for the failure rate (default 10 s).
+    pub window: Duration,
+    /// Requests let through at once while half-open (default 1).
+    pub half_open_probes: u32,
 }
 
 impl Default for OutlierPolicy {
@@ -20,6 +30,10 @@ impl Default for OutlierPolicy {
             consecutive_failures: 5,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
+            failure_rate_percent: 0,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            half_open_probes: 1,
         }
     }
 }
@@ -44,6 +58,7 @@ mod tests {
             consecutive_failures: 3,
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(5),
+            ..OutlierPolicy::default()
         };
         assert_eq!(p.ejection_for(1), Duration::from_secs(1));
         assert_eq!(p.ejection_for(2), Duration::from_secs(2));

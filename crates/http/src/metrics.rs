@@ -26,6 +26,7 @@ pub struct Metrics {
     endpoint_available: Family<Labels, Gauge>,
     pool: Family<Labels, Gauge>,
     ejections: Family<Labels, Counter>,
+    breaker_closed: Family<Labels, Counter>,
     health_transitions: Family<Labels, Counter>,
     /// Config reloads by result ("ok", "error").
     pub reloads: Family<Labels, Counter>,
@@ -65,8 +66,10 @@ pub struct EndpointMetrics {
     pub available: Gauge,
     /// Active/idle connections.
     pub pool: PoolGauges,
-    /// Passive ejections.
+    /// Breaker openings (passive ejections).
     pub ejections: Counter,
+    /// Breaker closings after a successful half-open probe.
+    pub breaker_closed: Counter,
     /// Probe flips to healthy.
     pub became_healthy: Counter,
     /// Probe flips to unhealthy.
@@ -82,6 +85,7 @@ impl Default for Metrics {
             endpoint_available: Family::default(),
             pool: Family::default(),
             ejections: Family::default(),
+            breaker_closed: Family::default(),
             health_transitions: Family::default(),
             reloads: Family::default(),
             retries: Family::default(),
@@ -122,6 +126,11 @@ impl Metrics {
             "scalegate_upstream_ejections",
             "Passive ejections of endpoints",
             self.ejections.clone(),
+        );
+        r.register(
+            "scalegate_upstream_breaker_closed",
+            "Endpoint breakers closed by a successful half-open probe",
+            self.breaker_closed.clone(),
         );
         r.register(
             "scalegate_upstream_health_transitions",
@@ -193,6 +202,7 @@ impl Metrics {
                 idle: self.pool.get_or_create_owned(&with("state", "idle")),
             },
             ejections: self.ejections.get_or_create_owned(&base()),
+            breaker_closed: self.breaker_closed.get_or_create_owned(&base()),
             became_healthy: self
                 .health_transitions
                 .get_or_create_owned(&with("to", "healthy")),

@@ -16,6 +16,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use scalegate_core::balance::{Balance, PickRequest};
+use scalegate_core::endpoint::BreakerEvent;
 use scalegate_core::hash::stable_hash;
 use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp};
 use scalegate_core::{Pick, Tick};
@@ -322,18 +323,26 @@ fn respond(
     Ok((head, body))
 }
 
+/// Feeds one outcome to the endpoint's breaker; logs and counts the change it makes.
 fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: Tick) {
-    if let Some(period) = endpoint
+    match endpoint
         .state
         .record_outcome(ok, &upstream.spec.outlier, now)
     {
-        endpoint.metrics.ejections.inc();
-        tracing::warn!(
-            upstream = %upstream.spec.name,
-            endpoint = %endpoint.addr,
-            seconds = period.as_secs_f64(),
-            "endpoint ejected after consecutive failures"
-        );
+        Some(BreakerEvent::Opened(period)) => {
+            endpoint.metrics.ejections.inc();
+            tracing::warn!(
+                upstream = %upstream.spec.name,
+                endpoint = %endpoint.addr,
+                seconds = period.as_secs_f64(),
+                "breaker opened: endpoint ejected after failures"
+            );
+        }
+        Some(BreakerEvent::Closed) => {
+            endpoint.metrics.breaker_closed.inc();
+            tracing::info!(upstream = %upstream.spec.name, endpoint = %endpoint.addr, "breaker closed: half-open probe succeeded");
+        }
+        None => {}
     }
 }
 

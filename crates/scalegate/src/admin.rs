@@ -131,6 +131,7 @@ impl Admin {
                     .map(|(spec, e)| {
                         let (state, ejected_ms) = match e.state.availability(now) {
                             Availability::Available => ("available", 0),
+                            Availability::HalfOpen => ("half_open", 0),
                             Availability::Unhealthy => ("unhealthy", 0),
                             Availability::Ejected(until) => ("ejected", until.since(now).as_millis()),
                             Availability::Draining => ("draining", 0),

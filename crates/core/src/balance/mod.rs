@@ -112,8 +112,10 @@ impl Candidates<'_> {
             return false;
         }
         let s = &self.members[i].state;
+        // Panic mode overrides pessimistic health checks, never an open breaker: live traffic
+        // just showed that endpoint failing.
         if self.panic {
-            !s.is_draining()
+            !s.is_draining() && s.breaker_allows(self.now)
         } else {
             s.is_available(self.now)
         }
@@ -282,6 +284,17 @@ pub(crate) mod tests {
         set.members()[i].state.record_outcome(false, &p, Tick(1));
     }
 
+    fn fail_probes(set: &EndpointSet, i: usize) {
+        let p = crate::HealthPolicy {
+            path: "/".into(),
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
+            healthy_after: 1,
+            unhealthy_after: 1,
+        };
+        set.members()[i].state.record_probe(false, &p, Tick(1));
+    }
+
     #[test]
     fn round_robin_spreads_evenly() {
         assert_eq!(
@@ -301,12 +314,25 @@ pub(crate) mod tests {
     #[test]
     fn panic_mode_spreads_over_all_when_too_few_available() {
         let s = set(4, Balance::RoundRobin);
-        eject(&s, 0);
-        eject(&s, 1);
-        eject(&s, 2);
+        fail_probes(&s, 0);
+        fail_probes(&s, 1);
+        fail_probes(&s, 2);
         assert!(s.in_panic(Tick(1)));
         let c = counts(&s, 400, PickRequest::default());
         assert_eq!(c, [100; 4]);
+    }
+
+    #[test]
+    fn panic_mode_does_not_override_open_breakers() {
+        let s = set(2, Balance::RoundRobin);
+        eject(&s, 0);
+        eject(&s, 1);
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(
+            s.pick(&PickRequest::default(), Tick(2), &mut rng),
+            None,
+            "every breaker open: fail fast"
+        );
     }
 
     #[test]

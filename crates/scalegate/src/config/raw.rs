@@ -202,6 +202,10 @@ pub struct RawPassive {
     pub consecutive_failures: Option<i64>,
     pub base_ejection: Option<Dur>,
     pub max_ejection: Option<Dur>,
+    pub failure_rate_percent: Option<i64>,
+    pub min_requests: Option<i64>,
+    pub window: Option<Dur>,
+    pub half_open_probes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -455,6 +455,28 @@ fn upstreams(
                 ) as u32,
                 base_ejection: p.base_ejection.map_or(d.base_ejection, |x| x.0),
                 max_ejection: p.max_ejection.map_or(d.max_ejection, |x| x.0),
+                failure_rate_percent: c.int(
+                    p.failure_rate_percent,
+                    &s,
+                    0..=100,
+                    0,
+                    "passive.failure_rate_percent",
+                ) as u32,
+                min_requests: c.int(
+                    p.min_requests,
+                    &s,
+                    1..=1_000_000,
+                    i64::from(d.min_requests),
+                    "passive.min_requests",
+                ) as u32,
+                window: p.window.map_or(d.window, |x| x.0),
+                half_open_probes: c.int(
+                    p.half_open_probes,
+                    &s,
+                    1..=1000,
+                    1,
+                    "passive.half_open_probes",
+                ) as u32,
             };
             if o.max_ejection < o.base_ejection {
                 c.err(

@@ -1,0 +1,103 @@
+//! The per-endpoint circuit breaker (one mechanism with passive ejection), issue 4 acceptance d.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn breaker_opens_fails_fast_and_a_half_open_probe_closes_it() {
+    let bs = backends(1).await;
+    bs[0].set_status(500);
+    let gw = gateway(
+        &bs,
+        "passive = { consecutive_failures = 3, base_ejection = \"1s\", half_open_probes = 1 }",
+    )
+    .await;
+    let c = Client::http1();
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.http, "/").await.expect("response").status, 500);
+    }
+    // Open: the gateway answers without touching the backend.
+    for _ in 0..10 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), "1");
+    }
+    assert_eq!(
+        bs[0].hits(),
+        3,
+        "no request reached the backend while the breaker was open"
+    );
+    let upstreams = gw.admin_get("/upstreams").await;
+    assert!(upstreams.contains("\"state\":\"ejected\""), "{upstreams}");
+
+    // The backend recovers; after the open interval one probe goes through and closes it.
+    bs[0].set_status(200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            c.get(gw.http, "/").await.is_ok_and(|r| r.status == 200)
+        })
+        .await
+    );
+    let metrics = gw.admin_get("/metrics").await;
+    let closed = format!(
+        "scalegate_upstream_breaker_closed_total{{upstream=\"app\",endpoint=\"{}\"}} 1",
+        bs[0].addr
+    );
+    assert!(metrics.contains(&closed), "{metrics}");
+    let m = spread(&c, gw.http, "/", 10, &[]).await;
+    assert_eq!(m.get("b0"), Some(&10), "closed again: {m:?}");
+}
+
+#[tokio::test]
+async fn a_failing_half_open_probe_reopens_the_breaker() {
+    let bs = backends(1).await;
+    bs[0].set_status(502);
+    let gw = gateway(
+        &bs,
+        "passive = { consecutive_failures = 2, base_ejection = \"500ms\" }",
+    )
+    .await;
+    let c = Client::http1();
+    for _ in 0..2 {
+        c.get(gw.http, "/").await.expect("response");
+    }
+    // Wait past the open interval; the next request is the probe, and it fails.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            c.get(gw.http, "/").await.is_ok_and(|r| r.status == 502)
+        })
+        .await
+    );
+    let hits = bs[0].hits();
+    assert_eq!(hits, 3, "exactly one probe went through");
+    // Reopened for twice as long: an immediate request fails fast.
+    assert_eq!(c.get(gw.http, "/").await.expect("response").status, 503);
+    assert_eq!(bs[0].hits(), hits);
+}
+
+#[tokio::test]
+async fn breaker_opens_on_failure_rate() {
+    let bs = backends(2).await;
+    let gw = gateway(
+        &bs,
+        "passive = { consecutive_failures = 0, failure_rate_percent = 50, min_requests = 10, window = \"10s\", base_ejection = \"60s\" }",
+    )
+    .await;
+    let c = Client::http1();
+    // Every other request to b0 fails: never a run, but a 50% failure rate.
+    for i in 0..40 {
+        bs[0].set_status(if i % 2 == 0 { 500 } else { 200 });
+        c.get(gw.http, "/").await.expect("response");
+    }
+    let hits = bs[0].hits();
+    let m = spread(&c, gw.http, "/", 20, &[]).await;
+    assert_eq!(
+        bs[0].hits(),
+        hits,
+        "b0 got traffic after its breaker opened: {m:?}"
+    );
+    assert_eq!(m.get("b1"), Some(&20));
+}
