@@ -4,6 +4,7 @@
 //! Nothing here does I/O or reads a clock: every decision takes `now` as a [`Tick`] and, where it
 //! needs chance, an rng. Protocol crates (`scalegate-http`, later `pg`) act on these decisions.
 
+pub mod admission;
 pub mod balance;
 pub mod endpoint;
 pub mod ewma;

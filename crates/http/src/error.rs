@@ -40,6 +40,12 @@ pub enum ProxyError {
     /// The gateway is shutting down and refuses new work (ours; retry elsewhere).
     #[error("gateway draining")]
     Draining,
+    /// The client is over the route's rate limit (client's side; retry after the given seconds).
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// Seconds until a request would be allowed (at least 1).
+        retry_after_secs: u64,
+    },
 }
 
 /// How long clients are told to wait before retrying a 503.
@@ -57,12 +63,18 @@ impl ProxyError {
             }
             ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// Retry-After for outcomes where coming back later helps.
     pub fn retry_after(&self) -> Option<Duration> {
-        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER)
+        match self {
+            ProxyError::RateLimited { retry_after_secs } => {
+                Some(Duration::from_secs(*retry_after_secs))
+            }
+            _ => (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER),
+        }
     }
 
     /// Whether this failure counts against the endpoint for passive ejection.
@@ -101,7 +113,10 @@ impl ProxyError {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 10] = [
+    const ALL: [ProxyError; 11] = [
+        ProxyError::RateLimited {
+            retry_after_secs: 2,
+        },
         ProxyError::NoRoute,
         ProxyError::BadRequest("x"),
         ProxyError::BodyTooLarge,
@@ -120,7 +135,11 @@ mod tests {
             let r = e.to_response();
             assert_eq!(r.status(), e.status());
             let has = r.headers().contains_key(header::RETRY_AFTER);
-            assert_eq!(has, r.status() == StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            let wants = matches!(
+                r.status(),
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+            );
+            assert_eq!(has, wants, "{e:?}");
             assert!(r.status().is_client_error() || r.status().is_server_error());
         }
     }

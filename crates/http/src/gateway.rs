@@ -189,6 +189,10 @@ impl Gateway {
                 spec: r.clone(),
                 upstream: idx,
                 metrics: self.metrics.route(&r.name, &r.upstream),
+                limiter: r
+                    .rate_limit
+                    .as_ref()
+                    .map(|rl| scalegate_core::admission::RateLimiter::new(rl.gcra)),
                 budget: r.retry.as_ref().map(|rt| {
                     scalegate_core::retry::RetryBudget::new(
                         rt.budget_percent,
@@ -260,10 +264,17 @@ impl Gateway {
         }
     }
 
-    /// Closes idle upstream connections past their idle timeout.
+    /// Closes idle upstream connections past their idle timeout and forgets rate-limit keys
+    /// that have recovered.
     pub fn sweep_idle(&self) {
         let now = clock::now();
-        for u in &self.snapshot().upstreams {
+        let snap = self.snapshot();
+        for r in snap.routes.iter() {
+            if let Some(l) = &r.limiter {
+                l.sweep(now);
+            }
+        }
+        for u in &snap.upstreams {
             for e in &u.endpoints {
                 e.sweep(now);
             }

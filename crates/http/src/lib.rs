@@ -5,6 +5,7 @@
 //! Read [`proxy`] first: it is the request path, phase by phase.
 
 pub mod access_log;
+pub mod admission;
 pub mod body;
 pub mod clock;
 pub mod conn;

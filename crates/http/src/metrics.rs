@@ -32,6 +32,7 @@ pub struct Metrics {
     pub reloads: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     retries_denied: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
 }
 
 /// Status classes counted per route.
@@ -49,6 +50,8 @@ pub struct RouteMetrics {
     pub retries: Counter,
     /// Retries the budget refused.
     pub retries_denied: Counter,
+    /// Requests refused by the rate limit.
+    pub rate_limited: Counter,
 }
 
 impl RouteMetrics {
@@ -90,6 +93,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             retries: Family::default(),
             retries_denied: Family::default(),
+            rate_limited: Family::default(),
         }
     }
 }
@@ -148,6 +152,11 @@ impl Metrics {
             self.retries.clone(),
         );
         r.register(
+            "scalegate_http_rate_limited",
+            "Requests answered 429 by the route's rate limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
             "scalegate_http_retries_budget_exhausted",
             "Retries refused by the route's retry budget",
             self.retries_denied.clone(),
@@ -178,6 +187,9 @@ impl Metrics {
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             retries_denied: self
                 .retries_denied
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            rate_limited: self
+                .rate_limited
                 .get_or_create_owned(&vec![("route", route.to_string())]),
         }
     }

@@ -22,6 +22,7 @@ use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp};
 use scalegate_core::{Pick, Tick};
 
 use crate::access_log::AccessRecord;
+use crate::admission;
 use crate::body::{BodyTooLarge, ReqBody, RespBody};
 use crate::clock;
 use crate::error::ProxyError;
@@ -78,7 +79,19 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             .access_log
             .then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
     };
-    match forward(&ctx, &snap, &route, parts, body, &mut done).await {
+    // Admission: the route's rate limit, before any upstream work.
+    let rate = match (&route.limiter, &route.spec.rate_limit) {
+        (Some(l), Some(spec)) => Some(admission::check(l, spec, &parts.headers, ctx.peer)),
+        _ => None,
+    };
+    let result = match &rate {
+        Some(Err((denied, _))) => {
+            route.metrics.rate_limited.inc();
+            Err(denied.clone())
+        }
+        _ => forward(&ctx, &snap, &route, parts, body, &mut done).await,
+    };
+    let mut resp = match result {
         Ok((head, upstream_body)) => {
             done.status = head.status.as_u16();
             Response::from_parts(head, RespBody::upstream(upstream_body, done))
@@ -89,7 +102,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             done.finish(false, 0);
             resp
         }
+    };
+    if let Some(Ok(status) | Err((_, status))) = &rate {
+        status.apply(resp.headers_mut());
     }
+    resp
 }
 
 async fn forward(

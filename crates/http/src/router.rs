@@ -21,6 +21,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Retry budget, when the route retries.
     pub budget: Option<scalegate_core::retry::RetryBudget>,
+    /// Rate limiter, when the route has a rate limit.
+    pub limiter: Option<scalegate_core::admission::RateLimiter>,
 }
 
 /// The request fields routing looks at.
@@ -145,10 +147,12 @@ mod tests {
                 request_timeout: Duration::from_secs(1),
                 max_body_bytes: 1,
                 retry: None,
+                rate_limit: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),
             budget: None,
+            limiter: None,
         })
     }
 

@@ -70,6 +70,30 @@ pub struct RouteSpec {
     pub max_body_bytes: u64,
     /// Retries (None: one attempt; a stale pooled connection is still re-sent once).
     pub retry: Option<RetrySpec>,
+    /// Rate limit (None: off).
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// What a rate limit counts by; several parts combine into one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client's IP address.
+    Ip,
+    /// A request header's value (missing counts as empty).
+    Header(String),
+    /// The route itself: one shared budget.
+    Route,
+}
+
+/// A route's rate limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitSpec {
+    /// Policy name in RateLimit headers (default "default").
+    pub name: String,
+    /// Rate and burst.
+    pub gcra: scalegate_core::admission::Gcra,
+    /// Key parts.
+    pub key: Vec<RateKey>,
 }
 
 /// A route's retry settings.

@@ -104,6 +104,18 @@ pub struct RawRoute {
     pub timeout: Option<Spanned<Dur>>,
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     pub retry: Option<Spanned<RawRetry>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// A route's rate limit as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: i64,
+    pub per: Option<Dur>,
+    pub burst: Option<i64>,
+    pub key: Option<String>,
+    pub name: Option<String>,
 }
 
 /// A route's retry settings as written.

@@ -7,14 +7,15 @@ use std::ops::Range;
 use std::time::Duration;
 
 use http::Method;
+use scalegate_core::admission::Gcra;
 use scalegate_core::balance::Balance;
 use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
-use scalegate_http::spec::RetrySpec;
 use scalegate_http::spec::{
     EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
     UpstreamProtocol, UpstreamSpec,
 };
+use scalegate_http::spec::{RateKey, RateLimitSpec, RetrySpec};
 use scalegate_http::tls::TlsSpec;
 use toml::Spanned;
 
@@ -283,8 +284,10 @@ fn routes(
             .as_ref()
             .map_or(10 << 20, |s| s.get_ref().0);
         let retry = r.retry.as_ref().map(|rt| retry_spec(c, rt));
+        let rate_limit = r.rate_limit.as_ref().and_then(|rl| rate_limit_spec(c, rl));
         out.push(RouteSpec {
             retry,
+            rate_limit,
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
@@ -304,6 +307,51 @@ fn routes(
         });
     }
     out
+}
+
+fn rate_limit_spec(c: &mut Check, rl: &Spanned<raw::RawRateLimit>) -> Option<RateLimitSpec> {
+    let s = rl.span();
+    let rl = rl.get_ref();
+    let requests = c.int(
+        Some(rl.requests),
+        &s,
+        1..=10_000_000,
+        1,
+        "rate_limit.requests",
+    ) as u32;
+    let burst = c.int(
+        rl.burst,
+        &s,
+        1..=10_000_000,
+        i64::from(requests),
+        "rate_limit.burst",
+    ) as u32;
+    let per = rl.per.map_or(Duration::from_secs(1), |d| d.0);
+    let mut key = Vec::new();
+    for part in rl.key.as_deref().unwrap_or("ip").split('+') {
+        match part.trim().split_once(':') {
+            _ if part.trim() == "ip" => key.push(RateKey::Ip),
+            _ if part.trim() == "route" => key.push(RateKey::Route),
+            Some(("header", name)) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                key.push(RateKey::Header(name.to_ascii_lowercase()))
+            }
+            _ => c.err(
+                s.clone(),
+                format!(r#"rate_limit.key: {part:?} is not "ip", "route" or "header:NAME" (combine with +)"#),
+            ),
+        }
+    }
+    match Gcra::new(requests, per, burst) {
+        Ok(gcra) => Some(RateLimitSpec {
+            name: rl.name.clone().unwrap_or_else(|| "default".into()),
+            gcra,
+            key,
+        }),
+        Err(e) => {
+            c.err(s, format!("rate_limit: {e}"));
+            None
+        }
+    }
 }
 
 fn retry_spec(c: &mut Check, rt: &Spanned<raw::RawRetry>) -> RetrySpec {

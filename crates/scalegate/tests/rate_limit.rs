@@ -1,0 +1,101 @@
+//! Rate limiting (issue 4 acceptance g): a burst beyond the policy gets 429 with Retry-After and
+//! the IETF RateLimit headers, per key.
+
+mod common;
+
+use common::*;
+
+fn limited(bs: &[Backend], limit: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"api\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nrate_limit = {{ {limit} }}\n\n[upstreams.app]\nendpoints = [{}]\n",
+        endpoints(bs)
+    )
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_policy_gets_429_with_retry_after_and_ratelimit_headers() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &limited(&bs, "requests = 1, per = \"10s\", burst = 5, key = \"ip\""),
+    )
+    .await;
+    let c = Client::http1();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..8 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        statuses.push(r.status.as_u16());
+        last = Some(r);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert_eq!(bs[0].hits(), 5, "refused requests never reach the backend");
+    let r = last.expect("a response");
+    let retry_after: u64 = r
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After seconds");
+    assert!(
+        (1..=10).contains(&retry_after),
+        "one request per 10 s: {retry_after}"
+    );
+    assert_eq!(r.header("ratelimit-policy"), "\"default\";q=5;w=50");
+    assert_eq!(
+        r.header("ratelimit"),
+        format!("\"default\";r=0;t={retry_after}")
+    );
+
+    let ok = Client::http1()
+        .get_with(gw.http, "/", &[])
+        .await
+        .expect("response");
+    assert_eq!(
+        ok.status, 429,
+        "the limit is per client IP, not per connection"
+    );
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_http_rate_limited_total{route=\"api\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn allowed_responses_carry_the_remaining_quota_and_keys_are_independent() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &limited(
+            &bs,
+            "requests = 1, per = \"10s\", burst = 3, key = \"header:x-api-key\"",
+        ),
+    )
+    .await;
+    let c = Client::http1();
+    let first = c
+        .get_with(gw.http, "/", &[("x-api-key", "a")])
+        .await
+        .expect("response");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("ratelimit"), "\"default\";r=2;t=10");
+    for _ in 0..2 {
+        c.get_with(gw.http, "/", &[("x-api-key", "a")])
+            .await
+            .expect("response");
+    }
+    assert_eq!(
+        c.get_with(gw.http, "/", &[("x-api-key", "a")])
+            .await
+            .expect("response")
+            .status,
+        429
+    );
+    assert_eq!(
+        c.get_with(gw.http, "/", &[("x-api-key", "b")])
+            .await
+            .expect("response")
+            .status,
+        200,
+        "another key has its own quota"
+    );
+}
