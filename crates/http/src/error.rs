@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// The gateway is shutting down and refuses new work (ours; retry elsewhere).
     #[error("gateway draining")]
     Draining,
+    /// The upstream's bulkhead refused the request (ours; retry later).
+    #[error("overloaded: request shed ({0})")]
+    Shed(&'static str),
     /// The client is over the route's rate limit (client's side; retry after the given seconds).
     #[error("rate limit exceeded")]
     RateLimited {
@@ -58,9 +61,10 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoHealthyEndpoint | ProxyError::PoolExhausted | ProxyError::Draining => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyEndpoint
+            | ProxyError::PoolExhausted
+            | ProxyError::Draining
+            | ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -113,7 +117,8 @@ impl ProxyError {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 11] = [
+    const ALL: [ProxyError; 12] = [
+        ProxyError::Shed("queue_full"),
         ProxyError::RateLimited {
             retry_after_secs: 2,
         },

@@ -174,7 +174,13 @@ impl Gateway {
                 next.insert(key, ep.clone());
                 eps.push(ep);
             }
-            upstreams.push(Arc::new(Upstream::new(u.clone(), eps)));
+            let bulkhead = u.bulkhead.as_ref().map(|spec| {
+                old.upstream(&u.name)
+                    .and_then(|o| o.bulkhead.clone())
+                    .filter(|b| b.spec() == spec)
+                    .unwrap_or_else(|| crate::bulkhead::Bulkhead::new(spec.clone()))
+            });
+            upstreams.push(Arc::new(Upstream::new(u.clone(), eps, bulkhead)));
         }
 
         let mut routes = Vec::with_capacity(spec.routes.len());

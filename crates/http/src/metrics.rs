@@ -33,6 +33,7 @@ pub struct Metrics {
     retries: Family<Labels, Counter>,
     retries_denied: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
+    shed: Family<Labels, Counter>,
 }
 
 /// Status classes counted per route.
@@ -52,6 +53,20 @@ pub struct RouteMetrics {
     pub retries_denied: Counter,
     /// Requests refused by the rate limit.
     pub rate_limited: Counter,
+    route: String,
+    shed_family: Family<Labels, Counter>,
+}
+
+impl RouteMetrics {
+    /// Counts a request shed by a bulkhead, by reason and priority (the overload path only).
+    pub fn shed(&self, reason: &str, priority: &str) {
+        let l = vec![
+            ("route", self.route.clone()),
+            ("reason", reason.to_string()),
+            ("priority", priority.to_string()),
+        ];
+        self.shed_family.get_or_create(&l).inc();
+    }
 }
 
 impl RouteMetrics {
@@ -94,6 +109,7 @@ impl Default for Metrics {
             retries: Family::default(),
             retries_denied: Family::default(),
             rate_limited: Family::default(),
+            shed: Family::default(),
         }
     }
 }
@@ -152,6 +168,11 @@ impl Metrics {
             self.retries.clone(),
         );
         r.register(
+            "scalegate_http_shed",
+            "Requests shed by an upstream's bulkhead, by reason and priority",
+            self.shed.clone(),
+        );
+        r.register(
             "scalegate_http_rate_limited",
             "Requests answered 429 by the route's rate limit",
             self.rate_limited.clone(),
@@ -191,6 +212,8 @@ impl Metrics {
             rate_limited: self
                 .rate_limited
                 .get_or_create_owned(&vec![("route", route.to_string())]),
+            route: route.to_string(),
+            shed_family: self.shed.clone(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use scalegate_core::admission::Priority;
 use scalegate_core::balance::{Balance, PickRequest};
 use scalegate_core::endpoint::BreakerEvent;
 use scalegate_core::hash::stable_hash;
@@ -70,6 +71,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     ctx.activity.begin();
     let mut done = Completion {
         conn: ctx.clone(),
+        permit: None,
         route: route.clone(),
         started,
         status: 0,
@@ -125,6 +127,16 @@ async fn forward(
         .upstreams
         .get(route.upstream)
         .ok_or(ProxyError::NoHealthyEndpoint)?;
+    if let Some(bulkhead) = &upstream.bulkhead {
+        let prio = priority(route, &parts.headers);
+        match bulkhead.acquire(prio).await {
+            Ok(permit) => done.permit = Some(permit),
+            Err(shed) => {
+                route.metrics.shed(shed.as_str(), prio.as_str());
+                return Err(ProxyError::Shed(shed.as_str()));
+            }
+        }
+    }
     let retry = route.spec.retry.as_ref();
     let (mut body, facts) =
         retry::prepare_body(&parts.method, &parts.headers, body, retry, limit).await?;
@@ -227,6 +239,18 @@ async fn forward(
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The request's priority class: the route's, or the priority header's when the route allows it.
+fn priority(route: &Route, h: &http::HeaderMap) -> Priority {
+    route
+        .spec
+        .priority_header
+        .as_ref()
+        .and_then(|name| h.get(name.as_str()))
+        .and_then(|v| v.to_str().ok())
+        .and_then(Priority::parse)
+        .unwrap_or(route.spec.priority)
 }
 
 /// A copy of a request head for one attempt (extensions are not carried).
@@ -464,6 +488,7 @@ fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 #[derive(Debug)]
 pub struct Completion {
     conn: Arc<ConnCtx>,
+    permit: Option<crate::bulkhead::Permit>,
     route: Arc<Route>,
     started: Tick,
     status: u16,
@@ -487,6 +512,7 @@ impl Completion {
         if let Some(ep) = &self.endpoint {
             ep.state.end_request();
         }
+        drop(self.permit.take());
         self.conn.activity.end();
         let m = &self.route.metrics;
         m.in_flight.dec();

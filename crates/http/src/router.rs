@@ -148,6 +148,8 @@ mod tests {
                 max_body_bytes: 1,
                 retry: None,
                 rate_limit: None,
+                priority: scalegate_core::admission::Priority::Normal,
+                priority_header: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),

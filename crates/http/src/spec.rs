@@ -72,6 +72,10 @@ pub struct RouteSpec {
     pub retry: Option<RetrySpec>,
     /// Rate limit (None: off).
     pub rate_limit: Option<RateLimitSpec>,
+    /// Priority class of the route's requests (default normal).
+    pub priority: scalegate_core::admission::Priority,
+    /// A request header that may set the priority ("critical", "normal", "low"); None: ignored.
+    pub priority_header: Option<String>,
 }
 
 /// What a rate limit counts by; several parts combine into one key.
@@ -178,6 +182,8 @@ pub struct UpstreamSpec {
     pub pool: PoolSpec,
     /// Protocol to the endpoints.
     pub protocol: UpstreamProtocol,
+    /// Concurrency cap with a priority queue (None: unlimited).
+    pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
 }
 
 impl Default for PoolSpec {

@@ -103,11 +103,17 @@ pub struct Upstream {
     pub set: EndpointSet,
     /// HTTP side of each endpoint, same order as `set.members()`.
     pub endpoints: Vec<Arc<HttpEndpoint>>,
+    /// Concurrency cap, when configured (carried over reloads while its settings stay).
+    pub bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
 }
 
 impl Upstream {
     /// Pairs endpoints with a balancer built for them.
-    pub fn new(spec: UpstreamSpec, endpoints: Vec<Arc<HttpEndpoint>>) -> Self {
+    pub fn new(
+        spec: UpstreamSpec,
+        endpoints: Vec<Arc<HttpEndpoint>>,
+        bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
+    ) -> Self {
         let members = spec
             .endpoints
             .iter()
@@ -130,6 +136,7 @@ impl Upstream {
             spec,
             set,
             endpoints,
+            bulkhead,
         }
     }
 }

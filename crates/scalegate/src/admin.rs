@@ -156,6 +156,10 @@ impl Admin {
                     "health_checks": u.spec.health.is_some(),
                     "available": u.set.available_count(now),
                     "panic": u.set.in_panic(now),
+                    "concurrency": u.bulkhead.as_ref().map(|b| {
+                        let (in_flight, limit, queued) = b.snapshot();
+                        json!({ "in_flight": in_flight, "limit": limit, "queued": queued })
+                    }),
                     "endpoints": eps,
                 })
             })

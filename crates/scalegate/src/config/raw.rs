@@ -105,6 +105,8 @@ pub struct RawRoute {
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub priority: Option<Spanned<String>>,
+    pub priority_header: Option<String>,
 }
 
 /// A route's rate limit as written.
@@ -177,6 +179,19 @@ pub struct RawUpstream {
     pub panic_threshold: Option<Spanned<i64>>,
     pub pool: Option<Spanned<RawPool>>,
     pub protocol: Option<RawProtocol>,
+    pub concurrency: Option<Spanned<RawConcurrency>>,
+}
+
+/// An upstream's bulkhead as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConcurrency {
+    pub max_in_flight: i64,
+    pub queue: Option<i64>,
+    pub queue_timeout: Option<Dur>,
+    pub adaptive: Option<bool>,
+    pub min_limit: Option<i64>,
+    pub latency_tolerance: Option<f64>,
 }
 
 /// An endpoint: "host:port" or `{ addr = "host:port", weight = 2, zone = "a" }`.

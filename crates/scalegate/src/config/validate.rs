@@ -7,10 +7,11 @@ use std::ops::Range;
 use std::time::Duration;
 
 use http::Method;
-use scalegate_core::admission::Gcra;
+use scalegate_core::admission::{Gcra, Priority};
 use scalegate_core::balance::Balance;
 use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
+use scalegate_http::bulkhead::BulkheadSpec;
 use scalegate_http::spec::{
     EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
     UpstreamProtocol, UpstreamSpec,
@@ -285,9 +286,24 @@ fn routes(
             .map_or(10 << 20, |s| s.get_ref().0);
         let retry = r.retry.as_ref().map(|rt| retry_spec(c, rt));
         let rate_limit = r.rate_limit.as_ref().and_then(|rl| rate_limit_spec(c, rl));
+        let priority = match &r.priority {
+            Some(p) => Priority::parse(p.get_ref()).unwrap_or_else(|| {
+                c.err(
+                    p.span(),
+                    format!(
+                        r#"priority {:?}: expected "critical", "normal" or "low""#,
+                        p.get_ref()
+                    ),
+                );
+                Priority::Normal
+            }),
+            None => Priority::Normal,
+        };
         out.push(RouteSpec {
             retry,
             rate_limit,
+            priority,
+            priority_header: r.priority_header.as_ref().map(|h| h.to_ascii_lowercase()),
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
@@ -584,6 +600,41 @@ fn upstreams(
                 Some(RawProtocol::H2c) => UpstreamProtocol::Http2,
                 _ => UpstreamProtocol::Http1,
             },
+            bulkhead: u.concurrency.as_ref().map(|cc| {
+                let s = cc.span();
+                let cc = cc.get_ref();
+                let max = c.int(
+                    Some(cc.max_in_flight),
+                    &s,
+                    1..=1_000_000,
+                    100,
+                    "concurrency.max_in_flight",
+                ) as usize;
+                let min = c.int(
+                    cc.min_limit,
+                    &s,
+                    1..=1_000_000,
+                    (max as i64 / 10).max(1),
+                    "concurrency.min_limit",
+                ) as usize;
+                let tolerance = cc.latency_tolerance.unwrap_or(2.0);
+                if !(tolerance > 1.0 && tolerance.is_finite()) {
+                    c.err(
+                        s.clone(),
+                        "concurrency.latency_tolerance must be greater than 1.0",
+                    );
+                }
+                BulkheadSpec {
+                    max_in_flight: max,
+                    max_queue: c.int(cc.queue, &s, 0..=1_000_000, max as i64, "concurrency.queue")
+                        as usize,
+                    queue_timeout: cc.queue_timeout.map_or(Duration::from_millis(500), |d| d.0),
+                    adaptive: cc
+                        .adaptive
+                        .unwrap_or(false)
+                        .then_some((min.min(max), tolerance)),
+                }
+            }),
         });
     }
     out

@@ -1,0 +1,283 @@
+//! Bulkheads: a cap on requests in flight to one upstream, with a bounded wait queue served in
+//! priority order, so a slow upstream holds at most its own share of connections, memory and
+//! time. Over the cap and with the queue full, the lowest-priority waiter is shed to make room
+//! for a higher one; otherwise the newcomer is refused at once (503 + Retry-After, before any
+//! upstream work). With `adaptive`, the cap follows core's AIMD controller on response latency.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use scalegate_core::admission::{Aimd, Priority};
+use tokio::sync::oneshot;
+
+/// A bulkhead's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BulkheadSpec {
+    /// Most requests in flight (the adaptive limit's ceiling).
+    pub max_in_flight: usize,
+    /// Most requests waiting for a slot.
+    pub max_queue: usize,
+    /// Longest wait for a slot.
+    pub queue_timeout: Duration,
+    /// Adaptive limit: (floor, latency tolerance) — None for a fixed cap.
+    pub adaptive: Option<(usize, f64)>,
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// Queue full and nobody of lower priority to displace.
+    QueueFull,
+    /// Waited the whole queue timeout.
+    QueueTimeout,
+    /// Displaced from the queue by a higher-priority request.
+    Displaced,
+}
+
+impl Shed {
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::QueueTimeout => "queue_timeout",
+            Shed::Displaced => "displaced",
+        }
+    }
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<()>,
+}
+
+struct State {
+    in_flight: usize,
+    limit: usize,
+    queues: [VecDeque<Waiter>; 3],
+    aimd: Option<Aimd>,
+}
+
+/// One upstream's bulkhead.
+pub struct Bulkhead {
+    spec: BulkheadSpec,
+    state: Mutex<State>,
+    ids: AtomicU64,
+}
+
+impl std::fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An admitted request's slot; released (waking the next waiter) when dropped.
+pub struct Permit {
+    bulkhead: Arc<Bulkhead>,
+    started: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Permit")
+    }
+}
+
+impl Bulkhead {
+    /// A bulkhead with these settings.
+    pub fn new(spec: BulkheadSpec) -> Arc<Bulkhead> {
+        let aimd = spec
+            .adaptive
+            .map(|(min, tol)| Aimd::new(min, spec.max_in_flight, tol));
+        Arc::new(Bulkhead {
+            state: Mutex::new(State {
+                in_flight: 0,
+                limit: spec.max_in_flight.max(1),
+                queues: Default::default(),
+                aimd,
+            }),
+            spec,
+            ids: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The settings it was built with.
+    pub fn spec(&self) -> &BulkheadSpec {
+        &self.spec
+    }
+
+    /// (in flight, current limit, waiting) for the admin view and metrics.
+    pub fn snapshot(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        (
+            s.in_flight,
+            s.limit,
+            s.queues.iter().map(VecDeque::len).sum(),
+        )
+    }
+
+    /// Admits a request of priority `prio`, waiting in the queue if need be.
+    pub async fn acquire(self: &Arc<Self>, prio: Priority) -> Result<Permit, Shed> {
+        let id = self.ids.fetch_add(1, Relaxed);
+        let rx = {
+            let mut s = self.lock();
+            let queued: usize = s.queues.iter().map(VecDeque::len).sum();
+            if s.in_flight < s.limit && queued == 0 {
+                s.in_flight += 1;
+                return Ok(self.permit());
+            }
+            if queued >= self.spec.max_queue {
+                // Displace the newest waiter of the lowest priority below ours, if any.
+                let victim = (prio as usize + 1..3)
+                    .rev()
+                    .find(|&p| !s.queues[p].is_empty());
+                match victim {
+                    Some(p) => drop(s.queues[p].pop_back()),
+                    None => return Err(Shed::QueueFull),
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            s.queues[prio as usize].push_back(Waiter { id, tx });
+            rx
+        };
+        let mut rx = rx;
+        match tokio::time::timeout(self.spec.queue_timeout, &mut rx).await {
+            Ok(Ok(())) => Ok(self.permit()),
+            Ok(Err(_)) => Err(Shed::Displaced),
+            Err(_) => {
+                let mut s = self.lock();
+                let q = &mut s.queues[prio as usize];
+                if let Some(pos) = q.iter().position(|w| w.id == id) {
+                    q.remove(pos);
+                    return Err(Shed::QueueTimeout);
+                }
+                drop(s);
+                // Granted (or displaced) just as the wait ended.
+                match rx.try_recv() {
+                    Ok(()) => Ok(self.permit()),
+                    Err(_) => Err(Shed::QueueTimeout),
+                }
+            }
+        }
+    }
+
+    fn permit(self: &Arc<Self>) -> Permit {
+        Permit {
+            bulkhead: self.clone(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn release(&self, latency: Duration) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if let Some(limit) = s.aimd.as_mut().map(|a| a.on_sample(latency)) {
+            s.limit = limit.max(1);
+        }
+        while s.in_flight < s.limit {
+            let Some(next) = s.queues.iter_mut().find_map(VecDeque::pop_front) else {
+                break;
+            };
+            if next.tx.send(()).is_ok() {
+                s.in_flight += 1;
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.bulkhead.release(self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max: usize, queue: usize) -> BulkheadSpec {
+        BulkheadSpec {
+            max_in_flight: max,
+            max_queue: queue,
+            queue_timeout: Duration::from_secs(5),
+            adaptive: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_are_served_in_priority_order() {
+        let b = Bulkhead::new(spec(1, 10));
+        let first = b.acquire(Priority::Normal).await.expect("free slot");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for p in [Priority::Low, Priority::Normal, Priority::Critical] {
+            let (b, order) = (b.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = b.acquire(p).await;
+                if let Ok(mut o) = order.lock() {
+                    o.push(p);
+                }
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let order = order.lock().map(|o| o.clone()).unwrap_or_default();
+        assert_eq!(order, [Priority::Critical, Priority::Normal, Priority::Low]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_low_priority_first() {
+        let b = Bulkhead::new(spec(1, 1));
+        let _busy = b.acquire(Priority::Normal).await.expect("slot");
+        let low = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(Priority::Low).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            b.acquire(Priority::Low).await.map(|_| ()),
+            Err(Shed::QueueFull),
+            "no one lower to displace"
+        );
+        let critical = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(Priority::Critical).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(low.await.ok(), Some(Err(Shed::Displaced)));
+        drop(_busy);
+        assert_eq!(critical.await.ok(), Some(Ok(())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_ends_at_the_queue_timeout() {
+        let b = Bulkhead::new(BulkheadSpec {
+            queue_timeout: Duration::from_millis(100),
+            ..spec(1, 5)
+        });
+        let _busy = b.acquire(Priority::Normal).await.expect("slot");
+        assert_eq!(
+            b.acquire(Priority::Critical).await.map(|_| ()),
+            Err(Shed::QueueTimeout)
+        );
+        assert_eq!(
+            b.snapshot(),
+            (1, 1, 0),
+            "the timed-out waiter left the queue"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Bulkheads and priorities under overload (issue 4 acceptance f and h).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn two_upstreams(a: &Backend, b: &Backend, concurrency: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"a\"\nmatch = {{ path_prefix = \"/a\" }}\nupstream = \"a\"\n\n[[routes]]\nname = \"b\"\nmatch = {{ path_prefix = \"/b\" }}\nupstream = \"b\"\n\n[upstreams.a]\nendpoints = [\"{}\"]\n{concurrency}\n\n[upstreams.b]\nendpoints = [\"{}\"]\n",
+        a.addr, b.addr
+    )
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_does_not_slow_another_and_its_overflow_is_shed() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.set_delay(Duration::from_secs(2));
+    let cfg = two_upstreams(
+        &a,
+        &b,
+        "concurrency = { max_in_flight = 2, queue = 2, queue_timeout = \"300ms\" }",
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let addr = gw.http;
+        stalled.push(tokio::spawn(async move {
+            Client::http1().get(addr, "/a").await
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), || async { a.hits() == 2 }).await);
+    // B is served while A is saturated.
+    let c = Client::http1();
+    for _ in 0..10 {
+        let r = c.get(gw.http, "/b").await.expect("response");
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b"));
+    }
+    let mut statuses = Vec::new();
+    for t in stalled {
+        let r = t.await.expect("join").expect("response");
+        if r.status == 503 {
+            assert_eq!(r.header("retry-after"), "1");
+        }
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503, 503, 503, 503, 503]);
+    assert_eq!(
+        a.hits(),
+        2,
+        "only the admitted requests reached the stalled upstream"
+    );
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "scalegate_http_shed_total{route=\"a\",reason=\"queue_full\",priority=\"normal\"} 6"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "scalegate_http_shed_total{route=\"a\",reason=\"queue_timeout\",priority=\"normal\"} 2"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn under_overload_critical_requests_succeed_while_low_ones_are_shed() {
+    let be = Backend::start("app").await;
+    be.set_delay(Duration::from_millis(150));
+    let cfg = format!(
+        "[[routes]]\nname = \"critical\"\nmatch = {{ path_prefix = \"/checkout\" }}\nupstream = \"app\"\npriority = \"critical\"\n\n[[routes]]\nname = \"low\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\npriority = \"low\"\npriority_header = \"x-priority\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\nconcurrency = {{ max_in_flight = 1, queue = 3, queue_timeout = \"10s\" }}\n",
+        be.addr
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let mut low = Vec::new();
+    for _ in 0..8 {
+        let addr = gw.http;
+        low.push(tokio::spawn(async move {
+            Client::http1().get(addr, "/feed").await
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), || async { be.hits() >= 1 }).await);
+    let mut critical = Vec::new();
+    for _ in 0..3 {
+        let addr = gw.http;
+        critical.push(tokio::spawn(async move {
+            Client::http1().get(addr, "/checkout").await
+        }));
+    }
+    for t in critical {
+        assert_eq!(
+            t.await.expect("join").expect("response").status,
+            200,
+            "a critical request was shed"
+        );
+    }
+    let low: Vec<u16> = futures_join(low).await;
+    assert!(
+        low.contains(&503),
+        "no low-priority request was shed: {low:?}"
+    );
+    assert!(low.contains(&200), "{low:?}");
+    // A header may raise a request's class on routes that allow it.
+    let r = Client::http1()
+        .get_with(gw.http, "/feed", &[("x-priority", "critical")])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 200);
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Result<Resp, String>>>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(
+            t.await
+                .ok()
+                .and_then(|r| r.ok())
+                .map_or(0, |r| r.status.as_u16()),
+        );
+    }
+    out
+}
