@@ -11,6 +11,7 @@ pub mod bulkhead;
 pub mod clock;
 pub mod conn;
 pub mod error;
+pub mod fallback;
 pub mod gateway;
 pub mod headers;
 pub mod health_check;

@@ -34,6 +34,7 @@ pub struct Metrics {
     retries_denied: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
     shed: Family<Labels, Counter>,
+    fallbacks: Family<Labels, Counter>,
 }
 
 /// Status classes counted per route.
@@ -53,6 +54,8 @@ pub struct RouteMetrics {
     pub retries_denied: Counter,
     /// Requests refused by the rate limit.
     pub rate_limited: Counter,
+    /// Fallback responses served.
+    pub fallbacks: Counter,
     route: String,
     shed_family: Family<Labels, Counter>,
 }
@@ -110,6 +113,7 @@ impl Default for Metrics {
             retries_denied: Family::default(),
             rate_limited: Family::default(),
             shed: Family::default(),
+            fallbacks: Family::default(),
         }
     }
 }
@@ -168,6 +172,11 @@ impl Metrics {
             self.retries.clone(),
         );
         r.register(
+            "scalegate_http_fallbacks",
+            "Fallback responses served because the upstream was unavailable",
+            self.fallbacks.clone(),
+        );
+        r.register(
             "scalegate_http_shed",
             "Requests shed by an upstream's bulkhead, by reason and priority",
             self.shed.clone(),
@@ -211,6 +220,9 @@ impl Metrics {
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             rate_limited: self
                 .rate_limited
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            fallbacks: self
+                .fallbacks
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             route: route.to_string(),
             shed_family: self.shed.clone(),

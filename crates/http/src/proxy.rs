@@ -27,6 +27,7 @@ use crate::admission;
 use crate::body::{BodyTooLarge, ReqBody, RespBody};
 use crate::clock;
 use crate::error::ProxyError;
+use crate::fallback;
 use crate::gateway::{Gateway, Snapshot};
 use crate::headers;
 use crate::pool::{Lease, Sender};
@@ -99,7 +100,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             Response::from_parts(head, RespBody::upstream(upstream_body, done))
         }
         Err(e) => {
-            let resp = e.to_response();
+            let resp = match &route.spec.fallback {
+                Some(f) if fallback::applies(&e) => {
+                    route.metrics.fallbacks.inc();
+                    f.respond(&e)
+                }
+                _ => e.to_response(),
+            };
             done.status = resp.status().as_u16();
             done.finish(false, 0);
             resp

@@ -150,6 +150,7 @@ mod tests {
                 rate_limit: None,
                 priority: scalegate_core::admission::Priority::Normal,
                 priority_header: None,
+                fallback: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),

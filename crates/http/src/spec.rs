@@ -76,6 +76,8 @@ pub struct RouteSpec {
     pub priority: scalegate_core::admission::Priority,
     /// A request header that may set the priority ("critical", "normal", "low"); None: ignored.
     pub priority_header: Option<String>,
+    /// Answer when the upstream is unavailable (None: the error status).
+    pub fallback: Option<crate::fallback::FallbackSource>,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

@@ -101,3 +101,33 @@ async fn breaker_opens_on_failure_rate() {
     );
     assert_eq!(m.get("b1"), Some(&20));
 }
+
+#[tokio::test]
+async fn the_route_fallback_answers_while_the_upstream_is_unavailable() {
+    let bs = backends(1).await;
+    bs[0].set_status(500);
+    let cfg = format!(
+        "[[routes]]\nname = \"feed\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nfallback = {{ status = 200, content_type = \"application/json\", body = '{{\"items\":[]}}' }}\n\n[upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 2, base_ejection = \"60s\" }}\n",
+        bs[0].addr
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let c = Client::http1();
+    // The upstream's own 5xx answers are passed through until the breaker opens...
+    for _ in 0..2 {
+        assert_eq!(c.get(gw.http, "/").await.expect("response").status, 500);
+    }
+    // ...then the fallback answers instead of a 503.
+    let r = c.get(gw.http, "/").await.expect("response");
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "{\"items\":[]}")
+    );
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("x-scalegate-fallback"), "static");
+    assert_eq!(bs[0].hits(), 2);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_http_fallbacks_total{route=\"feed\"} 1"),
+        "{metrics}"
+    );
+}

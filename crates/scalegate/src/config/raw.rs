@@ -107,6 +107,16 @@ pub struct RawRoute {
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub priority: Option<Spanned<String>>,
     pub priority_header: Option<String>,
+    pub fallback: Option<Spanned<RawFallback>>,
+}
+
+/// A route's static fallback as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    pub status: Option<i64>,
+    pub content_type: Option<String>,
+    pub body: String,
 }
 
 /// A route's rate limit as written.

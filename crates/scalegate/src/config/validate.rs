@@ -12,6 +12,7 @@ use scalegate_core::balance::Balance;
 use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
 use scalegate_http::bulkhead::BulkheadSpec;
+use scalegate_http::fallback::FallbackSource;
 use scalegate_http::spec::{
     EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
     UpstreamProtocol, UpstreamSpec,
@@ -304,6 +305,19 @@ fn routes(
             rate_limit,
             priority,
             priority_header: r.priority_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            fallback: r.fallback.as_ref().map(|f| {
+                let s = f.span();
+                let f = f.get_ref();
+                let code = c.int(f.status, &s, 200..=599, 200, "fallback.status") as u16;
+                FallbackSource::Static {
+                    status: http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK),
+                    content_type: f
+                        .content_type
+                        .clone()
+                        .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                    body: bytes::Bytes::from(f.body.clone()),
+                }
+            }),
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
