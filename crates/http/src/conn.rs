@@ -495,6 +495,7 @@ mod tests {
                     routes: vec![],
                     upstreams: vec![],
                     access_log: false,
+                    max_in_flight: None,
                 },
                 1,
             )

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Write JSON access log lines.
     pub access_log: bool,
+    /// Global in-flight cap.
+    pub max_in_flight: Option<usize>,
 }
 
 impl Snapshot {
@@ -72,6 +74,7 @@ pub struct Gateway {
     apply_lock: Mutex<()>,
     version_tx: watch::Sender<u64>,
     draining: AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
     workers: usize,
     /// Data-path metrics.
     pub metrics: Metrics,
@@ -86,6 +89,7 @@ impl Gateway {
             routes: RouteTable::default(),
             upstreams: Vec::new(),
             access_log: false,
+            max_in_flight: None,
         };
         let (version_tx, _) = watch::channel(0);
         let gw = Arc::new(Gateway {
@@ -94,6 +98,7 @@ impl Gateway {
             apply_lock: Mutex::new(()),
             version_tx,
             draining: AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             workers: workers.max(1),
             metrics: Metrics::default(),
         });
@@ -224,6 +229,7 @@ impl Gateway {
             routes: RouteTable::new(routes),
             upstreams,
             access_log: spec.access_log,
+            max_in_flight: spec.max_in_flight,
         });
         self.current.store(snap.clone());
         self.version_tx.send_replace(snap.version);
@@ -237,6 +243,38 @@ impl Gateway {
             .iter()
             .find(|l| l.spec.name == name)
             .map(|l| l.sockets.local_addr)
+    }
+
+    /// Admits a request under the global cap for its priority; false means shed it. Every
+    /// `true` must be paired with [`Gateway::end_request`].
+    pub fn begin_request(
+        &self,
+        cap: Option<usize>,
+        prio: scalegate_core::admission::Priority,
+    ) -> bool {
+        use scalegate_core::admission::Priority;
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let Some(cap) = cap else { return true };
+        let allowed = match prio {
+            Priority::Critical => cap,
+            Priority::Normal => cap * 9 / 10,
+            Priority::Low => cap * 8 / 10,
+        };
+        if n < allowed.max(1) {
+            return true;
+        }
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Ends a request admitted by [`Gateway::begin_request`].
+    pub fn end_request(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests in flight in the whole gateway.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Starts draining: /ready turns false.

@@ -72,6 +72,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     ctx.activity.begin();
     let mut done = Completion {
         conn: ctx.clone(),
+        global: false,
         permit: None,
         route: route.clone(),
         started,
@@ -87,12 +88,20 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         (Some(l), Some(spec)) => Some(admission::check(l, spec, &parts.headers, ctx.peer)),
         _ => None,
     };
+    let prio = priority(&route, &parts.headers);
     let result = match &rate {
         Some(Err((denied, _))) => {
             route.metrics.rate_limited.inc();
             Err(denied.clone())
         }
-        _ => forward(&ctx, &snap, &route, parts, body, &mut done).await,
+        _ if !ctx.gateway.begin_request(snap.max_in_flight, prio) => {
+            route.metrics.shed("global_limit", prio.as_str());
+            Err(ProxyError::Shed("global_limit"))
+        }
+        _ => {
+            done.global = true;
+            forward(&ctx, &snap, &route, parts, body, prio, &mut done).await
+        }
     };
     let mut resp = match result {
         Ok((head, upstream_body)) => {
@@ -124,6 +133,7 @@ async fn forward(
     route: &Route,
     parts: http::request::Parts,
     body: Incoming,
+    prio: Priority,
     done: &mut Completion,
 ) -> Result<(http::response::Parts, Incoming), ProxyError> {
     let limit = route.spec.max_body_bytes;
@@ -135,7 +145,6 @@ async fn forward(
         .get(route.upstream)
         .ok_or(ProxyError::NoHealthyEndpoint)?;
     if let Some(bulkhead) = &upstream.bulkhead {
-        let prio = priority(route, &parts.headers);
         match bulkhead.acquire(prio).await {
             Ok(permit) => done.permit = Some(permit),
             Err(shed) => {
@@ -495,6 +504,7 @@ fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 #[derive(Debug)]
 pub struct Completion {
     conn: Arc<ConnCtx>,
+    global: bool,
     permit: Option<crate::bulkhead::Permit>,
     route: Arc<Route>,
     started: Tick,
@@ -520,6 +530,9 @@ impl Completion {
             ep.state.end_request();
         }
         drop(self.permit.take());
+        if self.global {
+            self.conn.gateway.end_request();
+        }
         self.conn.activity.end();
         let m = &self.route.metrics;
         m.in_flight.dec();

@@ -19,6 +19,9 @@ pub struct GatewaySpec {
     pub upstreams: Vec<UpstreamSpec>,
     /// Write one JSON line per request to stdout.
     pub access_log: bool,
+    /// Most requests in flight in the whole gateway (None: unlimited). Low priority is admitted
+    /// below 80% of it, normal below 90%, critical up to the cap.
+    pub max_in_flight: Option<usize>,
 }
 
 /// One listening socket.

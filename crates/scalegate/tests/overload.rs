@@ -125,3 +125,45 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Result<Resp, String>>>)
     }
     out
 }
+
+#[tokio::test]
+async fn the_global_in_flight_cap_sheds_low_priority_before_critical() {
+    let be = Backend::start("app").await;
+    be.set_delay(Duration::from_millis(800));
+    let cfg = format!(
+        "[[routes]]\nname = \"critical\"\nmatch = {{ path_prefix = \"/checkout\" }}\nupstream = \"app\"\npriority = \"critical\"\n\n[[routes]]\nname = \"low\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\npriority = \"low\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n",
+        be.addr
+    );
+    // Cap 10: low is admitted below 8 in flight, critical up to 10.
+    let gw = GatewayProcess::start_with(BIN, "[admission]\nmax_in_flight = 10", &cfg).await;
+    let mut low = Vec::new();
+    for _ in 0..8 {
+        let addr = gw.http;
+        low.push(tokio::spawn(async move {
+            Client::http1().get(addr, "/feed").await
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), || async { be.hits() == 8 }).await);
+    let extra_low = Client::http1()
+        .get(gw.http, "/feed")
+        .await
+        .expect("response");
+    assert_eq!(
+        extra_low.status, 503,
+        "low priority is shed at 80% of the cap"
+    );
+    assert_eq!(extra_low.header("retry-after"), "1");
+    let critical = Client::http1()
+        .get(gw.http, "/checkout")
+        .await
+        .expect("response");
+    assert_eq!(critical.status, 200, "critical still has headroom");
+    assert_eq!(futures_join(low).await, vec![200; 8]);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "scalegate_http_shed_total{route=\"low\",reason=\"global_limit\",priority=\"low\"} 1"
+        ),
+        "{metrics}"
+    );
+}

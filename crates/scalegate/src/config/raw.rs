@@ -20,6 +20,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub lifecycle: RawLifecycle,
     #[serde(default)]
+    pub admission: RawAdmission,
+    #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -49,6 +51,13 @@ pub enum RuntimeMode {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
+}
+
+/// Gateway-wide admission.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

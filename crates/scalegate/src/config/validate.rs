@@ -110,6 +110,15 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     }
     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
 
+    let max_in_flight = raw.admission.max_in_flight.as_ref().map(|m| {
+        c.int(
+            Some(*m.get_ref()),
+            &m.span(),
+            1..=10_000_000,
+            10_000,
+            "admission.max_in_flight",
+        ) as usize
+    });
     let drain_timeout = c.dur(
         &raw.lifecycle.drain_timeout,
         Duration::from_secs(30),
@@ -141,6 +150,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             routes,
             upstreams,
             access_log: raw.log.access_log.unwrap_or(false),
+            max_in_flight,
         },
     })
 }
