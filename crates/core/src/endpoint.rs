@@ -36,6 +36,7 @@ pub struct EndpointState {
     ejections: AtomicU32,
     window: FailureWindow,
     draining: AtomicBool,
+    weight_override: AtomicU32,
     in_flight: AtomicU32,
     ewma_ns: AtomicU64,
     ewma_at: AtomicU64,
@@ -55,6 +56,7 @@ impl Default for EndpointState {
             ejections: AtomicU32::new(0),
             window: FailureWindow::default(),
             draining: AtomicBool::new(false),
+            weight_override: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(DEFAULT_EWMA_NS.to_bits()),
             ewma_at: AtomicU64::new(0),
@@ -124,6 +126,16 @@ impl EndpointState {
     /// Marks the endpoint drained or back in service.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Relaxed);
+    }
+
+    /// The operator's weight for this endpoint, replacing the configured one (None: config).
+    pub fn weight_override(&self) -> Option<u32> {
+        Some(self.weight_override.load(Relaxed)).filter(|w| *w > 0)
+    }
+
+    /// Sets (Some) or clears (None) the operator's weight.
+    pub fn set_weight_override(&self, weight: Option<u32>) {
+        self.weight_override.store(weight.unwrap_or(0), Relaxed);
     }
 
     /// Slow-start weight factor in (0, 1]: ramps linearly from 10% over `window` after the

@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// The gateway is shutting down and refuses new work (ours; retry elsewhere).
     #[error("gateway draining")]
     Draining,
+    /// An operator disabled the route (ours; retry later).
+    #[error("route disabled by an operator")]
+    RouteDisabled,
     /// The upstream's bulkhead refused the request (ours; retry later).
     #[error("overloaded: request shed ({0})")]
     Shed(&'static str),
@@ -64,7 +67,8 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint
             | ProxyError::PoolExhausted
             | ProxyError::Draining
-            | ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Shed(_)
+            | ProxyError::RouteDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -117,7 +121,8 @@ impl ProxyError {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 12] = [
+    const ALL: [ProxyError; 13] = [
+        ProxyError::RouteDisabled,
         ProxyError::Shed("queue_full"),
         ProxyError::RateLimited {
             retry_after_secs: 2,

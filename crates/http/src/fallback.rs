@@ -1,5 +1,6 @@
 //! Fallbacks: what a route answers when its upstream is unavailable (no endpoint available or
-//! every breaker open, shed, connect failure, reset, timeout) instead of the error.
+//! every breaker open, shed, connect failure, reset, timeout) or an operator disabled the route,
+//! instead of the error.
 //!
 //! Today the source is a static response from config. The hook is [`FallbackSource`]: the cache
 //! (issue 5) adds a `LastGood` source that serves the last good cached response for the request's
@@ -31,6 +32,7 @@ pub fn applies(e: &ProxyError) -> bool {
     matches!(
         e,
         ProxyError::NoHealthyEndpoint
+            | ProxyError::RouteDisabled
             | ProxyError::Shed(_)
             | ProxyError::PoolExhausted
             | ProxyError::ConnectFailed

@@ -78,6 +78,8 @@ pub struct Gateway {
     workers: usize,
     /// Data-path metrics.
     pub metrics: Metrics,
+    /// Runtime switches from the admin API.
+    pub switches: crate::switches::Switches,
 }
 
 impl Gateway {
@@ -101,6 +103,7 @@ impl Gateway {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             workers: workers.max(1),
             metrics: Metrics::default(),
+            switches: crate::switches::Switches::default(),
         });
         gw.apply(spec)?;
         Ok(gw)
@@ -234,6 +237,16 @@ impl Gateway {
         self.current.store(snap.clone());
         self.version_tx.send_replace(snap.version);
         Ok(snap)
+    }
+
+    /// The endpoint `addr` of upstream `upstream` in the current snapshot.
+    pub fn endpoint(&self, upstream: &str, addr: &str) -> Option<Arc<HttpEndpoint>> {
+        self.snapshot()
+            .upstream(upstream)?
+            .endpoints
+            .iter()
+            .find(|e| e.addr == addr)
+            .cloned()
     }
 
     /// The bound address of a listener.

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod retry;
 pub mod router;
 pub mod spec;
+pub mod switches;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

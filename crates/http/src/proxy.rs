@@ -89,7 +89,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         _ => None,
     };
     let prio = priority(&route, &parts.headers);
+    let switch = ctx.gateway.switches.route(&route.spec.name);
     let result = match &rate {
+        _ if switch.as_ref().is_some_and(|s| s.disabled) => Err(ProxyError::RouteDisabled),
         Some(Err((denied, _))) => {
             route.metrics.rate_limited.inc();
             Err(denied.clone())
@@ -100,7 +102,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         }
         _ => {
             done.global = true;
-            forward(&ctx, &snap, &route, parts, body, prio, &mut done).await
+            let admitted = Admitted {
+                prio,
+                canary: switch.and_then(|s| s.canary),
+            };
+            forward(&ctx, &snap, &route, parts, body, admitted, &mut done).await
         }
     };
     let mut resp = match result {
@@ -133,17 +139,25 @@ async fn forward(
     route: &Route,
     parts: http::request::Parts,
     body: Incoming,
-    prio: Priority,
+    admitted: Admitted,
     done: &mut Completion,
 ) -> Result<(http::response::Parts, Incoming), ProxyError> {
     let limit = route.spec.max_body_bytes;
     if content_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let upstream = snap
-        .upstreams
-        .get(route.upstream)
-        .ok_or(ProxyError::NoHealthyEndpoint)?;
+    let Admitted { prio, canary } = admitted;
+    // A canary switch sends its share of the route's traffic to the second upstream.
+    let canary_upstream = canary
+        .filter(|(_, pct)| rand::random_range(0..100u8) < *pct)
+        .and_then(|(name, _)| snap.upstream(&name).cloned());
+    let upstream = match &canary_upstream {
+        Some(u) => u,
+        None => snap
+            .upstreams
+            .get(route.upstream)
+            .ok_or(ProxyError::NoHealthyEndpoint)?,
+    };
     if let Some(bulkhead) = &upstream.bulkhead {
         match bulkhead.acquire(prio).await {
             Ok(permit) => done.permit = Some(permit),
@@ -255,6 +269,15 @@ async fn forward(
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// What admission decided for a request that may go on.
+#[derive(Debug)]
+struct Admitted {
+    /// Priority class (bulkhead order and shedding).
+    prio: Priority,
+    /// A canary switch on the route: (upstream, percent).
+    canary: Option<(String, u8)>,
 }
 
 /// The request's priority class: the route's, or the priority header's when the route allows it.

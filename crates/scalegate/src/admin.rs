@@ -20,15 +20,24 @@ use tokio::net::TcpListener;
 struct Admin {
     gw: Arc<Gateway>,
     registry: Registry,
+    token: Option<String>,
 }
 
 /// Binds the admin listener and serves it on the current runtime; returns the bound address.
-pub async fn start(addr: SocketAddr, gw: Arc<Gateway>) -> std::io::Result<SocketAddr> {
+pub async fn start(
+    addr: SocketAddr,
+    gw: Arc<Gateway>,
+    token: Option<String>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let mut registry = Registry::default();
     gw.metrics.register(&mut registry);
-    let admin = Arc::new(Admin { gw, registry });
+    let admin = Arc::new(Admin {
+        gw,
+        registry,
+        token,
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -49,7 +58,7 @@ pub async fn start(addr: SocketAddr, gw: Arc<Gateway>) -> std::io::Result<Socket
     Ok(local)
 }
 
-fn reply(
+pub(crate) fn reply(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -63,11 +72,17 @@ fn reply(
     r
 }
 
-const JSON: &str = "application/json";
-const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const JSON: &str = "application/json";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Admin {
     fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == Method::POST && req.uri().path().starts_with("/switches/") {
+            return match self.refuse(&req) {
+                None => crate::switches::apply(&self.gw, req.uri()),
+                Some(refusal) => refusal,
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "405: use GET\n");
         }
@@ -83,12 +98,52 @@ impl Admin {
             },
             "/metrics" => self.metrics(),
             "/upstreams" => reply(StatusCode::OK, JSON, self.upstreams().to_string() + "\n"),
+            "/switches" => reply(
+                StatusCode::OK,
+                JSON,
+                crate::switches::view(&self.gw).to_string() + "\n",
+            ),
             "/" => reply(
                 StatusCode::OK,
                 TEXT,
                 "scalegate admin: /health /ready /metrics /upstreams\n",
             ),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "404: no such admin endpoint\n"),
+        }
+    }
+
+    /// Runtime switches need `Authorization: Bearer <admin.token>`; without a configured token
+    /// they are off.
+    /// The refusal, if the request may not change switches.
+    fn refuse(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        let Some(token) = &self.token else {
+            return Some(reply(
+                StatusCode::FORBIDDEN,
+                TEXT,
+                "403: runtime switches are off; set admin.token\n",
+            ));
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compare in constant time for equal lengths.
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            None
+        } else {
+            Some(reply(
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                "401: bad or missing bearer token\n",
+            ))
         }
     }
 

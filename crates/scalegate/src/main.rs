@@ -8,6 +8,7 @@ mod alloc;
 mod config;
 mod demo;
 mod run;
+mod switches;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -61,7 +61,7 @@ async fn serve(
     let mut health = Supervisor::default();
     health.reconcile(&gw.snapshot());
 
-    let admin_addr = admin::start(config.admin_listen, gw.clone())
+    let admin_addr = admin::start(config.admin_listen, gw.clone(), config.admin_token.clone())
         .await
         .context("cannot start admin listener")?;
     let (trigger, shutdown) = shutdown_channel();

@@ -90,6 +90,21 @@ impl Client {
             .await
     }
 
+    /// POST an empty body to `http://addr{path}` with extra headers.
+    pub async fn post_with(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let mut b = Request::post(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?)
+            .await
+    }
+
     /// GET `http://addr{path}`.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Resp, String> {
         self.get_with(addr, path, &[]).await

@@ -6,7 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::client::Client;
-use crate::{eventually, free_port};
+use crate::free_port;
 
 /// A running gateway process; killed on drop.
 #[derive(Debug)]
@@ -41,14 +41,26 @@ impl GatewayProcess {
         listener: &str,
         rest: &str,
     ) -> GatewayProcess {
+        Self::start_custom(bin, preamble, "", listener, rest).await
+    }
+
+    /// The most general start: `preamble` first, `admin` extra `[admin]` keys, `listener` extra
+    /// keys of the "public" listener, then `rest`. Fails at once if the process exits early.
+    pub async fn start_custom(
+        bin: &str,
+        preamble: &str,
+        admin: &str,
+        listener: &str,
+        rest: &str,
+    ) -> GatewayProcess {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
         let header = format!(
-            "{preamble}\n[admin]\nlisten = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n{listener}\n\n"
+            "{preamble}\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n{listener}\n\n"
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("scalegate.toml");
@@ -67,20 +79,26 @@ impl GatewayProcess {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-        let gw = GatewayProcess {
+        let mut gw = GatewayProcess {
             child: Some(child),
             _dir: dir,
             config,
             http,
-            admin,
+            admin: admin_addr,
             header,
         };
         let c = Client::http1();
-        let up = eventually(Duration::from_secs(20), || async {
-            c.get(admin, "/health").await.is_ok()
-        })
-        .await;
-        assert!(up, "gateway did not come up");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while c.get(admin_addr, "/health").await.is_err() {
+            if let Some(st) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("gateway exited during startup ({st}); its stderr is above");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         gw
     }
 

@@ -124,7 +124,8 @@ impl Candidates<'_> {
     /// Weight after slow start, never below a tenth of a unit.
     fn effective_weight(&self, i: usize) -> f64 {
         let m = &self.members[i];
-        f64::from(m.weight.max(1)) * m.state.slow_start_factor(self.now, self.slow_start)
+        let weight = m.state.weight_override().unwrap_or(m.weight).max(1);
+        f64::from(weight) * m.state.slow_start_factor(self.now, self.slow_start)
     }
 
     fn ramp(&self, i: usize) -> f64 {

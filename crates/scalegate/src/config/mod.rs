@@ -26,6 +26,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Admin listener address (restart to change).
     pub admin_listen: SocketAddr,
+    /// Bearer token for the admin API's runtime switches (None: switches disabled).
+    pub admin_token: Option<String>,
     /// Longest wait for in-flight requests at shutdown (default 30 s).
     pub drain_timeout: Duration,
     /// Reload when the file changes (default true).

@@ -51,6 +51,7 @@ pub enum RuntimeMode {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
 }
 
 /// Gateway-wide admission.

@@ -119,6 +119,12 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             "admission.max_in_flight",
         ) as usize
     });
+    let admin_token = raw.admin.token.as_ref().map(|t| {
+        if t.get_ref().len() < 16 {
+            c.err(t.span(), "admin.token must be at least 16 characters");
+        }
+        t.get_ref().clone()
+    });
     let drain_timeout = c.dur(
         &raw.lifecycle.drain_timeout,
         Duration::from_secs(30),
@@ -142,6 +148,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     Ok(Config {
         runtime,
         admin_listen,
+        admin_token,
         drain_timeout,
         watch_config: raw.lifecycle.watch_config.unwrap_or(true),
         log_format: raw.log.format.unwrap_or(LogFormat::Text),
