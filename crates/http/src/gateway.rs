@@ -203,6 +203,14 @@ impl Gateway {
                 spec: r.clone(),
                 upstream: idx,
                 metrics: self.metrics.route(&r.name, &r.upstream),
+                bulkhead: r.bulkhead.as_ref().map(|spec| {
+                    old.routes
+                        .iter()
+                        .find(|o| o.spec.name == r.name)
+                        .and_then(|o| o.bulkhead.clone())
+                        .filter(|b| b.spec() == spec)
+                        .unwrap_or_else(|| crate::bulkhead::Bulkhead::new(spec.clone()))
+                }),
                 limiter: r
                     .rate_limit
                     .as_ref()

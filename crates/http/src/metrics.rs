@@ -12,6 +12,11 @@ use crate::pool::PoolGauges;
 /// Label set: ordered (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
+fn queue_histogram() -> Histogram {
+    // 10 µs … ~1.3 s
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 18))
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms … ~16 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
@@ -35,6 +40,7 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     shed: Family<Labels, Counter>,
     fallbacks: Family<Labels, Counter>,
+    queue_time: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 /// Status classes counted per route.
@@ -56,6 +62,8 @@ pub struct RouteMetrics {
     pub rate_limited: Counter,
     /// Fallback responses served.
     pub fallbacks: Counter,
+    /// Time spent waiting for bulkhead slots.
+    pub queue_time: Histogram,
     route: String,
     shed_family: Family<Labels, Counter>,
 }
@@ -114,6 +122,7 @@ impl Default for Metrics {
             rate_limited: Family::default(),
             shed: Family::default(),
             fallbacks: Family::default(),
+            queue_time: Family::new_with_constructor(queue_histogram as fn() -> Histogram),
         }
     }
 }
@@ -172,6 +181,11 @@ impl Metrics {
             self.retries.clone(),
         );
         r.register(
+            "scalegate_http_queue_seconds",
+            "Time requests waited for bulkhead slots",
+            self.queue_time.clone(),
+        );
+        r.register(
             "scalegate_http_fallbacks",
             "Fallback responses served because the upstream was unavailable",
             self.fallbacks.clone(),
@@ -220,6 +234,9 @@ impl Metrics {
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             rate_limited: self
                 .rate_limited
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            queue_time: self
+                .queue_time
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             fallbacks: self
                 .fallbacks

@@ -73,7 +73,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let mut done = Completion {
         conn: ctx.clone(),
         global: false,
-        permit: None,
+        permits: [None, None],
         route: route.clone(),
         started,
         status: 0,
@@ -158,9 +158,17 @@ async fn forward(
             .get(route.upstream)
             .ok_or(ProxyError::NoHealthyEndpoint)?,
     };
-    if let Some(bulkhead) = &upstream.bulkhead {
-        match bulkhead.acquire(prio).await {
-            Ok(permit) => done.permit = Some(permit),
+    // Bulkheads: the route's own cap first, then the upstream's.
+    for (slot, bulkhead) in [(0, &route.bulkhead), (1, &upstream.bulkhead)] {
+        let Some(bulkhead) = bulkhead else { continue };
+        let waited = tokio::time::Instant::now();
+        let admitted = bulkhead.acquire(prio).await;
+        route
+            .metrics
+            .queue_time
+            .observe(waited.elapsed().as_secs_f64());
+        match admitted {
+            Ok(permit) => done.permits[slot] = Some(permit),
             Err(shed) => {
                 route.metrics.shed(shed.as_str(), prio.as_str());
                 return Err(ProxyError::Shed(shed.as_str()));
@@ -528,7 +536,7 @@ fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 pub struct Completion {
     conn: Arc<ConnCtx>,
     global: bool,
-    permit: Option<crate::bulkhead::Permit>,
+    permits: [Option<crate::bulkhead::Permit>; 2],
     route: Arc<Route>,
     started: Tick,
     status: u16,
@@ -552,7 +560,7 @@ impl Completion {
         if let Some(ep) = &self.endpoint {
             ep.state.end_request();
         }
-        drop(self.permit.take());
+        self.permits = [None, None];
         if self.global {
             self.conn.gateway.end_request();
         }

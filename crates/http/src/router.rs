@@ -23,6 +23,8 @@ pub struct Route {
     pub budget: Option<scalegate_core::retry::RetryBudget>,
     /// Rate limiter, when the route has a rate limit.
     pub limiter: Option<scalegate_core::admission::RateLimiter>,
+    /// The route's own bulkhead, when configured.
+    pub bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
 }
 
 /// The request fields routing looks at.
@@ -151,11 +153,13 @@ mod tests {
                 priority: scalegate_core::admission::Priority::Normal,
                 priority_header: None,
                 fallback: None,
+                bulkhead: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),
             budget: None,
             limiter: None,
+            bulkhead: None,
         })
     }
 

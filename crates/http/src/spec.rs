@@ -81,6 +81,8 @@ pub struct RouteSpec {
     pub priority_header: Option<String>,
     /// Answer when the upstream is unavailable (None: the error status).
     pub fallback: Option<crate::fallback::FallbackSource>,
+    /// Concurrency cap of the route itself, with a priority queue (None: unlimited).
+    pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

@@ -167,3 +167,36 @@ async fn the_global_in_flight_cap_sheds_low_priority_before_critical() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_route_bulkhead_caps_that_route_only() {
+    let be = Backend::start("app").await;
+    be.set_delay(Duration::from_millis(500));
+    let cfg = format!(
+        "[[routes]]\nname = \"reports\"\nmatch = {{ path_prefix = \"/reports\" }}\nupstream = \"app\"\nconcurrency = {{ max_in_flight = 1, queue = 0 }}\n\n[[routes]]\nname = \"rest\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n",
+        be.addr
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let addr = gw.http;
+    let first = tokio::spawn(async move { Client::http1().get(addr, "/reports/1").await });
+    assert!(eventually(Duration::from_secs(5), || async { be.hits() == 1 }).await);
+    let second = Client::http1()
+        .get(gw.http, "/reports/2")
+        .await
+        .expect("response");
+    assert_eq!(second.status, 503, "the route's cap is 1");
+    let other = Client::http1()
+        .get(gw.http, "/home")
+        .await
+        .expect("response");
+    assert_eq!(
+        other.status, 200,
+        "other routes to the same upstream are not capped"
+    );
+    assert_eq!(first.await.expect("join").expect("response").status, 200);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_http_queue_seconds_count{route=\"reports\"}"),
+        "{metrics}"
+    );
+}

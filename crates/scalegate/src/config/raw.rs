@@ -118,6 +118,7 @@ pub struct RawRoute {
     pub priority: Option<Spanned<String>>,
     pub priority_header: Option<String>,
     pub fallback: Option<Spanned<RawFallback>>,
+    pub concurrency: Option<Spanned<RawConcurrency>>,
 }
 
 /// A route's static fallback as written.

@@ -322,6 +322,7 @@ fn routes(
             rate_limit,
             priority,
             priority_header: r.priority_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            bulkhead: r.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
             fallback: r.fallback.as_ref().map(|f| {
                 let s = f.span();
                 let f = f.get_ref();
@@ -445,6 +446,42 @@ fn retry_spec(c: &mut Check, rt: &Spanned<raw::RawRetry>) -> RetrySpec {
         ) as u32,
         max_body_bytes: rt.max_body_bytes.map_or(64 << 10, |b| b.0),
         per_try_timeout: rt.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+    }
+}
+
+/// A bulkhead (route or upstream `concurrency`), validated.
+fn bulkhead_spec(c: &mut Check, cc: &Spanned<raw::RawConcurrency>) -> BulkheadSpec {
+    let s = cc.span();
+    let cc = cc.get_ref();
+    let max = c.int(
+        Some(cc.max_in_flight),
+        &s,
+        1..=1_000_000,
+        100,
+        "concurrency.max_in_flight",
+    ) as usize;
+    let min = c.int(
+        cc.min_limit,
+        &s,
+        1..=1_000_000,
+        (max as i64 / 10).max(1),
+        "concurrency.min_limit",
+    ) as usize;
+    let tolerance = cc.latency_tolerance.unwrap_or(2.0);
+    if !(tolerance > 1.0 && tolerance.is_finite()) {
+        c.err(
+            s.clone(),
+            "concurrency.latency_tolerance must be greater than 1.0",
+        );
+    }
+    BulkheadSpec {
+        max_in_flight: max,
+        max_queue: c.int(cc.queue, &s, 0..=1_000_000, max as i64, "concurrency.queue") as usize,
+        queue_timeout: cc.queue_timeout.map_or(Duration::from_millis(500), |d| d.0),
+        adaptive: cc
+            .adaptive
+            .unwrap_or(false)
+            .then_some((min.min(max), tolerance)),
     }
 }
 
@@ -631,41 +668,7 @@ fn upstreams(
                 Some(RawProtocol::H2c) => UpstreamProtocol::Http2,
                 _ => UpstreamProtocol::Http1,
             },
-            bulkhead: u.concurrency.as_ref().map(|cc| {
-                let s = cc.span();
-                let cc = cc.get_ref();
-                let max = c.int(
-                    Some(cc.max_in_flight),
-                    &s,
-                    1..=1_000_000,
-                    100,
-                    "concurrency.max_in_flight",
-                ) as usize;
-                let min = c.int(
-                    cc.min_limit,
-                    &s,
-                    1..=1_000_000,
-                    (max as i64 / 10).max(1),
-                    "concurrency.min_limit",
-                ) as usize;
-                let tolerance = cc.latency_tolerance.unwrap_or(2.0);
-                if !(tolerance > 1.0 && tolerance.is_finite()) {
-                    c.err(
-                        s.clone(),
-                        "concurrency.latency_tolerance must be greater than 1.0",
-                    );
-                }
-                BulkheadSpec {
-                    max_in_flight: max,
-                    max_queue: c.int(cc.queue, &s, 0..=1_000_000, max as i64, "concurrency.queue")
-                        as usize,
-                    queue_timeout: cc.queue_timeout.map_or(Duration::from_millis(500), |d| d.0),
-                    adaptive: cc
-                        .adaptive
-                        .unwrap_or(false)
-                        .then_some((min.min(max), tolerance)),
-                }
-            }),
+            bulkhead: u.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
         });
     }
     out
