@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -345,13 +346,22 @@ where
     let conn = protocols
         .h2
         .serve_connection(TokioIo::new(stream), service(&ctx));
+    drive(conn, shutdown).await;
+}
+
+/// Runs a connection that is not parked (HTTP/2, TLS) to its end; on shutdown asks it to finish
+/// gracefully (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY).
+async fn drive<C>(conn: C, shutdown: &mut Shutdown)
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
     tokio::pin!(conn);
     let mut closing = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, "h2 client connection ended with an error");
+                    tracing::debug!(error = %e, "client connection ended with an error");
                 }
                 return;
             }
@@ -387,22 +397,7 @@ async fn serve_tls(
     let conn = protocols
         .h1
         .serve_connection(TokioIo::new(tls), service(&ctx));
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "TLS client connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.wait(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
+    drive(conn, shutdown).await;
 }
 
 /// A stream with bytes already read from it put back in front.

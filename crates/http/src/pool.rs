@@ -148,11 +148,7 @@ impl EndpointPool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::ConnectFailed)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
+        spawn_connection(conn);
         self.gauges.active.inc();
         Ok(self.lease(Sender::H1(tx), false, Some(permit)))
     }
@@ -173,11 +169,7 @@ impl EndpointPool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::ConnectFailed)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection ended");
-            }
-        });
+        spawn_connection(conn);
         self.gauges.active.set(1);
         *lock(&self.h2) = Some(tx.clone());
         Ok(self.lease(Sender::H2(tx), false, None))
@@ -253,6 +245,18 @@ impl Drop for Lease {
             self.pool.gauges.active.dec();
         }
     }
+}
+
+/// Runs an upstream connection's I/O on this worker until it closes.
+fn spawn_connection<F>(conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
 }
 
 /// Where to connect: a resolved socket address, or a `host:port` to resolve per connect.

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -12,32 +10,16 @@ use common::*;
 async fn reload_under_load_loses_no_request() {
     let bs = backends(3).await;
     let gw = gateway(&bs[..2], "").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut loops = Vec::new();
-    for i in 0..4 {
-        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), gw.http);
-        // Half the loops keep one connection alive across reloads, half use h2.
-        let c = if i % 2 == 0 {
-            Client::http1()
-        } else {
-            Client::h2c()
-        };
-        loops.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(addr, "/").await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => failures
-                        .lock()
-                        .map(|mut f| f.push(format!("{other:?}")))
-                        .unwrap_or(()),
-                }
-            }
-        }));
-    }
+    // Half the loops keep one HTTP/1.1 connection alive across reloads, half use h2.
+    let load = LoadLoop::start(
+        gw.http,
+        vec![
+            Client::http1(),
+            Client::h2c(),
+            Client::http1(),
+            Client::h2c(),
+        ],
+    );
     for round in 0..20 {
         // Alternate between two and three endpoints and a changing extra route.
         let set = if round % 2 == 0 { &bs[..] } else { &bs[..2] };
@@ -54,18 +36,14 @@ async fn reload_under_load_loses_no_request() {
         assert!(applied, "reload {round} did not apply");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in loops {
-        let _ = l.await;
-    }
-    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    let (ok, failures) = load.stop().await;
     assert!(
         failures.is_empty(),
         "{} failures, first: {:?}",
         failures.len(),
         failures.first()
     );
-    assert!(ok.load(Ordering::Relaxed) > 100, "the load loop barely ran");
+    assert!(ok > 100, "the load loop barely ran");
     let metrics = gw.admin_get("/metrics").await;
     assert!(
         metrics.contains("scalegate_config_reloads_total{result=\"ok\"}"),

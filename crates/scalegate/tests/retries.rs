@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,41 +33,17 @@ async fn post(c: &Client, addr: std::net::SocketAddr, key: Option<&str>) -> u16 
 async fn gets_see_no_failure_when_a_backend_dies_mid_load() {
     let bs = backends(3).await;
     let gw = GatewayProcess::start(BIN, &retrying_app(&bs, RETRY, "")).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut loops = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), gw.http);
-        loops.push(tokio::spawn(async move {
-            let c = Client::http1();
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(addr, "/").await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => failures
-                        .lock()
-                        .map(|mut f| f.push(format!("{other:?}")))
-                        .unwrap_or(()),
-                }
-            }
-        }));
-    }
+    let load = LoadLoop::start(gw.http, (0..4).map(|_| Client::http1()).collect());
     assert!(eventually(Duration::from_secs(10), || async { bs[0].hits() > 20 }).await);
     bs[0].stop();
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            ok.load(Ordering::Relaxed) > before + 200
+            load.ok() > before + 200
         })
         .await
     );
-    stop.store(true, Ordering::Relaxed);
-    for l in loops {
-        let _ = l.await;
-    }
-    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    let (_, failures) = load.stop().await;
     assert!(
         failures.is_empty(),
         "{} failures, first {:?}",

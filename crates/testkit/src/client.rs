@@ -82,12 +82,7 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Resp, String> {
-        let mut b = Request::get(format!("http://{addr}{path}"));
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        self.send(b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?)
-            .await
+        self.bodiless(http::Method::GET, addr, path, headers).await
     }
 
     /// POST an empty body to `http://addr{path}` with extra headers.
@@ -97,7 +92,19 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Resp, String> {
-        let mut b = Request::post(format!("http://{addr}{path}"));
+        self.bodiless(http::Method::POST, addr, path, headers).await
+    }
+
+    async fn bodiless(
+        &self,
+        method: http::Method,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }

@@ -59,3 +59,61 @@ pub async fn spread(
 pub async fn gateway(bs: &[Backend], settings: &str) -> GatewayProcess {
     GatewayProcess::start(BIN, &app(bs, settings)).await
 }
+
+/// Client loops sending GETs of `/` until stopped, counting successes and recording failures.
+pub struct LoadLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LoadLoop {
+    /// One loop per client, all against `addr`.
+    pub fn start(addr: SocketAddr, clients: Vec<Client>) -> LoadLoop {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = clients
+            .into_iter()
+            .map(|c| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Relaxed) {
+                        match c.get(addr, "/").await {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Relaxed);
+                            }
+                            other => failures
+                                .lock()
+                                .map(|mut f| f.push(format!("{other:?}")))
+                                .unwrap_or(()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        LoadLoop {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Successful responses so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the loops; returns (successes, failures).
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        (self.ok.load(std::sync::atomic::Ordering::Relaxed), failures)
+    }
+}
