@@ -1,8 +1,10 @@
 //! Body types of the data path: request bodies streamed to upstreams under the route's size
 //! limit, and response bodies that hand the upstream connection back when they end.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -96,8 +98,17 @@ pub enum RespBody {
         bytes: u64,
         /// Bookkeeping for when the stream ends (returns the connection to the pool).
         done: Option<Completion>,
+        /// Longest wait between two reads of the upstream body.
+        read_timeout: Duration,
+        /// Armed only while a read is waiting, so bodies that flow never pay for a timer.
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
     },
 }
+
+/// The upstream sent nothing for the route's read timeout in the middle of a body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled for {0:?}")]
+pub struct ReadTimeout(pub Duration);
 
 impl RespBody {
     /// A body of the given bytes.
@@ -106,27 +117,49 @@ impl RespBody {
     }
 
     /// The upstream's body, with its completion bookkeeping.
-    pub fn upstream(inner: Incoming, done: Completion) -> Self {
+    pub fn upstream(inner: Incoming, done: Completion, read_timeout: Duration) -> Self {
         RespBody::Upstream {
             inner,
             bytes: 0,
             done: Some(done),
+            read_timeout,
+            idle: None,
         }
     }
 }
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Upstream { inner, bytes, done } => {
-                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            RespBody::Upstream {
+                inner,
+                bytes,
+                done,
+                read_timeout,
+                idle,
+            } => {
+                let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        let timer =
+                            idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*read_timeout)));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        if let Some(c) = done.take() {
+                            c.finish(false, *bytes);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(ReadTimeout(*read_timeout)))));
+                    }
+                };
+                *idle = None;
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
@@ -138,18 +171,13 @@ impl Body for RespBody {
                             c.finish(true, *bytes);
                         }
                     }
-                    Some(Err(_)) => {
+                    Some(Err(_)) | None => {
                         if let Some(c) = done.take() {
-                            c.finish(false, *bytes);
-                        }
-                    }
-                    None => {
-                        if let Some(c) = done.take() {
-                            c.finish(true, *bytes);
+                            c.finish(frame.is_none(), *bytes);
                         }
                     }
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
             }
         }
     }
@@ -172,7 +200,9 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let RespBody::Upstream { inner, bytes, done } = self
+        if let RespBody::Upstream {
+            inner, bytes, done, ..
+        } = self
             && let Some(c) = done.take()
         {
             c.finish(inner.is_end_stream(), *bytes);

@@ -112,7 +112,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let mut resp = match result {
         Ok((head, upstream_body)) => {
             done.status = head.status.as_u16();
-            Response::from_parts(head, RespBody::upstream(upstream_body, done))
+            let read_timeout = route.spec.read_timeout;
+            Response::from_parts(head, RespBody::upstream(upstream_body, done, read_timeout))
         }
         Err(e) => {
             let resp = match &route.spec.fallback {

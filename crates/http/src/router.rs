@@ -147,6 +147,7 @@ mod tests {
                 upstream: "u".into(),
                 connect_timeout: Duration::from_secs(1),
                 request_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
                 max_body_bytes: 1,
                 retry: None,
                 rate_limit: None,

@@ -69,6 +69,8 @@ pub struct RouteSpec {
     pub connect_timeout: Duration,
     /// Time from sending the request to the response head (default 5 s).
     pub request_timeout: Duration,
+    /// Longest wait between two reads of the upstream's response body (default 60 s).
+    pub read_timeout: Duration,
     /// Largest request body; larger gets 413 (default 10 MiB).
     pub max_body_bytes: u64,
     /// Retries (None: one attempt; a stale pooled connection is still re-sent once).

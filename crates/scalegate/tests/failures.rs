@@ -198,3 +198,28 @@ async fn expect_100_continue_is_answered_before_the_body() {
             .is_some_and(|h| !h.contains_key("expect"))
     );
 }
+
+#[tokio::test]
+async fn an_upstream_body_that_stalls_is_cut_off_after_the_read_timeout() {
+    let bs = backends(1).await;
+    let cfg = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nread_timeout = \"300ms\"\n[upstreams.app]\nendpoints = [\"{}\"]\n",
+        bs[0].addr
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let r = Client::http1().get(gw.http, "/stall").await;
+    let err = r.expect_err("a stalled body cannot complete");
+    assert!(
+        !err.contains("client timeout"),
+        "the gateway left the client hanging: {err}"
+    );
+    // The gateway itself is fine afterwards.
+    assert_eq!(
+        Client::http1()
+            .get(gw.http, "/")
+            .await
+            .expect("response")
+            .status,
+        200
+    );
+}

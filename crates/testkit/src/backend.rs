@@ -197,7 +197,58 @@ impl Drop for Backend {
     }
 }
 
-async fn answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// A response body: whole, or one chunk and then nothing ever again (a stalled upstream).
+#[derive(Debug)]
+pub enum TestBody {
+    /// The whole body.
+    Full(Full<Bytes>),
+    /// Sends this chunk, then stays pending forever.
+    Stall(Option<Bytes>),
+}
+
+impl http_body::Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            TestBody::Full(f) => std::pin::Pin::new(f).poll_frame(cx),
+            TestBody::Stall(chunk) => match chunk.take() {
+                Some(c) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
+                None => std::task::Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            TestBody::Full(f) => f.is_end_stream(),
+            TestBody::Stall(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            // Exact sizes keep Content-Length framing, as the tests reading raw sockets expect.
+            TestBody::Full(f) => f.size_hint(),
+            TestBody::Stall(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+async fn answer(s: &Shared, req: Request<Incoming>) -> Response<TestBody> {
+    if req.uri().path() == "/stall" {
+        s.hits.fetch_add(1, SeqCst);
+        return Response::new(TestBody::Stall(Some(Bytes::from_static(b"partial"))));
+    }
+    let (parts, body) = full_answer(s, req).await.into_parts();
+    Response::from_parts(parts, TestBody::Full(body))
+}
+
+async fn full_answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() == "/health" {
         s.health_hits.fetch_add(1, SeqCst);
         let ok = s.behaviour.healthy.load(SeqCst);

@@ -112,6 +112,7 @@ pub struct RawRoute {
     pub upstream: Spanned<String>,
     pub connect_timeout: Option<Spanned<Dur>>,
     pub timeout: Option<Spanned<Dur>>,
+    pub read_timeout: Option<Spanned<Dur>>,
     pub max_body_bytes: Option<Spanned<ByteSize>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,

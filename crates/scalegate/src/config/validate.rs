@@ -351,6 +351,7 @@ fn routes(
                 "connect_timeout",
             ),
             request_timeout: c.dur(&r.timeout, Duration::from_secs(5), "timeout"),
+            read_timeout: c.dur(&r.read_timeout, Duration::from_secs(60), "read_timeout"),
             max_body_bytes,
         });
     }
