@@ -266,16 +266,17 @@ impl Gateway {
             .map(|l| l.sockets.local_addr)
     }
 
-    /// Admits a request under the global cap for its priority; false means shed it. Every
-    /// `true` must be paired with [`Gateway::end_request`].
+    /// Admits a request under the global cap for its priority; false means shed it. With a cap,
+    /// every `true` must be paired with [`Gateway::end_request`]; without one nothing is counted
+    /// (no shared counter touched per request).
     pub fn begin_request(
         &self,
         cap: Option<usize>,
         prio: scalegate_core::admission::Priority,
     ) -> bool {
         use scalegate_core::admission::Priority;
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let Some(cap) = cap else { return true };
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let allowed = match prio {
             Priority::Critical => cap,
             Priority::Normal => cap * 9 / 10,

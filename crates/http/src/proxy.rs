@@ -101,7 +101,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             Err(ProxyError::Shed("global_limit"))
         }
         _ => {
-            done.global = true;
+            done.global = snap.max_in_flight.is_some();
             let admitted = Admitted {
                 prio,
                 canary: switch.and_then(|s| s.canary),

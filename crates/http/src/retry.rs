@@ -14,6 +14,8 @@ use crate::body::ReqBody;
 use crate::error::ProxyError;
 use crate::spec::RetrySpec;
 
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 /// The request body across attempts.
 #[derive(Debug)]
 pub enum BodySource {
@@ -52,8 +54,9 @@ pub async fn prepare_body(
     retry: Option<&RetrySpec>,
     route_limit: u64,
 ) -> Result<(BodySource, RequestFacts), ProxyError> {
-    let idempotent =
-        is_idempotent_method(method.as_str()) || headers.contains_key("idempotency-key");
+    // Only routes that retry need to know (the header lookup is not free).
+    let idempotent = retry.is_some()
+        && (is_idempotent_method(method.as_str()) || headers.contains_key(&IDEMPOTENCY_KEY));
     let length = if http_body::Body::is_end_stream(&body) {
         Some(0)
     } else {
