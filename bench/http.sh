@@ -20,24 +20,11 @@ PATHS=${PATHS:-/tiny /64k}
 SG_MODE=${SG_MODE:-thread_per_core}
 WRITE=${1:-}
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
-fi
+source bench/lib.sh
+need wrk:wrk nginx:nginx-light haproxy:haproxy python3:python3
 cargo build --release --quiet
 SG=$PWD/target/release/scalegate
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-WORK=$(mktemp -d); chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
-trap cleanup EXIT
 
 B1=19101; B2=19102; P_NGINX=19111; P_HAPROXY=19112; P_SG=19113; SG_ADMIN=19119
 
@@ -133,7 +120,6 @@ run_wrk() { # name port path -> "rps p50 p99"
   [ -n "$errs" ] && echo "  $1 $3: $errs" >&2
   echo "$rps $p50 $p99"
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 PROXIES=("nginx:$P_NGINX" "haproxy:$P_HAPROXY" "scalegate:$P_SG")
 declare -A RPS P50 P99

@@ -13,21 +13,10 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}; SECS=${SECS:-5}; CAP=${CAP:-32}; SERVICE_MS=${SERVICE_MS:-10}; WRITE=${1:-}
 QUEUE_MS=${QUEUE_MS:-$(( SERVICE_MS / 2 ))}
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
-fi
+source bench/lib.sh
+need nginx:nginx-light haproxy:haproxy
 cargo build --release --quiet -p scalegate -p scalegate-testkit
 BIN=$PWD/target/release
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-WORK=$(mktemp -d); chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
-trap cleanup EXIT
 
 BE=19201; P_SG=19211; P_HA=19212; P_NG=19213; SG_ADMIN=19219
 CAPACITY_RPS=$(( CAP * 1000 / SERVICE_MS ))
@@ -89,7 +78,6 @@ for port in $BE $P_SG $P_HA $P_NG; do
 done
 
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 # Unloaded p99: 30% of capacity straight to the backend.
 BASE=$("$BIN/loadgen" "http://127.0.0.1:$BE/" $(( CAPACITY_RPS * 3 / 10 )) "$SECS")

@@ -18,6 +18,15 @@ fn retrying_app(bs: &[Backend], route_retry: &str, upstream: &str) -> String {
     )
 }
 
+/// A gateway retrying with [`RETRY`], passive ejection off so failures stay visible.
+async fn retrying_gateway(bs: &[Backend]) -> GatewayProcess {
+    GatewayProcess::start(
+        BIN,
+        &retrying_app(bs, RETRY, "passive = { consecutive_failures = 0 }"),
+    )
+    .await
+}
+
 async fn post(c: &Client, addr: std::net::SocketAddr, key: Option<&str>) -> u16 {
     let mut b = http::Request::post(format!("http://{addr}/order"));
     if let Some(k) = key {
@@ -61,11 +70,7 @@ async fn gets_see_no_failure_when_a_backend_dies_mid_load() {
 async fn a_post_is_retried_only_with_an_idempotency_key() {
     let bs = backends(2).await;
     bs[0].set_status(503);
-    let gw = GatewayProcess::start(
-        BIN,
-        &retrying_app(&bs, RETRY, "passive = { consecutive_failures = 0 }"),
-    )
-    .await;
+    let gw = retrying_gateway(&bs).await;
     let c = Client::http1();
     let mut without = Vec::new();
     for _ in 0..10 {
@@ -157,11 +162,7 @@ async fn the_retry_budget_caps_extra_load_on_a_failing_upstream() {
 async fn an_unknown_length_body_is_streamed_and_not_retried() {
     let bs = backends(2).await;
     bs[0].set_status(503);
-    let gw = GatewayProcess::start(
-        BIN,
-        &retrying_app(&bs, RETRY, "passive = { consecutive_failures = 0 }"),
-    )
-    .await;
+    let gw = retrying_gateway(&bs).await;
     // Chunked bodies are not kept for replay, so an idempotent PUT that fails is passed back.
     let mut statuses = Vec::new();
     for _ in 0..6 {
