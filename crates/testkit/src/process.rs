@@ -53,6 +53,33 @@ impl GatewayProcess {
         listener: &str,
         rest: &str,
     ) -> GatewayProcess {
+        // Free ports are picked, released, then bound by the gateway: a parallel test can take
+        // one in between, and the gateway then exits with "address in use". Try fresh ports.
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match Self::try_start(bin, preamble, admin, listener, rest).await {
+                Ok(gw) => return gw,
+                Err(status) if attempt < ATTEMPTS => {
+                    eprintln!(
+                        "gateway exited during startup ({status}); retrying with fresh ports"
+                    );
+                }
+                Err(status) => panic!(
+                    "gateway exited during startup ({status}) {ATTEMPTS} times; its stderr is above"
+                ),
+            }
+        }
+        unreachable!("the loop returns or panics on its last attempt")
+    }
+
+    /// One start attempt; Err with the exit status if the process exits before /health answers.
+    async fn try_start(
+        bin: &str,
+        preamble: &str,
+        admin: &str,
+        listener: &str,
+        rest: &str,
+    ) -> Result<GatewayProcess, ExitStatus> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
@@ -91,7 +118,8 @@ impl GatewayProcess {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while c.get(admin_addr, "/health").await.is_err() {
             if let Some(st) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("gateway exited during startup ({st}); its stderr is above");
+                gw.child = None;
+                return Err(st);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -99,7 +127,7 @@ impl GatewayProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        gw
+        Ok(gw)
     }
 
     /// Rewrites the config file with the same listeners and a new `rest` (the file watcher and
