@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use crate::proxy::Completion;
@@ -103,6 +104,36 @@ pub enum RespBody {
         /// Armed only while a read is waiting, so bodies that flow never pay for a timer.
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
     },
+    /// A transformed body (compression).
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// A body copied into a [`Sink`] as it streams (a cache fill).
+    Tee(Box<Tee>),
+}
+
+/// Where a teed body's bytes go. `end` runs only when the whole body passed; a sink dropped
+/// without `end` saw a body that failed or was abandoned.
+pub trait Sink: Send {
+    /// One chunk; return false to stop copying (the sink is then dropped).
+    fn data(&mut self, chunk: &Bytes) -> bool;
+    /// The body ended cleanly.
+    fn end(self: Box<Self>);
+}
+
+/// A body and the sink that copies it.
+pub struct Tee {
+    /// The body sent on to the client.
+    pub inner: RespBody,
+    /// The copy, while it is wanted.
+    pub sink: Option<Box<dyn Sink>>,
+}
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tee")
+            .field("inner", &self.inner)
+            .field("copying", &self.sink.is_some())
+            .finish()
+    }
 }
 
 /// The upstream sent nothing for the route's read timeout in the middle of a body.
@@ -114,6 +145,16 @@ impl RespBody {
     /// A body of the given bytes.
     pub fn full(b: Bytes) -> Self {
         RespBody::Full(Some(b))
+    }
+
+    /// Sets the status the request's bookkeeping records (when the cache answers in place of
+    /// the upstream's own status).
+    pub fn set_status(&mut self, status: u16) {
+        match self {
+            RespBody::Upstream { done: Some(c), .. } => c.set_status(status),
+            RespBody::Tee(t) => t.inner.set_status(status),
+            _ => {}
+        }
     }
 
     /// The upstream's body, with its completion bookkeeping.
@@ -179,6 +220,32 @@ impl Body for RespBody {
                 }
                 Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
             }
+            RespBody::Boxed(b) => Pin::new(b).poll_frame(cx),
+            RespBody::Tee(t) => {
+                let frame = ready!(Pin::new(&mut t.inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref()
+                            && let Some(sink) = t.sink.as_mut()
+                            && !sink.data(d)
+                        {
+                            t.sink = None;
+                        }
+                        if t.inner.is_end_stream()
+                            && let Some(sink) = t.sink.take()
+                        {
+                            sink.end();
+                        }
+                    }
+                    None => {
+                        if let Some(sink) = t.sink.take() {
+                            sink.end();
+                        }
+                    }
+                    Some(Err(_)) => t.sink = None,
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -186,6 +253,8 @@ impl Body for RespBody {
         match self {
             RespBody::Full(b) => b.is_none(),
             RespBody::Upstream { inner, .. } => inner.is_end_stream(),
+            RespBody::Boxed(b) => b.is_end_stream(),
+            RespBody::Tee(t) => t.inner.is_end_stream(),
         }
     }
 
@@ -194,6 +263,8 @@ impl Body for RespBody {
             RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RespBody::Full(None) => SizeHint::with_exact(0),
             RespBody::Upstream { inner, .. } => inner.size_hint(),
+            RespBody::Boxed(b) => b.size_hint(),
+            RespBody::Tee(t) => t.inner.size_hint(),
         }
     }
 }

@@ -491,6 +491,7 @@ mod tests {
                     upstreams: vec![],
                     access_log: false,
                     max_in_flight: None,
+                    cache: Default::default(),
                 },
                 1,
             )

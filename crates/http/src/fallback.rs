@@ -2,9 +2,10 @@
 //! every breaker open, shed, connect failure, reset, timeout) or an operator disabled the route,
 //! instead of the error.
 //!
-//! Today the source is a static response from config. The hook is [`FallbackSource`]: the cache
-//! (issue 5) adds a `LastGood` source that serves the last good cached response for the request's
-//! key (stale-if-error), falling back to the static one.
+//! The source is a static response from config. On caching routes the cache answers first:
+//! `cache::serve` serves the last good stored response for the request's key when the origin
+//! fails and stale-if-error (or a soft purge) allows it, and only then does the route's
+//! fallback (or the error) apply.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

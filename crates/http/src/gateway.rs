@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub access_log: bool,
     /// Global in-flight cap.
     pub max_in_flight: Option<usize>,
+    /// The cache store (None when no route caches).
+    pub cache: Option<Arc<crate::cache::Store>>,
 }
 
 impl Snapshot {
@@ -92,6 +94,7 @@ impl Gateway {
             upstreams: Vec::new(),
             access_log: false,
             max_in_flight: None,
+            cache: None,
         };
         let (version_tx, _) = watch::channel(0);
         let gw = Arc::new(Gateway {
@@ -191,6 +194,13 @@ impl Gateway {
             upstreams.push(Arc::new(Upstream::new(u.clone(), eps, bulkhead)));
         }
 
+        // One store for every caching route, kept across reloads while its settings stay.
+        let cache = spec.routes.iter().any(|r| r.cache.is_some()).then(|| {
+            old.cache
+                .clone()
+                .filter(|s| s.spec() == &spec.cache)
+                .unwrap_or_else(|| crate::cache::Store::new(spec.cache.clone()))
+        });
         let mut routes = Vec::with_capacity(spec.routes.len());
         for r in &spec.routes {
             let Some(idx) = upstreams.iter().position(|u| u.spec.name == r.upstream) else {
@@ -203,6 +213,7 @@ impl Gateway {
                 spec: r.clone(),
                 upstream: idx,
                 metrics: self.metrics.route(&r.name, &r.upstream),
+                cache: r.cache.as_ref().and(cache.clone()),
                 bulkhead: r.bulkhead.as_ref().map(|spec| {
                     old.routes
                         .iter()
@@ -241,6 +252,7 @@ impl Gateway {
             upstreams,
             access_log: spec.access_log,
             max_in_flight: spec.max_in_flight,
+            cache,
         });
         self.current.store(snap.clone());
         self.version_tx.send_replace(snap.version);

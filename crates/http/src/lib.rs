@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admission;
 pub mod body;
 pub mod bulkhead;
+pub mod cache;
 pub mod clock;
 pub mod conn;
 pub mod error;

@@ -41,7 +41,47 @@ pub struct Metrics {
     shed: Family<Labels, Counter>,
     fallbacks: Family<Labels, Counter>,
     queue_time: Family<Labels, Histogram, fn() -> Histogram>,
+    cache: Family<Labels, Counter>,
+    /// Cache tier gauges (bytes, objects, up), refreshed at scrape time.
+    pub cache_tier: Family<Labels, Gauge>,
+    /// Redis tier errors (mirrors the tier's own counter at scrape time).
+    pub cache_tier_errors: Family<Labels, Gauge>,
 }
+
+/// What the cache did with a request (one counter each per route).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Fresh stored response served.
+    Hit,
+    /// Went to the origin.
+    Miss,
+    /// Stale response served while refreshed in the background.
+    Stale,
+    /// Stale response served because the origin failed.
+    StaleIfError,
+    /// Stored response revalidated with a 304.
+    Revalidated,
+    /// Served from a response another request fetched (request coalescing).
+    Coalesced,
+    /// Skipped the cache (bypass rules or a request body).
+    Bypass,
+    /// Sent straight to the origin because the key recently answered uncacheable.
+    Pass,
+    /// Origin response stored.
+    Stored,
+}
+
+const CACHE_RESULTS: [&str; 9] = [
+    "hit",
+    "miss",
+    "stale",
+    "stale_if_error",
+    "revalidated",
+    "coalesced",
+    "bypass",
+    "pass",
+    "stored",
+];
 
 /// Status classes counted per route.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -64,6 +104,7 @@ pub struct RouteMetrics {
     pub fallbacks: Counter,
     /// Time spent waiting for bulkhead slots.
     pub queue_time: Histogram,
+    cache: [Counter; 9],
     route: String,
     shed_family: Family<Labels, Counter>,
 }
@@ -81,6 +122,11 @@ impl RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Counts one cache decision.
+    pub fn cache(&self, r: CacheResult) {
+        self.cache[r as usize].inc();
+    }
+
     /// Counts one finished request by status class.
     pub fn count(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -123,6 +169,9 @@ impl Default for Metrics {
             shed: Family::default(),
             fallbacks: Family::default(),
             queue_time: Family::new_with_constructor(queue_histogram as fn() -> Histogram),
+            cache: Family::default(),
+            cache_tier: Family::default(),
+            cache_tier_errors: Family::default(),
         }
     }
 }
@@ -201,6 +250,21 @@ impl Metrics {
             self.rate_limited.clone(),
         );
         r.register(
+            "scalegate_cache_requests",
+            "Cache decisions by route and result (hit, miss, stale, stale_if_error, revalidated, coalesced, bypass, pass, stored)",
+            self.cache.clone(),
+        );
+        r.register(
+            "scalegate_cache_tier",
+            "Cache tiers: bytes and objects held (memory), up (redis)",
+            self.cache_tier.clone(),
+        );
+        r.register(
+            "scalegate_cache_tier_errors",
+            "Failed or timed-out calls to the Redis cache tier",
+            self.cache_tier_errors.clone(),
+        );
+        r.register(
             "scalegate_http_retries_budget_exhausted",
             "Retries refused by the route's retry budget",
             self.retries_denied.clone(),
@@ -241,6 +305,12 @@ impl Metrics {
             fallbacks: self
                 .fallbacks
                 .get_or_create_owned(&vec![("route", route.to_string())]),
+            cache: CACHE_RESULTS.map(|r| {
+                self.cache.get_or_create_owned(&vec![
+                    ("route", route.to_string()),
+                    ("result", r.to_string()),
+                ])
+            }),
             route: route.to_string(),
             shed_family: self.shed.clone(),
         }

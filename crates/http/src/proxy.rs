@@ -70,7 +70,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     };
     route.metrics.in_flight.inc();
     ctx.activity.begin();
-    let mut done = Completion {
+    let done = Completion {
         conn: ctx.clone(),
         global: false,
         permits: [None, None],
@@ -91,31 +91,46 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let prio = priority(&route, &parts.headers);
     let switch = ctx.gateway.switches.route(&route.spec.name);
     let result = match &rate {
-        _ if switch.as_ref().is_some_and(|s| s.disabled) => Err(ProxyError::RouteDisabled),
+        _ if switch.as_ref().is_some_and(|s| s.disabled) => Err((ProxyError::RouteDisabled, done)),
         Some(Err((denied, _))) => {
             route.metrics.rate_limited.inc();
-            Err(denied.clone())
-        }
-        _ if !ctx.gateway.begin_request(snap.max_in_flight, prio) => {
-            route.metrics.shed("global_limit", prio.as_str());
-            Err(ProxyError::Shed("global_limit"))
+            Err((denied.clone(), done))
         }
         _ => {
-            done.global = snap.max_in_flight.is_some();
             let admitted = Admitted {
                 prio,
                 canary: switch.and_then(|s| s.canary),
             };
-            forward(&ctx, &snap, &route, parts, body, admitted, &mut done).await
+            match (&route.cache, &route.spec.compression) {
+                (Some(store), _) => {
+                    crate::cache::serve::serve(
+                        &ctx, &snap, &route, store, parts, body, admitted, done,
+                    )
+                    .await
+                }
+                (None, Some(cs)) => {
+                    let accept = accept_encoding(&parts.headers);
+                    let method = parts.method.clone();
+                    origin(&ctx, &snap, &route, parts, Some(body), admitted, done)
+                        .await
+                        .map(|r| {
+                            let (mut head, body) = r.into_parts();
+                            let body = crate::cache::compress::apply(
+                                cs, &accept, &method, &mut head, body,
+                            )
+                            .0;
+                            Response::from_parts(head, body)
+                        })
+                }
+                (None, None) => {
+                    origin(&ctx, &snap, &route, parts, Some(body), admitted, done).await
+                }
+            }
         }
     };
     let mut resp = match result {
-        Ok((head, upstream_body)) => {
-            done.status = head.status.as_u16();
-            let read_timeout = route.spec.read_timeout;
-            Response::from_parts(head, RespBody::upstream(upstream_body, done, read_timeout))
-        }
-        Err(e) => {
+        Ok(resp) => resp,
+        Err((e, mut done)) => {
             let resp = match &route.spec.fallback {
                 Some(f) if fallback::applies(&e) => {
                     route.metrics.fallbacks.inc();
@@ -134,12 +149,51 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     resp
 }
 
+/// The Accept-Encoding lines of a request (all that compression needs of it).
+fn accept_encoding(h: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for v in h.get_all(header::ACCEPT_ENCODING) {
+        out.append(header::ACCEPT_ENCODING, v.clone());
+    }
+    out
+}
+
+/// Sends a request to the route's upstream under the global cap, bulkheads and retries; the
+/// response body carries `done`. On failure `done` comes back with the error, unfinished.
+pub(crate) async fn origin(
+    ctx: &Arc<ConnCtx>,
+    snap: &Snapshot,
+    route: &Arc<Route>,
+    parts: http::request::Parts,
+    body: Option<Incoming>,
+    admitted: Admitted,
+    mut done: Completion,
+) -> Result<Response<RespBody>, (ProxyError, Completion)> {
+    let prio = admitted.prio;
+    if !ctx.gateway.begin_request(snap.max_in_flight, prio) {
+        route.metrics.shed("global_limit", prio.as_str());
+        return Err((ProxyError::Shed("global_limit"), done));
+    }
+    done.global = snap.max_in_flight.is_some();
+    match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
+        Ok((head, upstream_body)) => {
+            done.status = head.status.as_u16();
+            let read_timeout = route.spec.read_timeout;
+            Ok(Response::from_parts(
+                head,
+                RespBody::upstream(upstream_body, done, read_timeout),
+            ))
+        }
+        Err(e) => Err((e, done)),
+    }
+}
+
 async fn forward(
     ctx: &ConnCtx,
     snap: &Snapshot,
     route: &Route,
     parts: http::request::Parts,
-    body: Incoming,
+    body: Option<Incoming>,
     admitted: Admitted,
     done: &mut Completion,
 ) -> Result<(http::response::Parts, Incoming), ProxyError> {
@@ -281,12 +335,12 @@ async fn forward(
 }
 
 /// What admission decided for a request that may go on.
-#[derive(Debug)]
-struct Admitted {
+#[derive(Clone, Debug)]
+pub(crate) struct Admitted {
     /// Priority class (bulkhead order and shedding).
-    prio: Priority,
+    pub(crate) prio: Priority,
     /// A canary switch on the route: (upstream, percent).
-    canary: Option<(String, u8)>,
+    pub(crate) canary: Option<(String, u8)>,
 }
 
 /// The request's priority class: the route's, or the priority header's when the route allows it.
@@ -302,7 +356,7 @@ fn priority(route: &Route, h: &http::HeaderMap) -> Priority {
 }
 
 /// A copy of a request head for one attempt (extensions are not carried).
-fn copy_head(t: &http::request::Parts) -> http::request::Parts {
+pub(crate) fn copy_head(t: &http::request::Parts) -> http::request::Parts {
     let (mut p, ()) = Request::new(()).into_parts();
     p.method = t.method.clone();
     p.uri = t.uri.clone();
@@ -505,29 +559,18 @@ fn pick_request(
                     .get(name.as_str())
                     .map(|v| stable_hash(v.as_bytes())),
                 Some(HashOn::Cookie(name)) => {
-                    cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes()))
+                    headers::cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes()))
                 }
                 Some(HashOn::Path) | None => Some(stable_hash(parts.uri.path().as_bytes())),
             }
         }
         Balance::Cookie => {
-            req.sticky = cookie(&parts.headers, &upstream.spec.sticky_cookie)
+            req.sticky = headers::cookie(&parts.headers, &upstream.spec.sticky_cookie)
                 .and_then(|v| u64::from_str_radix(v, 16).ok());
         }
         _ => {}
     }
     req
-}
-
-/// The value of cookie `name` in the request's Cookie headers.
-fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// Bookkeeping when a request ends: returns the upstream connection, ends the in-flight count,
@@ -547,6 +590,29 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// Bookkeeping for a request the gateway makes on its own (a background cache refresh):
+    /// metrics count it, no access log line.
+    pub(crate) fn background(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
+        route.metrics.in_flight.inc();
+        conn.activity.begin();
+        Completion {
+            conn: conn.clone(),
+            global: false,
+            permits: [None, None],
+            route: route.clone(),
+            started: clock::now(),
+            status: 0,
+            lease: None,
+            endpoint: None,
+            log: None,
+        }
+    }
+
+    /// Sets the status recorded when the request ends.
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
     /// Ends the request; `complete` says whether the upstream body was read to its end, so the
     /// connection can carry another request.
     pub fn finish(mut self, complete: bool, bytes: u64) {

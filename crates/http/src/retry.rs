@@ -50,13 +50,21 @@ impl BodySource {
 pub async fn prepare_body(
     method: &http::Method,
     headers: &HeaderMap,
-    body: Incoming,
+    body: Option<Incoming>,
     retry: Option<&RetrySpec>,
     route_limit: u64,
 ) -> Result<(BodySource, RequestFacts), ProxyError> {
     // Only routes that retry need to know (the header lookup is not free).
     let idempotent = retry.is_some()
         && (is_idempotent_method(method.as_str()) || headers.contains_key(&IDEMPOTENCY_KEY));
+    // No client body (a request the gateway makes itself): an empty, replayable one.
+    let Some(body) = body else {
+        let facts = RequestFacts {
+            idempotent,
+            replayable: true,
+        };
+        return Ok((BodySource::Replay(Bytes::new()), facts));
+    };
     let length = if http_body::Body::is_end_stream(&body) {
         Some(0)
     } else {

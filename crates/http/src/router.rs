@@ -25,6 +25,8 @@ pub struct Route {
     pub limiter: Option<scalegate_core::admission::RateLimiter>,
     /// The route's own bulkhead, when configured.
     pub bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
+    /// The cache store, when the route caches.
+    pub cache: Option<Arc<crate::cache::Store>>,
 }
 
 /// The request fields routing looks at.
@@ -155,12 +157,15 @@ mod tests {
                 priority_header: None,
                 fallback: None,
                 bulkhead: None,
+                cache: None,
+                compression: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),
             budget: None,
             limiter: None,
             bulkhead: None,
+            cache: None,
         })
     }
 

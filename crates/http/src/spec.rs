@@ -22,6 +22,8 @@ pub struct GatewaySpec {
     /// Most requests in flight in the whole gateway (None: unlimited). Low priority is admitted
     /// below 80% of it, normal below 90%, critical up to the cap.
     pub max_in_flight: Option<usize>,
+    /// The cache store shared by every caching route.
+    pub cache: crate::cache::StoreSpec,
 }
 
 /// One listening socket.
@@ -85,6 +87,10 @@ pub struct RouteSpec {
     pub fallback: Option<crate::fallback::FallbackSource>,
     /// Concurrency cap of the route itself, with a priority queue (None: unlimited).
     pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
+    /// Response cache (None: off).
+    pub cache: Option<crate::cache::CacheSpec>,
+    /// Response compression (None: off).
+    pub compression: Option<crate::cache::CompressionSpec>,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

@@ -83,6 +83,12 @@ impl Admin {
                 Some(refusal) => refusal,
             };
         }
+        if req.method() == Method::POST && req.uri().path() == "/cache/purge" {
+            return match self.refuse(&req) {
+                None => crate::admin_cache::purge(&self.gw, req.uri()),
+                Some(refusal) => refusal,
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "405: use GET\n");
         }
@@ -97,6 +103,11 @@ impl Admin {
                 ),
             },
             "/metrics" => self.metrics(),
+            "/cache" => reply(
+                StatusCode::OK,
+                JSON,
+                crate::admin_cache::view(&self.gw).to_string() + "\n",
+            ),
             "/upstreams" => reply(StatusCode::OK, JSON, self.upstreams().to_string() + "\n"),
             "/switches" => reply(
                 StatusCode::OK,
@@ -106,7 +117,7 @@ impl Admin {
             "/" => reply(
                 StatusCode::OK,
                 TEXT,
-                "scalegate admin: /health /ready /metrics /upstreams\n",
+                "scalegate admin: /health /ready /metrics /upstreams /switches /cache\n",
             ),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "404: no such admin endpoint\n"),
         }
@@ -156,6 +167,7 @@ impl Admin {
                     .set(i64::from(e.state.is_available(now)));
             }
         }
+        crate::admin_cache::refresh_metrics(&self.gw);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             return reply(

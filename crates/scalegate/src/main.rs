@@ -4,6 +4,7 @@
 //! of built-in backends, no set-up needed).
 
 mod admin;
+mod admin_cache;
 mod alloc;
 mod config;
 mod demo;

@@ -44,7 +44,8 @@ async fn active_check_ejects_a_failing_endpoint_and_brings_it_back() {
     );
     let m = spread(&c, gw.http, "/", 20, &[]).await;
     assert!(m.get("b0").copied().unwrap_or(0) >= 5, "{m:?}");
-    assert!(bs[0].health_hits() > 4);
+    // Two failed checks to eject, two passing ones to return: at least four.
+    assert!(bs[0].health_hits() >= 4, "{}", bs[0].health_hits());
 }
 
 #[tokio::test]

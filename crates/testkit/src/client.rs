@@ -21,6 +21,8 @@ pub struct Resp {
     pub headers: HeaderMap,
     /// Body as text.
     pub body: String,
+    /// Body as sent.
+    pub raw: Bytes,
 }
 
 impl Resp {
@@ -72,6 +74,7 @@ impl Client {
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            raw: body,
         })
     }
 
@@ -110,6 +113,18 @@ impl Client {
         }
         self.send(b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?)
             .await
+    }
+
+    /// Any bodiless method to `http://addr{path}` with extra headers.
+    pub async fn request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let m = http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        self.bodiless(m, addr, path, headers).await
     }
 
     /// GET `http://addr{path}`.
@@ -204,6 +219,7 @@ pub async fn tls_get(
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            raw: body,
         },
         version,
     ))

@@ -8,10 +8,16 @@
 
 pub mod backend;
 pub mod client;
+pub mod nats;
+pub mod origin;
 pub mod process;
+pub mod redis;
 
 pub use backend::Backend;
+pub use nats::NatsServer;
+pub use origin::Origin;
 pub use process::GatewayProcess;
+pub use redis::RedisServer;
 
 use std::time::Duration;
 

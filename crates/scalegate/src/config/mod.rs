@@ -5,6 +5,7 @@
 //! `log.access_log` applies on reload; `runtime.*`, `admin.listen` and `log.format` need a
 //! restart (a reload that changes them logs a warning and keeps the running values).
 
+mod cache;
 mod raw;
 mod units;
 mod validate;

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub admission: RawAdmission,
     #[serde(default)]
     pub log: RawLog,
+    pub cache: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
     #[serde(default)]
@@ -120,6 +121,101 @@ pub struct RawRoute {
     pub priority_header: Option<String>,
     pub fallback: Option<Spanned<RawFallback>>,
     pub concurrency: Option<Spanned<RawConcurrency>>,
+    pub cache: Option<Spanned<RawCache>>,
+    pub compression: Option<Spanned<RawCompression>>,
+}
+
+/// The gateway-wide cache store as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub max_bytes: Option<Spanned<ByteSize>>,
+    pub redis: Option<Spanned<RawRedis>>,
+    pub nats: Option<Spanned<RawNats>>,
+}
+
+/// The NATS purge bus as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNats {
+    pub url: Spanned<String>,
+    pub subject: Option<String>,
+}
+
+/// The Redis cache tier as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Spanned<String>,
+    pub key_prefix: Option<String>,
+    pub channel: Option<String>,
+    pub timeout: Option<Spanned<Dur>>,
+}
+
+/// A route's cache as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawTtlRule>>,
+    #[serde(default)]
+    pub key: RawCacheKey,
+    #[serde(default)]
+    pub bypass: RawBypass,
+    pub max_object_bytes: Option<Spanned<ByteSize>>,
+    pub share_set_cookie: Option<bool>,
+    pub stale_while_revalidate: Option<Dur>,
+    pub stale_if_error: Option<Dur>,
+    pub keep: Option<Dur>,
+}
+
+/// A per-path freshness rule: `ttl` is a duration or "origin".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTtlRule {
+    pub path_prefix: Spanned<String>,
+    pub ttl: Spanned<String>,
+}
+
+/// Cache key settings as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheKey {
+    pub host: Option<bool>,
+    pub query: Option<Spanned<RawQuery>>,
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
+}
+
+/// `query = "keep" | "sort" | "ignore"` or a list of parameter names to keep.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawQuery {
+    Mode(String),
+    Allow(Vec<String>),
+}
+
+/// Cache bypass rules as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBypass {
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
+}
+
+/// A route's compression as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    pub min_bytes: Option<Spanned<ByteSize>>,
+    pub encodings: Option<Vec<Spanned<String>>>,
+    pub content_types: Option<Vec<String>>,
 }
 
 /// A route's static fallback as written.

@@ -27,12 +27,12 @@ use super::{Config, LogFormat, Problem, RuntimeConfig, RuntimeMode};
 /// Default admin address: loopback only.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-struct Check {
+pub(super) struct Check {
     problems: Vec<Problem>,
 }
 
 impl Check {
-    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.problems.push(Problem {
             span: Some(span),
             message: message.into(),
@@ -40,7 +40,7 @@ impl Check {
     }
 
     /// A positive duration, or the default.
-    fn dur(
+    pub(super) fn dur(
         &mut self,
         v: &Option<Spanned<super::units::Dur>>,
         default: Duration,
@@ -131,6 +131,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         "lifecycle.drain_timeout",
     );
 
+    let cache = super::cache::store(&mut c, raw.cache.as_ref());
     let listeners = listeners(&mut c, &raw.listeners, base);
     let upstreams = upstreams(&mut c, &raw.upstreams);
     let listener_names: Vec<String> = raw
@@ -158,6 +159,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             upstreams,
             access_log: raw.log.access_log.unwrap_or(false),
             max_in_flight,
+            cache,
         },
     })
 }
@@ -323,6 +325,11 @@ fn routes(
             priority,
             priority_header: r.priority_header.as_ref().map(|h| h.to_ascii_lowercase()),
             bulkhead: r.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
+            cache: r.cache.as_ref().map(|cs| super::cache::route_cache(c, cs)),
+            compression: r
+                .compression
+                .as_ref()
+                .map(|cs| super::cache::route_compression(c, cs)),
             fallback: r.fallback.as_ref().map(|f| {
                 let s = f.span();
                 let f = f.get_ref();

@@ -1,0 +1,245 @@
+//! Response compression: gzip, br and zstd chosen from Accept-Encoding q-values, only for
+//! compressible types at or above a size, never over an existing Content-Encoding, and always
+//! with `Vary: Accept-Encoding` so caches (ours included) keep the codings apart.
+
+use async_compression::Level;
+use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::control::Directives;
+use super::spec::{CompressionSpec, Encoding};
+use crate::body::{BoxError, RespBody};
+
+/// The coding to use for a request: the acceptable one with the highest q-value, ties broken by
+/// the gateway's order; None means identity.
+pub fn negotiate(headers: &HeaderMap, offered: &[Encoding]) -> Option<Encoding> {
+    let mut accepted: Vec<(&str, f32)> = Vec::new();
+    for line in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(line) = line.to_str() else { continue };
+        for item in line.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            if coding.is_empty() {
+                continue;
+            }
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            accepted.push((coding, q));
+        }
+    }
+    let q_of = |e: Encoding| {
+        let exact = accepted
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(e.token()) || Encoding::parse(c) == Some(e));
+        exact
+            .or_else(|| accepted.iter().find(|(c, _)| *c == "*"))
+            .map_or(0.0, |(_, q)| *q)
+    };
+    let mut best: Option<(Encoding, f32)> = None;
+    for &e in offered {
+        let q = q_of(e);
+        if q > 0.0 && best.is_none_or(|(_, b)| q > b) {
+            best = Some((e, q));
+        }
+    }
+    best.map(|(e, _)| e)
+}
+
+/// Whether a response is one the gateway compresses (whatever this client accepts).
+pub fn eligible(
+    spec: &CompressionSpec,
+    method: &Method,
+    status: StatusCode,
+    h: &HeaderMap,
+) -> bool {
+    if method == Method::HEAD
+        || !status.is_success()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::PARTIAL_CONTENT
+        || h.contains_key(header::CONTENT_RANGE)
+    {
+        return false;
+    }
+    if h.get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return false;
+    }
+    if Directives::of(h).no_transform {
+        return false;
+    }
+    let Some(ct) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == "text/event-stream" || !spec.content_types.iter().any(|p| media.starts_with(p)) {
+        return false;
+    }
+    let length = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    length.is_none_or(|n| n >= spec.min_bytes)
+}
+
+/// Compresses an eligible response for this request: adds `Vary: Accept-Encoding`, and when
+/// the client accepts one of the offered codings, encodes the body as it streams.
+pub fn apply(
+    spec: &CompressionSpec,
+    req: &HeaderMap,
+    method: &Method,
+    head: &mut http::response::Parts,
+    body: RespBody,
+) -> (RespBody, Option<Encoding>) {
+    if !eligible(spec, method, head.status, &head.headers) {
+        return (body, None);
+    }
+    add_vary(&mut head.headers);
+    let Some(enc) = negotiate(req, &spec.encodings) else {
+        return (body, None);
+    };
+    let h = &mut head.headers;
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(enc.token()),
+    );
+    // The encoded bytes are a different representation: a strong validator must not claim
+    // byte equality with the identity one.
+    if let Some(etag) = h.get(header::ETAG).and_then(|v| v.to_str().ok())
+        && !etag.starts_with("W/")
+        && let Ok(weak) = HeaderValue::try_from(format!("W/{etag}"))
+    {
+        h.insert(header::ETAG, weak);
+    }
+    (encode(body, enc), Some(enc))
+}
+
+/// Adds `Accept-Encoding` to Vary unless it is there (or Vary is `*`).
+fn add_vary(h: &mut HeaderMap) {
+    let present = h.get_all(header::VARY).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|n| {
+            let n = n.trim();
+            n == "*" || n.eq_ignore_ascii_case("accept-encoding")
+        })
+    });
+    if !present {
+        h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// The body, encoded as it streams.
+pub fn encode(body: RespBody, enc: Encoding) -> RespBody {
+    let input = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let chunk = 16 * 1024;
+    let out = match enc {
+        Encoding::Gzip => stream(ReaderStream::with_capacity(
+            GzipEncoder::with_quality(input, Level::Default),
+            chunk,
+        )),
+        Encoding::Br => stream(ReaderStream::with_capacity(
+            BrotliEncoder::with_quality(input, Level::Precise(4)),
+            chunk,
+        )),
+        Encoding::Zstd => stream(ReaderStream::with_capacity(
+            ZstdEncoder::with_quality(input, Level::Default),
+            chunk,
+        )),
+    };
+    RespBody::Boxed(out)
+}
+
+fn stream<S>(s: S) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
+where
+    S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    StreamBody::new(s.map_ok(Frame::data).map_err(BoxError::from)).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Encoding; 3] = [Encoding::Br, Encoding::Zstd, Encoding::Gzip];
+
+    fn ae(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn q_values_decide_and_ties_go_to_our_order() {
+        assert_eq!(negotiate(&ae("gzip, br"), &ALL), Some(Encoding::Br));
+        assert_eq!(
+            negotiate(&ae("gzip;q=1, br;q=0.5"), &ALL),
+            Some(Encoding::Gzip)
+        );
+        assert_eq!(negotiate(&ae("br;q=0, gzip"), &ALL), Some(Encoding::Gzip));
+        assert_eq!(negotiate(&ae("identity"), &ALL), None);
+        assert_eq!(negotiate(&ae("*"), &ALL), Some(Encoding::Br));
+        assert_eq!(negotiate(&ae("*;q=0.1, zstd"), &ALL), Some(Encoding::Zstd));
+        assert_eq!(negotiate(&HeaderMap::new(), &ALL), None);
+        assert_eq!(negotiate(&ae("br"), &[Encoding::Gzip]), None);
+    }
+
+    fn resp(ct: &str, len: Option<u64>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        if let Some(n) = len {
+            h.insert(header::CONTENT_LENGTH, n.into());
+        }
+        h
+    }
+
+    #[test]
+    fn eligibility() {
+        let s = CompressionSpec::default();
+        let ok = |h: &HeaderMap| eligible(&s, &Method::GET, StatusCode::OK, h);
+        assert!(ok(&resp("text/html; charset=utf-8", Some(5000))));
+        assert!(ok(&resp("application/json", None)));
+        assert!(!ok(&resp("application/json", Some(100))), "below threshold");
+        assert!(!ok(&resp("image/png", Some(5000))), "not compressible");
+        assert!(
+            !ok(&resp("text/event-stream", None)),
+            "streams are not buffered"
+        );
+        let mut h = resp("text/html", Some(5000));
+        h.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert!(!ok(&h), "never double-compress");
+        let mut h = resp("text/html", Some(5000));
+        h.insert(header::CACHE_CONTROL, "no-transform".parse().unwrap());
+        assert!(!ok(&h));
+        let h = resp("text/html", Some(5000));
+        assert!(!eligible(&s, &Method::HEAD, StatusCode::OK, &h));
+        assert!(!eligible(&s, &Method::GET, StatusCode::PARTIAL_CONTENT, &h));
+    }
+
+    #[tokio::test]
+    async fn encodes_and_round_trips() {
+        use async_compression::tokio::bufread::GzipDecoder;
+        use tokio::io::AsyncReadExt;
+        let text = Bytes::from("hello scalegate ".repeat(500));
+        let body = encode(RespBody::full(text.clone()), Encoding::Gzip);
+        let gz = body.collect().await.unwrap().to_bytes();
+        assert!(gz.len() < text.len() / 10);
+        let mut out = Vec::new();
+        GzipDecoder::new(&gz[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, text);
+    }
+}

@@ -1,0 +1,94 @@
+//! Request coalescing: of concurrent misses for one key, one (the leader) goes to the origin;
+//! the others wait until the leader's response is stored (or abandoned), then look again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// The keys being fetched right now.
+#[derive(Debug, Default)]
+pub struct Flights {
+    running: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+/// What a request becomes for a key.
+#[derive(Debug)]
+pub enum Join {
+    /// Fetch it; others wait until the guard is dropped.
+    Leader(FlightGuard),
+    /// Someone is fetching it; wait with [`wait`].
+    Follower(watch::Receiver<()>),
+}
+
+/// Held by the leader until its response is stored or abandoned.
+#[derive(Debug)]
+pub struct FlightGuard {
+    flights: Arc<Flights>,
+    key: String,
+    _done: watch::Sender<()>,
+}
+
+impl Flights {
+    /// Joins the flight for `key`, leading it when none runs.
+    pub fn join(self: &Arc<Self>, key: String) -> Join {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = running.get(&key) {
+            return Join::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        running.insert(key.clone(), rx);
+        Join::Leader(FlightGuard {
+            flights: self.clone(),
+            key,
+            _done: tx,
+        })
+    }
+
+    /// Keys in flight.
+    pub fn len(&self) -> usize {
+        self.running.lock().map_or(0, |r| r.len())
+    }
+
+    /// Whether no key is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.flights.running.lock() {
+            running.remove(&self.key);
+        }
+        // `_done` drops after this, which wakes every follower.
+    }
+}
+
+/// Waits until the leader is done (its guard dropped).
+pub async fn wait(mut rx: watch::Receiver<()>) {
+    while rx.changed().await.is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_wake_when_the_leader_is_done() {
+        let f = Arc::new(Flights::default());
+        let Join::Leader(guard) = f.join("k".into()) else {
+            panic!("first is leader")
+        };
+        let Join::Follower(rx) = f.join("k".into()) else {
+            panic!("second follows")
+        };
+        let waiter = tokio::spawn(wait(rx));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(guard);
+        waiter.await.unwrap();
+        assert!(f.is_empty());
+        assert!(matches!(f.join("k".into()), Join::Leader(_)));
+    }
+}

@@ -1,0 +1,205 @@
+//! Cache keys. An entry is found in two steps: the *URL key* (host, path, normalised query)
+//! names the entry, which holds the response's variants; the *variant key* (configured headers
+//! and cookies, then the normalised values of the headers the response Varies on) picks one.
+//! Purging a URL is one removal, whatever its variants.
+
+use http::{HeaderMap, HeaderName, header};
+
+use super::compress;
+use super::spec::{BypassSpec, Encoding, KeySpec, QueryKey};
+use crate::headers::cookie;
+
+/// The URL key: `host` + path + `?` + query as the route's key settings normalise it.
+pub fn url_key(spec: &KeySpec, host: Option<&str>, path: &str, query: Option<&str>) -> String {
+    let mut k = String::with_capacity(64);
+    if spec.host {
+        k.push_str(&host.unwrap_or("").to_ascii_lowercase());
+    }
+    k.push_str(path);
+    if let Some(q) = query.and_then(|q| normalize_query(q, &spec.query)) {
+        k.push('?');
+        k.push_str(&q);
+    }
+    k
+}
+
+/// The query as it enters the key; None when nothing of it does.
+pub fn normalize_query(q: &str, mode: &QueryKey) -> Option<String> {
+    if q.is_empty() {
+        return None;
+    }
+    let kept = |pairs: Vec<&str>| {
+        let mut pairs = pairs;
+        pairs.sort_unstable();
+        (!pairs.is_empty()).then(|| pairs.join("&"))
+    };
+    let pairs = || q.split('&').filter(|p| !p.is_empty());
+    match mode {
+        QueryKey::Keep => Some(q.to_string()),
+        QueryKey::Ignore => None,
+        QueryKey::Sort => kept(pairs().collect()),
+        QueryKey::Allow(names) => kept(
+            pairs()
+                .filter(|p| names.iter().any(|n| p.split('=').next() == Some(n)))
+                .collect(),
+        ),
+    }
+}
+
+/// The header names a response Varies on, lowercased; None for `Vary: *` (never matches, so
+/// such a response is not stored).
+pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::VARY) {
+        for n in v.to_str().unwrap_or("").split(',').map(str::trim) {
+            if n == "*" {
+                return None;
+            }
+            if let Ok(name) = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The variant key: configured key headers and cookies, then each Varied header normalised
+/// (Accept-Encoding to the coding the gateway would pick, others with whitespace collapsed).
+pub fn variant(
+    spec: &KeySpec,
+    vary: &[HeaderName],
+    headers: &HeaderMap,
+    encodings: &[Encoding],
+) -> String {
+    let mut v = String::new();
+    for name in &spec.headers {
+        v.push_str(header_value(headers, name).as_deref().unwrap_or(""));
+        v.push('\n');
+    }
+    for name in &spec.cookies {
+        v.push_str(cookie(headers, name).unwrap_or(""));
+        v.push('\n');
+    }
+    for name in vary {
+        v.push_str(&normalized(headers, name, encodings));
+        v.push('\n');
+    }
+    v
+}
+
+/// One Varied header's value as the key sees it.
+pub fn normalized(headers: &HeaderMap, name: &HeaderName, encodings: &[Encoding]) -> String {
+    if name == header::ACCEPT_ENCODING {
+        return compress::negotiate(headers, encodings)
+            .map_or("identity", Encoding::token)
+            .to_string();
+    }
+    header_value(headers, name).unwrap_or_default()
+}
+
+/// All lines of a header joined with ", ", whitespace around commas collapsed.
+fn header_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let s = String::from_utf8_lossy(v.as_bytes());
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let o = out.get_or_insert_with(String::new);
+            if !o.is_empty() {
+                o.push_str(", ");
+            }
+            o.push_str(part);
+        }
+    }
+    out
+}
+
+/// Whether a request skips the cache under the route's bypass rules.
+pub fn bypassed(spec: &BypassSpec, path: &str, headers: &HeaderMap) -> bool {
+    spec.path_prefixes
+        .iter()
+        .any(|p| path.starts_with(p.as_str()))
+        || spec.headers.iter().any(|h| headers.contains_key(h))
+        || spec.cookies.iter().any(|c| cookie(headers, c).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(query: QueryKey) -> KeySpec {
+        KeySpec {
+            host: true,
+            query,
+            headers: vec![],
+            cookies: vec![],
+        }
+    }
+
+    #[test]
+    fn query_modes() {
+        let q = "b=2&a=1&utm=x";
+        assert_eq!(
+            url_key(&spec(QueryKey::Sort), Some("Ex.COM"), "/p", Some(q)),
+            "ex.com/p?a=1&b=2&utm=x"
+        );
+        assert_eq!(
+            url_key(&spec(QueryKey::Keep), Some("ex.com"), "/p", Some(q)),
+            "ex.com/p?b=2&a=1&utm=x"
+        );
+        assert_eq!(
+            url_key(&spec(QueryKey::Ignore), Some("ex.com"), "/p", Some(q)),
+            "ex.com/p"
+        );
+        let allow = QueryKey::Allow(vec!["b".into(), "a".into()]);
+        assert_eq!(
+            url_key(&spec(allow), Some("ex.com"), "/p", Some(q)),
+            "ex.com/p?a=1&b=2"
+        );
+        let mut no_host = spec(QueryKey::Sort);
+        no_host.host = false;
+        assert_eq!(url_key(&no_host, Some("ex.com"), "/p", None), "/p");
+    }
+
+    #[test]
+    fn vary_star_is_none_and_names_are_lowercased() {
+        let mut h = HeaderMap::new();
+        h.append(header::VARY, "Accept-Encoding, X-Lang".parse().unwrap());
+        h.append(header::VARY, "accept-encoding".parse().unwrap());
+        let names = vary_names(&h).unwrap();
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[1].as_str(), "x-lang");
+        h.append(header::VARY, "*".parse().unwrap());
+        assert!(vary_names(&h).is_none());
+    }
+
+    #[test]
+    fn accept_encoding_is_normalised_to_the_chosen_coding() {
+        let all = [Encoding::Br, Encoding::Zstd, Encoding::Gzip];
+        let names = [header::ACCEPT_ENCODING];
+        let key = |ae: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, ae.parse().unwrap());
+            variant(&spec(QueryKey::Sort), &names, &h, &all)
+        };
+        assert_eq!(key("gzip, deflate, br"), key("br;q=1.0, gzip;q=0.8"));
+        assert_eq!(key("gzip"), key("deflate, gzip;q=0.5"));
+        assert_ne!(key("gzip"), key("br"));
+        assert_eq!(key("identity"), key("br;q=0"));
+    }
+
+    #[test]
+    fn bypass_rules() {
+        let b = BypassSpec {
+            path_prefixes: vec!["/admin".into()],
+            headers: vec![header::AUTHORIZATION],
+            cookies: vec!["session".into()],
+        };
+        let mut h = HeaderMap::new();
+        assert!(bypassed(&b, "/admin/x", &h));
+        assert!(!bypassed(&b, "/x", &h));
+        h.insert(header::COOKIE, "a=1; session=abc".parse().unwrap());
+        assert!(bypassed(&b, "/x", &h));
+    }
+}

@@ -1,0 +1,419 @@
+//! The shared tier (L2) in Redis and the invalidation bus.
+//!
+//! Layout: one hash per URL key (`{prefix}{url}`) with a `vary` field and one `o:{variant}`
+//! field per stored variant, so a lookup is one HGETALL and a URL purge one DEL; a set per tag
+//! (`{prefix}tag:{tag}`) lists the URL keys carrying it. Every key expires with the longest
+//! retention of what it holds (EXPIRE NX then GT keep the TTL consistent with L1's).
+//!
+//! Redis being down never fails a request: calls are bounded by a short timeout, failures are
+//! counted, `up` turns false, and the memory tier carries on alone. Fills are written in the
+//! background so a slow Redis never slows a response.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_cache_semantics::CachePolicy;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use super::object::Object;
+use super::purge::{Purge, Target, split_url};
+use super::spec::RedisSpec;
+use super::store::Store;
+
+/// The Redis tier's connection and counters.
+pub struct L2 {
+    spec: RedisSpec,
+    conn: ArcSwapOption<ConnectionManager>,
+    /// Whether the last call succeeded.
+    pub up: AtomicBool,
+    /// Failed or timed-out calls.
+    pub errors: AtomicU64,
+    /// Lookups answered from Redis.
+    pub hits: AtomicU64,
+    /// Objects written.
+    pub writes: AtomicU64,
+    /// Memory Redis reports in use (`INFO memory`), refreshed every few seconds.
+    pub bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for L2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2")
+            .field("url", &self.spec.url)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// An object as Redis holds it (the body travels after this header).
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    status: u16,
+    headers: Vec<(String, String)>,
+    policy: CachePolicy,
+    fresh_until_ms: u64,
+    swr_ms: u64,
+    sie_ms: u64,
+    keep_ms: u64,
+    variant: String,
+}
+
+impl L2 {
+    /// Starts connecting (in the background, retrying) and subscribes to the purge channel.
+    pub fn start(spec: RedisSpec, store: Weak<Store>) -> Arc<L2> {
+        let l2 = Arc::new(L2 {
+            spec,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(connect(Arc::downgrade(&l2)));
+                rt.spawn(subscribe(Arc::downgrade(&l2), store));
+            }
+            Err(_) => tracing::warn!("no runtime: the Redis cache tier stays off"),
+        }
+        l2
+    }
+
+    fn key(&self, url: &str) -> String {
+        format!("{}{url}", self.spec.key_prefix)
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}tag:{tag}", self.spec.key_prefix)
+    }
+
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, what, "redis cache tier down; serving from memory alone");
+        }
+    }
+
+    fn ok(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis cache tier up");
+        }
+    }
+
+    /// Runs one call with the tier's timeout; None when Redis is down, slow or errs.
+    async fn call<T, F>(&self, what: &str, f: impl FnOnce(ConnectionManager) -> F) -> Option<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn.load_full()?;
+        match tokio::time::timeout(self.spec.timeout, f((*conn).clone())).await {
+            Ok(Ok(v)) => {
+                self.ok();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                None
+            }
+            Err(_) => {
+                self.failed(what, &"timed out");
+                None
+            }
+        }
+    }
+
+    /// Every variant stored for a URL key, with the Vary list.
+    pub async fn get(
+        &self,
+        url: &str,
+        url_key: &Arc<str>,
+    ) -> Option<(Vec<HeaderName>, Vec<Object>)> {
+        let key = self.key(url);
+        let fields: Vec<(String, Vec<u8>)> = self
+            .call("get", |mut c| async move { c.hgetall(key).await })
+            .await?;
+        let mut vary = Vec::new();
+        let mut objects = Vec::new();
+        for (field, value) in fields {
+            if field == "vary" {
+                vary = String::from_utf8_lossy(&value)
+                    .split(',')
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                    .collect();
+            } else if field.starts_with("o:")
+                && let Some(o) = decode(&value, url_key.clone())
+            {
+                objects.push(o);
+            }
+        }
+        if objects.is_empty() {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some((vary, objects))
+    }
+
+    /// Writes an object in the background.
+    pub fn put(self: &Arc<Self>, vary: &[HeaderName], obj: &Object) {
+        let Some(blob) = encode(obj) else { return };
+        let ttl = obj.retention(SystemTime::now()).as_secs().max(1);
+        let key = self.key(&obj.url);
+        let vary = vary
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let field = format!("o:{}", obj.variant);
+        let tags: Vec<String> = obj.tags.iter().map(|t| self.tag_key(t)).collect();
+        let url = obj.url.to_string();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let done = me
+                .call("put", |mut c| async move {
+                    let mut p = redis::pipe();
+                    p.hset(&key, "vary", vary).ignore();
+                    p.hset(&key, field, blob).ignore();
+                    p.cmd("EXPIRE").arg(&key).arg(ttl).arg("NX").ignore();
+                    p.cmd("EXPIRE").arg(&key).arg(ttl).arg("GT").ignore();
+                    for t in &tags {
+                        p.sadd(t, &url).ignore();
+                        p.cmd("EXPIRE").arg(t).arg(ttl).arg("NX").ignore();
+                        p.cmd("EXPIRE").arg(t).arg(ttl).arg("GT").ignore();
+                    }
+                    p.query_async::<()>(&mut c).await
+                })
+                .await;
+            if done.is_some() {
+                me.writes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Applies a purge to Redis (soft purges remove too: only memory keeps soft-stale copies).
+    pub async fn purge(&self, p: &Purge) {
+        let prefix = self.spec.key_prefix.clone();
+        let keys: Vec<String> = match &p.target {
+            Target::None => return,
+            Target::Url(u) => {
+                let (host, pq) = split_url(u);
+                match host {
+                    Some(h) => vec![self.key(&format!("{h}{pq}")), self.key(&pq)],
+                    None => self.scan(|k| key_path(k) == pq).await,
+                }
+            }
+            Target::Prefix(pre) => {
+                let (host, path) = split_url(pre);
+                let want = host.map(|h| format!("{h}{path}"));
+                self.scan(|k| match &want {
+                    Some(w) => k.starts_with(w.as_str()),
+                    None => key_path(k).starts_with(path.as_str()),
+                })
+                .await
+            }
+            Target::Tag(t) => {
+                let tag_key = self.tag_key(t);
+                let tk = tag_key.clone();
+                let urls: Vec<String> = self
+                    .call("purge", |mut c| async move { c.smembers(tk).await })
+                    .await
+                    .unwrap_or_default();
+                urls.iter()
+                    .map(|u| format!("{prefix}{u}"))
+                    .chain([tag_key])
+                    .collect()
+            }
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let _: Option<()> = self
+            .call("purge", |mut c| async move { c.del(keys).await })
+            .await;
+    }
+
+    /// URL keys (with prefix) whose unprefixed form satisfies `want`.
+    async fn scan(&self, want: impl Fn(&str) -> bool) -> Vec<String> {
+        let pattern = format!("{}*", self.spec.key_prefix);
+        let plen = self.spec.key_prefix.len();
+        let tag_prefix = format!("{}tag:", self.spec.key_prefix);
+        let all: Vec<String> = self
+            .call("scan", |mut c| async move {
+                let mut it = c.scan_match::<_, String>(pattern).await?;
+                let mut keys = Vec::new();
+                while let Some(k) = it.next().await {
+                    keys.push(k?);
+                }
+                Ok(keys)
+            })
+            .await
+            .unwrap_or_default();
+        all.into_iter()
+            .filter(|k| !k.starts_with(&tag_prefix) && want(&k[plen..]))
+            .collect()
+    }
+
+    /// Publishes a purge to every instance.
+    pub async fn publish(&self, p: &Purge) {
+        let Ok(msg) = serde_json::to_string(p) else {
+            return;
+        };
+        let channel = self.spec.channel.clone();
+        let _: Option<()> = self
+            .call(
+                "publish",
+                |mut c| async move { c.publish(channel, msg).await },
+            )
+            .await;
+    }
+}
+
+fn key_path(k: &str) -> &str {
+    k.find('/').map_or(k, |i| &k[i..])
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn encode(o: &Object) -> Option<Vec<u8>> {
+    let meta = Meta {
+        status: o.status.as_u16(),
+        headers: o
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        policy: o.policy.clone(),
+        fresh_until_ms: ms(o.fresh_until.duration_since(UNIX_EPOCH).ok()?),
+        swr_ms: ms(o.stale_while_revalidate),
+        sie_ms: ms(o.stale_if_error),
+        keep_ms: ms(o.keep),
+        variant: o.variant.clone(),
+    };
+    let meta = serde_json::to_vec(&meta).ok()?;
+    let mut out = Vec::with_capacity(4 + meta.len() + o.body.len());
+    out.extend_from_slice(&u32::try_from(meta.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&o.body);
+    Some(out)
+}
+
+fn decode(b: &[u8], url: Arc<str>) -> Option<Object> {
+    let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let meta: Meta = serde_json::from_slice(b.get(4..4 + len)?).ok()?;
+    let body = Bytes::copy_from_slice(b.get(4 + len..)?);
+    let mut headers = HeaderMap::new();
+    for (k, v) in meta.headers {
+        headers.append(
+            HeaderName::from_bytes(k.as_bytes()).ok()?,
+            HeaderValue::try_from(v).ok()?,
+        );
+    }
+    Some(Object::restore(
+        StatusCode::from_u16(meta.status).ok()?,
+        headers,
+        body,
+        meta.policy,
+        UNIX_EPOCH + Duration::from_millis(meta.fresh_until_ms),
+        (
+            Duration::from_millis(meta.swr_ms),
+            Duration::from_millis(meta.sie_ms),
+            Duration::from_millis(meta.keep_ms),
+        ),
+        url,
+        meta.variant,
+    ))
+}
+
+/// Keeps trying to connect until it does; the connection manager reconnects by itself after.
+async fn connect(l2: Weak<L2>) {
+    loop {
+        let Some(me) = l2.upgrade() else { return };
+        let attempt = async {
+            let client = redis::Client::open(me.spec.url.as_str())?;
+            client.get_connection_manager().await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(c)) => {
+                me.conn.store(Some(Arc::new(c)));
+                me.ok();
+                drop(me);
+                return measure(l2).await;
+            }
+            Ok(Err(e)) => me.failed("connect", &e),
+            Err(_) => me.failed("connect", &"timed out"),
+        }
+        drop(me);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads Redis's memory use every few seconds (the tier's size in metrics and the admin view).
+async fn measure(l2: Weak<L2>) {
+    loop {
+        let Some(me) = l2.upgrade() else { return };
+        let info: Option<String> = me
+            .call("info", |mut c| async move {
+                redis::cmd("INFO").arg("memory").query_async(&mut c).await
+            })
+            .await;
+        if let Some(used) = info.as_deref().and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        }) {
+            me.bytes.store(used, Ordering::Relaxed);
+        }
+        drop(me);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Applies purges published on the channel, reconnecting when the subscription drops.
+async fn subscribe(l2: Weak<L2>, store: Weak<Store>) {
+    loop {
+        let Some(me) = l2.upgrade() else { return };
+        let url = me.spec.url.clone();
+        let channel = me.spec.channel.clone();
+        drop(me);
+        let sub = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        if let Ok(Ok(ps)) = tokio::time::timeout(Duration::from_secs(2), sub).await {
+            tracing::info!(channel, "subscribed to cache purges");
+            let mut messages = ps.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let Ok(text) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text))
+                else {
+                    continue;
+                };
+                // An application may publish directly, so the shared tier is purged too
+                // (idempotent when the publisher already did it), and first: a memory miss
+                // must not refill from a Redis copy that is about to go.
+                if let Some(me) = l2.upgrade() {
+                    me.purge(&purge).await;
+                }
+                let n = store.purge_local(&purge);
+                tracing::debug!(?purge, objects = n, "purge from the bus");
+            }
+        }
+        if l2.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

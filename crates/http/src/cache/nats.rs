@@ -1,0 +1,95 @@
+//! The invalidation bus over NATS: every instance subscribes to a subject and applies the purges
+//! published there (the same messages as the Redis channel), so an application invalidates
+//! every instance with one publish. The client reconnects (and resubscribes) by itself.
+
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+
+use super::purge::Purge;
+use super::spec::NatsSpec;
+use super::store::Store;
+
+/// A NATS connection carrying purges.
+pub struct Nats {
+    spec: NatsSpec,
+    client: ArcSwapOption<async_nats::Client>,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("url", &self.spec.url)
+            .field("subject", &self.spec.subject)
+            .finish()
+    }
+}
+
+impl Nats {
+    /// Connects in the background (retrying) and applies every purge published on the subject.
+    pub fn start(spec: NatsSpec, store: Weak<Store>) -> Arc<Nats> {
+        let nats = Arc::new(Nats {
+            spec,
+            client: ArcSwapOption::empty(),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(subscribe(Arc::downgrade(&nats), store));
+            }
+            Err(_) => tracing::warn!("no runtime: the NATS purge bus stays off"),
+        }
+        nats
+    }
+
+    /// Publishes a purge to every instance.
+    pub async fn publish(&self, p: &Purge) {
+        let (Some(client), Ok(msg)) = (self.client.load_full(), serde_json::to_vec(p)) else {
+            return;
+        };
+        if let Err(e) = client.publish(self.spec.subject.clone(), msg.into()).await {
+            tracing::warn!(error = %e, "cannot publish a purge on NATS");
+        }
+    }
+}
+
+async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
+    let Some(me) = nats.upgrade() else { return };
+    let (url, subject) = (me.spec.url.clone(), me.spec.subject.clone());
+    drop(me);
+    let client = match async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url.as_str())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, url, "NATS purge bus off: cannot connect");
+            return;
+        }
+    };
+    let mut sub = match client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, subject, "NATS purge bus off: cannot subscribe");
+            return;
+        }
+    };
+    match nats.upgrade() {
+        Some(me) => me.client.store(Some(Arc::new(client))),
+        None => return,
+    }
+    tracing::info!(subject, "subscribed to cache purges on NATS");
+    while let Some(msg) = sub.next().await {
+        let text = String::from_utf8_lossy(&msg.payload);
+        let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text)) else {
+            continue;
+        };
+        // Redis first, so a memory miss cannot refill from a copy that is about to go.
+        if let Some(l2) = store.l2.clone() {
+            l2.purge(&purge).await;
+        }
+        let n = store.purge_local(&purge);
+        tracing::debug!(?purge, objects = n, "purge from NATS");
+    }
+}

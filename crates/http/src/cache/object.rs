@@ -1,0 +1,345 @@
+//! A stored response and what it may be used for now: fresh, stale but servable while it is
+//! refreshed in the background, or stale and only usable if the origin fails.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_cache_semantics::CachePolicy;
+
+use super::control::{self, Directives};
+
+/// Object state set by purges.
+const LIVE: u8 = 0;
+const SOFT_PURGED: u8 = 1;
+const PURGED: u8 = 2;
+
+/// One stored response (one variant of a URL).
+#[derive(Debug)]
+pub struct Object {
+    /// Status.
+    pub status: StatusCode,
+    /// Response headers as stored (hop-by-hop and Set-Cookie removed).
+    pub headers: HeaderMap,
+    /// The whole body, in the coding it was stored with.
+    pub body: Bytes,
+    /// RFC 9111 rules: storability, age, revalidation merging.
+    pub policy: CachePolicy,
+    /// When it stops being fresh.
+    pub fresh_until: SystemTime,
+    /// How long past `fresh_until` it may be served while refreshed in the background.
+    pub stale_while_revalidate: Duration,
+    /// How long past `fresh_until` it may be served when the origin fails.
+    pub stale_if_error: Duration,
+    /// How long past `fresh_until` it is kept for conditional revalidation.
+    pub keep: Duration,
+    /// Tags from Surrogate-Key / Cache-Tag, for purging.
+    pub tags: Vec<String>,
+    /// Its URL key.
+    pub url: Arc<str>,
+    /// Its variant key.
+    pub variant: String,
+    /// Hits served (for the admin view of the hottest keys).
+    pub hits: AtomicU64,
+    state: AtomicU8,
+}
+
+/// What a stored object may be used for at a given time, for a given request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usable {
+    /// Serve it.
+    Fresh,
+    /// Serve it and refresh it in the background.
+    StaleWhileRevalidate,
+    /// Revalidate first; it may still answer if the origin fails.
+    Stale,
+}
+
+impl Object {
+    /// Builds an object from a complete response.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        policy: CachePolicy,
+        ttl_override: Option<Duration>,
+        defaults: (Duration, Duration, Duration),
+        url: Arc<str>,
+        variant: String,
+    ) -> Object {
+        let now = SystemTime::now();
+        let (swr_default, sie_default, keep) = defaults;
+        let d = Directives::of(&headers);
+        let lifetime = ttl_override.unwrap_or_else(|| policy.time_to_live(now));
+        let (swr, sie) = if d.allows_stale() || ttl_override.is_some() {
+            (
+                d.stale_while_revalidate.unwrap_or(swr_default),
+                d.stale_if_error.unwrap_or(sie_default),
+            )
+        } else {
+            (Duration::ZERO, Duration::ZERO)
+        };
+        let has_validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        let keep = if has_validators { keep } else { Duration::ZERO };
+        Object::restore(
+            status,
+            headers,
+            body,
+            policy,
+            now + lifetime,
+            (swr, sie, keep),
+            url,
+            variant,
+        )
+    }
+
+    /// An object with its timings given (read back from the shared tier, or built by `new`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        policy: CachePolicy,
+        fresh_until: SystemTime,
+        stale: (Duration, Duration, Duration),
+        url: Arc<str>,
+        variant: String,
+    ) -> Object {
+        Object {
+            tags: tags(&headers),
+            status,
+            headers,
+            body,
+            policy,
+            fresh_until,
+            stale_while_revalidate: stale.0,
+            stale_if_error: stale.1,
+            keep: stale.2,
+            url,
+            variant,
+            hits: AtomicU64::new(0),
+            state: AtomicU8::new(LIVE),
+        }
+    }
+
+    /// The same stored response under a new policy and headers (after a 304).
+    pub fn refreshed(
+        &self,
+        policy: CachePolicy,
+        headers: HeaderMap,
+        ttl: Option<Duration>,
+    ) -> Self {
+        let mut o = Object::new(
+            self.status,
+            headers,
+            self.body.clone(),
+            policy,
+            ttl,
+            (self.stale_while_revalidate, self.stale_if_error, self.keep),
+            self.url.clone(),
+            self.variant.clone(),
+        );
+        o.hits = AtomicU64::new(self.hits.load(Ordering::Relaxed));
+        o
+    }
+
+    /// Bytes it holds, as the memory tier weighs it.
+    pub fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        u32::try_from(self.body.len() + headers + self.url.len() + self.variant.len() + 256)
+            .unwrap_or(u32::MAX)
+    }
+
+    /// How long the memory tier keeps it: fresh life plus the longest stale use.
+    pub fn retention(&self, now: SystemTime) -> Duration {
+        let extra = self
+            .stale_while_revalidate
+            .max(self.stale_if_error)
+            .max(self.keep);
+        (self.fresh_until + extra)
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// What it may be used for now, given the request's own Cache-Control.
+    pub fn usable(&self, req: &HeaderMap, now: SystemTime) -> Usable {
+        let state = self.state.load(Ordering::Relaxed);
+        let d = Directives::of(req);
+        let fresh = state == LIVE
+            && now < self.fresh_until
+            && !control::request_no_cache(req, &d)
+            && d.max_age.is_none_or(|m| self.age(now) <= m);
+        if fresh {
+            Usable::Fresh
+        } else if state == LIVE
+            && now < self.fresh_until + self.stale_while_revalidate
+            && !control::request_no_cache(req, &d)
+        {
+            Usable::StaleWhileRevalidate
+        } else {
+            Usable::Stale
+        }
+    }
+
+    /// Whether it may answer when the origin fails now (stale-if-error; soft purges allow it).
+    pub fn serves_on_error(&self, now: SystemTime) -> bool {
+        self.state.load(Ordering::Relaxed) != PURGED && now < self.fresh_until + self.stale_if_error
+    }
+
+    /// Whether lookups may see it at all.
+    pub fn visible(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != PURGED
+    }
+
+    /// Marks it stale (soft) or gone (hard).
+    pub fn purge(&self, soft: bool) {
+        let to = if soft { SOFT_PURGED } else { PURGED };
+        self.state.fetch_max(to, Ordering::Relaxed);
+    }
+
+    /// Its age now (Age header plus time held).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.policy.age(now)
+    }
+
+    /// Seconds of freshness left (negative when stale), for Cache-Status.
+    pub fn ttl_secs(&self, now: SystemTime) -> i64 {
+        match self.fresh_until.duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        }
+    }
+
+    /// The stored headers with Age set for now.
+    pub fn response_headers(&self, now: SystemTime) -> HeaderMap {
+        let mut h = self.headers.clone();
+        h.insert(header::AGE, HeaderValue::from(self.age(now).as_secs()));
+        h
+    }
+
+    /// Whether the client's conditional request is satisfied by this object (If-None-Match
+    /// against its ETag, weak comparison; else If-Modified-Since equal to Last-Modified).
+    pub fn not_modified_for(&self, req: &HeaderMap) -> bool {
+        let strip = |s: &str| s.trim().trim_start_matches("W/").to_string();
+        if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+            let Some(etag) = self.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            let etag = strip(etag);
+            return inm.split(',').any(|t| t.trim() == "*" || strip(t) == etag);
+        }
+        match (
+            req.get(header::IF_MODIFIED_SINCE),
+            self.headers.get(header::LAST_MODIFIED),
+        ) {
+            (Some(ims), Some(lm)) => ims == lm,
+            _ => false,
+        }
+    }
+}
+
+/// Purge tags of a response: Surrogate-Key (space separated) and Cache-Tag (comma separated).
+pub fn tags(h: &HeaderMap) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let split = |name: &str, sep: char| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(move |v| v.split(sep))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    for t in split("surrogate-key", ' ')
+        .into_iter()
+        .chain(split("cache-tag", ','))
+    {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// Headers a 304 may not change in the stored response (RFC 9111 §3.2).
+pub fn merge_not_modified(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
+    const KEEP: [HeaderName; 4] = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_RANGE,
+    ];
+    let mut out = stored.clone();
+    for name in fresh.keys() {
+        if KEEP.contains(name) || name == header::SET_COOKIE {
+            continue;
+        }
+        out.remove(name);
+        for v in fresh.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// All the variants stored for one URL key.
+#[derive(Debug, Default)]
+pub struct Variants {
+    /// Header names the response Varies on.
+    pub vary: Vec<HeaderName>,
+    /// The variants, newest first.
+    pub items: Vec<Arc<Object>>,
+}
+
+/// Most variants kept per URL; older ones make room.
+pub const MAX_VARIANTS: usize = 16;
+
+impl Variants {
+    /// The visible variant with this key.
+    pub fn find(&self, variant: &str) -> Option<&Arc<Object>> {
+        self.items
+            .iter()
+            .find(|o| o.variant == variant && o.visible())
+    }
+
+    /// A copy with `obj` in place of its variant. A different Vary list drops the old variants.
+    pub fn with(&self, vary: Vec<HeaderName>, obj: Arc<Object>) -> Variants {
+        let mut items = vec![obj.clone()];
+        if vary == self.vary {
+            items.extend(
+                self.items
+                    .iter()
+                    .filter(|o| o.variant != obj.variant && o.visible())
+                    .take(MAX_VARIANTS - 1)
+                    .cloned(),
+            );
+        }
+        Variants { vary, items }
+    }
+
+    /// Total weight.
+    pub fn weight(&self) -> u32 {
+        self.items
+            .iter()
+            .map(|o| o.weight())
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// Longest retention among the variants.
+    pub fn retention(&self, now: SystemTime) -> Duration {
+        self.items
+            .iter()
+            .map(|o| o.retention(now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+}

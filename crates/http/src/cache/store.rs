@@ -1,0 +1,268 @@
+//! The memory tier (L1): a moka cache bounded by bytes (TinyLFU admission), one entry per URL
+//! key holding that URL's variants; plus the coalescing table and hit-for-pass markers. The
+//! Redis tier, when configured, sits behind it (see `l2`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderName;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+
+use super::flight::{Flights, Join};
+use super::object::{Object, Variants};
+use super::purge::{Purge, Target, split_url};
+use super::spec::StoreSpec;
+
+/// How long a key that answered uncacheable skips coalescing (hit-for-pass).
+const PASS_FOR: Duration = Duration::from_secs(10);
+
+/// The gateway-wide object store.
+pub struct Store {
+    spec: StoreSpec,
+    l1: Cache<Arc<str>, Arc<Variants>>,
+    pass: Cache<String, ()>,
+    flights: Arc<Flights>,
+    /// The Redis tier, when configured.
+    pub l2: Option<Arc<super::l2::L2>>,
+    /// The NATS purge bus, when configured.
+    pub nats: Option<Arc<super::nats::Nats>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("objects", &self.l1.entry_count())
+            .field("bytes", &self.l1.weighted_size())
+            .finish()
+    }
+}
+
+struct Retention;
+
+impl moka::Expiry<Arc<str>, Arc<Variants>> for Retention {
+    fn expire_after_create(&self, _: &Arc<str>, v: &Arc<Variants>, _: Instant) -> Option<Duration> {
+        Some(v.retention(SystemTime::now()).max(Duration::from_secs(1)))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        v: &Arc<Variants>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.retention(SystemTime::now()).max(Duration::from_secs(1)))
+    }
+}
+
+/// A summary line of one object for the admin view.
+#[derive(Debug, serde::Serialize)]
+pub struct ObjectInfo {
+    /// URL key.
+    pub url: String,
+    /// Body bytes.
+    pub bytes: usize,
+    /// Hits served.
+    pub hits: u64,
+    /// Seconds of freshness left (negative: stale).
+    pub ttl: i64,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(spec: StoreSpec) -> Arc<Store> {
+        let l1 = Cache::builder()
+            .max_capacity(spec.max_bytes)
+            .weigher(|_: &Arc<str>, v: &Arc<Variants>| v.weight())
+            .expire_after(Retention)
+            .build();
+        let pass = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(PASS_FOR)
+            .build();
+        Arc::new_cyclic(|me| Store {
+            l2: spec
+                .redis
+                .clone()
+                .map(|r| super::l2::L2::start(r, me.clone())),
+            nats: spec
+                .nats
+                .clone()
+                .map(|n| super::nats::Nats::start(n, me.clone())),
+            spec,
+            l1,
+            pass,
+            flights: Arc::default(),
+        })
+    }
+
+    /// Its settings (a reload with the same settings keeps the store).
+    pub fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+
+    /// The variants stored for a URL key in memory.
+    pub fn get(&self, url: &str) -> Option<Arc<Variants>> {
+        self.l1.get(url)
+    }
+
+    /// Stores an object in memory (replacing its variant).
+    pub fn put(&self, vary: Vec<HeaderName>, obj: Arc<Object>) {
+        self.l1
+            .entry(obj.url.clone())
+            .and_compute_with(|cur| match cur {
+                Some(e) => Op::Put(Arc::new(e.value().with(vary, obj))),
+                None => Op::Put(Arc::new(Variants {
+                    vary,
+                    items: vec![obj],
+                })),
+            });
+    }
+
+    /// Removes every variant of a URL key from memory.
+    pub fn remove(&self, url: &str) {
+        self.l1.invalidate(url);
+    }
+
+    /// Joins the fetch of a key (coalescing).
+    pub fn join(&self, key: String) -> Join {
+        self.flights.join(key)
+    }
+
+    /// Remembers that a key answered uncacheable, so requests for it skip coalescing.
+    pub fn mark_pass(&self, key: String) {
+        self.pass.insert(key, ());
+    }
+
+    /// Whether a key recently answered uncacheable.
+    pub fn is_pass(&self, key: &str) -> bool {
+        self.pass.contains_key(key)
+    }
+
+    /// Applies a purge to the memory tier; returns how many objects it hit.
+    pub fn purge_local(&self, p: &Purge) -> usize {
+        let mut hit = 0;
+        let mut apply = |key: &Arc<str>, v: &Variants, all: bool, tag: Option<&str>| {
+            let mut left = 0;
+            for o in &v.items {
+                if all || tag.is_some_and(|t| o.tags.iter().any(|x| x == t)) {
+                    o.purge(p.soft);
+                    hit += 1;
+                } else if o.visible() {
+                    left += 1;
+                }
+            }
+            if !p.soft && left == 0 {
+                self.l1.invalidate(key);
+            }
+        };
+        match &p.target {
+            Target::None => {}
+            Target::Url(u) => {
+                let (host, pq) = split_url(u);
+                let sorted = sort_query(&pq);
+                let mut keys = vec![pq.clone(), sorted.clone()];
+                match host {
+                    Some(h) => keys.extend([format!("{h}{pq}"), format!("{h}{sorted}")]),
+                    None => {
+                        for (k, _) in self.l1.iter() {
+                            if key_path(&k) == pq || key_path(&k) == sorted {
+                                keys.push(k.to_string());
+                            }
+                        }
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    if let Some(v) = self.l1.get(k.as_str()) {
+                        apply(&Arc::from(k.as_str()), &v, true, None);
+                    }
+                }
+            }
+            Target::Prefix(prefix) => {
+                let (host, path) = split_url(prefix);
+                for (k, v) in self.l1.iter() {
+                    let matches = match &host {
+                        Some(h) => k.starts_with(&format!("{h}{path}")),
+                        None => key_path(&k).starts_with(path.as_str()),
+                    };
+                    if matches {
+                        apply(&k, &v, true, None);
+                    }
+                }
+            }
+            Target::Tag(tag) => {
+                for (k, v) in self.l1.iter() {
+                    if v.items.iter().any(|o| o.tags.iter().any(|t| t == tag)) {
+                        apply(&k, &v, false, Some(tag));
+                    }
+                }
+            }
+        }
+        hit
+    }
+
+    /// Objects in memory.
+    pub fn objects(&self) -> u64 {
+        self.l1.iter().map(|(_, v)| v.items.len() as u64).sum()
+    }
+
+    /// Bytes in memory as weighed.
+    pub fn bytes(&self) -> u64 {
+        self.l1.run_pending_tasks();
+        self.l1.weighted_size()
+    }
+
+    /// The `n` biggest and the `n` most-hit objects.
+    pub fn top(&self, n: usize) -> (Vec<ObjectInfo>, Vec<ObjectInfo>) {
+        let now = SystemTime::now();
+        let mut all: Vec<ObjectInfo> = self
+            .l1
+            .iter()
+            .flat_map(|(_, v)| v.items.clone())
+            .filter(|o| o.visible())
+            .map(|o| ObjectInfo {
+                url: o.url.to_string(),
+                bytes: o.body.len(),
+                hits: o.hits.load(std::sync::atomic::Ordering::Relaxed),
+                ttl: o.ttl_secs(now),
+                tags: o.tags.clone(),
+            })
+            .collect();
+        all.sort_by_key(|o| std::cmp::Reverse(o.bytes));
+        let biggest: Vec<ObjectInfo> = all.iter().take(n).map(clone_info).collect();
+        all.sort_by_key(|o| std::cmp::Reverse(o.hits));
+        all.truncate(n);
+        (biggest, all)
+    }
+}
+
+fn clone_info(o: &ObjectInfo) -> ObjectInfo {
+    ObjectInfo {
+        url: o.url.clone(),
+        bytes: o.bytes,
+        hits: o.hits,
+        ttl: o.ttl,
+        tags: o.tags.clone(),
+    }
+}
+
+/// The path-and-query part of a URL key (after the host, if any).
+fn key_path(k: &str) -> &str {
+    k.find('/').map_or(k, |i| &k[i..])
+}
+
+/// `path?query` with the query's parameters sorted (how the default key mode stores it).
+fn sort_query(pq: &str) -> String {
+    match pq.split_once('?') {
+        Some((p, q)) => match super::key::normalize_query(q, &super::spec::QueryKey::Sort) {
+            Some(q) => format!("{p}?{q}"),
+            None => p.to_string(),
+        },
+        None => pq.to_string(),
+    }
+}

@@ -1,0 +1,809 @@
+//! The shared cache (issue 5) against a real scriptable origin and, for the shared tier, a real
+//! redis-server: RFC 9111 directives, coalescing, stale serving, purges, Redis L2 and the
+//! invalidation bus, compression.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Response;
+use scalegate_testkit::{Origin, RedisServer};
+
+const TOKEN: &str = "cache-test-token-0123";
+const AUTH: (&str, &str) = ("authorization", "Bearer cache-test-token-0123");
+
+fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Bytes> {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Bytes::from(body.to_string())).expect("response")
+}
+
+/// A gateway with one caching catch-all route in front of `origin`.
+async fn gw(origin: &Origin, route: &str, preamble: &str) -> GatewayProcess {
+    let rest = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n{route}\n\n[upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n",
+        origin.addr
+    );
+    GatewayProcess::start_custom(
+        BIN,
+        &format!("[runtime]\nworker_threads = 2\n{preamble}"),
+        &format!("token = \"{TOKEN}\""),
+        "",
+        &rest,
+    )
+    .await
+}
+
+async fn get(g: &GatewayProcess, path: &str, headers: &[(&str, &str)]) -> Resp {
+    Client::http1()
+        .get_with(g.http, path, headers)
+        .await
+        .expect("response")
+}
+
+fn status(r: &Resp) -> &str {
+    r.header("cache-status")
+}
+
+/// An origin answering every path by its name: `/ma` max-age=60, `/sma` s-maxage, …
+async fn directive_origin() -> Origin {
+    Origin::start(|req, n| {
+        let body = format!("{} #{n}", req.uri.path());
+        let h: &[(&str, &str)] = match req.uri.path() {
+            "/ma" => &[("cache-control", "max-age=60")],
+            "/sma" => &[("cache-control", "max-age=0, s-maxage=60")],
+            "/expires" => &[
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                ("date", "Mon, 23 Nov 2026 00:00:00 GMT"),
+            ],
+            "/heuristic" => &[("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")],
+            "/none" => &[],
+            "/no-store" => &[("cache-control", "no-store, max-age=60")],
+            "/private" => &[("cache-control", "private, max-age=60")],
+            "/cookie" => &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "sid=secret"),
+            ],
+            "/vary-star" => &[("cache-control", "max-age=60"), ("vary", "*")],
+            "/lang" => &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            "/created" => &[],
+            "/auth-public" => &[("cache-control", "public, max-age=60")],
+            "/aged" => &[("cache-control", "max-age=60"), ("age", "20")],
+            _ => &[("cache-control", "max-age=60")],
+        };
+        let st = if req.uri.path() == "/created" {
+            201
+        } else {
+            200
+        };
+        resp(st, h, &body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn freshness_comes_from_max_age_s_maxage_expires_and_heuristics() {
+    let o = directive_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    for path in ["/ma", "/sma", "/expires", "/heuristic"] {
+        let a = get(&g, path, &[]).await;
+        assert!(
+            status(&a).contains("fwd=uri-miss"),
+            "{path}: {}",
+            status(&a)
+        );
+        assert!(status(&a).contains("stored"), "{path}: {}", status(&a));
+        let b = get(&g, path, &[]).await;
+        assert_eq!(b.body, a.body, "{path} served from cache");
+        assert!(
+            status(&b).starts_with("scalegate; hit"),
+            "{path}: {}",
+            status(&b)
+        );
+        assert!(!b.header("age").is_empty(), "{path}: Age on a hit");
+        assert_eq!(o.hits(path), 1, "{path}: one origin request");
+    }
+    // No freshness information and no validators: never stored.
+    get(&g, "/none", &[]).await;
+    get(&g, "/none", &[]).await;
+    assert_eq!(o.hits("/none"), 2);
+    // Age from upstream counts against freshness.
+    let r = get(&g, "/aged", &[]).await;
+    let r2 = get(&g, "/aged", &[]).await;
+    assert_eq!(r.body, r2.body);
+    assert!(
+        r2.header("age").parse::<u64>().unwrap_or(0) >= 20,
+        "age {}",
+        r2.header("age")
+    );
+}
+
+#[tokio::test]
+async fn what_a_shared_cache_must_not_store() {
+    let o = directive_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    for path in ["/no-store", "/private", "/cookie", "/vary-star", "/created"] {
+        get(&g, path, &[]).await;
+        let r = get(&g, path, &[]).await;
+        assert_eq!(o.hits(path), 2, "{path} must not be served from cache");
+        assert!(!status(&r).contains("hit"), "{path}: {}", status(&r));
+    }
+    // The Set-Cookie response still reached the client.
+    assert_eq!(
+        get(&g, "/cookie", &[]).await.header("set-cookie"),
+        "sid=secret"
+    );
+    // Authorization: not shared unless the response says public / s-maxage / must-revalidate.
+    get(&g, "/ma-auth", &[("authorization", "Bearer x")]).await;
+    get(&g, "/ma-auth", &[("authorization", "Bearer x")]).await;
+    assert_eq!(o.hits("/ma-auth"), 2);
+    get(&g, "/auth-public", &[("authorization", "Bearer x")]).await;
+    get(&g, "/auth-public", &[("authorization", "Bearer x")]).await;
+    assert_eq!(o.hits("/auth-public"), 1);
+    // A request's no-cache goes to the origin.
+    get(&g, "/ma", &[]).await;
+    let r = get(&g, "/ma", &[("cache-control", "no-cache")]).await;
+    assert_eq!(o.hits("/ma"), 2, "{}", status(&r));
+    let r = get(&g, "/ma", &[("pragma", "no-cache")]).await;
+    assert_eq!(o.hits("/ma"), 3, "{}", status(&r));
+}
+
+#[tokio::test]
+async fn set_cookie_responses_are_shared_only_when_configured_and_without_the_cookie() {
+    let o = directive_origin().await;
+    let g = gw(&o, "cache = { share_set_cookie = true }", "").await;
+    let first = get(&g, "/cookie", &[]).await;
+    assert_eq!(first.header("set-cookie"), "sid=secret");
+    let second = get(&g, "/cookie", &[]).await;
+    assert_eq!(o.hits("/cookie"), 1);
+    assert_eq!(
+        second.header("set-cookie"),
+        "",
+        "a stored cookie is never replayed"
+    );
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let o = directive_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    let en = get(&g, "/lang", &[("accept-language", "en")]).await;
+    let fr = get(&g, "/lang", &[("accept-language", "fr")]).await;
+    assert_ne!(en.body, fr.body);
+    assert!(status(&fr).contains("fwd=vary-miss"), "{}", status(&fr));
+    assert_eq!(
+        get(&g, "/lang", &[("accept-language", "en")]).await.body,
+        en.body
+    );
+    assert_eq!(
+        get(&g, "/lang", &[("accept-language", "fr")]).await.body,
+        fr.body
+    );
+    assert_eq!(o.hits("/lang"), 2);
+}
+
+#[tokio::test]
+async fn conditional_revalidation_merges_304s() {
+    // max-age=1 with an ETag: after expiry the cache asks with If-None-Match and the origin
+    // says 304 with a new header; the body is kept, the header updated.
+    let o = Origin::start(|req, n| {
+        let inm = req
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok());
+        let lm_path = req.uri.path() == "/lm";
+        if lm_path {
+            if req.headers.contains_key("if-modified-since") {
+                return resp(304, &[("cache-control", "max-age=1")], "");
+            }
+            return resp(
+                200,
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ],
+                "lm-body",
+            );
+        }
+        if inm == Some("\"v1\"") {
+            let x = format!("{n}");
+            return resp(
+                304,
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("etag", "\"v1\""),
+                    ("x-rev", &x),
+                ],
+                "",
+            );
+        }
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"v1\""),
+                ("x-rev", "1"),
+            ],
+            "etag-body",
+        )
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    assert_eq!(get(&g, "/e", &[]).await.body, "etag-body");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(&g, "/e", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "etag-body", "body kept across the 304");
+    assert_eq!(r.header("x-rev"), "2", "headers merged from the 304");
+    assert!(
+        status(&r).contains("fwd=stale; fwd-status=304"),
+        "{}",
+        status(&r)
+    );
+    assert_eq!(
+        o.last("/e")
+            .expect("seen")
+            .get("if-none-match")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("\"v1\"")
+    );
+    let again = get(&g, "/e", &[]).await;
+    assert!(
+        status(&again).contains("hit"),
+        "fresh again after 304: {}",
+        status(&again)
+    );
+    // Last-Modified validator.
+    get(&g, "/lm", &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(&g, "/lm", &[]).await;
+    assert_eq!(r.body, "lm-body");
+    assert!(
+        o.last("/lm")
+            .expect("seen")
+            .contains_key("if-modified-since")
+    );
+    // A client's own conditional request is answered 304 from the cache.
+    let r = get(&g, "/e", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, 304);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_and_head_is_served_from_get() {
+    let o = Origin::start(|req, n| {
+        if req.method == http::Method::POST {
+            return resp(201, &[("location", "/items/7")], "created");
+        }
+        resp(
+            200,
+            &[("cache-control", "max-age=60")],
+            &format!("{} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    let c = Client::http1();
+    get(&g, "/items", &[]).await;
+    get(&g, "/items/7", &[]).await;
+    let head = c
+        .request("HEAD", g.http, "/items", &[])
+        .await
+        .expect("head");
+    assert_eq!(head.status, 200);
+    assert!(
+        status(&head).contains("hit"),
+        "HEAD from the stored GET: {}",
+        status(&head)
+    );
+    assert_eq!(o.hits("/items"), 1);
+    let post = c.post_with(g.http, "/items", &[]).await.expect("post");
+    assert_eq!(post.status, 201);
+    assert_eq!(
+        get(&g, "/items", &[]).await.body,
+        "/items #3",
+        "POST invalidated /items"
+    );
+    assert_eq!(
+        get(&g, "/items/7", &[]).await.body,
+        "/items/7 #2",
+        "and its Location"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_are_coalesced_into_one_origin_request() {
+    let o = Origin::start(|_, n| {
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("x-origin-delay-ms", "300"),
+            ],
+            &format!("v{n}"),
+        )
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    let c = Client::http1();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (c, addr) = (c.clone(), g.http);
+        tasks.push(tokio::spawn(async move { c.get(addr, "/hot").await }));
+    }
+    let mut coalesced = 0;
+    for t in tasks {
+        let r = t.await.expect("task").expect("response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "v1");
+        coalesced += usize::from(status(&r).contains("coalesced"));
+    }
+    assert_eq!(
+        o.hits("/hot"),
+        1,
+        "100 concurrent misses, one origin request"
+    );
+    assert!(
+        coalesced > 50,
+        "followers say so in Cache-Status ({coalesced})"
+    );
+    let m = g.admin_get("/metrics").await;
+    assert!(m.contains("result=\"coalesced\""), "coalesced counted");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
+    let o = Origin::start(|_, n| {
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=1, stale-while-revalidate=30"),
+                ("x-origin-delay-ms", if n > 1 { "500" } else { "0" }),
+            ],
+            &format!("v{n}"),
+        )
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    assert_eq!(get(&g, "/swr", &[]).await.body, "v1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Served without waiting: had it waited for the (slow) refresh, the body would be v2.
+    let r = get(&g, "/swr", &[]).await;
+    assert_eq!(r.body, "v1", "stale served");
+    assert!(
+        status(&r).contains("stale-while-revalidate"),
+        "{}",
+        status(&r)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&g, "/swr", &[]).await.body == "v2"
+        })
+        .await
+    );
+    assert_eq!(o.hits("/swr"), 2, "one background refresh");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_when_the_origin_fails_or_is_down() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let f = failing.clone();
+    let o = Origin::start(move |req, n| {
+        if f.load(Ordering::SeqCst) {
+            return resp(503, &[], "down");
+        }
+        let cc = if req.uri.path() == "/strict" {
+            "max-age=1, must-revalidate"
+        } else {
+            "max-age=1, stale-if-error=60"
+        };
+        resp(200, &[("cache-control", cc)], &format!("v{n}"))
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    get(&g, "/sie", &[]).await;
+    get(&g, "/strict", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    failing.store(true, Ordering::SeqCst);
+    let r = get(&g, "/sie", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "v1"),
+        "{}",
+        status(&r)
+    );
+    assert!(status(&r).contains("stale-if-error"));
+    let strict = get(&g, "/strict", &[]).await;
+    assert_eq!(strict.status, 503, "must-revalidate forbids serving stale");
+    // The origin gone altogether (connection refused).
+    o.stop();
+    let r = get(&g, "/sie", &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+}
+
+#[tokio::test]
+async fn purge_by_url_prefix_and_tag_and_soft_purge() {
+    let o = Origin::start(|req, n| {
+        let tag = if req.uri.path().starts_with("/p/") {
+            "product"
+        } else {
+            "other"
+        };
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=60, stale-if-error=60"),
+                ("surrogate-key", tag),
+                ("etag", "\"e\""),
+            ],
+            &format!("{} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    let c = Client::http1();
+    for p in ["/a", "/static/x", "/static/y", "/p/1", "/p/2"] {
+        get(&g, p, &[]).await;
+    }
+    let purge = |q: &'static str| {
+        let c = c.clone();
+        let admin = g.admin;
+        async move {
+            c.post_with(admin, &format!("/cache/purge?{q}"), &[AUTH])
+                .await
+                .expect("purge")
+        }
+    };
+    assert_eq!(
+        c.post_with(g.admin, "/cache/purge?url=/a", &[])
+            .await
+            .expect("r")
+            .status,
+        401
+    );
+    // A full URL with the port: keys hold the host without it.
+    let r = purge("url=http://127.0.0.1:1/a").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"purged\":1"), "{}", r.body);
+    assert_eq!(get(&g, "/a", &[]).await.body, "/a #2");
+    purge("prefix=/static/").await;
+    assert_eq!(get(&g, "/static/x", &[]).await.body, "/static/x #2");
+    assert_eq!(get(&g, "/static/y", &[]).await.body, "/static/y #2");
+    purge("tag=product").await;
+    assert_eq!(get(&g, "/p/1", &[]).await.body, "/p/1 #2");
+    assert_eq!(get(&g, "/p/2", &[]).await.body, "/p/2 #2");
+    assert_eq!(
+        get(&g, "/a", &[]).await.body,
+        "/a #2",
+        "untouched by the tag purge"
+    );
+    // Soft purge: the next request revalidates, but stale is still usable when the origin fails.
+    purge("url=/a&soft=true").await;
+    o.stop();
+    let r = get(&g, "/a", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "/a #2"),
+        "{}",
+        status(&r)
+    );
+    let view = g.admin_get("/cache").await;
+    assert!(view.contains("\"hottest\""), "{view}");
+}
+
+#[tokio::test]
+async fn compression_is_negotiated_and_cached_per_coding() {
+    let big = "scalegate compresses text. ".repeat(200);
+    let b2 = big.clone();
+    let o = Origin::start(move |req, _| match req.uri.path() {
+        "/small" => resp(
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("cache-control", "max-age=60"),
+            ],
+            "tiny",
+        ),
+        "/png" => resp(
+            200,
+            &[
+                ("content-type", "image/png"),
+                ("cache-control", "max-age=60"),
+            ],
+            &b2,
+        ),
+        "/gz" => resp(
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("content-encoding", "gzip"),
+                ("cache-control", "max-age=60"),
+            ],
+            "already",
+        ),
+        _ => resp(
+            200,
+            &[
+                ("content-type", "text/html; charset=utf-8"),
+                ("cache-control", "max-age=60"),
+            ],
+            &b2,
+        ),
+    })
+    .await;
+    let g = gw(&o, "cache = {}\ncompression = {}", "").await;
+    for (ae, want) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("gzip;q=0.5, br;q=0.9", "br"),
+        ("identity", ""),
+    ] {
+        let r = get(&g, "/page", &[("accept-encoding", ae)]).await;
+        assert_eq!(r.header("content-encoding"), want, "accept-encoding {ae}");
+        assert!(
+            r.header("vary")
+                .to_ascii_lowercase()
+                .contains("accept-encoding")
+        );
+        if want.is_empty() {
+            assert_eq!(r.body, big);
+        } else {
+            assert!(r.raw.len() < big.len() / 5, "{want} is smaller");
+        }
+    }
+    assert_eq!(
+        o.hits("/page"),
+        5 - 1,
+        "each coding stored once (gzip;q=.5,br normalises to br)"
+    );
+    let again = get(&g, "/page", &[("accept-encoding", "gzip, deflate")]).await;
+    assert_eq!(again.header("content-encoding"), "gzip");
+    assert!(
+        status(&again).contains("hit"),
+        "gzip variant served from cache"
+    );
+    let gz = again.raw.clone();
+    let mut d = flate2_like_gunzip(&gz);
+    d.truncate(big.len());
+    assert_eq!(d, big.as_bytes());
+    for p in ["/small", "/png", "/gz"] {
+        let r = get(&g, p, &[("accept-encoding", "br")]).await;
+        assert_ne!(
+            r.header("content-encoding"),
+            "br",
+            "{p} not compressed by us"
+        );
+    }
+}
+
+/// Decompresses gzip with the system's gzip tool (keeps test dependencies small).
+fn flate2_like_gunzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b)
+        .expect("write");
+    child.wait_with_output().expect("gunzip").stdout
+}
+
+#[tokio::test]
+async fn rules_keys_bypass_and_size_limit() {
+    let o = Origin::start(|req, n| {
+        resp(
+            200,
+            &[("cache-control", "no-cache, max-age=0")],
+            &format!("{} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let route = r#"cache = { rules = [{ path_prefix = "/static/", ttl = "1d" }], key = { query = ["v"] }, bypass = { path_prefixes = ["/live/"] }, max_object_bytes = 64 }"#;
+    let g = gw(&o, route, "").await;
+    get(&g, "/static/app.js?v=1&utm=a", &[]).await;
+    let r = get(&g, "/static/app.js?utm=b&v=1", &[]).await;
+    assert_eq!(
+        o.hits("/static/app.js"),
+        1,
+        "TTL rule overrides no-cache; utm not in key: {}",
+        status(&r)
+    );
+    get(&g, "/static/app.js?v=2", &[]).await;
+    assert_eq!(o.hits("/static/app.js"), 2, "v is in the key");
+    get(&g, "/live/x", &[]).await;
+    let r = get(&g, "/live/x", &[]).await;
+    assert!(status(&r).contains("fwd=bypass"));
+    assert_eq!(o.hits("/live/x"), 2);
+    // Bigger than max_object_bytes: passed through, not stored.
+    let big = Origin::start(|_, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60")],
+            &format!("{n}{}", "x".repeat(100)),
+        )
+    })
+    .await;
+    let g2 = gw(&big, "cache = { max_object_bytes = 64 }", "").await;
+    get(&g2, "/big", &[]).await;
+    let r = get(&g2, "/big", &[]).await;
+    assert_eq!(big.hits("/big"), 2, "{}", status(&r));
+    assert_eq!(r.body.len(), 101);
+}
+
+#[tokio::test]
+async fn redis_tier_warms_new_instances_and_survives_redis_loss() {
+    let mut redis = RedisServer::start().await;
+    let o = Origin::start(|req, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60")],
+            &format!("{} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let pre = format!("[cache]\nredis = {{ url = \"{}\" }}\n", redis.url());
+    let g1 = gw(&o, "cache = {}", &pre).await;
+    let g2 = gw(&o, "cache = {}", &pre).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            g1.admin_get("/cache").await.contains("\"up\":true")
+                && g2.admin_get("/cache").await.contains("\"up\":true")
+        })
+        .await,
+        "both instances reach redis"
+    );
+    assert_eq!(get(&g1, "/warm", &[]).await.body, "/warm #1");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            redis
+                .command(&["EXISTS", "scalegate:cache:127.0.0.1/warm"])
+                .await
+                .is_some_and(|r| r.starts_with(":1"))
+        })
+        .await,
+        "the fill reached redis"
+    );
+    // Instance 2 has never seen /warm: it finds it in Redis.
+    let mut hit = false;
+    for _ in 0..50 {
+        let r = get(&g2, "/warm", &[]).await;
+        if r.body == "/warm #1" {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hit, "instance 2 served what instance 1 stored");
+    assert_eq!(o.hits("/warm"), 1);
+    // Event-driven purge: one PUBLISH, every instance purges (memory and Redis).
+    let before1 = get(&g1, "/evt", &[]).await.body;
+    let before2 = get(&g2, "/evt", &[]).await.body;
+    assert!(status(&get(&g1, "/evt", &[]).await).contains("hit"));
+    redis
+        .command(&["PUBLISH", "scalegate:purge", "url /evt"])
+        .await
+        .expect("publish");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&g1, "/evt", &[]).await.body != before1
+        })
+        .await,
+        "instance 1 purged"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&g2, "/evt", &[]).await.body != before2
+        })
+        .await,
+        "instance 2 purged"
+    );
+    // Redis dies: both keep serving from memory, and say the tier is down.
+    get(&g1, "/l1", &[]).await;
+    redis.kill();
+    let r = get(&g1, "/l1", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(status(&r).contains("hit"), "{}", status(&r));
+    let r = get(&g1, "/after", &[]).await;
+    assert_eq!(r.status, 200, "misses still reach the origin");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            g1.admin_get("/metrics")
+                .await
+                .contains("scalegate_cache_tier{tier=\"redis\",what=\"up\"} 0")
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_nats_publish_purges_every_instance() {
+    let nats = scalegate_testkit::NatsServer::start().await;
+    let o = Origin::start(|req, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60"), ("cache-tag", "news")],
+            &format!("{} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let pre = format!("[cache]\nnats = {{ url = \"{}\" }}\n", nats.url());
+    let g1 = gw(&o, "cache = {}", &pre).await;
+    let g2 = gw(&o, "cache = {}", &pre).await;
+    get(&g1, "/n", &[]).await;
+    get(&g2, "/n", &[]).await;
+    assert_eq!(o.hits("/n"), 2);
+    assert!(
+        get(&g1, "/n", &[])
+            .await
+            .header("cache-status")
+            .contains("hit")
+    );
+    // The subscriptions come up in the background; publish until both have purged.
+    let purged = eventually(Duration::from_secs(10), || async {
+        nats.publish("scalegate.purge", "tag news").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        !status(&get(&g1, "/n", &[]).await).contains("hit")
+            && !status(&get(&g2, "/n", &[]).await).contains("hit")
+    })
+    .await;
+    assert!(purged, "both instances purged by one NATS publish");
+}
+
+#[tokio::test]
+async fn no_cache_and_proxy_revalidate_always_revalidate_and_key_headers_split_entries() {
+    let o = Origin::start(|req, n| {
+        let cc = match req.uri.path() {
+            "/nc" => "no-cache",
+            "/pr" => "max-age=60, proxy-revalidate",
+            _ => "max-age=60",
+        };
+        if req.headers.get("if-none-match").is_some() {
+            return resp(304, &[("cache-control", cc), ("etag", "\"x\"")], "");
+        }
+        let body = format!("{} #{n}", req.uri.path());
+        resp(200, &[("cache-control", cc), ("etag", "\"x\"")], &body)
+    })
+    .await;
+    let g = gw(
+        &o,
+        r#"cache = { key = { headers = ["x-tenant"], cookies = ["lang"] } }"#,
+        "",
+    )
+    .await;
+    for path in ["/nc", "/pr"] {
+        assert_eq!(get(&g, path, &[]).await.body, format!("{path} #1"));
+        let r = get(&g, path, &[]).await;
+        assert_eq!(
+            r.body,
+            format!("{path} #1"),
+            "body from the store after a 304"
+        );
+        assert!(
+            status(&r).contains("fwd-status=304"),
+            "{path}: {}",
+            status(&r)
+        );
+        assert_eq!(o.hits(path), 2, "{path} revalidated every time");
+    }
+    get(&g, "/t", &[("x-tenant", "a")]).await;
+    get(&g, "/t", &[("x-tenant", "b")]).await;
+    get(&g, "/t", &[("x-tenant", "a"), ("cookie", "lang=fr")]).await;
+    assert_eq!(
+        o.hits("/t"),
+        3,
+        "key headers and cookies make separate entries"
+    );
+    assert!(status(&get(&g, "/t", &[("x-tenant", "b")]).await).contains("hit"));
+}

@@ -1,0 +1,97 @@
+//! A real nats-server on a free port in a temp dir, and a one-shot publisher speaking the NATS
+//! text protocol (so tests need no client library).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::free_port;
+
+/// A running nats-server; killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it accepts connections. Panics if nats-server is missing.
+    pub async fn start() -> NatsServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+            let port = free_port();
+            let child = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .current_dir(dir.path())
+                .spawn()
+                .unwrap_or_else(|e| panic!("nats-server: {e} (apt-get install nats-server)"));
+            let mut server = NatsServer {
+                child: Some(child),
+                _dir: dir,
+                port,
+            };
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return server;
+                }
+                if let Some(c) = server.child.as_mut()
+                    && matches!(c.try_wait(), Ok(Some(_)))
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("nats-server did not start")
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes one message and waits for the server to acknowledge it (PING/PONG).
+    pub async fn publish(&self, subject: &str, payload: &str) -> bool {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let msg = format!(
+            "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n{payload}\r\nPING\r\n",
+            payload.len()
+        );
+        if s.write_all(msg.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut buf = vec![0u8; 4096];
+        let mut seen = String::new();
+        for _ in 0..20 {
+            match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if seen.contains("PONG") {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

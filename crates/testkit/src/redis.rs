@@ -1,0 +1,96 @@
+//! A real redis-server on a free port in a temp dir, for tests of the shared cache tier.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::free_port;
+
+/// A running redis-server; killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING. Panics if redis-server is missing.
+    pub async fn start() -> RedisServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("redis-server: {e} (apt-get install redis-server)"));
+            let mut server = RedisServer {
+                child: Some(child),
+                _dir: dir,
+                port,
+            };
+            for _ in 0..100 {
+                if server.ping().await {
+                    return server;
+                }
+                if let Some(c) = server.child.as_mut()
+                    && matches!(c.try_wait(), Ok(Some(_)))
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("redis-server did not start")
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether it answers PING.
+    pub async fn ping(&self) -> bool {
+        self.command(&["PING"])
+            .await
+            .is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// Sends one command (RESP array of bulk strings) and returns the first reply read.
+    pub async fn command(&self, args: &[&str]) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        let mut msg = format!("*{}\r\n", args.len());
+        for a in args {
+            msg.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(msg.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Kills the server (the tier goes down mid-test).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
