@@ -8,6 +8,7 @@ mod admin_cache;
 mod alloc;
 mod config;
 mod demo;
+mod pg;
 mod run;
 mod switches;
 

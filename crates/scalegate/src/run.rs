@@ -72,6 +72,15 @@ async fn serve(
         shape,
         crate::alloc::release_free_memory,
     );
+    let pg = match config.postgres.clone() {
+        Some(spec) => {
+            let h = crate::pg::start(spec)?;
+            tracing::info!(addr = %h.addr, "postgres pooler listening");
+            Some(h)
+        }
+        None => None,
+    };
+    let pg_reload = pg.as_ref().map(|h| h.pooler.clone());
     if let Some(task) = sidecar {
         tokio::spawn(task);
     }
@@ -99,7 +108,17 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let console_reload = async {
+            match &pg_reload {
+                Some(p) => p.reload.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = console_reload => {
+                tracing::info!("RELOAD from the postgres console: reloading");
+                if let Some(p) = &path { reload(p, &gw, &mut running, &mut health) }
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 settle = None;
@@ -122,6 +141,12 @@ async fn serve(
 
     gw.set_draining();
     trigger.trigger();
+    let drain = running.drain_timeout;
+    let pg_stopped = tokio::task::spawn_blocking(move || {
+        if let Some(h) = pg {
+            h.stop(drain);
+        }
+    });
     health.stop();
     let joined = tokio::task::spawn_blocking(move || {
         for w in workers {
@@ -129,6 +154,7 @@ async fn serve(
         }
     })
     .await;
+    let _ = pg_stopped.await;
     if joined.is_err() {
         tracing::error!("a worker thread panicked");
     }

@@ -10,12 +10,14 @@ pub mod backend;
 pub mod client;
 pub mod nats;
 pub mod origin;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 
 pub use backend::Backend;
 pub use nats::NatsServer;
 pub use origin::Origin;
+pub use postgres::PgServer;
 pub use process::GatewayProcess;
 pub use redis::RedisServer;
 

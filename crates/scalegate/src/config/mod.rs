@@ -6,6 +6,7 @@
 //! restart (a reload that changes them logs a warning and keeps the running values).
 
 mod cache;
+mod pg;
 mod raw;
 mod units;
 mod validate;
@@ -37,6 +38,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The data path.
     pub gateway: GatewaySpec,
+    /// The PostgreSQL pooler, when `[postgres]` is present (restart to change).
+    pub postgres: Option<scalegate_pg::PgSpec>,
 }
 
 /// Threads and runtime shape.
@@ -116,13 +119,21 @@ impl Config {
         let g = &self.gateway;
         let endpoints: usize = g.upstreams.iter().map(|u| u.endpoints.len()).sum();
         let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
-        format!(
+        let mut s = format!(
             "{}, {}, {}, {}",
             plural(g.listeners.len(), "listener"),
             plural(g.routes.len(), "route"),
             plural(g.upstreams.len(), "upstream"),
             plural(endpoints, "endpoint"),
-        )
+        );
+        if let Some(pg) = &self.postgres {
+            s.push_str(&format!(
+                ", postgres on {} with {}",
+                pg.listen,
+                plural(pg.databases.len(), "database")
+            ));
+        }
+        s
     }
 
     /// Settings that differ from `running` but only apply after a restart.
@@ -136,6 +147,9 @@ impl Config {
         }
         if self.log_format != running.log_format {
             v.push("log.format");
+        }
+        if self.postgres != running.postgres {
+            v.push("postgres");
         }
         v
     }

@@ -24,6 +24,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub cache: Option<Spanned<RawStore>>,
+    pub postgres: Option<Spanned<super::pg::RawPostgres>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
     #[serde(default)]

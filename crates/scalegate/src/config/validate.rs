@@ -57,7 +57,7 @@ impl Check {
     }
 
     /// An integer in `range`, or the default.
-    fn int(
+    pub(super) fn int(
         &mut self,
         v: Option<i64>,
         span: &Range<usize>,
@@ -132,6 +132,11 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     );
 
     let cache = super::cache::store(&mut c, raw.cache.as_ref());
+    let postgres = raw.postgres.as_ref().and_then(|p| {
+        let mut spec = super::pg::postgres(&mut c, p)?;
+        super::pg::fill_dbnames(&mut spec);
+        Some(spec)
+    });
     let listeners = listeners(&mut c, &raw.listeners, base);
     let upstreams = upstreams(&mut c, &raw.upstreams);
     let listener_names: Vec<String> = raw
@@ -161,6 +166,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             max_in_flight,
             cache,
         },
+        postgres,
     })
 }
 

@@ -1,0 +1,298 @@
+//! The admin console: connect to the virtual database `scalegate` (or `pgbouncer`, so
+//! existing tooling works) and run SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS,
+//! SHOW DATABASES, SHOW VERSION, PAUSE, RESUME or RELOAD as simple queries.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::login::{self, Refusal};
+use crate::pooler::Pooler;
+use crate::proto::{self, Severity, Startup};
+use crate::spec::PoolMode;
+
+/// Whether `database` names the console.
+pub fn is_console(database: &str) -> bool {
+    database == "scalegate" || database == "pgbouncer"
+}
+
+/// Serves one console session.
+pub async fn run(
+    pooler: Arc<Pooler>,
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    startup: Startup,
+) {
+    let allowed = if pooler.spec.admin_users.is_empty() {
+        peer.ip().is_loopback()
+    } else {
+        pooler.spec.admin_users.contains(&startup.user)
+    };
+    if !allowed {
+        return Refusal(
+            "28000",
+            format!(
+                "user \"{}\" may not use the admin console (postgres.admin_users)",
+                startup.user
+            ),
+        )
+        .send(&mut stream)
+        .await;
+    }
+    if let Err(r) = login::authenticate(&mut stream, &mut buf, &pooler, &startup.user).await {
+        return r.send(&mut stream).await;
+    }
+    let mut out = BytesMut::new();
+    proto::parameter_status(&mut out, "server_version", "15.0 (scalegate)");
+    proto::parameter_status(&mut out, "client_encoding", "UTF8");
+    proto::parameter_status(&mut out, "standard_conforming_strings", "on");
+    proto::ready(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    loop {
+        let n = match proto::tagged_len(&buf, 1 << 20) {
+            Ok(Some(n)) => n,
+            Ok(None) => match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Err(e) => {
+                let b = proto::error_bytes(Severity::Fatal, "08P01", &e.to_string());
+                let _ = stream.write_all(&b).await;
+                return;
+            }
+        };
+        let msg = buf.split_to(n);
+        out.clear();
+        match msg[0] {
+            b'X' => return,
+            b'Q' => {
+                let mut body = &msg[5..];
+                let sql = proto::cstr(&mut body).unwrap_or_default();
+                command(&pooler, &sql, &mut out).await;
+                proto::ready(&mut out, b'I');
+            }
+            _ => {
+                proto::error(
+                    &mut out,
+                    Severity::Error,
+                    "0A000",
+                    "the admin console takes simple queries only",
+                );
+                if msg[0] == b'S' {
+                    proto::ready(&mut out, b'I');
+                }
+            }
+        }
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn table(out: &mut BytesMut, cols: &[&str], rows: Vec<Vec<String>>, tag: &str) {
+    proto::row_description(out, cols);
+    let n = rows.len();
+    for r in rows {
+        proto::data_row(out, &r);
+    }
+    proto::command_complete(out, &format!("{tag} {n}"));
+}
+
+async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["SHOW", "POOLS"] => table(out, POOL_COLS, pool_rows(pooler), "SHOW"),
+        ["SHOW", "STATS"] => table(out, STATS_COLS, stats_rows(pooler), "SHOW"),
+        ["SHOW", "CLIENTS"] => table(out, CLIENT_COLS, client_rows(pooler), "SHOW"),
+        ["SHOW", "SERVERS"] => table(out, SERVER_COLS, server_rows(pooler), "SHOW"),
+        ["SHOW", "DATABASES"] => table(out, DB_COLS, db_rows(pooler), "SHOW"),
+        ["SHOW", "VERSION"] => table(
+            out,
+            &["version"],
+            vec![vec![format!("scalegate {}", env!("CARGO_PKG_VERSION"))]],
+            "SHOW",
+        ),
+        ["PAUSE"] => {
+            pooler.set_paused(true);
+            // PAUSE returns once every server connection is back in its pool.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while pooler.active_servers() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            proto::command_complete(out, "PAUSE");
+        }
+        ["RESUME"] => {
+            pooler.set_paused(false);
+            proto::command_complete(out, "RESUME");
+        }
+        ["RELOAD"] => {
+            pooler.reload.notify_one();
+            proto::command_complete(out, "RELOAD");
+        }
+        ["SHOW", "HELP"] | ["HELP"] => {
+            let help = "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|VERSION; PAUSE; RESUME; RELOAD";
+            table(out, &["help"], vec![vec![help.into()]], "SHOW");
+        }
+        _ => proto::error(
+            out,
+            Severity::Error,
+            "42601",
+            &format!("unknown admin command {sql:?}; try SHOW HELP"),
+        ),
+    }
+}
+
+const POOL_COLS: &[&str] = &[
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "sv_active",
+    "sv_idle",
+    "sv_open",
+    "maxwait_us",
+    "pool_mode",
+    "pool_size",
+];
+
+fn mode(m: PoolMode) -> String {
+    match m {
+        PoolMode::Session => "session".into(),
+        PoolMode::Transaction => "transaction".into(),
+    }
+}
+
+fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    pooler
+        .pools()
+        .iter()
+        .map(|p| {
+            let s = &p.stats;
+            vec![
+                p.db.name.clone(),
+                p.user.clone(),
+                s.clients.load(Relaxed).to_string(),
+                s.waiting.load(Relaxed).to_string(),
+                s.active.load(Relaxed).to_string(),
+                p.idle_count().to_string(),
+                s.open.load(Relaxed).to_string(),
+                s.max_wait_us.load(Relaxed).to_string(),
+                mode(p.mode()),
+                p.db.pool_size.to_string(),
+            ]
+        })
+        .collect()
+}
+
+const STATS_COLS: &[&str] = &[
+    "database",
+    "user",
+    "total_xact_count",
+    "total_query_count",
+    "total_received",
+    "total_sent",
+    "total_wait_time_us",
+    "wait_timeouts",
+];
+
+fn stats_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    pooler
+        .pools()
+        .iter()
+        .map(|p| {
+            let s = &p.stats;
+            vec![
+                p.db.name.clone(),
+                p.user.clone(),
+                s.xacts.load(Relaxed).to_string(),
+                s.queries.load(Relaxed).to_string(),
+                s.bytes_in.load(Relaxed).to_string(),
+                s.bytes_out.load(Relaxed).to_string(),
+                s.wait_us.load(Relaxed).to_string(),
+                s.wait_timeouts.load(Relaxed).to_string(),
+            ]
+        })
+        .collect()
+}
+
+const CLIENT_COLS: &[&str] = &["user", "database", "addr", "connected_s", "server_id"];
+
+fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = pooler
+        .clients()
+        .iter()
+        .map(|c| {
+            let server = c.server.lock().ok().and_then(|s| *s);
+            vec![
+                c.user.clone(),
+                c.database.clone(),
+                c.addr.to_string(),
+                c.since.elapsed().as_secs().to_string(),
+                server.map(|(id, _)| id.to_string()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+const SERVER_COLS: &[&str] = &["server_id", "database", "user", "addr", "backend_pid"];
+
+fn server_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for c in pooler.clients() {
+        if let Some((id, key)) = c.server.lock().ok().and_then(|s| *s) {
+            rows.push(vec![
+                id.to_string(),
+                c.database.clone(),
+                c.user.clone(),
+                key.addr.to_string(),
+                key.pid.to_string(),
+            ]);
+        }
+    }
+    rows.sort();
+    rows
+}
+
+const DB_COLS: &[&str] = &[
+    "name",
+    "host",
+    "port",
+    "database",
+    "pool_mode",
+    "pool_size",
+    "replicas",
+];
+
+fn db_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    pooler
+        .databases()
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.primary.host.clone(),
+                d.primary.port.to_string(),
+                d.primary.dbname.clone(),
+                mode(d.pool_mode),
+                d.pool_size.to_string(),
+                d.replicas.len().to_string(),
+            ]
+        })
+        .collect()
+}

@@ -1,0 +1,25 @@
+//! scalegate's PostgreSQL pooler. Clients speak the v3 wire protocol to it as to a server;
+//! it hands them server connections from pools per (database, user) in session or
+//! transaction mode, and keeps named prepared statements and session settings right when a
+//! client's transactions land on different server connections.
+//!
+//! Codemap: `proto` (framing and the messages the pooler writes), `login` (SSL refusal,
+//! cancel, protocol checks, client auth), `auth` (server-side SCRAM and md5), `server` (a
+//! connection to PostgreSQL), `pool` (FIFO waiting, reuse, recycling), `session` (the message
+//! pump), `stmt` (prepared statements across servers), `settings` (SET tracking), `console`
+//! (SHOW POOLS and friends), `pooler` (the whole).
+
+pub mod auth;
+pub mod console;
+pub mod login;
+pub mod pool;
+pub mod pooler;
+pub mod proto;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod spec;
+pub mod stmt;
+
+pub use pooler::Pooler;
+pub use spec::{ClientAuth, DatabaseSpec, PgSpec, PoolMode, ServerSpec, UserSpec, auto_pool_size};

@@ -1,0 +1,201 @@
+//! The start of a client connection: SSL/GSSENC negotiation (declined with 'N'), cancel
+//! requests, protocol version checks, and client authentication (SCRAM-SHA-256, md5, trust,
+//! or pass-through when no users are configured).
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::{ScramServer, md5_expected};
+use crate::pooler::Pooler;
+use crate::proto::{self, FirstPacket, FrameError, Severity, Startup};
+use crate::spec::ClientAuth;
+
+/// Longest a client may take to log in.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A refusal to send before closing: SQLSTATE and message.
+#[derive(Debug)]
+pub struct Refusal(pub &'static str, pub String);
+
+impl Refusal {
+    /// Sends the refusal as a FATAL ErrorResponse (best effort).
+    pub async fn send(&self, stream: &mut TcpStream) {
+        let b = proto::error_bytes(Severity::Fatal, self.0, &self.1);
+        let _ = stream.write_all(&b).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+impl From<FrameError> for Refusal {
+    fn from(e: FrameError) -> Refusal {
+        Refusal("08P01", format!("invalid message: {e}"))
+    }
+}
+
+/// Reads until the startup message; `Ok(None)` when the connection was only a cancel request
+/// or went away.
+pub async fn startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    pooler: &Pooler,
+) -> Result<Option<Startup>, Refusal> {
+    // A startup packet is small; anything past 10 KB is not one.
+    const MAX_STARTUP: usize = 10_000;
+    loop {
+        let Some(n) = fill(stream, buf, |b| proto::startup_len(b, MAX_STARTUP)).await? else {
+            return Ok(None);
+        };
+        let packet = buf.split_to(n);
+        match proto::parse_first(&packet) {
+            FirstPacket::Ssl | FirstPacket::GssEnc => {
+                if !buf.is_empty() {
+                    return Err(Refusal("08P01", "data after SSLRequest".into()));
+                }
+                stream
+                    .write_all(b"N")
+                    .await
+                    .map_err(|e| Refusal("08006", e.to_string()))?;
+            }
+            FirstPacket::Cancel { pid, secret } => {
+                if let Some(key) = pooler.server_of((pid, secret))
+                    && let Err(e) = crate::server::cancel(key).await
+                {
+                    tracing::warn!(error = %e, "forwarding a cancel request failed");
+                }
+                return Ok(None);
+            }
+            FirstPacket::Startup(s) => return Ok(Some(s)),
+            FirstPacket::NoUser => {
+                return Err(Refusal(
+                    "28000",
+                    "no PostgreSQL user name specified in startup packet".into(),
+                ));
+            }
+            FirstPacket::Unsupported(v) => {
+                return Err(Refusal(
+                    "0A000",
+                    format!(
+                        "unsupported frontend protocol {}.{}: scalegate speaks 3.0",
+                        v >> 16,
+                        v & 0xffff
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Reads into `buf` until `complete` reports a whole packet; `Ok(None)` on a clean EOF.
+async fn fill(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    complete: impl Fn(&[u8]) -> Result<Option<usize>, FrameError>,
+) -> Result<Option<usize>, Refusal> {
+    loop {
+        if let Some(n) = complete(buf)? {
+            return Ok(Some(n));
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(Refusal("08P01", "truncated message".into())),
+            Ok(_) => {}
+            Err(e) => return Err(Refusal("08006", e.to_string())),
+        }
+    }
+}
+
+/// Reads one tagged message during login.
+async fn message(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> Result<Bytes, Refusal> {
+    match fill(stream, buf, |b| proto::tagged_len(b, max)).await? {
+        Some(n) => Ok(buf.split_to(n).freeze()),
+        None => Err(Refusal("08006", "client went away during login".into())),
+    }
+}
+
+async fn send(stream: &mut TcpStream, out: &BytesMut) -> Result<(), Refusal> {
+    stream
+        .write_all(out)
+        .await
+        .map_err(|e| Refusal("08006", e.to_string()))
+}
+
+/// Authenticates `user`; on success AuthenticationOk has been sent.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    pooler: &Pooler,
+    user: &str,
+) -> Result<(), Refusal> {
+    let failed = || {
+        Refusal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    let mut out = BytesMut::new();
+    match pooler.user(user) {
+        None if pooler.spec.users.is_empty() => {}
+        None => return Err(failed()),
+        Some((u, _)) if u.auth == ClientAuth::Trust => {}
+        Some((u, _)) if u.auth == ClientAuth::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            proto::auth(&mut out, 5, &salt);
+            send(stream, &out).await?;
+            let m = message(stream, buf, 1024).await?;
+            let mut body = &m[5..];
+            let given = proto::cstr(&mut body).unwrap_or_default();
+            if m[0] != b'p' || given != md5_expected(user, &u.password, salt) {
+                return Err(failed());
+            }
+        }
+        Some((_, secret)) => {
+            let secret = secret
+                .as_ref()
+                .ok_or_else(|| Refusal("XX000", "SCRAM secret unavailable".into()))?;
+            proto::auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
+            send(stream, &out).await?;
+            let m = message(stream, buf, 4096).await?;
+            let mut body = &m[5..];
+            let mech = proto::cstr(&mut body).unwrap_or_default();
+            if m[0] != b'p' || mech != "SCRAM-SHA-256" || body.len() < 4 {
+                return Err(Refusal(
+                    "28000",
+                    "expected a SASLInitialResponse for SCRAM-SHA-256".into(),
+                ));
+            }
+            let len = body.get_i32().max(0) as usize;
+            let first = &body[..len.min(body.len())];
+            let (exchange, server_first) =
+                ScramServer::start(secret, first).map_err(|e| Refusal("28000", e.to_string()))?;
+            out.clear();
+            proto::auth(&mut out, 11, server_first.as_bytes());
+            send(stream, &out).await?;
+            let m = message(stream, buf, 4096).await?;
+            if m[0] != b'p' {
+                return Err(failed());
+            }
+            let last = exchange.finish(&m[5..]).map_err(|_| failed())?;
+            out.clear();
+            proto::auth(&mut out, 12, last.as_bytes());
+            send(stream, &out).await?;
+        }
+    }
+    out.clear();
+    proto::auth(&mut out, 0, &[]);
+    send(stream, &out).await
+}
+
+/// ParameterStatus for the client: the server's values with the client's own choices on top.
+pub fn parameter_statuses(out: &mut BytesMut, server: &[(String, String)], client: &Startup) {
+    for (k, v) in server {
+        let mine = client
+            .params
+            .iter()
+            .find(|(ck, _)| ck.eq_ignore_ascii_case(k));
+        let v = mine.map_or(v.as_str(), |(_, cv)| cv.as_str());
+        proto::parameter_status(out, k, v);
+    }
+}

@@ -1,0 +1,288 @@
+//! One connection from the pooler to a PostgreSQL server: connect, start up, authenticate
+//! (SCRAM-SHA-256, md5, cleartext or trust), and remember what a pooled connection must know
+//! about itself (server parameters, backend key, prepared statements, applied settings).
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::spec::ServerSpec;
+
+/// Why a server connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// TCP or I/O failure.
+    #[error("server {0}: {1}")]
+    Io(String, io::Error),
+    /// The server refused the login or the startup (its message and SQLSTATE).
+    #[error("server {addr} refused the login: {message}")]
+    Refused {
+        /// The server.
+        addr: String,
+        /// SQLSTATE from the server.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The server asked for something the pooler cannot do.
+    #[error("server {0}: {1}")]
+    Unsupported(String, String),
+    /// Connecting took longer than the connect timeout.
+    #[error("server {0}: connect timed out")]
+    Timeout(String),
+}
+
+impl ServerError {
+    /// The SQLSTATE to report to a client.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ServerError::Refused { code, .. } => code,
+            _ => "08006",
+        }
+    }
+}
+
+/// The backend key of a server connection, for cancel requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerKey {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// Backend process id.
+    pub pid: i32,
+    /// Secret.
+    pub secret: i32,
+}
+
+/// An authenticated, idle server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read but not yet consumed.
+    pub buf: BytesMut,
+    /// For cancel requests.
+    pub key: ServerKey,
+    /// ParameterStatus values reported at startup.
+    pub params: Vec<(String, String)>,
+    /// Ids of statements prepared here (as `__sg_<id>`).
+    pub prepared: HashSet<u64>,
+    /// Fingerprint of the session settings applied (0: server defaults; `u64::MAX`: unknown).
+    pub settings: u64,
+    /// When the connection was made.
+    pub born: Instant,
+    /// When it was last handed back.
+    pub last_used: Instant,
+    /// Unique id within the process, for SHOW SERVERS.
+    pub id: u64,
+}
+
+/// Fingerprint for "settings unknown": the next user resets them.
+pub const SETTINGS_UNKNOWN: u64 = u64::MAX;
+
+impl ServerConn {
+    /// Connects and logs in as `user` to `spec`'s database.
+    pub async fn connect(
+        spec: &ServerSpec,
+        user: &str,
+        timeout: Duration,
+        id: u64,
+    ) -> Result<ServerConn, ServerError> {
+        let name = format!("{}:{}", spec.host, spec.port);
+        tokio::time::timeout(timeout, Self::login(spec, user, &name, id))
+            .await
+            .map_err(|_| ServerError::Timeout(name.clone()))?
+    }
+
+    async fn login(
+        spec: &ServerSpec,
+        user: &str,
+        name: &str,
+        id: u64,
+    ) -> Result<ServerConn, ServerError> {
+        let io_err = |e: io::Error| ServerError::Io(name.to_string(), e);
+        let stream = TcpStream::connect((spec.host.as_str(), spec.port))
+            .await
+            .map_err(io_err)?;
+        stream.set_nodelay(true).map_err(io_err)?;
+        let addr = stream.peer_addr().map_err(io_err)?;
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            key: ServerKey {
+                addr,
+                pid: 0,
+                secret: 0,
+            },
+            params: Vec::new(),
+            prepared: HashSet::new(),
+            settings: 0,
+            born: Instant::now(),
+            last_used: Instant::now(),
+            id,
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", user),
+            ("database", spec.dbname.as_str()),
+            ("application_name", "scalegate"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out).map_err(io_err)?;
+        conn.stream.write_all(&out).await.map_err(io_err)?;
+        let password = spec.password.as_deref().unwrap_or("").as_bytes();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = conn.next_message().await.map_err(io_err)?;
+            out.clear();
+            match msg {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password, &mut out).map_err(io_err)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(user.as_bytes(), password, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut out).map_err(io_err)?;
+                }
+                Message::AuthenticationSasl(_) => {
+                    let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                        .map_err(io_err)?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        ServerError::Unsupported(name.into(), "unexpected SASL continue".into())
+                    })?;
+                    s.update(body.data()).map_err(io_err)?;
+                    frontend::sasl_response(s.message(), &mut out).map_err(io_err)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    if let Some(s) = scram.as_mut() {
+                        s.finish(body.data()).map_err(io_err)?;
+                    }
+                }
+                Message::ParameterStatus(body) => {
+                    let n = body.name().map_err(io_err)?.to_string();
+                    let v = body.value().map_err(io_err)?.to_string();
+                    conn.params.push((n, v));
+                }
+                Message::BackendKeyData(body) => {
+                    conn.key.pid = body.process_id();
+                    conn.key.secret = body.secret_key();
+                }
+                Message::ReadyForQuery(_) => return Ok(conn),
+                Message::ErrorResponse(body) => {
+                    let (code, message) = error_fields(body.fields());
+                    return Err(ServerError::Refused {
+                        addr: name.into(),
+                        code,
+                        message,
+                    });
+                }
+                Message::NoticeResponse(_) => {}
+                _ => {
+                    return Err(ServerError::Unsupported(
+                        name.into(),
+                        "unsupported authentication method (use scram-sha-256, md5, password or trust)"
+                            .into(),
+                    ));
+                }
+            }
+            if !out.is_empty() {
+                conn.stream.write_all(&out).await.map_err(io_err)?;
+            }
+        }
+    }
+
+    /// Reads the next whole backend message.
+    pub async fn next_message(&mut self) -> io::Result<Message> {
+        loop {
+            if let Some(m) = Message::parse(&mut self.buf)? {
+                return Ok(m);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Sends `sql` as a simple query and waits for ReadyForQuery, discarding results; the
+    /// first error's message is returned as an error.
+    pub async fn run(&mut self, sql: &str) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            match self.next_message().await? {
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => {
+                    failure.get_or_insert(error_fields(body.fields()).1);
+                }
+                _ => {}
+            }
+        }
+        match failure {
+            Some(m) => Err(io::Error::other(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// A cheap liveness check: Sync → ReadyForQuery with the connection idle.
+    pub async fn ping(&mut self, timeout: Duration) -> bool {
+        let check = async {
+            let mut out = BytesMut::new();
+            frontend::sync(&mut out);
+            self.stream.write_all(&out).await?;
+            loop {
+                if let Message::ReadyForQuery(b) = self.next_message().await? {
+                    return Ok::<bool, io::Error>(b.status() == b'I');
+                }
+            }
+        };
+        matches!(tokio::time::timeout(timeout, check).await, Ok(Ok(true)))
+    }
+
+    /// Says goodbye politely (best effort).
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+}
+
+/// SQLSTATE and message of an ErrorResponse's fields.
+fn error_fields(
+    mut fields: postgres_protocol::message::backend::ErrorFields<'_>,
+) -> (String, String) {
+    use fallible_iterator::FallibleIterator;
+    let (mut code, mut message) = (String::from("XX000"), String::new());
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// Sends a CancelRequest for `key` on a new connection.
+pub async fn cancel(key: ServerKey) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    frontend::cancel_request(key.pid, key.secret, &mut out);
+    let mut s = TcpStream::connect(key.addr).await?;
+    s.write_all(&out).await?;
+    // The server closes the connection once it has read the request.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await;
+    Ok(())
+}

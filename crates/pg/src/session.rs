@@ -1,0 +1,546 @@
+//! One client connection after login: messages flow to a server connection from the pool and
+//! responses flow back. In transaction mode the server goes back to the pool at every
+//! ReadyForQuery that finds it idle with nothing in flight; named prepared statements and
+//! session settings are carried across server connections (see `stmt` and `settings`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::login::{self, LOGIN_TIMEOUT, Refusal};
+use crate::pool::{AcquireError, Lease, Pool};
+use crate::pooler::{ClientSlot, Pooler};
+use crate::proto::{self, Severity};
+use crate::server::SETTINGS_UNKNOWN;
+use crate::settings::{self, Change, Settings};
+use crate::spec::PoolMode;
+use crate::stmt::{Action, Statements};
+
+/// Serves one client connection to the end.
+pub async fn run(pooler: Arc<Pooler>, mut stream: TcpStream, peer: SocketAddr) {
+    let mut buf = BytesMut::with_capacity(8192);
+    let startup = match tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login::startup(&mut stream, &mut buf, &pooler),
+    )
+    .await
+    {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return,
+        Ok(Err(refusal)) => return refusal.send(&mut stream).await,
+        Err(_) => {
+            return Refusal("08006", "login timed out".into())
+                .send(&mut stream)
+                .await;
+        }
+    };
+    if crate::console::is_console(&startup.database) {
+        return crate::console::run(pooler, stream, buf, peer, startup).await;
+    }
+    if pooler.client_count.load(Relaxed) >= pooler.spec.max_client_conn {
+        return Refusal(
+            "53300",
+            format!(
+                "too many clients already (max_client_conn {})",
+                pooler.spec.max_client_conn
+            ),
+        )
+        .send(&mut stream)
+        .await;
+    }
+    let Some(db) = pooler.database(&startup.database) else {
+        return Refusal(
+            "3D000",
+            format!("database \"{}\" does not exist", startup.database),
+        )
+        .send(&mut stream)
+        .await;
+    };
+    let authed = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login::authenticate(&mut stream, &mut buf, &pooler, &startup.user),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Refusal("08006", "login timed out".into())));
+    if let Err(refusal) = authed {
+        return refusal.send(&mut stream).await;
+    }
+    let pool = pooler.pool(&db, &startup.user);
+    let params = pool.params.lock().map(|p| p.clone()).unwrap_or_default();
+    let params = if params.is_empty() {
+        // First client of this pool: log in to the server once to learn its parameters
+        // (and to report a refused login to the client that caused it).
+        match pool.acquire().await {
+            Ok(lease) => {
+                let p = lease.conn.params.clone();
+                pool.release(lease, true);
+                p
+            }
+            Err(e) => {
+                let code = match &e {
+                    AcquireError::Server(s) => s.sqlstate().to_string(),
+                    AcquireError::Timeout(..) => "53300".into(),
+                };
+                let msg = e.to_string();
+                let b = proto::error_bytes(Severity::Fatal, &code, &msg);
+                let _ = stream.write_all(&b).await;
+                return;
+            }
+        }
+    } else {
+        params
+    };
+
+    let slot = Arc::new(ClientSlot {
+        user: startup.user.clone(),
+        database: startup.database.clone(),
+        addr: peer,
+        since: Instant::now(),
+        server: std::sync::Mutex::new(None),
+    });
+    let key = pooler.register(slot.clone());
+    let mut out = BytesMut::new();
+    login::parameter_statuses(&mut out, &params, &startup);
+    proto::backend_key(&mut out, key.0, key.1);
+    proto::ready(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        pooler.unregister(key);
+        return;
+    }
+    pooler.client_count.fetch_add(1, Relaxed);
+    pool.stats.clients.fetch_add(1, Relaxed);
+    let mut session = Session {
+        max: pooler.spec.max_message_bytes,
+        transaction: pool.mode() == PoolMode::Transaction,
+        pooler: pooler.clone(),
+        pool: pool.clone(),
+        slot,
+        client: stream,
+        cbuf: buf,
+        lease: None,
+        stmts: Statements::default(),
+        track: Track {
+            settings: Settings::from_startup(&startup.params),
+            changes: Vec::new(),
+            unknown: false,
+            segment_error: false,
+            rolled_back: false,
+        },
+        pending_z: 0,
+        unsynced: false,
+        status: b'I',
+        to_server: BytesMut::with_capacity(8192),
+        to_client: BytesMut::with_capacity(8192),
+    };
+    let end = session.serve().await;
+    session.finish(end).await;
+    pool.stats.clients.fetch_sub(1, Relaxed);
+    pooler.client_count.fetch_sub(1, Relaxed);
+    pooler.unregister(key);
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// Terminate or EOF from the client.
+    Client,
+    /// The server connection broke.
+    ServerLost(String),
+    /// Protocol violation or a fatal pool error, sent to the client before closing.
+    Fatal(&'static str, String),
+}
+
+struct Session {
+    pooler: Arc<Pooler>,
+    pool: Arc<Pool>,
+    slot: Arc<ClientSlot>,
+    client: TcpStream,
+    cbuf: BytesMut,
+    max: usize,
+    transaction: bool,
+    lease: Option<Lease>,
+    stmts: Statements,
+    track: Track,
+    pending_z: usize,
+    unsynced: bool,
+    status: u8,
+    to_server: BytesMut,
+    to_client: BytesMut,
+}
+
+impl Session {
+    async fn serve(&mut self) -> End {
+        loop {
+            match proto::tagged_len(&self.cbuf, self.max) {
+                Err(e) => return End::Fatal("08P01", format!("invalid message: {e}")),
+                Ok(Some(_)) => {
+                    if let Some(end) = self.client_messages().await {
+                        return end;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+            }
+            let Some(lease) = self.lease.as_mut() else {
+                match self.client.read_buf(&mut self.cbuf).await {
+                    Ok(0) | Err(_) => return End::Client,
+                    Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
+                };
+                continue;
+            };
+            tokio::select! {
+                r = self.client.read_buf(&mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => return End::Client,
+                    Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
+                },
+                r = lease.conn.stream.read_buf(&mut lease.conn.buf) => match r {
+                    Ok(0) => return End::ServerLost("the server closed the connection".into()),
+                    Err(e) => return End::ServerLost(e.to_string()),
+                    Ok(_) => {
+                        if let Some(end) = self.server_messages().await {
+                            return end;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles every complete client message in the buffer.
+    async fn client_messages(&mut self) -> Option<End> {
+        if self.lease.is_none() {
+            if let Some(end) = self.refuse_locally().await {
+                return end;
+            }
+            if self.lease.is_none()
+                && let Err(e) = self.acquire().await
+            {
+                return self.acquire_failed(e).await;
+            }
+        }
+        let lease = self.lease.as_mut()?;
+        let conn = &mut lease.conn;
+        let mut consumed = 0;
+        loop {
+            let rest = &self.cbuf[consumed..];
+            let n = match proto::tagged_len(rest, self.max) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => return Some(End::Fatal("08P01", format!("invalid message: {e}"))),
+            };
+            let msg = &rest[..n];
+            let tag = msg[0];
+            consumed += n;
+            match tag {
+                b'X' => return Some(End::Client),
+                b'Q' | b'S' | b'F' => {
+                    self.pending_z += 1;
+                    if tag == b'S' {
+                        self.unsynced = false;
+                    }
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+                _ => {}
+            }
+            if self.transaction {
+                if tag == b'Q' || tag == b'P' {
+                    self.track.sent(msg);
+                }
+                let pool = &self.pool;
+                self.stmts.client_message(
+                    msg,
+                    &mut conn.prepared,
+                    |b| pool.statement_id(b),
+                    &mut self.to_server,
+                );
+            } else {
+                self.to_server.put_slice(msg);
+            }
+        }
+        let _ = self.cbuf.split_to(consumed);
+        let r = conn.stream.write_all(&self.to_server).await;
+        self.to_server.clear();
+        r.err().map(|e| End::ServerLost(e.to_string()))
+    }
+
+    /// In transaction mode, a simple query that needs a session of its own is answered with
+    /// an error instead of being run where it would leak to other clients.
+    async fn refuse_locally(&mut self) -> Option<Option<End>> {
+        if !self.transaction || self.cbuf.first() != Some(&b'Q') {
+            return None;
+        }
+        let n = proto::tagged_len(&self.cbuf, self.max).ok()??;
+        let why = session_only(&self.cbuf[5..n])?;
+        let _ = self.cbuf.split_to(n);
+        let mut out = BytesMut::new();
+        proto::error(
+            &mut out,
+            Severity::Error,
+            "0A000",
+            &format!(
+                "{why} is not supported in transaction pooling mode: the next transaction may \
+                 run on another server connection (use a database with pool_mode = \"session\")"
+            ),
+        );
+        proto::ready(&mut out, b'I');
+        Some(match self.client.write_all(&out).await {
+            Ok(()) => None,
+            Err(_) => Some(End::Client),
+        })
+    }
+
+    async fn acquire(&mut self) -> Result<(), AcquireError> {
+        if self.pooler.is_paused() {
+            self.pooler.wait_resumed().await;
+        }
+        let mut lease = self.pool.acquire().await?;
+        let wanted = self.track.settings.fingerprint();
+        if self.transaction && lease.conn.settings != wanted {
+            let sql = self.track.settings.replay_sql();
+            match lease.conn.run(&sql).await {
+                Ok(()) => lease.conn.settings = wanted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-applying a client's settings failed");
+                    lease.conn.settings = SETTINGS_UNKNOWN;
+                }
+            }
+        }
+        if let Ok(mut s) = self.slot.server.lock() {
+            *s = Some((lease.conn.id, lease.conn.key));
+        }
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    /// Tells the client no server could be had; each pending query gets its error and
+    /// ReadyForQuery so the client stays in step.
+    async fn acquire_failed(&mut self, e: AcquireError) -> Option<End> {
+        let code = match &e {
+            AcquireError::Timeout(..) => "53300".to_string(),
+            AcquireError::Server(s) => s.sqlstate().to_string(),
+        };
+        let syncs = proto::messages(&self.cbuf)
+            .filter(|(t, _)| matches!(t, b'Q' | b'S' | b'F'))
+            .count();
+        if syncs == 0 {
+            return Some(End::Fatal("53300", e.to_string()));
+        }
+        self.cbuf.clear();
+        let mut out = BytesMut::new();
+        proto::error(&mut out, Severity::Error, &code, &e.to_string());
+        for _ in 0..syncs {
+            proto::ready(&mut out, b'I');
+        }
+        self.client.write_all(&out).await.err().map(|_| End::Client)
+    }
+
+    /// Forwards every complete server message, with the rewrites transaction mode needs,
+    /// and gives the server back when the transaction is over.
+    async fn server_messages(&mut self) -> Option<End> {
+        let lease = self.lease.as_mut()?;
+        let conn = &mut lease.conn;
+        let mut consumed = 0;
+        let mut rewritten = false;
+        for (tag, msg) in proto::messages(&conn.buf) {
+            consumed += msg.len();
+            let action = if self.transaction {
+                self.stmts.server_message(tag, &mut conn.prepared)
+            } else {
+                Action::Forward
+            };
+            match tag {
+                b'Z' => {
+                    self.pending_z = self.pending_z.saturating_sub(1);
+                    self.status = msg.get(5).copied().unwrap_or(b'I');
+                    self.pool.stats.queries.fetch_add(1, Relaxed);
+                    if self.transaction {
+                        self.track.settle(self.status, &mut conn.settings);
+                    }
+                }
+                b'E' => self.track.segment_error = true,
+                b'C' => self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK"),
+                _ => {}
+            }
+            if action != Action::Forward && !rewritten {
+                rewritten = true;
+                self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
+            }
+            if rewritten {
+                match action {
+                    Action::Forward => self.to_client.put_slice(msg),
+                    Action::Drop => {}
+                    Action::ParseComplete => self.to_client.put_slice(b"1\0\0\0\x04"),
+                }
+            }
+        }
+        if consumed == 0 {
+            return None;
+        }
+        let chunk = conn.buf.split_to(consumed);
+        let out: &[u8] = if rewritten { &self.to_client } else { &chunk };
+        self.pool
+            .stats
+            .bytes_out
+            .fetch_add(out.len() as u64, Relaxed);
+        let r = self.client.write_all(out).await;
+        self.to_client.clear();
+        if r.is_err() {
+            return Some(End::Client);
+        }
+        if self.transaction && self.pending_z == 0 && !self.unsynced && self.status == b'I' {
+            self.release(true);
+        }
+        None
+    }
+
+    fn release(&mut self, reusable: bool) {
+        if let Some(lease) = self.lease.take() {
+            self.pool.stats.xacts.fetch_add(1, Relaxed);
+            if let Ok(mut s) = self.slot.server.lock() {
+                *s = None;
+            }
+            self.pool.release(lease, reusable);
+        }
+    }
+
+    /// Ends the session: reports fatal conditions, and returns or closes the server.
+    async fn finish(&mut self, end: End) {
+        let idle = self.pending_z == 0 && !self.unsynced && self.status == b'I';
+        match end {
+            End::Client => {
+                if !self.transaction
+                    && idle
+                    && let Some(lease) = self.lease.as_mut()
+                {
+                    // Session mode: the next client must not see this one's state.
+                    let clean = lease.conn.run("DISCARD ALL").await.is_ok();
+                    lease.conn.prepared.clear();
+                    lease.conn.settings = 0;
+                    self.release(clean);
+                }
+                self.release(idle && self.transaction);
+            }
+            End::ServerLost(why) => {
+                self.stmts.reset_flight();
+                self.release(false);
+                let msg = format!("server connection lost: {why}");
+                let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
+                let _ = self.client.write_all(&b).await;
+            }
+            End::Fatal(code, msg) => {
+                self.release(false);
+                let b = proto::error_bytes(Severity::Fatal, code, &msg);
+                let _ = self.client.write_all(&b).await;
+            }
+        }
+        let _ = self.client.shutdown().await;
+    }
+}
+
+/// Settings a transaction-mode client made, and those in flight.
+struct Track {
+    settings: Settings,
+    /// Setting changes sent in the current transaction, applied when it commits.
+    changes: Vec<Change>,
+    /// A multi-statement query touched settings: the server's session is unknown.
+    unknown: bool,
+    segment_error: bool,
+    rolled_back: bool,
+}
+
+impl Track {
+    /// Records SET / RESET statements in a Query or Parse message.
+    fn sent(&mut self, msg: &[u8]) {
+        let mut body = &msg[5..];
+        if msg[0] == b'P' && proto::cbytes(&mut body).is_none() {
+            return;
+        }
+        let Some(sql) = proto::cbytes(&mut body) else {
+            return;
+        };
+        let first = sql
+            .iter()
+            .position(|c| !c.is_ascii_whitespace())
+            .unwrap_or(0);
+        let head = &sql[first..sql.len().min(first + 8)];
+        let touches = [&b"set"[..], b"reset", b"discard"]
+            .iter()
+            .any(|w| head.len() >= w.len() && head[..w.len()].eq_ignore_ascii_case(w));
+        if !touches {
+            return;
+        }
+        let text = String::from_utf8_lossy(sql);
+        if settings::is_multi_statement(&text) {
+            self.unknown = true;
+        } else if let Some(c) = settings::classify(&text) {
+            self.changes.push(c);
+        }
+    }
+
+    /// At a ReadyForQuery with `status`: keep, apply or drop the transaction's changes, and
+    /// record what the server's session now holds.
+    fn settle(&mut self, status: u8, server: &mut u64) {
+        if self.changes.is_empty() && !self.unknown {
+            self.segment_error = false;
+            return;
+        }
+        match status {
+            b'T' => {}
+            b'E' => self.changes.clear(),
+            _ => {
+                if !self.segment_error && !self.rolled_back {
+                    for c in self.changes.drain(..) {
+                        self.settings.apply(&c);
+                    }
+                }
+                self.changes.clear();
+                *server = if self.unknown {
+                    SETTINGS_UNKNOWN
+                } else {
+                    self.settings.fingerprint()
+                };
+                self.unknown = false;
+            }
+        }
+        self.segment_error = false;
+    }
+}
+
+/// Why a query cannot run in transaction mode, if it cannot.
+fn session_only(body: &[u8]) -> Option<&'static str> {
+    let sql = body.strip_suffix(b"\0").unwrap_or(body);
+    let start = sql.iter().position(|c| !c.is_ascii_whitespace())?;
+    let s = &sql[start..];
+    let starts = |w: &[u8]| s.len() >= w.len() && s[..w.len()].eq_ignore_ascii_case(w);
+    let contains = |w: &[u8]| s.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
+    if starts(b"listen") {
+        Some("LISTEN")
+    } else if contains(b"advisory_lock") && !contains(b"advisory_xact_lock") {
+        Some("a session-level advisory lock")
+    } else if contains(b"with hold") {
+        Some("a WITH HOLD cursor")
+    } else if starts(b"prepare ") {
+        Some("SQL PREPARE (use protocol-level prepared statements, which are supported)")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_only;
+
+    #[test]
+    fn session_features_are_spotted() {
+        assert_eq!(session_only(b"LISTEN jobs\0"), Some("LISTEN"));
+        assert!(session_only(b"select pg_advisory_lock(1)\0").is_some());
+        assert_eq!(session_only(b"select pg_advisory_xact_lock(1)\0"), None);
+        assert!(session_only(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1\0").is_some());
+        assert_eq!(session_only(b"SELECT 1\0"), None);
+    }
+}

@@ -1,0 +1,248 @@
+//! Session settings a client made with SET / RESET outside the pooler's sight of a single
+//! server: in transaction mode they are tracked per client and replayed on whichever server
+//! connection it gets next, so nothing leaks between clients.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+/// What a statement does to session settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `SET name ...`: the statement text is replayed as is.
+    Set {
+        /// Lower-cased setting name.
+        name: String,
+        /// The whole statement.
+        sql: String,
+    },
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL` or `DISCARD ALL`.
+    ResetAll,
+}
+
+/// Settings one client wants, in the order it made them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    list: Vec<(String, String)>,
+    fingerprint: u64,
+}
+
+impl Settings {
+    /// Settings from a startup packet's parameters (`options` `-c name=value` included).
+    pub fn from_startup(params: &[(String, String)]) -> Settings {
+        let mut s = Settings::default();
+        for (k, v) in params {
+            match k.as_str() {
+                "options" => {
+                    for (name, value) in parse_options(v) {
+                        s.set(&name, &value);
+                    }
+                }
+                "replication" => {}
+                _ => s.set(k, v),
+            }
+        }
+        s
+    }
+
+    fn set(&mut self, name: &str, value: &str) {
+        let sql = format!(
+            "SET {} = '{}'",
+            quote_ident(name),
+            value.replace('\'', "''")
+        );
+        self.apply(&Change::Set {
+            name: name.to_ascii_lowercase(),
+            sql,
+        });
+    }
+
+    /// Applies a change.
+    pub fn apply(&mut self, c: &Change) {
+        match c {
+            Change::Set { name, sql } => {
+                self.list.retain(|(n, _)| n != name);
+                self.list.push((name.clone(), sql.clone()));
+            }
+            Change::Reset(name) => self.list.retain(|(n, _)| n != name),
+            Change::ResetAll => self.list.clear(),
+        }
+        self.fingerprint = if self.list.is_empty() {
+            0
+        } else {
+            let mut h = DefaultHasher::new();
+            self.list.hash(&mut h);
+            // 0 means "server defaults" and u64::MAX "unknown": keep clear of both.
+            h.finish().clamp(1, u64::MAX - 1)
+        };
+    }
+
+    /// 0 for no settings; equal settings give equal fingerprints.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The SQL that turns a server connection's session into this one.
+    pub fn replay_sql(&self) -> String {
+        let mut sql = String::from("RESET ALL");
+        for (_, s) in &self.list {
+            sql.push_str("; ");
+            sql.push_str(s);
+        }
+        sql
+    }
+
+    /// Value set for `name`, if any, as the statement text.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.list
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_str())
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `-c name=value` (or `--name=value`) pairs of a startup `options` string.
+fn parse_options(opts: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = opts.split_whitespace();
+    while let Some(w) = words.next() {
+        let kv = if w == "-c" {
+            words.next()
+        } else {
+            w.strip_prefix("--").or_else(|| w.strip_prefix("-c"))
+        };
+        if let Some((k, v)) = kv.and_then(|kv| kv.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_string()));
+        }
+    }
+    out
+}
+
+/// What a query does to session settings; `None` for anything else (including SET LOCAL
+/// and SET TRANSACTION, which end with the transaction).
+pub fn classify(sql: &str) -> Option<Change> {
+    let t = sql.trim().trim_end_matches(';').trim();
+    let lower = t.to_ascii_lowercase();
+    let mut w = lower.split_whitespace();
+    match w.next()? {
+        "set" => {
+            let mut name = w.next()?;
+            if name == "session" {
+                name = w.next()?;
+                if name == "characteristics" || name == "authorization" {
+                    return None;
+                }
+            }
+            if matches!(name, "local" | "transaction" | "constraints") {
+                return None;
+            }
+            let name = match name {
+                "time" => "timezone".to_string(),
+                "names" => "client_encoding".to_string(),
+                n => n
+                    .split('=')
+                    .next()
+                    .unwrap_or(n)
+                    .trim_matches('"')
+                    .to_string(),
+            };
+            Some(Change::Set {
+                name,
+                sql: t.to_string(),
+            })
+        }
+        "reset" => match w.next()? {
+            "all" => Some(Change::ResetAll),
+            n => Some(Change::Reset(n.trim_matches('"').to_string())),
+        },
+        "discard" if w.next() == Some("all") => Some(Change::ResetAll),
+        _ => None,
+    }
+}
+
+/// Whether `sql` holds more than one statement (a `;` before the end, outside quotes).
+pub fn is_multi_statement(sql: &str) -> bool {
+    let t = sql.trim().trim_end_matches(';');
+    let mut quote: Option<char> = None;
+    for c in t.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_session_settings() {
+        assert_eq!(
+            classify("SET search_path TO app, public;"),
+            Some(Change::Set {
+                name: "search_path".into(),
+                sql: "SET search_path TO app, public".into()
+            })
+        );
+        assert!(
+            matches!(classify("set session statement_timeout = 5"), Some(Change::Set { name, .. }) if name == "statement_timeout")
+        );
+        assert!(
+            matches!(classify("SET TIME ZONE 'UTC'"), Some(Change::Set { name, .. }) if name == "timezone")
+        );
+        assert_eq!(classify("SET LOCAL work_mem = '1MB'"), None);
+        assert_eq!(
+            classify("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            None
+        );
+        assert_eq!(
+            classify("reset work_mem"),
+            Some(Change::Reset("work_mem".into()))
+        );
+        assert_eq!(classify("RESET ALL"), Some(Change::ResetAll));
+        assert_eq!(classify("DISCARD ALL"), Some(Change::ResetAll));
+        assert_eq!(classify("SELECT 1"), None);
+    }
+
+    #[test]
+    fn fingerprints_follow_content() {
+        let mut a = Settings::default();
+        assert_eq!(a.fingerprint(), 0);
+        a.apply(&classify("SET work_mem = '8MB'").unwrap_or(Change::ResetAll));
+        let fa = a.fingerprint();
+        assert_ne!(fa, 0);
+        let b = Settings::from_startup(&[]);
+        assert_ne!(b.fingerprint(), fa);
+        a.apply(&Change::Reset("work_mem".into()));
+        assert_eq!(a.fingerprint(), 0);
+        assert_eq!(a.replay_sql(), "RESET ALL");
+    }
+
+    #[test]
+    fn startup_parameters_become_settings() {
+        let s = Settings::from_startup(&[
+            ("application_name".into(), "it's".into()),
+            ("options".into(), "-c search_path=app --work-mem=4MB".into()),
+        ]);
+        assert_eq!(
+            s.replay_sql(),
+            "RESET ALL; SET \"application_name\" = 'it''s'; SET \"search_path\" = 'app'; SET \"work_mem\" = '4MB'"
+        );
+    }
+
+    #[test]
+    fn multi_statements_are_spotted() {
+        assert!(is_multi_statement("SET a = 1; SELECT 1"));
+        assert!(!is_multi_statement("SET a = ';'"));
+        assert!(!is_multi_statement("SELECT 1;"));
+    }
+}

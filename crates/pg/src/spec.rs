@@ -1,0 +1,121 @@
+//! What the pooler runs with: plain values validated by the config layer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole pooler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PgSpec {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Virtual databases clients can name.
+    pub databases: Vec<DatabaseSpec>,
+    /// Users checked by the pooler itself; empty means clients are passed through as the
+    /// server user named in each database's URL (trust on the server side).
+    pub users: Vec<UserSpec>,
+    /// Users allowed on the admin console (database `scalegate`); empty means any user
+    /// connecting from a loopback address.
+    pub admin_users: Vec<String>,
+    /// Longest a client waits for a server connection before an error (default 5 s).
+    pub wait_timeout: Duration,
+    /// Most client connections at once (default 10 000); beyond it new clients get 53300.
+    pub max_client_conn: usize,
+    /// A server connection older than this is closed when it is next released (default 30 min).
+    pub server_lifetime: Duration,
+    /// A server connection idle longer than this is closed (default 10 min).
+    pub idle_timeout: Duration,
+    /// A server connection idle longer than this is pinged before reuse (default 30 s).
+    pub check_after_idle: Duration,
+    /// Largest message accepted from a client (default 64 MiB).
+    pub max_message_bytes: usize,
+    /// Threads running the pooler (default 1).
+    pub worker_threads: usize,
+}
+
+/// One virtual database.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatabaseSpec {
+    /// The name clients connect to.
+    pub name: String,
+    /// The primary server.
+    pub primary: ServerSpec,
+    /// Read replicas (routing to them is not done yet; kept for the config shape).
+    pub replicas: Vec<ServerSpec>,
+    /// When a server connection is handed back.
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user).
+    pub pool_size: usize,
+    /// Server connections kept open while idle.
+    pub min_idle: usize,
+}
+
+/// Where and as whom the pooler connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database name on the server.
+    pub dbname: String,
+    /// Server user; `None` means the client's user name.
+    pub user: Option<String>,
+    /// Server password for SCRAM / md5 / cleartext, when the server asks.
+    pub password: Option<String>,
+}
+
+/// When a client gives its server connection back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// When the client disconnects (state reset with DISCARD ALL).
+    Session,
+    /// At the end of every transaction.
+    Transaction,
+}
+
+/// A user the pooler authenticates itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSpec {
+    /// User name.
+    pub name: String,
+    /// Cleartext password (used for SCRAM and md5 checks and for the server login).
+    pub password: String,
+    /// How clients prove it.
+    pub auth: ClientAuth,
+}
+
+/// Client authentication method for a configured user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// SCRAM-SHA-256 (default).
+    Scram,
+    /// md5 (legacy drivers).
+    Md5,
+    /// No check.
+    Trust,
+}
+
+impl PgSpec {
+    /// A spec with defaults for everything but the address and databases.
+    pub fn new(listen: SocketAddr, databases: Vec<DatabaseSpec>) -> PgSpec {
+        PgSpec {
+            listen,
+            databases,
+            users: Vec::new(),
+            admin_users: Vec::new(),
+            wait_timeout: Duration::from_secs(5),
+            max_client_conn: 10_000,
+            server_lifetime: Duration::from_secs(30 * 60),
+            idle_timeout: Duration::from_secs(10 * 60),
+            check_after_idle: Duration::from_secs(30),
+            max_message_bytes: 64 << 20,
+            worker_threads: 1,
+        }
+    }
+}
+
+/// The pool size `auto` stands for: connections = cores × 2 + effective spindles (1), the
+/// rule of thumb from the PostgreSQL wiki, with cores those of this machine.
+pub fn auto_pool_size() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * 2 + 1
+}

@@ -1,0 +1,287 @@
+//! The `[postgres]` table: the pooler's listener, databases, users and pool settings, with
+//! every problem located at its key.
+
+use std::collections::BTreeMap;
+
+use scalegate_pg::{ClientAuth, DatabaseSpec, PgSpec, PoolMode, ServerSpec, UserSpec};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::Dur;
+use super::validate::Check;
+
+/// `[postgres]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub listen: Spanned<String>,
+    pub worker_threads: Option<Spanned<i64>>,
+    pub wait_timeout: Option<Spanned<Dur>>,
+    pub max_client_conn: Option<Spanned<i64>>,
+    pub server_lifetime: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub check_after_idle: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub admin_users: Vec<String>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Spanned<RawUser>>,
+    #[serde(default)]
+    pub databases: BTreeMap<Spanned<String>, Spanned<RawDatabase>>,
+}
+
+/// `[postgres.users.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub password: Spanned<String>,
+    pub auth: Option<Spanned<String>>,
+}
+
+/// `[postgres.databases.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub primary: Spanned<String>,
+    #[serde(default)]
+    pub replicas: Vec<Spanned<String>>,
+    pub pool_mode: Option<Spanned<String>>,
+    pub pool_size: Option<Spanned<toml::Value>>,
+    pub min_idle: Option<Spanned<i64>>,
+}
+
+/// Validates `[postgres]`.
+pub(super) fn postgres(c: &mut Check, raw: &Spanned<RawPostgres>) -> Option<PgSpec> {
+    let r = raw.get_ref();
+    let listen = match r.listen.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.err(
+                r.listen.span(),
+                format!(
+                    "postgres.listen {:?}: expected an address like \"127.0.0.1:6432\"",
+                    r.listen.get_ref()
+                ),
+            );
+            None
+        }
+    };
+    let mut databases = Vec::new();
+    if r.databases.is_empty() {
+        c.err(
+            raw.span(),
+            "postgres needs at least one [postgres.databases.NAME] table",
+        );
+    }
+    for (name, db) in &r.databases {
+        if let Some(d) = database(c, name.get_ref(), db) {
+            databases.push(d);
+        }
+    }
+    let mut spec = PgSpec::new(listen?, databases);
+    for (name, u) in &r.users {
+        let u = u.get_ref();
+        let auth = match u.auth.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("scram-sha-256") | Some("scram") => ClientAuth::Scram,
+            Some("md5") => ClientAuth::Md5,
+            Some("trust") => ClientAuth::Trust,
+            Some(other) => {
+                if let Some(a) = &u.auth {
+                    c.err(
+                        a.span(),
+                        format!(r#"auth {other:?}: expected "scram-sha-256", "md5" or "trust""#),
+                    );
+                }
+                ClientAuth::Scram
+            }
+        };
+        spec.users.push(UserSpec {
+            name: name.clone(),
+            password: u.password.get_ref().clone(),
+            auth,
+        });
+    }
+    spec.admin_users.clone_from(&r.admin_users);
+    spec.wait_timeout = c.dur(&r.wait_timeout, spec.wait_timeout, "postgres.wait_timeout");
+    spec.server_lifetime = c.dur(
+        &r.server_lifetime,
+        spec.server_lifetime,
+        "postgres.server_lifetime",
+    );
+    spec.idle_timeout = c.dur(&r.idle_timeout, spec.idle_timeout, "postgres.idle_timeout");
+    spec.check_after_idle = c.dur(
+        &r.check_after_idle,
+        spec.check_after_idle,
+        "postgres.check_after_idle",
+    );
+    if let Some(m) = &r.max_client_conn {
+        spec.max_client_conn = c.int(
+            Some(*m.get_ref()),
+            &m.span(),
+            1..=1_000_000,
+            10_000,
+            "postgres.max_client_conn",
+        ) as usize;
+    }
+    if let Some(w) = &r.worker_threads {
+        spec.worker_threads = c.int(
+            Some(*w.get_ref()),
+            &w.span(),
+            1..=256,
+            1,
+            "postgres.worker_threads",
+        ) as usize;
+    }
+    Some(spec)
+}
+
+fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<DatabaseSpec> {
+    let d = raw.get_ref();
+    let primary = server_url(c, &d.primary);
+    let replicas: Vec<ServerSpec> = d.replicas.iter().filter_map(|u| server_url(c, u)).collect();
+    let pool_mode = match d.pool_mode.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("transaction") => PoolMode::Transaction,
+        Some("session") => PoolMode::Session,
+        Some(other) => {
+            if let Some(m) = &d.pool_mode {
+                c.err(
+                    m.span(),
+                    format!(r#"pool_mode {other:?}: expected "transaction" or "session""#),
+                );
+            }
+            PoolMode::Transaction
+        }
+    };
+    let pool_size = match d.pool_size.as_ref() {
+        None => 20,
+        Some(v) => match v.get_ref() {
+            toml::Value::String(s) if s == "auto" => scalegate_pg::auto_pool_size(),
+            toml::Value::Integer(n) if (1..=10_000).contains(n) => *n as usize,
+            other => {
+                c.err(
+                    v.span(),
+                    format!(
+                        "pool_size {other}: expected a number of connections (1 to 10000) or \"auto\" (cores × 2 + 1)"
+                    ),
+                );
+                20
+            }
+        },
+    };
+    let min_idle = d.min_idle.as_ref().map_or(0, |m| {
+        c.int(Some(*m.get_ref()), &m.span(), 0..=10_000, 0, "min_idle") as usize
+    });
+    if min_idle > pool_size
+        && let Some(m) = &d.min_idle
+    {
+        c.err(
+            m.span(),
+            format!("min_idle {min_idle} is larger than pool_size {pool_size}"),
+        );
+    }
+    Some(DatabaseSpec {
+        name: name.to_string(),
+        primary: primary?,
+        replicas,
+        pool_mode,
+        pool_size,
+        min_idle,
+    })
+}
+
+/// `postgres://[user[:password]@]host[:port][/dbname]`.
+fn server_url(c: &mut Check, raw: &Spanned<String>) -> Option<ServerSpec> {
+    let parsed = parse_url(raw.get_ref());
+    if parsed.is_none() {
+        c.err(
+            raw.span(),
+            format!(
+                "{:?}: expected a URL like \"postgres://user[:password]@host[:port]/dbname\"",
+                raw.get_ref()
+            ),
+        );
+    }
+    parsed
+}
+
+fn parse_url(url: &str) -> Option<ServerSpec> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((a, r)) => (Some(a), r),
+        None => (None, rest),
+    };
+    let (hostport, dbname) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (hostport, 5432),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let (user, password) = match auth {
+        Some(a) => match a.split_once(':') {
+            Some((u, p)) => (Some(decode(u)?), Some(decode(p)?)),
+            None => (Some(decode(a)?), None),
+        },
+        None => (None, None),
+    };
+    Some(ServerSpec {
+        host: host.trim_matches(['[', ']']).to_string(),
+        port,
+        dbname: decode(dbname.split('?').next().unwrap_or(""))?,
+        user,
+        password,
+    })
+}
+
+/// Percent-decoding for URL parts.
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The database name a server spec falls back to when the URL names none: the virtual name.
+pub(super) fn fill_dbnames(spec: &mut PgSpec) {
+    for d in &mut spec.databases {
+        if d.primary.dbname.is_empty() {
+            d.primary.dbname.clone_from(&d.name);
+        }
+        for r in &mut d.replicas {
+            if r.dbname.is_empty() {
+                r.dbname.clone_from(&d.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls() {
+        let s = parse_url("postgres://postgres@127.0.0.1:55432/bench").expect("url");
+        assert_eq!(
+            (s.host.as_str(), s.port, s.dbname.as_str()),
+            ("127.0.0.1", 55432, "bench")
+        );
+        assert_eq!(s.user.as_deref(), Some("postgres"));
+        let s = parse_url("postgresql://app:p%40ss@db.internal/app").expect("url");
+        assert_eq!((s.port, s.password.as_deref()), (5432, Some("p@ss")));
+        assert!(parse_url("mysql://x").is_none());
+        assert!(parse_url("postgres://u@:5432/x").is_none());
+    }
+}

@@ -1,0 +1,451 @@
+//! The PostgreSQL pooler against real PostgreSQL servers (initdb in temp dirs): protocol,
+//! transaction pooling with prepared statements and settings, waits, cancel, bad input,
+//! auth, the admin console, and pgbench/psql as clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use scalegate_testkit::PgServer;
+use scalegate_testkit::postgres::psql;
+use tokio_postgres::{Client as PgClient, NoTls};
+
+/// A gateway whose `[postgres]` pools database `app` of `pg` (`db_extra` goes into that
+/// database's table, `extra` into `[postgres]`); returns it and the pooler's port.
+async fn pooler(pg: &PgServer, db_extra: &str, extra: &str) -> (GatewayProcess, u16) {
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n{db_extra}\n",
+        pg.port
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    (gw, port)
+}
+
+async fn connect(port: u16, user: &str, extra: &str) -> Result<PgClient, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={user} dbname=app {extra}"),
+        NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn client(port: u16) -> PgClient {
+    connect(port, "postgres", "")
+        .await
+        .unwrap_or_else(|e| panic!("connect through the pooler: {e}"))
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn simple_and_extended_queries_pass_through() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let c = client(port).await;
+    let rows = c.simple_query("SELECT 40 + 2").await.expect("simple");
+    let n = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(n.as_deref(), Some("42"));
+    let row = c
+        .query_one("SELECT $1::int * 2", &[&21i32])
+        .await
+        .expect("extended");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let e = c
+        .simple_query("SELEC broken")
+        .await
+        .expect_err("syntax error");
+    assert_eq!(code(&e), "42601");
+    // The session goes on after an error.
+    assert_eq!(
+        c.query_one("SELECT 1", &[])
+            .await
+            .expect("after error")
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test]
+async fn prepared_statements_follow_clients_across_server_connections() {
+    let pg = PgServer::start().await;
+    // One server connection, five clients: every transaction may land on a server that never
+    // saw the client's statements, and every client names its first statement "s0".
+    let (_gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"transaction\"", "").await;
+    let mut tasks = Vec::new();
+    for i in 0..5i32 {
+        tasks.push(tokio::spawn(async move {
+            let c = client(port).await;
+            let st = c
+                .prepare(&format!("SELECT $1::int + {i}"))
+                .await
+                .expect("prepare");
+            for n in 0..30i32 {
+                let r = c.query_one(&st, &[&n]).await.expect("execute prepared");
+                assert_eq!(
+                    r.get::<_, i32>(0),
+                    n + i,
+                    "client {i} got another's statement"
+                );
+                if n % 7 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    // A statement prepared once still serves inside an explicit transaction.
+    let mut c = client(port).await;
+    let st = c.prepare("SELECT $1::text || 'x'").await.expect("prepare");
+    let tx = c.transaction().await.expect("begin");
+    let r = tx.query_one(&st, &[&"a"]).await.expect("in transaction");
+    assert_eq!(r.get::<_, String>(0), "ax");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn settings_do_not_leak_between_clients() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let a = client(port).await;
+    let b = client(port).await;
+    a.batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .expect("set");
+    let b_val: String = b
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(b_val, "0", "B saw A's setting");
+    let a_val: String = a
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(a_val, "1234ms", "A lost its setting");
+    // Rolled-back settings are forgotten; committed ones kept.
+    a.batch_execute("BEGIN; SET work_mem = '7MB'; ROLLBACK")
+        .await
+        .expect("rollback");
+    let wm: String = a
+        .query_one("SHOW work_mem", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_ne!(wm, "7MB");
+    a.batch_execute("RESET statement_timeout")
+        .await
+        .expect("reset");
+    let a_val: String = a
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(a_val, "0");
+}
+
+#[tokio::test]
+async fn session_only_features_get_a_clear_error_in_transaction_mode() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let c = client(port).await;
+    let e = c
+        .simple_query("LISTEN jobs")
+        .await
+        .expect_err("LISTEN refused");
+    assert_eq!(code(&e), "0A000");
+    assert!(
+        e.to_string().contains("transaction pooling")
+            || format!("{e:?}").contains("transaction pooling"),
+        "{e:?}"
+    );
+    assert!(c.simple_query("SELECT 1").await.is_ok());
+}
+
+#[tokio::test]
+async fn session_mode_resets_state_between_clients() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"session\"", "").await;
+    {
+        let a = client(port).await;
+        a.batch_execute("SET statement_timeout = '999ms'")
+            .await
+            .expect("set");
+        a.batch_execute("LISTEN works_in_session_mode")
+            .await
+            .expect("listen");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = client(port).await;
+    let v: String = b
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(v, "0");
+}
+
+#[tokio::test]
+async fn waiting_past_the_timeout_gets_sqlstate_53300() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"300ms\"").await;
+    let a = client(port).await;
+    a.batch_execute("BEGIN")
+        .await
+        .expect("begin holds the only server");
+    let b = client(port).await;
+    let e = b
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("no server free");
+    assert_eq!(code(&e), "53300", "{e:?}");
+    a.batch_execute("COMMIT").await.expect("commit");
+    // Once the server is free, B is served again on the same connection.
+    assert!(b.simple_query("SELECT 1").await.is_ok());
+}
+
+#[tokio::test]
+async fn cancel_requests_reach_the_right_server() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let c = client(port).await;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await
+    });
+    let e = c
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(code(&e), "57014", "{e:?}");
+    canceller.await.expect("task").expect("cancel sent");
+    assert!(c.simple_query("SELECT 1").await.is_ok());
+}
+
+/// Sends raw bytes and returns the SQLSTATE of the first ErrorResponse, if any.
+fn raw_pg(port: u16, bytes: &[u8]) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(bytes).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    // Walk the messages to the first ErrorResponse and read its 'C' field.
+    let mut rest = &buf[..];
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let (msg, next) = rest.split_at((len + 1).min(rest.len()));
+        if msg[0] == b'E' {
+            let mut fields = &msg[5..];
+            while let Some((&t, f)) = fields.split_first() {
+                let end = f.iter().position(|&b| b == 0)?;
+                if t == b'C' {
+                    return Some(String::from_utf8_lossy(&f[..end]).into_owned());
+                }
+                fields = &f[end + 1..];
+            }
+        }
+        rest = next;
+    }
+    None
+}
+
+fn startup(user: &str) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for s in ["user", user, "database", "app", ""] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_disturbs_nobody() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let c = client(port).await;
+    // Garbage where a startup packet belongs.
+    assert_eq!(
+        raw_pg(port, b"\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n").as_deref(),
+        Some("08P01")
+    );
+    // A protocol version it does not speak.
+    assert_eq!(
+        raw_pg(port, &[0, 0, 0, 8, 0, 2, 0, 0]).as_deref(),
+        Some("0A000")
+    );
+    // A message claiming to be larger than the limit, after a good login.
+    let mut big = startup("postgres");
+    big.extend_from_slice(b"Q\x7f\xff\xff\xff");
+    assert_eq!(raw_pg(port, &big).as_deref(), Some("08P01"));
+    // A length below the minimum.
+    let mut short = startup("postgres");
+    short.extend_from_slice(b"Q\0\0\0\x02");
+    assert_eq!(raw_pg(port, &short).as_deref(), Some("08P01"));
+    // A truncated message then EOF: no error to send, nothing breaks.
+    let mut trunc = startup("postgres");
+    trunc.extend_from_slice(b"Q\0\0\0\x20SELE");
+    let _ = raw_pg(port, &trunc);
+    // SSLRequest is declined with 'N' and the login continues in the clear.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .expect("ssl request");
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).expect("answer");
+    assert_eq!(&n, b"N");
+    // The client that was there all along is undisturbed.
+    assert_eq!(
+        c.query_one("SELECT 7", &[])
+            .await
+            .expect("still fine")
+            .get::<_, i32>(0),
+        7
+    );
+    assert!(
+        psql(port, "postgres", "nosuchdb", "SELECT 1")
+            .unwrap_err()
+            .contains("does not exist")
+    );
+}
+
+#[tokio::test]
+async fn configured_users_log_in_with_scram_or_md5() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(
+        &pg,
+        "pool_size = 2",
+        "[postgres.users.postgres]\npassword = \"s3cret\"\n[postgres.users.legacy]\npassword = \"old\"\nauth = \"md5\"",
+    )
+    .await;
+    let c = connect(port, "postgres", "password=s3cret")
+        .await
+        .expect("scram login");
+    assert!(c.simple_query("SELECT 1").await.is_ok());
+    let e = connect(port, "postgres", "password=wrong")
+        .await
+        .expect_err("refused");
+    assert_eq!(code(&e), "28P01", "{e:?}");
+    let e = connect(port, "nobody", "password=x")
+        .await
+        .expect_err("unknown user");
+    assert_eq!(code(&e), "28P01", "{e:?}");
+}
+
+#[tokio::test]
+async fn admin_console_shows_pools_and_pauses() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 3", "").await;
+    let c = client(port).await;
+    c.simple_query("SELECT 1").await.expect("query");
+    let pools = psql(port, "postgres", "scalegate", "SHOW POOLS").expect("SHOW POOLS");
+    assert!(pools.contains("app|postgres|1|0|0|1|1|"), "{pools}");
+    assert!(pools.contains("transaction|3"), "{pools}");
+    let stats = psql(port, "postgres", "scalegate", "SHOW STATS").expect("SHOW STATS");
+    assert!(stats.starts_with("app|postgres|"), "{stats}");
+    let clients = psql(port, "postgres", "scalegate", "SHOW CLIENTS").expect("SHOW CLIENTS");
+    assert!(clients.contains("postgres|app|127.0.0.1:"), "{clients}");
+    let dbs = psql(port, "postgres", "scalegate", "SHOW DATABASES").expect("SHOW DATABASES");
+    assert!(
+        dbs.contains(&format!(
+            "app|127.0.0.1|{}|postgres|transaction|3|0",
+            pg.port
+        )),
+        "{dbs}"
+    );
+    assert_eq!(
+        psql(port, "postgres", "scalegate", "PAUSE").as_deref(),
+        Ok("PAUSE")
+    );
+    let waiting = tokio::spawn(async move {
+        c.query_one("SELECT 5", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a paused pooler must hold new transactions"
+    );
+    psql(port, "postgres", "scalegate", "RESUME").expect("RESUME");
+    assert_eq!(
+        waiting.await.expect("task").expect("served after RESUME"),
+        5
+    );
+    let e = psql(port, "postgres", "scalegate", "DROP TABLE x").unwrap_err();
+    assert!(e.contains("unknown admin command"), "{e}");
+}
+
+#[tokio::test]
+async fn psql_copy_and_pgbench_work_through_the_pooler() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 4", "").await;
+    let out = psql(
+        port,
+        "postgres",
+        "app",
+        "COPY (SELECT generate_series(1, 1000)) TO STDOUT",
+    )
+    .expect("copy out");
+    assert_eq!(out.lines().count(), 1000);
+    psql(port, "postgres", "app", "CREATE TABLE t (n int)").expect("create");
+    let bin = scalegate_testkit::postgres::bin_dir();
+    let copy_in = std::process::Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+        ])
+        .args(["-c", "\\copy t FROM PROGRAM 'seq 1 500'"])
+        .status()
+        .expect("psql");
+    assert!(copy_in.success());
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM t"), "500");
+    let pgbench = |args: &[&str]| {
+        std::process::Command::new(bin.join("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(args)
+            .arg("app")
+            .output()
+            .expect("pgbench")
+    };
+    let init = pgbench(&["-i", "-q", "-s", "1"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for mode in ["simple", "extended", "prepared"] {
+        let run = pgbench(&["-S", "-M", mode, "-c", "8", "-t", "50", "-n"]);
+        let text = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{mode}: {text}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            text.contains("number of failed transactions: 0"),
+            "{mode}: {text}"
+        );
+    }
+}
