@@ -1,6 +1,6 @@
 //! The admin console: connect to the virtual database `scalegate` (or `pgbouncer`, so
 //! existing tooling works) and run SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS,
-//! SHOW DATABASES, SHOW VERSION, PAUSE, RESUME or RELOAD as simple queries.
+//! SHOW DATABASES, SHOW HOSTS, SHOW VERSION, PAUSE, RESUME or RELOAD as simple queries.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +120,7 @@ async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
         ["SHOW", "CLIENTS"] => table(out, CLIENT_COLS, client_rows(pooler), "SHOW"),
         ["SHOW", "SERVERS"] => table(out, SERVER_COLS, server_rows(pooler), "SHOW"),
         ["SHOW", "DATABASES"] => table(out, DB_COLS, db_rows(pooler), "SHOW"),
+        ["SHOW", "HOSTS"] => table(out, HOST_COLS, host_rows(pooler), "SHOW"),
         ["SHOW", "VERSION"] => table(
             out,
             &["version"],
@@ -144,7 +145,8 @@ async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
             proto::command_complete(out, "RELOAD");
         }
         ["SHOW", "HELP"] | ["HELP"] => {
-            let help = "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|VERSION; PAUSE; RESUME; RELOAD";
+            let help =
+                "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|HOSTS|VERSION; PAUSE; RESUME; RELOAD";
             table(out, &["help"], vec![vec![help.into()]], "SHOW");
         }
         _ => proto::error(
@@ -207,6 +209,7 @@ const STATS_COLS: &[&str] = &[
     "total_sent",
     "total_wait_time_us",
     "wait_timeouts",
+    "replica_xact_count",
 ];
 
 fn stats_rows(pooler: &Pooler) -> Vec<Vec<String>> {
@@ -224,6 +227,7 @@ fn stats_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 s.bytes_out.load(Relaxed).to_string(),
                 s.wait_us.load(Relaxed).to_string(),
                 s.wait_timeouts.load(Relaxed).to_string(),
+                s.replica_xacts.load(Relaxed).to_string(),
             ]
         })
         .collect()
@@ -295,4 +299,37 @@ fn db_rows(pooler: &Pooler) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+const HOST_COLS: &[&str] = &[
+    "database",
+    "host",
+    "port",
+    "role",
+    "lsn",
+    "lag_bytes",
+    "lag_ms",
+    "outstanding",
+];
+
+fn host_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for d in pooler.databases() {
+        let Some(t) = pooler.topology(&d.name) else {
+            continue;
+        };
+        for h in &t.hosts {
+            rows.push(vec![
+                d.name.clone(),
+                h.spec.host.clone(),
+                h.spec.port.to_string(),
+                h.role().name().to_string(),
+                h.lsn.load(Relaxed).to_string(),
+                h.lag_bytes.load(Relaxed).to_string(),
+                h.lag_ms.load(Relaxed).to_string(),
+                h.outstanding.load(Relaxed).to_string(),
+            ]);
+        }
+    }
+    rows
 }

@@ -7,9 +7,11 @@
 //! cancel, protocol checks, client auth), `auth` (server-side SCRAM and md5), `server` (a
 //! connection to PostgreSQL), `pool` (FIFO waiting, reuse, recycling), `session` (the message
 //! pump), `stmt` (prepared statements across servers), `settings` (SET tracking), `console`
-//! (SHOW POOLS and friends), `pooler` (the whole).
+//! (SHOW POOLS and friends), `classify` (read or write), `topology` (roles, lag,
+//! failover), `pooler` (the whole).
 
 pub mod auth;
+pub mod classify;
 pub mod console;
 pub mod login;
 pub mod pool;
@@ -20,6 +22,7 @@ pub mod session;
 pub mod settings;
 pub mod spec;
 pub mod stmt;
+pub mod topology;
 
 pub use pooler::Pooler;
 pub use spec::{ClientAuth, DatabaseSpec, PgSpec, PoolMode, ServerSpec, UserSpec, auto_pool_size};

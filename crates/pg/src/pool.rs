@@ -1,7 +1,8 @@
-//! A pool of server connections for one (database, user): at most `pool_size` in use, clients
-//! beyond it wait in FIFO order (tokio's semaphore is fair) up to the wait timeout; idle
-//! connections are reused newest first, pinged after a long idle, recycled after their
-//! lifetime and closed after the idle timeout.
+//! A pool of server connections for one (database, user), split by host (the primary and each
+//! replica): at most `pool_size` in use per host, clients beyond it wait in FIFO order (tokio's
+//! semaphore is fair) up to the wait timeout; idle connections are reused newest first, pinged
+//! after a long idle, recycled after their lifetime and closed after the idle timeout. Which
+//! host serves a transaction comes from the database's [`Topology`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -13,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::server::{ServerConn, ServerError};
 use crate::spec::{DatabaseSpec, PgSpec, PoolMode};
+use crate::topology::Topology;
 
 /// Counters for SHOW POOLS / SHOW STATS and metrics.
 #[derive(Debug, Default)]
@@ -27,6 +29,8 @@ pub struct PoolStats {
     pub open: AtomicUsize,
     /// Transactions (server hand-outs in transaction mode) completed.
     pub xacts: AtomicU64,
+    /// Transactions sent to a replica.
+    pub replica_xacts: AtomicU64,
     /// Queries (ReadyForQuery seen) completed.
     pub queries: AtomicU64,
     /// Microseconds clients spent waiting for a server, summed.
@@ -41,6 +45,25 @@ pub struct PoolStats {
     pub wait_timeouts: AtomicU64,
 }
 
+/// Where a transaction should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The primary (writes, and anything not known to be a read).
+    Primary,
+    /// A replica that has replayed `min_lsn`, else the primary.
+    Read {
+        /// The client's last commit LSN (read-your-writes).
+        min_lsn: u64,
+    },
+}
+
+/// One host's connections.
+#[derive(Debug)]
+struct HostPool {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+}
+
 /// Server connections for one (database, user).
 #[derive(Debug)]
 pub struct Pool {
@@ -50,12 +73,15 @@ pub struct Pool {
     pub user: String,
     /// The user the pooler logs in as.
     pub server_user: String,
+    /// The database's hosts and their roles.
+    pub topology: Arc<Topology>,
     /// Counters.
     pub stats: PoolStats,
     /// ParameterStatus values of the first server connection, for new clients.
     pub params: Mutex<Vec<(String, String)>>,
-    permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    hosts: Vec<HostPool>,
+    /// Server password for hosts whose URL has none: the configured user's own.
+    password: Option<String>,
     statements: Mutex<HashMap<Bytes, u64>>,
     next_statement: AtomicU64,
     next_server: Arc<AtomicU64>,
@@ -76,6 +102,20 @@ pub enum AcquireError {
     /// A new server connection failed.
     #[error("{0}")]
     Server(#[from] ServerError),
+    /// No host accepts writes (failover in progress).
+    #[error("no primary is reachable (failover in progress?); waited {0:?}")]
+    NoPrimary(Duration),
+}
+
+impl AcquireError {
+    /// The SQLSTATE to report.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            AcquireError::Timeout(..) => "53300",
+            AcquireError::Server(s) => s.sqlstate(),
+            AcquireError::NoPrimary(_) => "57P03",
+        }
+    }
 }
 
 /// A server connection on loan to one client; give it back with [`Pool::release`].
@@ -85,21 +125,43 @@ pub struct Lease {
     pub conn: ServerConn,
     /// When it was handed out.
     pub since: Instant,
+    /// Which host (index into the topology).
+    pub host: usize,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Pool {
     /// An empty pool.
-    pub fn new(db: Arc<DatabaseSpec>, user: &str, spec: &PgSpec, ids: Arc<AtomicU64>) -> Pool {
+    pub fn new(
+        db: Arc<DatabaseSpec>,
+        user: &str,
+        spec: &PgSpec,
+        ids: Arc<AtomicU64>,
+        topology: Arc<Topology>,
+    ) -> Pool {
         let server_user = db.primary.user.clone().unwrap_or_else(|| user.to_string());
+        let hosts = topology
+            .hosts
+            .iter()
+            .map(|_| HostPool {
+                permits: Arc::new(Semaphore::new(db.pool_size)),
+                idle: Mutex::new(Vec::new()),
+            })
+            .collect();
+        let password = spec
+            .users
+            .iter()
+            .find(|u| u.name == server_user)
+            .map(|u| u.password.clone());
         Pool {
-            permits: Arc::new(Semaphore::new(db.pool_size)),
+            password,
+            topology,
+            hosts,
             db,
             user: user.to_string(),
             server_user,
             stats: PoolStats::default(),
             params: Mutex::new(Vec::new()),
-            idle: Mutex::new(Vec::new()),
             statements: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
             next_server: ids,
@@ -117,18 +179,45 @@ impl Pool {
 
     /// Idle server connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.hosts
+            .iter()
+            .map(|h| h.idle.lock().map_or(0, |i| i.len()))
+            .sum()
     }
 
-    /// A server connection: an idle one if any (pinged when it sat long), else a new one.
-    pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+    /// The host for `route`, waiting (up to the wait timeout) while no primary is known.
+    async fn host_for(&self, route: Route) -> Result<usize, AcquireError> {
         let start = Instant::now();
-        let permit = match self.permits.clone().try_acquire_owned() {
+        loop {
+            let picked = match route {
+                Route::Read { min_lsn } => self
+                    .topology
+                    .replica_for(min_lsn)
+                    .or_else(|| self.topology.primary()),
+                Route::Primary => self.topology.primary(),
+            };
+            if let Some(i) = picked {
+                return Ok(i);
+            }
+            if start.elapsed() >= self.wait_timeout {
+                return Err(AcquireError::NoPrimary(self.wait_timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A server connection on the host `route` picks: an idle one if any (pinged when it sat
+    /// long), else a new one.
+    pub async fn acquire(&self, route: Route) -> Result<Lease, AcquireError> {
+        let host = self.host_for(route).await?;
+        let hp = &self.hosts[host];
+        let start = Instant::now();
+        let permit = match hp.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 self.stats.waiting.fetch_add(1, Relaxed);
                 let got =
-                    tokio::time::timeout(self.wait_timeout, self.permits.clone().acquire_owned())
+                    tokio::time::timeout(self.wait_timeout, hp.permits.clone().acquire_owned())
                         .await;
                 self.stats.waiting.fetch_sub(1, Relaxed);
                 let waited = start.elapsed().as_micros() as u64;
@@ -144,7 +233,7 @@ impl Pool {
             }
         };
         loop {
-            let candidate = self.idle.lock().ok().and_then(|mut i| i.pop());
+            let candidate = hp.idle.lock().ok().and_then(|mut i| i.pop());
             let Some(mut conn) = candidate else { break };
             if conn.last_used.elapsed() >= self.check_after_idle
                 && !conn.ping(Duration::from_secs(2)).await
@@ -156,43 +245,50 @@ impl Pool {
                 );
                 continue;
             }
-            self.stats.active.fetch_add(1, Relaxed);
-            return Ok(Lease {
-                conn,
-                since: Instant::now(),
-                _permit: permit,
-            });
+            return Ok(self.lend(conn, host, permit));
         }
         let id = self.next_server.fetch_add(1, Relaxed);
-        let conn = ServerConn::connect(
-            &self.db.primary,
-            &self.server_user,
-            Duration::from_secs(5),
-            id,
-        )
-        .await?;
+        let mut spec = self.topology.hosts[host].spec.clone();
+        if spec.password.is_none() {
+            spec.password.clone_from(&self.password);
+        }
+        let conn =
+            ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id).await?;
         self.stats.open.fetch_add(1, Relaxed);
-        self.stats.active.fetch_add(1, Relaxed);
         if let Ok(mut p) = self.params.lock()
             && p.is_empty()
         {
             p.clone_from(&conn.params);
         }
-        Ok(Lease {
+        Ok(self.lend(conn, host, permit))
+    }
+
+    fn lend(&self, conn: ServerConn, host: usize, permit: OwnedSemaphorePermit) -> Lease {
+        self.stats.active.fetch_add(1, Relaxed);
+        self.topology.hosts[host].outstanding.fetch_add(1, Relaxed);
+        if Some(host) != self.topology.primary() {
+            self.stats.replica_xacts.fetch_add(1, Relaxed);
+        }
+        Lease {
             conn,
             since: Instant::now(),
+            host,
             _permit: permit,
-        })
+        }
     }
 
     /// Hands a connection back: kept for reuse when `reusable` and within its lifetime,
     /// otherwise closed.
     pub fn release(&self, lease: Lease, reusable: bool) {
         self.stats.active.fetch_sub(1, Relaxed);
+        self.topology.hosts[lease.host]
+            .outstanding
+            .fetch_sub(1, Relaxed);
+        let host = lease.host;
         let mut conn = lease.conn;
         if reusable && conn.born.elapsed() < self.lifetime {
             conn.last_used = Instant::now();
-            if let Ok(mut idle) = self.idle.lock() {
+            if let Ok(mut idle) = self.hosts[host].idle.lock() {
                 idle.push(conn);
                 return;
             }
@@ -201,11 +297,14 @@ impl Pool {
         tokio::spawn(conn.terminate());
     }
 
-    /// Closes connections idle past the idle timeout (keeping `min_idle`) or past their
-    /// lifetime; called periodically.
+    /// Closes connections idle past the idle timeout (keeping `min_idle` per host) or past
+    /// their lifetime; called periodically.
     pub fn reap(&self) {
         let mut closed = Vec::new();
-        if let Ok(mut idle) = self.idle.lock() {
+        for hp in &self.hosts {
+            let Ok(mut idle) = hp.idle.lock() else {
+                continue;
+            };
             let mut keep = Vec::with_capacity(idle.len());
             // Oldest first in the vector: the newest are reused first and kept longest.
             for c in idle.drain(..).rev() {
@@ -229,10 +328,15 @@ impl Pool {
     /// Closes every idle connection (RELOAD, shutdown).
     pub fn close_idle(&self) {
         let drained: Vec<ServerConn> = self
-            .idle
-            .lock()
-            .map(|mut i| i.drain(..).collect())
-            .unwrap_or_default();
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.idle
+                    .lock()
+                    .map(|mut i| i.drain(..).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
         for c in drained {
             self.stats.open.fetch_sub(1, Relaxed);
             tokio::spawn(c.terminate());

@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::ScramSecret;
+use crate::classify::Classifier;
 use crate::pool::Pool;
 use crate::server::ServerKey;
 use crate::spec::{DatabaseSpec, PgSpec, UserSpec};
+use crate::topology::Topology;
 
 /// A connected client, as SHOW CLIENTS and cancel requests see it.
 #[derive(Debug)]
@@ -36,6 +38,9 @@ pub struct Pooler {
     /// Settings.
     pub spec: PgSpec,
     databases: HashMap<String, Arc<DatabaseSpec>>,
+    topologies: HashMap<String, Arc<Topology>>,
+    /// Read/write classification cache.
+    pub classifier: Classifier,
     users: HashMap<String, (UserSpec, Option<ScramSecret>)>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     clients: Mutex<HashMap<(i32, i32), Arc<ClientSlot>>>,
@@ -55,6 +60,19 @@ impl Pooler {
             .iter()
             .map(|d| (d.name.clone(), Arc::new(d.clone())))
             .collect();
+        let topologies = spec
+            .databases
+            .iter()
+            .map(|d| {
+                let monitor_user = d.primary.user.as_deref().unwrap_or("postgres");
+                let password = spec
+                    .users
+                    .iter()
+                    .find(|u| u.name == monitor_user)
+                    .map(|u| u.password.clone());
+                (d.name.clone(), Arc::new(Topology::new(d, password)))
+            })
+            .collect();
         let users = spec
             .users
             .iter()
@@ -63,6 +81,8 @@ impl Pooler {
         Arc::new(Pooler {
             spec,
             databases,
+            topologies,
+            classifier: Classifier::default(),
             users,
             pools: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
@@ -90,28 +110,30 @@ impl Pooler {
         self.users.get(name)
     }
 
+    /// The hosts of a database and their roles.
+    pub fn topology(&self, db: &str) -> Option<Arc<Topology>> {
+        self.topologies.get(db).cloned()
+    }
+
     /// The pool for (database, user), made on first use.
     pub fn pool(&self, db: &Arc<DatabaseSpec>, user: &str) -> Arc<Pool> {
-        let key = (db.name.clone(), user.to_string());
-        let Ok(mut pools) = self.pools.lock() else {
-            return Arc::new(Pool::new(
+        let make = || {
+            let topo = self
+                .topology(&db.name)
+                .unwrap_or_else(|| Arc::new(Topology::new(db, None)));
+            Arc::new(Pool::new(
                 db.clone(),
                 user,
                 &self.spec,
                 self.server_ids.clone(),
-            ));
+                topo,
+            ))
         };
-        pools
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Pool::new(
-                    db.clone(),
-                    user,
-                    &self.spec,
-                    self.server_ids.clone(),
-                ))
-            })
-            .clone()
+        let key = (db.name.clone(), user.to_string());
+        let Ok(mut pools) = self.pools.lock() else {
+            return make();
+        };
+        pools.entry(key).or_insert_with(make).clone()
     }
 
     /// Every pool, sorted by (database, user).
@@ -210,6 +232,12 @@ impl Pooler {
                 }
             })
         };
+        let monitors: Vec<_> = self
+            .topologies
+            .values()
+            .filter(|t| t.has_replicas())
+            .map(|t| tokio::spawn(t.clone().monitor()))
+            .collect();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -227,6 +255,9 @@ impl Pooler {
             }
         }
         reaper.abort();
+        for m in monitors {
+            m.abort();
+        }
         self.close_idle();
     }
 }

@@ -236,6 +236,38 @@ impl ServerConn {
         }
     }
 
+    /// Runs `sql` (one statement) and returns its first row as text values.
+    pub async fn query_row(&mut self, sql: &str) -> io::Result<Vec<Option<String>>> {
+        use fallible_iterator::FallibleIterator;
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut row = None;
+        let mut failure = None;
+        loop {
+            match self.next_message().await? {
+                Message::ReadyForQuery(_) => break,
+                Message::DataRow(body) if row.is_none() => {
+                    let buf = body.buffer();
+                    let vals: Vec<Option<String>> = body
+                        .ranges()
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+                        .collect()?;
+                    row = Some(vals);
+                }
+                Message::ErrorResponse(body) => {
+                    failure.get_or_insert(error_fields(body.fields()).1);
+                }
+                _ => {}
+            }
+        }
+        match (failure, row) {
+            (Some(m), _) => Err(io::Error::other(m)),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Err(io::Error::other("no row")),
+        }
+    }
+
     /// A cheap liveness check: Sync → ReadyForQuery with the connection idle.
     pub async fn ping(&mut self, timeout: Duration) -> bool {
         let check = async {

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::classify::Class;
 use crate::login::{self, LOGIN_TIMEOUT, Refusal};
-use crate::pool::{AcquireError, Lease, Pool};
+use crate::pool::{AcquireError, Lease, Pool, Route};
 use crate::pooler::{ClientSlot, Pooler};
 use crate::proto::{self, Severity};
 use crate::server::SETTINGS_UNKNOWN;
@@ -75,19 +76,15 @@ pub async fn run(pooler: Arc<Pooler>, mut stream: TcpStream, peer: SocketAddr) {
     let params = if params.is_empty() {
         // First client of this pool: log in to the server once to learn its parameters
         // (and to report a refused login to the client that caused it).
-        match pool.acquire().await {
+        match pool.acquire(Route::Primary).await {
             Ok(lease) => {
                 let p = lease.conn.params.clone();
                 pool.release(lease, true);
                 p
             }
             Err(e) => {
-                let code = match &e {
-                    AcquireError::Server(s) => s.sqlstate().to_string(),
-                    AcquireError::Timeout(..) => "53300".into(),
-                };
                 let msg = e.to_string();
-                let b = proto::error_bytes(Severity::Fatal, &code, &msg);
+                let b = proto::error_bytes(Severity::Fatal, e.sqlstate(), &msg);
                 let _ = stream.write_all(&b).await;
                 return;
             }
@@ -123,6 +120,9 @@ pub async fn run(pooler: Arc<Pooler>, mut stream: TcpStream, peer: SocketAddr) {
         client: stream,
         cbuf: buf,
         lease: None,
+        split: transaction_mode_split(&pool),
+        wrote: false,
+        min_lsn: 0,
         stmts: Statements::default(),
         track: Track {
             settings: Settings::from_startup(&startup.params),
@@ -164,6 +164,12 @@ struct Session {
     max: usize,
     transaction: bool,
     lease: Option<Lease>,
+    /// Reads may go to replicas (transaction mode with replicas configured).
+    split: bool,
+    /// The transaction holding the lease went to the primary as a write.
+    wrote: bool,
+    /// WAL position of this client's last write (read-your-writes).
+    min_lsn: u64,
     stmts: Statements,
     track: Track,
     pending_z: usize,
@@ -187,18 +193,18 @@ impl Session {
                 Ok(None) => {}
             }
             let Some(lease) = self.lease.as_mut() else {
-                match self.client.read_buf(&mut self.cbuf).await {
+                match read_some(&mut self.client, &mut self.cbuf).await {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
                 };
                 continue;
             };
             tokio::select! {
-                r = self.client.read_buf(&mut self.cbuf) => match r {
+                r = read_some(&mut self.client, &mut self.cbuf) => match r {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
                 },
-                r = lease.conn.stream.read_buf(&mut lease.conn.buf) => match r {
+                r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
                     Ok(0) => return End::ServerLost("the server closed the connection".into()),
                     Err(e) => return End::ServerLost(e.to_string()),
                     Ok(_) => {
@@ -262,7 +268,7 @@ impl Session {
                 self.to_server.put_slice(msg);
             }
         }
-        let _ = self.cbuf.split_to(consumed);
+        self.cbuf.advance(consumed);
         let r = conn.stream.write_all(&self.to_server).await;
         self.to_server.clear();
         r.err().map(|e| End::ServerLost(e.to_string()))
@@ -298,7 +304,9 @@ impl Session {
         if self.pooler.is_paused() {
             self.pooler.wait_resumed().await;
         }
-        let mut lease = self.pool.acquire().await?;
+        let route = self.route();
+        self.wrote = self.split && route == Route::Primary;
+        let mut lease = self.pool.acquire(route).await?;
         let wanted = self.track.settings.fingerprint();
         if self.transaction && lease.conn.settings != wanted {
             let sql = self.track.settings.replay_sql();
@@ -320,10 +328,7 @@ impl Session {
     /// Tells the client no server could be had; each pending query gets its error and
     /// ReadyForQuery so the client stays in step.
     async fn acquire_failed(&mut self, e: AcquireError) -> Option<End> {
-        let code = match &e {
-            AcquireError::Timeout(..) => "53300".to_string(),
-            AcquireError::Server(s) => s.sqlstate().to_string(),
-        };
+        let code = e.sqlstate().to_string();
         let syncs = proto::messages(&self.cbuf)
             .filter(|(t, _)| matches!(t, b'Q' | b'S' | b'F'))
             .count();
@@ -381,18 +386,35 @@ impl Session {
         if consumed == 0 {
             return None;
         }
-        let chunk = conn.buf.split_to(consumed);
-        let out: &[u8] = if rewritten { &self.to_client } else { &chunk };
+        let out: &[u8] = if rewritten {
+            &self.to_client
+        } else {
+            &conn.buf[..consumed]
+        };
         self.pool
             .stats
             .bytes_out
             .fetch_add(out.len() as u64, Relaxed);
         let r = self.client.write_all(out).await;
+        conn.buf.advance(consumed);
         self.to_client.clear();
         if r.is_err() {
             return Some(End::Client);
         }
         if self.transaction && self.pending_z == 0 && !self.unsynced && self.status == b'I' {
+            if self.wrote
+                && let Some(lease) = self.lease.as_mut()
+            {
+                // Read-your-writes: later reads wait for a replica that has replayed this.
+                const LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint::text";
+                match lease.conn.query_row(LSN).await {
+                    Ok(row) => {
+                        let lsn = row.first().cloned().flatten().and_then(|v| v.parse().ok());
+                        self.min_lsn = self.min_lsn.max(lsn.unwrap_or(0));
+                    }
+                    Err(e) => return Some(End::ServerLost(e.to_string())),
+                }
+            }
             self.release(true);
         }
         None
@@ -440,6 +462,67 @@ impl Session {
         }
         let _ = self.client.shutdown().await;
     }
+
+    /// Where the next transaction goes: a replica when every statement in the client's batch
+    /// is a read (or it starts a read-only transaction) and replicas are configured; otherwise
+    /// the primary.
+    fn route(&self) -> Route {
+        if !self.split {
+            return Route::Primary;
+        }
+        let mut seen = false;
+        for (tag, msg) in proto::messages(&self.cbuf) {
+            let mut body = &msg[5..];
+            let sql = match tag {
+                b'Q' => proto::cbytes(&mut body),
+                b'P' => proto::cbytes(&mut body).and_then(|_| proto::cbytes(&mut body)),
+                b'B' => proto::cbytes(&mut body)
+                    .and_then(|_| proto::cbytes(&mut body))
+                    .and_then(|name| self.stmts.query_of(name)),
+                _ => continue,
+            };
+            let Some(sql) = sql.and_then(|s| std::str::from_utf8(s).ok()) else {
+                // The unnamed statement parsed earlier, or a name we do not know.
+                if tag == b'B' {
+                    continue;
+                }
+                return Route::Primary;
+            };
+            if self.pooler.classifier.class(sql) == Class::Write {
+                return Route::Primary;
+            }
+            seen = true;
+        }
+        if seen {
+            Route::Read {
+                min_lsn: self.min_lsn,
+            }
+        } else {
+            Route::Primary
+        }
+    }
+}
+
+fn transaction_mode_split(pool: &Pool) -> bool {
+    pool.mode() == PoolMode::Transaction && pool.topology.has_replicas()
+}
+
+/// Reads what the socket has. A read shorter than the room offered means the socket is drained,
+/// so its readiness is cleared on the spot: the next wait goes straight to the reactor instead of
+/// first spending a read syscall on EAGAIN (tokio only learns "drained" from an EAGAIN). No
+/// wakeup is lost: data arriving later raises a new edge.
+async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    let room = buf.capacity() - buf.len();
+    let n = stream.read_buf(buf).await?;
+    if n > 0 && n < room {
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
+    Ok(n)
 }
 
 /// Settings a transaction-mode client made, and those in flight.

@@ -39,7 +39,7 @@ pub struct DatabaseSpec {
     pub name: String,
     /// The primary server.
     pub primary: ServerSpec,
-    /// Read replicas (routing to them is not done yet; kept for the config shape).
+    /// Read replicas: reads are split to them in transaction mode.
     pub replicas: Vec<ServerSpec>,
     /// When a server connection is handed back.
     pub pool_mode: PoolMode,
@@ -47,6 +47,12 @@ pub struct DatabaseSpec {
     pub pool_size: usize,
     /// Server connections kept open while idle.
     pub min_idle: usize,
+    /// A replica further behind than this many WAL bytes gets no reads (default 16 MiB).
+    pub max_lag_bytes: u64,
+    /// A replica further behind than this gets no reads (default 5 s).
+    pub max_lag: Duration,
+    /// How often roles and lag are checked when replicas are configured (default 1 s).
+    pub health_interval: Duration,
 }
 
 /// Where and as whom the pooler connects.

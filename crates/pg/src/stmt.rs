@@ -58,6 +58,13 @@ impl Statements {
         self.names.len()
     }
 
+    /// The query text of client statement `name`.
+    pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
+        let (_, body) = self.names.get(name)?;
+        let end = body.iter().position(|&b| b == 0)?;
+        Some(&body[..end])
+    }
+
     /// Whether the client has none.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()

@@ -119,6 +119,42 @@ impl PgServer {
         Self::start_in(dir, settings).await
     }
 
+    /// A streaming replica of `primary` (pg_basebackup -R), started and accepting reads.
+    pub async fn replica_of(primary: &PgServer) -> PgServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        chown(dir.path());
+        let st = command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("pg_basebackup: {e}"));
+        assert!(st.success(), "pg_basebackup failed");
+        Self::start_in(dir, &[]).await
+    }
+
+    /// Promotes a replica to primary (pg_ctl promote, waiting until it is done).
+    pub fn promote(&self) {
+        let st = command("pg_ctl")
+            .arg("promote")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-w")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("pg_ctl: {e}"));
+        assert!(st.success(), "pg_ctl promote failed");
+    }
+
     /// Starts postgres on a data directory `dir/data` that already exists.
     pub async fn start_in(mut dir: tempfile::TempDir, settings: &[&str]) -> PgServer {
         for _ in 0..5 {

@@ -47,6 +47,9 @@ pub struct RawDatabase {
     pub pool_mode: Option<Spanned<String>>,
     pub pool_size: Option<Spanned<toml::Value>>,
     pub min_idle: Option<Spanned<i64>>,
+    pub max_replica_lag: Option<Spanned<Dur>>,
+    pub max_replica_lag_bytes: Option<Spanned<super::units::ByteSize>>,
+    pub health_interval: Option<Spanned<Dur>>,
 }
 
 /// Validates `[postgres]`.
@@ -185,6 +188,20 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
         pool_mode,
         pool_size,
         min_idle,
+        max_lag: c.dur(
+            &d.max_replica_lag,
+            std::time::Duration::from_secs(5),
+            "max_replica_lag",
+        ),
+        max_lag_bytes: d
+            .max_replica_lag_bytes
+            .as_ref()
+            .map_or(16 << 20, |b| b.get_ref().0),
+        health_interval: c.dur(
+            &d.health_interval,
+            std::time::Duration::from_secs(1),
+            "health_interval",
+        ),
     })
 }
 

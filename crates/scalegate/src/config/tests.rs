@@ -144,3 +144,41 @@ protocol = "h2c"
     );
     assert_eq!(r.max_body_bytes, 1 << 20);
 }
+
+const PG_EXAMPLE: &str = r#"[postgres]
+listen = "127.0.0.1:6432"
+[postgres.databases.bench]
+primary = "postgres://postgres@127.0.0.1:55432/bench"
+replicas = []
+pool_mode = "transaction"
+pool_size = 20
+"#;
+
+#[test]
+fn the_pooler_example_is_accepted_as_written() {
+    let c = Config::parse(PG_EXAMPLE).expect("valid");
+    let pg = c.postgres.expect("postgres");
+    assert_eq!(pg.listen.port(), 6432);
+    let db = &pg.databases[0];
+    assert_eq!((db.name.as_str(), db.pool_size), ("bench", 20));
+    assert_eq!(db.primary.port, 55432);
+    assert_eq!(db.primary.user.as_deref(), Some("postgres"));
+}
+
+#[test]
+fn pooler_mistakes_are_located() {
+    let text = PG_EXAMPLE
+        .replace("\"transaction\"", "\"statement\"")
+        .replace("pool_size = 20", "pool_size = \"lots\"")
+        .replace("postgres://postgres@", "mysql://");
+    let p = problems(&text);
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(p[0].starts_with("4:11: \"mysql://"), "{p:?}");
+    assert!(p[1].starts_with("6:13: pool_mode \"statement\""), "{p:?}");
+    assert!(p[2].starts_with("7:13: pool_size \"lots\""), "{p:?}");
+    let unknown = problems(&PG_EXAMPLE.replace("pool_size = 20", "pool_sise = 20"));
+    assert!(
+        unknown[0].starts_with("7:1: unknown field `pool_sise`"),
+        "{unknown:?}"
+    );
+}

@@ -1,0 +1,267 @@
+//! Read or write? Statements are parsed with sqlparser (PostgreSQL dialect) and classified for
+//! the read/write split; results are cached by statement text.
+//!
+//! A statement is a read only when it cannot change anything or take a lock: SELECT (and SHOW,
+//! EXPLAIN without ANALYZE, VALUES) with no FOR UPDATE/SHARE, no SELECT INTO, no data-modifying
+//! CTE, and calling only functions known to be read-only. Anything else — including SQL that
+//! does not parse — is a write and goes to the primary. A comment `/* scalegate:primary */` or
+//! `/* scalegate:replica */` anywhere in the text decides instead.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Mutex;
+
+use sqlparser::ast::{
+    Expr, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode, visit_expressions,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// Where a statement may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Reads only: a replica will do.
+    Read,
+    /// Writes, locks, or unknown: the primary.
+    Write,
+    /// `BEGIN READ ONLY` / `START TRANSACTION READ ONLY`: the whole transaction on a replica.
+    ReadOnlyTransaction,
+}
+
+/// Functions that never write (lower case, without schema). Others send a query to the primary.
+const READ_ONLY_FUNCTIONS: &[&str] = &[
+    "abs",
+    "array_agg",
+    "array_length",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "ceil",
+    "char_length",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "current_database",
+    "current_date",
+    "current_schema",
+    "current_setting",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "extract",
+    "floor",
+    "format",
+    "generate_series",
+    "greatest",
+    "inet_server_addr",
+    "inet_server_port",
+    "json_agg",
+    "json_build_object",
+    "jsonb_agg",
+    "jsonb_build_object",
+    "least",
+    "left",
+    "length",
+    "localtimestamp",
+    "lower",
+    "lpad",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nullif",
+    "pg_backend_pid",
+    "pg_is_in_recovery",
+    "pg_last_wal_replay_lsn",
+    "pg_sleep",
+    "position",
+    "power",
+    "random",
+    "regexp_replace",
+    "replace",
+    "right",
+    "round",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "rpad",
+    "rtrim",
+    "sqrt",
+    "statement_timestamp",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "trim",
+    "trunc",
+    "upper",
+    "version",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "unnest",
+    "exists",
+];
+
+/// Classifies `sql` (no cache).
+pub fn classify(sql: &str) -> Class {
+    if sql.contains("scalegate:primary") {
+        return Class::Write;
+    }
+    if sql.contains("scalegate:replica") {
+        return Class::Read;
+    }
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Class::Write;
+    };
+    let mut class = None;
+    for s in &stmts {
+        let c = statement(s);
+        class = Some(match (class, c) {
+            (None, c) => c,
+            (Some(Class::Read), Class::Read) => Class::Read,
+            _ => Class::Write,
+        });
+    }
+    class.unwrap_or(Class::Write)
+}
+
+fn statement(s: &Statement) -> Class {
+    match s {
+        Statement::Query(q) if query_reads(q) && calls_only_read_only(s) => Class::Read,
+        Statement::ShowVariable { .. } => Class::Read,
+        Statement::StartTransaction { modes, .. }
+            if modes.contains(&TransactionMode::AccessMode(
+                TransactionAccessMode::ReadOnly,
+            )) =>
+        {
+            Class::ReadOnlyTransaction
+        }
+        _ => Class::Write,
+    }
+}
+
+fn query_reads(q: &Query) -> bool {
+    q.locks.is_empty()
+        && q.with
+            .as_ref()
+            .is_none_or(|w| w.cte_tables.iter().all(|c| query_reads(&c.query)))
+        && set_reads(&q.body)
+}
+
+fn set_reads(s: &SetExpr) -> bool {
+    match s {
+        SetExpr::Select(sel) => sel.into.is_none(),
+        SetExpr::Query(q) => query_reads(q),
+        SetExpr::SetOperation { left, right, .. } => set_reads(left) && set_reads(right),
+        SetExpr::Values(_) => true,
+        _ => false,
+    }
+}
+
+fn calls_only_read_only(s: &Statement) -> bool {
+    let r = visit_expressions(s, |e| match e {
+        Expr::Function(f) => {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let name = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
+            if READ_ONLY_FUNCTIONS.contains(&name) {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    r.is_continue()
+}
+
+/// Classification cached by statement text (bounded: cleared when full).
+#[derive(Debug, Default)]
+pub struct Classifier {
+    cache: Mutex<HashMap<String, Class>>,
+}
+
+const CACHE_ENTRIES: usize = 10_000;
+
+impl Classifier {
+    /// The class of `sql`, from the cache when seen before.
+    pub fn class(&self, sql: &str) -> Class {
+        if let Ok(c) = self.cache.lock()
+            && let Some(class) = c.get(sql)
+        {
+            return *class;
+        }
+        let class = classify(sql);
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(sql.to_string(), class);
+        }
+        class
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_writes() {
+        for r in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "select count(*) from t",
+            "SELECT 1 UNION SELECT 2",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "SHOW search_path",
+            "SELECT inet_server_port(), pg_is_in_recovery()",
+            "/* scalegate:replica */ SELECT nextval('s')",
+        ] {
+            assert_eq!(classify(r), Class::Read, "{r}");
+        }
+        for w in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT nextval('s')",
+            "SELECT my_function(1)",
+            "SELECT * INTO newt FROM t",
+            "CREATE TABLE x (a int)",
+            "BEGIN",
+            "this is not sql",
+            "SELECT 1; UPDATE t SET a = 1",
+            "/* scalegate:primary */ SELECT 1",
+        ] {
+            assert_eq!(classify(w), Class::Write, "{w}");
+        }
+        assert_eq!(classify("BEGIN READ ONLY"), Class::ReadOnlyTransaction);
+        assert_eq!(
+            classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            Class::ReadOnlyTransaction
+        );
+    }
+
+    #[test]
+    fn the_cache_answers_the_same() {
+        let c = Classifier::default();
+        assert_eq!(c.class("SELECT 1"), Class::Read);
+        assert_eq!(c.class("SELECT 1"), Class::Read);
+        assert_eq!(c.class("DELETE FROM t"), Class::Write);
+    }
+}

@@ -1,0 +1,198 @@
+//! Read/write split, replica lag and failover against a real primary and a streaming replica
+//! (pg_basebackup -R), through the pooler.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use scalegate_testkit::PgServer;
+use scalegate_testkit::postgres::psql;
+use tokio_postgres::{Client as PgClient, NoTls};
+
+async fn cluster() -> (PgServer, PgServer) {
+    let primary = PgServer::start().await;
+    primary.psql("postgres", "CREATE TABLE t (n int)");
+    primary.psql("postgres", "CREATE TABLE one AS SELECT 1 AS x");
+    let replica = PgServer::replica_of(&primary).await;
+    (primary, replica)
+}
+
+async fn pooler(primary: &PgServer, replica: &PgServer, db_extra: &str) -> (GatewayProcess, u16) {
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"10s\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
+         replicas = [\"postgres://postgres@127.0.0.1:{}/postgres\"]\nhealth_interval = \"100ms\"\n{db_extra}\n",
+        primary.port, replica.port
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    // Reads go to the replica once the monitor has seen it.
+    let seen = eventually(Duration::from_secs(15), || async {
+        psql(port, "postgres", "scalegate", "SHOW HOSTS").is_ok_and(|h| h.contains("|replica|"))
+    })
+    .await;
+    assert!(seen, "the monitor never saw the replica");
+    (gw, port)
+}
+
+async fn client(port: u16) -> PgClient {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
+        NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect through the pooler: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+async fn port_of(c: &PgClient, sql: &str) -> i32 {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+#[tokio::test]
+async fn reads_go_to_the_replica_and_writes_to_the_primary() {
+    let (primary, replica) = cluster().await;
+    let (_gw, port) = pooler(&primary, &replica, "").await;
+    let (p, r) = (primary.port as i32, replica.port as i32);
+    let c = client(port).await;
+    assert_eq!(port_of(&c, "SELECT inet_server_port()").await, r);
+    let in_recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert!(in_recovery);
+    assert_eq!(
+        port_of(&c, "SELECT inet_server_port() FROM one FOR UPDATE").await,
+        p
+    );
+    assert_eq!(
+        port_of(&c, "/* scalegate:primary */ SELECT inet_server_port()").await,
+        p
+    );
+    // A function not known to be read-only runs on the primary.
+    assert_eq!(
+        port_of(&c, "SELECT inet_server_port() WHERE txid_current() > 0").await,
+        p
+    );
+    // A read-only transaction stays on a replica; a plain one on the primary.
+    let mut c2 = client(port).await;
+    let tx = c2
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .expect("begin read only");
+    let got: i32 = tx
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("in tx")
+        .get(0);
+    tx.commit().await.expect("commit");
+    assert_eq!(got, r);
+    let tx = c2.transaction().await.expect("begin");
+    tx.execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .expect("write in tx");
+    let got: i32 = tx
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("in tx")
+        .get(0);
+    tx.commit().await.expect("commit");
+    assert_eq!(got, p);
+    let stats = psql(port, "postgres", "scalegate", "SHOW STATS").expect("stats");
+    let replica_xacts: u64 = stats
+        .split('|')
+        .next_back()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(replica_xacts >= 3, "{stats}");
+}
+
+#[tokio::test]
+async fn a_lagging_replica_gets_no_reads_and_clients_read_their_writes() {
+    let (primary, replica) = cluster().await;
+    let (_gw, port) = pooler(&primary, &replica, "max_replica_lag_bytes = 1024").await;
+    let (p, r) = (primary.port as i32, replica.port as i32);
+    let writer = client(port).await;
+    let reader = client(port).await;
+    assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, r);
+    replica.psql("postgres", "SELECT pg_wal_replay_pause()");
+    writer
+        .execute("INSERT INTO t SELECT generate_series(1, 5000)", &[])
+        .await
+        .expect("write");
+    // Read-your-writes: the writer's next read must see its rows although the replica has not
+    // replayed them.
+    let n: i64 = writer
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(n, 5000, "the writer read its own write as missing");
+    // The replica is now far behind: reads of other clients move to the primary.
+    let moved = eventually(Duration::from_secs(10), || async {
+        port_of(&reader, "SELECT inet_server_port()").await == p
+    })
+    .await;
+    assert!(moved, "reads kept going to a replica beyond max lag");
+    let hosts = psql(port, "postgres", "scalegate", "SHOW HOSTS").expect("hosts");
+    assert!(hosts.contains("|replica|"), "{hosts}");
+    replica.psql("postgres", "SELECT pg_wal_replay_resume()");
+    let back = eventually(Duration::from_secs(10), || async {
+        port_of(&reader, "SELECT inet_server_port()").await == r
+    })
+    .await;
+    assert!(back, "reads never returned to the caught-up replica");
+    let n: i64 = reader
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(n, 5000);
+}
+
+#[tokio::test]
+async fn failover_sends_writes_to_the_promoted_replica() {
+    let (mut primary, replica) = cluster().await;
+    let (_gw, port) = pooler(&primary, &replica, "").await;
+    let r = replica.port as i32;
+    let c = client(port).await;
+    c.execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .expect("write before");
+    let in_flight = client(port).await;
+    in_flight
+        .batch_execute("BEGIN; INSERT INTO t VALUES (2)")
+        .await
+        .expect("open transaction");
+    primary.kill();
+    // The transaction on the dead server gets an error, not a hang.
+    let e = tokio::time::timeout(Duration::from_secs(10), in_flight.batch_execute("COMMIT"))
+        .await
+        .expect("an answer, not a hang");
+    assert!(e.is_err(), "commit on a dead primary must fail");
+    replica.promote();
+    let moved = eventually(Duration::from_secs(15), || async {
+        let c = client(port).await;
+        matches!(
+            c.query_one("/* scalegate:primary */ SELECT inet_server_port()", &[]).await,
+            Ok(row) if row.get::<_, i32>(0) == r
+        )
+    })
+    .await;
+    assert!(moved, "writes never moved to the promoted replica");
+    let c = client(port).await;
+    c.execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .expect("write after failover");
+    let hosts = psql(port, "postgres", "scalegate", "SHOW HOSTS").expect("hosts");
+    assert!(hosts.contains(&format!("|{r}|primary|")), "{hosts}");
+    assert!(hosts.contains("|down|"), "{hosts}");
+}
