@@ -310,6 +310,7 @@ const HOST_COLS: &[&str] = &[
     "lag_bytes",
     "lag_ms",
     "outstanding",
+    "xacts",
 ];
 
 fn host_rows(pooler: &Pooler) -> Vec<Vec<String>> {
@@ -328,6 +329,7 @@ fn host_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 h.lag_bytes.load(Relaxed).to_string(),
                 h.lag_ms.load(Relaxed).to_string(),
                 h.outstanding.load(Relaxed).to_string(),
+                h.xacts.load(Relaxed).to_string(),
             ]);
         }
     }

@@ -20,6 +20,8 @@ pub mod proto;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod shard;
+pub mod sharding;
 pub mod spec;
 pub mod stmt;
 pub mod topology;

@@ -55,6 +55,8 @@ pub enum Route {
         /// The client's last commit LSN (read-your-writes).
         min_lsn: u64,
     },
+    /// One shard of a sharded database (index into its shard list).
+    Shard(usize),
 }
 
 /// One host's connections.
@@ -195,6 +197,7 @@ impl Pool {
                     .replica_for(min_lsn)
                     .or_else(|| self.topology.primary()),
                 Route::Primary => self.topology.primary(),
+                Route::Shard(i) => Some(i.min(self.hosts.len().saturating_sub(1))),
             };
             if let Some(i) = picked {
                 return Ok(i);
@@ -265,8 +268,10 @@ impl Pool {
 
     fn lend(&self, conn: ServerConn, host: usize, permit: OwnedSemaphorePermit) -> Lease {
         self.stats.active.fetch_add(1, Relaxed);
-        self.topology.hosts[host].outstanding.fetch_add(1, Relaxed);
-        if Some(host) != self.topology.primary() {
+        let h = &self.topology.hosts[host];
+        h.outstanding.fetch_add(1, Relaxed);
+        h.xacts.fetch_add(1, Relaxed);
+        if self.topology.has_replicas() && Some(host) != self.topology.primary() {
             self.stats.replica_xacts.fetch_add(1, Relaxed);
         }
         Lease {

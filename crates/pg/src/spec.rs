@@ -53,6 +53,10 @@ pub struct DatabaseSpec {
     pub max_lag: Duration,
     /// How often roles and lag are checked when replicas are configured (default 1 s).
     pub health_interval: Duration,
+    /// Shards of a sharded database (then `primary` is the first shard and `replicas` is empty).
+    pub shards: Vec<ServerSpec>,
+    /// How keys map to shards, when sharded.
+    pub sharding: Option<std::sync::Arc<crate::sharding::ShardingSpec>>,
 }
 
 /// Where and as whom the pooler connects.

@@ -39,6 +39,8 @@ pub enum Action {
     Drop,
     /// Send a ParseComplete instead.
     ParseComplete,
+    /// Send ReadyForQuery with status "in a transaction" instead.
+    InTransaction,
 }
 
 /// One client's statements and the responses in flight.
@@ -63,6 +65,11 @@ impl Statements {
         let (_, body) = self.names.get(name)?;
         let end = body.iter().position(|&b| b == 0)?;
         Some(&body[..end])
+    }
+
+    /// The Parse body (query text and parameter types) of client statement `name`.
+    pub fn body_of(&self, name: &[u8]) -> Option<&[u8]> {
+        self.names.get(name).map(|(_, b)| &b[..])
     }
 
     /// Whether the client has none.

@@ -59,6 +59,8 @@ pub struct Host {
     pub lag_ms: AtomicU64,
     /// Server connections of this host handed out now.
     pub outstanding: AtomicUsize,
+    /// Transactions served (per-shard counters show hot shards).
+    pub xacts: AtomicU64,
 }
 
 impl Host {
@@ -90,6 +92,8 @@ pub struct Topology {
     pub max_lag: Duration,
     /// How often the monitor looks.
     pub interval: Duration,
+    /// The hosts are shards, not a primary and its replicas.
+    pub sharded: bool,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
@@ -110,7 +114,13 @@ impl Topology {
     /// the configured primary is taken as primary and replicas get no reads.
     pub fn new(db: &DatabaseSpec, password: Option<String>) -> Topology {
         let mut hosts = Vec::new();
-        for (i, s) in std::iter::once(&db.primary).chain(&db.replicas).enumerate() {
+        let sharded = !db.shards.is_empty();
+        let servers: Vec<&ServerSpec> = if sharded {
+            db.shards.iter().collect()
+        } else {
+            std::iter::once(&db.primary).chain(&db.replicas).collect()
+        };
+        for (i, s) in servers.into_iter().enumerate() {
             let mut spec = s.clone();
             if spec.password.is_none() {
                 spec.password.clone_from(&password);
@@ -122,8 +132,14 @@ impl Topology {
                 lag_bytes: AtomicU64::new(0),
                 lag_ms: AtomicU64::new(0),
                 outstanding: AtomicUsize::new(0),
+                xacts: AtomicU64::new(0),
             };
-            h.set_role(if i == 0 { Role::Primary } else { Role::Unknown });
+            // Shards are each their own primary; replicas are unknown until checked.
+            h.set_role(if i == 0 || sharded {
+                Role::Primary
+            } else {
+                Role::Unknown
+            });
             hosts.push(Arc::new(h));
         }
         Topology {
@@ -132,12 +148,13 @@ impl Topology {
             max_lag_bytes: db.max_lag_bytes,
             max_lag: db.max_lag,
             interval: db.health_interval,
+            sharded,
         }
     }
 
     /// Whether reads may go elsewhere than the primary.
     pub fn has_replicas(&self) -> bool {
-        self.hosts.len() > 1
+        self.hosts.len() > 1 && !self.sharded
     }
 
     /// The host writes go to, if one is known.
@@ -282,6 +299,8 @@ mod tests {
             max_lag_bytes: 1000,
             max_lag: Duration::from_secs(5),
             health_interval: Duration::from_secs(1),
+            shards: Vec::new(),
+            sharding: None,
         };
         Topology::new(&db, None)
     }

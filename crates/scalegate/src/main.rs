@@ -44,6 +44,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// PostgreSQL pooler tools.
+    Pg {
+        #[command(subcommand)]
+        command: PgCommand,
+    },
     /// Start a gateway in front of three built-in backends with different latencies.
     Demo {
         /// Gateway address.
@@ -52,6 +57,19 @@ enum Command {
         /// Admin address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PgCommand {
+    /// Print which virtual shards move, and where, when one shard is added to a database.
+    ReshardPlan {
+        /// Path of the TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The sharded database.
+        #[arg(short, long)]
+        database: String,
     },
 }
 
@@ -77,6 +95,24 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { listen, admin } => exit(demo::run(listen, admin)),
+        Command::Pg {
+            command: PgCommand::ReshardPlan { config, database },
+        } => match config::Config::load(&config) {
+            Ok(c) => match pg::reshard_plan(&c, &database) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("scalegate: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

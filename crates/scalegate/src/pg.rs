@@ -88,3 +88,41 @@ impl PgHandle {
         }
     }
 }
+
+/// The text of `scalegate pg reshard-plan`: the virtual shards that move when a shard is added.
+pub fn reshard_plan(config: &crate::config::Config, database: &str) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let db = config
+        .postgres
+        .as_ref()
+        .and_then(|p| p.databases.iter().find(|d| d.name == database))
+        .ok_or_else(|| anyhow::anyhow!("no database {database:?} under [postgres.databases]"))?;
+    let sharding = db
+        .sharding
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("database {database:?} is not sharded"))?;
+    let n = db.shards.len();
+    let (next, moves) = scalegate_pg::shard::plan_add_shard(&sharding.map, n);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "database {database}: {} virtual shards on {n} shards; adding shard {n} moves {} virtual shards ({:.1}% of keys):",
+        sharding.virtual_shards,
+        moves.len(),
+        100.0 * moves.len() as f64 / f64::from(sharding.virtual_shards.max(1))
+    );
+    for m in &moves {
+        let _ = writeln!(
+            out,
+            "  virtual shard {:>5}: shard {} -> shard {}",
+            m.vshard, m.from, m.to
+        );
+    }
+    let _ = writeln!(
+        out,
+        "copy those virtual shards' rows to the new shard, then set the map (and add the shard):"
+    );
+    let list: Vec<String> = next.iter().map(|s| s.to_string()).collect();
+    let _ = writeln!(out, "map = [{}]", list.join(", "));
+    Ok(out)
+}

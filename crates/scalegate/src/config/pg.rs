@@ -41,7 +41,10 @@ pub struct RawUser {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
-    pub primary: Spanned<String>,
+    pub primary: Option<Spanned<String>>,
+    #[serde(default)]
+    pub shards: Vec<Spanned<String>>,
+    pub sharding: Option<Spanned<RawSharding>>,
     #[serde(default)]
     pub replicas: Vec<Spanned<String>>,
     pub pool_mode: Option<Spanned<String>>,
@@ -50,6 +53,18 @@ pub struct RawDatabase {
     pub max_replica_lag: Option<Spanned<Dur>>,
     pub max_replica_lag_bytes: Option<Spanned<super::units::ByteSize>>,
     pub health_interval: Option<Spanned<Dur>>,
+}
+
+/// `sharding = { … }` of a database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharding {
+    pub function: Option<Spanned<String>>,
+    pub virtual_shards: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    pub param: Option<Spanned<i64>>,
+    pub map: Option<Spanned<Vec<i64>>>,
 }
 
 /// Validates `[postgres]`.
@@ -139,7 +154,26 @@ pub(super) fn postgres(c: &mut Check, raw: &Spanned<RawPostgres>) -> Option<PgSp
 
 fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<DatabaseSpec> {
     let d = raw.get_ref();
-    let primary = server_url(c, &d.primary);
+    let shards: Vec<ServerSpec> = d.shards.iter().filter_map(|u| server_url(c, u)).collect();
+    let primary = match (&d.primary, shards.first()) {
+        (Some(p), None) => server_url(c, p),
+        (None, Some(first)) => Some(first.clone()),
+        (Some(p), Some(_)) => {
+            c.err(
+                p.span(),
+                "a sharded database has shards instead of a primary; remove primary",
+            );
+            None
+        }
+        (None, None) => {
+            c.err(
+                raw.span(),
+                format!("database {name}: expected primary = \"postgres://…\" or shards = [...]"),
+            );
+            None
+        }
+    };
+    let sharding = sharding(c, d, raw, shards.len());
     let replicas: Vec<ServerSpec> = d.replicas.iter().filter_map(|u| server_url(c, u)).collect();
     let pool_mode = match d.pool_mode.as_ref().map(|m| m.get_ref().as_str()) {
         None | Some("transaction") => PoolMode::Transaction,
@@ -188,6 +222,8 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
         pool_mode,
         pool_size,
         min_idle,
+        shards,
+        sharding,
         max_lag: c.dur(
             &d.max_replica_lag,
             std::time::Duration::from_secs(5),
@@ -203,6 +239,115 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
             "health_interval",
         ),
     })
+}
+
+/// The sharding rules of a database with `shards`.
+fn sharding(
+    c: &mut Check,
+    d: &RawDatabase,
+    raw: &Spanned<RawDatabase>,
+    shards: usize,
+) -> Option<std::sync::Arc<scalegate_pg::sharding::ShardingSpec>> {
+    use scalegate_pg::shard::{ShardFn, default_map};
+    use scalegate_pg::sharding::{ShardKey, ShardingSpec};
+    let Some(rs) = &d.sharding else {
+        if !d.shards.is_empty() {
+            c.err(
+                raw.span(),
+                "shards need a sharding = { keys = [\"table.column\"], ... } table",
+            );
+        }
+        return None;
+    };
+    if d.shards.is_empty() {
+        c.err(rs.span(), "sharding needs shards = [\"postgres://…\", …]");
+        return None;
+    }
+    if !d.replicas.is_empty() {
+        c.err(rs.span(), "a sharded database cannot have replicas (yet)");
+    }
+    if let Some(m) = &d.pool_mode
+        && m.get_ref() != "transaction"
+    {
+        c.err(
+            m.span(),
+            "a sharded database needs pool_mode = \"transaction\"",
+        );
+    }
+    let r = rs.get_ref();
+    let function = match r.function.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("hash") => ShardFn::Hash,
+        Some("modulus") => ShardFn::Modulus,
+        Some(other) => {
+            if let Some(f) = &r.function {
+                c.err(
+                    f.span(),
+                    format!(r#"function {other:?}: expected "hash" or "modulus""#),
+                );
+            }
+            ShardFn::Hash
+        }
+    };
+    let virtual_shards = match &r.virtual_shards {
+        Some(v) => c.int(
+            Some(*v.get_ref()),
+            &v.span(),
+            shards as i64..=65_536,
+            256,
+            "virtual_shards",
+        ) as u32,
+        None => (256 / shards.max(1) * shards.max(1)).max(shards) as u32,
+    };
+    let mut keys = Vec::new();
+    for k in &r.keys {
+        match k.get_ref().split_once('.') {
+            Some((t, col)) if !t.is_empty() && !col.is_empty() => keys.push(ShardKey {
+                table: t.to_ascii_lowercase(),
+                column: col.to_ascii_lowercase(),
+            }),
+            _ => c.err(
+                k.span(),
+                format!("key {:?}: expected \"table.column\"", k.get_ref()),
+            ),
+        }
+    }
+    if keys.is_empty() && r.param.is_none() {
+        c.err(
+            rs.span(),
+            "sharding needs keys = [\"table.column\", …] or param = N",
+        );
+    }
+    let map = match &r.map {
+        None => default_map(virtual_shards, shards),
+        Some(m) => {
+            let v = m.get_ref();
+            if v.len() != virtual_shards as usize
+                || v.iter().any(|&s| s < 0 || s as usize >= shards)
+            {
+                c.err(
+                    m.span(),
+                    format!(
+                        "map must list {virtual_shards} shard numbers from 0 to {}",
+                        shards.saturating_sub(1)
+                    ),
+                );
+                default_map(virtual_shards, shards)
+            } else {
+                v.iter().map(|&s| s as usize).collect()
+            }
+        }
+    };
+    let param = r
+        .param
+        .as_ref()
+        .map(|p| c.int(Some(*p.get_ref()), &p.span(), 1..=65_535, 1, "param") as usize);
+    Some(std::sync::Arc::new(ShardingSpec {
+        function,
+        virtual_shards,
+        map,
+        keys,
+        param,
+    }))
 }
 
 /// `postgres://[user[:password]@]host[:port][/dbname]`.
@@ -276,7 +421,7 @@ pub(super) fn fill_dbnames(spec: &mut PgSpec) {
         if d.primary.dbname.is_empty() {
             d.primary.dbname.clone_from(&d.name);
         }
-        for r in &mut d.replicas {
+        for r in d.replicas.iter_mut().chain(d.shards.iter_mut()) {
             if r.dbname.is_empty() {
                 r.dbname.clone_from(&d.name);
             }

@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::classify::Class;
+mod sharded;
+
 use crate::login::{self, LOGIN_TIMEOUT, Refusal};
 use crate::pool::{AcquireError, Lease, Pool, Route};
 use crate::pooler::{ClientSlot, Pooler};
@@ -121,6 +123,11 @@ pub async fn run(pooler: Arc<Pooler>, mut stream: TcpStream, peer: SocketAddr) {
         cbuf: buf,
         lease: None,
         split: transaction_mode_split(&pool),
+        sharding: pool.db.sharding.clone(),
+        deferred_begin: false,
+        swallow_z: 0,
+        shard_txn_failed: false,
+        copy_in: false,
         wrote: false,
         min_lsn: 0,
         stmts: Statements::default(),
@@ -170,6 +177,16 @@ struct Session {
     wrote: bool,
     /// WAL position of this client's last write (read-your-writes).
     min_lsn: u64,
+    /// Sharding rules when the database is sharded.
+    sharding: Option<Arc<crate::sharding::ShardingSpec>>,
+    /// The client sent BEGIN and no statement yet told which shard the transaction is on.
+    deferred_begin: bool,
+    /// ReadyForQuery messages still to swallow (answers to a BEGIN sent on the client's behalf).
+    swallow_z: usize,
+    /// A statement of a deferred transaction was refused: only COMMIT/ROLLBACK are accepted.
+    shard_txn_failed: bool,
+    /// The server asked for COPY data (CopyInResponse seen, ReadyForQuery not yet).
+    copy_in: bool,
     stmts: Statements,
     track: Track,
     pending_z: usize,
@@ -184,12 +201,13 @@ impl Session {
         loop {
             match proto::tagged_len(&self.cbuf, self.max) {
                 Err(e) => return End::Fatal("08P01", format!("invalid message: {e}")),
-                Ok(Some(_)) => {
+                Ok(Some(_)) if !self.waits_for_batch() => {
                     if let Some(end) = self.client_messages().await {
                         return end;
                     }
                     continue;
                 }
+                Ok(Some(_)) => {}
                 Ok(None) => {}
             }
             let Some(lease) = self.lease.as_mut() else {
@@ -223,12 +241,29 @@ impl Session {
             if let Some(end) = self.refuse_locally().await {
                 return end;
             }
+            if self.sharding.is_some() && self.lease.is_none() {
+                match self.shard_decision() {
+                    sharded::Decision::Shard(shard) => {
+                        if let Err(e) = self.acquire_on(Route::Shard(shard)).await {
+                            return self.acquire_failed(e).await;
+                        }
+                        self.inject_deferred_begin();
+                    }
+                    sharded::Decision::Aside(shard) => {
+                        if let Err(e) = self.acquire_on(Route::Shard(shard)).await {
+                            return self.acquire_failed(e).await;
+                        }
+                    }
+                    other => return self.shard_locally(other).await,
+                }
+            }
             if self.lease.is_none()
                 && let Err(e) = self.acquire().await
             {
                 return self.acquire_failed(e).await;
             }
         }
+        let routed = self.routed();
         let lease = self.lease.as_mut()?;
         let conn = &mut lease.conn;
         let mut consumed = 0;
@@ -267,6 +302,10 @@ impl Session {
             } else {
                 self.to_server.put_slice(msg);
             }
+            // A routed session forwards one batch at a time: the next may go elsewhere.
+            if routed && matches!(tag, b'S' | b'Q' | b'F' | b'H') {
+                break;
+            }
         }
         self.cbuf.advance(consumed);
         let r = conn.stream.write_all(&self.to_server).await;
@@ -301,11 +340,25 @@ impl Session {
     }
 
     async fn acquire(&mut self) -> Result<(), AcquireError> {
+        let route = self.route();
+        self.acquire_on(route).await
+    }
+
+    async fn acquire_on(&mut self, route: Route) -> Result<(), AcquireError> {
+        self.wrote = self.split && route == Route::Primary;
+        let lease = self.lease_on(route).await?;
+        if let Ok(mut s) = self.slot.server.lock() {
+            *s = Some((lease.conn.id, lease.conn.key));
+        }
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    /// A server connection on `route` with this client's settings applied (waits out PAUSE).
+    async fn lease_on(&mut self, route: Route) -> Result<Lease, AcquireError> {
         if self.pooler.is_paused() {
             self.pooler.wait_resumed().await;
         }
-        let route = self.route();
-        self.wrote = self.split && route == Route::Primary;
         let mut lease = self.pool.acquire(route).await?;
         let wanted = self.track.settings.fingerprint();
         if self.transaction && lease.conn.settings != wanted {
@@ -318,11 +371,7 @@ impl Session {
                 }
             }
         }
-        if let Ok(mut s) = self.slot.server.lock() {
-            *s = Some((lease.conn.id, lease.conn.key));
-        }
-        self.lease = Some(lease);
-        Ok(())
+        Ok(lease)
     }
 
     /// Tells the client no server could be had; each pending query gets its error and
@@ -353,13 +402,26 @@ impl Session {
         let mut rewritten = false;
         for (tag, msg) in proto::messages(&conn.buf) {
             consumed += msg.len();
+            if self.swallow_z > 0 {
+                // Responses to a BEGIN the pooler sent on the client's behalf.
+                if tag == b'Z' {
+                    self.swallow_z -= 1;
+                }
+                if !rewritten {
+                    rewritten = true;
+                    self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
+                }
+                continue;
+            }
             let action = if self.transaction {
                 self.stmts.server_message(tag, &mut conn.prepared)
             } else {
                 Action::Forward
             };
             match tag {
+                b'G' => self.copy_in = true,
                 b'Z' => {
+                    self.copy_in = false;
                     self.pending_z = self.pending_z.saturating_sub(1);
                     self.status = msg.get(5).copied().unwrap_or(b'I');
                     self.pool.stats.queries.fetch_add(1, Relaxed);
@@ -371,6 +433,13 @@ impl Session {
                 b'C' => self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK"),
                 _ => {}
             }
+            // While a sharded client's BEGIN waits for a statement with a key, describe-only
+            // batches run outside any transaction; the client still sees itself in one.
+            let action = if tag == b'Z' && self.deferred_begin {
+                Action::InTransaction
+            } else {
+                action
+            };
             if action != Action::Forward && !rewritten {
                 rewritten = true;
                 self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
@@ -380,6 +449,7 @@ impl Session {
                     Action::Forward => self.to_client.put_slice(msg),
                     Action::Drop => {}
                     Action::ParseComplete => self.to_client.put_slice(b"1\0\0\0\x04"),
+                    Action::InTransaction => self.to_client.put_slice(b"Z\0\0\0\x05T"),
                 }
             }
         }
@@ -500,6 +570,29 @@ impl Session {
         } else {
             Route::Primary
         }
+    }
+}
+
+impl Session {
+    /// Whether reads are split or the database sharded: each batch is routed on its own.
+    fn routed(&self) -> bool {
+        self.split || self.sharding.is_some()
+    }
+
+    /// Whether routing must see the client's whole batch (up to a Sync, Query, FunctionCall or
+    /// Flush) before a server is chosen: when reads are split or the database is sharded.
+    fn waits_for_batch(&self) -> bool {
+        if !self.routed() {
+            return false;
+        }
+        // A pipelined batch waits for the answers to the one in flight (unless COPY data is
+        // what the server waits for): it may belong on another server.
+        if self.lease.is_some() {
+            return self.pending_z > 0 && !self.copy_in;
+        }
+        self.lease.is_none()
+            && !proto::messages(&self.cbuf)
+                .any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
     }
 }
 

@@ -1,0 +1,582 @@
+//! Which shard(s) a statement goes to. The sharding key is a column of listed tables (found in
+//! `WHERE key = …` at the top level of the WHERE clause, or in an INSERT's column list), a bind
+//! parameter position, or a comment hint (`/* scalegate:shard=2 */` names a shard,
+//! `/* scalegate:key=42 */` a key). Literals and bind parameters both work. A SELECT without a key
+//! is fanned out to every shard when its rows can simply be concatenated (ORDER BY and LIMIT are
+//! re-applied while merging); a multi-row INSERT with literal keys is split per shard; anything
+//! else without a key is rejected with the reason.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, LimitClause, OrderByKind, OrderBySort, Query, SelectItem,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+    visit_expressions,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::shard::{ShardFn, virtual_shard};
+
+/// One table's sharding column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardKey {
+    /// Table name (lower case, no schema).
+    pub table: String,
+    /// Column name (lower case).
+    pub column: String,
+}
+
+/// A sharded database's rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardingSpec {
+    /// Key → virtual shard.
+    pub function: ShardFn,
+    /// Number of virtual shards.
+    pub virtual_shards: u32,
+    /// Virtual shard → physical shard (index into the shard list).
+    pub map: Vec<usize>,
+    /// Sharding columns.
+    pub keys: Vec<ShardKey>,
+    /// A bind parameter (1-based) that carries the key in every statement, if so configured.
+    pub param: Option<usize>,
+}
+
+/// Where a statement runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// One shard.
+    One(usize),
+    /// Every shard, rows merged.
+    FanOut(Merge),
+    /// Per-shard statements (a multi-row INSERT split by key).
+    Split(Vec<(usize, String)>),
+    /// Not routable; the message says why.
+    Reject(String),
+}
+
+/// How fanned-out rows are merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Merge {
+    /// Sort keys: result column name or 1-based position, descending?
+    pub order_by: Vec<(SortKey, bool)>,
+    /// LIMIT to re-apply after merging.
+    pub limit: Option<u64>,
+}
+
+/// A merge sort key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// A result column by name.
+    Name(String),
+    /// A result column by 1-based position.
+    Position(usize),
+}
+
+/// A bind parameter's value as sent (text or binary format).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    /// Raw bytes (None for NULL).
+    pub value: Option<Vec<u8>>,
+    /// Binary format.
+    pub binary: bool,
+}
+
+impl Param {
+    fn as_i64(&self) -> Option<i64> {
+        let v = self.value.as_ref()?;
+        if self.binary {
+            match v.len() {
+                8 => Some(i64::from_be_bytes(v[..8].try_into().ok()?)),
+                4 => Some(i64::from(i32::from_be_bytes(v[..4].try_into().ok()?))),
+                2 => Some(i64::from(i16::from_be_bytes(v[..2].try_into().ok()?))),
+                _ => None,
+            }
+        } else {
+            std::str::from_utf8(v).ok()?.trim().parse().ok()
+        }
+    }
+}
+
+impl ShardingSpec {
+    /// The physical shard of `key`.
+    pub fn shard_of(&self, key: i64) -> usize {
+        let v = virtual_shard(self.function, key, self.virtual_shards) as usize;
+        self.map.get(v).copied().unwrap_or(0)
+    }
+
+    fn shards(&self) -> usize {
+        self.map.iter().max().map_or(1, |m| m + 1)
+    }
+
+    /// Plans `sql` with bind parameters `params` (empty for simple queries).
+    pub fn plan(&self, sql: &str, params: &[Param]) -> Plan {
+        if let Some(n) = hint(sql, "scalegate:shard=") {
+            return match usize::try_from(n) {
+                Ok(s) if s < self.shards() => Plan::One(s),
+                _ => Plan::Reject(format!("shard hint {n} is out of range")),
+            };
+        }
+        if let Some(k) = hint(sql, "scalegate:key=") {
+            return Plan::One(self.shard_of(k));
+        }
+        if let Some(p) = self.param
+            && let Some(k) = params.get(p.wrapping_sub(1)).and_then(Param::as_i64)
+        {
+            return Plan::One(self.shard_of(k));
+        }
+        let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(s) => s,
+            Err(e) => {
+                return Plan::Reject(format!("cannot route a statement that does not parse: {e}"));
+            }
+        };
+        let [stmt] = stmts.as_slice() else {
+            return Plan::Reject(
+                "send one statement at a time to a sharded database (each may go to another shard)"
+                    .into(),
+            );
+        };
+        self.plan_statement(stmt, params)
+    }
+
+    fn key_value(&self, e: &Expr, params: &[Param]) -> Option<i64> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n.parse().ok(),
+                Value::SingleQuotedString(s) => s.parse().ok(),
+                Value::Placeholder(p) => {
+                    let i: usize = p.strip_prefix('$')?.parse().ok()?;
+                    params.get(i.checked_sub(1)?)?.as_i64()
+                }
+                _ => None,
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => self.key_value(expr, params).map(|v| -v),
+            Expr::Nested(e) => self.key_value(e, params),
+            Expr::Cast { expr, .. } => self.key_value(expr, params),
+            _ => None,
+        }
+    }
+
+    /// The key in `WHERE key = value [AND …]` for a statement over `tables`.
+    fn key_in_where(&self, sel: Option<&Expr>, tables: &[String], params: &[Param]) -> Option<i64> {
+        let cols: Vec<&str> = self
+            .keys
+            .iter()
+            .filter(|k| tables.contains(&k.table))
+            .map(|k| k.column.as_str())
+            .collect();
+        if cols.is_empty() {
+            return None;
+        }
+        let mut found = None;
+        conjuncts(sel?, &mut |l, r| {
+            for (col, val) in [(l, r), (r, l)] {
+                if let Some(name) = column_name(col)
+                    && cols.contains(&name.as_str())
+                    && let Some(v) = self.key_value(val, params)
+                {
+                    found = Some(v);
+                }
+            }
+        });
+        found
+    }
+
+    fn plan_statement(&self, stmt: &Statement, params: &[Param]) -> Plan {
+        match stmt {
+            Statement::Query(q) => self.plan_query(q, params),
+            Statement::Insert(ins) => {
+                let TableObject::TableName(name) = &ins.table else {
+                    return Plan::Reject("INSERT into a table function cannot be routed".into());
+                };
+                let table = last_name(&name.to_string());
+                let Some(key) = self.keys.iter().find(|k| k.table == table) else {
+                    return Plan::Reject(format!(
+                        "table {table} has no sharding key configured; add it to the database's sharding keys or use /* scalegate:shard=N */"
+                    ));
+                };
+                let Some(pos) = ins
+                    .columns
+                    .iter()
+                    .position(|c| last_name(&c.to_string()) == key.column)
+                else {
+                    return Plan::Reject(format!(
+                        "INSERT into {table} must list the sharding column {}",
+                        key.column
+                    ));
+                };
+                let Some(SetExpr::Values(values)) = ins.source.as_ref().map(|q| q.body.as_ref())
+                else {
+                    return Plan::Reject("only INSERT … VALUES can be routed by key".into());
+                };
+                let mut shards = Vec::new();
+                for row in &values.rows {
+                    match row.content.get(pos).and_then(|e| self.key_value(e, params)) {
+                        Some(k) => shards.push(self.shard_of(k)),
+                        None => {
+                            return Plan::Reject(format!(
+                                "every row must give {} as a literal or parameter",
+                                key.column
+                            ));
+                        }
+                    }
+                }
+                let first = shards.first().copied().unwrap_or(0);
+                if shards.iter().all(|&s| s == first) {
+                    return Plan::One(first);
+                }
+                if !params.is_empty() || ins.returning.is_some() {
+                    return Plan::Reject(
+                        "a multi-row INSERT spanning shards is split only with literal values and no RETURNING".into(),
+                    );
+                }
+                let mut per: Vec<(usize, String)> = Vec::new();
+                let mut targets: Vec<usize> = shards.clone();
+                targets.sort_unstable();
+                targets.dedup();
+                for t in targets {
+                    let mut part = ins.clone();
+                    if let Some(src) = part.source.as_mut()
+                        && let SetExpr::Values(v) = src.body.as_mut()
+                    {
+                        let rows = std::mem::take(&mut v.rows);
+                        v.rows = rows
+                            .into_iter()
+                            .zip(&shards)
+                            .filter(|(_, s)| **s == t)
+                            .map(|(r, _)| r)
+                            .collect();
+                    }
+                    per.push((t, Statement::Insert(part).to_string()));
+                }
+                Plan::Split(per)
+            }
+            Statement::Update(u) => {
+                let tables = tables_of(std::slice::from_ref(&u.table));
+                match self.key_in_where(u.selection.as_ref(), &tables, params) {
+                    Some(k) => Plan::One(self.shard_of(k)),
+                    None => Plan::Reject(no_key("UPDATE", &self.keys)),
+                }
+            }
+            Statement::Delete(d) => {
+                let from = match &d.from {
+                    sqlparser::ast::FromTable::WithFromKeyword(t)
+                    | sqlparser::ast::FromTable::WithoutKeyword(t) => t,
+                };
+                let tables = tables_of(from);
+                match self.key_in_where(d.selection.as_ref(), &tables, params) {
+                    Some(k) => Plan::One(self.shard_of(k)),
+                    None => Plan::Reject(no_key("DELETE", &self.keys)),
+                }
+            }
+            _ => Plan::Reject(
+                "this statement has no sharding key; run it on each shard with /* scalegate:shard=N */".into(),
+            ),
+        }
+    }
+
+    fn plan_query(&self, q: &Query, params: &[Param]) -> Plan {
+        let SetExpr::Select(sel) = q.body.as_ref() else {
+            return Plan::Reject("set operations cannot be routed across shards".into());
+        };
+        let tables = tables_of(&sel.from);
+        if let Some(k) = self.key_in_where(sel.selection.as_ref(), &tables, params) {
+            return Plan::One(self.shard_of(k));
+        }
+        // Fan-out: only when concatenating the shards' rows gives the right answer.
+        let grouped = match &sel.group_by {
+            GroupByExpr::Expressions(e, _) => !e.is_empty(),
+            GroupByExpr::All(_) => true,
+        };
+        if grouped || sel.having.is_some() || sel.distinct.is_some() || aggregates(&sel.projection)
+        {
+            return Plan::Reject(
+                "a SELECT without the sharding key is fanned out only when its rows can be concatenated: no aggregates, GROUP BY, HAVING or DISTINCT; add the key to WHERE".into(),
+            );
+        }
+        if !q.locks.is_empty() || q.with.is_some() || sel.into.is_some() {
+            return Plan::Reject("a fanned-out SELECT cannot lock rows, use WITH or INTO".into());
+        }
+        let mut merge = Merge::default();
+        match &q.limit_clause {
+            None => {}
+            Some(LimitClause::LimitOffset {
+                limit,
+                offset: None,
+                limit_by,
+            }) if limit_by.is_empty() => {
+                merge.limit = match limit {
+                    None => None,
+                    Some(e) => match self.key_value(e, params) {
+                        Some(n) if n >= 0 => Some(n as u64),
+                        _ => return Plan::Reject("LIMIT must be a number to merge".into()),
+                    },
+                };
+            }
+            Some(_) => {
+                return Plan::Reject("OFFSET cannot be merged across shards".into());
+            }
+        }
+        if let Some(ob) = &q.order_by {
+            let OrderByKind::Expressions(exprs) = &ob.kind else {
+                return Plan::Reject("ORDER BY ALL cannot be merged".into());
+            };
+            for e in exprs {
+                let desc = match e.options.sort {
+                    None | Some(OrderBySort::Asc) => false,
+                    Some(OrderBySort::Desc) => true,
+                    Some(OrderBySort::Using(_)) => {
+                        return Plan::Reject("ORDER BY … USING cannot be merged".into());
+                    }
+                };
+                let key = match &e.expr {
+                    Expr::Value(v) => match &v.value {
+                        Value::Number(n, _) => match n.parse() {
+                            Ok(p) => SortKey::Position(p),
+                            Err(_) => return Plan::Reject("bad ORDER BY position".into()),
+                        },
+                        _ => return Plan::Reject("ORDER BY a constant cannot be merged".into()),
+                    },
+                    other => match column_name(other) {
+                        Some(n) => SortKey::Name(n),
+                        None => {
+                            return Plan::Reject(
+                                "a fanned-out SELECT can be ordered by result columns only".into(),
+                            );
+                        }
+                    },
+                };
+                merge.order_by.push((key, desc));
+            }
+        }
+        Plan::FanOut(merge)
+    }
+}
+
+fn no_key(what: &str, keys: &[ShardKey]) -> String {
+    let list: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}.{}", k.table, k.column))
+        .collect();
+    format!(
+        "{what} without the sharding key would touch every shard; add WHERE {} = … (sharding keys: {})",
+        keys.first().map_or("key", |k| k.column.as_str()),
+        list.join(", ")
+    )
+}
+
+fn hint(sql: &str, prefix: &str) -> Option<i64> {
+    let at = sql.find(prefix)? + prefix.len();
+    let digits: String = sql[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+fn last_name(s: &str) -> String {
+    s.rsplit('.')
+        .next()
+        .unwrap_or(s)
+        .trim_matches('"')
+        .to_ascii_lowercase()
+}
+
+fn column_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+        Expr::Nested(e) => column_name(e),
+        _ => None,
+    }
+}
+
+fn tables_of(from: &[TableWithJoins]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in from {
+        for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
+            if let TableFactor::Table { name, .. } = f {
+                out.push(last_name(&name.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Calls `f(left, right)` for every `left = right` joined by AND at the top of `e`.
+fn conjuncts(e: &Expr, f: &mut dyn FnMut(&Expr, &Expr)) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, f);
+            conjuncts(right, f);
+        }
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => f(left, right),
+        Expr::Nested(inner) => conjuncts(inner, f),
+        _ => {}
+    }
+}
+
+fn aggregates(items: &[SelectItem]) -> bool {
+    const AGG: &[&str] = &[
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "array_agg",
+        "string_agg",
+        "json_agg",
+        "jsonb_agg",
+        "bool_and",
+        "bool_or",
+        "every",
+        "stddev",
+        "variance",
+    ];
+    items.iter().any(|i| {
+        visit_expressions(i, |e| match e {
+            Expr::Function(f) if AGG.contains(&last_name(&f.name.to_string()).as_str()) => {
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        })
+        .is_break()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::default_map;
+
+    fn spec(f: ShardFn) -> ShardingSpec {
+        ShardingSpec {
+            function: f,
+            virtual_shards: 4,
+            map: default_map(4, 2),
+            keys: vec![
+                ShardKey {
+                    table: "users".into(),
+                    column: "user_id".into(),
+                },
+                ShardKey {
+                    table: "orders".into(),
+                    column: "user_id".into(),
+                },
+            ],
+            param: None,
+        }
+    }
+
+    fn text(v: &str) -> Param {
+        Param {
+            value: Some(v.as_bytes().to_vec()),
+            binary: false,
+        }
+    }
+
+    #[test]
+    fn keys_in_where_and_insert() {
+        let s = spec(ShardFn::Modulus);
+        assert_eq!(
+            s.plan("SELECT * FROM users WHERE user_id = 5", &[]),
+            Plan::One(1)
+        );
+        assert_eq!(
+            s.plan(
+                "SELECT * FROM users u WHERE u.user_id = 6 AND name = 'x'",
+                &[]
+            ),
+            Plan::One(0)
+        );
+        assert_eq!(
+            s.plan("SELECT * FROM users WHERE user_id = $1", &[text("7")]),
+            Plan::One(1)
+        );
+        let bin = Param {
+            value: Some(8i64.to_be_bytes().to_vec()),
+            binary: true,
+        };
+        assert_eq!(
+            s.plan("UPDATE users SET n = 1 WHERE user_id = $1", &[bin]),
+            Plan::One(0)
+        );
+        assert_eq!(
+            s.plan("DELETE FROM orders WHERE 3 = user_id", &[]),
+            Plan::One(1)
+        );
+        assert_eq!(
+            s.plan("INSERT INTO users (user_id, name) VALUES (4, 'a')", &[]),
+            Plan::One(0)
+        );
+        assert_eq!(
+            s.plan("/* scalegate:shard=1 */ CREATE TABLE x (a int)", &[]),
+            Plan::One(1)
+        );
+        assert_eq!(s.plan("/* scalegate:key=9 */ SELECT 1", &[]), Plan::One(1));
+    }
+
+    #[test]
+    fn multi_row_inserts_are_split() {
+        let s = spec(ShardFn::Modulus);
+        let Plan::Split(parts) = s.plan(
+            "INSERT INTO users (user_id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+            &[],
+        ) else {
+            panic!("not split")
+        };
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            parts[0],
+            (
+                0,
+                "INSERT INTO users (user_id, name) VALUES (2, 'b')".to_string()
+            )
+        );
+        assert_eq!(
+            parts[1],
+            (
+                1,
+                "INSERT INTO users (user_id, name) VALUES (1, 'a'), (3, 'c')".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn fan_out_or_reject() {
+        let s = spec(ShardFn::Hash);
+        assert_eq!(
+            s.plan(
+                "SELECT user_id, name FROM users ORDER BY user_id DESC LIMIT 3",
+                &[]
+            ),
+            Plan::FanOut(Merge {
+                order_by: vec![(SortKey::Name("user_id".into()), true)],
+                limit: Some(3)
+            })
+        );
+        for bad in [
+            "SELECT count(*) FROM users",
+            "SELECT name FROM users GROUP BY name",
+            "SELECT * FROM users OFFSET 2",
+            "UPDATE users SET name = 'x'",
+            "DELETE FROM users",
+            "CREATE TABLE x (a int)",
+            "SELECT 1; SELECT 2",
+        ] {
+            assert!(matches!(s.plan(bad, &[]), Plan::Reject(_)), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Sharding through the pooler against two real PostgreSQL servers: routing by key (literal and
+//! bind parameter), placement checked on each shard directly and against PostgreSQL's own hash
+//! partitioning, split INSERTs, fanned-out SELECTs with ORDER BY/LIMIT merged, transactions on
+//! one shard, clear errors for what cannot be routed, and `scalegate pg reshard-plan`.
+
+mod common;
+
+use common::*;
+use scalegate_testkit::PgServer;
+use scalegate_testkit::postgres::psql;
+use tokio_postgres::{Client as PgClient, NoTls, SimpleQueryMessage};
+
+const SCHEMA: &str = "CREATE TABLE users (user_id bigint PRIMARY KEY, name text)";
+
+async fn shards() -> (PgServer, PgServer) {
+    let a = PgServer::start().await;
+    let b = PgServer::start().await;
+    a.psql("postgres", SCHEMA);
+    b.psql("postgres", SCHEMA);
+    (a, b)
+}
+
+fn config(port: u16, a: &PgServer, b: &PgServer, sharding: &str) -> String {
+    format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n[postgres.databases.app]\n\
+         shards = [\"postgres://postgres@127.0.0.1:{}/postgres\", \"postgres://postgres@127.0.0.1:{}/postgres\"]\n\
+         pool_size = 3\nsharding = {{ {sharding} }}\n",
+        a.port, b.port
+    )
+}
+
+async fn client(port: u16) -> PgClient {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
+        NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect through the pooler: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+fn ids_on(s: &PgServer) -> Vec<i64> {
+    let out = s.psql("postgres", "SELECT user_id FROM users ORDER BY user_id");
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn modulus_sharding_routes_splits_and_fans_out() {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let _gw = GatewayProcess::start(
+        BIN,
+        &config(
+            port,
+            &a,
+            &b,
+            "function = \"modulus\", keys = [\"users.user_id\"]",
+        ),
+    )
+    .await;
+    let c = client(port).await;
+    for id in 1..=10i64 {
+        c.execute(
+            "INSERT INTO users (user_id, name) VALUES ($1, $2)",
+            &[&id, &format!("u{id}")],
+        )
+        .await
+        .expect("insert by bind parameter");
+    }
+    assert_eq!(
+        ids_on(&a),
+        vec![2, 4, 6, 8, 10],
+        "user_id % 2 = 0 on shard 0"
+    );
+    assert_eq!(ids_on(&b), vec![1, 3, 5, 7, 9]);
+    let name: String = c
+        .query_one("SELECT name FROM users WHERE user_id = $1", &[&7i64])
+        .await
+        .expect("read by key")
+        .get(0);
+    assert_eq!(name, "u7");
+    // A multi-row INSERT over both shards is split; the count is the sum.
+    let done = c
+        .simple_query("INSERT INTO users (user_id, name) VALUES (11, 'k'), (12, 'l'), (13, 'm')")
+        .await
+        .expect("split insert");
+    assert!(matches!(
+        done.last(),
+        Some(SimpleQueryMessage::CommandComplete(3))
+    ));
+    assert_eq!(ids_on(&a).len(), 6, "{:?} {:?}", ids_on(&a), ids_on(&b));
+    assert_eq!(ids_on(&b).len(), 7);
+    // A SELECT without the key runs on every shard; ORDER BY and LIMIT hold across them.
+    let rows = c
+        .simple_query("SELECT user_id FROM users ORDER BY user_id DESC LIMIT 5")
+        .await
+        .expect("fan-out");
+    let got: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, ["13", "12", "11", "10", "9"]);
+    let all = c
+        .query("SELECT user_id, name FROM users ORDER BY user_id", &[])
+        .await
+        .expect("extended fan-out");
+    let ids: Vec<i64> = all.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, (1..=13).collect::<Vec<i64>>());
+    // A transaction stays on the shard of its first statement.
+    let mut c2 = client(port).await;
+    let tx = c2.transaction().await.expect("begin");
+    tx.execute("UPDATE users SET name = 'tx' WHERE user_id = $1", &[&3i64])
+        .await
+        .expect("update in tx");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        b.psql("postgres", "SELECT name FROM users WHERE user_id = 3"),
+        "tx"
+    );
+    let tx = c2.transaction().await.expect("begin");
+    tx.execute(
+        "UPDATE users SET name = 'gone' WHERE user_id = $1",
+        &[&4i64],
+    )
+    .await
+    .expect("update");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        a.psql("postgres", "SELECT name FROM users WHERE user_id = 4"),
+        "u4"
+    );
+    // What cannot be routed gets a clear error, and the session goes on.
+    for bad in ["UPDATE users SET name = 'x'", "SELECT count(*) FROM users"] {
+        let e = c.simple_query(bad).await.expect_err("refused");
+        assert_eq!(code(&e), "0A000", "{bad}: {e:?}");
+    }
+    assert!(
+        c.simple_query("SELECT name FROM users WHERE user_id = 1")
+            .await
+            .is_ok()
+    );
+    let hosts = psql(port, "postgres", "scalegate", "SHOW HOSTS").expect("SHOW HOSTS");
+    let counts: Vec<u64> = hosts
+        .lines()
+        .filter_map(|l| l.rsplit('|').next()?.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "{hosts}");
+    assert!(
+        counts.iter().all(|&n| n >= 5),
+        "per-shard counters: {hosts}"
+    );
+}
+
+#[tokio::test]
+async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        port,
+        &a,
+        &b,
+        "function = \"hash\", virtual_shards = 4, keys = [\"users.user_id\"]",
+    );
+    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let c = client(port).await;
+    let ids: Vec<i64> = (1..=40).chain([-7, 5_000_000_000]).collect();
+    for id in &ids {
+        c.execute("INSERT INTO users (user_id, name) VALUES ($1, 'x')", &[id])
+            .await
+            .expect("insert");
+    }
+    // PostgreSQL itself: the same keys in a table hash-partitioned into 4.
+    a.psql(
+        "postgres",
+        "CREATE TABLE h (id bigint) PARTITION BY HASH (id); \
+         CREATE TABLE h_0 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 0); \
+         CREATE TABLE h_1 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 1); \
+         CREATE TABLE h_2 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 2); \
+         CREATE TABLE h_3 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 3)",
+    );
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    a.psql(
+        "postgres",
+        &format!(
+            "INSERT INTO h SELECT unnest(ARRAY[{}]::bigint[])",
+            list.join(",")
+        ),
+    );
+    let placed = a.psql(
+        "postgres",
+        "SELECT id, right(tableoid::regclass::text, 1) FROM h",
+    );
+    let (on_a, on_b) = (ids_on(&a), ids_on(&b));
+    for line in placed.lines() {
+        let (id, remainder) = line.split_once('|').expect("id|remainder");
+        let id: i64 = id.parse().expect("id");
+        let remainder: usize = remainder.parse().expect("remainder");
+        // Virtual shard r lives on shard r % 2 (the default map).
+        let expected_a = remainder.is_multiple_of(2);
+        assert_eq!(
+            on_a.contains(&id),
+            expected_a,
+            "id {id} (partition {remainder})"
+        );
+        assert_eq!(
+            on_b.contains(&id),
+            !expected_a,
+            "id {id} (partition {remainder})"
+        );
+    }
+    // The plan for a third shard.
+    std::fs::write(dir.path().join("s.toml"), &cfg).expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["pg", "reshard-plan", "--database", "app", "--config"])
+        .arg(dir.path().join("s.toml"))
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("adding shard 2 moves 1 virtual shards"),
+        "{text}"
+    );
+    assert!(
+        text.contains("virtual shard     2: shard 0 -> shard 2"),
+        "{text}"
+    );
+    assert!(text.contains("map = [0, 1, 2, 1]"), "{text}");
+}
