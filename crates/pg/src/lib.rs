@@ -14,6 +14,7 @@ pub mod auth;
 pub mod classify;
 pub mod console;
 pub mod login;
+pub mod metrics;
 pub mod pool;
 pub mod pooler;
 pub mod proto;

@@ -17,8 +17,10 @@ use crate::spec::{DatabaseSpec, PgSpec, PoolMode};
 use crate::topology::Topology;
 
 /// Counters for SHOW POOLS / SHOW STATS and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PoolStats {
+    /// Seconds clients waited for a server connection (0 when one was free).
+    pub wait: prometheus_client::metrics::histogram::Histogram,
     /// Clients connected to this pool.
     pub clients: AtomicUsize,
     /// Clients waiting for a server connection.
@@ -43,6 +45,26 @@ pub struct PoolStats {
     pub bytes_out: AtomicU64,
     /// Clients turned away after the wait timeout.
     pub wait_timeouts: AtomicU64,
+}
+
+impl PoolStats {
+    fn new() -> PoolStats {
+        PoolStats {
+            wait: crate::metrics::wait_histogram(),
+            clients: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            xacts: AtomicU64::new(0),
+            replica_xacts: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            wait_us: AtomicU64::new(0),
+            max_wait_us: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Where a transaction should run.
@@ -162,7 +184,7 @@ impl Pool {
             db,
             user: user.to_string(),
             server_user,
-            stats: PoolStats::default(),
+            stats: PoolStats::new(),
             params: Mutex::new(Vec::new()),
             statements: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
@@ -216,7 +238,10 @@ impl Pool {
         let hp = &self.hosts[host];
         let start = Instant::now();
         let permit = match hp.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                self.stats.wait.observe(0.0);
+                p
+            }
             Err(_) => {
                 self.stats.waiting.fetch_add(1, Relaxed);
                 let got =
@@ -226,6 +251,7 @@ impl Pool {
                 let waited = start.elapsed().as_micros() as u64;
                 self.stats.wait_us.fetch_add(waited, Relaxed);
                 self.stats.max_wait_us.fetch_max(waited, Relaxed);
+                self.stats.wait.observe(waited as f64 / 1e6);
                 match got {
                     Ok(Ok(p)) => p,
                     _ => {

@@ -28,11 +28,15 @@ pub async fn start(
     addr: SocketAddr,
     gw: Arc<Gateway>,
     token: Option<String>,
+    pg: Option<Arc<scalegate_pg::Pooler>>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let mut registry = Registry::default();
     gw.metrics.register(&mut registry);
+    if let Some(p) = pg {
+        registry.register_collector(Box::new(scalegate_pg::metrics::PoolerMetrics(p)));
+    }
     let admin = Arc::new(Admin {
         gw,
         registry,

@@ -61,17 +61,6 @@ async fn serve(
     let mut health = Supervisor::default();
     health.reconcile(&gw.snapshot());
 
-    let admin_addr = admin::start(config.admin_listen, gw.clone(), config.admin_token.clone())
-        .await
-        .context("cannot start admin listener")?;
-    let (trigger, shutdown) = shutdown_channel();
-    let workers = spawn_workers(
-        gw.clone(),
-        shutdown,
-        config.drain_timeout,
-        shape,
-        crate::alloc::release_free_memory,
-    );
     let pg = match config.postgres.clone() {
         Some(spec) => {
             let h = crate::pg::start(spec)?;
@@ -80,6 +69,22 @@ async fn serve(
         }
         None => None,
     };
+    let admin_addr = admin::start(
+        config.admin_listen,
+        gw.clone(),
+        config.admin_token.clone(),
+        pg.as_ref().map(|h| h.pooler.clone()),
+    )
+    .await
+    .context("cannot start admin listener")?;
+    let (trigger, shutdown) = shutdown_channel();
+    let workers = spawn_workers(
+        gw.clone(),
+        shutdown,
+        config.drain_timeout,
+        shape,
+        crate::alloc::release_free_memory,
+    );
     let pg_reload = pg.as_ref().map(|h| h.pooler.clone());
     if let Some(task) = sidecar {
         tokio::spawn(task);

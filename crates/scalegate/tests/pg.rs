@@ -349,9 +349,19 @@ async fn configured_users_log_in_with_scram_or_md5() {
 #[tokio::test]
 async fn admin_console_shows_pools_and_pauses() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 3", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 3", "").await;
     let c = client(port).await;
     c.simple_query("SELECT 1").await.expect("query");
+    let metrics = gw.admin_get("/metrics").await;
+    for line in [
+        "scalegate_pg_clients{database=\"app\",user=\"postgres\"} 1",
+        "scalegate_pg_server_connections{database=\"app\",user=\"postgres\",state=\"idle\"} 1",
+        "scalegate_pg_wait_seconds_count{database=\"app\",user=\"postgres\"}",
+        "scalegate_pg_transactions_total{database=\"app\",user=\"postgres\"}",
+        "scalegate_pg_host_role{database=\"app\",host=",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     let pools = psql(port, "postgres", "scalegate", "SHOW POOLS").expect("SHOW POOLS");
     assert!(pools.contains("app|postgres|1|0|0|1|1|"), "{pools}");
     assert!(pools.contains("transaction|3"), "{pools}");

@@ -340,12 +340,14 @@ impl Session {
     }
 
     async fn acquire(&mut self) -> Result<(), AcquireError> {
-        let route = self.route();
-        self.acquire_on(route).await
+        let (route, writes) = self.route();
+        self.acquire_on(route).await?;
+        self.wrote = writes;
+        Ok(())
     }
 
     async fn acquire_on(&mut self, route: Route) -> Result<(), AcquireError> {
-        self.wrote = self.split && route == Route::Primary;
+        self.wrote = false;
         let lease = self.lease_on(route).await?;
         if let Ok(mut s) = self.slot.server.lock() {
             *s = Some((lease.conn.id, lease.conn.key));
@@ -476,7 +478,8 @@ impl Session {
                 && let Some(lease) = self.lease.as_mut()
             {
                 // Read-your-writes: later reads wait for a replica that has replayed this.
-                const LSN: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint::text";
+                const LSN: &str =
+                    "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint::text";
                 match lease.conn.query_row(LSN).await {
                     Ok(row) => {
                         let lsn = row.first().cloned().flatten().and_then(|v| v.parse().ok());
@@ -536,9 +539,10 @@ impl Session {
     /// Where the next transaction goes: a replica when every statement in the client's batch
     /// is a read (or it starts a read-only transaction) and replicas are configured; otherwise
     /// the primary.
-    fn route(&self) -> Route {
+    /// Also says whether the batch may write (then read-your-writes tracking follows it).
+    fn route(&self) -> (Route, bool) {
         if !self.split {
-            return Route::Primary;
+            return (Route::Primary, false);
         }
         let mut seen = false;
         for (tag, msg) in proto::messages(&self.cbuf) {
@@ -556,19 +560,21 @@ impl Session {
                 if tag == b'B' {
                     continue;
                 }
-                return Route::Primary;
+                return (Route::Primary, true);
             };
             if self.pooler.classifier.class(sql) == Class::Write {
-                return Route::Primary;
+                return (Route::Primary, true);
             }
             seen = true;
         }
         if seen {
-            Route::Read {
+            let read = Route::Read {
                 min_lsn: self.min_lsn,
-            }
+            };
+            (read, false)
         } else {
-            Route::Primary
+            // Sync, Close and the like: no statement runs, nothing is written.
+            (Route::Primary, false)
         }
     }
 }
