@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use crate::stream::ClientStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::login::{self, Refusal};
 use crate::pooler::Pooler;
@@ -24,7 +24,7 @@ pub fn is_console(database: &str) -> bool {
 /// Serves one console session.
 pub async fn run(
     pooler: Arc<Pooler>,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     mut buf: BytesMut,
     peer: SocketAddr,
     startup: Startup,

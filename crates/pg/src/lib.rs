@@ -25,6 +25,7 @@ pub mod shard;
 pub mod sharding;
 pub mod spec;
 pub mod stmt;
+pub mod stream;
 pub mod topology;
 
 pub use pooler::Pooler;

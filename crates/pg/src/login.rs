@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::stream::ClientStream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::auth::{ScramServer, md5_expected};
 use crate::pooler::Pooler;
@@ -22,7 +22,7 @@ pub struct Refusal(pub &'static str, pub String);
 
 impl Refusal {
     /// Sends the refusal as a FATAL ErrorResponse (best effort).
-    pub async fn send(&self, stream: &mut TcpStream) {
+    pub async fn send(&self, stream: &mut ClientStream) {
         let b = proto::error_bytes(Severity::Fatal, self.0, &self.1);
         let _ = stream.write_all(&b).await;
         let _ = stream.shutdown().await;
@@ -38,7 +38,7 @@ impl From<FrameError> for Refusal {
 /// Reads until the startup message; `Ok(None)` when the connection was only a cancel request
 /// or went away.
 pub async fn startup(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     pooler: &Pooler,
 ) -> Result<Option<Startup>, Refusal> {
@@ -54,10 +54,19 @@ pub async fn startup(
                 if !buf.is_empty() {
                     return Err(Refusal("08P01", "data after SSLRequest".into()));
                 }
-                stream
-                    .write_all(b"N")
-                    .await
-                    .map_err(|e| Refusal("08006", e.to_string()))?;
+                let io = |e: std::io::Error| Refusal("08006", e.to_string());
+                let tls = match (&pooler.spec.tls, first_is_ssl(&packet), stream.is_tls()) {
+                    (Some(t), true, false) => Some(t),
+                    _ => None,
+                };
+                match tls {
+                    Some(t) => {
+                        stream.write_all(b"S").await.map_err(io)?;
+                        let acceptor = tokio_rustls::TlsAcceptor::from(t.config.clone());
+                        stream.upgrade(&acceptor).await.map_err(io)?;
+                    }
+                    None => stream.write_all(b"N").await.map_err(io)?,
+                }
             }
             FirstPacket::Cancel { pid, secret } => {
                 if let Some(key) = pooler.server_of((pid, secret))
@@ -66,6 +75,12 @@ pub async fn startup(
                     tracing::warn!(error = %e, "forwarding a cancel request failed");
                 }
                 return Ok(None);
+            }
+            FirstPacket::Startup(_) if pooler.spec.tls_required && !stream.is_tls() => {
+                return Err(Refusal(
+                    "28000",
+                    "this pooler requires TLS (sslmode=require or stronger)".into(),
+                ));
             }
             FirstPacket::Startup(s) => return Ok(Some(s)),
             FirstPacket::NoUser => {
@@ -88,9 +103,13 @@ pub async fn startup(
     }
 }
 
+fn first_is_ssl(packet: &[u8]) -> bool {
+    proto::parse_first(packet) == FirstPacket::Ssl
+}
+
 /// Reads into `buf` until `complete` reports a whole packet; `Ok(None)` on a clean EOF.
 async fn fill(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     complete: impl Fn(&[u8]) -> Result<Option<usize>, FrameError>,
 ) -> Result<Option<usize>, Refusal> {
@@ -108,14 +127,18 @@ async fn fill(
 }
 
 /// Reads one tagged message during login.
-async fn message(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> Result<Bytes, Refusal> {
+async fn message(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Bytes, Refusal> {
     match fill(stream, buf, |b| proto::tagged_len(b, max)).await? {
         Some(n) => Ok(buf.split_to(n).freeze()),
         None => Err(Refusal("08006", "client went away during login".into())),
     }
 }
 
-async fn send(stream: &mut TcpStream, out: &BytesMut) -> Result<(), Refusal> {
+async fn send(stream: &mut ClientStream, out: &BytesMut) -> Result<(), Refusal> {
     stream
         .write_all(out)
         .await
@@ -124,7 +147,7 @@ async fn send(stream: &mut TcpStream, out: &BytesMut) -> Result<(), Refusal> {
 
 /// Authenticates `user`; on success AuthenticationOk has been sent.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     pooler: &Pooler,
     user: &str,

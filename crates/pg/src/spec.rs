@@ -30,6 +30,31 @@ pub struct PgSpec {
     pub max_message_bytes: usize,
     /// Threads running the pooler (default 1).
     pub worker_threads: usize,
+    /// TLS for clients that send SSLRequest (None: they are answered 'N').
+    pub tls: Option<PgTls>,
+    /// Refuse clients that do not use TLS.
+    pub tls_required: bool,
+}
+
+/// A rustls server config for client connections; equal when built from the same files.
+#[derive(Clone)]
+pub struct PgTls {
+    /// The rustls config.
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+    /// Identifies the certificate and key it was built from.
+    pub fingerprint: u64,
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgTls({:016x})", self.fingerprint)
+    }
+}
+
+impl PartialEq for PgTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
 }
 
 /// One virtual database.
@@ -120,6 +145,8 @@ impl PgSpec {
             check_after_idle: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
             worker_threads: 1,
+            tls: None,
+            tls_required: false,
         }
     }
 }

@@ -459,3 +459,46 @@ async fn psql_copy_and_pgbench_work_through_the_pooler() {
         );
     }
 }
+
+fn data(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// psql with a libpq connection string; stdout or stderr.
+fn psql_conn(conn: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-c", sql, conn])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[tokio::test]
+async fn clients_can_use_tls_and_it_can_be_required() {
+    let pg = PgServer::start().await;
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\ntls_required = true",
+        data("localhost.crt"),
+        data("localhost.key")
+    );
+    let (_gw, port) = pooler(&pg, "pool_size = 2", &tls).await;
+    let base = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
+    let info = psql_conn(
+        &format!("{base} sslmode=verify-ca sslrootcert={}", data("ca.crt")),
+        "\\conninfo",
+    )
+    .expect("TLS login");
+    assert!(info.contains("SSL connection"), "{info}");
+    let n = psql_conn(&format!("{base} sslmode=require"), "SELECT 6 * 7").expect("query over TLS");
+    assert_eq!(n, "42");
+    let e = psql_conn(&format!("{base} sslmode=disable"), "SELECT 1").expect_err("plain refused");
+    assert!(e.contains("requires TLS"), "{e}");
+}

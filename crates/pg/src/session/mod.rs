@@ -12,6 +12,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::stream::ClientStream;
+
 use crate::classify::Class;
 mod sharded;
 
@@ -25,7 +27,8 @@ use crate::spec::PoolMode;
 use crate::stmt::{Action, Statements};
 
 /// Serves one client connection to the end.
-pub async fn run(pooler: Arc<Pooler>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
+    let mut stream = ClientStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(8192);
     let startup = match tokio::time::timeout(
         LOGIN_TIMEOUT,
@@ -166,7 +169,7 @@ struct Session {
     pooler: Arc<Pooler>,
     pool: Arc<Pool>,
     slot: Arc<ClientSlot>,
-    client: TcpStream,
+    client: ClientStream,
     cbuf: BytesMut,
     max: usize,
     transaction: bool,
@@ -610,18 +613,33 @@ fn transaction_mode_split(pool: &Pool) -> bool {
 /// so its readiness is cleared on the spot: the next wait goes straight to the reactor instead of
 /// first spending a read syscall on EAGAIN (tokio only learns "drained" from an EAGAIN). No
 /// wakeup is lost: data arriving later raises a new edge.
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_some<S: Drained>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
     let room = buf.capacity() - buf.len();
     let n = stream.read_buf(buf).await?;
     if n > 0 && n < room {
-        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-        });
+        stream.drained();
     }
     Ok(n)
+}
+
+/// A socket whose read readiness can be cleared after a short read.
+trait Drained: tokio::io::AsyncRead + Unpin {
+    fn drained(&self);
+}
+
+impl Drained for TcpStream {
+    fn drained(&self) {
+        crate::stream::mark_drained(self);
+    }
+}
+
+impl Drained for ClientStream {
+    fn drained(&self) {
+        self.mark_drained();
+    }
 }
 
 /// Settings a transaction-mode client made, and those in flight.

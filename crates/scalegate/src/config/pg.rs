@@ -21,6 +21,8 @@ pub struct RawPostgres {
     pub server_lifetime: Option<Spanned<Dur>>,
     pub idle_timeout: Option<Spanned<Dur>>,
     pub check_after_idle: Option<Spanned<Dur>>,
+    pub tls: Option<Spanned<super::raw::RawTls>>,
+    pub tls_required: Option<bool>,
     #[serde(default)]
     pub admin_users: Vec<String>,
     #[serde(default)]
@@ -68,7 +70,11 @@ pub struct RawSharding {
 }
 
 /// Validates `[postgres]`.
-pub(super) fn postgres(c: &mut Check, raw: &Spanned<RawPostgres>) -> Option<PgSpec> {
+pub(super) fn postgres(
+    c: &mut Check,
+    raw: &Spanned<RawPostgres>,
+    base: &std::path::Path,
+) -> Option<PgSpec> {
     let r = raw.get_ref();
     let listen = match r.listen.get_ref().parse() {
         Ok(a) => Some(a),
@@ -119,6 +125,14 @@ pub(super) fn postgres(c: &mut Check, raw: &Spanned<RawPostgres>) -> Option<PgSp
         });
     }
     spec.admin_users.clone_from(&r.admin_users);
+    spec.tls = r.tls.as_ref().and_then(|t| tls(c, t, base));
+    spec.tls_required = r.tls_required.unwrap_or(false);
+    if spec.tls_required && spec.tls.is_none() {
+        c.err(
+            raw.span(),
+            "postgres.tls_required needs postgres.tls = { cert = …, key = … }",
+        );
+    }
     spec.wait_timeout = c.dur(&r.wait_timeout, spec.wait_timeout, "postgres.wait_timeout");
     spec.server_lifetime = c.dur(
         &r.server_lifetime,
@@ -239,6 +253,37 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
             "health_interval",
         ),
     })
+}
+
+/// TLS for pooler clients: the listener certificate rules, with ALPN "postgresql".
+fn tls(
+    c: &mut Check,
+    t: &Spanned<super::raw::RawTls>,
+    base: &std::path::Path,
+) -> Option<scalegate_pg::spec::PgTls> {
+    use std::hash::{Hash, Hasher};
+    let read = |p: &str| std::fs::read(base.join(p)).map_err(|e| format!("cannot read {p:?}: {e}"));
+    let built = read(&t.get_ref().cert).and_then(|cert| {
+        let key = read(&t.get_ref().key)?;
+        let spec = scalegate_http::tls::TlsSpec::from_pem(&cert, &key)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&cert, &key).hash(&mut h);
+        Ok((spec, h.finish()))
+    });
+    match built {
+        Ok((spec, fingerprint)) => {
+            let mut config = (*spec.config).clone();
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+            Some(scalegate_pg::spec::PgTls {
+                config: std::sync::Arc::new(config),
+                fingerprint,
+            })
+        }
+        Err(e) => {
+            c.err(t.span(), format!("postgres.tls: {e}"));
+            None
+        }
+    }
 }
 
 /// The sharding rules of a database with `shards`.

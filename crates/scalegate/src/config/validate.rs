@@ -133,7 +133,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
 
     let cache = super::cache::store(&mut c, raw.cache.as_ref());
     let postgres = raw.postgres.as_ref().and_then(|p| {
-        let mut spec = super::pg::postgres(&mut c, p)?;
+        let mut spec = super::pg::postgres(&mut c, p, base)?;
         super::pg::fill_dbnames(&mut spec);
         Some(spec)
     });
