@@ -328,6 +328,52 @@ impl Pool {
         tokio::spawn(conn.terminate());
     }
 
+    /// Opens server connections until each host that takes traffic has `min_idle` open (so the
+    /// first clients after a quiet spell or a restart do not pay for logins); called
+    /// periodically. Connections are made under the pool's permits, never beyond pool_size.
+    pub async fn top_up(&self) {
+        if self.db.min_idle == 0 {
+            return;
+        }
+        for (host, hp) in self.hosts.iter().enumerate() {
+            let role = self.topology.hosts[host].role();
+            if matches!(
+                role,
+                crate::topology::Role::Down | crate::topology::Role::Unknown
+            ) {
+                continue;
+            }
+            loop {
+                let idle = hp.idle.lock().map_or(0, |i| i.len());
+                if idle >= self.db.min_idle {
+                    break;
+                }
+                let Ok(_permit) = hp.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let mut spec = self.topology.hosts[host].spec.clone();
+                if spec.password.is_none() {
+                    spec.password.clone_from(&self.password);
+                }
+                let id = self.next_server.fetch_add(1, Relaxed);
+                match ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id)
+                    .await
+                {
+                    Ok(conn) => {
+                        self.stats.open.fetch_add(1, Relaxed);
+                        if let Ok(mut i) = hp.idle.lock() {
+                            i.insert(0, conn);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "opening a min_idle server connection failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes connections idle past the idle timeout (keeping `min_idle` per host) or past
     /// their lifetime; called periodically.
     pub fn reap(&self) {

@@ -228,6 +228,7 @@ impl Pooler {
                     tick.tick().await;
                     for p in me.pools() {
                         p.reap();
+                        p.top_up().await;
                     }
                 }
             })

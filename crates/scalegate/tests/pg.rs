@@ -352,6 +352,14 @@ async fn admin_console_shows_pools_and_pauses() {
     let (gw, port) = pooler(&pg, "pool_size = 3", "").await;
     let c = client(port).await;
     c.simple_query("SELECT 1").await.expect("query");
+    // The server goes back to the pool just after the client has its answer.
+    let idle_line =
+        "scalegate_pg_server_connections{database=\"app\",user=\"postgres\",state=\"idle\"} 1";
+    let settled = eventually(std::time::Duration::from_secs(5), || async {
+        gw.admin_get("/metrics").await.contains(idle_line)
+    })
+    .await;
+    assert!(settled, "the server connection never went back to the pool");
     let metrics = gw.admin_get("/metrics").await;
     for line in [
         "scalegate_pg_clients{database=\"app\",user=\"postgres\"} 1",
@@ -501,4 +509,21 @@ async fn clients_can_use_tls_and_it_can_be_required() {
     assert_eq!(n, "42");
     let e = psql_conn(&format!("{base} sslmode=disable"), "SELECT 1").expect_err("plain refused");
     assert!(e.contains("requires TLS"), "{e}");
+}
+
+#[tokio::test]
+async fn min_idle_connections_are_opened_ahead_of_clients() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 4\nmin_idle = 3", "").await;
+    let c = client(port).await;
+    c.simple_query("SELECT 1").await.expect("query");
+    let warmed = eventually(std::time::Duration::from_secs(10), || async {
+        let n = pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'scalegate'",
+        );
+        n.parse::<u32>().unwrap_or(0) >= 3
+    })
+    .await;
+    assert!(warmed, "min_idle server connections were not opened");
 }
