@@ -178,26 +178,33 @@ fn mode(m: PoolMode) -> String {
     }
 }
 
-fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+/// One row per pool: database, user, then what `rest` gives.
+fn per_pool(pooler: &Pooler, rest: impl Fn(&crate::pool::Pool) -> Vec<String>) -> Vec<Vec<String>> {
     pooler
         .pools()
         .iter()
         .map(|p| {
-            let s = &p.stats;
-            vec![
-                p.db.name.clone(),
-                p.user.clone(),
-                s.clients.load(Relaxed).to_string(),
-                s.waiting.load(Relaxed).to_string(),
-                s.active.load(Relaxed).to_string(),
-                p.idle_count().to_string(),
-                s.open.load(Relaxed).to_string(),
-                s.max_wait_us.load(Relaxed).to_string(),
-                mode(p.mode()),
-                p.db.pool_size.to_string(),
-            ]
+            let mut row = vec![p.db.name.clone(), p.user.clone()];
+            row.extend(rest(p));
+            row
         })
         .collect()
+}
+
+fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    per_pool(pooler, |p| {
+        let s = &p.stats;
+        vec![
+            s.clients.load(Relaxed).to_string(),
+            s.waiting.load(Relaxed).to_string(),
+            s.active.load(Relaxed).to_string(),
+            p.idle_count().to_string(),
+            s.open.load(Relaxed).to_string(),
+            s.max_wait_us.load(Relaxed).to_string(),
+            mode(p.mode()),
+            p.db.pool_size.to_string(),
+        ]
+    })
 }
 
 const STATS_COLS: &[&str] = &[
@@ -213,24 +220,18 @@ const STATS_COLS: &[&str] = &[
 ];
 
 fn stats_rows(pooler: &Pooler) -> Vec<Vec<String>> {
-    pooler
-        .pools()
-        .iter()
-        .map(|p| {
-            let s = &p.stats;
-            vec![
-                p.db.name.clone(),
-                p.user.clone(),
-                s.xacts.load(Relaxed).to_string(),
-                s.queries.load(Relaxed).to_string(),
-                s.bytes_in.load(Relaxed).to_string(),
-                s.bytes_out.load(Relaxed).to_string(),
-                s.wait_us.load(Relaxed).to_string(),
-                s.wait_timeouts.load(Relaxed).to_string(),
-                s.replica_xacts.load(Relaxed).to_string(),
-            ]
-        })
-        .collect()
+    per_pool(pooler, |p| {
+        let s = &p.stats;
+        vec![
+            s.xacts.load(Relaxed).to_string(),
+            s.queries.load(Relaxed).to_string(),
+            s.bytes_in.load(Relaxed).to_string(),
+            s.bytes_out.load(Relaxed).to_string(),
+            s.wait_us.load(Relaxed).to_string(),
+            s.wait_timeouts.load(Relaxed).to_string(),
+            s.replica_xacts.load(Relaxed).to_string(),
+        ]
+    })
 }
 
 const CLIENT_COLS: &[&str] = &["user", "database", "addr", "connected_s", "server_id"];

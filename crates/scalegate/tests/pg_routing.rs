@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::psql;
-use tokio_postgres::{Client as PgClient, NoTls};
+use tokio_postgres::Client as PgClient;
 
 async fn cluster() -> (PgServer, PgServer) {
     let primary = PgServer::start().await;
@@ -37,17 +37,10 @@ async fn pooler(primary: &PgServer, replica: &PgServer, db_extra: &str) -> (Gate
 }
 
 async fn client(port: u16) -> PgClient {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
-        NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect through the pooler: {e}"));
-    tokio::spawn(conn);
-    client
+    pg_client(port, "app").await
 }
 
-async fn port_of(c: &PgClient, sql: &str) -> i32 {
+async fn port_of(c: &impl tokio_postgres::GenericClient, sql: &str) -> i32 {
     c.query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -88,24 +81,14 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         .start()
         .await
         .expect("begin read only");
-    let got: i32 = tx
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .expect("in tx")
-        .get(0);
+    assert_eq!(port_of(&tx, "SELECT inet_server_port()").await, r);
     tx.commit().await.expect("commit");
-    assert_eq!(got, r);
     let tx = c2.transaction().await.expect("begin");
     tx.execute("INSERT INTO t VALUES (1)", &[])
         .await
         .expect("write in tx");
-    let got: i32 = tx
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .expect("in tx")
-        .get(0);
+    assert_eq!(port_of(&tx, "SELECT inet_server_port()").await, p);
     tx.commit().await.expect("commit");
-    assert_eq!(got, p);
     let stats = psql(port, "postgres", "scalegate", "SHOW STATS").expect("stats");
     let replica_xacts: u64 = stats
         .split('|')

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::psql;
-use tokio_postgres::{Client as PgClient, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client as PgClient, SimpleQueryMessage};
 
 const SCHEMA: &str = "CREATE TABLE users (user_id bigint PRIMARY KEY, name text)";
 
@@ -30,14 +30,7 @@ fn config(port: u16, a: &PgServer, b: &PgServer, sharding: &str) -> String {
 }
 
 async fn client(port: u16) -> PgClient {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
-        NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect through the pooler: {e}"));
-    tokio::spawn(conn);
-    client
+    pg_client(port, "app").await
 }
 
 fn ids_on(s: &PgServer) -> Vec<i64> {

@@ -472,13 +472,20 @@ fn command_count(m: &[u8]) -> Option<u64> {
     tag.rsplit(' ').next()?.parse().ok()
 }
 
+/// The item count that opens a RowDescription or DataRow body, and what follows it.
+fn counted(m: &[u8]) -> Option<(i16, &[u8])> {
+    let mut b = m.get(5..)?;
+    if b.len() < 2 {
+        return None;
+    }
+    Some((b.get_i16().max(0), b))
+}
+
 /// (name, type oid, binary) of each column of a RowDescription.
 fn columns(m: &[u8]) -> Vec<(String, i32, bool)> {
-    let mut b = &m[5..];
-    if b.len() < 2 {
+    let Some((n, mut b)) = counted(m) else {
         return Vec::new();
-    }
-    let n = b.get_i16().max(0);
+    };
     let mut out = Vec::new();
     for _ in 0..n {
         let Some(name) = proto::cstr(&mut b) else {
@@ -498,11 +505,9 @@ fn columns(m: &[u8]) -> Vec<(String, i32, bool)> {
 
 /// The values of a DataRow.
 fn values(m: &[u8]) -> Vec<Option<&[u8]>> {
-    let mut b = &m[5..];
-    if b.len() < 2 {
+    let Some((n, mut b)) = counted(m) else {
         return Vec::new();
-    }
-    let n = b.get_i16().max(0);
+    };
     let mut out = Vec::new();
     for _ in 0..n {
         if b.len() < 4 {

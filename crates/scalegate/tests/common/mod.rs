@@ -117,3 +117,15 @@ impl LoadLoop {
         (self.ok.load(std::sync::atomic::Ordering::Relaxed), failures)
     }
 }
+
+/// A tokio-postgres client of the pooler on `port` (user postgres, database `db`).
+pub async fn pg_client(port: u16, db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname={db}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect through the pooler: {e}"));
+    tokio::spawn(conn);
+    client
+}
