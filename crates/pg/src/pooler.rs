@@ -50,6 +50,7 @@ pub struct Pooler {
     paused: watch::Sender<bool>,
     /// Woken by the console's RELOAD; the process reloads its config file.
     pub reload: tokio::sync::Notify,
+    closing: watch::Sender<bool>,
 }
 
 impl Pooler {
@@ -90,6 +91,7 @@ impl Pooler {
             server_ids: Arc::new(AtomicU64::new(1)),
             paused: watch::channel(false).0,
             reload: tokio::sync::Notify::new(),
+            closing: watch::channel(false).0,
         })
     }
 
@@ -199,6 +201,17 @@ impl Pooler {
         let _ = rx.wait_for(|p| !*p).await;
     }
 
+    /// Whether the pooler is shutting down.
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn closing(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
     /// Server connections handed out across all pools.
     pub fn active_servers(&self) -> usize {
         self.pools()
@@ -255,6 +268,8 @@ impl Pooler {
                 _ = &mut shutdown => break,
             }
         }
+        // Sessions between transactions say goodbye now; the others when theirs ends.
+        self.closing.send_replace(true);
         reaper.abort();
         for m in monitors {
             m.abort();

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -62,7 +63,11 @@ pub fn start(spec: PgSpec) -> anyhow::Result<PgHandle> {
                 // Let transactions in flight finish before the runtime goes away.
                 let drain = drain_rx.await.unwrap_or(Duration::ZERO);
                 let deadline = tokio::time::Instant::now() + drain;
-                while p.active_servers() > 0 && tokio::time::Instant::now() < deadline {
+                // Transactions in flight finish; their clients are then told the pooler is
+                // going away (57P01) and disconnected.
+                while (p.active_servers() > 0 || p.client_count.load(Relaxed) > 0)
+                    && tokio::time::Instant::now() < deadline
+                {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 p.close_idle();

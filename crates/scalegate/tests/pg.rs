@@ -527,3 +527,27 @@ async fn min_idle_connections_are_opened_ahead_of_clients() {
     .await;
     assert!(warmed, "min_idle server connections were not opened");
 }
+
+#[tokio::test]
+async fn sigterm_lets_transactions_finish_and_tells_idle_clients() {
+    let pg = PgServer::start().await;
+    pg.psql("postgres", "CREATE TABLE drained (n int)");
+    let (mut gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let busy = client(port).await;
+    busy.batch_execute("BEGIN; INSERT INTO drained VALUES (1)")
+        .await
+        .expect("open transaction");
+    // An idle client, logged in and waiting: it must be told why it is disconnected.
+    let idle = tokio::task::spawn_blocking(move || raw_pg(port, &startup("postgres")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal(libc::SIGTERM);
+    let told = idle.await.expect("idle client task");
+    assert_eq!(told.as_deref(), Some("57P01"));
+    // The transaction in flight still finishes.
+    busy.batch_execute("INSERT INTO drained VALUES (2); COMMIT")
+        .await
+        .expect("the transaction in flight commits during the drain");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM drained"), "2");
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exits");
+    assert!(status.success(), "{status:?}");
+}

@@ -163,6 +163,8 @@ enum End {
     ServerLost(String),
     /// Protocol violation or a fatal pool error, sent to the client before closing.
     Fatal(&'static str, String),
+    /// The pooler is shutting down and the client holds no server connection.
+    Shutdown,
 }
 
 struct Session {
@@ -214,9 +216,15 @@ impl Session {
                 Ok(None) => {}
             }
             let Some(lease) = self.lease.as_mut() else {
-                match read_some(&mut self.client, &mut self.cbuf).await {
-                    Ok(0) | Err(_) => return End::Client,
-                    Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
+                if self.pooler.is_closing() {
+                    return End::Shutdown;
+                }
+                tokio::select! {
+                    r = read_some(&mut self.client, &mut self.cbuf) => match r {
+                        Ok(0) | Err(_) => return End::Client,
+                        Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
+                    },
+                    _ = self.pooler.closing() => return End::Shutdown,
                 };
                 continue;
             };
@@ -528,6 +536,14 @@ impl Session {
                 self.release(false);
                 let msg = format!("server connection lost: {why}");
                 let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
+                let _ = self.client.write_all(&b).await;
+            }
+            End::Shutdown => {
+                let b = proto::error_bytes(
+                    Severity::Fatal,
+                    "57P01",
+                    "terminating connection due to administrator command: scalegate is shutting down",
+                );
                 let _ = self.client.write_all(&b).await;
             }
             End::Fatal(code, msg) => {
