@@ -264,6 +264,14 @@ impl Pool {
         loop {
             let candidate = hp.idle.lock().ok().and_then(|mut i| i.pop());
             let Some(mut conn) = candidate else { break };
+            if conn.looks_closed() {
+                self.stats.open.fetch_sub(1, Relaxed);
+                tracing::info!(
+                    server = conn.id,
+                    "server closed an idle connection; dropped"
+                );
+                continue;
+            }
             if conn.last_used.elapsed() >= self.check_after_idle
                 && !conn.ping(Duration::from_secs(2)).await
             {

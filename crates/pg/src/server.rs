@@ -268,6 +268,22 @@ impl ServerConn {
         }
     }
 
+    /// Whether the server has closed (or spoken on) this idle connection: an administrator's
+    /// pg_terminate_backend, a restart or an idle timeout on the server. Answered from the
+    /// reactor's readiness without a syscall in the common case.
+    pub fn looks_closed(&mut self) -> bool {
+        use futures_util::FutureExt;
+        if self.stream.readable().now_or_never().is_none() {
+            return false;
+        }
+        let mut probe = [0u8; 512];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            // EOF, an error, or bytes nobody asked for (a FATAL before closing): stale.
+            _ => true,
+        }
+    }
+
     /// A cheap liveness check: Sync → ReadyForQuery with the connection idle.
     pub async fn ping(&mut self, timeout: Duration) -> bool {
         let check = async {

@@ -551,3 +551,27 @@ async fn sigterm_lets_transactions_finish_and_tells_idle_clients() {
     let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn server_connections_closed_while_idle_are_not_handed_out() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 3", "").await;
+    let c = client(port).await;
+    for _ in 0..3 {
+        c.simple_query("SELECT 1").await.expect("warm up");
+    }
+    // An administrator (or a server restart) ends the pooler's idle server connections.
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'scalegate'",
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        let r = c.query_one("SELECT $1::int", &[&i]).await;
+        assert_eq!(
+            r.expect("served on a fresh server connection")
+                .get::<_, i32>(0),
+            i
+        );
+    }
+}
