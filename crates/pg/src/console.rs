@@ -29,10 +29,11 @@ pub async fn run(
     peer: SocketAddr,
     startup: Startup,
 ) {
-    let allowed = if pooler.spec.admin_users.is_empty() {
+    let admin_users = pooler.spec().admin_users;
+    let allowed = if admin_users.is_empty() {
         peer.ip().is_loopback()
     } else {
-        pooler.spec.admin_users.contains(&startup.user)
+        admin_users.contains(&startup.user)
     };
     if !allowed {
         return Refusal(

@@ -55,7 +55,8 @@ pub async fn startup(
                     return Err(Refusal("08P01", "data after SSLRequest".into()));
                 }
                 let io = |e: std::io::Error| Refusal("08006", e.to_string());
-                let tls = match (&pooler.spec.tls, first_is_ssl(&packet), stream.is_tls()) {
+                let spec_tls = pooler.spec().tls;
+                let tls = match (&spec_tls, first_is_ssl(&packet), stream.is_tls()) {
                     (Some(t), true, false) => Some(t),
                     _ => None,
                 };
@@ -76,7 +77,7 @@ pub async fn startup(
                 }
                 return Ok(None);
             }
-            FirstPacket::Startup(_) if pooler.spec.tls_required && !stream.is_tls() => {
+            FirstPacket::Startup(_) if pooler.spec().tls_required && !stream.is_tls() => {
                 return Err(Refusal(
                     "28000",
                     "this pooler requires TLS (sslmode=require or stronger)".into(),
@@ -160,7 +161,7 @@ pub async fn authenticate(
     };
     let mut out = BytesMut::new();
     match pooler.user(user) {
-        None if pooler.spec.users.is_empty() => {}
+        None if !pooler.has_users() => {}
         None => return Err(failed()),
         Some((u, _)) if u.auth == ClientAuth::Trust => {}
         Some((u, _)) if u.auth == ClientAuth::Md5 => {

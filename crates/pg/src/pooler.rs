@@ -32,17 +32,69 @@ pub struct ClientSlot {
     pub server: Mutex<Option<(u64, ServerKey)>>,
 }
 
-/// Shared state of the running pooler.
+/// The settings in force: replaced whole by a reload.
 #[derive(Debug)]
-pub struct Pooler {
+pub struct State {
     /// Settings.
     pub spec: PgSpec,
     databases: HashMap<String, Arc<DatabaseSpec>>,
     topologies: HashMap<String, Arc<Topology>>,
+    users: HashMap<String, (UserSpec, Option<ScramSecret>)>,
+}
+
+impl State {
+    /// Builds the state for `spec`, keeping `old`'s topology (roles, lag, counters, monitor)
+    /// for every database whose settings did not change.
+    fn new(spec: PgSpec, old: Option<&State>) -> State {
+        let databases: HashMap<String, Arc<DatabaseSpec>> = spec
+            .databases
+            .iter()
+            .map(|d| (d.name.clone(), Arc::new(d.clone())))
+            .collect();
+        let topologies = spec
+            .databases
+            .iter()
+            .map(|d| {
+                let kept = old.and_then(|o| {
+                    let same = o.databases.get(&d.name).is_some_and(|od| **od == *d);
+                    same.then(|| o.topologies.get(&d.name).cloned()).flatten()
+                });
+                let topo = kept.unwrap_or_else(|| {
+                    let monitor_user = d.primary.user.as_deref().unwrap_or("postgres");
+                    let password = spec
+                        .users
+                        .iter()
+                        .find(|u| u.name == monitor_user)
+                        .map(|u| u.password.clone());
+                    Arc::new(Topology::new(d, password))
+                });
+                (d.name.clone(), topo)
+            })
+            .collect();
+        let users = spec
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), (u.clone(), ScramSecret::new(&u.password))))
+            .collect();
+        State {
+            spec,
+            databases,
+            topologies,
+            users,
+        }
+    }
+}
+
+/// Shared state of the running pooler.
+#[derive(Debug)]
+pub struct Pooler {
+    state: arc_swap::ArcSwap<State>,
     /// Read/write classification cache.
     pub classifier: Classifier,
-    users: HashMap<String, (UserSpec, Option<ScramSecret>)>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// Monitor tasks by database, and the runtime they run on.
+    monitors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
     clients: Mutex<HashMap<(i32, i32), Arc<ClientSlot>>>,
     /// Clients connected now.
     pub client_count: AtomicUsize,
@@ -56,36 +108,12 @@ pub struct Pooler {
 impl Pooler {
     /// A pooler for `spec` (no listener yet).
     pub fn new(spec: PgSpec) -> Arc<Pooler> {
-        let databases = spec
-            .databases
-            .iter()
-            .map(|d| (d.name.clone(), Arc::new(d.clone())))
-            .collect();
-        let topologies = spec
-            .databases
-            .iter()
-            .map(|d| {
-                let monitor_user = d.primary.user.as_deref().unwrap_or("postgres");
-                let password = spec
-                    .users
-                    .iter()
-                    .find(|u| u.name == monitor_user)
-                    .map(|u| u.password.clone());
-                (d.name.clone(), Arc::new(Topology::new(d, password)))
-            })
-            .collect();
-        let users = spec
-            .users
-            .iter()
-            .map(|u| (u.name.clone(), (u.clone(), ScramSecret::new(&u.password))))
-            .collect();
         Arc::new(Pooler {
-            spec,
-            databases,
-            topologies,
+            state: arc_swap::ArcSwap::from_pointee(State::new(spec, None)),
             classifier: Classifier::default(),
-            users,
             pools: Mutex::new(HashMap::new()),
+            monitors: Mutex::new(HashMap::new()),
+            runtime: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             client_count: AtomicUsize::new(0),
             server_ids: Arc::new(AtomicU64::new(1)),
@@ -95,38 +123,117 @@ impl Pooler {
         })
     }
 
+    /// The settings in force.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// The pooler settings in force.
+    pub fn spec(&self) -> PgSpec {
+        self.state.load().spec.clone()
+    }
+
     /// A virtual database by name.
     pub fn database(&self, name: &str) -> Option<Arc<DatabaseSpec>> {
-        self.databases.get(name).cloned()
+        self.state.load().databases.get(name).cloned()
     }
 
     /// Every virtual database, by name.
     pub fn databases(&self) -> Vec<Arc<DatabaseSpec>> {
-        let mut v: Vec<_> = self.databases.values().cloned().collect();
+        let mut v: Vec<_> = self.state.load().databases.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// A configured user (and its SCRAM secret).
-    pub fn user(&self, name: &str) -> Option<&(UserSpec, Option<ScramSecret>)> {
-        self.users.get(name)
+    pub fn user(&self, name: &str) -> Option<(UserSpec, Option<ScramSecret>)> {
+        self.state.load().users.get(name).cloned()
+    }
+
+    /// Whether clients are checked by the pooler (some users are configured).
+    pub fn has_users(&self) -> bool {
+        !self.state.load().users.is_empty()
     }
 
     /// The hosts of a database and their roles.
     pub fn topology(&self, db: &str) -> Option<Arc<Topology>> {
-        self.topologies.get(db).cloned()
+        self.state.load().topologies.get(db).cloned()
+    }
+
+    /// Applies new settings: new clients see new users and databases at once; a database whose
+    /// settings changed gets fresh pools (sessions on the old ones finish undisturbed and their
+    /// idle server connections are closed). Returns the settings that need a restart.
+    pub fn apply(&self, spec: PgSpec) -> Vec<&'static str> {
+        let old = self.state.load_full();
+        let mut restart = Vec::new();
+        if spec.listen != old.spec.listen {
+            restart.push("postgres.listen");
+        }
+        if spec.worker_threads != old.spec.worker_threads {
+            restart.push("postgres.worker_threads");
+        }
+        let next = State::new(spec, Some(&old));
+        let changed: Vec<String> = old
+            .databases
+            .iter()
+            .filter(|(name, d)| next.databases.get(*name) != Some(*d))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let new_dbs: Vec<String> = next
+            .databases
+            .keys()
+            .filter(|n| old.databases.get(*n) != next.databases.get(*n))
+            .cloned()
+            .collect();
+        self.state.store(Arc::new(next));
+        let dropped: Vec<Arc<Pool>> = match self.pools.lock() {
+            Ok(mut pools) => {
+                let keys: Vec<_> = pools
+                    .keys()
+                    .filter(|(db, _)| changed.contains(db))
+                    .cloned()
+                    .collect();
+                keys.iter().filter_map(|k| pools.remove(k)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let handle = self.runtime.lock().ok().and_then(|h| h.clone());
+        if let Some(h) = &handle {
+            let _enter = h.enter();
+            for p in dropped {
+                p.close_idle();
+            }
+        }
+        if let Ok(mut monitors) = self.monitors.lock() {
+            for name in &changed {
+                if let Some(m) = monitors.remove(name) {
+                    m.abort();
+                }
+            }
+            if let Some(h) = &handle {
+                for name in &new_dbs {
+                    if let Some(t) = self.topology(name).filter(|t| t.has_replicas()) {
+                        monitors.insert(name.clone(), h.spawn(t.monitor()).abort_handle());
+                    }
+                }
+            }
+        }
+        restart
     }
 
     /// The pool for (database, user), made on first use.
     pub fn pool(&self, db: &Arc<DatabaseSpec>, user: &str) -> Arc<Pool> {
+        let state = self.state();
         let make = || {
-            let topo = self
-                .topology(&db.name)
+            let topo = state
+                .topologies
+                .get(&db.name)
+                .cloned()
                 .unwrap_or_else(|| Arc::new(Topology::new(db, None)));
             Arc::new(Pool::new(
                 db.clone(),
                 user,
-                &self.spec,
+                &state.spec,
                 self.server_ids.clone(),
                 topo,
             ))
@@ -135,7 +242,15 @@ impl Pooler {
         let Ok(mut pools) = self.pools.lock() else {
             return make();
         };
-        pools.entry(key).or_insert_with(make).clone()
+        match pools.get(&key) {
+            // A pool made from settings a reload has since replaced is not reused.
+            Some(p) if p.db == *db => p.clone(),
+            _ => {
+                let p = make();
+                pools.insert(key, p.clone());
+                p
+            }
+        }
     }
 
     /// Every pool, sorted by (database, user).
@@ -246,12 +361,17 @@ impl Pooler {
                 }
             })
         };
-        let monitors: Vec<_> = self
-            .topologies
-            .values()
-            .filter(|t| t.has_replicas())
-            .map(|t| tokio::spawn(t.clone().monitor()))
-            .collect();
+        if let Ok(mut h) = self.runtime.lock() {
+            *h = Some(tokio::runtime::Handle::current());
+        }
+        if let Ok(mut monitors) = self.monitors.lock() {
+            for (name, t) in &self.state().topologies {
+                if t.has_replicas() {
+                    let task = tokio::spawn(t.clone().monitor());
+                    monitors.insert(name.clone(), task.abort_handle());
+                }
+            }
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -271,8 +391,10 @@ impl Pooler {
         // Sessions between transactions say goodbye now; the others when theirs ends.
         self.closing.send_replace(true);
         reaper.abort();
-        for m in monitors {
-            m.abort();
+        if let Ok(mut monitors) = self.monitors.lock() {
+            for (_, m) in monitors.drain() {
+                m.abort();
+            }
         }
         self.close_idle();
     }

@@ -122,12 +122,12 @@ async fn serve(
         tokio::select! {
             _ = console_reload => {
                 tracing::info!("RELOAD from the postgres console: reloading");
-                if let Some(p) = &path { reload(p, &gw, &mut running, &mut health) }
+                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health) }
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 settle = None;
-                if let Some(p) = &path { reload(p, &gw, &mut running, &mut health) }
+                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health) }
             }
             Some(()) = changed_rx.recv() => {
                 settle = Some(tokio::time::Instant::now() + Duration::from_millis(150));
@@ -136,7 +136,7 @@ async fn serve(
                 settle = None;
                 if let Some(p) = &path {
                     tracing::info!("config file changed: reloading");
-                    reload(p, &gw, &mut running, &mut health);
+                    reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health);
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
@@ -169,7 +169,13 @@ async fn serve(
 
 /// Applies the file at `path` if it is valid; otherwise logs every problem and keeps the
 /// running config.
-fn reload(path: &Path, gw: &Arc<Gateway>, running: &mut Config, health: &mut Supervisor) {
+fn reload(
+    path: &Path,
+    gw: &Arc<Gateway>,
+    pg: Option<&scalegate_pg::Pooler>,
+    running: &mut Config,
+    health: &mut Supervisor,
+) {
     let counted = |result: &str| {
         let l: Labels = vec![("result", result.to_string())];
         gw.metrics.reloads.get_or_create(&l).inc();
@@ -191,6 +197,15 @@ fn reload(path: &Path, gw: &Arc<Gateway>, running: &mut Config, health: &mut Sup
     match gw.apply(&next.gateway) {
         Ok(snap) => {
             health.reconcile(&snap);
+            if let (Some(pooler), Some(spec)) = (pg, next.postgres.clone()) {
+                for setting in pooler.apply(spec.clone()) {
+                    tracing::warn!(
+                        setting,
+                        "changed setting only applies after a restart; keeping the running value"
+                    );
+                }
+                running.postgres = Some(spec);
+            }
             tracing::info!(version = snap.version, summary = %next.summary(), "config reloaded");
             running.gateway = next.gateway;
             running.drain_timeout = next.drain_timeout;

@@ -16,13 +16,16 @@ use tokio_postgres::{Client as PgClient, NoTls};
 /// database's table, `extra` into `[postgres]`); returns it and the pooler's port.
 async fn pooler(pg: &PgServer, db_extra: &str, extra: &str) -> (GatewayProcess, u16) {
     let port = free_port();
-    let cfg = format!(
+    let gw = GatewayProcess::start(BIN, &pooler_config(port, pg, db_extra, extra)).await;
+    (gw, port)
+}
+
+fn pooler_config(port: u16, pg: &PgServer, db_extra: &str, extra: &str) -> String {
+    format!(
         "[postgres]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\
          [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n{db_extra}\n",
         pg.port
-    );
-    let gw = GatewayProcess::start(BIN, &cfg).await;
-    (gw, port)
+    )
 }
 
 async fn connect(port: u16, user: &str, extra: &str) -> Result<PgClient, tokio_postgres::Error> {
@@ -574,4 +577,38 @@ async fn server_connections_closed_while_idle_are_not_handed_out() {
             i
         );
     }
+}
+
+#[tokio::test]
+async fn reload_applies_pooler_changes_without_dropping_clients() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let old = client(port).await;
+    old.simple_query("SELECT 1").await.expect("before reload");
+    // A second database and a bigger pool for the first, applied by SIGHUP.
+    let more = format!(
+        "[postgres.databases.reports]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n",
+        pg.port
+    );
+    gw.write_config(&(pooler_config(port, &pg, "pool_size = 4", "") + &more));
+    gw.signal(libc::SIGHUP);
+    let applied = eventually(Duration::from_secs(10), || async {
+        psql(port, "postgres", "reports", "SELECT 5").as_deref() == Ok("5")
+    })
+    .await;
+    assert!(applied, "the new database never appeared");
+    // The client connected before the reload goes on; new clients get the new pool size.
+    assert!(old.simple_query("SELECT 2").await.is_ok());
+    let fresh = client(port).await;
+    fresh.simple_query("SELECT 3").await.expect("after reload");
+    let pools = psql(port, "postgres", "scalegate", "SHOW POOLS").expect("SHOW POOLS");
+    assert!(pools.contains("transaction|4"), "{pools}");
+    // An invalid file is refused and the running settings stay.
+    gw.write_config("[postgres]\nlisten = 12\n");
+    gw.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        psql(port, "postgres", "reports", "SELECT 6").as_deref(),
+        Ok("6")
+    );
 }

@@ -48,12 +48,13 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     if crate::console::is_console(&startup.database) {
         return crate::console::run(pooler, stream, buf, peer, startup).await;
     }
-    if pooler.client_count.load(Relaxed) >= pooler.spec.max_client_conn {
+    let spec = pooler.spec();
+    if pooler.client_count.load(Relaxed) >= spec.max_client_conn {
         return Refusal(
             "53300",
             format!(
                 "too many clients already (max_client_conn {})",
-                pooler.spec.max_client_conn
+                spec.max_client_conn
             ),
         )
         .send(&mut stream)
@@ -117,7 +118,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     pooler.client_count.fetch_add(1, Relaxed);
     pool.stats.clients.fetch_add(1, Relaxed);
     let mut session = Session {
-        max: pooler.spec.max_message_bytes,
+        max: spec.max_message_bytes,
         transaction: pool.mode() == PoolMode::Transaction,
         pooler: pooler.clone(),
         pool: pool.clone(),

@@ -2,8 +2,10 @@
 //! specs, and report every problem as `FILE:LINE:COL: message`.
 //!
 //! Which settings a reload can change: everything under `listeners`, `routes`, `upstreams` and
-//! `log.access_log` applies on reload; `runtime.*`, `admin.listen` and `log.format` need a
-//! restart (a reload that changes them logs a warning and keeps the running values).
+//! `log.access_log` applies on reload, and under `[postgres]` everything but `listen` and
+//! `worker_threads`; `runtime.*`, `admin.listen`, `log.format` and adding or removing
+//! `[postgres]` need a restart (a reload that changes them logs a warning and keeps the running
+//! values).
 
 mod cache;
 mod pg;
@@ -148,7 +150,9 @@ impl Config {
         if self.log_format != running.log_format {
             v.push("log.format");
         }
-        if self.postgres != running.postgres {
+        // The pooler applies its own changes (see `scalegate_pg::Pooler::apply`); starting or
+        // stopping it takes a restart.
+        if self.postgres.is_some() != running.postgres.is_some() {
             v.push("postgres");
         }
         v
