@@ -25,6 +25,8 @@ pub struct ShardKey {
     pub table: String,
     /// Column name (lower case).
     pub column: String,
+    /// The column is text (hashed as PostgreSQL hashes text); otherwise an integer.
+    pub text: bool,
 }
 
 /// A sharded database's rules.
@@ -83,6 +85,11 @@ pub struct Param {
 }
 
 impl Param {
+    fn as_text(&self) -> Option<String> {
+        // Text travels as UTF-8 in both formats.
+        String::from_utf8(self.value.clone()?).ok()
+    }
+
     fn as_i64(&self) -> Option<i64> {
         let v = self.value.as_ref()?;
         if self.binary {
@@ -103,6 +110,37 @@ impl ShardingSpec {
     pub fn shard_of(&self, key: i64) -> usize {
         let v = virtual_shard(self.function, key, self.virtual_shards) as usize;
         self.map.get(v).copied().unwrap_or(0)
+    }
+
+    /// The physical shard of a text key (hash sharding only).
+    pub fn shard_of_text(&self, key: &str) -> usize {
+        let v = (crate::shard::partition_hash_text(key) % u64::from(self.virtual_shards.max(1)))
+            as usize;
+        self.map.get(v).copied().unwrap_or(0)
+    }
+
+    /// The shard for the value `e` of sharding column `key`.
+    fn shard_for(&self, key: &ShardKey, e: &Expr, params: &[Param]) -> Option<usize> {
+        if key.text {
+            let text = match e {
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => Some(s.clone()),
+                    Value::Number(n, _) => Some(n.clone()),
+                    Value::Placeholder(p) => {
+                        let i: usize = p.strip_prefix('$')?.parse().ok()?;
+                        params.get(i.checked_sub(1)?)?.as_text()
+                    }
+                    _ => None,
+                },
+                Expr::Nested(e) | Expr::Cast { expr: e, .. } => {
+                    return self.shard_for(key, e, params);
+                }
+                _ => None,
+            }?;
+            Some(self.shard_of_text(&text))
+        } else {
+            self.key_value(e, params).map(|k| self.shard_of(k))
+        }
     }
 
     fn shards(&self) -> usize {
@@ -161,25 +199,29 @@ impl ShardingSpec {
         }
     }
 
-    /// The key in `WHERE key = value [AND …]` for a statement over `tables`.
-    fn key_in_where(&self, sel: Option<&Expr>, tables: &[String], params: &[Param]) -> Option<i64> {
-        let cols: Vec<&str> = self
+    /// The shard of `WHERE key = value [AND …]` for a statement over `tables`.
+    fn key_in_where(
+        &self,
+        sel: Option<&Expr>,
+        tables: &[String],
+        params: &[Param],
+    ) -> Option<usize> {
+        let keys: Vec<&ShardKey> = self
             .keys
             .iter()
             .filter(|k| tables.contains(&k.table))
-            .map(|k| k.column.as_str())
             .collect();
-        if cols.is_empty() {
+        if keys.is_empty() {
             return None;
         }
         let mut found = None;
         conjuncts(sel?, &mut |l, r| {
             for (col, val) in [(l, r), (r, l)] {
                 if let Some(name) = column_name(col)
-                    && cols.contains(&name.as_str())
-                    && let Some(v) = self.key_value(val, params)
+                    && let Some(key) = keys.iter().find(|k| k.column == name)
+                    && let Some(shard) = self.shard_for(key, val, params)
                 {
-                    found = Some(v);
+                    found = Some(shard);
                 }
             }
         });
@@ -215,8 +257,8 @@ impl ShardingSpec {
                 };
                 let mut shards = Vec::new();
                 for row in &values.rows {
-                    match row.content.get(pos).and_then(|e| self.key_value(e, params)) {
-                        Some(k) => shards.push(self.shard_of(k)),
+                    match row.content.get(pos).and_then(|e| self.shard_for(key, e, params)) {
+                        Some(shard) => shards.push(shard),
                         None => {
                             return Plan::Reject(format!(
                                 "every row must give {} as a literal or parameter",
@@ -258,7 +300,7 @@ impl ShardingSpec {
             Statement::Update(u) => {
                 let tables = tables_of(std::slice::from_ref(&u.table));
                 match self.key_in_where(u.selection.as_ref(), &tables, params) {
-                    Some(k) => Plan::One(self.shard_of(k)),
+                    Some(shard) => Plan::One(shard),
                     None => Plan::Reject(no_key("UPDATE", &self.keys)),
                 }
             }
@@ -269,7 +311,7 @@ impl ShardingSpec {
                 };
                 let tables = tables_of(from);
                 match self.key_in_where(d.selection.as_ref(), &tables, params) {
-                    Some(k) => Plan::One(self.shard_of(k)),
+                    Some(shard) => Plan::One(shard),
                     None => Plan::Reject(no_key("DELETE", &self.keys)),
                 }
             }
@@ -284,8 +326,8 @@ impl ShardingSpec {
             return Plan::Reject("set operations cannot be routed across shards".into());
         };
         let tables = tables_of(&sel.from);
-        if let Some(k) = self.key_in_where(sel.selection.as_ref(), &tables, params) {
-            return Plan::One(self.shard_of(k));
+        if let Some(shard) = self.key_in_where(sel.selection.as_ref(), &tables, params) {
+            return Plan::One(shard);
         }
         // Fan-out: only when concatenating the shards' rows gives the right answer.
         let grouped = match &sel.group_by {
@@ -470,10 +512,17 @@ mod tests {
                 ShardKey {
                     table: "users".into(),
                     column: "user_id".into(),
+                    text: false,
                 },
                 ShardKey {
                     table: "orders".into(),
                     column: "user_id".into(),
+                    text: false,
+                },
+                ShardKey {
+                    table: "tenants".into(),
+                    column: "slug".into(),
+                    text: true,
                 },
             ],
             param: None,
@@ -526,6 +575,24 @@ mod tests {
             Plan::One(1)
         );
         assert_eq!(s.plan("/* scalegate:key=9 */ SELECT 1", &[]), Plan::One(1));
+    }
+
+    #[test]
+    fn text_keys_hash_like_postgres_text() {
+        let s = spec(ShardFn::Hash);
+        let want = s.shard_of_text("acme");
+        assert_eq!(
+            s.plan("SELECT * FROM tenants WHERE slug = 'acme'", &[]),
+            Plan::One(want)
+        );
+        assert_eq!(
+            s.plan("SELECT * FROM tenants WHERE slug = $1", &[text("acme")]),
+            Plan::One(want)
+        );
+        assert_eq!(
+            s.plan("INSERT INTO tenants (slug, name) VALUES ('acme', 'A')", &[]),
+            Plan::One(want)
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::psql;
 use tokio_postgres::{Client as PgClient, SimpleQueryMessage};
 
-const SCHEMA: &str = "CREATE TABLE users (user_id bigint PRIMARY KEY, name text)";
+const SCHEMA: &str = "CREATE TABLE users (user_id bigint PRIMARY KEY, name text); \
+    CREATE TABLE tenants (slug text PRIMARY KEY)";
 
 async fn shards() -> (PgServer, PgServer) {
     let a = PgServer::start().await;
@@ -161,7 +162,7 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
         port,
         &a,
         &b,
-        "function = \"hash\", virtual_shards = 4, keys = [\"users.user_id\"]",
+        "function = \"hash\", virtual_shards = 4, keys = [\"users.user_id\", \"tenants.slug:text\"]",
     );
     let _gw = GatewayProcess::start(BIN, &cfg).await;
     let c = client(port).await;
@@ -208,6 +209,43 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
             on_b.contains(&id),
             !expected_a,
             "id {id} (partition {remainder})"
+        );
+    }
+    // Text keys land where PostgreSQL's text hash partitioning puts them.
+    let slugs = [
+        "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka",
+    ];
+    for slug in slugs {
+        c.execute("INSERT INTO tenants (slug) VALUES ($1)", &[&slug])
+            .await
+            .expect("insert text key");
+    }
+    a.psql(
+        "postgres",
+        "CREATE TABLE ht (slug text) PARTITION BY HASH (slug); \
+         CREATE TABLE ht_0 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 0); \
+         CREATE TABLE ht_1 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 1); \
+         CREATE TABLE ht_2 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 2); \
+         CREATE TABLE ht_3 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 3)",
+    );
+    let quoted: Vec<String> = slugs.iter().map(|s| format!("'{s}'")).collect();
+    a.psql(
+        "postgres",
+        &format!("INSERT INTO ht SELECT unnest(ARRAY[{}])", quoted.join(",")),
+    );
+    let placed = a.psql(
+        "postgres",
+        "SELECT slug, right(tableoid::regclass::text, 1) FROM ht",
+    );
+    let on_a = a.psql("postgres", "SELECT slug FROM tenants");
+    let on_a: Vec<&str> = on_a.lines().collect();
+    for line in placed.lines() {
+        let (slug, remainder) = line.split_once('|').expect("slug|remainder");
+        let remainder: usize = remainder.parse().expect("remainder");
+        assert_eq!(
+            on_a.contains(&slug),
+            remainder.is_multiple_of(2),
+            "slug {slug} (partition {remainder})"
         );
     }
     // The plan for a third shard.

@@ -345,14 +345,39 @@ fn sharding(
     };
     let mut keys = Vec::new();
     for k in &r.keys {
-        match k.get_ref().split_once('.') {
+        let (name, text) = match k.get_ref().split_once(':') {
+            Some((n, "text")) => (n, true),
+            Some((n, "int" | "bigint")) => (n, false),
+            Some(_) => {
+                c.err(
+                    k.span(),
+                    format!(
+                        "key {:?}: the type after ':' must be text or int",
+                        k.get_ref()
+                    ),
+                );
+                continue;
+            }
+            None => (k.get_ref().as_str(), false),
+        };
+        if text && function == ShardFn::Modulus {
+            c.err(
+                k.span(),
+                "a text key needs function = \"hash\" (modulus takes integers)",
+            );
+        }
+        match name.split_once('.') {
             Some((t, col)) if !t.is_empty() && !col.is_empty() => keys.push(ShardKey {
                 table: t.to_ascii_lowercase(),
                 column: col.to_ascii_lowercase(),
+                text,
             }),
             _ => c.err(
                 k.span(),
-                format!("key {:?}: expected \"table.column\"", k.get_ref()),
+                format!(
+                    "key {:?}: expected \"table.column\" or \"table.column:text\"",
+                    k.get_ref()
+                ),
             ),
         }
     }
