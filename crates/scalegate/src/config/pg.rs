@@ -97,6 +97,15 @@ pub(super) fn postgres(
         );
     }
     for (name, db) in &r.databases {
+        if scalegate_pg::console::is_console(name.get_ref()) {
+            c.err(
+                name.span(),
+                format!(
+                    "database name {:?} is taken by the admin console; choose another",
+                    name.get_ref()
+                ),
+            );
+        }
         if let Some(d) = database(c, name.get_ref(), db) {
             databases.push(d);
         }

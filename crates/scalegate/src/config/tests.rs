@@ -182,3 +182,13 @@ fn pooler_mistakes_are_located() {
         "{unknown:?}"
     );
 }
+
+#[test]
+fn the_console_name_is_reserved() {
+    let p = problems(&PG_EXAMPLE.replace("databases.bench", "databases.pgbouncer"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("3:21: database name \"pgbouncer\" is taken"),
+        "{p:?}"
+    );
+}
