@@ -19,6 +19,7 @@ pub mod pool;
 pub mod pooler;
 pub mod proto;
 pub mod server;
+pub mod server_tls;
 pub mod session;
 pub mod settings;
 pub mod shard;

@@ -15,7 +15,8 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::spec::ServerSpec;
+use crate::spec::{ServerSpec, SslMode};
+use crate::stream::ServerStream;
 
 /// Why a server connection could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ pub struct ServerKey {
 #[derive(Debug)]
 pub struct ServerConn {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// Bytes read but not yet consumed.
     pub buf: BytesMut,
     /// For cancel requests.
@@ -109,11 +110,13 @@ impl ServerConn {
         id: u64,
     ) -> Result<ServerConn, ServerError> {
         let io_err = |e: io::Error| ServerError::Io(name.to_string(), e);
-        let stream = TcpStream::connect((spec.host.as_str(), spec.port))
+        let tcp = TcpStream::connect((spec.host.as_str(), spec.port))
             .await
             .map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
-        let addr = stream.peer_addr().map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let addr = tcp.peer_addr().map_err(io_err)?;
+        let mut stream = ServerStream::Plain(tcp);
+        start_tls(spec, &mut stream, name).await?;
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -273,11 +276,19 @@ impl ServerConn {
     /// reactor's readiness without a syscall in the common case.
     pub fn looks_closed(&mut self) -> bool {
         use futures_util::FutureExt;
-        if self.stream.readable().now_or_never().is_none() {
+        let tls = self.stream.is_tls();
+        let Some(tcp) = self.stream.tcp() else {
+            return true;
+        };
+        if tcp.readable().now_or_never().is_none() {
             return false;
         }
+        if tls {
+            // Anything on an idle TLS socket is an alert or a close: stale.
+            return true;
+        }
         let mut probe = [0u8; 512];
-        match self.stream.try_read(&mut probe) {
+        match tcp.try_read(&mut probe) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             // EOF, an error, or bytes nobody asked for (a FATAL before closing): stale.
             _ => true,
@@ -304,6 +315,40 @@ impl ServerConn {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) as `spec.sslmode` says and starts it when accepted.
+async fn start_tls(
+    spec: &ServerSpec,
+    stream: &mut ServerStream,
+    name: &str,
+) -> Result<(), ServerError> {
+    let io_err = |e: io::Error| ServerError::Io(name.to_string(), e);
+    let Some((connector, server_name)) =
+        crate::server_tls::connector(spec).map_err(|e| ServerError::Unsupported(name.into(), e))?
+    else {
+        return Ok(());
+    };
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    stream.write_all(&out).await.map_err(io_err)?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(io_err)?;
+    match (answer[0], spec.sslmode) {
+        (b'S', _) => stream
+            .start_tls(&connector, server_name)
+            .await
+            .map_err(io_err),
+        (b'N', SslMode::Prefer) => Ok(()),
+        (b'N', _) => Err(ServerError::Unsupported(
+            name.into(),
+            "the server does not offer TLS but sslmode requires it".into(),
+        )),
+        _ => Err(ServerError::Unsupported(
+            name.into(),
+            "unexpected answer to SSLRequest".into(),
+        )),
     }
 }
 

@@ -97,6 +97,24 @@ pub struct ServerSpec {
     pub user: Option<String>,
     /// Server password for SCRAM / md5 / cleartext, when the server asks.
     pub password: Option<String>,
+    /// TLS to the server (`?sslmode=` in the URL; default disable).
+    pub sslmode: SslMode,
+    /// CA certificates for `verify-full` (`?sslrootcert=`).
+    pub sslrootcert: Option<std::path::PathBuf>,
+}
+
+/// TLS to a server, with libpq's names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never.
+    #[default]
+    Disable,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS always, without checking the certificate.
+    Require,
+    /// TLS always; the certificate must chain to `sslrootcert` and name the host.
+    VerifyFull,
 }
 
 /// When a client gives its server connection back.

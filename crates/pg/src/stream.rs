@@ -1,4 +1,5 @@
-//! A client connection in the clear or upgraded to TLS after SSLRequest.
+//! A connection in the clear or upgraded to TLS after SSLRequest: clients' (we accept TLS) and
+//! servers' (we start it).
 
 use std::io;
 use std::pin::Pin;
@@ -6,43 +7,75 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// The client's socket.
+/// A socket in the clear or with TLS (`T` is the TLS stream type of our side).
 #[derive(Debug)]
-pub enum ClientStream {
+pub enum Stream<T> {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<T>),
     /// Between the two during an upgrade (or after a failed one).
     Closed,
 }
 
-impl ClientStream {
-    /// Performs the TLS handshake on a plain connection.
-    pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
-        let ClientStream::Plain(tcp) = std::mem::replace(self, ClientStream::Closed) else {
-            return Err(io::Error::other("TLS requested twice"));
-        };
-        let tls = acceptor.accept(tcp).await?;
-        *self = ClientStream::Tls(Box::new(tls));
-        Ok(())
-    }
+/// A client's socket (we are the TLS server).
+pub type ClientStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 
+/// A server's socket (we are the TLS client).
+pub type ServerStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl<T> Stream<T> {
     /// Whether TLS is in use.
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, Stream::Tls(_))
     }
 
     /// After a read shorter than the room offered, tells tokio the socket is drained so the
     /// next wait skips a read that would only return EAGAIN (plain TCP only: TLS may hold
     /// decrypted bytes of its own).
     pub fn mark_drained(&self) {
-        if let ClientStream::Plain(s) = self {
+        if let Stream::Plain(s) = self {
             mark_drained(s);
         }
+    }
+}
+
+impl ServerStream {
+    /// Starts TLS on a plain connection to `name`.
+    pub async fn start_tls(
+        &mut self,
+        connector: &TlsConnector,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
+            return Err(io::Error::other("TLS started twice"));
+        };
+        let tls = connector.connect(name, tcp).await?;
+        *self = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(t) => Some(t.get_ref().0),
+            Stream::Closed => None,
+        }
+    }
+}
+
+impl ClientStream {
+    /// Performs the TLS handshake on a plain connection.
+    pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
+            return Err(io::Error::other("TLS requested twice"));
+        };
+        let tls = acceptor.accept(tcp).await?;
+        *self = Stream::Tls(Box::new(tls));
+        Ok(())
     }
 }
 
@@ -57,46 +90,46 @@ fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection closed")
 }
 
-impl AsyncRead for ClientStream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            ClientStream::Closed => Poll::Ready(Err(closed())),
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            ClientStream::Closed => Poll::Ready(Err(closed())),
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            ClientStream::Closed => Poll::Ready(Ok(())),
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            ClientStream::Closed => Poll::Ready(Ok(())),
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }

@@ -285,6 +285,8 @@ mod tests {
             dbname: "x".into(),
             user: None,
             password: None,
+            sslmode: Default::default(),
+            sslrootcert: None,
         }
     }
 

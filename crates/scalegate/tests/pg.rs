@@ -612,3 +612,35 @@ async fn reload_applies_pooler_changes_without_dropping_clients() {
         Ok("6")
     );
 }
+
+#[tokio::test]
+async fn the_pooler_can_use_tls_to_servers() {
+    let pg = PgServer::start_tls(
+        std::path::Path::new(&data("localhost.crt")),
+        std::path::Path::new(&data("localhost.key")),
+    )
+    .await;
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}\"\n\
+         [postgres.databases.plain]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=require\"\n",
+        pg.port,
+        data("ca.crt"),
+        pg.port
+    );
+    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    for db in ["app", "plain"] {
+        let ssl = psql(
+            port,
+            "postgres",
+            db,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .unwrap_or_else(|e| panic!("{db}: {e}"));
+        assert_eq!(
+            ssl, "t",
+            "{db}: the pooler's server connection is not encrypted"
+        );
+    }
+}

@@ -119,6 +119,29 @@ impl PgServer {
         Self::start_in(dir, settings).await
     }
 
+    /// A fresh server with TLS on (`ssl = on`) using `cert` and `key` (PEM files).
+    pub async fn start_tls(cert: &Path, key: &Path) -> PgServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(template().join("data"))
+            .arg(dir.path())
+            .status()
+            .unwrap_or_else(|e| panic!("cp: {e}"));
+        assert!(st.success(), "copying the template cluster failed");
+        let data = dir.path().join("data");
+        std::fs::copy(cert, data.join("server.crt")).unwrap_or_else(|e| panic!("cert: {e}"));
+        std::fs::copy(key, data.join("server.key")).unwrap_or_else(|e| panic!("key: {e}"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap_or_else(|e| panic!("chmod: {e}"));
+        chown(dir.path());
+        Self::start_in(dir, &["ssl=on"]).await
+    }
+
     /// A streaming replica of `primary` (pg_basebackup -R), started and accepting reads.
     pub async fn replica_of(primary: &PgServer) -> PgServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));

@@ -647,13 +647,7 @@ trait Drained: tokio::io::AsyncRead + Unpin {
     fn drained(&self);
 }
 
-impl Drained for TcpStream {
-    fn drained(&self) {
-        crate::stream::mark_drained(self);
-    }
-}
-
-impl Drained for ClientStream {
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Drained for crate::stream::Stream<T> {
     fn drained(&self) {
         self.mark_drained();
     }

@@ -432,19 +432,60 @@ fn sharding(
 /// `postgres://[user[:password]@]host[:port][/dbname]`.
 fn server_url(c: &mut Check, raw: &Spanned<String>) -> Option<ServerSpec> {
     let parsed = parse_url(raw.get_ref());
-    if parsed.is_none() {
-        c.err(
+    match &parsed {
+        None => c.err(
             raw.span(),
             format!(
-                "{:?}: expected a URL like \"postgres://user[:password]@host[:port]/dbname\"",
+                "{:?}: expected a URL like \"postgres://user[:password]@host[:port]/dbname[?sslmode=require]\"",
                 raw.get_ref()
             ),
-        );
+        ),
+        Some(Err(e)) => c.err(raw.span(), format!("{:?}: {e}", raw.get_ref())),
+        Some(Ok(_)) => {}
     }
-    parsed
+    parsed.and_then(Result::ok)
 }
 
-fn parse_url(url: &str) -> Option<ServerSpec> {
+/// The `?sslmode=…&sslrootcert=…` part of a server URL.
+fn url_tls(spec: &mut ServerSpec, query: &str) -> Result<(), String> {
+    use scalegate_pg::spec::SslMode;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v).ok_or("bad percent-encoding")?;
+        match k {
+            "sslmode" => {
+                spec.sslmode = match v.as_str() {
+                    "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode {other:?}: expected disable, prefer, require or verify-full"
+                        ));
+                    }
+                }
+            }
+            "sslrootcert" => {
+                if !std::path::Path::new(&v).exists() {
+                    return Err(format!("sslrootcert {v:?} does not exist"));
+                }
+                spec.sslrootcert = Some(v.into());
+            }
+            other => {
+                return Err(format!(
+                    "unknown URL parameter {other:?} (sslmode, sslrootcert)"
+                ));
+            }
+        }
+    }
+    if spec.sslmode == SslMode::VerifyFull && spec.sslrootcert.is_none() {
+        return Err("sslmode=verify-full needs sslrootcert=/path/to/ca.crt".into());
+    }
+    Ok(())
+}
+
+fn parse_url(url: &str) -> Option<Result<ServerSpec, String>> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))?;
@@ -452,6 +493,7 @@ fn parse_url(url: &str) -> Option<ServerSpec> {
         Some((a, r)) => (Some(a), r),
         None => (None, rest),
     };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (hostport, dbname) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().ok()?),
@@ -467,13 +509,16 @@ fn parse_url(url: &str) -> Option<ServerSpec> {
         },
         None => (None, None),
     };
-    Some(ServerSpec {
+    let mut spec = ServerSpec {
         host: host.trim_matches(['[', ']']).to_string(),
         port,
-        dbname: decode(dbname.split('?').next().unwrap_or(""))?,
+        dbname: decode(dbname)?,
         user,
         password,
-    })
+        sslmode: Default::default(),
+        sslrootcert: None,
+    };
+    Some(url_tls(&mut spec, query).map(|()| spec))
 }
 
 /// Percent-decoding for URL parts.
@@ -514,15 +559,25 @@ mod tests {
 
     #[test]
     fn urls() {
-        let s = parse_url("postgres://postgres@127.0.0.1:55432/bench").expect("url");
+        let url = |u: &str| parse_url(u).and_then(Result::ok);
+        let s = url("postgres://postgres@127.0.0.1:55432/bench").expect("url");
         assert_eq!(
             (s.host.as_str(), s.port, s.dbname.as_str()),
             ("127.0.0.1", 55432, "bench")
         );
         assert_eq!(s.user.as_deref(), Some("postgres"));
-        let s = parse_url("postgresql://app:p%40ss@db.internal/app").expect("url");
+        let s = url("postgresql://app:p%40ss@db.internal/app?sslmode=require").expect("url");
+        assert_eq!(s.sslmode, scalegate_pg::spec::SslMode::Require);
         assert_eq!((s.port, s.password.as_deref()), (5432, Some("p@ss")));
         assert!(parse_url("mysql://x").is_none());
+        assert!(matches!(
+            parse_url("postgres://h/db?sslmode=verify-full"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            parse_url("postgres://h/db?sslmode=allow"),
+            Some(Err(_))
+        ));
         assert!(parse_url("postgres://u@:5432/x").is_none());
     }
 }
