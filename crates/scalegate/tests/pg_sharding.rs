@@ -39,6 +39,18 @@ fn ids_on(s: &PgServer) -> Vec<i64> {
     out.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// Creates `name (column)` on `s`, HASH-partitioned into 4 partitions `name_0` … `name_3`.
+fn hash_partitioned(s: &PgServer, name: &str, column: &str) {
+    let key = column.split_whitespace().next().unwrap_or(column);
+    let mut sql = format!("CREATE TABLE {name} ({column}) PARTITION BY HASH ({key});");
+    for r in 0..4 {
+        sql.push_str(&format!(
+            " CREATE TABLE {name}_{r} PARTITION OF {name} FOR VALUES WITH (MODULUS 4, REMAINDER {r});"
+        ));
+    }
+    s.psql("postgres", &sql);
+}
+
 fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
@@ -173,14 +185,7 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
             .expect("insert");
     }
     // PostgreSQL itself: the same keys in a table hash-partitioned into 4.
-    a.psql(
-        "postgres",
-        "CREATE TABLE h (id bigint) PARTITION BY HASH (id); \
-         CREATE TABLE h_0 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 0); \
-         CREATE TABLE h_1 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 1); \
-         CREATE TABLE h_2 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 2); \
-         CREATE TABLE h_3 PARTITION OF h FOR VALUES WITH (MODULUS 4, REMAINDER 3)",
-    );
+    hash_partitioned(&a, "h", "id bigint");
     let list: Vec<String> = ids.iter().map(i64::to_string).collect();
     a.psql(
         "postgres",
@@ -220,14 +225,7 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
             .await
             .expect("insert text key");
     }
-    a.psql(
-        "postgres",
-        "CREATE TABLE ht (slug text) PARTITION BY HASH (slug); \
-         CREATE TABLE ht_0 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 0); \
-         CREATE TABLE ht_1 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 1); \
-         CREATE TABLE ht_2 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 2); \
-         CREATE TABLE ht_3 PARTITION OF ht FOR VALUES WITH (MODULUS 4, REMAINDER 3)",
-    );
+    hash_partitioned(&a, "ht", "slug text");
     let quoted: Vec<String> = slugs.iter().map(|s| format!("'{s}'")).collect();
     a.psql(
         "postgres",

@@ -99,6 +99,19 @@ fn template() -> &'static Path {
     .path()
 }
 
+/// A temp dir holding a copy of the template cluster in `data/`.
+fn fresh_cluster() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(template().join("data"))
+        .arg(dir.path())
+        .status()
+        .unwrap_or_else(|e| panic!("cp: {e}"));
+    assert!(st.success(), "copying the template cluster failed");
+    dir
+}
+
 impl PgServer {
     /// Starts a fresh server (trust auth, user `postgres`) and waits until it accepts queries.
     pub async fn start() -> PgServer {
@@ -107,28 +120,14 @@ impl PgServer {
 
     /// Like [`Self::start`] with extra `-c name=value` settings.
     pub async fn start_with(settings: &[&str]) -> PgServer {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(template().join("data"))
-            .arg(dir.path())
-            .status()
-            .unwrap_or_else(|e| panic!("cp: {e}"));
-        assert!(st.success(), "copying the template cluster failed");
+        let dir = fresh_cluster();
         chown(dir.path());
         Self::start_in(dir, settings).await
     }
 
     /// A fresh server with TLS on (`ssl = on`) using `cert` and `key` (PEM files).
     pub async fn start_tls(cert: &Path, key: &Path) -> PgServer {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(template().join("data"))
-            .arg(dir.path())
-            .status()
-            .unwrap_or_else(|e| panic!("cp: {e}"));
-        assert!(st.success(), "copying the template cluster failed");
+        let dir = fresh_cluster();
         let data = dir.path().join("data");
         std::fs::copy(cert, data.join("server.crt")).unwrap_or_else(|e| panic!("cert: {e}"));
         std::fs::copy(key, data.join("server.key")).unwrap_or_else(|e| panic!("key: {e}"));
