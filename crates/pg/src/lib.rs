@@ -8,7 +8,8 @@
 //! connection to PostgreSQL), `pool` (FIFO waiting, reuse, recycling), `session` (the message
 //! pump), `stmt` (prepared statements across servers), `settings` (SET tracking), `console`
 //! (SHOW POOLS and friends), `classify` (read or write), `topology` (roles, lag,
-//! failover), `pooler` (the whole).
+//! failover), `shard` / `sharding` (keys to shards, statement plans), `stream` / `server_tls`
+//! (TLS both ways), `metrics` (Prometheus), `pooler` (the whole).
 
 pub mod auth;
 pub mod classify;
