@@ -226,16 +226,20 @@ async fn cancel_requests_reach_the_right_server() {
     let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
     let c = client(port).await;
     let token = c.cancel_token();
+    // Cancel until it takes (a cancel that arrives before the query reaches its server is a
+    // no-op, as in PostgreSQL); the task is stopped once the query has ended.
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(NoTls).await
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(NoTls).await.expect("cancel sent");
+        }
     });
     let e = c
         .simple_query("SELECT pg_sleep(20)")
         .await
         .expect_err("cancelled");
     assert_eq!(code(&e), "57014", "{e:?}");
-    canceller.await.expect("task").expect("cancel sent");
+    canceller.abort();
     assert!(c.simple_query("SELECT 1").await.is_ok());
 }
 
@@ -246,8 +250,13 @@ fn raw_pg(port: u16, bytes: &[u8]) -> Option<String> {
     s.write_all(bytes).ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
+    first_error_code(&buf)
+}
+
+/// The SQLSTATE of the first ErrorResponse in a stream of backend messages.
+fn first_error_code(buf: &[u8]) -> Option<String> {
     // Walk the messages to the first ErrorResponse and read its 'C' field.
-    let mut rest = &buf[..];
+    let mut rest = buf;
     while rest.len() >= 5 {
         let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
         let (msg, next) = rest.split_at((len + 1).min(rest.len()));
@@ -541,10 +550,25 @@ async fn sigterm_lets_transactions_finish_and_tells_idle_clients() {
         .await
         .expect("open transaction");
     // An idle client, logged in and waiting: it must be told why it is disconnected.
-    let idle = tokio::task::spawn_blocking(move || raw_pg(port, &startup("postgres")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    idle.write_all(&startup("postgres")).expect("startup");
+    let mut login = Vec::new();
+    while !login.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let mut chunk = [0u8; 512];
+        let n = idle.read(&mut chunk).expect("login answer");
+        assert!(n > 0, "closed during login");
+        login.extend_from_slice(&chunk[..n]);
+    }
     gw.signal(libc::SIGTERM);
-    let told = idle.await.expect("idle client task");
+    let told = tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        let _ = idle.read_to_end(&mut rest);
+        first_error_code(&rest)
+    })
+    .await
+    .expect("idle client task");
     assert_eq!(told.as_deref(), Some("57P01"));
     // The transaction in flight still finishes.
     busy.batch_execute("INSERT INTO drained VALUES (2); COMMIT")
