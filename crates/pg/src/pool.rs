@@ -113,6 +113,7 @@ pub struct Pool {
     lifetime: Duration,
     idle_timeout: Duration,
     check_after_idle: Duration,
+    max_prepared: usize,
 }
 
 /// Why no server connection could be had.
@@ -193,6 +194,7 @@ impl Pool {
             lifetime: spec.server_lifetime,
             idle_timeout: spec.idle_timeout,
             check_after_idle: spec.check_after_idle,
+            max_prepared: spec.max_prepared_statements,
         }
     }
 
@@ -289,8 +291,9 @@ impl Pool {
         if spec.password.is_none() {
             spec.password.clone_from(&self.password);
         }
-        let conn =
+        let mut conn =
             ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id).await?;
+        conn.prepared.set_cap(self.max_prepared);
         self.stats.open.fetch_add(1, Relaxed);
         if let Ok(mut p) = self.params.lock()
             && p.is_empty()
@@ -367,7 +370,8 @@ impl Pool {
                 match ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id)
                     .await
                 {
-                    Ok(conn) => {
+                    Ok(mut conn) => {
+                        conn.prepared.set_cap(self.max_prepared);
                         self.stats.open.fetch_add(1, Relaxed);
                         if let Ok(mut i) = hp.idle.lock() {
                             i.insert(0, conn);
@@ -436,6 +440,10 @@ impl Pool {
         };
         if let Some(id) = m.get(body) {
             return *id;
+        }
+        // Ids are never reused, so forgetting texts only costs re-preparing them under new ids.
+        if m.len() >= 100_000 {
+            m.clear();
         }
         let id = self.next_statement.fetch_add(1, Relaxed);
         m.insert(Bytes::copy_from_slice(body), id);

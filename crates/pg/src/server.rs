@@ -2,7 +2,6 @@
 //! (SCRAM-SHA-256, md5, cleartext or trust), and remember what a pooled connection must know
 //! about itself (server parameters, backend key, prepared statements, applied settings).
 
-use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -74,8 +73,8 @@ pub struct ServerConn {
     pub key: ServerKey,
     /// ParameterStatus values reported at startup.
     pub params: Vec<(String, String)>,
-    /// Ids of statements prepared here (as `__sg_<id>`).
-    pub prepared: HashSet<u64>,
+    /// Ids of statements prepared here (as `__sg_<id>`), bounded.
+    pub prepared: crate::stmt::Prepared,
     /// Fingerprint of the session settings applied (0: server defaults; `u64::MAX`: unknown).
     pub settings: u64,
     /// When the connection was made.
@@ -126,7 +125,7 @@ impl ServerConn {
                 secret: 0,
             },
             params: Vec::new(),
-            prepared: HashSet::new(),
+            prepared: crate::stmt::Prepared::default(),
             settings: 0,
             born: Instant::now(),
             last_used: Instant::now(),

@@ -30,6 +30,9 @@ pub struct PgSpec {
     pub max_message_bytes: usize,
     /// Threads running the pooler (default 1).
     pub worker_threads: usize,
+    /// Named statements kept prepared per server connection in transaction mode (default
+    /// 1000); the least recently used is closed beyond that.
+    pub max_prepared_statements: usize,
     /// TLS for clients that send SSLRequest (None: they are answered 'N').
     pub tls: Option<PgTls>,
     /// Refuse clients that do not use TLS.
@@ -163,6 +166,7 @@ impl PgSpec {
             check_after_idle: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
             worker_threads: 1,
+            max_prepared_statements: 1000,
             tls: None,
             tls_required: false,
         }

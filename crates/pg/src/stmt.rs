@@ -10,11 +10,91 @@
 //! the bookkeeping needed; a ReadyForQuery ends a segment and drops expectations that an error
 //! made the server skip.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proto::{cbytes, message, put_cstr};
+
+/// The statements prepared on one server connection, at most `cap` of them: the least recently
+/// used is closed on the server to make room (PostgreSQL keeps every prepared statement of a
+/// session in memory until it is closed).
+#[derive(Debug)]
+pub struct Prepared {
+    used: HashMap<u64, u64>,
+    tick: u64,
+    cap: usize,
+}
+
+impl Default for Prepared {
+    fn default() -> Prepared {
+        Prepared::with_cap(usize::MAX)
+    }
+}
+
+impl Prepared {
+    /// An empty set holding at most `cap` statements (at least 2).
+    pub fn with_cap(cap: usize) -> Prepared {
+        Prepared {
+            used: HashMap::new(),
+            tick: 0,
+            cap: cap.max(2),
+        }
+    }
+
+    /// Changes the bound.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap.max(2);
+    }
+
+    /// Whether `id` is prepared here (and marks it used).
+    pub fn contains(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.used.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `id` as prepared; returns the statement to close to stay within the bound.
+    pub fn insert(&mut self, id: u64) -> Option<u64> {
+        self.tick += 1;
+        let evict = if self.used.len() >= self.cap && !self.used.contains_key(&id) {
+            let oldest = self.used.iter().min_by_key(|(_, t)| **t).map(|(i, _)| *i);
+            if let Some(o) = oldest {
+                self.used.remove(&o);
+            }
+            oldest
+        } else {
+            None
+        };
+        self.used.insert(id, self.tick);
+        evict
+    }
+
+    /// Forgets `id` (its Parse did not happen).
+    pub fn remove(&mut self, id: u64) {
+        self.used.remove(&id);
+    }
+
+    /// Forgets everything (after DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    /// How many are prepared.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
 
 /// A name no statement ever has: closing it is a no-op that still answers CloseComplete.
 const NO_STATEMENT: &[u8] = b"__sg_none";
@@ -24,8 +104,9 @@ const NO_STATEMENT: &[u8] = b"__sg_none";
 enum Expect {
     /// A ParseComplete: forwarded, or swallowed when the pooler injected the Parse.
     Parse { swallow: bool, id: Option<u64> },
-    /// A CloseComplete: forwarded, or turned into ParseComplete for a skipped Parse.
-    Close { as_parse: bool },
+    /// A CloseComplete: forwarded, turned into ParseComplete for a skipped Parse, or dropped
+    /// for a statement the pooler closed to make room.
+    Close { as_parse: bool, swallow: bool },
     /// ReadyForQuery (Sync, Query, FunctionCall).
     Ready,
 }
@@ -82,7 +163,7 @@ impl Statements {
     pub fn client_message(
         &mut self,
         msg: &[u8],
-        prepared: &mut HashSet<u64>,
+        prepared: &mut Prepared,
         intern: impl FnOnce(&[u8]) -> u64,
         out: &mut BytesMut,
     ) {
@@ -103,12 +184,15 @@ impl Statements {
                 let id = intern(b);
                 self.names
                     .insert(name.to_vec(), (id, Bytes::copy_from_slice(b)));
-                if prepared.contains(&id) {
+                if prepared.contains(id) {
                     close(out, b'S', NO_STATEMENT);
-                    self.expect.push_back(Expect::Close { as_parse: true });
+                    self.expect.push_back(Expect::Close {
+                        as_parse: true,
+                        swallow: false,
+                    });
                 } else {
+                    self.make_room(prepared.insert(id), out);
                     parse(out, &server_name(id), b);
-                    prepared.insert(id);
                     self.expect.push_back(Expect::Parse {
                         swallow: false,
                         id: Some(id),
@@ -143,7 +227,10 @@ impl Statements {
                 });
             }
             b'C' => {
-                self.expect.push_back(Expect::Close { as_parse: false });
+                self.expect.push_back(Expect::Close {
+                    as_parse: false,
+                    swallow: false,
+                });
                 let mut b = &body[1..];
                 match cbytes(&mut b) {
                     Some(name) if body.first() == Some(&b'S') && !name.is_empty() => {
@@ -163,36 +250,43 @@ impl Statements {
 
     /// The server id of client statement `name`, injecting a Parse when the server lacks it;
     /// `None` for the unnamed statement or a name the client never prepared.
-    fn ensure(
-        &mut self,
-        name: &[u8],
-        prepared: &mut HashSet<u64>,
-        out: &mut BytesMut,
-    ) -> Option<u64> {
+    fn ensure(&mut self, name: &[u8], prepared: &mut Prepared, out: &mut BytesMut) -> Option<u64> {
         if name.is_empty() {
             return None;
         }
-        let (id, body) = self.names.get(name)?;
+        let (id, body) = self.names.get(name)?.clone();
         if !prepared.contains(id) {
-            parse(out, &server_name(*id), body);
-            prepared.insert(*id);
+            self.make_room(prepared.insert(id), out);
+            parse(out, &server_name(id), &body);
             self.expect.push_back(Expect::Parse {
                 swallow: true,
-                id: Some(*id),
+                id: Some(id),
             });
         }
-        Some(*id)
+        Some(id)
+    }
+
+    /// Closes the statement evicted to make room, if any; its CloseComplete is dropped.
+    fn make_room(&mut self, evicted: Option<u64>, out: &mut BytesMut) {
+        if let Some(old) = evicted {
+            close(out, b'S', &server_name(old));
+            self.expect.push_back(Expect::Close {
+                as_parse: false,
+                swallow: true,
+            });
+        }
     }
 
     /// What to do with a server message with tag `tag`.
-    pub fn server_message(&mut self, tag: u8, prepared: &mut HashSet<u64>) -> Action {
+    pub fn server_message(&mut self, tag: u8, prepared: &mut Prepared) -> Action {
         match tag {
             b'1' => match self.expect.pop_front() {
                 Some(Expect::Parse { swallow: true, .. }) => Action::Drop,
                 _ => Action::Forward,
             },
             b'3' => match self.expect.pop_front() {
-                Some(Expect::Close { as_parse: true }) => Action::ParseComplete,
+                Some(Expect::Close { swallow: true, .. }) => Action::Drop,
+                Some(Expect::Close { as_parse: true, .. }) => Action::ParseComplete,
                 _ => Action::Forward,
             },
             b'Z' => {
@@ -201,7 +295,7 @@ impl Statements {
                     match e {
                         Expect::Ready => break,
                         Expect::Parse { id: Some(id), .. } => {
-                            prepared.remove(&id);
+                            prepared.remove(id);
                         }
                         _ => {}
                     }
@@ -267,7 +361,7 @@ mod tests {
     #[test]
     fn second_server_gets_the_statement_injected() {
         let mut s = Statements::default();
-        let mut server_a = HashSet::new();
+        let mut server_a = Prepared::default();
         let mut out = BytesMut::new();
         for m in [
             parse_msg("s1", "SELECT 1"),
@@ -281,7 +375,7 @@ mod tests {
         assert_eq!(s.server_message(b'1', &mut server_a), Action::Forward);
         assert_eq!(s.server_message(b'Z', &mut server_a), Action::Forward);
         // Next transaction lands on a server that never saw it.
-        let mut server_b = HashSet::new();
+        let mut server_b = Prepared::default();
         out.clear();
         for m in [bind_msg("s1"), msg(b'S', |_| {})] {
             s.client_message(&m, &mut server_b, |_| unreachable!(), &mut out);
@@ -290,13 +384,14 @@ mod tests {
         assert_eq!(s.server_message(b'1', &mut server_b), Action::Drop);
         assert_eq!(s.server_message(b'2', &mut server_b), Action::Forward);
         assert_eq!(s.server_message(b'Z', &mut server_b), Action::Forward);
-        assert!(server_b.contains(&7));
+        assert!(server_b.contains(7));
     }
 
     #[test]
     fn parse_of_a_known_statement_is_answered_through_a_close() {
         let mut s = Statements::default();
-        let mut server = HashSet::from([9]);
+        let mut server = Prepared::default();
+        server.insert(9);
         let mut out = BytesMut::new();
         s.client_message(
             &parse_msg("other", "SELECT 2"),
@@ -311,22 +406,66 @@ mod tests {
     #[test]
     fn an_error_forgets_statements_the_server_skipped() {
         let mut s = Statements::default();
-        let mut server = HashSet::new();
+        let mut server = Prepared::default();
         let mut out = BytesMut::new();
         for m in [parse_msg("s1", "SELEC oops"), msg(b'S', |_| {})] {
             s.client_message(&m, &mut server, |_| 3, &mut out);
         }
-        assert!(server.contains(&3));
+        assert!(server.contains(3));
         // ErrorResponse then ReadyForQuery: no ParseComplete came.
         assert_eq!(s.server_message(b'E', &mut server), Action::Forward);
         assert_eq!(s.server_message(b'Z', &mut server), Action::Forward);
-        assert!(!server.contains(&3));
+        assert!(!server.contains(3));
+    }
+
+    #[test]
+    fn the_least_recently_used_statement_is_closed_to_make_room() {
+        let mut s = Statements::default();
+        let mut server = Prepared::with_cap(2);
+        let mut out = BytesMut::new();
+        let mut ids = 0;
+        for name in ["a", "b"] {
+            s.client_message(
+                &parse_msg(name, name),
+                &mut server,
+                |_| {
+                    ids += 1;
+                    ids
+                },
+                &mut out,
+            );
+        }
+        // Use "a" again so "b" is the least recently used.
+        s.client_message(&bind_msg("a"), &mut server, |_| unreachable!(), &mut out);
+        out.clear();
+        s.client_message(&parse_msg("c", "c"), &mut server, |_| 3, &mut out);
+        assert_eq!(tags(&out), b"CP", "close the evicted one, then parse");
+        assert!(
+            out.windows(6).any(|w| w == b"__sg_2"),
+            "b (id 2) is evicted"
+        );
+        assert_eq!(server.len(), 2);
+        // Responses: ParseComplete x2 for a, b, BindComplete, then CloseComplete (dropped) and
+        // ParseComplete for c.
+        for (tag, want) in [
+            (b'1', Action::Forward),
+            (b'1', Action::Forward),
+            (b'2', Action::Forward),
+            (b'3', Action::Drop),
+            (b'1', Action::Forward),
+        ] {
+            assert_eq!(s.server_message(tag, &mut server), want);
+        }
+        // "b" comes back on demand.
+        out.clear();
+        s.client_message(&bind_msg("b"), &mut server, |_| unreachable!(), &mut out);
+        assert_eq!(tags(&out), b"CPB");
     }
 
     #[test]
     fn unnamed_statements_pass_untouched() {
         let mut s = Statements::default();
-        let mut server = HashSet::new();
+        let mut server = Prepared::default();
         let mut out = BytesMut::new();
         let p = parse_msg("", "SELECT 1");
         s.client_message(&p, &mut server, |_| unreachable!(), &mut out);

@@ -668,3 +668,34 @@ async fn the_pooler_can_use_tls_to_servers() {
         );
     }
 }
+
+#[tokio::test]
+async fn prepared_statements_per_server_stay_within_the_bound() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(&pg, "pool_size = 1", "max_prepared_statements = 2").await;
+    let c = client(port).await;
+    let mut statements = Vec::new();
+    for i in 0..5 {
+        statements.push(
+            c.prepare(&format!("SELECT $1::int * {i}"))
+                .await
+                .expect("prepare"),
+        );
+    }
+    for round in 0..3 {
+        for (i, st) in statements.iter().enumerate() {
+            let r = c.query_one(st, &[&round]).await.expect("execute");
+            assert_eq!(r.get::<_, i32>(0), round * i as i32);
+        }
+    }
+    let held = c
+        .simple_query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '__sg_%'")
+        .await
+        .expect("count");
+    let n = held.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+    assert!(n <= 2, "the server holds {n} prepared statements");
+}

@@ -23,6 +23,7 @@ pub struct RawPostgres {
     pub check_after_idle: Option<Spanned<Dur>>,
     pub tls: Option<Spanned<super::raw::RawTls>>,
     pub tls_required: Option<bool>,
+    pub max_prepared_statements: Option<Spanned<i64>>,
     #[serde(default)]
     pub admin_users: Vec<String>,
     #[serde(default)]
@@ -161,6 +162,15 @@ pub(super) fn postgres(
             1..=1_000_000,
             10_000,
             "postgres.max_client_conn",
+        ) as usize;
+    }
+    if let Some(m) = &r.max_prepared_statements {
+        spec.max_prepared_statements = c.int(
+            Some(*m.get_ref()),
+            &m.span(),
+            2..=1_000_000,
+            1000,
+            "postgres.max_prepared_statements",
         ) as usize;
     }
     if let Some(w) = &r.worker_threads {
