@@ -231,7 +231,8 @@ impl Statements {
                     as_parse: false,
                     swallow: false,
                 });
-                let mut b = &body[1..];
+                // A Close without its kind byte is malformed: pass it on for the server to refuse.
+                let mut b = body.get(1..).unwrap_or_default();
                 match cbytes(&mut b) {
                     Some(name) if body.first() == Some(&b'S') && !name.is_empty() => {
                         self.names.remove(name);
@@ -460,6 +461,35 @@ mod tests {
         out.clear();
         s.client_message(&bind_msg("b"), &mut server, |_| unreachable!(), &mut out);
         assert_eq!(tags(&out), b"CPB");
+    }
+
+    #[test]
+    fn malformed_messages_pass_through_without_panicking() {
+        let mut s = Statements::default();
+        let mut server = Prepared::default();
+        for tag in [b'P', b'B', b'D', b'C'] {
+            let m = msg(tag, |_| {});
+            let mut out = BytesMut::new();
+            s.client_message(&m, &mut server, |_| 1, &mut out);
+            assert_eq!(&out[..], &m[..], "{}", tag as char);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_client_message_is_handled_without_panicking(
+            tag in proptest::sample::select(vec![b'P', b'B', b'D', b'C', b'S', b'Q', b'E']),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let mut s = Statements::default();
+            let mut server = Prepared::with_cap(2);
+            let m = msg(tag, |o| o.put_slice(&body));
+            let mut out = BytesMut::new();
+            s.client_message(&m, &mut server, |_| 1, &mut out);
+            for t in [b'1', b'2', b'3', b'Z'] {
+                let _ = s.server_message(t, &mut server);
+            }
+        }
     }
 
     #[test]
