@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use scalegate_testkit::PgServer;
-use scalegate_testkit::postgres::psql;
+use scalegate_testkit::postgres::{psql, psql_conn};
 use tokio_postgres::{Client as PgClient, NoTls};
 
 /// A gateway whose `[postgres]` pools database `app` of `pg` (`db_extra` goes into that
@@ -127,36 +127,20 @@ async fn settings_do_not_leak_between_clients() {
     a.batch_execute("SET statement_timeout = '1234ms'")
         .await
         .expect("set");
-    let b_val: String = b
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let b_val: String = pg_one(&b, "SHOW statement_timeout").await;
     assert_eq!(b_val, "0", "B saw A's setting");
-    let a_val: String = a
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let a_val: String = pg_one(&a, "SHOW statement_timeout").await;
     assert_eq!(a_val, "1234ms", "A lost its setting");
     // Rolled-back settings are forgotten; committed ones kept.
     a.batch_execute("BEGIN; SET work_mem = '7MB'; ROLLBACK")
         .await
         .expect("rollback");
-    let wm: String = a
-        .query_one("SHOW work_mem", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let wm: String = pg_one(&a, "SHOW work_mem").await;
     assert_ne!(wm, "7MB");
     a.batch_execute("RESET statement_timeout")
         .await
         .expect("reset");
-    let a_val: String = a
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let a_val: String = pg_one(&a, "SHOW statement_timeout").await;
     assert_eq!(a_val, "0");
 }
 
@@ -193,11 +177,7 @@ async fn session_mode_resets_state_between_clients() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let b = client(port).await;
-    let v: String = b
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let v: String = pg_one(&b, "SHOW statement_timeout").await;
     assert_eq!(v, "0");
 }
 
@@ -486,19 +466,6 @@ fn data(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-/// psql with a libpq connection string; stdout or stderr.
-fn psql_conn(conn: &str, sql: &str) -> Result<String, String> {
-    let out = std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("psql"))
-        .args(["-X", "-A", "-t", "-c", sql, conn])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 #[tokio::test]

@@ -41,10 +41,7 @@ async fn client(port: u16) -> PgClient {
 }
 
 async fn port_of(c: &impl tokio_postgres::GenericClient, sql: &str) -> i32 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
+    pg_one(c, sql).await
 }
 
 #[tokio::test]
@@ -54,11 +51,7 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
     let (p, r) = (primary.port as i32, replica.port as i32);
     let c = client(port).await;
     assert_eq!(port_of(&c, "SELECT inet_server_port()").await, r);
-    let in_recovery: bool = c
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .expect("read")
-        .get(0);
+    let in_recovery: bool = pg_one(&c, "SELECT pg_is_in_recovery()").await;
     assert!(in_recovery);
     assert_eq!(
         port_of(&c, "SELECT inet_server_port() FROM one FOR UPDATE").await,
@@ -113,11 +106,7 @@ async fn a_lagging_replica_gets_no_reads_and_clients_read_their_writes() {
         .expect("write");
     // Read-your-writes: the writer's next read must see its rows although the replica has not
     // replayed them.
-    let n: i64 = writer
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .expect("read")
-        .get(0);
+    let n: i64 = pg_one(&writer, "SELECT count(*) FROM t").await;
     assert_eq!(n, 5000, "the writer read its own write as missing");
     // The replica is now far behind: reads of other clients move to the primary.
     let moved = eventually(Duration::from_secs(10), || async {

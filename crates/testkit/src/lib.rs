@@ -31,6 +31,31 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// Polls `ready` every 50 ms (up to `attempts` times) until it holds; false as soon as the
+/// process in `child` has exited (its port was taken, say) or the attempts run out.
+pub async fn started<F, Fut>(
+    child: &mut Option<std::process::Child>,
+    attempts: usize,
+    mut ready: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..attempts {
+        if ready().await {
+            return true;
+        }
+        if let Some(c) = child.as_mut()
+            && matches!(c.try_wait(), Ok(Some(_)))
+        {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where

@@ -35,19 +35,13 @@ impl NatsServer {
                 _dir: dir,
                 port,
             };
-            for _ in 0..100 {
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            let accepts = || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .is_ok()
-                {
-                    return server;
-                }
-                if let Some(c) = server.child.as_mut()
-                    && matches!(c.try_wait(), Ok(Some(_)))
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if crate::started(&mut server.child, 100, accepts).await {
+                return server;
             }
         }
         panic!("nats-server did not start")

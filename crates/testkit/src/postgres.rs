@@ -6,7 +6,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use crate::free_port;
 
@@ -202,16 +201,8 @@ impl PgServer {
                 dir,
                 port,
             };
-            for _ in 0..200 {
-                if server.ready() {
-                    return server;
-                }
-                if let Some(c) = server.child.as_mut()
-                    && matches!(c.try_wait(), Ok(Some(_)))
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if crate::started(&mut server.child, 200, || async move { pg_isready(port) }).await {
+                return server;
             }
             let _ = server.child.take();
             dir = std::mem::replace(
@@ -220,14 +211,6 @@ impl PgServer {
             );
         }
         panic!("postgres did not start")
-    }
-
-    fn ready(&self) -> bool {
-        Command::new(bin_dir().join("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
     }
 
     /// `host=127.0.0.1 port=PORT user=postgres dbname=DB` for tokio-postgres.
@@ -269,11 +252,26 @@ impl Drop for PgServer {
     }
 }
 
+fn pg_isready(port: u16) -> bool {
+    Command::new(bin_dir().join("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// Runs psql against 127.0.0.1:`port`; stdout (unaligned, tuples only) or stderr on failure.
 pub fn psql(port: u16, user: &str, db: &str, sql: &str) -> Result<String, String> {
+    psql_conn(
+        &format!("host=127.0.0.1 port={port} user={user} dbname={db}"),
+        sql,
+    )
+}
+
+/// Runs psql with a libpq connection string (TLS options and all); stdout or stderr.
+pub fn psql_conn(conn: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(bin_dir().join("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args(["-p", &port.to_string(), "-U", user, "-d", db, "-c", sql])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, conn])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {

@@ -34,16 +34,8 @@ impl RedisServer {
                 _dir: dir,
                 port,
             };
-            for _ in 0..100 {
-                if server.ping().await {
-                    return server;
-                }
-                if let Some(c) = server.child.as_mut()
-                    && matches!(c.try_wait(), Ok(Some(_)))
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if crate::started(&mut server.child, 100, || ping(port)).await {
+                return server;
             }
         }
         panic!("redis-server did not start")
@@ -56,28 +48,12 @@ impl RedisServer {
 
     /// Whether it answers PING.
     pub async fn ping(&self) -> bool {
-        self.command(&["PING"])
-            .await
-            .is_some_and(|r| r.starts_with("+PONG"))
+        ping(self.port).await
     }
 
     /// Sends one command (RESP array of bulk strings) and returns the first reply read.
     pub async fn command(&self, args: &[&str]) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        let mut msg = format!("*{}\r\n", args.len());
-        for a in args {
-            msg.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(msg.as_bytes()).await.ok()?;
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        command(self.port, args).await
     }
 
     /// Kills the server (the tier goes down mid-test).
@@ -93,4 +69,28 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+async fn ping(port: u16) -> bool {
+    command(port, &["PING"])
+        .await
+        .is_some_and(|r| r.starts_with("+PONG"))
+}
+
+async fn command(port: u16, args: &[&str]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut msg = format!("*{}\r\n", args.len());
+    for a in args {
+        msg.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(msg.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }

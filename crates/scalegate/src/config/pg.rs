@@ -155,33 +155,20 @@ pub(super) fn postgres(
         spec.check_after_idle,
         "postgres.check_after_idle",
     );
-    if let Some(m) = &r.max_client_conn {
-        spec.max_client_conn = c.int(
-            Some(*m.get_ref()),
-            &m.span(),
-            1..=1_000_000,
-            10_000,
-            "postgres.max_client_conn",
-        ) as usize;
-    }
-    if let Some(m) = &r.max_prepared_statements {
-        spec.max_prepared_statements = c.int(
-            Some(*m.get_ref()),
-            &m.span(),
-            2..=1_000_000,
-            1000,
-            "postgres.max_prepared_statements",
-        ) as usize;
-    }
-    if let Some(w) = &r.worker_threads {
-        spec.worker_threads = c.int(
-            Some(*w.get_ref()),
-            &w.span(),
-            1..=256,
-            1,
-            "postgres.worker_threads",
-        ) as usize;
-    }
+    spec.max_client_conn = c.opt_int(
+        &r.max_client_conn,
+        1..=1_000_000,
+        10_000,
+        "postgres.max_client_conn",
+    ) as usize;
+    spec.max_prepared_statements = c.opt_int(
+        &r.max_prepared_statements,
+        2..=1_000_000,
+        1000,
+        "postgres.max_prepared_statements",
+    ) as usize;
+    spec.worker_threads =
+        c.opt_int(&r.worker_threads, 1..=256, 1, "postgres.worker_threads") as usize;
     Some(spec)
 }
 
@@ -237,9 +224,7 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
             }
         },
     };
-    let min_idle = d.min_idle.as_ref().map_or(0, |m| {
-        c.int(Some(*m.get_ref()), &m.span(), 0..=10_000, 0, "min_idle") as usize
-    });
+    let min_idle = c.opt_int(&d.min_idle, 0..=10_000, 0, "min_idle") as usize;
     if min_idle > pool_size
         && let Some(m) = &d.min_idle
     {
@@ -352,16 +337,15 @@ fn sharding(
             ShardFn::Hash
         }
     };
-    let virtual_shards = match &r.virtual_shards {
-        Some(v) => c.int(
-            Some(*v.get_ref()),
-            &v.span(),
-            shards as i64..=65_536,
-            256,
-            "virtual_shards",
-        ) as u32,
-        None => (256 / shards.max(1) * shards.max(1)).max(shards) as u32,
-    };
+    // Default: the largest multiple of the shard count up to 256, so the default map agrees
+    // with PostgreSQL's MODULUS N partitioning.
+    let default_virtual = (256 / shards.max(1) * shards.max(1)).max(shards) as i64;
+    let virtual_shards = c.opt_int(
+        &r.virtual_shards,
+        shards as i64..=65_536,
+        default_virtual,
+        "virtual_shards",
+    ) as u32;
     let mut keys = Vec::new();
     for k in &r.keys {
         let (name, text) = match k.get_ref().split_once(':') {
@@ -426,10 +410,7 @@ fn sharding(
             }
         }
     };
-    let param = r
-        .param
-        .as_ref()
-        .map(|p| c.int(Some(*p.get_ref()), &p.span(), 1..=65_535, 1, "param") as usize);
+    let param = (r.param.is_some()).then(|| c.opt_int(&r.param, 1..=65_535, 1, "param") as usize);
     Some(std::sync::Arc::new(ShardingSpec {
         function,
         virtual_shards,

@@ -56,6 +56,20 @@ impl Check {
         }
     }
 
+    /// An optional integer setting in `range`, or the default when absent or out of range.
+    pub(super) fn opt_int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+        what: &str,
+    ) -> i64 {
+        match v {
+            Some(n) => self.int(Some(*n.get_ref()), &n.span(), range, default, what),
+            None => default,
+        }
+    }
+
     /// An integer in `range`, or the default.
     pub(super) fn int(
         &mut self,

@@ -129,3 +129,14 @@ pub async fn pg_client(port: u16, db: &str) -> tokio_postgres::Client {
     tokio::spawn(conn);
     client
 }
+
+/// The first column of the one row `sql` returns (panics with the query on failure).
+pub async fn pg_one<T>(c: &impl tokio_postgres::GenericClient, sql: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
