@@ -19,7 +19,15 @@ pub struct BoundSockets {
 
 impl BoundSockets {
     /// Binds `workers` sockets to `addr`; with port 0 the first picks the port for the rest.
+    ///
+    /// With several workers the sockets share the port through SO_REUSEPORT, which would also
+    /// let a second process (a second scalegate started by mistake) join the group and take a
+    /// share of the connections without a word. So a fixed port is first probed with a plain
+    /// bind: if anything already listens there, binding fails with "address in use".
     pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Arc<Self>> {
+        if workers > 1 && addr.port() != 0 {
+            drop(bind_one(addr, false)?);
+        }
         let first = bind_one(addr, workers > 1)?;
         let local_addr = first.local_addr()?;
         let mut slots = vec![Some(first)];
@@ -63,4 +71,23 @@ pub struct Listener {
     pub spec: ListenerSpec,
     /// The bound sockets.
     pub sockets: Arc<BoundSockets>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_in_use_is_refused_even_with_several_workers() {
+        let first = BoundSockets::bind("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        let addr = first.local_addr;
+        for workers in [1, 2, 4] {
+            let e = BoundSockets::bind(addr, workers).expect_err("the port is taken");
+            assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{workers} workers");
+        }
+        // Our own sockets are unaffected, and the port binds again once they are gone.
+        assert!(first.take(0).is_some() && first.take(1).is_some());
+        drop(first);
+        BoundSockets::bind(addr, 2).expect("free again");
+    }
 }
