@@ -101,26 +101,34 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 prio,
                 canary: switch.and_then(|s| s.canary),
             };
+            // The cache and compression paths are boxed: their futures are large, and inline
+            // they would size (and be copied with) every request's future, cached or not.
             match (&route.cache, &route.spec.compression) {
                 (Some(store), _) => {
-                    crate::cache::serve::serve(
+                    Box::pin(crate::cache::serve::serve(
                         &ctx, &snap, &route, store, parts, body, admitted, done,
-                    )
+                    ))
                     .await
                 }
                 (None, Some(cs)) => {
                     let accept = accept_encoding(&parts.headers);
                     let method = parts.method.clone();
-                    origin(&ctx, &snap, &route, parts, Some(body), admitted, done)
-                        .await
-                        .map(|r| {
-                            let (mut head, body) = r.into_parts();
-                            let body = crate::cache::compress::apply(
-                                cs, &accept, &method, &mut head, body,
-                            )
-                            .0;
-                            Response::from_parts(head, body)
-                        })
+                    Box::pin(origin(
+                        &ctx,
+                        &snap,
+                        &route,
+                        parts,
+                        Some(body),
+                        admitted,
+                        done,
+                    ))
+                    .await
+                    .map(|r| {
+                        let (mut head, body) = r.into_parts();
+                        let body =
+                            crate::cache::compress::apply(cs, &accept, &method, &mut head, body).0;
+                        Response::from_parts(head, body)
+                    })
                 }
                 (None, None) => {
                     origin(&ctx, &snap, &route, parts, Some(body), admitted, done).await
