@@ -310,6 +310,17 @@ async fn run_h1(
             }
         }
     };
+    if done.is_ok()
+        && !closing
+        && let Some(upstream) = ctx.tunnel.take()
+    {
+        // A 101 went out: the socket now carries the upgraded protocol.
+        let hyper::server::conn::http1::Parts { io, read_buf, .. } = conn.into_parts();
+        let mut client = io.into_inner();
+        client.prefix = join(read_buf, std::mem::take(&mut client.prefix));
+        crate::tunnel::run(client, upstream, shutdown.wait()).await;
+        return H1End::Close;
+    }
     if done.is_err() || closing || !parking {
         // An error hyper already answered (400/431), a shutdown, or the client ended the
         // connection (EOF or Connection: close).
@@ -503,6 +514,7 @@ mod tests {
                 worker: 0,
                 scheme: "http",
                 activity: Activity::default(),
+                tunnel: Default::default(),
             });
             let (_trigger, shutdown) = crate::worker::shutdown_channel();
             let tracker = Arc::new(ConnTracker::default());

@@ -25,6 +25,7 @@ pub mod router;
 pub mod spec;
 pub mod switches;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod worker;
 

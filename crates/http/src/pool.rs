@@ -189,6 +189,16 @@ impl EndpointPool {
         }
     }
 
+    /// A lease for a connection of its own that never returns to the pool (an upgrade).
+    pub fn detached(self: &Arc<Self>) -> Lease {
+        Lease {
+            sender: None,
+            reused: false,
+            pool: self.clone(),
+            _permit: None,
+        }
+    }
+
     fn pop_idle(&self) -> Option<Idle> {
         let idle = lock(&self.idle).pop();
         if idle.is_some() {
@@ -268,7 +278,11 @@ pub enum Target<'a> {
     Name(&'a str),
 }
 
-async fn connect(target: &Target<'_>, timeout: Duration) -> Result<TcpStream, ProxyError> {
+/// Opens a connection of its own (not pooled) to `target`, for a protocol upgrade.
+pub(crate) async fn connect(
+    target: &Target<'_>,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
     let fut = async {
         match target {
             Target::Addr(a) => TcpStream::connect(*a).await,

@@ -34,6 +34,7 @@ use crate::pool::{Lease, Sender};
 use crate::retry;
 use crate::router::{Route, RouteKey};
 use crate::spec::{HashOn, UpstreamProtocol};
+use crate::tunnel;
 use crate::upstream::{HttpEndpoint, Upstream};
 
 /// Per-connection context handed to every request on it.
@@ -51,6 +52,8 @@ pub struct ConnCtx {
     pub scheme: &'static str,
     /// Requests in flight on this connection and when the last ended (for idle parking).
     pub activity: crate::conn::Activity,
+    /// The upstream side of a protocol upgrade the client was just told about (101).
+    pub tunnel: crate::tunnel::Pending,
 }
 
 /// Latency-estimate decay of the p2c balancer.
@@ -103,7 +106,12 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             };
             // The cache and compression paths are boxed: their futures are large, and inline
             // they would size (and be copied with) every request's future, cached or not.
+            let upgrade = tunnel::requested(parts.version, &parts.method, &parts.headers);
             match (&route.cache, &route.spec.compression) {
+                // An upgrade is neither cached nor compressed: it leaves HTTP.
+                _ if upgrade.is_some() => {
+                    origin(&ctx, &snap, &route, parts, Some(body), admitted, done).await
+                }
                 (Some(store), _) => {
                     Box::pin(crate::cache::serve::serve(
                         &ctx, &snap, &route, store, parts, body, admitted, done,
@@ -184,8 +192,13 @@ pub(crate) async fn origin(
     }
     done.global = snap.max_in_flight.is_some();
     match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
-        Ok((head, upstream_body)) => {
+        Ok((mut head, upstream_body)) => {
             done.status = head.status.as_u16();
+            if head.status == http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+            {
+                ctx.tunnel.set(up);
+            }
             let read_timeout = route.spec.read_timeout;
             Ok(Response::from_parts(
                 head,
@@ -245,6 +258,10 @@ async fn forward(
     if let Some(b) = &route.budget {
         b.deposit(clock::now());
     }
+    let upgrade = match upstream.spec.protocol {
+        UpstreamProtocol::Http2 => None,
+        _ => tunnel::requested(parts.version, &parts.method, &parts.headers),
+    };
     let mut pick_req = pick_request(upstream, &parts, ctx.peer);
     let mut template = Some(parts);
     let mut attempt = 1;
@@ -270,6 +287,9 @@ async fn forward(
             _ => template.take().ok_or(ProxyError::UpstreamReset)?,
         };
         rewrite_request(&mut head, ctx, upstream.spec.protocol, &endpoint);
+        if let Some(protocol) = &upgrade {
+            tunnel::restore(&mut head.headers, protocol.clone());
+        }
         if let Some(log) = done.log.as_mut() {
             log.upstream(&upstream.spec.name, &endpoint.addr);
             if let Some(id) = head
@@ -285,15 +305,11 @@ async fn forward(
         let try_deadline = retry
             .and_then(|r| r.per_try_timeout)
             .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
-        let sent = send(
-            ctx,
-            route,
-            &endpoint,
-            Request::from_parts(head, req_body),
-            now,
-            try_deadline,
-        )
-        .await;
+        let req = Request::from_parts(head, req_body);
+        let sent = match upgrade {
+            Some(_) => send_upgrade(ctx, route, &endpoint, req, try_deadline).await,
+            None => send(ctx, route, &endpoint, req, now, try_deadline).await,
+        };
 
         let outcome = match &sent {
             Ok((resp, _)) => Some(AttemptOutcome::Status(
@@ -371,6 +387,21 @@ pub(crate) fn copy_head(t: &http::request::Parts) -> http::request::Parts {
     p.version = t.version;
     p.headers = t.headers.clone();
     p
+}
+
+/// Sends an upgrade request on a connection of its own.
+async fn send_upgrade(
+    ctx: &ConnCtx,
+    route: &Route,
+    endpoint: &HttpEndpoint,
+    req: Request<ReqBody>,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let stream = crate::pool::connect(&endpoint.target(), route.spec.connect_timeout).await?;
+    let resp = tokio::time::timeout_at(deadline, tunnel::send(stream, req))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout)??;
+    Ok((resp, endpoint.pool(ctx.worker).detached()))
 }
 
 async fn send(
@@ -460,7 +491,13 @@ fn respond(
         .observe_latency(now.since(sent_at), now, EWMA_DECAY);
     done.lease = Some(lease);
 
+    let switched = (head.status == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| head.headers.get(header::UPGRADE).cloned())
+        .flatten();
     headers::strip_hop_by_hop(&mut head.headers);
+    if let Some(protocol) = switched {
+        tunnel::restore(&mut head.headers, protocol);
+    }
     if pick.set_sticky && upstream.spec.balance == Balance::Cookie {
         let id = stable_hash(endpoint.addr.as_bytes());
         let cookie = format!(

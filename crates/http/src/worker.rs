@@ -238,6 +238,7 @@ async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>)
             worker: w.id,
             scheme: if spec.tls.is_some() { "https" } else { "http" },
             activity: conn::Activity::default(),
+            tunnel: Default::default(),
         });
         tokio::spawn(conn::serve(
             stream,

@@ -1,0 +1,147 @@
+//! Protocol upgrades (WebSocket and any other `Upgrade:` protocol) over HTTP/1.1.
+//!
+//! An upgrade request goes through routing, admission, bulkheads and endpoint choice like any
+//! other, but keeps its `Connection: upgrade` and `Upgrade` headers and travels on a fresh
+//! upstream connection of its own (an upgraded connection never returns to a pool). When the
+//! upstream answers 101, the client gets the 101, and once hyper has written it the client
+//! connection's task takes its socket back (`conn.rs`) and copies bytes both ways until either
+//! side closes or the gateway shuts down. Any other answer (426, 400, a redirect) is passed back
+//! as a normal response.
+
+use std::sync::Mutex;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::body::ReqBody;
+use crate::error::ProxyError;
+
+/// The protocol an HTTP/1.1 request asks to switch to (its `Upgrade` value) when its
+/// Connection header carries the `upgrade` token.
+pub fn requested(version: Version, method: &Method, h: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 || method == Method::CONNECT {
+        return None;
+    }
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    h.get(header::UPGRADE).cloned()
+}
+
+/// Puts back the two hop-by-hop headers an upgrade must carry to the next hop.
+pub fn restore(h: &mut HeaderMap, protocol: HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, protocol);
+}
+
+/// Sends an upgrade request on a new connection over `stream`; the response's extensions
+/// carry the upstream side of the upgrade when it is a 101.
+pub async fn send<S>(
+    stream: S,
+    req: http::Request<ReqBody>,
+) -> Result<Response<Incoming>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ProxyError::ConnectFailed)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade connection ended");
+        }
+    });
+    tx.send_request(req)
+        .await
+        .map_err(|_| ProxyError::UpstreamReset)
+}
+
+/// The upstream half of an accepted upgrade, waiting for the client connection to take it.
+#[derive(Debug, Default)]
+pub struct Pending(Mutex<Option<OnUpgrade>>);
+
+impl Pending {
+    /// Keeps the upstream side of a 101 for the connection task.
+    pub fn set(&self, up: OnUpgrade) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(up);
+        }
+    }
+
+    /// The upstream side, if a 101 went out on this connection.
+    pub fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().ok().and_then(|mut g| g.take())
+    }
+}
+
+/// Copies bytes between the client and the upgraded upstream until either side closes or
+/// `stop` resolves (the gateway shuts down).
+pub async fn run<C>(mut client: C, upstream: OnUpgrade, stop: impl Future<Output = ()>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let upstream = match upstream.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream upgrade failed");
+            let _ = client.shutdown().await;
+            return;
+        }
+    };
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel ended");
+            }
+        }
+        () = stop => {
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http11_requests_naming_upgrade_in_connection_ask_for_one() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(
+            requested(Version::HTTP_11, &Method::GET, &h).is_none(),
+            "no Connection token"
+        );
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            requested(Version::HTTP_11, &Method::GET, &h)
+                .as_ref()
+                .map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert!(requested(Version::HTTP_2, &Method::GET, &h).is_none());
+        assert!(requested(Version::HTTP_10, &Method::GET, &h).is_none());
+        h.remove(header::UPGRADE);
+        assert!(
+            requested(Version::HTTP_11, &Method::GET, &h).is_none(),
+            "no protocol named"
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Protocol upgrades (WebSocket) through the gateway against a real upstream socket: the 101
+//! and the bytes after it pass both ways, a refused upgrade comes back as a normal response,
+//! and plain requests keep having their Upgrade header removed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that reads a request head and, when it asks for `Upgrade: websocket`, answers
+/// 101 and then echoes every byte upper-cased; anything else gets 426 with the head it saw as
+/// the body.
+async fn upgrade_upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (head, mut rest) = read_head(&mut s).await;
+                let lower = head.to_ascii_lowercase();
+                if !lower.contains("upgrade: websocket") || !lower.contains("connection: upgrade") {
+                    let resp = format!(
+                        "HTTP/1.1 426 Upgrade Required\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+                        head.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    return;
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                          Connection: Upgrade\r\nSec-WebSocket-Accept: test\r\n\r\n",
+                    )
+                    .await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    if !rest.is_empty() {
+                        let up = rest.to_ascii_uppercase();
+                        if s.write_all(&up).await.is_err() {
+                            return;
+                        }
+                        rest.clear();
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => rest.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads up to the end of an HTTP head; returns it and whatever bytes followed.
+async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (String::from_utf8_lossy(&buf).into_owned(), Vec::new()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn gateway_to(upstream: std::net::SocketAddr) -> GatewayProcess {
+    GatewayProcess::start(
+        BIN,
+        &format!(
+            "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"ws\"\n\n\
+             [upstreams.ws]\nendpoints = [\"{upstream}\"]\n"
+        ),
+    )
+    .await
+}
+
+async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut out))
+        .await
+        .expect("bytes in time")
+        .expect("read");
+    out
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
+    let up = upgrade_upstream().await;
+    let gw = gateway_to(up).await;
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    // Bytes right behind the request head (in the same write) must not be lost.
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\nearly",
+    )
+    .await
+    .expect("write");
+    let (head, mut rest) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert!(lower.contains("sec-websocket-accept: test"), "{head}");
+    if rest.len() < 5 {
+        let more = read_exactly(&mut s, 5 - rest.len()).await;
+        rest.extend_from_slice(&more);
+    }
+    assert_eq!(rest, b"EARLY");
+    for msg in ["hello", "second frame", "x"] {
+        s.write_all(msg.as_bytes()).await.expect("write");
+        let got = read_exactly(&mut s, msg.len()).await;
+        assert_eq!(got, msg.to_ascii_uppercase().as_bytes());
+    }
+    // Closing the client side ends the tunnel; the gateway keeps serving.
+    drop(s);
+    let r = Client::http1()
+        .get(gw.http, "/plain")
+        .await
+        .expect("plain request after a tunnel");
+    assert_eq!(r.status.as_u16(), 426);
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_and_plain_requests_are_ordinary_responses() {
+    let up = upgrade_upstream().await;
+    let gw = gateway_to(up).await;
+    // Upgrade without the Connection token: hop-by-hop, removed; the upstream refuses.
+    let r = Client::http1()
+        .get_with(gw.http, "/x", &[("upgrade", "websocket")])
+        .await
+        .expect("response");
+    assert_eq!(r.status.as_u16(), 426);
+    assert!(
+        !r.body.to_ascii_lowercase().contains("upgrade:"),
+        "{}",
+        r.body
+    );
+    // Asking for a protocol the upstream does not speak: its refusal comes back.
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: e\r\nConnection: upgrade\r\nUpgrade: h2c-ish\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+}
