@@ -366,6 +366,16 @@ async fn drive<C>(conn: C, shutdown: &mut Shutdown)
 where
     C: GracefulConnection<Error = hyper::Error>,
 {
+    drive_with(conn, |c| c.graceful_shutdown(), shutdown).await;
+}
+
+/// [`drive`] for a connection type that is not a `GracefulConnection` (hyper's
+/// `UpgradeableConnection`); `graceful` asks it to finish.
+async fn drive_with<C, G>(conn: C, mut graceful: G, shutdown: &mut Shutdown)
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+    G: FnMut(Pin<&mut C>),
+{
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -378,7 +388,7 @@ where
             }
             _ = shutdown.wait(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
         }
     }
@@ -405,10 +415,12 @@ async fn serve_tls(
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         return Box::pin(serve_h2(tls, ctx, protocols, shutdown)).await;
     }
+    // Not parked, so hyper can run upgrades itself: the service spawns the tunnel.
     let conn = protocols
         .h1
-        .serve_connection(TokioIo::new(tls), service(&ctx));
-    drive(conn, shutdown).await;
+        .serve_connection(TokioIo::new(tls), service(&ctx))
+        .with_upgrades();
+    drive_with(conn, |c| c.graceful_shutdown(), shutdown).await;
 }
 
 /// A stream with bytes already read from it put back in front.

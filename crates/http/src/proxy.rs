@@ -191,13 +191,20 @@ pub(crate) async fn origin(
         return Err((ProxyError::Shed("global_limit"), done));
     }
     done.global = snap.max_in_flight.is_some();
+    let mut parts = parts;
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
         Ok((mut head, upstream_body)) => {
             done.status = head.status.as_u16();
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
             {
-                ctx.tunnel.set(up);
+                match client_upgrade {
+                    // TLS connections let hyper run the upgrade: the client side arrives here.
+                    Some(client) if ctx.scheme == "https" => tunnel::spawn(client, up),
+                    // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
+                    _ => ctx.tunnel.set(up),
+                }
             }
             let read_timeout = route.spec.read_timeout;
             Ok(Response::from_parts(

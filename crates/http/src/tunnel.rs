@@ -114,6 +114,17 @@ where
     }
 }
 
+/// Runs a tunnel on its own task once hyper hands over the client side (connections served
+/// with hyper's upgrade support: TLS).
+pub fn spawn(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        match client.await {
+            Ok(c) => run(TokioIo::new(c), upstream, std::future::pending()).await,
+            Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An upstream that reads a request head and, when it asks for `Upgrade: websocket`, answers
@@ -56,7 +56,7 @@ async fn upgrade_upstream() -> std::net::SocketAddr {
 }
 
 /// Reads up to the end of an HTTP head; returns it and whatever bytes followed.
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -82,7 +82,7 @@ async fn gateway_to(upstream: std::net::SocketAddr) -> GatewayProcess {
     .await
 }
 
-async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+async fn read_exactly<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<u8> {
     let mut out = vec![0u8; n];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut out))
         .await
@@ -91,11 +91,9 @@ async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
-async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
-    let up = upgrade_upstream().await;
-    let gw = gateway_to(up).await;
-    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+/// Upgrades on `s`, checks the 101 and that bytes flow both ways (including bytes sent in the
+/// same write as the request head).
+async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     // Bytes right behind the request head (in the same write) must not be lost.
     s.write_all(
         b"GET /chat HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, Upgrade\r\n\
@@ -104,22 +102,30 @@ async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
     )
     .await
     .expect("write");
-    let (head, mut rest) = read_head(&mut s).await;
+    let (head, mut rest) = read_head(s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("upgrade: websocket"), "{head}");
     assert!(lower.contains("connection: upgrade"), "{head}");
     assert!(lower.contains("sec-websocket-accept: test"), "{head}");
     if rest.len() < 5 {
-        let more = read_exactly(&mut s, 5 - rest.len()).await;
+        let more = read_exactly(s, 5 - rest.len()).await;
         rest.extend_from_slice(&more);
     }
     assert_eq!(rest, b"EARLY");
     for msg in ["hello", "second frame", "x"] {
         s.write_all(msg.as_bytes()).await.expect("write");
-        let got = read_exactly(&mut s, msg.len()).await;
+        let got = read_exactly(s, msg.len()).await;
         assert_eq!(got, msg.to_ascii_uppercase().as_bytes());
     }
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
+    let up = upgrade_upstream().await;
+    let gw = gateway_to(up).await;
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    upgrade_and_echo(&mut s).await;
     // Closing the client side ends the tunnel; the gateway keeps serving.
     drop(s);
     let r = Client::http1()
@@ -151,4 +157,30 @@ async fn a_refused_upgrade_and_plain_requests_are_ordinary_responses() {
         .expect("write");
     let (head, _) = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+}
+
+#[tokio::test]
+async fn upgrades_work_on_tls_listeners_too() {
+    let up = upgrade_upstream().await;
+    let data = |f: &str| format!("{}/tests/data/{f}", env!("CARGO_MANIFEST_DIR"));
+    let listener = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        data("localhost.crt"),
+        data("localhost.key")
+    );
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "",
+        &listener,
+        &format!(
+            "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"ws\"\n\n\
+             [upstreams.ws]\nendpoints = [\"{up}\"]\n"
+        ),
+    )
+    .await;
+    let ca = std::fs::read(data("ca.crt")).expect("ca");
+    let mut s = scalegate_testkit::client::tls_connect(gw.http, &ca, b"http/1.1")
+        .await
+        .expect("TLS");
+    upgrade_and_echo(&mut s).await;
 }

@@ -152,14 +152,12 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
-/// GET `https://localhost{path}` on `addr`, trusting `ca_pem`, offering only h2 (`h2 = true`) or
-/// only http/1.1 by ALPN. Returns the response and the HTTP version used.
-pub async fn tls_get(
+/// A TLS connection to `addr` (server name "localhost") trusting `ca_pem`, offering `alpn`.
+pub async fn tls_connect(
     addr: SocketAddr,
-    path: &str,
     ca_pem: &[u8],
-    h2: bool,
-) -> Result<(Resp, http::Version), String> {
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -175,17 +173,25 @@ pub async fn tls_get(
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![if h2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// GET `https://localhost{path}` on `addr`, trusting `ca_pem`, offering only h2 (`h2 = true`) or
+/// only http/1.1 by ALPN. Returns the response and the HTTP version used.
+pub async fn tls_get(
+    addr: SocketAddr,
+    path: &str,
+    ca_pem: &[u8],
+    h2: bool,
+) -> Result<(Resp, http::Version), String> {
+    let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+    let tls = tls_connect(addr, ca_pem, alpn).await?;
     let io = hyper_util::rt::TokioIo::new(tls);
     let resp = if h2 {
         let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
