@@ -26,6 +26,10 @@ pub struct PgSpec {
     pub idle_timeout: Duration,
     /// A server connection idle longer than this is pinged before reuse (default 30 s).
     pub check_after_idle: Duration,
+    /// A client that leaves a transaction open and sends nothing for this long is disconnected
+    /// with SQLSTATE 25P03 and its server connection closed, so it cannot hold a server
+    /// forever (None, the default: no limit).
+    pub idle_transaction_timeout: Option<Duration>,
     /// Largest message accepted from a client (default 64 MiB).
     pub max_message_bytes: usize,
     /// Threads running the pooler (default 1).
@@ -164,6 +168,7 @@ impl PgSpec {
             server_lifetime: Duration::from_secs(30 * 60),
             idle_timeout: Duration::from_secs(10 * 60),
             check_after_idle: Duration::from_secs(30),
+            idle_transaction_timeout: None,
             max_message_bytes: 64 << 20,
             worker_threads: 1,
             max_prepared_statements: 1000,

@@ -666,3 +666,38 @@ async fn prepared_statements_per_server_stay_within_the_bound() {
     let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
     assert!(n <= 2, "the server holds {n} prepared statements");
 }
+
+#[tokio::test]
+async fn a_client_idle_in_a_transaction_is_cut_off_and_frees_its_server() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(
+        &pg,
+        "pool_size = 1\npool_mode = \"transaction\"",
+        "idle_transaction_timeout = \"300ms\"\nwait_timeout = \"4s\"",
+    )
+    .await;
+    // Idle outside a transaction: never cut off.
+    let calm = client(port).await;
+    calm.simple_query("SELECT 1").await.expect("query");
+    let stuck = client(port).await;
+    stuck.simple_query("BEGIN").await.expect("begin");
+    stuck
+        .simple_query("SELECT 1")
+        .await
+        .expect("in transaction");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The only server connection is free again: another client is served at once.
+    let other = client(port).await;
+    let n: i32 = pg_one(&other, "SELECT 2").await;
+    assert_eq!(n, 2);
+    let e = stuck
+        .simple_query("SELECT 3")
+        .await
+        .expect_err("the idle transaction was ended");
+    assert!(
+        stuck.is_closed() || code(&e) == "25P03",
+        "unexpected error: {e}"
+    );
+    let n: i32 = pg_one(&calm, "SELECT 4").await;
+    assert_eq!(n, 4, "an idle client outside a transaction stays connected");
+}

@@ -147,6 +147,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         status: b'I',
         to_server: BytesMut::with_capacity(8192),
         to_client: BytesMut::with_capacity(8192),
+        idle_transaction_timeout: spec.idle_transaction_timeout,
     };
     let end = session.serve().await;
     session.finish(end).await;
@@ -200,6 +201,8 @@ struct Session {
     status: u8,
     to_server: BytesMut,
     to_client: BytesMut,
+    /// How long this client may sit in an open transaction without sending anything.
+    idle_transaction_timeout: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -229,10 +232,28 @@ impl Session {
                 };
                 continue;
             };
+            // The client's turn inside a transaction: it may not keep the server forever.
+            let idle_limit = self
+                .idle_transaction_timeout
+                .filter(|_| self.pending_z == 0 && !self.unsynced && self.status != b'I');
+            let idle_too_long = async move {
+                match idle_limit {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = read_some(&mut self.client, &mut self.cbuf) => match r {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
+                },
+                () = idle_too_long => {
+                    return End::Fatal(
+                        "25P03",
+                        "terminating connection due to idle-in-transaction timeout \
+                         (postgres.idle_transaction_timeout)"
+                            .into(),
+                    );
                 },
                 r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
                     Ok(0) => return End::ServerLost("the server closed the connection".into()),

@@ -21,6 +21,7 @@ pub struct RawPostgres {
     pub server_lifetime: Option<Spanned<Dur>>,
     pub idle_timeout: Option<Spanned<Dur>>,
     pub check_after_idle: Option<Spanned<Dur>>,
+    pub idle_transaction_timeout: Option<Spanned<Dur>>,
     pub tls: Option<Spanned<super::raw::RawTls>>,
     pub tls_required: Option<bool>,
     pub max_prepared_statements: Option<Spanned<i64>>,
@@ -155,6 +156,13 @@ pub(super) fn postgres(
         spec.check_after_idle,
         "postgres.check_after_idle",
     );
+    spec.idle_transaction_timeout = r.idle_transaction_timeout.is_some().then(|| {
+        c.dur(
+            &r.idle_transaction_timeout,
+            std::time::Duration::ZERO,
+            "postgres.idle_transaction_timeout",
+        )
+    });
     spec.max_client_conn = c.opt_int(
         &r.max_client_conn,
         1..=1_000_000,
