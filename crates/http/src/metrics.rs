@@ -28,6 +28,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     duration: Family<Labels, Histogram, fn() -> Histogram>,
     in_flight: Family<Labels, Gauge>,
+    tunnels: Family<Labels, Gauge>,
     endpoint_available: Family<Labels, Gauge>,
     pool: Family<Labels, Gauge>,
     ejections: Family<Labels, Counter>,
@@ -94,6 +95,8 @@ pub struct RouteMetrics {
     pub duration: Histogram,
     /// Requests in flight on the route.
     pub in_flight: Gauge,
+    /// Upgraded connections open on the route.
+    pub tunnels: Gauge,
     /// Retries made.
     pub retries: Counter,
     /// Retries the budget refused.
@@ -157,6 +160,7 @@ impl Default for Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             in_flight: Family::default(),
+            tunnels: Family::default(),
             endpoint_available: Family::default(),
             pool: Family::default(),
             ejections: Family::default(),
@@ -193,6 +197,11 @@ impl Metrics {
             "scalegate_http_in_flight",
             "Requests in flight by route",
             self.in_flight.clone(),
+        );
+        r.register(
+            "scalegate_http_tunnels_open",
+            "Upgraded connections (WebSocket and the like) open, by route",
+            self.tunnels.clone(),
         );
         r.register(
             "scalegate_upstream_endpoint_available",
@@ -289,6 +298,9 @@ impl Metrics {
             duration: self.duration.get_or_create_owned(&base()),
             in_flight: self
                 .in_flight
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            tunnels: self
+                .tunnels
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             retries: self
                 .retries

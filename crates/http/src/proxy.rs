@@ -199,6 +199,7 @@ pub(crate) async fn origin(
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
             {
+                let up = (up, route.metrics.tunnels.clone());
                 match client_upgrade {
                     // TLS connections let hyper run the upgrade: the client side arrives here.
                     Some(client) if ctx.scheme == "https" => tunnel::spawn(client, up),

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::ReqBody;
@@ -68,30 +69,36 @@ where
         .map_err(|_| ProxyError::UpstreamReset)
 }
 
+/// The upstream half of an accepted upgrade, and the route's gauge of open tunnels.
+pub type Upstream = (OnUpgrade, Gauge);
+
 /// The upstream half of an accepted upgrade, waiting for the client connection to take it.
 #[derive(Debug, Default)]
-pub struct Pending(Mutex<Option<OnUpgrade>>);
+pub struct Pending(Mutex<Option<Upstream>>);
 
 impl Pending {
     /// Keeps the upstream side of a 101 for the connection task.
-    pub fn set(&self, up: OnUpgrade) {
+    pub fn set(&self, up: Upstream) {
         if let Ok(mut g) = self.0.lock() {
             *g = Some(up);
         }
     }
 
     /// The upstream side, if a 101 went out on this connection.
-    pub fn take(&self) -> Option<OnUpgrade> {
+    pub fn take(&self) -> Option<Upstream> {
         self.0.lock().ok().and_then(|mut g| g.take())
     }
 }
 
 /// Copies bytes between the client and the upgraded upstream until either side closes or
 /// `stop` resolves (the gateway shuts down).
-pub async fn run<C>(mut client: C, upstream: OnUpgrade, stop: impl Future<Output = ()>)
+pub async fn run<C>(mut client: C, upstream: Upstream, stop: impl Future<Output = ()>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let (upstream, open) = upstream;
+    open.inc();
+    let _open = OpenTunnel(open);
     let upstream = match upstream.await {
         Ok(u) => u,
         Err(e) => {
@@ -116,13 +123,22 @@ where
 
 /// Runs a tunnel on its own task once hyper hands over the client side (connections served
 /// with hyper's upgrade support: TLS).
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade) {
+pub fn spawn(client: OnUpgrade, upstream: Upstream) {
     tokio::spawn(async move {
         match client.await {
             Ok(c) => run(TokioIo::new(c), upstream, std::future::pending()).await,
             Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
         }
     });
+}
+
+/// Decrements the gauge when dropped.
+struct OpenTunnel(Gauge);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[cfg(test)]

@@ -126,8 +126,19 @@ async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
     let gw = gateway_to(up).await;
     let mut s = TcpStream::connect(gw.http).await.expect("connect");
     upgrade_and_echo(&mut s).await;
+    let open = |m: String| {
+        m.lines()
+            .find(|l| l.starts_with("scalegate_http_tunnels_open{"))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+    };
+    assert_eq!(open(gw.admin_get("/metrics").await).as_deref(), Some("1"));
     // Closing the client side ends the tunnel; the gateway keeps serving.
     drop(s);
+    let closed = eventually(Duration::from_secs(5), || async {
+        open(gw.admin_get("/metrics").await).as_deref() == Some("0")
+    })
+    .await;
+    assert!(closed, "the tunnel gauge never went back to 0");
     let r = Client::http1()
         .get(gw.http, "/plain")
         .await
