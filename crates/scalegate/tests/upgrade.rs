@@ -195,3 +195,20 @@ async fn upgrades_work_on_tls_listeners_too() {
         .expect("TLS");
     upgrade_and_echo(&mut s).await;
 }
+
+#[tokio::test]
+async fn sigterm_closes_open_tunnels_and_exits_0() {
+    let up = upgrade_upstream().await;
+    let mut gw = gateway_to(up).await;
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    upgrade_and_echo(&mut s).await;
+    gw.signal(libc::SIGTERM);
+    // The tunnel is closed (EOF), not left to the drain timeout.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the tunnel is closed on shutdown");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
