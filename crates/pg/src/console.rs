@@ -1,6 +1,7 @@
 //! The admin console: connect to the virtual database `scalegate` (or `pgbouncer`, so
 //! existing tooling works) and run SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS,
-//! SHOW DATABASES, SHOW HOSTS, SHOW VERSION, PAUSE, RESUME or RELOAD as simple queries.
+//! SHOW DATABASES, SHOW HOSTS, SHOW CONFIG, SHOW VERSION, PAUSE, RESUME or RELOAD as simple
+//! queries.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +123,7 @@ async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
         ["SHOW", "SERVERS"] => table(out, SERVER_COLS, server_rows(pooler), "SHOW"),
         ["SHOW", "DATABASES"] => table(out, DB_COLS, db_rows(pooler), "SHOW"),
         ["SHOW", "HOSTS"] => table(out, HOST_COLS, host_rows(pooler), "SHOW"),
+        ["SHOW", "CONFIG"] => table(out, CONFIG_COLS, config_rows(pooler), "SHOW"),
         ["SHOW", "VERSION"] => table(
             out,
             &["version"],
@@ -146,8 +148,7 @@ async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
             proto::command_complete(out, "RELOAD");
         }
         ["SHOW", "HELP"] | ["HELP"] => {
-            let help =
-                "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|HOSTS|VERSION; PAUSE; RESUME; RELOAD";
+            let help = "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|HOSTS|CONFIG|VERSION; PAUSE; RESUME; RELOAD";
             table(out, &["help"], vec![vec![help.into()]], "SHOW");
         }
         _ => proto::error(
@@ -157,6 +158,43 @@ async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
             &format!("unknown admin command {sql:?}; try SHOW HELP"),
         ),
     }
+}
+
+const CONFIG_COLS: &[&str] = &["key", "value", "changeable"];
+
+/// The `[postgres]` settings in force; `changeable` says whether a reload applies a change
+/// (the listener and its threads need a restart).
+fn config_rows(pooler: &Pooler) -> Vec<Vec<String>> {
+    let s = pooler.spec();
+    let dur = |d: Duration| format!("{}ms", d.as_millis());
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let rows = [
+        ("listen", s.listen.to_string(), false),
+        ("worker_threads", s.worker_threads.to_string(), false),
+        ("max_client_conn", s.max_client_conn.to_string(), true),
+        ("wait_timeout", dur(s.wait_timeout), true),
+        ("server_lifetime", dur(s.server_lifetime), true),
+        ("idle_timeout", dur(s.idle_timeout), true),
+        ("check_after_idle", dur(s.check_after_idle), true),
+        (
+            "idle_transaction_timeout",
+            s.idle_transaction_timeout.map_or_else(|| "off".into(), dur),
+            true,
+        ),
+        ("max_message_bytes", s.max_message_bytes.to_string(), true),
+        (
+            "max_prepared_statements",
+            s.max_prepared_statements.to_string(),
+            true,
+        ),
+        ("tls", yes(s.tls.is_some()), true),
+        ("tls_required", yes(s.tls_required), true),
+        ("admin_users", s.admin_users.join(","), true),
+        ("databases", s.databases.len().to_string(), true),
+    ];
+    rows.into_iter()
+        .map(|(k, v, c)| vec![k.to_string(), v, yes(c)])
+        .collect()
 }
 
 const POOL_COLS: &[&str] = &[

@@ -369,6 +369,16 @@ async fn admin_console_shows_pools_and_pauses() {
     assert!(stats.starts_with("app|postgres|"), "{stats}");
     let clients = psql(port, "postgres", "scalegate", "SHOW CLIENTS").expect("SHOW CLIENTS");
     assert!(clients.contains("postgres|app|127.0.0.1:"), "{clients}");
+    let config = psql(port, "postgres", "scalegate", "SHOW CONFIG").expect("SHOW CONFIG");
+    assert!(config.contains("wait_timeout|5000ms|yes"), "{config}");
+    assert!(
+        config.contains(&format!("listen|127.0.0.1:{port}|no")),
+        "{config}"
+    );
+    assert!(
+        config.contains("idle_transaction_timeout|off|yes"),
+        "{config}"
+    );
     let dbs = psql(port, "postgres", "scalegate", "SHOW DATABASES").expect("SHOW DATABASES");
     assert!(
         dbs.contains(&format!(
