@@ -217,16 +217,16 @@ fn service(
 > + Unpin
 + use<> {
     let ctx = ctx.clone();
-    service_fn(move |req| -> BoxedResponse { Box::pin(proxy::handle(ctx.clone(), req).map_ok()) })
+    service_fn(move |req| -> BoxedResponse {
+        // A combinator, not `async { Ok(fut.await) }`: an async block would hold the handler's
+        // future twice (as its captured value and as the awaited one), doubling what is
+        // allocated and copied for every request.
+        Box::pin(futures_util::FutureExt::map(
+            proxy::handle(ctx.clone(), req),
+            Ok::<_, Infallible>,
+        ))
+    })
 }
-
-trait MapOk: Future<Output = Response<RespBody>> + Sized {
-    fn map_ok(self) -> impl Future<Output = Result<Response<RespBody>, Infallible>> {
-        async move { Ok(self.await) }
-    }
-}
-
-impl<F: Future<Output = Response<RespBody>>> MapOk for F {}
 
 async fn serve_h1(
     stream: TcpStream,

@@ -115,8 +115,10 @@ impl EndpointPool {
         now: Tick,
         fresh: bool,
     ) -> Result<Lease, ProxyError> {
+        // The connect and handshake paths are boxed: they are rare next to reusing a pooled
+        // connection, and inline their futures would size every request's future.
         if self.protocol == UpstreamProtocol::Http2 {
-            return self.checkout_h2(addr, connect_timeout).await;
+            return Box::pin(self.checkout_h2(addr, connect_timeout)).await;
         }
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -141,14 +143,7 @@ impl EndpointPool {
                 return Ok(self.lease(Sender::H1(idle.tx), true, Some(permit)));
             }
         }
-        let stream = connect(addr, connect_timeout).await?;
-        let mut b = http1::Builder::new();
-        b.max_buf_size(1 << 20);
-        let (tx, conn) = b
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ProxyError::ConnectFailed)?;
-        spawn_connection(conn);
+        let tx = Box::pin(open_h1(addr, connect_timeout)).await?;
         self.gauges.active.inc();
         Ok(self.lease(Sender::H1(tx), false, Some(permit)))
     }
@@ -255,6 +250,22 @@ impl Drop for Lease {
             self.pool.gauges.active.dec();
         }
     }
+}
+
+/// A new HTTP/1.1 connection to `addr`, its I/O running on this worker.
+async fn open_h1(
+    addr: &Target<'_>,
+    connect_timeout: Duration,
+) -> Result<http1::SendRequest<ReqBody>, ProxyError> {
+    let stream = connect(addr, connect_timeout).await?;
+    let mut b = http1::Builder::new();
+    b.max_buf_size(1 << 20);
+    let (tx, conn) = b
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ProxyError::ConnectFailed)?;
+    spawn_connection(conn);
+    Ok(tx)
 }
 
 /// Runs an upstream connection's I/O on this worker until it closes.

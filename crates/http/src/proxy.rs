@@ -105,20 +105,19 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 canary: switch.and_then(|s| s.canary),
             };
             // The cache and compression paths are boxed: their futures are large, and inline
-            // they would size (and be copied with) every request's future, cached or not.
+            // they would size (and be copied with) every request's future, cached or not. The
+            // plain path awaits `origin` in one place only: each inline await of it is a slot
+            // of its own in this future.
+            // An upgrade is neither cached nor compressed: it leaves HTTP.
             let upgrade = tunnel::requested(parts.version, &parts.method, &parts.headers);
             match (&route.cache, &route.spec.compression) {
-                // An upgrade is neither cached nor compressed: it leaves HTTP.
-                _ if upgrade.is_some() => {
-                    origin(&ctx, &snap, &route, parts, Some(body), admitted, done).await
-                }
-                (Some(store), _) => {
+                (Some(store), _) if upgrade.is_none() => {
                     Box::pin(crate::cache::serve::serve(
                         &ctx, &snap, &route, store, parts, body, admitted, done,
                     ))
                     .await
                 }
-                (None, Some(cs)) => {
+                (None, Some(cs)) if upgrade.is_none() => {
                     let accept = accept_encoding(&parts.headers);
                     let method = parts.method.clone();
                     Box::pin(origin(
@@ -138,9 +137,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                         Response::from_parts(head, body)
                     })
                 }
-                (None, None) => {
-                    origin(&ctx, &snap, &route, parts, Some(body), admitted, done).await
-                }
+                _ => origin(&ctx, &snap, &route, parts, Some(body), admitted, done).await,
             }
         }
     };
@@ -315,7 +312,8 @@ async fn forward(
             .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
         let req = Request::from_parts(head, req_body);
         let sent = match upgrade {
-            Some(_) => send_upgrade(ctx, route, &endpoint, req, try_deadline).await,
+            // Boxed: a rare path whose handshake future would otherwise size every request's.
+            Some(_) => Box::pin(send_upgrade(ctx, route, &endpoint, req, try_deadline)).await,
             None => send(ctx, route, &endpoint, req, now, try_deadline).await,
         };
 
