@@ -289,7 +289,8 @@ pub enum Target<'a> {
     Name(&'a str),
 }
 
-/// Opens a connection of its own (not pooled) to `target`, for a protocol upgrade.
+/// Opens a TCP connection to `target` within `timeout` (pooled connections, and the unpooled
+/// ones protocol upgrades use).
 pub(crate) async fn connect(
     target: &Target<'_>,
     timeout: Duration,

@@ -63,7 +63,7 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
     let started = clock::now();
     let snap = ctx.gateway.snapshot();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let Some(route) = snap
         .routes
         .find(&ctx.listener, &RouteKey::of(&parts))
@@ -105,11 +105,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 canary: switch.and_then(|s| s.canary),
             };
             // The cache and compression paths are boxed: their futures are large, and inline
-            // they would size (and be copied with) every request's future, cached or not. The
-            // plain path awaits `origin` in one place only: each inline await of it is a slot
-            // of its own in this future.
-            // An upgrade is neither cached nor compressed: it leaves HTTP.
+            // they would size (and be copied with) every request's future, cached or not.
+            // An upgrade is neither cached nor compressed: it leaves HTTP. The decision rides
+            // along in the request's extensions for `forward`.
             let upgrade = tunnel::requested(parts.version, &parts.method, &parts.headers);
+            if let Some(protocol) = &upgrade {
+                parts.extensions.insert(tunnel::Requested(protocol.clone()));
+            }
             match (&route.cache, &route.spec.compression) {
                 (Some(store), _) if upgrade.is_none() => {
                     Box::pin(crate::cache::serve::serve(
@@ -177,7 +179,7 @@ pub(crate) async fn origin(
     ctx: &Arc<ConnCtx>,
     snap: &Snapshot,
     route: &Arc<Route>,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: Option<Incoming>,
     admitted: Admitted,
     mut done: Completion,
@@ -188,7 +190,6 @@ pub(crate) async fn origin(
         return Err((ProxyError::Shed("global_limit"), done));
     }
     done.global = snap.max_in_flight.is_some();
-    let mut parts = parts;
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
         Ok((mut head, upstream_body)) => {
@@ -265,7 +266,10 @@ async fn forward(
     }
     let upgrade = match upstream.spec.protocol {
         UpstreamProtocol::Http2 => None,
-        _ => tunnel::requested(parts.version, &parts.method, &parts.headers),
+        _ => parts
+            .extensions
+            .get::<tunnel::Requested>()
+            .map(|r| r.0.clone()),
     };
     let mut pick_req = pick_request(upstream, &parts, ctx.peer);
     let mut template = Some(parts);

@@ -40,6 +40,11 @@ pub fn requested(version: Version, method: &Method, h: &HeaderMap) -> Option<Hea
     h.get(header::UPGRADE).cloned()
 }
 
+/// Marks a request (in its extensions) as asking for an upgrade to this protocol; set once
+/// where the request arrives, read where it is sent.
+#[derive(Clone, Debug)]
+pub struct Requested(pub HeaderValue);
+
 /// Puts back the two hop-by-hop headers an upgrade must carry to the next hop.
 pub fn restore(h: &mut HeaderMap, protocol: HeaderValue) {
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
