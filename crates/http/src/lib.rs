@@ -22,6 +22,7 @@ pub mod pool;
 pub mod proxy;
 pub mod retry;
 pub mod router;
+pub mod small_writes;
 pub mod spec;
 pub mod switches;
 pub mod tls;

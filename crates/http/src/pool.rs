@@ -261,7 +261,7 @@ async fn open_h1(
     let mut b = http1::Builder::new();
     b.max_buf_size(1 << 20);
     let (tx, conn) = b
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(crate::small_writes::SmallWrites(stream)))
         .await
         .map_err(|_| ProxyError::ConnectFailed)?;
     spawn_connection(conn);
