@@ -15,11 +15,12 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that never cross a hop, whatever Connection says.
+/// Headers that never cross a hop, whatever Connection says. (`Trailer`, which RFC 2616 listed
+/// by mistake, is end to end: it declares the trailer fields, and hyper sends HTTP/1.1 trailers
+/// only when it is present.)
 fn is_hop_by_hop(n: &HeaderName) -> bool {
     *n == header::CONNECTION
         || *n == header::TE
-        || *n == header::TRAILER
         || *n == header::TRANSFER_ENCODING
         || *n == header::UPGRADE
         || *n == header::PROXY_AUTHORIZATION
@@ -28,10 +29,24 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers, including every header the Connection header names.
+///
+/// `TE: trailers` is the one exception: it says the client accepts trailer fields, which the
+/// gateway passes through, so the next hop gets it too. gRPC depends on it (servers reject calls
+/// without it, and HTTP/2 allows no other TE value). Other transfer codings in TE are dropped.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
+    let trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            // A coding may carry parameters ("trailers;q=1" is not valid, but be lenient).
+            let name = t.split(';').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case("trailers")
+        });
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -42,6 +57,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
     for n in doomed.iter().chain(&named) {
         h.remove(n);
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -124,11 +142,31 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn te_trailers_crosses_the_hop_and_other_codings_do_not() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        h.insert(header::TE, HeaderValue::from_static("deflate, Trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert!(h.contains_key(header::TRAILER), "Trailer is end to end");
+        assert!(!h.contains_key(header::CONNECTION));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip;q=0.5"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

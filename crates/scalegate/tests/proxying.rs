@@ -19,7 +19,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
                 ("connection", "x-private"),
                 ("x-private", "secret"),
                 ("keep-alive", "timeout=5"),
-                ("te", "trailers"),
+                ("te", "deflate, trailers"),
                 ("proxy-authorization", "Basic eA=="),
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-app", "kept"),
@@ -29,9 +29,10 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
         .expect("response");
     assert_eq!(r.status, 200);
     let h = bs[0].last_headers().expect("request reached the backend");
-    for gone in ["x-private", "keep-alive", "te", "proxy-authorization"] {
+    for gone in ["x-private", "keep-alive", "proxy-authorization"] {
         assert!(!h.contains_key(gone), "{gone} crossed the hop: {h:?}");
     }
+    assert_eq!(h["te"], "trailers", "only the trailers token of TE crosses");
     assert_eq!(h["x-app"], "kept");
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -80,6 +81,47 @@ async fn h2c_upstream_is_used_when_marked() {
     let gw = gateway(&bs, "protocol = \"h2c\"").await;
     let m = spread(&Client::http1(), gw.http, "/", 10, &[]).await;
     assert_eq!(m.get("b0"), Some(&10), "{m:?}");
+}
+
+/// A gRPC-shaped call (POST, application/grpc, `te: trailers`) over a client HTTP/2
+/// connection and an h2c upstream.
+fn grpc_call(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{addr}/grpc/echo.Echo/Say"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn grpc_over_h2_keeps_te_trailers_and_passes_trailers_back() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "protocol = \"h2c\"").await;
+    let r = Client::h2c().send(grpc_call(gw.http)).await.expect("call");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.raw, Bytes::from_static(b"\0\0\0\0\x02hi"));
+    assert_eq!(r.header("content-type"), "application/grpc");
+    let t = r
+        .trailers
+        .expect("the upstream's trailers reach the client");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["x-saw-te"], "trailers", "the upstream got te: trailers");
+}
+
+#[tokio::test]
+async fn http1_trailers_reach_a_client_that_accepts_them() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    let r = Client::http1()
+        .send(grpc_call(gw.http))
+        .await
+        .expect("call");
+    assert_eq!(r.status, 200);
+    let t = r
+        .trailers
+        .expect("chunked trailers pass through HTTP/1.1 both sides");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["x-saw-te"], "trailers");
 }
 
 #[tokio::test]

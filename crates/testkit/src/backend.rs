@@ -204,6 +204,8 @@ pub enum TestBody {
     Full(Full<Bytes>),
     /// Sends this chunk, then stays pending forever.
     Stall(Option<Bytes>),
+    /// Sends the data, then the trailer fields (a gRPC-style answer).
+    Trailed(Option<Bytes>, Option<HeaderMap>),
 }
 
 impl http_body::Body for TestBody {
@@ -220,6 +222,17 @@ impl http_body::Body for TestBody {
                 Some(c) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
                 None => std::task::Poll::Pending,
             },
+            TestBody::Trailed(data, trailers) => {
+                let frame = match (data.take(), trailers.take()) {
+                    (Some(d), t) => {
+                        *trailers = t;
+                        Some(Ok(http_body::Frame::data(d)))
+                    }
+                    (None, Some(t)) => Some(Ok(http_body::Frame::trailers(t))),
+                    (None, None) => None,
+                };
+                std::task::Poll::Ready(frame)
+            }
         }
     }
 
@@ -227,6 +240,7 @@ impl http_body::Body for TestBody {
         match self {
             TestBody::Full(f) => f.is_end_stream(),
             TestBody::Stall(_) => false,
+            TestBody::Trailed(d, t) => d.is_none() && t.is_none(),
         }
     }
 
@@ -234,7 +248,7 @@ impl http_body::Body for TestBody {
         match self {
             // Exact sizes keep Content-Length framing, as the tests reading raw sockets expect.
             TestBody::Full(f) => f.size_hint(),
-            TestBody::Stall(_) => http_body::SizeHint::default(),
+            TestBody::Stall(_) | TestBody::Trailed(..) => http_body::SizeHint::default(),
         }
     }
 }
@@ -244,8 +258,43 @@ async fn answer(s: &Shared, req: Request<Incoming>) -> Response<TestBody> {
         s.hits.fetch_add(1, SeqCst);
         return Response::new(TestBody::Stall(Some(Bytes::from_static(b"partial"))));
     }
+    if req.uri().path().starts_with("/grpc/") {
+        return trailed_answer(s, req).await;
+    }
     let (parts, body) = full_answer(s, req).await.into_parts();
     Response::from_parts(parts, TestBody::Full(body))
+}
+
+/// A gRPC-style answer: the body, then `grpc-status` in the trailers, and `x-saw-te` saying what
+/// TE header arrived (gRPC servers refuse calls without `te: trailers`).
+async fn trailed_answer(s: &Shared, req: Request<Incoming>) -> Response<TestBody> {
+    s.hits.fetch_add(1, SeqCst);
+    if let Ok(mut h) = s.last_headers.lock() {
+        *h = Some(req.headers().clone());
+    }
+    let te = req
+        .headers()
+        .get(http::header::TE)
+        .cloned()
+        .unwrap_or(http::HeaderValue::from_static("none"));
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    trailers.insert("x-saw-te", te);
+    let mut r = Response::new(TestBody::Trailed(
+        Some(body.unwrap_or_default()),
+        Some(trailers),
+    ));
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "trailer",
+        http::HeaderValue::from_static("grpc-status, x-saw-te"),
+    );
+    r
 }
 
 async fn full_answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {

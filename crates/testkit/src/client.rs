@@ -23,6 +23,8 @@ pub struct Resp {
     pub body: String,
     /// Body as sent.
     pub raw: Bytes,
+    /// Trailer fields, if any came.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Resp {
@@ -64,18 +66,7 @@ impl Client {
             .await
             .map_err(|_| "client timeout".to_string())?
             .map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("{e:?}"))?
-            .to_bytes();
-        Ok(Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            raw: body,
-        })
+        read_whole(resp).await
     }
 
     /// GET `http://addr{path}` with extra headers.
@@ -214,19 +205,24 @@ pub async fn tls_get(
         tx.send_request(req).await.map_err(|e| e.to_string())?
     };
     let version = resp.version();
+    Ok((read_whole(resp).await?, version))
+}
+
+/// Reads a response's body and trailers to the end.
+async fn read_whole<B>(resp: http::Response<B>) -> Result<Resp, String>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
     let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| format!("{e:?}"))?
-        .to_bytes();
-    Ok((
-        Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            raw: body,
-        },
-        version,
-    ))
+    let collected = body.collect().await.map_err(|e| format!("{e:?}"))?;
+    let trailers = collected.trailers().cloned();
+    let body = collected.to_bytes();
+    Ok(Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        raw: body,
+        trailers,
+    })
 }
