@@ -147,6 +147,11 @@ impl RespBody {
         RespBody::Full(Some(b))
     }
 
+    /// No body at all: over HTTP/2 the head ends the stream.
+    pub fn empty() -> Self {
+        RespBody::Full(None)
+    }
+
     /// Sets the status the request's bookkeeping records (when the cache answers in place of
     /// the upstream's own status).
     pub fn set_status(&mut self, status: u16) {

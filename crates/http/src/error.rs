@@ -115,6 +115,59 @@ impl ProxyError {
         }
         resp
     }
+
+    /// The gRPC status code of this outcome, for a gRPC client (the mapping gRPC itself uses for
+    /// HTTP statuses, made finer where the gateway knows more: a request timeout is
+    /// DEADLINE_EXCEEDED, a rate limit or an oversized body RESOURCE_EXHAUSTED).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::NoRoute => 12,       // UNIMPLEMENTED
+            ProxyError::BadRequest(_) => 13, // INTERNAL
+            ProxyError::BodyTooLarge | ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            ProxyError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            ProxyError::NoHealthyEndpoint
+            | ProxyError::PoolExhausted
+            | ProxyError::ConnectFailed
+            | ProxyError::ConnectTimeout
+            | ProxyError::UpstreamReset
+            | ProxyError::Draining
+            | ProxyError::RouteDisabled
+            | ProxyError::Shed(_) => 14, // UNAVAILABLE
+        }
+    }
+
+    /// The synthetic response for a gRPC call: a "trailers-only" answer (HTTP 200, no body,
+    /// `grpc-status` and `grpc-message` in the head), which gRPC clients turn into a status
+    /// instead of a protocol error. Where coming back later helps, `grpc-retry-pushback-ms`
+    /// carries what Retry-After would.
+    pub fn to_grpc_response(&self) -> Response<RespBody> {
+        let mut resp = Response::new(RespBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        // Our messages are printable ASCII without '%', which grpc-message carries as is.
+        if let Ok(v) = HeaderValue::from_str(&self.to_string()) {
+            h.insert("grpc-message", v);
+        }
+        if let Some(after) = self.retry_after() {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            h.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
+        }
+        resp
+    }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `+proto` etc.).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 #[cfg(test)]
@@ -152,5 +205,33 @@ mod tests {
             assert_eq!(has, wants, "{e:?}");
             assert!(r.status().is_client_error() || r.status().is_server_error());
         }
+    }
+
+    #[test]
+    fn grpc_calls_get_trailers_only_answers_with_a_status() {
+        for e in ALL {
+            let r = e.to_grpc_response();
+            assert_eq!(r.status(), StatusCode::OK, "{e:?}");
+            let h = r.headers();
+            assert_eq!(h["grpc-status"], e.grpc_status().to_string().as_str());
+            assert!(h.contains_key("grpc-message"), "{e:?}");
+            assert_eq!(
+                h.contains_key("grpc-retry-pushback-ms"),
+                e.retry_after().is_some(),
+                "{e:?}"
+            );
+            assert!(http_body::Body::is_end_stream(r.body()), "no body: {e:?}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(!is_grpc(&h));
     }
 }

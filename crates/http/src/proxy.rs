@@ -64,12 +64,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let started = clock::now();
     let snap = ctx.gateway.snapshot();
     let (mut parts, body) = req.into_parts();
+    let grpc = crate::error::is_grpc(&parts.headers);
     let Some(route) = snap
         .routes
         .find(&ctx.listener, &RouteKey::of(&parts))
         .cloned()
     else {
-        return ProxyError::NoRoute.to_response();
+        return local_reply(&ProxyError::NoRoute, grpc);
     };
     route.metrics.in_flight.inc();
     ctx.activity.begin();
@@ -146,14 +147,17 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let mut resp = match result {
         Ok(resp) => resp,
         Err((e, mut done)) => {
-            let resp = match &route.spec.fallback {
+            let (resp, status) = match &route.spec.fallback {
                 Some(f) if fallback::applies(&e) => {
                     route.metrics.fallbacks.inc();
-                    f.respond(&e)
+                    let resp = f.respond(&e);
+                    let status = resp.status();
+                    (resp, status)
                 }
-                _ => e.to_response(),
+                // A gRPC answer is a 200 with the status inside: count what happened.
+                _ => (local_reply(&e, grpc), e.status()),
             };
-            done.status = resp.status().as_u16();
+            done.status = status.as_u16();
             done.finish(false, 0);
             resp
         }
@@ -162,6 +166,15 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         status.apply(resp.headers_mut());
     }
     resp
+}
+
+/// The gateway's own answer to a failure: a gRPC status for a gRPC call, an HTTP one otherwise.
+fn local_reply(e: &ProxyError, grpc: bool) -> Response<RespBody> {
+    if grpc {
+        e.to_grpc_response()
+    } else {
+        e.to_response()
+    }
 }
 
 /// The Accept-Encoding lines of a request (all that compression needs of it).

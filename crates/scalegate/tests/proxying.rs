@@ -125,6 +125,21 @@ async fn http1_trailers_reach_a_client_that_accepts_them() {
 }
 
 #[tokio::test]
+async fn gateway_failures_reach_grpc_callers_as_grpc_statuses() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    bs[0].stop();
+    let r = Client::h2c().send(grpc_call(gw.http)).await.expect("call");
+    assert_eq!(r.status, 200, "a trailers-only answer: {r:?}");
+    assert_eq!(r.header("grpc-status"), "14", "UNAVAILABLE: {r:?}");
+    assert!(!r.header("grpc-message").is_empty());
+    assert!(r.raw.is_empty());
+    // A plain HTTP client of the same route still gets the HTTP status.
+    let r = Client::h2c().get(gw.http, "/").await.expect("get");
+    assert!(r.status.is_server_error(), "{r:?}");
+}
+
+#[tokio::test]
 async fn large_bodies_stream_both_ways() {
     let bs = backends(1).await;
     let gw = gateway(&bs, "").await;
