@@ -163,7 +163,11 @@ impl Gateway {
             for e in &u.endpoints {
                 let key = (u.name.clone(), e.addr.clone());
                 let ep = match registry.get(&key) {
-                    Some(prev) if prev.pool_spec == u.pool && prev.protocol == u.protocol => {
+                    Some(prev)
+                        if prev.pool_spec == u.pool
+                            && prev.protocol == u.protocol
+                            && prev.tls == u.tls =>
+                    {
                         prev.clone()
                     }
                     prev => {
@@ -177,6 +181,7 @@ impl Gateway {
                             state,
                             &u.pool,
                             u.protocol,
+                            u.tls.as_ref(),
                             self.workers,
                             metrics,
                         ))

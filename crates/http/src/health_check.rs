@@ -4,17 +4,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
+use http::{HeaderValue, Request, header};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use scalegate_core::{HealthPolicy, Transition};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::clock;
 use crate::gateway::Snapshot;
+use crate::spec::UpstreamProtocol;
 use crate::upstream::HttpEndpoint;
 
 /// A running probe loop: the policy and endpoint it probes.
@@ -76,7 +77,7 @@ async fn probe_loop(upstream: String, ep: Arc<HttpEndpoint>, policy: HealthPolic
     loop {
         tick.tick().await;
         let ok = matches!(
-            tokio::time::timeout(policy.timeout, probe(&ep, &policy.path)).await,
+            tokio::time::timeout(policy.timeout, probe(&ep, &policy.path, policy.timeout)).await,
             Ok(true)
         );
         match ep.state.record_probe(ok, &policy, clock::now()) {
@@ -93,30 +94,44 @@ async fn probe_loop(upstream: String, ep: Arc<HttpEndpoint>, policy: HealthPolic
     }
 }
 
-/// One probe: GET `path` on a fresh connection; any 2xx or 3xx is healthy.
-async fn probe(ep: &HttpEndpoint, path: &str) -> bool {
-    let stream = match ep.socket {
-        Some(a) => TcpStream::connect(a).await,
-        None => TcpStream::connect(ep.addr.as_str()).await,
-    };
-    let Ok(stream) = stream else { return false };
-    let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
+/// One probe: GET `path` on a fresh connection (TLS and HTTP/2 when the upstream uses them);
+/// any 2xx or 3xx is healthy.
+async fn probe(ep: &HttpEndpoint, path: &str, timeout: Duration) -> bool {
+    let Ok(io) = crate::dial::dial(&ep.dial(), timeout).await else {
         return false;
     };
-    let conn = tokio::spawn(conn);
+    let io = TokioIo::new(io);
     let req = Request::get(path)
         .header(header::HOST, ep.addr.as_str())
         .header(header::USER_AGENT, "scalegate-health")
-        .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new());
-    let ok = match req {
-        Ok(req) => tx
-            .send_request(req)
-            .await
-            .is_ok_and(|r| r.status().is_success() || r.status().is_redirection()),
-        Err(_) => false,
+    let Ok(mut req) = req else { return false };
+    let resp = match ep.protocol {
+        UpstreamProtocol::Http1 => {
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(io).await else {
+                return false;
+            };
+            let conn = tokio::spawn(conn);
+            let r = tx.send_request(req).await;
+            conn.abort();
+            r
+        }
+        UpstreamProtocol::Http2 => {
+            *req.uri_mut() = match format!("http://{}{path}", ep.addr).parse() {
+                Ok(u) => u,
+                Err(_) => return false,
+            };
+            let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await;
+            let Ok((mut tx, conn)) = handshake else {
+                return false;
+            };
+            let conn = tokio::spawn(conn);
+            let r = tx.send_request(req).await;
+            conn.abort();
+            r
+        }
     };
-    conn.abort();
-    ok
+    resp.is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
 }

@@ -11,6 +11,7 @@ pub mod bulkhead;
 pub mod cache;
 pub mod clock;
 pub mod conn;
+pub mod dial;
 pub mod error;
 pub mod fallback;
 pub mod gateway;

@@ -12,10 +12,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use scalegate_core::Tick;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::ReqBody;
+use crate::dial::{Dial, dial};
 use crate::error::ProxyError;
 use crate::spec::{PoolSpec, UpstreamProtocol};
 
@@ -110,7 +110,7 @@ impl EndpointPool {
     /// `connect_timeout` for a free slot and for the connect itself.
     pub async fn checkout(
         self: &Arc<Self>,
-        addr: &Target<'_>,
+        addr: &Dial<'_>,
         connect_timeout: Duration,
         now: Tick,
         fresh: bool,
@@ -150,13 +150,13 @@ impl EndpointPool {
 
     async fn checkout_h2(
         self: &Arc<Self>,
-        addr: &Target<'_>,
+        addr: &Dial<'_>,
         connect_timeout: Duration,
     ) -> Result<Lease, ProxyError> {
         if let Some(tx) = lock(&self.h2).as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(self.lease(Sender::H2(tx.clone()), true, None));
         }
-        let stream = connect(addr, connect_timeout).await?;
+        let stream = dial(addr, connect_timeout).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20));
@@ -254,14 +254,14 @@ impl Drop for Lease {
 
 /// A new HTTP/1.1 connection to `addr`, its I/O running on this worker.
 async fn open_h1(
-    addr: &Target<'_>,
+    addr: &Dial<'_>,
     connect_timeout: Duration,
 ) -> Result<http1::SendRequest<ReqBody>, ProxyError> {
-    let stream = connect(addr, connect_timeout).await?;
+    let stream = dial(addr, connect_timeout).await?;
     let mut b = http1::Builder::new();
     b.max_buf_size(1 << 20);
     let (tx, conn) = b
-        .handshake(TokioIo::new(crate::small_writes::SmallWrites(stream)))
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ProxyError::ConnectFailed)?;
     spawn_connection(conn);
@@ -287,24 +287,4 @@ pub enum Target<'a> {
     Addr(SocketAddr),
     /// A name to resolve.
     Name(&'a str),
-}
-
-/// Opens a TCP connection to `target` within `timeout` (pooled connections, and the unpooled
-/// ones protocol upgrades use).
-pub(crate) async fn connect(
-    target: &Target<'_>,
-    timeout: Duration,
-) -> Result<TcpStream, ProxyError> {
-    let fut = async {
-        match target {
-            Target::Addr(a) => TcpStream::connect(*a).await,
-            Target::Name(n) => TcpStream::connect(*n).await,
-        }
-    };
-    let stream = tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| ProxyError::ConnectTimeout)?
-        .map_err(|_| ProxyError::ConnectFailed)?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }

@@ -420,7 +420,7 @@ async fn send_upgrade(
     req: Request<ReqBody>,
     deadline: tokio::time::Instant,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-    let stream = crate::pool::connect(&endpoint.target(), route.spec.connect_timeout).await?;
+    let stream = crate::dial::dial(&endpoint.dial(), route.spec.connect_timeout).await?;
     let resp = tokio::time::timeout_at(deadline, tunnel::send(stream, req))
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)??;
@@ -440,7 +440,7 @@ async fn send(
     let mut fresh = false;
     loop {
         let mut lease = pool
-            .checkout(&endpoint.target(), route.spec.connect_timeout, now, fresh)
+            .checkout(&endpoint.dial(), route.spec.connect_timeout, now, fresh)
             .await?;
         let reused = lease.reused;
         let Some(sender) = lease.sender() else {

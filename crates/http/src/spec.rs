@@ -197,6 +197,8 @@ pub struct UpstreamSpec {
     pub pool: PoolSpec,
     /// Protocol to the endpoints.
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (None: clear text).
+    pub tls: Option<crate::dial::UpstreamTls>,
     /// Concurrency cap with a priority queue (None: unlimited).
     pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
 }

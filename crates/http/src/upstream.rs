@@ -8,6 +8,7 @@ use scalegate_core::balance::{EndpointSet, Member, SetPolicy};
 use scalegate_core::hash::stable_hash;
 use scalegate_core::{EndpointState, Tick};
 
+use crate::dial::{Dial, EndpointTls, UpstreamTls};
 use crate::metrics::EndpointMetrics;
 use crate::pool::{EndpointPool, Target};
 use crate::spec::{PoolSpec, UpstreamProtocol, UpstreamSpec};
@@ -28,6 +29,9 @@ pub struct HttpEndpoint {
     pub pool_spec: PoolSpec,
     /// Protocol the pools speak.
     pub protocol: UpstreamProtocol,
+    /// TLS settings the endpoint was built with.
+    pub tls: Option<UpstreamTls>,
+    endpoint_tls: Option<EndpointTls>,
     /// Metric handles.
     pub metrics: EndpointMetrics,
 }
@@ -39,6 +43,7 @@ impl HttpEndpoint {
         state: Arc<EndpointState>,
         pool_spec: &PoolSpec,
         protocol: UpstreamProtocol,
+        tls: Option<&UpstreamTls>,
         workers: usize,
         metrics: EndpointMetrics,
     ) -> Self {
@@ -62,6 +67,8 @@ impl HttpEndpoint {
             pools,
             pool_spec: pool_spec.clone(),
             protocol,
+            tls: tls.cloned(),
+            endpoint_tls: tls.map(|t| t.for_endpoint(addr)),
             metrics,
         }
     }
@@ -76,6 +83,14 @@ impl HttpEndpoint {
         match self.socket {
             Some(a) => Target::Addr(a),
             None => Target::Name(&self.addr),
+        }
+    }
+
+    /// How to connect: the address, and TLS when the upstream is marked so.
+    pub fn dial(&self) -> Dial<'_> {
+        Dial {
+            target: self.target(),
+            tls: self.endpoint_tls.as_ref(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! TLS listeners: HTTP/2 and HTTP/1.1 chosen by ALPN, X-Forwarded-Proto https.
+//! TLS: listeners (HTTP/2 and HTTP/1.1 chosen by ALPN, X-Forwarded-Proto https) and upstreams
+//! over TLS (verified certificates, ALPN, config errors).
 
 mod common;
 
@@ -56,6 +57,93 @@ async fn plain_http_to_a_tls_listener_does_not_reach_the_backend() {
     let (out, _) = raw(gw.http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(!out.contains("b0"), "{out:?}");
     assert_eq!(bs[0].hits(), 0);
+}
+
+/// A gateway whose upstream is `front` (a TLS listener), with `tls` settings for it.
+async fn edge_gateway(front: &GatewayProcess, settings: &str) -> GatewayProcess {
+    let upstream = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n{settings}\n",
+        front.http
+    );
+    GatewayProcess::start(BIN, &upstream).await
+}
+
+#[tokio::test]
+async fn an_upstream_over_tls_is_verified_and_used() {
+    let bs = backends(1).await;
+    let front = tls_gateway(&bs).await;
+    let ca = format!("tls = {{ ca = \"{}\" }}", data("ca.crt"));
+    // HTTP/1.1, the certificate checked against the endpoint's IP (its SAN has 127.0.0.1).
+    let edge = edge_gateway(&front, &ca).await;
+    let r = Client::http1().get(edge.http, "/").await.expect("through");
+    // (The front listener speaks only TLS: clear text would not reach the backend.)
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b0"));
+    // HTTP/2 by ALPN, the certificate checked against a configured name.
+    let named = format!(
+        "protocol = \"h2\"\ntls = {{ ca = \"{}\", server_name = \"localhost\" }}",
+        data("ca.crt")
+    );
+    let edge = edge_gateway(&front, &named).await;
+    let r = Client::http1()
+        .get(edge.http, "/")
+        .await
+        .expect("through h2");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b0"));
+    // Active health probes go over TLS as well.
+    let probed = format!("{ca}\nhealth = {{ path = \"/health\", interval = \"100ms\" }}");
+    let _edge = edge_gateway(&front, &probed).await;
+    for _ in 0..100 {
+        if bs[0].health_hits() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        bs[0].health_hits() > 0,
+        "a probe reached the backend through TLS"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_that_fails_verification_is_never_used() {
+    let bs = backends(1).await;
+    let front = tls_gateway(&bs).await;
+    // The leaf itself as the only trusted "CA": not a CA, so the chain does not verify.
+    let wrong = format!("tls = {{ ca = \"{}\" }}", data("localhost.crt"));
+    let edge = edge_gateway(&front, &wrong).await;
+    let r = Client::http1().get(edge.http, "/").await.expect("answer");
+    assert_eq!(r.status.as_u16(), 502, "{r:?}");
+    // A name the certificate does not carry.
+    let other = format!(
+        "tls = {{ ca = \"{}\", server_name = \"api.example\" }}",
+        data("ca.crt")
+    );
+    let edge = edge_gateway(&front, &other).await;
+    let r = Client::http1().get(edge.http, "/").await.expect("answer");
+    assert_eq!(r.status.as_u16(), 502, "{r:?}");
+    assert_eq!(bs[0].hits(), 0, "nothing reached the backend");
+}
+
+#[test]
+fn a_client_certificate_without_its_key_is_reported_at_the_tls_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("up.toml");
+    std::fs::write(
+        &path,
+        "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:9\"]\ntls = { cert = \"c.pem\" }\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("up.toml:5:7: tls: cert and key go together"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -282,7 +282,10 @@ pub enum RawBalance {
 #[serde(rename_all = "snake_case")]
 pub enum RawProtocol {
     Http1,
+    /// HTTP/2 with prior knowledge in clear text, or by ALPN with `tls`.
     H2c,
+    /// The same as `h2c`; reads better beside `tls`.
+    H2,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +302,17 @@ pub struct RawUpstream {
     pub pool: Option<Spanned<RawPool>>,
     pub protocol: Option<RawProtocol>,
     pub concurrency: Option<Spanned<RawConcurrency>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// TLS towards an upstream's endpoints; PEM paths relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// An upstream's bulkhead as written.

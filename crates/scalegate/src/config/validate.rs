@@ -12,6 +12,7 @@ use scalegate_core::balance::Balance;
 use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
 use scalegate_http::bulkhead::BulkheadSpec;
+use scalegate_http::dial::{TlsMaterial, UpstreamTls};
 use scalegate_http::fallback::FallbackSource;
 use scalegate_http::spec::{
     EndpointSpec, GatewaySpec, HashOn, ListenerSpec, MatchSpec, PoolSpec, RouteSpec,
@@ -152,7 +153,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         Some(spec)
     });
     let listeners = listeners(&mut c, &raw.listeners, base);
-    let upstreams = upstreams(&mut c, &raw.upstreams);
+    let upstreams = upstreams(&mut c, &raw.upstreams, base);
     let listener_names: Vec<String> = raw
         .listeners
         .iter()
@@ -516,6 +517,7 @@ fn bulkhead_spec(c: &mut Check, cc: &Spanned<raw::RawConcurrency>) -> BulkheadSp
 fn upstreams(
     c: &mut Check,
     raw: &std::collections::BTreeMap<Spanned<String>, Spanned<raw::RawUpstream>>,
+    base: &std::path::Path,
 ) -> Vec<UpstreamSpec> {
     let mut out = Vec::new();
     for (name, u) in raw {
@@ -678,6 +680,10 @@ fn upstreams(
             ) as u32,
             None => 50,
         };
+        let protocol = match u.protocol {
+            Some(RawProtocol::H2c | RawProtocol::H2) => UpstreamProtocol::Http2,
+            _ => UpstreamProtocol::Http1,
+        };
         out.push(UpstreamSpec {
             name: name.get_ref().clone(),
             balance,
@@ -686,18 +692,58 @@ fn upstreams(
                 .cookie
                 .as_ref()
                 .map_or_else(|| "sg_sticky".into(), |s| s.get_ref().clone()),
-            endpoints,
             health,
             outlier,
             slow_start: u.slow_start.as_ref().map(|s| s.get_ref().0),
             panic_threshold_percent,
             pool,
-            protocol: match u.protocol {
-                Some(RawProtocol::H2c) => UpstreamProtocol::Http2,
-                _ => UpstreamProtocol::Http1,
-            },
+            protocol,
+            tls: u
+                .tls
+                .as_ref()
+                .and_then(|t| upstream_tls(c, t, protocol, &endpoints, base)),
+            endpoints,
             bulkhead: u.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
         });
     }
     out
+}
+
+/// An upstream's `tls` table: files read and the client config built now, so a bad file is a
+/// config error with its line, not a failure on the first request.
+fn upstream_tls(
+    c: &mut Check,
+    t: &Spanned<raw::RawUpstreamTls>,
+    protocol: UpstreamProtocol,
+    endpoints: &[EndpointSpec],
+    base: &std::path::Path,
+) -> Option<UpstreamTls> {
+    let span = t.span();
+    let t = t.get_ref();
+    let read = |p: &str| std::fs::read(base.join(p)).map_err(|e| format!("cannot read {p:?}: {e}"));
+    let built = (|| {
+        let ca = t.ca.as_deref().map(read).transpose()?;
+        let client = match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "cert and key go together (a client certificate for mutual TLS)".into(),
+                );
+            }
+        };
+        if t.server_name.is_none()
+            && let Some(bad) = endpoints.iter().find(|e| {
+                rustls_pki_types::ServerName::try_from(scalegate_http::dial::host_of(&e.addr))
+                    .is_err()
+            })
+        {
+            return Err(format!(
+                "endpoint {:?} has no host name to verify; set tls.server_name",
+                bad.addr
+            ));
+        }
+        UpstreamTls::new(&TlsMaterial { ca, client }, t.server_name.clone(), protocol)
+    })();
+    built.map_err(|e| c.err(span, format!("tls: {e}"))).ok()
 }
