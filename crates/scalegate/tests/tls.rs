@@ -105,6 +105,37 @@ async fn an_upstream_over_tls_is_verified_and_used() {
 }
 
 #[tokio::test]
+async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
+    let read = |n: &str| std::fs::read(data(n)).expect("test data");
+    let backend = scalegate_testkit::tls_backend::MtlsBackend::start(
+        &read("localhost.crt"),
+        &read("localhost.key"),
+        &read("client-ca.crt"),
+    )
+    .await;
+    let upstream = |tls: String| {
+        format!(
+            "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n{tls}\n",
+            backend.addr
+        )
+    };
+    let with_cert = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        data("ca.crt"),
+        data("client.crt"),
+        data("client.key")
+    );
+    let gw = GatewayProcess::start(BIN, &upstream(with_cert)).await;
+    let r = Client::http1().get(gw.http, "/").await.expect("answer");
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "mtls-ok"));
+    // Without the client certificate the upstream refuses the handshake.
+    let without = format!("tls = {{ ca = \"{}\" }}", data("ca.crt"));
+    let gw = GatewayProcess::start(BIN, &upstream(without)).await;
+    let r = Client::http1().get(gw.http, "/").await.expect("answer");
+    assert_eq!(r.status.as_u16(), 502, "{r:?}");
+}
+
+#[tokio::test]
 async fn an_upstream_certificate_that_fails_verification_is_never_used() {
     let bs = backends(1).await;
     let front = tls_gateway(&bs).await;

@@ -4,7 +4,8 @@
 //!   delay, failing health check, refusing connections);
 //! - [`GatewayProcess`]: the real `scalegate` binary run on a config in a temp dir, with
 //!   reload and signal helpers;
-//! - [`client`]: plain HTTP/1.1 and HTTP/2 requests, and raw TCP for malformed input.
+//! - [`client`]: plain HTTP/1.1 and HTTP/2 requests, and raw TCP for malformed input;
+//! - [`tls_backend::MtlsBackend`]: an HTTPS server that requires a client certificate.
 
 pub mod backend;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod origin;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod tls_backend;
 
 pub use backend::Backend;
 pub use nats::NatsServer;
