@@ -78,9 +78,11 @@ async fn an_upstream_over_tls_is_verified_and_used() {
     let r = Client::http1().get(edge.http, "/").await.expect("through");
     // (The front listener speaks only TLS: clear text would not reach the backend.)
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b0"));
-    // HTTP/2 by ALPN, the certificate checked against a configured name.
+    // HTTP/2 by ALPN, the certificate checked against a configured name; its health probes
+    // speak HTTP/2 over TLS too.
+    let h2_probed = "protocol = \"h2\"\nhealth = { path = \"/health\", interval = \"100ms\" }";
     let named = format!(
-        "protocol = \"h2\"\ntls = {{ ca = \"{}\", server_name = \"localhost\" }}",
+        "{h2_probed}\ntls = {{ ca = \"{}\", server_name = \"localhost\" }}",
         data("ca.crt")
     );
     let edge = edge_gateway(&front, &named).await;
@@ -89,19 +91,24 @@ async fn an_upstream_over_tls_is_verified_and_used() {
         .await
         .expect("through h2");
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b0"));
-    // Active health probes go over TLS as well.
+    wait_for_probe(&bs[0]).await;
+    // HTTP/1.1 health probes over TLS, to a front of their own.
+    let other = backends(1).await;
+    let front = tls_gateway(&other).await;
     let probed = format!("{ca}\nhealth = {{ path = \"/health\", interval = \"100ms\" }}");
     let _edge = edge_gateway(&front, &probed).await;
+    wait_for_probe(&other[0]).await;
+}
+
+/// Waits until the backend has seen a health probe.
+async fn wait_for_probe(b: &Backend) {
     for _ in 0..100 {
-        if bs[0].health_hits() > 0 {
-            break;
+        if b.health_hits() > 0 {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(
-        bs[0].health_hits() > 0,
-        "a probe reached the backend through TLS"
-    );
+    panic!("no probe reached the backend through TLS");
 }
 
 #[tokio::test]
