@@ -71,6 +71,7 @@ async fn directive_origin() -> Origin {
                 ("set-cookie", "sid=secret"),
             ],
             "/vary-star" => &[("cache-control", "max-age=60"), ("vary", "*")],
+            "/trailers" => &[("cache-control", "max-age=60"), ("trailer", "x-checksum")],
             "/lang" => &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
             "/created" => &[],
             "/auth-public" => &[("cache-control", "public, max-age=60")],
@@ -128,7 +129,14 @@ async fn freshness_comes_from_max_age_s_maxage_expires_and_heuristics() {
 async fn what_a_shared_cache_must_not_store() {
     let o = directive_origin().await;
     let g = gw(&o, "cache = {}", "").await;
-    for path in ["/no-store", "/private", "/cookie", "/vary-star", "/created"] {
+    for path in [
+        "/no-store",
+        "/private",
+        "/cookie",
+        "/vary-star",
+        "/created",
+        "/trailers",
+    ] {
         get(&g, path, &[]).await;
         let r = get(&g, path, &[]).await;
         assert_eq!(o.hits(path), 2, "{path} must not be served from cache");

@@ -382,6 +382,11 @@ fn storable(
     if h.contains_key(header::SET_COOKIE) && !spec.share_set_cookie {
         return Err(Uncacheable::Response);
     }
+    // The store keeps body bytes only: a hit would lose the trailer fields (a gRPC status, a
+    // checksum) the response declares.
+    if h.contains_key(header::TRAILER) {
+        return Err(Uncacheable::Response);
+    }
     let length = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
