@@ -119,7 +119,8 @@ async fn probe(ep: &HttpEndpoint, path: &str, timeout: Duration) -> bool {
             r
         }
         UpstreamProtocol::Http2 => {
-            *req.uri_mut() = match format!("http://{}{path}", ep.addr).parse() {
+            let scheme = if ep.tls.is_some() { "https" } else { "http" };
+            *req.uri_mut() = match format!("{scheme}://{}{path}", ep.addr).parse() {
                 Ok(u) => u,
                 Err(_) => return false,
             };

@@ -593,7 +593,12 @@ fn rewrite_request(
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or(&endpoint.addr);
-            if let Ok(u) = Uri::try_from(format!("http://{authority}{path}")) {
+            let scheme = if endpoint.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            if let Ok(u) = Uri::try_from(format!("{scheme}://{authority}{path}")) {
                 parts.uri = u;
             }
             parts.headers.remove(header::HOST);
