@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod retry;
+pub mod rewrite;
 pub mod router;
 pub mod small_writes;
 pub mod spec;

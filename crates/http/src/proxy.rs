@@ -165,6 +165,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     if let Some(Ok(status) | Err((_, status))) = &rate {
         status.apply(resp.headers_mut());
     }
+    route.spec.response_headers.apply(resp.headers_mut());
     resp
 }
 
@@ -308,7 +309,13 @@ async fn forward(
             }
             _ => template.take().ok_or(ProxyError::UpstreamReset)?,
         };
-        rewrite_request(&mut head, ctx, upstream.spec.protocol, &endpoint);
+        rewrite_request(
+            &mut head,
+            ctx,
+            &route.spec,
+            upstream.spec.protocol,
+            &endpoint,
+        );
         if let Some(protocol) = &upgrade {
             tunnel::restore(&mut head.headers, protocol.clone());
         }
@@ -562,6 +569,7 @@ fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: T
 fn rewrite_request(
     parts: &mut http::request::Parts,
     ctx: &ConnCtx,
+    route: &crate::spec::RouteSpec,
     protocol: UpstreamProtocol,
     endpoint: &HttpEndpoint,
 ) {
@@ -575,13 +583,15 @@ fn rewrite_request(
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());
     headers::ensure_request_id(&mut parts.headers);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let rewritten = route.rewrite.as_ref().and_then(|r| r.apply(original));
+    let path = rewritten.as_deref().unwrap_or(original);
     match protocol {
         UpstreamProtocol::Http1 => {
             if let Some(h) = host {
                 parts.headers.insert(header::HOST, h);
             }
-            if parts.uri.authority().is_some()
+            if (rewritten.is_some() || parts.uri.authority().is_some())
                 && let Ok(u) = Uri::try_from(path)
             {
                 parts.uri = u;
@@ -605,6 +615,7 @@ fn rewrite_request(
             parts.version = Version::HTTP_2;
         }
     }
+    route.request_headers.apply(&mut parts.headers);
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {

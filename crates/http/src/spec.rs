@@ -91,6 +91,12 @@ pub struct RouteSpec {
     pub cache: Option<crate::cache::CacheSpec>,
     /// Response compression (None: off).
     pub compression: Option<crate::cache::CompressionSpec>,
+    /// The path prefix the upstream sees instead of the matched one (None: unchanged).
+    pub rewrite: Option<crate::rewrite::PathRewrite>,
+    /// Header edits on the request sent upstream.
+    pub request_headers: crate::rewrite::HeaderEdits,
+    /// Header edits on every response of the route (the gateway's own answers included).
+    pub response_headers: crate::rewrite::HeaderEdits,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

@@ -140,6 +140,35 @@ async fn gateway_failures_reach_grpc_callers_as_grpc_statuses() {
 }
 
 #[tokio::test]
+async fn routes_rewrite_the_path_prefix_and_edit_headers() {
+    let bs = backends(1).await;
+    let cfg = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/api\" }}\nupstream = \"app\"\nrewrite = {{ prefix = \"/bytes\" }}\nrequest_headers = {{ set = {{ x-env = \"prod\" }}, remove = [\"x-debug\"] }}\nresponse_headers = {{ set = {{ x-frame-options = \"DENY\" }}, remove = [\"x-backend\"] }}\n\n[upstreams.app]\nendpoints = [{}]\n",
+        endpoints(&bs)
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let c = Client::http1();
+    let r = c
+        .get_with(gw.http, "/api/5", &[("x-debug", "1")])
+        .await
+        .expect("response");
+    assert_eq!(r.body, "xxxxx", "the upstream was asked for /bytes/5");
+    let h = bs[0].last_headers().expect("headers");
+    assert_eq!(h["x-env"], "prod");
+    assert!(!h.contains_key("x-debug"), "{h:?}");
+    assert_eq!(r.header("x-frame-options"), "DENY");
+    assert_eq!(r.header("x-backend"), "", "removed from the response");
+    // HTTP/2 clients get the same rewrite.
+    let r = Client::h2c().get(gw.http, "/api/3").await.expect("h2");
+    assert_eq!(r.body, "xxx");
+    // The gateway's own answers carry the response edits too.
+    bs[0].stop();
+    let r = c.get(gw.http, "/api/5").await.expect("response");
+    assert!(r.status.is_server_error(), "{r:?}");
+    assert_eq!(r.header("x-frame-options"), "DENY");
+}
+
+#[tokio::test]
 async fn large_bodies_stream_both_ways() {
     let bs = backends(1).await;
     let gw = gateway(&bs, "").await;

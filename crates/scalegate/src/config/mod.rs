@@ -8,6 +8,7 @@
 //! values).
 
 mod cache;
+mod edits;
 mod pg;
 mod raw;
 mod units;

@@ -124,6 +124,26 @@ pub struct RawRoute {
     pub concurrency: Option<Spanned<RawConcurrency>>,
     pub cache: Option<Spanned<RawCache>>,
     pub compression: Option<Spanned<RawCompression>>,
+    pub rewrite: Option<Spanned<RawRewrite>>,
+    pub request_headers: Option<Spanned<RawHeaderEdits>>,
+    pub response_headers: Option<Spanned<RawHeaderEdits>>,
+}
+
+/// `rewrite = { prefix = "/v2" }`: what replaces the matched path prefix upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub prefix: String,
+}
+
+/// `{ set = { name = "value" }, remove = ["name"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// The gateway-wide cache store as written.

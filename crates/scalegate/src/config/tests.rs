@@ -192,3 +192,35 @@ fn the_console_name_is_reserved() {
         "{p:?}"
     );
 }
+
+#[test]
+fn path_rewrites_and_header_edits_are_checked_where_written() {
+    let base = "[[routes]]\nupstream = \"app\"\n";
+    let tail = "[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n";
+    let p = problems(&format!("{base}rewrite = {{ prefix = \"/v2\" }}\n{tail}"));
+    assert_eq!(
+        p,
+        ["3:11: rewrite needs the route to match on path_prefix (the part it replaces)"]
+    );
+    let p = problems(&format!(
+        "{base}match = {{ path_prefix = \"/api\" }}\nrewrite = {{ prefix = \"v2\" }}\n{tail}"
+    ));
+    assert_eq!(p, [r#"4:11: rewrite.prefix must start with "/""#]);
+    let p = problems(&format!(
+        "{base}request_headers = {{ set = {{ content-length = \"1\" }}, remove = [\"bad name\"] }}\n{tail}"
+    ));
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with("3:19: request_headers: \"content-length\" frames"),
+        "{p:?}"
+    );
+    assert!(p[1].contains("invalid header name \"bad name\""), "{p:?}");
+    let ok = Config::parse(&format!(
+        "{base}match = {{ path_prefix = \"/api\" }}\nrewrite = {{ prefix = \"/\" }}\nresponse_headers = {{ set = {{ x-frame-options = \"DENY\" }}, remove = [\"server\"] }}\n{tail}"
+    ))
+    .expect("valid");
+    let r = &ok.gateway.routes[0];
+    assert_eq!(r.rewrite.as_ref().map(|w| w.to.as_str()), Some("/"));
+    assert_eq!(r.response_headers.set.len(), 1);
+    assert_eq!(r.response_headers.remove.len(), 1);
+}

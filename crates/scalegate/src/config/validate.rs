@@ -347,6 +347,20 @@ fn routes(
             priority_header: r.priority_header.as_ref().map(|h| h.to_ascii_lowercase()),
             bulkhead: r.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
             cache: r.cache.as_ref().map(|cs| super::cache::route_cache(c, cs)),
+            rewrite: r
+                .rewrite
+                .as_ref()
+                .and_then(|rw| super::edits::rewrite(c, rw, m.path_prefix.as_ref())),
+            request_headers: super::edits::headers(
+                c,
+                r.request_headers.as_ref(),
+                "request_headers",
+            ),
+            response_headers: super::edits::headers(
+                c,
+                r.response_headers.as_ref(),
+                "response_headers",
+            ),
             compression: r
                 .compression
                 .as_ref()
