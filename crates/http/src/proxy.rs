@@ -65,12 +65,17 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let snap = ctx.gateway.snapshot();
     let (mut parts, body) = req.into_parts();
     let grpc = crate::error::is_grpc(&parts.headers);
+    // One id for the whole request: every attempt, the access log and the client's copy.
+    let request_id = headers::ensure_request_id(&mut parts.headers);
     let Some(route) = snap
         .routes
         .find(&ctx.listener, &RouteKey::of(&parts))
         .cloned()
     else {
-        return local_reply(&ProxyError::NoRoute, grpc);
+        let mut resp = local_reply(&ProxyError::NoRoute, grpc);
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        return resp;
     };
     route.metrics.in_flight.inc();
     ctx.activity.begin();
@@ -165,6 +170,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     if let Some(Ok(status) | Err((_, status))) = &rate {
         status.apply(resp.headers_mut());
     }
+    // The client gets the id to quote (an upstream's own id on the response is kept).
+    resp.headers_mut()
+        .entry(headers::X_REQUEST_ID.clone())
+        .or_insert(request_id);
     route.spec.response_headers.apply(resp.headers_mut());
     resp
 }

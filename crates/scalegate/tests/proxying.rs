@@ -60,6 +60,42 @@ async fn a_client_request_id_is_kept() {
 }
 
 #[tokio::test]
+async fn the_request_id_is_one_per_request_and_returned_to_the_client() {
+    let bs = backends(1).await;
+    let cfg = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nretry = {{ attempts = 3, backoff = \"1ms\", budget_percent = 100, min_retries_per_second = 100 }}\n\n[upstreams.app]\nendpoints = [{}]\npassive = {{ consecutive_failures = 0 }}\n",
+        endpoints(&bs)
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let c = Client::http1();
+    let r = c.get(gw.http, "/").await.expect("response");
+    let id = r.header("x-request-id").to_string();
+    assert_eq!(id.len(), 32, "{r:?}");
+    assert_eq!(
+        bs[0].last_headers().expect("headers")["x-request-id"],
+        id.as_str()
+    );
+    // Retried: the attempt that succeeds carries the same id the client gets.
+    bs[0].fail_next(1, 503);
+    let r = c.get(gw.http, "/").await.expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(bs[0].hits(), 3, "one attempt, then the retry");
+    let id = r.header("x-request-id").to_string();
+    assert_eq!(
+        bs[0].last_headers().expect("headers")["x-request-id"],
+        id.as_str()
+    );
+    // The gateway's own answers carry one too, and a client's id comes back as sent.
+    bs[0].stop();
+    let r = c
+        .get_with(gw.http, "/", &[("x-request-id", "mine-1")])
+        .await
+        .expect("response");
+    assert!(r.status.is_server_error(), "{r:?}");
+    assert_eq!(r.header("x-request-id"), "mine-1");
+}
+
+#[tokio::test]
 async fn h2c_client_reaches_an_http1_upstream() {
     let bs = backends(2).await;
     let gw = gateway(&bs, "").await;
