@@ -506,6 +506,7 @@ mod tests {
                 max_header_bytes: 65536,
                 idle_timeout: Duration::from_secs(1),
                 tls: None,
+                max_connections: None,
             };
             let gw = crate::Gateway::new(
                 &crate::GatewaySpec {

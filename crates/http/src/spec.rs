@@ -41,6 +41,9 @@ pub struct ListenerSpec {
     pub idle_timeout: Duration,
     /// TLS (None: plain TCP, HTTP/1.1 and h2c).
     pub tls: Option<crate::tls::TlsSpec>,
+    /// Most client connections open at once, shared out over workers (None: no limit). At the
+    /// limit the listener stops accepting; new connections wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
 }
 
 /// What a route matches; every present field must match. Empty matches everything.

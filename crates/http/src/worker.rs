@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::conn::{self, ConnTracker, Protocols};
@@ -220,7 +220,25 @@ fn listener_key(spec: &ListenerSpec) -> String {
 async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>) {
     let protocols = Arc::new(Protocols::new(&spec));
     let name: Arc<str> = Arc::from(spec.name.as_str());
+    // This worker's share of the listener's connection limit. (A reload that changes the
+    // listener starts a new loop with a fresh share while the old connections finish.)
+    let limit = spec
+        .max_connections
+        .map(|n| Arc::new(Semaphore::new(n.div_ceil(w.gw.workers()).max(1))));
     loop {
+        let permit = match &limit {
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    tracing::debug!(listener = %name, "at max_connections; not accepting");
+                    match s.clone().acquire_owned().await {
+                        Ok(p) => Some(p),
+                        Err(_) => return,
+                    }
+                }
+            },
+            None => None,
+        };
         let (stream, peer) = match socket.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -240,12 +258,23 @@ async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>)
             activity: conn::Activity::default(),
             tunnel: Default::default(),
         });
-        tokio::spawn(conn::serve(
+        let serving = conn::serve(
             stream,
             ctx,
             protocols.clone(),
             w.shutdown.clone(),
             w.tracker.track(),
-        ));
+        );
+        match permit {
+            None => {
+                tokio::spawn(serving);
+            }
+            Some(permit) => {
+                tokio::spawn(async move {
+                    serving.await;
+                    drop(permit);
+                });
+            }
+        }
     }
 }

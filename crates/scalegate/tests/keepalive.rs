@@ -108,3 +108,32 @@ async fn sigterm_closes_parked_connections_and_exits_0() {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
 }
+
+#[tokio::test]
+async fn at_max_connections_new_connections_wait_for_a_free_slot() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 1\n",
+        "max_connections = 2",
+        &app(&bs, ""),
+    )
+    .await;
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.http).await.expect("connect");
+        s.write_all(req).await.expect("write");
+        assert_eq!(read_response(&mut s, &mut Vec::new()).await, "b0");
+        held.push(s);
+    }
+    // The third connection is queued by the kernel, not served.
+    let mut third = TcpStream::connect(gw.http).await.expect("connect");
+    third.write_all(req).await.expect("write");
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections: {early:?}");
+    // A slot frees up: the waiting connection is served.
+    drop(held.pop());
+    assert_eq!(read_response(&mut third, &mut Vec::new()).await, "b0");
+}

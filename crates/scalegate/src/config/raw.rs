@@ -94,6 +94,7 @@ pub struct RawListener {
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub idle_timeout: Option<Spanned<Dur>>,
     pub tls: Option<Spanned<RawTls>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// PEM files of a TLS listener, relative to the config file's directory.

@@ -254,6 +254,15 @@ fn listeners(
             ),
             max_header_bytes,
             idle_timeout: c.dur(&l.idle_timeout, Duration::from_secs(60), "idle_timeout"),
+            max_connections: l.max_connections.as_ref().map(|m| {
+                c.int(
+                    Some(*m.get_ref()),
+                    &m.span(),
+                    1..=10_000_000,
+                    1,
+                    "max_connections",
+                ) as usize
+            }),
         });
     }
     out
