@@ -3,18 +3,15 @@
 //! Every connection to an upstream (pooled HTTP/1.1 and HTTP/2, upgrades, health probes) is
 //! opened here, so an upstream marked `tls` is never spoken to in clear text by any path.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::error::ProxyError;
 use crate::pool::Target;
@@ -169,14 +166,9 @@ pub struct Dial<'a> {
     pub tls: Option<&'a EndpointTls>,
 }
 
-/// A connection to an upstream, in clear or over TLS.
-#[derive(Debug)]
-pub enum UpstreamIo {
-    /// Plain TCP (small messages sent with one `send`, see [`crate::small_writes`]).
-    Plain(SmallWrites),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A connection to an upstream: plain TCP (small messages sent with one `send`, see
+/// [`crate::small_writes`]) or TLS over TCP.
+pub type UpstreamIo = Either<SmallWrites, Box<TlsStream<TcpStream>>>;
 
 /// Connects (and shakes hands, for TLS) within `timeout`.
 pub async fn dial(d: &Dial<'_>, timeout: Duration) -> Result<UpstreamIo, ProxyError> {
@@ -188,13 +180,13 @@ pub async fn dial(d: &Dial<'_>, timeout: Duration) -> Result<UpstreamIo, ProxyEr
         .map_err(|_| ProxyError::ConnectFailed)?;
         let _ = stream.set_nodelay(true);
         match d.tls {
-            None => Ok(UpstreamIo::Plain(SmallWrites(stream))),
+            None => Ok(Either::Left(SmallWrites(stream))),
             Some(EndpointTls { name: None, .. }) => Err(ProxyError::ConnectFailed),
             Some(EndpointTls {
                 connector,
                 name: Some(name),
             }) => match connector.connect(name.clone(), stream).await {
-                Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
+                Ok(s) => Ok(Either::Right(Box::new(s))),
                 Err(e) => {
                     tracing::debug!(error = %e, ?name, "upstream TLS handshake failed");
                     Err(ProxyError::ConnectFailed)
@@ -205,64 +197,6 @@ pub async fn dial(d: &Dial<'_>, timeout: Duration) -> Result<UpstreamIo, ProxyEr
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ProxyError::ConnectTimeout)?
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -162,22 +162,26 @@ async fn an_upstream_certificate_that_fails_verification_is_never_used() {
     assert_eq!(bs[0].hits(), 0, "nothing reached the backend");
 }
 
-#[test]
-fn a_client_certificate_without_its_key_is_reported_at_the_tls_line() {
+/// Runs `scalegate check` on `text` saved as `name`; expects exit 1 and returns stderr.
+fn check_fails(name: &str, text: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("up.toml");
-    std::fs::write(
-        &path,
-        "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:9\"]\ntls = { cert = \"c.pem\" }\n",
-    )
-    .expect("write");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
     let out = std::process::Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
         .output()
         .expect("check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_client_certificate_without_its_key_is_reported_at_the_tls_line() {
+    let stderr = check_fails(
+        "up.toml",
+        "[[routes]]\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:9\"]\ntls = { cert = \"c.pem\" }\n",
+    );
     assert!(
         stderr.contains("up.toml:5:7: tls: cert and key go together"),
         "{stderr}"
@@ -186,20 +190,10 @@ fn a_client_certificate_without_its_key_is_reported_at_the_tls_line() {
 
 #[test]
 fn a_missing_certificate_is_reported_at_the_tls_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("tls.toml");
-    std::fs::write(
-        &path,
+    let stderr = check_fails(
+        "tls.toml",
         "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:8443\"\ntls = { cert = \"nope.crt\", key = \"nope.key\" }\n",
-    )
-    .expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    );
     assert!(
         stderr.contains("tls.toml:4:7: tls: cannot read \"nope.crt\""),
         "{stderr}"
