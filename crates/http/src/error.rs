@@ -13,6 +13,9 @@ pub enum ProxyError {
     /// No route matches the request (client's side).
     #[error("no route matches")]
     NoRoute,
+    /// The route's allow/deny rules refuse the client's address (client's side).
+    #[error("client address not allowed on this route")]
+    Forbidden,
     /// The request is malformed in a way hyper let through (client's side).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -62,6 +65,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoHealthyEndpoint
@@ -122,6 +126,7 @@ impl ProxyError {
     pub fn grpc_status(&self) -> u8 {
         match self {
             ProxyError::NoRoute => 12,       // UNIMPLEMENTED
+            ProxyError::Forbidden => 7,      // PERMISSION_DENIED
             ProxyError::BadRequest(_) => 13, // INTERNAL
             ProxyError::BodyTooLarge | ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             ProxyError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
@@ -174,7 +179,8 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 13] = [
+    const ALL: [ProxyError; 14] = [
+        ProxyError::Forbidden,
         ProxyError::RouteDisabled,
         ProxyError::Shed("queue_full"),
         ProxyError::RateLimited {

@@ -4,6 +4,7 @@
 //!
 //! Read [`proxy`] first: it is the request path, phase by phase.
 
+pub mod access;
 pub mod access_log;
 pub mod admission;
 pub mod body;

@@ -93,13 +93,18 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             .then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
     };
     // Admission: the route's rate limit, before any upstream work.
+    // Access rules first: a refused client spends no rate-limit budget.
+    let forbidden = !route.spec.access.permits(ctx.peer.ip());
     let rate = match (&route.limiter, &route.spec.rate_limit) {
-        (Some(l), Some(spec)) => Some(admission::check(l, spec, &parts.headers, ctx.peer)),
+        (Some(l), Some(spec)) if !forbidden => {
+            Some(admission::check(l, spec, &parts.headers, ctx.peer))
+        }
         _ => None,
     };
     let prio = priority(&route, &parts.headers);
     let switch = ctx.gateway.switches.route(&route.spec.name);
     let result = match &rate {
+        _ if forbidden => Err((ProxyError::Forbidden, done)),
         _ if switch.as_ref().is_some_and(|s| s.disabled) => Err((ProxyError::RouteDisabled, done)),
         Some(Err((denied, _))) => {
             route.metrics.rate_limited.inc();

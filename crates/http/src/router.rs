@@ -162,6 +162,7 @@ mod tests {
                 rewrite: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                access: Default::default(),
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),

@@ -100,6 +100,8 @@ pub struct RouteSpec {
     pub request_headers: crate::rewrite::HeaderEdits,
     /// Header edits on every response of the route (the gateway's own answers included).
     pub response_headers: crate::rewrite::HeaderEdits,
+    /// Which client addresses may use the route (empty: all).
+    pub access: crate::access::AccessRules,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

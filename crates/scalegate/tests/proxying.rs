@@ -205,6 +205,46 @@ async fn routes_rewrite_the_path_prefix_and_edit_headers() {
 }
 
 #[tokio::test]
+async fn allow_and_deny_lists_refuse_clients_with_403() {
+    let bs = backends(1).await;
+    let routes = |rules: &str| {
+        format!(
+            "[[routes]]\nname = \"inner\"\nmatch = {{ path_prefix = \"/inner\" }}\nupstream = \"app\"\n{rules}\n\n[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [{}]\n",
+            endpoints(&bs)
+        )
+    };
+    let c = Client::http1();
+    // Only 10/8 may use /inner: the test client (127.0.0.1) may not; other routes are open.
+    let gw = GatewayProcess::start(BIN, &routes("allow = [\"10.0.0.0/8\"]")).await;
+    let r = c.get(gw.http, "/inner/x").await.expect("response");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        c.get(gw.http, "/other").await.expect("response").status,
+        200
+    );
+    assert_eq!(
+        bs[0].hits(),
+        1,
+        "the refused request never reached the upstream"
+    );
+    // Loopback allowed, but one address denied: deny wins.
+    let gw = GatewayProcess::start(
+        BIN,
+        &routes("allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1\"]"),
+    )
+    .await;
+    assert_eq!(
+        c.get(gw.http, "/inner/x").await.expect("response").status,
+        403
+    );
+    let gw = GatewayProcess::start(BIN, &routes("allow = [\"127.0.0.0/8\"]")).await;
+    assert_eq!(
+        c.get(gw.http, "/inner/x").await.expect("response").status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn large_bodies_stream_both_ways() {
     let bs = backends(1).await;
     let gw = gateway(&bs, "").await;

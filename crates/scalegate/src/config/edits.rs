@@ -1,6 +1,7 @@
-//! A route's `rewrite`, `request_headers` and `response_headers`, checked.
+//! A route's `rewrite`, `request_headers`, `response_headers`, `allow` and `deny`, checked.
 
 use http::{HeaderName, HeaderValue};
+use scalegate_http::access::Cidr;
 use scalegate_http::rewrite::{HeaderEdits, PathRewrite};
 use toml::Spanned;
 
@@ -83,6 +84,24 @@ pub(super) fn headers(
     for n in &raw.get_ref().remove {
         if let Some(h) = name(c, n) {
             out.remove.push(h);
+        }
+    }
+    out
+}
+
+/// An `allow` or `deny` list: addresses or CIDR blocks.
+pub(super) fn cidrs(c: &mut Check, raw: Option<&Spanned<Vec<String>>>, what: &str) -> Vec<Cidr> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in raw.get_ref() {
+        match Cidr::parse(s) {
+            Some(cidr) => out.push(cidr),
+            None => c.err(
+                raw.span(),
+                format!(r#"{what}: {s:?} is not an address or block like "10.0.0.0/8""#),
+            ),
         }
     }
     out

@@ -128,6 +128,8 @@ pub struct RawRoute {
     pub rewrite: Option<Spanned<RawRewrite>>,
     pub request_headers: Option<Spanned<RawHeaderEdits>>,
     pub response_headers: Option<Spanned<RawHeaderEdits>>,
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub deny: Option<Spanned<Vec<String>>>,
 }
 
 /// `rewrite = { prefix = "/v2" }`: what replaces the matched path prefix upstream.

@@ -224,3 +224,22 @@ fn path_rewrites_and_header_edits_are_checked_where_written() {
     assert_eq!(r.response_headers.set.len(), 1);
     assert_eq!(r.response_headers.remove.len(), 1);
 }
+
+#[test]
+fn allow_and_deny_lists_take_addresses_and_blocks() {
+    let base = "[[routes]]\nupstream = \"app\"\n";
+    let tail = "[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n";
+    let p = problems(&format!(
+        "{base}allow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n{tail}"
+    ));
+    assert_eq!(
+        p,
+        [r#"3:9: allow: "10.0.0.0/33" is not an address or block like "10.0.0.0/8""#]
+    );
+    let ok = Config::parse(&format!(
+        "{base}allow = [\"10.0.0.0/8\", \"::1\"]\ndeny = [\"10.9.0.0/16\"]\n{tail}"
+    ))
+    .expect("valid");
+    let a = &ok.gateway.routes[0].access;
+    assert_eq!((a.allow.len(), a.deny.len()), (2, 1));
+}

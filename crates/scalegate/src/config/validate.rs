@@ -11,6 +11,7 @@ use scalegate_core::admission::{Gcra, Priority};
 use scalegate_core::balance::Balance;
 use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
+use scalegate_http::access::AccessRules;
 use scalegate_http::bulkhead::BulkheadSpec;
 use scalegate_http::dial::{TlsMaterial, UpstreamTls};
 use scalegate_http::fallback::FallbackSource;
@@ -370,6 +371,10 @@ fn routes(
                 r.response_headers.as_ref(),
                 "response_headers",
             ),
+            access: AccessRules {
+                allow: super::edits::cidrs(c, r.allow.as_ref(), "allow"),
+                deny: super::edits::cidrs(c, r.deny.as_ref(), "deny"),
+            },
             compression: r
                 .compression
                 .as_ref()
