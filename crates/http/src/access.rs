@@ -66,11 +66,6 @@ impl AccessRules {
         (self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip)))
             && !self.deny.iter().any(|c| c.contains(ip))
     }
-
-    /// Whether there are no rules.
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -579,7 +579,8 @@ fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: T
 }
 
 /// Rewrites the request head for the upstream hop: origin-form URI (absolute for h2),
-/// hop-by-hop headers out, Host kept, X-Forwarded-*, X-Request-Id.
+/// hop-by-hop headers out, Host kept, X-Forwarded-*, the route's path rewrite and header edits.
+/// (X-Request-Id is already set, once per request, in [`handle`].)
 fn rewrite_request(
     parts: &mut http::request::Parts,
     ctx: &ConnCtx,
@@ -596,7 +597,6 @@ fn rewrite_request(
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());
-    headers::ensure_request_id(&mut parts.headers);
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let rewritten = route.rewrite.as_ref().and_then(|r| r.apply(original));
     let path = rewritten.as_deref().unwrap_or(original);

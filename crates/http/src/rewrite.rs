@@ -22,11 +22,6 @@ impl HeaderEdits {
             h.insert(n.clone(), v.clone());
         }
     }
-
-    /// Whether there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
-    }
 }
 
 /// Replaces the route's matched path prefix (`from`) with `to` on the way to the upstream.

@@ -226,16 +226,11 @@ async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>)
         .max_connections
         .map(|n| Arc::new(Semaphore::new(n.div_ceil(w.gw.workers()).max(1))));
     loop {
+        // At the limit, wait here: unaccepted connections queue in the kernel's backlog.
         let permit = match &limit {
-            Some(s) => match s.clone().try_acquire_owned() {
+            Some(s) => match s.clone().acquire_owned().await {
                 Ok(p) => Some(p),
-                Err(_) => {
-                    tracing::debug!(listener = %name, "at max_connections; not accepting");
-                    match s.clone().acquire_owned().await {
-                        Ok(p) => Some(p),
-                        Err(_) => return,
-                    }
-                }
+                Err(_) => return,
             },
             None => None,
         };
@@ -265,16 +260,9 @@ async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>)
             w.shutdown.clone(),
             w.tracker.track(),
         );
-        match permit {
-            None => {
-                tokio::spawn(serving);
-            }
-            Some(permit) => {
-                tokio::spawn(async move {
-                    serving.await;
-                    drop(permit);
-                });
-            }
-        }
+        tokio::spawn(async move {
+            serving.await;
+            drop(permit);
+        });
     }
 }

@@ -26,9 +26,11 @@ fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Bytes> {
 
 /// A gateway with one caching catch-all route in front of `origin`.
 async fn gw(origin: &Origin, route: &str, preamble: &str) -> GatewayProcess {
-    let rest = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n{route}\n\n[upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n",
-        origin.addr
+    let rest = routed(
+        &format!("\"{}\"", origin.addr),
+        "/",
+        route,
+        "passive = { consecutive_failures = 0 }",
     );
     GatewayProcess::start_custom(
         BIN,

@@ -10,8 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn connect_refused_is_502() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let cfg = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"{dead}\"]\npassive = {{ consecutive_failures = 0 }}\n"
+    let cfg = routed(
+        &format!("\"{dead}\""),
+        "/",
+        "",
+        "passive = { consecutive_failures = 0 }",
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let r = Client::http1().get(gw.http, "/").await.expect("response");
@@ -47,10 +50,7 @@ async fn no_healthy_endpoint_is_503_with_retry_after() {
 async fn slow_upstream_is_504_after_the_route_timeout() {
     let bs = backends(1).await;
     bs[0].set_delay(Duration::from_secs(3));
-    let cfg = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ntimeout = \"300ms\"\n[upstreams.app]\nendpoints = [\"{}\"]\n",
-        bs[0].addr
-    );
+    let cfg = routed(&endpoints(&bs), "/", "timeout = \"300ms\"", "");
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let r = Client::http1().get(gw.http, "/").await.expect("response");
     assert_eq!(r.status, 504);

@@ -62,9 +62,11 @@ async fn a_client_request_id_is_kept() {
 #[tokio::test]
 async fn the_request_id_is_one_per_request_and_returned_to_the_client() {
     let bs = backends(1).await;
-    let cfg = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nretry = {{ attempts = 3, backoff = \"1ms\", budget_percent = 100, min_retries_per_second = 100 }}\n\n[upstreams.app]\nendpoints = [{}]\npassive = {{ consecutive_failures = 0 }}\n",
-        endpoints(&bs)
+    let cfg = routed(
+        &endpoints(&bs),
+        "/",
+        "retry = { attempts = 3, backoff = \"1ms\", budget_percent = 100, min_retries_per_second = 100 }",
+        "passive = { consecutive_failures = 0 }",
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let c = Client::http1();
@@ -178,9 +180,11 @@ async fn gateway_failures_reach_grpc_callers_as_grpc_statuses() {
 #[tokio::test]
 async fn routes_rewrite_the_path_prefix_and_edit_headers() {
     let bs = backends(1).await;
-    let cfg = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/api\" }}\nupstream = \"app\"\nrewrite = {{ prefix = \"/bytes\" }}\nrequest_headers = {{ set = {{ x-env = \"prod\" }}, remove = [\"x-debug\"] }}\nresponse_headers = {{ set = {{ x-frame-options = \"DENY\" }}, remove = [\"x-backend\"] }}\n\n[upstreams.app]\nendpoints = [{}]\n",
-        endpoints(&bs)
+    let cfg = routed(
+        &endpoints(&bs),
+        "/api",
+        "rewrite = { prefix = \"/bytes\" }\nrequest_headers = { set = { x-env = \"prod\" }, remove = [\"x-debug\"] }\nresponse_headers = { set = { x-frame-options = \"DENY\" }, remove = [\"x-backend\"] }",
+        "",
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let c = Client::http1();

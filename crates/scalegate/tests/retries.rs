@@ -12,10 +12,7 @@ use http_body_util::Full;
 const RETRY: &str = "retry = { attempts = 3, backoff = \"10ms\", max_backoff = \"50ms\", budget_percent = 100, min_retries_per_second = 100 }";
 
 fn retrying_app(bs: &[Backend], route_retry: &str, upstream: &str) -> String {
-    format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n{route_retry}\n\n[upstreams.app]\nendpoints = [{}]\n{upstream}\n",
-        endpoints(bs)
-    )
+    routed(&endpoints(bs), "/", route_retry, upstream)
 }
 
 /// A gateway retrying with [`RETRY`], passive ejection off so failures stay visible.

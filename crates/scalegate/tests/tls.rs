@@ -61,10 +61,7 @@ async fn plain_http_to_a_tls_listener_does_not_reach_the_backend() {
 
 /// A gateway whose upstream is `front` (a TLS listener), with `tls` settings for it.
 async fn edge_gateway(front: &GatewayProcess, settings: &str) -> GatewayProcess {
-    let upstream = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n{settings}\n",
-        front.http
-    );
+    let upstream = routed(&format!("\"{}\"", front.http), "/", "", settings);
     GatewayProcess::start(BIN, &upstream).await
 }
 
@@ -120,12 +117,7 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
         &read("client-ca.crt"),
     )
     .await;
-    let upstream = |tls: String| {
-        format!(
-            "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n{tls}\n",
-            backend.addr
-        )
-    };
+    let upstream = |tls: String| routed(&format!("\"{}\"", backend.addr), "/", "", &tls);
     let with_cert = format!(
         "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
         data("ca.crt"),

@@ -29,9 +29,14 @@ pub fn endpoints(bs: &[Backend]) -> String {
 
 /// A catch-all route to upstream "app" plus the upstream with `settings` lines.
 pub fn app(bs: &[Backend], settings: &str) -> String {
+    routed(&endpoints(bs), "/", "", settings)
+}
+
+/// One route for `prefix` to upstream "app" with extra `route` lines, and the upstream over
+/// `endpoints` (the inside of a TOML list) with extra `upstream` lines.
+pub fn routed(endpoints: &str, prefix: &str, route: &str, upstream: &str) -> String {
     format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n[upstreams.app]\nendpoints = [{}]\n{settings}\n",
-        endpoints(bs)
+        "[[routes]]\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"app\"\n{route}\n\n[upstreams.app]\nendpoints = [{endpoints}]\n{upstream}\n"
     )
 }
 
