@@ -212,6 +212,18 @@ pub struct UpstreamSpec {
     pub tls: Option<crate::dial::UpstreamTls>,
     /// Concurrency cap with a priority queue (None: unlimited).
     pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
+    /// Prefer endpoints in the gateway's own zone (None: every zone alike).
+    pub zone_affinity: Option<ZoneAffinity>,
+}
+
+/// Zone affinity of an upstream: balance over the endpoints in the gateway's own zone while at
+/// least `min_available_percent` of them are available, over every zone otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneAffinity {
+    /// The gateway's zone (`runtime.zone` or `SCALEGATE_ZONE`).
+    pub zone: String,
+    /// Share of local endpoints that must be available to stay local (default 70).
+    pub min_available_percent: u32,
 }
 
 impl Default for PoolSpec {

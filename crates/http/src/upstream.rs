@@ -129,6 +129,7 @@ impl Upstream {
         endpoints: Vec<Arc<HttpEndpoint>>,
         bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
     ) -> Self {
+        let local_zone = spec.zone_affinity.as_ref().map(|z| z.zone.as_str());
         let members = spec
             .endpoints
             .iter()
@@ -137,6 +138,7 @@ impl Upstream {
                 weight: e.weight.max(1),
                 id_hash: stable_hash(e.addr.as_bytes()),
                 state: h.state.clone(),
+                local: local_zone.is_some() && e.zone.as_deref() == local_zone,
             })
             .collect();
         let set = EndpointSet::new(
@@ -145,6 +147,10 @@ impl Upstream {
                 balance: spec.balance,
                 slow_start: spec.slow_start,
                 panic_threshold_percent: spec.panic_threshold_percent,
+                zone_min_available_percent: spec
+                    .zone_affinity
+                    .as_ref()
+                    .map(|z| z.min_available_percent),
             },
         );
         Upstream {

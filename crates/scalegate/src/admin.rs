@@ -227,6 +227,11 @@ impl Admin {
                     "health_checks": u.spec.health.is_some(),
                     "available": u.set.available_count(now),
                     "panic": u.set.in_panic(now),
+                    "zone_affinity": u.spec.zone_affinity.as_ref().map(|z| json!({
+                        "zone": z.zone,
+                        "min_available_percent": z.min_available_percent,
+                        "local_only": u.set.local_zone_only(now),
+                    })),
                     "concurrency": u.bulkhead.as_ref().map(|b| {
                         let (in_flight, limit, queued) = b.snapshot();
                         json!({ "in_flight": in_flight, "limit": limit, "queued": queued })

@@ -190,3 +190,39 @@ async fn health_state_survives_a_reload() {
         "the ejected endpoint got traffic after the reload"
     );
 }
+
+#[tokio::test]
+async fn zone_affinity_stays_local_until_the_local_zone_degrades() {
+    let bs = backends(3).await;
+    let eps = format!(
+        "{{ addr = \"{}\", zone = \"a\" }}, {{ addr = \"{}\", zone = \"a\" }}, {{ addr = \"{}\", zone = \"b\" }}",
+        bs[0].addr, bs[1].addr, bs[2].addr
+    );
+    let cfg = routed(
+        &eps,
+        "/",
+        "",
+        &format!("zone_affinity = true\n{FAST_CHECKS}"),
+    );
+    let gw = GatewayProcess::start_with(BIN, "[runtime]\nworker_threads = 2\nzone = \"a\"\n", &cfg)
+        .await;
+    let c = Client::http1();
+    let m = spread(&c, gw.http, "/", 40, &[]).await;
+    assert_eq!(m.get("b2"), None, "the other zone gets nothing: {m:?}");
+    assert!(m.contains_key("b0") && m.contains_key("b1"), "{m:?}");
+
+    // Half the local zone down is under the default 70%: every zone takes traffic.
+    bs[0].set_healthy(false);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state_of(&gw, bs[0].addr).await == "unhealthy"
+        })
+        .await
+    );
+    let m = spread(&c, gw.http, "/", 40, &[]).await;
+    assert_eq!(m.get("b0"), None, "{m:?}");
+    let (b1, b2) = (m.get("b1").copied(), m.get("b2").copied());
+    assert!(b1 >= Some(10) && b2 >= Some(10), "{m:?}");
+    let body = gw.admin_get("/upstreams").await;
+    assert!(body.contains("\"local_only\":false"), "{body}");
+}

@@ -1,7 +1,8 @@
 //! Endpoint choice: which member of an upstream takes the next request.
 //!
 //! [`EndpointSet::pick`] first decides the candidate set (available endpoints, or every
-//! non-drained one in panic mode), then asks the configured algorithm. Each algorithm lives in its
+//! non-drained one in panic mode; only the gateway's own zone while it is healthy enough, when
+//! the upstream has zone affinity), then asks the configured algorithm. Each algorithm lives in its
 //! own file and sees candidates only through [`Candidates`].
 
 mod least_conn;
@@ -9,6 +10,7 @@ mod p2c;
 mod ring;
 mod round_robin;
 mod weighted;
+mod zone;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -48,6 +50,8 @@ pub struct Member {
     pub id_hash: u64,
     /// Shared runtime state.
     pub state: Arc<EndpointState>,
+    /// In the gateway's own availability zone.
+    pub local: bool,
 }
 
 /// Set-wide balancing knobs.
@@ -59,6 +63,9 @@ pub struct SetPolicy {
     pub slow_start: Option<Duration>,
     /// Below this percentage of available endpoints, balance over all of them (0: off).
     pub panic_threshold_percent: u32,
+    /// Zone affinity: stay on local-zone members while at least this percentage of them are
+    /// available (None: off).
+    pub zone_min_available_percent: Option<u32>,
 }
 
 /// What the proxy knows of a request that a balancer may use.
@@ -98,6 +105,7 @@ pub(crate) struct Candidates<'a> {
     members: &'a [Member],
     now: Tick,
     panic: bool,
+    local_only: bool,
     avoid: Option<usize>,
     slow_start: Option<Duration>,
 }
@@ -108,7 +116,7 @@ impl Candidates<'_> {
     }
 
     fn ok(&self, i: usize) -> bool {
-        if Some(i) == self.avoid {
+        if Some(i) == self.avoid || (self.local_only && !self.members[i].local) {
             return false;
         }
         let s = &self.members[i].state;
@@ -180,25 +188,41 @@ impl EndpointSet {
         pct > 0 && total > 0 && self.available_count(now) * 100 < total * pct
     }
 
+    /// Whether zone affinity keeps balancing in the local zone at `now`.
+    pub fn local_zone_only(&self, now: Tick) -> bool {
+        !self.in_panic(now) && self.local_zone_holds(now)
+    }
+
+    fn local_zone_holds(&self, now: Tick) -> bool {
+        self.policy
+            .zone_min_available_percent
+            .is_some_and(|pct| zone::local_only(&self.members, pct, now))
+    }
+
     /// Chooses an endpoint for a request, or None when no endpoint may take it.
+    ///
+    /// The endpoint to avoid (a retry's failed one) is left out first, then the zone
+    /// preference is dropped, and only then is the avoided endpoint taken again.
     pub fn pick<R: Rng + ?Sized>(&self, req: &PickRequest, now: Tick, rng: &mut R) -> Option<Pick> {
         let panic = self.in_panic(now);
+        let local_only = !panic && self.local_zone_holds(now);
         let mut c = Candidates {
             members: &self.members,
             now,
             panic,
+            local_only,
             avoid: req.avoid,
             slow_start: self.policy.slow_start,
         };
-        let first = self.pick_in(&c, req, rng);
-        let picked = match first {
-            Some(p) => Some(p),
-            None if req.avoid.is_some() => {
-                c.avoid = None;
-                self.pick_in(&c, req, rng)
-            }
-            None => None,
-        };
+        let mut picked = self.pick_in(&c, req, rng);
+        if picked.is_none() && c.local_only {
+            c.local_only = false;
+            picked = self.pick_in(&c, req, rng);
+        }
+        if picked.is_none() && c.avoid.is_some() {
+            c.avoid = None;
+            picked = self.pick_in(&c, req, rng);
+        }
         picked.map(|(index, set_sticky)| Pick {
             index,
             panic,
@@ -255,6 +279,7 @@ pub(crate) mod tests {
                 weight: *w,
                 id_hash: stable_hash(format!("10.0.0.{i}:80").as_bytes()),
                 state: Arc::new(EndpointState::default()),
+                local: false,
             })
             .collect();
         EndpointSet::new(
@@ -263,6 +288,7 @@ pub(crate) mod tests {
                 balance,
                 slow_start: None,
                 panic_threshold_percent: 50,
+                zone_min_available_percent: None,
             },
         )
     }

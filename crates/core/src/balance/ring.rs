@@ -63,6 +63,7 @@ mod tests {
                 weight: 1,
                 id_hash: stable_hash(format!("10.1.{}.{}:8080", id / 256, id % 256).as_bytes()),
                 state: Arc::new(EndpointState::default()),
+                local: false,
             })
             .collect()
     }

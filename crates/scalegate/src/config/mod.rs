@@ -13,6 +13,7 @@ mod pg;
 mod raw;
 mod units;
 mod validate;
+mod zone;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -46,12 +47,14 @@ pub struct Config {
 }
 
 /// Threads and runtime shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// Cores used for the data path (default: all).
     pub worker_threads: usize,
     /// Thread per core or work stealing.
     pub mode: RuntimeMode,
+    /// The gateway's availability zone (`runtime.zone` or `SCALEGATE_ZONE`).
+    pub zone: Option<String>,
 }
 
 /// One problem found in a config file.

@@ -39,6 +39,7 @@ pub struct RawConfig {
 pub struct RawRuntime {
     pub worker_threads: Option<Spanned<i64>>,
     pub mode: Option<RuntimeMode>,
+    pub zone: Option<Spanned<String>>,
 }
 
 /// Thread-per-core (default) or one work-stealing runtime.
@@ -326,6 +327,21 @@ pub struct RawUpstream {
     pub protocol: Option<RawProtocol>,
     pub concurrency: Option<Spanned<RawConcurrency>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub zone_affinity: Option<Spanned<RawZoneAffinity>>,
+}
+
+/// `zone_affinity = true` or `{ min_available_percent = 70 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "true, false or { min_available_percent = 70 }")]
+pub enum RawZoneAffinity {
+    On(bool),
+    Table(RawZoneAffinityTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZoneAffinityTable {
+    pub min_available_percent: Option<i64>,
 }
 
 /// TLS towards an upstream's endpoints; PEM paths relative to the config file's directory.

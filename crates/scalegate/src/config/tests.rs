@@ -243,3 +243,39 @@ fn allow_and_deny_lists_take_addresses_and_blocks() {
     let a = &ok.gateway.routes[0].access;
     assert_eq!((a.allow.len(), a.deny.len()), (2, 1));
 }
+
+#[test]
+fn zone_affinity_needs_a_gateway_zone_and_zoned_endpoints() {
+    let with = |runtime: &str, upstream: &str| {
+        ISSUE_EXAMPLE
+            .replace(
+                "worker_threads = 1",
+                &format!("worker_threads = 1\n{runtime}"),
+            )
+            .replace("balance = \"round_robin\"", upstream)
+    };
+    let zoned = r#"endpoints = [{ addr = "127.0.0.1:9001", zone = "a" }, "127.0.0.1:9002"]"#;
+    let text = with("zone = \"a\"", &format!("zone_affinity = true\n{zoned}"))
+        .replace("endpoints = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]", "");
+    let c = Config::parse(&text).expect("valid");
+    let z = c.gateway.upstreams[0]
+        .zone_affinity
+        .clone()
+        .expect("affinity");
+    assert_eq!((z.zone.as_str(), z.min_available_percent), ("a", 70));
+
+    let p = problems(&with("zone = \"a\"", "zone_affinity = true"));
+    assert!(
+        p.len() == 1 && p[0].starts_with("14:17:") && p[0].contains("endpoints with zones"),
+        "{p:?}"
+    );
+    if std::env::var_os(zone::ZONE_ENV).is_none() {
+        let p = problems(&with("", "zone_affinity = { min_available_percent = 50 }"));
+        assert!(
+            p.len() == 1 && p[0].contains("set runtime.zone or SCALEGATE_ZONE"),
+            "{p:?}"
+        );
+    }
+    let p = problems(&with("zone = \"a\"", "zone_affinity = \"yes\""));
+    assert!(p[0].contains("min_available_percent = 70"), "{p:?}");
+}

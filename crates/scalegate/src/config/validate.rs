@@ -118,6 +118,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     let runtime = RuntimeConfig {
         worker_threads,
         mode: raw.runtime.mode.unwrap_or(RuntimeMode::ThreadPerCore),
+        zone: super::zone::gateway_zone(&mut c, raw.runtime.zone.as_ref()),
     };
 
     let admin_listen = match &raw.admin.listen {
@@ -154,7 +155,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         Some(spec)
     });
     let listeners = listeners(&mut c, &raw.listeners, base);
-    let upstreams = upstreams(&mut c, &raw.upstreams, base);
+    let upstreams = upstreams(&mut c, &raw.upstreams, runtime.zone.as_deref(), base);
     let listener_names: Vec<String> = raw
         .listeners
         .iter()
@@ -545,6 +546,7 @@ fn bulkhead_spec(c: &mut Check, cc: &Spanned<raw::RawConcurrency>) -> BulkheadSp
 fn upstreams(
     c: &mut Check,
     raw: &std::collections::BTreeMap<Spanned<String>, Spanned<raw::RawUpstream>>,
+    zone: Option<&str>,
     base: &std::path::Path,
 ) -> Vec<UpstreamSpec> {
     let mut out = Vec::new();
@@ -730,6 +732,7 @@ fn upstreams(
                 .tls
                 .as_ref()
                 .and_then(|t| upstream_tls(c, t, protocol, &endpoints, base)),
+            zone_affinity: super::zone::affinity(c, u.zone_affinity.as_ref(), zone, &endpoints),
             endpoints,
             bulkhead: u.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
         });
