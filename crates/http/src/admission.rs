@@ -1,6 +1,9 @@
 //! Admission on the request path: the route's rate limit, and the IETF RateLimit headers that
 //! tell clients where they stand (draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy:
 //! "name";q=<quota>;w=<window s>` and `RateLimit: "name";r=<remaining>;t=<reset s>`).
+//!
+//! A limit is kept in this process's memory, or in Redis when it is shared by every instance
+//! (`shared_limit`); both give a `RateDecision` that becomes the same outcome and headers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -11,6 +14,7 @@ use scalegate_core::hash::{mix, stable_hash};
 
 use crate::clock;
 use crate::error::ProxyError;
+use crate::shared_limit::SharedLimits;
 use crate::spec::{RateKey, RateLimitSpec};
 
 /// Where a request stands against its route's limit, for the response headers.
@@ -24,14 +28,41 @@ fn secs_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Checks the request against the route's limit: Ok with the header values to send, or the
-/// 429 outcome with them.
+/// The answer of a rate-limit check: Ok with the header values to send, or the 429 outcome
+/// with them.
+pub type RateOutcome = Result<RateStatus, (ProxyError, RateStatus)>;
+
+/// Checks the request against the route's limit in this process's memory.
 pub fn check(
     limiter: &RateLimiter,
     spec: &RateLimitSpec,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<RateStatus, (ProxyError, RateStatus)> {
+) -> RateOutcome {
+    let key = key_of(spec, headers, peer);
+    verdict(spec, limiter.check(key, clock::now()))
+}
+
+/// Checks the request against a limit shared through Redis, or in memory while Redis does not
+/// answer.
+pub async fn check_shared(
+    shared: &SharedLimits,
+    route: &str,
+    limiter: &RateLimiter,
+    spec: &RateLimitSpec,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> RateOutcome {
+    let key = key_of(spec, headers, peer);
+    let decision = match shared.check(route, key, &spec.gcra).await {
+        Some(d) => d,
+        None => limiter.check(key, clock::now()),
+    };
+    verdict(spec, decision)
+}
+
+/// The request's key under the route's key parts.
+fn key_of(spec: &RateLimitSpec, headers: &HeaderMap, peer: SocketAddr) -> u64 {
     let mut key = 0x5ca1_e6a7_u64;
     for part in &spec.key {
         let h = match part {
@@ -48,7 +79,12 @@ pub fn check(
         };
         key = mix(key ^ h);
     }
-    let gcra = limiter.gcra();
+    key
+}
+
+/// The outcome and the RateLimit headers for a decision.
+fn verdict(spec: &RateLimitSpec, decision: RateDecision) -> RateOutcome {
+    let gcra = &spec.gcra;
     let policy = format!(
         "\"{}\";q={};w={}",
         spec.name,
@@ -57,7 +93,7 @@ pub fn check(
     );
     let header =
         |s: String| HeaderValue::try_from(s).unwrap_or(HeaderValue::from_static("\"default\""));
-    match limiter.check(key, clock::now()) {
+    match decision {
         RateDecision::Allow { remaining, reset } => Ok(RateStatus {
             policy: header(policy),
             status: header(format!(

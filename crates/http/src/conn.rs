@@ -516,6 +516,7 @@ mod tests {
                     access_log: false,
                     max_in_flight: None,
                     cache: Default::default(),
+                    cluster: None,
                 },
                 1,
             )

@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub max_in_flight: Option<usize>,
     /// The cache store (None when no route caches).
     pub cache: Option<Arc<crate::cache::Store>>,
+    /// Redis for shared rate limits (None when no route shares one).
+    pub shared_limits: Option<Arc<crate::shared_limit::SharedLimits>>,
 }
 
 impl Snapshot {
@@ -95,6 +97,7 @@ impl Gateway {
             access_log: false,
             max_in_flight: None,
             cache: None,
+            shared_limits: None,
         };
         let (version_tx, _) = watch::channel(0);
         let gw = Arc::new(Gateway {
@@ -206,6 +209,21 @@ impl Gateway {
                 .filter(|s| s.spec() == &spec.cache)
                 .unwrap_or_else(|| crate::cache::Store::new(spec.cache.clone()))
         });
+        // One Redis link for shared rate limits, kept across reloads while its settings stay.
+        let shared_limits = spec
+            .cluster
+            .as_ref()
+            .filter(|_| {
+                spec.routes
+                    .iter()
+                    .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.shared))
+            })
+            .map(|cluster| {
+                old.shared_limits
+                    .clone()
+                    .filter(|s| s.spec() == cluster)
+                    .unwrap_or_else(|| crate::shared_limit::SharedLimits::start(cluster.clone()))
+            });
         let mut routes = Vec::with_capacity(spec.routes.len());
         for r in &spec.routes {
             let Some(idx) = upstreams.iter().position(|u| u.spec.name == r.upstream) else {
@@ -227,10 +245,18 @@ impl Gateway {
                         .filter(|b| b.spec() == spec)
                         .unwrap_or_else(|| crate::bulkhead::Bulkhead::new(spec.clone()))
                 }),
-                limiter: r
-                    .rate_limit
-                    .as_ref()
-                    .map(|rl| scalegate_core::admission::RateLimiter::new(rl.gcra)),
+                limiter: r.rate_limit.as_ref().map(|rl| {
+                    old.routes
+                        .iter()
+                        .find(|o| o.spec.name == r.name && o.spec.rate_limit.as_ref() == Some(rl))
+                        .and_then(|o| o.limiter.clone())
+                        .unwrap_or_else(|| {
+                            Arc::new(scalegate_core::admission::RateLimiter::new(rl.gcra))
+                        })
+                }),
+                shared: shared_limits
+                    .clone()
+                    .filter(|_| r.rate_limit.as_ref().is_some_and(|l| l.shared)),
                 budget: r.retry.as_ref().map(|rt| {
                     scalegate_core::retry::RetryBudget::new(
                         rt.budget_percent,
@@ -258,6 +284,7 @@ impl Gateway {
             access_log: spec.access_log,
             max_in_flight: spec.max_in_flight,
             cache,
+            shared_limits,
         });
         self.current.store(snap.clone());
         self.version_tx.send_replace(snap.version);

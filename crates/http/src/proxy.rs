@@ -95,10 +95,22 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     // Admission: the route's rate limit, before any upstream work.
     // Access rules first: a refused client spends no rate-limit budget.
     let forbidden = !route.spec.access.permits(ctx.peer.ip());
-    let rate = match (&route.limiter, &route.spec.rate_limit) {
-        (Some(l), Some(spec)) if !forbidden => {
+    let rate = match (&route.limiter, &route.spec.rate_limit, &route.shared) {
+        (Some(l), Some(spec), None) if !forbidden => {
             Some(admission::check(l, spec, &parts.headers, ctx.peer))
         }
+        // Boxed: the Redis round trip's future stays out of every other request's future.
+        (Some(l), Some(spec), Some(shared)) if !forbidden => Some(
+            Box::pin(admission::check_shared(
+                shared,
+                &route.spec.name,
+                l,
+                spec,
+                &parts.headers,
+                ctx.peer,
+            ))
+            .await,
+        ),
         _ => None,
     };
     let prio = priority(&route, &parts.headers);

@@ -21,8 +21,11 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Retry budget, when the route retries.
     pub budget: Option<scalegate_core::retry::RetryBudget>,
-    /// Rate limiter, when the route has a rate limit.
-    pub limiter: Option<scalegate_core::admission::RateLimiter>,
+    /// Rate limiter, when the route has a rate limit (kept across reloads while the limit
+    /// stays the same); with a shared limit it judges only while Redis does not answer.
+    pub limiter: Option<Arc<scalegate_core::admission::RateLimiter>>,
+    /// Redis, when the route's rate limit is shared by every instance.
+    pub shared: Option<Arc<crate::shared_limit::SharedLimits>>,
     /// The route's own bulkhead, when configured.
     pub bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
     /// The cache store, when the route caches.
@@ -168,6 +171,7 @@ mod tests {
             metrics: Metrics::default().route(name, "u"),
             budget: None,
             limiter: None,
+            shared: None,
             bulkhead: None,
             cache: None,
         })

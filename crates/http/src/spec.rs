@@ -24,6 +24,19 @@ pub struct GatewaySpec {
     pub max_in_flight: Option<usize>,
     /// The cache store shared by every caching route.
     pub cache: crate::cache::StoreSpec,
+    /// State shared with other gateway instances (None: this process alone).
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// Where several gateway instances share state (today: rate limits with `shared = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// Prefix of every key written (default "scalegate:").
+    pub key_prefix: String,
+    /// Time budget of one Redis call on the request path (default 50 ms); slower counts as down.
+    pub timeout: Duration,
 }
 
 /// One listening socket.
@@ -124,6 +137,8 @@ pub struct RateLimitSpec {
     pub gcra: scalegate_core::admission::Gcra,
     /// Key parts.
     pub key: Vec<RateKey>,
+    /// Counted in Redis for every gateway instance together (needs `cluster.redis`).
+    pub shared: bool,
 }
 
 /// A route's retry settings.

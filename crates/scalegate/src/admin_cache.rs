@@ -45,8 +45,8 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
     let (biggest, hottest) = store.top(20);
     let redis = store.l2.as_ref().map(|l2| {
         json!({
-            "up": l2.up.load(Ordering::Relaxed),
-            "errors": l2.errors.load(Ordering::Relaxed),
+            "up": l2.link.up.load(Ordering::Relaxed),
+            "errors": l2.link.errors.load(Ordering::Relaxed),
             "hits": l2.hits.load(Ordering::Relaxed),
             "writes": l2.writes.load(Ordering::Relaxed),
             "bytes": l2.bytes.load(Ordering::Relaxed),
@@ -78,10 +78,10 @@ pub fn refresh_metrics(gw: &Gateway) {
     gauge("memory", "bytes").set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
     gauge("memory", "objects").set(i64::try_from(store.objects()).unwrap_or(i64::MAX));
     if let Some(l2) = &store.l2 {
-        gauge("redis", "up").set(i64::from(l2.up.load(Ordering::Relaxed)));
+        gauge("redis", "up").set(i64::from(l2.link.up.load(Ordering::Relaxed)));
         gauge("redis", "bytes").set(i64::try_from(l2.bytes.load(Ordering::Relaxed)).unwrap_or(0));
         m.cache_tier_errors
             .get_or_create(&vec![("tier", "redis".to_string())])
-            .set(i64::try_from(l2.errors.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+            .set(i64::try_from(l2.link.errors.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
 }

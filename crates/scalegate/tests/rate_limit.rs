@@ -99,3 +99,47 @@ async fn allowed_responses_carry_the_remaining_quota_and_keys_are_independent() 
         "another key has its own quota"
     );
 }
+
+#[tokio::test]
+async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_redis() {
+    let mut redis = scalegate_testkit::RedisServer::start().await;
+    let bs = backends(1).await;
+    let cluster = format!("[cluster]\nredis = {{ url = \"{}\" }}\n", redis.url());
+    let cfg = format!(
+        "{cluster}{}",
+        limited(
+            &bs,
+            "requests = 1, per = \"60s\", burst = 6, key = \"route\", shared = true"
+        )
+    );
+    let g1 = GatewayProcess::start(BIN, &cfg).await;
+    let g2 = GatewayProcess::start(BIN, &cfg).await;
+    let up = "scalegate_rate_limit_redis{what=\"up\"} 1";
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            g1.admin_get("/metrics").await.contains(up)
+                && g2.admin_get("/metrics").await.contains(up)
+        })
+        .await,
+        "both instances reach redis"
+    );
+    let c = Client::http1();
+    let mut ok = 0;
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        let r = c.get(gw.http, "/").await.expect("response");
+        ok += usize::from(r.status == 200);
+    }
+    assert_eq!(ok, 6, "one budget of 6 for both instances together");
+    assert_eq!(bs[0].hits(), 6);
+
+    // Redis gone: each instance judges in memory on its own, requests keep flowing.
+    redis.kill();
+    let r = c.get(g1.http, "/").await.expect("response");
+    assert_eq!(r.status, 200, "judged by the instance's own memory limiter");
+    let metrics = g1.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_rate_limit_redis{what=\"up\"} 0"),
+        "{metrics}"
+    );
+}

@@ -73,19 +73,27 @@ impl Gcra {
     pub fn decide(&self, tat: u64, now: Tick) -> (RateDecision, Option<u64>) {
         let start = tat.max(now.0);
         let next = start.saturating_add(self.emission);
-        let ahead = next - now.0;
+        let decision = self.judge(next - now.0);
+        let store = matches!(decision, RateDecision::Allow { .. }).then_some(next);
+        (decision, store)
+    }
+
+    /// The decision for a request that would put the TAT `ahead` nanoseconds past now (the
+    /// same rule wherever the TAT is kept: here, or in Redis for a shared limit).
+    pub fn judge(&self, ahead: u64) -> RateDecision {
         if ahead > self.tolerance {
             let retry_after = Duration::from_nanos(ahead - self.tolerance);
-            return (RateDecision::Deny { retry_after }, None);
+            return RateDecision::Deny { retry_after };
         }
-        let remaining = ((self.tolerance - ahead) / self.emission) as u32;
-        (
-            RateDecision::Allow {
-                remaining,
-                reset: Duration::from_nanos(ahead),
-            },
-            Some(next),
-        )
+        RateDecision::Allow {
+            remaining: ((self.tolerance - ahead) / self.emission) as u32,
+            reset: Duration::from_nanos(ahead),
+        }
+    }
+
+    /// Time between requests at the sustained rate.
+    pub fn emission(&self) -> Duration {
+        Duration::from_nanos(self.emission)
     }
 }
 

@@ -9,32 +9,28 @@
 //! counted, `up` turns false, and the memory tier carries on alone. Fills are written in the
 //! background so a slow Redis never slows a response.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::object::Object;
 use super::purge::{Purge, Target, split_url};
 use super::spec::RedisSpec;
 use super::store::Store;
+use crate::redis_link::RedisLink;
 
 /// The Redis tier's connection and counters.
 pub struct L2 {
     spec: RedisSpec,
-    conn: ArcSwapOption<ConnectionManager>,
-    /// Whether the last call succeeded.
-    pub up: AtomicBool,
-    /// Failed or timed-out calls.
-    pub errors: AtomicU64,
+    /// The connection; its `up` and `errors` are the tier's.
+    pub link: Arc<RedisLink>,
     /// Lookups answered from Redis.
     pub hits: AtomicU64,
     /// Objects written.
@@ -45,10 +41,7 @@ pub struct L2 {
 
 impl std::fmt::Debug for L2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("L2")
-            .field("url", &self.spec.url)
-            .field("up", &self.up.load(Ordering::Relaxed))
-            .finish()
+        f.debug_struct("L2").field("link", &self.link).finish()
     }
 }
 
@@ -69,17 +62,15 @@ impl L2 {
     /// Starts connecting (in the background, retrying) and subscribes to the purge channel.
     pub fn start(spec: RedisSpec, store: Weak<Store>) -> Arc<L2> {
         let l2 = Arc::new(L2 {
+            link: RedisLink::start(&spec.url, spec.timeout, "cache tier"),
             spec,
-            conn: ArcSwapOption::empty(),
-            up: AtomicBool::new(false),
-            errors: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
         });
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(connect(Arc::downgrade(&l2)));
+                rt.spawn(measure(Arc::downgrade(&l2)));
                 rt.spawn(subscribe(Arc::downgrade(&l2), store));
             }
             Err(_) => tracing::warn!("no runtime: the Redis cache tier stays off"),
@@ -95,39 +86,16 @@ impl L2 {
         format!("{}tag:{tag}", self.spec.key_prefix)
     }
 
-    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %e, what, "redis cache tier down; serving from memory alone");
-        }
-    }
-
-    fn ok(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!("redis cache tier up");
-        }
-    }
-
     /// Runs one call with the tier's timeout; None when Redis is down, slow or errs.
-    async fn call<T, F>(&self, what: &str, f: impl FnOnce(ConnectionManager) -> F) -> Option<T>
+    async fn call<T, F>(
+        &self,
+        what: &str,
+        f: impl FnOnce(redis::aio::ConnectionManager) -> F,
+    ) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.conn.load_full()?;
-        match tokio::time::timeout(self.spec.timeout, f((*conn).clone())).await {
-            Ok(Ok(v)) => {
-                self.ok();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.failed(what, &e);
-                None
-            }
-            Err(_) => {
-                self.failed(what, &"timed out");
-                None
-            }
-        }
+        self.link.call(what, f).await
     }
 
     /// Every variant stored for a URL key, with the Vary list.
@@ -334,28 +302,6 @@ fn decode(b: &[u8], url: Arc<str>) -> Option<Object> {
 }
 
 /// Keeps trying to connect until it does; the connection manager reconnects by itself after.
-async fn connect(l2: Weak<L2>) {
-    loop {
-        let Some(me) = l2.upgrade() else { return };
-        let attempt = async {
-            let client = redis::Client::open(me.spec.url.as_str())?;
-            client.get_connection_manager().await
-        };
-        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-            Ok(Ok(c)) => {
-                me.conn.store(Some(Arc::new(c)));
-                me.ok();
-                drop(me);
-                return measure(l2).await;
-            }
-            Ok(Err(e)) => me.failed("connect", &e),
-            Err(_) => me.failed("connect", &"timed out"),
-        }
-        drop(me);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 /// Reads Redis's memory use every few seconds (the tier's size in metrics and the admin view).
 async fn measure(l2: Weak<L2>) {
     loop {
@@ -373,7 +319,9 @@ async fn measure(l2: Weak<L2>) {
             me.bytes.store(used, Ordering::Relaxed);
         }
         drop(me);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Soon again while the link is still connecting, then every few seconds.
+        let pause = if info.is_some() { 5 } else { 1 };
+        tokio::time::sleep(Duration::from_secs(pause)).await;
     }
 }
 

@@ -27,15 +27,9 @@ pub(super) fn store(c: &mut Check, raw: Option<&Spanned<RawStore>>) -> StoreSpec
     }
     if let Some(r) = &raw.redis {
         let r = r.get_ref();
-        let url = r.url.get_ref();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            c.err(
-                r.url.span(),
-                format!(r#"cache.redis.url {url:?}: expected "redis://host:port[/db]""#),
-            );
-        }
+        super::cluster::redis_url(c, &r.url, "cache.redis.url");
         spec.redis = Some(RedisSpec {
-            url: url.clone(),
+            url: r.url.get_ref().clone(),
             key_prefix: r
                 .key_prefix
                 .clone()

@@ -8,6 +8,7 @@
 //! values).
 
 mod cache;
+mod cluster;
 mod edits;
 mod pg;
 mod raw;

@@ -24,6 +24,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub cache: Option<Spanned<RawStore>>,
+    pub cluster: Option<Spanned<RawCluster>>,
     pub postgres: Option<Spanned<super::pg::RawPostgres>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -261,6 +262,23 @@ pub struct RawRateLimit {
     pub burst: Option<i64>,
     pub key: Option<String>,
     pub name: Option<String>,
+    pub shared: Option<bool>,
+}
+
+/// `[cluster]`: state shared with other gateway instances.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: Option<Spanned<RawClusterRedis>>,
+}
+
+/// `cluster.redis = { url, key_prefix, timeout }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterRedis {
+    pub url: Spanned<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 /// A route's retry settings as written.

@@ -279,3 +279,33 @@ fn zone_affinity_needs_a_gateway_zone_and_zoned_endpoints() {
     let p = problems(&with("zone = \"a\"", "zone_affinity = \"yes\""));
     assert!(p[0].contains("min_available_percent = 70"), "{p:?}");
 }
+
+#[test]
+fn a_shared_rate_limit_needs_a_cluster_redis() {
+    let text = ISSUE_EXAMPLE.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nrate_limit = { requests = 10, shared = true }",
+    );
+    let p = problems(&text);
+    assert!(
+        p.len() == 1 && p[0].starts_with("12:14:") && p[0].contains("[cluster] redis"),
+        "{p:?}"
+    );
+    let clustered = format!("[cluster]\nredis = {{ url = \"redis://127.0.0.1:6379\" }}\n{text}");
+    let c = Config::parse(&clustered).expect("valid");
+    assert!(
+        c.gateway.routes[0]
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| l.shared)
+    );
+    assert_eq!(
+        c.gateway.cluster.map(|k| k.key_prefix),
+        Some("scalegate:".into())
+    );
+    let p = problems(&clustered.replace("redis://", "http://"));
+    assert!(
+        p[0].starts_with("2:17:") && p[0].contains("expected"),
+        "{p:?}"
+    );
+}

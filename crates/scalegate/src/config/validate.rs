@@ -162,6 +162,8 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         .map(|l| l.get_ref().name.get_ref().clone())
         .collect();
     let routes = routes(&mut c, &raw.routes, &listener_names, &upstreams);
+    let cluster = super::cluster::cluster(&mut c, raw.cluster.as_ref());
+    super::cluster::check_shared_limits(&mut c, &raw.routes, cluster.as_ref());
 
     if !c.problems.is_empty() {
         c.problems
@@ -182,6 +184,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             access_log: raw.log.access_log.unwrap_or(false),
             max_in_flight,
             cache,
+            cluster,
         },
         postgres,
     })
@@ -452,6 +455,7 @@ fn rate_limit_spec(c: &mut Check, rl: &Spanned<raw::RawRateLimit>) -> Option<Rat
             name: rl.name.clone().unwrap_or_else(|| "default".into()),
             gcra,
             key,
+            shared: rl.shared.unwrap_or(false),
         }),
         Err(e) => {
             c.err(s, format!("rate_limit: {e}"));

@@ -1,0 +1,134 @@
+//! One Redis connection for a piece of shared state (the cache's L2 tier, shared rate limits),
+//! with the rule every user of it follows: Redis being down never fails a request.
+//!
+//! The link connects in the background and keeps retrying; until it is up, and whenever a call
+//! errs or runs past its time budget, [`RedisLink::call`] answers None, `up` turns false and
+//! `errors` counts, and the caller carries on with its in-memory state alone. After a failure
+//! calls are not even tried for [`HOLD_OFF`] (one request then probes), so a Redis that hangs
+//! does not add its whole time budget to every request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::ConnectionManager;
+
+use crate::clock;
+
+/// How long calls are skipped after one failed.
+pub const HOLD_OFF: Duration = Duration::from_secs(1);
+
+/// A background-connected Redis client with a per-call time budget.
+pub struct RedisLink {
+    url: String,
+    timeout: Duration,
+    /// What this link serves, for log lines ("cache tier", "shared rate limits").
+    role: &'static str,
+    conn: ArcSwapOption<ConnectionManager>,
+    /// Whether the last call succeeded.
+    pub up: AtomicBool,
+    /// Failed or timed-out calls.
+    pub errors: AtomicU64,
+    /// No call is tried before this tick (0: no hold-off).
+    hold_until: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("url", &self.url)
+            .field("role", &self.role)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl RedisLink {
+    /// Starts connecting in the background (retrying every second until it succeeds).
+    pub fn start(url: &str, timeout: Duration, role: &'static str) -> Arc<RedisLink> {
+        let link = Arc::new(RedisLink {
+            url: url.to_owned(),
+            timeout,
+            role,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            hold_until: AtomicU64::new(0),
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(connect(Arc::downgrade(&link)));
+            }
+            Err(_) => tracing::warn!(role, "no runtime: Redis stays off"),
+        }
+        link
+    }
+
+    /// The Redis URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs one call within the time budget; None when Redis is not connected, slow or errs.
+    pub async fn call<T, F>(&self, what: &str, f: impl FnOnce(ConnectionManager) -> F) -> Option<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        if clock::now().0 < self.hold_until.load(Ordering::Relaxed) {
+            return None;
+        }
+        let conn = self.conn.load_full()?;
+        match tokio::time::timeout(self.timeout, f((*conn).clone())).await {
+            Ok(Ok(v)) => {
+                self.ok();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                None
+            }
+            Err(_) => {
+                self.failed(what, &"timed out");
+                None
+            }
+        }
+    }
+
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let until = clock::now().0.saturating_add(HOLD_OFF.as_nanos() as u64);
+        self.hold_until.store(until, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, what, role = self.role, "redis down; carrying on from memory alone");
+        }
+    }
+
+    fn ok(&self) {
+        self.hold_until.store(0, Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(role = self.role, "redis up");
+        }
+    }
+}
+
+async fn connect(link: Weak<RedisLink>) {
+    loop {
+        let Some(me) = link.upgrade() else { return };
+        let attempt = async {
+            let client = redis::Client::open(me.url.as_str())?;
+            client.get_connection_manager().await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(c)) => {
+                me.conn.store(Some(Arc::new(c)));
+                me.ok();
+                return;
+            }
+            Ok(Err(e)) => me.failed("connect", &e),
+            Err(_) => me.failed("connect", &"timed out"),
+        }
+        drop(me);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
