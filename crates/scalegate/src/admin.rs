@@ -78,6 +78,8 @@ pub(crate) fn reply(
 }
 
 pub(crate) const JSON: &str = "application/json";
+/// The live dashboard: one self-contained page that polls `/upstreams` and `/metrics`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Admin {
@@ -119,10 +121,11 @@ impl Admin {
                 JSON,
                 crate::switches::view(&self.gw).to_string() + "\n",
             ),
+            "/dashboard" => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
             "/" => reply(
                 StatusCode::OK,
                 TEXT,
-                "scalegate admin: /health /ready /metrics /upstreams /switches /cache\n",
+                "scalegate admin: /dashboard /health /ready /metrics /upstreams /switches /cache\n",
             ),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "404: no such admin endpoint\n"),
         }

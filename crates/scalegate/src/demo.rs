@@ -42,7 +42,7 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         println!("  {name:<7} {addr}  (+{ms} ms)");
     }
     println!(
-        "\ntry:\n  curl -s http://{listen}/hello\n  for i in $(seq 20); do curl -s http://{listen}/; done | sort | uniq -c\n  curl -s http://{admin}/upstreams\n  curl -s http://{admin}/metrics | grep scalegate_http\n  curl -s http://{admin}/ready\n\nCtrl-C to stop.\n"
+        "\ntry:\n  curl -s http://{listen}/hello\n  for i in $(seq 20); do curl -s http://{listen}/; done | sort | uniq -c\n  curl -s http://{admin}/upstreams\n  curl -s http://{admin}/metrics | grep scalegate_http\n  curl -s http://{admin}/ready\n\nlive dashboard: open http://{admin}/dashboard in a browser\n\nCtrl-C to stop.\n"
     );
 
     let sidecar = Box::pin(async move {

@@ -1,10 +1,11 @@
 //! Loading the config file: parse (serde, unknown keys rejected), validate into plain runtime
 //! specs, and report every problem as `FILE:LINE:COL: message`.
 //!
-//! Which settings a reload can change: everything under `listeners`, `routes`, `upstreams` and
-//! `log.access_log` applies on reload, and under `[postgres]` everything but `listen` and
-//! `worker_threads`; `runtime.*`, `admin.listen`, `log.format` and adding or removing
-//! `[postgres]` need a restart (a reload that changes them logs a warning and keeps the running
+//! Which settings a reload can change: everything under `listeners`, `routes`, `upstreams`,
+//! `[cluster]`, `[cache]`, `runtime.zone` and `log.access_log` applies on reload, and under
+//! `[postgres]` everything but `listen` and `worker_threads`; `runtime.worker_threads`,
+//! `runtime.mode`, `admin.listen`, `log.format` and adding or removing `[postgres]` need a
+//! restart (a reload that changes them logs a warning and keeps the running
 //! values).
 
 mod cache;
@@ -146,8 +147,12 @@ impl Config {
     /// Settings that differ from `running` but only apply after a restart.
     pub fn restart_needed(&self, running: &Config) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if self.runtime != running.runtime {
-            v.push("runtime");
+        // The zone is applied through the upstreams' specs, so it needs no restart.
+        if self.runtime.worker_threads != running.runtime.worker_threads {
+            v.push("runtime.worker_threads");
+        }
+        if self.runtime.mode != running.runtime.mode {
+            v.push("runtime.mode");
         }
         if self.admin_listen != running.admin_listen {
             v.push("admin.listen");
