@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod balance;
+pub mod capacity;
 pub mod endpoint;
 pub mod ewma;
 pub mod hash;

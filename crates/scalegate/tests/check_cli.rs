@@ -72,3 +72,41 @@ fn version_and_help_work() {
         assert!(out.status.success(), "{sub} --help");
     }
 }
+
+#[test]
+fn the_kubernetes_configmap_holds_a_valid_config_and_plan_reads_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let yaml = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).expect("configmap");
+    // The block scalar under `scalegate.toml: |`, indented by four spaces.
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "scalegate.toml: |")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    assert!(toml.contains("[[listeners]]"), "{toml}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scalegate.toml");
+    std::fs::write(&path, toml).expect("write");
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let plan = Command::new(BIN)
+        .args(["plan", "--peak-rps", "50000", "--zones", "3", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run plan");
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success() && text.contains("instance(s) at the peak"),
+        "{text}"
+    );
+}

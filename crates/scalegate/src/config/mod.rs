@@ -26,6 +26,7 @@ use std::time::Duration;
 use scalegate_http::GatewaySpec;
 
 pub use raw::{LogFormat, RuntimeMode};
+pub use units::parse_duration;
 
 /// A validated config.
 #[derive(Clone, Debug)]
