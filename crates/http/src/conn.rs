@@ -517,6 +517,7 @@ mod tests {
                     max_in_flight: None,
                     cache: Default::default(),
                     cluster: None,
+                    fanout: None,
                 },
                 1,
             )

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub cache: Option<Arc<crate::cache::Store>>,
     /// Redis for shared rate limits (None when no route shares one).
     pub shared_limits: Option<Arc<crate::shared_limit::SharedLimits>>,
+    /// WebSocket fan-out topics and bus (None: off).
+    pub fanout: Option<Arc<crate::fanout::Hub>>,
 }
 
 impl Snapshot {
@@ -98,6 +100,7 @@ impl Gateway {
             max_in_flight: None,
             cache: None,
             shared_limits: None,
+            fanout: None,
         };
         let (version_tx, _) = watch::channel(0);
         let gw = Arc::new(Gateway {
@@ -209,6 +212,14 @@ impl Gateway {
                 .filter(|s| s.spec() == &spec.cache)
                 .unwrap_or_else(|| crate::cache::Store::new(spec.cache.clone()))
         });
+        // The fan-out hub, kept across reloads while its settings stay (a changed one serves new
+        // subscribers; existing ones stay on the old hub, which still hears the bus).
+        let fanout = spec.fanout.as_ref().map(|f| {
+            old.fanout
+                .clone()
+                .filter(|h| h.spec() == f)
+                .unwrap_or_else(|| crate::fanout::Hub::start(f.clone()))
+        });
         // One Redis link for shared rate limits, kept across reloads while its settings stay.
         let shared_limits = spec
             .cluster
@@ -285,6 +296,7 @@ impl Gateway {
             max_in_flight: spec.max_in_flight,
             cache,
             shared_limits,
+            fanout,
         });
         self.current.store(snap.clone());
         self.version_tx.send_replace(snap.version);

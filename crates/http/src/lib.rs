@@ -15,6 +15,7 @@ pub mod conn;
 pub mod dial;
 pub mod error;
 pub mod fallback;
+pub mod fanout;
 pub mod gateway;
 pub mod headers;
 pub mod health_check;

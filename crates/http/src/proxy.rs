@@ -67,6 +67,16 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let grpc = crate::error::is_grpc(&parts.headers);
     // One id for the whole request: every attempt, the access log and the client's copy.
     let request_id = headers::ensure_request_id(&mut parts.headers);
+    if let Some(hub) = &snap.fanout
+        && let Some(topic) = hub
+            .topic_of(&ctx.listener, parts.uri.path())
+            .map(str::to_owned)
+    {
+        let mut resp = crate::fanout::ws::answer(&ctx, hub, &topic, &mut parts);
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        return resp;
+    }
     let Some(route) = snap
         .routes
         .find(&ctx.listener, &RouteKey::of(&parts))
@@ -237,7 +247,7 @@ pub(crate) async fn origin(
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
             {
-                let up = (up, route.metrics.tunnels.clone());
+                let up = tunnel::Upgraded::Tunnel((up, route.metrics.tunnels.clone()));
                 match client_upgrade {
                     // TLS connections let hyper run the upgrade: the client side arrives here.
                     Some(client) if ctx.scheme == "https" => tunnel::spawn(client, up),

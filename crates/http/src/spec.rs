@@ -26,6 +26,8 @@ pub struct GatewaySpec {
     pub cache: crate::cache::StoreSpec,
     /// State shared with other gateway instances (None: this process alone).
     pub cluster: Option<ClusterSpec>,
+    /// WebSocket fan-out (None: off).
+    pub fanout: Option<crate::fanout::FanoutSpec>,
 }
 
 /// Where several gateway instances share state (today: rate limits with `shared = true`).

@@ -77,27 +77,49 @@ where
 /// The upstream half of an accepted upgrade, and the route's gauge of open tunnels.
 pub type Upstream = (OnUpgrade, Gauge);
 
-/// The upstream half of an accepted upgrade, waiting for the client connection to take it.
+/// What a client connection becomes after a 101: a tunnel to an upstream, or a fan-out
+/// subscription the gateway serves itself.
+#[derive(Debug)]
+pub enum Upgraded {
+    /// Bytes copied both ways to the upstream's side.
+    Tunnel(Upstream),
+    /// Messages of a topic written as WebSocket frames.
+    Fanout(crate::fanout::Subscription),
+}
+
+/// The other half of an accepted upgrade, waiting for the client connection to take it.
 #[derive(Debug, Default)]
-pub struct Pending(Mutex<Option<Upstream>>);
+pub struct Pending(Mutex<Option<Upgraded>>);
 
 impl Pending {
-    /// Keeps the upstream side of a 101 for the connection task.
-    pub fn set(&self, up: Upstream) {
+    /// Keeps the other side of a 101 for the connection task.
+    pub fn set(&self, up: Upgraded) {
         if let Ok(mut g) = self.0.lock() {
             *g = Some(up);
         }
     }
 
-    /// The upstream side, if a 101 went out on this connection.
-    pub fn take(&self) -> Option<Upstream> {
+    /// The other side, if a 101 went out on this connection.
+    pub fn take(&self) -> Option<Upgraded> {
         self.0.lock().ok().and_then(|mut g| g.take())
     }
 }
 
+/// Serves an upgraded client connection until it ends or `stop` resolves (the gateway shuts
+/// down).
+pub async fn run<C>(client: C, up: Upgraded, stop: impl Future<Output = ()>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    match up {
+        Upgraded::Tunnel(upstream) => copy(client, upstream, stop).await,
+        Upgraded::Fanout(sub) => crate::fanout::ws::serve(client, sub, stop).await,
+    }
+}
+
 /// Copies bytes between the client and the upgraded upstream until either side closes or
-/// `stop` resolves (the gateway shuts down).
-pub async fn run<C>(mut client: C, upstream: Upstream, stop: impl Future<Output = ()>)
+/// `stop` resolves.
+async fn copy<C>(mut client: C, upstream: Upstream, stop: impl Future<Output = ()>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -126,9 +148,9 @@ where
     }
 }
 
-/// Runs a tunnel on its own task once hyper hands over the client side (connections served
+/// Serves an upgrade on its own task once hyper hands over the client side (connections served
 /// with hyper's upgrade support: TLS).
-pub fn spawn(client: OnUpgrade, upstream: Upstream) {
+pub fn spawn(client: OnUpgrade, upstream: Upgraded) {
     tokio::spawn(async move {
         match client.await {
             Ok(c) => run(TokioIo::new(c), upstream, std::future::pending()).await,

@@ -52,7 +52,7 @@ pub async fn start(
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req)) }
+                    async move { Ok::<_, Infallible>(admin.serve(req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -83,6 +83,17 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Admin {
+    /// The one admin call that reads a body (a message to publish); everything else is `handle`.
+    async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == Method::POST && req.uri().path().starts_with("/fanout/") {
+            return match self.refuse(&req) {
+                None => crate::admin_fanout::publish(&self.gw, req).await,
+                Some(refusal) => refusal,
+            };
+        }
+        self.handle(req)
+    }
+
     fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() == Method::POST && req.uri().path().starts_with("/switches/") {
             return match self.refuse(&req) {
@@ -116,6 +127,11 @@ impl Admin {
                 crate::admin_cache::view(&self.gw).to_string() + "\n",
             ),
             "/upstreams" => reply(StatusCode::OK, JSON, self.upstreams().to_string() + "\n"),
+            "/fanout" => reply(
+                StatusCode::OK,
+                JSON,
+                crate::admin_fanout::view(&self.gw).to_string() + "\n",
+            ),
             "/switches" => reply(
                 StatusCode::OK,
                 JSON,
@@ -125,7 +141,7 @@ impl Admin {
             "/" => reply(
                 StatusCode::OK,
                 TEXT,
-                "scalegate admin: /dashboard /health /ready /metrics /upstreams /switches /cache\n",
+                "scalegate admin: /dashboard /health /ready /metrics /upstreams /switches /cache /fanout\n",
             ),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "404: no such admin endpoint\n"),
         }
@@ -197,6 +213,7 @@ impl Admin {
         }
         crate::admin_cache::refresh_metrics(&self.gw);
         self.refresh_shared_limits();
+        crate::admin_fanout::refresh_metrics(&self.gw);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             return reply(

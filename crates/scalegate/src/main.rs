@@ -5,6 +5,7 @@
 
 mod admin;
 mod admin_cache;
+mod admin_fanout;
 mod alloc;
 mod config;
 mod demo;

@@ -16,7 +16,8 @@ async fn the_dashboard_is_served_and_reads_only_metrics_that_exist() {
         "cache = {}\nrate_limit = { requests = 100, shared = true }",
         "",
     );
-    let cfg = format!("[cluster]\nredis = {{ url = \"redis://127.0.0.1:{dead}\" }}\n{cfg}");
+    let cfg =
+        format!("[cluster]\nredis = {{ url = \"redis://127.0.0.1:{dead}\" }}\n[fanout]\n{cfg}");
     let gw = GatewayProcess::start(BIN, &cfg).await;
     Client::http1().get(gw.http, "/").await.expect("response");
     let r = Client::http1()

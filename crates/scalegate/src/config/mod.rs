@@ -11,6 +11,7 @@
 mod cache;
 mod cluster;
 mod edits;
+mod fanout;
 mod pg;
 mod raw;
 mod units;

@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub cache: Option<Spanned<RawStore>>,
     pub cluster: Option<Spanned<RawCluster>>,
+    pub fanout: Option<Spanned<RawFanout>>,
     pub postgres: Option<Spanned<super::pg::RawPostgres>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -263,6 +264,26 @@ pub struct RawRateLimit {
     pub key: Option<String>,
     pub name: Option<String>,
     pub shared: Option<bool>,
+}
+
+/// `[fanout]`: WebSocket subscriptions to topics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFanout {
+    pub path_prefix: Option<Spanned<String>>,
+    pub listener: Option<Spanned<String>>,
+    pub buffer: Option<Spanned<i64>>,
+    pub max_message_bytes: Option<Spanned<ByteSize>>,
+    pub redis: Option<Spanned<RawFanoutBus>>,
+    pub nats: Option<Spanned<RawFanoutBus>>,
+}
+
+/// The fan-out bus: `{ url, prefix }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFanoutBus {
+    pub url: Spanned<String>,
+    pub prefix: Option<String>,
 }
 
 /// `[cluster]`: state shared with other gateway instances.

@@ -309,3 +309,28 @@ fn a_shared_rate_limit_needs_a_cluster_redis() {
         "{p:?}"
     );
 }
+
+#[test]
+fn fanout_settings_are_checked_with_their_lines() {
+    let with = |fanout: &str| format!("{ISSUE_EXAMPLE}[fanout]\n{fanout}\n");
+    let c = Config::parse(&with("nats = { url = \"nats://127.0.0.1:4222\" }")).expect("valid");
+    let f = c.gateway.fanout.expect("fanout");
+    assert_eq!((f.path_prefix.as_str(), f.buffer), ("/live/", 256));
+    assert!(matches!(
+        f.bus,
+        Some(scalegate_http::fanout::BusSpec::Nats { ref subject_prefix, .. }) if subject_prefix == "scalegate.fanout."
+    ));
+    let p = problems(&with("path_prefix = \"/live\"\nlistener = \"nope\""));
+    assert!(
+        p.len() == 2 && p[0].starts_with("16:15:") && p[0].contains("end with \"/\""),
+        "{p:?}"
+    );
+    assert!(
+        p[1].starts_with("17:12:") && p[1].contains("not a listener"),
+        "{p:?}"
+    );
+    let p = problems(&with(
+        "redis = { url = \"redis://h:1\" }\nnats = { url = \"nats://h:2\" }",
+    ));
+    assert!(p.len() == 1 && p[0].contains("choose one bus"), "{p:?}");
+}

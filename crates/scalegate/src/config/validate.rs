@@ -164,6 +164,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     let routes = routes(&mut c, &raw.routes, &listener_names, &upstreams);
     let cluster = super::cluster::cluster(&mut c, raw.cluster.as_ref());
     super::cluster::check_shared_limits(&mut c, &raw.routes, cluster.as_ref());
+    let fanout = super::fanout::fanout(&mut c, raw.fanout.as_ref(), &listener_names);
 
     if !c.problems.is_empty() {
         c.problems
@@ -185,6 +186,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             max_in_flight,
             cache,
             cluster,
+            fanout,
         },
         postgres,
     })

@@ -1,0 +1,242 @@
+//! The subscriber side: the WebSocket handshake (RFC 6455 §4.2) answered by the gateway itself,
+//! and the loop that writes a subscription's messages to the socket.
+//!
+//! Subscribers only listen: text and binary frames they send are ignored, pings are answered
+//! (tungstenite does that while reading), and a ping goes out every 30 s so a vanished peer
+//! is noticed. Messages that are valid UTF-8 go out as text frames, others as binary.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use super::{Hub, Lagged, Subscription};
+use crate::body::RespBody;
+use crate::proxy::ConnCtx;
+use crate::tunnel::Upgraded;
+
+/// How often an idle subscriber is pinged.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a request cannot become a subscription, as the status and text to answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// 400, 405 or 426.
+    pub status: StatusCode,
+    /// One line for the body.
+    pub message: &'static str,
+}
+
+/// Checks a WebSocket opening handshake; Ok with the `Sec-WebSocket-Accept` value.
+pub fn accept(version: Version, method: &Method, h: &HeaderMap) -> Result<HeaderValue, Refusal> {
+    let refuse = |status, message| Err(Refusal { status, message });
+    if version != Version::HTTP_11 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "fan-out subscriptions are WebSockets over HTTP/1.1",
+        );
+    }
+    if method != Method::GET {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "subscribe with a WebSocket GET; publish through the admin API or the bus",
+        );
+    }
+    let upgrade_ok = crate::tunnel::requested(version, method, h)
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !upgrade_ok {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this path takes WebSocket subscriptions (Connection: Upgrade, Upgrade: websocket)",
+        );
+    }
+    if h.get("sec-websocket-version").map(HeaderValue::as_bytes) != Some(b"13") {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "Sec-WebSocket-Version must be 13",
+        );
+    }
+    let key = match h.get("sec-websocket-key") {
+        Some(k) if k.len() == 24 => k,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key must be 16 bytes in base64",
+            );
+        }
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    HeaderValue::try_from(accept).or(refuse(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"))
+}
+
+/// Answers a request for a fan-out path: 101 and a subscription when it is a proper WebSocket
+/// handshake (subscribed before the 101 goes out, so nothing published after it is missed),
+/// otherwise the refusal.
+pub fn answer(
+    ctx: &ConnCtx,
+    hub: &std::sync::Arc<Hub>,
+    topic: &str,
+    parts: &mut http::request::Parts,
+) -> http::Response<RespBody> {
+    let accepted = accept(parts.version, &parts.method, &parts.headers);
+    let sub = accepted.and_then(|key| {
+        hub.subscribe(topic).map(|s| (key, s)).map_err(|_| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: "topic must be 1-128 characters of A-Z a-z 0-9 _ - . (no leading, trailing or double .)",
+        })
+    });
+    let (key, sub) = match sub {
+        Ok(ok) => ok,
+        Err(r) => return refusal(r),
+    };
+    match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        // TLS connections let hyper run the upgrade: the client side arrives here.
+        Some(client) if ctx.scheme == "https" => {
+            crate::tunnel::spawn(client, Upgraded::Fanout(sub))
+        }
+        // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
+        _ => ctx.tunnel.set(Upgraded::Fanout(sub)),
+    }
+    let mut resp = http::Response::new(RespBody::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert("sec-websocket-accept", key);
+    resp
+}
+
+fn refusal(r: Refusal) -> http::Response<RespBody> {
+    let body = format!("{}: {}\n", r.status.as_u16(), r.message);
+    let mut resp = http::Response::new(RespBody::full(Bytes::from(body)));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match r.status {
+        StatusCode::UPGRADE_REQUIRED => {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+/// Writes the subscription's messages to the client until it closes, falls behind, or `stop`
+/// resolves (the gateway shuts down: close 1001).
+pub async fn serve<C>(client: C, mut sub: Subscription, stop: impl Future<Output = ()>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = sub.spec().max_message_bytes;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset();
+    tokio::pin!(stop);
+    let close = loop {
+        tokio::select! {
+            m = sub.next() => match m {
+                Ok(m) => {
+                    if ws.send(frame(m)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(Lagged) => break (CloseCode::Again, "too slow: messages were dropped; reconnect"),
+            },
+            incoming = ws.next() => match incoming {
+                // Pings are answered inside tungstenite; what subscribers send is ignored.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            () = &mut stop => break (CloseCode::Away, "gateway shutting down"),
+        }
+    };
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code: close.0,
+            reason: close.1.into(),
+        })))
+        .await;
+    let _ = ws.close(None).await;
+}
+
+fn frame(m: Bytes) -> Message {
+    match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(m.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        h.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        h
+    }
+
+    #[test]
+    fn the_rfc_example_key_gets_the_rfc_accept_value() {
+        let a = accept(Version::HTTP_11, &Method::GET, &handshake()).expect("accept");
+        assert_eq!(a, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn what_is_not_a_websocket_handshake_gets_a_clear_status() {
+        let status = |v, m: &Method, h: &HeaderMap| accept(v, m, h).err().map(|r| r.status);
+        let h = handshake();
+        assert_eq!(
+            status(Version::HTTP_2, &Method::GET, &h),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(Version::HTTP_11, &Method::POST, &h),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            status(Version::HTTP_11, &Method::GET, &HeaderMap::new()),
+            Some(StatusCode::UPGRADE_REQUIRED)
+        );
+        let mut old = handshake();
+        old.insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert_eq!(
+            status(Version::HTTP_11, &Method::GET, &old),
+            Some(StatusCode::UPGRADE_REQUIRED)
+        );
+        let mut no_key = handshake();
+        no_key.remove("sec-websocket-key");
+        assert_eq!(
+            status(Version::HTTP_11, &Method::GET, &no_key),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! `[fanout]`, checked: WebSocket subscriptions to topics, and the bus between instances.
+
+use scalegate_http::fanout::{BusSpec, FanoutSpec};
+use toml::Spanned;
+
+use super::raw::RawFanout;
+use super::validate::Check;
+
+/// The fan-out settings, if any.
+pub(super) fn fanout(
+    c: &mut Check,
+    raw: Option<&Spanned<RawFanout>>,
+    listeners: &[String],
+) -> Option<FanoutSpec> {
+    let raw = raw?;
+    let span = raw.span();
+    let f = raw.get_ref();
+    let path_prefix = match &f.path_prefix {
+        Some(p) if !p.get_ref().starts_with('/') || !p.get_ref().ends_with('/') => {
+            c.err(
+                p.span(),
+                r#"fanout.path_prefix must start and end with "/" (topics are the segment after it), e.g. "/live/""#,
+            );
+            "/live/".to_string()
+        }
+        Some(p) => p.get_ref().clone(),
+        None => "/live/".to_string(),
+    };
+    let listener = f.listener.as_ref().map(|l| {
+        if !listeners.contains(l.get_ref()) {
+            c.err(
+                l.span(),
+                format!("fanout.listener {:?} is not a listener's name", l.get_ref()),
+            );
+        }
+        l.get_ref().clone()
+    });
+    let buffer = c.opt_int(&f.buffer, 1..=1_000_000, 256, "fanout.buffer") as usize;
+    let max_message_bytes = match &f.max_message_bytes {
+        Some(m) if !(1..=16 << 20).contains(&m.get_ref().0) => {
+            c.err(
+                m.span(),
+                "fanout.max_message_bytes must be between 1 and 16MiB",
+            );
+            64 << 10
+        }
+        Some(m) => m.get_ref().0 as usize,
+        None => 64 << 10,
+    };
+    let bus = match (&f.redis, &f.nats) {
+        (Some(_), Some(_)) => {
+            c.err(span, "fanout: choose one bus, redis or nats");
+            None
+        }
+        (Some(r), None) => {
+            let r = r.get_ref();
+            super::cluster::redis_url(c, &r.url, "fanout.redis.url");
+            Some(BusSpec::Redis {
+                url: r.url.get_ref().clone(),
+                channel_prefix: r
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| "scalegate:fanout:".into()),
+            })
+        }
+        (None, Some(n)) => {
+            let n = n.get_ref();
+            let url = n.url.get_ref();
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                c.err(
+                    n.url.span(),
+                    format!(r#"fanout.nats.url {url:?}: expected "nats://host:port""#),
+                );
+            }
+            Some(BusSpec::Nats {
+                url: url.clone(),
+                subject_prefix: n
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| "scalegate.fanout.".into()),
+            })
+        }
+        (None, None) => None,
+    };
+    Some(FanoutSpec {
+        path_prefix,
+        listener,
+        buffer,
+        max_message_bytes,
+        bus,
+    })
+}

@@ -1,0 +1,203 @@
+//! WebSocket fan-out: subscribers on one or several gateway instances, messages published
+//! through the admin API or straight onto a real Redis or NATS bus.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use http_body_util::Full;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const TOKEN: &str = "fanout-test-token-0123";
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// A gateway with `[fanout]` settings and a token, in front of one backend (returned so it
+/// lives as long as the gateway).
+async fn start(fanout: &str) -> (GatewayProcess, Vec<Backend>) {
+    let bs = backends(1).await;
+    let rest = format!("[fanout]\n{fanout}\n\n{}", app(&bs, ""));
+    let gw = GatewayProcess::start_custom(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        &format!("token = \"{TOKEN}\""),
+        "",
+        &rest,
+    )
+    .await;
+    (gw, bs)
+}
+
+async fn subscribe(gw: &GatewayProcess, topic: &str) -> Ws {
+    let stream = TcpStream::connect(gw.http).await.expect("connect");
+    let (ws, resp) =
+        tokio_tungstenite::client_async(format!("ws://{}/live/{topic}", gw.http), stream)
+            .await
+            .expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn publish(admin: SocketAddr, topic: &str, body: &str) -> Resp {
+    let req = http::Request::post(format!("http://{admin}/fanout/{topic}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    Client::http1().send(req).await.expect("publish")
+}
+
+/// The next text message, or None within 5 s.
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Nothing more arrives within `d`.
+async fn quiet(ws: &mut Ws, d: Duration) -> bool {
+    tokio::time::timeout(d, ws.next()).await.is_err()
+}
+
+#[tokio::test]
+async fn subscribers_on_one_instance_get_each_message_once() {
+    let (gw, _bs) = start("").await;
+    let mut a = subscribe(&gw, "news").await;
+    let mut b = subscribe(&gw, "news").await;
+    let mut other = subscribe(&gw, "sport").await;
+    let r = publish(gw.admin, "news", "hello").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"local_subscribers\":2"), "{}", r.body);
+    assert_eq!(next_text(&mut a).await.as_deref(), Some("hello"));
+    assert_eq!(next_text(&mut b).await.as_deref(), Some("hello"));
+    assert!(
+        quiet(&mut other, Duration::from_millis(200)).await,
+        "other topics hear nothing"
+    );
+    assert!(
+        quiet(&mut a, Duration::from_millis(100)).await,
+        "exactly once"
+    );
+
+    // Not a WebSocket: told how; no token: refused; a bad topic: 400.
+    let plain = Client::http1()
+        .get(gw.http, "/live/news")
+        .await
+        .expect("response");
+    assert_eq!(plain.status, 426);
+    assert_eq!(plain.header("upgrade"), "websocket");
+    let anonymous = Client::http1()
+        .post_with(gw.admin, "/fanout/news", &[])
+        .await
+        .expect("response");
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(publish(gw.admin, "no/slash", "x").await.status, 400);
+    // Other paths still go to the routes.
+    assert_eq!(
+        Client::http1()
+            .get(gw.http, "/x")
+            .await
+            .expect("response")
+            .status,
+        200
+    );
+    let view: serde_json::Value =
+        serde_json::from_str(&gw.admin_get("/fanout").await).unwrap_or_default();
+    assert_eq!(
+        view["topics"][0],
+        serde_json::json!({ "topic": "news", "subscribers": 2 })
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_shutting_down_closes_subscribers_with_going_away() {
+    let (mut gw, _bs) = start("").await;
+    let mut ws = subscribe(&gw, "t").await;
+    gw.signal(15);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    assert!(
+        gw.wait_exit(Duration::from_secs(10))
+            .await
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[tokio::test]
+async fn a_redis_bus_reaches_every_instance_exactly_once() {
+    let redis = scalegate_testkit::RedisServer::start().await;
+    let cfg = format!("redis = {{ url = \"{}\" }}", redis.url());
+    let (g1, _b1) = start(&cfg).await;
+    let (g2, _b2) = start(&cfg).await;
+    for g in [&g1, &g2] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                g.admin_get("/fanout").await.contains("\"bus_up\":true")
+            })
+            .await
+        );
+    }
+    let mut s1 = subscribe(&g1, "orders.eu").await;
+    let mut s2 = subscribe(&g2, "orders.eu").await;
+    let r = publish(g1.admin, "orders.eu", "o-1").await;
+    assert!(
+        r.status == 200 && r.body.contains("\"via_bus\":true"),
+        "{}",
+        r.body
+    );
+    assert_eq!(next_text(&mut s1).await.as_deref(), Some("o-1"));
+    assert_eq!(next_text(&mut s2).await.as_deref(), Some("o-1"));
+    assert!(
+        quiet(&mut s1, Duration::from_millis(200)).await,
+        "exactly once"
+    );
+    // The application may publish on the bus itself.
+    redis
+        .command(&["PUBLISH", "scalegate:fanout:orders.eu", "o-2"])
+        .await
+        .expect("publish");
+    assert_eq!(next_text(&mut s1).await.as_deref(), Some("o-2"));
+    assert_eq!(next_text(&mut s2).await.as_deref(), Some("o-2"));
+}
+
+#[tokio::test]
+async fn a_nats_bus_reaches_every_instance() {
+    let nats = scalegate_testkit::NatsServer::start().await;
+    let cfg = format!("nats = {{ url = \"{}\" }}", nats.url());
+    let (g1, _b1) = start(&cfg).await;
+    let (g2, _b2) = start(&cfg).await;
+    for g in [&g1, &g2] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                g.admin_get("/fanout").await.contains("\"bus_up\":true")
+            })
+            .await
+        );
+    }
+    let mut s1 = subscribe(&g1, "chat").await;
+    let mut s2 = subscribe(&g2, "chat").await;
+    let r = publish(g2.admin, "chat", "hi all").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(next_text(&mut s1).await.as_deref(), Some("hi all"));
+    assert_eq!(next_text(&mut s2).await.as_deref(), Some("hi all"));
+    assert!(
+        quiet(&mut s2, Duration::from_millis(200)).await,
+        "exactly once"
+    );
+}
