@@ -21,6 +21,7 @@ pub mod headers;
 pub mod health_check;
 pub mod listener;
 pub mod metrics;
+pub mod nats_link;
 pub mod pool;
 pub mod proxy;
 pub mod redis_link;

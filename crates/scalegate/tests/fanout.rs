@@ -35,6 +35,18 @@ async fn start(fanout: &str) -> (GatewayProcess, Vec<Backend>) {
     (gw, bs)
 }
 
+/// Waits until both instances have subscribed on the bus.
+async fn both_on_the_bus(g1: &GatewayProcess, g2: &GatewayProcess) {
+    for g in [&g1, &g2] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                g.admin_get("/fanout").await.contains("\"bus_up\":true")
+            })
+            .await
+        );
+    }
+}
+
 async fn subscribe(gw: &GatewayProcess, topic: &str) -> Ws {
     let stream = TcpStream::connect(gw.http).await.expect("connect");
     let (ws, resp) =
@@ -143,16 +155,8 @@ async fn a_gateway_shutting_down_closes_subscribers_with_going_away() {
 async fn a_redis_bus_reaches_every_instance_exactly_once() {
     let redis = scalegate_testkit::RedisServer::start().await;
     let cfg = format!("redis = {{ url = \"{}\" }}", redis.url());
-    let (g1, _b1) = start(&cfg).await;
-    let (g2, _b2) = start(&cfg).await;
-    for g in [&g1, &g2] {
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                g.admin_get("/fanout").await.contains("\"bus_up\":true")
-            })
-            .await
-        );
-    }
+    let ((g1, _b1), (g2, _b2)) = (start(&cfg).await, start(&cfg).await);
+    both_on_the_bus(&g1, &g2).await;
     let mut s1 = subscribe(&g1, "orders.eu").await;
     let mut s2 = subscribe(&g2, "orders.eu").await;
     let r = publish(g1.admin, "orders.eu", "o-1").await;
@@ -180,16 +184,8 @@ async fn a_redis_bus_reaches_every_instance_exactly_once() {
 async fn a_nats_bus_reaches_every_instance() {
     let nats = scalegate_testkit::NatsServer::start().await;
     let cfg = format!("nats = {{ url = \"{}\" }}", nats.url());
-    let (g1, _b1) = start(&cfg).await;
-    let (g2, _b2) = start(&cfg).await;
-    for g in [&g1, &g2] {
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                g.admin_get("/fanout").await.contains("\"bus_up\":true")
-            })
-            .await
-        );
-    }
+    let ((g1, _b1), (g2, _b2)) = (start(&cfg).await, start(&cfg).await);
+    both_on_the_bus(&g1, &g2).await;
     let mut s1 = subscribe(&g1, "chat").await;
     let mut s2 = subscribe(&g2, "chat").await;
     let r = publish(g2.admin, "chat", "hi all").await;

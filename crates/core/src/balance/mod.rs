@@ -311,7 +311,7 @@ pub(crate) mod tests {
         set.members()[i].state.record_outcome(false, &p, Tick(1));
     }
 
-    fn fail_probes(set: &EndpointSet, i: usize) {
+    pub(crate) fn fail_probes(set: &EndpointSet, i: usize) {
         let p = crate::HealthPolicy {
             path: "/".into(),
             interval: std::time::Duration::from_secs(1),

@@ -26,36 +26,32 @@ pub(super) fn local_only(members: &[Member], min_available_percent: u32, now: Ti
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
     use crate::balance::SetPolicy;
     use crate::hash::stable_hash;
-    use crate::{Balance, EndpointSet, EndpointState, HealthPolicy, PickRequest, Tick};
+    use crate::{Balance, EndpointSet, PickRequest, Tick};
 
     use super::Member;
 
     /// Members 0..local are in the gateway's zone, the rest elsewhere.
     fn zoned(n: usize, local: usize, balance: Balance) -> EndpointSet {
-        let members = (0..n)
-            .map(|i| Member {
-                weight: 1,
-                id_hash: stable_hash(format!("10.0.1.{i}:80").as_bytes()),
-                state: Arc::new(EndpointState::default()),
+        let base = crate::balance::tests::set(n, balance);
+        let members = base
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Member {
                 local: i < local,
+                ..m.clone()
             })
             .collect();
-        EndpointSet::new(
-            members,
-            SetPolicy {
-                balance,
-                slow_start: None,
-                panic_threshold_percent: 50,
-                zone_min_available_percent: Some(70),
-            },
-        )
+        let policy = SetPolicy {
+            zone_min_available_percent: Some(70),
+            ..base.policy().clone()
+        };
+        EndpointSet::new(members, policy)
     }
 
     fn counts(set: &EndpointSet, n: usize) -> Vec<usize> {
@@ -70,17 +66,6 @@ mod tests {
             counts[p.index] += 1;
         }
         counts
-    }
-
-    fn fail(set: &EndpointSet, i: usize) {
-        let p = HealthPolicy {
-            path: "/".into(),
-            interval: std::time::Duration::from_secs(1),
-            timeout: std::time::Duration::from_secs(1),
-            healthy_after: 1,
-            unhealthy_after: 1,
-        };
-        set.members()[i].state.record_probe(false, &p, Tick(1));
     }
 
     #[test]
@@ -102,7 +87,7 @@ mod tests {
     #[test]
     fn degraded_local_zone_spills_to_every_zone() {
         let s = zoned(6, 2, Balance::RoundRobin);
-        fail(&s, 0);
+        crate::balance::tests::fail_probes(&s, 0);
         // 1 of 2 local members available is 50%, under 70%: balance over all available.
         assert_eq!(counts(&s, 500), [0, 100, 100, 100, 100, 100]);
     }

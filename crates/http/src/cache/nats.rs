@@ -57,29 +57,15 @@ async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
     let Some(me) = nats.upgrade() else { return };
     let (url, subject) = (me.spec.url.clone(), me.spec.subject.clone());
     drop(me);
-    let client = match async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url.as_str())
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, url, "NATS purge bus off: cannot connect");
-            return;
-        }
-    };
-    let mut sub = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, subject, "NATS purge bus off: cannot subscribe");
-            return;
-        }
+    let Some((client, mut sub)) =
+        crate::nats_link::subscribe(&url, subject, "cache purge bus").await
+    else {
+        return;
     };
     match nats.upgrade() {
         Some(me) => me.client.store(Some(Arc::new(client))),
         None => return,
     }
-    tracing::info!(subject, "subscribed to cache purges on NATS");
     while let Some(msg) = sub.next().await {
         let text = String::from_utf8_lossy(&msg.payload);
         let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text)) else {

@@ -138,34 +138,16 @@ async fn nats_subscribe(bus: Weak<Bus>, hub: Weak<Hub>) {
         return;
     };
     drop(me);
-    let client = match async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url.as_str())
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, url, "fan-out bus off: cannot connect to NATS");
-            return;
-        }
+    let Some((client, mut sub)) =
+        crate::nats_link::subscribe(&url, format!("{subject_prefix}>"), "fan-out bus").await
+    else {
+        return;
     };
-    let mut sub = match client.subscribe(format!("{subject_prefix}>")).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "fan-out bus off: cannot subscribe on NATS");
-            return;
-        }
-    };
-    // Publishing may start once the subscription is registered with the server.
-    if client.flush().await.is_err() {
-        tracing::warn!("fan-out bus: NATS flush failed");
-    }
     match bus.upgrade() {
         Some(me) => me.nats.store(Some(Arc::new(client))),
         None => return,
     }
     set_up(&bus, true);
-    tracing::info!(prefix = subject_prefix, "fan-out bus subscribed on NATS");
     while let Some(msg) = sub.next().await {
         let Some(topic) = msg.subject.as_str().strip_prefix(subject_prefix.as_str()) else {
             continue;
