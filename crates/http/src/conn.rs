@@ -142,7 +142,9 @@ impl Protocols {
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            // WebSocket over HTTP/2 (RFC 8441): see h2_websocket.rs.
+            .enable_connect_protocol();
         Protocols {
             h1,
             h2,

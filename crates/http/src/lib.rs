@@ -17,6 +17,7 @@ pub mod error;
 pub mod fallback;
 pub mod fanout;
 pub mod gateway;
+pub mod h2_websocket;
 pub mod headers;
 pub mod health_check;
 pub mod listener;

@@ -77,6 +77,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             .insert(headers::X_REQUEST_ID.clone(), request_id);
         return resp;
     }
+    // WebSocket over HTTP/2 becomes the HTTP/1.1 handshake before routing (h2_websocket.rs).
+    if let Err(e) = crate::h2_websocket::to_h1_upgrade(&mut parts) {
+        let mut resp = local_reply(&e, grpc);
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        return resp;
+    }
     let Some(route) = snap
         .routes
         .find(&ctx.listener, &RouteKey::of(&parts))
@@ -141,7 +148,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             // they would size (and be copied with) every request's future, cached or not.
             // An upgrade is neither cached nor compressed: it leaves HTTP. The decision rides
             // along in the request's extensions for `forward`.
-            let upgrade = tunnel::requested(parts.version, &parts.method, &parts.headers);
+            let upgrade =
+                tunnel::requested(parts.version, &parts.method, &parts.headers).or_else(|| {
+                    parts
+                        .extensions
+                        .get::<crate::h2_websocket::Translated>()
+                        .map(|_| HeaderValue::from_static("websocket"))
+                });
             if let Some(protocol) = &upgrade {
                 parts.extensions.insert(tunnel::Requested(protocol.clone()));
             }
@@ -241,20 +254,30 @@ pub(crate) async fn origin(
     }
     done.global = snap.max_in_flight.is_some();
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let over_h2 = parts.extensions.remove::<crate::h2_websocket::Translated>();
     match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
         Ok((mut head, upstream_body)) => {
-            done.status = head.status.as_u16();
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
             {
+                if let Some(sent) = &over_h2
+                    && let Err(e) = crate::h2_websocket::to_h2_response(&mut head, sent)
+                {
+                    done.status = e.status().as_u16();
+                    return Err((e, done));
+                }
                 let up = tunnel::Upgraded::Tunnel((up, route.metrics.tunnels.clone()));
                 match client_upgrade {
-                    // TLS connections let hyper run the upgrade: the client side arrives here.
-                    Some(client) if ctx.scheme == "https" => tunnel::spawn(client, up),
+                    // TLS and HTTP/2 connections let hyper run the upgrade: the client side
+                    // arrives here.
+                    Some(client) if ctx.scheme == "https" || over_h2.is_some() => {
+                        tunnel::spawn(client, up)
+                    }
                     // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
                     _ => ctx.tunnel.set(up),
                 }
             }
+            done.status = head.status.as_u16();
             let read_timeout = route.spec.read_timeout;
             Ok(Response::from_parts(
                 head,

@@ -197,3 +197,45 @@ async fn a_nats_bus_reaches_every_instance() {
         "exactly once"
     );
 }
+
+#[tokio::test]
+async fn http2_clients_subscribe_with_an_extended_connect() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (gw, _bs) = start("").await;
+    let stream = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let warm = http::Request::get(format!("http://{}/x", gw.http))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    tx.send_request(warm).await.expect("plain request");
+    let mut connect = http::Request::connect(format!("http://{}/live/h2news", gw.http))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = tx.send_request(connect).await.expect("extended CONNECT");
+    assert_eq!(resp.status(), 200);
+    let io = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"));
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.admin_get("/fanout").await.contains("h2news")
+        })
+        .await
+    );
+    assert_eq!(publish(gw.admin, "h2news", "via h2").await.status, 200);
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(&got, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "via h2"),
+        "{got:?}"
+    );
+}

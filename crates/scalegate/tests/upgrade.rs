@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An upstream that reads a request head and, when it asks for `Upgrade: websocket`, answers
-/// 101 and then echoes every byte upper-cased; anything else gets 426 with the head it saw as
+/// 101 (accepting the request's key) and then echoes every byte upper-cased; anything else gets 426 with the head it saw as
 /// the body.
 async fn upgrade_upstream() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -29,12 +29,21 @@ async fn upgrade_upstream() -> std::net::SocketAddr {
                     let _ = s.write_all(resp.as_bytes()).await;
                     return;
                 }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                          Connection: Upgrade\r\nSec-WebSocket-Accept: test\r\n\r\n",
-                    )
-                    .await;
+                let key = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("sec-websocket-key:")
+                            .then(|| l[18..].trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
                 let mut buf = [0u8; 1024];
                 loop {
                     if !rest.is_empty() {
@@ -107,7 +116,10 @@ async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("upgrade: websocket"), "{head}");
     assert!(lower.contains("connection: upgrade"), "{head}");
-    assert!(lower.contains("sec-websocket-accept: test"), "{head}");
+    assert!(
+        lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "the upstream's answer to the client's own key: {head}"
+    );
     if rest.len() < 5 {
         let more = read_exactly(s, 5 - rest.len()).await;
         rest.extend_from_slice(&more);
@@ -211,4 +223,56 @@ async fn sigterm_closes_open_tunnels_and_exits_0() {
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = upgrade_upstream().await;
+    let gw = gateway_to(up).await;
+    let stream = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    // One plain request first, so the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) are in.
+    let plain = http::Request::get(format!("http://{}/plain", gw.http))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let r = tx.send_request(plain).await.expect("plain over h2");
+    assert_eq!(r.status(), 426, "the upstream saw a plain GET");
+
+    let mut connect = http::Request::connect(format!("http://{}/chat", gw.http))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = tx.send_request(connect).await.expect("extended CONNECT");
+    assert_eq!(
+        resp.status(),
+        200,
+        "RFC 8441: 200 for the accepted WebSocket"
+    );
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let mut ws = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded stream"));
+    for msg in ["over h2", "and back"] {
+        ws.write_all(msg.as_bytes()).await.expect("write");
+        let got = read_exactly(&mut ws, msg.len()).await;
+        assert_eq!(got, msg.to_ascii_uppercase().as_bytes());
+    }
+
+    // Another protocol cannot be bootstrapped.
+    let mut other = http::Request::connect(format!("http://{}/x", gw.http))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    other
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("connect-udp"));
+    let r = tx.send_request(other).await.expect("response");
+    assert_eq!(r.status(), 400);
 }

@@ -34,13 +34,44 @@ pub struct Refusal {
     pub message: &'static str,
 }
 
-/// Checks a WebSocket opening handshake; Ok with the `Sec-WebSocket-Accept` value.
-pub fn accept(version: Version, method: &Method, h: &HeaderMap) -> Result<HeaderValue, Refusal> {
+/// A valid opening handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// HTTP/1.1 (RFC 6455): answer 101 with this `Sec-WebSocket-Accept`.
+    H1(HeaderValue),
+    /// HTTP/2 extended CONNECT (RFC 8441): answer 200.
+    H2,
+}
+
+/// Checks a WebSocket opening handshake. `protocol` is the `:protocol` of an HTTP/2 extended
+/// CONNECT, if the request is one.
+pub fn accept(
+    version: Version,
+    method: &Method,
+    h: &HeaderMap,
+    protocol: Option<&str>,
+) -> Result<Handshake, Refusal> {
     let refuse = |status, message| Err(Refusal { status, message });
+    if version == Version::HTTP_2 {
+        return match protocol {
+            Some(p) if p.eq_ignore_ascii_case("websocket") => {
+                if h.get("sec-websocket-version")
+                    .is_some_and(|v| v.as_bytes() != b"13")
+                {
+                    return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+                }
+                Ok(Handshake::H2)
+            }
+            _ => refuse(
+                StatusCode::BAD_REQUEST,
+                "over HTTP/2, subscribe with an extended CONNECT for websocket (RFC 8441)",
+            ),
+        };
+    }
     if version != Version::HTTP_11 {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "fan-out subscriptions are WebSockets over HTTP/1.1",
+            "fan-out subscriptions are WebSockets over HTTP/1.1 or HTTP/2",
         );
     }
     if method != Method::GET {
@@ -73,7 +104,9 @@ pub fn accept(version: Version, method: &Method, h: &HeaderMap) -> Result<Header
         }
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    HeaderValue::try_from(accept).or(refuse(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"))
+    HeaderValue::try_from(accept)
+        .map(Handshake::H1)
+        .or(refuse(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"))
 }
 
 /// Answers a request for a fan-out path: 101 and a subscription when it is a proper WebSocket
@@ -85,7 +118,8 @@ pub fn answer(
     topic: &str,
     parts: &mut http::request::Parts,
 ) -> http::Response<RespBody> {
-    let accepted = accept(parts.version, &parts.method, &parts.headers);
+    let protocol = crate::h2_websocket::protocol(parts);
+    let accepted = accept(parts.version, &parts.method, &parts.headers, protocol);
     let sub = accepted.and_then(|key| {
         hub.subscribe(topic).map(|s| (key, s)).map_err(|_| Refusal {
             status: StatusCode::BAD_REQUEST,
@@ -97,19 +131,24 @@ pub fn answer(
         Err(r) => return refusal(r),
     };
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-        // TLS connections let hyper run the upgrade: the client side arrives here.
-        Some(client) if ctx.scheme == "https" => {
+        // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
+        Some(client) if ctx.scheme == "https" || key == Handshake::H2 => {
             crate::tunnel::spawn(client, Upgraded::Fanout(sub))
         }
         // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
         _ => ctx.tunnel.set(Upgraded::Fanout(sub)),
     }
     let mut resp = http::Response::new(RespBody::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert("sec-websocket-accept", key);
+    match key {
+        Handshake::H1(key) => {
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert("sec-websocket-accept", key);
+        }
+        Handshake::H2 => *resp.status_mut() = StatusCode::OK,
+    }
     resp
 }
 
@@ -206,13 +245,25 @@ mod tests {
 
     #[test]
     fn the_rfc_example_key_gets_the_rfc_accept_value() {
-        let a = accept(Version::HTTP_11, &Method::GET, &handshake()).expect("accept");
-        assert_eq!(a, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let a = accept(Version::HTTP_11, &Method::GET, &handshake(), None).expect("accept");
+        assert_eq!(
+            a,
+            Handshake::H1(HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
+        );
+        assert_eq!(
+            accept(
+                Version::HTTP_2,
+                &Method::CONNECT,
+                &HeaderMap::new(),
+                Some("websocket")
+            ),
+            Ok(Handshake::H2)
+        );
     }
 
     #[test]
     fn what_is_not_a_websocket_handshake_gets_a_clear_status() {
-        let status = |v, m: &Method, h: &HeaderMap| accept(v, m, h).err().map(|r| r.status);
+        let status = |v, m: &Method, h: &HeaderMap| accept(v, m, h, None).err().map(|r| r.status);
         let h = handshake();
         assert_eq!(
             status(Version::HTTP_2, &Method::GET, &h),
