@@ -107,6 +107,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::Config::load(&config) {
             Ok(c) => {
+                for w in c.warning_lines(&config) {
+                    eprintln!("{w}");
+                }
                 println!("{}: ok: {}", config.display(), c.summary());
                 ExitCode::SUCCESS
             }

@@ -28,6 +28,11 @@ pub type Sidecar = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Runs the gateway until SIGTERM or SIGINT; `path` enables reloads from that file.
 pub fn run(config: Config, path: Option<PathBuf>, sidecar: Option<Sidecar>) -> anyhow::Result<()> {
     init_logging(config.log_format);
+    if let Some(p) = &path {
+        for w in config.warning_lines(p) {
+            tracing::warn!("{w}");
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("sg-control")
@@ -188,6 +193,9 @@ fn reload(
             return;
         }
     };
+    for w in next.warning_lines(path) {
+        tracing::warn!("{w}");
+    }
     for setting in next.restart_needed(running) {
         tracing::warn!(
             setting,

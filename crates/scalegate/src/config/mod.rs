@@ -12,6 +12,7 @@ mod cache;
 mod cluster;
 mod edits;
 mod fanout;
+mod lint;
 mod pg;
 mod raw;
 mod units;
@@ -48,6 +49,8 @@ pub struct Config {
     pub gateway: GatewaySpec,
     /// The PostgreSQL pooler, when `[postgres]` is present (restart to change).
     pub postgres: Option<scalegate_pg::PgSpec>,
+    /// Valid but surprising settings, as (line, column, "warning: ...").
+    pub warnings: Vec<(usize, usize, String)>,
 }
 
 /// Threads and runtime shape.
@@ -121,7 +124,18 @@ impl Config {
                 message: e.message().trim_end().replace('\n', " "),
             }]
         })?;
-        validate::validate(raw, base)
+        let warnings = lint::lint(&raw);
+        let mut config = validate::validate(raw, base)?;
+        config.warnings = warnings.into_iter().map(|p| locate(text, p)).collect();
+        Ok(config)
+    }
+
+    /// The warnings as `FILE:LINE:COL: warning: ...` lines.
+    pub fn warning_lines(&self, path: &Path) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|(l, c, m)| format!("{}:{l}:{c}: {m}", path.display()))
+            .collect()
     }
 
     /// One line for `scalegate check`: what the file sets up.

@@ -334,3 +334,32 @@ fn fanout_settings_are_checked_with_their_lines() {
     ));
     assert!(p.len() == 1 && p[0].contains("choose one bus"), "{p:?}");
 }
+
+#[test]
+fn surprising_settings_are_warnings_with_their_lines() {
+    let text = format!(
+        "{ISSUE_EXAMPLE}[[routes]]\nname = \"again\"\nlistener = \"public\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\
+         [[routes]]\nname = \"live\"\nmatch = {{ path_prefix = \"/live/feed\" }}\nupstream = \"app\"\n[fanout]\n"
+    );
+    let c = Config::parse(&text).expect("valid despite the warnings");
+    let w: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|(l, col, m)| format!("{l}:{col}: {m}"))
+        .collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("15:1: warning: route \"again\" never matches: route \"route0\""),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("22:25: warning: route \"live\" never sees requests"),
+        "{w:?}"
+    );
+    assert!(
+        Config::parse(ISSUE_EXAMPLE)
+            .expect("valid")
+            .warnings
+            .is_empty()
+    );
+}

@@ -189,6 +189,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             fanout,
         },
         postgres,
+        warnings: Vec::new(),
     })
 }
 

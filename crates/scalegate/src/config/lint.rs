@@ -1,0 +1,138 @@
+//! Warnings: settings that are valid but do not do what their author most likely meant. They are
+//! printed by `scalegate check` (as `FILE:LINE:COL: warning: ...`) and logged on start and
+//! reload; the config is used as written.
+
+use toml::Spanned;
+
+use super::Problem;
+use super::raw::{RawConfig, RawEndpoint, RawRoute, RawZoneAffinity};
+use super::zone::ZONE_ENV;
+
+/// Every warning for a file that parsed.
+pub(super) fn lint(raw: &RawConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if raw.listeners.is_empty()
+        && let Some(first) = raw.routes.first()
+    {
+        warn(
+            &mut out,
+            first.span(),
+            "there are routes but no [[listeners]]: nothing accepts requests for them".into(),
+        );
+    }
+    shadowed_routes(raw, &mut out);
+    routes_under_fanout(raw, &mut out);
+    zone_affinity_without_local_endpoints(raw, &mut out);
+    out.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
+    out
+}
+
+fn warn(out: &mut Vec<Problem>, span: std::ops::Range<usize>, message: String) {
+    out.push(Problem {
+        span: Some(span),
+        message: format!("warning: {message}"),
+    });
+}
+
+fn route_name(i: usize, r: &RawRoute) -> String {
+    r.name
+        .as_ref()
+        .map_or_else(|| format!("route{i}"), |n| n.get_ref().clone())
+}
+
+/// A route with the same listener and match as an earlier one never wins (ties go to the first).
+fn shadowed_routes(raw: &RawConfig, out: &mut Vec<Problem>) {
+    let key = |r: &RawRoute| {
+        let m = &r.matcher;
+        let text = |s: &Option<Spanned<String>>| s.as_ref().map(|v| v.get_ref().clone());
+        let mut headers: Vec<(String, String)> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.get_ref().clone()))
+            .collect();
+        headers.sort();
+        (
+            text(&r.listener),
+            text(&m.host).map(|h| h.to_ascii_lowercase()),
+            text(&m.path_prefix),
+            text(&m.method).map(|x| x.to_ascii_uppercase()),
+            headers,
+        )
+    };
+    let mut seen: Vec<(usize, _)> = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let k = key(r.get_ref());
+        if let Some(&(first, _)) = seen.iter().find(|(_, other)| *other == k) {
+            warn(
+                out,
+                r.span(),
+                format!(
+                    "route {:?} never matches: route {:?} has the same listener and match and comes first",
+                    route_name(i, r.get_ref()),
+                    route_name(first, raw.routes[first].get_ref())
+                ),
+            );
+        } else {
+            seen.push((i, k));
+        }
+    }
+}
+
+/// `[fanout]` answers every request under its prefix before routing.
+fn routes_under_fanout(raw: &RawConfig, out: &mut Vec<Problem>) {
+    let Some(f) = &raw.fanout else { return };
+    let prefix = f
+        .get_ref()
+        .path_prefix
+        .as_ref()
+        .map_or("/live/", |p| p.get_ref().as_str());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let Some(p) = &r.get_ref().matcher.path_prefix else {
+            continue;
+        };
+        let under = format!("{}/", p.get_ref().trim_end_matches('/'));
+        if under.starts_with(prefix) {
+            warn(
+                out,
+                p.span(),
+                format!(
+                    "route {:?} never sees requests: [fanout] answers everything under {prefix:?}",
+                    route_name(i, r.get_ref())
+                ),
+            );
+        }
+    }
+}
+
+/// Zone affinity with no endpoint in the gateway's zone never keeps anything local.
+fn zone_affinity_without_local_endpoints(raw: &RawConfig, out: &mut Vec<Problem>) {
+    let zone = match &raw.runtime.zone {
+        Some(z) => z.get_ref().clone(),
+        None => match std::env::var(ZONE_ENV) {
+            Ok(z) if !z.trim().is_empty() => z,
+            _ => return,
+        },
+    };
+    for (name, u) in &raw.upstreams {
+        let Some(za) = &u.get_ref().zone_affinity else {
+            continue;
+        };
+        if matches!(za.get_ref(), RawZoneAffinity::On(false)) {
+            continue;
+        }
+        let local = u.get_ref().endpoints.iter().any(|e| match e.get_ref() {
+            RawEndpoint::Full(t) => t.zone.as_deref() == Some(zone.as_str()),
+            RawEndpoint::Addr(_) => false,
+        });
+        if !local {
+            warn(
+                out,
+                za.span(),
+                format!(
+                    "upstream {:?} has no endpoint in this gateway's zone {zone:?}: zone_affinity balances over every zone",
+                    name.get_ref()
+                ),
+            );
+        }
+    }
+}
