@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, header};
+use http::{Request, header};
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use scalegate_core::{HealthPolicy, Transition};
 use tokio::task::JoinHandle;
 
 use crate::clock;
 use crate::gateway::Snapshot;
-use crate::spec::UpstreamProtocol;
 use crate::upstream::HttpEndpoint;
 
 /// A running probe loop: the policy and endpoint it probes.
@@ -97,42 +95,11 @@ async fn probe_loop(upstream: String, ep: Arc<HttpEndpoint>, policy: HealthPolic
 /// One probe: GET `path` on a fresh connection (TLS and HTTP/2 when the upstream uses them);
 /// any 2xx or 3xx is healthy.
 async fn probe(ep: &HttpEndpoint, path: &str, timeout: Duration) -> bool {
-    let Ok(io) = crate::dial::dial(&ep.dial(), timeout).await else {
-        return false;
-    };
-    let io = TokioIo::new(io);
     let req = Request::get(path)
-        .header(header::HOST, ep.addr.as_str())
         .header(header::USER_AGENT, "scalegate-health")
         .body(Empty::<Bytes>::new());
-    let Ok(mut req) = req else { return false };
-    let resp = match ep.protocol {
-        UpstreamProtocol::Http1 => {
-            req.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(io).await else {
-                return false;
-            };
-            let conn = tokio::spawn(conn);
-            let r = tx.send_request(req).await;
-            conn.abort();
-            r
-        }
-        UpstreamProtocol::Http2 => {
-            let scheme = if ep.tls.is_some() { "https" } else { "http" };
-            *req.uri_mut() = match format!("{scheme}://{}{path}", ep.addr).parse() {
-                Ok(u) => u,
-                Err(_) => return false,
-            };
-            let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await;
-            let Ok((mut tx, conn)) = handshake else {
-                return false;
-            };
-            let conn = tokio::spawn(conn);
-            let r = tx.send_request(req).await;
-            conn.abort();
-            r
-        }
-    };
-    resp.is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
+    let Ok(req) = req else { return false };
+    crate::oneshot::status(ep, req, timeout)
+        .await
+        .is_some_and(|s| s.is_success() || s.is_redirection())
 }

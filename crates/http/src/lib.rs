@@ -23,6 +23,7 @@ pub mod health_check;
 pub mod listener;
 pub mod metrics;
 pub mod nats_link;
+pub mod oneshot;
 pub mod pool;
 pub mod proxy;
 pub mod redis_link;

@@ -72,7 +72,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             .topic_of(&ctx.listener, parts.uri.path())
             .map(str::to_owned)
     {
-        let mut resp = crate::fanout::ws::answer(&ctx, hub, &topic, &mut parts);
+        // Boxed: the authorization call's future stays out of every other request's future.
+        let mut resp = Box::pin(crate::fanout::ws::answer(
+            &ctx, &snap, hub, &topic, &mut parts,
+        ))
+        .await;
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), request_id);
         return resp;

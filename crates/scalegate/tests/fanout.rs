@@ -200,29 +200,13 @@ async fn a_nats_bus_reaches_every_instance() {
 
 #[tokio::test]
 async fn http2_clients_subscribe_with_an_extended_connect() {
-    use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
+    use scalegate_testkit::client::{extended_connect, h2c};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     let (gw, _bs) = start("").await;
-    let stream = TcpStream::connect(gw.http).await.expect("connect");
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
-    let warm = http::Request::get(format!("http://{}/x", gw.http))
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    tx.send_request(warm).await.expect("plain request");
-    let mut connect = http::Request::connect(format!("http://{}/live/h2news", gw.http))
-        .header("sec-websocket-version", "13")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    connect
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let resp = tx.send_request(connect).await.expect("extended CONNECT");
+    let (mut tx, _) = h2c(gw.http, "/x").await;
+    let resp = extended_connect(&mut tx, gw.http, "/live/h2news", "websocket").await;
     assert_eq!(resp.status(), 200);
     let io = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"));
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
@@ -237,5 +221,90 @@ async fn http2_clients_subscribe_with_an_extended_connect() {
     assert!(
         matches!(&got, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "via h2"),
         "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_application_authorizes_each_subscription() {
+    // The app admits cookie "session=ok" to any topic but "secret".
+    let app = scalegate_testkit::origin::Origin::start(|req, _| {
+        let cookie = req
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let topic = req.uri.query().unwrap_or("");
+        let status = match (cookie, topic) {
+            ("session=ok", "topic=secret") => 403,
+            ("session=ok", _) => 204,
+            _ => 401,
+        };
+        http::Response::builder()
+            .status(status)
+            .body(Bytes::new())
+            .expect("response")
+    })
+    .await;
+    let rest = format!(
+        "[fanout]\nauthorize = {{ upstream = \"auth\", path = \"/can-subscribe\" }}\n\n\
+         [[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"auth\"\n\
+         [upstreams.auth]\nendpoints = [\"{}\"]\n",
+        app.addr
+    );
+    let gw =
+        GatewayProcess::start_custom(BIN, "", &format!("token = \"{TOKEN}\""), "", &rest).await;
+    let handshake = |topic: &str, cookie: Option<&str>| {
+        let mut req = format!("ws://{}/live/{topic}", gw.http)
+            .into_client_request()
+            .expect("request");
+        if let Some(c) = cookie {
+            req.headers_mut()
+                .insert("cookie", http::HeaderValue::from_str(c).expect("cookie"));
+        }
+        req
+    };
+    let try_subscribe = |topic: &'static str, cookie: Option<&'static str>| {
+        let req = handshake(topic, cookie);
+        let addr = gw.http;
+        async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            tokio_tungstenite::client_async(req, stream).await
+        }
+    };
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let refused = |r: Result<_, WsError>| match r {
+        Err(WsError::Http(resp)) => resp.status().as_u16(),
+        Ok(_) => 101,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(refused(try_subscribe("news", None).await.map(|_| ())), 401);
+    assert_eq!(
+        refused(
+            try_subscribe("secret", Some("session=ok"))
+                .await
+                .map(|_| ())
+        ),
+        403
+    );
+    let (mut ws, _) = try_subscribe("news", Some("session=ok"))
+        .await
+        .expect("admitted");
+    assert_eq!(app.hits("/can-subscribe"), 3);
+    assert_eq!(
+        app.last("/can-subscribe")
+            .and_then(|h| h.get("x-scalegate-topic").cloned())
+            .as_ref()
+            .and_then(|v| v.to_str().ok()),
+        Some("news")
+    );
+    assert_eq!(publish(gw.admin, "news", "members only").await.status, 200);
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("members only"));
+
+    // The application away: subscriptions are refused with 503, not let through.
+    app.stop();
+    assert_eq!(
+        refused(try_subscribe("news", Some("session=ok")).await.map(|_| ())),
+        503
     );
 }

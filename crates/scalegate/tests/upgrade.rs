@@ -227,32 +227,14 @@ async fn sigterm_closes_open_tunnels_and_exits_0() {
 
 #[tokio::test]
 async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
-    use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
+    use scalegate_testkit::client::{extended_connect, h2c};
 
     let up = upgrade_upstream().await;
     let gw = gateway_to(up).await;
-    let stream = TcpStream::connect(gw.http).await.expect("connect");
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
-    // One plain request first, so the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) are in.
-    let plain = http::Request::get(format!("http://{}/plain", gw.http))
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    let r = tx.send_request(plain).await.expect("plain over h2");
-    assert_eq!(r.status(), 426, "the upstream saw a plain GET");
-
-    let mut connect = http::Request::connect(format!("http://{}/chat", gw.http))
-        .header("sec-websocket-version", "13")
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    connect
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let resp = tx.send_request(connect).await.expect("extended CONNECT");
+    let (mut tx, plain) = h2c(gw.http, "/plain").await;
+    assert_eq!(plain, 426, "the upstream saw a plain GET");
+    let resp = extended_connect(&mut tx, gw.http, "/chat", "websocket").await;
     assert_eq!(
         resp.status(),
         200,
@@ -267,12 +249,6 @@ async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
     }
 
     // Another protocol cannot be bootstrapped.
-    let mut other = http::Request::connect(format!("http://{}/x", gw.http))
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    other
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("connect-udp"));
-    let r = tx.send_request(other).await.expect("response");
+    let r = extended_connect(&mut tx, gw.http, "/x", "connect-udp").await;
     assert_eq!(r.status(), 400);
 }

@@ -226,3 +226,45 @@ where
         trailers,
     })
 }
+
+/// The sending half of an h2c connection (HTTP/2 with prior knowledge).
+pub type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>;
+
+/// Opens an h2c connection to `addr` and sends one GET of `warm_path` first, so the server's
+/// SETTINGS (extended CONNECT needs them) have arrived; returns the sender and that GET's status.
+pub async fn h2c(addr: SocketAddr, warm_path: &str) -> (H2Sender, StatusCode) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let warm = Request::get(format!("http://{addr}{warm_path}"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let status = tx
+        .send_request(warm)
+        .await
+        .expect("warm-up request")
+        .status();
+    (tx, status)
+}
+
+/// Sends an RFC 8441 extended CONNECT for `protocol` (WebSocket version 13) to `path`.
+pub async fn extended_connect(
+    tx: &mut H2Sender,
+    addr: SocketAddr,
+    path: &str,
+    protocol: &'static str,
+) -> http::Response<hyper::body::Incoming> {
+    let mut connect = Request::connect(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    tx.send_request(connect).await.expect("extended CONNECT")
+}

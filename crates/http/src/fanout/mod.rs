@@ -53,6 +53,21 @@ pub struct FanoutSpec {
     pub max_message_bytes: usize,
     /// The bus between instances (None: this process only).
     pub bus: Option<BusSpec>,
+    /// Ask the application before accepting a subscription (None: anyone who reaches the
+    /// listener may subscribe to any topic).
+    pub authorize: Option<AuthorizeSpec>,
+}
+
+/// Subscription authorization: a GET to `{path}?topic={topic}` on an endpoint of `upstream`
+/// with the client's Cookie and Authorization; 2xx admits, 401/403/404 refuse with that status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizeSpec {
+    /// The upstream that answers.
+    pub upstream: String,
+    /// Its path.
+    pub path: String,
+    /// Longest wait for the answer (default 2 s); slower counts as unavailable (503).
+    pub timeout: std::time::Duration,
 }
 
 /// Why a message was not published.
@@ -288,6 +303,7 @@ mod tests {
             buffer,
             max_message_bytes: 16,
             bus: None,
+            authorize: None,
         })
     }
 

@@ -17,8 +17,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use super::{Hub, Lagged, Subscription};
+use http_body_util::Empty;
+use scalegate_core::PickRequest;
+
+use super::{AuthorizeSpec, Hub, Lagged, Subscription};
 use crate::body::RespBody;
+use crate::clock;
+use crate::gateway::Snapshot;
 use crate::proxy::ConnCtx;
 use crate::tunnel::Upgraded;
 
@@ -110,25 +115,34 @@ pub fn accept(
 }
 
 /// Answers a request for a fan-out path: 101 and a subscription when it is a proper WebSocket
-/// handshake (subscribed before the 101 goes out, so nothing published after it is missed),
-/// otherwise the refusal.
-pub fn answer(
+/// handshake the application authorizes (subscribed before the 101 goes out, so nothing
+/// published after it is missed), otherwise the refusal.
+pub async fn answer(
     ctx: &ConnCtx,
+    snap: &Snapshot,
     hub: &std::sync::Arc<Hub>,
     topic: &str,
     parts: &mut http::request::Parts,
 ) -> http::Response<RespBody> {
     let protocol = crate::h2_websocket::protocol(parts);
-    let accepted = accept(parts.version, &parts.method, &parts.headers, protocol);
-    let sub = accepted.and_then(|key| {
-        hub.subscribe(topic).map(|s| (key, s)).map_err(|_| Refusal {
-            status: StatusCode::BAD_REQUEST,
-            message: "topic must be 1-128 characters of A-Z a-z 0-9 _ - . (no leading, trailing or double .)",
-        })
-    });
-    let (key, sub) = match sub {
-        Ok(ok) => ok,
+    let key = match accept(parts.version, &parts.method, &parts.headers, protocol) {
+        Ok(key) => key,
         Err(r) => return refusal(r),
+    };
+    let bad_topic = Refusal {
+        status: StatusCode::BAD_REQUEST,
+        message: "topic must be 1-128 characters of A-Z a-z 0-9 _ - . (no leading, trailing or double .)",
+    };
+    if super::check_topic(topic).is_err() {
+        return refusal(bad_topic);
+    }
+    if let Some(auth) = &hub.spec().authorize
+        && let Err(r) = authorize(snap, auth, topic, parts, ctx.peer).await
+    {
+        return refusal(r);
+    }
+    let Ok(sub) = hub.subscribe(topic) else {
+        return refusal(bad_topic);
     };
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
@@ -152,6 +166,57 @@ pub fn answer(
     resp
 }
 
+/// Asks the application whether this client may subscribe to `topic`.
+async fn authorize(
+    snap: &Snapshot,
+    auth: &AuthorizeSpec,
+    topic: &str,
+    parts: &http::request::Parts,
+    peer: std::net::SocketAddr,
+) -> Result<(), Refusal> {
+    let unavailable = Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "cannot authorize the subscription now; retry",
+    };
+    let upstream = snap.upstream(&auth.upstream).ok_or(unavailable)?;
+    let pick = upstream
+        .set
+        .pick(&PickRequest::default(), clock::now(), &mut rand::rng())
+        .ok_or(unavailable)?;
+    let ep = upstream.endpoints.get(pick.index).ok_or(unavailable)?;
+    let mut req = http::Request::get(format!("{}?topic={topic}", auth.path))
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| unavailable)?;
+    let h = req.headers_mut();
+    for name in [header::COOKIE, header::AUTHORIZATION, header::ORIGIN] {
+        for v in parts.headers.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    if let Some(id) = parts.headers.get(&crate::headers::X_REQUEST_ID) {
+        h.insert(crate::headers::X_REQUEST_ID.clone(), id.clone());
+    }
+    if let Ok(ip) = HeaderValue::try_from(peer.ip().to_string()) {
+        h.insert("x-forwarded-for", ip);
+    }
+    if let Ok(t) = HeaderValue::try_from(topic) {
+        h.insert("x-scalegate-topic", t);
+    }
+    let status = tokio::time::timeout(auth.timeout, crate::oneshot::status(ep, req, auth.timeout))
+        .await
+        .ok()
+        .flatten()
+        .ok_or(unavailable)?;
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        401 | 403 | 404 => Err(Refusal {
+            status,
+            message: "not allowed to subscribe to this topic",
+        }),
+        _ => Err(unavailable),
+    }
+}
+
 fn refusal(r: Refusal) -> http::Response<RespBody> {
     let body = format!("{}: {}\n", r.status.as_u16(), r.message);
     let mut resp = http::Response::new(RespBody::full(Bytes::from(body)));
@@ -168,6 +233,9 @@ fn refusal(r: Refusal) -> http::Response<RespBody> {
         }
         StatusCode::METHOD_NOT_ALLOWED => {
             h.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
     }

@@ -1,6 +1,8 @@
 //! `[fanout]`, checked: WebSocket subscriptions to topics, and the bus between instances.
 
-use scalegate_http::fanout::{BusSpec, FanoutSpec};
+use std::time::Duration;
+
+use scalegate_http::fanout::{AuthorizeSpec, BusSpec, FanoutSpec};
 use toml::Spanned;
 
 use super::raw::RawFanout;
@@ -11,6 +13,7 @@ pub(super) fn fanout(
     c: &mut Check,
     raw: Option<&Spanned<RawFanout>>,
     listeners: &[String],
+    upstreams: &[String],
 ) -> Option<FanoutSpec> {
     let raw = raw?;
     let span = raw.span();
@@ -82,11 +85,40 @@ pub(super) fn fanout(
         }
         (None, None) => None,
     };
+    let authorize = f.authorize.as_ref().map(|a| {
+        let a = a.get_ref();
+        if !upstreams.contains(a.upstream.get_ref()) {
+            c.err(
+                a.upstream.span(),
+                format!(
+                    "fanout.authorize.upstream {:?} is not an upstream; defined: {upstreams:?}",
+                    a.upstream.get_ref()
+                ),
+            );
+        }
+        let path = match &a.path {
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains('?') => {
+                c.err(
+                    p.span(),
+                    r#"fanout.authorize.path must start with "/" and have no query (the topic is added as ?topic=)"#,
+                );
+                "/".to_string()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/fanout/authorize".to_string(),
+        };
+        AuthorizeSpec {
+            upstream: a.upstream.get_ref().clone(),
+            path,
+            timeout: c.dur(&a.timeout, Duration::from_secs(2), "fanout.authorize.timeout"),
+        }
+    });
     Some(FanoutSpec {
         path_prefix,
         listener,
         buffer,
         max_message_bytes,
         bus,
+        authorize,
     })
 }

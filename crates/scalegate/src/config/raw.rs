@@ -276,6 +276,16 @@ pub struct RawFanout {
     pub max_message_bytes: Option<Spanned<ByteSize>>,
     pub redis: Option<Spanned<RawFanoutBus>>,
     pub nats: Option<Spanned<RawFanoutBus>>,
+    pub authorize: Option<Spanned<RawFanoutAuthorize>>,
+}
+
+/// `authorize = { upstream, path, timeout }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFanoutAuthorize {
+    pub upstream: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 /// The fan-out bus: `{ url, prefix }`.

@@ -333,6 +333,23 @@ fn fanout_settings_are_checked_with_their_lines() {
         "redis = { url = \"redis://h:1\" }\nnats = { url = \"nats://h:2\" }",
     ));
     assert!(p.len() == 1 && p[0].contains("choose one bus"), "{p:?}");
+    let p = problems(&with(
+        "authorize = { upstream = \"auth\", path = \"/ok?x=1\" }",
+    ));
+    assert!(
+        p.len() == 2 && p[0].contains("not an upstream") && p[1].contains("no query"),
+        "{p:?}"
+    );
+    let c = Config::parse(&with("authorize = { upstream = \"app\" }")).expect("valid");
+    let a = c
+        .gateway
+        .fanout
+        .and_then(|f| f.authorize)
+        .expect("authorize");
+    assert_eq!(
+        (a.path.as_str(), a.timeout),
+        ("/fanout/authorize", Duration::from_secs(2))
+    );
 }
 
 #[test]

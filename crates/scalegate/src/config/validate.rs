@@ -164,7 +164,13 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     let routes = routes(&mut c, &raw.routes, &listener_names, &upstreams);
     let cluster = super::cluster::cluster(&mut c, raw.cluster.as_ref());
     super::cluster::check_shared_limits(&mut c, &raw.routes, cluster.as_ref());
-    let fanout = super::fanout::fanout(&mut c, raw.fanout.as_ref(), &listener_names);
+    let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+    let fanout = super::fanout::fanout(
+        &mut c,
+        raw.fanout.as_ref(),
+        &listener_names,
+        &upstream_names,
+    );
 
     if !c.problems.is_empty() {
         c.problems
