@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::conn::{self, ConnTracker, Protocols};
@@ -117,6 +118,49 @@ struct Running {
     spec: ListenerSpec,
     socket: Arc<TcpListener>,
     task: JoinHandle<()>,
+    /// Connections open on this listener in this worker, across accept-loop restarts.
+    open: Arc<OpenCount>,
+}
+
+/// Connections a listener has open in one worker. It outlives the accept loop, so a reload that
+/// restarts the loop (a changed listener setting) still counts the connections the old loop
+/// accepted against `max_connections`.
+#[derive(Debug, Default)]
+struct OpenCount {
+    n: AtomicUsize,
+    closed: Notify,
+}
+
+impl OpenCount {
+    /// Returns once fewer than `cap` connections are open.
+    async fn wait_below(&self, cap: usize) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check, so a close between check and wait is not missed.
+            closed.as_mut().enable();
+            if self.n.load(Ordering::Acquire) < cap {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Counts one more open connection until the returned guard drops.
+    fn hold(self: &Arc<Self>) -> OpenGuard {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(self.clone())
+    }
+}
+
+/// One counted open connection.
+struct OpenGuard(Arc<OpenCount>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.n.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_waiters();
+    }
 }
 
 async fn run_worker(
@@ -186,7 +230,12 @@ fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
             Some(r) => {
                 r.task.abort();
                 r.spec = l.spec.clone();
-                r.task = tokio::spawn(accept_loop(w.clone(), l.spec.clone(), r.socket.clone()));
+                r.task = tokio::spawn(accept_loop(
+                    w.clone(),
+                    l.spec.clone(),
+                    r.socket.clone(),
+                    r.open.clone(),
+                ));
             }
             None => {
                 let Some(std_listener) = l.sockets.take(w.id) else {
@@ -199,13 +248,20 @@ fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
                         continue;
                     }
                 };
-                let task = tokio::spawn(accept_loop(w.clone(), l.spec.clone(), socket.clone()));
+                let open = Arc::new(OpenCount::default());
+                let task = tokio::spawn(accept_loop(
+                    w.clone(),
+                    l.spec.clone(),
+                    socket.clone(),
+                    open.clone(),
+                ));
                 running.insert(
                     key,
                     Running {
                         spec: l.spec.clone(),
                         socket,
                         task,
+                        open,
                     },
                 );
             }
@@ -217,23 +273,23 @@ fn listener_key(spec: &ListenerSpec) -> String {
     format!("{}@{}", spec.name, spec.bind)
 }
 
-async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>) {
+async fn accept_loop(
+    w: WorkerCtx,
+    spec: ListenerSpec,
+    socket: Arc<TcpListener>,
+    open: Arc<OpenCount>,
+) {
     let protocols = Arc::new(Protocols::new(&spec));
     let name: Arc<str> = Arc::from(spec.name.as_str());
-    // This worker's share of the listener's connection limit. (A reload that changes the
-    // listener starts a new loop with a fresh share while the old connections finish.)
-    let limit = spec
+    // This worker's share of the listener's connection limit.
+    let cap = spec
         .max_connections
-        .map(|n| Arc::new(Semaphore::new(n.div_ceil(w.gw.workers()).max(1))));
+        .map(|n| n.div_ceil(w.gw.workers()).max(1));
     loop {
         // At the limit, wait here: unaccepted connections queue in the kernel's backlog.
-        let permit = match &limit {
-            Some(s) => match s.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => return,
-            },
-            None => None,
-        };
+        if let Some(cap) = cap {
+            open.wait_below(cap).await;
+        }
         let (stream, peer) = match socket.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -260,9 +316,10 @@ async fn accept_loop(w: WorkerCtx, spec: ListenerSpec, socket: Arc<TcpListener>)
             w.shutdown.clone(),
             w.tracker.track(),
         );
+        let counted = open.hold();
         tokio::spawn(async move {
             serving.await;
-            drop(permit);
+            drop(counted);
         });
     }
 }

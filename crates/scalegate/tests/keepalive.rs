@@ -137,3 +137,45 @@ async fn at_max_connections_new_connections_wait_for_a_free_slot() {
     drop(held.pop());
     assert_eq!(read_response(&mut third, &mut Vec::new()).await, "b0");
 }
+
+#[tokio::test]
+async fn a_reload_that_restarts_the_listener_keeps_counting_its_open_connections() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 1\n",
+        "max_connections = 2",
+        &app(&bs, ""),
+    )
+    .await;
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.http).await.expect("connect");
+        s.write_all(req).await.expect("write");
+        assert_eq!(read_response(&mut s, &mut Vec::new()).await, "b0");
+        held.push(s);
+    }
+    // Change a listener setting: its accept loop restarts.
+    let text = std::fs::read_to_string(&gw.config).expect("config");
+    let changed = text.replace(
+        "max_connections = 2",
+        "max_connections = 2\nidle_timeout = \"61s\"",
+    );
+    std::fs::write(&gw.config, changed).expect("write config");
+    gw.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.admin_get("/upstreams").await.contains("\"version\":2")
+        })
+        .await,
+        "reloaded"
+    );
+    let mut third = TcpStream::connect(gw.http).await.expect("connect");
+    third.write_all(req).await.expect("write");
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "the reload reset the count: {early:?}");
+    drop(held.pop());
+    assert_eq!(read_response(&mut third, &mut Vec::new()).await, "b0");
+}
