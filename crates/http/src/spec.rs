@@ -231,6 +231,22 @@ pub struct UpstreamSpec {
     pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
     /// Prefer endpoints in the gateway's own zone (None: every zone alike).
     pub zone_affinity: Option<ZoneAffinity>,
+    /// Endpoints found in DNS, re-resolved periodically (None: the listed endpoints only).
+    pub dns: Option<DnsSpec>,
+}
+
+/// DNS discovery: every address `name` resolves to is an endpoint (a headless Kubernetes
+/// Service, a round-robin DNS name), refreshed every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSpec {
+    /// `host:port`.
+    pub name: String,
+    /// Time between resolutions (default 5 s).
+    pub interval: Duration,
+    /// Weight of each discovered endpoint (default 1).
+    pub weight: u32,
+    /// Zone of the discovered endpoints (default none).
+    pub zone: Option<String>,
 }
 
 /// Zone affinity of an upstream: balance over the endpoints in the gateway's own zone while at

@@ -9,6 +9,7 @@ mod admin_fanout;
 mod alloc;
 mod config;
 mod demo;
+mod discovery;
 mod pg;
 mod plan;
 mod run;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::admin;
 use crate::config::{Config, LogFormat, RuntimeMode};
+use crate::discovery::Discovery;
 
 /// A task the caller wants running beside the gateway on the control runtime (demo backends).
 pub type Sidecar = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -62,7 +63,11 @@ async fn serve(
         RuntimeMode::ThreadPerCore => (config.runtime.worker_threads, Runtime::ThreadPerCore),
         RuntimeMode::WorkStealing => (1, Runtime::WorkStealing(config.runtime.worker_threads)),
     };
-    let gw = Gateway::new(&config.gateway, pools).context("cannot apply config")?;
+    let (mut discovery, mut dns_answers) = Discovery::new();
+    discovery.prime(&config.gateway).await;
+    let gw = Gateway::new(&discovery.effective(&config.gateway), pools)
+        .context("cannot apply config")?;
+    discovery.reconcile(&config.gateway);
     let mut health = Supervisor::default();
     health.reconcile(&gw.snapshot());
 
@@ -127,12 +132,20 @@ async fn serve(
         tokio::select! {
             _ = console_reload => {
                 tracing::info!("RELOAD from the postgres console: reloading");
-                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health) }
+                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery) }
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 settle = None;
-                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health) }
+                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery) }
+            }
+            Some(answer) = dns_answers.recv() => {
+                if discovery.update(answer) {
+                    match gw.apply(&discovery.effective(&running.gateway)) {
+                        Ok(snap) => health.reconcile(&snap),
+                        Err(e) => tracing::error!(error = %e, "cannot apply endpoints found in DNS"),
+                    }
+                }
             }
             Some(()) = changed_rx.recv() => {
                 settle = Some(tokio::time::Instant::now() + Duration::from_millis(150));
@@ -141,7 +154,7 @@ async fn serve(
                 settle = None;
                 if let Some(p) = &path {
                     tracing::info!("config file changed: reloading");
-                    reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health);
+                    reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery);
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
@@ -180,6 +193,7 @@ fn reload(
     pg: Option<&scalegate_pg::Pooler>,
     running: &mut Config,
     health: &mut Supervisor,
+    discovery: &mut Discovery,
 ) {
     let counted = |result: &str| {
         let l: Labels = vec![("result", result.to_string())];
@@ -202,9 +216,10 @@ fn reload(
             "changed setting only applies after a restart; keeping the running value"
         );
     }
-    match gw.apply(&next.gateway) {
+    match gw.apply(&discovery.effective(&next.gateway)) {
         Ok(snap) => {
             health.reconcile(&snap);
+            discovery.reconcile(&next.gateway);
             if let (Some(pooler), Some(spec)) = (pg, next.postgres.clone()) {
                 for setting in pooler.apply(spec.clone()) {
                     tracing::warn!(

@@ -127,3 +127,44 @@ async fn consistent_hash_on_a_header_is_stable_and_spreads_keys() {
         "30 keys should reach every endpoint: {owners:?}"
     );
 }
+
+#[tokio::test]
+async fn endpoints_can_come_from_dns() {
+    let bs = backends(2).await;
+    // Listed endpoint b0, discovered endpoint b1 (a name that resolves to b1's address).
+    let cfg = routed(
+        &format!("\"{}\"", bs[0].addr),
+        "/",
+        "",
+        &format!(
+            "dns = {{ name = \"{}\", interval = \"200ms\" }}",
+            bs[1].addr
+        ),
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let m = spread(&Client::http1(), gw.http, "/", 40, &[]).await;
+    assert!(
+        m.get("b0") >= Some(&10) && m.get("b1") >= Some(&10),
+        "{m:?}"
+    );
+    let view = gw.admin_get("/upstreams").await;
+    assert!(view.contains(&bs[1].addr.to_string()), "{view}");
+    // Only DNS: still served.
+    gw.write_config(&routed(
+        "",
+        "/",
+        "",
+        &format!("dns = {{ name = \"{}\" }}", bs[1].addr),
+    ));
+    gw.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !gw.admin_get("/upstreams")
+                .await
+                .contains(&bs[0].addr.to_string())
+        })
+        .await
+    );
+    let m = spread(&Client::http1(), gw.http, "/", 10, &[]).await;
+    assert_eq!(m.get("b1"), Some(&10), "{m:?}");
+}

@@ -120,10 +120,16 @@ fn zone_affinity_without_local_endpoints(raw: &RawConfig, out: &mut Vec<Problem>
         if matches!(za.get_ref(), RawZoneAffinity::On(false)) {
             continue;
         }
-        let local = u.get_ref().endpoints.iter().any(|e| match e.get_ref() {
-            RawEndpoint::Full(t) => t.zone.as_deref() == Some(zone.as_str()),
-            RawEndpoint::Addr(_) => false,
-        });
+        let dns_local = u
+            .get_ref()
+            .dns
+            .as_ref()
+            .is_some_and(|d| d.get_ref().zone.as_deref() == Some(zone.as_str()));
+        let local = dns_local
+            || u.get_ref().endpoints.iter().any(|e| match e.get_ref() {
+                RawEndpoint::Full(t) => t.zone.as_deref() == Some(zone.as_str()),
+                RawEndpoint::Addr(_) => false,
+            });
         if !local {
             warn(
                 out,

@@ -10,6 +10,7 @@
 
 mod cache;
 mod cluster;
+mod dns;
 mod edits;
 mod fanout;
 mod lint;

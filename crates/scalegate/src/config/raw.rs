@@ -365,7 +365,9 @@ pub enum RawProtocol {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub balance: Option<RawBalance>,
+    #[serde(default)]
     pub endpoints: Vec<Spanned<RawEndpoint>>,
+    pub dns: Option<Spanned<RawDns>>,
     pub hash_on: Option<Spanned<String>>,
     pub cookie: Option<Spanned<String>>,
     pub health: Option<Spanned<RawHealth>>,
@@ -377,6 +379,16 @@ pub struct RawUpstream {
     pub concurrency: Option<Spanned<RawConcurrency>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub zone_affinity: Option<Spanned<RawZoneAffinity>>,
+}
+
+/// `dns = { name = "host:port", interval, weight, zone }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub name: Spanned<String>,
+    pub interval: Option<Spanned<Dur>>,
+    pub weight: Option<i64>,
+    pub zone: Option<String>,
 }
 
 /// `zone_affinity = true` or `{ min_available_percent = 70 }`.

@@ -593,10 +593,13 @@ fn upstreams(
                 r#"hash_on only applies with balance = "consistent_hash""#,
             );
         }
-        if u.endpoints.is_empty() {
+        if u.endpoints.is_empty() && u.dns.is_none() {
             c.err(
                 span.clone(),
-                format!("upstream {:?} has no endpoints", name.get_ref()),
+                format!(
+                    "upstream {:?} has no endpoints (list them, or find them with dns = {{ name = \"host:port\" }})",
+                    name.get_ref()
+                ),
             );
         }
         let mut seen = HashSet::new();
@@ -723,6 +726,7 @@ fn upstreams(
             ) as u32,
             None => 50,
         };
+        let dns = u.dns.as_ref().map(|d| super::dns::dns(c, d));
         let protocol = match u.protocol {
             Some(RawProtocol::H2c | RawProtocol::H2) => UpstreamProtocol::Http2,
             _ => UpstreamProtocol::Http1,
@@ -745,7 +749,14 @@ fn upstreams(
                 .tls
                 .as_ref()
                 .and_then(|t| upstream_tls(c, t, protocol, &endpoints, base)),
-            zone_affinity: super::zone::affinity(c, u.zone_affinity.as_ref(), zone, &endpoints),
+            zone_affinity: super::zone::affinity(
+                c,
+                u.zone_affinity.as_ref(),
+                zone,
+                &endpoints,
+                dns.as_ref().and_then(|d| d.zone.as_deref()),
+            ),
+            dns,
             endpoints,
             bulkhead: u.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
         });

@@ -30,6 +30,7 @@ pub(super) fn affinity(
     raw: Option<&Spanned<RawZoneAffinity>>,
     zone: Option<&str>,
     endpoints: &[EndpointSpec],
+    dns_zone: Option<&str>,
 ) -> Option<ZoneAffinity> {
     let raw = raw?;
     let span = raw.span();
@@ -54,7 +55,7 @@ pub(super) fn affinity(
         );
         return None;
     };
-    if endpoints.iter().all(|e| e.zone.is_none()) {
+    if endpoints.iter().all(|e| e.zone.is_none()) && dns_zone.is_none() {
         c.err(
             span,
             r#"zone_affinity needs endpoints with zones, e.g. { addr = "10.0.0.1:8000", zone = "a" }"#,
