@@ -520,6 +520,7 @@ mod tests {
                     cache: Default::default(),
                     cluster: None,
                     fanout: None,
+                    jobs: None,
                 },
                 1,
             )

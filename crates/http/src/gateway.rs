@@ -75,6 +75,8 @@ type EndpointKey = (String, String);
 /// Shared state of a running gateway.
 #[derive(Debug)]
 pub struct Gateway {
+    /// Itself, for tasks started while applying a config (queue workers).
+    me: std::sync::Weak<Gateway>,
     current: ArcSwap<Snapshot>,
     endpoints: Mutex<HashMap<EndpointKey, Arc<HttpEndpoint>>>,
     apply_lock: Mutex<()>,
@@ -103,7 +105,8 @@ impl Gateway {
             fanout: None,
         };
         let (version_tx, _) = watch::channel(0);
-        let gw = Arc::new(Gateway {
+        let gw = Arc::new_cyclic(|me| Gateway {
+            me: me.clone(),
             current: ArcSwap::from_pointee(empty),
             endpoints: Mutex::new(HashMap::new()),
             apply_lock: Mutex::new(()),
@@ -268,6 +271,23 @@ impl Gateway {
                 shared: shared_limits
                     .clone()
                     .filter(|_| r.rate_limit.as_ref().is_some_and(|l| l.shared)),
+                // Kept across reloads while the route's queue and the store stay the same (a
+                // memory queue keeps its jobs).
+                queue: r.queue.as_ref().map(|q| {
+                    old.routes
+                        .iter()
+                        .find(|o| o.spec.name == r.name)
+                        .and_then(|o| o.queue.clone())
+                        .filter(|o| o.spec() == q && o.durable() == spec.jobs.as_ref())
+                        .unwrap_or_else(|| {
+                            crate::queue::RouteQueue::start(
+                                &r.name,
+                                q.clone(),
+                                spec.jobs.as_ref(),
+                                self.me.clone(),
+                            )
+                        })
+                }),
                 budget: r.retry.as_ref().map(|rt| {
                     scalegate_core::retry::RetryBudget::new(
                         rt.budget_percent,

@@ -26,6 +26,7 @@ pub mod nats_link;
 pub mod oneshot;
 pub mod pool;
 pub mod proxy;
+pub mod queue;
 pub mod redis_link;
 pub mod retry;
 pub mod rewrite;

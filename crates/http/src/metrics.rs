@@ -51,6 +51,8 @@ pub struct Metrics {
     pub shared_limits: Family<Labels, Gauge>,
     /// WebSocket fan-out: topics, subscribers, published, delivered, dropped_slow, bus_up.
     pub fanout: Family<Labels, Gauge>,
+    /// Queued routes: queued, delivered, retried, dead, depth (refreshed at scrape time).
+    pub queue: Family<Labels, Gauge>,
 }
 
 /// What the cache did with a request (one counter each per route).
@@ -182,6 +184,7 @@ impl Default for Metrics {
             cache_tier_errors: Family::default(),
             shared_limits: Family::default(),
             fanout: Family::default(),
+            queue: Family::default(),
         }
     }
 }
@@ -288,6 +291,11 @@ impl Metrics {
             "scalegate_fanout",
             "WebSocket fan-out: topics and subscribers now; messages published, delivered (per subscriber) and subscribers dropped as too slow since start; bus_up (1/0)",
             self.fanout.clone(),
+        );
+        r.register(
+            "scalegate_queue_jobs",
+            "Queued routes' jobs by route: queued, delivered, retried (failed deliveries to try again), dead (given up) since start; depth (waiting in memory now)",
+            self.queue.clone(),
         );
         r.register(
             "scalegate_http_retries_budget_exhausted",

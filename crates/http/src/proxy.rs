@@ -143,6 +143,18 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             route.metrics.rate_limited.inc();
             Err((denied.clone(), done))
         }
+        // A queued route stores the request and answers 202; workers deliver it later
+        // (queue/). Boxed: the store's future stays out of every other request's future.
+        _ if route.queue.is_some() => {
+            let mut done = done;
+            let resp = match &route.queue {
+                Some(q) => Box::pin(q.enqueue(&ctx, parts, body)).await,
+                None => local_reply(&ProxyError::NoRoute, grpc),
+            };
+            done.set_status(resp.status().as_u16());
+            done.finish(true, 0);
+            Ok(resp)
+        }
         _ => {
             let admitted = Admitted {
                 prio,
@@ -296,7 +308,7 @@ async fn forward(
     ctx: &ConnCtx,
     snap: &Snapshot,
     route: &Route,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: Option<Incoming>,
     admitted: Admitted,
     done: &mut Completion,
@@ -335,8 +347,11 @@ async fn forward(
         }
     }
     let retry = route.spec.retry.as_ref();
-    let (mut body, facts) =
-        retry::prepare_body(&parts.method, &parts.headers, body, retry, limit).await?;
+    let (mut body, facts) = match parts.extensions.remove::<crate::queue::StoredBody>() {
+        // A queued job's body, kept whole by the queue: replayable like any kept body.
+        Some(stored) => retry::stored_body(&parts.method, &parts.headers, stored.0, retry),
+        None => retry::prepare_body(&parts.method, &parts.headers, body, retry, limit).await?,
+    };
     let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
     if let Some(b) = &route.budget {
         b.deposit(clock::now());

@@ -99,6 +99,22 @@ pub async fn prepare_body(
     ))
 }
 
+/// The body source for a body the gateway already holds whole (a queued job's).
+pub fn stored_body(
+    method: &http::Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    retry: Option<&RetrySpec>,
+) -> (BodySource, RequestFacts) {
+    let idempotent = retry.is_some()
+        && (is_idempotent_method(method.as_str()) || headers.contains_key(&IDEMPOTENCY_KEY));
+    let facts = RequestFacts {
+        idempotent,
+        replayable: true,
+    };
+    (BodySource::Replay(body), facts)
+}
+
 /// An attempt's outcome in the retry policy's terms.
 pub fn outcome_of_error(e: &ProxyError) -> Option<AttemptOutcome> {
     match e {

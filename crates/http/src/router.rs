@@ -30,6 +30,8 @@ pub struct Route {
     pub bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
     /// The cache store, when the route caches.
     pub cache: Option<Arc<crate::cache::Store>>,
+    /// The job queue, when the route queues.
+    pub queue: Option<Arc<crate::queue::RouteQueue>>,
 }
 
 /// The request fields routing looks at.
@@ -166,12 +168,14 @@ mod tests {
                 request_headers: Default::default(),
                 response_headers: Default::default(),
                 access: Default::default(),
+                queue: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),
             budget: None,
             limiter: None,
             shared: None,
+            queue: None,
             bulkhead: None,
             cache: None,
         })

@@ -28,6 +28,8 @@ pub struct GatewaySpec {
     pub cluster: Option<ClusterSpec>,
     /// WebSocket fan-out (None: off).
     pub fanout: Option<crate::fanout::FanoutSpec>,
+    /// Durable store for queued routes (None: each instance's memory).
+    pub jobs: Option<crate::queue::JobsSpec>,
 }
 
 /// Where several gateway instances share state (today: rate limits with `shared = true`).
@@ -117,6 +119,8 @@ pub struct RouteSpec {
     pub response_headers: crate::rewrite::HeaderEdits,
     /// Which client addresses may use the route (empty: all).
     pub access: crate::access::AccessRules,
+    /// Store requests and deliver them later, answering 202 (None: proxy as usual).
+    pub queue: Option<crate::queue::QueueSpec>,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

@@ -20,11 +20,29 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one and waits until it accepts connections. Panics if nats-server is missing.
     pub async fn start() -> NatsServer {
+        Self::start_with(false).await
+    }
+
+    /// Like [`Self::start`], with JetStream on (its store in the temp dir).
+    pub async fn start_jetstream() -> NatsServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(jetstream: bool) -> NatsServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
             let port = free_port();
+            let mut args = vec![
+                "-a".to_string(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ];
+            if jetstream {
+                args.extend(["-js".into(), "-sd".into(), dir.path().display().to_string()]);
+            }
             let child = Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(&args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .current_dir(dir.path())

@@ -15,6 +15,7 @@ mod edits;
 mod fanout;
 mod lint;
 mod pg;
+mod queue;
 mod raw;
 mod units;
 mod validate;

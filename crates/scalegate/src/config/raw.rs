@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub cache: Option<Spanned<RawStore>>,
     pub cluster: Option<Spanned<RawCluster>>,
     pub fanout: Option<Spanned<RawFanout>>,
+    pub queue: Option<Spanned<RawJobs>>,
     pub postgres: Option<Spanned<super::pg::RawPostgres>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -133,6 +134,7 @@ pub struct RawRoute {
     pub response_headers: Option<Spanned<RawHeaderEdits>>,
     pub allow: Option<Spanned<Vec<String>>>,
     pub deny: Option<Spanned<Vec<String>>>,
+    pub queue: Option<Spanned<RawQueue>>,
 }
 
 /// `rewrite = { prefix = "/v2" }`: what replaces the matched path prefix upstream.
@@ -264,6 +266,34 @@ pub struct RawRateLimit {
     pub key: Option<String>,
     pub name: Option<String>,
     pub shared: Option<bool>,
+}
+
+/// A route's `queue` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub max_in_flight: Option<i64>,
+    pub max_queued: Option<i64>,
+    pub attempts: Option<i64>,
+    pub backoff: Option<Spanned<Dur>>,
+    pub max_backoff: Option<Spanned<Dur>>,
+    pub max_body_bytes: Option<Spanned<ByteSize>>,
+}
+
+/// `[queue]`: the durable job store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobs {
+    pub nats: Spanned<RawJobsNats>,
+}
+
+/// `[queue] nats = { url, stream, prefix }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobsNats {
+    pub url: Spanned<String>,
+    pub stream: Option<String>,
+    pub prefix: Option<String>,
 }
 
 /// `[fanout]`: WebSocket subscriptions to topics.

@@ -380,3 +380,25 @@ fn surprising_settings_are_warnings_with_their_lines() {
             .is_empty()
     );
 }
+
+#[test]
+fn queued_routes_are_checked() {
+    let text = ISSUE_EXAMPLE.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nname = \"hooks.v1\"\nqueue = { backoff = \"2s\", max_backoff = \"1s\" }",
+    );
+    let c = Config::parse(&text).expect_err("max_backoff below backoff");
+    assert_eq!(c.len(), 1, "{c:?}");
+    let ok = text.replace("max_backoff = \"1s\"", "max_backoff = \"9s\"");
+    let q = Config::parse(&ok).expect("valid in memory").gateway.routes[0]
+        .queue
+        .clone()
+        .expect("queue");
+    assert_eq!(
+        (q.attempts, q.max_in_flight, q.max_body_bytes),
+        (5, 4, 1 << 20)
+    );
+    let durable = format!("[queue]\nnats = {{ url = \"nats://127.0.0.1:4222\" }}\n{ok}");
+    let p = problems(&durable);
+    assert!(p.len() == 1 && p[0].contains("its name must be"), "{p:?}");
+}

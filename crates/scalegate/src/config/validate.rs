@@ -164,6 +164,8 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     let routes = routes(&mut c, &raw.routes, &listener_names, &upstreams);
     let cluster = super::cluster::cluster(&mut c, raw.cluster.as_ref());
     super::cluster::check_shared_limits(&mut c, &raw.routes, cluster.as_ref());
+    let jobs = super::queue::jobs(&mut c, raw.queue.as_ref());
+    super::queue::check_names(&mut c, &raw.routes, jobs.is_some());
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let fanout = super::fanout::fanout(
         &mut c,
@@ -193,6 +195,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             cache,
             cluster,
             fanout,
+            jobs,
         },
         postgres,
         warnings: Vec::new(),
@@ -388,6 +391,7 @@ fn routes(
                 allow: super::edits::cidrs(c, r.allow.as_ref(), "allow"),
                 deny: super::edits::cidrs(c, r.deny.as_ref(), "deny"),
             },
+            queue: r.queue.as_ref().map(|q| super::queue::route_queue(c, q)),
             compression: r
                 .compression
                 .as_ref()

@@ -1,0 +1,101 @@
+//! The in-memory store: a bounded channel per route and `max_in_flight` delivery tasks. Failed
+//! deliveries wait out their backoff off the channel, then go back on it.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{Mutex, mpsc};
+
+use super::deliver::{Outcome, deliver};
+use super::{Job, QueueSpec, RouteQueue};
+use crate::Gateway;
+
+/// A job and the number of deliveries it has had.
+type Entry = (Job, u32);
+
+/// The route's channel.
+#[derive(Debug)]
+pub(super) struct MemoryQueue {
+    tx: mpsc::Sender<Entry>,
+}
+
+impl MemoryQueue {
+    pub(super) fn start(
+        route: &str,
+        spec: &QueueSpec,
+        queue: Weak<RouteQueue>,
+        gateway: Weak<Gateway>,
+    ) -> MemoryQueue {
+        let (tx, rx) = mpsc::channel(spec.max_queued.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                for _ in 0..spec.max_in_flight.max(1) {
+                    rt.spawn(worker(
+                        route.to_string(),
+                        rx.clone(),
+                        tx.downgrade(),
+                        queue.clone(),
+                        gateway.clone(),
+                    ));
+                }
+            }
+            Err(_) => tracing::warn!(route, "no runtime: the job queue stays off"),
+        }
+        MemoryQueue { tx }
+    }
+
+    /// Queues a job; Err when the queue is full.
+    pub(super) fn put(&self, job: Job) -> Result<(), &'static str> {
+        self.tx
+            .try_send((job, 0))
+            .map_err(|_| "the route's queue is full; retry later")
+    }
+
+    /// Jobs waiting.
+    pub(super) fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+async fn worker(
+    route: String,
+    rx: Arc<Mutex<mpsc::Receiver<Entry>>>,
+    tx: mpsc::WeakSender<Entry>,
+    queue: Weak<RouteQueue>,
+    gateway: Weak<Gateway>,
+) {
+    loop {
+        // One worker waits on the channel at a time; the others wait for the lock.
+        let next = rx.lock().await.recv().await;
+        let Some((job, tried)) = next else { return };
+        let attempt = tried + 1;
+        let outcome = deliver(&gateway, &route, &job, attempt).await;
+        let Some(q) = queue.upgrade() else { return };
+        match outcome {
+            Outcome::Delivered => {
+                q.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed(status) if attempt < q.spec.attempts => {
+                q.retried.fetch_add(1, Ordering::Relaxed);
+                let wait = q.backoff(attempt);
+                tracing::debug!(route, job = %job.id, attempt, ?status, ?wait, "delivery failed; will retry");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Some(tx) = tx.upgrade() {
+                        let _ = tx.send((job, attempt)).await;
+                    }
+                });
+            }
+            Outcome::Failed(status) => {
+                q.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(route, job = %job.id, attempt, ?status, "job given up after its last delivery attempt");
+            }
+            Outcome::Gone => {
+                q.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(route, job = %job.id, "job dropped: its route is gone");
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Queued routes (load leveling): a request to a route with `queue` is stored and answered
+//! `202 Accepted` at once; workers deliver stored requests to the route's upstream at most
+//! `max_in_flight` at a time per instance, retrying failures with exponential backoff up to
+//! `attempts`. A spike becomes a backlog the upstream drains at its own pace instead of a wave
+//! of timeouts.
+//!
+//! Jobs live in this process's memory by default (bounded by `max_queued`; a full queue
+//! answers 503, and a restart loses what was queued). With `[queue] nats`, they live in a NATS
+//! JetStream stream instead: durable across restarts, shared by every instance (each job is
+//! delivered by one of them), with redelivery when an instance dies mid-delivery.
+//!
+//! Delivery goes through the normal request path (`proxy::origin`): balancing, health,
+//! breakers, bulkheads and the route's own retries apply. The upstream sees the original
+//! method, path, headers and body, plus `X-Scalegate-Job-Id` and `X-Scalegate-Attempt` (1 on the
+//! first delivery) so it can deduplicate.
+
+mod deliver;
+mod jetstream;
+pub mod job;
+mod memory;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::RespBody;
+use crate::proxy::ConnCtx;
+pub use job::Job;
+
+/// A route's `queue` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Deliveries in flight per instance (default 4).
+    pub max_in_flight: usize,
+    /// Jobs held in memory before new ones get 503 (default 10,000; memory store only).
+    pub max_queued: usize,
+    /// Deliveries tried per job, the first included (default 5).
+    pub attempts: u32,
+    /// Wait before the first redelivery, doubled each time (default 1 s).
+    pub backoff: Duration,
+    /// Longest wait between deliveries (default 60 s).
+    pub max_backoff: Duration,
+    /// Largest request body queued (default 1 MiB); larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+/// The durable store for every queued route: a JetStream stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobsSpec {
+    /// `nats://host:port`.
+    pub url: String,
+    /// Stream name (default "SCALEGATE_JOBS").
+    pub stream: String,
+    /// Subject prefix; a route's jobs go to `{prefix}{route}` (default "scalegate.jobs.").
+    pub subject_prefix: String,
+}
+
+/// A body the queue already holds whole, handed to `forward` in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct StoredBody(pub Bytes);
+
+/// One route's queue: where its jobs are stored and how many went which way.
+#[derive(Debug)]
+pub struct RouteQueue {
+    spec: QueueSpec,
+    store: Store,
+    /// Jobs accepted.
+    pub queued: AtomicU64,
+    /// Jobs delivered (the upstream answered other than 5xx, 408 or 429).
+    pub delivered: AtomicU64,
+    /// Deliveries that failed and will be tried again.
+    pub retried: AtomicU64,
+    /// Jobs given up after `attempts` (or whose route disappeared).
+    pub dead: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Store {
+    Memory(memory::MemoryQueue),
+    JetStream(Arc<jetstream::JetStreamQueue>),
+}
+
+impl RouteQueue {
+    /// Starts the route's queue and its delivery workers. `gateway` is how workers reach the
+    /// current snapshot; they find the route by name for every job, so reloads apply.
+    pub fn start(
+        route: &str,
+        spec: QueueSpec,
+        jobs: Option<&JobsSpec>,
+        gateway: std::sync::Weak<crate::Gateway>,
+    ) -> Arc<RouteQueue> {
+        Arc::new_cyclic(|me| {
+            let store = match jobs {
+                None => Store::Memory(memory::MemoryQueue::start(
+                    route,
+                    &spec,
+                    me.clone(),
+                    gateway,
+                )),
+                Some(j) => Store::JetStream(jetstream::JetStreamQueue::start(
+                    route,
+                    &spec,
+                    j.clone(),
+                    me.clone(),
+                    gateway,
+                )),
+            };
+            RouteQueue {
+                spec,
+                store,
+                queued: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                retried: AtomicU64::new(0),
+                dead: AtomicU64::new(0),
+            }
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn spec(&self) -> &QueueSpec {
+        &self.spec
+    }
+
+    /// Which store it uses, for reuse across reloads.
+    pub fn durable(&self) -> Option<&JobsSpec> {
+        match &self.store {
+            Store::Memory(_) => None,
+            Store::JetStream(j) => Some(j.spec()),
+        }
+    }
+
+    /// Stores a request as a job and answers 202, or refuses it (413 too large, 503 full or
+    /// store unavailable).
+    pub async fn enqueue(
+        &self,
+        ctx: &ConnCtx,
+        parts: http::request::Parts,
+        body: Incoming,
+    ) -> Response<RespBody> {
+        let body = match Limited::new(body, self.spec.max_body_bytes).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over the queue's max_body_bytes",
+                );
+            }
+            Err(_) => return reply(StatusCode::BAD_REQUEST, "request body ended early"),
+        };
+        let job = Job::new(&parts, ctx.peer, body);
+        let id = job.id.clone();
+        let stored = match &self.store {
+            Store::Memory(m) => m.put(job),
+            Store::JetStream(j) => j.put(job).await,
+        };
+        match stored {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                let mut r = reply_json(
+                    StatusCode::ACCEPTED,
+                    format!("{{\"job_id\":\"{id}\",\"queued\":true}}\n"),
+                );
+                if let Ok(v) = HeaderValue::try_from(id) {
+                    r.headers_mut().insert("x-scalegate-job-id", v);
+                }
+                r
+            }
+            Err(why) => {
+                let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, why);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+        }
+    }
+
+    /// Jobs waiting in memory (None for the durable store).
+    pub fn depth(&self) -> Option<usize> {
+        match &self.store {
+            Store::Memory(m) => Some(m.depth()),
+            Store::JetStream(_) => None,
+        }
+    }
+
+    /// Wait before delivery number `attempt + 1` (attempt ≥ 1).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.spec
+            .backoff
+            .saturating_mul(factor)
+            .min(self.spec.max_backoff)
+    }
+}
+
+fn reply(status: StatusCode, message: &str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(Bytes::from(format!(
+        "{}: {message}\n",
+        status.as_u16()
+    ))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn reply_json(status: StatusCode, body: String) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
