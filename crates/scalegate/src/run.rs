@@ -162,6 +162,7 @@ async fn serve(
         }
     }
 
+    let drain_started = tokio::time::Instant::now();
     gw.set_draining();
     trigger.trigger();
     let drain = running.drain_timeout;
@@ -181,8 +182,32 @@ async fn serve(
     if joined.is_err() {
         tracing::error!("a worker thread panicked");
     }
+    finish_queued_jobs(&gw, drain_started + drain).await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Lets memory-queued jobs finish delivering until `deadline` (the end of the drain), so an
+/// orderly stop loses none that can be delivered in time; says how many were lost otherwise.
+async fn finish_queued_jobs(gw: &Gateway, deadline: tokio::time::Instant) {
+    let at_risk = || -> u64 {
+        gw.snapshot()
+            .routes
+            .iter()
+            .filter_map(|r| r.queue.as_ref())
+            .map(|q| q.at_risk())
+            .sum()
+    };
+    while at_risk() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lost = at_risk();
+    if lost > 0 {
+        tracing::warn!(
+            jobs = lost,
+            "drain timeout: queued jobs held in memory are lost (use [queue] nats to keep them)"
+        );
+    }
 }
 
 /// Applies the file at `path` if it is valid; otherwise logs every problem and keeps the

@@ -117,3 +117,21 @@ async fn jetstream_keeps_jobs_across_the_loss_of_the_gateway_that_took_them() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(back.hits(), 1, "exactly once");
 }
+
+#[tokio::test]
+async fn sigterm_delivers_what_is_queued_in_memory_before_exiting() {
+    let bs = backends(1).await;
+    bs[0].set_delay(Duration::from_millis(300));
+    let mut gw = GatewayProcess::start(BIN, &queued(&bs, "max_in_flight = 1")).await;
+    for i in 0..3 {
+        assert_eq!(post(&gw, "/hooks/x", &format!("job{i}")).await.status, 202);
+    }
+    gw.signal(15);
+    let status = gw.wait_exit(Duration::from_secs(20)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        bs[0].hits(),
+        3,
+        "every accepted job was delivered before exit"
+    );
+}

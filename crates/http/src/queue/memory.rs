@@ -70,6 +70,9 @@ async fn worker(
         let next = rx.lock().await.recv().await;
         let Some((job, tried)) = next else { return };
         let attempt = tried + 1;
+        if let Some(q) = queue.upgrade() {
+            q.in_hand.fetch_add(1, Ordering::Relaxed);
+        }
         let outcome = deliver(&gateway, &route, &job, attempt).await;
         let Some(q) = queue.upgrade() else { return };
         match outcome {
@@ -80,13 +83,18 @@ async fn worker(
                 q.retried.fetch_add(1, Ordering::Relaxed);
                 let wait = q.backoff(attempt);
                 tracing::debug!(route, job = %job.id, attempt, ?status, ?wait, "delivery failed; will retry");
-                let tx = tx.clone();
+                let (tx, queue) = (tx.clone(), queue.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     if let Some(tx) = tx.upgrade() {
                         let _ = tx.send((job, attempt)).await;
                     }
+                    if let Some(q) = queue.upgrade() {
+                        q.in_hand.fetch_sub(1, Ordering::Relaxed);
+                    }
                 });
+                // Still in hand until it is back on the channel.
+                continue;
             }
             Outcome::Failed(status) => {
                 q.dead.fetch_add(1, Ordering::Relaxed);
@@ -97,5 +105,6 @@ async fn worker(
                 tracing::warn!(route, job = %job.id, "job dropped: its route is gone");
             }
         }
+        q.in_hand.fetch_sub(1, Ordering::Relaxed);
     }
 }

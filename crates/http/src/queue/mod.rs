@@ -78,6 +78,8 @@ pub struct RouteQueue {
     pub retried: AtomicU64,
     /// Jobs given up after `attempts` (or whose route disappeared).
     pub dead: AtomicU64,
+    /// Memory jobs being delivered or waiting out a backoff (off the channel).
+    in_hand: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,7 @@ impl RouteQueue {
                 delivered: AtomicU64::new(0),
                 retried: AtomicU64::new(0),
                 dead: AtomicU64::new(0),
+                in_hand: AtomicU64::new(0),
             }
         })
     }
@@ -185,6 +188,15 @@ impl RouteQueue {
         match &self.store {
             Store::Memory(m) => Some(m.depth()),
             Store::JetStream(_) => None,
+        }
+    }
+
+    /// Jobs this instance would lose if it stopped now: those in memory, waiting or in hand
+    /// (0 for the durable store, which keeps them).
+    pub fn at_risk(&self) -> u64 {
+        match &self.store {
+            Store::Memory(m) => m.depth() as u64 + self.in_hand.load(Ordering::Relaxed),
+            Store::JetStream(_) => 0,
         }
     }
 
