@@ -7,15 +7,15 @@ use common::*;
 #[tokio::test]
 async fn the_dashboard_is_served_and_reads_only_metrics_that_exist() {
     let bs = backends(1).await;
-    // A caching route with a shared rate limit, so the cache and Redis families have samples
-    // (the Redis is a closed port: the link reports itself down).
+    // A caching route with a shared rate limit and a queued route, so the cache, Redis and
+    // queue families have samples (the Redis is a closed port: the link reports itself down).
     let dead = free_port();
     let cfg = routed(
         &endpoints(&bs),
         "/",
         "cache = {}\nrate_limit = { requests = 100, shared = true }",
         "",
-    );
+    ) + "\n[[routes]]\nname = \"hooks\"\nmatch = { path_prefix = \"/hooks\" }\nupstream = \"app\"\nqueue = {}\n";
     let cfg =
         format!("[cluster]\nredis = {{ url = \"redis://127.0.0.1:{dead}\" }}\n[fanout]\n{cfg}");
     let gw = GatewayProcess::start(BIN, &cfg).await;
