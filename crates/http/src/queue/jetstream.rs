@@ -143,6 +143,11 @@ async fn consume(
         };
         while let Some(next) = messages.next().await {
             let Ok(msg) = next else { break };
+            if me.strong_count() == 0 {
+                // A reload replaced this route's queue: hand the job to the new consumer loop.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                return;
+            }
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
