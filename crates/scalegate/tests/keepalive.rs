@@ -109,8 +109,10 @@ async fn sigterm_closes_parked_connections_and_exits_0() {
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
 }
 
-#[tokio::test]
-async fn at_max_connections_new_connections_wait_for_a_free_slot() {
+const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A gateway with `max_connections = 2` on one worker, and the two connections that fill it.
+async fn at_the_limit() -> (GatewayProcess, Vec<Backend>, Vec<TcpStream>) {
     let bs = backends(1).await;
     let gw = GatewayProcess::start_full(
         BIN,
@@ -119,43 +121,36 @@ async fn at_max_connections_new_connections_wait_for_a_free_slot() {
         &app(&bs, ""),
     )
     .await;
-    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(gw.http).await.expect("connect");
-        s.write_all(req).await.expect("write");
+        s.write_all(REQ).await.expect("write");
         assert_eq!(read_response(&mut s, &mut Vec::new()).await, "b0");
         held.push(s);
     }
-    // The third connection is queued by the kernel, not served.
+    (gw, bs, held)
+}
+
+/// A third connection is queued by the kernel, not served, until one held connection closes.
+async fn third_waits_for_a_free_slot(gw: &GatewayProcess, mut held: Vec<TcpStream>) {
     let mut third = TcpStream::connect(gw.http).await.expect("connect");
-    third.write_all(req).await.expect("write");
+    third.write_all(REQ).await.expect("write");
     let mut buf = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
     assert!(early.is_err(), "served beyond max_connections: {early:?}");
-    // A slot frees up: the waiting connection is served.
     drop(held.pop());
     assert_eq!(read_response(&mut third, &mut Vec::new()).await, "b0");
 }
 
 #[tokio::test]
+async fn at_max_connections_new_connections_wait_for_a_free_slot() {
+    let (gw, _bs, held) = at_the_limit().await;
+    third_waits_for_a_free_slot(&gw, held).await;
+}
+
+#[tokio::test]
 async fn a_reload_that_restarts_the_listener_keeps_counting_its_open_connections() {
-    let bs = backends(1).await;
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 1\n",
-        "max_connections = 2",
-        &app(&bs, ""),
-    )
-    .await;
-    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = TcpStream::connect(gw.http).await.expect("connect");
-        s.write_all(req).await.expect("write");
-        assert_eq!(read_response(&mut s, &mut Vec::new()).await, "b0");
-        held.push(s);
-    }
+    let (gw, _bs, held) = at_the_limit().await;
     // Change a listener setting: its accept loop restarts.
     let text = std::fs::read_to_string(&gw.config).expect("config");
     let changed = text.replace(
@@ -171,11 +166,5 @@ async fn a_reload_that_restarts_the_listener_keeps_counting_its_open_connections
         .await,
         "reloaded"
     );
-    let mut third = TcpStream::connect(gw.http).await.expect("connect");
-    third.write_all(req).await.expect("write");
-    let mut buf = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
-    assert!(early.is_err(), "the reload reset the count: {early:?}");
-    drop(held.pop());
-    assert_eq!(read_response(&mut third, &mut Vec::new()).await, "b0");
+    third_waits_for_a_free_slot(&gw, held).await;
 }
