@@ -43,17 +43,15 @@ pub fn check(
     verdict(spec, limiter.check(key, clock::now()))
 }
 
-/// Checks the request against a limit shared through Redis, or in memory while Redis does not
-/// answer.
+/// Checks the request with key `key` (from [`key_of`]) against a limit shared through Redis,
+/// or in memory while Redis does not answer.
 pub async fn check_shared(
     shared: &SharedLimits,
     route: &str,
     limiter: &RateLimiter,
     spec: &RateLimitSpec,
-    headers: &HeaderMap,
-    peer: SocketAddr,
+    key: u64,
 ) -> RateOutcome {
-    let key = key_of(spec, headers, peer);
     let decision = match shared.check(route, key, &spec.gcra).await {
         Some(d) => d,
         None => limiter.check(key, clock::now()),
@@ -62,7 +60,7 @@ pub async fn check_shared(
 }
 
 /// The request's key under the route's key parts.
-fn key_of(spec: &RateLimitSpec, headers: &HeaderMap, peer: SocketAddr) -> u64 {
+pub fn key_of(spec: &RateLimitSpec, headers: &HeaderMap, peer: SocketAddr) -> u64 {
     let mut key = 0x5ca1_e6a7_u64;
     for part in &spec.key {
         let h = match part {

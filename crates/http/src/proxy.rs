@@ -127,8 +127,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 &route.spec.name,
                 l,
                 spec,
-                &parts.headers,
-                ctx.peer,
+                admission::key_of(spec, &parts.headers, ctx.peer),
             ))
             .await,
         ),
@@ -347,7 +346,12 @@ async fn forward(
         }
     }
     let retry = route.spec.retry.as_ref();
-    let (mut body, facts) = match parts.extensions.remove::<crate::queue::StoredBody>() {
+    // Only a queued route's deliveries carry a stored body: other requests skip the lookup.
+    let stored = match route.queue {
+        Some(_) => parts.extensions.remove::<crate::queue::StoredBody>(),
+        None => None,
+    };
+    let (mut body, facts) = match stored {
         // A queued job's body, kept whole by the queue: replayable like any kept body.
         Some(stored) => retry::stored_body(&parts.method, &parts.headers, stored.0, retry),
         None => retry::prepare_body(&parts.method, &parts.headers, body, retry, limit).await?,

@@ -52,27 +52,9 @@ enum Command {
         /// Path of the TOML config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Peak requests per second across the whole fleet.
-        #[arg(long, value_name = "N")]
-        peak_rps: f64,
-        /// Typical upstream response time ("40ms", "1s").
-        #[arg(long, default_value = "100ms", value_parser = duration_arg)]
-        latency: std::time::Duration,
-        /// Requests per second one instance serves at 100% (default: 20000 per worker thread).
-        #[arg(long, value_name = "N")]
-        instance_rps: Option<f64>,
-        /// Highest utilisation to plan for, in percent.
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=100))]
-        target_utilization: u32,
-        /// Availability zones the fleet spreads over.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
-        zones: u32,
-        /// Cores of the PostgreSQL server, for its connection budget.
-        #[arg(long, value_name = "N")]
-        db_cores: Option<u32>,
-        /// Effective spindles of the PostgreSQL server (SSD: 1).
-        #[arg(long, default_value_t = 1)]
-        db_spindles: u32,
+        /// The peak and the machines to plan for.
+        #[command(flatten)]
+        input: plan::PlanInput,
     },
     /// PostgreSQL pooler tools.
     Pg {
@@ -128,26 +110,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { listen, admin } => exit(demo::run(listen, admin)),
-        Command::Plan {
-            config,
-            peak_rps,
-            latency,
-            instance_rps,
-            target_utilization,
-            zones,
-            db_cores,
-            db_spindles,
-        } => match config::Config::load(&config) {
+        Command::Plan { config, input } => match config::Config::load(&config) {
             Ok(c) => {
-                let input = plan::PlanInput {
-                    peak_rps,
-                    latency,
-                    instance_rps,
-                    target_utilization,
-                    zones,
-                    db_cores,
-                    db_spindles,
-                };
                 print!("{}", plan::plan(&c, &input));
                 ExitCode::SUCCESS
             }
@@ -175,11 +139,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    config::parse_duration(s)
-        .ok_or_else(|| format!("{s:?}: expected a duration such as \"40ms\" or \"1s\""))
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {

@@ -10,23 +10,35 @@ use scalegate_core::capacity::{Fleet, fleet, in_flight, pg_connections, pool_sha
 
 use crate::config::Config;
 
-/// The operator's numbers.
-#[derive(Clone, Debug)]
+/// The operator's numbers (the `scalegate plan` options).
+#[derive(Clone, Debug, clap::Args)]
 pub struct PlanInput {
     /// Peak requests per second across the whole fleet.
+    #[arg(long = "peak-rps", value_name = "N")]
     pub peak_rps: f64,
-    /// Typical upstream response time.
+    /// Typical upstream response time ("40ms", "1s").
+    #[arg(long, default_value = "100ms", value_parser = duration_arg)]
     pub latency: Duration,
-    /// What one instance serves at 100% (None: 20,000 per worker thread).
+    /// Requests per second one instance serves at 100% (default: 20000 per worker thread).
+    #[arg(long = "instance-rps", value_name = "N")]
     pub instance_rps: Option<f64>,
     /// Highest utilisation to plan for, in percent.
+    #[arg(long = "target-utilization", default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=100))]
     pub target_utilization: u32,
     /// Availability zones the fleet spreads over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub zones: u32,
-    /// Cores of the PostgreSQL server (None: skip the connection budget).
+    /// Cores of the PostgreSQL server, for its connection budget.
+    #[arg(long = "db-cores", value_name = "N")]
     pub db_cores: Option<u32>,
     /// Effective spindles of the PostgreSQL server (SSD: 1).
+    #[arg(long = "db-spindles", default_value_t = 1)]
     pub db_spindles: u32,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?}: expected a duration such as \"40ms\" or \"1s\""))
 }
 
 /// Requests per second per worker thread assumed when `--instance-rps` is not given: about half

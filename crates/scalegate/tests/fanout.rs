@@ -35,14 +35,41 @@ async fn start(fanout: &str) -> (GatewayProcess, Vec<Backend>) {
     (gw, bs)
 }
 
-/// Waits until both instances have subscribed on the bus.
-async fn both_on_the_bus(g1: &GatewayProcess, g2: &GatewayProcess) {
+/// Two instances on the bus `[fanout]` settings `cfg`, each with one subscriber to `topic`.
+struct OnTheBus {
+    gateways: [GatewayProcess; 2],
+    subscribers: [Ws; 2],
+    _backends: Vec<Backend>,
+}
+
+async fn on_the_bus(cfg: &str, topic: &str) -> OnTheBus {
+    let ((g1, mut b1), (g2, b2)) = (start(cfg).await, start(cfg).await);
+    b1.extend(b2);
     for g in [&g1, &g2] {
         assert!(
             eventually(Duration::from_secs(5), || async {
                 g.admin_get("/fanout").await.contains("\"bus_up\":true")
             })
             .await
+        );
+    }
+    let subscribers = [subscribe(&g1, topic).await, subscribe(&g2, topic).await];
+    OnTheBus {
+        gateways: [g1, g2],
+        subscribers,
+        _backends: b1,
+    }
+}
+
+impl OnTheBus {
+    /// Both subscribers get `msg`, and nothing else arrives right after.
+    async fn both_get_once(&mut self, msg: &str) {
+        for ws in &mut self.subscribers {
+            assert_eq!(next_text(ws).await.as_deref(), Some(msg));
+        }
+        assert!(
+            quiet(&mut self.subscribers[0], Duration::from_millis(200)).await,
+            "exactly once"
         );
     }
 }
@@ -154,48 +181,33 @@ async fn a_gateway_shutting_down_closes_subscribers_with_going_away() {
 #[tokio::test]
 async fn a_redis_bus_reaches_every_instance_exactly_once() {
     let redis = scalegate_testkit::RedisServer::start().await;
-    let cfg = format!("redis = {{ url = \"{}\" }}", redis.url());
-    let ((g1, _b1), (g2, _b2)) = (start(&cfg).await, start(&cfg).await);
-    both_on_the_bus(&g1, &g2).await;
-    let mut s1 = subscribe(&g1, "orders.eu").await;
-    let mut s2 = subscribe(&g2, "orders.eu").await;
-    let r = publish(g1.admin, "orders.eu", "o-1").await;
+    let mut bus = on_the_bus(
+        &format!("redis = {{ url = \"{}\" }}", redis.url()),
+        "orders.eu",
+    )
+    .await;
+    let r = publish(bus.gateways[0].admin, "orders.eu", "o-1").await;
     assert!(
         r.status == 200 && r.body.contains("\"via_bus\":true"),
         "{}",
         r.body
     );
-    assert_eq!(next_text(&mut s1).await.as_deref(), Some("o-1"));
-    assert_eq!(next_text(&mut s2).await.as_deref(), Some("o-1"));
-    assert!(
-        quiet(&mut s1, Duration::from_millis(200)).await,
-        "exactly once"
-    );
+    bus.both_get_once("o-1").await;
     // The application may publish on the bus itself.
     redis
         .command(&["PUBLISH", "scalegate:fanout:orders.eu", "o-2"])
         .await
         .expect("publish");
-    assert_eq!(next_text(&mut s1).await.as_deref(), Some("o-2"));
-    assert_eq!(next_text(&mut s2).await.as_deref(), Some("o-2"));
+    bus.both_get_once("o-2").await;
 }
 
 #[tokio::test]
 async fn a_nats_bus_reaches_every_instance() {
     let nats = scalegate_testkit::NatsServer::start().await;
-    let cfg = format!("nats = {{ url = \"{}\" }}", nats.url());
-    let ((g1, _b1), (g2, _b2)) = (start(&cfg).await, start(&cfg).await);
-    both_on_the_bus(&g1, &g2).await;
-    let mut s1 = subscribe(&g1, "chat").await;
-    let mut s2 = subscribe(&g2, "chat").await;
-    let r = publish(g2.admin, "chat", "hi all").await;
+    let mut bus = on_the_bus(&format!("nats = {{ url = \"{}\" }}", nats.url()), "chat").await;
+    let r = publish(bus.gateways[1].admin, "chat", "hi all").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(next_text(&mut s1).await.as_deref(), Some("hi all"));
-    assert_eq!(next_text(&mut s2).await.as_deref(), Some("hi all"));
-    assert!(
-        quiet(&mut s2, Duration::from_millis(200)).await,
-        "exactly once"
-    );
+    bus.both_get_once("hi all").await;
 }
 
 #[tokio::test]
