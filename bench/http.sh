@@ -9,7 +9,9 @@
 # Usage: bench/http.sh [--write]     (--write appends the results to bench/RESULTS.md)
 # Env:   ROUNDS (default 5), DURATION seconds per run (default 8), CONNS (default 50),
 #        IDLE (default 10000), PATHS (default "/tiny /64k"),
-#        SG_MODE (thread_per_core | work_stealing, default thread_per_core)
+#        SG_MODE (thread_per_core | work_stealing, default thread_per_core),
+#        FLOOR=1 also runs crates/testkit's floor_proxy (the least a proxy can do: parse, relay, no
+#        features) as a fourth column, to show how close to the machine's floor each proxy is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -18,6 +20,7 @@ CONNS=${CONNS:-50}
 IDLE=${IDLE:-10000}
 PATHS=${PATHS:-/tiny /64k}
 SG_MODE=${SG_MODE:-thread_per_core}
+FLOOR=${FLOOR:-0}
 WRITE=${1:-}
 
 source bench/lib.sh
@@ -26,7 +29,7 @@ cargo build --release --quiet
 SG=$PWD/target/release/scalegate
 
 
-B1=19101; B2=19102; P_NGINX=19111; P_HAPROXY=19112; P_SG=19113; SG_ADMIN=19119
+B1=19101; B2=19102; P_NGINX=19111; P_HAPROXY=19112; P_SG=19113; P_FLOOR=19114; SG_ADMIN=19119
 
 # --- backends: two nginx servers, a tiny body and a 64 KiB body ---------------------------
 head -c 65536 /dev/zero | tr '\0' 'x' > "$WORK/64k"
@@ -103,7 +106,14 @@ endpoints = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
 SGC
 RUST_LOG=warn "$SG" run --config "$WORK/scalegate.toml" & SG_PID=$!; PIDS+=($SG_PID)
 
-for port in $B1 $B2 $P_NGINX $P_HAPROXY $P_SG; do
+PROXIES=("nginx:$P_NGINX" "haproxy:$P_HAPROXY" "scalegate:$P_SG")
+if [ "$FLOOR" = 1 ]; then
+  cargo build --release --quiet -p scalegate-testkit --bin floor_proxy
+  "$PWD/target/release/floor_proxy" "127.0.0.1:$P_FLOOR" "127.0.0.1:$B1" "127.0.0.1:$B2" & PIDS+=($!)
+  PROXIES+=("floor:$P_FLOOR")
+fi
+
+for port in $B1 $B2 ${PROXIES[@]#*:}; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/tiny" >/dev/null && break; sleep 0.1; done
 done
 
@@ -121,7 +131,6 @@ run_wrk() { # name port path -> "rps p50 p99"
   echo "$rps $p50 $p99"
 }
 
-PROXIES=("nginx:$P_NGINX" "haproxy:$P_HAPROXY" "scalegate:$P_SG")
 declare -A RPS P50 P99
 for path in $PATHS; do
   for px in "${PROXIES[@]}"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${px#*:}$path" >/dev/null; done  # warm-up
