@@ -77,10 +77,10 @@ async fn read_message(
 ) -> io::Result<Option<usize>> {
     let mut chunk = [0u8; 16384];
     loop {
-        if let Some(total) = len(buf)? {
-            if buf.len() >= total {
-                return Ok(Some(total));
-            }
+        if let Some(total) = len(buf)?
+            && buf.len() >= total
+        {
+            return Ok(Some(total));
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
