@@ -8,11 +8,14 @@
 #
 # Usage: bench/pg.sh [--write]     (--write appends the results to bench/RESULTS.md)
 # Env:   ROUNDS (default 5), DURATION seconds per run (default 5), CLIENTS (default "50 500"),
-#        MODES (default "simple extended prepared"), POOL (default 20), JOBS pgbench threads (1)
+#        MODES (default "simple extended prepared"), POOL (default 20), JOBS pgbench threads (1),
+#        FLOOR=1 also runs crates/testkit's floor_pooler (the least a transaction pooler can do:
+#        relay batches, hand server connections back at an idle ReadyForQuery) as another column.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}; DURATION=${DURATION:-5}; CLIENTS=${CLIENTS:-50 500}
 MODES=${MODES:-simple extended prepared}; POOL=${POOL:-20}; JOBS=${JOBS:-1}; WRITE=${1:-}
+FLOOR=${FLOOR:-0}
 
 source bench/lib.sh
 need pgbench:postgresql-client pgbouncer:pgbouncer
@@ -20,7 +23,7 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 cargo build --release --quiet -p scalegate
 SG=$PWD/target/release/scalegate
 
-PG=19401; P_BOUNCER=19402; P_SG=19403; SG_ADMIN=19409
+PG=19401; P_BOUNCER=19402; P_SG=19403; P_FLOOR=19404; SG_ADMIN=19409
 RUNAS=(); [ "$(id -u)" -eq 0 ] && RUNAS=(runuser -u postgres --)
 chown -R postgres: "$WORK" 2>/dev/null || true
 
@@ -75,6 +78,12 @@ pool_mode = "transaction"
 pool_size = $POOL
 TOML
 RUST_LOG=warn "$SG" run --config "$WORK/sg.toml" & PIDS+=($!)
+TARGETS="direct pgbouncer scalegate"
+if [ "$FLOOR" = 1 ]; then
+  cargo build --release --quiet -p scalegate-testkit --bin floor_pooler
+  "$PWD/target/release/floor_pooler" "127.0.0.1:$P_FLOOR" "127.0.0.1:$PG" postgres bench "$POOL" & PIDS+=($!)
+  TARGETS+=" floor"
+fi
 sleep 1
 
 # run TARGET_PORT MODE CLIENTS → tps (0 when pgbench fails)
@@ -95,8 +104,8 @@ declare -A R
 for round in $(seq 1 "$ROUNDS"); do
   for mode in $MODES; do
     for c in $CLIENTS; do
-      for t in direct pgbouncer scalegate; do
-        case $t in direct) port=$PG;; pgbouncer) port=$P_BOUNCER;; scalegate) port=$P_SG;; esac
+      for t in $TARGETS; do
+        case $t in direct) port=$PG;; pgbouncer) port=$P_BOUNCER;; scalegate) port=$P_SG;; floor) port=$P_FLOOR;; esac
         # Direct with 500 clients needs 500 backends; it runs, it is just the physical limit.
         v=$(run "$port" "$mode" "$c")
         R[$mode,$c,$t]+="$v "
@@ -107,8 +116,13 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 table=$(
-  echo "| mode | clients | direct tps | pgbouncer tps | scalegate tps | scalegate ÷ pgbouncer | scalegate ÷ direct |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  if [ "$FLOOR" = 1 ]; then
+    echo "| mode | clients | direct tps | pgbouncer tps | scalegate tps | scalegate ÷ pgbouncer | scalegate ÷ direct | floor tps | floor ÷ pgbouncer |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  else
+    echo "| mode | clients | direct tps | pgbouncer tps | scalegate tps | scalegate ÷ pgbouncer | scalegate ÷ direct |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  fi
   for mode in $MODES; do
     for c in $CLIENTS; do
       d=$(echo ${R[$mode,$c,direct]} | tr ' ' '\n' | median)
@@ -116,7 +130,13 @@ table=$(
       s=$(echo ${R[$mode,$c,scalegate]} | tr ' ' '\n' | median)
       rb=$(awk -v s="$s" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f×", s / b; else print "pgbouncer failed" }')
       rd=$(awk -v s="$s" -v d="$d" 'BEGIN { if (d > 0) printf "%.2f×", s / d; else print "-" }')
-      echo "| $mode | $c | $d | $b | $s | $rb | $rd |"
+      if [ "$FLOOR" = 1 ]; then
+        f=$(echo ${R[$mode,$c,floor]} | tr ' ' '\n' | median)
+        rf=$(awk -v f="$f" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f×", f / b; else print "-" }')
+        echo "| $mode | $c | $d | $b | $s | $rb | $rd | $f | $rf |"
+      else
+        echo "| $mode | $c | $d | $b | $s | $rb | $rd |"
+      fi
     done
   done
 )
