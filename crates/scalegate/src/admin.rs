@@ -18,6 +18,8 @@ use scalegate_http::{Gateway, clock};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::admin_queue::DeadCall;
+
 struct Admin {
     gw: Arc<Gateway>,
     registry: Registry,
@@ -83,13 +85,22 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Admin {
-    /// The one admin call that reads a body (a message to publish); everything else is `handle`.
+    /// The calls that wait on something (a body to read, the job store); everything else is
+    /// `handle`.
     async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() == Method::POST && req.uri().path().starts_with("/fanout/") {
             return match self.refuse(&req) {
                 None => crate::admin_fanout::publish(&self.gw, req).await,
                 Some(refusal) => refusal,
             };
+        }
+        if let Some(call) = DeadCall::parse(req.method(), req.uri().path()) {
+            if call.changes()
+                && let Some(refusal) = self.refuse(&req)
+            {
+                return refusal;
+            }
+            return crate::admin_queue::dead(&self.gw, call, req.uri()).await;
         }
         self.handle(req)
     }
@@ -132,6 +143,11 @@ impl Admin {
                 JSON,
                 crate::admin_fanout::view(&self.gw).to_string() + "\n",
             ),
+            "/queue" => reply(
+                StatusCode::OK,
+                JSON,
+                crate::admin_queue::view(&self.gw).to_string() + "\n",
+            ),
             "/switches" => reply(
                 StatusCode::OK,
                 JSON,
@@ -141,7 +157,7 @@ impl Admin {
             "/" => reply(
                 StatusCode::OK,
                 TEXT,
-                "scalegate admin: /dashboard /health /ready /metrics /upstreams /switches /cache /fanout\n",
+                "scalegate admin: /dashboard /health /ready /metrics /upstreams /switches /cache /fanout /queue\n",
             ),
             _ => reply(StatusCode::NOT_FOUND, TEXT, "404: no such admin endpoint\n"),
         }

@@ -1,5 +1,6 @@
 //! Queued routes: requests stored and answered 202, delivered later with retries, in memory and
-//! durably in a real NATS JetStream across the loss of the gateway that took them.
+//! durably in a real NATS JetStream across the loss of the gateway that took them; jobs given
+//! up kept as dead letters, listed, sent again and discarded through the admin API.
 
 mod common;
 
@@ -9,11 +10,13 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 
+const TOKEN: &str = "queue-test-token-0123";
+
 fn queued(bs: &[Backend], queue: &str) -> String {
     routed(
         &endpoints(bs),
         "/hooks",
-        &format!("queue = {{ {queue} }}"),
+        &format!("name = \"hooks\"\nqueue = {{ {queue} }}"),
         // Failures are the queue's to retry; keep the only endpoint in rotation.
         "passive = { consecutive_failures = 0 }",
     )
@@ -134,4 +137,154 @@ async fn sigterm_delivers_what_is_queued_in_memory_before_exiting() {
         3,
         "every accepted job was delivered before exit"
     );
+}
+
+/// Starts a gateway with an admin token on `rest`.
+async fn with_token(preamble: &str, rest: &str) -> GatewayProcess {
+    GatewayProcess::start_custom(
+        BIN,
+        &format!("[runtime]\nworker_threads = 2\n{preamble}"),
+        &format!("token = \"{TOKEN}\""),
+        "",
+        rest,
+    )
+    .await
+}
+
+/// An admin call; `auth` adds the bearer token.
+async fn admin(gw: &GatewayProcess, method: &str, path: &str, auth: bool) -> Resp {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.admin));
+    if auth {
+        req = req.header("authorization", format!("Bearer {TOKEN}"));
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
+    Client::http1().send(req).await.expect("response")
+}
+
+/// The dead letters the admin API lists for route "hooks".
+async fn dead_letters(gw: &GatewayProcess) -> serde_json::Value {
+    let r = admin(gw, "GET", "/queue/hooks/dead", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    v["jobs"].clone()
+}
+
+/// Posts one job, lets every attempt fail, and checks its dead letter; then retries it (the
+/// upstream fixed) and checks it was delivered and left the dead letters. Returns the job id.
+async fn dead_letter_round_trip(gw: &GatewayProcess, b: &Backend, attempts: usize) -> String {
+    b.set_status(503);
+    let mut id = None;
+    for _ in 0..50 {
+        let r = post(gw, "/hooks/dead", "payload").await;
+        if r.status == 202 {
+            id = Some(r.header("x-scalegate-job-id").to_string());
+            break;
+        }
+        // The durable store connects in the background.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("the queue took the job");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            dead_letters(gw)
+                .await
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .await,
+        "the job became a dead letter"
+    );
+    assert_eq!(b.hits(), attempts, "tried exactly `attempts` times");
+    let jobs = dead_letters(gw).await;
+    let job = &jobs[0];
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["uri"], "/hooks/dead");
+    assert_eq!(job["attempts"], attempts);
+    assert_eq!(job["last_status"], 503);
+    assert_eq!(job["reason"], "attempts_exhausted");
+    assert_eq!(job["body_bytes"], 7);
+
+    // Changing calls need the token.
+    assert_eq!(
+        admin(gw, "POST", "/queue/hooks/dead/retry", false)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        admin(gw, "GET", "/queue/nope/dead", false).await.status,
+        404
+    );
+
+    b.set_status(200);
+    let r = admin(gw, "POST", "/queue/hooks/dead/retry", true).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"retried\":1"), "{}", r.body);
+    assert!(
+        eventually(Duration::from_secs(20), || async { b.hits() > attempts }).await,
+        "the retried job was delivered"
+    );
+    let seen = b.last_headers().expect("a delivery");
+    assert_eq!(seen["x-scalegate-job-id"], &*id, "same job id");
+    assert_eq!(seen["x-scalegate-attempt"], "1", "a fresh first attempt");
+    assert_eq!(dead_letters(gw).await, serde_json::json!([]));
+    id
+}
+
+#[tokio::test]
+async fn a_job_given_up_in_memory_is_kept_retried_and_discarded() {
+    let bs = backends(1).await;
+    let gw = with_token(
+        "",
+        &queued(&bs, "attempts = 2, backoff = \"50ms\", max_in_flight = 1"),
+    )
+    .await;
+    dead_letter_round_trip(&gw, &bs[0], 2).await;
+
+    // Another dead letter, discarded this time.
+    bs[0].set_status(500);
+    assert_eq!(post(&gw, "/hooks/x", "1").await.status, 202);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            dead_letters(&gw)
+                .await
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        })
+        .await
+    );
+    let r = admin(&gw, "DELETE", "/queue/hooks/dead", true).await;
+    assert!(r.body.contains("\"discarded\":1"), "{}", r.body);
+    assert_eq!(dead_letters(&gw).await, serde_json::json!([]));
+    let view = admin(&gw, "GET", "/queue", false).await;
+    assert!(
+        view.body.contains("\"route\":\"hooks\"") && view.body.contains("\"dead\":2"),
+        "{}",
+        view.body
+    );
+}
+
+#[tokio::test]
+async fn jetstream_keeps_dead_letters_and_applies_a_changed_attempts_count() {
+    let nats = scalegate_testkit::NatsServer::start_jetstream().await;
+    let bs = backends(1).await;
+    let preamble = format!("[queue]\nnats = {{ url = \"{}\" }}\n", nats.url());
+    // The route's durable consumer is first made with 2 attempts…
+    let first = with_token(&preamble, &queued(&bs, "attempts = 2")).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            post(&first, "/hooks/warm", "w").await.status == 202
+        })
+        .await,
+        "the store connected"
+    );
+    assert!(eventually(Duration::from_secs(10), || async { bs[0].hits() == 1 }).await);
+    drop(first);
+    // …then the gateway comes back with 3. Had the consumer kept JetStream's max_deliver at 2, a
+    // failing job would stop being delivered after two tries and never be given up.
+    let bs2 = vec![Backend::start("b1").await];
+    let gw = with_token(&preamble, &queued(&bs2, "attempts = 3, backoff = \"50ms\"")).await;
+    dead_letter_round_trip(&gw, &bs2[0], 3).await;
 }

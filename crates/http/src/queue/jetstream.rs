@@ -4,6 +4,10 @@
 //! its last attempt; an instance that dies mid-delivery lets it be redelivered after `ack_wait`.
 //! A job sent twice with the same Idempotency-Key within the stream's duplicate window is
 //! stored once (`Nats-Msg-Id`).
+//!
+//! Dead letters go to a second stream, `{stream}_DEAD` on subjects `{prefix}_dead.{route}` (the
+//! prefix without its trailing dot): the job as it was, with why and when it was given up in
+//! the message's headers; the newest 10,000 per route, for 14 days.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -14,6 +18,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
+use super::dead::{DeadJob, Reason};
 use super::deliver::{Outcome, deliver};
 use super::{Job, JobsSpec, QueueSpec, RouteQueue};
 use crate::Gateway;
@@ -23,7 +28,23 @@ use crate::Gateway;
 pub(super) struct JetStreamQueue {
     spec: JobsSpec,
     subject: String,
+    dead_subject: String,
     js: ArcSwapOption<jetstream::Context>,
+}
+
+/// Dead letters kept per route in the durable store.
+const DEAD_MAX_PER_ROUTE: i64 = 10_000;
+/// How long the durable store keeps a dead letter.
+const DEAD_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+/// The most dead letters one admin call reads or sends again.
+pub(super) const DEAD_BATCH: usize = 1_000;
+
+fn dead_stream(spec: &JobsSpec) -> String {
+    format!("{}_DEAD", spec.stream)
+}
+
+fn dead_prefix(spec: &JobsSpec) -> String {
+    format!("{}_dead.", spec.subject_prefix.trim_end_matches('.'))
 }
 
 impl JetStreamQueue {
@@ -36,6 +57,7 @@ impl JetStreamQueue {
     ) -> Arc<JetStreamQueue> {
         let me = Arc::new(JetStreamQueue {
             subject: format!("{}{route}", jobs.subject_prefix),
+            dead_subject: format!("{}{route}", dead_prefix(&jobs)),
             spec: jobs,
             js: ArcSwapOption::empty(),
         });
@@ -58,27 +80,162 @@ impl JetStreamQueue {
         &self.spec
     }
 
+    fn context(&self) -> Result<Arc<jetstream::Context>, &'static str> {
+        self.js
+            .load_full()
+            .ok_or("the job store is not connected; retry later")
+    }
+
     /// Stores a job; Ok once JetStream has acknowledged it.
     pub(super) async fn put(&self, job: Job) -> Result<(), &'static str> {
-        let js = self
-            .js
-            .load_full()
-            .ok_or("the job store is not connected; retry later")?;
+        let js = self.context()?;
         let payload = job.encode().ok_or("cannot encode the job")?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", job.id.as_str());
-        let stored = async {
-            js.publish_with_headers(self.subject.clone(), headers, payload)
+        publish(&js, self.subject.clone(), headers, payload)
+            .await
+            .map_err(|_| "the job store did not take the job; retry later")
+    }
+
+    /// Keeps a dead letter in the dead stream.
+    pub(super) async fn bury(&self, dead: &DeadJob) -> Result<(), &'static str> {
+        let js = self.context()?;
+        let payload = dead.job.encode().ok_or("cannot encode the job")?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Scalegate-Attempts", dead.attempts.to_string().as_str());
+        if let Some(s) = dead.last_status {
+            headers.insert("Scalegate-Last-Status", s.to_string().as_str());
+        }
+        headers.insert("Scalegate-Reason", dead.reason.as_str());
+        headers.insert(
+            "Scalegate-Given-Up-At",
+            dead.given_up_at.to_string().as_str(),
+        );
+        publish(&js, self.dead_subject.clone(), headers, payload).await
+    }
+
+    /// The route's oldest dead letters (at most `limit`), with their stream sequences.
+    pub(super) async fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadJob)>, &'static str> {
+        let js = self.context()?;
+        let read = async {
+            let stream = js.get_stream(dead_stream(&self.spec)).await.ok()?;
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(consumer::pull::Config {
+                    filter_subject: self.dead_subject.clone(),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(10),
+                    ..Default::default()
+                })
                 .await
-                .ok()?
-                .await
-                .ok()
+                .ok()?;
+            let mut out = Vec::new();
+            if limit > 0 {
+                let mut batch = consumer.fetch().max_messages(limit).messages().await.ok()?;
+                while let Some(Ok(msg)) = batch.next().await {
+                    let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+                        continue;
+                    };
+                    if let Some(dead) = dead_job(&msg) {
+                        out.push((seq, dead));
+                    }
+                }
+            }
+            let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+            Some(out)
         };
-        match tokio::time::timeout(Duration::from_secs(5), stored).await {
-            Ok(Some(_)) => Ok(()),
-            _ => Err("the job store did not take the job; retry later"),
+        match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(Some(out)) => Ok(out),
+            _ => Err("the job store did not answer; retry later"),
         }
     }
+
+    /// Sends up to `DEAD_BATCH` dead letters back to the route's queue as new jobs (same job
+    /// ids, first attempt), removing each from the dead stream once the queue has it.
+    pub(super) async fn retry_dead(&self) -> Result<usize, &'static str> {
+        let js = self.context()?;
+        let stream = js
+            .get_stream(dead_stream(&self.spec))
+            .await
+            .map_err(|_| "the job store did not answer; retry later")?;
+        let mut sent = 0;
+        for (seq, dead) in self.dead_letters(DEAD_BATCH).await? {
+            let Some(payload) = dead.job.encode() else {
+                continue;
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            // A new message id: the old one may still be in the duplicate window.
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}-retry-{seq}", dead.job.id).as_str(),
+            );
+            if publish(&js, self.subject.clone(), headers, payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let _ = stream.delete_message(seq).await;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Drops every dead letter of the route; returns how many.
+    pub(super) async fn discard_dead(&self) -> Result<u64, &'static str> {
+        let js = self.context()?;
+        let purge = async {
+            let stream = js.get_stream(dead_stream(&self.spec)).await.ok()?;
+            stream.purge().filter(self.dead_subject.clone()).await.ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(5), purge).await {
+            Ok(Some(r)) => Ok(r.purged),
+            _ => Err("the job store did not answer; retry later"),
+        }
+    }
+}
+
+/// Publishes and waits (up to 5 s) for JetStream to acknowledge.
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<(), &'static str> {
+    let stored = async {
+        js.publish_with_headers(subject, headers, payload)
+            .await
+            .ok()?
+            .await
+            .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), stored).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err("the job store did not acknowledge"),
+    }
+}
+
+/// A dead letter read back from the dead stream.
+fn dead_job(msg: &jetstream::Message) -> Option<DeadJob> {
+    let job = Job::decode(&msg.payload)?;
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    Some(DeadJob {
+        job,
+        attempts: header("Scalegate-Attempts").and_then(|v| v.parse().ok())?,
+        last_status: header("Scalegate-Last-Status").and_then(|v| v.parse().ok()),
+        reason: Reason::parse(&header("Scalegate-Reason").unwrap_or_default()),
+        given_up_at: header("Scalegate-Given-Up-At")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
 }
 
 /// Connects, makes sure the stream and the route's consumer exist, then delivers jobs with at
@@ -105,20 +262,28 @@ async fn consume(
                 })
                 .await
                 .ok()?;
+            js.get_or_create_stream(stream::Config {
+                name: dead_stream(&this.spec),
+                subjects: vec![format!("{}>", dead_prefix(&this.spec))],
+                max_messages_per_subject: DEAD_MAX_PER_ROUTE,
+                max_age: DEAD_MAX_AGE,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
             let name = format!("sg-{route}");
+            // Created, or updated to this config when it exists (a reload that changed the
+            // route's attempts applies to jobs already stored).
             let consumer: consumer::PullConsumer = stream
-                .get_or_create_consumer(
-                    &name,
-                    consumer::pull::Config {
-                        durable_name: Some(name.clone()),
-                        filter_subject: this.subject.clone(),
-                        ack_policy: consumer::AckPolicy::Explicit,
-                        // Long enough for a delivery under the route's own timeouts.
-                        ack_wait: Duration::from_secs(60),
-                        max_deliver: i64::from(spec.attempts),
-                        ..Default::default()
-                    },
-                )
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: this.subject.clone(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    // Long enough for a delivery under the route's own timeouts.
+                    ack_wait: Duration::from_secs(60),
+                    max_deliver: i64::from(spec.attempts),
+                    ..Default::default()
+                })
                 .await
                 .ok()?;
             Some((js, consumer))
@@ -195,13 +360,20 @@ async fn handle(
             AckKind::Nak(Some(q.backoff(attempt)))
         }
         Outcome::Failed(status) => {
-            q.dead.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(route, job = %job.id, attempt, ?status, "job given up after its last delivery attempt");
+            let dead = DeadJob::now(
+                job.clone(),
+                attempt,
+                status.map(|s| s.as_u16()),
+                Reason::AttemptsExhausted,
+            );
+            q.bury(dead).await;
             AckKind::Term
         }
         Outcome::Gone => {
-            q.dead.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(route, job = %job.id, "job dropped: its route is gone");
+            tracing::warn!(route, job = %job.id, "job given up: its route is gone");
+            q.bury(DeadJob::now(job.clone(), attempt, None, Reason::RouteGone))
+                .await;
             AckKind::Term
         }
     };

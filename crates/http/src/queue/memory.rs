@@ -1,11 +1,13 @@
 //! The in-memory store: a bounded channel per route and `max_in_flight` delivery tasks. Failed
-//! deliveries wait out their backoff off the channel, then go back on it.
+//! deliveries wait out their backoff off the channel, then go back on it. Jobs given up are kept
+//! as dead letters (`MemoryDead`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{Mutex, mpsc};
 
+use super::dead::{DeadJob, MemoryDead, Reason};
 use super::deliver::{Outcome, deliver};
 use super::{Job, QueueSpec, RouteQueue};
 use crate::Gateway;
@@ -17,6 +19,8 @@ type Entry = (Job, u32);
 #[derive(Debug)]
 pub(super) struct MemoryQueue {
     tx: mpsc::Sender<Entry>,
+    /// Jobs given up.
+    pub(super) dead: MemoryDead,
 }
 
 impl MemoryQueue {
@@ -42,7 +46,10 @@ impl MemoryQueue {
             }
             Err(_) => tracing::warn!(route, "no runtime: the job queue stays off"),
         }
-        MemoryQueue { tx }
+        MemoryQueue {
+            tx,
+            dead: MemoryDead::default(),
+        }
     }
 
     /// Queues a job; Err when the queue is full.
@@ -50,6 +57,26 @@ impl MemoryQueue {
         self.tx
             .try_send((job, 0))
             .map_err(|_| "the route's queue is full; retry later")
+    }
+
+    /// Puts dead letters back on the queue as new jobs (first attempt), as many as fit; the
+    /// rest stay dead. Returns how many went back.
+    pub(super) fn retry_dead(&self) -> usize {
+        let mut dead = self.dead.take_all().into_iter();
+        let mut sent = 0;
+        for d in dead.by_ref() {
+            match self.tx.try_send((d.job, 0)) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    let (job, _) = e.into_inner();
+                    let mut rest = vec![DeadJob { job, ..d }];
+                    rest.extend(dead);
+                    self.dead.put_back(rest);
+                    break;
+                }
+            }
+        }
+        sent
     }
 
     /// Jobs waiting.
@@ -97,12 +124,20 @@ async fn worker(
                 continue;
             }
             Outcome::Failed(status) => {
-                q.dead.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(route, job = %job.id, attempt, ?status, "job given up after its last delivery attempt");
+                let status = status.map(|s| s.as_u16());
+                q.bury(DeadJob::now(
+                    job,
+                    attempt,
+                    status,
+                    Reason::AttemptsExhausted,
+                ))
+                .await;
             }
             Outcome::Gone => {
-                q.dead.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(route, job = %job.id, "job dropped: its route is gone");
+                tracing::warn!(route, job = %job.id, "job given up: its route is gone");
+                q.bury(DeadJob::now(job, attempt, None, Reason::RouteGone))
+                    .await;
             }
         }
         q.in_hand.fetch_sub(1, Ordering::Relaxed);

@@ -9,11 +9,15 @@
 //! JetStream stream instead: durable across restarts, shared by every instance (each job is
 //! delivered by one of them), with redelivery when an instance dies mid-delivery.
 //!
+//! A job given up after `attempts` is kept as a dead letter (`dead`): listed, sent again or
+//! discarded through the admin API.
+//!
 //! Delivery goes through the normal request path (`proxy::origin`): balancing, health,
 //! breakers, bulkheads and the route's own retries apply. The upstream sees the original
 //! method, path, headers and body, plus `X-Scalegate-Job-Id` and `X-Scalegate-Attempt` (1 on the
 //! first delivery) so it can deduplicate.
 
+pub mod dead;
 mod deliver;
 mod jetstream;
 pub mod job;
@@ -31,6 +35,7 @@ use hyper::body::Incoming;
 
 use crate::body::RespBody;
 use crate::proxy::ConnCtx;
+pub use dead::DeadJob;
 pub use job::Job;
 
 /// A route's `queue` settings.
@@ -197,6 +202,57 @@ impl RouteQueue {
         match &self.store {
             Store::Memory(m) => m.depth() as u64 + self.in_hand.load(Ordering::Relaxed),
             Store::JetStream(_) => 0,
+        }
+    }
+
+    /// Counts and keeps a job given up.
+    async fn bury(&self, dead: DeadJob) {
+        self.dead.fetch_add(1, Ordering::Relaxed);
+        match &self.store {
+            Store::Memory(m) => m.dead.keep(dead),
+            Store::JetStream(j) => {
+                if let Err(why) = j.bury(&dead).await {
+                    tracing::error!(job = %dead.job.id, why, "dead letter not kept");
+                }
+            }
+        }
+    }
+
+    /// The oldest `limit` dead letters (at most 1,000 from the durable store per call).
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadJob>, &'static str> {
+        match &self.store {
+            Store::Memory(m) => Ok(m.dead.list(limit)),
+            Store::JetStream(j) => Ok(j
+                .dead_letters(limit.min(jetstream::DEAD_BATCH))
+                .await?
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect()),
+        }
+    }
+
+    /// Sends dead letters back to the queue as new jobs (same ids, first attempt), as many as
+    /// the queue takes (up to 1,000 per call from the durable store). Returns how many.
+    pub async fn retry_dead(&self) -> Result<usize, &'static str> {
+        match &self.store {
+            Store::Memory(m) => Ok(m.retry_dead()),
+            Store::JetStream(j) => j.retry_dead().await,
+        }
+    }
+
+    /// Drops every dead letter; returns how many.
+    pub async fn discard_dead(&self) -> Result<u64, &'static str> {
+        match &self.store {
+            Store::Memory(m) => Ok(m.dead.take_all().len() as u64),
+            Store::JetStream(j) => j.discard_dead().await,
+        }
+    }
+
+    /// Dead letters kept in memory (None for the durable store, which may hold more).
+    pub fn dead_kept(&self) -> Option<usize> {
+        match &self.store {
+            Store::Memory(m) => Some(m.dead.len()),
+            Store::JetStream(_) => None,
         }
     }
 

@@ -1,0 +1,156 @@
+//! Admin API for queued routes: `GET /queue` (every queued route's counters), and each route's
+//! dead letters: `GET /queue/{route}/dead[?limit=N]` lists them, `POST /queue/{route}/dead/retry`
+//! sends them back to the queue and `DELETE /queue/{route}/dead` drops them (both token
+//! required).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, Uri};
+use http_body_util::Full;
+use scalegate_http::Gateway;
+use scalegate_http::queue::RouteQueue;
+use serde_json::json;
+
+use crate::admin::{JSON, TEXT, reply};
+
+/// Default and largest `limit` of a listing.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+
+/// What a `/queue/{route}/dead…` path asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeadCall<'a> {
+    /// `GET /queue/{route}/dead`.
+    List(&'a str),
+    /// `POST /queue/{route}/dead/retry`.
+    Retry(&'a str),
+    /// `DELETE /queue/{route}/dead`.
+    Discard(&'a str),
+}
+
+impl<'a> DeadCall<'a> {
+    /// Recognises a dead-letter call (None for any other path or method).
+    pub fn parse(method: &Method, path: &'a str) -> Option<DeadCall<'a>> {
+        let rest = path.strip_prefix("/queue/")?;
+        if let Some(route) = rest.strip_suffix("/dead/retry") {
+            return (method == Method::POST).then_some(DeadCall::Retry(route));
+        }
+        let route = rest.strip_suffix("/dead")?;
+        match *method {
+            Method::GET | Method::HEAD => Some(DeadCall::List(route)),
+            Method::DELETE => Some(DeadCall::Discard(route)),
+            _ => None,
+        }
+    }
+
+    /// Whether it changes anything (and so needs the admin token).
+    pub fn changes(&self) -> bool {
+        !matches!(self, DeadCall::List(_))
+    }
+}
+
+/// Answers a dead-letter call.
+pub async fn dead(gw: &Gateway, call: DeadCall<'_>, uri: &Uri) -> Response<Full<Bytes>> {
+    let route = match &call {
+        DeadCall::List(r) | DeadCall::Retry(r) | DeadCall::Discard(r) => *r,
+    };
+    let Some(q) = queue_of(gw, route) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("404: no queued route named {route:?}\n"),
+        );
+    };
+    let answer = match call {
+        DeadCall::List(_) => q.dead_letters(limit(uri)).await.map(|jobs| {
+            let jobs: Vec<_> = jobs.iter().map(|d| d.summary()).collect();
+            json!({ "route": route, "dead": q.dead.load(Ordering::Relaxed), "jobs": jobs })
+        }),
+        DeadCall::Retry(_) => q.retry_dead().await.map(|n| {
+            tracing::info!(route, jobs = n, "dead letters sent back to the queue");
+            json!({ "route": route, "retried": n })
+        }),
+        DeadCall::Discard(_) => q.discard_dead().await.map(|n| {
+            tracing::info!(route, jobs = n, "dead letters discarded");
+            json!({ "route": route, "discarded": n })
+        }),
+    };
+    match answer {
+        Ok(body) => reply(StatusCode::OK, JSON, body.to_string() + "\n"),
+        Err(why) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            format!("503: {why}\n"),
+        ),
+    }
+}
+
+/// Every queued route and its counters.
+pub fn view(gw: &Gateway) -> serde_json::Value {
+    let routes: Vec<_> = gw
+        .snapshot()
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let q = r.queue.as_ref()?;
+            Some(json!({
+                "route": r.spec.name,
+                "store": if q.durable().is_some() { "jetstream" } else { "memory" },
+                "depth": q.depth(),
+                "queued": q.queued.load(Ordering::Relaxed),
+                "delivered": q.delivered.load(Ordering::Relaxed),
+                "retried": q.retried.load(Ordering::Relaxed),
+                "dead": q.dead.load(Ordering::Relaxed),
+                "dead_kept": q.dead_kept(),
+            }))
+        })
+        .collect();
+    json!({ "routes": routes })
+}
+
+fn queue_of(gw: &Gateway, route: &str) -> Option<Arc<RouteQueue>> {
+    gw.snapshot()
+        .routes
+        .iter()
+        .find(|r| r.spec.name == route)
+        .and_then(|r| r.queue.clone())
+}
+
+fn limit(uri: &Uri) -> usize {
+    uri.query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_LIMIT)
+        .min(MAX_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_calls_are_recognised_by_method_and_path() {
+        let p = |m: Method, path| DeadCall::parse(&m, path);
+        assert_eq!(
+            p(Method::GET, "/queue/hooks/dead"),
+            Some(DeadCall::List("hooks"))
+        );
+        assert_eq!(
+            p(Method::POST, "/queue/a.b/dead/retry"),
+            Some(DeadCall::Retry("a.b"))
+        );
+        assert_eq!(
+            p(Method::DELETE, "/queue/x/dead"),
+            Some(DeadCall::Discard("x"))
+        );
+        assert_eq!(p(Method::POST, "/queue/x/dead"), None);
+        assert_eq!(p(Method::GET, "/queue"), None);
+        assert!(DeadCall::Retry("x").changes() && !DeadCall::List("x").changes());
+        let uri: Uri = "/queue/x/dead?limit=5000".parse().expect("uri");
+        assert_eq!(limit(&uri), MAX_LIMIT);
+    }
+}
