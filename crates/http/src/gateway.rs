@@ -215,13 +215,12 @@ impl Gateway {
                 .filter(|s| s.spec() == &spec.cache)
                 .unwrap_or_else(|| crate::cache::Store::new(spec.cache.clone()))
         });
-        // The fan-out hub, kept across reloads while its settings stay (a changed one serves new
-        // subscribers; existing ones stay on the old hub, which still hears the bus).
-        let fanout = spec.fanout.as_ref().map(|f| {
-            old.fanout
-                .clone()
-                .filter(|h| h.spec() == f)
-                .unwrap_or_else(|| crate::fanout::Hub::start(f.clone()))
+        // The fan-out hub, kept across reloads while its settings stay; a changed one takes the
+        // old one's subscribers over (the old one is retired once this snapshot is in force).
+        let fanout = spec.fanout.as_ref().map(|f| match &old.fanout {
+            Some(h) if h.spec() == f => h.clone(),
+            Some(h) => crate::fanout::Hub::take_over(f.clone(), h),
+            None => crate::fanout::Hub::start(f.clone()),
         });
         // One Redis link for shared rate limits, kept across reloads while its settings stay.
         let shared_limits = spec
@@ -319,6 +318,11 @@ impl Gateway {
             fanout,
         });
         self.current.store(snap.clone());
+        if let (Some(was), Some(now)) = (&old.fanout, &snap.fanout)
+            && !Arc::ptr_eq(was, now)
+        {
+            was.retire();
+        }
         self.version_tx.send_replace(snap.version);
         Ok(snap)
     }

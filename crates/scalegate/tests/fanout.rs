@@ -320,3 +320,48 @@ async fn the_application_authorizes_each_subscription() {
         503
     );
 }
+
+/// Rewrites `gw`'s `[fanout]` settings to `fanout` and waits for the reload to be in force.
+async fn reload_fanout(gw: &GatewayProcess, bs: &[Backend], fanout: &str) {
+    gw.write_config(&format!("[fanout]\n{fanout}\n\n{}", app(bs, "")));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.admin_get("/metrics")
+                .await
+                .contains("scalegate_config_reloads_total{result=\"ok\"} 1")
+        })
+        .await,
+        "reloaded"
+    );
+}
+
+#[tokio::test]
+async fn subscribers_keep_hearing_after_a_reload_changes_the_fanout_settings() {
+    let (gw, bs) = start("buffer = 16").await;
+    let mut ws = subscribe(&gw, "news").await;
+    reload_fanout(&gw, &bs, "buffer = 32").await;
+    let r = publish(gw.admin, "news", "after-reload").await;
+    assert!(r.body.contains("\"local_subscribers\":1"), "{}", r.body);
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("after-reload"));
+    assert!(quiet(&mut ws, Duration::from_millis(200)).await, "once");
+}
+
+#[tokio::test]
+async fn after_a_reload_a_bus_message_reaches_an_old_subscriber_once() {
+    let redis = scalegate_testkit::RedisServer::start().await;
+    let cfg = format!("redis = {{ url = \"{}\" }}", redis.url());
+    let (gw, bs) = start(&cfg).await;
+    let up = || async { gw.admin_get("/fanout").await.contains("\"bus_up\":true") };
+    assert!(eventually(Duration::from_secs(5), up).await);
+    let mut ws = subscribe(&gw, "news").await;
+    reload_fanout(&gw, &bs, &format!("{cfg}\nbuffer = 32")).await;
+    assert!(eventually(Duration::from_secs(5), up).await);
+    let r = publish(gw.admin, "news", "via-bus").await;
+    assert!(r.body.contains("\"via_bus\":true"), "{}", r.body);
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("via-bus"));
+    assert!(
+        quiet(&mut ws, Duration::from_millis(300)).await,
+        "the replaced hub no longer delivers: exactly once"
+    );
+}

@@ -115,13 +115,15 @@ async fn redis_subscribe(bus: Weak<Bus>, hub: Weak<Hub>) {
                 let Some(topic) = channel.strip_prefix(channel_prefix.as_str()) else {
                     continue;
                 };
-                let Some(hub) = hub.upgrade() else { return };
+                let Some(hub) = hub.upgrade().filter(|h| !h.is_retired()) else {
+                    return;
+                };
                 hub.deliver(topic, Bytes::copy_from_slice(msg.get_payload_bytes()));
             }
             set_up(&bus, false);
             tracing::warn!("fan-out bus: redis subscription lost; reconnecting");
         }
-        if hub.upgrade().is_none() {
+        if hub.upgrade().is_none_or(|h| h.is_retired()) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -152,7 +154,9 @@ async fn nats_subscribe(bus: Weak<Bus>, hub: Weak<Hub>) {
         let Some(topic) = msg.subject.as_str().strip_prefix(subject_prefix.as_str()) else {
             continue;
         };
-        let Some(hub) = hub.upgrade() else { return };
+        let Some(hub) = hub.upgrade().filter(|h| !h.is_retired()) else {
+            return;
+        };
         hub.deliver(topic, msg.payload);
     }
     set_up(&bus, false);

@@ -15,7 +15,7 @@ mod bus;
 pub mod ws;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -93,12 +93,18 @@ pub struct Published {
     pub local_subscribers: usize,
 }
 
+/// Topics and their subscribers, shared by a hub and the hub that replaces it on a reload.
+type Topics = Arc<Mutex<HashMap<Arc<str>, broadcast::Sender<Bytes>>>>;
+
 /// Topics and their subscribers on this instance, and the bus.
 #[derive(Debug)]
 pub struct Hub {
     spec: FanoutSpec,
-    topics: Mutex<HashMap<Arc<str>, broadcast::Sender<Bytes>>>,
+    topics: Topics,
     bus: Option<Arc<bus::Bus>>,
+    /// Replaced by a reload: its bus stops delivering (the new hub's delivers to the same
+    /// subscribers).
+    retired: AtomicBool,
     /// Messages published through this instance.
     pub published: AtomicU64,
     /// Messages handed to subscribers' queues (one per subscriber).
@@ -110,10 +116,21 @@ pub struct Hub {
 impl Hub {
     /// A hub with its bus connecting in the background.
     pub fn start(spec: FanoutSpec) -> Arc<Hub> {
+        Self::with_topics(spec, Topics::default())
+    }
+
+    /// A hub with new settings for the subscribers of `old`: they hear what is published
+    /// through it from now on. Call `old.retire()` once it is in force.
+    pub fn take_over(spec: FanoutSpec, old: &Hub) -> Arc<Hub> {
+        Self::with_topics(spec, old.topics.clone())
+    }
+
+    fn with_topics(spec: FanoutSpec, topics: Topics) -> Arc<Hub> {
         Arc::new_cyclic(|me| Hub {
             bus: spec.bus.clone().map(|b| bus::Bus::start(b, me.clone())),
             spec,
-            topics: Mutex::new(HashMap::new()),
+            topics,
+            retired: AtomicBool::new(false),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped_slow: AtomicU64::new(0),
@@ -123,6 +140,16 @@ impl Hub {
     /// The settings it runs with.
     pub fn spec(&self) -> &FanoutSpec {
         &self.spec
+    }
+
+    /// Stops this hub's bus from delivering: a hub that took it over delivers instead.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a newer hub took over.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// The topic a request subscribes to, if its listener and path are the hub's.
