@@ -96,21 +96,26 @@ async fn read_message(
 
 /// A request's total length once its head is complete (bodies by Content-Length only).
 fn request_len(buf: &[u8]) -> io::Result<Option<usize>> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf).map_err(io::Error::other)? {
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(head) => Ok(Some(head + content_length(req.headers))),
-    }
+    message_len(buf, true)
 }
 
 /// A response's total length once its head is complete (bodies by Content-Length only).
 fn response_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    message_len(buf, false)
+}
+
+fn message_len(buf: &[u8], request: bool) -> io::Result<Option<usize>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf).map_err(io::Error::other)? {
+    let (status, headers) = if request {
+        let mut req = httparse::Request::new(&mut headers);
+        (req.parse(buf), req.headers)
+    } else {
+        let mut resp = httparse::Response::new(&mut headers);
+        (resp.parse(buf), resp.headers)
+    };
+    match status.map_err(io::Error::other)? {
         httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(head) => Ok(Some(head + content_length(resp.headers))),
+        httparse::Status::Complete(head) => Ok(Some(head + content_length(headers))),
     }
 }
 
