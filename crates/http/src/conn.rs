@@ -529,6 +529,7 @@ mod tests {
                 gateway: gw,
                 listener: Arc::from("t"),
                 peer: "127.0.0.1:1".parse().expect("addr"),
+                max_head: 65536,
                 worker: 0,
                 scheme: "http",
                 activity: Activity::default(),

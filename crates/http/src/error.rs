@@ -22,6 +22,9 @@ pub enum ProxyError {
     /// The request body is over the route's limit (client's side).
     #[error("request body over the route's limit")]
     BodyTooLarge,
+    /// The request line and headers are over the listener's `max_header_bytes` (client's side).
+    #[error("request header fields too large")]
+    HeadersTooLarge,
     /// Every endpoint of the upstream is out of rotation (upstream's side; retry later).
     #[error("no healthy endpoint in upstream")]
     NoHealthyEndpoint,
@@ -68,6 +71,7 @@ impl ProxyError {
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoHealthyEndpoint
             | ProxyError::PoolExhausted
             | ProxyError::Draining
@@ -128,7 +132,9 @@ impl ProxyError {
             ProxyError::NoRoute => 12,       // UNIMPLEMENTED
             ProxyError::Forbidden => 7,      // PERMISSION_DENIED
             ProxyError::BadRequest(_) => 13, // INTERNAL
-            ProxyError::BodyTooLarge | ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            ProxyError::BodyTooLarge
+            | ProxyError::HeadersTooLarge
+            | ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             ProxyError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
             ProxyError::NoHealthyEndpoint
             | ProxyError::PoolExhausted

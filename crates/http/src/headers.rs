@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::error::ProxyError;
+
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -102,6 +104,37 @@ pub fn add_forwarded(
 }
 
 /// Returns the request's X-Request-Id, adding a fresh random one (32 hex digits) if it has none.
+/// What hyper lets through but RFC 9112 §3.2 and the listener's limit do not: more than one
+/// Host, a Host that is not an authority, an HTTP/1.1 request with no Host (400); a request line
+/// and headers over `max_head` bytes (431: hyper's own limit is on its read buffer, which a
+/// single large read can overshoot).
+pub fn check_head(parts: &http::request::Parts, max_head: usize) -> Result<(), ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+        (Some(h), None) => {
+            // Empty is allowed: a client sends it when the target has no authority.
+            if !h.is_empty() && http::uri::Authority::try_from(h.as_bytes()).is_err() {
+                return Err(ProxyError::BadRequest("Host is not a valid authority"));
+            }
+        }
+        (None, None) => {
+            if parts.version == http::Version::HTTP_11 && parts.uri.authority().is_none() {
+                return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+            }
+        }
+    }
+    // Each field line costs its name, ": ", its value and CRLF on the wire.
+    let mut size = parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 16;
+    for (name, value) in &parts.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size > max_head {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID) {
         return v.clone();

@@ -46,6 +46,8 @@ pub struct ConnCtx {
     pub listener: Arc<str>,
     /// Client address.
     pub peer: SocketAddr,
+    /// The listener's `max_header_bytes`: the largest request line and headers accepted.
+    pub max_head: usize,
     /// Worker serving the connection (selects the connection pool).
     pub worker: usize,
     /// "http" or "https".
@@ -65,8 +67,15 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let snap = ctx.gateway.snapshot();
     let (mut parts, body) = req.into_parts();
     let grpc = crate::error::is_grpc(&parts.headers);
+    let head_error = headers::check_head(&parts, ctx.max_head).err();
     // One id for the whole request: every attempt, the access log and the client's copy.
     let request_id = headers::ensure_request_id(&mut parts.headers);
+    if let Some(e) = head_error {
+        let mut resp = local_reply(&e, grpc);
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        return resp;
+    }
     if let Some(hub) = &snap.fanout
         && let Some(topic) = hub
             .topic_of(&ctx.listener, parts.uri.path())
@@ -570,6 +579,11 @@ fn classify(err: &hyper::Error) -> ProxyError {
             return ProxyError::BodyTooLarge;
         }
         source = e.source();
+    }
+    // The request body the client sent failed (bad chunked framing, cut short): the client's
+    // fault, not the upstream's, so no 502 and nothing counted against the endpoint.
+    if err.is_user() {
+        return ProxyError::BadRequest("request body malformed or cut short");
     }
     if err.is_timeout() {
         ProxyError::UpstreamTimeout

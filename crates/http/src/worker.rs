@@ -304,6 +304,7 @@ async fn accept_loop(
             gateway: w.gw.clone(),
             listener: name.clone(),
             peer,
+            max_head: spec.max_header_bytes,
             worker: w.id,
             scheme: if spec.tls.is_some() { "https" } else { "http" },
             activity: conn::Activity::default(),

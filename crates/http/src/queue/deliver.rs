@@ -42,6 +42,8 @@ pub(super) async fn deliver(
         gateway: gw.clone(),
         listener: Arc::from(route.spec.listener.as_deref().unwrap_or("queue")),
         peer: job.peer(),
+        // A stored job's head was checked when it was queued.
+        max_head: usize::MAX,
         worker: 0,
         scheme: "http",
         activity: Default::default(),
