@@ -670,12 +670,13 @@ fn rewrite_request(
     protocol: UpstreamProtocol,
     endpoint: &HttpEndpoint,
 ) {
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority when it has one (HTTP/2, or the absolute form, where RFC 9112
+    // §3.2.2 says Host is ignored), as routing did; else Host.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());

@@ -137,6 +137,15 @@ async fn host_headers_follow_rfc_9112() {
     // HTTP/1.0 needs no Host.
     let (out, _) = raw(gw.http, b"GET / HTTP/1.0\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.0 200"), "{out:?}");
+    // In the absolute form the target's authority wins over Host, upstream too.
+    let (out, _) = raw(
+        gw.http,
+        b"GET http://b.example/ HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    let seen = bs[0].last_headers().expect("a request");
+    assert_eq!(seen["host"], "b.example");
 }
 
 #[tokio::test]
