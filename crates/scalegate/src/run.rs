@@ -108,8 +108,9 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = match &path {
-        Some(p) if config.watch_config => watch_file(p, changed_tx),
+    let mut watched = config.files.clone();
+    let mut _watcher = match &path {
+        Some(p) if config.watch_config => watch_files(p, &watched, changed_tx.clone()),
         _ => None,
     };
     let mut running = config;
@@ -159,6 +160,14 @@ async fn serve(
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
+        }
+        // A reload that names other TLS files: watch those instead.
+        if let Some(p) = &path
+            && running.watch_config
+            && running.files != watched
+        {
+            watched.clone_from(&running.files);
+            _watcher = watch_files(p, &watched, changed_tx.clone());
         }
     }
 
@@ -257,6 +266,7 @@ fn reload(
             tracing::info!(version = snap.version, summary = %next.summary(), "config reloaded");
             running.gateway = next.gateway;
             running.drain_timeout = next.drain_timeout;
+            running.files = next.files;
             counted("ok");
         }
         Err(e) => {
@@ -266,30 +276,46 @@ fn reload(
     }
 }
 
-/// Watches the config file's directory (editors replace files by rename) for changes to it.
-fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
-    let file = path.file_name()?.to_os_string();
-    let dir = match path.parent() {
+/// Watches the directories of the config file and of the TLS files it names (editors and
+/// Kubernetes replace files by rename; Kubernetes swaps a `..data` link in a mounted ConfigMap or
+/// Secret) and reports a change to any of them.
+fn watch_files(
+    config: &Path,
+    files: &[PathBuf],
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let dir_of = |p: &Path| match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let all: Vec<&Path> = std::iter::once(config)
+        .chain(files.iter().map(PathBuf::as_path))
+        .collect();
+    let names: Vec<std::ffi::OsString> = all
+        .iter()
+        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+        .collect();
+    let mut dirs: Vec<PathBuf> = all.iter().map(|p| dir_of(p)).collect();
+    dirs.sort();
+    dirs.dedup();
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
             && !ev.kind.is_access()
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file.as_os_str()))
+            && ev.paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    names.iter().any(|w| w == n) || n.to_string_lossy().starts_with("..data")
+                })
+            })
         {
             let _ = tx.send(());
         }
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch config file; SIGHUP still reloads"))
     .ok()?;
-    w.watch(&dir, notify::RecursiveMode::NonRecursive)
-        .map_err(
-            |e| tracing::warn!(error = %e, "cannot watch config directory; SIGHUP still reloads"),
-        )
-        .ok()?;
+    for dir in &dirs {
+        if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; SIGHUP still reloads");
+        }
+    }
     Some(w)
 }

@@ -191,3 +191,35 @@ fn a_missing_certificate_is_reported_at_the_tls_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_rewritten_certificate_file_reloads_the_config_without_a_signal() {
+    let bs = backends(1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(data("localhost.crt"), &cert).expect("cert");
+    std::fs::copy(data("localhost.key"), &key).expect("key");
+    let listener = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let gw = GatewayProcess::start_full(BIN, "", &listener, &app(&bs, "")).await;
+    let reloaded = || async {
+        gw.admin_get("/metrics")
+            .await
+            .contains("scalegate_config_reloads_total{result=\"ok\"} 1")
+    };
+    assert!(!reloaded().await);
+    // A certificate rotation (cert-manager, a renewed Let's Encrypt chain) rewrites the files.
+    std::fs::write(&cert, std::fs::read(data("localhost.crt")).expect("read")).expect("write");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), reloaded).await,
+        "the change reloaded the config"
+    );
+    let ca = std::fs::read(data("ca.crt")).expect("ca");
+    let (r, _) = tls_get(gw.http, "/", &ca, true)
+        .await
+        .expect("TLS still served");
+    assert_eq!(r.status.as_u16(), 200);
+}

@@ -13,6 +13,7 @@ mod cluster;
 mod dns;
 mod edits;
 mod fanout;
+mod files;
 mod lint;
 mod pg;
 mod queue;
@@ -53,6 +54,8 @@ pub struct Config {
     pub postgres: Option<scalegate_pg::PgSpec>,
     /// Valid but surprising settings, as (line, column, "warning: ...").
     pub warnings: Vec<(usize, usize, String)>,
+    /// The TLS files it read; a change to one reloads like a change to the config file.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// Threads and runtime shape.
@@ -127,8 +130,10 @@ impl Config {
             }]
         })?;
         let warnings = lint::lint(&raw);
+        let files = files::referenced(&raw, base);
         let mut config = validate::validate(raw, base)?;
         config.warnings = warnings.into_iter().map(|p| locate(text, p)).collect();
+        config.files = files;
         Ok(config)
     }
 

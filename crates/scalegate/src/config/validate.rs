@@ -199,6 +199,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         },
         postgres,
         warnings: Vec::new(),
+        files: Vec::new(),
     })
 }
 
