@@ -172,40 +172,73 @@ pub async fn serve(
         return Box::pin(serve_tls(acceptor, stream, ctx, &protocols, &mut shutdown)).await;
     }
     match sniff(&stream, protocols.header_read_timeout).await {
-        Ok(Sniffed::H1) => serve_h1(stream, ctx, &protocols, &mut shutdown).await,
-        Ok(Sniffed::H2) => Box::pin(serve_h2(stream, ctx, &protocols, &mut shutdown)).await,
+        Ok(Sniffed::H1(prefix)) => serve_h1(stream, prefix, ctx, &protocols, &mut shutdown).await,
+        Ok(Sniffed::H2(prefix)) => {
+            let io = Prefixed {
+                prefix,
+                inner: stream,
+            };
+            Box::pin(serve_h2(io, ctx, &protocols, &mut shutdown)).await;
+        }
         Ok(Sniffed::Closed) | Err(_) => {}
     }
 }
 
+/// The protocol, with the bytes the sniff had to take off the socket (usually none).
 enum Sniffed {
-    H1,
-    H2,
+    H1(Bytes),
+    H2(Bytes),
     Closed,
 }
 
-/// Tells HTTP/2 prior knowledge from HTTP/1 by the first bytes, without consuming them.
+/// Tells HTTP/2 prior knowledge from HTTP/1 by the first bytes: a peek, which consumes nothing,
+/// decides almost every connection. Only when the first bytes are a part of the preface does it
+/// read them (a peek cannot see an EOF behind pending bytes, and would spin on them) and read on
+/// until they differ, complete the preface, or the client closes.
 async fn sniff(stream: &TcpStream, limit: Duration) -> io::Result<Sniffed> {
     let deadline = tokio::time::Instant::now() + limit;
+    let timed_out = |_| io::Error::from(io::ErrorKind::TimedOut);
     let mut buf = [0u8; 24];
+    let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+        .await
+        .map_err(timed_out)??;
+    if n == 0 {
+        return Ok(Sniffed::Closed);
+    }
+    if buf[..n] != H2_PREFACE[..n] {
+        return Ok(Sniffed::H1(Bytes::new()));
+    }
+    if n == H2_PREFACE.len() {
+        return Ok(Sniffed::H2(Bytes::new()));
+    }
+    let mut got = 0;
     loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+        // Never past the preface's length: what follows stays on the socket.
+        let n = tokio::time::timeout_at(deadline, read_some(stream, &mut buf[got..]))
             .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            .map_err(timed_out)??;
         if n == 0 {
             return Ok(Sniffed::Closed);
         }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Sniffed::H1);
+        got += n;
+        let prefix = Bytes::copy_from_slice(&buf[..got]);
+        if buf[..got] != H2_PREFACE[..got] {
+            return Ok(Sniffed::H1(prefix));
         }
-        if n == H2_PREFACE.len() {
-            return Ok(Sniffed::H2);
+        if got == H2_PREFACE.len() {
+            return Ok(Sniffed::H2(prefix));
         }
-        // A partial preface: peek does not consume readiness, so wait a moment for the rest.
-        if tokio::time::Instant::now() >= deadline {
-            return Err(io::ErrorKind::TimedOut.into());
+    }
+}
+
+/// One read into `buf` from a shared socket.
+async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -232,12 +265,13 @@ fn service(
 
 async fn serve_h1(
     stream: TcpStream,
+    prefix: Bytes,
     ctx: Arc<ConnCtx>,
     protocols: &Protocols,
     shutdown: &mut Shutdown,
 ) {
     let mut io = Prefixed {
-        prefix: Bytes::new(),
+        prefix,
         inner: stream,
     };
     loop {

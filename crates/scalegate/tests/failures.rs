@@ -279,3 +279,33 @@ async fn an_upstream_body_that_stalls_is_cut_off_after_the_read_timeout() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_partial_http2_preface_is_told_apart_or_let_go() {
+    let bs = backends(1).await;
+    let gw =
+        GatewayProcess::start_full(BIN, "", "header_read_timeout = \"60s\"", &app(&bs, "")).await;
+    // The first bytes of the HTTP/2 preface, then the client leaves: the connection ends then,
+    // not at the header timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut out = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    assert!(ended.is_ok(), "let go when the client left");
+    // A slow HTTP/1.1 client whose first byte could begin the preface is served.
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"P").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"OST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+}
