@@ -189,11 +189,7 @@ async fn body_over_the_route_limit_is_413() {
 #[tokio::test]
 async fn slowloris_client_is_cut_off_after_the_header_timeout() {
     let bs = backends(1).await;
-    let gw =
-        GatewayProcess::start_full(BIN, "", "header_read_timeout = \"300ms\"", &app(&bs, "")).await;
-    let mut s = tokio::net::TcpStream::connect(gw.http)
-        .await
-        .expect("connect");
+    let (_gw, mut s) = connected(&bs, "300ms").await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
@@ -283,13 +279,9 @@ async fn an_upstream_body_that_stalls_is_cut_off_after_the_read_timeout() {
 #[tokio::test]
 async fn a_partial_http2_preface_is_told_apart_or_let_go() {
     let bs = backends(1).await;
-    let gw =
-        GatewayProcess::start_full(BIN, "", "header_read_timeout = \"60s\"", &app(&bs, "")).await;
     // The first bytes of the HTTP/2 preface, then the client leaves: the connection ends then,
     // not at the header timeout.
-    let mut s = tokio::net::TcpStream::connect(gw.http)
-        .await
-        .expect("connect");
+    let (gw, mut s) = connected(&bs, "60s").await;
     s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
     s.shutdown().await.expect("shutdown");
     let mut out = Vec::new();
@@ -308,4 +300,17 @@ async fn a_partial_http2_preface_is_told_apart_or_let_go() {
     s.read_to_end(&mut out).await.expect("read");
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+}
+
+/// A gateway in front of `bs` with `header_read_timeout` set, and a raw connection to it.
+async fn connected(
+    bs: &[Backend],
+    header_timeout: &str,
+) -> (GatewayProcess, tokio::net::TcpStream) {
+    let listener = format!("header_read_timeout = \"{header_timeout}\"");
+    let gw = GatewayProcess::start_full(BIN, "", &listener, &app(bs, "")).await;
+    let s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    (gw, s)
 }

@@ -326,12 +326,7 @@ async fn reload_fanout(gw: &GatewayProcess, bs: &[Backend], fanout: &str) {
     gw.write_config(&format!("[fanout]\n{fanout}\n\n{}", app(bs, "")));
     gw.signal(libc::SIGHUP);
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            gw.admin_get("/metrics")
-                .await
-                .contains("scalegate_config_reloads_total{result=\"ok\"} 1")
-        })
-        .await,
+        metrics_show(gw, "scalegate_config_reloads_total{result=\"ok\"} 1").await,
         "reloaded"
     );
 }

@@ -155,13 +155,7 @@ async fn random_messages_never_break_the_pooler_or_leak_servers() {
         }
     }
     // Everyone else is still served.
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect after the fuzz");
-    tokio::spawn(conn);
+    let client = pg_client(port, "app").await;
     let one: i32 = client
         .query_one("SELECT 1", &[])
         .await
@@ -170,13 +164,7 @@ async fn random_messages_never_break_the_pooler_or_leak_servers() {
     assert_eq!(one, 1);
     drop(client);
     // And every server connection came back: none is left active once the clients are gone.
-    let (console, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=scalegate"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("console");
-    tokio::spawn(conn);
+    let console = pg_client(port, "scalegate").await;
     let settled = eventually(Duration::from_secs(10), || async {
         let rows = console
             .simple_query("SHOW POOLS")

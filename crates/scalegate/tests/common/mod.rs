@@ -174,3 +174,11 @@ impl Rng {
         from[self.below(from.len())]
     }
 }
+
+/// Whether `gw`'s /metrics comes to contain `needle` within 10 s (e.g. a reload's count).
+pub async fn metrics_show(gw: &GatewayProcess, needle: &str) -> bool {
+    eventually(std::time::Duration::from_secs(10), || async {
+        gw.admin_get("/metrics").await.contains(needle)
+    })
+    .await
+}
