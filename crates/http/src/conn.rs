@@ -221,12 +221,11 @@ async fn sniff(stream: &TcpStream, limit: Duration) -> io::Result<Sniffed> {
             return Ok(Sniffed::Closed);
         }
         got += n;
-        let prefix = Bytes::copy_from_slice(&buf[..got]);
         if buf[..got] != H2_PREFACE[..got] {
-            return Ok(Sniffed::H1(prefix));
+            return Ok(Sniffed::H1(Bytes::copy_from_slice(&buf[..got])));
         }
         if got == H2_PREFACE.len() {
-            return Ok(Sniffed::H2(prefix));
+            return Ok(Sniffed::H2(Bytes::copy_from_slice(&buf[..got])));
         }
     }
 }

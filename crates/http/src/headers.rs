@@ -103,7 +103,6 @@ pub fn add_forwarded(
     }
 }
 
-/// Returns the request's X-Request-Id, adding a fresh random one (32 hex digits) if it has none.
 /// What hyper lets through but RFC 9112 §3.2 and the listener's limit do not: more than one
 /// Host, a Host that is not an authority, an HTTP/1.1 request with no Host (400); a request line
 /// and headers over `max_head` bytes (431: hyper's own limit is on its read buffer, which a
@@ -135,6 +134,7 @@ pub fn check_head(parts: &http::request::Parts, max_head: usize) -> Result<(), P
     Ok(())
 }
 
+/// Returns the request's X-Request-Id, adding a fresh random one (32 hex digits) if it has none.
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID) {
         return v.clone();
