@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, LimitClause, OrderByKind, OrderBySort, Query, SelectItem,
     SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
-    visit_expressions,
+    visit_expressions, visit_relations,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -49,6 +49,12 @@ pub struct ShardingSpec {
 pub enum Plan {
     /// One shard.
     One(usize),
+    /// Any one shard gives the same answer: nothing sharded is read or written (a tableless
+    /// SELECT such as `SELECT 1` or `now()`, SHOW).
+    Any,
+    /// Transaction control or a setting (BEGIN, SAVEPOINT, SET …): runs on the shard of the
+    /// transaction it belongs to, or on any one shard outside a transaction.
+    Control,
     /// Every shard, rows merged.
     FanOut(Merge),
     /// Per-shard statements (a multi-row INSERT split by key).
@@ -175,6 +181,9 @@ impl ShardingSpec {
                     .into(),
             );
         };
+        if let Some(p) = unsharded(stmt) {
+            return p;
+        }
         self.plan_statement(stmt, params)
     }
 
@@ -396,6 +405,27 @@ impl ShardingSpec {
             }
         }
         Plan::FanOut(merge)
+    }
+}
+
+/// `Any` or `Control` for a statement that touches no table, else `None`.
+fn unsharded(stmt: &Statement) -> Option<Plan> {
+    match stmt {
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Set(_)
+        | Statement::Reset(_)
+        | Statement::Discard { .. } => Some(Plan::Control),
+        Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => Some(Plan::Any),
+        Statement::Query(q)
+            if visit_relations(q.as_ref(), |_| ControlFlow::Break(())).is_continue() =>
+        {
+            Some(Plan::Any)
+        }
+        _ => None,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod nats;
 pub mod origin;
 pub mod postgres;
 pub mod process;
+pub mod python;
 pub mod redis;
 pub mod tls_backend;
 

@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 use crate::stream::ClientStream;
 
 use crate::classify::Class;
+mod batch;
+mod fan_out;
 mod sharded;
+mod split;
 
 use crate::login::{self, LOGIN_TIMEOUT, Refusal};
 use crate::pool::{AcquireError, Lease, Pool, Route};
@@ -130,6 +133,9 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         sharding: pool.db.sharding.clone(),
         deferred_begin: false,
         swallow_z: 0,
+        swallow_lone_z: 0,
+        aside_sync: false,
+        skip_to_sync: false,
         shard_txn_failed: false,
         copy_in: false,
         wrote: false,
@@ -190,6 +196,13 @@ struct Session {
     deferred_begin: bool,
     /// ReadyForQuery messages still to swallow (answers to a BEGIN sent on the client's behalf).
     swallow_z: usize,
+    /// ReadyForQuery messages to keep from the client while forwarding what precedes them
+    /// (answers to a Sync or a refusal the pooler sent on its own).
+    swallow_lone_z: usize,
+    /// The batch being forwarded ran aside and ends with Flush: close it with our own Sync.
+    aside_sync: bool,
+    /// A Flush-ended batch was refused: the client's messages up to its Sync are dropped.
+    skip_to_sync: bool,
     /// A statement of a deferred transaction was refused: only COMMIT/ROLLBACK are accepted.
     shard_txn_failed: bool,
     /// The server asked for COPY data (CopyInResponse seen, ReadyForQuery not yet).
@@ -270,7 +283,11 @@ impl Session {
 
     /// Handles every complete client message in the buffer.
     async fn client_messages(&mut self) -> Option<End> {
-        if self.lease.is_none() {
+        if self.lease.is_some() {
+            if let Some(end) = self.guard_transaction().await {
+                return end;
+            }
+        } else {
             if let Some(end) = self.refuse_locally().await {
                 return end;
             }
@@ -343,7 +360,10 @@ impl Session {
         self.cbuf.advance(consumed);
         let r = conn.stream.write_all(&self.to_server).await;
         self.to_server.clear();
-        r.err().map(|e| End::ServerLost(e.to_string()))
+        if let Err(e) = r {
+            return Some(End::ServerLost(e.to_string()));
+        }
+        self.close_aside().await
     }
 
     /// In transaction mode, a simple query that needs a session of its own is answered with
@@ -457,9 +477,11 @@ impl Session {
                 b'G' => self.copy_in = true,
                 b'Z' => {
                     self.copy_in = false;
-                    self.pending_z = self.pending_z.saturating_sub(1);
                     self.status = msg.get(5).copied().unwrap_or(b'I');
-                    self.pool.stats.queries.fetch_add(1, Relaxed);
+                    if self.swallow_lone_z == 0 {
+                        self.pending_z = self.pending_z.saturating_sub(1);
+                        self.pool.stats.queries.fetch_add(1, Relaxed);
+                    }
                     if self.transaction {
                         self.track.settle(self.status, &mut conn.settings);
                     }
@@ -470,7 +492,10 @@ impl Session {
             }
             // While a sharded client's BEGIN waits for a statement with a key, describe-only
             // batches run outside any transaction; the client still sees itself in one.
-            let action = if tag == b'Z' && self.deferred_begin {
+            let action = if tag == b'Z' && self.swallow_lone_z > 0 {
+                self.swallow_lone_z -= 1;
+                Action::Drop
+            } else if tag == b'Z' && self.deferred_begin {
                 Action::InTransaction
             } else {
                 action
@@ -506,7 +531,13 @@ impl Session {
         if r.is_err() {
             return Some(End::Client);
         }
-        if self.transaction && self.pending_z == 0 && !self.unsynced && self.status == b'I' {
+        if self.transaction
+            && self.pending_z == 0
+            && !self.unsynced
+            && self.status == b'I'
+            && self.swallow_z == 0
+            && self.swallow_lone_z == 0
+        {
             if self.wrote
                 && let Some(lease) = self.lease.as_mut()
             {
@@ -633,13 +664,20 @@ impl Session {
             return false;
         }
         // A pipelined batch waits for the answers to the one in flight (unless COPY data is
-        // what the server waits for): it may belong on another server.
+        // what the server waits for): it may belong on another server. In a sharded database
+        // each batch is also checked whole against the transaction's shard.
         if self.lease.is_some() {
-            return self.pending_z > 0 && !self.copy_in;
+            if self.copy_in {
+                return false;
+            }
+            if self.pending_z > 0 || self.swallow_lone_z > 0 {
+                return true;
+            }
+            if self.sharding.is_none() {
+                return false;
+            }
         }
-        self.lease.is_none()
-            && !proto::messages(&self.cbuf)
-                .any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
+        !proto::messages(&self.cbuf).any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
     }
 }
 
