@@ -17,6 +17,7 @@ use crate::stream::ClientStream;
 use crate::classify::Class;
 mod batch;
 mod fan_out;
+mod merge;
 mod sharded;
 mod split;
 
