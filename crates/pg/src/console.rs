@@ -208,6 +208,7 @@ const POOL_COLS: &[&str] = &[
     "maxwait_us",
     "pool_mode",
     "pool_size",
+    "shard",
 ];
 
 fn mode(m: PoolMode) -> String {
@@ -230,20 +231,38 @@ fn per_pool(pooler: &Pooler, rest: impl Fn(&crate::pool::Pool) -> Vec<String>) -
         .collect()
 }
 
+/// One row per pool; a sharded database's pool has one row per shard, whose server columns
+/// count that shard's connections (the client columns are the pool's).
 fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
-    per_pool(pooler, |p| {
+    let mut rows = Vec::new();
+    for p in pooler.pools().iter() {
         let s = &p.stats;
-        vec![
-            s.clients.load(Relaxed).to_string(),
-            s.waiting.load(Relaxed).to_string(),
-            s.active.load(Relaxed).to_string(),
-            p.idle_count().to_string(),
-            s.open.load(Relaxed).to_string(),
-            s.max_wait_us.load(Relaxed).to_string(),
-            mode(p.mode()),
-            p.db.pool_size.to_string(),
-        ]
-    })
+        let row = |active: usize, idle: usize, open: usize, shard: String| {
+            vec![
+                p.db.name.clone(),
+                p.user.clone(),
+                s.clients.load(Relaxed).to_string(),
+                s.waiting.load(Relaxed).to_string(),
+                active.to_string(),
+                idle.to_string(),
+                open.to_string(),
+                s.max_wait_us.load(Relaxed).to_string(),
+                mode(p.mode()),
+                p.db.pool_size.to_string(),
+                shard,
+            ]
+        };
+        if p.db.sharding.is_some() {
+            for shard in 0..p.topology.hosts.len() {
+                let (active, idle) = p.host_usage(shard);
+                rows.push(row(active, idle, active + idle, shard.to_string()));
+            }
+        } else {
+            let (active, open) = (s.active.load(Relaxed), s.open.load(Relaxed));
+            rows.push(row(active, p.idle_count(), open, String::new()));
+        }
+    }
+    rows
 }
 
 const STATS_COLS: &[&str] = &[
@@ -343,6 +362,7 @@ fn db_rows(pooler: &Pooler) -> Vec<Vec<String>> {
 
 const HOST_COLS: &[&str] = &[
     "database",
+    "shard",
     "host",
     "port",
     "role",
@@ -359,9 +379,15 @@ fn host_rows(pooler: &Pooler) -> Vec<Vec<String>> {
         let Some(t) = pooler.topology(&d.name) else {
             continue;
         };
-        for h in &t.hosts {
+        for (i, h) in t.hosts.iter().enumerate() {
+            let shard = if d.sharding.is_some() {
+                i.to_string()
+            } else {
+                String::new()
+            };
             rows.push(vec![
                 d.name.clone(),
+                shard,
                 h.spec.host.clone(),
                 h.spec.port.to_string(),
                 h.role().name().to_string(),

@@ -79,6 +79,11 @@ pub enum Route {
     },
     /// One shard of a sharded database (index into its shard list).
     Shard(usize),
+    /// Work that needs a server but no particular one and is not one of the client's
+    /// transactions (learning server parameters at login, statements that read nothing
+    /// sharded): the primary, or for a sharded database the shard with the fewest
+    /// transactions in flight. Not counted in the host's transactions.
+    Any,
 }
 
 /// One host's connections.
@@ -222,6 +227,8 @@ impl Pool {
                     .or_else(|| self.topology.primary()),
                 Route::Primary => self.topology.primary(),
                 Route::Shard(i) => Some(i.min(self.hosts.len().saturating_sub(1))),
+                Route::Any if self.db.sharding.is_some() => self.least_busy_host(),
+                Route::Any => self.topology.primary(),
             };
             if let Some(i) = picked {
                 return Ok(i);
@@ -284,7 +291,7 @@ impl Pool {
                 );
                 continue;
             }
-            return Ok(self.lend(conn, host, permit));
+            return Ok(self.lend(conn, host, permit, route != Route::Any));
         }
         let id = self.next_server.fetch_add(1, Relaxed);
         let mut spec = self.topology.hosts[host].spec.clone();
@@ -300,14 +307,39 @@ impl Pool {
         {
             p.clone_from(&conn.params);
         }
-        Ok(self.lend(conn, host, permit))
+        Ok(self.lend(conn, host, permit, route != Route::Any))
     }
 
-    fn lend(&self, conn: ServerConn, host: usize, permit: OwnedSemaphorePermit) -> Lease {
+    /// The host with the fewest leases out (the lowest index among equals).
+    fn least_busy_host(&self) -> Option<usize> {
+        (0..self.hosts.len()).min_by_key(|&i| self.topology.hosts[i].outstanding.load(Relaxed))
+    }
+
+    /// This pool's connections on `host`: (lent out, idle).
+    pub fn host_usage(&self, host: usize) -> (usize, usize) {
+        let Some(h) = self.hosts.get(host) else {
+            return (0, 0);
+        };
+        let lent = self
+            .db
+            .pool_size
+            .saturating_sub(h.permits.available_permits());
+        (lent, h.idle.lock().map_or(0, |i| i.len()))
+    }
+
+    fn lend(
+        &self,
+        conn: ServerConn,
+        host: usize,
+        permit: OwnedSemaphorePermit,
+        transaction: bool,
+    ) -> Lease {
         self.stats.active.fetch_add(1, Relaxed);
         let h = &self.topology.hosts[host];
         h.outstanding.fetch_add(1, Relaxed);
-        h.xacts.fetch_add(1, Relaxed);
+        if transaction {
+            h.xacts.fetch_add(1, Relaxed);
+        }
         if self.topology.has_replicas() && Some(host) != self.topology.primary() {
             self.stats.replica_xacts.fetch_add(1, Relaxed);
         }

@@ -155,7 +155,7 @@ async fn fanned_out_selects_answer_like_one_database_or_are_refused() {
          sharding = {{ function = \"hash\", virtual_shards = 8, keys = [\"users.user_id\", \"orders.user_id\"] }}\n",
         a.port, b.port
     );
-    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let gw = GatewayProcess::start(BIN, &cfg).await;
     let routed = pg_client(port, "app").await;
     let (one, conn) = tokio_postgres::connect(
         &format!(
@@ -230,4 +230,5 @@ async fn fanned_out_selects_answer_like_one_database_or_are_refused() {
         compared > 60 && refused > 60,
         "compared {compared}, refused {refused}"
     );
+    quiescent(&gw).await;
 }

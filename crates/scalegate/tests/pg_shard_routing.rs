@@ -20,7 +20,7 @@ const WRONG_SHARD: &str = "SELECT user_id FROM users \
 
 struct Shards {
     servers: Vec<PgServer>,
-    _gw: GatewayProcess,
+    gw: GatewayProcess,
     port: u16,
 }
 
@@ -43,11 +43,7 @@ async fn four_shards() -> Shards {
         urls.join(", ")
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;
-    Shards {
-        servers,
-        _gw: gw,
-        port,
-    }
+    Shards { servers, gw, port }
 }
 
 impl Shards {
@@ -179,6 +175,7 @@ async fn a_transaction_never_writes_to_a_shard_it_does_not_run_on() {
         .count();
     assert_eq!(n, 1);
     s.assert_placement();
+    quiescent(&s.gw).await;
 }
 
 const ASYNCPG: &str = r#"
@@ -274,4 +271,64 @@ async fn asyncpg_reads_and_writes_every_row_on_its_shard() {
             "shard {i} got none of the executemany rows"
         );
     }
+    quiescent(&s.gw).await;
+}
+
+/// The `xacts` column of SHOW HOSTS per shard, and the rows of SHOW POOLS.
+fn console(port: u16) -> (Vec<(String, u64)>, String) {
+    let hosts = scalegate_testkit::postgres::psql(port, "postgres", "scalegate", "SHOW HOSTS")
+        .expect("SHOW HOSTS");
+    let xacts = hosts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            Some((f.get(1)?.to_string(), f.last()?.parse().ok()?))
+        })
+        .collect();
+    let pools = scalegate_testkit::postgres::psql(port, "postgres", "scalegate", "SHOW POOLS")
+        .expect("SHOW POOLS");
+    (xacts, pools)
+}
+
+#[tokio::test]
+async fn the_console_shows_each_shard_and_logins_are_not_transactions() {
+    let s = four_shards().await;
+    s.seed();
+    // Clients that log in, prepare, ask the server version and set things run no transaction
+    // of their own: no shard's count moves, and shard 0 does not look hot.
+    for _ in 0..10 {
+        let c = pg_client(s.port, "app").await;
+        c.prepare("SELECT name FROM users WHERE user_id = $1")
+            .await
+            .expect("prepare");
+        c.simple_query("SELECT version()").await.expect("version");
+        c.simple_query("SET application_name = 'x'")
+            .await
+            .expect("set");
+    }
+    let (xacts, pools) = console(s.port);
+    let shards: Vec<&str> = xacts.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(shards, ["0", "1", "2", "3"], "{xacts:?}");
+    assert!(xacts.iter().all(|(_, n)| *n == 0), "{xacts:?}");
+    // Each pool row names its shard.
+    for shard in 0..4 {
+        assert!(
+            pools
+                .lines()
+                .any(|l| l.starts_with("app|postgres|") && l.ends_with(&format!("|{shard}"))),
+            "{pools}"
+        );
+    }
+    // A keyed transaction counts on its own shard.
+    let c = pg_client(s.port, "app").await;
+    c.query("SELECT name FROM users WHERE user_id = $1", &[&77i64])
+        .await
+        .expect("read on shard 2");
+    let (xacts, _) = console(s.port);
+    assert_eq!(
+        xacts.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [0, 0, 1, 0],
+        "{xacts:?}"
+    );
+    quiescent(&s.gw).await;
 }

@@ -21,7 +21,7 @@ impl Session {
             (b.len, b.syncs.max(1))
         };
         let out = match d {
-            Decision::Shard(_) | Decision::Aside(_) => return None,
+            Decision::Shard(_) | Decision::Aside => return None,
             Decision::Local(out) => Ok(out),
             Decision::Reject(why) => {
                 let status = if self.deferred_begin {

@@ -86,7 +86,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     let params = if params.is_empty() {
         // First client of this pool: log in to the server once to learn its parameters
         // (and to report a refused login to the client that caused it).
-        match pool.acquire(Route::Primary).await {
+        match pool.acquire(Route::Any).await {
             Ok(lease) => {
                 let p = lease.conn.params.clone();
                 pool.release(lease, true);
@@ -300,8 +300,8 @@ impl Session {
                         }
                         self.inject_deferred_begin();
                     }
-                    sharded::Decision::Aside(shard) => {
-                        if let Err(e) = self.acquire_on(Route::Shard(shard)).await {
+                    sharded::Decision::Aside => {
+                        if let Err(e) = self.acquire_on(Route::Any).await {
                             return self.acquire_failed(e).await;
                         }
                     }

@@ -26,9 +26,9 @@ use crate::sharding::{Merge, Plan, ShardingSpec};
 pub(super) enum Decision {
     /// Run it on one shard (the deferred BEGIN goes first).
     Shard(usize),
-    /// Run it on this shard outside the client's (deferred) transaction: it only prepares or
-    /// describes, or reads nothing sharded.
-    Aside(usize),
+    /// Run it on any one shard, outside the client's (deferred) transaction: it only prepares
+    /// or describes, or reads nothing sharded.
+    Aside,
     /// Answer it without a server.
     Local(BytesMut),
     /// Run it on every shard and merge.
@@ -106,7 +106,7 @@ impl Session {
             // Parse, Describe, Close: nothing runs, so nothing is pinned. A batch ended by
             // Flush gets a Sync of our own so that the server can go back once it answered.
             self.aside_sync = b.end == Some(b'H');
-            return Decision::Aside(0);
+            return Decision::Aside;
         }
         let plans: Vec<Plan> = b.execs.iter().map(|e| plan_exec(&spec, e)).collect();
         if let [only] = plans.as_slice() {
@@ -155,13 +155,18 @@ impl Session {
         let mut distinct: Vec<usize> = shards.iter().flatten().copied().collect();
         distinct.sort_unstable();
         distinct.dedup();
+        let begins = b
+            .execs
+            .iter()
+            .any(|e| e.sql.is_some_and(starts_transaction));
         match distinct.as_slice() {
-            [] if self.deferred_begin && !control => {
-                // Reads nothing sharded: answered on shard 0 without choosing the
-                // transaction's shard.
-                self.aside_sync = b.end == Some(b'H');
-                Decision::Aside(0)
+            // Reads nothing sharded, belongs to no transaction and is complete in itself: any
+            // shard answers.
+            [] if (!control || !self.deferred_begin) && !begins && b.end != Some(b'H') => {
+                Decision::Aside
             }
+            // A setting or savepoint inside a transaction belongs to it, and a transaction
+            // begun over the extended protocol is not held back: it runs on shard 0.
             [] => Decision::Shard(0),
             [s] => Decision::Shard(*s),
             [a, b_, ..] if self.deferred_begin => Decision::Reject(format!(
@@ -318,6 +323,14 @@ fn plan_exec(spec: &ShardingSpec, e: &Exec<'_>) -> Plan {
         }
         plan => plan,
     }
+}
+
+/// Whether `sql` is BEGIN or START TRANSACTION.
+fn starts_transaction(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    let first = text.split_whitespace().next().unwrap_or("");
+    let first = first.trim_end_matches(';');
+    first.eq_ignore_ascii_case("begin") || first.eq_ignore_ascii_case("start")
 }
 
 /// A statement that fails with 0A000 and `why` on the server (PL/pgSQL's RAISE).
