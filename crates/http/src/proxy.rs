@@ -59,7 +59,7 @@ pub struct ConnCtx {
 }
 
 /// Latency-estimate decay of the p2c balancer.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+const EWMA_DECAY: Duration = scalegate_core::ewma::DECAY;
 
 /// Entry point: one client request in, one response out. Never fails; failures are responses.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
@@ -459,7 +459,7 @@ async fn forward(
         drop(load);
         route.metrics.retries.inc();
         tracing::debug!(route = %route.spec.name, endpoint = %endpoint.addr, attempt, ?outcome, "retrying");
-        pick_req.avoid = Some(pick.index);
+        pick_req.tried.insert(pick.index);
         attempt += 1;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
