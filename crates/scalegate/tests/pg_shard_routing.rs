@@ -237,6 +237,25 @@ async def main(port):
     # A tableless SELECT is one row.
     assert len(await conn.fetch("SELECT version()")) == 1
     await conn.close()
+    # Without a statement cache (what PgBouncer setups use) asyncpg sends the unnamed
+    # statement: Parse/Describe/Flush, then Bind/Execute/Sync of it.
+    bare = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="app",
+                                 statement_cache_size=0)
+    for k in (1, 3, 77, 150, 4001):
+        got = await bare.fetchval("SELECT name FROM users WHERE user_id = $1", k)
+        assert got is not None and got.startswith(("u", "c")), (k, got)
+    try:
+        async with bare.transaction():
+            await bare.execute("INSERT INTO users (user_id, name) VALUES ($1, 'b')", 7001)
+            raise Rollback()
+    except Rollback:
+        pass
+    assert await bare.fetchval("SELECT name FROM users WHERE user_id = $1", 7001) is None
+    await bare.executemany("INSERT INTO users (user_id, name) VALUES ($1, $2)",
+                           [(k, f"e{k}") for k in range(7101, 7121)])
+    for k in range(7101, 7121):
+        assert await bare.fetchval("SELECT name FROM users WHERE user_id = $1", k) == f"e{k}", k
+    await bare.close()
     print("ok")
 
 asyncio.run(main(int(sys.argv[1])))
@@ -261,7 +280,14 @@ async fn asyncpg_reads_and_writes_every_row_on_its_shard() {
             "{k} stored once"
         );
     }
-    for k in [3001, 3002, 3003, 3004, 5051, 5052, 6001, 6002] {
+    for k in 7101..=7120 {
+        assert_eq!(
+            all.iter().filter(|&&x| x == k).count(),
+            1,
+            "{k} stored once"
+        );
+    }
+    for k in [3001, 3002, 3003, 3004, 5051, 5052, 6001, 6002, 7001] {
         assert!(!all.contains(&k), "{k} must not be stored");
     }
     // executemany spread its rows over every shard.
@@ -330,5 +356,214 @@ async fn the_console_shows_each_shard_and_logins_are_not_transactions() {
         [0, 0, 1, 0],
         "{xacts:?}"
     );
+    quiescent(&s.gw).await;
+}
+
+/// A raw protocol client: just enough framing to send what drivers send.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub fn msg(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+
+    fn cstr(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    }
+
+    pub fn parse(out: &mut Vec<u8>, sql: &str) {
+        let mut b = Vec::new();
+        cstr(&mut b, "");
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(out, b'P', &b);
+    }
+
+    /// Bind of the unnamed statement with one text parameter, then Execute.
+    pub fn bind_execute(out: &mut Vec<u8>, value: &str) {
+        let mut b = Vec::new();
+        cstr(&mut b, "");
+        cstr(&mut b, "");
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        b.extend_from_slice(value.as_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(out, b'B', &b);
+        msg(out, b'E', &[0, 0, 0, 0, 0]);
+    }
+
+    pub fn query(out: &mut Vec<u8>, sql: &str) {
+        let mut b = Vec::new();
+        cstr(&mut b, sql);
+        msg(out, b'Q', &b);
+    }
+
+    pub struct Conn {
+        s: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Conn {
+        pub async fn connect(port: u16) -> Conn {
+            let s = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let mut body = Vec::new();
+            body.extend_from_slice(&196_608i32.to_be_bytes());
+            for kv in ["user", "postgres", "database", "app", ""] {
+                cstr(&mut body, kv);
+            }
+            let mut start = (body.len() as i32 + 4).to_be_bytes().to_vec();
+            start.extend_from_slice(&body);
+            let mut c = Conn { s, buf: Vec::new() };
+            c.send(&start).await;
+            c.until_ready().await;
+            c
+        }
+
+        pub async fn send(&mut self, bytes: &[u8]) {
+            self.s.write_all(bytes).await.expect("send");
+        }
+
+        /// The next message: (tag, body).
+        pub async fn next(&mut self) -> (u8, Vec<u8>) {
+            loop {
+                if self.buf.len() >= 5 {
+                    let len =
+                        i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                            as usize;
+                    if self.buf.len() > len {
+                        let m: Vec<u8> = self.buf.drain(..=len).collect();
+                        return (m[0], m[5..].to_vec());
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    self.s.read(&mut chunk),
+                )
+                .await
+                .expect("an answer within 5 s")
+                .expect("read");
+                assert!(n > 0, "the pooler closed the connection");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        /// Tags up to and including the next ReadyForQuery, and its status.
+        pub async fn until_ready(&mut self) -> (Vec<u8>, u8) {
+            let mut tags = Vec::new();
+            loop {
+                let (tag, body) = self.next().await;
+                tags.push(tag);
+                if tag == b'Z' {
+                    return (tags, body[0]);
+                }
+            }
+        }
+
+        /// Whether anything arrives within `ms` milliseconds.
+        pub async fn quiet_for(&mut self, ms: u64) -> bool {
+            if !self.buf.is_empty() {
+                return false;
+            }
+            let mut chunk = [0u8; 1];
+            tokio::time::timeout(
+                std::time::Duration::from_millis(ms),
+                self.s.peek(&mut chunk),
+            )
+            .await
+            .is_err()
+        }
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body.
+fn sqlstate(body: &[u8]) -> String {
+    let mut fields = body.split(|&b| b == 0);
+    fields
+        .find(|f| f.first() == Some(&b'C'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn flush_ended_and_unnamed_statement_batches_are_routed_or_refused() {
+    let s = four_shards().await;
+    s.seed();
+    let mut c = raw::Conn::connect(s.port).await;
+    // The unnamed statement prepared in a batch of its own, then bound: routed by the Bind.
+    let mut out = Vec::new();
+    raw::parse(&mut out, "SELECT name FROM users WHERE user_id = $1");
+    raw::msg(&mut out, b'D', b"S\0");
+    raw::msg(&mut out, b'S', &[]);
+    c.send(&out).await;
+    assert_eq!(c.until_ready().await, (b"1tTZ".to_vec(), b'I'));
+    for (key, name) in [("77", "u77"), ("3", "u3"), ("1", "u1")] {
+        let mut out = Vec::new();
+        raw::bind_execute(&mut out, key);
+        raw::msg(&mut out, b'S', &[]);
+        c.send(&out).await;
+        let (tag, row) = c.next().await;
+        assert_eq!(tag, b'2', "BindComplete for {key}, got {}", tag as char);
+        let (tag, row2) = c.next().await;
+        assert_eq!(
+            tag,
+            b'D',
+            "a row for {key}: {:?}",
+            String::from_utf8_lossy(&row2)
+        );
+        assert!(row2.ends_with(name.as_bytes()), "{key}: {row:?} {row2:?}");
+        assert_eq!(c.until_ready().await, (b"CZ".to_vec(), b'I'));
+    }
+    // In a transaction on shard 2, a Flush-ended batch for shard 1 is refused: the error comes
+    // at once, nothing else until the client's Sync, then the transaction is failed.
+    let mut out = Vec::new();
+    raw::query(&mut out, "BEGIN");
+    c.send(&out).await;
+    assert_eq!(c.until_ready().await.1, b'T');
+    let mut out = Vec::new();
+    raw::parse(&mut out, "UPDATE users SET score = 42 WHERE user_id = $1");
+    raw::bind_execute(&mut out, "77");
+    raw::msg(&mut out, b'S', &[]);
+    c.send(&out).await;
+    assert_eq!(c.until_ready().await, (b"12CZ".to_vec(), b'T'));
+    let mut out = Vec::new();
+    raw::parse(&mut out, "UPDATE users SET score = 42 WHERE user_id = $1");
+    raw::bind_execute(&mut out, "3");
+    raw::msg(&mut out, b'H', &[]);
+    c.send(&out).await;
+    let (tag, body) = c.next().await;
+    assert_eq!((tag, sqlstate(&body)), (b'E', "0A000".to_string()));
+    assert!(
+        c.quiet_for(300).await,
+        "nothing but the error before the Sync"
+    );
+    c.send(&{
+        let mut o = Vec::new();
+        raw::msg(&mut o, b'S', &[]);
+        o
+    })
+    .await;
+    assert_eq!(c.until_ready().await, (b"Z".to_vec(), b'E'));
+    let mut out = Vec::new();
+    raw::query(&mut out, "COMMIT");
+    c.send(&out).await;
+    assert_eq!(c.until_ready().await, (b"CZ".to_vec(), b'I'));
+    for (shard, id) in [(2, 77), (1, 3)] {
+        assert_eq!(
+            s.servers[shard].psql(
+                "postgres",
+                &format!("SELECT score FROM users WHERE user_id = {id}")
+            ),
+            "0",
+            "the failed transaction changed nothing"
+        );
+    }
     quiescent(&s.gw).await;
 }

@@ -22,6 +22,8 @@ pub(super) struct Exec<'a> {
     pub describe: bool,
     /// An Execute of the portal follows the Bind.
     pub executed: bool,
+    /// It binds the unnamed statement parsed in an earlier batch (perhaps on another server).
+    pub earlier_unnamed: bool,
 }
 
 /// The client's next batch.
@@ -44,6 +46,8 @@ pub(super) struct Batch<'a> {
     pub other: bool,
     /// Sync, Query and FunctionCall messages: each is answered with a ReadyForQuery.
     pub syncs: usize,
+    /// The body of the batch's last unnamed Parse.
+    pub unnamed_parse: Option<&'a [u8]>,
     /// The tag of the message that ends it (None: not complete yet).
     pub end: Option<u8>,
 }
@@ -56,8 +60,13 @@ impl Batch<'_> {
 }
 
 /// Reads the batch at the start of `buf`; statements bound by name are looked up in `stmts`
-/// when the batch does not parse them itself.
-pub(super) fn read<'a>(buf: &'a [u8], stmts: &'a Statements) -> Batch<'a> {
+/// when the batch does not parse them itself, the unnamed one in `unnamed` (the Parse body of
+/// the client's last unnamed statement).
+pub(super) fn read<'a>(
+    buf: &'a [u8],
+    stmts: &'a Statements,
+    unnamed: Option<&'a [u8]>,
+) -> Batch<'a> {
     let mut b = Batch {
         len: 0,
         execs: Vec::new(),
@@ -68,6 +77,7 @@ pub(super) fn read<'a>(buf: &'a [u8], stmts: &'a Statements) -> Batch<'a> {
         has_describe: false,
         other: false,
         syncs: 0,
+        unnamed_parse: None,
         end: None,
     };
     // Statements parsed in this batch: name → Parse body.
@@ -86,12 +96,16 @@ pub(super) fn read<'a>(buf: &'a [u8], stmts: &'a Statements) -> Batch<'a> {
                     parse_body: None,
                     describe: false,
                     executed: true,
+                    earlier_unnamed: false,
                 });
             }
             b'P' => {
                 b.has_parse = true;
                 if let Some(name) = proto::cbytes(&mut body) {
                     b.has_named_parse |= !name.is_empty();
+                    if name.is_empty() {
+                        b.unnamed_parse = Some(body);
+                    }
                     parsed.retain(|(n, _)| *n != name);
                     parsed.push((name, body));
                 }
@@ -99,12 +113,19 @@ pub(super) fn read<'a>(buf: &'a [u8], stmts: &'a Statements) -> Batch<'a> {
             b'B' => {
                 let _portal = proto::cbytes(&mut body);
                 let name = proto::cbytes(&mut body).unwrap_or_default();
-                let parse_body = parsed
+                let here = parsed
                     .iter()
                     .rev()
                     .find(|(n, _)| *n == name)
-                    .map(|(_, body)| *body)
-                    .or_else(|| stmts.body_of(name));
+                    .map(|(_, body)| *body);
+                let earlier_unnamed = here.is_none() && name.is_empty() && unnamed.is_some();
+                let parse_body = here.or_else(|| {
+                    if name.is_empty() {
+                        unnamed
+                    } else {
+                        stmts.body_of(name)
+                    }
+                });
                 b.execs.push(Exec {
                     sql: parse_body.and_then(query_text),
                     params: bind_params(&msg[5..]),
@@ -112,6 +133,7 @@ pub(super) fn read<'a>(buf: &'a [u8], stmts: &'a Statements) -> Batch<'a> {
                     parse_body,
                     describe: false,
                     executed: false,
+                    earlier_unnamed,
                 });
             }
             b'D' => {
@@ -229,7 +251,7 @@ mod tests {
         }
         msg(&mut buf, b'S', |_| {});
         let stmts = Statements::default();
-        let b = read(&buf, &stmts);
+        let b = read(&buf, &stmts, None);
         assert_eq!(b.execs.len(), 3);
         assert!(b.execs.iter().all(|e| e.executed && e.sql.is_some()));
         assert_eq!(b.execs[2].params[0].value.as_deref(), Some(&b"3"[..]));
@@ -254,10 +276,10 @@ mod tests {
         let first = buf.len();
         bind(&mut buf, b"s1", b"1");
         let stmts = Statements::default();
-        let b = read(&buf, &stmts);
+        let b = read(&buf, &stmts, None);
         assert!(b.execs.is_empty());
         assert_eq!((b.len, b.end), (first, Some(b'H')));
-        let rest = read(&buf[first..], &stmts);
+        let rest = read(&buf[first..], &stmts, None);
         assert_eq!(rest.execs.len(), 1);
         assert_eq!(rest.end, None);
         assert!(rest.execs[0].sql.is_none(), "s1 was never registered");

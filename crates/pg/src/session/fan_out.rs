@@ -17,7 +17,7 @@ impl Session {
     /// Handles a batch that does not simply go to one shard.
     pub(super) async fn shard_locally(&mut self, d: Decision) -> Option<End> {
         let (batch_len, syncs) = {
-            let b = batch::read(&self.cbuf, &self.stmts);
+            let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
             (b.len, b.syncs.max(1))
         };
         let out = match d {
@@ -54,7 +54,7 @@ impl Session {
 
     /// Runs the batch's SELECT on every shard, one after the other, and merges the rows.
     async fn fan_out(&mut self, merge: Merge) -> Result<BytesMut, End> {
-        let b = batch::read(&self.cbuf, &self.stmts);
+        let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
         let shards = self.pool.topology.hosts.len();
         let req = if b.simple {
             BytesMut::from(&self.cbuf[..b.len])

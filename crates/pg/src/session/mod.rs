@@ -135,6 +135,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         deferred_begin: false,
         swallow_z: 0,
         swallow_lone_z: 0,
+        swallow_parse: 0,
+        unnamed: None,
         aside_sync: false,
         skip_to_sync: false,
         shard_txn_failed: false,
@@ -200,6 +202,11 @@ struct Session {
     /// ReadyForQuery messages to keep from the client while forwarding what precedes them
     /// (answers to a Sync or a refusal the pooler sent on its own).
     swallow_lone_z: usize,
+    /// ParseCompletes to keep from the client (answers to an unnamed Parse the pooler sent
+    /// ahead of a Bind on a server that never saw it).
+    swallow_parse: usize,
+    /// The client's last unnamed statement (Parse body), for routing a later Bind of it.
+    unnamed: Option<bytes::Bytes>,
     /// The batch being forwarded ran aside and ends with Flush: close it with our own Sync.
     aside_sync: bool,
     /// A Flush-ended batch was refused: the client's messages up to its Sync are dropped.
@@ -298,7 +305,7 @@ impl Session {
                         if let Err(e) = self.acquire_on(Route::Shard(shard)).await {
                             return self.acquire_failed(e).await;
                         }
-                        self.inject_deferred_begin();
+                        self.lead_in();
                     }
                     sharded::Decision::Aside => {
                         if let Err(e) = self.acquire_on(Route::Any).await {
@@ -493,7 +500,13 @@ impl Session {
             }
             // While a sharded client's BEGIN waits for a statement with a key, describe-only
             // batches run outside any transaction; the client still sees itself in one.
-            let action = if tag == b'Z' && self.swallow_lone_z > 0 {
+            if tag == b'Z' {
+                self.swallow_parse = 0;
+            }
+            let action = if tag == b'1' && self.swallow_parse > 0 {
+                self.swallow_parse -= 1;
+                Action::Drop
+            } else if tag == b'Z' && self.swallow_lone_z > 0 {
                 self.swallow_lone_z -= 1;
                 Action::Drop
             } else if tag == b'Z' && self.deferred_begin {

@@ -12,7 +12,7 @@
 //!   nothing is written to the wrong shard, the error arrives in order, and the client's
 //!   ROLLBACK (or ROLLBACK TO SAVEPOINT) works as on one database.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 
@@ -51,7 +51,8 @@ impl Session {
         let Some(spec) = self.sharding.clone() else {
             return Decision::Shard(0);
         };
-        let b = batch::read(&self.cbuf, &self.stmts);
+        self.remember_unnamed();
+        let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
         let lower = if b.simple {
             b.first_sql()
                 .map(|s| {
@@ -189,13 +190,39 @@ impl Session {
         }
     }
 
-    /// Sends the client's deferred BEGIN ahead of its batch; its answers are swallowed.
-    pub(super) fn inject_deferred_begin(&mut self) {
+    /// Sends what must go ahead of the client's batch on the shard just chosen, with its
+    /// answers kept from the client: the deferred BEGIN, and the client's unnamed statement
+    /// when the batch binds it without parsing it (it was parsed aside, on another server).
+    pub(super) fn lead_in(&mut self) {
         if self.deferred_begin {
             self.deferred_begin = false;
             if frontend::query("BEGIN", &mut self.to_server).is_ok() {
                 self.swallow_z += 1;
             }
+        }
+        let earlier = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref())
+            .execs
+            .iter()
+            .any(|e| e.earlier_unnamed);
+        if let (true, Some(body), Some(lease)) = (earlier, &self.unnamed, self.lease.as_mut()) {
+            let mut parse = BytesMut::new();
+            proto::message(&mut parse, b'P', |o| {
+                o.put_u8(0);
+                o.put_slice(body);
+            });
+            self.stmts
+                .client_message(&parse, &mut lease.conn.prepared, |_| 0, &mut self.to_server);
+            self.swallow_parse += 1;
+        }
+    }
+
+    /// Keeps the body of the batch's unnamed Parse, if it has one: a later batch may bind it.
+    fn remember_unnamed(&mut self) {
+        let found = batch::read(&self.cbuf, &self.stmts, None)
+            .unnamed_parse
+            .map(Bytes::copy_from_slice);
+        if found.is_some() {
+            self.unnamed = found;
         }
     }
 
@@ -208,11 +235,12 @@ impl Session {
         if self.skip_to_sync {
             return Some(self.skip_until_sync().await);
         }
+        self.remember_unnamed();
         if self.status == b'E' || self.copy_in {
             // The server refuses everything but the end of the transaction by itself.
             return None;
         }
-        let b = batch::read(&self.cbuf, &self.stmts);
+        let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
         let why = b.execs.iter().find_map(|e| match plan_exec(&spec, e) {
             Plan::One(s) if s == shard => None,
             Plan::Any | Plan::Control => None,

@@ -59,7 +59,7 @@ impl Session {
     /// Pipelined Bind/Execute pairs, statement `i` on `shards[i]`: each shard gets its pairs
     /// (on the unnamed statement), and the client gets the answers in its own order.
     pub(super) async fn pipeline(&mut self, shards: &[usize]) -> Result<BytesMut, End> {
-        let b = batch::read(&self.cbuf, &self.stmts);
+        let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
         let mut work: Vec<(usize, BytesMut, Option<&[u8]>)> = Vec::new();
         for (e, &shard) in b.execs.iter().zip(shards) {
             let (Some(parse), Some(bind)) = (e.parse_body, e.bind) else {
