@@ -243,7 +243,11 @@ impl Body for RespBody {
                             return Poll::Pending;
                         }
                         if let Some(c) = done.take() {
+                            let grpc = c.grpc();
                             c.finish(false);
+                            if grpc {
+                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                            }
                         }
                         return Poll::Ready(Some(Err(Box::new(ReadTimeout(limit)))));
                     }
@@ -262,7 +266,14 @@ impl Body for RespBody {
                     }
                     Some(Err(_)) | None => {
                         if let Some(c) = done.take() {
+                            let grpc = c.grpc() && frame.is_some();
                             c.finish(frame.is_none());
+                            // The upstream broke off mid-stream: a gRPC client gets UNAVAILABLE
+                            // (which it may retry), as it would from the server directly, not
+                            // the INTERNAL a stream reset means to it.
+                            if grpc {
+                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                            }
                         }
                     }
                 }
@@ -315,6 +326,17 @@ impl Body for RespBody {
             RespBody::Tee(t) => t.inner.size_hint(),
         }
     }
+}
+
+/// The trailers ending a gRPC response whose upstream broke off: UNAVAILABLE.
+fn grpc_unavailable() -> Frame<Bytes> {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", http::HeaderValue::from_static("14"));
+    t.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("upstream connection broke"),
+    );
+    Frame::trailers(t)
 }
 
 impl Drop for RespBody {

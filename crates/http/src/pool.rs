@@ -44,6 +44,8 @@ pub struct EndpointPool {
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Response head limits: (header fields, bytes).
+    head_limits: (usize, usize),
     protocol: UpstreamProtocol,
     gauges: PoolGauges,
 }
@@ -108,6 +110,7 @@ impl EndpointPool {
             h2: Mutex::new(None),
             idle_timeout: spec.idle_timeout,
             max_idle,
+            head_limits: (spec.max_response_headers, spec.max_response_header_bytes),
             protocol,
             gauges,
         }
@@ -153,7 +156,7 @@ impl EndpointPool {
                 return Ok(lease);
             }
         }
-        let tx = Box::pin(open_h1(addr, connect_timeout)).await?;
+        let tx = Box::pin(open_h1(addr, connect_timeout, self.head_limits)).await?;
         let mut lease = self.lease(Sender::H1(tx), false, Some(permit));
         lease._stream_permit = stream_permit;
         Ok(lease)
@@ -170,7 +173,8 @@ impl EndpointPool {
         let stream = dial(addr, connect_timeout).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20));
+            .keep_alive_interval(Duration::from_secs(20))
+            .max_header_list_size(u32::try_from(self.head_limits.1).unwrap_or(u32::MAX));
         let (tx, conn) = b
             .handshake(TokioIo::new(stream))
             .await
@@ -289,10 +293,16 @@ async fn slot(
 async fn open_h1(
     addr: &Dial<'_>,
     connect_timeout: Duration,
+    (max_headers, max_head_bytes): (usize, usize),
 ) -> Result<http1::SendRequest<ReqBody>, ProxyError> {
     let stream = dial(addr, connect_timeout).await?;
     let mut b = http1::Builder::new();
-    b.max_buf_size(1 << 20);
+    b.max_buf_size((1 << 20).max(max_head_bytes))
+        .max_header_size(max_head_bytes);
+    // hyper parses up to 100 fields on the stack; another count costs a heap buffer per response.
+    if max_headers != 100 {
+        b.max_headers(max_headers);
+    }
     let (tx, conn) = b
         .handshake(TokioIo::new(stream))
         .await

@@ -205,6 +205,11 @@ pub struct PoolSpec {
     pub idle_timeout: Duration,
     /// Most idle connections kept per endpoint (default 128); more are closed when released.
     pub max_idle_per_endpoint: usize,
+    /// Most header fields in a response head (default 100); more is a 502 that does not count
+    /// against the endpoint's health.
+    pub max_response_headers: usize,
+    /// Largest response head, status line included (default 64 KiB); larger is such a 502 too.
+    pub max_response_header_bytes: usize,
 }
 
 /// A named group of endpoints and how to balance over them.
@@ -272,6 +277,8 @@ impl Default for PoolSpec {
             max_per_endpoint: 256,
             idle_timeout: Duration::from_secs(60),
             max_idle_per_endpoint: 128,
+            max_response_headers: 100,
+            max_response_header_bytes: 64 << 10,
         }
     }
 }

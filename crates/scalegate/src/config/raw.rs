@@ -506,4 +506,6 @@ pub struct RawPool {
     pub max_per_endpoint: Option<i64>,
     pub max_idle_per_endpoint: Option<i64>,
     pub idle_timeout: Option<Dur>,
+    pub max_response_headers: Option<i64>,
+    pub max_response_header_bytes: Option<ByteSize>,
 }

@@ -727,6 +727,24 @@ fn upstreams(
                     d.max_idle_per_endpoint as i64,
                     "pool.max_idle_per_endpoint",
                 ) as usize,
+                max_response_headers: c.int(
+                    p.max_response_headers,
+                    &s,
+                    8..=10_000,
+                    d.max_response_headers as i64,
+                    "pool.max_response_headers",
+                ) as usize,
+                max_response_header_bytes: match p.max_response_header_bytes {
+                    Some(b) if !(1024..=(16 << 20)).contains(&b.0) => {
+                        c.err(
+                            s,
+                            "pool.max_response_header_bytes must be between 1KiB and 16MiB",
+                        );
+                        d.max_response_header_bytes
+                    }
+                    Some(b) => b.0 as usize,
+                    None => d.max_response_header_bytes,
+                },
             }
         });
         let panic_threshold_percent = match &u.panic_threshold {
