@@ -23,6 +23,7 @@ use http_cache_semantics::{CacheOptions, CachePolicy};
 use hyper::body::Incoming;
 
 use super::compress;
+use super::control::Directives;
 use super::flight::{self, FlightGuard, Join};
 use super::key;
 use super::object::{Object, Usable, merge_not_modified};
@@ -419,11 +420,26 @@ fn policy_for(
     *r.status_mut() = status;
     *r.headers_mut() = h.clone();
     r.headers_mut().remove(header::SET_COOKIE);
+    canonical_cache_control(r.headers_mut());
     let mut q = Request::new(());
     *q.method_mut() = Method::GET;
     *q.uri_mut() = req.uri.clone();
     *q.headers_mut() = req.headers.clone();
+    canonical_cache_control(q.headers_mut());
     CachePolicy::new_options(&q, &r, now, CacheOptions::default())
+}
+
+/// Replaces Cache-Control with its canonical form: http-cache-semantics matches directive
+/// names case-sensitively and splits quoted strings at commas (RFC 9111 §5.2 says neither).
+fn canonical_cache_control(h: &mut HeaderMap) {
+    if !h.contains_key(header::CACHE_CONTROL) {
+        return;
+    }
+    let canonical = Directives::of(h).canonical();
+    h.remove(header::CACHE_CONTROL);
+    if let Some(v) = canonical {
+        h.insert(header::CACHE_CONTROL, v);
+    }
 }
 
 /// The route's fixed TTL for this path, if a rule sets one.
