@@ -736,7 +736,8 @@ async fn no_cache_and_proxy_revalidate_always_revalidate_and_key_headers_split_e
     let o = Origin::start(|req, n| {
         let cc = match req.uri.path() {
             "/nc" => "no-cache",
-            "/pr" => "max-age=60, proxy-revalidate",
+            // proxy-revalidate applies once stale (RFC 9111 §5.2.2.8): fresh, it is a hit.
+            "/pr" => "max-age=0, proxy-revalidate",
             _ => "max-age=60",
         };
         if req.headers.get("if-none-match").is_some() {

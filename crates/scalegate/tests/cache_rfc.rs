@@ -5,7 +5,8 @@ mod cache_support;
 mod common;
 
 use cache_support::*;
-use scalegate_testkit::Origin;
+use scalegate_testkit::client::Resp;
+use scalegate_testkit::{GatewayProcess, Origin};
 
 /// The spellings of "do not share this" an origin may send; each must keep alice's response
 /// from bob. The path names the spelling.
@@ -82,5 +83,161 @@ async fn rfc9111_5_2_directive_names_are_case_insensitive_alice_never_reaches_bo
         b.header("set-cookie"),
         "",
         "a stored cookie is never replayed"
+    );
+}
+
+/// An origin answering `/s/NNN...` with status NNN and the headers of the path's first
+/// segment after it (see the match), body `NNN #n`.
+async fn status_origin() -> Origin {
+    Origin::start(|req, n| {
+        let path = req.uri.path();
+        let mut parts = path.trim_start_matches('/').split('/');
+        let (_, code, kind) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+        let code: u16 = code.and_then(|c| c.parse().ok()).unwrap_or(200);
+        const DATE: &str = "Thu, 01 Jan 2065 00:00:00 GMT";
+        let h: &[(&str, &str)] = match kind {
+            "max-age" => &[("cache-control", "max-age=60")],
+            "s-maxage" => &[("cache-control", "s-maxage=60")],
+            "expires" => &[("date", DATE), ("expires", "Thu, 01 Jan 2065 01:00:00 GMT")],
+            "expires-850" => &[
+                ("date", DATE),
+                ("expires", "Thursday, 01-Jan-65 01:00:00 GMT"),
+            ],
+            "expires-asctime" => &[("date", DATE), ("expires", "Thu Jan  1 01:00:00 2065")],
+            "expires-invalid" => &[
+                ("date", DATE),
+                ("expires", "Thu,  01 Jan 2065 01:00:00 GMT"),
+            ],
+            "expires-zero" => &[("expires", "0")],
+            "heuristic" => &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+            "age-list" => &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+            "age-first" => &[("cache-control", "max-age=3600"), ("age", "100, 9000")],
+            "age-invalid" => &[("cache-control", "max-age=3600"), ("age", "soon")],
+            "must-understand" => &[("cache-control", "max-age=60, no-store, must-understand")],
+            _ => &[],
+        };
+        resp(code, h, &format!("{code} #{n}"))
+    })
+    .await
+}
+
+/// Two GETs of `path`: whether the second came from the cache (and with the first's body).
+async fn second_is_hit(g: &GatewayProcess, path: &str) -> (bool, Resp) {
+    let a = get(g, path, &[]).await;
+    let b = get(g, path, &[]).await;
+    let hit = is_hit(&b);
+    if hit {
+        assert_eq!((a.status, &a.body), (b.status, &b.body), "{path}");
+    }
+    (hit, b)
+}
+
+#[tokio::test]
+async fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored() {
+    let o = status_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    for code in [200, 201, 299, 400, 403, 418, 499, 500, 502, 503, 504, 599] {
+        for kind in ["max-age", "s-maxage", "expires"] {
+            let path = format!("/s/{code}/{kind}");
+            let (hit, r) = second_is_hit(&g, &path).await;
+            assert!(hit, "{path}: {}", status(&r));
+            assert_eq!(r.status.as_u16(), code, "{path}");
+            assert_eq!(o.hits(&path), 1, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rfc9110_15_1_heuristic_freshness_only_for_heuristically_cacheable_statuses() {
+    let o = status_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    for code in [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
+        let path = format!("/s/{code}/heuristic");
+        let (hit, r) = second_is_hit(&g, &path).await;
+        assert!(hit, "{path}: {}", status(&r));
+    }
+    for code in [201, 302, 307, 400, 403, 500, 502, 503] {
+        let path = format!("/s/{code}/heuristic");
+        let (hit, r) = second_is_hit(&g, &path).await;
+        assert!(!hit, "{path}: {}", status(&r));
+        assert!(
+            status(&r).contains("detail=status"),
+            "{path}: {}",
+            status(&r)
+        );
+        assert_eq!(o.hits(&path), 2, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn rfc9110_5_6_7_expires_in_all_three_date_formats() {
+    let o = status_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    for kind in ["expires", "expires-850", "expires-asctime"] {
+        let path = format!("/s/200/{kind}");
+        let (hit, r) = second_is_hit(&g, &path).await;
+        assert!(hit, "{path}: {}", status(&r));
+        // Fresh for the hour between Date and Expires.
+        let ttl: i64 = status(&r)
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        assert!((3500..=3600).contains(&ttl), "{path}: {}", status(&r));
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_5_3_an_invalid_expires_means_already_expired() {
+    let o = status_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    for kind in ["expires-invalid", "expires-zero"] {
+        let path = format!("/s/200/{kind}");
+        let (hit, r) = second_is_hit(&g, &path).await;
+        assert!(!hit, "{path}: {}", status(&r));
+        assert!(
+            status(&r).contains("detail=no-freshness"),
+            "{path}: {}",
+            status(&r)
+        );
+        assert_eq!(o.hits(&path), 2);
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_5_1_age_uses_its_first_value_and_ignores_an_invalid_one() {
+    let o = status_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    // Age 7200 > max-age 3600: stale on arrival, nothing to store.
+    let (hit, r) = second_is_hit(&g, "/s/200/age-list").await;
+    assert!(!hit, "{}", status(&r));
+    // Age 100: stored, and a hit says it is at least 100 s old.
+    let (hit, r) = second_is_hit(&g, "/s/200/age-first").await;
+    assert!(hit, "{}", status(&r));
+    let age: u64 = r.header("age").parse().unwrap_or(0);
+    assert!((100..200).contains(&age), "Age {age}");
+    // An invalid Age is ignored.
+    let (hit, r) = second_is_hit(&g, "/s/200/age-invalid").await;
+    assert!(hit, "{}", status(&r));
+    assert!(
+        r.header("age").parse::<u64>().unwrap_or(99) < 5,
+        "{}",
+        r.header("age")
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_2_3_must_understand_stores_understood_statuses_despite_no_store() {
+    let o = status_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    let (hit, r) = second_is_hit(&g, "/s/200/must-understand").await;
+    assert!(hit, "{}", status(&r));
+    let (hit, r) = second_is_hit(&g, "/s/299/must-understand").await;
+    assert!(!hit, "{}", status(&r));
+    assert!(
+        status(&r).contains("detail=must-understand"),
+        "{}",
+        status(&r)
     );
 }

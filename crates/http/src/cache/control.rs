@@ -198,47 +198,6 @@ impl Directives {
         }
     }
 
-    /// The directives in canonical form (lowercase names, plain numbers, field lists dropped:
-    /// qualified `no-cache` and `private` count as unqualified); None when there are none.
-    pub fn canonical(&self) -> Option<HeaderValue> {
-        let mut out = String::new();
-        let flags = [
-            (self.no_cache, "no-cache"),
-            (self.no_store, "no-store"),
-            (self.private, "private"),
-            (self.public, "public"),
-            (self.no_transform, "no-transform"),
-            (self.must_revalidate, "must-revalidate"),
-            (self.proxy_revalidate, "proxy-revalidate"),
-            (self.must_understand, "must-understand"),
-            (self.immutable, "immutable"),
-            (self.only_if_cached, "only-if-cached"),
-        ];
-        for (on, name) in flags {
-            if on {
-                out.push_str(name);
-                out.push_str(", ");
-            }
-        }
-        let secs = [
-            (self.max_age, "max-age"),
-            (self.s_maxage, "s-maxage"),
-            (self.min_fresh, "min-fresh"),
-            (self.max_stale, "max-stale"),
-            (self.stale_while_revalidate, "stale-while-revalidate"),
-            (self.stale_if_error, "stale-if-error"),
-        ];
-        for (v, name) in secs {
-            if let Some(v) = v {
-                out.push_str(&format!("{name}={}, ", v.as_secs()));
-            }
-        }
-        let out = out.trim_end_matches([',', ' ']);
-        (!out.is_empty())
-            .then(|| HeaderValue::from_str(out).ok())
-            .flatten()
-    }
-
     /// Whether a shared cache may serve this response stale at all (RFC 9111 §4.2.4:
     /// must-revalidate, proxy-revalidate, no-cache and s-maxage forbid it).
     pub fn allows_stale(&self) -> bool {

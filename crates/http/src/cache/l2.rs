@@ -16,11 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_cache_semantics::CachePolicy;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use super::object::Object;
+use super::object::{Object, Timing};
 use super::purge::{Purge, Target, split_url};
 use super::spec::RedisSpec;
 use super::store::Store;
@@ -50,8 +49,9 @@ impl std::fmt::Debug for L2 {
 struct Meta {
     status: u16,
     headers: Vec<(String, String)>,
-    policy: CachePolicy,
+    born_ms: u64,
     fresh_until_ms: u64,
+    strict: bool,
     swr_ms: u64,
     sie_ms: u64,
     keep_ms: u64,
@@ -252,6 +252,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn encode(o: &Object) -> Option<Vec<u8>> {
+    let t = &o.timing;
     let meta = Meta {
         status: o.status.as_u16(),
         headers: o
@@ -259,11 +260,12 @@ fn encode(o: &Object) -> Option<Vec<u8>> {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect(),
-        policy: o.policy.clone(),
-        fresh_until_ms: ms(o.fresh_until.duration_since(UNIX_EPOCH).ok()?),
-        swr_ms: ms(o.stale_while_revalidate),
-        sie_ms: ms(o.stale_if_error),
-        keep_ms: ms(o.keep),
+        born_ms: ms(t.born.duration_since(UNIX_EPOCH).ok()?),
+        fresh_until_ms: ms(t.fresh_until.duration_since(UNIX_EPOCH).ok()?),
+        strict: t.strict,
+        swr_ms: ms(t.stale_while_revalidate),
+        sie_ms: ms(t.stale_if_error),
+        keep_ms: ms(t.keep),
         variant: o.variant.clone(),
     };
     let meta = serde_json::to_vec(&meta).ok()?;
@@ -285,17 +287,20 @@ fn decode(b: &[u8], url: Arc<str>) -> Option<Object> {
             HeaderValue::try_from(v).ok()?,
         );
     }
-    Some(Object::restore(
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    let timing = Timing {
+        born: at(meta.born_ms),
+        fresh_until: at(meta.fresh_until_ms),
+        strict: meta.strict,
+        stale_while_revalidate: Duration::from_millis(meta.swr_ms),
+        stale_if_error: Duration::from_millis(meta.sie_ms),
+        keep: Duration::from_millis(meta.keep_ms),
+    };
+    Some(Object::new(
         StatusCode::from_u16(meta.status).ok()?,
         headers,
         body,
-        meta.policy,
-        UNIX_EPOCH + Duration::from_millis(meta.fresh_until_ms),
-        (
-            Duration::from_millis(meta.swr_ms),
-            Duration::from_millis(meta.sie_ms),
-            Duration::from_millis(meta.keep_ms),
-        ),
+        timing,
         url,
         meta.variant,
     ))

@@ -1,13 +1,18 @@
 //! The shared HTTP cache (RFC 9111) and response compression.
 //!
-//! Read [`serve`] first: it is the cache's part of the request path. Rules of freshness and
-//! storability come from `http-cache-semantics` ([`object`] adds the RFC 5861 stale
-//! extensions and purge state); [`store`] is the memory tier, [`l2`] the Redis tier and
-//! invalidation bus; [`key`] makes cache keys; [`compress`] negotiates and encodes.
+//! Read [`serve`] first: it is the cache's part of the request path. [`control`] parses
+//! directives, [`freshness`] holds the RFC 9111 rules of storability, freshness and age,
+//! [`verdict`] adds the route's own; [`object`] is a stored response (RFC 5861 stale
+//! extensions, purge state), `answer` serves one; [`store`] is the memory tier, [`l2`] the
+//! Redis tier and invalidation bus; [`key`] makes cache keys; [`compress`] negotiates and
+//! encodes.
 
+pub(crate) mod answer;
 pub mod compress;
 pub mod control;
+pub(crate) mod fill;
 pub mod flight;
+pub mod freshness;
 pub mod key;
 pub mod l2;
 pub mod nats;
@@ -17,6 +22,7 @@ pub(crate) mod serve;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod verdict;
 
 pub use purge::{Purge, Target};
 pub use spec::{

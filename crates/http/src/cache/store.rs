@@ -122,6 +122,14 @@ impl Store {
             });
     }
 
+    /// Stores an object in both tiers (Redis in the background).
+    pub fn insert(&self, vary: Vec<HeaderName>, obj: Arc<Object>) {
+        if let Some(l2) = &self.l2 {
+            l2.put(&vary, &obj);
+        }
+        self.put(vary, obj);
+    }
+
     /// Removes every variant of a URL key from memory.
     pub fn remove(&self, url: &str) {
         self.l1.invalidate(url);
