@@ -241,3 +241,177 @@ async fn rfc9111_5_2_2_3_must_understand_stores_understood_statuses_despite_no_s
         status(&r)
     );
 }
+
+/// An origin for request directives and conditionals: every response has an ETag "v1", a
+/// Last-Modified of 2024-01-01 and the path's Cache-Control/Age; it answers 304 to a matching
+/// If-None-Match.
+async fn validator_origin() -> Origin {
+    Origin::start(|req, n| {
+        let (cc, age) = match req.uri.path() {
+            "/stale" => ("max-age=60", "100"),
+            "/stale-strict" => ("max-age=60, must-revalidate", "100"),
+            "/no-lm" => ("max-age=60", "0"),
+            _ => ("max-age=60", "0"),
+        };
+        let inm = req
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok());
+        let mut h = vec![("cache-control", cc), ("age", age), ("etag", "\"v1\"")];
+        if req.uri.path() == "/no-lm" {
+            // A Date in the future: no apparent age.
+            h.push(("date", "Thu, 01 Jan 2065 00:00:00 GMT"));
+        } else {
+            h.push(("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"));
+        }
+        if inm.is_some_and(|v| v.contains("\"v1\"")) {
+            return resp(304, &h, "");
+        }
+        resp(200, &h, &format!("{} #{n}", req.uri.path()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_request_directives() {
+    let o = validator_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    get(&g, "/fresh", &[]).await;
+    let ask = |cc: &'static str| {
+        let g = &g;
+        async move { get(g, "/fresh", &[("cache-control", cc)]).await }
+    };
+    // max-age: an older response is revalidated; a young enough one is a hit.
+    for (cc, hit) in [
+        ("max-age=0", false),
+        ("MAX-AGE=3600", true),
+        ("min-fresh=120", false),
+        ("min-fresh=10", true),
+        ("No-Cache", false),
+    ] {
+        let r = ask(cc).await;
+        assert_eq!(is_hit(&r), hit, "{cc}: {}", status(&r));
+        assert_eq!(
+            r.body, "/fresh #1",
+            "{cc}: the stored body, revalidated or not"
+        );
+    }
+    // Stale on arrival (Age 100 > max-age 60): max-stale allows it unless must-revalidate.
+    get(&g, "/stale", &[]).await;
+    get(&g, "/stale-strict", &[]).await;
+    for (path, cc, hit) in [
+        ("/stale", "max-stale=120", true),
+        ("/stale", "max-stale", true),
+        ("/stale", "max-stale=10", false),
+        ("/stale-strict", "max-stale", false),
+    ] {
+        let r = get(&g, path, &[("cache-control", cc)]).await;
+        assert_eq!(is_hit(&r), hit, "{path} {cc}: {}", status(&r));
+    }
+    // no-store: forwarded, and nothing is stored.
+    let r = get(&g, "/ns", &[("cache-control", "No-Store")]).await;
+    assert!(
+        status(&r).contains("detail=request-no-store"),
+        "{}",
+        status(&r)
+    );
+    let r = get(&g, "/ns", &[]).await;
+    assert!(status(&r).contains("fwd=uri-miss"), "{}", status(&r));
+    assert_eq!(o.hits("/ns"), 2);
+    // only-if-cached: a hit when fresh, else 504 without asking the origin.
+    let r = get(&g, "/fresh", &[("cache-control", "only-if-cached")]).await;
+    assert!(is_hit(&r), "{}", status(&r));
+    for path in ["/never", "/stale-strict"] {
+        let before = o.hits(path);
+        let r = get(&g, path, &[("cache-control", "only-if-cached")]).await;
+        assert_eq!(r.status, 504, "{path}");
+        assert!(
+            status(&r).contains("detail=only-if-cached"),
+            "{}",
+            status(&r)
+        );
+        assert_eq!(o.hits(path), before, "{path}: the origin was not asked");
+    }
+}
+
+#[tokio::test]
+async fn rfc9110_13_2_2_conditional_requests_answered_from_cache() {
+    let o = validator_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    get(&g, "/c", &[]).await;
+    get(&g, "/no-lm", &[]).await;
+    const LM: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
+    let cases: &[(&str, &[(&str, &str)], u16)] = &[
+        ("/c", &[("if-none-match", "\"v1\"")], 304),
+        ("/c", &[("if-none-match", "W/\"v1\"")], 304),
+        ("/c", &[("if-none-match", "\"x\", \"v1\"")], 304),
+        ("/c", &[("if-none-match", "*")], 304),
+        ("/c", &[("if-none-match", "\"v2\"")], 200),
+        // If-None-Match takes precedence over If-Modified-Since.
+        (
+            "/c",
+            &[("if-none-match", "\"v2\""), ("if-modified-since", LM)],
+            200,
+        ),
+        ("/c", &[("if-modified-since", LM)], 304),
+        (
+            "/c",
+            &[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")],
+            304,
+        ),
+        (
+            "/c",
+            &[("if-modified-since", "Sun, 31 Dec 2023 00:00:00 GMT")],
+            200,
+        ),
+        (
+            "/c",
+            &[("if-modified-since", "Monday, 01-Jan-24 00:00:00 GMT")],
+            304,
+        ),
+        (
+            "/c",
+            &[("if-modified-since", "Mon Jan  1 00:00:00 2024")],
+            304,
+        ),
+        ("/c", &[("if-modified-since", "yesterday")], 200),
+        // Without Last-Modified, Date stands in.
+        (
+            "/no-lm",
+            &[("if-modified-since", "Thu, 01 Jan 2065 00:00:00 GMT")],
+            304,
+        ),
+        ("/no-lm", &[("if-modified-since", LM)], 200),
+    ];
+    for (path, h, want) in cases {
+        let r = get(&g, path, h).await;
+        assert_eq!(r.status.as_u16(), *want, "{path} {h:?}: {}", status(&r));
+        assert!(is_hit(&r), "{path} {h:?}: {}", status(&r));
+    }
+    assert_eq!(
+        (o.hits("/c"), o.hits("/no-lm")),
+        (1, 1),
+        "all from the cache"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_2_a_conditional_request_on_a_miss_is_forwarded() {
+    let o = validator_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    let r = get(&g, "/cold", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, 304, "{}", status(&r));
+    let seen = o.last("/cold").expect("seen");
+    assert_eq!(
+        seen.get("if-none-match").map(|v| v.as_bytes()),
+        Some(&b"\"v1\""[..])
+    );
+    assert!(status(&r).contains("detail=not-modified"), "{}", status(&r));
+    // Nothing stored, and no hit-for-pass: the next plain request fills the cache.
+    let r = get(&g, "/cold", &[]).await;
+    assert!(status(&r).contains("stored"), "{}", status(&r));
+    let r = get(&g, "/cold", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, 304);
+    assert!(is_hit(&r), "{}", status(&r));
+    assert_eq!(o.hits("/cold"), 2);
+}

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 
+use super::conditional;
 use super::object::Object;
 use crate::body::RespBody;
 use crate::proxy::Completion;
@@ -44,7 +45,7 @@ fn build(o: &Object, req: &HeaderMap, cs: HeaderValue) -> Response<RespBody> {
     let now = SystemTime::now();
     let mut headers = o.response_headers(now);
     headers.insert(CACHE_STATUS.clone(), cs);
-    let (status, body) = if o.not_modified_for(req) && o.status == StatusCode::OK {
+    let (status, body) = if conditional::not_modified(o, req) {
         headers.remove(header::CONTENT_LENGTH);
         (StatusCode::NOT_MODIFIED, RespBody::Full(None))
     } else {
@@ -53,5 +54,22 @@ fn build(o: &Object, req: &HeaderMap, cs: HeaderValue) -> Response<RespBody> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
+    r
+}
+
+/// The 504 of an `only-if-cached` request with nothing usable stored (RFC 9111 §5.2.1.7).
+pub fn only_if_cached(mut done: Completion) -> Response<RespBody> {
+    done.set_status(504);
+    done.finish(true, 0);
+    let mut r = Response::new(RespBody::full(bytes::Bytes::from_static(
+        b"504: only-if-cached and nothing usable is stored\n",
+    )));
+    *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    let h = r.headers_mut();
+    h.insert(
+        CACHE_STATUS.clone(),
+        HeaderValue::from_static("scalegate; detail=only-if-cached"),
+    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }

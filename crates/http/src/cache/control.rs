@@ -78,6 +78,23 @@ pub fn directives(line: &str) -> impl Iterator<Item = Directive<'_>> {
     })
 }
 
+/// The elements of a comma-separated list (RFC 9110 §5.6.1), commas inside quoted strings
+/// kept, each trimmed of whitespace, empty ones skipped.
+pub fn list(line: &str) -> impl Iterator<Item = &str> {
+    let mut rest = line;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let (item, tail) = split_item(rest);
+            rest = tail;
+            let item = item.trim_matches([' ', '\t']);
+            if !item.is_empty() {
+                return Some(item);
+            }
+        }
+        None
+    })
+}
+
 /// Splits off the first list element: up to the first comma outside a quoted string.
 fn split_item(s: &str) -> (&str, &str) {
     let b = s.as_bytes();

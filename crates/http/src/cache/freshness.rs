@@ -42,6 +42,8 @@ pub enum NotStored {
     Status,
     /// A partial response (206): only complete responses are stored.
     Partial,
+    /// A 304 to the client's own conditional request: there is no body to store.
+    NotModified,
     /// Neither a freshness lifetime nor a validator: a stored copy could never be used.
     NoFreshness,
     /// Set-Cookie, and the route does not share such responses.
@@ -65,6 +67,7 @@ impl NotStored {
             NotStored::Authorization => "authorization",
             NotStored::Status => "status",
             NotStored::Partial => "partial",
+            NotStored::NotModified => "not-modified",
             NotStored::NoFreshness => "no-freshness",
             NotStored::SetCookie => "set-cookie",
             NotStored::Trailer => "trailer",
@@ -78,7 +81,10 @@ impl NotStored {
     pub fn from_response(self) -> bool {
         !matches!(
             self,
-            NotStored::RequestNoStore | NotStored::Authorization | NotStored::TooBig
+            NotStored::RequestNoStore
+                | NotStored::Authorization
+                | NotStored::TooBig
+                | NotStored::NotModified
         )
     }
 }
@@ -147,7 +153,10 @@ impl Exchange<'_> {
         if self.status == StatusCode::PARTIAL_CONTENT {
             return Err(NotStored::Partial);
         }
-        if self.status.is_informational() || self.status == StatusCode::NOT_MODIFIED {
+        if self.status == StatusCode::NOT_MODIFIED {
+            return Err(NotStored::NotModified);
+        }
+        if self.status.is_informational() {
             return Err(NotStored::Status);
         }
         if d.must_understand {

@@ -9,6 +9,7 @@
 
 pub(crate) mod answer;
 pub mod compress;
+pub mod conditional;
 pub mod control;
 pub(crate) mod fill;
 pub mod flight;

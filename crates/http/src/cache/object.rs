@@ -232,26 +232,6 @@ impl Object {
         h.insert(header::AGE, HeaderValue::from(self.age(now).as_secs()));
         h
     }
-
-    /// Whether the client's conditional request is satisfied by this object (If-None-Match
-    /// against its ETag, weak comparison; else If-Modified-Since equal to Last-Modified).
-    pub fn not_modified_for(&self, req: &HeaderMap) -> bool {
-        let strip = |s: &str| s.trim().trim_start_matches("W/").to_string();
-        if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-            let Some(etag) = self.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
-                return false;
-            };
-            let etag = strip(etag);
-            return inm.split(',').any(|t| t.trim() == "*" || strip(t) == etag);
-        }
-        match (
-            req.get(header::IF_MODIFIED_SINCE),
-            self.headers.get(header::LAST_MODIFIED),
-        ) {
-            (Some(ims), Some(lm)) => ims == lm,
-            _ => false,
-        }
-    }
 }
 
 /// Purge tags of a response: Surrogate-Key (space separated) and Cache-Tag (comma separated).

@@ -21,8 +21,9 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::answer::{CACHE_STATUS, from_object, from_served};
+use super::answer::{self, CACHE_STATUS, from_object, from_served};
 use super::compress;
+use super::control::Directives;
 use super::fill::{Fill, tee};
 use super::flight::{self, FlightGuard, Join};
 use super::key;
@@ -215,6 +216,11 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             }
             _ => {}
         }
+        if Directives::of(&parts.headers).only_if_cached {
+            // Nothing usable, and the client forbids going to the origin (RFC 9111 §5.2.1.7).
+            cx.route.metrics.cache(CacheResult::Miss);
+            return Ok(answer::only_if_cached(done));
+        }
         let fwd = match (&found, &variants) {
             (Some(o), _) if o.usable(&HeaderMap::new(), now) == Usable::Fresh => Fwd::Request,
             (Some(_), _) => Fwd::Stale,
@@ -262,15 +268,13 @@ async fn fetch(
     let mut up = copy_head(&parts);
     up.method = Method::GET;
     let h = &mut up.headers;
-    // The store wants a full response; the client's own conditionals are answered from it.
-    for name in [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_RANGE,
-    ] {
-        h.remove(name);
-    }
+    h.remove(header::IF_RANGE);
+    // Revalidating a stored response: our validators, not the client's (its conditionals are
+    // then answered from the refreshed response). With nothing stored, the client's own are
+    // forwarded: a 304 goes back to it as it is, a 200 is stored.
     if let Some(o) = &stale {
+        h.remove(header::IF_NONE_MATCH);
+        h.remove(header::IF_MODIFIED_SINCE);
         if let Some(etag) = o.headers.get(header::ETAG) {
             h.insert(header::IF_NONE_MATCH, etag.clone());
         } else if let Some(lm) = o.headers.get(header::LAST_MODIFIED) {
