@@ -341,7 +341,8 @@ async fn rfc9110_13_2_2_conditional_requests_answered_from_cache() {
     get(&g, "/c", &[]).await;
     get(&g, "/no-lm", &[]).await;
     const LM: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
-    let cases: &[(&str, &[(&str, &str)], u16)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
         ("/c", &[("if-none-match", "\"v1\"")], 304),
         ("/c", &[("if-none-match", "W/\"v1\"")], 304),
         ("/c", &[("if-none-match", "\"x\", \"v1\"")], 304),
