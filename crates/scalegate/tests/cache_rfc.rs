@@ -416,3 +416,92 @@ async fn rfc9111_4_3_2_a_conditional_request_on_a_miss_is_forwarded() {
     assert!(is_hit(&r), "{}", status(&r));
     assert_eq!(o.hits("/cold"), 2);
 }
+
+/// 64 KiB of letters whose sequence does not repeat every 26 bytes (a wrong slice shows).
+fn big_body() -> String {
+    (0..65536u32)
+        .map(|i| char::from(b'a' + ((i * 7 + i / 26 + i / 677) % 26) as u8))
+        .collect()
+}
+
+#[tokio::test]
+async fn rfc9110_14_range_requests_are_served_from_a_stored_response() {
+    let body = big_body();
+    let b2 = body.clone();
+    let o = Origin::start(move |req, _| {
+        let h = [
+            ("cache-control", "max-age=60"),
+            ("etag", "\"big\""),
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("content-type", "application/octet-stream"),
+        ];
+        if let Some(r) = req.headers.get("range").and_then(|v| v.to_str().ok()) {
+            // The origin's own 206 for a range miss.
+            if r == "bytes=10-19" {
+                let mut h = h.to_vec();
+                h.push(("content-range", "bytes 10-19/65536"));
+                return resp(206, &h, &b2[10..20]);
+            }
+        }
+        resp(200, &h, &b2)
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    // A range miss goes to the origin as it is; its 206 is passed on and not stored.
+    let r = get(&g, "/obj", &[("range", "bytes=10-19")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, body[10..20]);
+    assert!(status(&r).contains("detail=partial"), "{}", status(&r));
+    // A full GET stores the object; ranges are then cut from it.
+    assert_eq!(get(&g, "/obj", &[]).await.body, body);
+    let cases: &[(&str, u16, &str, std::ops::Range<usize>)] = &[
+        ("bytes=0-99", 206, "bytes 0-99/65536", 0..100),
+        ("bytes=65000-", 206, "bytes 65000-65535/65536", 65000..65536),
+        ("bytes=-10", 206, "bytes 65526-65535/65536", 65526..65536),
+        ("bytes=100-99999", 206, "bytes 100-65535/65536", 100..65536),
+        ("bytes=70000-", 416, "bytes */65536", 0..0),
+        // Several ranges: the whole representation.
+        ("bytes=0-1, 5-6", 200, "", 0..65536),
+        ("lines=1-2", 200, "", 0..65536),
+    ];
+    for (range, code, content_range, bytes) in cases {
+        let r = get(&g, "/obj", &[("range", range)]).await;
+        assert_eq!(r.status.as_u16(), *code, "{range}");
+        assert!(is_hit(&r), "{range}: {}", status(&r));
+        assert_eq!(r.header("content-range"), *content_range, "{range}");
+        assert_eq!(r.body, body[bytes.clone()], "{range}");
+        if *code == 206 {
+            assert_eq!(
+                r.header("content-length"),
+                bytes.len().to_string(),
+                "{range}"
+            );
+        }
+    }
+    // If-Range: a matching strong ETag or the exact Last-Modified keeps the range; anything
+    // else gets the whole response.
+    for (if_range, code) in [
+        ("\"big\"", 206),
+        ("Mon, 01 Jan 2024 00:00:00 GMT", 206),
+        ("\"other\"", 200),
+        ("W/\"big\"", 200),
+        ("Tue, 02 Jan 2024 00:00:00 GMT", 200),
+    ] {
+        let r = get(
+            &g,
+            "/obj",
+            &[("range", "bytes=0-99"), ("if-range", if_range)],
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), code, "If-Range {if_range}");
+    }
+    // A satisfied precondition wins over Range.
+    let r = get(
+        &g,
+        "/obj",
+        &[("range", "bytes=0-99"), ("if-none-match", "\"big\"")],
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    assert_eq!(o.hits("/obj"), 2, "one range miss and one fill");
+}

@@ -1,14 +1,16 @@
-//! Answering a request from a stored object: Age, Cache-Status, and the client's own
-//! conditional request.
+//! Answering a request from a stored object: Age, Cache-Status, the client's own conditional
+//! request, and its Range.
 
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, HeaderName, Response, StatusCode};
+use http::request::Parts;
+use http::{HeaderName, Method, Response, StatusCode};
 
 use super::conditional;
 use super::object::Object;
+use super::range::{self, Ranged};
 use crate::body::RespBody;
 use crate::proxy::Completion;
 
@@ -18,7 +20,7 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// A response from a stored object, the request finished at once.
 pub fn from_object(
     o: &Object,
-    req: &HeaderMap,
+    req: &Parts,
     cs: HeaderValue,
     mut done: Completion,
 ) -> Response<RespBody> {
@@ -32,7 +34,7 @@ pub fn from_object(
 /// finishes its bookkeeping as it is dropped.
 pub fn from_served(
     o: &Object,
-    req: &HeaderMap,
+    req: &Parts,
     cs: HeaderValue,
     upstream: RespBody,
 ) -> Response<RespBody> {
@@ -40,16 +42,41 @@ pub fn from_served(
     build(o, req, cs)
 }
 
-fn build(o: &Object, req: &HeaderMap, cs: HeaderValue) -> Response<RespBody> {
+fn build(o: &Object, req: &Parts, cs: HeaderValue) -> Response<RespBody> {
     o.hits.fetch_add(1, Ordering::Relaxed);
     let now = SystemTime::now();
     let mut headers = o.response_headers(now);
     headers.insert(CACHE_STATUS.clone(), cs);
-    let (status, body) = if conditional::not_modified(o, req) {
+    // Preconditions before Range (RFC 9110 §13.2.2).
+    let ranged = if conditional::not_modified(o, &req.headers) {
         headers.remove(header::CONTENT_LENGTH);
-        (StatusCode::NOT_MODIFIED, RespBody::Full(None))
+        let mut r = Response::new(RespBody::Full(None));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.headers_mut() = headers;
+        return r;
+    } else if req.method == Method::GET {
+        range::evaluate(&req.headers, o)
     } else {
-        (o.status, RespBody::full(o.body.clone()))
+        Ranged::Full
+    };
+    let len = o.body.len();
+    let (status, body) = match ranged {
+        Ranged::Full => (o.status, RespBody::full(o.body.clone())),
+        Ranged::Partial(r) => {
+            let content_range = format!("bytes {}-{}/{len}", r.start, r.end - 1);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(r.len()));
+            if let Ok(v) = HeaderValue::try_from(content_range) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, RespBody::full(o.body.slice(r)))
+        }
+        Ranged::Unsatisfiable => {
+            if let Ok(v) = HeaderValue::try_from(format!("bytes */{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            (StatusCode::RANGE_NOT_SATISFIABLE, RespBody::Full(None))
+        }
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;

@@ -85,6 +85,7 @@ impl NotStored {
                 | NotStored::Authorization
                 | NotStored::TooBig
                 | NotStored::NotModified
+                | NotStored::Partial
         )
     }
 }

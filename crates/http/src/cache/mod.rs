@@ -19,6 +19,7 @@ pub mod l2;
 pub mod nats;
 pub mod object;
 pub mod purge;
+pub mod range;
 pub(crate) mod serve;
 pub mod spec;
 pub mod status;

@@ -204,7 +204,7 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
                     CacheResult::Hit
                 });
                 let cs = status::hit(o.ttl_secs(now), detail);
-                return Ok(from_object(o, &parts.headers, cs, done));
+                return Ok(from_object(o, &parts, cs, done));
             }
             (Some(o), Some(Usable::StaleWhileRevalidate)) => {
                 cx.route.metrics.cache(CacheResult::Stale);
@@ -212,7 +212,7 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
                     refresh_in_background(cx, &parts, o.clone(), guard);
                 }
                 let cs = status::hit(o.ttl_secs(now), Some("stale-while-revalidate"));
-                return Ok(from_object(o, &parts.headers, cs, done));
+                return Ok(from_object(o, &parts, cs, done));
             }
             _ => {}
         }
@@ -290,7 +290,7 @@ async fn fetch(
                 Some(o) => {
                     cx.route.metrics.cache(CacheResult::StaleIfError);
                     let cs = status::hit(o.ttl_secs(now), Some("stale-if-error"));
-                    Ok(from_object(&o, &parts.headers, cs, done))
+                    Ok(from_object(&o, &parts, cs, done))
                 }
                 None => Err((e, done)),
             };
@@ -315,13 +315,13 @@ async fn fetch(
             cx.store.insert(vary, fresh.clone());
             body.set_status(fresh.status.as_u16());
             let cs = status::forward(Fwd::Stale, Some(304), true, None);
-            return Ok(from_served(&fresh, &parts.headers, cs, body));
+            return Ok(from_served(&fresh, &parts, cs, body));
         }
         if head.status.is_server_error() && o.serves_on_error(now) {
             cx.route.metrics.cache(CacheResult::StaleIfError);
             body.set_status(o.status.as_u16());
             let cs = status::hit(o.ttl_secs(now), Some("stale-if-error"));
-            return Ok(from_served(o, &parts.headers, cs, body));
+            return Ok(from_served(o, &parts, cs, body));
         }
     }
     cx.route.metrics.cache(CacheResult::Miss);

@@ -164,7 +164,7 @@ fn rfc9111_3_any_final_status_with_explicit_freshness_is_storable() {
     );
     assert_eq!(
         check(304, &[("cache-control", "max-age=60")], t0()).0,
-        Err(NotStored::Status)
+        Err(NotStored::NotModified)
     );
 }
 
