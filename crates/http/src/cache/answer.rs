@@ -26,7 +26,8 @@ pub fn from_object(
 ) -> Response<RespBody> {
     let resp = build(o, req, cs);
     done.set_status(resp.status().as_u16());
-    done.finish(true, o.body.len() as u64);
+    done.count_bytes(o.body.len() as u64);
+    done.finish(true);
     resp
 }
 
@@ -87,7 +88,7 @@ fn build(o: &Object, req: &Parts, cs: HeaderValue) -> Response<RespBody> {
 /// The 504 of an `only-if-cached` request with nothing usable stored (RFC 9111 §5.2.1.7).
 pub fn only_if_cached(mut done: Completion) -> Response<RespBody> {
     done.set_status(504);
-    done.finish(true, 0);
+    done.finish(true);
     let mut r = Response::new(RespBody::full(bytes::Bytes::from_static(
         b"504: only-if-cached and nothing usable is stored\n",
     )));
