@@ -84,6 +84,7 @@ async fn rfc9111_5_2_directive_names_are_case_insensitive_alice_never_reaches_bo
         "",
         "a stored cookie is never replayed"
     );
+    common::quiescent(&g).await;
 }
 
 /// An origin answering `/s/NNN...` with status NNN and the headers of the path's first
@@ -145,6 +146,7 @@ async fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored() {
             assert_eq!(o.hits(&path), 1, "{path}");
         }
     }
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -167,6 +169,7 @@ async fn rfc9110_15_1_heuristic_freshness_only_for_heuristically_cacheable_statu
         );
         assert_eq!(o.hits(&path), 2, "{path}");
     }
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -186,6 +189,7 @@ async fn rfc9110_5_6_7_expires_in_all_three_date_formats() {
             .unwrap_or(0);
         assert!((3500..=3600).contains(&ttl), "{path}: {}", status(&r));
     }
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -203,6 +207,7 @@ async fn rfc9111_5_3_an_invalid_expires_means_already_expired() {
         );
         assert_eq!(o.hits(&path), 2);
     }
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -225,6 +230,7 @@ async fn rfc9111_5_1_age_uses_its_first_value_and_ignores_an_invalid_one() {
         "{}",
         r.header("age")
     );
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -240,6 +246,7 @@ async fn rfc9111_5_2_2_3_must_understand_stores_understood_statuses_despite_no_s
         "{}",
         status(&r)
     );
+    common::quiescent(&g).await;
 }
 
 /// An origin for request directives and conditionals: every response has an ETag "v1", a
@@ -332,6 +339,7 @@ async fn rfc9111_5_2_1_request_directives() {
         );
         assert_eq!(o.hits(path), before, "{path}: the origin was not asked");
     }
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -394,6 +402,7 @@ async fn rfc9110_13_2_2_conditional_requests_answered_from_cache() {
         (1, 1),
         "all from the cache"
     );
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -415,6 +424,7 @@ async fn rfc9111_4_3_2_a_conditional_request_on_a_miss_is_forwarded() {
     assert_eq!(r.status, 304);
     assert!(is_hit(&r), "{}", status(&r));
     assert_eq!(o.hits("/cold"), 2);
+    common::quiescent(&g).await;
 }
 
 /// 64 KiB of letters whose sequence does not repeat every 26 bytes (a wrong slice shows).
@@ -504,4 +514,5 @@ async fn rfc9110_14_range_requests_are_served_from_a_stored_response() {
     .await;
     assert_eq!(r.status, 304);
     assert_eq!(o.hits("/obj"), 2, "one range miss and one fill");
+    common::quiescent(&g).await;
 }
