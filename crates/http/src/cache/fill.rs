@@ -1,6 +1,7 @@
 //! Copying a response body into the store as it streams to the client.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, StatusCode};
@@ -32,6 +33,8 @@ pub struct Fill {
     pub chunks: BytesMut,
     /// The most body bytes stored.
     pub limit: usize,
+    /// When its request went to the origin (a purge after that wins over this fill).
+    pub fetched: SystemTime,
     /// Released once the object is in (or abandoned), so followers look again.
     pub guard: FlightGuard,
 }
@@ -57,7 +60,7 @@ impl Sink for Fill {
             me.url,
             me.variant,
         ));
-        me.store.insert(me.vary, obj);
+        me.store.insert(me.vary, obj, me.fetched);
         // The guard drops here, after the object is in: followers find it.
         drop(me.guard);
     }

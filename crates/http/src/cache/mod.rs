@@ -16,9 +16,13 @@ pub mod flight;
 pub mod freshness;
 pub mod key;
 pub mod l2;
+pub mod l2_index;
+pub mod l2_write;
 pub mod nats;
 pub mod object;
 pub mod purge;
+pub mod purge_log;
+pub mod purger;
 pub mod range;
 pub(crate) mod serve;
 pub mod spec;
@@ -27,24 +31,9 @@ pub mod store;
 pub mod verdict;
 
 pub use purge::{Purge, Target};
+pub use purger::{Report as PurgeReport, purge};
 pub use spec::{
     BypassSpec, CacheSpec, CompressionSpec, Encoding, KeySpec, NatsSpec, QueryKey, RedisSpec,
     StoreSpec, TtlRule,
 };
 pub use store::Store;
-
-/// Purges everywhere: this instance's memory, Redis, and (through the Redis channel and the
-/// NATS subject) every other instance's memory. Returns the objects purged in this instance's memory.
-pub async fn purge(store: &Store, p: &Purge) -> usize {
-    let n = store.purge_local(p);
-    if let Some(l2) = &store.l2 {
-        l2.purge(p).await;
-        // Again: a miss between the two purges may have refilled memory from Redis.
-        store.purge_local(p);
-        l2.publish(p).await;
-    }
-    if let Some(bus) = &store.nats {
-        bus.publish(p).await;
-    }
-    n
-}

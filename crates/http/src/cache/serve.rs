@@ -162,10 +162,7 @@ async fn pass_unsafe(
                 target: super::purge::Target::Url(target),
                 soft: false,
             };
-            cx.store.purge_local(&p);
-            if let Some(l2) = cx.store.l2.clone() {
-                tokio::spawn(async move { l2.purge(&p).await });
-            }
+            super::purger::invalidate(&cx.store, p);
         }
     }
     Ok(resp)
@@ -184,7 +181,10 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             && let Some((vary, objects)) = l2.get(&url, &url).await
         {
             for o in objects.into_iter().rev() {
-                cx.store.put(vary.clone(), Arc::new(o));
+                // A purge applied while Redis answered: the copy read may predate it.
+                if !cx.store.purged_since(now, &o) {
+                    cx.store.put(vary.clone(), Arc::new(o));
+                }
             }
             variants = cx.store.get(&url);
         }
@@ -312,7 +312,7 @@ async fn fetch(
             };
             let fresh = Arc::new(answer.refresh(spec, o));
             let vary = key::vary_names(&fresh.headers).unwrap_or_default();
-            cx.store.insert(vary, fresh.clone());
+            cx.store.insert(vary, fresh.clone(), sent);
             body.set_status(fresh.status.as_u16());
             let cs = status::forward(Fwd::Stale, Some(304), true, None);
             return Ok(from_served(&fresh, &parts, cs, body));
@@ -355,6 +355,7 @@ async fn fetch(
                 variant,
                 chunks: BytesMut::new(),
                 limit: spec.max_object_bytes as usize,
+                fetched: sent,
                 guard,
             };
             body = tee(body, Box::new(fill));
