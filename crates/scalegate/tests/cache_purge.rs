@@ -74,6 +74,21 @@ async fn three(o: &Origin, redis: &RedisServer) -> Vec<GatewayProcess> {
     gws
 }
 
+/// Waits (bounded) until the object of `path` is in Redis.
+async fn reaches_redis(redis: &RedisServer, path: &str) {
+    let key = format!("scalegate:cache:127.0.0.1{path}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            redis
+                .command(&["EXISTS", &key])
+                .await
+                .is_some_and(|r| r.starts_with(":1"))
+        })
+        .await,
+        "{key} reached redis"
+    );
+}
+
 /// Stores `paths` through the first instance, waits until Redis has them, then reads them
 /// through the others (from Redis): every instance holds every path, the origin asked once.
 async fn warm(gws: &[GatewayProcess], redis: &RedisServer, o: &Origin, paths: &[String]) {
@@ -81,17 +96,7 @@ async fn warm(gws: &[GatewayProcess], redis: &RedisServer, o: &Origin, paths: &[
         assert_eq!(get(&gws[0], p, &[]).await.body, format!("{p} #1"));
     }
     for p in paths {
-        let key = format!("scalegate:cache:127.0.0.1{p}");
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                redis
-                    .command(&["EXISTS", &key])
-                    .await
-                    .is_some_and(|r| r.starts_with(":1"))
-            })
-            .await,
-            "{key} reached redis"
-        );
+        reaches_redis(redis, p).await;
     }
     for g in gws {
         for p in paths {
@@ -219,17 +224,7 @@ async fn fills_made_while_redis_pauses_reach_it_afterwards() {
     }
     // Every fill reaches Redis: the second instance serves each without asking the origin.
     for p in &fills {
-        let key = format!("scalegate:cache:127.0.0.1{p}");
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                redis
-                    .command(&["EXISTS", &key])
-                    .await
-                    .is_some_and(|r| r.starts_with(":1"))
-            })
-            .await,
-            "{key} reached redis"
-        );
+        reaches_redis(&redis, p).await;
         assert_eq!(get(&gws[1], p, &[]).await.body, format!("{p} #1"));
         assert_eq!(o.hits(p), 1, "{p}");
     }
