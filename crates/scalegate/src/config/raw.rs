@@ -197,6 +197,8 @@ pub struct RawCache {
     pub stale_while_revalidate: Option<Dur>,
     pub stale_if_error: Option<Dur>,
     pub keep: Option<Dur>,
+    pub targets: Option<Vec<Spanned<String>>>,
+    pub strip_targets: Option<bool>,
 }
 
 /// A per-path freshness rule: `ttl` is a duration or "origin".
