@@ -45,6 +45,12 @@ pub struct PoolStats {
     pub bytes_out: AtomicU64,
     /// Clients turned away after the wait timeout.
     pub wait_timeouts: AtomicU64,
+    /// Clients pinned to their server connection by session state now.
+    pub pinned: AtomicUsize,
+    /// Times a client was pinned.
+    pub pins: AtomicU64,
+    /// Statements refused because they create session state (`on_session_state = "refuse"`).
+    pub refusals: AtomicU64,
 }
 
 impl PoolStats {
@@ -63,6 +69,9 @@ impl PoolStats {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             wait_timeouts: AtomicU64::new(0),
+            pinned: AtomicUsize::new(0),
+            pins: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
         }
     }
 }

@@ -303,6 +303,7 @@ mod tests {
             health_interval: Duration::from_secs(1),
             shards: Vec::new(),
             sharding: None,
+            on_session_state: Default::default(),
         };
         Topology::new(&db, None)
     }
