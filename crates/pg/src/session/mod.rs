@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use crate::stream::ClientStream;
 
 use crate::classify::Class;
+mod resend;
 mod sharded;
 mod state;
 
@@ -138,6 +139,10 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         min_lsn: 0,
         stmts: Statements::default(),
         pin: state::Pin::default(),
+        resend: BytesMut::new(),
+        resend_ok: false,
+        resends: 0,
+        fatal_forwarded: false,
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
             || pool.db.sharding.is_some(),
         track: Track {
@@ -206,6 +211,14 @@ struct Session {
     pin: state::Pin,
     /// Session state is refused (0A000) rather than pinned.
     refuse_state: bool,
+    /// Client bytes sent on the lease and not answered yet, while re-sending them is possible.
+    resend: BytesMut,
+    /// Nothing has been answered on this lease yet (a fresh transaction-mode lease).
+    resend_ok: bool,
+    /// Re-sends of the current batch.
+    resends: u8,
+    /// The server's own FATAL reached the client: the pooler adds none.
+    fatal_forwarded: bool,
     track: Track,
     pending_z: usize,
     unsynced: bool,
@@ -267,8 +280,17 @@ impl Session {
                     );
                 },
                 r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
-                    Ok(0) => return End::ServerLost("the server closed the connection".into()),
-                    Err(e) => return End::ServerLost(e.to_string()),
+                    Ok(0) => {
+                        let why = "the server closed the connection".to_string();
+                        if let Some(end) = self.resend_or_end(why) {
+                            return end;
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(end) = self.resend_or_end(e.to_string()) {
+                            return end;
+                        }
+                    }
                     Ok(_) => {
                         if let Some(end) = self.server_messages().await {
                             return end;
@@ -281,6 +303,7 @@ impl Session {
 
     /// Handles every complete client message in the buffer.
     async fn client_messages(&mut self) -> Option<End> {
+        let fresh = self.lease.is_none();
         if self.lease.is_none() {
             if let Some(end) = self.refuse_locally().await {
                 return end;
@@ -306,6 +329,11 @@ impl Session {
             {
                 return self.acquire_failed(e).await;
             }
+        }
+        if fresh && self.transaction && self.sharding.is_none() && self.pin.bits == 0 {
+            // Until the server answers, this batch can go to another server if this one dies.
+            self.resend.clear();
+            self.resend_ok = true;
         }
         let routed = self.routed();
         let lease = self.lease.as_mut()?;
@@ -374,6 +402,9 @@ impl Session {
             if routed && matches!(tag, b'S' | b'Q' | b'F' | b'H') {
                 break;
             }
+        }
+        if self.resend_ok {
+            self.resend.extend_from_slice(&self.cbuf[..consumed]);
         }
         self.cbuf.advance(consumed);
         self.count_pin();
@@ -451,24 +482,36 @@ impl Session {
         Ok(())
     }
 
-    /// A server connection on `route` with this client's settings applied (waits out PAUSE).
+    /// A server connection on `route` with this client's settings applied (waits out PAUSE,
+    /// counted as waiting). A connection that dies while the settings are applied (nothing of
+    /// the client's was sent on it) is replaced.
     async fn lease_on(&mut self, route: Route) -> Result<Lease, AcquireError> {
         if self.pooler.is_paused() {
+            let _waiting = Waiting::new(&self.pool.stats.waiting);
             self.pooler.wait_resumed().await;
         }
-        let mut lease = self.pool.acquire(route).await?;
-        let wanted = self.track.settings.fingerprint();
-        if self.transaction && lease.conn.settings != wanted {
-            let sql = self.track.settings.replay_sql();
-            match lease.conn.run(&sql).await {
-                Ok(()) => lease.conn.settings = wanted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-applying a client's settings failed");
-                    lease.conn.settings = SETTINGS_UNKNOWN;
+        let mut attempts = 0;
+        loop {
+            let mut lease = self.pool.acquire(route).await?;
+            let wanted = self.track.settings.fingerprint();
+            if self.transaction && lease.conn.settings != wanted {
+                let sql = self.track.settings.replay_sql();
+                match lease.conn.run(&sql).await {
+                    Ok(()) => lease.conn.settings = wanted,
+                    Err(e) if e.kind() != std::io::ErrorKind::Other && attempts < 3 => {
+                        attempts += 1;
+                        tracing::info!(error = %e, "server lost while applying settings; another");
+                        self.pool.release(lease, false);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-applying a client's settings failed");
+                        lease.conn.settings = SETTINGS_UNKNOWN;
+                    }
                 }
             }
+            return Ok(lease);
         }
-        Ok(lease)
     }
 
     /// Tells the client no server could be had; each pending query gets its error and
@@ -497,7 +540,17 @@ impl Session {
         let conn = &mut lease.conn;
         let mut consumed = 0;
         let mut rewritten = false;
+        let mut lost = None;
         for (tag, msg) in proto::messages(&conn.buf) {
+            if self.resend_ok && tag == b'E' && resend::is_fatal(msg) {
+                // The server ends the connection before anything reached the client.
+                let code = resend::error_fields(msg).1.unwrap_or_default();
+                lost = Some(format!(
+                    "the server ended the connection (SQLSTATE {})",
+                    String::from_utf8_lossy(code)
+                ));
+                break;
+            }
             consumed += msg.len();
             if self.swallow_z > 0 {
                 // Responses to a BEGIN the pooler sent on the client's behalf.
@@ -527,7 +580,10 @@ impl Session {
                         self.track.settle(self.status, &mut conn.settings);
                     }
                 }
-                b'E' => self.track.segment_error = true,
+                b'E' => {
+                    self.track.segment_error = true;
+                    self.fatal_forwarded |= resend::is_fatal(msg);
+                }
                 b'C' => self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK"),
                 _ => {}
             }
@@ -538,6 +594,12 @@ impl Session {
             } else {
                 action
             };
+            if self.resend_ok && action != Action::Drop {
+                // The client has an answer now: this batch is never sent again.
+                self.resend_ok = false;
+                self.resends = 0;
+                self.resend.clear();
+            }
             if action != Action::Forward && !rewritten {
                 rewritten = true;
                 self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
@@ -552,6 +614,10 @@ impl Session {
                     Action::Refused(bits) => state::refusal(&mut self.to_client, bits),
                 }
             }
+        }
+        if let Some(why) = lost {
+            self.to_client.clear();
+            return self.resend_or_end(why);
         }
         if consumed == 0 {
             return None;
@@ -653,9 +719,12 @@ impl Session {
             End::ServerLost(why) => {
                 self.stmts.reset_flight();
                 self.release(false);
-                let msg = format!("server connection lost: {why}");
-                let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
-                let _ = self.client.write_all(&b).await;
+                // One FATAL per client: the server's own, when it sent one, else ours.
+                if !self.fatal_forwarded {
+                    let msg = format!("server connection lost: {why}");
+                    let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
+                    let _ = self.client.write_all(&b).await;
+                }
             }
             End::Shutdown => {
                 let b = proto::error_bytes(
@@ -771,6 +840,22 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Drained for crate:
     }
 }
 
+/// Counts a client in its pool's waiting gauge while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        gauge.fetch_add(1, Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Settings a transaction-mode client made, and those in flight. Changes are kept with the
 /// segment (the messages up to a Sync, Query or FunctionCall) that sends them, since a client
 /// may send the next segment before the previous one is answered.
@@ -790,6 +875,15 @@ struct Track {
 }
 
 impl Track {
+    /// Forgets the changes of segments that were sent but will be sent again (their server
+    /// was lost before answering).
+    fn forget_unsent(&mut self) {
+        let done = self.done;
+        self.changes.retain(|(s, _)| *s < done);
+        self.unknown = self.unknown.filter(|s| *s < done);
+        self.sent = done;
+    }
+
     /// At a ReadyForQuery with `status`: keep, apply or drop the transaction's changes, and
     /// record what the server's session now holds.
     fn settle(&mut self, status: u8, server: &mut u64) {
