@@ -208,6 +208,7 @@ const POOL_COLS: &[&str] = &[
     "maxwait_us",
     "pool_mode",
     "pool_size",
+    "cl_pinned",
     "shard",
 ];
 
@@ -249,6 +250,7 @@ fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 s.max_wait_us.load(Relaxed).to_string(),
                 mode(p.mode()),
                 p.db.pool_size.to_string(),
+                s.pinned.load(Relaxed).to_string(),
                 shard,
             ]
         };
@@ -292,7 +294,14 @@ fn stats_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     })
 }
 
-const CLIENT_COLS: &[&str] = &["user", "database", "addr", "connected_s", "server_id"];
+const CLIENT_COLS: &[&str] = &[
+    "user",
+    "database",
+    "addr",
+    "connected_s",
+    "server_id",
+    "pinned",
+];
 
 fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     let mut rows: Vec<Vec<String>> = pooler
@@ -306,6 +315,7 @@ fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 c.addr.to_string(),
                 c.since.elapsed().as_secs().to_string(),
                 server.map(|(id, _)| id.to_string()).unwrap_or_default(),
+                crate::effects::state::names(c.pinned.load(Relaxed)),
             ]
         })
         .collect();

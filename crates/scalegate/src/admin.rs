@@ -97,6 +97,12 @@ impl Admin {
                 Some(refusal) => refusal,
             };
         }
+        if req.method() == Method::POST && req.uri().path() == "/cache/purge" {
+            return match self.refuse(&req) {
+                None => crate::admin_cache::purge(&self.gw, req.uri()).await,
+                Some(refusal) => refusal,
+            };
+        }
         if let Some(call) = DeadCall::parse(req.method(), req.uri().path()) {
             if call.changes()
                 && let Some(refusal) = self.refuse(&req)
@@ -112,12 +118,6 @@ impl Admin {
         if req.method() == Method::POST && req.uri().path().starts_with("/switches/") {
             return match self.refuse(&req) {
                 None => crate::switches::apply(&self.gw, req.uri()),
-                Some(refusal) => refusal,
-            };
-        }
-        if req.method() == Method::POST && req.uri().path() == "/cache/purge" {
-            return match self.refuse(&req) {
-                None => crate::admin_cache::purge(&self.gw, req.uri()),
                 Some(refusal) => refusal,
             };
         }

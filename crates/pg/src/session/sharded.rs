@@ -21,6 +21,7 @@ use super::{End, Session};
 use crate::proto::{self, Severity};
 use crate::settings;
 use crate::sharding::{Merge, Plan, ShardingSpec};
+use crate::stmt::Sub;
 
 /// What to do with the client's batch in a sharded database when no server is held.
 pub(super) enum Decision {
@@ -210,8 +211,13 @@ impl Session {
                 o.put_u8(0);
                 o.put_slice(body);
             });
-            self.stmts
-                .client_message(&parse, &mut lease.conn.prepared, |_| 0, &mut self.to_server);
+            self.stmts.client_message(
+                &parse,
+                &mut lease.conn.prepared,
+                |_| 0,
+                &mut self.to_server,
+                Sub::Forward,
+            );
             self.swallow_parse += 1;
         }
     }
@@ -306,8 +312,13 @@ impl Session {
     /// (it stands for one the client waits for), else kept back.
     async fn send_own(&mut self, msg: &[u8], answered: bool) -> Option<End> {
         let lease = self.lease.as_mut()?;
-        self.stmts
-            .client_message(msg, &mut lease.conn.prepared, |_| 0, &mut self.to_server);
+        self.stmts.client_message(
+            msg,
+            &mut lease.conn.prepared,
+            |_| 0,
+            &mut self.to_server,
+            Sub::Forward,
+        );
         if answered {
             self.pending_z += 1;
         } else {
