@@ -174,6 +174,33 @@ async fn a_transaction_never_writes_to_a_shard_it_does_not_run_on() {
         .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
         .count();
     assert_eq!(n, 1);
+    // The deferred BEGIN reaches the shard as written (isolation level kept).
+    c.simple_query("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .expect("begin");
+    c.simple_query("SELECT name FROM users WHERE user_id = 3")
+        .await
+        .expect("keyed read");
+    let level = c
+        .simple_query("SHOW transaction_isolation")
+        .await
+        .expect("show");
+    assert!(
+        level.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("serializable"))),
+        "the transaction's isolation level was lost"
+    );
+    c.simple_query("COMMIT").await.expect("commit");
+    // BEGIN with more statements in the same query is not answered as a bare BEGIN (which
+    // would drop the UPDATE silently): it is refused as a whole.
+    let e = c
+        .simple_query("BEGIN ; UPDATE users SET score = 7 WHERE user_id = 1")
+        .await
+        .expect_err("several statements in one query");
+    assert_eq!(code(&e), "0A000", "{e:?}");
+    assert_eq!(
+        s.servers[0].psql("postgres", "SELECT score FROM users WHERE user_id = 1"),
+        "0"
+    );
     s.assert_placement();
     quiescent(&s.gw).await;
 }

@@ -140,6 +140,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         swallow_lone_z: 0,
         swallow_parse: 0,
         unnamed: None,
+        begin_sql: String::new(),
         aside_sync: false,
         skip_to_sync: false,
         shard_txn_failed: false,
@@ -219,6 +220,8 @@ struct Session {
     swallow_parse: usize,
     /// The client's last unnamed statement (Parse body), for routing a later Bind of it.
     unnamed: Option<bytes::Bytes>,
+    /// The client's deferred BEGIN as it wrote it (isolation level, READ ONLY …).
+    begin_sql: String,
     /// The batch being forwarded ran aside and ends with Flush: close it with our own Sync.
     aside_sync: bool,
     /// A Flush-ended batch was refused: the client's messages up to its Sync are dropped.

@@ -67,16 +67,30 @@ impl Session {
         } else {
             String::new()
         };
-        let first = lower.split_whitespace().next().unwrap_or("");
-        if b.simple && matches!(first, "begin" | "start") {
+        let control = if b.simple {
+            transaction_control(&lower)
+        } else {
+            None
+        };
+        if control == Some(TxnControl::Begin) {
+            // Sent as the client wrote it (isolation level, READ ONLY …) once a shard is known.
+            self.begin_sql = b
+                .first_sql()
+                .map(|s| {
+                    String::from_utf8_lossy(s)
+                        .trim()
+                        .trim_end_matches(';')
+                        .to_string()
+                })
+                .unwrap_or_else(|| "BEGIN".into());
             self.deferred_begin = true;
             let mut out = BytesMut::new();
             proto::command_complete(&mut out, "BEGIN");
             proto::ready(&mut out, b'T');
             return Decision::Local(out);
         }
-        if b.simple && matches!(first, "commit" | "end" | "rollback" | "abort") {
-            let tag = if matches!(first, "commit" | "end") && !self.shard_txn_failed {
+        if let Some(end) = control {
+            let tag = if end == TxnControl::Commit && !self.shard_txn_failed {
                 "COMMIT"
             } else {
                 "ROLLBACK"
@@ -197,7 +211,13 @@ impl Session {
     pub(super) fn lead_in(&mut self) {
         if self.deferred_begin {
             self.deferred_begin = false;
-            if frontend::query("BEGIN", &mut self.to_server).is_ok() {
+            let sql = std::mem::take(&mut self.begin_sql);
+            let sql = if sql.is_empty() {
+                "BEGIN"
+            } else {
+                sql.as_str()
+            };
+            if frontend::query(sql, &mut self.to_server).is_ok() {
                 self.swallow_z += 1;
             }
         }
@@ -364,6 +384,38 @@ fn plan_exec(spec: &ShardingSpec, e: &Exec<'_>) -> Plan {
     }
 }
 
+/// A simple query that only begins or ends a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxnControl {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+/// What `lower` (a lower-cased simple query) does, when it is one statement that only begins
+/// a transaction or ends one (not `ROLLBACK TO SAVEPOINT`, `AND CHAIN` or `COMMIT PREPARED`,
+/// which go to the server).
+fn transaction_control(lower: &str) -> Option<TxnControl> {
+    if lower.contains(';') {
+        return None;
+    }
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let (first, rest) = words.split_first()?;
+    let rest: Vec<&str> = rest
+        .iter()
+        .copied()
+        .filter(|w| !matches!(*w, "work" | "transaction"))
+        .collect();
+    let plain = rest.is_empty() || rest == ["and", "no", "chain"];
+    match *first {
+        "begin" => Some(TxnControl::Begin),
+        "start" if words.get(1) == Some(&"transaction") => Some(TxnControl::Begin),
+        "commit" | "end" if plain => Some(TxnControl::Commit),
+        "rollback" | "abort" if plain => Some(TxnControl::Rollback),
+        _ => None,
+    }
+}
+
 /// Whether `sql` is BEGIN or START TRANSACTION.
 fn starts_transaction(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql);
@@ -424,6 +476,31 @@ pub(super) fn unnamed_execute(
 #[cfg(test)]
 mod tests {
     use super::raise_sql;
+
+    #[test]
+    fn only_plain_transaction_control_is_answered_by_the_pooler() {
+        use super::{TxnControl, transaction_control as tc};
+        assert_eq!(tc("begin"), Some(TxnControl::Begin));
+        assert_eq!(
+            tc("begin isolation level serializable"),
+            Some(TxnControl::Begin)
+        );
+        assert_eq!(tc("start transaction read only"), Some(TxnControl::Begin));
+        assert_eq!(tc("commit work"), Some(TxnControl::Commit));
+        assert_eq!(tc("end"), Some(TxnControl::Commit));
+        assert_eq!(tc("abort transaction"), Some(TxnControl::Rollback));
+        for other in [
+            "begin ; update users set a = 1 where user_id = 1",
+            "rollback to savepoint a",
+            "rollback to a",
+            "commit prepared 'x'",
+            "commit and chain",
+            "start",
+            "select 1",
+        ] {
+            assert_eq!(tc(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn refusal_text_cannot_break_out_of_its_literal() {
