@@ -252,6 +252,17 @@ impl ShardingSpec {
     }
 
     fn plan_statement(&self, stmt: &Statement, params: &[Param]) -> Plan {
+        let plan = self.plan_write(stmt, params);
+        if let (Plan::One(_), Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) =
+            (&plan, stmt)
+            && let Some(why) = self.statement_subquery_refusal(stmt)
+        {
+            return Plan::Reject(why);
+        }
+        plan
+    }
+
+    fn plan_write(&self, stmt: &Statement, params: &[Param]) -> Plan {
         match stmt {
             Statement::Query(q) => self.plan_query(q, params),
             Statement::Insert(ins) => {
@@ -641,6 +652,14 @@ mod tests {
         );
         merge("SELECT * FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > 5)");
         merge("SELECT * FROM users u JOIN orders o ON o.user_id = u.user_id");
+        // Correlated by the key: every row the subquery sees is on the outer row's shard.
+        merge(
+            "SELECT * FROM users u WHERE score < (SELECT count(*) FROM orders o WHERE o.user_id = u.user_id)",
+        );
+        assert!(matches!(
+            s.plan("UPDATE users u SET score = (SELECT max(total) FROM orders o WHERE o.user_id = u.user_id) WHERE user_id = 1", &[]),
+            Plan::One(_)
+        ));
         for (sql, construct) in [
             (
                 "SELECT * FROM users WHERE score = (SELECT max(score) FROM users)",
@@ -681,6 +700,14 @@ mod tests {
             ),
             ("SELECT max(score) FROM users", "max"),
             // Routed to one shard, but the subquery would see only that shard.
+            (
+                "UPDATE users SET score = (SELECT max(score) FROM users) WHERE user_id = 1",
+                "max",
+            ),
+            (
+                "DELETE FROM users WHERE user_id = 1 AND name IN (SELECT name FROM users)",
+                "not tied",
+            ),
             (
                 "SELECT * FROM users WHERE user_id = 1 AND score = (SELECT max(score) FROM users)",
                 "max",

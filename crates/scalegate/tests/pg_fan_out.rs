@@ -67,7 +67,8 @@ fn query(rng: &mut Rng) -> (String, bool) {
         "WHERE user_id IN (SELECT user_id FROM users ORDER BY user_id LIMIT 3)".into(),
         "WHERE name IN (SELECT name FROM users WHERE user_id = 5)".into(),
         format!("WHERE score >= (SELECT avg(total) / 20 FROM orders WHERE total > {k})"),
-    ][rng.below(10)]
+        "WHERE score < (SELECT count(*) FROM orders o WHERE o.user_id = users.user_id)".into(),
+    ][rng.below(11)]
     .clone();
     let (order, total) = match rng.below(4) {
         0 => (String::new(), false),

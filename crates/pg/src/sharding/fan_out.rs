@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Expr, GroupByExpr, InTarget, Join, JoinConstraint, JoinOperator, LimitClause, OrderByKind,
-    OrderBySort, Query, Select, SelectItem, SetExpr, TableFactor, Value, Visit, Visitor,
+    OrderBySort, Query, Select, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
     visit_relations,
 };
 
@@ -125,14 +125,16 @@ impl ShardingSpec {
 
     /// Why a subquery of `q` would answer differently per shard, if it would.
     pub(super) fn subquery_refusal(&self, q: &Query) -> Option<String> {
-        let mut scan = Scan {
-            spec: self,
-            stack: Vec::new(),
-            derived: HashSet::new(),
-            tied: HashSet::new(),
-            refusal: None,
-        };
+        let mut scan = Scan::new(self, Vec::new());
         let _ = q.visit(&mut scan);
+        scan.refusal
+    }
+
+    /// The same for an INSERT, UPDATE or DELETE routed by its key: every query in it is a
+    /// subquery and must not need other shards' rows.
+    pub(super) fn statement_subquery_refusal(&self, stmt: &Statement) -> Option<String> {
+        let mut scan = Scan::new(self, vec![false]);
+        let _ = stmt.visit(&mut scan);
         scan.refusal
     }
 
@@ -314,8 +316,24 @@ struct Scan<'a> {
     /// Per open query level: whether it reads a sharded table (itself or below).
     stack: Vec<bool>,
     derived: HashSet<*const Query>,
-    tied: HashSet<*const Query>,
+    /// Correlated with the outer row by the key: every row they see is on its shard.
+    correlated: HashSet<*const Query>,
+    /// `key IN (SELECT key …)`: row by row on each shard, if they compute nothing over rows.
+    keyed_in: HashSet<*const Query>,
     refusal: Option<String>,
+}
+
+impl<'a> Scan<'a> {
+    fn new(spec: &'a ShardingSpec, stack: Vec<bool>) -> Scan<'a> {
+        Scan {
+            spec,
+            stack,
+            derived: HashSet::new(),
+            correlated: HashSet::new(),
+            keyed_in: HashSet::new(),
+            refusal: None,
+        }
+    }
 }
 
 impl Visitor for Scan<'_> {
@@ -336,13 +354,16 @@ impl Visitor for Scan<'_> {
             return ControlFlow::Continue(());
         }
         let ptr = q as *const Query;
+        if self.correlated.contains(&ptr) {
+            return ControlFlow::Continue(());
+        }
         let why = if let Some(c) = own_construct(q).or_else(|| limits(q)) {
             format!(
                 "{c} inside a subquery over a sharded table would be computed on each shard separately"
             )
         } else if q.with.is_some() {
             "WITH inside a subquery over a sharded table cannot be fanned out".into()
-        } else if self.derived.contains(&ptr) || self.tied.contains(&ptr) {
+        } else if self.derived.contains(&ptr) || self.keyed_in.contains(&ptr) {
             return ControlFlow::Continue(());
         } else {
             "a subquery over a sharded table that is not tied to the outer row by the sharding key (… WHERE o.user_id = u.user_id, or user_id IN (SELECT user_id …)) would see only one shard's rows".into()
@@ -372,14 +393,14 @@ impl Visitor for Scan<'_> {
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         match e {
             Expr::Exists { subquery: q, .. } | Expr::Subquery(q) if self.spec.tied_by_key(q) => {
-                self.tied.insert(q.as_ref() as *const Query);
+                self.correlated.insert(q.as_ref() as *const Query);
             }
             Expr::In {
                 expr,
                 target: InTarget::Subquery(q),
                 ..
             } if self.key_in(expr, q) => {
-                self.tied.insert(q.as_ref() as *const Query);
+                self.keyed_in.insert(q.as_ref() as *const Query);
             }
             _ => {}
         }
