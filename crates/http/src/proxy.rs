@@ -48,6 +48,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The listener's `max_header_bytes`: the largest request line and headers accepted.
     pub max_head: usize,
+    /// The listener's edge rules: normalisation, trusted proxies, header count, upgrades.
+    pub edge: Arc<crate::edge::EdgeSpec>,
     /// Worker serving the connection (selects the connection pool).
     pub worker: usize,
     /// "http" or "https".
@@ -67,7 +69,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
     let snap = ctx.gateway.snapshot();
     let (mut parts, body) = req.into_parts();
     let grpc = crate::error::is_grpc(&parts.headers);
-    let head_error = headers::check_head(&parts, ctx.max_head).err();
+    // EDGE (edge.rs): head checks, the one normalisation of path and host, the upgrade filter
+    // and the client address behind trusted proxies, before anything else reads the request.
+    let head_error = crate::edge::admit(&ctx, &mut parts).err();
     // One id for the whole request: every attempt, the access log and the client's copy.
     let request_id = headers::ensure_request_id(&mut parts.headers);
     if let Some(e) = head_error {
@@ -107,6 +111,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             .insert(headers::X_REQUEST_ID.clone(), request_id);
         return resp;
     };
+    // EDGE: the client's address (behind trusted proxies) for access, rate keys and the log.
+    let client = SocketAddr::new(crate::edge::client_ip(&ctx, &parts), ctx.peer.port());
     route.metrics.in_flight.inc();
     ctx.activity.begin();
     let done = Completion {
@@ -120,14 +126,14 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
         endpoint: None,
         log: snap
             .access_log
-            .then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
+            .then(|| Box::new(AccessRecord::new(&parts, client, &route.spec.name))),
     };
     // Admission: the route's rate limit, before any upstream work.
     // Access rules first: a refused client spends no rate-limit budget.
-    let forbidden = !route.spec.access.permits(ctx.peer.ip());
+    let forbidden = !route.spec.access.permits(client.ip());
     let rate = match (&route.limiter, &route.spec.rate_limit, &route.shared) {
         (Some(l), Some(spec), None) if !forbidden => {
-            Some(admission::check(l, spec, &parts.headers, ctx.peer))
+            Some(admission::check(l, spec, &parts.headers, client))
         }
         // Boxed: the Redis round trip's future stays out of every other request's future.
         (Some(l), Some(spec), Some(shared)) if !forbidden => Some(
@@ -136,7 +142,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 &route.spec.name,
                 l,
                 spec,
-                admission::key_of(spec, &parts.headers, ctx.peer),
+                admission::key_of(spec, &parts.headers, client),
             ))
             .await,
         ),
@@ -376,7 +382,8 @@ async fn forward(
             .get::<tunnel::Requested>()
             .map(|r| r.0.clone()),
     };
-    let mut pick_req = pick_request(upstream, &parts, ctx.peer);
+    let client = SocketAddr::new(crate::edge::client_ip(ctx, &parts), ctx.peer.port());
+    let mut pick_req = pick_request(upstream, &parts, client);
     let mut template = Some(parts);
     let mut attempt = 1;
     loop {
@@ -403,12 +410,15 @@ async fn forward(
         rewrite_request(
             &mut head,
             ctx,
+            client.ip(),
             &route.spec,
             upstream.spec.protocol,
             &endpoint,
         );
-        if let Some(protocol) = &upgrade {
-            tunnel::restore(&mut head.headers, protocol.clone());
+        match &upgrade {
+            Some(protocol) => tunnel::restore(&mut head.headers, protocol.clone()),
+            // EDGE: a body on GET/HEAD is forwarded whatever its framing (headers.rs).
+            None => headers::frame_body(&mut head, upstream.spec.protocol, &req_body),
         }
         if let Some(log) = done.log.as_mut() {
             log.upstream(&upstream.spec.name, &endpoint.addr);
@@ -666,6 +676,7 @@ fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: T
 fn rewrite_request(
     parts: &mut http::request::Parts,
     ctx: &ConnCtx,
+    client: std::net::IpAddr,
     route: &crate::spec::RouteSpec,
     protocol: UpstreamProtocol,
     endpoint: &HttpEndpoint,
@@ -679,7 +690,15 @@ fn rewrite_request(
         .or_else(|| parts.headers.get(header::HOST).cloned());
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());
+    // EDGE (forwarded.rs): replaced from an untrusted peer, extended from a trusted proxy.
+    crate::forwarded::apply(
+        &mut parts.headers,
+        &ctx.edge.trust,
+        ctx.peer.ip(),
+        client,
+        ctx.scheme,
+        host.as_ref(),
+    );
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let rewritten = route.rewrite.as_ref().and_then(|r| r.apply(original));
     let path = rewritten.as_deref().unwrap_or(original);

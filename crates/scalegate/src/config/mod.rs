@@ -11,6 +11,7 @@
 mod cache;
 mod cluster;
 mod dns;
+mod edge;
 mod edits;
 mod fanout;
 mod files;

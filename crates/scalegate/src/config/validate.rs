@@ -281,6 +281,7 @@ fn listeners(
                     "max_connections",
                 ) as usize
             }),
+            edge: super::edge::listener_edge(c, l),
         });
     }
     out
@@ -413,8 +414,11 @@ fn routes(
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
-                host: m.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
-                path_prefix: m.path_prefix.as_ref().map(|p| p.get_ref().clone()),
+                host: m.host.as_ref().map(super::edge::match_host),
+                path_prefix: m
+                    .path_prefix
+                    .as_ref()
+                    .map(|p| super::edge::match_path(c, p)),
                 method,
                 headers,
             },
