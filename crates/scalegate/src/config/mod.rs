@@ -19,6 +19,7 @@ mod lint;
 mod pg;
 mod queue;
 mod raw;
+mod refuse;
 mod units;
 mod validate;
 mod zone;

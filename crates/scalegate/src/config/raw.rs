@@ -58,6 +58,7 @@ pub enum RuntimeMode {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
+    pub expose_without_token: Option<bool>,
 }
 
 /// Gateway-wide admission.

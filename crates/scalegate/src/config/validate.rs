@@ -142,6 +142,11 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         }
         t.get_ref().clone()
     });
+    super::refuse::serves_something(&mut c, &raw);
+    super::refuse::admin_exposure(&mut c, &raw.admin, admin_listen);
+    if let Some(pg) = &raw.postgres {
+        super::refuse::admin_users_authenticate(&mut c, pg);
+    }
     let drain_timeout = c.dur(
         &raw.lifecycle.drain_timeout,
         Duration::from_secs(30),

@@ -1,0 +1,89 @@
+//! A config that cannot serve is refused by `check`, `run` and reload alike, and an editor
+//! that truncates the file before writing it never makes the gateway stop listening.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn check_and_run_refuse_an_empty_file_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("empty.toml");
+    std::fs::write(&path, "").expect("write");
+    let want = format!("{}:1:1: nothing to serve", path.display());
+    for cmd in ["check", "run"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--config"])
+            .arg(&path)
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd} accepted an empty file");
+        assert!(stderr.contains(&want), "{cmd}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_to_an_empty_file_keeps_the_running_config() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    std::fs::write(&gw.config, "").expect("truncate");
+    gw.signal(libc::SIGHUP);
+    assert!(metrics_show(&gw, "scalegate_config_reloads_total{result=\"error\"} ").await);
+    let r = Client::http1()
+        .get(gw.http, "/")
+        .await
+        .expect("still serving");
+    assert_eq!(r.body, "b0");
+}
+
+#[tokio::test]
+async fn an_editor_that_truncates_then_writes_never_stops_the_listener() {
+    let bs = backends(2).await;
+    let gw = gateway(&bs[..1], "").await;
+    // Requests on fresh connections all along, so a listener that stopped would show.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, bad, addr) = (stop.clone(), ok.clone(), bad.clone(), gw.http);
+        tokio::spawn(async move {
+            while !stop.load(Relaxed) {
+                match Client::http1().get(addr, "/").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Relaxed),
+                    _ => bad.fetch_add(1, Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    std::fs::File::create(&gw.config).expect("truncate");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.write_config(&app(&bs[1..], ""));
+    let c = Client::http1();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            c.get(gw.http, "/").await.is_ok_and(|r| r.body == "b1")
+        })
+        .await,
+        "the written file is applied"
+    );
+    stop.store(true, Relaxed);
+    load.await.expect("load loop");
+    assert!(ok.load(Relaxed) > 10, "the load loop ran");
+    assert_eq!(
+        bad.load(Relaxed),
+        0,
+        "a request failed while the file was empty"
+    );
+    assert!(
+        gw.admin_get("/metrics")
+            .await
+            .contains("scalegate_config_reloads_total{result=\"ok\"} 1"),
+        "the empty file was never applied"
+    );
+}
