@@ -67,7 +67,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// What hyper lets through but RFC 9112 §3.2 and the listener's limits do not: more than one
 /// Host, a Host that is not an authority, an HTTP/1.1 request with no Host, even in absolute
-/// form (400); a request line and headers over `max_head` bytes or more than `max_headers`
+/// form, a Host that differs from HTTP/2's `:authority`, an authority-form target on another
+/// method than CONNECT (400); a request line and headers over `max_head` bytes or more than `max_headers`
 /// field lines (431: hyper's own size limit is on its read buffer, which a single large read
 /// can overshoot, and HTTP/2 has no count limit of its own). The limits are the same for
 /// HTTP/1.1 and HTTP/2.
@@ -91,6 +92,23 @@ pub fn check_head(
                 return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
             }
         }
+    }
+    // RFC 9113 §8.3.1: a Host naming another authority than :authority is malformed.
+    if parts.version == http::Version::HTTP_2
+        && let (Some(a), Some(h)) = (parts.uri.authority(), parts.headers.get(header::HOST))
+        && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
+    {
+        return Err(ProxyError::BadRequest("Host differs from :authority"));
+    }
+    // RFC 9112 §3.2.3: the authority form (`GET host:80`) is for CONNECT only.
+    if parts.version <= http::Version::HTTP_11
+        && parts.method != http::Method::CONNECT
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_some()
+    {
+        return Err(ProxyError::BadRequest(
+            "authority-form target without CONNECT",
+        ));
     }
     if parts.headers.len() > max_headers {
         return Err(ProxyError::HeadersTooLarge);

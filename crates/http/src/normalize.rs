@@ -55,6 +55,7 @@ impl Default for NormalizeSpec {
 
 /// Normalises the request's target path, its authority and its Host header in place.
 pub fn normalize(parts: &mut Parts, spec: &NormalizeSpec) -> Result<(), ProxyError> {
+    method(&parts.method)?;
     let new_path = match parts.uri.path_and_query() {
         // Only origin paths: `*` (OPTIONS) and an authority-form target have nothing to do.
         Some(pq) if pq.path().starts_with('/') => {
@@ -94,6 +95,22 @@ pub fn normalize(parts: &mut Parts, spec: &NormalizeSpec) -> Result<(), ProxyErr
                 .map_err(|_| ProxyError::BadRequest("Host is not a valid authority"))?;
             parts.headers.insert(header::HOST, v);
         }
+    }
+    Ok(())
+}
+
+/// Method names are case-sensitive (RFC 9110 §9.1): `delete` is not DELETE to the gateway's
+/// matchers, but some frameworks upper-case it. A case variant of a standard method is 400.
+fn method(m: &http::Method) -> Result<(), ProxyError> {
+    let s = m.as_str();
+    if !s.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Ok(());
+    }
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if STANDARD.iter().any(|k| k.eq_ignore_ascii_case(s)) {
+        return Err(ProxyError::BadRequest("method names are case-sensitive"));
     }
     Ok(())
 }
@@ -356,6 +373,22 @@ mod tests {
         assert_eq!(norm_with("//a/./b", keep).expect("ok"), "//a/b");
         for bad in ["/%", "/%4", "/%zz", "/a%g1"] {
             assert!(norm(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn case_variants_of_standard_methods_are_refused() {
+        for ok in ["GET", "DELETE", "PROPFIND", "purge"] {
+            assert!(
+                method(&http::Method::from_bytes(ok.as_bytes()).expect(ok)).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["get", "Delete", "pOST"] {
+            assert!(
+                method(&http::Method::from_bytes(bad.as_bytes()).expect(bad)).is_err(),
+                "{bad}"
+            );
         }
     }
 

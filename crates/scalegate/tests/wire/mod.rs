@@ -23,6 +23,8 @@ pub async fn h1(addr: SocketAddr, bytes: &[u8]) -> Vec<u16> {
     let mut buf: Vec<u8> = Vec::new();
     let mut statuses = Vec::new();
     let mut first = true;
+    // A response to HEAD has no body whatever its Content-Length says.
+    let mut head = bytes.starts_with(b"HEAD ");
     loop {
         // The first answer may take a round trip upstream; later ones are only looked for.
         let wait = if first {
@@ -30,8 +32,9 @@ pub async fn h1(addr: SocketAddr, bytes: &[u8]) -> Vec<u16> {
         } else {
             Duration::from_millis(100)
         };
-        match parse_response(&buf) {
+        match parse_response(&buf, head) {
             Some((status, used)) => {
+                head = false;
                 statuses.push(status);
                 buf.drain(..used);
                 first = false;
@@ -49,10 +52,13 @@ pub async fn h1(addr: SocketAddr, bytes: &[u8]) -> Vec<u16> {
 }
 
 /// A complete response at the front of `buf`: (status, bytes used).
-fn parse_response(buf: &[u8]) -> Option<(u16, usize)> {
+fn parse_response(buf: &[u8], to_head: bool) -> Option<(u16, usize)> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    if to_head {
+        return Some((status, head_end));
+    }
     let length = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
