@@ -1,7 +1,8 @@
 //! The edge of the request path: what a listener refuses or rewrites before anything else looks
 //! at a request. [`admit`] runs first in `proxy::handle`, once per request: the head checks
 //! (`headers::check_head`: Host rules, size and count limits), the one normalisation of path and
-//! host (`normalize.rs`), the upgrade filter, and the client address behind trusted proxies
+//! host (`normalize.rs`), CONNECT refused, the upgrade filter, and the client address behind
+//! trusted proxies
 //! (`forwarded.rs`). Routing, access rules, rate limits, the cache, the access log and the
 //! upstream request all see what it leaves.
 
@@ -55,6 +56,13 @@ pub fn admit(ctx: &ConnCtx, parts: &mut Parts) -> Result<(), ProxyError> {
     let edge = &ctx.edge;
     crate::headers::check_head(parts, ctx.max_head, edge.max_headers)?;
     crate::normalize::normalize(parts, &edge.normalize)?;
+    // A tunnel to wherever the client names would pass no route's rules: only RFC 8441's
+    // extended CONNECT (a WebSocket, h2_websocket.rs) is taken.
+    if parts.method == http::Method::CONNECT
+        && parts.extensions.get::<hyper::ext::Protocol>().is_none()
+    {
+        return Err(ProxyError::BadRequest("CONNECT tunnels are not offered"));
+    }
     filter_upgrade(&mut parts.headers, &edge.upgrades);
     if let Some(ip) = edge
         .trust

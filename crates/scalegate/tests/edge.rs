@@ -10,41 +10,12 @@ use scalegate_testkit::Recorder;
 use scalegate_testkit::raw_h2::{Frame, H2Answer};
 use wire::{expect, h1, h2, plain};
 
-/// Routes of issue 15's report: `/admin` and the host `admin.example` deny loopback clients;
-/// everything else goes to the same recording backend.
-fn deny_routes(rec: &Recorder) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "admin"
-match = {{ path_prefix = "/admin" }}
-upstream = "app"
-deny = ["127.0.0.0/8"]
-
-[[routes]]
-name = "admin-site"
-match = {{ host = "admin.example" }}
-upstream = "app"
-deny = ["127.0.0.0/8"]
-
-[[routes]]
-name = "rest"
-match = {{ path_prefix = "/" }}
-upstream = "app"
-
-[upstreams.app]
-endpoints = ["{}"]
-"#,
-        rec.addr
-    )
-}
-
 async fn gateway_with(listener: &str, rec: &Recorder) -> GatewayProcess {
     GatewayProcess::start_full(
         BIN,
         "[runtime]\nworker_threads = 1\n",
         listener,
-        &deny_routes(rec),
+        &wire::deny_routes(rec),
     )
     .await
 }

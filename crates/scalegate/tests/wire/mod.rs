@@ -110,6 +110,47 @@ pub async fn h2(
     raw_h2::send(addr, &fields, frames).await
 }
 
+/// Routes of issue 15's report, one per matcher kind, each denying loopback clients, and a
+/// catch-all, all to the recording backend `rec`.
+pub fn deny_routes(rec: &Recorder) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "admin"
+match = {{ path_prefix = "/admin" }}
+upstream = "app"
+deny = ["127.0.0.0/8"]
+
+[[routes]]
+name = "admin-site"
+match = {{ host = "admin.example" }}
+upstream = "app"
+deny = ["127.0.0.0/8"]
+
+[[routes]]
+name = "no-delete"
+match = {{ path_prefix = "/items", method = "DELETE" }}
+upstream = "app"
+deny = ["127.0.0.0/8"]
+
+[[routes]]
+name = "internal"
+match = {{ path_prefix = "/", headers = {{ x-internal = "1" }} }}
+upstream = "app"
+deny = ["127.0.0.0/8"]
+
+[[routes]]
+name = "rest"
+match = {{ path_prefix = "/" }}
+upstream = "app"
+
+[upstreams.app]
+endpoints = ["{}"]
+"#,
+        rec.addr
+    )
+}
+
 /// A request as the backend received it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seen {
