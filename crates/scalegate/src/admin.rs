@@ -37,6 +37,9 @@ pub async fn start(
     let local = listener.local_addr()?;
     let mut registry = Registry::default();
     gw.metrics.register(&mut registry);
+    registry.register_collector(Box::new(scalegate_http::live_metrics::LiveMetrics(
+        gw.clone(),
+    )));
     if let Some(p) = pg {
         registry.register_collector(Box::new(scalegate_pg::metrics::PoolerMetrics(p)));
     }

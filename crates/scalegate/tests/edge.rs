@@ -44,6 +44,7 @@ async fn path_bypasses_are_denied_over_http1_and_http2() {
         assert_eq!(answer, H2Answer::Status(403), "HTTP/2 {p}");
     }
     expect(&rec, &[], "every bypass is refused").await;
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -68,6 +69,7 @@ async fn host_spellings_are_denied_over_http1_and_http2() {
         assert_eq!(answer, H2Answer::Status(403), "HTTP/2 {host}");
     }
     expect(&rec, &[], "every host spelling is refused").await;
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -101,6 +103,7 @@ async fn the_backend_receives_the_normalised_request() {
         "normalised path and host, query untouched",
     )
     .await;
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -140,6 +143,7 @@ async fn encoded_slashes_userinfo_and_missing_host_are_400() {
         ":authority with userinfo: {answer:?}"
     );
     expect(&rec, &[], "nothing refused reaches the backend").await;
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -176,6 +180,8 @@ async fn encoded_slashes_can_be_kept_or_decoded_per_listener() {
         "decoded",
     )
     .await;
+    quiescent(&keep).await;
+    quiescent(&decode).await;
 }
 
 #[tokio::test]
@@ -222,6 +228,8 @@ async fn forwarded_headers_from_an_untrusted_client_are_replaced() {
         h1(trusted.http, b"GET /admin/x HTTP/1.1\r\nHost: s\r\n\r\n").await,
         [403]
     );
+    quiescent(&gw).await;
+    quiescent(&trusted).await;
 }
 
 #[tokio::test]
@@ -244,6 +252,7 @@ async fn h2c_and_unknown_upgrades_are_removed() {
         .map(|_| plain("GET /p HTTP/1.1", "s", &[], b""))
         .collect();
     expect(&rec, &want, "served as plain requests").await;
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -272,18 +281,20 @@ async fn header_count_limit_is_the_same_over_http1_and_http2() {
         got, 2,
         "only the requests within the limit reach the backend"
     );
+    quiescent(&gw).await;
     rec.clear();
     // The default (100) is also the same for both.
-    let gw = gateway_with("", &rec).await;
+    let defaults = gateway_with("", &rec).await;
     let names: Vec<String> = (0..101).map(|i| format!("x-h{i}")).collect();
     let fields: Vec<(&str, &str)> = names.iter().map(|k| (k.as_str(), "v")).collect();
     assert_eq!(
-        h2(gw.http, "GET", "/p", "s", &fields, &[]).await,
+        h2(defaults.http, "GET", "/p", "s", &fields, &[]).await,
         H2Answer::Status(431)
     );
     let over = format!("GET /p HTTP/1.1\r\nHost: s\r\n{}\r\n", lines(100));
-    assert_eq!(h1(gw.http, over.as_bytes()).await, [431]);
+    assert_eq!(h1(defaults.http, over.as_bytes()).await, [431]);
     expect(&rec, &[], "over the default limit").await;
+    quiescent(&defaults).await;
 }
 
 #[tokio::test]
@@ -335,4 +346,5 @@ async fn bodies_on_get_and_head_are_forwarded_whatever_their_framing() {
         "bodies kept, re-framed where needed",
     )
     .await;
+    quiescent(&gw).await;
 }

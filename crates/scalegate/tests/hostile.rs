@@ -263,6 +263,7 @@ async fn hostile_requests_are_refused_or_normalised_before_the_backend() {
     // Still serving normally after all of it.
     let r = Client::http1().get(gw.http, "/p").await.expect("response");
     assert_eq!(r.status, 200);
+    quiescent(&gw).await;
 }
 
 /// The complete requests the recorder holds once `n` arrived (or 150 ms passed, for cases

@@ -40,6 +40,7 @@ async fn a_reload_to_an_empty_file_keeps_the_running_config() {
         .await
         .expect("still serving");
     assert_eq!(r.body, "b0");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -86,4 +87,5 @@ async fn an_editor_that_truncates_then_writes_never_stops_the_listener() {
             .contains("scalegate_config_reloads_total{result=\"ok\"} 1"),
         "the empty file was never applied"
     );
+    quiescent(&gw).await;
 }

@@ -78,7 +78,7 @@ pub(super) async fn deliver(
         }
         Err((e, mut done)) => {
             done.set_status(e.status().as_u16());
-            done.finish(false, 0);
+            done.finish(false);
             Outcome::Failed(None)
         }
     }
