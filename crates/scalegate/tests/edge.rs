@@ -348,3 +348,80 @@ async fn bodies_on_get_and_head_are_forwarded_whatever_their_framing() {
     .await;
     quiescent(&gw).await;
 }
+
+#[tokio::test]
+async fn the_client_behind_trusted_proxies_keys_rate_limits_and_the_access_log() {
+    let rec = Recorder::start().await;
+    let rest = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\
+         rate_limit = {{ requests = 1, per = \"1m\", burst = 1, key = \"ip\" }}\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        rec.addr
+    );
+    let preamble = "[runtime]\nworker_threads = 1\n[log]\naccess_log = true\n";
+    let via = |ip: &str| format!("GET /p HTTP/1.1\r\nHost: s\r\nX-Forwarded-For: {ip}\r\n\r\n");
+    let trusted =
+        GatewayProcess::start_full(BIN, preamble, "trusted_proxies = [\"127.0.0.1\"]", &rest).await;
+    assert_eq!(
+        h1(trusted.http, via("198.51.100.1").as_bytes()).await,
+        [200]
+    );
+    assert_eq!(
+        h1(trusted.http, via("198.51.100.1").as_bytes()).await,
+        [429]
+    );
+    assert_eq!(
+        h1(trusted.http, via("198.51.100.2").as_bytes()).await,
+        [200],
+        "another client behind the same proxy has its own budget"
+    );
+    let logged = trusted.stdout();
+    assert!(
+        logged.contains("\"client\":\"198.51.100.2\""),
+        "the access log names the client, not the proxy: {logged}"
+    );
+    let untrusted = GatewayProcess::start_full(BIN, preamble, "", &rest).await;
+    assert_eq!(
+        h1(untrusted.http, via("198.51.100.1").as_bytes()).await,
+        [200]
+    );
+    assert_eq!(
+        h1(untrusted.http, via("198.51.100.2").as_bytes()).await,
+        [429],
+        "a spoofed X-Forwarded-For is not another client"
+    );
+    assert!(untrusted.stdout().contains("\"client\":\"127.0.0.1\""));
+    quiescent(&trusted).await;
+    quiescent(&untrusted).await;
+}
+
+#[tokio::test]
+async fn spellings_of_one_path_and_host_share_one_cache_entry() {
+    let origin = scalegate_testkit::Origin::start(|req, n| {
+        http::Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(bytes::Bytes::from(format!("{} #{n}", req.uri.path())))
+            .unwrap_or_default()
+    })
+    .await;
+    let rest = routed(&format!("\"{}\"", origin.addr), "/", "cache = {}", "");
+    let gw = GatewayProcess::start(BIN, &rest).await;
+    let c = Client::http1();
+    for (path, host) in [
+        ("/c/a", "shop.example"),
+        ("/c/%61", "Shop.Example."),
+        ("/x/../c/./a", "SHOP.example"),
+        ("//c//a", "shop.example"),
+    ] {
+        let r = c
+            .get_with(gw.http, path, &[("host", host)])
+            .await
+            .expect("response");
+        assert_eq!(
+            r.body, "/c/a #1",
+            "{path} {host}: one origin request, one entry"
+        );
+    }
+    assert_eq!(origin.hits("/c/a"), 1);
+    quiescent(&gw).await;
+}
