@@ -28,6 +28,59 @@ fn check_and_run_refuse_an_empty_file_with_its_position() {
     }
 }
 
+#[test]
+fn check_refuses_an_open_admin_api_and_console_admins_without_a_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n";
+    let cases = [
+        (
+            format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{listener}"),
+            "2:10: admin.listen 0.0.0.0:9901 is reachable from other hosts but admin.token is not set",
+        ),
+        (
+            "[postgres]\nlisten = \"127.0.0.1:6432\"\nadmin_users = [\"admin\"]\n[postgres.databases.app]\nprimary = \"postgres://app@127.0.0.1:5432/app\"\n".to_string(),
+            "3:15: postgres.admin_users: \"admin\" has no [postgres.users.admin] entry",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}:{want}", path.display())),
+            "{stderr}"
+        );
+    }
+    // With a token the admin API may listen there, with a warning that the token is in clear.
+    let path = dir.path().join("token.toml");
+    std::fs::write(
+        &path,
+        format!("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"\n{listener}"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    assert!(out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("warning: admin.listen") && all.contains("clear text"),
+        "{all}"
+    );
+}
+
 #[tokio::test]
 async fn a_reload_to_an_empty_file_keeps_the_running_config() {
     let bs = backends(1).await;
