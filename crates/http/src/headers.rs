@@ -213,6 +213,46 @@ mod tests {
         assert!(h.is_empty(), "{h:?}");
     }
 
+    fn head(uri: &str, version: http::Version, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri).version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn head_checks_refuse_what_hyper_lets_through() {
+        use http::Version;
+        let ok = |p: &http::request::Parts| check_head(p, 65536, 100).is_ok();
+        assert!(ok(&head("/x", Version::HTTP_11, &[("host", "a")])));
+        assert!(
+            !ok(&head("http://a/x", Version::HTTP_11, &[])),
+            "absolute form without Host"
+        );
+        assert!(
+            ok(&head("/x", Version::HTTP_10, &[])),
+            "HTTP/1.0 needs no Host"
+        );
+        assert!(
+            !ok(&head("a:80", Version::HTTP_11, &[("host", "a")])),
+            "authority form"
+        );
+        assert!(ok(&head("http://a/x", Version::HTTP_2, &[("host", "A")])));
+        assert!(
+            !ok(&head("http://a/x", Version::HTTP_2, &[("host", "b")])),
+            "Host ≠ :authority"
+        );
+        let many: Vec<(String, &str)> = (0..100).map(|i| (format!("x-{i}"), "v")).collect();
+        let mut fields: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert!(ok(&head("http://a/x", Version::HTTP_2, &fields)));
+        fields.push(("x-one-more", "v"));
+        assert_eq!(
+            check_head(&head("http://a/x", Version::HTTP_2, &fields), 65536, 100),
+            Err(ProxyError::HeadersTooLarge)
+        );
+    }
+
     #[test]
     fn request_id_is_kept_or_made() {
         let mut h = HeaderMap::new();
