@@ -24,7 +24,7 @@ use scalegate_core::{Pick, Tick};
 
 use crate::access_log::AccessRecord;
 use crate::admission;
-use crate::body::{BodyTooLarge, ReqBody, RespBody};
+use crate::body::{BodyTimeout, BodyTooLarge, ReqBody, RespBody};
 use crate::clock;
 use crate::error::ProxyError;
 use crate::fallback;
@@ -50,6 +50,8 @@ pub struct ConnCtx {
     pub max_head: usize,
     /// The listener's edge rules: normalisation, trusted proxies, header count, upgrades.
     pub edge: Arc<crate::edge::EdgeSpec>,
+    /// The listener's `body_timeout`: a request's whole body must arrive within it (408).
+    pub body_timeout: Duration,
     /// Worker serving the connection (selects the connection pool).
     pub worker: usize,
     /// "http" or "https".
@@ -354,11 +356,24 @@ async fn forward(
         Some(_) => parts.extensions.remove::<crate::queue::StoredBody>(),
         None => None,
     };
+    // The client's body must arrive within the listener's body timeout from the request's
+    // arrival; that time is the client's, never counted against the upstream.
+    let body_deadline = retry::BodyDeadline {
+        timeout: ctx.body_timeout,
+        at: tokio::time::Instant::now()
+            + ctx
+                .body_timeout
+                .saturating_sub(clock::now().since(done.started)),
+    };
     let (mut body, facts) = match stored {
         // A queued job's body, kept whole by the queue: replayable like any kept body.
         Some(stored) => retry::stored_body(&parts.method, &parts.headers, stored.0, retry),
-        None => retry::prepare_body(&parts.method, &parts.headers, body, retry, limit).await?,
+        None => {
+            let h = &parts.headers;
+            retry::prepare_body(&parts.method, h, body, retry, limit, body_deadline).await?
+        }
     };
+    let streaming = body.streams();
     let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
     if let Some(b) = &route.budget {
         b.deposit(clock::now());
@@ -385,7 +400,7 @@ async fn forward(
             .get(pick.index)
             .ok_or(ProxyError::NoHealthyEndpoint)?
             .clone();
-        let Some(req_body) = body.for_attempt() else {
+        let Some((req_body, body_sent)) = body.for_attempt() else {
             return Err(ProxyError::UpstreamReset);
         };
         // The last possible attempt takes the head itself; earlier ones take a copy.
@@ -420,14 +435,22 @@ async fn forward(
             log.attempts(attempt);
         }
         let load = endpoint.state.start_request();
-        let try_deadline = retry
+        let try_timeout = retry
             .and_then(|r| r.per_try_timeout)
-            .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
+            .map_or(route.spec.request_timeout, |t| {
+                t.min(route.spec.request_timeout)
+            });
+        let try_deadline = deadline.min(tokio::time::Instant::now() + try_timeout);
+        let wait = match body_sent {
+            // The body is still arriving: the route timeout starts once it has passed whole.
+            Some(sent) => HeadWait::AfterBody(sent, try_timeout),
+            None => HeadWait::Until(try_deadline),
+        };
         let req = Request::from_parts(head, req_body);
         let sent = match upgrade {
             // Boxed: a rare path whose handshake future would otherwise size every request's.
             Some(_) => Box::pin(send_upgrade(ctx, route, &endpoint, req, try_deadline)).await,
-            None => send(ctx, route, &endpoint, req, now, try_deadline).await,
+            None => send(ctx, route, &endpoint, req, now, wait, streaming).await,
         };
 
         let outcome = match &sent {
@@ -463,7 +486,7 @@ async fn forward(
             Err(e) => e.blames_endpoint(),
         };
         if failed {
-            record_outcome(upstream, &endpoint, false, clock::now());
+            record_outcome(upstream, pick.index, false, clock::now());
         }
         drop(sent);
         drop(load);
@@ -523,20 +546,58 @@ async fn send_upgrade(
     Ok((resp, endpoint.pool(ctx.worker).detached()))
 }
 
+/// How long an attempt waits for the response head.
+enum HeadWait {
+    /// Until this instant (the body was whole before it was sent).
+    Until(tokio::time::Instant),
+    /// The body is still arriving from the client: until it has passed whole only the client's
+    /// body timeout runs (inside the body), then this long.
+    AfterBody(retry::BodySent, Duration),
+}
+
+impl HeadWait {
+    /// Waits for `sending` (the response head) under this rule.
+    async fn wait<F: std::future::Future>(&mut self, sending: F) -> Result<F::Output, ProxyError> {
+        match self {
+            HeadWait::Until(deadline) => tokio::time::timeout_at(*deadline, sending)
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout),
+            HeadWait::AfterBody(sent, timeout) => {
+                let mut sending = std::pin::pin!(sending);
+                tokio::select! {
+                    biased;
+                    head = &mut sending => return Ok(head),
+                    _ = sent => {}
+                }
+                tokio::time::timeout(*timeout, sending)
+                    .await
+                    .map_err(|_| ProxyError::UpstreamTimeout)
+            }
+        }
+    }
+}
+
 async fn send(
     ctx: &ConnCtx,
     route: &Route,
     endpoint: &HttpEndpoint,
     req: Request<ReqBody>,
     now: Tick,
-    deadline: tokio::time::Instant,
+    mut wait: HeadWait,
+    streaming: bool,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let pool = endpoint.pool(ctx.worker);
     let mut req = req;
     let mut fresh = false;
     loop {
         let mut lease = pool
-            .checkout(&endpoint.dial(), route.spec.connect_timeout, now, fresh)
+            .checkout(
+                &endpoint.dial(),
+                route.spec.connect_timeout,
+                now,
+                fresh,
+                streaming,
+            )
             .await?;
         let reused = lease.reused;
         let Some(sender) = lease.sender() else {
@@ -548,8 +609,8 @@ async fn send(
                 Sender::H2(tx) => tx.try_send_request(req).await,
             }
         };
-        match tokio::time::timeout_at(deadline, sending).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
+        match wait.wait(sending).await {
+            Err(e) => return Err(e),
             Ok(Ok(resp)) => return Ok((resp, lease)),
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
@@ -575,6 +636,9 @@ fn classify(err: &hyper::Error) -> ProxyError {
     while let Some(e) = source {
         if e.is::<BodyTooLarge>() {
             return ProxyError::BodyTooLarge;
+        }
+        if e.is::<BodyTimeout>() {
+            return ProxyError::BodyTimeout;
         }
         source = e.source();
     }
@@ -603,13 +667,13 @@ fn respond(
         Ok(ok) => ok,
         Err(e) => {
             if e.blames_endpoint() {
-                record_outcome(upstream, endpoint, false, now);
+                record_outcome(upstream, pick.index, false, now);
             }
             return Err(e);
         }
     };
     let (mut head, body) = resp.into_parts();
-    record_outcome(upstream, endpoint, !head.status.is_server_error(), now);
+    record_outcome(upstream, pick.index, !head.status.is_server_error(), now);
     endpoint
         .state
         .observe_latency(now.since(sent_at), now, EWMA_DECAY);
@@ -635,11 +699,14 @@ fn respond(
     Ok((head, body))
 }
 
-/// Feeds one outcome to the endpoint's breaker; logs and counts the change it makes.
-fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: Tick) {
-    match endpoint
-        .state
-        .record_outcome(ok, &upstream.spec.outlier, now)
+/// Feeds one outcome to the breaker of member `index`; logs and counts the change it makes.
+fn record_outcome(upstream: &Upstream, index: usize, ok: bool, now: Tick) {
+    let Some(endpoint) = upstream.endpoints.get(index) else {
+        return;
+    };
+    match upstream
+        .set
+        .record_outcome(index, ok, &upstream.spec.outlier, now)
     {
         Some(BreakerEvent::Opened(period)) => {
             endpoint.metrics.ejections.inc();
@@ -653,6 +720,14 @@ fn record_outcome(upstream: &Upstream, endpoint: &HttpEndpoint, ok: bool, now: T
         Some(BreakerEvent::Closed) => {
             endpoint.metrics.breaker_closed.inc();
             tracing::info!(upstream = %upstream.spec.name, endpoint = %endpoint.addr, "breaker closed: half-open probe succeeded");
+        }
+        Some(BreakerEvent::Held) => {
+            endpoint.metrics.ejections_held.inc();
+            tracing::warn!(
+                upstream = %upstream.spec.name,
+                endpoint = %endpoint.addr,
+                "endpoint failing but kept in rotation: ejecting it would pass passive.max_ejection_percent (panic)"
+            );
         }
         None => {}
     }

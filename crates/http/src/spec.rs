@@ -54,6 +54,9 @@ pub struct ListenerSpec {
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger gets 431 (default 64 KiB).
     pub max_header_bytes: usize,
+    /// A request's whole body must arrive within this time of its head; else 408, and nothing
+    /// is counted against the upstream (default 60 s).
+    pub body_timeout: Duration,
     /// Idle keep-alive client connections close after this (default 60 s).
     pub idle_timeout: Duration,
     /// TLS (None: plain TCP, HTTP/1.1 and h2c).

@@ -307,6 +307,7 @@ async fn accept_loop(
             peer,
             max_head: spec.max_header_bytes,
             edge: edge.clone(),
+            body_timeout: spec.body_timeout,
             worker: w.id,
             scheme: if spec.tls.is_some() { "https" } else { "http" },
             activity: conn::Activity::default(),

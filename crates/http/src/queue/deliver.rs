@@ -52,6 +52,7 @@ pub(super) async fn deliver(
         // A stored job's head was checked when it was queued.
         max_head: usize::MAX,
         edge,
+        body_timeout: std::time::Duration::from_secs(60),
         worker: 0,
         scheme: "http",
         activity: Default::default(),

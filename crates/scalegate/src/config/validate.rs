@@ -276,6 +276,7 @@ fn listeners(
                 "header_read_timeout",
             ),
             max_header_bytes,
+            body_timeout: c.dur(&l.body_timeout, Duration::from_secs(60), "body_timeout"),
             idle_timeout: c.dur(&l.idle_timeout, Duration::from_secs(60), "idle_timeout"),
             max_connections: l.max_connections.as_ref().map(|m| {
                 c.int(
@@ -698,6 +699,13 @@ fn upstreams(
                     1..=1000,
                     1,
                     "passive.half_open_probes",
+                ) as u32,
+                max_ejection_percent: c.int(
+                    p.max_ejection_percent,
+                    &s,
+                    0..=100,
+                    i64::from(d.max_ejection_percent),
+                    "passive.max_ejection_percent",
                 ) as u32,
             };
             if o.max_ejection < o.base_ejection {
