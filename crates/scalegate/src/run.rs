@@ -174,6 +174,10 @@ async fn serve(
     let drain_started = tokio::time::Instant::now();
     gw.set_draining();
     trigger.trigger();
+    if let Some(hub) = &gw.snapshot().fanout {
+        // Other instances stop counting this one at once instead of after its heartbeats stop.
+        hub.leave();
+    }
     let drain = running.drain_timeout;
     let pg_stopped = tokio::task::spawn_blocking(move || {
         if let Some(h) = pg {

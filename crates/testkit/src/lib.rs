@@ -14,6 +14,7 @@ pub mod origin;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod relay;
 pub mod tls_backend;
 
 pub use backend::Backend;
@@ -22,6 +23,7 @@ pub use origin::Origin;
 pub use postgres::PgServer;
 pub use process::GatewayProcess;
 pub use redis::RedisServer;
+pub use relay::Relay;
 
 use std::time::Duration;
 
