@@ -181,5 +181,15 @@ fn queues(gw: &Gateway) -> Vec<Family> {
             "Jobs waiting in this instance's memory (0 for the JetStream store)",
             rows(&|q| q.depth().unwrap_or(0) as u64),
         ),
+        Family::gauge(
+            "scalegate_queue_in_hand",
+            "Jobs this instance is delivering or holding now",
+            rows(&|q| q.in_hand()),
+        ),
+        Family::gauge(
+            "scalegate_queue_paused",
+            "Jobs waiting, without spending attempts, for an upstream that cannot be reached now",
+            rows(&|q| q.paused()),
+        ),
     ]
 }
