@@ -95,12 +95,9 @@ pub enum RespBody {
     Upstream {
         /// The upstream's stream.
         inner: Incoming,
-        /// Bytes passed so far.
-        bytes: u64,
-        /// Bookkeeping for when the stream ends (returns the connection to the pool).
+        /// Bookkeeping for when the stream ends (returns the connection to the pool); its
+        /// route gives the longest wait between two reads of the body.
         done: Option<Completion>,
-        /// Longest wait between two reads of the upstream body.
-        read_timeout: Duration,
         /// Armed only while a read is waiting, so bodies that flow never pay for a timer.
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
     },
@@ -163,12 +160,10 @@ impl RespBody {
     }
 
     /// The upstream's body, with its completion bookkeeping.
-    pub fn upstream(inner: Incoming, done: Completion, read_timeout: Duration) -> Self {
+    pub fn upstream(inner: Incoming, done: Completion) -> Self {
         RespBody::Upstream {
             inner,
-            bytes: 0,
             done: Some(done),
-            read_timeout,
             idle: None,
         }
     }
@@ -184,42 +179,38 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Upstream {
-                inner,
-                bytes,
-                done,
-                read_timeout,
-                idle,
-            } => {
+            RespBody::Upstream { inner, done, idle } => {
                 let frame = match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
-                        let timer =
-                            idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*read_timeout)));
+                        let Some(limit) = done.as_ref().map(Completion::read_timeout) else {
+                            return Poll::Pending;
+                        };
+                        let timer = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                         if timer.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
                         }
                         if let Some(c) = done.take() {
-                            c.finish(false, *bytes);
+                            c.finish(false);
                         }
-                        return Poll::Ready(Some(Err(Box::new(ReadTimeout(*read_timeout)))));
+                        return Poll::Ready(Some(Err(Box::new(ReadTimeout(limit)))));
                     }
                 };
                 *idle = None;
                 match &frame {
                     Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            *bytes += d.len() as u64;
+                        if let (Some(d), Some(c)) = (f.data_ref(), done.as_mut()) {
+                            c.count_bytes(d.len() as u64);
                         }
                         if inner.is_end_stream()
                             && let Some(c) = done.take()
                         {
-                            c.finish(true, *bytes);
+                            c.finish(true);
                         }
                     }
                     Some(Err(_)) | None => {
                         if let Some(c) = done.take() {
-                            c.finish(frame.is_none(), *bytes);
+                            c.finish(frame.is_none());
                         }
                     }
                 }
@@ -276,12 +267,10 @@ impl Body for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let RespBody::Upstream {
-            inner, bytes, done, ..
-        } = self
+        if let RespBody::Upstream { inner, done, .. } = self
             && let Some(c) = done.take()
         {
-            c.finish(inner.is_end_stream(), *bytes);
+            c.finish(inner.is_end_stream());
         }
     }
 }

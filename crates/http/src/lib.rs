@@ -21,6 +21,7 @@ pub mod h2_websocket;
 pub mod headers;
 pub mod health_check;
 pub mod listener;
+pub mod live_metrics;
 pub mod metrics;
 pub mod nats_link;
 pub mod oneshot;

@@ -22,9 +22,10 @@ use crate::spec::{PoolSpec, UpstreamProtocol};
 /// Gauges of one endpoint's connections, summed over workers.
 #[derive(Clone, Debug, Default)]
 pub struct PoolGauges {
-    /// Connections carrying a request.
+    /// Requests holding a connection: an HTTP/1.1 connection each, or a stream of the shared
+    /// HTTP/2 connection. Zero whenever no request is in flight.
     pub active: Gauge,
-    /// Keep-alive connections waiting for one.
+    /// Keep-alive HTTP/1.1 connections waiting for a request, plus the open HTTP/2 connection.
     pub idle: Gauge,
 }
 
@@ -139,12 +140,10 @@ impl EndpointPool {
                         continue;
                     }
                 }
-                self.gauges.active.inc();
                 return Ok(self.lease(Sender::H1(idle.tx), true, Some(permit)));
             }
         }
         let tx = Box::pin(open_h1(addr, connect_timeout)).await?;
-        self.gauges.active.inc();
         Ok(self.lease(Sender::H1(tx), false, Some(permit)))
     }
 
@@ -165,8 +164,9 @@ impl EndpointPool {
             .await
             .map_err(|_| ProxyError::ConnectFailed)?;
         spawn_connection(conn);
-        self.gauges.active.set(1);
-        *lock(&self.h2) = Some(tx.clone());
+        if lock(&self.h2).replace(tx.clone()).is_none() {
+            self.gauges.idle.inc();
+        }
         Ok(self.lease(Sender::H2(tx), false, None))
     }
 
@@ -176,6 +176,7 @@ impl EndpointPool {
         reused: bool,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Lease {
+        self.gauges.active.inc();
         Lease {
             sender: Some(sender),
             reused,
@@ -217,7 +218,9 @@ impl EndpointPool {
     pub fn close_idle(&self) {
         let n = lock(&self.idle).drain(..).count();
         self.gauges.idle.dec_by(n as i64);
-        lock(&self.h2).take();
+        if lock(&self.h2).take().is_some() {
+            self.gauges.idle.dec();
+        }
     }
 }
 
@@ -229,14 +232,16 @@ impl Lease {
 
     /// Returns the connection for reuse; called once the response has been read to its end.
     pub fn release(mut self, now: Tick) {
-        if let Some(Sender::H1(tx)) = self.sender.take() {
+        if self.sender.is_some() {
             self.pool.gauges.active.dec();
-            if !tx.is_closed() {
-                let mut idle = lock(&self.pool.idle);
-                if idle.len() < self.pool.max_idle {
-                    idle.push(Idle { tx, since: now });
-                    self.pool.gauges.idle.inc();
-                }
+        }
+        if let Some(Sender::H1(tx)) = self.sender.take()
+            && !tx.is_closed()
+        {
+            let mut idle = lock(&self.pool.idle);
+            if idle.len() < self.pool.max_idle {
+                idle.push(Idle { tx, since: now });
+                self.pool.gauges.idle.inc();
             }
         }
     }
@@ -246,7 +251,7 @@ impl Drop for Lease {
     /// A lease dropped without [`Lease::release`] closes its HTTP/1.1 connection: the response
     /// was not read to its end, so the connection cannot carry another request.
     fn drop(&mut self) {
-        if let Some(Sender::H1(_)) = self.sender.take() {
+        if self.sender.take().is_some() {
             self.pool.gauges.active.dec();
         }
     }

@@ -17,7 +17,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use scalegate_core::admission::Priority;
 use scalegate_core::balance::{Balance, PickRequest};
-use scalegate_core::endpoint::BreakerEvent;
+use scalegate_core::endpoint::{BreakerEvent, EndpointLoad};
 use scalegate_core::hash::stable_hash;
 use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp};
 use scalegate_core::{Pick, Tick};
@@ -28,7 +28,7 @@ use crate::body::{BodyTooLarge, ReqBody, RespBody};
 use crate::clock;
 use crate::error::ProxyError;
 use crate::fallback;
-use crate::gateway::{Gateway, Snapshot};
+use crate::gateway::{Gateway, GlobalSlot, Snapshot};
 use crate::headers;
 use crate::pool::{Lease, Sender};
 use crate::retry;
@@ -107,21 +107,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
             .insert(headers::X_REQUEST_ID.clone(), request_id);
         return resp;
     };
-    route.metrics.in_flight.inc();
-    ctx.activity.begin();
-    let done = Completion {
-        conn: ctx.clone(),
-        global: false,
-        permits: [None, None],
-        route: route.clone(),
-        started,
-        status: 0,
-        lease: None,
-        endpoint: None,
-        log: snap
-            .access_log
-            .then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name))),
-    };
+    let log = snap
+        .access_log
+        .then(|| Box::new(AccessRecord::new(&parts, ctx.peer, &route.spec.name)));
+    let done = Completion::start(&ctx, &route, started, log);
     // Admission: the route's rate limit, before any upstream work.
     // Access rules first: a refused client spends no rate-limit budget.
     let forbidden = !route.spec.access.permits(ctx.peer.ip());
@@ -160,7 +149,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 None => local_reply(&ProxyError::NoRoute, grpc),
             };
             done.set_status(resp.status().as_u16());
-            done.finish(true, 0);
+            done.finish(true);
             Ok(resp)
         }
         _ => {
@@ -227,7 +216,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespB
                 _ => (local_reply(&e, grpc), e.status()),
             };
             done.status = status.as_u16();
-            done.finish(false, 0);
+            done.finish(false);
             resp
         }
     };
@@ -272,11 +261,11 @@ pub(crate) async fn origin(
     mut done: Completion,
 ) -> Result<Response<RespBody>, (ProxyError, Completion)> {
     let prio = admitted.prio;
-    if !ctx.gateway.begin_request(snap.max_in_flight, prio) {
+    let Some(slot) = ctx.gateway.admit(snap.max_in_flight, prio) else {
         route.metrics.shed("global_limit", prio.as_str());
         return Err((ProxyError::Shed("global_limit"), done));
-    }
-    done.global = snap.max_in_flight.is_some();
+    };
+    done.global = slot;
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let over_h2 = parts.extensions.remove::<crate::h2_websocket::Translated>();
     match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
@@ -302,10 +291,9 @@ pub(crate) async fn origin(
                 }
             }
             done.status = head.status.as_u16();
-            let read_timeout = route.spec.read_timeout;
             Ok(Response::from_parts(
                 head,
-                RespBody::upstream(upstream_body, done, read_timeout),
+                RespBody::upstream(upstream_body, done),
             ))
         }
         Err(e) => Err((e, done)),
@@ -421,7 +409,7 @@ async fn forward(
             }
             log.attempts(attempt);
         }
-        endpoint.state.start_request();
+        let load = endpoint.state.start_request();
         let try_deadline = retry
             .and_then(|r| r.per_try_timeout)
             .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
@@ -456,7 +444,7 @@ async fn forward(
             _ => Decision::GiveUp(GiveUp::NotRetryable),
         };
         let Decision::Retry(wait) = decision else {
-            done.endpoint = Some(endpoint.clone());
+            done.endpoint = Some(load);
             return respond(upstream, &endpoint, pick, now, sent, done);
         };
         // Abandon this attempt: count its failure against the endpoint, then try another.
@@ -468,7 +456,7 @@ async fn forward(
             record_outcome(upstream, &endpoint, false, clock::now());
         }
         drop(sent);
-        endpoint.state.end_request();
+        drop(load);
         route.metrics.retries.inc();
         tracing::debug!(route = %route.spec.name, endpoint = %endpoint.addr, attempt, ?outcome, "retrying");
         pick_req.avoid = Some(pick.index);
@@ -754,39 +742,56 @@ fn pick_request(
     req
 }
 
-/// Bookkeeping when a request ends: returns the upstream connection, ends the in-flight count,
-/// records metrics and the access log line. Runs exactly once, when the response body ends or
-/// is dropped, or at once for responses the gateway made itself.
+/// Bookkeeping of one request: everything it holds (the global slot, bulkhead permits, the
+/// upstream connection, the endpoint's load) and the outcome to record. Dropping it ends the
+/// request exactly once, whatever the path: the response body ended, the gateway answered by
+/// itself, or the client went away and hyper dropped the request's future.
 #[derive(Debug)]
 pub struct Completion {
     conn: Arc<ConnCtx>,
-    global: bool,
+    global: GlobalSlot,
     permits: [Option<crate::bulkhead::Permit>; 2],
     route: Arc<Route>,
     started: Tick,
     status: u16,
+    /// Whether the upstream body was read to its end (the connection may carry another request).
+    complete: bool,
+    bytes: u64,
     lease: Option<Lease>,
-    endpoint: Option<Arc<HttpEndpoint>>,
+    endpoint: Option<EndpointLoad>,
     log: Option<Box<AccessRecord>>,
 }
 
 impl Completion {
-    /// Bookkeeping for a request the gateway makes on its own (a background cache refresh):
-    /// metrics count it, no access log line.
-    pub(crate) fn background(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
+    /// Starts the bookkeeping of a request on `route`: counts it in flight on the route and on
+    /// the client connection until the completion drops.
+    pub(crate) fn start(
+        conn: &Arc<ConnCtx>,
+        route: &Arc<Route>,
+        started: Tick,
+        log: Option<Box<AccessRecord>>,
+    ) -> Completion {
         route.metrics.in_flight.inc();
         conn.activity.begin();
         Completion {
             conn: conn.clone(),
-            global: false,
+            global: GlobalSlot::default(),
             permits: [None, None],
             route: route.clone(),
-            started: clock::now(),
+            started,
             status: 0,
+            complete: false,
+            bytes: 0,
             lease: None,
             endpoint: None,
-            log: None,
+            log,
         }
+    }
+
+    /// Bookkeeping for a request the gateway makes on its own (a background cache refresh, a
+    /// queued job's delivery): metrics count it, no access log line.
+    pub(crate) fn background(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
+        Completion::start(conn, route, clock::now(), None)
     }
 
     /// Sets the status recorded when the request ends.
@@ -794,24 +799,35 @@ impl Completion {
         self.status = status;
     }
 
+    /// The longest wait between two reads of the upstream body (the route's `read_timeout`).
+    pub fn read_timeout(&self) -> Duration {
+        self.route.spec.read_timeout
+    }
+
+    /// Counts body bytes sent to the client.
+    pub fn count_bytes(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
     /// Ends the request; `complete` says whether the upstream body was read to its end, so the
-    /// connection can carry another request.
-    pub fn finish(mut self, complete: bool, bytes: u64) {
+    /// connection can carry another request. Dropping the completion without calling this
+    /// records an abandoned request (the connection is closed).
+    pub fn finish(mut self, complete: bool) {
+        self.complete = complete;
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
         let now = clock::now();
-        if let Some(lease) = self.lease.take() {
-            if complete {
-                lease.release(now);
-            } else {
-                drop(lease);
-            }
+        if let Some(lease) = self.lease.take()
+            && self.complete
+        {
+            lease.release(now);
         }
-        if let Some(ep) = &self.endpoint {
-            ep.state.end_request();
-        }
+        self.endpoint = None;
         self.permits = [None, None];
-        if self.global {
-            self.conn.gateway.end_request();
-        }
+        self.global = GlobalSlot::default();
         self.conn.activity.end();
         let m = &self.route.metrics;
         m.in_flight.dec();
@@ -819,7 +835,7 @@ impl Completion {
         let elapsed = now.since(self.started);
         m.duration.observe(elapsed.as_secs_f64());
         if let Some(log) = self.log.take() {
-            log.write(self.status, bytes, elapsed);
+            log.write(self.status, self.bytes, elapsed);
         }
     }
 }

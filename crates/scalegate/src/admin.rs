@@ -38,6 +38,9 @@ pub async fn start(
     let mut registry = Registry::default();
     gw.metrics.register(&mut registry);
     registry.register_collector(Box::new(crate::fleet_metrics::FleetMetrics(gw.clone())));
+    registry.register_collector(Box::new(scalegate_http::live_metrics::LiveMetrics(
+        gw.clone(),
+    )));
     if let Some(p) = pg {
         registry.register_collector(Box::new(scalegate_pg::metrics::PoolerMetrics(p)));
     }

@@ -69,6 +69,15 @@ async fn fleet(buses: &[String]) -> Fleet {
     }
 }
 
+impl Fleet {
+    /// Every instance is quiescent once the subscribers are gone.
+    async fn quiescent(&self) {
+        for g in &self.gateways {
+            quiescent(g).await;
+        }
+    }
+}
+
 async fn view(g: &GatewayProcess) -> serde_json::Value {
     serde_json::from_str(&g.admin_get("/fanout").await).unwrap_or_default()
 }
@@ -350,6 +359,7 @@ async fn a_healthy_redis_bus_delivers_every_message_once_in_order_to_100_subscri
         p(0.99),
         p(1.0)
     );
+    fleet.quiescent().await;
 }
 
 #[tokio::test]
@@ -371,6 +381,7 @@ async fn redis_dropping_the_subscriber_connections_never_hides_a_gap() {
     for g in &fleet.gateways {
         assert!(view(g).await["gaps"].as_u64() >= Some(1));
     }
+    fleet.quiescent().await;
 }
 
 #[tokio::test]
@@ -392,6 +403,7 @@ async fn a_redis_restart_never_hides_a_gap() {
     .await;
     println!("redis restart: {}", r.check());
     recovered(&r, 20);
+    fleet.quiescent().await;
 }
 
 #[tokio::test]
@@ -412,6 +424,7 @@ async fn one_instance_losing_its_redis_connection_never_hides_a_gap() {
         let on_cut_instance = (3..6).contains(&s);
         assert_eq!(sub[0].end == End::Again, on_cut_instance, "subscriber {s}");
     }
+    fleet.quiescent().await;
 }
 
 #[tokio::test]
@@ -433,4 +446,5 @@ async fn a_nats_server_restart_never_hides_a_gap() {
     .await;
     println!("nats-server restart: {}", r.check());
     recovered(&r, 20);
+    fleet.quiescent().await;
 }

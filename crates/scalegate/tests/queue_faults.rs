@@ -257,6 +257,7 @@ async fn jetstream_jobs_survive_sigkill_sigterm_and_an_outage_without_loss_or_ov
     until_delivered(&sink, &ids, ids.len(), Duration::from_secs(120)).await;
     println!("restarts and outage: {}", sink.check(&ids));
     assert_eq!(dead_since_start(&g3).await, 0, "nothing given up");
+    quiescent(&g3).await;
 }
 
 /// The outage's length: 20 s by default (past the ~15 s within which the default backoff used
@@ -285,6 +286,7 @@ async fn an_upstream_outage_with_default_settings_ends_with_no_dead_jobs() {
     until_delivered(&sink, &ids, ids.len(), Duration::from_secs(400)).await;
     println!("outage of {:?}: {}", outage(), sink.check(&ids));
     assert_eq!(dead_since_start(&gw).await, 0, "nothing given up");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -312,4 +314,6 @@ async fn a_breaker_opened_by_500s_pauses_delivery_instead_of_burning_attempts() 
     let r = sink.rec.lock().expect("record");
     let spent: usize = r.attempts.values().map(|a| a.len()).sum();
     assert_eq!(spent, r.hits);
+    drop(r);
+    quiescent(&gw).await;
 }

@@ -470,7 +470,8 @@ fn from_object(
 ) -> Response<RespBody> {
     let resp = build(o, req, cs);
     done.set_status(resp.status().as_u16());
-    done.finish(true, o.body.len() as u64);
+    done.count_bytes(o.body.len() as u64);
+    done.finish(true);
     resp
 }
 

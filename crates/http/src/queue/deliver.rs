@@ -117,7 +117,7 @@ pub(super) async fn deliver(
         }
         Err((e, mut done)) => {
             done.set_status(e.status().as_u16());
-            done.finish(false, 0);
+            done.finish(false);
             match unreached(&e) {
                 Some(why) => Outcome::Unreached(why),
                 None => Outcome::Failed(Failure::Error(error_text(&e))),
