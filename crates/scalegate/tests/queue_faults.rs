@@ -311,9 +311,10 @@ async fn a_breaker_opened_by_500s_pauses_delivery_instead_of_burning_attempts() 
     println!("500s then recovery: {}", sink.check(&ids));
     assert_eq!(dead_since_start(&gw).await, 0);
     // Every attempt the jobs spent reached the upstream.
-    let r = sink.rec.lock().expect("record");
-    let spent: usize = r.attempts.values().map(|a| a.len()).sum();
-    assert_eq!(spent, r.hits);
-    drop(r);
+    let (spent, hits) = {
+        let r = sink.rec.lock().expect("record");
+        (r.attempts.values().map(Vec::len).sum::<usize>(), r.hits)
+    };
+    assert_eq!(spent, hits);
     quiescent(&gw).await;
 }
