@@ -47,8 +47,6 @@ pub struct Metrics {
     pub cache_tier: Family<Labels, Gauge>,
     /// Redis tier errors (mirrors the tier's own counter at scrape time).
     pub cache_tier_errors: Family<Labels, Gauge>,
-    /// Shared rate limits' Redis: up, errors, fallbacks (refreshed at scrape time).
-    pub shared_limits: Family<Labels, Gauge>,
 }
 
 /// What the cache did with a request (one counter each per route).
@@ -178,7 +176,6 @@ impl Default for Metrics {
             cache: Family::default(),
             cache_tier: Family::default(),
             cache_tier_errors: Family::default(),
-            shared_limits: Family::default(),
         }
     }
 }
@@ -275,11 +272,6 @@ impl Metrics {
             "scalegate_cache_tier_errors",
             "Failed or timed-out calls to the Redis cache tier",
             self.cache_tier_errors.clone(),
-        );
-        r.register(
-            "scalegate_rate_limit_redis",
-            "Shared rate limits' Redis: up (1/0), errors (failed or timed-out calls), fallbacks (requests judged in memory meanwhile)",
-            self.shared_limits.clone(),
         );
         r.register(
             "scalegate_http_retries_budget_exhausted",

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -202,26 +201,6 @@ impl Admin {
         }
     }
 
-    /// Copies the shared rate limits' Redis state into its gauges before a scrape.
-    fn refresh_shared_limits(&self) {
-        let Some(shared) = self.gw.snapshot().shared_limits.clone() else {
-            return;
-        };
-        let link = shared.link();
-        let values = [
-            ("up", u64::from(link.up.load(Ordering::Relaxed))),
-            ("errors", link.errors.load(Ordering::Relaxed)),
-            ("fallbacks", shared.fallbacks.load(Ordering::Relaxed)),
-        ];
-        for (what, v) in values {
-            self.gw
-                .metrics
-                .shared_limits
-                .get_or_create(&vec![("what", what.to_string())])
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
-        }
-    }
-
     fn metrics(&self) -> Response<Full<Bytes>> {
         let now = clock::now();
         for u in &self.gw.snapshot().upstreams {
@@ -232,7 +211,6 @@ impl Admin {
             }
         }
         crate::admin_cache::refresh_metrics(&self.gw);
-        self.refresh_shared_limits();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             return reply(

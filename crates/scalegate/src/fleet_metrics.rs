@@ -1,4 +1,5 @@
-//! Metrics of the parts that span instances — WebSocket fan-out and queued routes — read from
+//! Metrics of the parts that span instances — shared rate limits' Redis, WebSocket fan-out and
+//! queued routes — read from
 //! their live state at each scrape (a collector): what only grows is a counter, what goes up
 //! and down is a gauge, one name per thing counted.
 
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -52,13 +53,21 @@ impl Family {
             MetricType::Gauge
         };
         let mut m = e.encode_descriptor(self.name, self.help, None, kind)?;
-        for (labels, v) in &self.rows {
+        let value = |m: MetricEncoder, v: u64| {
             if self.counter {
-                ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+                ConstCounter::new(v).encode(m)
             } else {
-                let v = i64::try_from(*v).unwrap_or(i64::MAX);
-                ConstGauge::new(v).encode(m.encode_family(labels)?)?;
+                ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)
             }
+        };
+        if let [(labels, v)] = self.rows.as_slice()
+            && labels.is_empty()
+        {
+            // One unlabelled sample: `name 1`, not `name{} 1`.
+            return value(m, *v);
+        }
+        for (labels, v) in &self.rows {
+            value(m.encode_family(labels)?, *v)?;
         }
         Ok(())
     }
@@ -66,11 +75,40 @@ impl Family {
 
 impl Collector for FleetMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        for f in fanout(&self.0).into_iter().chain(queues(&self.0)) {
+        let families = shared_limits(&self.0)
+            .into_iter()
+            .chain(fanout(&self.0))
+            .chain(queues(&self.0));
+        for f in families {
             f.encode(&mut e)?;
         }
         Ok(())
     }
+}
+
+fn shared_limits(gw: &Gateway) -> Vec<Family> {
+    let Some(shared) = gw.snapshot().shared_limits.clone() else {
+        return Vec::new();
+    };
+    let link = shared.link();
+    let one = |v: u64| vec![(Labels::new(), v)];
+    vec![
+        Family::gauge(
+            "scalegate_rate_limit_redis_up",
+            "1 while the last call to the shared rate limits' Redis succeeded",
+            one(u64::from(link.up.load(Relaxed))),
+        ),
+        Family::counter(
+            "scalegate_rate_limit_redis_errors",
+            "Failed or timed-out calls to the shared rate limits' Redis",
+            one(link.errors.load(Relaxed)),
+        ),
+        Family::counter(
+            "scalegate_rate_limit_fallbacks",
+            "Requests to shared rate limits judged by this instance's memory limiter while Redis was away",
+            one(shared.fallbacks.load(Relaxed)),
+        ),
+    ]
 }
 
 fn fanout(gw: &Gateway) -> Vec<Family> {
