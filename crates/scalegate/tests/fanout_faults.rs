@@ -326,6 +326,19 @@ fn recovered(r: &Run, tail: usize) {
     }
 }
 
+/// The standard fault run: 3 subscribers per instance, 200 messages 10 ms apart, the fault
+/// after 75; checks the promise and the recovery, prints what happened.
+async fn faulted<F, Fut>(fleet: &Fleet, what: &str, fault: F) -> Run
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let r = run(fleet, 3, 200, Duration::from_millis(10), 75, fault).await;
+    println!("{what}: {}", r.check());
+    recovered(&r, 20);
+    r
+}
+
 fn redis_bus(url: &str) -> String {
     format!("redis = {{ url = \"{url}\" }}")
 }
@@ -367,13 +380,11 @@ async fn redis_dropping_the_subscriber_connections_never_hides_a_gap() {
     let redis = RedisServer::start().await;
     let bus = redis_bus(&redis.url());
     let fleet = fleet(&[bus.clone(), bus.clone(), bus]).await;
-    let r = run(&fleet, 3, 200, Duration::from_millis(10), 75, || async {
+    let r = faulted(&fleet, "CLIENT KILL TYPE pubsub", || async {
         let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
         assert!(killed.is_some_and(|k| k.starts_with(':')), "killed");
     })
     .await;
-    println!("CLIENT KILL TYPE pubsub: {}", r.check());
-    recovered(&r, 20);
     assert!(
         r.lives.iter().all(|l| l[0].end == End::Again),
         "every subscriber was told (1013)"
@@ -390,19 +401,10 @@ async fn a_redis_restart_never_hides_a_gap() {
     let bus = redis_bus(&redis.url());
     let fleet = fleet(&[bus.clone(), bus.clone(), bus]).await;
     let redis_ref = &mut redis;
-    let r = run(
-        &fleet,
-        3,
-        200,
-        Duration::from_millis(10),
-        75,
-        || async move {
-            assert!(redis_ref.restart().await, "redis restarted");
-        },
-    )
+    faulted(&fleet, "redis restart", || async move {
+        assert!(redis_ref.restart().await, "redis restarted");
+    })
     .await;
-    println!("redis restart: {}", r.check());
-    recovered(&r, 20);
     fleet.quiescent().await;
 }
 
@@ -413,12 +415,10 @@ async fn one_instance_losing_its_redis_connection_never_hides_a_gap() {
     let direct = redis_bus(&redis.url());
     let cut = redis_bus(&format!("redis://{}", relay.addr));
     let fleet = fleet(&[direct.clone(), cut, direct]).await;
-    let r = run(&fleet, 3, 200, Duration::from_millis(10), 75, || async {
+    let r = faulted(&fleet, "one instance's connection cut", || async {
         relay.cut();
     })
     .await;
-    println!("one instance's connection cut: {}", r.check());
-    recovered(&r, 20);
     // Instance 1's subscribers were closed; the others' streams went on untouched.
     for (s, sub) in r.lives.iter().enumerate() {
         let on_cut_instance = (3..6).contains(&s);
@@ -433,18 +433,9 @@ async fn a_nats_server_restart_never_hides_a_gap() {
     let bus = format!("nats = {{ url = \"{}\" }}", nats.url());
     let fleet = fleet(&[bus.clone(), bus.clone(), bus]).await;
     let nats_ref = &mut nats;
-    let r = run(
-        &fleet,
-        3,
-        200,
-        Duration::from_millis(10),
-        75,
-        || async move {
-            assert!(nats_ref.restart().await, "nats-server restarted");
-        },
-    )
+    faulted(&fleet, "nats-server restart", || async move {
+        assert!(nats_ref.restart().await, "nats-server restarted");
+    })
     .await;
-    println!("nats-server restart: {}", r.check());
-    recovered(&r, 20);
     fleet.quiescent().await;
 }
