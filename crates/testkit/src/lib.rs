@@ -18,6 +18,7 @@ pub mod process;
 pub mod raw_h2;
 pub mod recorder;
 pub mod redis;
+pub mod relay;
 pub mod tls_backend;
 
 pub use backend::Backend;
@@ -27,6 +28,7 @@ pub use postgres::PgServer;
 pub use process::GatewayProcess;
 pub use recorder::Recorder;
 pub use redis::RedisServer;
+pub use relay::Relay;
 
 use std::time::Duration;
 

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use http_body_util::Empty;
 use scalegate_core::PickRequest;
 
-use super::{AuthorizeSpec, Hub, Lagged, Subscription};
+use super::{AuthorizeSpec, Ended, Hub, Subscription};
 use crate::body::RespBody;
 use crate::clock;
 use crate::gateway::Snapshot;
@@ -142,8 +142,15 @@ pub async fn answer(
     {
         return refusal(r);
     }
-    let Ok(sub) = hub.subscribe(topic) else {
-        return refusal(bad_topic);
+    let sub = match hub.subscribe(topic) {
+        Ok(sub) => sub,
+        Err(super::PublishError::Bus(_)) => {
+            return refusal(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "this gateway is not connected to the fan-out bus now; retry",
+            });
+        }
+        Err(_) => return refusal(bad_topic),
     };
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
@@ -250,7 +257,7 @@ pub async fn serve<C>(client: C, mut sub: Subscription, stop: impl Future<Output
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let max = sub.spec().max_message_bytes;
+    let max = sub.max_message_bytes();
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
@@ -266,7 +273,8 @@ where
                         return;
                     }
                 }
-                Err(Lagged) => break (CloseCode::Again, "too slow: messages were dropped; reconnect"),
+                Err(Ended::Lagged) => break (CloseCode::Again, "too slow: messages were dropped; reconnect"),
+                Err(Ended::Cut) => break (CloseCode::Again, "the fan-out bus was interrupted: messages may be missing; reconnect"),
             },
             incoming = ws.next() => match incoming {
                 // Pings are answered inside tungstenite; what subscribers send is ignored.
