@@ -535,7 +535,10 @@ pool_size = 3
 
     #[test]
     fn db_cores_without_postgres_is_called_out() {
-        let c = Config::parse("[runtime]\nworker_threads = 1\n").expect("valid");
+        let c = Config::parse(
+            "[runtime]\nworker_threads = 1\n[[listeners]]\nname = \"p\"\nbind = \"127.0.0.1:0\"\n",
+        )
+        .expect("valid");
         let text = plan(&c, &input());
         assert!(
             text.contains("--db-cores is ignored: this config has no [postgres] section"),

@@ -293,7 +293,12 @@ async fn an_upstream_outage_with_default_settings_ends_with_no_dead_jobs() {
 async fn a_breaker_opened_by_500s_pauses_delivery_instead_of_burning_attempts() {
     let sink = Sink::start(Duration::from_millis(5)).await;
     sink.status.store(500, Ordering::SeqCst);
-    let gw = GatewayProcess::start(BIN, &route(&sink, "backoff = \"100ms\"")).await;
+    // One endpoint: let the breaker take it out (by default it would stay in rotation).
+    let cfg = format!(
+        "{}passive = {{ max_ejection_percent = 100 }}\n",
+        route(&sink, "backoff = \"100ms\"")
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
     let ids = post_jobs(&gw, 20).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let hits = sink.rec.lock().expect("record").hits;
