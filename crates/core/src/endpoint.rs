@@ -10,8 +10,9 @@
 //! `half_open_probes` requests at once) → closed on a success, or open again for longer on a
 //! failure.
 
-use std::sync::Mutex;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::health::{HealthCounter, HealthPolicy, Transition};
@@ -31,7 +32,9 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     half_open: AtomicBool,
     probe_limit: AtomicU32,
-    probes: AtomicU32,
+    /// Half-open probe slots taken (low 32 bits) in the current breaker period (high 32 bits),
+    /// so a slot taken before the breaker moved on is never given back twice.
+    probes: AtomicU64,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     window: FailureWindow,
@@ -51,7 +54,7 @@ impl Default for EndpointState {
             ejected_until: AtomicU64::new(0),
             half_open: AtomicBool::new(false),
             probe_limit: AtomicU32::new(1),
-            probes: AtomicU32::new(0),
+            probes: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             window: FailureWindow::default(),
@@ -86,6 +89,9 @@ pub enum BreakerEvent {
     Opened(Duration),
     /// A half-open probe succeeded: closed again.
     Closed,
+    /// The failures called for an ejection, but the upstream's `max_ejection_percent` held it
+    /// back: the endpoint stays in rotation (the upstream is in panic).
+    Held,
 }
 
 impl EndpointState {
@@ -94,7 +100,7 @@ impl EndpointState {
     pub fn breaker_allows(&self, now: Tick) -> bool {
         self.ejected_until.load(Relaxed) <= now.0
             && (!self.half_open.load(Relaxed)
-                || self.probes.load(Relaxed) < self.probe_limit.load(Relaxed))
+                || probe_count(self.probes.load(Relaxed)) < self.probe_limit.load(Relaxed))
     }
 
     /// Whether the endpoint may take new requests at `now`.
@@ -194,6 +200,18 @@ impl EndpointState {
         policy: &OutlierPolicy,
         now: Tick,
     ) -> Option<BreakerEvent> {
+        self.record_outcome_capped(success, policy, now, || true)
+    }
+
+    /// [`Self::record_outcome`], asking `may_open` (the upstream's ejection cap) before the
+    /// breaker opens; when it says no, the endpoint stays in rotation and the event is `Held`.
+    pub fn record_outcome_capped(
+        &self,
+        success: bool,
+        policy: &OutlierPolicy,
+        now: Tick,
+        may_open: impl FnOnce() -> bool,
+    ) -> Option<BreakerEvent> {
         if policy.failure_rate_percent > 0 {
             self.window.record(!success, now, policy.window);
         }
@@ -204,7 +222,7 @@ impl EndpointState {
             }
             if half_open {
                 self.half_open.store(false, Relaxed);
-                self.probes.store(0, Relaxed);
+                self.new_probe_period();
                 self.window.clear();
                 return Some(BreakerEvent::Closed);
             }
@@ -216,6 +234,11 @@ impl EndpointState {
             return None;
         }
         if half_open {
+            if !may_open() {
+                self.half_open.store(false, Relaxed);
+                self.new_probe_period();
+                return Some(BreakerEvent::Held);
+            }
             return self.open(policy, now, self.ejected_until.load(Relaxed));
         }
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
@@ -232,6 +255,11 @@ impl EndpointState {
         let old = self.ejected_until.load(Relaxed);
         if old > now.0 {
             return None; // already open; failures from requests that were in flight
+        }
+        if !may_open() {
+            self.consecutive_failures.store(0, Relaxed);
+            self.window.clear();
+            return Some(BreakerEvent::Held);
         }
         self.open(policy, now, old)
     }
@@ -252,7 +280,7 @@ impl EndpointState {
         self.consecutive_failures.store(0, Relaxed);
         self.probe_limit
             .store(policy.half_open_probes.max(1), Relaxed);
-        self.probes.store(0, Relaxed);
+        self.new_probe_period();
         self.half_open.store(true, Relaxed);
         Some(BreakerEvent::Opened(period))
     }
@@ -262,21 +290,32 @@ impl EndpointState {
         self.in_flight.load(Relaxed)
     }
 
-    /// Counts a request starting (taking a probe slot while half-open).
-    pub fn start_request(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-        if self.half_open.load(Relaxed) {
-            self.probes.fetch_add(1, Relaxed);
-        }
+    /// Half-open probe slots taken now.
+    pub fn probes_in_flight(&self) -> u32 {
+        probe_count(self.probes.load(Relaxed))
     }
 
-    /// Counts a request finishing (pairs with [`Self::start_request`]).
-    pub fn end_request(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
-        if self.half_open.load(Relaxed) {
-            let _ = self
-                .probes
-                .fetch_update(Relaxed, Relaxed, |p| p.checked_sub(1));
+    /// Forgets every probe slot: the breaker entered a new period (opened or closed).
+    fn new_probe_period(&self) {
+        let period = (self.probes.load(Relaxed) >> 32) as u32;
+        self.probes
+            .store(u64::from(period.wrapping_add(1)) << 32, Relaxed);
+    }
+
+    /// Counts a request starting on this endpoint: in flight, and a half-open probe slot while
+    /// the breaker is half-open. Both are given back when the returned guard is dropped, on
+    /// every path (a response read to its end, an error, a client that went away).
+    pub fn start_request(self: &Arc<Self>) -> EndpointLoad {
+        self.in_flight.fetch_add(1, Relaxed);
+        // Kept as period + 1 so the guard stays two words.
+        let probe_period = self
+            .half_open
+            .load(Relaxed)
+            .then(|| ((self.probes.fetch_add(1, Relaxed) >> 32) as u32).wrapping_add(1))
+            .and_then(NonZeroU32::new);
+        EndpointLoad {
+            state: self.clone(),
+            probe_period,
         }
     }
 
@@ -300,6 +339,38 @@ impl EndpointState {
     }
 }
 
+fn probe_count(probes: u64) -> u32 {
+    (probes & u64::from(u32::MAX)) as u32
+}
+
+/// A request counted on an endpoint (see [`EndpointState::start_request`]); dropping it ends
+/// the count and frees the probe slot it took, if the breaker is still in that period.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    state: Arc<EndpointState>,
+    /// The breaker period (+1) whose probe slot this request took, if it took one.
+    probe_period: Option<NonZeroU32>,
+}
+
+impl EndpointLoad {
+    /// The endpoint's state.
+    pub fn state(&self) -> &EndpointState {
+        &self.state
+    }
+}
+
+impl Drop for EndpointLoad {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Relaxed);
+        if let Some(period) = self.probe_period {
+            let period = u64::from(period.get().wrapping_sub(1));
+            let _ = self.state.probes.fetch_update(Relaxed, Relaxed, |p| {
+                ((p >> 32) as u32 as u64 == period && probe_count(p) > 0).then(|| p - 1)
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -312,6 +383,7 @@ mod tests {
 
     fn policy(run: u32) -> OutlierPolicy {
         OutlierPolicy {
+            max_ejection_percent: 100,
             consecutive_failures: run,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(100),
@@ -322,7 +394,7 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_then_half_open_probe_closes_it() {
         let p = policy(2);
-        let s = EndpointState::default();
+        let s = Arc::new(EndpointState::default());
         assert_eq!(s.record_outcome(false, &p, secs(1)), None);
         assert_eq!(
             s.record_outcome(false, &p, secs(1)),
@@ -333,31 +405,51 @@ mod tests {
         // Half-open: one probe at a time.
         assert_eq!(s.availability(secs(11)), Availability::HalfOpen);
         assert!(s.is_available(secs(11)));
-        s.start_request();
+        let load = s.start_request();
         assert!(!s.is_available(secs(11)), "the probe slot is taken");
         assert_eq!(
             s.record_outcome(true, &p, secs(12)),
             Some(BreakerEvent::Closed)
         );
-        s.end_request();
+        drop(load);
         assert_eq!(s.availability(secs(12)), Availability::Available);
     }
 
     #[test]
     fn a_failed_half_open_probe_reopens_for_longer() {
         let p = policy(1);
-        let s = EndpointState::default();
+        let s = Arc::new(EndpointState::default());
         assert_eq!(
             s.record_outcome(false, &p, secs(1)),
             Some(BreakerEvent::Opened(Duration::from_secs(10)))
         );
-        s.start_request();
+        let load = s.start_request();
         assert_eq!(
             s.record_outcome(false, &p, secs(12)),
             Some(BreakerEvent::Opened(Duration::from_secs(20)))
         );
-        s.end_request();
+        drop(load);
         assert!(!s.is_available(secs(31)));
+        assert!(s.is_available(secs(32)));
+    }
+
+    #[test]
+    fn a_probe_slot_taken_before_the_breaker_moved_on_is_not_given_back_twice() {
+        let p = policy(1);
+        let s = Arc::new(EndpointState::default());
+        s.record_outcome(false, &p, secs(1));
+        let early = s.start_request(); // half-open at 11 s: takes the slot
+        assert_eq!(s.probes_in_flight(), 1);
+        // The probe fails: open again; at 32 s half-open again and a new probe takes the slot.
+        s.record_outcome(false, &p, secs(12));
+        let late = s.start_request();
+        assert_eq!(s.probes_in_flight(), 1);
+        drop(early); // belongs to the earlier period: must not free the new probe's slot
+        assert_eq!(s.probes_in_flight(), 1);
+        assert!(!s.is_available(secs(32)));
+        drop(late);
+        assert_eq!(s.probes_in_flight(), 0);
+        assert_eq!(s.in_flight(), 0);
         assert!(s.is_available(secs(32)));
     }
 

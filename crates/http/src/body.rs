@@ -21,6 +21,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body over the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client did not send its whole body within the listener's `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 /// A request body on its way to an upstream.
 #[derive(Debug)]
 pub enum ReqBody {
@@ -28,15 +33,77 @@ pub enum ReqBody {
     Empty,
     /// A body kept whole so it can be sent again on a retry.
     Replay(Option<Bytes>),
-    /// The client's body, streamed, cut off with [`BodyTooLarge`] past `limit` bytes.
-    Client {
-        /// The client's stream.
+    /// The client's body, streamed while it arrives.
+    Client(Box<ClientBody>),
+}
+
+/// The client's body streamed to the upstream: cut off with [`BodyTooLarge`] past `limit`
+/// bytes and with [`BodyTimeout`] at the client's deadline; tells `sent` when it has passed
+/// whole (the route timeout starts then: the client's time is not the upstream's).
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ClientBody {
+    /// The client's `inner` body, at most `limit` bytes, all of it before `deadline` (which is
+    /// `timeout` after the request arrived); `sent` fires once it has passed whole.
+    pub fn new(
         inner: Incoming,
-        /// Bytes passed so far.
-        seen: u64,
-        /// Most bytes allowed.
         limit: u64,
-    },
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+        sent: tokio::sync::oneshot::Sender<()>,
+    ) -> Self {
+        ClientBody {
+            inner,
+            seen: 0,
+            limit,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            sent: Some(sent),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                ready!(self.deadline.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout(self.timeout)))));
+            }
+        };
+        Poll::Ready(match frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.seen += d.len() as u64;
+                    if self.seen > self.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.passed();
+                }
+                Some(Ok(f))
+            }
+            Some(Err(e)) => Some(Err(Box::new(e))),
+            None => {
+                self.passed();
+                None
+            }
+        })
+    }
+
+    fn passed(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl Body for ReqBody {
@@ -50,22 +117,7 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Replay(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Client { inner, seen, limit } => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
-                Poll::Ready(match frame {
-                    Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            *seen += d.len() as u64;
-                            if *seen > *limit {
-                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
-                            }
-                        }
-                        Some(Ok(f))
-                    }
-                    Some(Err(e)) => Some(Err(Box::new(e))),
-                    None => None,
-                })
-            }
+            ReqBody::Client(c) => c.poll_frame(cx),
         }
     }
 
@@ -73,7 +125,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Replay(b) => b.is_none(),
-            ReqBody::Client { inner, .. } => inner.is_end_stream(),
+            ReqBody::Client(c) => c.inner.is_end_stream(),
         }
     }
 
@@ -81,7 +133,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Replay(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Client { inner, .. } => inner.size_hint(),
+            ReqBody::Client(c) => c.inner.size_hint(),
         }
     }
 }
@@ -95,12 +147,9 @@ pub enum RespBody {
     Upstream {
         /// The upstream's stream.
         inner: Incoming,
-        /// Bytes passed so far.
-        bytes: u64,
-        /// Bookkeeping for when the stream ends (returns the connection to the pool).
+        /// Bookkeeping for when the stream ends (returns the connection to the pool); its
+        /// route gives the longest wait between two reads of the body.
         done: Option<Completion>,
-        /// Longest wait between two reads of the upstream body.
-        read_timeout: Duration,
         /// Armed only while a read is waiting, so bodies that flow never pay for a timer.
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
     },
@@ -163,12 +212,10 @@ impl RespBody {
     }
 
     /// The upstream's body, with its completion bookkeeping.
-    pub fn upstream(inner: Incoming, done: Completion, read_timeout: Duration) -> Self {
+    pub fn upstream(inner: Incoming, done: Completion) -> Self {
         RespBody::Upstream {
             inner,
-            bytes: 0,
             done: Some(done),
-            read_timeout,
             idle: None,
         }
     }
@@ -184,42 +231,49 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Upstream {
-                inner,
-                bytes,
-                done,
-                read_timeout,
-                idle,
-            } => {
+            RespBody::Upstream { inner, done, idle } => {
                 let frame = match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
-                        let timer =
-                            idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*read_timeout)));
+                        let Some(limit) = done.as_ref().map(Completion::read_timeout) else {
+                            return Poll::Pending;
+                        };
+                        let timer = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                         if timer.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
                         }
                         if let Some(c) = done.take() {
-                            c.finish(false, *bytes);
+                            let grpc = c.grpc();
+                            c.finish(false);
+                            if grpc {
+                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                            }
                         }
-                        return Poll::Ready(Some(Err(Box::new(ReadTimeout(*read_timeout)))));
+                        return Poll::Ready(Some(Err(Box::new(ReadTimeout(limit)))));
                     }
                 };
                 *idle = None;
                 match &frame {
                     Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            *bytes += d.len() as u64;
+                        if let (Some(d), Some(c)) = (f.data_ref(), done.as_mut()) {
+                            c.count_bytes(d.len() as u64);
                         }
                         if inner.is_end_stream()
                             && let Some(c) = done.take()
                         {
-                            c.finish(true, *bytes);
+                            c.finish(true);
                         }
                     }
                     Some(Err(_)) | None => {
                         if let Some(c) = done.take() {
-                            c.finish(frame.is_none(), *bytes);
+                            let grpc = c.grpc() && frame.is_some();
+                            c.finish(frame.is_none());
+                            // The upstream broke off mid-stream: a gRPC client gets UNAVAILABLE
+                            // (which it may retry), as it would from the server directly, not
+                            // the INTERNAL a stream reset means to it.
+                            if grpc {
+                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                            }
                         }
                     }
                 }
@@ -274,14 +328,23 @@ impl Body for RespBody {
     }
 }
 
+/// The trailers ending a gRPC response whose upstream broke off: UNAVAILABLE.
+fn grpc_unavailable() -> Frame<Bytes> {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", http::HeaderValue::from_static("14"));
+    t.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("upstream connection broke"),
+    );
+    Frame::trailers(t)
+}
+
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let RespBody::Upstream {
-            inner, bytes, done, ..
-        } = self
+        if let RespBody::Upstream { inner, done, .. } = self
             && let Some(c) = done.take()
         {
-            c.finish(inner.is_end_stream(), *bytes);
+            c.finish(inner.is_end_stream());
         }
     }
 }

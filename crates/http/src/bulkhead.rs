@@ -150,20 +150,26 @@ impl Bulkhead {
             s.queues[prio as usize].push_back(Waiter { id, tx });
             rx
         };
-        let mut rx = rx;
-        match tokio::time::timeout(self.spec.queue_timeout, &mut rx).await {
+        // From here the wait may be abandoned at any await (the client went away): the ticket
+        // takes the waiter out of the queue, or gives back a slot granted too late, on drop.
+        let mut ticket = Ticket {
+            bulkhead: self,
+            prio,
+            id,
+            rx,
+            settled: false,
+        };
+        let granted = tokio::time::timeout(self.spec.queue_timeout, &mut ticket.rx).await;
+        ticket.settled = true;
+        match granted {
             Ok(Ok(())) => Ok(self.permit()),
             Ok(Err(_)) => Err(Shed::Displaced),
             Err(_) => {
-                let mut s = self.lock();
-                let q = &mut s.queues[prio as usize];
-                if let Some(pos) = q.iter().position(|w| w.id == id) {
-                    q.remove(pos);
+                if ticket.leave_queue() {
                     return Err(Shed::QueueTimeout);
                 }
-                drop(s);
                 // Granted (or displaced) just as the wait ended.
-                match rx.try_recv() {
+                match ticket.rx.try_recv() {
                     Ok(()) => Ok(self.permit()),
                     Err(_) => Err(Shed::QueueTimeout),
                 }
@@ -178,10 +184,12 @@ impl Bulkhead {
         }
     }
 
-    fn release(&self, latency: Duration) {
+    /// Frees a slot (feeding the adaptive limit the request's latency, when it ran) and grants
+    /// it to the next waiter.
+    fn release(&self, latency: Option<Duration>) {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        if let Some(limit) = s.aimd.as_mut().map(|a| a.on_sample(latency)) {
+        if let Some(limit) = latency.and_then(|l| s.aimd.as_mut().map(|a| a.on_sample(l))) {
             s.limit = limit.max(1);
         }
         while s.in_flight < s.limit {
@@ -195,9 +203,46 @@ impl Bulkhead {
     }
 }
 
+/// A request waiting in a bulkhead's queue. Dropped before it settled (the request was
+/// abandoned mid-wait), it leaves the queue, or returns the slot if one was granted meanwhile.
+struct Ticket<'a> {
+    bulkhead: &'a Arc<Bulkhead>,
+    prio: Priority,
+    id: u64,
+    rx: oneshot::Receiver<()>,
+    settled: bool,
+}
+
+impl Ticket<'_> {
+    /// Takes the waiter out of its queue; false when it was no longer there (granted or
+    /// displaced).
+    fn leave_queue(&self) -> bool {
+        let mut s = self.bulkhead.lock();
+        let q = &mut s.queues[self.prio as usize];
+        match q.iter().position(|w| w.id == self.id) {
+            Some(pos) => {
+                q.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.settled || self.leave_queue() {
+            return;
+        }
+        if self.rx.try_recv().is_ok() {
+            self.bulkhead.release(None);
+        }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.bulkhead.release(self.started.elapsed());
+        self.bulkhead.release(Some(self.started.elapsed()));
     }
 }
 
@@ -212,6 +257,29 @@ mod tests {
             queue_timeout: Duration::from_secs(5),
             adaptive: None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_wait_leaves_the_queue_and_a_late_grant_is_given_back() {
+        let b = Bulkhead::new(spec(1, 1));
+        let first = b.acquire(Priority::Normal).await.expect("free slot");
+        // Abandoned while queued (a client hang-up drops the request's future).
+        let waiting = tokio::time::timeout(Duration::from_millis(20), b.acquire(Priority::Normal));
+        assert!(waiting.await.is_err(), "still queued when abandoned");
+        assert_eq!(
+            b.snapshot(),
+            (1, 1, 0),
+            "the abandoned waiter left the queue"
+        );
+        // Granted, then abandoned before it was polled again: the slot comes back.
+        let mut late = Box::pin(b.acquire(Priority::Normal));
+        assert!(futures_util::poll!(late.as_mut()).is_pending());
+        drop(first);
+        assert_eq!(b.snapshot(), (1, 1, 0), "granted to the waiter");
+        drop(late);
+        assert_eq!(b.snapshot(), (0, 1, 0), "the late grant was given back");
+        let again = b.acquire(Priority::Normal).await.expect("free again");
+        drop(again);
     }
 
     #[tokio::test]

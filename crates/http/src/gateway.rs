@@ -86,6 +86,9 @@ pub struct Gateway {
     workers: usize,
     /// Data-path metrics.
     pub metrics: Metrics,
+    /// The metrics of requests answered before a route was found (400, 404, 431, fan-out
+    /// handshakes), under `route="-"`.
+    pub unrouted: crate::metrics::RouteMetrics,
     /// Runtime switches from the admin API.
     pub switches: crate::switches::Switches,
 }
@@ -105,6 +108,8 @@ impl Gateway {
             fanout: None,
         };
         let (version_tx, _) = watch::channel(0);
+        let metrics = Metrics::default();
+        let unrouted = metrics.route("-", "-");
         let gw = Arc::new_cyclic(|me| Gateway {
             me: me.clone(),
             current: ArcSwap::from_pointee(empty),
@@ -114,7 +119,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             workers: workers.max(1),
-            metrics: Metrics::default(),
+            metrics,
+            unrouted,
             switches: crate::switches::Switches::default(),
         });
         gw.apply(spec)?;
@@ -346,32 +352,26 @@ impl Gateway {
             .map(|l| l.sockets.local_addr)
     }
 
-    /// Admits a request under the global cap for its priority; false means shed it. With a cap,
-    /// every `true` must be paired with [`Gateway::end_request`]; without one nothing is counted
-    /// (no shared counter touched per request).
-    pub fn begin_request(
-        &self,
+    /// Admits a request under the global cap for its priority; `None` means shed it. The slot
+    /// is given back when the returned guard drops; without a cap nothing is counted (no shared
+    /// counter touched per request) and the guard holds nothing.
+    pub fn admit(
+        self: &Arc<Self>,
         cap: Option<usize>,
         prio: scalegate_core::admission::Priority,
-    ) -> bool {
+    ) -> Option<GlobalSlot> {
         use scalegate_core::admission::Priority;
-        let Some(cap) = cap else { return true };
+        let Some(cap) = cap else {
+            return Some(GlobalSlot(None));
+        };
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let allowed = match prio {
             Priority::Critical => cap,
             Priority::Normal => cap * 9 / 10,
             Priority::Low => cap * 8 / 10,
         };
-        if n < allowed.max(1) {
-            return true;
-        }
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        false
-    }
-
-    /// Ends a request admitted by [`Gateway::begin_request`].
-    pub fn end_request(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let slot = GlobalSlot(Some(self.clone()));
+        (n < allowed.max(1)).then_some(slot)
     }
 
     /// Requests in flight in the whole gateway.
@@ -424,6 +424,18 @@ impl Gateway {
             for e in &u.endpoints {
                 e.sweep(now);
             }
+        }
+    }
+}
+
+/// A request's place under the global in-flight cap ([`Gateway::admit`]), given back on drop.
+#[derive(Debug, Default)]
+pub struct GlobalSlot(Option<Arc<Gateway>>);
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        if let Some(gw) = &self.0 {
+            gw.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

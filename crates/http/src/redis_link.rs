@@ -95,6 +95,37 @@ impl RedisLink {
         }
     }
 
+    /// Runs one call within `budget`, even during a hold-off: for work that must not be skipped
+    /// (purges, queued writes) and is not on a request's path. A failure still counts and
+    /// starts a hold-off for [`Self::call`]. The error says what went wrong.
+    pub async fn call_within<T, F>(
+        &self,
+        what: &str,
+        budget: Duration,
+        f: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, String>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(conn) = self.conn.load_full() else {
+            return Err(format!("{what}: redis not connected"));
+        };
+        match tokio::time::timeout(budget, f((*conn).clone())).await {
+            Ok(Ok(v)) => {
+                self.ok();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                Err(format!("{what}: {e}"))
+            }
+            Err(_) => {
+                self.failed(what, &"timed out");
+                Err(format!("{what}: timed out after {budget:?}"))
+            }
+        }
+    }
+
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let until = clock::now().0.saturating_add(HOLD_OFF.as_nanos() as u64);

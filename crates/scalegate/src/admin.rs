@@ -37,6 +37,9 @@ pub async fn start(
     let local = listener.local_addr()?;
     let mut registry = Registry::default();
     gw.metrics.register(&mut registry);
+    registry.register_collector(Box::new(scalegate_http::live_metrics::LiveMetrics(
+        gw.clone(),
+    )));
     if let Some(p) = pg {
         registry.register_collector(Box::new(scalegate_pg::metrics::PoolerMetrics(p)));
     }
@@ -94,6 +97,12 @@ impl Admin {
                 Some(refusal) => refusal,
             };
         }
+        if req.method() == Method::POST && req.uri().path() == "/cache/purge" {
+            return match self.refuse(&req) {
+                None => crate::admin_cache::purge(&self.gw, req.uri()).await,
+                Some(refusal) => refusal,
+            };
+        }
         if let Some(call) = DeadCall::parse(req.method(), req.uri().path()) {
             if call.changes()
                 && let Some(refusal) = self.refuse(&req)
@@ -109,12 +118,6 @@ impl Admin {
         if req.method() == Method::POST && req.uri().path().starts_with("/switches/") {
             return match self.refuse(&req) {
                 None => crate::switches::apply(&self.gw, req.uri()),
-                Some(refusal) => refusal,
-            };
-        }
-        if req.method() == Method::POST && req.uri().path() == "/cache/purge" {
-            return match self.refuse(&req) {
-                None => crate::admin_cache::purge(&self.gw, req.uri()),
                 Some(refusal) => refusal,
             };
         }

@@ -1,5 +1,6 @@
 //! The admin API's cache endpoints: `POST /cache/purge?url=|prefix=|tag=[&soft=true]` (token
-//! required, like switches) and `GET /cache` (tiers, sizes, the biggest and hottest objects).
+//! required, like switches; 200 once applied everywhere it can be, 503 with what failed) and
+//! `GET /cache` (tiers, sizes, the biggest and hottest objects, purges being retried).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,8 +14,9 @@ use serde_json::json;
 
 use crate::admin::{JSON, TEXT, reply};
 
-/// Purges here at once, then in Redis and on every instance through the bus.
-pub fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
+/// Purges here, in Redis and on every instance through the buses, and says how it went:
+/// 200 when every step was done, 503 with the steps that failed (which are retried) otherwise.
+pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
     let Some(store) = gw.snapshot().cache.clone() else {
         return reply(StatusCode::NOT_FOUND, TEXT, "404: no route caches\n");
     };
@@ -25,16 +27,27 @@ pub fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
             "400: expected ?url=U, ?prefix=P or ?tag=T, optionally &soft=true\n",
         );
     };
-    let purged = store.purge_local(&p);
-    let (p2, store2) = (p.clone(), store.clone());
-    // Redis and the buses in the background; this instance's memory is already purged.
-    tokio::spawn(async move { scalegate_http::cache::purge(&store2, &p2).await });
-    tracing::info!(purge = ?p, objects = purged, "cache purge");
-    reply(
-        StatusCode::OK,
-        JSON,
-        json!({ "purged": purged, "soft": p.soft }).to_string() + "\n",
-    )
+    let r = scalegate_http::cache::purge(&store, &p).await;
+    let body = json!({
+        "purged": r.purged,
+        "soft": p.soft,
+        "redis_keys": r.redis_keys,
+        "subscribers": r.subscribers,
+        "nats": r.nats,
+        "failed": r.failed,
+        "retrying": r.retrying,
+    });
+    if r.failed.is_empty() {
+        tracing::info!(purge = ?p, objects = r.purged, redis_keys = ?r.redis_keys, subscribers = ?r.subscribers, "cache purge");
+        reply(StatusCode::OK, JSON, body.to_string() + "\n")
+    } else {
+        tracing::warn!(purge = ?p, failed = ?r.failed, retrying = r.retrying, "cache purge incomplete");
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            JSON,
+            body.to_string() + "\n",
+        )
+    }
 }
 
 /// The cache at a glance.
@@ -49,6 +62,7 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
             "errors": l2.link.errors.load(Ordering::Relaxed),
             "hits": l2.hits.load(Ordering::Relaxed),
             "writes": l2.writes.load(Ordering::Relaxed),
+            "dropped_fills": l2.dropped.load(Ordering::Relaxed),
             "bytes": l2.bytes.load(Ordering::Relaxed),
         })
     });
@@ -56,6 +70,7 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
         "enabled": true,
         "memory": { "bytes": store.bytes(), "objects": store.objects(), "max_bytes": store.spec().max_bytes },
         "redis": redis,
+        "purges_retrying": store.retries.pending(),
         "biggest": biggest,
         "hottest": hottest,
     })

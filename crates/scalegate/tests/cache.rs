@@ -2,56 +2,16 @@
 //! redis-server: RFC 9111 directives, coalescing, stale serving, purges, Redis L2 and the
 //! invalidation bus, compression.
 
+mod cache_support;
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::*;
-use http::Response;
+use cache_support::*;
+use common::{Client, eventually};
 use scalegate_testkit::{Origin, RedisServer};
-
-const TOKEN: &str = "cache-test-token-0123";
-const AUTH: (&str, &str) = ("authorization", "Bearer cache-test-token-0123");
-
-fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Bytes> {
-    let mut b = Response::builder().status(status);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Bytes::from(body.to_string())).expect("response")
-}
-
-/// A gateway with one caching catch-all route in front of `origin`.
-async fn gw(origin: &Origin, route: &str, preamble: &str) -> GatewayProcess {
-    let rest = routed(
-        &format!("\"{}\"", origin.addr),
-        "/",
-        route,
-        "passive = { consecutive_failures = 0 }",
-    );
-    GatewayProcess::start_custom(
-        BIN,
-        &format!("[runtime]\nworker_threads = 2\n{preamble}"),
-        &format!("token = \"{TOKEN}\""),
-        "",
-        &rest,
-    )
-    .await
-}
-
-async fn get(g: &GatewayProcess, path: &str, headers: &[(&str, &str)]) -> Resp {
-    Client::http1()
-        .get_with(g.http, path, headers)
-        .await
-        .expect("response")
-}
-
-fn status(r: &Resp) -> &str {
-    r.header("cache-status")
-}
 
 /// An origin answering every path by its name: `/ma` max-age=60, `/sma` s-maxage, …
 async fn directive_origin() -> Origin {
@@ -776,7 +736,8 @@ async fn no_cache_and_proxy_revalidate_always_revalidate_and_key_headers_split_e
     let o = Origin::start(|req, n| {
         let cc = match req.uri.path() {
             "/nc" => "no-cache",
-            "/pr" => "max-age=60, proxy-revalidate",
+            // proxy-revalidate applies once stale (RFC 9111 §5.2.2.8): fresh, it is a hit.
+            "/pr" => "max-age=0, proxy-revalidate",
             _ => "max-age=60",
         };
         if req.headers.get("if-none-match").is_some() {

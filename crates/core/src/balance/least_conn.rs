@@ -33,9 +33,9 @@ mod tests {
     #[test]
     fn busy_endpoint_is_avoided() {
         let s = set(3, Balance::LeastConn);
-        for _ in 0..5 {
-            s.members()[0].state.start_request();
-        }
+        let _loads: Vec<_> = (0..5)
+            .map(|_| s.members()[0].state.start_request())
+            .collect();
         let c = counts(&s, 100, PickRequest::default());
         assert_eq!(c[0], 0);
         assert_eq!(c[1] + c[2], 100);

@@ -6,6 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+/// The coalescing key of one variant of a URL.
+pub fn key(url: &str, variant: &str) -> String {
+    format!("{url}\u{0}{variant}")
+}
+
 /// The keys being fetched right now.
 #[derive(Debug, Default)]
 pub struct Flights {

@@ -1,13 +1,15 @@
 //! The shared tier (L2) in Redis and the invalidation bus.
 //!
 //! Layout: one hash per URL key (`{prefix}{url}`) with a `vary` field and one `o:{variant}`
-//! field per stored variant, so a lookup is one HGETALL and a URL purge one DEL; a set per tag
-//! (`{prefix}tag:{tag}`) lists the URL keys carrying it. Every key expires with the longest
-//! retention of what it holds (EXPIRE NX then GT keep the TTL consistent with L1's).
+//! field per stored variant, so a lookup is one HGETALL; a set per tag (`{prefix}tag:{tag}`)
+//! lists the URL keys carrying it; and an index of URL keys (`l2_index`) makes URL and prefix
+//! purges direct lookups. Every key expires with the longest retention of what it holds
+//! (EXPIRE NX then GT keep the TTL consistent with L1's).
 //!
-//! Redis being down never fails a request: calls are bounded by a short timeout, failures are
-//! counted, `up` turns false, and the memory tier carries on alone. Fills are written in the
-//! background so a slow Redis never slows a response.
+//! Redis being down never fails a request: lookups are bounded by a short timeout, failures
+//! are counted, `up` turns false, and the memory tier carries on alone. Fills are queued and
+//! written in order by one task (`l2_write`), so a slow Redis never slows a response and a
+//! hiccup delays fills instead of dropping them. Purges are never skipped (`purger`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -16,12 +18,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_cache_semantics::CachePolicy;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use super::object::Object;
-use super::purge::{Purge, Target, split_url};
+use super::l2_index;
+use super::l2_write::{self, Pending, WriteQueue};
+use super::object::{Object, Timing};
+use super::purge::Purge;
 use super::spec::RedisSpec;
 use super::store::Store;
 use crate::redis_link::RedisLink;
@@ -37,6 +40,9 @@ pub struct L2 {
     pub writes: AtomicU64,
     /// Memory Redis reports in use (`INFO memory`), refreshed every few seconds.
     pub bytes: AtomicU64,
+    /// Fills dropped because the write queue was full.
+    pub dropped: AtomicU64,
+    queue: Arc<WriteQueue>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -50,8 +56,9 @@ impl std::fmt::Debug for L2 {
 struct Meta {
     status: u16,
     headers: Vec<(String, String)>,
-    policy: CachePolicy,
+    born_ms: u64,
     fresh_until_ms: u64,
+    strict: bool,
     swr_ms: u64,
     sie_ms: u64,
     keep_ms: u64,
@@ -59,7 +66,8 @@ struct Meta {
 }
 
 impl L2 {
-    /// Starts connecting (in the background, retrying) and subscribes to the purge channel.
+    /// Starts connecting (in the background, retrying), subscribes to the purge channel and
+    /// starts the fill writer and the index janitor.
     pub fn start(spec: RedisSpec, store: Weak<Store>) -> Arc<L2> {
         let l2 = Arc::new(L2 {
             link: RedisLink::start(&spec.url, spec.timeout, "cache tier"),
@@ -67,23 +75,32 @@ impl L2 {
             hits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            queue: Arc::default(),
         });
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(measure(Arc::downgrade(&l2)));
-                rt.spawn(subscribe(Arc::downgrade(&l2), store));
+                let me = Arc::downgrade(&l2);
+                rt.spawn(measure(me.clone()));
+                rt.spawn(subscribe(me.clone(), store.clone()));
+                rt.spawn(l2_write::writer(me.clone(), l2.queue.clone(), store));
+                rt.spawn(l2_index::janitor(me));
             }
             Err(_) => tracing::warn!("no runtime: the Redis cache tier stays off"),
         }
         l2
     }
 
-    fn key(&self, url: &str) -> String {
+    pub(super) fn key(&self, url: &str) -> String {
         format!("{}{url}", self.spec.key_prefix)
     }
 
-    fn tag_key(&self, tag: &str) -> String {
+    pub(super) fn tag_key(&self, tag: &str) -> String {
         format!("{}tag:{tag}", self.spec.key_prefix)
+    }
+
+    pub(super) fn prefix(&self) -> &str {
+        &self.spec.key_prefix
     }
 
     /// Runs one call with the tier's timeout; None when Redis is down, slow or errs.
@@ -129,129 +146,48 @@ impl L2 {
         Some((vary, objects))
     }
 
-    /// Writes an object in the background.
-    pub fn put(self: &Arc<Self>, vary: &[HeaderName], obj: &Object) {
-        let Some(blob) = encode(obj) else { return };
-        let ttl = obj.retention(SystemTime::now()).as_secs().max(1);
-        let key = self.key(&obj.url);
+    /// Queues an object for writing (in order, retried through a hiccup); a full queue drops
+    /// it and counts.
+    pub fn put(&self, vary: &[HeaderName], obj: &Arc<Object>, fetched: SystemTime) {
         let vary = vary
             .iter()
             .map(HeaderName::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        let field = format!("o:{}", obj.variant);
-        let tags: Vec<String> = obj.tags.iter().map(|t| self.tag_key(t)).collect();
-        let url = obj.url.to_string();
-        let me = self.clone();
-        tokio::spawn(async move {
-            let done = me
-                .call("put", |mut c| async move {
-                    let mut p = redis::pipe();
-                    p.hset(&key, "vary", vary).ignore();
-                    p.hset(&key, field, blob).ignore();
-                    p.cmd("EXPIRE").arg(&key).arg(ttl).arg("NX").ignore();
-                    p.cmd("EXPIRE").arg(&key).arg(ttl).arg("GT").ignore();
-                    for t in &tags {
-                        p.sadd(t, &url).ignore();
-                        p.cmd("EXPIRE").arg(t).arg(ttl).arg("NX").ignore();
-                        p.cmd("EXPIRE").arg(t).arg(ttl).arg("GT").ignore();
-                    }
-                    p.query_async::<()>(&mut c).await
-                })
-                .await;
-            if done.is_some() {
-                me.writes.fetch_add(1, Ordering::Relaxed);
-            }
+        let queued = self.queue.push(Pending {
+            vary,
+            obj: obj.clone(),
+            fetched,
         });
-    }
-
-    /// Applies a purge to Redis (soft purges remove too: only memory keeps soft-stale copies).
-    pub async fn purge(&self, p: &Purge) {
-        let prefix = self.spec.key_prefix.clone();
-        let keys: Vec<String> = match &p.target {
-            Target::None => return,
-            Target::Url(u) => {
-                let (host, pq) = split_url(u);
-                match host {
-                    Some(h) => vec![self.key(&format!("{h}{pq}")), self.key(&pq)],
-                    None => self.scan(|k| key_path(k) == pq).await,
-                }
-            }
-            Target::Prefix(pre) => {
-                let (host, path) = split_url(pre);
-                let want = host.map(|h| format!("{h}{path}"));
-                self.scan(|k| match &want {
-                    Some(w) => k.starts_with(w.as_str()),
-                    None => key_path(k).starts_with(path.as_str()),
-                })
-                .await
-            }
-            Target::Tag(t) => {
-                let tag_key = self.tag_key(t);
-                let tk = tag_key.clone();
-                let urls: Vec<String> = self
-                    .call("purge", |mut c| async move { c.smembers(tk).await })
-                    .await
-                    .unwrap_or_default();
-                urls.iter()
-                    .map(|u| format!("{prefix}{u}"))
-                    .chain([tag_key])
-                    .collect()
-            }
-        };
-        if keys.is_empty() {
-            return;
+        if !queued {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        let _: Option<()> = self
-            .call("purge", |mut c| async move { c.del(keys).await })
-            .await;
     }
 
-    /// URL keys (with prefix) whose unprefixed form satisfies `want`.
-    async fn scan(&self, want: impl Fn(&str) -> bool) -> Vec<String> {
-        let pattern = format!("{}*", self.spec.key_prefix);
-        let plen = self.spec.key_prefix.len();
-        let tag_prefix = format!("{}tag:", self.spec.key_prefix);
-        let all: Vec<String> = self
-            .call("scan", |mut c| async move {
-                let mut it = c.scan_match::<_, String>(pattern).await?;
-                let mut keys = Vec::new();
-                while let Some(k) = it.next().await {
-                    keys.push(k?);
-                }
-                Ok(keys)
-            })
-            .await
-            .unwrap_or_default();
-        all.into_iter()
-            .filter(|k| !k.starts_with(&tag_prefix) && want(&k[plen..]))
-            .collect()
-    }
-
-    /// Publishes a purge to every instance.
-    pub async fn publish(&self, p: &Purge) {
-        let Ok(msg) = serde_json::to_string(p) else {
-            return;
-        };
+    /// Publishes a purge to every instance; the number of subscribers that received it.
+    pub async fn publish(&self, p: &Purge) -> Result<usize, String> {
+        let msg = serde_json::to_string(p).map_err(|e| format!("publish: {e}"))?;
         let channel = self.spec.channel.clone();
-        let _: Option<()> = self
-            .call(
-                "publish",
-                |mut c| async move { c.publish(channel, msg).await },
-            )
-            .await;
+        let n: i64 = self
+            .link
+            .call_within("publish", BACKGROUND, |mut c| async move {
+                c.publish(channel, msg).await
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 }
 
-fn key_path(k: &str) -> &str {
-    k.find('/').map_or(k, |i| &k[i..])
-}
+/// Time budget of background Redis work (fill writes, purges, the janitor): long enough for a
+/// pause or a failover to pass, never on a request's path.
+pub const BACKGROUND: Duration = Duration::from_secs(2);
 
-fn ms(d: Duration) -> u64 {
+pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn encode(o: &Object) -> Option<Vec<u8>> {
+pub(super) fn encode(o: &Object) -> Option<Vec<u8>> {
+    let t = &o.timing;
     let meta = Meta {
         status: o.status.as_u16(),
         headers: o
@@ -259,11 +195,12 @@ fn encode(o: &Object) -> Option<Vec<u8>> {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect(),
-        policy: o.policy.clone(),
-        fresh_until_ms: ms(o.fresh_until.duration_since(UNIX_EPOCH).ok()?),
-        swr_ms: ms(o.stale_while_revalidate),
-        sie_ms: ms(o.stale_if_error),
-        keep_ms: ms(o.keep),
+        born_ms: ms(t.born.duration_since(UNIX_EPOCH).ok()?),
+        fresh_until_ms: ms(t.fresh_until.duration_since(UNIX_EPOCH).ok()?),
+        strict: t.strict,
+        swr_ms: ms(t.stale_while_revalidate),
+        sie_ms: ms(t.stale_if_error),
+        keep_ms: ms(t.keep),
         variant: o.variant.clone(),
     };
     let meta = serde_json::to_vec(&meta).ok()?;
@@ -285,17 +222,20 @@ fn decode(b: &[u8], url: Arc<str>) -> Option<Object> {
             HeaderValue::try_from(v).ok()?,
         );
     }
-    Some(Object::restore(
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    let timing = Timing {
+        born: at(meta.born_ms),
+        fresh_until: at(meta.fresh_until_ms),
+        strict: meta.strict,
+        stale_while_revalidate: Duration::from_millis(meta.swr_ms),
+        stale_if_error: Duration::from_millis(meta.sie_ms),
+        keep: Duration::from_millis(meta.keep_ms),
+    };
+    Some(Object::new(
         StatusCode::from_u16(meta.status).ok()?,
         headers,
         body,
-        meta.policy,
-        UNIX_EPOCH + Duration::from_millis(meta.fresh_until_ms),
-        (
-            Duration::from_millis(meta.swr_ms),
-            Duration::from_millis(meta.sie_ms),
-            Duration::from_millis(meta.keep_ms),
-        ),
+        timing,
         url,
         meta.variant,
     ))
@@ -349,13 +289,7 @@ async fn subscribe(l2: Weak<L2>, store: Weak<Store>) {
                 else {
                     continue;
                 };
-                // An application may publish directly, so the shared tier is purged too
-                // (idempotent when the publisher already did it), and first: a memory miss
-                // must not refill from a Redis copy that is about to go.
-                if let Some(me) = l2.upgrade() {
-                    me.purge(&purge).await;
-                }
-                let n = store.purge_local(&purge);
+                let n = super::purger::from_bus(&store, &purge).await;
                 tracing::debug!(?purge, objects = n, "purge from the bus");
             }
         }

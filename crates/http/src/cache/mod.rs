@@ -1,42 +1,39 @@
 //! The shared HTTP cache (RFC 9111) and response compression.
 //!
-//! Read [`serve`] first: it is the cache's part of the request path. Rules of freshness and
-//! storability come from `http-cache-semantics` ([`object`] adds the RFC 5861 stale
-//! extensions and purge state); [`store`] is the memory tier, [`l2`] the Redis tier and
-//! invalidation bus; [`key`] makes cache keys; [`compress`] negotiates and encodes.
+//! Read [`serve`] first: it is the cache's part of the request path. [`control`] parses
+//! directives, [`freshness`] holds the RFC 9111 rules of storability, freshness and age,
+//! [`verdict`] adds the route's own; [`object`] is a stored response (RFC 5861 stale
+//! extensions, purge state), `answer` serves one; [`store`] is the memory tier, [`l2`] the
+//! Redis tier and invalidation bus; [`key`] makes cache keys; [`compress`] negotiates and
+//! encodes.
 
+pub(crate) mod answer;
 pub mod compress;
+pub mod conditional;
 pub mod control;
+pub(crate) mod fill;
 pub mod flight;
+pub mod freshness;
 pub mod key;
 pub mod l2;
+pub mod l2_index;
+pub mod l2_write;
 pub mod nats;
 pub mod object;
 pub mod purge;
+pub mod purge_log;
+pub mod purger;
+pub mod range;
 pub(crate) mod serve;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod verdict;
 
 pub use purge::{Purge, Target};
+pub use purger::{Report as PurgeReport, purge};
 pub use spec::{
     BypassSpec, CacheSpec, CompressionSpec, Encoding, KeySpec, NatsSpec, QueryKey, RedisSpec,
     StoreSpec, TtlRule,
 };
 pub use store::Store;
-
-/// Purges everywhere: this instance's memory, Redis, and (through the Redis channel and the
-/// NATS subject) every other instance's memory. Returns the objects purged in this instance's memory.
-pub async fn purge(store: &Store, p: &Purge) -> usize {
-    let n = store.purge_local(p);
-    if let Some(l2) = &store.l2 {
-        l2.purge(p).await;
-        // Again: a miss between the two purges may have refilled memory from Redis.
-        store.purge_local(p);
-        l2.publish(p).await;
-    }
-    if let Some(bus) = &store.nats {
-        bus.publish(p).await;
-    }
-    n
-}

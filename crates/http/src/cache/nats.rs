@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 
+use super::l2::BACKGROUND;
 use super::purge::Purge;
 use super::spec::NatsSpec;
 use super::store::Store;
@@ -42,13 +43,23 @@ impl Nats {
         nats
     }
 
-    /// Publishes a purge to every instance.
-    pub async fn publish(&self, p: &Purge) {
-        let (Some(client), Ok(msg)) = (self.client.load_full(), serde_json::to_vec(p)) else {
-            return;
+    /// Publishes a purge to every instance, and waits (a bounded time) until the server has it.
+    pub async fn publish(&self, p: &Purge) -> Result<(), String> {
+        let client = self
+            .client
+            .load_full()
+            .ok_or_else(|| "not connected".to_string())?;
+        let msg = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+        let sent = async {
+            client
+                .publish(self.spec.subject.clone(), msg.into())
+                .await
+                .map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())
         };
-        if let Err(e) = client.publish(self.spec.subject.clone(), msg.into()).await {
-            tracing::warn!(error = %e, "cannot publish a purge on NATS");
+        match tokio::time::timeout(BACKGROUND, sent).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {BACKGROUND:?}")),
         }
     }
 }
@@ -71,11 +82,7 @@ async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
         let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text)) else {
             continue;
         };
-        // Redis first, so a memory miss cannot refill from a copy that is about to go.
-        if let Some(l2) = store.l2.clone() {
-            l2.purge(&purge).await;
-        }
-        let n = store.purge_local(&purge);
+        let n = super::purger::from_bus(&store, &purge).await;
         tracing::debug!(?purge, objects = n, "purge from NATS");
     }
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use http_cache_semantics::CachePolicy;
 
 use super::control::{self, Directives};
+use super::freshness::Freshness;
 
 /// Object state set by purges.
 const LIVE: u8 = 0;
@@ -25,16 +25,8 @@ pub struct Object {
     pub headers: HeaderMap,
     /// The whole body, in the coding it was stored with.
     pub body: Bytes,
-    /// RFC 9111 rules: storability, age, revalidation merging.
-    pub policy: CachePolicy,
-    /// When it stops being fresh.
-    pub fresh_until: SystemTime,
-    /// How long past `fresh_until` it may be served while refreshed in the background.
-    pub stale_while_revalidate: Duration,
-    /// How long past `fresh_until` it may be served when the origin fails.
-    pub stale_if_error: Duration,
-    /// How long past `fresh_until` it is kept for conditional revalidation.
-    pub keep: Duration,
+    /// Its age, freshness and stale uses.
+    pub timing: Timing,
     /// Tags from Surrogate-Key / Cache-Tag, for purging.
     pub tags: Vec<String>,
     /// Its URL key.
@@ -46,10 +38,66 @@ pub struct Object {
     state: AtomicU8,
 }
 
+/// When a stored response was born, until when it is fresh, and how it may be used after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// When its age was zero: its age now is `now - born`.
+    pub born: SystemTime,
+    /// When it stops being fresh.
+    pub fresh_until: SystemTime,
+    /// Whether it may never be served stale (no `max-stale` either).
+    pub strict: bool,
+    /// How long past `fresh_until` it may be served while refreshed in the background.
+    pub stale_while_revalidate: Duration,
+    /// How long past `fresh_until` it may be served when the origin fails.
+    pub stale_if_error: Duration,
+    /// How long past `fresh_until` it is kept for conditional revalidation.
+    pub keep: Duration,
+}
+
+impl Timing {
+    /// The timing of a response stored `now`: its freshness, unless the route fixes a TTL
+    /// (counted from now); stale uses from its directives, else the route's `defaults`
+    /// (stale-while-revalidate, stale-if-error, keep). Only responses with validators are kept
+    /// past their stale uses.
+    pub fn new(
+        fresh: Freshness,
+        d: &Directives,
+        ttl_override: Option<Duration>,
+        defaults: (Duration, Duration, Duration),
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Timing {
+        let (swr_default, sie_default, keep) = defaults;
+        let strict = fresh.strict && ttl_override.is_none();
+        let (swr, sie) = if strict {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (
+                d.stale_while_revalidate.unwrap_or(swr_default),
+                d.stale_if_error.unwrap_or(sie_default),
+            )
+        };
+        let has_validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        Timing {
+            born: fresh.born,
+            fresh_until: match ttl_override {
+                Some(ttl) => now + ttl,
+                None => fresh.born + fresh.lifetime,
+            },
+            strict,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            keep: if has_validators { keep } else { Duration::ZERO },
+        }
+    }
+}
+
 /// What a stored object may be used for at a given time, for a given request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usable {
-    /// Serve it.
+    /// Serve it (fresh, or stale within the request's `max-stale`).
     Fresh,
     /// Serve it and refresh it in the background.
     StaleWhileRevalidate,
@@ -58,54 +106,12 @@ pub enum Usable {
 }
 
 impl Object {
-    /// Builds an object from a complete response.
-    #[allow(clippy::too_many_arguments)]
+    /// An object from a complete response.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
-        policy: CachePolicy,
-        ttl_override: Option<Duration>,
-        defaults: (Duration, Duration, Duration),
-        url: Arc<str>,
-        variant: String,
-    ) -> Object {
-        let now = SystemTime::now();
-        let (swr_default, sie_default, keep) = defaults;
-        let d = Directives::of(&headers);
-        let lifetime = ttl_override.unwrap_or_else(|| policy.time_to_live(now));
-        let (swr, sie) = if d.allows_stale() || ttl_override.is_some() {
-            (
-                d.stale_while_revalidate.unwrap_or(swr_default),
-                d.stale_if_error.unwrap_or(sie_default),
-            )
-        } else {
-            (Duration::ZERO, Duration::ZERO)
-        };
-        let has_validators =
-            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
-        let keep = if has_validators { keep } else { Duration::ZERO };
-        Object::restore(
-            status,
-            headers,
-            body,
-            policy,
-            now + lifetime,
-            (swr, sie, keep),
-            url,
-            variant,
-        )
-    }
-
-    /// An object with its timings given (read back from the shared tier, or built by `new`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn restore(
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-        policy: CachePolicy,
-        fresh_until: SystemTime,
-        stale: (Duration, Duration, Duration),
+        timing: Timing,
         url: Arc<str>,
         variant: String,
     ) -> Object {
@@ -114,11 +120,7 @@ impl Object {
             status,
             headers,
             body,
-            policy,
-            fresh_until,
-            stale_while_revalidate: stale.0,
-            stale_if_error: stale.1,
-            keep: stale.2,
+            timing,
             url,
             variant,
             hits: AtomicU64::new(0),
@@ -126,24 +128,18 @@ impl Object {
         }
     }
 
-    /// The same stored response under a new policy and headers (after a 304).
-    pub fn refreshed(
-        &self,
-        policy: CachePolicy,
-        headers: HeaderMap,
-        ttl: Option<Duration>,
-    ) -> Self {
-        let mut o = Object::new(
+    /// The same stored response with new headers and timing (after a 304).
+    pub fn refreshed(&self, headers: HeaderMap, timing: Timing) -> Self {
+        let o = Object::new(
             self.status,
             headers,
             self.body.clone(),
-            policy,
-            ttl,
-            (self.stale_while_revalidate, self.stale_if_error, self.keep),
+            timing,
             self.url.clone(),
             self.variant.clone(),
         );
-        o.hits = AtomicU64::new(self.hits.load(Ordering::Relaxed));
+        o.hits
+            .store(self.hits.load(Ordering::Relaxed), Ordering::Relaxed);
         o
     }
 
@@ -160,29 +156,39 @@ impl Object {
 
     /// How long the memory tier keeps it: fresh life plus the longest stale use.
     pub fn retention(&self, now: SystemTime) -> Duration {
-        let extra = self
-            .stale_while_revalidate
-            .max(self.stale_if_error)
-            .max(self.keep);
-        (self.fresh_until + extra)
+        let t = &self.timing;
+        let extra = t.stale_while_revalidate.max(t.stale_if_error).max(t.keep);
+        (t.fresh_until + extra)
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
     }
 
-    /// What it may be used for now, given the request's own Cache-Control.
+    /// What it may be used for now, given the request's own directives (RFC 9111 §5.2.1:
+    /// no-cache, max-age, min-fresh, max-stale).
     pub fn usable(&self, req: &HeaderMap, now: SystemTime) -> Usable {
-        let state = self.state.load(Ordering::Relaxed);
+        let t = &self.timing;
+        if self.state.load(Ordering::Relaxed) != LIVE {
+            return Usable::Stale;
+        }
         let d = Directives::of(req);
-        let fresh = state == LIVE
-            && now < self.fresh_until
-            && !control::request_no_cache(req, &d)
-            && d.max_age.is_none_or(|m| self.age(now) <= m);
-        if fresh {
+        if control::request_no_cache(req, &d) || d.max_age.is_some_and(|m| self.age(now) > m) {
+            return Usable::Stale;
+        }
+        let left = t
+            .fresh_until
+            .duration_since(now)
+            .ok()
+            .filter(|l| !l.is_zero());
+        match (left, d.min_fresh) {
+            (Some(left), Some(min)) if left >= min => return Usable::Fresh,
+            (Some(_), Some(_)) => return Usable::Stale,
+            (Some(_), None) => return Usable::Fresh,
+            (None, _) => {}
+        }
+        let stale_for = now.duration_since(t.fresh_until).unwrap_or(Duration::ZERO);
+        if !t.strict && d.max_stale.is_some_and(|m| stale_for <= m) {
             Usable::Fresh
-        } else if state == LIVE
-            && now < self.fresh_until + self.stale_while_revalidate
-            && !control::request_no_cache(req, &d)
-        {
+        } else if stale_for < t.stale_while_revalidate && d.min_fresh.is_none() {
             Usable::StaleWhileRevalidate
         } else {
             Usable::Stale
@@ -191,7 +197,8 @@ impl Object {
 
     /// Whether it may answer when the origin fails now (stale-if-error; soft purges allow it).
     pub fn serves_on_error(&self, now: SystemTime) -> bool {
-        self.state.load(Ordering::Relaxed) != PURGED && now < self.fresh_until + self.stale_if_error
+        self.state.load(Ordering::Relaxed) != PURGED
+            && now < self.timing.fresh_until + self.timing.stale_if_error
     }
 
     /// Whether lookups may see it at all.
@@ -205,14 +212,15 @@ impl Object {
         self.state.fetch_max(to, Ordering::Relaxed);
     }
 
-    /// Its age now (Age header plus time held).
+    /// Its age now (RFC 9111 §4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.policy.age(now)
+        now.duration_since(self.timing.born)
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Seconds of freshness left (negative when stale), for Cache-Status.
     pub fn ttl_secs(&self, now: SystemTime) -> i64 {
-        match self.fresh_until.duration_since(now) {
+        match self.timing.fresh_until.duration_since(now) {
             Ok(d) => d.as_secs() as i64,
             Err(e) => -(e.duration().as_secs() as i64),
         }
@@ -223,26 +231,6 @@ impl Object {
         let mut h = self.headers.clone();
         h.insert(header::AGE, HeaderValue::from(self.age(now).as_secs()));
         h
-    }
-
-    /// Whether the client's conditional request is satisfied by this object (If-None-Match
-    /// against its ETag, weak comparison; else If-Modified-Since equal to Last-Modified).
-    pub fn not_modified_for(&self, req: &HeaderMap) -> bool {
-        let strip = |s: &str| s.trim().trim_start_matches("W/").to_string();
-        if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-            let Some(etag) = self.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
-                return false;
-            };
-            let etag = strip(etag);
-            return inm.split(',').any(|t| t.trim() == "*" || strip(t) == etag);
-        }
-        match (
-            req.get(header::IF_MODIFIED_SINCE),
-            self.headers.get(header::LAST_MODIFIED),
-        ) {
-            (Some(ims), Some(lm)) => ims == lm,
-            _ => false,
-        }
     }
 }
 

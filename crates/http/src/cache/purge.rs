@@ -67,6 +67,112 @@ impl Purge {
     }
 }
 
+impl Purge {
+    /// The purge in the form lookups and matches use.
+    pub fn matcher(&self) -> Matcher {
+        match &self.target {
+            Target::None => Matcher::None,
+            Target::Url(u) => {
+                let (host, pq) = split_url(u);
+                let sorted = sort_query(&pq);
+                Matcher::Url { host, pq, sorted }
+            }
+            Target::Prefix(p) => {
+                let (host, path) = split_url(p);
+                Matcher::Prefix { host, path }
+            }
+            Target::Tag(t) => Matcher::Tag(t.clone()),
+        }
+    }
+}
+
+/// A purge's target, parsed once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Matcher {
+    /// Nothing.
+    None,
+    /// One URL (both its query as sent and sorted, as the default key mode stores it); every
+    /// host when `host` is None.
+    Url {
+        /// Lowercased host, without port.
+        host: Option<String>,
+        /// Path and query.
+        pq: String,
+        /// Path and query with the parameters sorted.
+        sorted: String,
+    },
+    /// URL keys under a prefix; every host when `host` is None.
+    Prefix {
+        /// Lowercased host, without port.
+        host: Option<String>,
+        /// Path prefix.
+        path: String,
+    },
+    /// Objects carrying the tag.
+    Tag(String),
+}
+
+impl Matcher {
+    /// Whether an object with this URL key and tags is purged.
+    pub fn matches(&self, url_key: &str, tags: &[String]) -> bool {
+        match self {
+            Matcher::None => false,
+            Matcher::Url { host, pq, sorted } => {
+                let is = |rest: &str| rest == pq || rest == sorted;
+                match host {
+                    // Keys hold the host, or none when a route leaves it out of its key.
+                    Some(h) => url_key.strip_prefix(h.as_str()).is_some_and(is) || is(url_key),
+                    None => is(key_path(url_key)),
+                }
+            }
+            Matcher::Prefix { host, path } => match host {
+                Some(h) => url_key
+                    .strip_prefix(h.as_str())
+                    .is_some_and(|rest| rest.starts_with('/') && rest.starts_with(path.as_str())),
+                None => key_path(url_key).starts_with(path.as_str()),
+            },
+            Matcher::Tag(t) => tags.iter().any(|x| x == t),
+        }
+    }
+
+    /// The URL keys it names outright (a URL with its host); None when they must be looked up.
+    pub fn direct_keys(&self) -> Option<Vec<String>> {
+        let Matcher::Url {
+            host: Some(h),
+            pq,
+            sorted,
+        } = self
+        else {
+            return None;
+        };
+        let mut keys = vec![
+            format!("{h}{pq}"),
+            format!("{h}{sorted}"),
+            pq.clone(),
+            sorted.clone(),
+        ];
+        keys.sort();
+        keys.dedup();
+        Some(keys)
+    }
+}
+
+/// The path-and-query part of a URL key (after the host, if any).
+pub fn key_path(k: &str) -> &str {
+    k.find('/').map_or(k, |i| &k[i..])
+}
+
+/// `path?query` with the query's parameters sorted (how the default key mode stores it).
+pub fn sort_query(pq: &str) -> String {
+    match pq.split_once('?') {
+        Some((p, q)) => match super::key::normalize_query(q, &super::spec::QueryKey::Sort) {
+            Some(q) => format!("{p}?{q}"),
+            None => p.to_string(),
+        },
+        None => pq.to_string(),
+    }
+}
+
 /// Splits `http://host:port/path`, `host/path` or `/path` into (host, path-and-query). The
 /// host is lowercased without its port, as cache keys hold it.
 pub fn split_url(u: &str) -> (Option<String>, String) {
@@ -130,6 +236,22 @@ mod tests {
         let j = Purge::from_message(r#"{"target":{"prefix":"/static/"}}"#).unwrap();
         assert_eq!(j.target, Target::Prefix("/static/".into()));
         assert!(!j.soft);
+    }
+
+    #[test]
+    fn matchers() {
+        let m = |q: &str| Purge::from_query(q).unwrap().matcher();
+        let none: [String; 0] = [];
+        assert!(m("url=/a?b=1%26a=2").matches("ex.com/a?a=2&b=1", &none));
+        assert!(m("url=ex.com/a").matches("ex.com/a", &none));
+        assert!(m("url=ex.com/a").matches("/a", &none), "a key without host");
+        assert!(!m("url=ex.com/a").matches("other.com/a", &none));
+        assert!(!m("url=/a").matches("ex.com/ab", &none));
+        assert!(m("prefix=/s/").matches("ex.com/s/x", &none));
+        assert!(m("prefix=ex.com/s/").matches("ex.com/s/x", &none));
+        assert!(!m("prefix=ex.com/s/").matches("ex.com.evil/s/x", &none));
+        assert!(!m("prefix=/s/").matches("ex.com/t/s/", &none));
+        assert!(m("tag=t").matches("x/y", &["u".into(), "t".into()]));
     }
 
     #[test]

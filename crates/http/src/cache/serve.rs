@@ -12,24 +12,27 @@
 //!    says so, then streamed to the client while it is copied into the store.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
-use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use bytes::BytesMut;
+use http::header;
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use http_cache_semantics::{CacheOptions, CachePolicy};
 use hyper::body::Incoming;
 
+use super::answer::{self, CACHE_STATUS, from_object, from_served};
 use super::compress;
+use super::control::Directives;
+use super::fill::{Fill, tee};
 use super::flight::{self, FlightGuard, Join};
 use super::key;
 use super::object::{Object, Usable, merge_not_modified};
 use super::spec::{CacheSpec, Encoding};
 use super::status::{self, Fwd};
 use super::store::Store;
-use crate::body::{RespBody, Sink, Tee};
+use super::verdict::Answer;
+use crate::body::RespBody;
 use crate::error::ProxyError;
 use crate::gateway::Snapshot;
 use crate::metrics::CacheResult;
@@ -159,10 +162,7 @@ async fn pass_unsafe(
                 target: super::purge::Target::Url(target),
                 soft: false,
             };
-            cx.store.purge_local(&p);
-            if let Some(l2) = cx.store.l2.clone() {
-                tokio::spawn(async move { l2.purge(&p).await });
-            }
+            super::purger::invalidate(&cx.store, p);
         }
     }
     Ok(resp)
@@ -181,7 +181,10 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             && let Some((vary, objects)) = l2.get(&url, &url).await
         {
             for o in objects.into_iter().rev() {
-                cx.store.put(vary.clone(), Arc::new(o));
+                // A purge applied while Redis answered: the copy read may predate it.
+                if !cx.store.purged_since(now, &o) {
+                    cx.store.put(vary.clone(), Arc::new(o));
+                }
             }
             variants = cx.store.get(&url);
         }
@@ -201,17 +204,22 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
                     CacheResult::Hit
                 });
                 let cs = status::hit(o.ttl_secs(now), detail);
-                return Ok(from_object(o, &parts.headers, cs, done));
+                return Ok(from_object(o, &parts, cs, done));
             }
             (Some(o), Some(Usable::StaleWhileRevalidate)) => {
                 cx.route.metrics.cache(CacheResult::Stale);
-                if let Join::Leader(guard) = cx.store.join(flight_key(&url, &variant)) {
+                if let Join::Leader(guard) = cx.store.join(flight::key(&url, &variant)) {
                     refresh_in_background(cx, &parts, o.clone(), guard);
                 }
                 let cs = status::hit(o.ttl_secs(now), Some("stale-while-revalidate"));
-                return Ok(from_object(o, &parts.headers, cs, done));
+                return Ok(from_object(o, &parts, cs, done));
             }
             _ => {}
+        }
+        if Directives::of(&parts.headers).only_if_cached {
+            // Nothing usable, and the client forbids going to the origin (RFC 9111 §5.2.1.7).
+            cx.route.metrics.cache(CacheResult::Miss);
+            return Ok(answer::only_if_cached(done));
         }
         let fwd = match (&found, &variants) {
             (Some(o), _) if o.usable(&HeaderMap::new(), now) == Usable::Fresh => Fwd::Request,
@@ -225,7 +233,7 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             let r = cx.origin(parts.clone(), None, done).await;
             return r.map(|r| finish_forwarded(cx, &parts, r, fwd));
         }
-        let fkey = flight_key(&url, &variant);
+        let fkey = flight::key(&url, &variant);
         if cx.store.is_pass(&fkey) {
             cx.route.metrics.cache(CacheResult::Pass);
             return fetch(cx, parts, url, found, None, fwd, done).await;
@@ -246,10 +254,6 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
     }
 }
 
-fn flight_key(url: &str, variant: &str) -> String {
-    format!("{url}\u{0}{variant}")
-}
-
 /// Goes to the origin for a key (as its leader, or alone), and handles the answer.
 async fn fetch(
     cx: &Cx,
@@ -264,30 +268,29 @@ async fn fetch(
     let mut up = copy_head(&parts);
     up.method = Method::GET;
     let h = &mut up.headers;
-    // The store wants a full response; the client's own conditionals are answered from it.
-    for name in [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_RANGE,
-    ] {
-        h.remove(name);
-    }
+    h.remove(header::IF_RANGE);
+    // Revalidating a stored response: our validators, not the client's (its conditionals are
+    // then answered from the refreshed response). With nothing stored, the client's own are
+    // forwarded: a 304 goes back to it as it is, a 200 is stored.
     if let Some(o) = &stale {
+        h.remove(header::IF_NONE_MATCH);
+        h.remove(header::IF_MODIFIED_SINCE);
         if let Some(etag) = o.headers.get(header::ETAG) {
             h.insert(header::IF_NONE_MATCH, etag.clone());
         } else if let Some(lm) = o.headers.get(header::LAST_MODIFIED) {
             h.insert(header::IF_MODIFIED_SINCE, lm.clone());
         }
     }
-    let now = SystemTime::now();
+    let sent = SystemTime::now();
     let resp = match cx.origin(up, None, done).await {
         Ok(r) => r,
         Err((e, done)) => {
+            let now = SystemTime::now();
             return match stale.filter(|o| o.serves_on_error(now)) {
                 Some(o) => {
                     cx.route.metrics.cache(CacheResult::StaleIfError);
                     let cs = status::hit(o.ttl_secs(now), Some("stale-if-error"));
-                    Ok(from_object(&o, &parts.headers, cs, done))
+                    Ok(from_object(&o, &parts, cs, done))
                 }
                 None => Err((e, done)),
             };
@@ -299,19 +302,26 @@ async fn fetch(
         if head.status == StatusCode::NOT_MODIFIED {
             cx.route.metrics.cache(CacheResult::Revalidated);
             let headers = merge_not_modified(&o.headers, &head.headers);
-            let policy = policy_for(&parts, o.status, &headers, now);
-            let fresh = Arc::new(o.refreshed(policy, headers, ttl_override(spec, &parts)));
+            let answer = Answer {
+                request: &parts.headers,
+                path: parts.uri.path(),
+                status: head.status,
+                headers: &headers,
+                sent,
+                received: now,
+            };
+            let fresh = Arc::new(answer.refresh(spec, o));
             let vary = key::vary_names(&fresh.headers).unwrap_or_default();
-            put(cx, vary, fresh.clone());
+            cx.store.insert(vary, fresh.clone(), sent);
             body.set_status(fresh.status.as_u16());
             let cs = status::forward(Fwd::Stale, Some(304), true, None);
-            return Ok(from_served(&fresh, &parts.headers, cs, body));
+            return Ok(from_served(&fresh, &parts, cs, body));
         }
         if head.status.is_server_error() && o.serves_on_error(now) {
             cx.route.metrics.cache(CacheResult::StaleIfError);
             body.set_status(o.status.as_u16());
             let cs = status::hit(o.ttl_secs(now), Some("stale-if-error"));
-            return Ok(from_served(o, &parts.headers, cs, body));
+            return Ok(from_served(o, &parts, cs, body));
         }
     }
     cx.route.metrics.cache(CacheResult::Miss);
@@ -319,8 +329,18 @@ async fn fetch(
         body = compress::apply(cs, &parts.headers, &parts.method, &mut head, body).0;
     }
     let status_code = head.status.as_u16();
-    let stored = match (guard, storable(spec, &parts, &head, now)) {
-        (Some(guard), Ok((vary, policy))) => {
+    let verdict = Answer {
+        request: &parts.headers,
+        path: parts.uri.path(),
+        status: head.status,
+        headers: &head.headers,
+        sent,
+        received: now,
+    }
+    .storable(spec);
+    let detail = verdict.as_ref().err().map(|why| why.token());
+    let stored = match (guard, verdict) {
+        (Some(guard), Ok((vary, timing))) => {
             cx.route.metrics.cache(CacheResult::Stored);
             let variant = key::variant(&spec.key, &vary, &parts.headers, cx.encodings());
             let mut headers = head.headers.clone();
@@ -330,116 +350,36 @@ async fn fetch(
                 vary,
                 status: head.status,
                 headers,
-                policy: Some(policy),
-                ttl: ttl_override(spec, &parts),
-                defaults: (spec.stale_while_revalidate, spec.stale_if_error, spec.keep),
+                timing,
                 url,
                 variant,
                 chunks: BytesMut::new(),
                 limit: spec.max_object_bytes as usize,
-                _guard: guard,
+                fetched: sent,
+                guard,
             };
             body = tee(body, Box::new(fill));
             true
         }
-        (Some(guard), Err(Uncacheable::Response)) => {
-            // Hit-for-pass: for a while, requests for this key go straight to the origin
-            // instead of queueing behind one another.
-            cx.store.mark_pass(flight_key(
-                &url,
-                &key::variant(&spec.key, &[], &parts.headers, cx.encodings()),
-            ));
+        (Some(guard), Err(why)) => {
+            if why.from_response() {
+                // Hit-for-pass: for a while, requests for this key go straight to the origin
+                // instead of queueing behind one another.
+                cx.store.mark_pass(flight::key(
+                    &url,
+                    &key::variant(&spec.key, &[], &parts.headers, cx.encodings()),
+                ));
+            }
             drop(guard);
             false
         }
-        _ => false,
+        (None, _) => false,
     };
     head.headers.insert(
         CACHE_STATUS.clone(),
-        status::forward(fwd, Some(status_code), stored, None),
+        status::forward(fwd, Some(status_code), stored, detail),
     );
     Ok(Response::from_parts(head, body))
-}
-
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-/// Why a response is not stored.
-enum Uncacheable {
-    /// The response's own headers forbid it (hit-for-pass applies).
-    Response,
-    /// Too big to store.
-    Size,
-}
-
-/// Whether the response may be stored; its Vary list and policy when so.
-fn storable(
-    spec: &CacheSpec,
-    req: &http::request::Parts,
-    head: &http::response::Parts,
-    now: SystemTime,
-) -> Result<(Vec<HeaderName>, CachePolicy), Uncacheable> {
-    let h = &head.headers;
-    if h.contains_key(header::SET_COOKIE) && !spec.share_set_cookie {
-        return Err(Uncacheable::Response);
-    }
-    // The store keeps body bytes only: a hit would lose the trailer fields (a gRPC status, a
-    // checksum) the response declares.
-    if h.contains_key(header::TRAILER) {
-        return Err(Uncacheable::Response);
-    }
-    let length = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > spec.max_object_bytes) {
-        return Err(Uncacheable::Size);
-    }
-    let vary = key::vary_names(h).ok_or(Uncacheable::Response)?;
-    let policy = policy_for(req, head.status, h, now);
-    if !policy.is_storable() {
-        return Err(Uncacheable::Response);
-    }
-    let lifetime = ttl_override(spec, req).unwrap_or_else(|| policy.time_to_live(now));
-    let validators = h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED);
-    if lifetime.is_zero() && !validators {
-        return Err(Uncacheable::Response);
-    }
-    Ok((vary, policy))
-}
-
-/// The RFC 9111 policy of a response, as a shared cache (Set-Cookie is never stored, so it is
-/// left out of the evaluation when the route shares such responses).
-fn policy_for(
-    req: &http::request::Parts,
-    status: StatusCode,
-    h: &HeaderMap,
-    now: SystemTime,
-) -> CachePolicy {
-    let mut r = Response::new(());
-    *r.status_mut() = status;
-    *r.headers_mut() = h.clone();
-    r.headers_mut().remove(header::SET_COOKIE);
-    let mut q = Request::new(());
-    *q.method_mut() = Method::GET;
-    *q.uri_mut() = req.uri.clone();
-    *q.headers_mut() = req.headers.clone();
-    CachePolicy::new_options(&q, &r, now, CacheOptions::default())
-}
-
-/// The route's fixed TTL for this path, if a rule sets one.
-fn ttl_override(spec: &CacheSpec, req: &http::request::Parts) -> Option<Duration> {
-    let path = req.uri.path();
-    spec.rules
-        .iter()
-        .find(|r| path.starts_with(r.path_prefix.as_str()))
-        .and_then(|r| r.ttl)
-}
-
-fn put(cx: &Cx, vary: Vec<HeaderName>, obj: Arc<Object>) {
-    if let Some(l2) = &cx.store.l2 {
-        l2.put(&vary, &obj);
-    }
-    cx.store.put(vary, obj);
 }
 
 /// Refreshes a stale-while-revalidate object without making the client wait.
@@ -461,48 +401,6 @@ fn refresh_in_background(
     });
 }
 
-/// A response from a stored object, the request finished at once.
-fn from_object(
-    o: &Object,
-    req: &HeaderMap,
-    cs: HeaderValue,
-    mut done: Completion,
-) -> Response<RespBody> {
-    let resp = build(o, req, cs);
-    done.set_status(resp.status().as_u16());
-    done.finish(true, o.body.len() as u64);
-    resp
-}
-
-/// A response from a stored object while an upstream exchange (a 304 or a failed answer)
-/// finishes its bookkeeping as it is dropped.
-fn from_served(
-    o: &Object,
-    req: &HeaderMap,
-    cs: HeaderValue,
-    upstream: RespBody,
-) -> Response<RespBody> {
-    drop(upstream);
-    build(o, req, cs)
-}
-
-fn build(o: &Object, req: &HeaderMap, cs: HeaderValue) -> Response<RespBody> {
-    o.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let now = SystemTime::now();
-    let mut headers = o.response_headers(now);
-    headers.insert(CACHE_STATUS.clone(), cs);
-    let (status, body) = if o.not_modified_for(req) && o.status == StatusCode::OK {
-        headers.remove(header::CONTENT_LENGTH);
-        (StatusCode::NOT_MODIFIED, RespBody::Full(None))
-    } else {
-        (o.status, RespBody::full(o.body.clone()))
-    };
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    *r.headers_mut() = headers;
-    r
-}
-
 /// Adds Cache-Status (and compression) to a response the cache did not touch.
 fn finish_forwarded(
     cx: &Cx,
@@ -520,66 +418,4 @@ fn finish_forwarded(
         status::forward(fwd, Some(st), false, None),
     );
     Response::from_parts(head, body)
-}
-
-/// Copies a body into the store as it streams to the client.
-struct Fill {
-    store: Arc<Store>,
-    vary: Vec<HeaderName>,
-    status: StatusCode,
-    headers: HeaderMap,
-    policy: Option<CachePolicy>,
-    ttl: Option<Duration>,
-    defaults: (Duration, Duration, Duration),
-    url: Arc<str>,
-    variant: String,
-    chunks: BytesMut,
-    limit: usize,
-    _guard: FlightGuard,
-}
-
-impl Sink for Fill {
-    fn data(&mut self, chunk: &Bytes) -> bool {
-        if self.chunks.len() + chunk.len() > self.limit {
-            // Too big: pass it through; the next request for the key goes forward alone.
-            self.store.mark_pass(flight_key(&self.url, &self.variant));
-            return false;
-        }
-        self.chunks.extend_from_slice(chunk);
-        true
-    }
-
-    fn end(mut self: Box<Self>) {
-        let Some(policy) = self.policy.take() else {
-            return;
-        };
-        let obj = Arc::new(Object::new(
-            self.status,
-            std::mem::take(&mut self.headers),
-            std::mem::take(&mut self.chunks).freeze(),
-            policy,
-            self.ttl,
-            self.defaults,
-            self.url.clone(),
-            std::mem::take(&mut self.variant),
-        ));
-        let vary = std::mem::take(&mut self.vary);
-        if let Some(l2) = &self.store.l2 {
-            l2.put(&vary, &obj);
-        }
-        self.store.put(vary, obj);
-        // The guard drops with `self`, after the object is in: followers find it.
-    }
-}
-
-/// Tees `body` into `sink`; an empty body is stored at once (it will never be polled).
-fn tee(body: RespBody, sink: Box<dyn Sink>) -> RespBody {
-    if body.is_end_stream() {
-        sink.end();
-        return body;
-    }
-    RespBody::Tee(Box::new(Tee {
-        inner: body,
-        sink: Some(sink),
-    }))
 }

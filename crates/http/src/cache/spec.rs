@@ -26,6 +26,11 @@ pub struct CacheSpec {
     /// Keep expired objects that have validators this long for conditional revalidation
     /// (default 10 min).
     pub keep: Duration,
+    /// Targeted cache-control fields (RFC 9213) this cache obeys, first present wins over
+    /// Cache-Control and Expires (default `CDN-Cache-Control`).
+    pub targets: Vec<HeaderName>,
+    /// Remove the targeted fields from responses sent to clients (default false).
+    pub strip_targets: bool,
 }
 
 /// A freshness override for paths under a prefix.
@@ -158,6 +163,8 @@ impl Default for CacheSpec {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             keep: Duration::from_secs(600),
+            targets: vec![HeaderName::from_static("cdn-cache-control")],
+            strip_targets: false,
         }
     }
 }

@@ -11,7 +11,8 @@ use moka::sync::Cache;
 
 use super::flight::{Flights, Join};
 use super::object::{Object, Variants};
-use super::purge::{Purge, Target, split_url};
+use super::purge::Purge;
+use super::purge_log::PurgeLog;
 use super::spec::StoreSpec;
 
 /// How long a key that answered uncacheable skips coalescing (hit-for-pass).
@@ -23,6 +24,9 @@ pub struct Store {
     l1: Cache<Arc<str>, Arc<Variants>>,
     pass: Cache<String, ()>,
     flights: Arc<Flights>,
+    log: PurgeLog,
+    /// Purges that failed somewhere and are retried.
+    pub retries: super::purger::Retries,
     /// The Redis tier, when configured.
     pub l2: Option<Arc<super::l2::L2>>,
     /// The NATS purge bus, when configured.
@@ -96,6 +100,8 @@ impl Store {
             l1,
             pass,
             flights: Arc::default(),
+            log: PurgeLog::default(),
+            retries: Default::default(),
         })
     }
 
@@ -122,6 +128,18 @@ impl Store {
             });
     }
 
+    /// Stores a fetched object in both tiers (Redis in the background), unless a purge that
+    /// matches it was applied after `fetched` (when its request went to the origin).
+    pub fn insert(&self, vary: Vec<HeaderName>, obj: Arc<Object>, fetched: SystemTime) {
+        if self.purged_since(fetched, &obj) {
+            return;
+        }
+        if let Some(l2) = &self.l2 {
+            l2.put(&vary, &obj, fetched);
+        }
+        self.put(vary, obj);
+    }
+
     /// Removes every variant of a URL key from memory.
     pub fn remove(&self, url: &str) {
         self.l1.invalidate(url);
@@ -142,13 +160,16 @@ impl Store {
         self.pass.contains_key(key)
     }
 
-    /// Applies a purge to the memory tier; returns how many objects it hit.
+    /// Applies a purge to the memory tier; returns how many objects it hit. The purge is also
+    /// remembered for a while, so a fill that started before it cannot store what it purged.
     pub fn purge_local(&self, p: &Purge) -> usize {
+        let m = p.matcher();
+        self.log.record(p, &m);
         let mut hit = 0;
-        let mut apply = |key: &Arc<str>, v: &Variants, all: bool, tag: Option<&str>| {
+        let mut apply = |key: &Arc<str>, v: &Variants| {
             let mut left = 0;
             for o in &v.items {
-                if all || tag.is_some_and(|t| o.tags.iter().any(|x| x == t)) {
+                if m.matches(&o.url, &o.tags) {
                     o.purge(p.soft);
                     hit += 1;
                 } else if o.visible() {
@@ -159,51 +180,30 @@ impl Store {
                 self.l1.invalidate(key);
             }
         };
-        match &p.target {
-            Target::None => {}
-            Target::Url(u) => {
-                let (host, pq) = split_url(u);
-                let sorted = sort_query(&pq);
-                let mut keys = vec![pq.clone(), sorted.clone()];
-                match host {
-                    Some(h) => keys.extend([format!("{h}{pq}"), format!("{h}{sorted}")]),
-                    None => {
-                        for (k, _) in self.l1.iter() {
-                            if key_path(&k) == pq || key_path(&k) == sorted {
-                                keys.push(k.to_string());
-                            }
-                        }
-                    }
-                }
-                keys.sort();
-                keys.dedup();
+        match m.direct_keys() {
+            Some(keys) => {
                 for k in keys {
                     if let Some(v) = self.l1.get(k.as_str()) {
-                        apply(&Arc::from(k.as_str()), &v, true, None);
+                        apply(&Arc::from(k.as_str()), &v);
                     }
                 }
             }
-            Target::Prefix(prefix) => {
-                let (host, path) = split_url(prefix);
+            // Memory holds at most `max_bytes` of objects: walking it is bounded.
+            None => {
                 for (k, v) in self.l1.iter() {
-                    let matches = match &host {
-                        Some(h) => k.starts_with(&format!("{h}{path}")),
-                        None => key_path(&k).starts_with(path.as_str()),
-                    };
-                    if matches {
-                        apply(&k, &v, true, None);
-                    }
-                }
-            }
-            Target::Tag(tag) => {
-                for (k, v) in self.l1.iter() {
-                    if v.items.iter().any(|o| o.tags.iter().any(|t| t == tag)) {
-                        apply(&k, &v, false, Some(tag));
+                    if v.items.iter().any(|o| m.matches(&o.url, &o.tags)) {
+                        apply(&k, &v);
                     }
                 }
             }
         }
         hit
+    }
+
+    /// Whether a purge applied here after `since` matches this object (a fill that started
+    /// before the purge must not store what the purge removed).
+    pub fn purged_since(&self, since: SystemTime, obj: &Object) -> bool {
+        self.log.purged_since(since, &obj.url, &obj.tags)
     }
 
     /// Objects in memory.
@@ -248,21 +248,5 @@ fn clone_info(o: &ObjectInfo) -> ObjectInfo {
         hits: o.hits,
         ttl: o.ttl,
         tags: o.tags.clone(),
-    }
-}
-
-/// The path-and-query part of a URL key (after the host, if any).
-fn key_path(k: &str) -> &str {
-    k.find('/').map_or(k, |i| &k[i..])
-}
-
-/// `path?query` with the query's parameters sorted (how the default key mode stores it).
-fn sort_query(pq: &str) -> String {
-    match pq.split_once('?') {
-        Some((p, q)) => match super::key::normalize_query(q, &super::spec::QueryKey::Sort) {
-            Some(q) => format!("{p}?{q}"),
-            None => p.to_string(),
-        },
-        None => pq.to_string(),
     }
 }

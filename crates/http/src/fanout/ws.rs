@@ -137,7 +137,8 @@ pub async fn answer(
         return refusal(bad_topic);
     }
     if let Some(auth) = &hub.spec().authorize
-        && let Err(r) = authorize(snap, auth, topic, parts, ctx.peer).await
+        && let Err(r) =
+            authorize(snap, auth, topic, parts, crate::edge::client_ip(ctx, parts)).await
     {
         return refusal(r);
     }
@@ -172,7 +173,7 @@ async fn authorize(
     auth: &AuthorizeSpec,
     topic: &str,
     parts: &http::request::Parts,
-    peer: std::net::SocketAddr,
+    client: std::net::IpAddr,
 ) -> Result<(), Refusal> {
     let unavailable = Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -196,7 +197,8 @@ async fn authorize(
     if let Some(id) = parts.headers.get(&crate::headers::X_REQUEST_ID) {
         h.insert(crate::headers::X_REQUEST_ID.clone(), id.clone());
     }
-    if let Ok(ip) = HeaderValue::try_from(peer.ip().to_string()) {
+    // The client address (behind the listener's trusted proxies: the one they forwarded for).
+    if let Ok(ip) = HeaderValue::try_from(client.to_string()) {
         h.insert("x-forwarded-for", ip);
     }
     if let Ok(t) = HeaderValue::try_from(topic) {

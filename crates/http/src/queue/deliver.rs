@@ -38,12 +38,21 @@ pub(super) async fn deliver(
         return Outcome::Gone;
     };
     parts.extensions.insert(StoredBody(job.body.clone()));
+    // The listener's trust rules, so a proxy chain it believed is kept on delivery.
+    let edge = snap
+        .listeners
+        .iter()
+        .find(|l| route.spec.listener.as_deref() == Some(l.spec.name.as_str()))
+        .map(|l| Arc::new(l.spec.edge.clone()))
+        .unwrap_or_default();
     let ctx = Arc::new(ConnCtx {
         gateway: gw.clone(),
         listener: Arc::from(route.spec.listener.as_deref().unwrap_or("queue")),
         peer: job.peer(),
         // A stored job's head was checked when it was queued.
         max_head: usize::MAX,
+        edge,
+        body_timeout: std::time::Duration::from_secs(60),
         worker: 0,
         scheme: "http",
         activity: Default::default(),
@@ -53,6 +62,7 @@ pub(super) async fn deliver(
     let admitted = Admitted {
         prio: route.spec.priority,
         canary: None,
+        client: ctx.peer,
     };
     match origin(&ctx, &snap, &route, parts, None, admitted, done).await {
         Ok(resp) => {
@@ -70,7 +80,7 @@ pub(super) async fn deliver(
         }
         Err((e, mut done)) => {
             done.set_status(e.status().as_u16());
-            done.finish(false, 0);
+            done.finish(false);
             Outcome::Failed(None)
         }
     }

@@ -132,7 +132,25 @@ pub(super) fn route_cache(c: &mut Check, raw: &Spanned<RawCache>) -> CacheSpec {
             .map_or(d.stale_while_revalidate, |v| v.0),
         stale_if_error: raw.stale_if_error.map_or(d.stale_if_error, |v| v.0),
         keep: raw.keep.map_or(d.keep, |v| v.0),
+        targets: match &raw.targets {
+            Some(names) => targets(c, names),
+            None => d.targets,
+        },
+        strip_targets: raw.strip_targets.unwrap_or(false),
     }
+}
+
+/// The targeted cache-control fields (RFC 9213) a route obeys, in order.
+fn targets(c: &mut Check, names: &[Spanned<String>]) -> Vec<http::HeaderName> {
+    for n in names {
+        if n.get_ref().eq_ignore_ascii_case("cache-control") {
+            c.err(
+                n.span(),
+                "cache.targets lists fields that take precedence over Cache-Control; Cache-Control itself is always the fallback",
+            );
+        }
+    }
+    header_names(c, names)
 }
 
 /// A route's compression settings.

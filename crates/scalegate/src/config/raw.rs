@@ -58,6 +58,7 @@ pub enum RuntimeMode {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
+    pub expose_without_token: Option<bool>,
 }
 
 /// Gateway-wide admission.
@@ -96,9 +97,16 @@ pub struct RawListener {
     pub bind: Spanned<String>,
     pub header_read_timeout: Option<Spanned<Dur>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
+    pub body_timeout: Option<Spanned<Dur>>,
     pub idle_timeout: Option<Spanned<Dur>>,
     pub tls: Option<Spanned<RawTls>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
+    pub forwarded_header: Option<bool>,
+    pub upgrades: Option<Spanned<Vec<String>>>,
 }
 
 /// PEM files of a TLS listener, relative to the config file's directory.
@@ -196,6 +204,8 @@ pub struct RawCache {
     pub stale_while_revalidate: Option<Dur>,
     pub stale_if_error: Option<Dur>,
     pub keep: Option<Dur>,
+    pub targets: Option<Vec<Spanned<String>>>,
+    pub strip_targets: Option<bool>,
 }
 
 /// A per-path freshness rule: `ttl` is a duration or "origin".
@@ -496,6 +506,7 @@ pub struct RawPassive {
     pub min_requests: Option<i64>,
     pub window: Option<Dur>,
     pub half_open_probes: Option<i64>,
+    pub max_ejection_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -504,4 +515,6 @@ pub struct RawPool {
     pub max_per_endpoint: Option<i64>,
     pub max_idle_per_endpoint: Option<i64>,
     pub idle_timeout: Option<Dur>,
+    pub max_response_headers: Option<i64>,
+    pub max_response_header_bytes: Option<ByteSize>,
 }

@@ -142,6 +142,11 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         }
         t.get_ref().clone()
     });
+    super::refuse::serves_something(&mut c, &raw);
+    super::refuse::admin_exposure(&mut c, &raw.admin, admin_listen);
+    if let Some(pg) = &raw.postgres {
+        super::refuse::admin_users_authenticate(&mut c, pg);
+    }
     let drain_timeout = c.dur(
         &raw.lifecycle.drain_timeout,
         Duration::from_secs(30),
@@ -271,6 +276,7 @@ fn listeners(
                 "header_read_timeout",
             ),
             max_header_bytes,
+            body_timeout: c.dur(&l.body_timeout, Duration::from_secs(60), "body_timeout"),
             idle_timeout: c.dur(&l.idle_timeout, Duration::from_secs(60), "idle_timeout"),
             max_connections: l.max_connections.as_ref().map(|m| {
                 c.int(
@@ -281,6 +287,7 @@ fn listeners(
                     "max_connections",
                 ) as usize
             }),
+            edge: super::edge::listener_edge(c, l),
         });
     }
     out
@@ -413,8 +420,11 @@ fn routes(
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
-                host: m.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
-                path_prefix: m.path_prefix.as_ref().map(|p| p.get_ref().clone()),
+                host: m.host.as_ref().map(super::edge::match_host),
+                path_prefix: m
+                    .path_prefix
+                    .as_ref()
+                    .map(|p| super::edge::match_path(c, p)),
                 method,
                 headers,
             },
@@ -690,6 +700,13 @@ fn upstreams(
                     1,
                     "passive.half_open_probes",
                 ) as u32,
+                max_ejection_percent: c.int(
+                    p.max_ejection_percent,
+                    &s,
+                    0..=100,
+                    i64::from(d.max_ejection_percent),
+                    "passive.max_ejection_percent",
+                ) as u32,
             };
             if o.max_ejection < o.base_ejection {
                 c.err(
@@ -719,6 +736,24 @@ fn upstreams(
                     d.max_idle_per_endpoint as i64,
                     "pool.max_idle_per_endpoint",
                 ) as usize,
+                max_response_headers: c.int(
+                    p.max_response_headers,
+                    &s,
+                    8..=10_000,
+                    d.max_response_headers as i64,
+                    "pool.max_response_headers",
+                ) as usize,
+                max_response_header_bytes: match p.max_response_header_bytes {
+                    Some(b) if !(1024..=(16 << 20)).contains(&b.0) => {
+                        c.err(
+                            s,
+                            "pool.max_response_header_bytes must be between 1KiB and 16MiB",
+                        );
+                        d.max_response_header_bytes
+                    }
+                    Some(b) => b.0 as usize,
+                    None => d.max_response_header_bytes,
+                },
             }
         });
         let panic_threshold_percent = match &u.panic_threshold {

@@ -182,3 +182,62 @@ pub async fn metrics_show(gw: &GatewayProcess, needle: &str) -> bool {
     })
     .await
 }
+
+/// Gauges that count what requests hold right now; each must read zero once no request is in
+/// flight. For `scalegate_upstream_connections` only the `state="active"` rows count, and for
+/// `scalegate_pg_server_connections` only the active ones.
+const HELD: &[&str] = &[
+    "scalegate_gateway_in_flight",
+    "scalegate_http_in_flight",
+    "scalegate_http_tunnels_open",
+    "scalegate_upstream_endpoint_in_flight",
+    "scalegate_upstream_endpoint_probes",
+    "scalegate_bulkhead_in_flight",
+    "scalegate_bulkhead_waiting",
+    "scalegate_upstream_connections{state=\"active\"",
+    "scalegate_pg_clients_waiting",
+    "scalegate_pg_server_connections{state=\"active\"",
+];
+
+/// The rows of a Prometheus text page that count something still held (non-zero), by name.
+pub fn held(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            HELD.iter().any(|h| match h.split_once('{') {
+                // name{label="x"… : the name, then that label anywhere in the set
+                Some((name, label)) => {
+                    l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label)
+                }
+                None => l.starts_with(h) && l[h.len()..].starts_with(['{', ' ']),
+            })
+        })
+        .filter(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v != 0.0)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The gateway is quiescent: every in-flight gauge, admission slot, bulkhead slot and waiter,
+/// breaker probe slot, active upstream connection and active pooler server connection is back
+/// to zero (waiting up to 10 s for responses that are still finishing). Panics with the rows
+/// that stay non-zero. Every integration test that sends traffic ends with it.
+pub async fn quiescent(gw: &GatewayProcess) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let still = held(&gw.admin_get("/metrics").await);
+        if still.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway is not quiescent; still held: {still:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

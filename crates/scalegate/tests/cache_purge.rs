@@ -1,0 +1,236 @@
+//! Purges across instances sharing a real Redis that holds a million unrelated keys: every
+//! URL, prefix and tag purge through one instance reaches all three, Redis pausing around a
+//! purge never makes it "200 and stale", and fills made during a hiccup are not lost.
+
+mod cache_support;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cache_support::*;
+use common::{eventually, quiescent};
+use scalegate_testkit::{GatewayProcess, Origin, RedisServer};
+
+/// Keys written per script call when filling Redis.
+const CHUNK: usize = 50_000;
+
+/// Fills Redis with `n` keys the cache knows nothing about, plus as many entries in the cache's
+/// own URL index for another host (so the index itself is big too).
+async fn fill_unrelated(redis: &RedisServer, n: usize) {
+    let script = "for i = 1, tonumber(ARGV[2]) do \
+        local k = 'junk.example/junk/' .. ARGV[1] .. '/' .. i \
+        redis.call('SET', 'unrelated:' .. ARGV[1] .. ':' .. i, 'x') \
+        redis.call('ZADD', 'scalegate:cache:idx:url', 0, k) \
+        redis.call('ZADD', 'scalegate:cache:idx:path', 0, string.sub(k, 13) .. '\\0' .. k) \
+        end return 1";
+    for chunk in 0..n.div_ceil(CHUNK) {
+        let reply = redis
+            .command(&["EVAL", script, "0", &chunk.to_string(), &CHUNK.to_string()])
+            .await;
+        assert!(
+            reply.as_deref().is_some_and(|r| r.starts_with(":1")),
+            "filling redis: {reply:?}"
+        );
+    }
+    let size = redis.command(&["DBSIZE"]).await.unwrap_or_default();
+    let keys: usize = size.trim_start_matches(':').trim().parse().unwrap_or(0);
+    assert!(keys >= n, "DBSIZE {size}");
+}
+
+/// An origin answering `path #n`, fresh for an hour; paths under /t/ are tagged `news`.
+async fn origin() -> Origin {
+    Origin::start(|req, n| {
+        let path = req.uri.path();
+        let tag = if path.starts_with("/t/") {
+            "news"
+        } else {
+            "other"
+        };
+        resp(
+            200,
+            &[("cache-control", "max-age=3600"), ("surrogate-key", tag)],
+            &format!("{path} #{n}"),
+        )
+    })
+    .await
+}
+
+/// Three instances sharing `redis`, each connected to it.
+async fn three(o: &Origin, redis: &RedisServer) -> Vec<GatewayProcess> {
+    let pre = format!("[cache]\nredis = {{ url = \"{}\" }}\n", redis.url());
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        gws.push(gw(o, "cache = {}", &pre).await);
+    }
+    for g in &gws {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                g.admin_get("/cache").await.contains("\"up\":true")
+            })
+            .await,
+            "an instance reaches redis"
+        );
+    }
+    gws
+}
+
+/// Waits (bounded) until the object of `path` is in Redis.
+async fn reaches_redis(redis: &RedisServer, path: &str) {
+    let key = format!("scalegate:cache:127.0.0.1{path}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            redis
+                .command(&["EXISTS", &key])
+                .await
+                .is_some_and(|r| r.starts_with(":1"))
+        })
+        .await,
+        "{key} reached redis"
+    );
+}
+
+/// Stores `paths` through the first instance, waits until Redis has them, then reads them
+/// through the others (from Redis): every instance holds every path, the origin asked once.
+async fn warm(gws: &[GatewayProcess], redis: &RedisServer, o: &Origin, paths: &[String]) {
+    for p in paths {
+        assert_eq!(get(&gws[0], p, &[]).await.body, format!("{p} #1"));
+    }
+    for p in paths {
+        reaches_redis(redis, p).await;
+    }
+    for g in gws {
+        for p in paths {
+            let r = get(g, p, &[]).await;
+            assert!(is_hit(&r), "{p}: {}", status(&r));
+            assert_eq!(r.body, format!("{p} #1"));
+        }
+    }
+    for p in paths {
+        assert_eq!(o.hits(p), 1, "{p}");
+    }
+}
+
+/// Waits (bounded) until no instance serves the first version of any of `paths`; returns how
+/// long that took.
+async fn all_purged(gws: &[GatewayProcess], paths: &[String]) -> Duration {
+    let start = Instant::now();
+    let gone = eventually(Duration::from_secs(10), || async {
+        for g in gws {
+            for p in paths {
+                if get(g, p, &[]).await.body == format!("{p} #1") {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(gone, "every instance purged {paths:?}");
+    start.elapsed()
+}
+
+fn paths(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test]
+async fn url_prefix_and_tag_purges_reach_three_instances_past_a_million_unrelated_keys() {
+    let redis = RedisServer::start().await;
+    fill_unrelated(&redis, 1_000_000).await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let url = vec!["/u/a".to_string()];
+    let prefixed = paths("/p/", 50);
+    let tagged = paths("/t/", 30);
+    let all: Vec<String> = [url.clone(), prefixed.clone(), tagged.clone()].concat();
+    warm(&gws, &redis, &o, &all).await;
+    for (query, purged) in [
+        ("url=/u/a", &url),
+        ("prefix=/p/", &prefixed),
+        ("tag=news", &tagged),
+    ] {
+        let sent = Instant::now();
+        let r = purge(&gws[0], query).await;
+        let answered = sent.elapsed();
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        assert!(
+            r.body.contains(&format!("\"redis_keys\":{}", purged.len())),
+            "{query}: {}",
+            r.body
+        );
+        assert!(r.body.contains("\"subscribers\":3"), "{query}: {}", r.body);
+        let everywhere = all_purged(&gws, purged).await;
+        eprintln!("{query}: answered in {answered:?}, all three missed after {everywhere:?}");
+    }
+    // What was not purged is still served from the cache everywhere.
+    for g in &gws {
+        assert!(is_hit(&get(g, "/p/1", &[]).await));
+    }
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
+
+#[tokio::test]
+async fn a_purge_while_redis_pauses_is_applied_or_refused_never_200_and_stale() {
+    let redis = RedisServer::start().await;
+    fill_unrelated(&redis, 1_000_000).await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let short = paths("/short/", 10);
+    let long = paths("/long/", 10);
+    warm(&gws, &redis, &o, &[short.clone(), long.clone()].concat()).await;
+    // A 200 ms pause: a request on the first instance times out on Redis (starting its
+    // hold-off), and the purge right after it still goes through.
+    redis.command(&["CLIENT", "PAUSE", "200"]).await;
+    let r = get(&gws[0], "/miss-during-pause", &[]).await;
+    assert_eq!(r.status, 200);
+    let r = purge(&gws[0], "prefix=/short/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = all_purged(&gws, &short).await;
+    eprintln!("after a 200 ms pause: all three missed after {t:?}");
+    // A pause longer than a purge's budget: the API says what failed, and the retry applies
+    // it everywhere once Redis answers again.
+    redis.command(&["CLIENT", "PAUSE", "3000"]).await;
+    let r = purge(&gws[0], "prefix=/long/").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("\"retrying\":true"), "{}", r.body);
+    assert!(r.body.contains("timed out"), "{}", r.body);
+    let t = all_purged(&gws, &long).await;
+    eprintln!("after a 3 s pause: all three missed {t:?} after the 503");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gws[0]
+                .admin_get("/cache")
+                .await
+                .contains("\"purges_retrying\":0")
+        })
+        .await
+    );
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
+
+#[tokio::test]
+async fn fills_made_while_redis_pauses_reach_it_afterwards() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let fills = paths("/fill/", 200);
+    redis.command(&["CLIENT", "PAUSE", "500"]).await;
+    for p in &fills {
+        assert_eq!(get(&gws[0], p, &[]).await.body, format!("{p} #1"));
+    }
+    // Every fill reaches Redis: the second instance serves each without asking the origin.
+    for p in &fills {
+        reaches_redis(&redis, p).await;
+        assert_eq!(get(&gws[1], p, &[]).await.body, format!("{p} #1"));
+        assert_eq!(o.hits(p), 1, "{p}");
+    }
+    let view = gws[0].admin_get("/cache").await;
+    assert!(view.contains("\"dropped_fills\":0"), "{view}");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
