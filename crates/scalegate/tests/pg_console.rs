@@ -18,7 +18,7 @@ async fn console_client(port: u16) -> tokio_postgres::Client {
 #[tokio::test]
 async fn the_console_answers_drivers_using_the_extended_protocol() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let app = app_client(port).await;
     assert_eq!(pg_one::<i32>(&app, "SELECT 7").await, 7);
     let console = console_client(port).await;
@@ -47,13 +47,13 @@ async fn the_console_answers_drivers_using_the_extended_protocol() {
     let v = console.query("SHOW VERSION", &[]).await.expect("version");
     assert!(v[0].get::<_, String>(0).starts_with("scalegate"));
     drop(app);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn clients_held_by_pause_show_as_waiting() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let app = app_client(port).await;
     let console = console_client(port).await;
     console.simple_query("PAUSE").await.expect("pause");
@@ -66,13 +66,13 @@ async fn clients_held_by_pause_show_as_waiting() {
     assert!(waiting, "a PAUSE-held client is not counted as waiting");
     console.simple_query("RESUME").await.expect("resume");
     assert_eq!(held.await.expect("task"), 3);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn concurrent_logins_never_overshoot_max_client_conn() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "max_client_conn = 5").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "max_client_conn = 5").await;
     let attempts: Vec<_> = (0..30)
         .map(|_| {
             tokio::spawn(async move {
@@ -120,6 +120,7 @@ async fn concurrent_logins_never_overshoot_max_client_conn() {
     })
     .await;
     assert!(ok);
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
@@ -127,7 +128,7 @@ async fn pass_through_logs_in_as_the_clients_own_user() {
     let pg = PgServer::start().await;
     pg.psql("postgres", "CREATE ROLE alice LOGIN");
     // The URL names postgres; with no [postgres.users] the client's user is passed through.
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let (alice, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=alice dbname=app"),
         tokio_postgres::NoTls,
@@ -138,5 +139,5 @@ async fn pass_through_logs_in_as_the_clients_own_user() {
     let who: String = pg_one(&alice, "SELECT current_user::text").await;
     assert_eq!(who, "alice");
     drop(alice);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
