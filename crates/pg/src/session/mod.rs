@@ -444,6 +444,8 @@ impl Session {
         if fx.creates != 0 && self.refuse_state {
             self.pool.stats.refusals.fetch_add(1, Relaxed);
             state::refusal(&mut out, fx.creates);
+            // Inside a (deferred) transaction the refusal fails it, as a server error would.
+            self.shard_txn_failed |= self.deferred_begin;
         } else {
             match &fx.emulate {
                 Some(crate::effects::Emulate::DeallocateAll) => {
@@ -457,7 +459,13 @@ impl Session {
             }
         }
         let _ = self.cbuf.split_to(n);
-        proto::ready(&mut out, b'I');
+        // Without a server the client is between transactions, unless a sharded BEGIN waits.
+        let status = match (self.shard_txn_failed, self.deferred_begin) {
+            (true, _) => b'E',
+            (false, true) => b'T',
+            (false, false) => b'I',
+        };
+        proto::ready(&mut out, status);
         Some(match self.client.write_all(&out).await {
             Ok(()) => None,
             Err(_) => Some(End::Client),
