@@ -318,3 +318,40 @@ async fn refuse_mode_answers_0a000_with_a_hint_on_every_path() {
     drop((a, b));
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn unnamed_statements_with_parameters_are_pinned_or_refused_too() {
+    use tokio_postgres::types::Type;
+    // Pinned: the lock taken through an unnamed Parse keeps A on its server.
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let got = a
+        .query_typed("SELECT pg_advisory_lock($1)", &[(&9i64, Type::INT8)])
+        .await;
+    got.expect("lock through an unnamed statement");
+    pinned_until_a_leaves(port, a, |b| async move {
+        let held = int(
+            &b,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        )
+        .await;
+        assert_eq!(held, 0, "A's lock left with A");
+    })
+    .await;
+    pooler_quiescent(&gw, port).await;
+    // Refused: 0A000 for the unnamed statement, and the session goes on.
+    let (_pg2, gw2, port2) = one_server("refuse").await;
+    let a = app_client(port2).await;
+    let e = a
+        .query_typed("SELECT pg_advisory_lock($1)", &[(&9i64, Type::INT8)])
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    let rows = a
+        .query_typed("SELECT $1::int8 + 1", &[(&1i64, Type::INT8)])
+        .await
+        .expect("next statement");
+    assert_eq!(rows[0].get::<_, i64>(0), 2);
+    drop(a);
+    pooler_quiescent(&gw2, port2).await;
+}
