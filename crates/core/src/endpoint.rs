@@ -517,6 +517,26 @@ mod tests {
     }
 
     #[test]
+    fn a_successful_probe_only_ever_lowers_the_latency_estimate() {
+        let s = EndpointState::default();
+        let d = crate::ewma::DECAY;
+        let ms = Duration::from_millis;
+        s.observe_latency(ms(50), secs(1), d);
+        s.observe_probe_latency(ms(200), secs(2), d);
+        assert_eq!(
+            s.latency_estimate_ns(),
+            50e6,
+            "a slower probe is not a request"
+        );
+        s.observe_probe_latency(ms(1), secs(12), d);
+        let after = s.latency_estimate_ns();
+        assert!(after < 25e6 && after > 1e6, "{after}");
+        // Stale and unrefreshed, the estimate heads below the fleet's typical latency.
+        let stale = s.latency_estimate_at(secs(30), 2e6);
+        assert!(stale < 2e6, "{stale}");
+    }
+
+    #[test]
     fn slow_start_ramps_after_return() {
         let s = EndpointState::default();
         let w = Some(Duration::from_secs(10));
