@@ -114,15 +114,29 @@ pub(crate) async fn serve(
         admitted,
     };
     let method = parts.method.clone();
-    if method != Method::GET && method != Method::HEAD {
-        return pass_unsafe(&cx, parts, body, done).await;
-    }
-    if !body.is_end_stream() || key::bypassed(&cx.spec().bypass, parts.uri.path(), &parts.headers) {
+    let served = if method != Method::GET && method != Method::HEAD {
+        pass_unsafe(&cx, parts, body, done).await
+    } else if !body.is_end_stream()
+        || key::bypassed(&cx.spec().bypass, parts.uri.path(), &parts.headers)
+    {
         route.metrics.cache(CacheResult::Bypass);
         let r = cx.origin(parts.clone(), Some(body), done).await;
-        return r.map(|r| finish_forwarded(&cx, &parts, r, Fwd::Bypass));
+        r.map(|r| finish_forwarded(&cx, &parts, r, Fwd::Bypass))
+    } else {
+        lookup(&cx, parts, done).await
+    };
+    let spec = cx.spec();
+    if !spec.strip_targets {
+        return served;
     }
-    lookup(&cx, parts, done).await
+    // Targeted fields (RFC 9213) are for this cache; the stored copy keeps them, clients
+    // do not see them.
+    served.map(|mut r| {
+        for t in &spec.targets {
+            r.headers_mut().remove(t);
+        }
+        r
+    })
 }
 
 /// Non-GET/HEAD: forwarded; a success of an unsafe method invalidates the URLs it names
