@@ -89,6 +89,9 @@ pub enum BreakerEvent {
     Opened(Duration),
     /// A half-open probe succeeded: closed again.
     Closed,
+    /// The failures called for an ejection, but the upstream's `max_ejection_percent` held it
+    /// back: the endpoint stays in rotation (the upstream is in panic).
+    Held,
 }
 
 impl EndpointState {
@@ -197,6 +200,18 @@ impl EndpointState {
         policy: &OutlierPolicy,
         now: Tick,
     ) -> Option<BreakerEvent> {
+        self.record_outcome_capped(success, policy, now, || true)
+    }
+
+    /// [`Self::record_outcome`], asking `may_open` (the upstream's ejection cap) before the
+    /// breaker opens; when it says no, the endpoint stays in rotation and the event is `Held`.
+    pub fn record_outcome_capped(
+        &self,
+        success: bool,
+        policy: &OutlierPolicy,
+        now: Tick,
+        may_open: impl FnOnce() -> bool,
+    ) -> Option<BreakerEvent> {
         if policy.failure_rate_percent > 0 {
             self.window.record(!success, now, policy.window);
         }
@@ -219,6 +234,11 @@ impl EndpointState {
             return None;
         }
         if half_open {
+            if !may_open() {
+                self.half_open.store(false, Relaxed);
+                self.new_probe_period();
+                return Some(BreakerEvent::Held);
+            }
             return self.open(policy, now, self.ejected_until.load(Relaxed));
         }
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
@@ -235,6 +255,11 @@ impl EndpointState {
         let old = self.ejected_until.load(Relaxed);
         if old > now.0 {
             return None; // already open; failures from requests that were in flight
+        }
+        if !may_open() {
+            self.consecutive_failures.store(0, Relaxed);
+            self.window.clear();
+            return Some(BreakerEvent::Held);
         }
         self.open(policy, now, old)
     }
@@ -358,6 +383,7 @@ mod tests {
 
     fn policy(run: u32) -> OutlierPolicy {
         OutlierPolicy {
+            max_ejection_percent: 100,
             consecutive_failures: run,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(100),

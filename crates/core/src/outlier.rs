@@ -22,6 +22,11 @@ pub struct OutlierPolicy {
     pub window: Duration,
     /// Requests let through at once while half-open (default 1).
     pub half_open_probes: u32,
+    /// Most endpoints of the upstream, in percent, whose breakers may be open at once (default
+    /// 50). An ejection beyond it is held back and the endpoint stays in rotation: with one
+    /// endpoint the breaker never takes it out (the protection must not cause the outage it
+    /// guards against). 100 allows ejecting every endpoint.
+    pub max_ejection_percent: u32,
 }
 
 impl Default for OutlierPolicy {
@@ -34,11 +39,17 @@ impl Default for OutlierPolicy {
             min_requests: 20,
             window: Duration::from_secs(10),
             half_open_probes: 1,
+            max_ejection_percent: 50,
         }
     }
 }
 
 impl OutlierPolicy {
+    /// Whether one more endpoint may be ejected when `ejected` of `total` already are.
+    pub fn may_eject(&self, ejected: usize, total: usize) -> bool {
+        (ejected + 1) * 100 <= total * self.max_ejection_percent as usize
+    }
+
     /// Ejection period for the `nth` consecutive ejection (1-based): base × 2^(n-1), capped.
     pub fn ejection_for(&self, nth: u32) -> Duration {
         let shift = nth.saturating_sub(1).min(20);

@@ -46,6 +46,11 @@ impl AccessRecord {
         }
     }
 
+    /// Notes what serves the request (its route's name).
+    pub fn route(&mut self, route: &str) {
+        self.route = route.to_string();
+    }
+
     /// Notes the upstream and endpoint chosen.
     pub fn upstream(&mut self, upstream: &str, endpoint: &str) {
         self.upstream = upstream.to_string();

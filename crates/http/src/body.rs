@@ -21,6 +21,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body over the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client did not send its whole body within the listener's `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 /// A request body on its way to an upstream.
 #[derive(Debug)]
 pub enum ReqBody {
@@ -28,15 +33,77 @@ pub enum ReqBody {
     Empty,
     /// A body kept whole so it can be sent again on a retry.
     Replay(Option<Bytes>),
-    /// The client's body, streamed, cut off with [`BodyTooLarge`] past `limit` bytes.
-    Client {
-        /// The client's stream.
+    /// The client's body, streamed while it arrives.
+    Client(Box<ClientBody>),
+}
+
+/// The client's body streamed to the upstream: cut off with [`BodyTooLarge`] past `limit`
+/// bytes and with [`BodyTimeout`] at the client's deadline; tells `sent` when it has passed
+/// whole (the route timeout starts then: the client's time is not the upstream's).
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ClientBody {
+    /// The client's `inner` body, at most `limit` bytes, all of it before `deadline` (which is
+    /// `timeout` after the request arrived); `sent` fires once it has passed whole.
+    pub fn new(
         inner: Incoming,
-        /// Bytes passed so far.
-        seen: u64,
-        /// Most bytes allowed.
         limit: u64,
-    },
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+        sent: tokio::sync::oneshot::Sender<()>,
+    ) -> Self {
+        ClientBody {
+            inner,
+            seen: 0,
+            limit,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            sent: Some(sent),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                ready!(self.deadline.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout(self.timeout)))));
+            }
+        };
+        Poll::Ready(match frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.seen += d.len() as u64;
+                    if self.seen > self.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.passed();
+                }
+                Some(Ok(f))
+            }
+            Some(Err(e)) => Some(Err(Box::new(e))),
+            None => {
+                self.passed();
+                None
+            }
+        })
+    }
+
+    fn passed(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl Body for ReqBody {
@@ -50,22 +117,7 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Replay(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Client { inner, seen, limit } => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
-                Poll::Ready(match frame {
-                    Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
-                            *seen += d.len() as u64;
-                            if *seen > *limit {
-                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
-                            }
-                        }
-                        Some(Ok(f))
-                    }
-                    Some(Err(e)) => Some(Err(Box::new(e))),
-                    None => None,
-                })
-            }
+            ReqBody::Client(c) => c.poll_frame(cx),
         }
     }
 
@@ -73,7 +125,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Replay(b) => b.is_none(),
-            ReqBody::Client { inner, .. } => inner.is_end_stream(),
+            ReqBody::Client(c) => c.inner.is_end_stream(),
         }
     }
 
@@ -81,7 +133,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Replay(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Client { inner, .. } => inner.size_hint(),
+            ReqBody::Client(c) => c.inner.size_hint(),
         }
     }
 }
@@ -191,7 +243,11 @@ impl Body for RespBody {
                             return Poll::Pending;
                         }
                         if let Some(c) = done.take() {
+                            let grpc = c.grpc();
                             c.finish(false);
+                            if grpc {
+                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                            }
                         }
                         return Poll::Ready(Some(Err(Box::new(ReadTimeout(limit)))));
                     }
@@ -210,7 +266,14 @@ impl Body for RespBody {
                     }
                     Some(Err(_)) | None => {
                         if let Some(c) = done.take() {
+                            let grpc = c.grpc() && frame.is_some();
                             c.finish(frame.is_none());
+                            // The upstream broke off mid-stream: a gRPC client gets UNAVAILABLE
+                            // (which it may retry), as it would from the server directly, not
+                            // the INTERNAL a stream reset means to it.
+                            if grpc {
+                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                            }
                         }
                     }
                 }
@@ -263,6 +326,17 @@ impl Body for RespBody {
             RespBody::Tee(t) => t.inner.size_hint(),
         }
     }
+}
+
+/// The trailers ending a gRPC response whose upstream broke off: UNAVAILABLE.
+fn grpc_unavailable() -> Frame<Bytes> {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", http::HeaderValue::from_static("14"));
+    t.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("upstream connection broke"),
+    );
+    Frame::trailers(t)
 }
 
 impl Drop for RespBody {

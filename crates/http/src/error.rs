@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use scalegate_core::retry::AttemptOutcome;
 
 use crate::body::RespBody;
 
@@ -22,6 +23,9 @@ pub enum ProxyError {
     /// The request body is over the route's limit (client's side).
     #[error("request body over the route's limit")]
     BodyTooLarge,
+    /// The request body did not arrive within the listener's `body_timeout` (client's side).
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// The request line and headers are over the listener's `max_header_bytes` (client's side).
     #[error("request header fields too large")]
     HeadersTooLarge,
@@ -43,6 +47,10 @@ pub enum ProxyError {
     /// No response head within the request timeout (upstream's side).
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The upstream's response head is over the upstream's `max_response_headers` or
+    /// `max_response_header_bytes` (a config matter, not the endpoint's health).
+    #[error("upstream response head too large")]
+    ResponseHeadTooLarge,
     /// The gateway is shutting down and refuses new work (ours; retry elsewhere).
     #[error("gateway draining")]
     Draining,
@@ -63,24 +71,180 @@ pub enum ProxyError {
 /// How long clients are told to wait before retrying a 503.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// gRPC status codes the gateway answers with.
+mod grpc {
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+}
+
+/// Everything the request path needs to know about one way a request can end. One row per
+/// [`ProxyError`] variant in [`ProxyError::outcome`], whose `match` has no wildcard: a new
+/// variant that is not classified does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The HTTP status answered.
+    pub status: StatusCode,
+    /// The gRPC status answered to a gRPC call (in a trailers-only response).
+    pub grpc: u8,
+    /// Whether clients are told when to come back (Retry-After, grpc-retry-pushback-ms).
+    pub retry_after: bool,
+    /// Whether it counts against the endpoint for passive ejection (the breaker).
+    pub blames_endpoint: bool,
+    /// What the retry policy sees of it; `None`: never retried.
+    pub attempt: Option<AttemptOutcome>,
+    /// Whether a route's fallback may answer in its place ("upstream unavailable" outcomes).
+    pub fallback: bool,
+    /// Whether the client connection is closed after the answer (its framing is in doubt).
+    pub close: bool,
+    /// The reason label of logs and metrics.
+    pub label: &'static str,
+}
+
+impl Outcome {
+    const fn new(status: StatusCode, grpc: u8, label: &'static str) -> Outcome {
+        Outcome {
+            status,
+            grpc,
+            retry_after: false,
+            blames_endpoint: false,
+            attempt: None,
+            fallback: false,
+            close: false,
+            label,
+        }
+    }
+
+    /// The client's fault: a 4xx, nothing counted against anyone.
+    const fn client(status: StatusCode, grpc: u8, label: &'static str) -> Outcome {
+        Outcome::new(status, grpc, label)
+    }
+
+    /// The client's request cannot be framed any more: answer, then close the connection.
+    const fn closing(mut self) -> Outcome {
+        self.close = true;
+        self
+    }
+
+    /// The gateway could not serve it now (503 + Retry-After, UNAVAILABLE); a fallback may
+    /// answer instead.
+    const fn unavailable(label: &'static str) -> Outcome {
+        let mut o = Outcome::new(StatusCode::SERVICE_UNAVAILABLE, grpc::UNAVAILABLE, label);
+        o.retry_after = true;
+        o.fallback = true;
+        o
+    }
+
+    /// The upstream failed this request: it may count against the endpoint and be retried.
+    const fn upstream(
+        status: StatusCode,
+        grpc: u8,
+        attempt: AttemptOutcome,
+        blames: bool,
+        label: &'static str,
+    ) -> Outcome {
+        let mut o = Outcome::new(status, grpc, label);
+        o.blames_endpoint = blames;
+        o.attempt = Some(attempt);
+        o.fallback = true;
+        o
+    }
+}
+
 impl ProxyError {
+    /// The outcome table: how each way of ending is answered, counted and retried.
+    pub const fn outcome(&self) -> Outcome {
+        use AttemptOutcome::{ConnectFailed, Reset, Timeout};
+        use StatusCode as S;
+        match self {
+            ProxyError::NoRoute => Outcome::client(S::NOT_FOUND, grpc::UNIMPLEMENTED, "no_route"),
+            ProxyError::Forbidden => {
+                Outcome::client(S::FORBIDDEN, grpc::PERMISSION_DENIED, "forbidden")
+            }
+            ProxyError::BadRequest(_) => {
+                Outcome::client(S::BAD_REQUEST, grpc::INTERNAL, "bad_request").closing()
+            }
+            ProxyError::BodyTooLarge => Outcome::client(
+                S::PAYLOAD_TOO_LARGE,
+                grpc::RESOURCE_EXHAUSTED,
+                "body_too_large",
+            )
+            .closing(),
+            ProxyError::BodyTimeout => {
+                Outcome::client(S::REQUEST_TIMEOUT, grpc::DEADLINE_EXCEEDED, "body_timeout")
+                    .closing()
+            }
+            ProxyError::HeadersTooLarge => Outcome::client(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                grpc::RESOURCE_EXHAUSTED,
+                "headers_too_large",
+            ),
+            ProxyError::RateLimited { .. } => {
+                let mut o = Outcome::client(
+                    S::TOO_MANY_REQUESTS,
+                    grpc::RESOURCE_EXHAUSTED,
+                    "rate_limited",
+                );
+                o.retry_after = true;
+                o
+            }
+            ProxyError::NoHealthyEndpoint => Outcome::unavailable("no_healthy_endpoint"),
+            ProxyError::RouteDisabled => Outcome::unavailable("route_disabled"),
+            ProxyError::Shed(reason) => Outcome::unavailable(reason),
+            ProxyError::Draining => {
+                let mut o = Outcome::unavailable("draining");
+                o.fallback = false;
+                o
+            }
+            ProxyError::PoolExhausted => {
+                let mut o = Outcome::unavailable("pool_exhausted");
+                o.attempt = Some(ConnectFailed);
+                o
+            }
+            ProxyError::ConnectFailed => Outcome::upstream(
+                S::BAD_GATEWAY,
+                grpc::UNAVAILABLE,
+                ConnectFailed,
+                true,
+                "connect_failed",
+            ),
+            ProxyError::ConnectTimeout => Outcome::upstream(
+                S::GATEWAY_TIMEOUT,
+                grpc::UNAVAILABLE,
+                ConnectFailed,
+                true,
+                "connect_timeout",
+            ),
+            ProxyError::UpstreamReset => Outcome::upstream(
+                S::BAD_GATEWAY,
+                grpc::UNAVAILABLE,
+                Reset,
+                true,
+                "upstream_reset",
+            ),
+            ProxyError::UpstreamTimeout => Outcome::upstream(
+                S::GATEWAY_TIMEOUT,
+                grpc::DEADLINE_EXCEEDED,
+                Timeout,
+                true,
+                "upstream_timeout",
+            ),
+            // The endpoint answered, only more than the gateway takes: a config matter, not
+            // the endpoint's health, and another endpoint would answer the same.
+            ProxyError::ResponseHeadTooLarge => {
+                let mut o = Outcome::new(S::BAD_GATEWAY, grpc::INTERNAL, "response_head_too_large");
+                o.fallback = true;
+                o
+            }
+        }
+    }
+
     /// The status this outcome is answered with.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::Forbidden => StatusCode::FORBIDDEN,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::NoHealthyEndpoint
-            | ProxyError::PoolExhausted
-            | ProxyError::Draining
-            | ProxyError::Shed(_)
-            | ProxyError::RouteDisabled => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        }
+        self.outcome().status
     }
 
     /// Retry-After for outcomes where coming back later helps.
@@ -89,19 +253,13 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after_secs } => {
                 Some(Duration::from_secs(*retry_after_secs))
             }
-            _ => (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER),
+            _ => self.outcome().retry_after.then_some(RETRY_AFTER),
         }
     }
 
     /// Whether this failure counts against the endpoint for passive ejection.
     pub fn blames_endpoint(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectFailed
-                | ProxyError::ConnectTimeout
-                | ProxyError::UpstreamReset
-                | ProxyError::UpstreamTimeout
-        )
+        self.outcome().blames_endpoint
     }
 
     /// The synthetic response: status, Retry-After where useful, a one-line text body.
@@ -118,33 +276,18 @@ impl ProxyError {
         if let Some(after) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
         }
-        if matches!(self, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge) {
+        if self.outcome().close {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
 
     /// The gRPC status code of this outcome, for a gRPC client (the mapping gRPC itself uses for
-    /// HTTP statuses, made finer where the gateway knows more: a request timeout is
+    /// HTTP statuses, made finer where the gateway knows more: an upstream that broke or could
+    /// not be reached is UNAVAILABLE, which clients retry; a request timeout is
     /// DEADLINE_EXCEEDED, a rate limit or an oversized body RESOURCE_EXHAUSTED).
     pub fn grpc_status(&self) -> u8 {
-        match self {
-            ProxyError::NoRoute => 12,       // UNIMPLEMENTED
-            ProxyError::Forbidden => 7,      // PERMISSION_DENIED
-            ProxyError::BadRequest(_) => 13, // INTERNAL
-            ProxyError::BodyTooLarge
-            | ProxyError::HeadersTooLarge
-            | ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
-            ProxyError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
-            ProxyError::NoHealthyEndpoint
-            | ProxyError::PoolExhausted
-            | ProxyError::ConnectFailed
-            | ProxyError::ConnectTimeout
-            | ProxyError::UpstreamReset
-            | ProxyError::Draining
-            | ProxyError::RouteDisabled
-            | ProxyError::Shed(_) => 14, // UNAVAILABLE
-        }
+        self.outcome().grpc
     }
 
     /// The synthetic response for a gRPC call: a "trailers-only" answer (HTTP 200, no body,
@@ -185,7 +328,9 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 14] = [
+    const ALL: [ProxyError; 16] = [
+        ProxyError::BodyTimeout,
+        ProxyError::ResponseHeadTooLarge,
         ProxyError::Forbidden,
         ProxyError::RouteDisabled,
         ProxyError::Shed("queue_full"),

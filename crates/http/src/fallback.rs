@@ -30,17 +30,7 @@ pub enum FallbackSource {
 /// Whether this failure means the upstream is unavailable, so a fallback applies. Client errors
 /// (413, 429, 404) keep their status.
 pub fn applies(e: &ProxyError) -> bool {
-    matches!(
-        e,
-        ProxyError::NoHealthyEndpoint
-            | ProxyError::RouteDisabled
-            | ProxyError::Shed(_)
-            | ProxyError::PoolExhausted
-            | ProxyError::ConnectFailed
-            | ProxyError::ConnectTimeout
-            | ProxyError::UpstreamReset
-            | ProxyError::UpstreamTimeout
-    )
+    e.outcome().fallback
 }
 
 impl FallbackSource {

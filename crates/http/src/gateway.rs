@@ -86,6 +86,9 @@ pub struct Gateway {
     workers: usize,
     /// Data-path metrics.
     pub metrics: Metrics,
+    /// The metrics of requests answered before a route was found (400, 404, 431, fan-out
+    /// handshakes), under `route="-"`.
+    pub unrouted: crate::metrics::RouteMetrics,
     /// Runtime switches from the admin API.
     pub switches: crate::switches::Switches,
 }
@@ -105,6 +108,8 @@ impl Gateway {
             fanout: None,
         };
         let (version_tx, _) = watch::channel(0);
+        let metrics = Metrics::default();
+        let unrouted = metrics.route("-", "-");
         let gw = Arc::new_cyclic(|me| Gateway {
             me: me.clone(),
             current: ArcSwap::from_pointee(empty),
@@ -114,7 +119,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             workers: workers.max(1),
-            metrics: Metrics::default(),
+            metrics,
+            unrouted,
             switches: crate::switches::Switches::default(),
         });
         gw.apply(spec)?;

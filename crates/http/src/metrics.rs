@@ -32,6 +32,7 @@ pub struct Metrics {
     endpoint_available: Family<Labels, Gauge>,
     pool: Family<Labels, Gauge>,
     ejections: Family<Labels, Counter>,
+    ejections_held: Family<Labels, Counter>,
     breaker_closed: Family<Labels, Counter>,
     health_transitions: Family<Labels, Counter>,
     /// Config reloads by result ("ok", "error").
@@ -152,6 +153,8 @@ pub struct EndpointMetrics {
     pub pool: PoolGauges,
     /// Breaker openings (passive ejections).
     pub ejections: Counter,
+    /// Ejections held back by `passive.max_ejection_percent` (the endpoint stayed in rotation).
+    pub ejections_held: Counter,
     /// Breaker closings after a successful half-open probe.
     pub breaker_closed: Counter,
     /// Probe flips to healthy.
@@ -170,6 +173,7 @@ impl Default for Metrics {
             endpoint_available: Family::default(),
             pool: Family::default(),
             ejections: Family::default(),
+            ejections_held: Family::default(),
             breaker_closed: Family::default(),
             health_transitions: Family::default(),
             reloads: Family::default(),
@@ -226,6 +230,11 @@ impl Metrics {
             "scalegate_upstream_ejections",
             "Passive ejections of endpoints",
             self.ejections.clone(),
+        );
+        r.register(
+            "scalegate_upstream_ejections_held",
+            "Ejections held back by passive.max_ejection_percent (the endpoint stayed in rotation: panic)",
+            self.ejections_held.clone(),
         );
         r.register(
             "scalegate_upstream_breaker_closed",
@@ -372,6 +381,7 @@ impl Metrics {
                 idle: self.pool.get_or_create_owned(&with("state", "idle")),
             },
             ejections: self.ejections.get_or_create_owned(&base()),
+            ejections_held: self.ejections_held.get_or_create_owned(&base()),
             breaker_closed: self.breaker_closed.get_or_create_owned(&base()),
             became_healthy: self
                 .health_transitions

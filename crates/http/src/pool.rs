@@ -38,9 +38,14 @@ struct Idle {
 pub struct EndpointPool {
     idle: Mutex<Vec<Idle>>,
     permits: Arc<Semaphore>,
+    /// Requests whose body is still arriving from the client hold a connection while it does;
+    /// they may take at most half of the pool, so slow uploads cannot starve everyone else.
+    streaming: Arc<Semaphore>,
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Response head limits: (header fields, bytes).
+    head_limits: (usize, usize),
     protocol: UpstreamProtocol,
     gauges: PoolGauges,
 }
@@ -70,6 +75,8 @@ pub struct Lease {
     pub reused: bool,
     pool: Arc<EndpointPool>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Boxed: only requests whose body streams have one, and a lease is in every request.
+    _stream_permit: Option<Box<OwnedSemaphorePermit>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -99,35 +106,39 @@ impl EndpointPool {
         EndpointPool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max_conns.max(1))),
+            streaming: Arc::new(Semaphore::new((max_conns / 2).max(1))),
             h2: Mutex::new(None),
             idle_timeout: spec.idle_timeout,
             max_idle,
+            head_limits: (spec.max_response_headers, spec.max_response_header_bytes),
             protocol,
             gauges,
         }
     }
 
     /// A connection for one request: a live idle one if any, else a new one. Waits at most
-    /// `connect_timeout` for a free slot and for the connect itself.
+    /// `connect_timeout` for a free slot and for the connect itself. `streaming`: the request's
+    /// body is still arriving from the client (such requests share half of the pool).
     pub async fn checkout(
         self: &Arc<Self>,
         addr: &Dial<'_>,
         connect_timeout: Duration,
         now: Tick,
         fresh: bool,
+        streaming: bool,
     ) -> Result<Lease, ProxyError> {
         // The connect and handshake paths are boxed: they are rare next to reusing a pooled
         // connection, and inline their futures would size every request's future.
         if self.protocol == UpstreamProtocol::Http2 {
             return Box::pin(self.checkout_h2(addr, connect_timeout)).await;
         }
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => tokio::time::timeout(connect_timeout, self.permits.clone().acquire_owned())
-                .await
-                .map_err(|_| ProxyError::PoolExhausted)?
-                .map_err(|_| ProxyError::PoolExhausted)?,
+        let stream_permit = match streaming {
+            true => Some(Box::new(
+                Box::pin(slot(&self.streaming, connect_timeout)).await?,
+            )),
+            false => None,
         };
+        let permit = slot(&self.permits, connect_timeout).await?;
         if !fresh {
             while let Some(mut idle) = self.pop_idle() {
                 if now.since(idle.since) >= self.idle_timeout || idle.tx.is_closed() {
@@ -140,11 +151,15 @@ impl EndpointPool {
                         continue;
                     }
                 }
-                return Ok(self.lease(Sender::H1(idle.tx), true, Some(permit)));
+                let mut lease = self.lease(Sender::H1(idle.tx), true, Some(permit));
+                lease._stream_permit = stream_permit;
+                return Ok(lease);
             }
         }
-        let tx = Box::pin(open_h1(addr, connect_timeout)).await?;
-        Ok(self.lease(Sender::H1(tx), false, Some(permit)))
+        let tx = Box::pin(open_h1(addr, connect_timeout, self.head_limits)).await?;
+        let mut lease = self.lease(Sender::H1(tx), false, Some(permit));
+        lease._stream_permit = stream_permit;
+        Ok(lease)
     }
 
     async fn checkout_h2(
@@ -158,7 +173,8 @@ impl EndpointPool {
         let stream = dial(addr, connect_timeout).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20));
+            .keep_alive_interval(Duration::from_secs(20))
+            .max_header_list_size(u32::try_from(self.head_limits.1).unwrap_or(u32::MAX));
         let (tx, conn) = b
             .handshake(TokioIo::new(stream))
             .await
@@ -182,6 +198,7 @@ impl EndpointPool {
             reused,
             pool: self.clone(),
             _permit: permit,
+            _stream_permit: None,
         }
     }
 
@@ -192,6 +209,7 @@ impl EndpointPool {
             reused: false,
             pool: self.clone(),
             _permit: None,
+            _stream_permit: None,
         }
     }
 
@@ -257,14 +275,34 @@ impl Drop for Lease {
     }
 }
 
+/// A permit of `permits`, waiting at most `wait` (503 pool exhausted after that).
+async fn slot(
+    permits: &Arc<Semaphore>,
+    wait: Duration,
+) -> Result<OwnedSemaphorePermit, ProxyError> {
+    if let Ok(p) = permits.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    tokio::time::timeout(wait, permits.clone().acquire_owned())
+        .await
+        .map_err(|_| ProxyError::PoolExhausted)?
+        .map_err(|_| ProxyError::PoolExhausted)
+}
+
 /// A new HTTP/1.1 connection to `addr`, its I/O running on this worker.
 async fn open_h1(
     addr: &Dial<'_>,
     connect_timeout: Duration,
+    (max_headers, max_head_bytes): (usize, usize),
 ) -> Result<http1::SendRequest<ReqBody>, ProxyError> {
     let stream = dial(addr, connect_timeout).await?;
     let mut b = http1::Builder::new();
-    b.max_buf_size(1 << 20);
+    b.max_buf_size((1 << 20).max(max_head_bytes))
+        .max_header_size(max_head_bytes);
+    // hyper parses up to 100 fields on the stack; another count costs a heap buffer per response.
+    if max_headers != 100 {
+        b.max_headers(max_headers);
+    }
     let (tx, conn) = b
         .handshake(TokioIo::new(stream))
         .await

@@ -10,11 +10,27 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use scalegate_core::retry::{AttemptOutcome, RequestFacts, is_idempotent_method};
 
-use crate::body::ReqBody;
+use crate::body::{ClientBody, ReqBody};
 use crate::error::ProxyError;
 use crate::spec::RetrySpec;
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
+/// Request bodies up to this size (with a Content-Length) are read whole before an upstream
+/// connection is taken, so a client that sends them slowly holds no pooled connection.
+pub const BUFFER_BYTES: u64 = 64 << 10;
+
+/// Fires when a streamed body has passed whole to the upstream (or was given up).
+pub type BodySent = tokio::sync::oneshot::Receiver<()>;
+
+/// When the client's body must have arrived: the listener's `body_timeout` after the request.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadline {
+    /// The listener's `body_timeout`.
+    pub timeout: Duration,
+    /// The instant it runs out.
+    pub at: tokio::time::Instant,
+}
 
 /// The request body across attempts.
 #[derive(Debug)]
@@ -22,21 +38,25 @@ pub enum BodySource {
     /// Kept whole: every attempt gets a copy.
     Replay(Bytes),
     /// Streamed once; a retry is impossible after the first attempt took it.
-    Stream(Option<(Incoming, u64)>),
+    Stream(Option<(Box<ClientBody>, BodySent)>),
 }
 
 impl BodySource {
-    /// The body for the next attempt (None once a streamed body was used).
-    pub fn for_attempt(&mut self) -> Option<ReqBody> {
+    /// The body for the next attempt (None once a streamed body was used), with the signal of a
+    /// streamed body having passed whole.
+    pub fn for_attempt(&mut self) -> Option<(ReqBody, Option<BodySent>)> {
         match self {
-            BodySource::Replay(b) if b.is_empty() => Some(ReqBody::Empty),
-            BodySource::Replay(b) => Some(ReqBody::Replay(Some(b.clone()))),
-            BodySource::Stream(s) => s.take().map(|(inner, limit)| ReqBody::Client {
-                inner,
-                seen: 0,
-                limit,
-            }),
+            BodySource::Replay(b) if b.is_empty() => Some((ReqBody::Empty, None)),
+            BodySource::Replay(b) => Some((ReqBody::Replay(Some(b.clone())), None)),
+            BodySource::Stream(s) => s
+                .take()
+                .map(|(body, sent)| (ReqBody::Client(body), Some(sent))),
         }
+    }
+
+    /// Whether the body is still arriving from the client while it is sent upstream.
+    pub fn streams(&self) -> bool {
+        matches!(self, BodySource::Stream(_))
     }
 
     /// Whether another attempt can carry the body.
@@ -45,14 +65,16 @@ impl BodySource {
     }
 }
 
-/// Keeps the body for replay when the route retries, the request may be retried, and the body
-/// has a known length within the replay limit; otherwise it streams as usual.
+/// Reads the body whole first when it has a known length within [`BUFFER_BYTES`], or within
+/// the replay limit of a route that retries (it can then be sent again); otherwise it streams
+/// to the upstream as it arrives. Either way the client must send it before `deadline` (408).
 pub async fn prepare_body(
     method: &http::Method,
     headers: &HeaderMap,
     body: Option<Incoming>,
     retry: Option<&RetrySpec>,
     route_limit: u64,
+    deadline: BodyDeadline,
 ) -> Result<(BodySource, RequestFacts), ProxyError> {
     // Only routes that retry need to know (the header lookup is not free).
     let idempotent = retry.is_some()
@@ -73,22 +95,26 @@ pub async fn prepare_body(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let keep =
-        retry.is_some_and(|r| length.is_some_and(|n| n <= r.max_body_bytes.min(route_limit)));
+    let keep_for_retry = retry.map_or(0, |r| r.max_body_bytes);
+    let keep = length.is_some_and(|n| n <= BUFFER_BYTES.max(keep_for_retry).min(route_limit));
     if !keep {
         let facts = RequestFacts {
             idempotent,
             replayable: false,
         };
-        return Ok((BodySource::Stream(Some((body, route_limit))), facts));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let body = ClientBody::new(body, route_limit, deadline.timeout, deadline.at, tx);
+        return Ok((BodySource::Stream(Some((Box::new(body), rx))), facts));
     }
     let limit = length.unwrap_or(0) as usize;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let collected = tokio::time::timeout_at(deadline.at, Limited::new(body, limit).collect());
+    let bytes = match collected.await {
+        Err(_) => return Err(ProxyError::BodyTimeout),
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ProxyError::BodyTooLarge);
         }
-        Err(_) => return Err(ProxyError::BadRequest("request body ended early")),
+        Ok(Err(_)) => return Err(ProxyError::BadRequest("request body ended early")),
     };
     Ok((
         BodySource::Replay(bytes),
@@ -117,14 +143,7 @@ pub fn stored_body(
 
 /// An attempt's outcome in the retry policy's terms.
 pub fn outcome_of_error(e: &ProxyError) -> Option<AttemptOutcome> {
-    match e {
-        ProxyError::ConnectFailed | ProxyError::ConnectTimeout | ProxyError::PoolExhausted => {
-            Some(AttemptOutcome::ConnectFailed)
-        }
-        ProxyError::UpstreamReset => Some(AttemptOutcome::Reset),
-        ProxyError::UpstreamTimeout => Some(AttemptOutcome::Timeout),
-        _ => None,
-    }
+    e.outcome().attempt
 }
 
 /// Retry-After as a delay, when given in seconds (HTTP-dates are not honoured for retries).

@@ -54,6 +54,9 @@ pub struct ListenerSpec {
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger gets 431 (default 64 KiB).
     pub max_header_bytes: usize,
+    /// A request's whole body must arrive within this time of its head; else 408, and nothing
+    /// is counted against the upstream (default 60 s).
+    pub body_timeout: Duration,
     /// Idle keep-alive client connections close after this (default 60 s).
     pub idle_timeout: Duration,
     /// TLS (None: plain TCP, HTTP/1.1 and h2c).
@@ -202,6 +205,11 @@ pub struct PoolSpec {
     pub idle_timeout: Duration,
     /// Most idle connections kept per endpoint (default 128); more are closed when released.
     pub max_idle_per_endpoint: usize,
+    /// Most header fields in a response head (default 100); more is a 502 that does not count
+    /// against the endpoint's health.
+    pub max_response_headers: usize,
+    /// Largest response head, status line included (default 64 KiB); larger is such a 502 too.
+    pub max_response_header_bytes: usize,
 }
 
 /// A named group of endpoints and how to balance over them.
@@ -269,6 +277,8 @@ impl Default for PoolSpec {
             max_per_endpoint: 256,
             idle_timeout: Duration::from_secs(60),
             max_idle_per_endpoint: 128,
+            max_response_headers: 100,
+            max_response_header_bytes: 64 << 10,
         }
     }
 }

@@ -305,6 +305,7 @@ async fn accept_loop(
             listener: name.clone(),
             peer,
             max_head: spec.max_header_bytes,
+            body_timeout: spec.body_timeout,
             worker: w.id,
             scheme: if spec.tls.is_some() { "https" } else { "http" },
             activity: conn::Activity::default(),

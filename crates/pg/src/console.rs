@@ -208,6 +208,7 @@ const POOL_COLS: &[&str] = &[
     "maxwait_us",
     "pool_mode",
     "pool_size",
+    "cl_pinned",
 ];
 
 fn mode(m: PoolMode) -> String {
@@ -242,6 +243,7 @@ fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
             s.max_wait_us.load(Relaxed).to_string(),
             mode(p.mode()),
             p.db.pool_size.to_string(),
+            s.pinned.load(Relaxed).to_string(),
         ]
     })
 }
@@ -273,7 +275,14 @@ fn stats_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     })
 }
 
-const CLIENT_COLS: &[&str] = &["user", "database", "addr", "connected_s", "server_id"];
+const CLIENT_COLS: &[&str] = &[
+    "user",
+    "database",
+    "addr",
+    "connected_s",
+    "server_id",
+    "pinned",
+];
 
 fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     let mut rows: Vec<Vec<String>> = pooler
@@ -287,6 +296,7 @@ fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 c.addr.to_string(),
                 c.since.elapsed().as_secs().to_string(),
                 server.map(|(id, _)| id.to_string()).unwrap_or_default(),
+                crate::effects::state::names(c.pinned.load(Relaxed)),
             ]
         })
         .collect();

@@ -6,7 +6,8 @@
 //! Codemap: `proto` (framing and the messages the pooler writes), `login` (SSL refusal,
 //! cancel, protocol checks, client auth), `auth` (server-side SCRAM and md5), `server` (a
 //! connection to PostgreSQL), `pool` (FIFO waiting, reuse, recycling), `session` (the message
-//! pump), `stmt` (prepared statements across servers), `settings` (SET tracking), `console`
+//! pump), `stmt` (prepared statements across servers), `settings` (SET tracking), `effects`
+//! (what SQL does to a session: state to pin or refuse, DEALLOCATE/DISCARD), `console`
 //! (SHOW POOLS and friends), `classify` (read or write), `topology` (roles, lag,
 //! failover), `shard` / `sharding` (keys to shards, statement plans), `stream` / `server_tls`
 //! (TLS both ways), `metrics` (Prometheus), `pooler` (the whole).
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod classify;
 pub mod console;
+pub mod effects;
 pub mod login;
 pub mod metrics;
 pub mod pool;
@@ -31,4 +33,7 @@ pub mod stream;
 pub mod topology;
 
 pub use pooler::Pooler;
-pub use spec::{ClientAuth, DatabaseSpec, PgSpec, PoolMode, ServerSpec, UserSpec, auto_pool_size};
+pub use spec::{
+    ClientAuth, DatabaseSpec, OnSessionState, PgSpec, PoolMode, ServerSpec, UserSpec,
+    auto_pool_size,
+};

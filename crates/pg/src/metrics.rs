@@ -104,6 +104,24 @@ impl Collector for PoolerMetrics {
             "Queries completed (ReadyForQuery)",
             &counter_rows(&|p| p.stats.queries.load(Relaxed)),
         )?;
+        gauges(
+            &mut e,
+            "scalegate_pg_pinned_clients",
+            "Clients holding a server connection because of session state (on_session_state = pin)",
+            &gauge_rows(&|p| p.stats.pinned.load(Relaxed) as i64),
+        )?;
+        counters(
+            &mut e,
+            "scalegate_pg_pins",
+            "Times a client was pinned to its server connection by session state",
+            &counter_rows(&|p| p.stats.pins.load(Relaxed)),
+        )?;
+        counters(
+            &mut e,
+            "scalegate_pg_session_state_refusals",
+            "Statements refused with 0A000 because they create session state (on_session_state = refuse)",
+            &counter_rows(&|p| p.stats.refusals.load(Relaxed)),
+        )?;
         counters(
             &mut e,
             "scalegate_pg_wait_timeouts",

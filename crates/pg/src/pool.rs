@@ -45,6 +45,12 @@ pub struct PoolStats {
     pub bytes_out: AtomicU64,
     /// Clients turned away after the wait timeout.
     pub wait_timeouts: AtomicU64,
+    /// Clients pinned to their server connection by session state now.
+    pub pinned: AtomicUsize,
+    /// Times a client was pinned.
+    pub pins: AtomicU64,
+    /// Statements refused because they create session state (`on_session_state = "refuse"`).
+    pub refusals: AtomicU64,
 }
 
 impl PoolStats {
@@ -63,6 +69,9 @@ impl PoolStats {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             wait_timeouts: AtomicU64::new(0),
+            pinned: AtomicUsize::new(0),
+            pins: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
         }
     }
 }
@@ -211,9 +220,9 @@ impl Pool {
             .sum()
     }
 
-    /// The host for `route`, waiting (up to the wait timeout) while no primary is known.
-    async fn host_for(&self, route: Route) -> Result<usize, AcquireError> {
-        let start = Instant::now();
+    /// The host for `route`, waiting (up to the wait timeout from `start`) while no primary is
+    /// known.
+    async fn host_for(&self, route: Route, start: Instant) -> Result<usize, AcquireError> {
         loop {
             let picked = match route {
                 Route::Read { min_lsn } => self
@@ -234,38 +243,73 @@ impl Pool {
     }
 
     /// A server connection on the host `route` picks: an idle one if any (pinged when it sat
-    /// long), else a new one.
+    /// long), else a new one. A login that fails for a passing reason (the server restarting,
+    /// unreachable, out of slots) is retried with backoff until the wait timeout; a read whose
+    /// replica refuses falls back at once to another host (the replica is marked down).
     pub async fn acquire(&self, route: Route) -> Result<Lease, AcquireError> {
-        let host = self.host_for(route).await?;
-        let hp = &self.hosts[host];
         let start = Instant::now();
-        let permit = match hp.permits.clone().try_acquire_owned() {
-            Ok(p) => {
-                self.stats.wait.observe(0.0);
-                p
-            }
-            Err(_) => {
-                self.stats.waiting.fetch_add(1, Relaxed);
-                let got =
-                    tokio::time::timeout(self.wait_timeout, hp.permits.clone().acquire_owned())
-                        .await;
-                self.stats.waiting.fetch_sub(1, Relaxed);
-                let waited = start.elapsed().as_micros() as u64;
-                self.stats.wait_us.fetch_add(waited, Relaxed);
-                self.stats.max_wait_us.fetch_max(waited, Relaxed);
-                self.stats.wait.observe(waited as f64 / 1e6);
-                match got {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        self.stats.wait_timeouts.fetch_add(1, Relaxed);
-                        return Err(AcquireError::Timeout(self.wait_timeout, self.db.pool_size));
-                    }
-                }
-            }
-        };
+        let mut backoff = Duration::from_millis(20);
         loop {
-            let candidate = hp.idle.lock().ok().and_then(|mut i| i.pop());
-            let Some(mut conn) = candidate else { break };
+            let host = self.host_for(route, start).await?;
+            let permit = self.permit(host, start).await?;
+            if let Some(conn) = self.idle_conn(host).await {
+                return Ok(self.lend(conn, host, permit));
+            }
+            let e = match self.open(host).await {
+                Ok(conn) => return Ok(self.lend(conn, host, permit)),
+                Err(e) => e,
+            };
+            drop(permit);
+            let replica =
+                matches!(route, Route::Read { .. }) && Some(host) != self.topology.primary();
+            if replica {
+                tracing::warn!(error = %e, "a replica refused a connection; reads fall back");
+                self.topology.mark_down(host);
+                continue;
+            }
+            if !e.is_transient() || start.elapsed() + backoff >= self.wait_timeout {
+                return Err(e.into());
+            }
+            tracing::info!(error = %e, "server login failed; retrying within wait_timeout");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// A permit for `host`, waiting in FIFO order for what is left of the wait timeout.
+    async fn permit(
+        &self,
+        host: usize,
+        start: Instant,
+    ) -> Result<OwnedSemaphorePermit, AcquireError> {
+        let hp = &self.hosts[host];
+        if let Ok(p) = hp.permits.clone().try_acquire_owned() {
+            self.stats.wait.observe(start.elapsed().as_secs_f64());
+            return Ok(p);
+        }
+        let waiting = Instant::now();
+        self.stats.waiting.fetch_add(1, Relaxed);
+        let left = self.wait_timeout.saturating_sub(start.elapsed());
+        let got = tokio::time::timeout(left, hp.permits.clone().acquire_owned()).await;
+        self.stats.waiting.fetch_sub(1, Relaxed);
+        let waited = waiting.elapsed().as_micros() as u64;
+        self.stats.wait_us.fetch_add(waited, Relaxed);
+        self.stats.max_wait_us.fetch_max(waited, Relaxed);
+        self.stats.wait.observe(start.elapsed().as_secs_f64());
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.stats.wait_timeouts.fetch_add(1, Relaxed);
+                Err(AcquireError::Timeout(self.wait_timeout, self.db.pool_size))
+            }
+        }
+    }
+
+    /// An idle connection of `host` that is still open (pinged when it sat long).
+    async fn idle_conn(&self, host: usize) -> Option<ServerConn> {
+        loop {
+            let candidate = self.hosts[host].idle.lock().ok().and_then(|mut i| i.pop());
+            let mut conn = candidate?;
             if conn.looks_closed() {
                 self.stats.open.fetch_sub(1, Relaxed);
                 tracing::info!(
@@ -284,8 +328,12 @@ impl Pool {
                 );
                 continue;
             }
-            return Ok(self.lend(conn, host, permit));
+            return Some(conn);
         }
+    }
+
+    /// A new connection to `host`.
+    async fn open(&self, host: usize) -> Result<ServerConn, ServerError> {
         let id = self.next_server.fetch_add(1, Relaxed);
         let mut spec = self.topology.hosts[host].spec.clone();
         if spec.password.is_none() {
@@ -300,7 +348,7 @@ impl Pool {
         {
             p.clone_from(&conn.params);
         }
-        Ok(self.lend(conn, host, permit))
+        Ok(conn)
     }
 
     fn lend(&self, conn: ServerConn, host: usize, permit: OwnedSemaphorePermit) -> Lease {

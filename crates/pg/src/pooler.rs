@@ -30,6 +30,8 @@ pub struct ClientSlot {
     pub since: Instant,
     /// The server connection it holds now, if any.
     pub server: Mutex<Option<(u64, ServerKey)>>,
+    /// Session state pinning it to that connection (`effects::state` bits; 0: not pinned).
+    pub pinned: std::sync::atomic::AtomicU8,
 }
 
 /// The settings in force: replaced whole by a reload.
@@ -91,6 +93,8 @@ pub struct Pooler {
     state: arc_swap::ArcSwap<State>,
     /// Read/write classification cache.
     pub classifier: Classifier,
+    /// Session-effect analysis cache (state to pin or refuse, DEALLOCATE, SET).
+    pub analyzer: crate::effects::Analyzer,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
     /// Monitor tasks by database, and the runtime they run on.
     monitors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
@@ -111,6 +115,7 @@ impl Pooler {
         Arc::new(Pooler {
             state: arc_swap::ArcSwap::from_pointee(State::new(spec, None)),
             classifier: Classifier::default(),
+            analyzer: Default::default(),
             pools: Mutex::new(HashMap::new()),
             monitors: Mutex::new(HashMap::new()),
             runtime: Mutex::new(None),

@@ -98,6 +98,11 @@ pub enum Severity {
 
 /// An ErrorResponse with SQLSTATE `code`.
 pub fn error(out: &mut BytesMut, severity: Severity, code: &str, msg: &str) {
+    error_hint(out, severity, code, msg, "");
+}
+
+/// An ErrorResponse with SQLSTATE `code` and a hint (none when empty).
+pub fn error_hint(out: &mut BytesMut, severity: Severity, code: &str, msg: &str, hint: &str) {
     let sev: &[u8] = match severity {
         Severity::Error => b"ERROR",
         Severity::Fatal => b"FATAL",
@@ -111,6 +116,10 @@ pub fn error(out: &mut BytesMut, severity: Severity, code: &str, msg: &str) {
         put_cstr(b, code.as_bytes());
         b.put_u8(b'M');
         put_cstr(b, msg.as_bytes());
+        if !hint.is_empty() {
+            b.put_u8(b'H');
+            put_cstr(b, hint.as_bytes());
+        }
         b.put_u8(0);
     });
 }

@@ -49,6 +49,21 @@ impl ServerError {
             _ => "08006",
         }
     }
+
+    /// Whether trying again shortly may succeed: the server is unreachable, starting up,
+    /// shutting down or out of connection slots (not a refused password or a missing database).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServerError::Io(..) | ServerError::Timeout(_) => true,
+            ServerError::Refused { code, .. } => {
+                matches!(
+                    code.as_str(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "08006"
+                )
+            }
+            ServerError::Unsupported(..) => false,
+        }
+    }
 }
 
 /// The backend key of a server connection, for cancel requests.

@@ -89,6 +89,22 @@ pub struct DatabaseSpec {
     pub shards: Vec<ServerSpec>,
     /// How keys map to shards, when sharded.
     pub sharding: Option<std::sync::Arc<crate::sharding::ShardingSpec>>,
+    /// What a transaction-mode client that creates session state gets (sharded databases
+    /// always refuse).
+    pub on_session_state: OnSessionState,
+}
+
+/// What happens when a transaction-mode client creates state that outlives its transaction
+/// (LISTEN, a WITH HOLD cursor, a session advisory lock, SQL PREPARE, a TEMP table, an
+/// untracked set_config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnSessionState {
+    /// The client keeps its server connection until the state is gone or it disconnects
+    /// (default: applications keep working; the cost is one server connection per such client).
+    #[default]
+    Pin,
+    /// The statement is refused with SQLSTATE 0A000 and a hint.
+    Refuse,
 }
 
 /// Where and as whom the pooler connects.

@@ -9,6 +9,13 @@
 //! come back in order, so a queue of what each ParseComplete/CloseComplete stands for is all
 //! the bookkeeping needed; a ReadyForQuery ends a segment and drops expectations that an error
 //! made the server skip.
+//!
+//! Statements the pooler answers itself or refuses are sent as stand-ins the server answers in
+//! the same shape and place: an emulated statement (`DEALLOCATE …`) becomes an empty query whose
+//! EmptyQueryResponse is turned into the statement's CommandComplete; a refused one becomes text
+//! that fails to parse, whose ErrorResponse is turned into the refusal. A statement that makes the
+//! server forget every prepared statement clears the connection's record when it is sent (so
+//! later messages re-prepare what they need) and puts it back if its segment ends without it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -85,6 +92,19 @@ impl Prepared {
         self.used.clear();
     }
 
+    /// Every id recorded here.
+    fn ids(&self) -> Vec<u64> {
+        self.used.keys().copied().collect()
+    }
+
+    /// Records `ids` again (they turned out to be still prepared), without evicting.
+    fn restore(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.tick += 1;
+            self.used.entry(id).or_insert(self.tick);
+        }
+    }
+
     /// How many are prepared.
     pub fn len(&self) -> usize {
         self.used.len()
@@ -99,6 +119,10 @@ impl Prepared {
 /// A name no statement ever has: closing it is a no-op that still answers CloseComplete.
 const NO_STATEMENT: &[u8] = b"__sg_none";
 
+/// Text the server fails to parse, standing in for a refused statement; its ErrorResponse (which
+/// quotes it) is replaced by the refusal.
+const REFUSED: &[u8] = b"scalegate_refused_session_state";
+
 /// What a response in the queue stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -107,8 +131,26 @@ enum Expect {
     /// A CloseComplete: forwarded, turned into ParseComplete for a skipped Parse, or dropped
     /// for a statement the pooler closed to make room.
     Close { as_parse: bool, swallow: bool },
+    /// An EmptyQueryResponse standing for the CommandComplete of an emulated statement.
+    Emulated(&'static str),
+    /// The ErrorResponse of a stand-in for a refused statement (session state bits).
+    Refused(u8),
     /// ReadyForQuery (Sync, Query, FunctionCall).
     Ready,
+}
+
+/// How the pooler treats one Query or Parse message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sub {
+    /// Send it on (rewritten as usual).
+    Forward,
+    /// Send it on; a named statement is remembered as creating session state `bits`, so every
+    /// later Bind of it reports them.
+    Flag(u8),
+    /// Answer it as if it ran, with CommandComplete `tag` (unnamed statements and queries).
+    Emulate(&'static str),
+    /// Refuse it: the client gets SQLSTATE 0A000 for session state `bits`.
+    Refuse(u8),
 }
 
 /// What to do with one server message.
@@ -122,13 +164,28 @@ pub enum Action {
     ParseComplete,
     /// Send ReadyForQuery with status "in a transaction" instead.
     InTransaction,
+    /// Send CommandComplete with this tag instead (an emulated statement).
+    Tag(&'static str),
+    /// Send the refusal of session state `bits` instead (SQLSTATE 0A000).
+    Refused(u8),
 }
 
 /// One client's statements and the responses in flight.
 #[derive(Debug, Default)]
 pub struct Statements {
-    names: HashMap<Vec<u8>, (u64, Bytes)>,
+    /// Client name → (pool-wide id, Parse body, session state its execution creates).
+    names: HashMap<Vec<u8>, (u64, Bytes, u8)>,
     expect: VecDeque<Expect>,
+    /// The unnamed statement is an emulated one answering with this tag.
+    unnamed: Option<&'static str>,
+    /// Portals bound to an emulated statement.
+    portals: Vec<(Vec<u8>, &'static str)>,
+    /// Segments (Sync, Query, FunctionCall) sent and answered.
+    sent_segments: u64,
+    done_segments: u64,
+    /// Records cleared by a statement that makes the server forget its prepared statements, by
+    /// segment, kept until the server confirms (then dropped) or the segment ends (restored).
+    forgets: Vec<(u64, Vec<u64>)>,
 }
 
 fn server_name(id: u64) -> Vec<u8> {
@@ -143,14 +200,14 @@ impl Statements {
 
     /// The query text of client statement `name`.
     pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
-        let (_, body) = self.names.get(name)?;
+        let (_, body, _) = self.names.get(name)?;
         let end = body.iter().position(|&b| b == 0)?;
         Some(&body[..end])
     }
 
     /// The Parse body (query text and parameter types) of client statement `name`.
     pub fn body_of(&self, name: &[u8]) -> Option<&[u8]> {
-        self.names.get(name).map(|(_, b)| &b[..])
+        self.names.get(name).map(|(_, b, _)| &b[..])
     }
 
     /// Whether the client has none.
@@ -158,75 +215,96 @@ impl Statements {
         self.names.is_empty()
     }
 
+    /// Forgets every name this client prepared (its DEALLOCATE ALL or DISCARD ALL).
+    pub fn forget_names(&mut self) {
+        self.names.clear();
+    }
+
+    /// Forgets one name; false when the client has no such statement.
+    pub fn forget_name(&mut self, name: &[u8]) -> bool {
+        self.names.remove(name).is_some()
+    }
+
+    /// The server is about to be told to forget every prepared statement: `prepared` is cleared
+    /// now, so the messages after it re-prepare what they use, and restored if the segment
+    /// ends without the server confirming.
+    pub fn server_forgets(&mut self, prepared: &mut Prepared) {
+        let ids = prepared.ids();
+        prepared.clear();
+        self.forgets.push((self.sent_segments, ids));
+    }
+
     /// Rewrites one client message into `out`. `intern` gives a statement body's pool-wide id;
-    /// `prepared` is the server connection's set of ids.
+    /// `prepared` is the server connection's set of ids; `sub` says how a Query or Parse is
+    /// treated. Returns the session state a Bind of a flagged statement creates (0 otherwise).
     pub fn client_message(
         &mut self,
         msg: &[u8],
         prepared: &mut Prepared,
         intern: impl FnOnce(&[u8]) -> u64,
         out: &mut BytesMut,
-    ) {
+        sub: Sub,
+    ) -> u8 {
         let body = &msg[5..];
-        match msg[0] {
-            b'P' => {
-                let mut b = body;
-                let Some(name) = cbytes(&mut b) else {
-                    return out.put_slice(msg);
-                };
-                if name.is_empty() {
-                    self.expect.push_back(Expect::Parse {
-                        swallow: false,
-                        id: None,
-                    });
-                    return out.put_slice(msg);
-                }
-                let id = intern(b);
-                self.names
-                    .insert(name.to_vec(), (id, Bytes::copy_from_slice(b)));
-                if prepared.contains(id) {
-                    close(out, b'S', NO_STATEMENT);
-                    self.expect.push_back(Expect::Close {
-                        as_parse: true,
-                        swallow: false,
-                    });
-                } else {
-                    self.make_room(prepared.insert(id), out);
-                    parse(out, &server_name(id), b);
-                    self.expect.push_back(Expect::Parse {
-                        swallow: false,
-                        id: Some(id),
-                    });
-                }
+        match (msg[0], sub) {
+            (b'Q', Sub::Emulate(tag)) => {
+                message(out, b'Q', |o| o.put_u8(0));
+                self.expect.push_back(Expect::Emulated(tag));
+                self.ready();
             }
-            b'B' => {
+            (b'Q', Sub::Refuse(bits)) => {
+                message(out, b'Q', |o| put_cstr(o, REFUSED));
+                self.expect.push_back(Expect::Refused(bits));
+                self.ready();
+            }
+            (b'P', Sub::Refuse(bits)) => {
+                parse(out, b"", &[REFUSED, b"\0\0\0"].concat());
+                self.expect.push_back(Expect::Refused(bits));
+            }
+            (b'P', Sub::Emulate(tag)) => {
+                // Only unnamed statements are emulated: name, query, then the parameter types.
                 let mut b = body;
-                let (Some(portal), Some(name)) = (cbytes(&mut b), cbytes(&mut b)) else {
-                    return out.put_slice(msg);
-                };
-                let Some(id) = self.ensure(name, prepared, out) else {
-                    return out.put_slice(msg);
-                };
-                message(out, b'B', |o| {
-                    put_cstr(o, portal);
-                    put_cstr(o, &server_name(id));
-                    o.put_slice(b);
+                let types = cbytes(&mut b)
+                    .and_then(|_| cbytes(&mut b))
+                    .map_or(&b"\0\0"[..], |_| b);
+                message(out, b'P', |o| {
+                    put_cstr(o, b"");
+                    put_cstr(o, b"");
+                    o.put_slice(types);
+                });
+                self.unnamed = Some(tag);
+                self.expect.push_back(Expect::Parse {
+                    swallow: false,
+                    id: None,
                 });
             }
-            b'D' if body.first() == Some(&b'S') => {
+            (b'P', sub) => self.parse(msg, prepared, intern, out, sub),
+            (b'B', _) => return self.bind(msg, prepared, out),
+            (b'E', _) => {
+                let mut b = body;
+                if let Some(portal) = cbytes(&mut b)
+                    && let Some((_, tag)) = self.portals.iter().find(|(p, _)| p == portal)
+                {
+                    self.expect.push_back(Expect::Emulated(tag));
+                }
+                out.put_slice(msg);
+            }
+            (b'D', _) if body.first() == Some(&b'S') => {
                 let mut b = &body[1..];
                 let Some(name) = cbytes(&mut b) else {
-                    return out.put_slice(msg);
+                    out.put_slice(msg);
+                    return 0;
                 };
                 let Some(id) = self.ensure(name, prepared, out) else {
-                    return out.put_slice(msg);
+                    out.put_slice(msg);
+                    return 0;
                 };
                 message(out, b'D', |o| {
                     o.put_u8(b'S');
                     put_cstr(o, &server_name(id));
                 });
             }
-            b'C' => {
+            (b'C', _) => {
                 self.expect.push_back(Expect::Close {
                     as_parse: false,
                     swallow: false,
@@ -241,12 +319,92 @@ impl Statements {
                     _ => out.put_slice(msg),
                 }
             }
-            b'S' | b'Q' | b'F' => {
-                self.expect.push_back(Expect::Ready);
+            (b'S' | b'Q' | b'F', _) => {
+                self.ready();
                 out.put_slice(msg);
             }
             _ => out.put_slice(msg),
         }
+        0
+    }
+
+    fn ready(&mut self) {
+        self.expect.push_back(Expect::Ready);
+        self.sent_segments += 1;
+    }
+
+    fn parse(
+        &mut self,
+        msg: &[u8],
+        prepared: &mut Prepared,
+        intern: impl FnOnce(&[u8]) -> u64,
+        out: &mut BytesMut,
+        sub: Sub,
+    ) {
+        let mut b = &msg[5..];
+        let Some(name) = cbytes(&mut b) else {
+            return out.put_slice(msg);
+        };
+        if name.is_empty() {
+            self.unnamed = None;
+            self.expect.push_back(Expect::Parse {
+                swallow: false,
+                id: None,
+            });
+            return out.put_slice(msg);
+        }
+        let bits = match sub {
+            Sub::Flag(bits) => bits,
+            _ => 0,
+        };
+        let id = intern(b);
+        self.names
+            .insert(name.to_vec(), (id, Bytes::copy_from_slice(b), bits));
+        if prepared.contains(id) {
+            close(out, b'S', NO_STATEMENT);
+            self.expect.push_back(Expect::Close {
+                as_parse: true,
+                swallow: false,
+            });
+        } else {
+            self.make_room(prepared.insert(id), out);
+            parse(out, &server_name(id), b);
+            self.expect.push_back(Expect::Parse {
+                swallow: false,
+                id: Some(id),
+            });
+        }
+    }
+
+    /// A Bind: the statement's server name (prepared there first if need be), and the portal
+    /// remembered when it is bound to an emulated statement.
+    fn bind(&mut self, msg: &[u8], prepared: &mut Prepared, out: &mut BytesMut) -> u8 {
+        let mut b = &msg[5..];
+        let (Some(portal), Some(name)) = (cbytes(&mut b), cbytes(&mut b)) else {
+            out.put_slice(msg);
+            return 0;
+        };
+        if !self.portals.is_empty() {
+            self.portals.retain(|(p, _)| p != portal);
+        }
+        if name.is_empty() {
+            if let Some(tag) = self.unnamed {
+                self.portals.push((portal.to_vec(), tag));
+            }
+            out.put_slice(msg);
+            return 0;
+        }
+        let bits = self.names.get(name).map_or(0, |n| n.2);
+        let Some(id) = self.ensure(name, prepared, out) else {
+            out.put_slice(msg);
+            return 0;
+        };
+        message(out, b'B', |o| {
+            put_cstr(o, portal);
+            put_cstr(o, &server_name(id));
+            o.put_slice(b);
+        });
+        bits
     }
 
     /// The server id of client statement `name`, injecting a Parse when the server lacks it;
@@ -255,7 +413,7 @@ impl Statements {
         if name.is_empty() {
             return None;
         }
-        let (id, body) = self.names.get(name)?.clone();
+        let (id, body, _) = self.names.get(name)?.clone();
         if !prepared.contains(id) {
             self.make_room(prepared.insert(id), out);
             parse(out, &server_name(id), &body);
@@ -278,9 +436,9 @@ impl Statements {
         }
     }
 
-    /// What to do with a server message with tag `tag`.
-    pub fn server_message(&mut self, tag: u8, prepared: &mut Prepared) -> Action {
-        match tag {
+    /// What to do with server message `msg` (whole, tag first).
+    pub fn server_message(&mut self, msg: &[u8], prepared: &mut Prepared) -> Action {
+        match msg[0] {
             b'1' => match self.expect.pop_front() {
                 Some(Expect::Parse { swallow: true, .. }) => Action::Drop,
                 _ => Action::Forward,
@@ -290,6 +448,37 @@ impl Statements {
                 Some(Expect::Close { as_parse: true, .. }) => Action::ParseComplete,
                 _ => Action::Forward,
             },
+            b'I' => match self.expect.front() {
+                Some(Expect::Emulated(tag)) => {
+                    let tag = *tag;
+                    self.expect.pop_front();
+                    Action::Tag(tag)
+                }
+                _ => Action::Forward,
+            },
+            b'E' => match self.expect.front() {
+                Some(Expect::Refused(bits)) if contains(msg, REFUSED) => {
+                    let bits = *bits;
+                    self.expect.pop_front();
+                    Action::Refused(bits)
+                }
+                _ => Action::Forward,
+            },
+            b'C' if msg.get(5) == Some(&b'D') => {
+                let tag = msg.get(5..msg.len().saturating_sub(1)).unwrap_or_default();
+                if tag == b"DEALLOCATE ALL" || tag == b"DISCARD ALL" {
+                    // The server forgot its statements: confirmed if the pooler saw it coming,
+                    // else (a path it could not see) the record is cleared now.
+                    let segment = self.done_segments;
+                    match self.forgets.iter().position(|(s, _)| *s == segment) {
+                        Some(i) => {
+                            self.forgets.remove(i);
+                        }
+                        None => prepared.clear(),
+                    }
+                }
+                Action::Forward
+            }
             b'Z' => {
                 // Whatever is left before this segment's end was skipped after an error.
                 while let Some(e) = self.expect.pop_front() {
@@ -301,6 +490,17 @@ impl Statements {
                         _ => {}
                     }
                 }
+                let segment = self.done_segments;
+                self.done_segments += 1;
+                // A forget that did not happen (an error skipped it): the server still holds
+                // what the record had.
+                while let Some(i) = self.forgets.iter().position(|(s, _)| *s <= segment) {
+                    let (_, ids) = self.forgets.remove(i);
+                    prepared.restore(&ids);
+                }
+                if self.expect.is_empty() {
+                    self.portals.clear();
+                }
                 Action::Forward
             }
             _ => Action::Forward,
@@ -310,7 +510,14 @@ impl Statements {
     /// Forgets in-flight expectations (the server connection is gone).
     pub fn reset_flight(&mut self) {
         self.expect.clear();
+        self.forgets.clear();
+        self.portals.clear();
+        self.done_segments = self.sent_segments;
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn parse(out: &mut BytesMut, name: &[u8], body: &[u8]) {
@@ -355,6 +562,11 @@ mod tests {
         })
     }
 
+    /// A server message with tag `t` and an empty body.
+    fn m0(t: u8) -> [u8; 5] {
+        [t, 0, 0, 0, 4]
+    }
+
     fn tags(out: &[u8]) -> Vec<u8> {
         crate::proto::messages(out).map(|(t, _)| t).collect()
     }
@@ -369,22 +581,28 @@ mod tests {
             bind_msg("s1"),
             msg(b'S', |_| {}),
         ] {
-            s.client_message(&m, &mut server_a, |_| 7, &mut out);
+            s.client_message(&m, &mut server_a, |_| 7, &mut out, Sub::Forward);
         }
         assert_eq!(tags(&out), b"PBS");
         assert!(out.windows(6).any(|w| w == b"__sg_7"));
-        assert_eq!(s.server_message(b'1', &mut server_a), Action::Forward);
-        assert_eq!(s.server_message(b'Z', &mut server_a), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'1'), &mut server_a), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'Z'), &mut server_a), Action::Forward);
         // Next transaction lands on a server that never saw it.
         let mut server_b = Prepared::default();
         out.clear();
         for m in [bind_msg("s1"), msg(b'S', |_| {})] {
-            s.client_message(&m, &mut server_b, |_| unreachable!(), &mut out);
+            s.client_message(
+                &m,
+                &mut server_b,
+                |_| unreachable!(),
+                &mut out,
+                Sub::Forward,
+            );
         }
         assert_eq!(tags(&out), b"PBS");
-        assert_eq!(s.server_message(b'1', &mut server_b), Action::Drop);
-        assert_eq!(s.server_message(b'2', &mut server_b), Action::Forward);
-        assert_eq!(s.server_message(b'Z', &mut server_b), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'1'), &mut server_b), Action::Drop);
+        assert_eq!(s.server_message(&m0(b'2'), &mut server_b), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'Z'), &mut server_b), Action::Forward);
         assert!(server_b.contains(7));
     }
 
@@ -399,9 +617,13 @@ mod tests {
             &mut server,
             |_| 9,
             &mut out,
+            Sub::Forward,
         );
         assert_eq!(tags(&out), b"C");
-        assert_eq!(s.server_message(b'3', &mut server), Action::ParseComplete);
+        assert_eq!(
+            s.server_message(&m0(b'3'), &mut server),
+            Action::ParseComplete
+        );
     }
 
     #[test]
@@ -410,12 +632,12 @@ mod tests {
         let mut server = Prepared::default();
         let mut out = BytesMut::new();
         for m in [parse_msg("s1", "SELEC oops"), msg(b'S', |_| {})] {
-            s.client_message(&m, &mut server, |_| 3, &mut out);
+            s.client_message(&m, &mut server, |_| 3, &mut out, Sub::Forward);
         }
         assert!(server.contains(3));
         // ErrorResponse then ReadyForQuery: no ParseComplete came.
-        assert_eq!(s.server_message(b'E', &mut server), Action::Forward);
-        assert_eq!(s.server_message(b'Z', &mut server), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'E'), &mut server), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'Z'), &mut server), Action::Forward);
         assert!(!server.contains(3));
     }
 
@@ -434,12 +656,25 @@ mod tests {
                     ids
                 },
                 &mut out,
+                Sub::Forward,
             );
         }
         // Use "a" again so "b" is the least recently used.
-        s.client_message(&bind_msg("a"), &mut server, |_| unreachable!(), &mut out);
+        s.client_message(
+            &bind_msg("a"),
+            &mut server,
+            |_| unreachable!(),
+            &mut out,
+            Sub::Forward,
+        );
         out.clear();
-        s.client_message(&parse_msg("c", "c"), &mut server, |_| 3, &mut out);
+        s.client_message(
+            &parse_msg("c", "c"),
+            &mut server,
+            |_| 3,
+            &mut out,
+            Sub::Forward,
+        );
         assert_eq!(tags(&out), b"CP", "close the evicted one, then parse");
         assert!(
             out.windows(6).any(|w| w == b"__sg_2"),
@@ -455,11 +690,17 @@ mod tests {
             (b'3', Action::Drop),
             (b'1', Action::Forward),
         ] {
-            assert_eq!(s.server_message(tag, &mut server), want);
+            assert_eq!(s.server_message(&m0(tag), &mut server), want);
         }
         // "b" comes back on demand.
         out.clear();
-        s.client_message(&bind_msg("b"), &mut server, |_| unreachable!(), &mut out);
+        s.client_message(
+            &bind_msg("b"),
+            &mut server,
+            |_| unreachable!(),
+            &mut out,
+            Sub::Forward,
+        );
         assert_eq!(tags(&out), b"CPB");
     }
 
@@ -470,7 +711,7 @@ mod tests {
         for tag in [b'P', b'B', b'D', b'C'] {
             let m = msg(tag, |_| {});
             let mut out = BytesMut::new();
-            s.client_message(&m, &mut server, |_| 1, &mut out);
+            s.client_message(&m, &mut server, |_| 1, &mut out, Sub::Forward);
             assert_eq!(&out[..], &m[..], "{}", tag as char);
         }
     }
@@ -485,9 +726,9 @@ mod tests {
             let mut server = Prepared::with_cap(2);
             let m = msg(tag, |o| o.put_slice(&body));
             let mut out = BytesMut::new();
-            s.client_message(&m, &mut server, |_| 1, &mut out);
+            s.client_message(&m, &mut server, |_| 1, &mut out, Sub::Forward);
             for t in [b'1', b'2', b'3', b'Z'] {
-                let _ = s.server_message(t, &mut server);
+                let _ = s.server_message(&m0(t), &mut server);
             }
         }
     }
@@ -498,8 +739,170 @@ mod tests {
         let mut server = Prepared::default();
         let mut out = BytesMut::new();
         let p = parse_msg("", "SELECT 1");
-        s.client_message(&p, &mut server, |_| unreachable!(), &mut out);
+        s.client_message(&p, &mut server, |_| unreachable!(), &mut out, Sub::Forward);
         assert_eq!(&out[..], &p[..]);
-        assert_eq!(s.server_message(b'1', &mut server), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'1'), &mut server), Action::Forward);
+    }
+
+    fn query_msg(q: &str) -> Vec<u8> {
+        msg(b'Q', |o| put_cstr(o, q.as_bytes()))
+    }
+
+    fn complete(tag: &str) -> Vec<u8> {
+        msg(b'C', |o| put_cstr(o, tag.as_bytes()))
+    }
+
+    #[test]
+    fn an_emulated_query_is_answered_through_an_empty_one() {
+        let mut s = Statements::default();
+        let mut server = Prepared::default();
+        server.insert(4);
+        let mut out = BytesMut::new();
+        s.client_message(
+            &query_msg("DEALLOCATE ALL"),
+            &mut server,
+            |_| unreachable!(),
+            &mut out,
+            Sub::Emulate("DEALLOCATE ALL"),
+        );
+        assert_eq!(&out[..], b"Q\0\0\0\x05\0");
+        assert_eq!(
+            s.server_message(&m0(b'I'), &mut server),
+            Action::Tag("DEALLOCATE ALL")
+        );
+        assert_eq!(s.server_message(&m0(b'Z'), &mut server), Action::Forward);
+        assert!(server.contains(4), "the server still has every statement");
+        // A client's own empty query is left alone.
+        s.client_message(&query_msg(""), &mut server, |_| 0, &mut out, Sub::Forward);
+        assert_eq!(s.server_message(&m0(b'I'), &mut server), Action::Forward);
+    }
+
+    #[test]
+    fn an_emulated_unnamed_statement_answers_at_its_execute() {
+        let mut s = Statements::default();
+        let mut server = Prepared::default();
+        let mut out = BytesMut::new();
+        let execute = msg(b'E', |o| {
+            put_cstr(o, b"");
+            o.put_i32(0);
+        });
+        s.client_message(
+            &parse_msg("", "DEALLOCATE ALL"),
+            &mut server,
+            |_| unreachable!(),
+            &mut out,
+            Sub::Emulate("DEALLOCATE ALL"),
+        );
+        for m in [bind_msg(""), execute.clone(), msg(b'S', |_| {})] {
+            s.client_message(&m, &mut server, |_| unreachable!(), &mut out, Sub::Forward);
+        }
+        assert_eq!(tags(&out), b"PBES");
+        assert!(
+            !out.windows(10).any(|w| w == b"DEALLOCATE"),
+            "empty text sent"
+        );
+        for (m, want) in [
+            (m0(b'1'), Action::Forward),
+            (m0(b'2'), Action::Forward),
+            (m0(b'I'), Action::Tag("DEALLOCATE ALL")),
+            (m0(b'Z'), Action::Forward),
+        ] {
+            assert_eq!(s.server_message(&m, &mut server), want);
+        }
+        // The next unnamed statement is a real one.
+        out.clear();
+        for m in [parse_msg("", ""), bind_msg(""), execute, msg(b'S', |_| {})] {
+            s.client_message(&m, &mut server, |_| unreachable!(), &mut out, Sub::Forward);
+        }
+        for t in [b'1', b'2'] {
+            s.server_message(&m0(t), &mut server);
+        }
+        assert_eq!(s.server_message(&m0(b'I'), &mut server), Action::Forward);
+    }
+
+    #[test]
+    fn a_refused_parse_fails_in_place_and_is_not_remembered() {
+        let mut s = Statements::default();
+        let mut server = Prepared::default();
+        let mut out = BytesMut::new();
+        s.client_message(
+            &parse_msg("lock", "SELECT pg_advisory_lock($1)"),
+            &mut server,
+            |_| unreachable!(),
+            &mut out,
+            Sub::Refuse(4),
+        );
+        assert!(out.windows(REFUSED.len()).any(|w| w == REFUSED));
+        assert!(s.is_empty());
+        let other_error = msg(b'E', |o| put_cstr(o, b"Mboom"));
+        assert_eq!(s.server_message(&other_error, &mut server), Action::Forward);
+        let stand_in_error = msg(b'E', |o| {
+            o.put_slice(b"Msyntax error at or near \"");
+            o.put_slice(REFUSED);
+            put_cstr(o, b"\"");
+        });
+        assert_eq!(
+            s.server_message(&stand_in_error, &mut server),
+            Action::Refused(4)
+        );
+    }
+
+    #[test]
+    fn a_forget_clears_the_record_and_an_unconfirmed_one_is_undone() {
+        let mut s = Statements::default();
+        let mut server = Prepared::default();
+        let mut out = BytesMut::new();
+        server.insert(1);
+        server.insert(2);
+        // Confirmed: the server said DISCARD ALL, and what was parsed after it stays recorded.
+        s.server_forgets(&mut server);
+        s.client_message(
+            &query_msg("DISCARD ALL"),
+            &mut server,
+            |_| 0,
+            &mut out,
+            Sub::Forward,
+        );
+        s.client_message(
+            &parse_msg("a", "SELECT 1"),
+            &mut server,
+            |_| 1,
+            &mut out,
+            Sub::Forward,
+        );
+        s.client_message(
+            &msg(b'S', |_| {}),
+            &mut server,
+            |_| 0,
+            &mut out,
+            Sub::Forward,
+        );
+        assert_eq!(tags(&out), b"QPS", "statement 1 is parsed again");
+        for m in [
+            complete("DISCARD ALL"),
+            m0(b'Z').to_vec(),
+            m0(b'1').to_vec(),
+            m0(b'Z').to_vec(),
+        ] {
+            s.server_message(&m, &mut server);
+        }
+        assert!(server.contains(1) && !server.contains(2));
+        // Unconfirmed (the statement failed): the record comes back.
+        server.insert(2);
+        s.server_forgets(&mut server);
+        s.client_message(
+            &query_msg("DISCARD ALL"),
+            &mut server,
+            |_| 0,
+            &mut out,
+            Sub::Forward,
+        );
+        assert!(server.is_empty());
+        s.server_message(&msg(b'E', |_| {}), &mut server);
+        s.server_message(&m0(b'Z'), &mut server);
+        assert!(server.contains(1) && server.contains(2));
+        // A forget the pooler did not see coming clears the record when the server reports it.
+        s.server_message(&complete("DEALLOCATE ALL"), &mut server);
+        assert!(server.is_empty());
     }
 }

@@ -94,6 +94,10 @@ pub struct Topology {
     pub interval: Duration,
     /// The hosts are shards, not a primary and its replicas.
     pub sharded: bool,
+    /// Timeline of each host at the last check (primaries only).
+    timelines: Vec<AtomicU64>,
+    /// More than one host claimed to be primary at the last check.
+    conflict: std::sync::atomic::AtomicBool,
 }
 
 const NO_PRIMARY: usize = usize::MAX;
@@ -107,6 +111,8 @@ pub struct Observation {
     pub lsn: u64,
     /// Seconds behind (replicas), in milliseconds.
     pub lag_ms: u64,
+    /// The timeline a host not in recovery writes on (0 for replicas).
+    pub timeline: u32,
 }
 
 impl Topology {
@@ -142,9 +148,17 @@ impl Topology {
             });
             hosts.push(Arc::new(h));
         }
+        // With replicas, the primary is whoever the first check finds (a configured primary
+        // that came back after a failover must not take writes), so writes wait for it.
+        let replicated = hosts.len() > 1 && !sharded;
+        if replicated && let Some(h) = hosts.first() {
+            h.set_role(Role::Unknown);
+        }
         Topology {
+            timelines: hosts.iter().map(|_| AtomicU64::new(0)).collect(),
+            conflict: Default::default(),
             hosts,
-            primary: AtomicUsize::new(0),
+            primary: AtomicUsize::new(if replicated { NO_PRIMARY } else { 0 }),
             max_lag_bytes: db.max_lag_bytes,
             max_lag: db.max_lag,
             interval: db.health_interval,
@@ -155,6 +169,15 @@ impl Topology {
     /// Whether reads may go elsewhere than the primary.
     pub fn has_replicas(&self) -> bool {
         self.hosts.len() > 1 && !self.sharded
+    }
+
+    /// Takes host `i` out of rotation until the monitor sees it again (it refused a connection).
+    pub fn mark_down(&self, i: usize) {
+        if let Some(h) = self.hosts.get(i)
+            && i != self.primary.load(Relaxed)
+        {
+            h.set_role(Role::Down);
+        }
     }
 
     /// The host writes go to, if one is known.
@@ -182,9 +205,11 @@ impl Topology {
             .map(|(i, _)| i)
     }
 
-    /// Records one round of checks (`None`: the host did not answer) and decides the primary.
+    /// Records one round of checks (`None`: the host did not answer) and decides the primary:
+    /// of the hosts not in recovery, the one on the newest timeline (a former primary that
+    /// came back after a failover is on an older one), the current one on a tie.
     pub fn update(&self, seen: &[Option<Observation>]) {
-        for (h, o) in self.hosts.iter().zip(seen) {
+        for ((h, o), tl) in self.hosts.iter().zip(seen).zip(&self.timelines) {
             match o {
                 None => h.set_role(Role::Down),
                 Some(o) => {
@@ -195,22 +220,45 @@ impl Topology {
                     });
                     h.lsn.store(o.lsn, Relaxed);
                     h.lag_ms.store(o.lag_ms, Relaxed);
+                    tl.store(u64::from(o.timeline), Relaxed);
                 }
             }
         }
         let current = self.primary.load(Relaxed);
-        let still = self
-            .hosts
-            .get(current)
-            .is_some_and(|h| h.role() == Role::Primary);
-        let next = if still {
+        let claims: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].role() == Role::Primary)
+            .collect();
+        let timeline = |i: usize| self.timelines[i].load(Relaxed);
+        let newest = claims.iter().map(|&i| timeline(i)).max();
+        let next = if claims.contains(&current) && Some(timeline(current)) == newest {
             current
         } else {
-            self.hosts
+            claims
                 .iter()
-                .position(|h| h.role() == Role::Primary)
+                .copied()
+                .find(|&i| Some(timeline(i)) == newest)
                 .unwrap_or(NO_PRIMARY)
         };
+        let conflict = claims.len() > 1;
+        if conflict != self.conflict.swap(conflict, Relaxed) && conflict {
+            let who: Vec<String> = claims
+                .iter()
+                .map(|&i| {
+                    let h = &self.hosts[i].spec;
+                    format!("{}:{} (timeline {})", h.host, h.port, timeline(i))
+                })
+                .collect();
+            tracing::warn!(
+                claims = %who.join(", "),
+                "more than one host claims to be primary; writes go to the newest timeline only"
+            );
+        }
+        // A host that claims primary but is not the one chosen takes no reads either.
+        for &i in &claims {
+            if i != next {
+                self.hosts[i].set_role(Role::Down);
+            }
+        }
         if next != current {
             match self.hosts.get(next) {
                 Some(h) => {
@@ -250,7 +298,9 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery()::text, \
      - '0/0'::pg_lsn)::bigint::text, \
     (CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() \
      THEN 0 ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000, 0) \
-     END)::bigint::text";
+     END)::bigint::text, \
+    CASE WHEN pg_is_in_recovery() THEN '' \
+     ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END";
 
 async fn check(h: &Host, slot: &mut Option<ServerConn>, timeout: Duration) -> Option<Observation> {
     if slot.is_none() {
@@ -270,6 +320,7 @@ async fn check(h: &Host, slot: &mut Option<ServerConn>, timeout: Duration) -> Op
         in_recovery: field(0) == "true",
         lsn: field(1).parse().unwrap_or(0),
         lag_ms: field(2).parse().unwrap_or(0),
+        timeline: u32::from_str_radix(&field(3), 16).unwrap_or(0),
     })
 }
 
@@ -303,6 +354,7 @@ mod tests {
             health_interval: Duration::from_secs(1),
             shards: Vec::new(),
             sharding: None,
+            on_session_state: Default::default(),
         };
         Topology::new(&db, None)
     }
@@ -312,13 +364,23 @@ mod tests {
             in_recovery,
             lsn,
             lag_ms: 0,
+            timeline: if in_recovery { 0 } else { 1 },
+        })
+    }
+
+    fn primary_on(timeline: u32, lsn: u64) -> Option<Observation> {
+        Some(Observation {
+            in_recovery: false,
+            lsn,
+            lag_ms: 0,
+            timeline,
         })
     }
 
     #[test]
     fn replicas_serve_reads_only_once_seen_and_within_lag() {
         let t = topo();
-        assert_eq!(t.primary(), Some(0));
+        assert_eq!(t.primary(), None, "no writes before the first check");
         assert_eq!(t.replica_for(0), None, "unchecked replicas get no reads");
         t.update(&[obs(false, 10_000), obs(true, 9_500), obs(true, 5_000)]);
         assert_eq!(t.replica_for(0), Some(1), "host 3 lags 5000 bytes > 1000");
@@ -344,5 +406,22 @@ mod tests {
         t.update(&[obs(false, 150), obs(false, 300), obs(true, 300)]);
         assert_eq!(t.primary(), Some(1));
         assert_eq!(t.replica_for(0), Some(2));
+    }
+
+    #[test]
+    fn of_two_primaries_the_newer_timeline_wins_even_at_start() {
+        // A fresh pooler: the configured primary is back on timeline 1, the promoted replica
+        // writes on timeline 2.
+        let t = topo();
+        t.update(&[primary_on(1, 500), primary_on(2, 300), obs(true, 300)]);
+        assert_eq!(t.primary(), Some(1));
+        assert_eq!(
+            t.hosts[0].role(),
+            Role::Down,
+            "the stale primary takes nothing"
+        );
+        // Still two claims next round: the decision holds.
+        t.update(&[primary_on(1, 500), primary_on(2, 400), obs(true, 400)]);
+        assert_eq!(t.primary(), Some(1));
     }
 }

@@ -6,13 +6,67 @@ use std::time::Duration;
 
 use common::*;
 
+/// The reproduction: with default settings an upstream of one endpoint was ejected by
+/// five 5xx answers and the route answered 503 for 10 s, a full outage caused by the
+/// protection. Now the ejection is held back (`max_ejection_percent`, default 50): the client
+/// keeps seeing the backend's own answers, and the moment the backend recovers, so does the
+/// route.
+#[tokio::test]
+async fn a_lone_endpoint_answering_5xx_keeps_being_forwarded_to() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    let c = Client::http1();
+    bs[0].set_status(500);
+    for _ in 0..20 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 500, "the backend's own 5xx, not a gateway 503");
+    }
+    bs[0].set_status(200);
+    assert_eq!(c.get(gw.http, "/").await.expect("response").status, 200);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_upstream_ejections_held_total{upstream=\"app\""),
+        "{metrics}"
+    );
+    quiescent(&gw).await;
+}
+
+/// With two endpoints only one may be out (50%): when both fail, the second stays in rotation.
+#[tokio::test]
+async fn the_last_half_of_an_upstream_is_never_ejected() {
+    let bs = backends(2).await;
+    let gw = gateway(
+        &bs,
+        "passive = { consecutive_failures = 2, base_ejection = \"30s\" }",
+    )
+    .await;
+    let c = Client::http1();
+    for b in &bs {
+        b.set_status(502);
+    }
+    for _ in 0..20 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(
+            r.status, 502,
+            "an endpoint's own answer, never 503 no healthy endpoint"
+        );
+    }
+    let upstreams = gw.admin_get("/upstreams").await;
+    assert_eq!(
+        upstreams.matches("\"state\":\"ejected\"").count(),
+        1,
+        "{upstreams}"
+    );
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn breaker_opens_fails_fast_and_a_half_open_probe_closes_it() {
     let bs = backends(1).await;
     bs[0].set_status(500);
     let gw = gateway(
         &bs,
-        "passive = { consecutive_failures = 3, base_ejection = \"1s\", half_open_probes = 1 }",
+        "passive = { consecutive_failures = 3, base_ejection = \"1s\", half_open_probes = 1, max_ejection_percent = 100 }",
     )
     .await;
     let c = Client::http1();
@@ -57,7 +111,7 @@ async fn a_failing_half_open_probe_reopens_the_breaker() {
     bs[0].set_status(502);
     let gw = gateway(
         &bs,
-        "passive = { consecutive_failures = 2, base_ejection = \"500ms\" }",
+        "passive = { consecutive_failures = 2, base_ejection = \"500ms\", max_ejection_percent = 100 }",
     )
     .await;
     let c = Client::http1();
@@ -107,7 +161,7 @@ async fn the_route_fallback_answers_while_the_upstream_is_unavailable() {
     let bs = backends(1).await;
     bs[0].set_status(500);
     let cfg = format!(
-        "[[routes]]\nname = \"feed\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nfallback = {{ status = 200, content_type = \"application/json\", body = '{{\"items\":[]}}' }}\n\n[upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 2, base_ejection = \"60s\" }}\n",
+        "[[routes]]\nname = \"feed\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nfallback = {{ status = 200, content_type = \"application/json\", body = '{{\"items\":[]}}' }}\n\n[upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 2, base_ejection = \"60s\", max_ejection_percent = 100 }}\n",
         bs[0].addr
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;

@@ -110,7 +110,7 @@ async fn a_hung_up_half_open_probe_frees_its_slot() {
         BIN,
         &app(
             std::slice::from_ref(&b),
-            "passive = { consecutive_failures = 2, base_ejection = \"500ms\", half_open_probes = 1 }\npanic_threshold = 0",
+            "passive = { consecutive_failures = 2, base_ejection = \"500ms\", half_open_probes = 1, max_ejection_percent = 100 }\npanic_threshold = 0",
         ),
     )
     .await;

@@ -147,7 +147,7 @@ async fn settings_do_not_leak_between_clients() {
 #[tokio::test]
 async fn session_only_features_get_a_clear_error_in_transaction_mode() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let (_gw, port) = pooler(&pg, "pool_size = 2\non_session_state = \"refuse\"", "").await;
     let c = client(port).await;
     let e = c
         .simple_query("LISTEN jobs")

@@ -182,5 +182,29 @@ async fn random_messages_never_break_the_pooler_or_leak_servers() {
         })
     })
     .await;
-    assert!(settled, "no client or server connection left behind");
+    let show = |m: &tokio_postgres::SimpleQueryMessage| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => (0..r.len())
+            .map(|i| r.get(i).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("|"),
+        _ => String::new(),
+    };
+    let pools: Vec<String> = console
+        .simple_query("SHOW POOLS")
+        .await
+        .expect("pools")
+        .iter()
+        .map(show)
+        .collect();
+    let clients: Vec<String> = console
+        .simple_query("SHOW CLIENTS")
+        .await
+        .expect("clients")
+        .iter()
+        .map(show)
+        .collect();
+    assert!(
+        settled,
+        "no client or server connection left behind: {pools:#?} {clients:#?}"
+    );
 }

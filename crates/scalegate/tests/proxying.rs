@@ -300,3 +300,55 @@ async fn access_log_writes_one_json_line_per_request() {
         "generated ids are logged"
     );
 }
+
+/// Requests refused before routing (400, 404, 431) have an access log line and are counted
+/// (they were invisible to both).
+#[tokio::test]
+async fn refusals_before_routing_are_logged_and_counted() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_with(
+        BIN,
+        "[log]\naccess_log = true",
+        &routed(&endpoints(&bs), "/api", "", ""),
+    )
+    .await;
+    let c = Client::http1();
+    let r = c.get(gw.http, "/elsewhere").await.expect("response");
+    assert_eq!(r.status, 404);
+    let (two_hosts, _) = raw(
+        gw.http,
+        b"GET /api HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+    let big = "x".repeat(70 * 1024);
+    let r = c
+        .get_with(gw.http, "/api", &[("x-big", big.as_str())])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 431);
+    let mut statuses = Vec::new();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            statuses = gw
+                .stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .map(|v| v["status"].as_u64().unwrap_or_default())
+                .collect::<Vec<_>>();
+            let n = statuses.len();
+            async move { n >= 3 }
+        })
+        .await,
+        "{statuses:?}"
+    );
+    statuses.sort();
+    assert_eq!(statuses, [400, 404, 431]);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics
+            .contains("scalegate_http_requests_total{route=\"-\",upstream=\"-\",class=\"4xx\"} 3"),
+        "{metrics}"
+    );
+    quiescent(&gw).await;
+}

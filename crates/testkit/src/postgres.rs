@@ -176,24 +176,45 @@ impl PgServer {
         assert!(st.success(), "pg_ctl promote failed");
     }
 
+    /// The postgres command for `dir/data` on `port`.
+    fn postgres(dir: &Path, port: u16, settings: &[&str]) -> Command {
+        let mut cmd = command("postgres");
+        cmd.arg("-D")
+            .arg(dir.join("data"))
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir)
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(["-c", "shared_buffers=32MB", "-c", "wal_level=replica"]);
+        for s in settings {
+            cmd.args(["-c", s]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    }
+
+    /// Restarts the server on the same port and data, like `pg_ctl restart -m fast`: a fast
+    /// shutdown (sessions get FATAL 57P01), then a start; returns once it accepts queries again.
+    pub async fn restart_fast(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on a pid we spawned. SIGINT is a fast shutdown.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let _ = c.wait();
+        }
+        let port = self.port;
+        let child = Self::postgres(self.dir.path(), port, &[])
+            .spawn()
+            .unwrap_or_else(|e| panic!("postgres: {e}"));
+        self.child = Some(child);
+        let up = crate::started(&mut self.child, 200, || async move { pg_isready(port) }).await;
+        assert!(up, "postgres did not come back after a restart");
+    }
+
     /// Starts postgres on a data directory `dir/data` that already exists.
     pub async fn start_in(mut dir: tempfile::TempDir, settings: &[&str]) -> PgServer {
         for _ in 0..5 {
             let port = free_port();
-            let mut cmd = command("postgres");
-            cmd.arg("-D")
-                .arg(dir.path().join("data"))
-                .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-                .arg(dir.path())
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-                .args(["-c", "shared_buffers=32MB", "-c", "wal_level=replica"]);
-            for s in settings {
-                cmd.args(["-c", s]);
-            }
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+            let child = Self::postgres(dir.path(), port, settings)
                 .spawn()
                 .unwrap_or_else(|e| panic!("postgres: {e}"));
             let mut server = PgServer {

@@ -95,10 +95,13 @@ impl GatewayProcess {
             .unwrap_or_else(|e| panic!("write config: {e}"));
         let stdout = std::fs::File::create(dir.path().join("stdout.log"))
             .unwrap_or_else(|e| panic!("stdout file: {e}"));
+        let stderr = std::fs::File::create(dir.path().join("stderr.log"))
+            .unwrap_or_else(|e| panic!("stderr file: {e}"));
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
             .stdout(stdout)
+            .stderr(stderr)
             .env(
                 "RUST_LOG",
                 std::env::var("SG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -119,6 +122,7 @@ impl GatewayProcess {
         while c.get(admin_addr, "/health").await.is_err() {
             if let Some(st) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 gw.child = None;
+                eprintln!("{}", gw.stderr());
                 return Err(st);
             }
             assert!(
@@ -167,6 +171,11 @@ impl GatewayProcess {
         std::fs::read_to_string(self._dir.path().join("stdout.log")).unwrap_or_default()
     }
 
+    /// Everything the process wrote to stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
     /// Fetches an admin path's body.
     pub async fn admin_get(&self, path: &str) -> String {
         Client::http1()
@@ -182,6 +191,10 @@ impl Drop for GatewayProcess {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // A failing test shows what the gateway logged (the test harness captures this).
+        if std::thread::panicking() {
+            eprintln!("--- gateway stderr ---\n{}", self.stderr());
         }
     }
 }

@@ -181,6 +181,36 @@ impl EndpointSet {
             .count()
     }
 
+    /// Records a live request's outcome on member `index` and moves its breaker, holding an
+    /// ejection back when the upstream's `max_ejection_percent` of members are already out.
+    pub fn record_outcome(
+        &self,
+        index: usize,
+        success: bool,
+        policy: &crate::outlier::OutlierPolicy,
+        now: Tick,
+    ) -> Option<crate::endpoint::BreakerEvent> {
+        let member = self.members.get(index)?;
+        member
+            .state
+            .record_outcome_capped(success, policy, now, || {
+                let ejected = self
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, m)| {
+                        *i != index
+                            && matches!(
+                                m.state.availability(now),
+                                crate::endpoint::Availability::Ejected(_)
+                                    | crate::endpoint::Availability::HalfOpen
+                            )
+                    })
+                    .count();
+                policy.may_eject(ejected, self.members.len())
+            })
+    }
+
     /// Whether too few members are available, so balancing spreads over all of them.
     pub fn in_panic(&self, now: Tick) -> bool {
         let total = self.members.len();
@@ -417,5 +447,46 @@ pub(crate) mod tests {
             moved.index != 2 && moved.set_sticky,
             "re-stuck elsewhere when its endpoint is out"
         );
+    }
+
+    #[test]
+    fn ejections_stop_at_max_ejection_percent_so_an_upstream_keeps_serving() {
+        use crate::endpoint::BreakerEvent;
+        let p = OutlierPolicy {
+            consecutive_failures: 1,
+            ..OutlierPolicy::default()
+        };
+        // One endpoint: never ejected by live traffic, whatever it answers.
+        let one = set(1, Balance::RoundRobin);
+        assert_eq!(
+            one.record_outcome(0, false, &p, Tick(1)),
+            Some(BreakerEvent::Held)
+        );
+        assert!(
+            one.pick(&PickRequest::default(), Tick(2), &mut rand::rng())
+                .is_some()
+        );
+        // Four endpoints, 50%: two may go, the third stays.
+        let four = set(4, Balance::RoundRobin);
+        for i in 0..2 {
+            assert!(matches!(
+                four.record_outcome(i, false, &p, Tick(1)),
+                Some(BreakerEvent::Opened(_))
+            ));
+        }
+        assert_eq!(
+            four.record_outcome(2, false, &p, Tick(1)),
+            Some(BreakerEvent::Held)
+        );
+        assert_eq!(four.available_count(Tick(2)), 2);
+        // 100% restores "eject everything".
+        let all = OutlierPolicy {
+            max_ejection_percent: 100,
+            ..p
+        };
+        assert!(matches!(
+            one.record_outcome(0, false, &all, Tick(3)),
+            Some(BreakerEvent::Opened(_))
+        ));
     }
 }

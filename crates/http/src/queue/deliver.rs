@@ -44,6 +44,7 @@ pub(super) async fn deliver(
         peer: job.peer(),
         // A stored job's head was checked when it was queued.
         max_head: usize::MAX,
+        body_timeout: std::time::Duration::from_secs(60),
         worker: 0,
         scheme: "http",
         activity: Default::default(),

@@ -15,16 +15,18 @@ use tokio::net::TcpStream;
 use crate::stream::ClientStream;
 
 use crate::classify::Class;
+mod resend;
 mod sharded;
+mod state;
 
 use crate::login::{self, LOGIN_TIMEOUT, Refusal};
 use crate::pool::{AcquireError, Lease, Pool, Route};
 use crate::pooler::{ClientSlot, Pooler};
 use crate::proto::{self, Severity};
 use crate::server::SETTINGS_UNKNOWN;
-use crate::settings::{self, Change, Settings};
-use crate::spec::PoolMode;
-use crate::stmt::{Action, Statements};
+use crate::settings::{Change, Settings};
+use crate::spec::{OnSessionState, PoolMode};
+use crate::stmt::{Action, Statements, Sub};
 
 /// Serves one client connection to the end.
 pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
@@ -105,6 +107,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         addr: peer,
         since: Instant::now(),
         server: std::sync::Mutex::new(None),
+        pinned: Default::default(),
     });
     let key = pooler.register(slot.clone());
     let mut out = BytesMut::new();
@@ -135,10 +138,19 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         wrote: false,
         min_lsn: 0,
         stmts: Statements::default(),
+        pin: state::Pin::default(),
+        resend: BytesMut::new(),
+        resend_ok: false,
+        resends: 0,
+        fatal_forwarded: false,
+        refuse_state: pool.db.on_session_state == OnSessionState::Refuse
+            || pool.db.sharding.is_some(),
         track: Track {
             settings: Settings::from_startup(&startup.params),
             changes: Vec::new(),
-            unknown: false,
+            unknown: None,
+            sent: 0,
+            done: 0,
             segment_error: false,
             rolled_back: false,
         },
@@ -195,6 +207,18 @@ struct Session {
     /// The server asked for COPY data (CopyInResponse seen, ReadyForQuery not yet).
     copy_in: bool,
     stmts: Statements,
+    /// Session state holding this client on its server connection.
+    pin: state::Pin,
+    /// Session state is refused (0A000) rather than pinned.
+    refuse_state: bool,
+    /// Client bytes sent on the lease and not answered yet, while re-sending them is possible.
+    resend: BytesMut,
+    /// Nothing has been answered on this lease yet (a fresh transaction-mode lease).
+    resend_ok: bool,
+    /// Re-sends of the current batch.
+    resends: u8,
+    /// The server's own FATAL reached the client: the pooler adds none.
+    fatal_forwarded: bool,
     track: Track,
     pending_z: usize,
     unsynced: bool,
@@ -256,8 +280,17 @@ impl Session {
                     );
                 },
                 r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
-                    Ok(0) => return End::ServerLost("the server closed the connection".into()),
-                    Err(e) => return End::ServerLost(e.to_string()),
+                    Ok(0) => {
+                        let why = "the server closed the connection".to_string();
+                        if let Some(end) = self.resend_or_end(why) {
+                            return end;
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(end) = self.resend_or_end(e.to_string()) {
+                            return end;
+                        }
+                    }
                     Ok(_) => {
                         if let Some(end) = self.server_messages().await {
                             return end;
@@ -270,6 +303,7 @@ impl Session {
 
     /// Handles every complete client message in the buffer.
     async fn client_messages(&mut self) -> Option<End> {
+        let fresh = self.lease.is_none();
         if self.lease.is_none() {
             if let Some(end) = self.refuse_locally().await {
                 return end;
@@ -296,6 +330,11 @@ impl Session {
                 return self.acquire_failed(e).await;
             }
         }
+        if fresh && self.transaction && self.sharding.is_none() && self.pin.bits == 0 {
+            // Until the server answers, this batch can go to another server if this one dies.
+            self.resend.clear();
+            self.resend_ok = true;
+        }
         let routed = self.routed();
         let lease = self.lease.as_mut()?;
         let conn = &mut lease.conn;
@@ -310,28 +349,52 @@ impl Session {
             let msg = &rest[..n];
             let tag = msg[0];
             consumed += n;
+            // The segment this message belongs to (ended by the next Sync, Query or FunctionCall).
+            let segment = self.track.sent;
             match tag {
                 b'X' => return Some(End::Client),
                 b'Q' | b'S' | b'F' => {
                     self.pending_z += 1;
+                    self.track.sent += 1;
                     if tag == b'S' {
                         self.unsynced = false;
                     }
                 }
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+                b'P' | b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
+                // A Flush leaves nothing unanswered, unless it is malformed: the server's error
+                // then makes it skip everything up to the next Sync.
+                b'H' if msg.len() > 5 => self.unsynced = true,
                 _ => {}
             }
             if self.transaction {
-                if tag == b'Q' || tag == b'P' {
-                    self.track.sent(msg);
+                let mut sub = Sub::Forward;
+                if let Some((sql, unnamed)) = statement_text(msg)
+                    && let Some(fx) = self.pooler.analyzer.effects(sql)
+                {
+                    sub = state::plan(
+                        &fx,
+                        (segment, unnamed),
+                        self.refuse_state,
+                        &mut self.stmts,
+                        &mut self.track,
+                        &mut self.pin,
+                        &mut conn.prepared,
+                    );
+                }
+                if let Sub::Refuse(_) = sub {
+                    self.pool.stats.refusals.fetch_add(1, Relaxed);
                 }
                 let pool = &self.pool;
-                self.stmts.client_message(
+                let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
                     |b| pool.statement_id(b),
                     &mut self.to_server,
+                    sub,
                 );
+                if bound != 0 {
+                    state::bound(&mut self.pin, bound);
+                }
             } else {
                 self.to_server.put_slice(msg);
             }
@@ -340,31 +403,61 @@ impl Session {
                 break;
             }
         }
+        if self.resend_ok {
+            self.resend.extend_from_slice(&self.cbuf[..consumed]);
+        }
         self.cbuf.advance(consumed);
-        let r = conn.stream.write_all(&self.to_server).await;
+        self.count_pin();
+        let lease = self.lease.as_mut()?;
+        let r = lease.conn.stream.write_all(&self.to_server).await;
         self.to_server.clear();
         r.err().map(|e| End::ServerLost(e.to_string()))
     }
 
-    /// In transaction mode, a simple query that needs a session of its own is answered with
-    /// an error instead of being run where it would leak to other clients.
+    /// Keeps the pool's pinned-clients gauge and SHOW CLIENTS in step with this client's state.
+    fn count_pin(&mut self) {
+        if self.slot.pinned.load(Relaxed) != self.pin.bits {
+            self.slot.pinned.store(self.pin.bits, Relaxed);
+        }
+        let pinned = self.pin.bits != 0;
+        if pinned != self.pin.counted {
+            self.pin.counted = pinned;
+            if pinned {
+                self.pool.stats.pinned.fetch_add(1, Relaxed);
+                self.pool.stats.pins.fetch_add(1, Relaxed);
+            } else {
+                self.pool.stats.pinned.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// In transaction mode, a simple query the pooler answers itself while the client holds no
+    /// server connection (a refusal of session state, an emulated DEALLOCATE) is answered here
+    /// without taking one.
     async fn refuse_locally(&mut self) -> Option<Option<End>> {
         if !self.transaction || self.cbuf.first() != Some(&b'Q') {
             return None;
         }
         let n = proto::tagged_len(&self.cbuf, self.max).ok()??;
-        let why = session_only(&self.cbuf[5..n])?;
-        let _ = self.cbuf.split_to(n);
+        let (sql, _) = statement_text(&self.cbuf[..n])?;
+        let fx = self.pooler.analyzer.effects(sql)?;
         let mut out = BytesMut::new();
-        proto::error(
-            &mut out,
-            Severity::Error,
-            "0A000",
-            &format!(
-                "{why} is not supported in transaction pooling mode: the next transaction may \
-                 run on another server connection (use a database with pool_mode = \"session\")"
-            ),
-        );
+        if fx.creates != 0 && self.refuse_state {
+            self.pool.stats.refusals.fetch_add(1, Relaxed);
+            state::refusal(&mut out, fx.creates);
+        } else {
+            match &fx.emulate {
+                Some(crate::effects::Emulate::DeallocateAll) => {
+                    self.stmts.forget_names();
+                    state::complete(&mut out, "DEALLOCATE ALL");
+                }
+                Some(crate::effects::Emulate::Deallocate(name)) if self.stmts.forget_name(name) => {
+                    state::complete(&mut out, "DEALLOCATE");
+                }
+                _ => return None,
+            }
+        }
+        let _ = self.cbuf.split_to(n);
         proto::ready(&mut out, b'I');
         Some(match self.client.write_all(&out).await {
             Ok(()) => None,
@@ -389,24 +482,36 @@ impl Session {
         Ok(())
     }
 
-    /// A server connection on `route` with this client's settings applied (waits out PAUSE).
+    /// A server connection on `route` with this client's settings applied (waits out PAUSE,
+    /// counted as waiting). A connection that dies while the settings are applied (nothing of
+    /// the client's was sent on it) is replaced.
     async fn lease_on(&mut self, route: Route) -> Result<Lease, AcquireError> {
         if self.pooler.is_paused() {
+            let _waiting = Waiting::new(&self.pool.stats.waiting);
             self.pooler.wait_resumed().await;
         }
-        let mut lease = self.pool.acquire(route).await?;
-        let wanted = self.track.settings.fingerprint();
-        if self.transaction && lease.conn.settings != wanted {
-            let sql = self.track.settings.replay_sql();
-            match lease.conn.run(&sql).await {
-                Ok(()) => lease.conn.settings = wanted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-applying a client's settings failed");
-                    lease.conn.settings = SETTINGS_UNKNOWN;
+        let mut attempts = 0;
+        loop {
+            let mut lease = self.pool.acquire(route).await?;
+            let wanted = self.track.settings.fingerprint();
+            if self.transaction && lease.conn.settings != wanted {
+                let sql = self.track.settings.replay_sql();
+                match lease.conn.run(&sql).await {
+                    Ok(()) => lease.conn.settings = wanted,
+                    Err(e) if e.kind() != std::io::ErrorKind::Other && attempts < 3 => {
+                        attempts += 1;
+                        tracing::info!(error = %e, "server lost while applying settings; another");
+                        self.pool.release(lease, false);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-applying a client's settings failed");
+                        lease.conn.settings = SETTINGS_UNKNOWN;
+                    }
                 }
             }
+            return Ok(lease);
         }
-        Ok(lease)
     }
 
     /// Tells the client no server could be had; each pending query gets its error and
@@ -435,7 +540,17 @@ impl Session {
         let conn = &mut lease.conn;
         let mut consumed = 0;
         let mut rewritten = false;
+        let mut lost = None;
         for (tag, msg) in proto::messages(&conn.buf) {
+            if self.resend_ok && tag == b'E' && resend::is_fatal(msg) {
+                // The server ends the connection before anything reached the client.
+                let code = resend::error_fields(msg).1.unwrap_or_default();
+                lost = Some(format!(
+                    "the server ended the connection (SQLSTATE {})",
+                    String::from_utf8_lossy(code)
+                ));
+                break;
+            }
             consumed += msg.len();
             if self.swallow_z > 0 {
                 // Responses to a BEGIN the pooler sent on the client's behalf.
@@ -449,7 +564,7 @@ impl Session {
                 continue;
             }
             let action = if self.transaction {
-                self.stmts.server_message(tag, &mut conn.prepared)
+                self.stmts.server_message(msg, &mut conn.prepared)
             } else {
                 Action::Forward
             };
@@ -461,10 +576,14 @@ impl Session {
                     self.status = msg.get(5).copied().unwrap_or(b'I');
                     self.pool.stats.queries.fetch_add(1, Relaxed);
                     if self.transaction {
+                        self.pin.settle(self.track.segment_error);
                         self.track.settle(self.status, &mut conn.settings);
                     }
                 }
-                b'E' => self.track.segment_error = true,
+                b'E' => {
+                    self.track.segment_error = true;
+                    self.fatal_forwarded |= resend::is_fatal(msg);
+                }
                 b'C' => self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK"),
                 _ => {}
             }
@@ -475,6 +594,12 @@ impl Session {
             } else {
                 action
             };
+            if self.resend_ok && action != Action::Drop {
+                // The client has an answer now: this batch is never sent again.
+                self.resend_ok = false;
+                self.resends = 0;
+                self.resend.clear();
+            }
             if action != Action::Forward && !rewritten {
                 rewritten = true;
                 self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
@@ -485,8 +610,14 @@ impl Session {
                     Action::Drop => {}
                     Action::ParseComplete => self.to_client.put_slice(b"1\0\0\0\x04"),
                     Action::InTransaction => self.to_client.put_slice(b"Z\0\0\0\x05T"),
+                    Action::Tag(t) => state::complete(&mut self.to_client, t),
+                    Action::Refused(bits) => state::refusal(&mut self.to_client, bits),
                 }
             }
+        }
+        if let Some(why) = lost {
+            self.to_client.clear();
+            return self.resend_or_end(why);
         }
         if consumed == 0 {
             return None;
@@ -507,6 +638,24 @@ impl Session {
             return Some(End::Client);
         }
         if self.transaction && self.pending_z == 0 && !self.unsynced && self.status == b'I' {
+            if self.pin.bits != 0 {
+                if self.pin.verify
+                    && let Some(lease) = self.lease.as_mut()
+                {
+                    self.pin.verify = false;
+                    match state::verify(&mut lease.conn, self.pin.bits).await {
+                        Ok(bits) => self.pin.bits = bits,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "asking a server for session state failed")
+                        }
+                    }
+                }
+                self.count_pin();
+                if self.pin.bits != 0 {
+                    // Pinned: the server stays with this client.
+                    return None;
+                }
+            }
             if self.wrote
                 && let Some(lease) = self.lease.as_mut()
             {
@@ -539,14 +688,28 @@ impl Session {
     /// Ends the session: reports fatal conditions, and returns or closes the server.
     async fn finish(&mut self, end: End) {
         let idle = self.pending_z == 0 && !self.unsynced && self.status == b'I';
+        if self.pin.counted {
+            self.pin.counted = false;
+            self.pool.stats.pinned.fetch_sub(1, Relaxed);
+        }
         match end {
+            End::Client if self.transaction && self.pin.bits != 0 => {
+                // Session state must not reach the next client: clean it, or close the server.
+                let mut clean = false;
+                if idle && let Some(lease) = self.lease.as_mut() {
+                    clean = discard_all(&mut lease.conn).await;
+                    lease.conn.prepared.clear();
+                    lease.conn.settings = 0;
+                }
+                self.release(clean);
+            }
             End::Client => {
                 if !self.transaction
                     && idle
                     && let Some(lease) = self.lease.as_mut()
                 {
                     // Session mode: the next client must not see this one's state.
-                    let clean = lease.conn.run("DISCARD ALL").await.is_ok();
+                    let clean = discard_all(&mut lease.conn).await;
                     lease.conn.prepared.clear();
                     lease.conn.settings = 0;
                     self.release(clean);
@@ -556,9 +719,12 @@ impl Session {
             End::ServerLost(why) => {
                 self.stmts.reset_flight();
                 self.release(false);
-                let msg = format!("server connection lost: {why}");
-                let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
-                let _ = self.client.write_all(&b).await;
+                // One FATAL per client: the server's own, when it sent one, else ours.
+                if !self.fatal_forwarded {
+                    let msg = format!("server connection lost: {why}");
+                    let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
+                    let _ = self.client.write_all(&b).await;
+                }
             }
             End::Shutdown => {
                 let b = proto::error_bytes(
@@ -674,105 +840,106 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Drained for crate:
     }
 }
 
-/// Settings a transaction-mode client made, and those in flight.
+/// Counts a client in its pool's waiting gauge while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        gauge.fetch_add(1, Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Settings a transaction-mode client made, and those in flight. Changes are kept with the
+/// segment (the messages up to a Sync, Query or FunctionCall) that sends them, since a client
+/// may send the next segment before the previous one is answered.
 struct Track {
     settings: Settings,
-    /// Setting changes sent in the current transaction, applied when it commits.
-    changes: Vec<Change>,
-    /// A multi-statement query touched settings: the server's session is unknown.
-    unknown: bool,
+    /// Setting changes sent and not yet settled, by segment; applied when their transaction
+    /// commits.
+    changes: Vec<(u64, Change)>,
+    /// A multi-statement query touched settings in this segment: the server's session is
+    /// unknown once it has run.
+    unknown: Option<u64>,
+    /// Segments sent and answered.
+    sent: u64,
+    done: u64,
     segment_error: bool,
     rolled_back: bool,
 }
 
 impl Track {
-    /// Records SET / RESET statements in a Query or Parse message.
-    fn sent(&mut self, msg: &[u8]) {
-        let mut body = &msg[5..];
-        if msg[0] == b'P' && proto::cbytes(&mut body).is_none() {
-            return;
-        }
-        let Some(sql) = proto::cbytes(&mut body) else {
-            return;
-        };
-        let first = sql
-            .iter()
-            .position(|c| !c.is_ascii_whitespace())
-            .unwrap_or(0);
-        let head = &sql[first..sql.len().min(first + 8)];
-        let touches = [&b"set"[..], b"reset", b"discard"]
-            .iter()
-            .any(|w| head.len() >= w.len() && head[..w.len()].eq_ignore_ascii_case(w));
-        if !touches {
-            return;
-        }
-        let text = String::from_utf8_lossy(sql);
-        if settings::is_multi_statement(&text) {
-            self.unknown = true;
-        } else if let Some(c) = settings::classify(&text) {
-            self.changes.push(c);
-        }
+    /// Forgets the changes of segments that were sent but will be sent again (their server
+    /// was lost before answering).
+    fn forget_unsent(&mut self) {
+        let done = self.done;
+        self.changes.retain(|(s, _)| *s < done);
+        self.unknown = self.unknown.filter(|s| *s < done);
+        self.sent = done;
     }
 
     /// At a ReadyForQuery with `status`: keep, apply or drop the transaction's changes, and
     /// record what the server's session now holds.
     fn settle(&mut self, status: u8, server: &mut u64) {
-        if self.changes.is_empty() && !self.unknown {
-            self.segment_error = false;
+        let segment = self.done;
+        self.done += 1;
+        let error = std::mem::take(&mut self.segment_error);
+        if self.changes.is_empty() && self.unknown.is_none() {
             return;
         }
+        // Changes of later segments (sent ahead) wait for their own ReadyForQuery.
+        let ran = self.changes.partition_point(|(s, _)| *s <= segment);
         match status {
             b'T' => {}
-            b'E' => self.changes.clear(),
+            b'E' => {
+                self.changes.drain(..ran);
+            }
             _ => {
-                if !self.segment_error && !self.rolled_back {
-                    for c in self.changes.drain(..) {
-                        self.settings.apply(&c);
+                let settled: Vec<(u64, Change)> = self.changes.drain(..ran).collect();
+                if !error && !self.rolled_back {
+                    for (_, c) in &settled {
+                        self.settings.apply(c);
                     }
                 }
-                self.changes.clear();
-                *server = if self.unknown {
+                let unknown = self.unknown.is_some_and(|s| s <= segment);
+                *server = if unknown {
                     SETTINGS_UNKNOWN
                 } else {
                     self.settings.fingerprint()
                 };
-                self.unknown = false;
+                if unknown {
+                    self.unknown = None;
+                }
             }
         }
-        self.segment_error = false;
     }
 }
 
-/// Why a query cannot run in transaction mode, if it cannot.
-fn session_only(body: &[u8]) -> Option<&'static str> {
-    let sql = body.strip_suffix(b"\0").unwrap_or(body);
-    let start = sql.iter().position(|c| !c.is_ascii_whitespace())?;
-    let s = &sql[start..];
-    let starts = |w: &[u8]| s.len() >= w.len() && s[..w.len()].eq_ignore_ascii_case(w);
-    let contains = |w: &[u8]| s.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
-    if starts(b"listen") {
-        Some("LISTEN")
-    } else if contains(b"advisory_lock") && !contains(b"advisory_xact_lock") {
-        Some("a session-level advisory lock")
-    } else if contains(b"with hold") {
-        Some("a WITH HOLD cursor")
-    } else if starts(b"prepare ") {
-        Some("SQL PREPARE (use protocol-level prepared statements, which are supported)")
-    } else {
-        None
-    }
+/// Resets a server connection's session for the next client (bounded: a server that does not
+/// answer in time is not reused).
+async fn discard_all(conn: &mut crate::server::ServerConn) -> bool {
+    let run = conn.run("DISCARD ALL");
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), run).await,
+        Ok(Ok(()))
+    )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::session_only;
-
-    #[test]
-    fn session_features_are_spotted() {
-        assert_eq!(session_only(b"LISTEN jobs\0"), Some("LISTEN"));
-        assert!(session_only(b"select pg_advisory_lock(1)\0").is_some());
-        assert_eq!(session_only(b"select pg_advisory_xact_lock(1)\0"), None);
-        assert!(session_only(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1\0").is_some());
-        assert_eq!(session_only(b"SELECT 1\0"), None);
+/// The SQL text of a Query or Parse message, and whether it is a Query or an unnamed Parse.
+fn statement_text(msg: &[u8]) -> Option<(&[u8], bool)> {
+    let mut body = &msg[5..];
+    match msg[0] {
+        b'Q' => Some((proto::cbytes(&mut body)?, true)),
+        b'P' => {
+            let name = proto::cbytes(&mut body)?;
+            Some((proto::cbytes(&mut body)?, name.is_empty()))
+        }
+        _ => None,
     }
 }

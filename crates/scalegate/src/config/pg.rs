@@ -57,6 +57,7 @@ pub struct RawDatabase {
     pub max_replica_lag: Option<Spanned<Dur>>,
     pub max_replica_lag_bytes: Option<Spanned<super::units::ByteSize>>,
     pub health_interval: Option<Spanned<Dur>>,
+    pub on_session_state: Option<Spanned<String>>,
 }
 
 /// `sharding = { … }` of a database.
@@ -232,6 +233,19 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
             }
         },
     };
+    let on_session_state = match d.on_session_state.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("pin") => scalegate_pg::OnSessionState::Pin,
+        Some("refuse") => scalegate_pg::OnSessionState::Refuse,
+        Some(other) => {
+            if let Some(m) = &d.on_session_state {
+                c.err(
+                    m.span(),
+                    format!(r#"on_session_state {other:?}: expected "pin" or "refuse""#),
+                );
+            }
+            scalegate_pg::OnSessionState::Pin
+        }
+    };
     let min_idle = c.opt_int(&d.min_idle, 0..=10_000, 0, "min_idle") as usize;
     if min_idle > pool_size
         && let Some(m) = &d.min_idle
@@ -250,6 +264,7 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
         min_idle,
         shards,
         sharding,
+        on_session_state,
         max_lag: c.dur(
             &d.max_replica_lag,
             std::time::Duration::from_secs(5),

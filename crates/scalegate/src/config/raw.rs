@@ -96,6 +96,7 @@ pub struct RawListener {
     pub bind: Spanned<String>,
     pub header_read_timeout: Option<Spanned<Dur>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
+    pub body_timeout: Option<Spanned<Dur>>,
     pub idle_timeout: Option<Spanned<Dur>>,
     pub tls: Option<Spanned<RawTls>>,
     pub max_connections: Option<Spanned<i64>>,
@@ -498,6 +499,7 @@ pub struct RawPassive {
     pub min_requests: Option<i64>,
     pub window: Option<Dur>,
     pub half_open_probes: Option<i64>,
+    pub max_ejection_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,4 +508,6 @@ pub struct RawPool {
     pub max_per_endpoint: Option<i64>,
     pub max_idle_per_endpoint: Option<i64>,
     pub idle_timeout: Option<Dur>,
+    pub max_response_headers: Option<i64>,
+    pub max_response_header_bytes: Option<ByteSize>,
 }

@@ -271,6 +271,7 @@ fn listeners(
                 "header_read_timeout",
             ),
             max_header_bytes,
+            body_timeout: c.dur(&l.body_timeout, Duration::from_secs(60), "body_timeout"),
             idle_timeout: c.dur(&l.idle_timeout, Duration::from_secs(60), "idle_timeout"),
             max_connections: l.max_connections.as_ref().map(|m| {
                 c.int(
@@ -690,6 +691,13 @@ fn upstreams(
                     1,
                     "passive.half_open_probes",
                 ) as u32,
+                max_ejection_percent: c.int(
+                    p.max_ejection_percent,
+                    &s,
+                    0..=100,
+                    i64::from(d.max_ejection_percent),
+                    "passive.max_ejection_percent",
+                ) as u32,
             };
             if o.max_ejection < o.base_ejection {
                 c.err(
@@ -719,6 +727,24 @@ fn upstreams(
                     d.max_idle_per_endpoint as i64,
                     "pool.max_idle_per_endpoint",
                 ) as usize,
+                max_response_headers: c.int(
+                    p.max_response_headers,
+                    &s,
+                    8..=10_000,
+                    d.max_response_headers as i64,
+                    "pool.max_response_headers",
+                ) as usize,
+                max_response_header_bytes: match p.max_response_header_bytes {
+                    Some(b) if !(1024..=(16 << 20)).contains(&b.0) => {
+                        c.err(
+                            s,
+                            "pool.max_response_header_bytes must be between 1KiB and 16MiB",
+                        );
+                        d.max_response_header_bytes
+                    }
+                    Some(b) => b.0 as usize,
+                    None => d.max_response_header_bytes,
+                },
             }
         });
         let panic_threshold_percent = match &u.panic_threshold {

@@ -1,0 +1,211 @@
+//! Forwarding: the body limit, bulkheads, the request body, and the attempt loop (pick an
+//! endpoint, rewrite the head, send, decide on a retry).
+
+use http::Request;
+use hyper::body::Incoming;
+use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp};
+
+use crate::clock;
+use crate::error::ProxyError;
+use crate::gateway::Snapshot;
+use crate::headers;
+use crate::retry;
+use crate::router::Route;
+use crate::spec::UpstreamProtocol;
+use crate::tunnel;
+
+use super::respond::{
+    content_length, copy_head, pick_request, record_outcome, respond, rewrite_request,
+};
+use super::send::{HeadWait, send, send_upgrade};
+use super::{Admitted, Completion, ConnCtx};
+
+/// Sends the request to an endpoint of the route's upstream, retrying as the route allows;
+/// the response head and body, or what went wrong.
+pub(super) async fn forward(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: Option<Incoming>,
+    admitted: Admitted,
+    done: &mut Completion,
+) -> Result<(http::response::Parts, Incoming), ProxyError> {
+    let limit = route.spec.max_body_bytes;
+    if content_length(&parts.headers).is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let Admitted { prio, canary } = admitted;
+    // A canary switch sends its share of the route's traffic to the second upstream.
+    let canary_upstream = canary
+        .filter(|(_, pct)| rand::random_range(0..100u8) < *pct)
+        .and_then(|(name, _)| snap.upstream(&name).cloned());
+    let upstream = match &canary_upstream {
+        Some(u) => u,
+        None => snap
+            .upstreams
+            .get(route.upstream)
+            .ok_or(ProxyError::NoHealthyEndpoint)?,
+    };
+    // Bulkheads: the route's own cap first, then the upstream's.
+    for (slot, bulkhead) in [(0, &route.bulkhead), (1, &upstream.bulkhead)] {
+        let Some(bulkhead) = bulkhead else { continue };
+        let waited = tokio::time::Instant::now();
+        let admitted = bulkhead.acquire(prio).await;
+        route
+            .metrics
+            .queue_time
+            .observe(waited.elapsed().as_secs_f64());
+        match admitted {
+            Ok(permit) => done.permits[slot] = Some(permit),
+            Err(shed) => {
+                route.metrics.shed(shed.as_str(), prio.as_str());
+                return Err(ProxyError::Shed(shed.as_str()));
+            }
+        }
+    }
+    let retry = route.spec.retry.as_ref();
+    // Only a queued route's deliveries carry a stored body: other requests skip the lookup.
+    let stored = match route.queue {
+        Some(_) => parts.extensions.remove::<crate::queue::StoredBody>(),
+        None => None,
+    };
+    // The client's body must arrive within the listener's body timeout from the request's
+    // arrival; that time is the client's, never counted against the upstream.
+    let body_deadline = retry::BodyDeadline {
+        timeout: ctx.body_timeout,
+        at: tokio::time::Instant::now()
+            + ctx
+                .body_timeout
+                .saturating_sub(clock::now().since(done.started())),
+    };
+    let (mut body, facts) = match stored {
+        // A queued job's body, kept whole by the queue: replayable like any kept body.
+        Some(stored) => retry::stored_body(&parts.method, &parts.headers, stored.0, retry),
+        None => {
+            let h = &parts.headers;
+            retry::prepare_body(&parts.method, h, body, retry, limit, body_deadline).await?
+        }
+    };
+    let streaming = body.streams();
+    let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
+    if let Some(b) = &route.budget {
+        b.deposit(clock::now());
+    }
+    let upgrade = match upstream.spec.protocol {
+        UpstreamProtocol::Http2 => None,
+        _ => parts
+            .extensions
+            .get::<tunnel::Requested>()
+            .map(|r| r.0.clone()),
+    };
+    let mut pick_req = pick_request(upstream, &parts, ctx.peer);
+    let mut template = Some(parts);
+    let mut attempt = 1;
+    loop {
+        let now = clock::now();
+        let pick = upstream
+            .set
+            .pick(&pick_req, now, &mut rand::rng())
+            .ok_or(ProxyError::NoHealthyEndpoint)?;
+        let endpoint = upstream
+            .endpoints
+            .get(pick.index)
+            .ok_or(ProxyError::NoHealthyEndpoint)?
+            .clone();
+        let Some((req_body, body_sent)) = body.for_attempt() else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        // The last possible attempt takes the head itself; earlier ones take a copy.
+        let mut head = match &template {
+            Some(t) if retry.is_some_and(|r| attempt < r.policy.attempts) && body.replayable() => {
+                copy_head(t)
+            }
+            _ => template.take().ok_or(ProxyError::UpstreamReset)?,
+        };
+        rewrite_request(
+            &mut head,
+            ctx,
+            &route.spec,
+            upstream.spec.protocol,
+            &endpoint,
+        );
+        if let Some(protocol) = &upgrade {
+            tunnel::restore(&mut head.headers, protocol.clone());
+        }
+        if let Some(log) = done.log_mut() {
+            log.upstream(&upstream.spec.name, &endpoint.addr);
+            if let Some(id) = head
+                .headers
+                .get(&headers::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+            {
+                log.request_id(id);
+            }
+            log.attempts(attempt);
+        }
+        let load = endpoint.state.start_request();
+        let try_timeout = retry
+            .and_then(|r| r.per_try_timeout)
+            .map_or(route.spec.request_timeout, |t| {
+                t.min(route.spec.request_timeout)
+            });
+        let try_deadline = deadline.min(tokio::time::Instant::now() + try_timeout);
+        let wait = match body_sent {
+            // The body is still arriving: the route timeout starts once it has passed whole.
+            Some(sent) => HeadWait::AfterBody(sent, try_timeout),
+            None => HeadWait::Until(try_deadline),
+        };
+        let req = Request::from_parts(head, req_body);
+        let sent = match upgrade {
+            // Boxed: a rare path whose handshake future would otherwise size every request's.
+            Some(_) => Box::pin(send_upgrade(ctx, route, &endpoint, req, try_deadline)).await,
+            None => send(ctx, route, &endpoint, req, now, wait, streaming).await,
+        };
+
+        let outcome = match &sent {
+            Ok((resp, _)) => Some(AttemptOutcome::Status(
+                resp.status().as_u16(),
+                retry::retry_after(resp.headers()),
+            )),
+            Err(e) => retry::outcome_of_error(e),
+        };
+        let decision = match (retry, outcome) {
+            (Some(r), Some(o)) if template.is_some() => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let d = r
+                    .policy
+                    .decide(attempt, o, facts, true, remaining, rand::random::<f64>());
+                match (d, &route.budget) {
+                    (Decision::Retry(_), Some(b)) if !b.try_withdraw(clock::now()) => {
+                        route.metrics.retries_denied.inc();
+                        Decision::GiveUp(GiveUp::Budget)
+                    }
+                    _ => d,
+                }
+            }
+            _ => Decision::GiveUp(GiveUp::NotRetryable),
+        };
+        let Decision::Retry(wait) = decision else {
+            done.hold_endpoint(load);
+            return respond(upstream, &endpoint, pick, now, sent, done);
+        };
+        // Abandon this attempt: count its failure against the endpoint, then try another.
+        let failed = match &sent {
+            Ok(_) => true,
+            Err(e) => e.blames_endpoint(),
+        };
+        if failed {
+            record_outcome(upstream, pick.index, false, clock::now());
+        }
+        drop(sent);
+        drop(load);
+        route.metrics.retries.inc();
+        tracing::debug!(route = %route.spec.name, endpoint = %endpoint.addr, attempt, ?outcome, "retrying");
+        pick_req.avoid = Some(pick.index);
+        attempt += 1;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The request path. [`handle`] is its table of contents; each phase returns
+//! `Result<_, ProxyError>` and the one exit, [`Exchange::respond`], answers every request and
+//! records it (metrics and access log, through the [`Completion`]'s `Drop`), refusals before
+//! routing included:
+//!
+//! 1. edge checks: the head rules of RFC 9112 §3.2 and the listener's size limit (400, 431);
+//! 2. before routing: WebSocket fan-out handshakes, HTTP/2 WebSocket translation;
+//! 3. route (404);
+//! 4. admission ([`admit`]): allow/deny (403), operator switches (503), the rate limit (429);
+//! 5. dispatch: a queued route (202), the cache, compression, or straight to
+//! 6. [`origin`]: the global in-flight cap, then [`forward`]: body limit (413), bulkheads,
+//!    the body (408), the attempt loop — pick, rewrite, [`send`] (502/504), retry;
+//! 7. [`respond`]: passive health and latency, the response head, and the [`Completion`] that
+//!    rides in the response body and gives everything back when the body ends or is dropped.
+
+mod admit;
+mod completion;
+mod exchange;
+mod forward;
+mod origin;
+mod respond;
+mod send;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use scalegate_core::admission::Priority;
+
+use crate::body::RespBody;
+use crate::error::ProxyError;
+use crate::gateway::Gateway;
+use crate::headers;
+use crate::router::Route;
+use crate::tunnel;
+
+pub use completion::Completion;
+pub(crate) use exchange::Exchange;
+pub(crate) use origin::origin;
+pub(crate) use respond::copy_head;
+
+/// Per-connection context handed to every request on it.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    /// Listener the connection arrived on.
+    pub listener: Arc<str>,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// The listener's `max_header_bytes`: the largest request line and headers accepted.
+    pub max_head: usize,
+    /// The listener's `body_timeout`: a request's whole body must arrive within it (408).
+    pub body_timeout: Duration,
+    /// Worker serving the connection (selects the connection pool).
+    pub worker: usize,
+    /// "http" or "https".
+    pub scheme: &'static str,
+    /// Requests in flight on this connection and when the last ended (for idle parking).
+    pub activity: crate::conn::Activity,
+    /// The upstream side of a protocol upgrade the client was just told about (101).
+    pub tunnel: crate::tunnel::Pending,
+}
+
+/// Entry point: one client request in, one response out. Never fails; failures are responses.
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
+    let (mut parts, body) = req.into_parts();
+    let mut x = Exchange::begin(ctx, &mut parts);
+    let outcome = phases(&mut x, parts, body).await;
+    x.respond(outcome)
+}
+
+/// The phases in order; the first refusal ends the request.
+async fn phases(
+    x: &mut Exchange,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<RespBody>, ProxyError> {
+    headers::check_head(&parts, x.ctx.max_head)?;
+    if let Some(answered) = before_routing(x, &mut parts).await? {
+        return Ok(answered);
+    }
+    let route = x.route(&parts)?;
+    let admitted = admit::admit(x, &route, &parts).await?;
+    dispatch(x, &route, parts, body, admitted).await
+}
+
+/// What is answered before routing: a fan-out subscription's handshake (the gateway serves
+/// it), and the HTTP/2 WebSocket handshake, which becomes HTTP/1.1's (h2_websocket.rs).
+async fn before_routing(
+    x: &mut Exchange,
+    parts: &mut http::request::Parts,
+) -> Result<Option<Response<RespBody>>, ProxyError> {
+    let topic = x.snap.fanout.as_ref().and_then(|hub| {
+        hub.topic_of(&x.ctx.listener, parts.uri.path())
+            .map(str::to_owned)
+    });
+    if let Some(topic) = topic {
+        x.log_as("fanout");
+        if let Some(hub) = &x.snap.fanout {
+            // Boxed: the authorization call's future stays out of every other request's.
+            let answer = crate::fanout::ws::answer(&x.ctx, &x.snap, hub, &topic, parts);
+            return Ok(Some(Box::pin(answer).await));
+        }
+    }
+    crate::h2_websocket::to_h1_upgrade(parts)?;
+    Ok(None)
+}
+
+/// Hands a routed, admitted request to what serves it: the route's queue (202), its cache, or
+/// the upstream (compressed when the route says so).
+async fn dispatch(
+    x: &mut Exchange,
+    route: &Arc<Route>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    admitted: Admitted,
+) -> Result<Response<RespBody>, ProxyError> {
+    // A queued route stores the request and answers 202; workers deliver it later (queue/).
+    // Boxed: the store's future stays out of every other request's future.
+    if let Some(q) = &route.queue {
+        let resp = Box::pin(q.enqueue(&x.ctx, parts, body)).await;
+        x.complete(resp.status().as_u16());
+        return Ok(resp);
+    }
+    // An upgrade is neither cached nor compressed: it leaves HTTP. The decision rides along
+    // in the request's extensions for `forward`.
+    let upgrade = tunnel::requested(parts.version, &parts.method, &parts.headers).or_else(|| {
+        parts
+            .extensions
+            .get::<crate::h2_websocket::Translated>()
+            .map(|_| HeaderValue::from_static("websocket"))
+    });
+    if let Some(protocol) = &upgrade {
+        parts.extensions.insert(tunnel::Requested(protocol.clone()));
+    }
+    let done = x.take_completion();
+    let (ctx, snap) = (&x.ctx, &x.snap);
+    // The cache and compression paths are boxed: their futures are large, and inline they
+    // would size (and be copied with) every request's future, cached or not.
+    let served = match (&route.cache, &route.spec.compression) {
+        (Some(store), _) if upgrade.is_none() => {
+            Box::pin(crate::cache::serve::serve(
+                ctx, snap, route, store, parts, body, admitted, done,
+            ))
+            .await
+        }
+        (None, Some(cs)) if upgrade.is_none() => {
+            let accept = accept_encoding(&parts.headers);
+            let method = parts.method.clone();
+            let sent = Box::pin(origin(ctx, snap, route, parts, Some(body), admitted, done));
+            sent.await.map(|r| {
+                let (mut head, body) = r.into_parts();
+                let body = crate::cache::compress::apply(cs, &accept, &method, &mut head, body).0;
+                Response::from_parts(head, body)
+            })
+        }
+        _ => origin(ctx, snap, route, parts, Some(body), admitted, done).await,
+    };
+    served.map_err(|(e, done)| {
+        x.give_back(done);
+        e
+    })
+}
+
+/// The Accept-Encoding lines of a request (all that compression needs of it).
+fn accept_encoding(h: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for v in h.get_all(header::ACCEPT_ENCODING) {
+        out.append(header::ACCEPT_ENCODING, v.clone());
+    }
+    out
+}
+
+/// What admission decided for a request that may go on.
+#[derive(Clone, Debug)]
+pub(crate) struct Admitted {
+    /// Priority class (bulkhead order and shedding).
+    pub(crate) prio: Priority,
+    /// A canary switch on the route: (upstream, percent).
+    pub(crate) canary: Option<(String, u8)>,
+}

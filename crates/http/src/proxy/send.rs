@@ -1,0 +1,153 @@
+//! One attempt on the wire: a pooled connection (or one of its own for an upgrade), the request,
+//! and the wait for the response head under the route timeout.
+
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use scalegate_core::Tick;
+
+use crate::body::{BodyTimeout, BodyTooLarge, ReqBody};
+use crate::error::ProxyError;
+use crate::pool::{Lease, Sender};
+use crate::retry;
+use crate::router::Route;
+use crate::tunnel;
+use crate::upstream::HttpEndpoint;
+
+use super::ConnCtx;
+
+/// Sends an upgrade request on a connection of its own.
+pub(super) async fn send_upgrade(
+    ctx: &ConnCtx,
+    route: &Route,
+    endpoint: &HttpEndpoint,
+    req: Request<ReqBody>,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let stream = crate::dial::dial(&endpoint.dial(), route.spec.connect_timeout).await?;
+    let resp = tokio::time::timeout_at(deadline, tunnel::send(stream, req))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout)??;
+    Ok((resp, endpoint.pool(ctx.worker).detached()))
+}
+
+/// How long an attempt waits for the response head.
+pub(super) enum HeadWait {
+    /// Until this instant (the body was whole before it was sent).
+    Until(tokio::time::Instant),
+    /// The body is still arriving from the client: until it has passed whole only the client's
+    /// body timeout runs (inside the body), then this long.
+    AfterBody(retry::BodySent, Duration),
+}
+
+impl HeadWait {
+    /// Waits for `sending` (the response head) under this rule.
+    async fn wait<F: std::future::Future>(&mut self, sending: F) -> Result<F::Output, ProxyError> {
+        match self {
+            HeadWait::Until(deadline) => tokio::time::timeout_at(*deadline, sending)
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout),
+            HeadWait::AfterBody(sent, timeout) => {
+                let mut sending = std::pin::pin!(sending);
+                tokio::select! {
+                    biased;
+                    head = &mut sending => return Ok(head),
+                    _ = sent => {}
+                }
+                tokio::time::timeout(*timeout, sending)
+                    .await
+                    .map_err(|_| ProxyError::UpstreamTimeout)
+            }
+        }
+    }
+}
+
+pub(super) async fn send(
+    ctx: &ConnCtx,
+    route: &Route,
+    endpoint: &HttpEndpoint,
+    req: Request<ReqBody>,
+    now: Tick,
+    mut wait: HeadWait,
+    streaming: bool,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let pool = endpoint.pool(ctx.worker);
+    let mut req = req;
+    let mut fresh = false;
+    loop {
+        let mut lease = pool
+            .checkout(
+                &endpoint.dial(),
+                route.spec.connect_timeout,
+                now,
+                fresh,
+                streaming,
+            )
+            .await?;
+        let reused = lease.reused;
+        let Some(sender) = lease.sender() else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        let sending = async {
+            match sender {
+                Sender::H1(tx) => tx.try_send_request(req).await,
+                Sender::H2(tx) => tx.try_send_request(req).await,
+            }
+        };
+        match wait.wait(sending).await {
+            Err(e) => return Err(e),
+            Ok(Ok(resp)) => return Ok((resp, lease)),
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                match unsent {
+                    // A pooled connection the upstream closed while it idled: the request never
+                    // left, so it is safe to send on a new connection whatever its method.
+                    Some(r) if reused && !fresh => {
+                        tracing::debug!(error = %err, "stale pooled connection; retrying on a new one");
+                        req = r;
+                        fresh = true;
+                    }
+                    _ => {
+                        let outcome = classify(&err);
+                        if outcome == ProxyError::ResponseHeadTooLarge {
+                            tracing::warn!(
+                                endpoint = %endpoint.addr,
+                                "response head over upstreams.pool.max_response_headers or max_response_header_bytes: answered 502, endpoint not blamed"
+                            );
+                        }
+                        return Err(outcome);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Maps a client-connection error to the outcome it means.
+fn classify(err: &hyper::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return ProxyError::BodyTooLarge;
+        }
+        if e.is::<BodyTimeout>() {
+            return ProxyError::BodyTimeout;
+        }
+        source = e.source();
+    }
+    // The request body the client sent failed (bad chunked framing, cut short): the client's
+    // fault, not the upstream's, so no 502 and nothing counted against the endpoint.
+    if err.is_user() {
+        return ProxyError::BadRequest("request body malformed or cut short");
+    }
+    if err.is_parse_too_large() {
+        return ProxyError::ResponseHeadTooLarge;
+    }
+    if err.is_timeout() {
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::UpstreamReset
+    }
+}

@@ -1,0 +1,633 @@
+//! What a client's SQL does to its session beyond the transaction: session state that cannot be
+//! shared (LISTEN, WITH HOLD cursors, session advisory locks, SQL PREPARE, TEMP tables,
+//! untracked `set_config`), statements the pooler answers itself (`DEALLOCATE`), statements that
+//! make the server forget every prepared statement (`DEALLOCATE ALL`, `DISCARD ALL`), and
+//! setting changes (`SET`, `RESET`, `set_config(…, false)` with literal arguments).
+//!
+//! A byte-level prefilter ([`may_matter`]) keeps ordinary statements off the slow path; the
+//! others are split into statements and read token by token with sqlparser's tokenizer, so
+//! comments, string literals, quoted identifiers and dollar quoting never mislead it
+//! (`SELECT 'with hold'` creates nothing).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer, Word};
+
+use crate::settings::{self, Change};
+
+/// Session state kinds, as bits of [`Effects::creates`].
+pub mod state {
+    /// `LISTEN`.
+    pub const LISTEN: u8 = 1;
+    /// A `WITH HOLD` cursor.
+    pub const CURSOR: u8 = 2;
+    /// A session-level advisory lock.
+    pub const LOCK: u8 = 4;
+    /// A statement prepared with SQL `PREPARE`.
+    pub const PREPARE: u8 = 8;
+    /// A temporary table (or view, sequence) outliving its transaction.
+    pub const TEMP: u8 = 16;
+    /// A setting the pooler cannot replay (`set_config(…, false)` with non-literal arguments).
+    pub const CONFIG: u8 = 32;
+    /// Anything else that lives as long as the session (`SET SESSION AUTHORIZATION`, `LOAD`).
+    pub const OTHER: u8 = 64;
+    /// Not a kind: marks a prepared statement whose execution may remove state.
+    pub const VERIFY: u8 = 128;
+    /// The kinds a query of the server's catalogs can see.
+    pub const VISIBLE: u8 = LISTEN | CURSOR | LOCK | PREPARE | TEMP;
+
+    /// Human names of the kinds in `bits`, comma-separated.
+    pub fn names(bits: u8) -> String {
+        const NAMES: [&str; 7] = [
+            "listen",
+            "hold_cursor",
+            "advisory_lock",
+            "sql_prepare",
+            "temp_table",
+            "set_config",
+            "session_command",
+        ];
+        NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bits & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Why a statement with state `bits` cannot run without a session of its own.
+    pub fn reason(bits: u8) -> &'static str {
+        if bits & LISTEN != 0 {
+            "LISTEN"
+        } else if bits & CURSOR != 0 {
+            "a WITH HOLD cursor"
+        } else if bits & LOCK != 0 {
+            "a session-level advisory lock"
+        } else if bits & PREPARE != 0 {
+            "SQL PREPARE"
+        } else if bits & TEMP != 0 {
+            "a temporary table that outlives its transaction"
+        } else if bits & CONFIG != 0 {
+            "set_config(…, false) with non-literal arguments"
+        } else {
+            "a session-level command (SET SESSION AUTHORIZATION, LOAD, …)"
+        }
+    }
+
+    /// What to do instead, for the hint of a refusal.
+    pub fn hint(bits: u8) -> &'static str {
+        if bits & LOCK != 0 {
+            "use pg_advisory_xact_lock (released at commit), or set on_session_state = \"pin\" \
+             or pool_mode = \"session\" for this database"
+        } else if bits & PREPARE != 0 {
+            "use protocol-level prepared statements (every driver's prepare), which the pooler \
+             supports, or set on_session_state = \"pin\" for this database"
+        } else if bits & TEMP != 0 {
+            "use CREATE TEMP TABLE … ON COMMIT DROP inside a transaction, or set \
+             on_session_state = \"pin\" for this database"
+        } else if bits & CONFIG != 0 {
+            "use SET, or set_config with literal arguments, or set_config(…, true) inside a \
+             transaction"
+        } else {
+            "set on_session_state = \"pin\" or pool_mode = \"session\" for this database"
+        }
+    }
+}
+
+/// A statement the pooler answers for the client without running it on the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emulate {
+    /// `DEALLOCATE ALL`: forget this client's statement names.
+    DeallocateAll,
+    /// `DEALLOCATE name`: forget one name (when it is one of the client's).
+    Deallocate(Vec<u8>),
+}
+
+/// What a query string does beyond its transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Session state it creates ([`state`] bits).
+    pub creates: u8,
+    /// Untracked state it removes when it succeeds (`RESET ALL`, `DISCARD ALL`).
+    pub clears: u8,
+    /// It may remove session state (UNLISTEN, CLOSE, an unlock, DROP, DISCARD, DEALLOCATE):
+    /// worth asking the server what is left.
+    pub verify: bool,
+    /// The whole string is one statement the pooler can answer itself.
+    pub emulate: Option<Emulate>,
+    /// Run on the server, it makes the server forget every prepared statement.
+    pub forgets: bool,
+    /// The whole string is `DISCARD ALL`.
+    pub discard_all: bool,
+    /// Setting changes, in order.
+    pub settings: Vec<Change>,
+    /// Statements in the string.
+    pub statements: usize,
+}
+
+/// [`analyze`] with its results cached by text (bounded: cleared when full), behind the
+/// [`may_matter`] prefilter.
+#[derive(Debug, Default)]
+pub struct Analyzer {
+    cache: Mutex<HashMap<Box<[u8]>, Arc<Effects>>>,
+}
+
+const CACHE_ENTRIES: usize = 10_000;
+
+impl Analyzer {
+    /// What `sql` does beyond its transaction; `None` when it does nothing of interest.
+    pub fn effects(&self, sql: &[u8]) -> Option<Arc<Effects>> {
+        if !may_matter(sql) {
+            return None;
+        }
+        if let Ok(c) = self.cache.lock()
+            && let Some(fx) = c.get(sql)
+        {
+            return Some(fx.clone());
+        }
+        let fx = Arc::new(analyze(&String::from_utf8_lossy(sql)));
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(sql.into(), fx.clone());
+        }
+        Some(fx)
+    }
+}
+
+/// Whether `sql` may do anything [`analyze`] looks for: a cheap scan that ordinary statements
+/// (SELECT, INSERT, UPDATE … SET, DELETE) pass without allocating.
+pub fn may_matter(sql: &[u8]) -> bool {
+    const FIRST: &[&[u8]] = &[
+        b"set",
+        b"reset",
+        b"discard",
+        b"deallocate",
+        b"listen",
+        b"unlisten",
+        b"declare",
+        b"prepare",
+        b"close",
+        b"load",
+        b"drop",
+    ];
+    const ANYWHERE: &[&[u8]] = &[b"advisory", b"set_config", b"temp"];
+    let start = skip_space_and_comments(sql);
+    let rest = &sql[start..];
+    let word_len = rest
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let first = &rest[..word_len];
+    if FIRST.iter().any(|w| first.eq_ignore_ascii_case(w)) {
+        return true;
+    }
+    if ANYWHERE.iter().any(|w| contains_ci(rest, w)) {
+        return true;
+    }
+    // More than one statement: look at each.
+    match rest.iter().position(|&c| c == b';') {
+        Some(i) => rest[i + 1..]
+            .iter()
+            .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0),
+        None => false,
+    }
+}
+
+/// Offset of the first byte after leading whitespace and comments.
+fn skip_space_and_comments(sql: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        while i < sql.len() && sql[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if sql[i..].starts_with(b"--") {
+            while i < sql.len() && sql[i] != b'\n' {
+                i += 1;
+            }
+        } else if sql[i..].starts_with(b"/*") {
+            let mut depth = 0usize;
+            while i < sql.len() {
+                if sql[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if sql[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else {
+            return i.min(sql.len());
+        }
+    }
+}
+
+/// Whether `hay` contains `needle` (lower-case ASCII) ignoring ASCII case.
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    (0..=hay.len() - needle.len()).any(|i| {
+        hay[i] | 0x20 == first
+            && hay[i + 1..i + needle.len()]
+                .iter()
+                .zip(rest)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+    })
+}
+
+/// Reads every statement of `sql`. Text the tokenizer cannot read (an unterminated quote) is
+/// left to the server, which refuses it: nothing is created.
+pub fn analyze(sql: &str) -> Effects {
+    let mut fx = Effects::default();
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .with_unescape(false)
+        .tokenize()
+    else {
+        return fx;
+    };
+    let mut statements: Vec<Vec<&Token>> = vec![Vec::new()];
+    for t in &tokens {
+        match t {
+            Token::Whitespace(_) | Token::EOF => {}
+            Token::SemiColon => statements.push(Vec::new()),
+            t => {
+                if let Some(s) = statements.last_mut() {
+                    s.push(t);
+                }
+            }
+        }
+    }
+    statements.retain(|s| !s.is_empty());
+    fx.statements = statements.len();
+    for s in &statements {
+        statement(s, &mut fx);
+    }
+    if fx.statements != 1 {
+        fx.emulate = None;
+        fx.discard_all = false;
+    }
+    fx
+}
+
+fn word(t: &Token) -> Option<&Word> {
+    match t {
+        Token::Word(w) => Some(w),
+        _ => None,
+    }
+}
+
+/// Whether token `t` is the unquoted keyword `kw` (upper case).
+fn is(t: Option<&&Token>, kw: &str) -> bool {
+    t.and_then(|t| word(t))
+        .is_some_and(|w| w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+}
+
+/// An identifier as PostgreSQL folds it (unquoted: lower case).
+fn ident(w: &Word) -> Vec<u8> {
+    match w.quote_style {
+        None => w.value.to_ascii_lowercase().into_bytes(),
+        Some(_) => w.value.clone().into_bytes(),
+    }
+}
+
+fn statement(s: &[&Token], fx: &mut Effects) {
+    use state::*;
+    let at = |i: usize| s.get(i);
+    let first = at(0);
+    if is(first, "LISTEN") {
+        fx.creates |= LISTEN;
+    } else if is(first, "UNLISTEN") || is(first, "CLOSE") || is(first, "DROP") {
+        fx.verify = true;
+    } else if is(first, "DECLARE") {
+        let upto = s.iter().position(|t| is(Some(t), "FOR")).unwrap_or(s.len());
+        if (1..upto).any(|i| is(at(i), "WITH") && is(at(i + 1), "HOLD")) {
+            fx.creates |= CURSOR;
+        }
+    } else if is(first, "PREPARE") {
+        if !is(at(1), "TRANSACTION") {
+            fx.creates |= PREPARE;
+        }
+    } else if is(first, "DEALLOCATE") {
+        fx.verify = true;
+        let i = if is(at(1), "PREPARE") { 2 } else { 1 };
+        if is(at(i), "ALL") {
+            fx.forgets = true;
+            fx.emulate = Some(Emulate::DeallocateAll);
+        } else if let Some(w) = at(i).and_then(|t| word(t))
+            && s.len() == i + 1
+        {
+            fx.emulate = Some(Emulate::Deallocate(ident(w)));
+        }
+    } else if is(first, "DISCARD") {
+        fx.verify = true;
+        if is(at(1), "ALL") {
+            fx.discard_all = true;
+            fx.forgets = true;
+            fx.clears |= CONFIG | OTHER;
+            fx.settings.push(Change::ResetAll);
+        }
+    } else if is(first, "RESET") {
+        if is(at(1), "ALL") {
+            fx.clears |= CONFIG;
+        }
+        if is(at(1), "SESSION") && is(at(2), "AUTHORIZATION") {
+            fx.clears |= OTHER;
+        } else if let Some(c) = settings::classify(&render(s)) {
+            fx.settings.push(c);
+        }
+    } else if is(first, "SET") {
+        set(s, fx);
+    } else if is(first, "LOAD") {
+        fx.creates |= OTHER;
+    } else if is(first, "CREATE") {
+        let upto = s
+            .iter()
+            .position(|t| is(Some(t), "AS") || matches!(t, Token::LParen))
+            .unwrap_or(s.len());
+        let temp = (1..upto).any(|i| {
+            is(at(i), "TEMP")
+                || is(at(i), "TEMPORARY")
+                || at(i)
+                    .and_then(|t| word(t))
+                    .is_some_and(|w| ident(w) == b"pg_temp")
+        });
+        let on_commit_drop = (0..s.len())
+            .any(|i| is(at(i), "ON") && is(at(i + 1), "COMMIT") && is(at(i + 2), "DROP"));
+        if temp && !on_commit_drop {
+            fx.creates |= TEMP;
+        }
+    }
+    // SELECT … INTO TEMP t (in any statement that can hold a SELECT).
+    if !is(first, "CREATE")
+        && (0..s.len()).any(|i| {
+            is(at(i), "INTO")
+                && (is(at(i + 1), "TEMP")
+                    || is(at(i + 1), "TEMPORARY")
+                    || at(i + 1)
+                        .and_then(|t| word(t))
+                        .is_some_and(|w| ident(w) == b"pg_temp"))
+        })
+    {
+        fx.creates |= TEMP;
+    }
+    calls(s, fx);
+}
+
+/// `SET …`: a tracked setting, a session-level command, or nothing (SET LOCAL, SET TRANSACTION).
+fn set(s: &[&Token], fx: &mut Effects) {
+    let at = |i: usize| s.get(i);
+    if is(at(1), "SESSION") && (is(at(2), "AUTHORIZATION") || is(at(2), "CHARACTERISTICS")) {
+        fx.creates |= state::OTHER;
+        return;
+    }
+    if let Some(c) = settings::classify(&render(s)) {
+        fx.settings.push(c);
+    }
+}
+
+/// Function calls: advisory locks and unlocks, set_config.
+fn calls(s: &[&Token], fx: &mut Effects) {
+    for (i, t) in s.iter().enumerate() {
+        let Some(w) = word(t) else { continue };
+        if !matches!(s.get(i + 1), Some(Token::LParen)) {
+            continue;
+        }
+        let name = ident(w);
+        match &name[..] {
+            b"pg_advisory_lock"
+            | b"pg_advisory_lock_shared"
+            | b"pg_try_advisory_lock"
+            | b"pg_try_advisory_lock_shared" => fx.creates |= state::LOCK,
+            b"pg_advisory_unlock" | b"pg_advisory_unlock_shared" | b"pg_advisory_unlock_all" => {
+                fx.verify = true;
+            }
+            b"set_config" => set_config(s, i, fx),
+            _ => {}
+        }
+    }
+}
+
+/// `set_config(name, value, is_local)` at token `i`: nothing when local, a tracked setting when
+/// the statement is exactly `SELECT set_config('name', 'value', false)`, else untracked state.
+fn set_config(s: &[&Token], i: usize, fx: &mut Effects) {
+    let args = call_args(&s[i + 2..]);
+    let literal = |a: &[&Token]| match a {
+        [Token::SingleQuotedString(v)] => Some(v.replace("''", "'")),
+        _ => None,
+    };
+    let local = match args.get(2).map(|a| &a[..]) {
+        Some([t]) if is(Some(t), "TRUE") => Some(true),
+        Some([t]) if is(Some(t), "FALSE") => Some(false),
+        Some([Token::SingleQuotedString(v)]) => match v.to_ascii_lowercase().as_str() {
+            "t" | "true" | "on" | "yes" | "1" => Some(true),
+            "f" | "false" | "off" | "no" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    };
+    if local == Some(true) {
+        return;
+    }
+    // The call must be the whole statement: SELECT set_config(…) [AS alias]; its arguments end
+    // at the matching parenthesis.
+    // Arguments and the commas between them.
+    let inside = args
+        .iter()
+        .map(|a| a.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    let closing = i + 2 + inside;
+    let whole = i == 1
+        && is(s.first(), "SELECT")
+        && matches!(s.get(closing), Some(Token::RParen))
+        && match s.len() - closing - 1 {
+            0 => true,
+            1 => word(s[closing + 1]).is_some(),
+            2 => is(s.get(closing + 1), "AS") && word(s[closing + 2]).is_some(),
+            _ => false,
+        };
+    match (
+        args.len(),
+        args.first().and_then(|a| literal(a)),
+        args.get(1).and_then(|a| literal(a)),
+        local,
+    ) {
+        (3, Some(name), Some(value), Some(false)) if whole => {
+            let q = |v: &str| v.replace('\'', "''");
+            fx.settings.push(Change::Set {
+                name: name.to_ascii_lowercase(),
+                sql: format!(
+                    "SELECT pg_catalog.set_config('{}', '{}', false)",
+                    q(&name),
+                    q(&value)
+                ),
+            });
+        }
+        _ => fx.creates |= state::CONFIG,
+    }
+}
+
+/// The comma-separated arguments of a call whose tokens start after its `(`.
+fn call_args<'a>(s: &[&'a Token]) -> Vec<Vec<&'a Token>> {
+    let mut args = vec![Vec::new()];
+    let mut depth = 0usize;
+    for t in s {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen if depth == 0 => break,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => {
+                args.push(Vec::new());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(a) = args.last_mut() {
+            a.push(*t);
+        }
+    }
+    if args.len() == 1 && args[0].is_empty() {
+        args.clear();
+    }
+    args
+}
+
+/// A statement's text again, from its tokens (comments and extra spaces gone).
+fn render(s: &[&Token]) -> String {
+    let mut out = String::new();
+    for (i, t) in s.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&t.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state::*;
+    use super::*;
+
+    fn creates(sql: &str) -> u8 {
+        assert!(may_matter(sql.as_bytes()), "prefilter let through: {sql}");
+        analyze(sql).creates
+    }
+
+    #[test]
+    fn session_state_is_found_in_every_spelling() {
+        assert_eq!(creates("LISTEN jobs"), LISTEN);
+        assert_eq!(creates("/* c */ LISTEN x"), LISTEN);
+        assert_eq!(creates("-- hi\n  listen x"), LISTEN);
+        assert_eq!(creates("SELECT 1; LISTEN x"), LISTEN);
+        assert_eq!(creates("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), CURSOR);
+        assert_eq!(
+            creates("declare c no scroll cursor with hold for select 1"),
+            CURSOR
+        );
+        assert_eq!(creates("SELECT pg_advisory_lock($1)"), LOCK);
+        assert_eq!(
+            creates("select pg_catalog.pg_try_advisory_lock(1, 2)"),
+            LOCK
+        );
+        assert_eq!(creates("PREPARE p AS SELECT 1"), PREPARE);
+        assert_eq!(creates("CREATE TEMP TABLE t (a int)"), TEMP);
+        assert_eq!(creates("create temporary table t as select 1"), TEMP);
+        assert_eq!(creates("CREATE TABLE pg_temp.t (a int)"), TEMP);
+        assert_eq!(creates("SELECT 1 AS a INTO TEMP t"), TEMP);
+        assert_eq!(
+            creates("SELECT set_config('search_path', $1, false)"),
+            CONFIG
+        );
+        assert_eq!(creates("SELECT set_config('a.b', 'c', false), 1"), CONFIG);
+        assert_eq!(creates("SET SESSION AUTHORIZATION bob"), OTHER);
+    }
+
+    #[test]
+    fn literals_comments_and_transaction_scoped_state_are_not_state() {
+        for sql in [
+            "SELECT 'with hold'",
+            "SELECT 'LISTEN x; pg_advisory_lock(1)'",
+            "SELECT $$ listen x $$",
+            "SELECT 1 /* DECLARE c CURSOR WITH HOLD */",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_advisory_unlock(1)",
+            "CREATE TEMP TABLE t (a int) ON COMMIT DROP",
+            "SELECT set_config('search_path', 's1', true)",
+            "DECLARE c CURSOR FOR SELECT 'with hold'",
+            "PREPARE TRANSACTION 'x'",
+            "SELECT \"listen\" FROM t",
+        ] {
+            assert_eq!(analyze(sql).creates, 0, "{sql}");
+        }
+    }
+
+    #[test]
+    fn ordinary_statements_skip_the_slow_path() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+            "INSERT INTO t VALUES (1);",
+            "BEGIN",
+            "SELECT 1 OFFSET 5",
+        ] {
+            assert!(!may_matter(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn deallocate_and_discard_are_understood() {
+        let fx = analyze("DEALLOCATE ALL");
+        assert_eq!(fx.emulate, Some(Emulate::DeallocateAll));
+        assert!(fx.forgets);
+        assert_eq!(
+            analyze("/* x */ deallocate prepare \"_pg3_1\"").emulate,
+            Some(Emulate::Deallocate(b"_pg3_1".to_vec()))
+        );
+        assert_eq!(
+            analyze("DEALLOCATE _PG3_1;").emulate,
+            Some(Emulate::Deallocate(b"_pg3_1".to_vec()))
+        );
+        let multi = analyze("SELECT 1; DEALLOCATE ALL");
+        assert_eq!(multi.emulate, None);
+        assert!(multi.forgets);
+        let d = analyze("DISCARD ALL");
+        assert!(d.discard_all && d.forgets);
+        assert_eq!(d.settings, vec![Change::ResetAll]);
+        assert!(!analyze("DISCARD PLANS").forgets);
+    }
+
+    #[test]
+    fn settings_are_read_per_statement() {
+        let fx = analyze("/* app */ SET search_path TO app; SELECT 1");
+        assert_eq!(fx.statements, 2);
+        assert!(
+            matches!(&fx.settings[..], [Change::Set { name, .. }] if name == "search_path"),
+            "{fx:?}"
+        );
+        assert_eq!(analyze("RESET ALL").settings, vec![Change::ResetAll]);
+        let fx = analyze("SELECT set_config('Search_Path', 'it''s', false)");
+        assert_eq!(fx.creates, 0);
+        assert_eq!(
+            fx.settings,
+            vec![Change::Set {
+                name: "search_path".into(),
+                sql: "SELECT pg_catalog.set_config('Search_Path', 'it''s', false)".into()
+            }]
+        );
+        assert!(analyze("SET LOCAL work_mem = '1MB'").settings.is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! The session's side of statement effects in transaction mode: pinning a client that created
+//! session state to its server connection (or refusing the statement), answering DEALLOCATE
+//! itself, keeping the server's prepared-statement record in step with DEALLOCATE ALL /
+//! DISCARD ALL, and tracking settings changes. See `effects` for how SQL is read.
+
+use bytes::{BufMut, BytesMut};
+
+use super::Track;
+use crate::effects::{Effects, Emulate, state};
+use crate::proto::{self, Severity};
+use crate::server::ServerConn;
+use crate::stmt::{Prepared, Statements, Sub};
+
+/// Session state a client holds on its server connection, and what may have removed some.
+#[derive(Debug, Default)]
+pub(super) struct Pin {
+    /// [`state`] bits: non-zero keeps the server connection with the client.
+    pub(super) bits: u8,
+    /// A statement that may have removed state was sent: ask the server before deciding.
+    pub(super) verify: bool,
+    /// Untracked state removed if the current segment succeeds.
+    pub(super) clears: u8,
+    /// Counted in the pool's `pinned` gauge.
+    pub(super) counted: bool,
+}
+
+impl Pin {
+    /// At a ReadyForQuery: drops what a successful RESET ALL / DISCARD ALL removed.
+    pub(super) fn settle(&mut self, failed: bool) {
+        if !failed {
+            self.bits &= !self.clears;
+        }
+        self.clears = 0;
+    }
+}
+
+/// How to treat one Query or Parse message with effects `fx`, sent in `segment`. `unnamed`: a
+/// Query or an unnamed Parse (only those are emulated); `refuse`: session state is refused
+/// rather than pinned.
+pub(super) fn plan(
+    fx: &Effects,
+    (segment, unnamed): (u64, bool),
+    refuse: bool,
+    stmts: &mut Statements,
+    track: &mut Track,
+    pin: &mut Pin,
+    prepared: &mut Prepared,
+) -> Sub {
+    if fx.creates != 0 {
+        if refuse {
+            return Sub::Refuse(fx.creates);
+        }
+        pin.bits |= fx.creates;
+    }
+    if !fx.settings.is_empty() {
+        if fx.statements > 1 {
+            track.unknown = Some(segment);
+        }
+        track
+            .changes
+            .extend(fx.settings.iter().map(|c| (segment, c.clone())));
+    }
+    pin.verify |= fx.verify;
+    pin.clears |= fx.clears;
+    match &fx.emulate {
+        // SQL-prepared statements of a pinned client must really go.
+        Some(Emulate::DeallocateAll) if unnamed && pin.bits & state::PREPARE == 0 => {
+            stmts.forget_names();
+            return Sub::Emulate("DEALLOCATE ALL");
+        }
+        Some(Emulate::Deallocate(name)) if unnamed && stmts.forget_name(name) => {
+            return Sub::Emulate("DEALLOCATE");
+        }
+        _ => {}
+    }
+    if fx.forgets {
+        stmts.forget_names();
+        stmts.server_forgets(prepared);
+    }
+    let verify = if fx.verify { state::VERIFY } else { 0 };
+    if fx.creates | verify != 0 {
+        Sub::Flag(fx.creates | verify)
+    } else {
+        Sub::Forward
+    }
+}
+
+/// Records what executing a flagged prepared statement (`bound`, from a Bind) does.
+pub(super) fn bound(pin: &mut Pin, bound: u8) {
+    pin.bits |= bound & !state::VERIFY;
+    pin.verify |= bound & state::VERIFY != 0;
+}
+
+/// The refusal of a statement creating session state `bits`.
+pub(super) fn refusal(out: &mut BytesMut, bits: u8) {
+    proto::error_hint(
+        out,
+        Severity::Error,
+        "0A000",
+        &format!(
+            "{} is not supported in transaction pooling mode: the next transaction may run on \
+             another server connection",
+            state::reason(bits)
+        ),
+        state::hint(bits),
+    );
+}
+
+/// CommandComplete `tag`.
+pub(super) fn complete(out: &mut BytesMut, tag: &str) {
+    proto::message(out, b'C', |o| {
+        o.put_slice(tag.as_bytes());
+        o.put_u8(0);
+    });
+}
+
+/// Counts the state the server can show: listening channels, holdable cursors, advisory locks,
+/// SQL-prepared statements, temporary relations.
+const VERIFY_SQL: &str = "SELECT \
+    (SELECT count(*) FROM pg_catalog.pg_listening_channels())::text, \
+    (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)::text, \
+    (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+        AND pid = pg_catalog.pg_backend_pid())::text, \
+    (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)::text, \
+    (SELECT count(*) FROM pg_catalog.pg_class \
+        WHERE relnamespace = pg_catalog.pg_my_temp_schema())::text";
+
+/// The state a server connection still holds, per the server's catalogs, with the bits it
+/// cannot see kept from `bits`; `bits` unchanged when the question fails.
+pub(super) async fn verify(conn: &mut ServerConn, bits: u8) -> std::io::Result<u8> {
+    let asked = conn.query_row(VERIFY_SQL);
+    let row = tokio::time::timeout(std::time::Duration::from_secs(5), asked)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let kinds = [
+        state::LISTEN,
+        state::CURSOR,
+        state::LOCK,
+        state::PREPARE,
+        state::TEMP,
+    ];
+    let mut found = bits & !state::VISIBLE;
+    for (v, kind) in row.iter().zip(kinds) {
+        if v.as_deref().is_some_and(|n| n != "0") {
+            found |= kind;
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,103 @@
+//! gRPC through the gateway when the server dies (request path v2, issue 14): the client sees
+//! UNAVAILABLE, which gRPC clients retry, as it would calling the server directly — not the
+//! INTERNAL that a stream reset means to it.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type Chunk = Result<Frame<Bytes>, Infallible>;
+
+/// An h2c server that answers one streaming call with a 200 head and one message, then dies
+/// (its connection is dropped mid-stream, as when the process is killed).
+async fn dying_grpc_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+            let kill_tx = std::sync::Mutex::new(Some(kill_tx));
+            let svc = hyper::service::service_fn(move |_req| {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+                let kill = kill_tx.lock().ok().and_then(|mut k| k.take());
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(k) = kill {
+                        let _ = k.send(());
+                    }
+                    // Keep the stream open until the connection dies.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    drop(tx);
+                });
+                let body = StreamBody::new(tokio_stream_from(rx));
+                let resp = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .expect("response");
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = conn => {}
+                    _ = kill_rx => {} // dropping the connection closes the socket at once
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An mpsc receiver as a stream of frames.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
+) -> impl futures_util::Stream<Item = Chunk> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn a_grpc_server_dying_mid_stream_is_unavailable_to_the_client() {
+    let addr = dying_grpc_server().await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &routed(&format!("\"{addr}\""), "/", "", "protocol = \"h2c\""),
+    )
+    .await;
+    let call = http::Request::post(format!("http://{}/echo.Echo/Stream", gw.http))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+        .expect("request");
+    let stream = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let resp = tx.send_request(call).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("the stream ends with trailers, not a reset");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "14", "UNAVAILABLE");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"\0\0\0\0\x02hi"));
+    quiescent(&gw).await;
+}

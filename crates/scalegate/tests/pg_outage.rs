@@ -1,0 +1,225 @@
+//! Outages ridden through: a primary restarted under load (pgbench loses no client), a server
+//! dying under a client (exactly one FATAL, retryable), idle server connections terminated
+//! (replaced without the client noticing), a replica that refuses connections (reads fall back
+//! at once), and two hosts claiming primary (writes go to the newer timeline).
+
+mod common;
+mod pg_common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use pg_common::*;
+use scalegate_testkit::PgServer;
+use scalegate_testkit::postgres::psql;
+
+fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("app")
+        .output()
+        .expect("pgbench")
+}
+
+#[tokio::test]
+async fn a_primary_restart_under_pgbench_aborts_no_client() {
+    let mut pg = PgServer::start().await;
+    let (_gw, port) = pooler(BIN, &pg, "pool_size = 10", "wait_timeout = \"30s\"").await;
+    let init = pgbench(port, &["-i", "-q", "-s", "1"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for mode in ["simple", "prepared"] {
+        let load = tokio::task::spawn_blocking(move || {
+            pgbench(
+                port,
+                &["-S", "-M", mode, "-c", "50", "-j", "2", "-T", "8", "-n"],
+            )
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        pg.restart_fast().await;
+        let out = load.await.expect("pgbench task");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "-M {mode}: {text}{err}");
+        assert!(
+            !err.contains("aborted"),
+            "-M {mode}: clients aborted: {err}"
+        );
+        assert!(
+            text.contains("number of failed transactions: 0"),
+            "-M {mode}: {text}"
+        );
+    }
+    pooler_quiescent(port).await;
+}
+
+/// A raw protocol client: startup for database `app`, read to the first ReadyForQuery.
+fn raw_login(port: u16) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", "postgres", "database", "app", ""] {
+        body.extend(part.as_bytes());
+        body.push(0);
+    }
+    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    p.extend(body);
+    s.write_all(&p).expect("startup");
+    read_until_ready(&mut s);
+    s
+}
+
+fn query(s: &mut std::net::TcpStream, sql: &str) {
+    let mut m = vec![b'Q'];
+    m.extend(((sql.len() + 5) as i32).to_be_bytes());
+    m.extend(sql.as_bytes());
+    m.push(0);
+    s.write_all(&m).expect("query");
+}
+
+/// Messages (tag, body) until a ReadyForQuery or the end of the connection.
+fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if s.read_exact(&mut head).is_err() {
+            return out;
+        }
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        if s.read_exact(&mut body).is_err() {
+            return out;
+        }
+        out.push((head[0], body));
+        if head[0] == b'Z' {
+            return out;
+        }
+    }
+}
+
+fn backends(pg: &PgServer) -> Vec<String> {
+    let pids = pg.psql(
+        "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' \
+         AND pid <> pg_backend_pid()",
+    );
+    pids.lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn a_client_whose_server_dies_gets_exactly_one_retryable_fatal() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let mut s = raw_login(port);
+    query(&mut s, "BEGIN");
+    read_until_ready(&mut s);
+    for pid in backends(&pg) {
+        pg.psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
+    }
+    query(&mut s, "SELECT 1");
+    let got = read_until_ready(&mut s);
+    let errors: Vec<String> = got
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("FATAL") && (errors[0].contains("57P01") || errors[0].contains("08006")),
+        "{errors:?}"
+    );
+    // Everyone else goes on.
+    let c = app_client(port).await;
+    assert_eq!(pg_one::<i32>(&c, "SELECT 1").await, 1);
+    drop(c);
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn idle_server_connections_terminated_are_replaced_without_the_client_noticing() {
+    let pg = PgServer::start().await;
+    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let c = app_client(port).await;
+    for i in 0..20i32 {
+        assert_eq!(pg_one::<i32>(&c, &format!("SELECT {i}")).await, i);
+        for pid in backends(&pg) {
+            pg.psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
+        }
+        // At once, while the FATALs may still be on their way.
+        let v = c.query_one(&format!("SELECT {i} + 1"), &[]).await;
+        let v: i32 = v.unwrap_or_else(|e| panic!("round {i}: {e}")).get(0);
+        assert_eq!(v, i + 1);
+    }
+    drop(c);
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn reads_fall_back_at_once_when_a_replica_refuses_connections() {
+    let primary = PgServer::start().await;
+    primary.psql("postgres", "CREATE TABLE one AS SELECT 1 AS x");
+    let mut replica = PgServer::replica_of(&primary).await;
+    let port = free_port();
+    // A long health interval: the fallback must not wait for the monitor.
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
+         replicas = [\"postgres://postgres@127.0.0.1:{}/postgres\"]\nhealth_interval = \"30s\"\n",
+        primary.port, replica.port
+    );
+    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let seen = eventually(Duration::from_secs(15), || async {
+        psql(port, "postgres", "scalegate", "SHOW HOSTS").is_ok_and(|h| h.contains("|replica|"))
+    })
+    .await;
+    assert!(seen, "the monitor never saw the replica");
+    let c = app_client(port).await;
+    let on: i32 = pg_one(&c, "SELECT inet_server_port() FROM one").await;
+    assert_eq!(on, replica.port as i32, "reads go to the replica");
+    drop(c);
+    replica.kill();
+    for i in 0..10 {
+        let c = app_client(port).await;
+        let on: i32 = c
+            .query_one("SELECT inet_server_port() FROM one", &[])
+            .await
+            .unwrap_or_else(|e| panic!("read {i} after the replica stopped: {e}"))
+            .get(0);
+        assert_eq!(on, primary.port as i32);
+    }
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn of_two_hosts_claiming_primary_a_fresh_pooler_writes_to_the_newer_timeline() {
+    let old = PgServer::start().await;
+    old.psql("postgres", "CREATE TABLE one AS SELECT 1 AS x");
+    let new = PgServer::replica_of(&old).await;
+    new.promote();
+    // Both accept writes now; the promoted one is on timeline 2.
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"10s\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
+         replicas = [\"postgres://postgres@127.0.0.1:{}/postgres\"]\nhealth_interval = \"200ms\"\n",
+        old.port, new.port
+    );
+    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let c = app_client(port).await;
+    for _ in 0..5 {
+        let on: i32 = pg_one(&c, "SELECT inet_server_port() FROM one FOR UPDATE").await;
+        assert_eq!(on, new.port as i32, "a write went to the stale primary");
+    }
+    drop(c);
+    let hosts = psql(port, "postgres", "scalegate", "SHOW HOSTS").expect("hosts");
+    assert!(
+        hosts.contains(&format!("|{}|primary|", new.port)),
+        "{hosts}"
+    );
+    pooler_quiescent(port).await;
+}

@@ -1,0 +1,320 @@
+//! Session state in transaction mode, with pool_size 1 so every client lands on the same server
+//! connection: DEALLOCATE / DISCARD from one client never break another's prepared statements,
+//! and state that outlives a transaction (LISTEN, WITH HOLD cursors, advisory locks, SQL
+//! PREPARE, TEMP tables, set_config) is pinned or refused on every protocol path — never seen
+//! by the next client.
+
+mod common;
+mod pg_common;
+
+use std::time::Duration;
+
+use common::*;
+use pg_common::*;
+use scalegate_testkit::PgServer;
+use tokio_postgres::Client;
+
+async fn one_server(mode: &str) -> (PgServer, GatewayProcess, u16) {
+    let pg = PgServer::start().await;
+    let db = format!("pool_size = 1\non_session_state = \"{mode}\"");
+    let (gw, port) = pooler(BIN, &pg, &db, "wait_timeout = \"10s\"").await;
+    (pg, gw, port)
+}
+
+async fn int(c: &Client, sql: &str) -> i64 {
+    pg_one::<i64>(c, sql).await
+}
+
+#[tokio::test]
+async fn deallocate_and_discard_never_break_another_clients_prepared_statements() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let b = app_client(port).await;
+    let stmt = a.prepare("SELECT $1::int8 + 1").await.expect("prepare");
+    let mine = b.prepare("SELECT $1::int8 * 2").await.expect("prepare");
+    let run = |n: i64| {
+        let (a, stmt) = (&a, &stmt);
+        async move {
+            let row = a.query_one(stmt, &[&n]).await;
+            row.unwrap_or_else(|e| panic!("A's statement after B's {n}: {e}"))
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(run(1).await, 2);
+    let forgetting = [
+        "DEALLOCATE ALL",
+        "/* psycopg */ deallocate all",
+        "-- x\nDEALLOCATE PREPARE ALL;",
+        "SELECT 1; DEALLOCATE ALL",
+        "DISCARD ALL",
+        "DISCARD PLANS",
+        "RESET ALL",
+    ];
+    for (i, sql) in forgetting.iter().enumerate() {
+        b.simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(run(i as i64 * 10).await, i as i64 * 10 + 1, "after {sql}");
+    }
+    // Through the extended protocol, as a named statement (tokio-postgres prepares it).
+    b.execute("DEALLOCATE ALL", &[])
+        .await
+        .expect("extended DEALLOCATE ALL");
+    assert_eq!(run(100).await, 101);
+    // B's own statements are gone for B, as on a real server.
+    let e = b.query_one(&mine, &[&1i64]).await.expect_err("deallocated");
+    assert_eq!(sqlstate(&e), "26000", "{e:?}");
+    // DEALLOCATE of a name B never prepared is the server's 26000.
+    let e = b
+        .simple_query("DEALLOCATE nosuch")
+        .await
+        .expect_err("unknown");
+    assert_eq!(sqlstate(&e), "26000", "{e:?}");
+    assert_eq!(run(7).await, 8);
+    drop((a, b));
+    pooler_quiescent(port).await;
+    drop(gw);
+}
+
+/// Runs `check` as client B while client A holds session state; with pool_size 1 and pinning, B
+/// waits until A disconnects and then finds none of A's state.
+async fn pinned_until_a_leaves<F, Fut>(port: u16, a: Client, check: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let pinned = console(port, "SHOW CLIENTS");
+    assert!(
+        pinned
+            .lines()
+            .any(|l| !l.ends_with('|') && l.split('|').count() == 6),
+        "A shows as pinned: {pinned}"
+    );
+    let b = app_client(port).await;
+    let task = tokio::spawn(check(b));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!task.is_finished(), "B got A's pinned server connection");
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("B is served once A leaves")
+        .expect("B's checks");
+}
+
+#[tokio::test]
+async fn listen_is_pinned_in_every_spelling_and_never_heard_by_the_next_client() {
+    let (_pg, _gw, port) = one_server("pin").await;
+    for sql in ["/* c */ LISTEN x", "SELECT 1; LISTEN x", "listen x"] {
+        let a = app_client(port).await;
+        a.simple_query(sql).await.expect("listen");
+        pinned_until_a_leaves(port, a, |b| async move {
+            assert_eq!(
+                int(&b, "SELECT count(*) FROM pg_listening_channels()").await,
+                0
+            );
+        })
+        .await;
+    }
+    // Extended protocol.
+    let a = app_client(port).await;
+    a.execute("LISTEN x", &[]).await.expect("listen");
+    pinned_until_a_leaves(port, a, |b| async move {
+        assert_eq!(
+            int(&b, "SELECT count(*) FROM pg_listening_channels()").await,
+            0
+        );
+    })
+    .await;
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn hold_cursors_sql_prepare_and_temp_tables_are_pinned_then_cleaned() {
+    let (_pg, _gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    a.execute(
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1 FROM generate_series(1, 3)",
+        &[],
+    )
+    .await
+    .expect("declare");
+    a.simple_query("PREPARE p AS SELECT 1")
+        .await
+        .expect("prepare");
+    a.simple_query("CREATE TEMP TABLE tt AS SELECT 1 AS x")
+        .await
+        .expect("temp");
+    // A keeps all of it across transactions.
+    assert_eq!(int(&a, "SELECT count(*) FROM tt").await, 1);
+    let fetched = a.simple_query("FETCH 2 FROM c").await.expect("fetch");
+    assert_eq!(
+        fetched
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count(),
+        2
+    );
+    pinned_until_a_leaves(port, a, |b| async move {
+        assert_eq!(
+            int(&b, "SELECT count(*) FROM pg_cursors WHERE is_holdable").await,
+            0
+        );
+        assert_eq!(
+            int(
+                &b,
+                "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+            )
+            .await,
+            0
+        );
+        // B's own PREPARE of the same name works (A's did not survive).
+        b.simple_query("PREPARE p AS SELECT 2")
+            .await
+            .expect("B's prepare");
+        let v = b.simple_query("EXECUTE p").await.expect("execute");
+        assert!(
+            matches!(&v[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))
+        );
+        let tt: Option<String> = pg_one(&b, "SELECT to_regclass('pg_temp.tt')::text").await;
+        assert_eq!(tt, None, "A's temp table is gone");
+    })
+    .await;
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn an_advisory_lock_taken_through_parse_keeps_mutual_exclusion() {
+    let (_pg, _gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    // Parse/Bind/Execute with a parameter, as asyncpg, JDBC and node-postgres send it.
+    a.query_one("SELECT pg_advisory_lock($1)", &[&42i64])
+        .await
+        .expect("lock");
+    pinned_until_a_leaves(port, a, |b| async move {
+        // A left: its lock went with it; B takes it for itself.
+        let got: bool = pg_one(&b, "SELECT pg_try_advisory_lock(42)").await;
+        assert!(got);
+        let held = int(
+            &b,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        )
+        .await;
+        assert_eq!(held, 1, "only B's own lock");
+    })
+    .await;
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn state_that_is_gone_unpins_and_literals_never_pin() {
+    let (_pg, _gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let b = app_client(port).await;
+    // A string literal that reads like session state is just a string.
+    let s: String = pg_one(&a, "SELECT 'with hold'").await;
+    assert_eq!(s, "with hold");
+    let row = a
+        .query_one("SELECT $1::text || ' listen x'", &[&"pg_advisory_lock(1)"])
+        .await;
+    assert!(row.is_ok());
+    assert_eq!(int(&b, "SELECT 1::int8").await, 1, "A is not pinned");
+    // State taken and released: the server goes back to the pool.
+    a.simple_query("LISTEN x").await.expect("listen");
+    a.simple_query("SELECT pg_advisory_lock(7)")
+        .await
+        .expect("lock");
+    a.simple_query("UNLISTEN *").await.expect("unlisten");
+    a.query_one("SELECT pg_advisory_unlock($1)", &[&7i64])
+        .await
+        .expect("unlock");
+    let shown = tokio::time::timeout(Duration::from_secs(5), int(&b, "SELECT 2::int8")).await;
+    assert_eq!(shown.expect("B is served while A is connected"), 2);
+    // DISCARD ALL ends everything at once.
+    a.simple_query("CREATE TEMP TABLE t2 (x int)")
+        .await
+        .expect("temp");
+    a.simple_query("DISCARD ALL").await.expect("discard");
+    let shown = tokio::time::timeout(Duration::from_secs(5), int(&b, "SELECT 3::int8")).await;
+    assert_eq!(shown.expect("B is served while A is connected"), 3);
+    drop((a, b));
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn set_config_is_tracked_with_literals_and_pinned_otherwise() {
+    let (_pg, _gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let b = app_client(port).await;
+    a.simple_query("SELECT set_config('search_path', 's1', false)")
+        .await
+        .expect("set_config");
+    let theirs: String = pg_one(&b, "SHOW search_path").await;
+    assert_eq!(theirs, "\"$user\", public", "B sees the default");
+    let mine: String = pg_one(&a, "SHOW search_path").await;
+    assert_eq!(mine, "s1", "A keeps its setting on whatever server it gets");
+    a.query_one("SELECT set_config('search_path', $1, false)", &[&"s2"])
+        .await
+        .expect("set_config with a parameter");
+    pinned_until_a_leaves(port, a, |b| async move {
+        let v: String = pg_one(&b, "SHOW search_path").await;
+        assert_eq!(v, "\"$user\", public");
+    })
+    .await;
+    drop(b);
+    pooler_quiescent(port).await;
+}
+
+#[tokio::test]
+async fn refuse_mode_answers_0a000_with_a_hint_on_every_path() {
+    let (_pg, gw, port) = one_server("refuse").await;
+    let a = app_client(port).await;
+    let b = app_client(port).await;
+    let simple = [
+        "/* c */ LISTEN x",
+        "SELECT 1; LISTEN x",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT pg_advisory_lock(1)",
+        "PREPARE p AS SELECT 1",
+        "CREATE TEMP TABLE tt (x int)",
+    ];
+    for sql in simple {
+        let e = a.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");
+        let db = e.as_db_error().expect("server-style error");
+        assert!(db.hint().is_some_and(|h| !h.is_empty()), "{sql}: no hint");
+    }
+    // Extended protocol, named statements with parameters.
+    let e = a
+        .query_one("SELECT pg_advisory_lock($1)", &[&42i64])
+        .await
+        .expect_err("advisory lock via Parse");
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    let e = a
+        .query_one("SELECT set_config('search_path', $1, false)", &[&"s2"])
+        .await
+        .expect_err("set_config via Parse");
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    // Inside a transaction the refusal fails the transaction, as a server error would.
+    a.batch_execute("BEGIN").await.expect("begin");
+    assert!(a.simple_query("LISTEN x").await.is_err());
+    let e = a.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(sqlstate(&e), "25P02");
+    a.batch_execute("ROLLBACK").await.expect("rollback");
+    // Nothing reached the server, and both clients go on.
+    assert_eq!(
+        int(&b, "SELECT count(*) FROM pg_listening_channels()").await,
+        0
+    );
+    let got: bool = pg_one(&b, "SELECT pg_try_advisory_xact_lock(42)").await;
+    assert!(got);
+    assert_eq!(int(&a, "SELECT 5::int8").await, 5);
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "scalegate_pg_session_state_refusals_total{database=\"app\",user=\"postgres\"} 9"
+        ),
+        "{metrics}"
+    );
+    drop((a, b));
+    pooler_quiescent(port).await;
+}

@@ -1,0 +1,132 @@
+//! Client time is never upstream time (request path v2, issue 14): a client that sends its body
+//! slowly gets 408 within `listeners.body_timeout`, is never blamed on an endpoint, and does not
+//! disturb other requests; the route timeout runs only once the request has gone upstream.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends a POST head announcing `len` body bytes (or chunked when `len` is None), then one byte
+/// (one chunk) every `every` until the gateway answers; returns the status line and how long it
+/// took.
+async fn trickle(addr: SocketAddr, len: Option<usize>, every: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let framing = match len {
+        Some(n) => format!("content-length: {n}"),
+        None => "transfer-encoding: chunked".to_string(),
+    };
+    let head = format!("POST /upload HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let piece: &[u8] = if len.is_some() { b"x" } else { b"1\r\nx\r\n" };
+        // The gateway may answer (and close) while we still write.
+        let _ = s.write_all(piece).await;
+        match tokio::time::timeout(every, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = text.lines().next().unwrap_or_default().to_string();
+                return (line, started.elapsed());
+            }
+            Ok(_) => return ("closed".to_string(), started.elapsed()),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no answer");
+    }
+}
+
+/// The issue's reproduction: slow uploads used to get 504 after the route timeout, each counted
+/// against the endpoint, until every endpoint was ejected and normal GETs got 503.
+#[tokio::test]
+async fn slow_uploads_get_408_and_eject_nothing() {
+    let bs = backends(2).await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "body_timeout = \"1s\"",
+        &routed(
+            &endpoints(&bs),
+            "/",
+            "timeout = \"300ms\"",
+            "passive = { consecutive_failures = 2, base_ejection = \"10s\" }\npool = { max_per_endpoint = 8 }",
+        ),
+    )
+    .await;
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        // Half announce a length (read whole before any upstream connection is taken), half
+        // stream chunks (they hold a connection, at most half of the pool).
+        let len = (i % 2 == 0).then_some(1000);
+        let t = tokio::spawn(trickle(gw.http, len, Duration::from_millis(100)));
+        slow.push((len, t));
+    }
+    // Meanwhile ordinary requests are served.
+    let c = Client::http1();
+    for _ in 0..20 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 200, "a GET beside the slow uploads");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    for (len, t) in slow {
+        let (line, took) = t.await.expect("join");
+        // A streamed upload beyond its half of the pool is refused (503, Retry-After) instead.
+        let ok = line.contains(" 408 ") || (len.is_none() && line.contains(" 503 "));
+        assert!(ok, "slow body answered {line:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "answered within the body timeout: {took:?}"
+        );
+    }
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("scalegate_upstream_ejections_total") && !l.ends_with(" 0")),
+        "no endpoint ejected:\n{metrics}"
+    );
+    for _ in 0..10 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 200);
+    }
+    quiescent(&gw).await;
+}
+
+/// The route timeout starts once the body has gone upstream: an upload that takes longer to
+/// arrive than the route timeout, but within the body timeout, is answered by the upstream.
+#[tokio::test]
+async fn the_route_timeout_starts_when_the_body_has_gone_upstream() {
+    let b = Backend::start("b").await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "body_timeout = \"10s\"",
+        &routed(&format!("\"{}\"", b.addr), "/", "timeout = \"300ms\"", ""),
+    )
+    .await;
+    // 100 KiB, so it streams (not read whole first), sent in 10 pieces over ~1 s.
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let n = 100 * 1024;
+    let head = format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {n}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("head");
+    for _ in 0..10 {
+        s.write_all(&vec![b'x'; n / 10]).await.expect("piece");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut buf = vec![0u8; 4096];
+    let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..got]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(b.last_body_len(), n);
+    drop(s);
+    quiescent(&gw).await;
+}
