@@ -234,3 +234,25 @@ async fn fills_made_while_redis_pauses_reach_it_afterwards() {
         quiescent(g).await;
     }
 }
+
+#[tokio::test]
+async fn a_purge_published_while_subscriptions_are_down_is_replayed_on_resubscribe() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let dropped = paths("/dropped/", 10);
+    warm(&gws, &redis, &o, &dropped).await;
+    // Every instance loses its subscription; the purge is published before they are back.
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(
+        killed.as_deref().is_some_and(|r| r.starts_with(':')),
+        "{killed:?}"
+    );
+    let r = purge(&gws[0], "prefix=/dropped/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = all_purged(&gws, &dropped).await;
+    eprintln!("replayed from the stream: all three missed after {t:?}");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
