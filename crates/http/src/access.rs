@@ -1,6 +1,7 @@
 //! Per-route client address rules: `allow` and `deny` lists of addresses and CIDR blocks,
-//! checked against the connection's peer address (not X-Forwarded-For, which a client can
-//! write).
+//! checked against the client's address: the connection's peer, or, when the peer is one of the
+//! listener's `trusted_proxies`, the address it forwarded for (`forwarded.rs`). X-Forwarded-For
+//! from anyone else is never read.
 
 use std::net::IpAddr;
 

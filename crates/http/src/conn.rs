@@ -138,6 +138,10 @@ impl Protocols {
         h1.header_read_timeout(None)
             .max_buf_size(spec.max_header_bytes.max(8192))
             .keep_alive(true);
+        // hyper allocates the header array per request once a count is set: only when needed.
+        if spec.edge.max_headers != crate::edge::DEFAULT_MAX_HEADERS {
+            h1.max_headers(spec.edge.max_headers);
+        }
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
@@ -543,6 +547,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(1),
                 tls: None,
                 max_connections: None,
+                edge: Default::default(),
             };
             let gw = crate::Gateway::new(
                 &crate::GatewaySpec {
@@ -564,6 +569,7 @@ mod tests {
                 listener: Arc::from("t"),
                 peer: "127.0.0.1:1".parse().expect("addr"),
                 max_head: 65536,
+                edge: Default::default(),
                 body_timeout: Duration::from_secs(60),
                 worker: 0,
                 scheme: "http",

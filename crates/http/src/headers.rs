@@ -1,11 +1,8 @@
-//! Header rules of a proxy hop: hop-by-hop removal (RFC 9110 §7.6.1), X-Forwarded-*,
-//! X-Request-Id.
+//! Header rules of a proxy hop: hop-by-hop removal (RFC 9110 §7.6.1), the checks on a request
+//! head that hyper does not make, X-Request-Id. (X-Forwarded-* and trust: `forwarded.rs`.)
 //!
 //! This runs twice per request (request and response), so it walks the map once instead of
 //! looking up each hop-by-hop name.
-
-use std::io::Write;
-use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -13,9 +10,7 @@ use crate::error::ProxyError;
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that never cross a hop, whatever Connection says. (`Trailer`, which RFC 2616 listed
 /// by mistake, is end to end: it declares the trailer fields, and hyper sends HTTP/1.1 trailers
@@ -28,9 +23,13 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || *n == header::PROXY_AUTHORIZATION
         || n.as_str() == "keep-alive"
         || n.as_str() == "proxy-connection"
+        // Only meaningful with an h2c upgrade, which never crosses the gateway.
+        || *n == HTTP2_SETTINGS
 }
 
-/// Removes hop-by-hop headers, including every header the Connection header names.
+/// Removes hop-by-hop headers, including every header the Connection header names, except the
+/// ones the gateway owns (`forwarded::gateway_owned`: X-Request-Id, X-Forwarded-*, Host,
+/// Content-Length …), which a client must not be able to strip from the next hop.
 ///
 /// `TE: trailers` is the one exception: it says the client accepts trailer fields, which the
 /// gateway passes through, so the next hop gets it too. gRPC depends on it (servers reject calls
@@ -55,6 +54,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !crate::forwarded::gateway_owned(n))
         .collect();
     let doomed: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
     for n in doomed.iter().chain(&named) {
@@ -65,49 +65,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Adds X-Forwarded-For (appended), -Proto and -Host (kept if the client sent them).
-pub fn add_forwarded(
-    h: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    let mut buf = [0u8; 512];
-    let mut w = &mut buf[..];
-    let prev = h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
-    let written = match prev {
-        Some(p) if p.len() < 400 => w.write_all(p).and_then(|_| write!(w, ", {client}")),
-        Some(_) => Err(std::io::ErrorKind::OutOfMemory.into()),
-        None => write!(w, "{client}"),
-    };
-    let len = 512 - w.len();
-    let value = match written {
-        Ok(()) => HeaderValue::from_bytes(&buf[..len]).ok(),
-        // A very long chain: fall back to an allocation.
-        Err(_) => prev.and_then(|p| {
-            let mut v = p.to_vec();
-            v.extend_from_slice(format!(", {client}").as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        }),
-    };
-    if let Some(v) = value {
-        h.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    }
-    if let Some(host) = host
-        && !h.contains_key(&X_FORWARDED_HOST)
-    {
-        h.insert(X_FORWARDED_HOST.clone(), host.clone());
-    }
-}
-
-/// What hyper lets through but RFC 9112 §3.2 and the listener's limit do not: more than one
-/// Host, a Host that is not an authority, an HTTP/1.1 request with no Host (400); a request line
-/// and headers over `max_head` bytes (431: hyper's own limit is on its read buffer, which a
-/// single large read can overshoot).
-pub fn check_head(parts: &http::request::Parts, max_head: usize) -> Result<(), ProxyError> {
+/// What hyper lets through but RFC 9112 §3.2 and the listener's limits do not: more than one
+/// Host, a Host that is not an authority, an HTTP/1.1 request with no Host, even in absolute
+/// form, a Host that differs from HTTP/2's `:authority`, an authority-form target on another
+/// method than CONNECT (400); a request line and headers over `max_head` bytes or more than `max_headers`
+/// field lines (431: hyper's own size limit is on its read buffer, which a single large read
+/// can overshoot, and HTTP/2 has no count limit of its own). The limits are the same for
+/// HTTP/1.1 and HTTP/2.
+pub fn check_head(
+    parts: &http::request::Parts,
+    max_head: usize,
+    max_headers: usize,
+) -> Result<(), ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
@@ -118,10 +87,31 @@ pub fn check_head(parts: &http::request::Parts, max_head: usize) -> Result<(), P
             }
         }
         (None, None) => {
-            if parts.version == http::Version::HTTP_11 && parts.uri.authority().is_none() {
+            // RFC 9112 §3.2: every HTTP/1.1 request has Host, the absolute form included.
+            if parts.version == http::Version::HTTP_11 {
                 return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
             }
         }
+    }
+    // RFC 9113 §8.3.1: a Host naming another authority than :authority is malformed.
+    if parts.version == http::Version::HTTP_2
+        && let (Some(a), Some(h)) = (parts.uri.authority(), parts.headers.get(header::HOST))
+        && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes())
+    {
+        return Err(ProxyError::BadRequest("Host differs from :authority"));
+    }
+    // RFC 9112 §3.2.3: the authority form (`GET host:80`) is for CONNECT only.
+    if parts.version <= http::Version::HTTP_11
+        && parts.method != http::Method::CONNECT
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_some()
+    {
+        return Err(ProxyError::BadRequest(
+            "authority-form target without CONNECT",
+        ));
+    }
+    if parts.headers.len() > max_headers {
+        return Err(ProxyError::HeadersTooLarge);
     }
     // Each field line costs its name, ": ", its value and CRLF on the wire.
     let mut size = parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 16;
@@ -132,6 +122,27 @@ pub fn check_head(parts: &http::request::Parts, max_head: usize) -> Result<(), P
         return Err(ProxyError::HeadersTooLarge);
     }
     Ok(())
+}
+
+/// Keeps a body that hyper's HTTP/1.1 client would drop: it sends a GET or HEAD whose body has
+/// no known length (chunked from an HTTP/1.1 client, DATA without content-length from an HTTP/2
+/// one) as bodiless. Such a body goes upstream chunked; one with a known length keeps its
+/// Content-Length, and other methods are framed by hyper already.
+pub fn frame_body(
+    head: &mut http::request::Parts,
+    protocol: crate::spec::UpstreamProtocol,
+    body: &impl http_body::Body,
+) {
+    if protocol == crate::spec::UpstreamProtocol::Http1
+        && (head.method == http::Method::GET || head.method == http::Method::HEAD)
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+    {
+        head.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 }
 
 /// Returns the request's X-Request-Id, adding a fresh random one (32 hex digits) if it has none.
@@ -202,20 +213,50 @@ mod tests {
         assert!(h.is_empty(), "{h:?}");
     }
 
+    fn head(uri: &str, version: http::Version, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri).version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
     #[test]
-    fn forwarded_for_appends_and_request_id_is_kept() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        h.insert("x-request-id", HeaderValue::from_static("abc"));
-        add_forwarded(
-            &mut h,
-            "10.0.0.1".parse().unwrap(),
-            "http",
-            Some(&HeaderValue::from_static("ex.com")),
+    fn head_checks_refuse_what_hyper_lets_through() {
+        use http::Version;
+        let ok = |p: &http::request::Parts| check_head(p, 65536, 100).is_ok();
+        assert!(ok(&head("/x", Version::HTTP_11, &[("host", "a")])));
+        assert!(
+            !ok(&head("http://a/x", Version::HTTP_11, &[])),
+            "absolute form without Host"
         );
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "ex.com");
+        assert!(
+            ok(&head("/x", Version::HTTP_10, &[])),
+            "HTTP/1.0 needs no Host"
+        );
+        assert!(
+            !ok(&head("a:80", Version::HTTP_11, &[("host", "a")])),
+            "authority form"
+        );
+        assert!(ok(&head("http://a/x", Version::HTTP_2, &[("host", "A")])));
+        assert!(
+            !ok(&head("http://a/x", Version::HTTP_2, &[("host", "b")])),
+            "Host ≠ :authority"
+        );
+        let many: Vec<(String, &str)> = (0..100).map(|i| (format!("x-{i}"), "v")).collect();
+        let mut fields: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert!(ok(&head("http://a/x", Version::HTTP_2, &fields)));
+        fields.push(("x-one-more", "v"));
+        assert_eq!(
+            check_head(&head("http://a/x", Version::HTTP_2, &fields), 65536, 100),
+            Err(ProxyError::HeadersTooLarge)
+        );
+    }
+
+    #[test]
+    fn request_id_is_kept_or_made() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
         assert_eq!(ensure_request_id(&mut h), "abc");
         let mut fresh = HeaderMap::new();
         let id = ensure_request_id(&mut fresh);
@@ -225,16 +266,31 @@ mod tests {
     }
 
     #[test]
-    fn very_long_forwarded_chain_still_appends() {
+    fn gateway_owned_headers_survive_a_connection_nomination() {
         let mut h = HeaderMap::new();
-        let long = vec!["10.0.0.1"; 60].join(", ");
-        h.insert("x-forwarded-for", HeaderValue::from_str(&long).unwrap());
-        add_forwarded(&mut h, "10.9.9.9".parse().unwrap(), "http", None);
-        assert!(
-            h["x-forwarded-for"]
-                .to_str()
-                .unwrap()
-                .ends_with(", 10.9.9.9")
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-request-id, X-Forwarded-For, forwarded, host, x-other"),
+        );
+        for n in [
+            "x-request-id",
+            "x-forwarded-for",
+            "forwarded",
+            "host",
+            "x-other",
+        ] {
+            h.insert(n, HeaderValue::from_static("v"));
+        }
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["forwarded", "host", "x-forwarded-for", "x-request-id"]
         );
     }
 }

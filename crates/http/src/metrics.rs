@@ -48,12 +48,6 @@ pub struct Metrics {
     pub cache_tier: Family<Labels, Gauge>,
     /// Redis tier errors (mirrors the tier's own counter at scrape time).
     pub cache_tier_errors: Family<Labels, Gauge>,
-    /// Shared rate limits' Redis: up, errors, fallbacks (refreshed at scrape time).
-    pub shared_limits: Family<Labels, Gauge>,
-    /// WebSocket fan-out: topics, subscribers, published, delivered, dropped_slow, bus_up.
-    pub fanout: Family<Labels, Gauge>,
-    /// Queued routes: queued, delivered, retried, dead, depth (refreshed at scrape time).
-    pub queue: Family<Labels, Gauge>,
 }
 
 /// What the cache did with a request (one counter each per route).
@@ -186,9 +180,6 @@ impl Default for Metrics {
             cache: Family::default(),
             cache_tier: Family::default(),
             cache_tier_errors: Family::default(),
-            shared_limits: Family::default(),
-            fanout: Family::default(),
-            queue: Family::default(),
         }
     }
 }
@@ -290,21 +281,6 @@ impl Metrics {
             "scalegate_cache_tier_errors",
             "Failed or timed-out calls to the Redis cache tier",
             self.cache_tier_errors.clone(),
-        );
-        r.register(
-            "scalegate_rate_limit_redis",
-            "Shared rate limits' Redis: up (1/0), errors (failed or timed-out calls), fallbacks (requests judged in memory meanwhile)",
-            self.shared_limits.clone(),
-        );
-        r.register(
-            "scalegate_fanout",
-            "WebSocket fan-out: topics and subscribers now; messages published, delivered (per subscriber) and subscribers dropped as too slow since start; bus_up (1/0)",
-            self.fanout.clone(),
-        );
-        r.register(
-            "scalegate_queue_jobs",
-            "Queued routes' jobs by route: queued, delivered, retried (failed deliveries to try again), dead (given up) since start; depth (waiting in memory now)",
-            self.queue.clone(),
         );
         r.register(
             "scalegate_http_retries_budget_exhausted",

@@ -130,11 +130,18 @@ fn matches(m: &MatchSpec, key: &RouteKey<'_>) -> bool {
     })
 }
 
-/// "/api" matches "/api", "/api/" and "/api/x" but not "/apix"; "/" and "/api/" match by prefix.
+/// "/api" matches "/api", "/api/", "/api/x" and "/api;v=1" but not "/apix"; "/" and "/api/" match
+/// by prefix. A `;` ends a segment too: servers such as Tomcat drop path parameters, so
+/// "/admin;x" is their "/admin" and must not slip past a rule for it.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with(';')
+        }
     }
 }
 

@@ -64,6 +64,8 @@ pub struct ListenerSpec {
     /// Most client connections open at once, shared out over workers (None: no limit). At the
     /// limit the listener stops accepting; new connections wait in the kernel's backlog.
     pub max_connections: Option<usize>,
+    /// Normalisation, trust, header count and upgrade rules (edge.rs).
+    pub edge: crate::edge::EdgeSpec,
 }
 
 /// What a route matches; every present field must match. Empty matches everything.

@@ -281,6 +281,7 @@ async fn accept_loop(
 ) {
     let protocols = Arc::new(Protocols::new(&spec));
     let name: Arc<str> = Arc::from(spec.name.as_str());
+    let edge = Arc::new(spec.edge.clone());
     // This worker's share of the listener's connection limit.
     let cap = spec
         .max_connections
@@ -305,6 +306,7 @@ async fn accept_loop(
             listener: name.clone(),
             peer,
             max_head: spec.max_header_bytes,
+            edge: edge.clone(),
             body_timeout: spec.body_timeout,
             worker: w.id,
             scheme: if spec.tls.is_some() { "https" } else { "http" },

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -37,6 +36,7 @@ pub async fn start(
     let local = listener.local_addr()?;
     let mut registry = Registry::default();
     gw.metrics.register(&mut registry);
+    registry.register_collector(Box::new(crate::fleet_metrics::FleetMetrics(gw.clone())));
     registry.register_collector(Box::new(scalegate_http::live_metrics::LiveMetrics(
         gw.clone(),
     )));
@@ -201,51 +201,6 @@ impl Admin {
         }
     }
 
-    /// Copies each queued route's counters into its gauges before a scrape.
-    fn refresh_queues(&self) {
-        for r in self.gw.snapshot().routes.iter() {
-            let Some(q) = &r.queue else { continue };
-            let depth = q.depth().unwrap_or(0) as u64;
-            let values = [
-                ("queued", q.queued.load(Ordering::Relaxed)),
-                ("delivered", q.delivered.load(Ordering::Relaxed)),
-                ("retried", q.retried.load(Ordering::Relaxed)),
-                ("dead", q.dead.load(Ordering::Relaxed)),
-                ("depth", depth),
-            ];
-            for (what, v) in values {
-                self.gw
-                    .metrics
-                    .queue
-                    .get_or_create(&vec![
-                        ("route", r.spec.name.clone()),
-                        ("what", what.to_string()),
-                    ])
-                    .set(i64::try_from(v).unwrap_or(i64::MAX));
-            }
-        }
-    }
-
-    /// Copies the shared rate limits' Redis state into its gauges before a scrape.
-    fn refresh_shared_limits(&self) {
-        let Some(shared) = self.gw.snapshot().shared_limits.clone() else {
-            return;
-        };
-        let link = shared.link();
-        let values = [
-            ("up", u64::from(link.up.load(Ordering::Relaxed))),
-            ("errors", link.errors.load(Ordering::Relaxed)),
-            ("fallbacks", shared.fallbacks.load(Ordering::Relaxed)),
-        ];
-        for (what, v) in values {
-            self.gw
-                .metrics
-                .shared_limits
-                .get_or_create(&vec![("what", what.to_string())])
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
-        }
-    }
-
     fn metrics(&self) -> Response<Full<Bytes>> {
         let now = clock::now();
         for u in &self.gw.snapshot().upstreams {
@@ -256,9 +211,6 @@ impl Admin {
             }
         }
         crate::admin_cache::refresh_metrics(&self.gw);
-        self.refresh_shared_limits();
-        crate::admin_fanout::refresh_metrics(&self.gw);
-        self.refresh_queues();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             return reply(

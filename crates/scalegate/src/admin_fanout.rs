@@ -1,6 +1,5 @@
 //! Admin API for WebSocket fan-out: `POST /fanout/{topic}` publishes its body (token required),
-//! `GET /fanout` shows topics and counters, and the `scalegate_fanout` gauges are refreshed
-//! before a scrape.
+//! `GET /fanout` shows topics, the bus and the counters (metrics: `fleet_metrics.rs`).
 
 use std::sync::atomic::Ordering;
 
@@ -73,36 +72,18 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
         .into_iter()
         .map(|(t, n)| json!({ "topic": t, "subscribers": n }))
         .collect();
+    let c = hub.counters();
     json!({
         "enabled": true,
         "path_prefix": hub.spec().path_prefix,
         "bus_up": hub.bus_up(),
-        "published": hub.published.load(Ordering::Relaxed),
-        "delivered": hub.delivered.load(Ordering::Relaxed),
-        "dropped_slow": hub.dropped_slow.load(Ordering::Relaxed),
+        "bus_members": hub.bus_view().map(|b| b.members),
+        "published": c.published.load(Ordering::Relaxed),
+        "refused": c.refused.load(Ordering::Relaxed),
+        "delivered": c.delivered.load(Ordering::Relaxed),
+        "dropped_slow": c.dropped_slow.load(Ordering::Relaxed),
+        "gaps": c.gaps.load(Ordering::Relaxed),
+        "cut": c.cut.load(Ordering::Relaxed),
         "topics": topics,
     })
-}
-
-/// Copies the hub's state into the `scalegate_fanout` gauges.
-pub fn refresh_metrics(gw: &Gateway) {
-    let Some(hub) = gw.snapshot().fanout.clone() else {
-        return;
-    };
-    let topics = hub.topics();
-    let subscribers: usize = topics.iter().map(|(_, n)| n).sum();
-    let values = [
-        ("topics", topics.len() as u64),
-        ("subscribers", subscribers as u64),
-        ("published", hub.published.load(Ordering::Relaxed)),
-        ("delivered", hub.delivered.load(Ordering::Relaxed)),
-        ("dropped_slow", hub.dropped_slow.load(Ordering::Relaxed)),
-        ("bus_up", u64::from(hub.bus_up().unwrap_or(false))),
-    ];
-    for (what, v) in values {
-        gw.metrics
-            .fanout
-            .get_or_create(&vec![("what", what.to_string())])
-            .set(i64::try_from(v).unwrap_or(i64::MAX));
-    }
 }

@@ -1,4 +1,5 @@
-//! Admin API for queued routes: `GET /queue` (every queued route's counters), and each route's
+//! Admin API for queued routes: `GET /queue` (every queued route's state and counters since
+//! start), and each route's
 //! dead letters: `GET /queue/{route}/dead[?limit=N]` lists them, `POST /queue/{route}/dead/retry`
 //! sends them back to the queue and `DELETE /queue/{route}/dead` drops them (both token
 //! required).
@@ -66,7 +67,12 @@ pub async fn dead(gw: &Gateway, call: DeadCall<'_>, uri: &Uri) -> Response<Full<
     let answer = match call {
         DeadCall::List(_) => q.dead_letters(limit(uri)).await.map(|jobs| {
             let jobs: Vec<_> = jobs.iter().map(|d| d.summary()).collect();
-            json!({ "route": route, "dead": q.dead.load(Ordering::Relaxed), "jobs": jobs })
+            json!({
+                "route": route,
+                "listed": jobs.len(),
+                "given_up_since_start": q.dead.load(Ordering::Relaxed),
+                "jobs": jobs,
+            })
         }),
         DeadCall::Retry(_) => q.retry_dead().await.map(|n| {
             tracing::info!(route, jobs = n, "dead letters sent back to the queue");
@@ -99,11 +105,13 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
                 "route": r.spec.name,
                 "store": if q.durable().is_some() { "jetstream" } else { "memory" },
                 "depth": q.depth(),
-                "queued": q.queued.load(Ordering::Relaxed),
-                "delivered": q.delivered.load(Ordering::Relaxed),
-                "retried": q.retried.load(Ordering::Relaxed),
-                "dead": q.dead.load(Ordering::Relaxed),
-                "dead_kept": q.dead_kept(),
+                "in_hand": q.in_hand(),
+                "paused": q.paused() > 0,
+                "accepted_since_start": q.queued.load(Ordering::Relaxed),
+                "delivered_since_start": q.delivered.load(Ordering::Relaxed),
+                "failed_deliveries_since_start": q.retried.load(Ordering::Relaxed),
+                "given_up_since_start": q.dead.load(Ordering::Relaxed),
+                "dead_letters_kept": q.dead_kept(),
             }))
         })
         .collect();

@@ -168,6 +168,9 @@ upstream = "app"
 [upstreams.app]
 endpoints = ["10.0.0.9:80"]
 dns = { name = "localhost:8000", weight = 3, zone = "a" }
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
 "#;
         crate::config::Config::parse(text).expect("valid").gateway
     }

@@ -11,6 +11,7 @@ mod alloc;
 mod config;
 mod demo;
 mod discovery;
+mod fleet_metrics;
 mod pg;
 mod plan;
 mod run;

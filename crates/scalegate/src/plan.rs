@@ -82,15 +82,7 @@ pub fn plan(c: &Config, input: &PlanInput) -> String {
         ),
     );
     line(w, fleet_reason(&f, input.zones));
-    let hpa_max = fleet(input.peak_rps * 2.0, per_instance, util, input.zones).planned;
-    line(
-        w,
-        format!(
-            "autoscaling (deploy/k8s/hpa.yaml): minReplicas {}, maxReplicas {hpa_max} (twice the peak), target CPU {}%",
-            input.zones.max(2),
-            input.target_utilization
-        ),
-    );
+    autoscaling(w, input, per_instance, &f);
 
     section(w, "Concurrency (Little's law: in flight = rate × latency)");
     let total = in_flight(input.peak_rps, input.latency);
@@ -151,21 +143,39 @@ pub fn plan(c: &Config, input: &PlanInput) -> String {
     section(w, "State shared between instances");
     shared_state(w, c, f.planned);
 
-    if let Some(pg) = &c.postgres {
-        section(
-            w,
-            "PostgreSQL connections (per server: every database and user pool on it)",
-        );
-        postgres(w, pg, f.planned, input);
+    match (&c.postgres, input.db_cores) {
+        (Some(pg), _) => {
+            section(
+                w,
+                "PostgreSQL connections (every database, user pool and instance)",
+            );
+            postgres(w, pg, f.planned, input);
+        }
+        (None, Some(_)) => {
+            section(w, "Warnings");
+            line(
+                w,
+                "--db-cores is ignored: this config has no [postgres] section, so there are no pools to size".to_string(),
+            );
+        }
+        (None, None) => {}
     }
     out
 }
 
-/// Each server's connection count across databases, user pools and instances.
+/// One database's pools on one server.
+struct Share {
+    database: String,
+    pool_size: u32,
+    /// User pools (configured users; passed-through users count as one).
+    users: u32,
+}
+
+/// Connections per database (each of its servers gets that many), then per server across the
+/// databases on it, and what a `--db-cores` server can take.
 fn postgres(w: &mut String, pg: &scalegate_pg::PgSpec, instances: u32, input: &PlanInput) {
-    // Pools are per (database, user); passed-through users are counted as one.
     let users = pg.users.len().max(1) as u32;
-    let mut servers: Vec<(String, Vec<String>, u32, u32)> = Vec::new();
+    let mut servers: Vec<(String, Vec<Share>)> = Vec::new();
     for d in &pg.databases {
         let mut hosts: Vec<String> = Vec::new();
         for s in std::iter::once(&d.primary)
@@ -177,46 +187,114 @@ fn postgres(w: &mut String, pg: &scalegate_pg::PgSpec, instances: u32, input: &P
                 hosts.push(h);
             }
         }
-        for h in hosts {
-            let i = match servers.iter().position(|s| s.0 == h) {
-                Some(i) => i,
-                None => {
-                    servers.push((h, Vec::new(), 0, 0));
-                    servers.len() - 1
-                }
-            };
-            let s = &mut servers[i];
-            s.1.push(d.name.clone());
-            s.2 += d.pool_size as u32 * users * instances;
-            s.3 += users;
-        }
-    }
-    for (host, dbs, total, pools) in servers {
+        let pool_size = d.pool_size as u32;
         line(
             w,
             format!(
-                "{host} ({}): pool_size × {users} user pool(s) × {instances} instances = {total} connections; its max_connections must exceed that plus superuser_reserved_connections",
-                dbs.join(", ")
+                "database {:?}: pool_size {pool_size} × {users} user pool{} × {instances} instance{} = {} connections to each of {}",
+                d.name,
+                plural(users),
+                plural(instances),
+                pool_size * users * instances,
+                hosts.join(", ")
             ),
         );
-        if let Some(cores) = input.db_cores {
-            let budget = pg_connections(cores, input.db_spindles);
-            let verdict = if total > budget {
-                format!(
-                    "over it: pool_size = {} per database and instance keeps within it (clients queue in the pooler instead of the server)",
-                    pool_share(budget, instances, pools)
-                )
-            } else {
-                "within it".to_string()
+        for h in hosts {
+            let share = Share {
+                database: d.name.clone(),
+                pool_size,
+                users,
             };
-            line(
-                w,
-                format!(
-                    "  a {cores}-core server works best with ~{budget} active connections (cores × 2 + spindles): {verdict}"
-                ),
-            );
+            match servers.iter_mut().find(|s| s.0 == h) {
+                Some(s) => s.1.push(share),
+                None => servers.push((h, vec![share])),
+            }
         }
     }
+    for (host, shares) in &servers {
+        server_budget(w, host, shares, instances, input);
+    }
+}
+
+/// One server's total, and whether a `--db-cores` server takes it.
+fn server_budget(w: &mut String, host: &str, shares: &[Share], instances: u32, input: &PlanInput) {
+    let per_instance: u32 = shares.iter().map(|s| s.pool_size * s.users).sum();
+    let pools: u32 = shares.iter().map(|s| s.users).sum();
+    let total = per_instance * instances;
+    let terms: Vec<String> = shares
+        .iter()
+        .map(|s| format!("{} {} × {}", s.database, s.pool_size, s.users))
+        .collect();
+    line(
+        w,
+        format!(
+            "server {host}: ({}) = {per_instance} per instance × {instances} = {total} connections; its max_connections must exceed that plus superuser_reserved_connections",
+            terms.join(" + ")
+        ),
+    );
+    let Some(cores) = input.db_cores else { return };
+    let budget = pg_connections(cores, input.db_spindles);
+    let verdict = if total <= budget {
+        "within it".to_string()
+    } else {
+        let size = pool_share(budget, instances, pools);
+        let fits = size * pools * instances;
+        if fits <= budget {
+            format!(
+                "over it: pool_size = {size} for each database on it keeps within it ({size} × {pools} pools × {instances} = {fits}; clients queue in the pooler instead of the server)"
+            )
+        } else {
+            format!(
+                "over it even with pool_size = 1 ({pools} pools × {instances} instances = {fits}): run fewer instances with the pooler, fewer user pools, or a bigger server"
+            )
+        }
+    };
+    line(
+        w,
+        format!(
+            "  a {cores}-core server works best with ~{budget} active connections (cores × 2 + spindles): {verdict}"
+        ),
+    );
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// What deploy/k8s/hpa.yaml should say for this plan.
+fn autoscaling(w: &mut String, input: &PlanInput, per_instance: f64, f: &Fleet) {
+    let util = f64::from(input.target_utilization) / 100.0;
+    let hpa_max = fleet(input.peak_rps * 2.0, per_instance, util, input.zones).planned;
+    let per_pod = (input.peak_rps / f64::from(f.planned)).ceil();
+    let cpu = ((per_pod / per_instance) * 100.0).ceil().clamp(1.0, 100.0);
+    section(w, "Autoscaling (deploy/k8s/hpa.yaml)");
+    line(
+        w,
+        format!(
+            "minReplicas {}, maxReplicas {hpa_max} (the plan for twice the peak)",
+            input.zones.max(2)
+        ),
+    );
+    line(
+        w,
+        format!(
+            "per-pod rate target (scalegate_http_requests_per_second averageValue): {} req/s = peak / {} instances, so the HPA runs {} at the peak",
+            per_pod as u64, f.planned, f.planned
+        ),
+    );
+    line(
+        w,
+        format!(
+            "CPU target (averageUtilization): {cpu:.0}% — the same load as CPU; a target of {}% would settle near {} at the peak, without the spare{}",
+            input.target_utilization,
+            f.needed,
+            if input.zones > 1 {
+                " or the zone headroom"
+            } else {
+                ""
+            }
+        ),
+    );
 }
 
 fn fleet_reason(f: &Fleet, zones: u32) -> String {
@@ -332,31 +410,148 @@ pool_size = 20
     fn a_plan_sizes_the_fleet_and_flags_what_does_not_fit() {
         let c = Config::parse(CONFIG).expect("valid");
         let text = plan(&c, &input());
-        // 40k per instance at 60%: 24k usable → 3 needed; spare → 4; zone loss 50k·3/(2·40k)
-        // → 2; a multiple of 3 → 6.
+        // 2 threads × 20,000 = 40,000 per instance; at 60%: 24,000 usable → ⌈50,000 / 24,000⌉
+        // = 3 needed; one spare → 4; losing 1 of 3 zones: ⌈50,000·3 / (2·40,000)⌉ = 2; the
+        // larger, rounded up to a multiple of 3 → 6.
         assert!(
             text.contains("capacity per instance: 40,000 req/s"),
             "{text}"
         );
+        assert!(text.contains("3 instance(s) carry it"), "{text}");
         assert!(text.contains("run 6 instance(s) at the peak"), "{text}");
+        // 50,000 × 0.040 s = 2,000 in flight; / 6 = 333.3 → ~334 per instance; / 2 endpoints
+        // → 167 > 16.
         assert!(text.contains("2,000 requests in flight"), "{text}");
+        assert!(text.contains("~334 per instance"), "{text}");
         assert!(
             text.contains("pool.max_per_endpoint = 16: TOO LOW"),
             "{text}"
         );
         assert!(text.contains("allow 6× the rate"), "{text}");
         assert!(text.contains("add [cache] redis"), "{text}");
-        // 20 × 1 × 6 = 120 connections against 17 for 8 cores: 17 / 6 → 2 each.
+        // The HPA: ⌈50,000 / 6⌉ = 8,334 per pod keeps 6 at the peak; 8,334 / 40,000 = 20.8%
+        // → 21% CPU; 60% CPU would settle at the 3 needed. Twice the peak: ⌈100,000 / 24,000⌉
+        // = 5, +1 = 6, zone loss ⌈100,000·3 / 80,000⌉ = 4 → 6.
+        assert!(text.contains("minReplicas 3, maxReplicas 6"), "{text}");
+        assert!(
+            text.contains("averageValue): 8334 req/s = peak / 6 instances, so the HPA runs 6"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CPU target (averageUtilization): 21%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a target of 60% would settle near 3"),
+            "{text}"
+        );
+        // 20 × 1 (passed-through users) × 6 = 120 connections against 17 for 8 cores:
+        // ⌊17 / (6 × 1)⌋ = 2 each → 2 × 1 × 6 = 12.
         assert!(
             text.contains(
-                "10.0.1.1:5432 (app): pool_size × 1 user pool(s) × 6 instances = 120 connections"
+                "database \"app\": pool_size 20 × 1 user pool × 6 instances = 120 connections to each of 10.0.1.1:5432"
             ),
             "{text}"
         );
         assert!(
-            text.contains("pool_size = 2 per database and instance"),
+            text.contains("server 10.0.1.1:5432: (app 20 × 1) = 20 per instance × 6 = 120"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "pool_size = 2 for each database on it keeps within it (2 × 1 pools × 6 = 12"
+            ),
+            "{text}"
+        );
+    }
+
+    const TWO_DATABASES: &str = r#"
+[runtime]
+worker_threads = 2
+[postgres]
+listen = "127.0.0.1:6432"
+[postgres.users.app]
+password = "a"
+[postgres.users.admin]
+password = "b"
+[postgres.databases.app]
+primary = "postgres://app@10.0.1.1:5432/app"
+replicas = ["postgres://app@10.0.1.2:5432/app"]
+pool_size = 5
+[postgres.databases.reports]
+primary = "postgres://app@10.0.1.1:5432/reports"
+pool_size = 3
+"#;
+
+    #[test]
+    fn connections_add_up_per_database_and_per_server_across_instances() {
+        let c = Config::parse(TWO_DATABASES).expect("valid");
+        // 6 instances (as above): the primary holds app 5 × 2 + reports 3 × 2 = 16 per
+        // instance, 96 in all; 4 pools × 6 instances = 24 > 17 even at pool_size 1.
+        let text = plan(&c, &input());
+        assert!(
+            text.contains("database \"app\": pool_size 5 × 2 user pools × 6 instances = 60 connections to each of 10.0.1.1:5432, 10.0.1.2:5432"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server 10.0.1.1:5432: (app 5 × 2 + reports 3 × 2) = 16 per instance × 6 = 96 connections"),
+            "{text}"
+        );
+        assert!(
+            text.contains("over it even with pool_size = 1 (4 pools × 6 instances = 24)"),
+            "{text}"
+        );
+        // The replica holds app alone: 5 × 2 × 6 = 60; ⌊17 / (6 × 2)⌋ = 1 → 12.
+        assert!(
+            text.contains("server 10.0.1.2:5432: (app 5 × 2) = 10 per instance × 6 = 60"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pool_size = 1 for each database on it keeps within it (1 × 2 pools × 6 = 12"
+            ),
+            "{text}"
+        );
+        // One zone, 20,000 req/s: 1 needed + 1 spare = 2 instances; the primary: 16 × 2 = 32
+        // > 17; ⌊17 / (2 × 4)⌋ = 2 → 2 × 4 × 2 = 16.
+        let small = PlanInput {
+            peak_rps: 20_000.0,
+            zones: 1,
+            ..input()
+        };
+        let text = plan(&c, &small);
+        assert!(text.contains("run 2 instance(s) at the peak"), "{text}");
+        assert!(
+            text.contains("= 16 per instance × 2 = 32 connections"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pool_size = 2 for each database on it keeps within it (2 × 4 pools × 2 = 16"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn db_cores_without_postgres_is_called_out() {
+        let c = Config::parse(
+            "[runtime]\nworker_threads = 1\n[[listeners]]\nname = \"p\"\nbind = \"127.0.0.1:0\"\n",
+        )
+        .expect("valid");
+        let text = plan(&c, &input());
+        assert!(
+            text.contains("--db-cores is ignored: this config has no [postgres] section"),
+            "{text}"
+        );
+        let quiet = plan(
+            &c,
+            &PlanInput {
+                db_cores: None,
+                ..input()
+            },
+        );
+        assert!(!quiet.contains("--db-cores"), "{quiet}");
     }
 
     #[test]

@@ -174,6 +174,14 @@ async fn serve(
     let drain_started = tokio::time::Instant::now();
     gw.set_draining();
     trigger.trigger();
+    if let Some(hub) = &gw.snapshot().fanout {
+        // Other instances stop counting this one at once instead of after its heartbeats stop.
+        hub.leave();
+    }
+    for q in gw.snapshot().routes.iter().filter_map(|r| r.queue.as_ref()) {
+        // Take no more jobs from the durable store; hand back those waiting for the upstream.
+        q.stop();
+    }
     let drain = running.drain_timeout;
     let pg_stopped = tokio::task::spawn_blocking(move || {
         if let Some(h) = pg {
@@ -199,18 +207,28 @@ async fn serve(
 /// Lets memory-queued jobs finish delivering until `deadline` (the end of the drain), so an
 /// orderly stop loses none that can be delivered in time; says how many were lost otherwise.
 async fn finish_queued_jobs(gw: &Gateway, deadline: tokio::time::Instant) {
-    let at_risk = || -> u64 {
+    let queues = || -> Vec<_> {
         gw.snapshot()
             .routes
             .iter()
-            .filter_map(|r| r.queue.as_ref())
-            .map(|q| q.at_risk())
-            .sum()
+            .filter_map(|r| r.queue.clone())
+            .collect()
     };
-    while at_risk() > 0 && tokio::time::Instant::now() < deadline {
+    let sum = |f: fn(&scalegate_http::queue::RouteQueue) -> u64| -> u64 {
+        queues().iter().map(|q| f(q)).sum()
+    };
+    while sum(|q| q.unsettled()) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let lost = at_risk();
+    let lost = sum(|q| q.at_risk());
+    // Jobs still held from the durable store go back to it for another instance.
+    for q in queues() {
+        q.abandon();
+    }
+    let handed_back = tokio::time::Instant::now() + Duration::from_secs(2);
+    while sum(|q| q.in_hand()) > 0 && tokio::time::Instant::now() < handed_back {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if lost > 0 {
         tracing::warn!(
             jobs = lost,

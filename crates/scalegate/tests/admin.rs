@@ -56,3 +56,104 @@ async fn the_dashboard_is_served_and_reads_only_metrics_that_exist() {
     assert!(read >= 9, "{read}");
     assert!(gw.admin_get("/").await.contains("/dashboard"));
 }
+
+/// Metric families and their types as `/metrics` declares them (`# TYPE name type`).
+fn declared(metrics: &str) -> std::collections::HashMap<String, String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.trim().to_string()))
+        .collect()
+}
+
+/// Each `scalegate_*` name in a PromQL expression, and whether it sits directly inside
+/// `rate(`, `irate(` or `increase(`.
+fn names_in(expr: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("scalegate_") {
+        let before = rest[..at].trim_end();
+        let in_rate = ["rate(", "irate(", "increase("]
+            .iter()
+            .any(|f| before.ends_with(f));
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        out.push((name, in_rate));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_that_exist_with_their_types() {
+    let bs = backends(1).await;
+    // Every part the dashboard shows, configured: a caching route with a shared rate limit and a
+    // Redis cache tier, a queued route, fan-out with a Redis bus, the pooler. The Redis and
+    // PostgreSQL behind them are closed ports: the families are declared all the same.
+    let dead = free_port();
+    let cfg = routed(
+        &endpoints(&bs),
+        "/",
+        "cache = {}\nrate_limit = { requests = 100, shared = true }",
+        "",
+    ) + "\n[[routes]]\nname = \"hooks\"\nmatch = { path_prefix = \"/hooks\" }\nupstream = \"app\"\nqueue = {}\n";
+    let redis = format!("redis://127.0.0.1:{dead}");
+    let cfg = format!(
+        "[cluster]\nredis = {{ url = \"{redis}\" }}\n[cache]\nredis = {{ url = \"{redis}/1\" }}\n\
+         [fanout]\nredis = {{ url = \"{redis}\" }}\n\
+         [postgres]\nlisten = \"127.0.0.1:{}\"\n[postgres.databases.app]\nprimary = \"postgres://app@127.0.0.1:{dead}/app\"\n\
+         replicas = [\"postgres://app@127.0.0.1:{dead}/app\"]\n{cfg}",
+        free_port()
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    Client::http1().get(gw.http, "/").await.expect("response");
+    let types = declared(&gw.admin_get("/metrics").await);
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let json = std::fs::read_to_string(root.join("deploy/grafana/scalegate.json")).expect("json");
+    let board: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    // Declared once they have a sample (a shed, a reload); their names say they are counters.
+    let later = ["scalegate_http_shed", "scalegate_config_reloads"];
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for panel in board["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for (name, in_rate) in names_in(expr) {
+                let (family, kind) = if let Some(f) = name.strip_suffix("_total") {
+                    (f, "counter")
+                } else if let Some(f) = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                {
+                    (f, "histogram")
+                } else {
+                    (name.as_str(), "gauge")
+                };
+                let declared = match types.get(family) {
+                    Some(t) => Some(t.as_str()),
+                    None if later.contains(&family) => Some("counter"),
+                    None => None,
+                };
+                if declared != Some(kind) {
+                    wrong.push(format!(
+                        "panel {}: {name} needs a {kind} {family}, /metrics declares {declared:?}",
+                        panel["title"]
+                    ));
+                }
+                if in_rate != (kind != "gauge") {
+                    wrong.push(format!(
+                        "panel {}: {name} is a {kind}; rate() belongs to counters and histogram parts only: {expr}",
+                        panel["title"]
+                    ));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(checked >= 25, "{checked}");
+}

@@ -99,14 +99,33 @@ fn the_kubernetes_configmap_holds_a_valid_config_and_plan_reads_it() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // hpa.yaml holds what the plan prints for this config at the peak its comment names.
     let plan = Command::new(BIN)
-        .args(["plan", "--peak-rps", "50000", "--zones", "3", "--config"])
+        .args(["plan", "--peak-rps", "100000", "--zones", "3", "--config"])
         .arg(&path)
         .output()
         .expect("run plan");
     let text = String::from_utf8_lossy(&plan.stdout);
-    assert!(
-        plan.status.success() && text.contains("instance(s) at the peak"),
-        "{text}"
-    );
+    assert!(plan.status.success(), "{text}");
+    let hpa = std::fs::read_to_string(root.join("deploy/k8s/hpa.yaml")).expect("hpa");
+    assert!(hpa.contains("--peak-rps 100000 --zones 3"), "{hpa}");
+    let value = |after: &str| -> String {
+        let rest = &hpa[hpa
+            .find(after)
+            .unwrap_or_else(|| panic!("{after} in hpa.yaml"))
+            + after.len()..];
+        rest.trim_start_matches([' ', '"'])
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect()
+    };
+    let (min, max) = (value("minReplicas:"), value("maxReplicas:"));
+    let (cpu, rate) = (value("averageUtilization:"), value("averageValue:"));
+    for want in [
+        format!("minReplicas {min}, maxReplicas {max}"),
+        format!("averageValue): {rate} req/s"),
+        format!("CPU target (averageUtilization): {cpu}%"),
+    ] {
+        assert!(text.contains(&want), "the plan says {want:?}? {text}");
+    }
 }

@@ -260,7 +260,9 @@ async fn a_job_given_up_in_memory_is_kept_retried_and_discarded() {
     assert_eq!(dead_letters(&gw).await, serde_json::json!([]));
     let view = admin(&gw, "GET", "/queue", false).await;
     assert!(
-        view.body.contains("\"route\":\"hooks\"") && view.body.contains("\"dead\":2"),
+        view.body.contains("\"route\":\"hooks\"")
+            && view.body.contains("\"given_up_since_start\":2")
+            && view.body.contains("\"dead_letters_kept\":0"),
         "{}",
         view.body
     );

@@ -114,7 +114,7 @@ async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_
     );
     let g1 = GatewayProcess::start(BIN, &cfg).await;
     let g2 = GatewayProcess::start(BIN, &cfg).await;
-    let up = "scalegate_rate_limit_redis{what=\"up\"} 1";
+    let up = "scalegate_rate_limit_redis_up 1";
     assert!(
         eventually(std::time::Duration::from_secs(5), || async {
             g1.admin_get("/metrics").await.contains(up)
@@ -139,7 +139,7 @@ async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_
     assert_eq!(r.status, 200, "judged by the instance's own memory limiter");
     let metrics = g1.admin_get("/metrics").await;
     assert!(
-        metrics.contains("scalegate_rate_limit_redis{what=\"up\"} 0"),
+        metrics.contains("scalegate_rate_limit_redis_up 0"),
         "{metrics}"
     );
 }

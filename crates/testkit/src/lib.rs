@@ -5,6 +5,8 @@
 //! - [`GatewayProcess`]: the real `scalegate` binary run on a config in a temp dir, with
 //!   reload and signal helpers;
 //! - [`client`]: plain HTTP/1.1 and HTTP/2 requests, and raw TCP for malformed input;
+//! - [`Recorder`]: a backend that keeps the raw bytes of every request it receives;
+//! - [`raw_h2`]: HTTP/2 frames written by hand (fields no HTTP/2 library would send);
 //! - [`tls_backend::MtlsBackend`]: an HTTPS server that requires a client certificate.
 
 pub mod backend;
@@ -13,7 +15,10 @@ pub mod nats;
 pub mod origin;
 pub mod postgres;
 pub mod process;
+pub mod raw_h2;
+pub mod recorder;
 pub mod redis;
+pub mod relay;
 pub mod tls_backend;
 
 pub use backend::Backend;
@@ -21,7 +26,9 @@ pub use nats::NatsServer;
 pub use origin::Origin;
 pub use postgres::PgServer;
 pub use process::GatewayProcess;
+pub use recorder::Recorder;
 pub use redis::RedisServer;
+pub use relay::Relay;
 
 use std::time::Duration;
 

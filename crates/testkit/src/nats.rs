@@ -15,6 +15,7 @@ pub struct NatsServer {
     _dir: tempfile::TempDir,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    jetstream: bool,
 }
 
 impl NatsServer {
@@ -32,37 +33,35 @@ impl NatsServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
             let port = free_port();
-            let mut args = vec![
-                "-a".to_string(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ];
-            if jetstream {
-                args.extend(["-js".into(), "-sd".into(), dir.path().display().to_string()]);
-            }
-            let child = Command::new("nats-server")
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .current_dir(dir.path())
-                .spawn()
-                .unwrap_or_else(|e| panic!("nats-server: {e} (apt-get install nats-server)"));
+            let child = spawn(port, dir.path(), jetstream);
             let mut server = NatsServer {
                 child: Some(child),
                 _dir: dir,
                 port,
+                jetstream,
             };
-            let accepts = || async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            };
-            if crate::started(&mut server.child, 100, accepts).await {
+            if crate::started(&mut server.child, 100, || accepts(port)).await {
                 return server;
             }
         }
         panic!("nats-server did not start")
+    }
+
+    /// Kills the server and starts it again on the same port (JetStream keeps its store);
+    /// true once it accepts connections.
+    pub async fn restart(&mut self) -> bool {
+        self.kill();
+        self.child = Some(spawn(self.port, self._dir.path(), self.jetstream));
+        let port = self.port;
+        crate::started(&mut self.child, 200, || accepts(port)).await
+    }
+
+    /// Kills the server.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -101,9 +100,31 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
+}
+
+fn spawn(port: u16, dir: &std::path::Path, jetstream: bool) -> Child {
+    let mut args = vec![
+        "-a".to_string(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    if jetstream {
+        args.extend(["-js".into(), "-sd".into(), dir.display().to_string()]);
+    }
+    Command::new("nats-server")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir(dir)
+        .spawn()
+        .unwrap_or_else(|e| panic!("nats-server: {e} (apt-get install nats-server)"))
+}
+
+async fn accepts(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
 }

@@ -20,15 +20,7 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("redis-server: {e} (apt-get install redis-server)"));
+            let child = spawn(port, dir.path());
             let mut server = RedisServer {
                 child: Some(child),
                 _dir: dir,
@@ -56,6 +48,14 @@ impl RedisServer {
         command(self.port, args).await
     }
 
+    /// Kills the server and starts a new, empty one on the same port; true once it answers.
+    pub async fn restart(&mut self) -> bool {
+        self.kill();
+        self.child = Some(spawn(self.port, self._dir.path()));
+        let port = self.port;
+        crate::started(&mut self.child, 200, || ping(port)).await
+    }
+
     /// Kills the server (the tier goes down mid-test).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -69,6 +69,18 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e} (apt-get install redis-server)"))
 }
 
 async fn ping(port: u16) -> bool {

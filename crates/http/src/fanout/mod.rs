@@ -9,17 +9,26 @@
 //!
 //! Each subscriber has a bounded queue (`buffer` messages). One that falls further behind is
 //! disconnected with close code 1013 (try again later) rather than slowing the others or
-//! growing memory: it missed messages and should reconnect and resynchronise.
+//! growing memory: it missed messages and should reconnect and resynchronise. The same close
+//! ends every subscriber of an instance whose bus may have lost messages (`bus.rs`), so a
+//! subscriber's stream is always gap-free: every message, in order, or a 1013.
 
 mod bus;
+mod envelope;
+mod local;
+mod nats_bus;
+mod peers;
+mod redis_bus;
 pub mod ws;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+
+pub use bus::BusView;
+use local::Local;
+pub use local::{Counters, Ended, Subscription};
 
 /// Where messages travel between instances.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,47 +102,46 @@ pub struct Published {
     pub local_subscribers: usize,
 }
 
-/// Topics and their subscribers, shared by a hub and the hub that replaces it on a reload.
-type Topics = Arc<Mutex<HashMap<Arc<str>, broadcast::Sender<Bytes>>>>;
-
 /// Topics and their subscribers on this instance, and the bus.
 #[derive(Debug)]
 pub struct Hub {
     spec: FanoutSpec,
-    topics: Topics,
+    local: Arc<Local>,
     bus: Option<Arc<bus::Bus>>,
-    /// Replaced by a reload: its bus stops delivering (the new hub's delivers to the same
-    /// subscribers).
-    retired: AtomicBool,
-    /// Messages published through this instance.
-    pub published: AtomicU64,
-    /// Messages handed to subscribers' queues (one per subscriber).
-    pub delivered: AtomicU64,
-    /// Subscribers disconnected for falling behind.
-    pub dropped_slow: AtomicU64,
+    /// Set by a hub that took this one over with a different bus: retiring stops ours.
+    bus_superseded: AtomicBool,
 }
 
 impl Hub {
     /// A hub with its bus connecting in the background.
     pub fn start(spec: FanoutSpec) -> Arc<Hub> {
-        Self::with_topics(spec, Topics::default())
+        let local = Arc::new(Local::new(spec.buffer, spec.max_message_bytes));
+        let bus = spec.bus.clone().map(|b| bus::Bus::start(b, local.clone()));
+        Arc::new(Hub {
+            spec,
+            local,
+            bus,
+            bus_superseded: AtomicBool::new(false),
+        })
     }
 
     /// A hub with new settings for the subscribers of `old`: they hear what is published
-    /// through it from now on. Call `old.retire()` once it is in force.
+    /// through it from now on. The bus is kept when its settings are unchanged. Call
+    /// `old.retire()` once the new hub is in force.
     pub fn take_over(spec: FanoutSpec, old: &Hub) -> Arc<Hub> {
-        Self::with_topics(spec, old.topics.clone())
-    }
-
-    fn with_topics(spec: FanoutSpec, topics: Topics) -> Arc<Hub> {
-        Arc::new_cyclic(|me| Hub {
-            bus: spec.bus.clone().map(|b| bus::Bus::start(b, me.clone())),
+        old.local.configure(spec.buffer, spec.max_message_bytes);
+        let bus = match (&old.bus, &spec.bus) {
+            (Some(b), Some(s)) if b.spec() == s => Some(b.clone()),
+            (was, s) => {
+                old.bus_superseded.store(was.is_some(), Ordering::Relaxed);
+                s.clone().map(|s| bus::Bus::start(s, old.local.clone()))
+            }
+        };
+        Arc::new(Hub {
             spec,
-            topics,
-            retired: AtomicBool::new(false),
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            dropped_slow: AtomicU64::new(0),
+            local: old.local.clone(),
+            bus,
+            bus_superseded: AtomicBool::new(false),
         })
     }
 
@@ -142,14 +150,24 @@ impl Hub {
         &self.spec
     }
 
-    /// Stops this hub's bus from delivering: a hub that took it over delivers instead.
+    /// Called once a hub that took this one over is in force: a bus it did not keep stops
+    /// (leaving the fleet), and subscribers are cut off, since messages between the two buses
+    /// may be missed.
     pub fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
+        if self.bus_superseded.load(Ordering::Relaxed) {
+            if let Some(b) = &self.bus {
+                b.stop();
+            }
+            self.local.cut_all("the fan-out bus changed");
+        }
     }
 
-    /// Whether a newer hub took over.
-    pub(crate) fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
+    /// Leaves the bus (the process is stopping): a last heartbeat tells the other instances
+    /// not to wait for this one.
+    pub fn leave(&self) {
+        if let Some(b) = &self.bus {
+            b.stop();
+        }
     }
 
     /// The topic a request subscribes to, if its listener and path are the hub's.
@@ -160,142 +178,77 @@ impl Hub {
         path.strip_prefix(self.spec.path_prefix.as_str())
     }
 
-    /// Subscribes to a topic; messages published from now on are queued for it.
-    pub fn subscribe(self: &Arc<Self>, topic: &str) -> Result<Subscription, PublishError> {
+    /// Subscribes to a topic; messages published from now on are queued for it. Refused while
+    /// the bus is down: the subscriber would miss what other instances publish.
+    pub fn subscribe(&self, topic: &str) -> Result<Subscription, PublishError> {
         check_topic(topic)?;
-        let mut topics = lock(&self.topics);
-        let rx = match topics.get(topic) {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = broadcast::channel(self.spec.buffer.max(1));
-                topics.insert(Arc::from(topic), tx);
-                rx
-            }
-        };
+        let rx = self.local.subscribe(topic, || match &self.bus {
+            Some(b) if !b.is_up() => Err(PublishError::Bus(
+                "this instance is not connected to the bus".into(),
+            )),
+            _ => Ok(()),
+        })?;
         Ok(Subscription {
             topic: Arc::from(topic),
             rx,
-            hub: self.clone(),
+            local: self.local.clone(),
+            max_message_bytes: self.spec.max_message_bytes,
         })
     }
 
     /// Publishes a message to a topic: on the bus when there is one, else to this instance's
-    /// subscribers.
+    /// subscribers. With a bus, Ok means every instance on it took the message (Redis) or
+    /// the bus did and an instance that misses it will notice (NATS); see `bus.rs`.
     pub async fn publish(&self, topic: &str, message: Bytes) -> Result<Published, PublishError> {
         check_topic(topic)?;
         if message.len() > self.spec.max_message_bytes {
             return Err(PublishError::TooLarge(self.spec.max_message_bytes));
         }
-        self.published.fetch_add(1, Ordering::Relaxed);
+        let c = &self.local.counters;
         let local_subscribers = self.subscribers_of(topic);
-        match &self.bus {
+        let published = match &self.bus {
             Some(bus) => {
-                bus.publish(topic, message)
-                    .await
-                    .map_err(PublishError::Bus)?;
-                Ok(Published {
+                if let Err(why) = bus.publish(topic, message).await {
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(PublishError::Bus(why));
+                }
+                Published {
                     via_bus: true,
                     local_subscribers,
-                })
+                }
             }
-            None => Ok(Published {
+            None => Published {
                 via_bus: false,
-                local_subscribers: self.deliver(topic, message),
-            }),
-        }
-    }
-
-    /// Hands a message to this instance's subscribers of `topic`; returns how many.
-    pub(crate) fn deliver(&self, topic: &str, message: Bytes) -> usize {
-        if message.len() > self.spec.max_message_bytes {
-            tracing::debug!(
-                topic,
-                bytes = message.len(),
-                "fan-out message over the limit; dropped"
-            );
-            return 0;
-        }
-        let topics = lock(&self.topics);
-        let n = topics
-            .get(topic)
-            .and_then(|tx| tx.send(message).ok())
-            .unwrap_or(0);
-        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
-        n
+                local_subscribers: self.local.deliver(topic, message),
+            },
+        };
+        c.published.fetch_add(1, Ordering::Relaxed);
+        Ok(published)
     }
 
     /// Subscribers of a topic on this instance.
     pub fn subscribers_of(&self, topic: &str) -> usize {
-        lock(&self.topics)
-            .get(topic)
-            .map_or(0, broadcast::Sender::receiver_count)
+        self.local.subscribers_of(topic)
     }
 
     /// Every topic with subscribers here, with their counts.
     pub fn topics(&self) -> Vec<(String, usize)> {
-        let mut v: Vec<_> = lock(&self.topics)
-            .iter()
-            .map(|(t, tx)| (t.to_string(), tx.receiver_count()))
-            .collect();
-        v.sort();
-        v
+        self.local.topics()
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> &Counters {
+        &self.local.counters
+    }
+
+    /// The bus as this instance sees it (None: no bus).
+    pub fn bus_view(&self) -> Option<BusView> {
+        self.bus.as_ref().map(|b| b.view())
     }
 
     /// Whether the bus is connected (None: no bus).
     pub fn bus_up(&self) -> Option<bool> {
         self.bus.as_ref().map(|b| b.is_up())
-    }
-
-    /// Forgets a topic once its last subscriber is gone.
-    fn release(&self, topic: &str) {
-        let mut topics = lock(&self.topics);
-        if topics.get(topic).is_some_and(|tx| tx.receiver_count() == 0) {
-            topics.remove(topic);
-        }
-    }
-}
-
-/// One subscriber's queue; leaving drops the topic when it was the last.
-#[derive(Debug)]
-pub struct Subscription {
-    topic: Arc<str>,
-    rx: broadcast::Receiver<Bytes>,
-    hub: Arc<Hub>,
-}
-
-impl Subscription {
-    /// The next message; `Err(())` when this subscriber fell more than `buffer` behind.
-    pub async fn next(&mut self) -> Result<Bytes, Lagged> {
-        loop {
-            match self.rx.recv().await {
-                Ok(m) => return Ok(m),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.hub.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                    return Err(Lagged);
-                }
-                // The hub holds the sender while any subscriber exists; wait forever.
-                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    /// The hub's settings.
-    pub fn spec(&self) -> &FanoutSpec {
-        &self.hub.spec
-    }
-}
-
-/// A subscriber fell too far behind and missed messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lagged;
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        // Our receiver still counts until this returns: replace it with a fresh one from a
-        // dummy channel first, so the count the hub sees no longer includes us.
-        let (_, dummy) = broadcast::channel(1);
-        drop(std::mem::replace(&mut self.rx, dummy));
-        self.hub.release(&self.topic);
     }
 }
 
@@ -313,10 +266,6 @@ pub fn check_topic(t: &str) -> Result<(), PublishError> {
     } else {
         Err(PublishError::BadTopic)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -366,8 +315,8 @@ mod tests {
         for i in 0..5u8 {
             h.publish("t", Bytes::from(vec![i])).await.expect("publish");
         }
-        assert_eq!(s.next().await, Err(Lagged));
-        assert_eq!(h.dropped_slow.load(Ordering::Relaxed), 1);
+        assert_eq!(s.next().await, Err(Ended::Lagged));
+        assert_eq!(h.counters().dropped_slow.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

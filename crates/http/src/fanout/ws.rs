@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use http_body_util::Empty;
 use scalegate_core::PickRequest;
 
-use super::{AuthorizeSpec, Hub, Lagged, Subscription};
+use super::{AuthorizeSpec, Ended, Hub, Subscription};
 use crate::body::RespBody;
 use crate::clock;
 use crate::gateway::Snapshot;
@@ -137,12 +137,20 @@ pub async fn answer(
         return refusal(bad_topic);
     }
     if let Some(auth) = &hub.spec().authorize
-        && let Err(r) = authorize(snap, auth, topic, parts, ctx.peer).await
+        && let Err(r) =
+            authorize(snap, auth, topic, parts, crate::edge::client_ip(ctx, parts)).await
     {
         return refusal(r);
     }
-    let Ok(sub) = hub.subscribe(topic) else {
-        return refusal(bad_topic);
+    let sub = match hub.subscribe(topic) {
+        Ok(sub) => sub,
+        Err(super::PublishError::Bus(_)) => {
+            return refusal(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "this gateway is not connected to the fan-out bus now; retry",
+            });
+        }
+        Err(_) => return refusal(bad_topic),
     };
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
@@ -172,7 +180,7 @@ async fn authorize(
     auth: &AuthorizeSpec,
     topic: &str,
     parts: &http::request::Parts,
-    peer: std::net::SocketAddr,
+    client: std::net::IpAddr,
 ) -> Result<(), Refusal> {
     let unavailable = Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -196,7 +204,8 @@ async fn authorize(
     if let Some(id) = parts.headers.get(&crate::headers::X_REQUEST_ID) {
         h.insert(crate::headers::X_REQUEST_ID.clone(), id.clone());
     }
-    if let Ok(ip) = HeaderValue::try_from(peer.ip().to_string()) {
+    // The client address (behind the listener's trusted proxies: the one they forwarded for).
+    if let Ok(ip) = HeaderValue::try_from(client.to_string()) {
         h.insert("x-forwarded-for", ip);
     }
     if let Ok(t) = HeaderValue::try_from(topic) {
@@ -248,7 +257,7 @@ pub async fn serve<C>(client: C, mut sub: Subscription, stop: impl Future<Output
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let max = sub.spec().max_message_bytes;
+    let max = sub.max_message_bytes();
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
@@ -264,7 +273,8 @@ where
                         return;
                     }
                 }
-                Err(Lagged) => break (CloseCode::Again, "too slow: messages were dropped; reconnect"),
+                Err(Ended::Lagged) => break (CloseCode::Again, "too slow: messages were dropped; reconnect"),
+                Err(Ended::Cut) => break (CloseCode::Again, "the fan-out bus was interrupted: messages may be missing; reconnect"),
             },
             incoming = ws.next() => match incoming {
                 // Pings are answered inside tungstenite; what subscribers send is ignored.

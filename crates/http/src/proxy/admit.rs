@@ -17,7 +17,8 @@ pub(super) async fn admit(
     route: &Arc<Route>,
     parts: &http::request::Parts,
 ) -> Result<Admitted, ProxyError> {
-    if !route.spec.access.permits(x.ctx.peer.ip()) {
+    let client = x.client;
+    if !route.spec.access.permits(client.ip()) {
         return Err(ProxyError::Forbidden);
     }
     let switch = x.ctx.gateway.switches.route(&route.spec.name);
@@ -25,10 +26,10 @@ pub(super) async fn admit(
         return Err(ProxyError::RouteDisabled);
     }
     let rate = match (&route.limiter, &route.spec.rate_limit, &route.shared) {
-        (Some(l), Some(spec), None) => Some(admission::check(l, spec, &parts.headers, x.ctx.peer)),
+        (Some(l), Some(spec), None) => Some(admission::check(l, spec, &parts.headers, client)),
         // Boxed: the Redis round trip's future stays out of every other request's future.
         (Some(l), Some(spec), Some(shared)) => {
-            let key = admission::key_of(spec, &parts.headers, x.ctx.peer);
+            let key = admission::key_of(spec, &parts.headers, client);
             let check = admission::check_shared(shared, &route.spec.name, l, spec, key);
             Some(Box::pin(check).await)
         }
@@ -46,6 +47,7 @@ pub(super) async fn admit(
     Ok(Admitted {
         prio: priority(route, &parts.headers),
         canary: switch.and_then(|s| s.canary),
+        client,
     })
 }
 

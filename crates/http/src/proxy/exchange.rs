@@ -1,5 +1,6 @@
 //! The typed per-request context the phases share, and the one exit every request leaves by.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -25,6 +26,8 @@ pub(crate) struct Exchange {
     pub(crate) ctx: Arc<ConnCtx>,
     /// The config in force when the request arrived; used to its end.
     pub(crate) snap: Arc<Snapshot>,
+    /// The client's address: the peer's, or the one trusted proxies forwarded (edge.rs).
+    pub(crate) client: SocketAddr,
     grpc: bool,
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
@@ -40,14 +43,16 @@ impl Exchange {
         let snap = ctx.gateway.snapshot();
         let grpc = is_grpc(&parts.headers);
         let request_id = headers::ensure_request_id(&mut parts.headers);
+        let client = SocketAddr::new(crate::edge::client_ip(&ctx, parts), ctx.peer.port());
         let log = snap
             .access_log
-            .then(|| Box::new(AccessRecord::new(parts, ctx.peer, "")));
+            .then(|| Box::new(AccessRecord::new(parts, client, "")));
         let mut done = Completion::start(&ctx, started, log);
         done.set_grpc(grpc && parts.version == Version::HTTP_2);
         Exchange {
             ctx,
             snap,
+            client,
             grpc,
             request_id,
             route: None,

@@ -35,7 +35,11 @@ pub(super) async fn forward(
     if content_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let Admitted { prio, canary } = admitted;
+    let Admitted {
+        prio,
+        canary,
+        client,
+    } = admitted;
     // A canary switch sends its share of the route's traffic to the second upstream.
     let canary_upstream = canary
         .filter(|(_, pct)| rand::random_range(0..100u8) < *pct)
@@ -99,7 +103,7 @@ pub(super) async fn forward(
             .get::<tunnel::Requested>()
             .map(|r| r.0.clone()),
     };
-    let mut pick_req = pick_request(upstream, &parts, ctx.peer);
+    let mut pick_req = pick_request(upstream, &parts, client);
     let mut template = Some(parts);
     let mut attempt = 1;
     loop {
@@ -126,12 +130,15 @@ pub(super) async fn forward(
         rewrite_request(
             &mut head,
             ctx,
+            client.ip(),
             &route.spec,
             upstream.spec.protocol,
             &endpoint,
         );
-        if let Some(protocol) = &upgrade {
-            tunnel::restore(&mut head.headers, protocol.clone());
+        match &upgrade {
+            Some(protocol) => tunnel::restore(&mut head.headers, protocol.clone()),
+            // A body on GET/HEAD is forwarded whatever its framing (headers.rs).
+            None => headers::frame_body(&mut head, upstream.spec.protocol, &req_body),
         }
         if let Some(log) = done.log_mut() {
             log.upstream(&upstream.spec.name, &endpoint.addr);

@@ -33,7 +33,6 @@ use scalegate_core::admission::Priority;
 use crate::body::RespBody;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use crate::headers;
 use crate::router::Route;
 use crate::tunnel;
 
@@ -53,6 +52,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The listener's `max_header_bytes`: the largest request line and headers accepted.
     pub max_head: usize,
+    /// The listener's edge rules: normalisation, trusted proxies, header count, upgrades.
+    pub edge: Arc<crate::edge::EdgeSpec>,
     /// The listener's `body_timeout`: a request's whole body must arrive within it (408).
     pub body_timeout: Duration,
     /// Worker serving the connection (selects the connection pool).
@@ -68,8 +69,15 @@ pub struct ConnCtx {
 /// Entry point: one client request in, one response out. Never fails; failures are responses.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> {
     let (mut parts, body) = req.into_parts();
+    // The edge first (edge.rs): head checks, the one normalisation of path and host, the
+    // upgrade filter and the client address behind trusted proxies, before anything else —
+    // the access log included — reads the request.
+    let edge = crate::edge::admit(&ctx, &mut parts);
     let mut x = Exchange::begin(ctx, &mut parts);
-    let outcome = phases(&mut x, parts, body).await;
+    let outcome = match edge {
+        Ok(()) => phases(&mut x, parts, body).await,
+        Err(refused) => Err(refused),
+    };
     x.respond(outcome)
 }
 
@@ -79,7 +87,6 @@ async fn phases(
     mut parts: http::request::Parts,
     body: Incoming,
 ) -> Result<Response<RespBody>, ProxyError> {
-    headers::check_head(&parts, x.ctx.max_head)?;
     if let Some(answered) = before_routing(x, &mut parts).await? {
         return Ok(answered);
     }
@@ -182,4 +189,6 @@ pub(crate) struct Admitted {
     pub(crate) prio: Priority,
     /// A canary switch on the route: (upstream, percent).
     pub(crate) canary: Option<(String, u8)>,
+    /// The client's address: the peer's, or the one trusted proxies forwarded (edge.rs).
+    pub(crate) client: SocketAddr,
 }

@@ -120,6 +120,7 @@ pub(super) fn record_outcome(upstream: &Upstream, index: usize, ok: bool, now: T
 pub(super) fn rewrite_request(
     parts: &mut http::request::Parts,
     ctx: &ConnCtx,
+    client: std::net::IpAddr,
     route: &crate::spec::RouteSpec,
     protocol: UpstreamProtocol,
     endpoint: &HttpEndpoint,
@@ -133,7 +134,15 @@ pub(super) fn rewrite_request(
         .or_else(|| parts.headers.get(header::HOST).cloned());
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(&mut parts.headers, ctx.peer.ip(), ctx.scheme, host.as_ref());
+    // Replaced from an untrusted peer, extended from a trusted proxy (forwarded.rs).
+    crate::forwarded::apply(
+        &mut parts.headers,
+        &ctx.edge.trust,
+        ctx.peer.ip(),
+        client,
+        ctx.scheme,
+        host.as_ref(),
+    );
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let rewritten = route.rewrite.as_ref().and_then(|r| r.apply(original));
     let path = rewritten.as_deref().unwrap_or(original);

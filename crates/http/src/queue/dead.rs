@@ -53,6 +53,8 @@ pub struct DeadJob {
     pub attempts: u32,
     /// The last delivery's status (None when the upstream never answered).
     pub last_status: Option<u16>,
+    /// What went wrong with the last delivery, in words (None for a route gone).
+    pub last_error: Option<String>,
     /// Why it was given up.
     pub reason: Reason,
     /// When, in seconds since the Unix epoch.
@@ -61,11 +63,21 @@ pub struct DeadJob {
 
 impl DeadJob {
     /// A dead letter dated now.
-    pub fn now(job: Job, attempts: u32, last_status: Option<u16>, reason: Reason) -> DeadJob {
+    pub fn now(
+        job: Job,
+        attempts: u32,
+        last: Option<(Option<u16>, String)>,
+        reason: Reason,
+    ) -> DeadJob {
+        let (last_status, last_error) = match last {
+            Some((s, e)) => (s, Some(e)),
+            None => (None, None),
+        };
         DeadJob {
             job,
             attempts,
             last_status,
+            last_error,
             reason,
             given_up_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -82,6 +94,7 @@ impl DeadJob {
             "body_bytes": self.job.body.len(),
             "attempts": self.attempts,
             "last_status": self.last_status,
+            "last_error": self.last_error,
             "reason": self.reason.as_str(),
             "given_up_at": self.given_up_at,
         })
@@ -153,7 +166,12 @@ mod tests {
             "127.0.0.1:1".parse().expect("addr"),
             Bytes::from(vec![b'x'; body]),
         );
-        DeadJob::now(job, 3, Some(503), Reason::AttemptsExhausted)
+        DeadJob::now(
+            job,
+            3,
+            Some((Some(503), "the upstream answered 503".into())),
+            Reason::AttemptsExhausted,
+        )
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The durable store: one JetStream stream (work-queue retention) for every queued route, one
 //! durable pull consumer per route shared by every instance. A job is acknowledged after its
 //! delivery, negatively acknowledged with the backoff after a failed one, and terminated after
-//! its last attempt; an instance that dies mid-delivery lets it be redelivered after `ack_wait`.
+//! its last attempt. While a job is in hand (being delivered, or waiting for an unreachable
+//! upstream) progress acknowledgements keep JetStream from handing it to anyone else; a drain
+//! hands jobs back at once (negative acknowledgement); an instance that dies holding jobs lets
+//! them be redelivered after `ack_wait` (15 s). The attempt number is JetStream's delivery
+//! count, so it only grows.
 //! A job sent twice with the same Idempotency-Key within the stream's duplicate window is
 //! stored once (`Nats-Msg-Id`).
 //!
@@ -19,8 +23,8 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::dead::{DeadJob, Reason};
-use super::deliver::{Outcome, deliver};
-use super::{Job, JobsSpec, QueueSpec, RouteQueue};
+use super::deliver::{Outcome, until_reached};
+use super::{Held, Job, JobsSpec, Phase, QueueSpec, RouteQueue};
 use crate::Gateway;
 
 /// A route's share of the stream.
@@ -52,7 +56,7 @@ impl JetStreamQueue {
         route: &str,
         spec: &QueueSpec,
         jobs: JobsSpec,
-        queue: Weak<RouteQueue>,
+        (queue, phase): (Weak<RouteQueue>, tokio::sync::watch::Receiver<Phase>),
         gateway: Weak<Gateway>,
     ) -> Arc<JetStreamQueue> {
         let me = Arc::new(JetStreamQueue {
@@ -67,7 +71,7 @@ impl JetStreamQueue {
                     Arc::downgrade(&me),
                     route.to_string(),
                     spec.clone(),
-                    queue,
+                    (queue, phase),
                     gateway,
                 ));
             }
@@ -105,6 +109,9 @@ impl JetStreamQueue {
         headers.insert("Scalegate-Attempts", dead.attempts.to_string().as_str());
         if let Some(s) = dead.last_status {
             headers.insert("Scalegate-Last-Status", s.to_string().as_str());
+        }
+        if let Some(e) = &dead.last_error {
+            headers.insert("Scalegate-Last-Error", e.as_str());
         }
         headers.insert("Scalegate-Reason", dead.reason.as_str());
         headers.insert(
@@ -231,6 +238,7 @@ fn dead_job(msg: &jetstream::Message) -> Option<DeadJob> {
         job,
         attempts: header("Scalegate-Attempts").and_then(|v| v.parse().ok())?,
         last_status: header("Scalegate-Last-Status").and_then(|v| v.parse().ok()),
+        last_error: header("Scalegate-Last-Error"),
         reason: Reason::parse(&header("Scalegate-Reason").unwrap_or_default()),
         given_up_at: header("Scalegate-Given-Up-At")
             .and_then(|v| v.parse().ok())
@@ -238,57 +246,30 @@ fn dead_job(msg: &jetstream::Message) -> Option<DeadJob> {
     })
 }
 
-/// Connects, makes sure the stream and the route's consumer exist, then delivers jobs with at
-/// most `max_in_flight` at once, reconnecting after errors.
+/// How long JetStream waits for an acknowledgement before it gives a job to another puller;
+/// a job in hand is kept alive with progress acknowledgements every [`PROGRESS_EVERY`], so this
+/// only matters when an instance dies holding jobs (they are redelivered after it).
+const ACK_WAIT: Duration = Duration::from_secs(15);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long one pull waits for jobs before asking again.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Connects, makes sure the stream and the route's consumer exist, then pulls jobs — never more
+/// than free delivery slots, so none waits in a buffer with its acknowledgement timer running —
+/// and delivers each in a task of its own, reconnecting after errors, until the drain.
 async fn consume(
     me: Weak<JetStreamQueue>,
     route: String,
     spec: QueueSpec,
-    queue: Weak<RouteQueue>,
+    (queue, mut phase): (Weak<RouteQueue>, tokio::sync::watch::Receiver<Phase>),
     gateway: Weak<Gateway>,
 ) {
     let slots = Arc::new(Semaphore::new(spec.max_in_flight.max(1)));
+    let in_hand = Arc::new(InHand::default());
     loop {
         let Some(this) = me.upgrade() else { return };
-        let setup = async {
-            let client = async_nats::connect(this.spec.url.as_str()).await.ok()?;
-            let js = jetstream::new(client);
-            let stream = js
-                .get_or_create_stream(stream::Config {
-                    name: this.spec.stream.clone(),
-                    subjects: vec![format!("{}>", this.spec.subject_prefix)],
-                    retention: stream::RetentionPolicy::WorkQueue,
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            js.get_or_create_stream(stream::Config {
-                name: dead_stream(&this.spec),
-                subjects: vec![format!("{}>", dead_prefix(&this.spec))],
-                max_messages_per_subject: DEAD_MAX_PER_ROUTE,
-                max_age: DEAD_MAX_AGE,
-                ..Default::default()
-            })
-            .await
-            .ok()?;
-            let name = format!("sg-{route}");
-            // Created, or updated to this config when it exists (a reload that changed the
-            // route's attempts applies to jobs already stored).
-            let consumer: consumer::PullConsumer = stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: this.subject.clone(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    // Long enough for a delivery under the route's own timeouts.
-                    ack_wait: Duration::from_secs(60),
-                    max_deliver: i64::from(spec.attempts),
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            Some((js, consumer))
-        };
-        let Ok(Some((js, consumer))) = tokio::time::timeout(Duration::from_secs(5), setup).await
+        let Ok(Some((js, consumer))) =
+            tokio::time::timeout(Duration::from_secs(5), setup(&this, &route)).await
         else {
             drop(this);
             tracing::warn!(route, "job queue: cannot reach JetStream; retrying");
@@ -298,34 +279,117 @@ async fn consume(
         this.js.store(Some(Arc::new(js)));
         drop(this);
         tracing::info!(route, "job queue consuming from JetStream");
-        let Ok(mut messages) = consumer
-            .stream()
-            .max_messages_per_batch(spec.max_in_flight.max(1))
-            .messages()
-            .await
-        else {
-            continue;
-        };
-        while let Some(next) = messages.next().await {
-            let Ok(msg) = next else { break };
-            if me.strong_count() == 0 {
-                // A reload replaced this route's queue: hand the job to the new consumer loop.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return;
-            }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+        loop {
+            // Wait for a free slot (or the drain), then take as many as are free.
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => p,
+                () = stopping(&mut phase) => return,
             };
-            let (route, queue, gateway) = (route.clone(), queue.clone(), gateway.clone());
-            tokio::spawn(async move {
-                handle(msg, &route, &queue, &gateway).await;
-                drop(permit);
-            });
+            let Ok(first) = first else { return };
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(permits.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let Ok(mut batch) = batch else { break };
+            while let Some(next) = batch.next().await {
+                let Ok(msg) = next else { break };
+                if me.strong_count() == 0 || *phase.borrow() != Phase::Running {
+                    // A reload replaced this route's queue, or the drain began: hand it back.
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                }
+                let Some(permit) = permits.pop() else {
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                };
+                let (route, queue, gateway) = (route.clone(), queue.clone(), gateway.clone());
+                let (phase, in_hand) = (phase.clone(), in_hand.clone());
+                tokio::spawn(async move {
+                    handle(msg, &route, &queue, &gateway, phase, &in_hand).await;
+                    drop(permit);
+                });
+            }
         }
-        tracing::warn!(
-            route,
-            "job queue: JetStream subscription ended; reconnecting"
-        );
+        tracing::warn!(route, "job queue: JetStream pull failed; reconnecting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The stream, the dead-letter stream and the route's durable consumer.
+async fn setup(
+    this: &JetStreamQueue,
+    route: &str,
+) -> Option<(jetstream::Context, consumer::PullConsumer)> {
+    let client = async_nats::connect(this.spec.url.as_str()).await.ok()?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: this.spec.stream.clone(),
+            subjects: vec![format!("{}>", this.spec.subject_prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    js.get_or_create_stream(stream::Config {
+        name: dead_stream(&this.spec),
+        subjects: vec![format!("{}>", dead_prefix(&this.spec))],
+        max_messages_per_subject: DEAD_MAX_PER_ROUTE,
+        max_age: DEAD_MAX_AGE,
+        ..Default::default()
+    })
+    .await
+    .ok()?;
+    // Created, or updated to this config when it exists. The gateway counts attempts and gives
+    // jobs up itself, so JetStream redelivers without limit (a limit there would leave a job
+    // stored but never delivered again, silently).
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(format!("sg-{route}")),
+            filter_subject: this.subject.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    Some((js, consumer))
+}
+
+/// Job ids being delivered by this instance: JetStream may hand out a job again while it is
+/// in hand (after a server restart lost its acknowledgement state, say); that copy is left
+/// alone, and the first one's acknowledgement settles it.
+#[derive(Debug, Default)]
+struct InHand(std::sync::Mutex<std::collections::HashSet<String>>);
+
+/// A job id in hand until dropped.
+struct Claim<'a>(&'a InHand, String);
+
+impl InHand {
+    fn claim(&self, id: &str) -> Option<Claim<'_>> {
+        let mut ids = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.insert(id.to_string())
+            .then(|| Claim(self, id.to_string()))
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut ids = (self.0)
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.remove(&self.1);
     }
 }
 
@@ -334,16 +398,49 @@ async fn handle(
     route: &str,
     queue: &Weak<RouteQueue>,
     gateway: &Weak<Gateway>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+    in_hand: &InHand,
 ) {
+    // JetStream's delivery count: it only grows, so attempt numbers do too.
     let attempt = msg
         .info()
-        .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(1));
+        .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
     let Some(job) = Job::decode(&msg.payload) else {
         tracing::warn!(route, "job queue: a message that is not a job; dropped");
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
-    let outcome = deliver(gateway, route, &job, attempt).await;
+    let Some(_claim) = in_hand.claim(&job.id) else {
+        tracing::warn!(route, job = %job.id, attempt, "job queue: JetStream handed out a job already in hand here; left to the first copy");
+        return;
+    };
+    let Some(_held) = Held::new(queue) else {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        return;
+    };
+    let outcome = {
+        let mut abandon = phase.clone();
+        let work = until_reached(gateway, queue, route, &job, attempt, Some(&mut phase));
+        tokio::pin!(work);
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.reset();
+        loop {
+            tokio::select! {
+                o = &mut work => break o,
+                _ = progress.tick() => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+                () = abandoned(&mut abandon) => break None,
+            }
+        }
+    };
+    let Some(outcome) = outcome else {
+        // The drain: hand it back for another instance to deliver at once.
+        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(route, job = %job.id, error = %e, "job queue: could not hand a job back");
+        }
+        return;
+    };
     let Some(q) = queue.upgrade() else {
         // The route's queue was replaced: leave the job for redelivery.
         let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -354,30 +451,46 @@ async fn handle(
             q.delivered.fetch_add(1, Ordering::Relaxed);
             AckKind::Ack
         }
-        Outcome::Failed(status) if attempt < q.spec.attempts => {
+        Outcome::Failed(why) if attempt < q.spec.attempts => {
             q.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(route, job = %job.id, attempt, ?status, "delivery failed; will retry");
+            tracing::debug!(route, job = %job.id, attempt, ?why, "delivery failed; will retry");
             AckKind::Nak(Some(q.backoff(attempt)))
         }
-        Outcome::Failed(status) => {
-            tracing::warn!(route, job = %job.id, attempt, ?status, "job given up after its last delivery attempt");
-            let dead = DeadJob::now(
+        Outcome::Failed(why) => {
+            tracing::warn!(route, job = %job.id, attempt, ?why, "job given up after its last delivery attempt");
+            let last = Some((why.status(), why.describe()));
+            q.bury(DeadJob::now(
                 job.clone(),
                 attempt,
-                status.map(|s| s.as_u16()),
+                last,
                 Reason::AttemptsExhausted,
-            );
-            q.bury(dead).await;
+            ))
+            .await;
             AckKind::Term
         }
-        Outcome::Gone => {
+        Outcome::Gone | Outcome::Unreached(_) => {
             tracing::warn!(route, job = %job.id, "job given up: its route is gone");
-            q.bury(DeadJob::now(job.clone(), attempt, None, Reason::RouteGone))
-                .await;
+            q.bury(DeadJob::now(
+                job.clone(),
+                attempt.saturating_sub(1),
+                None,
+                Reason::RouteGone,
+            ))
+            .await;
             AckKind::Term
         }
     };
     if let Err(e) = msg.ack_with(ack).await {
         tracing::warn!(route, job = %job.id, error = %e, "job queue: acknowledgement failed");
     }
+}
+
+/// Resolves once the drain is over (or the queue is gone).
+async fn abandoned(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p == Phase::Abandoning).await;
+}
+
+/// Resolves once the drain begins (or the queue is gone).
+async fn stopping(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p != Phase::Running).await;
 }

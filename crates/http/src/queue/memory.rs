@@ -8,8 +8,8 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, mpsc};
 
 use super::dead::{DeadJob, MemoryDead, Reason};
-use super::deliver::{Outcome, deliver};
-use super::{Job, QueueSpec, RouteQueue};
+use super::deliver::{Outcome, until_reached};
+use super::{Held, Job, QueueSpec, RouteQueue};
 use crate::Gateway;
 
 /// A job and the number of deliveries it has had.
@@ -97,49 +97,43 @@ async fn worker(
         let next = rx.lock().await.recv().await;
         let Some((job, tried)) = next else { return };
         let attempt = tried + 1;
-        if let Some(q) = queue.upgrade() {
-            q.in_hand.fetch_add(1, Ordering::Relaxed);
-        }
-        let outcome = deliver(&gateway, &route, &job, attempt).await;
+        let Some(held) = Held::new(&queue) else {
+            return;
+        };
+        // Memory jobs are delivered until the drain ends, so no stop signal here.
+        let outcome = until_reached(&gateway, &queue, &route, &job, attempt, None)
+            .await
+            .unwrap_or(Outcome::Gone);
         let Some(q) = queue.upgrade() else { return };
         match outcome {
             Outcome::Delivered => {
                 q.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::Failed(status) if attempt < q.spec.attempts => {
+            Outcome::Failed(why) if attempt < q.spec.attempts => {
                 q.retried.fetch_add(1, Ordering::Relaxed);
                 let wait = q.backoff(attempt);
-                tracing::debug!(route, job = %job.id, attempt, ?status, ?wait, "delivery failed; will retry");
-                let (tx, queue) = (tx.clone(), queue.clone());
+                tracing::debug!(route, job = %job.id, attempt, ?why, ?wait, "delivery failed; will retry");
+                let tx = tx.clone();
                 tokio::spawn(async move {
+                    // Still in hand until it is back on the channel.
+                    let _held = held;
                     tokio::time::sleep(wait).await;
                     if let Some(tx) = tx.upgrade() {
                         let _ = tx.send((job, attempt)).await;
                     }
-                    if let Some(q) = queue.upgrade() {
-                        q.in_hand.fetch_sub(1, Ordering::Relaxed);
-                    }
                 });
-                // Still in hand until it is back on the channel.
-                continue;
             }
-            Outcome::Failed(status) => {
-                tracing::warn!(route, job = %job.id, attempt, ?status, "job given up after its last delivery attempt");
-                let status = status.map(|s| s.as_u16());
-                q.bury(DeadJob::now(
-                    job,
-                    attempt,
-                    status,
-                    Reason::AttemptsExhausted,
-                ))
-                .await;
+            Outcome::Failed(why) => {
+                tracing::warn!(route, job = %job.id, attempt, ?why, "job given up after its last delivery attempt");
+                let last = Some((why.status(), why.describe()));
+                q.bury(DeadJob::now(job, attempt, last, Reason::AttemptsExhausted))
+                    .await;
             }
-            Outcome::Gone => {
+            Outcome::Gone | Outcome::Unreached(_) => {
                 tracing::warn!(route, job = %job.id, "job given up: its route is gone");
-                q.bury(DeadJob::now(job, attempt, None, Reason::RouteGone))
+                q.bury(DeadJob::now(job, tried, None, Reason::RouteGone))
                     .await;
             }
         }
-        q.in_hand.fetch_sub(1, Ordering::Relaxed);
     }
 }

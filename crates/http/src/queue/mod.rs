@@ -81,10 +81,55 @@ pub struct RouteQueue {
     pub delivered: AtomicU64,
     /// Deliveries that failed and will be tried again.
     pub retried: AtomicU64,
-    /// Jobs given up after `attempts` (or whose route disappeared).
+    /// Jobs given up after `attempts` (or whose route disappeared), since start.
     pub dead: AtomicU64,
-    /// Memory jobs being delivered or waiting out a backoff (off the channel).
+    /// Jobs this instance holds and has not settled: being delivered, waiting for the upstream,
+    /// or (memory) waiting out a backoff off the channel.
     in_hand: AtomicU64,
+    /// Jobs waiting because the upstream cannot be reached now (the route is paused).
+    paused: AtomicU64,
+    /// Running, stopping (drain: take no more jobs, hand back those waiting), or abandoning
+    /// (the drain ran out: hand back everything still held).
+    phase: tokio::sync::watch::Sender<Phase>,
+}
+
+/// Where an instance's delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Taking and delivering jobs.
+    Running,
+    /// Draining: no new jobs; the durable store gets waiting jobs back at once.
+    Stopping,
+    /// The drain is over: the durable store gets every job still held back.
+    Abandoning,
+}
+
+/// Counts one job in hand while it lives (so a cancelled delivery still gives its count back).
+struct Held(Arc<RouteQueue>);
+
+impl Held {
+    fn new(queue: &std::sync::Weak<RouteQueue>) -> Option<Held> {
+        let q = queue.upgrade()?;
+        q.in_hand.fetch_add(1, Ordering::Relaxed);
+        Some(Held(q))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.in_hand.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one job waiting for the upstream while it lives.
+struct Paused(Arc<RouteQueue>);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if self.0.paused.fetch_sub(1, Ordering::Relaxed) == 1 {
+            tracing::info!("queued route: the upstream is reachable again; delivery resumed");
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -102,6 +147,8 @@ impl RouteQueue {
         jobs: Option<&JobsSpec>,
         gateway: std::sync::Weak<crate::Gateway>,
     ) -> Arc<RouteQueue> {
+        let phase = tokio::sync::watch::channel(Phase::Running).0;
+        let watching = phase.subscribe();
         Arc::new_cyclic(|me| {
             let store = match jobs {
                 None => Store::Memory(memory::MemoryQueue::start(
@@ -114,7 +161,7 @@ impl RouteQueue {
                     route,
                     &spec,
                     j.clone(),
-                    me.clone(),
+                    (me.clone(), watching),
                     gateway,
                 )),
             };
@@ -126,6 +173,8 @@ impl RouteQueue {
                 retried: AtomicU64::new(0),
                 dead: AtomicU64::new(0),
                 in_hand: AtomicU64::new(0),
+                paused: AtomicU64::new(0),
+                phase,
             }
         })
     }
@@ -203,6 +252,53 @@ impl RouteQueue {
             Store::Memory(m) => m.depth() as u64 + self.in_hand.load(Ordering::Relaxed),
             Store::JetStream(_) => 0,
         }
+    }
+
+    /// Jobs held and not yet settled (delivered, handed back or given up), in either store,
+    /// plus those waiting in memory.
+    pub fn unsettled(&self) -> u64 {
+        let waiting = match &self.store {
+            Store::Memory(m) => m.depth() as u64,
+            Store::JetStream(_) => 0,
+        };
+        waiting + self.in_hand.load(Ordering::Relaxed)
+    }
+
+    /// Jobs being delivered or waiting for the upstream on this instance now.
+    pub fn in_hand(&self) -> u64 {
+        self.in_hand.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting because the upstream cannot be reached now (0: not paused).
+    pub fn paused(&self) -> u64 {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// The drain begins: take no new jobs from the durable store and hand back at once the
+    /// ones waiting for the upstream (memory jobs go on being delivered until the drain ends).
+    pub fn stop(&self) {
+        self.phase.send_if_modified(|p| {
+            let was = *p;
+            *p = was.max(Phase::Stopping);
+            *p != was
+        });
+    }
+
+    /// The drain is over: hand every job still held back to the durable store.
+    pub fn abandon(&self) {
+        self.phase.send_replace(Phase::Abandoning);
+    }
+
+    /// Marks one job as waiting for the upstream until the guard drops.
+    fn pause(self: Arc<Self>, route: &str, why: &str) -> Paused {
+        if self.paused.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                route,
+                why,
+                "queued route paused: jobs wait, without spending attempts, until the upstream can be reached"
+            );
+        }
+        Paused(self)
     }
 
     /// Counts and keeps a job given up.

@@ -20,6 +20,7 @@ pub(super) fn lint(raw: &RawConfig) -> Vec<Problem> {
             "there are routes but no [[listeners]]: nothing accepts requests for them".into(),
         );
     }
+    admin_token_in_clear(raw, &mut out);
     shadowed_routes(raw, &mut out);
     routes_under_fanout(raw, &mut out);
     zone_affinity_without_local_endpoints(raw, &mut out);
@@ -32,6 +33,28 @@ fn warn(out: &mut Vec<Problem>, span: std::ops::Range<usize>, message: String) {
         span: Some(span),
         message: format!("warning: {message}"),
     });
+}
+
+/// The admin API has no TLS: on an address other hosts reach, its token crosses the network in
+/// clear text.
+fn admin_token_in_clear(raw: &RawConfig, out: &mut Vec<Problem>) {
+    let (Some(listen), Some(_)) = (&raw.admin.listen, &raw.admin.token) else {
+        return;
+    };
+    let remote = listen
+        .get_ref()
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_loopback());
+    if remote {
+        warn(
+            out,
+            listen.span(),
+            format!(
+                "admin.listen {} is reachable from other hosts and the admin API has no TLS: admin.token travels in clear text (put it behind a TLS proxy or a private network)",
+                listen.get_ref()
+            ),
+        );
+    }
 }
 
 fn route_name(i: usize, r: &RawRoute) -> String {

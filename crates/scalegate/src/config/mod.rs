@@ -11,6 +11,7 @@
 mod cache;
 mod cluster;
 mod dns;
+mod edge;
 mod edits;
 mod fanout;
 mod files;
@@ -18,6 +19,7 @@ mod lint;
 mod pg;
 mod queue;
 mod raw;
+mod refuse;
 mod units;
 mod validate;
 mod zone;

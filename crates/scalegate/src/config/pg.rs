@@ -25,8 +25,7 @@ pub struct RawPostgres {
     pub tls: Option<Spanned<super::raw::RawTls>>,
     pub tls_required: Option<bool>,
     pub max_prepared_statements: Option<Spanned<i64>>,
-    #[serde(default)]
-    pub admin_users: Vec<String>,
+    pub admin_users: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub users: BTreeMap<String, Spanned<RawUser>>,
     #[serde(default)]
@@ -136,7 +135,11 @@ pub(super) fn postgres(
             auth,
         });
     }
-    spec.admin_users.clone_from(&r.admin_users);
+    spec.admin_users = r
+        .admin_users
+        .as_ref()
+        .map(|a| a.get_ref().clone())
+        .unwrap_or_default();
     spec.tls = r.tls.as_ref().and_then(|t| tls(c, t, base));
     spec.tls_required = r.tls_required.unwrap_or(false);
     if spec.tls_required && spec.tls.is_none() {

@@ -58,6 +58,7 @@ pub enum RuntimeMode {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
+    pub expose_without_token: Option<bool>,
 }
 
 /// Gateway-wide admission.
@@ -100,6 +101,12 @@ pub struct RawListener {
     pub idle_timeout: Option<Spanned<Dur>>,
     pub tls: Option<Spanned<RawTls>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
+    pub forwarded_header: Option<bool>,
+    pub upgrades: Option<Spanned<Vec<String>>>,
 }
 
 /// PEM files of a TLS listener, relative to the config file's directory.

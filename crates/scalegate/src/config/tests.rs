@@ -196,7 +196,7 @@ fn the_console_name_is_reserved() {
 #[test]
 fn path_rewrites_and_header_edits_are_checked_where_written() {
     let base = "[[routes]]\nupstream = \"app\"\n";
-    let tail = "[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n";
+    let tail = "[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n";
     let p = problems(&format!("{base}rewrite = {{ prefix = \"/v2\" }}\n{tail}"));
     assert_eq!(
         p,
@@ -228,7 +228,7 @@ fn path_rewrites_and_header_edits_are_checked_where_written() {
 #[test]
 fn allow_and_deny_lists_take_addresses_and_blocks() {
     let base = "[[routes]]\nupstream = \"app\"\n";
-    let tail = "[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n";
+    let tail = "[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n";
     let p = problems(&format!(
         "{base}allow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n{tail}"
     ));
@@ -401,4 +401,112 @@ fn queued_routes_are_checked() {
     let durable = format!("[queue]\nnats = {{ url = \"nats://127.0.0.1:4222\" }}\n{ok}");
     let p = problems(&durable);
     assert!(p.len() == 1 && p[0].contains("its name must be"), "{p:?}");
+}
+
+#[test]
+fn configs_that_serve_nothing_are_refused() {
+    for text in [
+        "",
+        "\n# only a comment\n",
+        "[runtime]\nworker_threads = 1\n",
+    ] {
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{text:?}: {p:?}");
+        assert!(p[0].starts_with("1:1: nothing to serve"), "{p:?}");
+    }
+    assert!(problems(PG_EXAMPLE).is_empty(), "a pooler alone serves");
+}
+
+#[test]
+fn an_admin_api_open_to_other_hosts_needs_a_token() {
+    let listener = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n";
+    let p = problems(&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{listener}"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("2:10: admin.listen 0.0.0.0:9901 is reachable"),
+        "{p:?}"
+    );
+    assert!(problems(&format!("[admin]\nlisten = \"[::1]:9901\"\n{listener}")).is_empty());
+    let said_so =
+        format!("[admin]\nlisten = \"0.0.0.0:9901\"\nexpose_without_token = true\n{listener}");
+    assert!(problems(&said_so).is_empty());
+    let token =
+        format!("[admin]\nlisten = \"10.1.2.3:9901\"\ntoken = \"0123456789abcdef\"\n{listener}");
+    let c = Config::parse(&token).expect("valid with a token");
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].2.contains("clear text"), "{:?}", c.warnings);
+}
+
+#[test]
+fn console_admins_need_a_password() {
+    let pg = |extra: &str| {
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:0\"\nadmin_users = [\"admin\"]\n{extra}\n[postgres.databases.app]\nprimary = \"postgres://u@127.0.0.1:5432/app\"\n"
+        )
+    };
+    let p = problems(&pg(""));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("3:15: postgres.admin_users: \"admin\" has no [postgres.users.admin]")
+            && p[0].contains("without a password"),
+        "{p:?}"
+    );
+    let p = problems(&pg("[postgres.users.app]\npassword = \"x\"\n"));
+    assert!(p.len() == 1 && p[0].contains("never log in"), "{p:?}");
+    assert!(problems(&pg("[postgres.users.admin]\npassword = \"x\"\n")).is_empty());
+}
+
+#[test]
+fn listener_edge_keys_are_read_and_checked() {
+    let text = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
+forwarded_header = true
+max_headers = 50
+merge_slashes = false
+escaped_slashes = "decode"
+upgrades = ["websocket", "foo"]
+
+[[routes]]
+match = { host = "Admin.Example." }
+upstream = "app"
+
+[upstreams.app]
+endpoints = ["127.0.0.1:9001"]
+"#;
+    let c = Config::parse(text).expect("valid");
+    let e = &c.gateway.listeners[0].edge;
+    assert_eq!(e.trust.trusted_proxies.len(), 2);
+    assert!(e.trust.forwarded_header);
+    assert_eq!(e.max_headers, 50);
+    assert!(!e.normalize.merge_slashes);
+    assert_eq!(
+        e.normalize.escaped_slashes,
+        scalegate_http::normalize::EscapedSlashes::Decode
+    );
+    assert_eq!(e.upgrades, ["websocket", "foo"]);
+    assert_eq!(
+        c.gateway.routes[0].matcher.host.as_deref(),
+        Some("admin.example")
+    );
+    let bad = text
+        .replace("\"decode\"", "\"maybe\"")
+        .replace("\"foo\"]", "\"h2c\"]")
+        .replace("max_headers = 50", "max_headers = 0")
+        .replace("\"192.0.2.1\"", "\"192.0.2.1/40\"")
+        .replace("host = \"Admin.Example.\"", "path_prefix = \"/%61dmin\"");
+    let p = problems(&bad);
+    let want = [
+        "5:19: trusted_proxies",
+        "7:15: max_headers",
+        "9:19: escaped_slashes",
+        "10:12: upgrades: h2c",
+        "13:25: path_prefix \"/%61dmin\" never matches",
+    ];
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+    for (got, w) in p.iter().zip(want) {
+        assert!(got.starts_with(w), "want {w:?}, got {got:?}");
+    }
 }

@@ -142,6 +142,11 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         }
         t.get_ref().clone()
     });
+    super::refuse::serves_something(&mut c, &raw);
+    super::refuse::admin_exposure(&mut c, &raw.admin, admin_listen);
+    if let Some(pg) = &raw.postgres {
+        super::refuse::admin_users_authenticate(&mut c, pg);
+    }
     let drain_timeout = c.dur(
         &raw.lifecycle.drain_timeout,
         Duration::from_secs(30),
@@ -282,6 +287,7 @@ fn listeners(
                     "max_connections",
                 ) as usize
             }),
+            edge: super::edge::listener_edge(c, l),
         });
     }
     out
@@ -414,8 +420,11 @@ fn routes(
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
-                host: m.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
-                path_prefix: m.path_prefix.as_ref().map(|p| p.get_ref().clone()),
+                host: m.host.as_ref().map(super::edge::match_host),
+                path_prefix: m
+                    .path_prefix
+                    .as_ref()
+                    .map(|p| super::edge::match_path(c, p)),
                 method,
                 headers,
             },

@@ -1,0 +1,325 @@
+//! Queued routes under real faults, checked against a recording upstream: gateways killed with
+//! SIGKILL and stopped with SIGTERM mid-delivery (JetStream keeps the jobs), the upstream down
+//! for a long outage or answering 500 until its breaker opens. In every case: no accepted job is
+//! lost, no job is delivered while another delivery of it is still running, and the attempt
+//! numbers a job's deliveries carry only grow.
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use scalegate_testkit::NatsServer;
+use tokio::net::TcpListener;
+
+/// What the upstream saw, per job id.
+#[derive(Debug, Default)]
+struct Record {
+    /// Deliveries running now.
+    running: HashMap<String, u32>,
+    /// Attempt numbers, in arrival order.
+    attempts: HashMap<String, Vec<u32>>,
+    /// Deliveries answered 200.
+    ok: HashMap<String, u32>,
+    /// Jobs that arrived while another delivery of theirs was running.
+    overlaps: Vec<String>,
+    hits: usize,
+}
+
+/// One delivery the upstream is working on, until dropped (also when its connection is cut).
+struct Running(Arc<Mutex<Record>>, String);
+
+impl Running {
+    fn start(rec: &Arc<Mutex<Record>>, id: &str, attempt: u32) -> Running {
+        let mut r = rec.lock().expect("record");
+        r.hits += 1;
+        let running = r.running.entry(id.to_string()).or_default();
+        *running += 1;
+        if *running > 1 {
+            r.overlaps.push(id.to_string());
+        }
+        r.attempts.entry(id.to_string()).or_default().push(attempt);
+        Running(rec.clone(), id.to_string())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *r.running.entry(self.1.clone()).or_default() -= 1;
+    }
+}
+
+/// A recording upstream that answers `status` after `delay`, and can go down and come back on
+/// the same port.
+struct Sink {
+    addr: SocketAddr,
+    rec: Arc<Mutex<Record>>,
+    status: Arc<AtomicU16>,
+    delay: Duration,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sink {
+    async fn start(delay: Duration) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut sink = Sink {
+            addr,
+            rec: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            delay,
+            task: None,
+        };
+        sink.serve(listener);
+        sink
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (rec, status, delay) = (self.rec.clone(), self.status.clone(), self.delay);
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (rec, status) = (rec.clone(), status.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (rec, status) = (rec.clone(), status.clone());
+                        async move {
+                            let h = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string()
+                            };
+                            let (id, attempt) = (h("x-scalegate-job-id"), h("x-scalegate-attempt"));
+                            let running = Running::start(&rec, &id, attempt.parse().unwrap_or(0));
+                            tokio::time::sleep(delay).await;
+                            let code = status.load(Ordering::SeqCst);
+                            if code == 200 {
+                                *rec.lock().expect("record").ok.entry(id).or_default() += 1;
+                            }
+                            drop(running);
+                            let resp = http::Response::builder()
+                                .status(code)
+                                .body(Full::new(Bytes::new()))
+                                .expect("response");
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and drops every connection (connections are refused from now on).
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn up(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind");
+        self.serve(listener);
+    }
+
+    fn delivered(&self, ids: &[String]) -> usize {
+        let r = self.rec.lock().expect("record");
+        ids.iter().filter(|id| r.ok.contains_key(*id)).count()
+    }
+
+    /// No job lost, none delivered concurrently with itself, attempts growing. Returns a
+    /// summary: hits, jobs delivered more than once.
+    fn check(&self, ids: &[String]) -> String {
+        let r = self.rec.lock().expect("record");
+        let lost: Vec<_> = ids.iter().filter(|id| !r.ok.contains_key(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} accepted jobs never delivered: {lost:?}",
+            lost.len()
+        );
+        assert!(
+            r.overlaps.is_empty(),
+            "jobs delivered while another delivery of theirs ran: {:?}",
+            r.overlaps
+        );
+        for (id, a) in &r.attempts {
+            assert!(
+                a.windows(2).all(|w| w[0] < w[1]) && a.first() >= Some(&1),
+                "attempt numbers of {id} do not grow: {a:?}"
+            );
+        }
+        let twice = r.ok.values().filter(|&&n| n > 1).count();
+        format!(
+            "{} jobs, {} deliveries reached the upstream, {twice} jobs delivered twice (sequentially)",
+            ids.len(),
+            r.hits
+        )
+    }
+}
+
+fn route(sink: &Sink, queue: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"hooks\"\nmatch = {{ path_prefix = \"/hooks\" }}\nupstream = \"app\"\nqueue = {{ {queue} }}\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        sink.addr
+    )
+}
+
+/// Posts `n` jobs (retrying while the store connects); their ids.
+async fn post_jobs(gw: &GatewayProcess, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut tries = 0;
+        loop {
+            let req = http::Request::post(format!("http://{}/hooks/{i}", gw.http))
+                .body(Full::new(Bytes::from(format!("job {i}"))))
+                .expect("request");
+            let r = Client::http1().send(req).await.expect("response");
+            if r.status == 202 {
+                ids.push(r.header("x-scalegate-job-id").to_string());
+                break;
+            }
+            tries += 1;
+            assert!(
+                tries < 100,
+                "job {i} never accepted: {} {}",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    ids
+}
+
+async fn until_delivered(sink: &Sink, ids: &[String], at_least: usize, within: Duration) {
+    assert!(
+        eventually(within, || async { sink.delivered(ids) >= at_least }).await,
+        "{} of {} delivered, wanted {at_least}",
+        sink.delivered(ids),
+        ids.len()
+    );
+}
+
+async fn dead_since_start(gw: &GatewayProcess) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&gw.admin_get("/queue").await).expect("json");
+    v["routes"][0]["given_up_since_start"]
+        .as_u64()
+        .expect("counter")
+}
+
+#[tokio::test]
+async fn jetstream_jobs_survive_sigkill_sigterm_and_an_outage_without_loss_or_overlap() {
+    let nats = NatsServer::start_jetstream().await;
+    let mut sink = Sink::start(Duration::from_millis(20)).await;
+    let cfg = format!(
+        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
+        nats.url(),
+        route(&sink, "max_in_flight = 4")
+    );
+    let g1 = GatewayProcess::start(BIN, &cfg).await;
+    let ids = post_jobs(&g1, 500).await;
+
+    // SIGKILL mid-delivery: what it held comes back after JetStream's ack_wait.
+    until_delivered(&sink, &ids, 100, Duration::from_secs(60)).await;
+    g1.signal(libc::SIGKILL);
+    drop(g1);
+    let mut g2 = GatewayProcess::start(BIN, &cfg).await;
+
+    // SIGTERM mid-delivery: what it held goes back at once.
+    until_delivered(&sink, &ids, 250, Duration::from_secs(60)).await;
+    g2.signal(libc::SIGTERM);
+    let st = g2.wait_exit(Duration::from_secs(30)).await.expect("exited");
+    assert_eq!(st.code(), Some(0));
+    let g3 = GatewayProcess::start(BIN, &cfg).await;
+
+    // The upstream down for a while: jobs wait without spending attempts.
+    until_delivered(&sink, &ids, 350, Duration::from_secs(60)).await;
+    sink.down();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sink.up().await;
+
+    until_delivered(&sink, &ids, ids.len(), Duration::from_secs(120)).await;
+    println!("restarts and outage: {}", sink.check(&ids));
+    assert_eq!(dead_since_start(&g3).await, 0, "nothing given up");
+    quiescent(&g3).await;
+}
+
+/// The outage's length: 20 s by default (past the ~15 s within which the default backoff used
+/// to spend all five attempts); `SG_OUTAGE_SECS=60` for the full minute.
+fn outage() -> Duration {
+    let secs = std::env::var("SG_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
+#[tokio::test]
+async fn an_upstream_outage_with_default_settings_ends_with_no_dead_jobs() {
+    let mut sink = Sink::start(Duration::from_millis(5)).await;
+    let gw = GatewayProcess::start(BIN, &route(&sink, "")).await;
+    sink.down();
+    let ids = post_jobs(&gw, 50).await;
+    tokio::time::sleep(outage()).await;
+    assert_eq!(sink.rec.lock().expect("record").hits, 0);
+    let paused: serde_json::Value =
+        serde_json::from_str(&gw.admin_get("/queue").await).expect("json");
+    assert_eq!(paused["routes"][0]["paused"], true, "{paused}");
+    sink.up().await;
+    // Delivery resumes once the breaker's probe gets through (its ejection may still run).
+    until_delivered(&sink, &ids, ids.len(), Duration::from_secs(400)).await;
+    println!("outage of {:?}: {}", outage(), sink.check(&ids));
+    assert_eq!(dead_since_start(&gw).await, 0, "nothing given up");
+    quiescent(&gw).await;
+}
+
+#[tokio::test]
+async fn a_breaker_opened_by_500s_pauses_delivery_instead_of_burning_attempts() {
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    sink.status.store(500, Ordering::SeqCst);
+    // One endpoint: let the breaker take it out (by default it would stay in rotation).
+    let cfg = format!(
+        "{}passive = {{ max_ejection_percent = 100 }}\n",
+        route(&sink, "backoff = \"100ms\"")
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let ids = post_jobs(&gw, 20).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hits = sink.rec.lock().expect("record").hits;
+    assert!(
+        hits < 20,
+        "the open breaker keeps jobs from the upstream: {hits} deliveries"
+    );
+    assert_eq!(
+        dead_since_start(&gw).await,
+        0,
+        "no job died inside the gateway"
+    );
+    sink.status.store(200, Ordering::SeqCst);
+    until_delivered(&sink, &ids, ids.len(), Duration::from_secs(120)).await;
+    println!("500s then recovery: {}", sink.check(&ids));
+    assert_eq!(dead_since_start(&gw).await, 0);
+    // Every attempt the jobs spent reached the upstream.
+    let (spent, hits) = {
+        let r = sink.rec.lock().expect("record");
+        (r.attempts.values().map(Vec::len).sum::<usize>(), r.hits)
+    };
+    assert_eq!(spent, hits);
+    quiescent(&gw).await;
+}
