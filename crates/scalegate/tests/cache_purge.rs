@@ -256,3 +256,24 @@ async fn a_purge_published_while_subscriptions_are_down_is_replayed_on_resubscri
         quiescent(g).await;
     }
 }
+
+#[tokio::test]
+async fn a_purge_while_redis_is_down_is_refused_and_applied_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let down = paths("/down/", 10);
+    warm(&gws, &redis, &o, &down).await;
+    redis.kill();
+    let r = purge(&gws[0], "tag=other").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("\"retrying\":true"), "{}", r.body);
+    // The other instances still hold their copies; the retry reaches them once Redis is back
+    // (empty: the restart lost every key and the purge stream).
+    assert!(redis.restart().await, "redis back");
+    let t = all_purged(&gws, &down).await;
+    eprintln!("redis restarted: all three missed {t:?} after it answered");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
