@@ -277,3 +277,29 @@ async fn a_purge_while_redis_is_down_is_refused_and_applied_once_it_is_back() {
         quiescent(g).await;
     }
 }
+
+#[tokio::test]
+async fn a_purge_whose_admin_client_hangs_up_still_completes() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let left = paths("/left/", 5);
+    warm(&gws, &redis, &o, &left).await;
+    redis.command(&["CLIENT", "PAUSE", "1000"]).await;
+    // The client sends the purge and leaves while it waits for Redis.
+    let mut s = tokio::net::TcpStream::connect(gws[0].admin)
+        .await
+        .expect("connect");
+    let req = format!(
+        "POST /cache/purge?prefix=/left/ HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let t = all_purged(&gws, &left).await;
+    eprintln!("client gone: all three missed after {t:?}");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
