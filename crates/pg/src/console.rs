@@ -1,7 +1,7 @@
 //! The admin console: connect to the virtual database `scalegate` (or `pgbouncer`, so
 //! existing tooling works) and run SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS,
 //! SHOW DATABASES, SHOW HOSTS, SHOW CONFIG, SHOW VERSION, PAUSE, RESUME or RELOAD as simple
-//! queries.
+//! queries or through the extended protocol (`console_ext`), as drivers send them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +58,7 @@ pub async fn run(
     if stream.write_all(&out).await.is_err() {
         return;
     }
+    let mut extended = crate::console_ext::Extended::default();
     loop {
         let n = match proto::tagged_len(&buf, 1 << 20) {
             Ok(Some(n)) => n,
@@ -81,17 +82,7 @@ pub async fn run(
                 command(&pooler, &sql, &mut out).await;
                 proto::ready(&mut out, b'I');
             }
-            _ => {
-                proto::error(
-                    &mut out,
-                    Severity::Error,
-                    "0A000",
-                    "the admin console takes simple queries only",
-                );
-                if msg[0] == b'S' {
-                    proto::ready(&mut out, b'I');
-                }
-            }
+            _ => extended.message(&pooler, &msg, &mut out).await,
         }
         if stream.write_all(&out).await.is_err() {
             return;
@@ -108,13 +99,36 @@ fn table(out: &mut BytesMut, cols: &[&str], rows: Vec<Vec<String>>, tag: &str) {
     proto::command_complete(out, &format!("{tag} {n}"));
 }
 
-async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
-    let words: Vec<String> = sql
-        .trim()
+/// A command's words, upper case.
+fn words(sql: &str) -> Vec<String> {
+    sql.trim()
         .trim_end_matches(';')
         .split_whitespace()
         .map(|w| w.to_ascii_uppercase())
-        .collect();
+        .collect()
+}
+
+/// The columns a command answers with (None: it answers with a tag only, or is unknown).
+pub(crate) fn columns_of(sql: &str) -> Option<&'static [&'static str]> {
+    let words = words(sql);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    Some(match words.as_slice() {
+        ["SHOW", "POOLS"] => POOL_COLS,
+        ["SHOW", "STATS"] => STATS_COLS,
+        ["SHOW", "CLIENTS"] => CLIENT_COLS,
+        ["SHOW", "SERVERS"] => SERVER_COLS,
+        ["SHOW", "DATABASES"] => DB_COLS,
+        ["SHOW", "HOSTS"] => HOST_COLS,
+        ["SHOW", "CONFIG"] => CONFIG_COLS,
+        ["SHOW", "VERSION"] => &["version"],
+        ["SHOW", "HELP"] | ["HELP"] => &["help"],
+        _ => return None,
+    })
+}
+
+/// Runs one console command, writing its answer (without ReadyForQuery) to `out`.
+pub(crate) async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
+    let words = words(sql);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["SHOW", "POOLS"] => table(out, POOL_COLS, pool_rows(pooler), "SHOW"),
@@ -304,8 +318,16 @@ fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     rows
 }
 
-const SERVER_COLS: &[&str] = &["server_id", "database", "user", "addr", "backend_pid"];
+const SERVER_COLS: &[&str] = &[
+    "server_id",
+    "database",
+    "user",
+    "addr",
+    "backend_pid",
+    "state",
+];
 
+/// Server connections: those clients hold (active), then those waiting in pools (idle).
 fn server_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for c in pooler.clients() {
@@ -316,10 +338,23 @@ fn server_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 c.user.clone(),
                 key.addr.to_string(),
                 key.pid.to_string(),
+                "active".into(),
             ]);
         }
     }
-    rows.sort();
+    for p in pooler.pools() {
+        for (id, key, _) in p.idle_servers() {
+            rows.push(vec![
+                id.to_string(),
+                p.db.name.clone(),
+                p.user.clone(),
+                key.addr.to_string(),
+                key.pid.to_string(),
+                "idle".into(),
+            ]);
+        }
+    }
+    rows.sort_by_key(|r| r[0].parse::<u64>().unwrap_or(0));
     rows
 }
 

@@ -173,7 +173,12 @@ impl Pool {
         ids: Arc<AtomicU64>,
         topology: Arc<Topology>,
     ) -> Pool {
-        let server_user = db.primary.user.clone().unwrap_or_else(|| user.to_string());
+        // Pass-through (no users configured): the server sees the client's own user.
+        let server_user = if spec.users.is_empty() {
+            user.to_string()
+        } else {
+            db.primary.user.clone().unwrap_or_else(|| user.to_string())
+        };
         let hosts = topology
             .hosts
             .iter()
@@ -460,6 +465,17 @@ impl Pool {
             self.stats.open.fetch_sub(1, Relaxed);
             tokio::spawn(c.terminate());
         }
+    }
+
+    /// The idle connections: (server id, backend key, host index).
+    pub fn idle_servers(&self) -> Vec<(u64, crate::server::ServerKey, usize)> {
+        let mut v = Vec::new();
+        for (host, hp) in self.hosts.iter().enumerate() {
+            if let Ok(idle) = hp.idle.lock() {
+                v.extend(idle.iter().map(|c| (c.id, c.key, host)));
+            }
+        }
+        v
     }
 
     /// Closes every idle connection (RELOAD, shutdown).

@@ -51,7 +51,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         return crate::console::run(pooler, stream, buf, peer, startup).await;
     }
     let spec = pooler.spec();
-    if pooler.client_count.load(Relaxed) >= spec.max_client_conn {
+    // Counted before it is checked, so concurrent logins cannot overshoot the limit.
+    let Some(_counted) = ClientCount::take(&pooler.client_count, spec.max_client_conn) else {
         return Refusal(
             "53300",
             format!(
@@ -61,7 +62,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         )
         .send(&mut stream)
         .await;
-    }
+    };
     let Some(db) = pooler.database(&startup.database) else {
         return Refusal(
             "3D000",
@@ -118,7 +119,6 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         pooler.unregister(key);
         return;
     }
-    pooler.client_count.fetch_add(1, Relaxed);
     pool.stats.clients.fetch_add(1, Relaxed);
     let mut session = Session {
         max: spec.max_message_bytes,
@@ -164,7 +164,6 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     let end = session.serve().await;
     session.finish(end).await;
     pool.stats.clients.fetch_sub(1, Relaxed);
-    pooler.client_count.fetch_sub(1, Relaxed);
     pooler.unregister(key);
 }
 
@@ -445,6 +444,8 @@ impl Session {
         if fx.creates != 0 && self.refuse_state {
             self.pool.stats.refusals.fetch_add(1, Relaxed);
             state::refusal(&mut out, fx.creates);
+            // Inside a (deferred) transaction the refusal fails it, as a server error would.
+            self.shard_txn_failed |= self.deferred_begin;
         } else {
             match &fx.emulate {
                 Some(crate::effects::Emulate::DeallocateAll) => {
@@ -458,7 +459,13 @@ impl Session {
             }
         }
         let _ = self.cbuf.split_to(n);
-        proto::ready(&mut out, b'I');
+        // Without a server the client is between transactions, unless a sharded BEGIN waits.
+        let status = match (self.shard_txn_failed, self.deferred_begin) {
+            (true, _) => b'E',
+            (false, true) => b'T',
+            (false, false) => b'I',
+        };
+        proto::ready(&mut out, status);
         Some(match self.client.write_all(&out).await {
             Ok(()) => None,
             Err(_) => Some(End::Client),
@@ -837,6 +844,24 @@ trait Drained: tokio::io::AsyncRead + Unpin {
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Drained for crate::stream::Stream<T> {
     fn drained(&self) {
         self.mark_drained();
+    }
+}
+
+/// One place under `max_client_conn`, given back when dropped.
+struct ClientCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> ClientCount<'a> {
+    /// A place, unless `max` are taken.
+    fn take(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<ClientCount<'a>> {
+        let before = count.fetch_add(1, Relaxed);
+        let counted = ClientCount(count);
+        (before < max).then_some(counted)
+    }
+}
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
