@@ -80,7 +80,6 @@ events { worker_connections 20000; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  http2_max_requests 1000000;
   upstream app { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; }
   server {
     listen 127.0.0.1:$P_NGINX;
