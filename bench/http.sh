@@ -245,7 +245,7 @@ report() {
   echo "### $(date -u +%Y-%m-%d) — bench/http.sh"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -r); load average before the run $LOAD0."
-  echo "Peers: $(nginx -v 2>&1 | sed 's/.*\///'), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(h2load --version | head -1 | awk '{print $2}'); scalegate: ${SG_VERSIONS%, } (commit $(git rev-parse --short HEAD) of this tree)."
+  echo "Peers: nginx $(nginx -v 2>&1 | sed 's/.*\///'), haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(h2load --version | head -1 | awk '{print $2}'); scalegate: ${SG_VERSIONS%, } (commit $(git rev-parse --short HEAD) of this tree)."
   echo "Command: \`$CMD\` — wrk -t1 -c$CONNS -d${DURATION}s$([ "$H2" = 1 ] && echo "; h2load -t1 -c$H2_CLIENTS -m$H2_STREAMS -D$DURATION (h2c)"), $ROUNDS interleaved rounds (each starting one proxy further along), medians. CPU = the proxy process's user + system time (all threads) ÷ requests served."
   echo
   echo "| case | proxy | req/s | p50 ms | p99 ms | CPU µs/req | user µs | sys µs | req/s vs haproxy | p99 vs haproxy | CPU vs haproxy |"
@@ -265,12 +265,15 @@ report() {
   done
   echo
   echo "CPU µs per request by round:"
+  echo
+  echo '```'
   for case in "${CASES[@]}"; do
     for px in "${PROXIES[@]}"; do
       name=${px%%:*}; k="$name $case"
       [ -n "${CPU[$k]:-}" ] && echo "${case} ${name}: ${CPU[$k]% }"
     done
-  done | sed 's/^/    /'
+  done
+  echo '```'
   if [ "$IDLE" -gt 0 ]; then
     echo
     echo "$SG_FIRST RSS: $((RSS_BEFORE / 1024)) MiB after the runs; $((RSS_BUSY / 1024)) MiB right after opening $IDLE_OPEN keep-alive client connections (one request each); $((RSS_IDLE / 1024)) MiB once they had idled 6 s (target ≤ 64 MiB)."

@@ -164,10 +164,12 @@ table=$(
   done
   echo
   echo "µs of CPU per transaction by round:"
+  echo
+  echo '```'
   for mode in $MODES; do for c in $CLIENTS; do for t in $TARGETS; do
-    [ -n "${C[$mode,$c,$t]:-}" ] && echo "    $mode c=$c $t: ${C[$mode,$c,$t]% }"
+    [ -n "${C[$mode,$c,$t]:-}" ] && echo "$mode c=$c $t: ${C[$mode,$c,$t]% }"
   done; done; done
-  true
+  echo '```'
 )
 echo "$table"
 if [ "$WRITE" = "--write" ]; then
