@@ -47,8 +47,10 @@ pub fn console(port: u16, cmd: &str) -> String {
 }
 
 /// Waits (bounded) until no server connection of the pooler is handed out, no client waits
-/// and none is pinned: every count taken was given back.
-pub async fn pooler_quiescent(port: u16) {
+/// and none is pinned (SHOW POOLS), and the whole gateway is quiescent (`common::quiescent`):
+/// every count taken was given back.
+pub async fn pooler_quiescent(gw: &GatewayProcess, port: u16) {
+    crate::common::quiescent(gw).await;
     let ok = eventually(Duration::from_secs(10), || async {
         let pools = console(port, "SHOW POOLS");
         // database|user|cl_active|cl_waiting|sv_active|sv_idle|sv_open|maxwait|mode|size|cl_pinned
