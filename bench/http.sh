@@ -51,21 +51,7 @@ case " $PEERS " in *" haproxy "*) ;; *) PEERS="$PEERS haproxy";; esac
 B1=19101; B2=19102; P_NGINX=19111; P_HAPROXY=19112; P_FLOOR=19114
 P_NGINX_H2=19121; P_HAPROXY_H2=19122; P_SG0=19130; SG_ADMIN0=19150
 
-# --- backends: two nginx servers, a tiny body and a 64 KiB body ---------------------------
-head -c 65536 /dev/zero | tr '\0' 'x' > "$WORK/64k"
-cat > "$WORK/backend.conf" <<NGX
-worker_processes 1;
-pid $WORK/backend.pid;
-error_log $WORK/backend.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$B1; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
-  server { listen 127.0.0.1:$B2; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
-}
-NGX
-nginx -c "$WORK/backend.conf" -g 'daemon off;' & PIDS+=($!)
+start_backends $B1 $B2
 
 # PROXIES: "name:port:pid:h2port" (h2port "-" when the proxy has no HTTP/2 listener).
 PROXIES=()
@@ -120,22 +106,7 @@ PROXIES+=("haproxy:$P_HAPROXY:$!:$P_HAPROXY_H2")
 i=0; SG_FIRST_PID=""
 for entry in $SG_BINS; do
   name=${entry%%=*}; bin=${entry#*=}; port=$((P_SG0 + i)); admin=$((SG_ADMIN0 + i))
-  cat > "$WORK/$name.toml" <<SGC
-[runtime]
-worker_threads = 1
-mode = "$SG_MODE"
-[admin]
-listen = "127.0.0.1:$admin"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:$port"
-[[routes]]
-match = { path_prefix = "/" }
-upstream = "app"
-[upstreams.app]
-balance = "round_robin"
-endpoints = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
-SGC
+  sg_proxy_config "$WORK/$name.toml" "$port" "$admin" $B1 $B2 "$SG_MODE"
   RUST_LOG=warn "$bin" run --config "$WORK/$name.toml" & PIDS+=($!)
   PROXIES+=("$name:$port:$!:$port")
   SG_VERSIONS+="$name $("$bin" --version | awk '{print $2}'), "

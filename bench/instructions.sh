@@ -22,35 +22,8 @@ need valgrind:valgrind nginx:nginx-light h2load:nghttp2-client
 mkdir -p bench/out
 
 B1=19201; B2=19202; P_SG=19213; SG_ADMIN=19219
-head -c 65536 /dev/zero | tr '\0' 'x' > "$WORK/64k"
-cat > "$WORK/backend.conf" <<NGX
-worker_processes 1;
-pid $WORK/backend.pid;
-error_log $WORK/backend.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$B1; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
-  server { listen 127.0.0.1:$B2; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
-}
-NGX
-nginx -c "$WORK/backend.conf" -g 'daemon off;' & PIDS+=($!)
-cat > "$WORK/sg.toml" <<SGC
-[runtime]
-worker_threads = 1
-[admin]
-listen = "127.0.0.1:$SG_ADMIN"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:$P_SG"
-[[routes]]
-match = { path_prefix = "/" }
-upstream = "app"
-[upstreams.app]
-balance = "round_robin"
-endpoints = ["127.0.0.1:$B1", "127.0.0.1:$B2"]
-SGC
+start_backends $B1 $B2
+sg_proxy_config "$WORK/sg.toml" $P_SG $SG_ADMIN $B1 $B2
 
 load() { h2load --h1 -t1 -c"$CONNS" -n"$1" "http://127.0.0.1:$P_SG$URLPATH" | awk '/^requests:/ {print $8}'; }
 for entry in "$@"; do
