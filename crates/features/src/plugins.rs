@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use scalegate_http::gateway::{Gateway, Snapshot};
 use scalegate_http::plug::{Built, Plugins, RouteHandler};
 use scalegate_http::spec::GatewaySpec;
+use scalegate_shared::Spawner;
 
 use crate::cache::serve::CachedRoute;
 use crate::cache::{CacheSpec, Store, StoreSpec};
@@ -95,17 +96,22 @@ pub fn queues(snap: &Snapshot) -> Vec<(String, Arc<RouteQueue>)> {
 
 /// The features for one config: pass it to `Gateway::new` / `Gateway::apply`.
 #[derive(Debug)]
-pub struct Features<'a>(pub &'a FeatureSpec);
+pub struct Features<'a> {
+    /// What they are told to do.
+    pub spec: &'a FeatureSpec,
+    /// Where their background tasks run (the gateway's control runtime).
+    pub spawner: &'a Spawner,
+}
 
 impl Plugins for Features<'_> {
     fn build(&self, gateway: &Weak<Gateway>, spec: &GatewaySpec, old: &Snapshot) -> Built {
-        let f = self.0;
+        let (f, spawner) = (self.spec, self.spawner);
         let was = state(old);
         // One store for every caching route, kept across reloads while its settings stay.
         let cache = f.routes.values().any(|r| r.cache.is_some()).then(|| {
             was.and_then(|s| s.cache.clone())
                 .filter(|s| s.spec() == &f.cache)
-                .unwrap_or_else(|| Store::new(f.cache.clone()))
+                .unwrap_or_else(|| Store::new(f.cache.clone(), spawner))
         });
         // Kept while its settings stay; a changed one takes the old one's subscribers over (the
         // old one is retired once the new snapshot is in force, `applied`).
@@ -114,8 +120,8 @@ impl Plugins for Features<'_> {
             .as_ref()
             .map(|spec| match was.and_then(|s| s.fanout.as_ref()) {
                 Some(h) if h.spec() == spec => h.clone(),
-                Some(h) => Hub::take_over(spec.clone(), h),
-                None => Hub::start(spec.clone()),
+                Some(h) => Hub::take_over(spawner, spec.clone(), h),
+                None => Hub::start(spawner, spec.clone()),
             });
         let shared = spec
             .cluster
@@ -128,7 +134,7 @@ impl Plugins for Features<'_> {
             .map(|cluster| {
                 was.and_then(|s| s.shared.clone())
                     .filter(|s| s.spec() == cluster)
-                    .unwrap_or_else(|| SharedLimits::start(cluster.clone()))
+                    .unwrap_or_else(|| SharedLimits::start(spawner, cluster.clone()))
             });
         let mut handlers: HashMap<String, Arc<dyn RouteHandler>> = HashMap::new();
         let mut queues = HashMap::new();
@@ -144,7 +150,13 @@ impl Plugins for Features<'_> {
                     .filter(|o| o.spec() == q && o.durable() == f.jobs.as_ref())
                     .cloned()
                     .unwrap_or_else(|| {
-                        RouteQueue::start(&r.name, q.clone(), f.jobs.as_ref(), gateway.clone())
+                        RouteQueue::start(
+                            spawner,
+                            &r.name,
+                            q.clone(),
+                            f.jobs.as_ref(),
+                            gateway.clone(),
+                        )
                     });
                 handlers.insert(r.name.clone(), queue.clone());
                 queues.insert(r.name.clone(), queue);

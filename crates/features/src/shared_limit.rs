@@ -64,9 +64,9 @@ impl SharedCounter for SharedLimits {
 
 impl SharedLimits {
     /// Starts connecting to the cluster's Redis.
-    pub fn start(spec: ClusterSpec) -> Arc<SharedLimits> {
+    pub fn start(spawner: &scalegate_shared::Spawner, spec: ClusterSpec) -> Arc<SharedLimits> {
         Arc::new(SharedLimits {
-            link: RedisLink::start(&spec.redis_url, spec.timeout, "shared rate limits"),
+            link: RedisLink::start(spawner, &spec.redis_url, spec.timeout, "shared rate limits"),
             spec,
             sha: ArcSwapOption::empty(),
             fallbacks: AtomicU64::new(0),

@@ -65,7 +65,11 @@ async fn serve(
     };
     let (mut discovery, mut dns_answers) = Discovery::new();
     discovery.prime(&config.gateway).await;
-    let features = scalegate_features::Features(&config.features);
+    let spawner = scalegate_shared::Spawner::current();
+    let features = scalegate_features::Features {
+        spec: &config.features,
+        spawner: &spawner,
+    };
     let gw = Gateway::new(&discovery.effective(&config.gateway), pools, &features)
         .context("cannot apply config")?;
     discovery.reconcile(&config.gateway);
@@ -134,16 +138,19 @@ async fn serve(
         tokio::select! {
             _ = console_reload => {
                 tracing::info!("RELOAD from the postgres console: reloading");
-                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery) }
+                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner) }
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 settle = None;
-                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery) }
+                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner) }
             }
             Some(answer) = dns_answers.recv() => {
                 if discovery.update(answer) {
-                    let features = scalegate_features::Features(&running.features);
+                    let features = scalegate_features::Features {
+                        spec: &running.features,
+                        spawner: &spawner,
+                    };
                     match gw.apply(&discovery.effective(&running.gateway), &features) {
                         Ok(snap) => health.reconcile(&snap),
                         Err(e) => tracing::error!(error = %e, "cannot apply endpoints found in DNS"),
@@ -157,7 +164,7 @@ async fn serve(
                 settle = None;
                 if let Some(p) = &path {
                     tracing::info!("config file changed: reloading");
-                    reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery);
+                    reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner);
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
@@ -247,6 +254,7 @@ fn reload(
     running: &mut Config,
     health: &mut Supervisor,
     discovery: &mut Discovery,
+    spawner: &scalegate_shared::Spawner,
 ) {
     let counted = |result: &str| {
         let l: Labels = vec![("result", result.to_string())];
@@ -269,7 +277,10 @@ fn reload(
             "changed setting only applies after a restart; keeping the running value"
         );
     }
-    let features = scalegate_features::Features(&next.features);
+    let features = scalegate_features::Features {
+        spec: &next.features,
+        spawner,
+    };
     match gw.apply(&discovery.effective(&next.gateway), &features) {
         Ok(snap) => {
             health.reconcile(&snap);

@@ -2,7 +2,10 @@
 //! are several of them. [`redis_link`] is a Redis connection that never fails a request (a
 //! per-call budget, a hold-off after a failure); [`nats_link`] subscribes to NATS subjects.
 //! Features (the cache's tier and purge bus, shared rate limits, fan-out, durable queues) use
-//! these; the data path knows neither.
+//! these; the data path knows neither. [`Spawner`] is where their background tasks run.
 
 pub mod nats_link;
 pub mod redis_link;
+pub mod spawner;
+
+pub use spawner::Spawner;

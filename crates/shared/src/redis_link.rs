@@ -43,8 +43,14 @@ impl std::fmt::Debug for RedisLink {
 }
 
 impl RedisLink {
-    /// Starts connecting in the background (retrying every second until it succeeds).
-    pub fn start(url: &str, timeout: Duration, role: &'static str) -> Arc<RedisLink> {
+    /// Starts connecting in the background on `spawner` (retrying every second until it
+    /// succeeds).
+    pub fn start(
+        spawner: &crate::Spawner,
+        url: &str,
+        timeout: Duration,
+        role: &'static str,
+    ) -> Arc<RedisLink> {
         let link = Arc::new(RedisLink {
             url: url.to_owned(),
             timeout,
@@ -54,12 +60,7 @@ impl RedisLink {
             errors: AtomicU64::new(0),
             hold_until: AtomicU64::new(0),
         });
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(connect(Arc::downgrade(&link)));
-            }
-            Err(_) => tracing::warn!(role, "no runtime: Redis stays off"),
-        }
+        spawner.spawn(connect(Arc::downgrade(&link)));
         link
     }
 

@@ -11,6 +11,7 @@
 //! written in order by one task (`l2_write`), so a slow Redis never slows a response and a
 //! hiccup delays fills instead of dropping them. Purges are never skipped (`purger`).
 
+use scalegate_shared::Spawner;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,9 +68,9 @@ struct Meta {
 impl L2 {
     /// Starts connecting (in the background, retrying), subscribes to the purge channel and
     /// starts the fill writer and the index janitor.
-    pub fn start(spec: RedisSpec, store: Weak<Store>) -> Arc<L2> {
+    pub fn start(spawner: &Spawner, spec: RedisSpec, store: Weak<Store>) -> Arc<L2> {
         let l2 = Arc::new(L2 {
-            link: RedisLink::start(&spec.url, spec.timeout, "cache tier"),
+            link: RedisLink::start(spawner, &spec.url, spec.timeout, "cache tier"),
             spec,
             hits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -77,16 +78,11 @@ impl L2 {
             dropped: AtomicU64::new(0),
             queue: Arc::default(),
         });
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let me = Arc::downgrade(&l2);
-                rt.spawn(measure(me.clone()));
-                rt.spawn(l2_bus::subscribe(me.clone(), store.clone()));
-                rt.spawn(l2_write::writer(me.clone(), l2.queue.clone(), store));
-                rt.spawn(l2_index::janitor(me));
-            }
-            Err(_) => tracing::warn!("no runtime: the Redis cache tier stays off"),
-        }
+        let me = Arc::downgrade(&l2);
+        spawner.spawn(measure(me.clone()));
+        spawner.spawn(l2_bus::subscribe(me.clone(), store.clone()));
+        spawner.spawn(l2_write::writer(me.clone(), l2.queue.clone(), store));
+        spawner.spawn(l2_index::janitor(me));
         l2
     }
 

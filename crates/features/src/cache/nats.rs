@@ -2,6 +2,7 @@
 //! published there (the same messages as the Redis channel), so an application invalidates
 //! every instance with one publish. The client reconnects (and resubscribes) by itself.
 
+use scalegate_shared::Spawner;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -29,17 +30,12 @@ impl std::fmt::Debug for Nats {
 
 impl Nats {
     /// Connects in the background (retrying) and applies every purge published on the subject.
-    pub fn start(spec: NatsSpec, store: Weak<Store>) -> Arc<Nats> {
+    pub fn start(spawner: &Spawner, spec: NatsSpec, store: Weak<Store>) -> Arc<Nats> {
         let nats = Arc::new(Nats {
             spec,
             client: ArcSwapOption::empty(),
         });
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(subscribe(Arc::downgrade(&nats), store));
-            }
-            Err(_) => tracing::warn!("no runtime: the NATS purge bus stays off"),
-        }
+        spawner.spawn(subscribe(Arc::downgrade(&nats), store));
         nats
     }
 

@@ -2,6 +2,7 @@
 //! key holding that URL's variants; plus the coalescing table and hit-for-pass markers. The
 //! Redis tier, when configured, sits behind it (see `l2`).
 
+use scalegate_shared::Spawner;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -77,7 +78,7 @@ pub struct ObjectInfo {
 
 impl Store {
     /// An empty store.
-    pub fn new(spec: StoreSpec) -> Arc<Store> {
+    pub fn new(spec: StoreSpec, spawner: &Spawner) -> Arc<Store> {
         let l1 = Cache::builder()
             .max_capacity(spec.max_bytes)
             .weigher(|_: &Arc<str>, v: &Arc<Variants>| v.weight())
@@ -91,11 +92,11 @@ impl Store {
             l2: spec
                 .redis
                 .clone()
-                .map(|r| super::l2::L2::start(r, me.clone())),
+                .map(|r| super::l2::L2::start(spawner, r, me.clone())),
             nats: spec
                 .nats
                 .clone()
-                .map(|n| super::nats::Nats::start(n, me.clone())),
+                .map(|n| super::nats::Nats::start(spawner, n, me.clone())),
             spec,
             l1,
             pass,

@@ -81,7 +81,11 @@ pub(super) enum Link {
 
 impl Bus {
     /// Starts the subscription and heartbeat loops on the current runtime.
-    pub(super) fn start(spec: BusSpec, local: Arc<Local>) -> Arc<Bus> {
+    pub(super) fn start(
+        spawner: &scalegate_shared::Spawner,
+        spec: BusSpec,
+        local: Arc<Local>,
+    ) -> Arc<Bus> {
         let bus = Arc::new(Bus {
             id: rand::random(),
             local,
@@ -96,21 +100,16 @@ impl Bus {
             },
             spec,
         });
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let me = Arc::downgrade(&bus);
-                match &bus.spec {
-                    BusSpec::Redis { .. } => {
-                        rt.spawn(super::redis_bus::run(me.clone(), bus.stop.subscribe()))
-                    }
-                    BusSpec::Nats { .. } => {
-                        rt.spawn(super::nats_bus::run(me.clone(), bus.stop.subscribe()))
-                    }
-                };
-                rt.spawn(heartbeats(me, bus.beat_now.clone(), bus.stop.subscribe()));
+        let me = Arc::downgrade(&bus);
+        match &bus.spec {
+            BusSpec::Redis { .. } => {
+                spawner.spawn(super::redis_bus::run(me.clone(), bus.stop.subscribe()))
             }
-            Err(_) => tracing::warn!("no runtime: the fan-out bus stays off"),
-        }
+            BusSpec::Nats { .. } => {
+                spawner.spawn(super::nats_bus::run(me.clone(), bus.stop.subscribe()))
+            }
+        };
+        spawner.spawn(heartbeats(me, bus.beat_now.clone(), bus.stop.subscribe()));
         bus
     }
 

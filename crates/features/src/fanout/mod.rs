@@ -145,9 +145,12 @@ impl UpgradeService for Subscription {
 
 impl Hub {
     /// A hub with its bus connecting in the background.
-    pub fn start(spec: FanoutSpec) -> Arc<Hub> {
+    pub fn start(spawner: &scalegate_shared::Spawner, spec: FanoutSpec) -> Arc<Hub> {
         let local = Arc::new(Local::new(spec.buffer, spec.max_message_bytes));
-        let bus = spec.bus.clone().map(|b| bus::Bus::start(b, local.clone()));
+        let bus = spec
+            .bus
+            .clone()
+            .map(|b| bus::Bus::start(spawner, b, local.clone()));
         Arc::new(Hub {
             spec,
             local,
@@ -159,13 +162,14 @@ impl Hub {
     /// A hub with new settings for the subscribers of `old`: they hear what is published
     /// through it from now on. The bus is kept when its settings are unchanged. Call
     /// `old.retire()` once the new hub is in force.
-    pub fn take_over(spec: FanoutSpec, old: &Hub) -> Arc<Hub> {
+    pub fn take_over(spawner: &scalegate_shared::Spawner, spec: FanoutSpec, old: &Hub) -> Arc<Hub> {
         old.local.configure(spec.buffer, spec.max_message_bytes);
         let bus = match (&old.bus, &spec.bus) {
             (Some(b), Some(s)) if b.spec() == s => Some(b.clone()),
             (was, s) => {
                 old.bus_superseded.store(was.is_some(), Ordering::Relaxed);
-                s.clone().map(|s| bus::Bus::start(s, old.local.clone()))
+                s.clone()
+                    .map(|s| bus::Bus::start(spawner, s, old.local.clone()))
             }
         };
         Arc::new(Hub {
@@ -304,14 +308,18 @@ mod tests {
     use super::*;
 
     fn hub(buffer: usize) -> Arc<Hub> {
-        Hub::start(FanoutSpec {
-            path_prefix: "/live/".into(),
-            listener: None,
-            buffer,
-            max_message_bytes: 16,
-            bus: None,
-            authorize: None,
-        })
+        let spawner = scalegate_shared::Spawner::current();
+        Hub::start(
+            &spawner,
+            FanoutSpec {
+                path_prefix: "/live/".into(),
+                listener: None,
+                buffer,
+                max_message_bytes: 16,
+                bus: None,
+                authorize: None,
+            },
+        )
     }
 
     #[tokio::test]

@@ -53,6 +53,7 @@ fn dead_prefix(spec: &JobsSpec) -> String {
 
 impl JetStreamQueue {
     pub(super) fn start(
+        spawner: &scalegate_shared::Spawner,
         route: &str,
         spec: &QueueSpec,
         jobs: JobsSpec,
@@ -65,18 +66,13 @@ impl JetStreamQueue {
             spec: jobs,
             js: ArcSwapOption::empty(),
         });
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(consume(
-                    Arc::downgrade(&me),
-                    route.to_string(),
-                    spec.clone(),
-                    (queue, phase),
-                    gateway,
-                ));
-            }
-            Err(_) => tracing::warn!(route, "no runtime: the job queue stays off"),
-        }
+        spawner.spawn(consume(
+            Arc::downgrade(&me),
+            route.to_string(),
+            spec.clone(),
+            (queue, phase),
+            gateway,
+        ));
         me
     }
 

@@ -25,6 +25,7 @@ pub(super) struct MemoryQueue {
 
 impl MemoryQueue {
     pub(super) fn start(
+        spawner: &scalegate_shared::Spawner,
         route: &str,
         spec: &QueueSpec,
         queue: Weak<RouteQueue>,
@@ -32,19 +33,14 @@ impl MemoryQueue {
     ) -> MemoryQueue {
         let (tx, rx) = mpsc::channel(spec.max_queued.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                for _ in 0..spec.max_in_flight.max(1) {
-                    rt.spawn(worker(
-                        route.to_string(),
-                        rx.clone(),
-                        tx.downgrade(),
-                        queue.clone(),
-                        gateway.clone(),
-                    ));
-                }
-            }
-            Err(_) => tracing::warn!(route, "no runtime: the job queue stays off"),
+        for _ in 0..spec.max_in_flight.max(1) {
+            spawner.spawn(worker(
+                route.to_string(),
+                rx.clone(),
+                tx.downgrade(),
+                queue.clone(),
+                gateway.clone(),
+            ));
         }
         MemoryQueue {
             tx,

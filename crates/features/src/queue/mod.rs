@@ -164,6 +164,7 @@ impl RouteQueue {
     /// Starts the route's queue and its delivery workers. `gateway` is how workers reach the
     /// current snapshot; they find the route by name for every job, so reloads apply.
     pub fn start(
+        spawner: &scalegate_shared::Spawner,
         route: &str,
         spec: QueueSpec,
         jobs: Option<&JobsSpec>,
@@ -174,12 +175,14 @@ impl RouteQueue {
         Arc::new_cyclic(|me| {
             let store = match jobs {
                 None => Store::Memory(memory::MemoryQueue::start(
+                    spawner,
                     route,
                     &spec,
                     me.clone(),
                     gateway,
                 )),
                 Some(j) => Store::JetStream(jetstream::JetStreamQueue::start(
+                    spawner,
                     route,
                     &spec,
                     j.clone(),
