@@ -479,30 +479,11 @@ async fn h2_stream(conn: &mut Option<H2>, addr: SocketAddr, rng: &mut Rng, d: &D
     }
 }
 
-/// A request count from the environment, or `default`.
-fn count(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Prints the seed when the test fails, so the run can be replayed.
-struct Replay(u64);
-
-impl Drop for Replay {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("cancel suite failed; replay with SG_CANCEL_SEED={}", self.0);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_cut_at_every_phase_leave_nothing_held() {
-    let seed = count("SG_CANCEL_SEED", 0x5ca1_e9a7) as u64;
-    let _replay = Replay(seed);
-    let total = count("SG_CANCEL_REQUESTS", 6000);
+    let seed = env_number("SG_CANCEL_SEED", 0x5ca1_e9a7);
+    let _replay = Replay("SG_CANCEL_SEED", seed);
+    let total = env_number("SG_CANCEL_REQUESTS", 6000) as usize;
     let bs = backends(4).await;
     let gw = GatewayProcess::start_full(
         BIN,
@@ -586,39 +567,31 @@ async fn every_cache_key_answers(gw: &GatewayProcess) {
     }
 }
 
-/// The sum of a metric's rows in a Prometheus text page.
-fn metric(page: &str, name: &str) -> u64 {
-    page.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Every job the queued route accepted was delivered (none lost, none given up), and at least
 /// as many were accepted as clients saw 202 for (a client cut after the store may not see it).
 async fn queued_jobs_all_delivered(gw: &GatewayProcess, seen_202: usize) {
     let drained = eventually(Duration::from_secs(20), || async {
         let m = gw.admin_get("/metrics").await;
-        metric(&m, "scalegate_queue_depth") == 0
-            && metric(&m, "scalegate_queue_in_hand") == 0
-            && metric(&m, "scalegate_queue_jobs_accepted_total")
-                == metric(&m, "scalegate_queue_jobs_delivered_total")
+        metric_sum(&m, "scalegate_queue_depth") == 0.0
+            && metric_sum(&m, "scalegate_queue_in_hand") == 0.0
+            && metric_sum(&m, "scalegate_queue_jobs_accepted_total")
+                == metric_sum(&m, "scalegate_queue_jobs_delivered_total")
     })
     .await;
     let m = gw.admin_get("/metrics").await;
-    let accepted = metric(&m, "scalegate_queue_jobs_accepted_total");
+    let accepted = metric_sum(&m, "scalegate_queue_jobs_accepted_total");
     let queue_rows: Vec<_> = m
         .lines()
         .filter(|l| l.starts_with("scalegate_queue"))
         .collect();
     assert!(drained, "queued jobs not all delivered: {queue_rows:#?}");
     assert!(
-        accepted as usize >= seen_202,
+        accepted >= seen_202 as f64,
         "{accepted} accepted, clients saw {seen_202} 202s"
     );
     assert_eq!(
-        metric(&m, "scalegate_queue_jobs_dead_total"),
-        0,
+        metric_sum(&m, "scalegate_queue_jobs_dead_total"),
+        0.0,
         "{queue_rows:#?}"
     );
 }
