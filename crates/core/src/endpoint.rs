@@ -43,6 +43,8 @@ pub struct EndpointState {
     in_flight: AtomicU32,
     ewma_ns: AtomicU64,
     ewma_at: AtomicU64,
+    /// The fleet's typical latency last seen by the balancer (f64 bits; 0: unknown).
+    typical_ns: AtomicU64,
 }
 
 impl Default for EndpointState {
@@ -63,6 +65,7 @@ impl Default for EndpointState {
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(DEFAULT_EWMA_NS.to_bits()),
             ewma_at: AtomicU64::new(0),
+            typical_ns: AtomicU64::new(0),
         }
     }
 }
@@ -319,16 +322,41 @@ impl EndpointState {
         }
     }
 
-    /// Feeds a latency sample into the peak-EWMA estimate.
+    /// Feeds a latency sample into the peak-EWMA estimate (the estimate as known now, see
+    /// [`EndpointState::latency_estimate_at`], is what the sample is averaged with).
     pub fn observe_latency(&self, sample: Duration, now: Tick, decay: Duration) {
-        let prev = f64::from_bits(self.ewma_ns.load(Relaxed));
         let prev_at = self.ewma_at.load(Relaxed);
+        let prev = self.estimate_now(prev_at, now);
         let next = ewma::update(prev, prev_at, sample.as_nanos() as f64, now.0, decay);
         self.ewma_ns.store(next.to_bits(), Relaxed);
         self.ewma_at.store(now.0, Relaxed);
     }
 
-    /// Current latency estimate in nanoseconds.
+    /// Feeds a successful health probe's round trip: it opened a fresh connection, so it is an
+    /// upper bound of what a request would take, and counts only when it is below the estimate
+    /// (the endpoint is faster than believed); it never raises it.
+    pub fn observe_probe_latency(&self, rtt: Duration, now: Tick, decay: Duration) {
+        let estimate = self.estimate_now(self.ewma_at.load(Relaxed), now);
+        if (rtt.as_nanos() as f64) < estimate {
+            self.observe_latency(rtt, now, decay);
+        }
+    }
+
+    /// The latency estimate at `now`, given the fleet's typical latency: the last estimate,
+    /// moved toward `typical_ns` the longer it went unrefreshed (see [`ewma::regress`]), so an
+    /// endpoint left alone for being slow is tried again once the estimate is stale.
+    pub fn latency_estimate_at(&self, now: Tick, typical_ns: f64) -> f64 {
+        self.typical_ns.store(typical_ns.to_bits(), Relaxed);
+        self.estimate_now(self.ewma_at.load(Relaxed), now)
+    }
+
+    fn estimate_now(&self, at: u64, now: Tick) -> f64 {
+        let stored = f64::from_bits(self.ewma_ns.load(Relaxed));
+        let typical = f64::from_bits(self.typical_ns.load(Relaxed));
+        ewma::regress(stored, at, now.0, typical)
+    }
+
+    /// The latency estimate in nanoseconds as last refreshed (by a sample, not by time).
     pub fn latency_estimate_ns(&self) -> f64 {
         f64::from_bits(self.ewma_ns.load(Relaxed))
     }
@@ -486,6 +514,26 @@ mod tests {
         s.record_outcome(true, &p, secs(1));
         assert_eq!(s.record_outcome(false, &p, secs(1)), None);
         assert!(s.is_available(secs(1)));
+    }
+
+    #[test]
+    fn a_successful_probe_only_ever_lowers_the_latency_estimate() {
+        let s = EndpointState::default();
+        let d = crate::ewma::DECAY;
+        let ms = Duration::from_millis;
+        s.observe_latency(ms(50), secs(1), d);
+        s.observe_probe_latency(ms(200), secs(2), d);
+        assert_eq!(
+            s.latency_estimate_ns(),
+            50e6,
+            "a slower probe is not a request"
+        );
+        s.observe_probe_latency(ms(1), secs(12), d);
+        let after = s.latency_estimate_ns();
+        assert!(after < 25e6 && after > 1e6, "{after}");
+        // Stale and unrefreshed, the estimate heads below the fleet's typical latency.
+        let stale = s.latency_estimate_at(secs(30), 2e6);
+        assert!(stale < 2e6, "{stale}");
     }
 
     #[test]

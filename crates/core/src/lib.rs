@@ -16,7 +16,7 @@ pub mod retry;
 pub mod time;
 pub mod window;
 
-pub use balance::{Balance, EndpointSet, Member, Pick, PickRequest};
+pub use balance::{Balance, EndpointSet, Member, Pick, PickRequest, Tried};
 pub use endpoint::EndpointState;
 pub use health::{HealthCounter, HealthPolicy, Transition};
 pub use outlier::OutlierPolicy;

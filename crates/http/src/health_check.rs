@@ -74,10 +74,17 @@ async fn probe_loop(upstream: String, ep: Arc<HttpEndpoint>, policy: HealthPolic
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let sent = clock::now();
         let ok = matches!(
             tokio::time::timeout(policy.timeout, probe(&ep, &policy.path, policy.timeout)).await,
             Ok(true)
         );
+        if ok {
+            let now = clock::now();
+            let rtt = now.since(sent);
+            ep.state
+                .observe_probe_latency(rtt, now, scalegate_core::ewma::DECAY);
+        }
         match ep.state.record_probe(ok, &policy, clock::now()) {
             Some(Transition::Healthy) => {
                 ep.metrics.became_healthy.inc();

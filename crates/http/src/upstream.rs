@@ -13,6 +13,10 @@ use crate::metrics::EndpointMetrics;
 use crate::pool::{EndpointPool, Target};
 use crate::spec::{PoolSpec, UpstreamProtocol, UpstreamSpec};
 
+/// The worker index of the gateway's own background work (queued routes' deliveries on the
+/// control thread): it has a pool of its own on every endpoint.
+pub const BACKGROUND: usize = usize::MAX;
+
 /// One endpoint's HTTP side. Survives reloads (matched by upstream name and address) as long as
 /// its pool settings do not change; its [`EndpointState`] survives even then.
 #[derive(Debug)]
@@ -37,7 +41,9 @@ pub struct HttpEndpoint {
 }
 
 impl HttpEndpoint {
-    /// Builds an endpoint with `workers` pools sharing `max_per_endpoint` between them.
+    /// Builds an endpoint with `workers` pools sharing `max_per_endpoint` between them, plus one
+    /// of the same size for the gateway's own background work on the control thread (queued
+    /// routes' deliveries), so no connection is used by a thread other than its pool's.
     pub fn new(
         addr: &str,
         state: Arc<EndpointState>,
@@ -49,7 +55,7 @@ impl HttpEndpoint {
     ) -> Self {
         let per_worker = pool_spec.max_per_endpoint.div_ceil(workers.max(1));
         let idle_per_worker = pool_spec.max_idle_per_endpoint.div_ceil(workers.max(1));
-        let pools = (0..workers.max(1))
+        let pools = (0..=workers.max(1))
             .map(|_| {
                 Arc::new(EndpointPool::new(
                     pool_spec,
@@ -75,7 +81,11 @@ impl HttpEndpoint {
 
     /// The pool of worker `worker`.
     pub fn pool(&self, worker: usize) -> &Arc<EndpointPool> {
-        &self.pools[worker % self.pools.len()]
+        let workers = self.pools.len() - 1;
+        match worker {
+            BACKGROUND => &self.pools[workers],
+            w => &self.pools[w % workers.max(1)],
+        }
     }
 
     /// Where to connect.

@@ -1,7 +1,7 @@
 //! The admin console: connect to the virtual database `scalegate` (or `pgbouncer`, so
 //! existing tooling works) and run SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS,
 //! SHOW DATABASES, SHOW HOSTS, SHOW CONFIG, SHOW VERSION, PAUSE, RESUME or RELOAD as simple
-//! queries.
+//! queries or through the extended protocol (`console_ext`), as drivers send them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +58,7 @@ pub async fn run(
     if stream.write_all(&out).await.is_err() {
         return;
     }
+    let mut extended = crate::console_ext::Extended::default();
     loop {
         let n = match proto::tagged_len(&buf, 1 << 20) {
             Ok(Some(n)) => n,
@@ -81,17 +82,7 @@ pub async fn run(
                 command(&pooler, &sql, &mut out).await;
                 proto::ready(&mut out, b'I');
             }
-            _ => {
-                proto::error(
-                    &mut out,
-                    Severity::Error,
-                    "0A000",
-                    "the admin console takes simple queries only",
-                );
-                if msg[0] == b'S' {
-                    proto::ready(&mut out, b'I');
-                }
-            }
+            _ => extended.message(&pooler, &msg, &mut out).await,
         }
         if stream.write_all(&out).await.is_err() {
             return;
@@ -108,13 +99,36 @@ fn table(out: &mut BytesMut, cols: &[&str], rows: Vec<Vec<String>>, tag: &str) {
     proto::command_complete(out, &format!("{tag} {n}"));
 }
 
-async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
-    let words: Vec<String> = sql
-        .trim()
+/// A command's words, upper case.
+fn words(sql: &str) -> Vec<String> {
+    sql.trim()
         .trim_end_matches(';')
         .split_whitespace()
         .map(|w| w.to_ascii_uppercase())
-        .collect();
+        .collect()
+}
+
+/// The columns a command answers with (None: it answers with a tag only, or is unknown).
+pub(crate) fn columns_of(sql: &str) -> Option<&'static [&'static str]> {
+    let words = words(sql);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    Some(match words.as_slice() {
+        ["SHOW", "POOLS"] => POOL_COLS,
+        ["SHOW", "STATS"] => STATS_COLS,
+        ["SHOW", "CLIENTS"] => CLIENT_COLS,
+        ["SHOW", "SERVERS"] => SERVER_COLS,
+        ["SHOW", "DATABASES"] => DB_COLS,
+        ["SHOW", "HOSTS"] => HOST_COLS,
+        ["SHOW", "CONFIG"] => CONFIG_COLS,
+        ["SHOW", "VERSION"] => &["version"],
+        ["SHOW", "HELP"] | ["HELP"] => &["help"],
+        _ => return None,
+    })
+}
+
+/// Runs one console command, writing its answer (without ReadyForQuery) to `out`.
+pub(crate) async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
+    let words = words(sql);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["SHOW", "POOLS"] => table(out, POOL_COLS, pool_rows(pooler), "SHOW"),
@@ -209,6 +223,7 @@ const POOL_COLS: &[&str] = &[
     "pool_mode",
     "pool_size",
     "cl_pinned",
+    "shard",
 ];
 
 fn mode(m: PoolMode) -> String {
@@ -231,21 +246,39 @@ fn per_pool(pooler: &Pooler, rest: impl Fn(&crate::pool::Pool) -> Vec<String>) -
         .collect()
 }
 
+/// One row per pool; a sharded database's pool has one row per shard, whose server columns
+/// count that shard's connections (the client columns are the pool's).
 fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
-    per_pool(pooler, |p| {
+    let mut rows = Vec::new();
+    for p in pooler.pools().iter() {
         let s = &p.stats;
-        vec![
-            s.clients.load(Relaxed).to_string(),
-            s.waiting.load(Relaxed).to_string(),
-            s.active.load(Relaxed).to_string(),
-            p.idle_count().to_string(),
-            s.open.load(Relaxed).to_string(),
-            s.max_wait_us.load(Relaxed).to_string(),
-            mode(p.mode()),
-            p.db.pool_size.to_string(),
-            s.pinned.load(Relaxed).to_string(),
-        ]
-    })
+        let row = |active: usize, idle: usize, open: usize, shard: String| {
+            vec![
+                p.db.name.clone(),
+                p.user.clone(),
+                s.clients.load(Relaxed).to_string(),
+                s.waiting.load(Relaxed).to_string(),
+                active.to_string(),
+                idle.to_string(),
+                open.to_string(),
+                s.max_wait_us.load(Relaxed).to_string(),
+                mode(p.mode()),
+                p.db.pool_size.to_string(),
+                s.pinned.load(Relaxed).to_string(),
+                shard,
+            ]
+        };
+        if p.db.sharding.is_some() {
+            for shard in 0..p.topology.hosts.len() {
+                let (active, idle) = p.host_usage(shard);
+                rows.push(row(active, idle, active + idle, shard.to_string()));
+            }
+        } else {
+            let (active, open) = (s.active.load(Relaxed), s.open.load(Relaxed));
+            rows.push(row(active, p.idle_count(), open, String::new()));
+        }
+    }
+    rows
 }
 
 const STATS_COLS: &[&str] = &[
@@ -304,8 +337,16 @@ fn client_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     rows
 }
 
-const SERVER_COLS: &[&str] = &["server_id", "database", "user", "addr", "backend_pid"];
+const SERVER_COLS: &[&str] = &[
+    "server_id",
+    "database",
+    "user",
+    "addr",
+    "backend_pid",
+    "state",
+];
 
+/// Server connections: those clients hold (active), then those waiting in pools (idle).
 fn server_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for c in pooler.clients() {
@@ -316,10 +357,23 @@ fn server_rows(pooler: &Pooler) -> Vec<Vec<String>> {
                 c.user.clone(),
                 key.addr.to_string(),
                 key.pid.to_string(),
+                "active".into(),
             ]);
         }
     }
-    rows.sort();
+    for p in pooler.pools() {
+        for (id, key, _) in p.idle_servers() {
+            rows.push(vec![
+                id.to_string(),
+                p.db.name.clone(),
+                p.user.clone(),
+                key.addr.to_string(),
+                key.pid.to_string(),
+                "idle".into(),
+            ]);
+        }
+    }
+    rows.sort_by_key(|r| r[0].parse::<u64>().unwrap_or(0));
     rows
 }
 
@@ -353,6 +407,7 @@ fn db_rows(pooler: &Pooler) -> Vec<Vec<String>> {
 
 const HOST_COLS: &[&str] = &[
     "database",
+    "shard",
     "host",
     "port",
     "role",
@@ -369,9 +424,15 @@ fn host_rows(pooler: &Pooler) -> Vec<Vec<String>> {
         let Some(t) = pooler.topology(&d.name) else {
             continue;
         };
-        for h in &t.hosts {
+        for (i, h) in t.hosts.iter().enumerate() {
+            let shard = if d.sharding.is_some() {
+                i.to_string()
+            } else {
+                String::new()
+            };
             rows.push(vec![
                 d.name.clone(),
+                shard,
                 h.spec.host.clone(),
                 h.spec.port.to_string(),
                 h.role().name().to_string(),

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod classify;
 pub mod console;
+pub mod console_ext;
 pub mod effects;
 pub mod login;
 pub mod metrics;

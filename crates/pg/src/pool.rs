@@ -88,6 +88,11 @@ pub enum Route {
     },
     /// One shard of a sharded database (index into its shard list).
     Shard(usize),
+    /// Work that needs a server but no particular one and is not one of the client's
+    /// transactions (learning server parameters at login, statements that read nothing
+    /// sharded): the primary, or for a sharded database the shard with the fewest
+    /// transactions in flight. Not counted in the host's transactions.
+    Any,
 }
 
 /// One host's connections.
@@ -173,7 +178,12 @@ impl Pool {
         ids: Arc<AtomicU64>,
         topology: Arc<Topology>,
     ) -> Pool {
-        let server_user = db.primary.user.clone().unwrap_or_else(|| user.to_string());
+        // Pass-through (no users configured): the server sees the client's own user.
+        let server_user = if spec.users.is_empty() {
+            user.to_string()
+        } else {
+            db.primary.user.clone().unwrap_or_else(|| user.to_string())
+        };
         let hosts = topology
             .hosts
             .iter()
@@ -231,6 +241,8 @@ impl Pool {
                     .or_else(|| self.topology.primary()),
                 Route::Primary => self.topology.primary(),
                 Route::Shard(i) => Some(i.min(self.hosts.len().saturating_sub(1))),
+                Route::Any if self.db.sharding.is_some() => self.least_busy_host(),
+                Route::Any => self.topology.primary(),
             };
             if let Some(i) = picked {
                 return Ok(i);
@@ -252,11 +264,12 @@ impl Pool {
         loop {
             let host = self.host_for(route, start).await?;
             let permit = self.permit(host, start).await?;
+            let transaction = route != Route::Any;
             if let Some(conn) = self.idle_conn(host).await {
-                return Ok(self.lend(conn, host, permit));
+                return Ok(self.lend(conn, host, permit, transaction));
             }
             let e = match self.open(host).await {
-                Ok(conn) => return Ok(self.lend(conn, host, permit)),
+                Ok(conn) => return Ok(self.lend(conn, host, permit, transaction)),
                 Err(e) => e,
             };
             drop(permit);
@@ -351,11 +364,36 @@ impl Pool {
         Ok(conn)
     }
 
-    fn lend(&self, conn: ServerConn, host: usize, permit: OwnedSemaphorePermit) -> Lease {
+    /// The host with the fewest leases out (the lowest index among equals).
+    fn least_busy_host(&self) -> Option<usize> {
+        (0..self.hosts.len()).min_by_key(|&i| self.topology.hosts[i].outstanding.load(Relaxed))
+    }
+
+    /// This pool's connections on `host`: (lent out, idle).
+    pub fn host_usage(&self, host: usize) -> (usize, usize) {
+        let Some(h) = self.hosts.get(host) else {
+            return (0, 0);
+        };
+        let lent = self
+            .db
+            .pool_size
+            .saturating_sub(h.permits.available_permits());
+        (lent, h.idle.lock().map_or(0, |i| i.len()))
+    }
+
+    fn lend(
+        &self,
+        conn: ServerConn,
+        host: usize,
+        permit: OwnedSemaphorePermit,
+        transaction: bool,
+    ) -> Lease {
         self.stats.active.fetch_add(1, Relaxed);
         let h = &self.topology.hosts[host];
         h.outstanding.fetch_add(1, Relaxed);
-        h.xacts.fetch_add(1, Relaxed);
+        if transaction {
+            h.xacts.fetch_add(1, Relaxed);
+        }
         if self.topology.has_replicas() && Some(host) != self.topology.primary() {
             self.stats.replica_xacts.fetch_add(1, Relaxed);
         }
@@ -460,6 +498,17 @@ impl Pool {
             self.stats.open.fetch_sub(1, Relaxed);
             tokio::spawn(c.terminate());
         }
+    }
+
+    /// The idle connections: (server id, backend key, host index).
+    pub fn idle_servers(&self) -> Vec<(u64, crate::server::ServerKey, usize)> {
+        let mut v = Vec::new();
+        for (host, hp) in self.hosts.iter().enumerate() {
+            if let Ok(idle) = hp.idle.lock() {
+                v.extend(idle.iter().map(|c| (c.id, c.key, host)));
+            }
+        }
+        v
     }
 
     /// Closes every idle connection (RELOAD, shutdown).

@@ -9,14 +9,15 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, GroupByExpr, LimitClause, OrderByKind, OrderBySort, Query, SelectItem,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
-    visit_expressions,
+    BinaryOperator, Expr, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    UnaryOperator, Value, visit_relations,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::shard::{ShardFn, virtual_shard};
+
+mod fan_out;
 
 /// One table's sharding column.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +50,12 @@ pub struct ShardingSpec {
 pub enum Plan {
     /// One shard.
     One(usize),
+    /// Any one shard gives the same answer: nothing sharded is read or written (a tableless
+    /// SELECT such as `SELECT 1` or `now()`, SHOW).
+    Any,
+    /// Transaction control or a setting (BEGIN, SAVEPOINT, SET …): runs on the shard of the
+    /// transaction it belongs to, or on any one shard outside a transaction.
+    Control,
     /// Every shard, rows merged.
     FanOut(Merge),
     /// Per-shard statements (a multi-row INSERT split by key).
@@ -60,10 +67,23 @@ pub enum Plan {
 /// How fanned-out rows are merged.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Merge {
-    /// Sort keys: result column name or 1-based position, descending?
-    pub order_by: Vec<(SortKey, bool)>,
-    /// LIMIT to re-apply after merging.
+    /// Sort keys, most significant first.
+    pub order_by: Vec<Order>,
+    /// LIMIT (or FETCH FIRST) to re-apply after merging.
     pub limit: Option<u64>,
+}
+
+/// One merge sort key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// The result column.
+    pub key: SortKey,
+    /// Descending.
+    pub desc: bool,
+    /// NULLs before the values (PostgreSQL's default: only when descending).
+    pub nulls_first: bool,
+    /// `COLLATE "C"` was given: text may be merged in byte order.
+    pub byte_order: bool,
 }
 
 /// A merge sort key.
@@ -175,6 +195,9 @@ impl ShardingSpec {
                     .into(),
             );
         };
+        if let Some(p) = unsharded(stmt) {
+            return p;
+        }
         self.plan_statement(stmt, params)
     }
 
@@ -229,6 +252,17 @@ impl ShardingSpec {
     }
 
     fn plan_statement(&self, stmt: &Statement, params: &[Param]) -> Plan {
+        let plan = self.plan_write(stmt, params);
+        if let (Plan::One(_), Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) =
+            (&plan, stmt)
+            && let Some(why) = self.statement_subquery_refusal(stmt)
+        {
+            return Plan::Reject(why);
+        }
+        plan
+    }
+
+    fn plan_write(&self, stmt: &Statement, params: &[Param]) -> Plan {
         match stmt {
             Statement::Query(q) => self.plan_query(q, params),
             Statement::Insert(ins) => {
@@ -327,75 +361,34 @@ impl ShardingSpec {
         };
         let tables = tables_of(&sel.from);
         if let Some(shard) = self.key_in_where(sel.selection.as_ref(), &tables, params) {
-            return Plan::One(shard);
-        }
-        // Fan-out: only when concatenating the shards' rows gives the right answer.
-        let grouped = match &sel.group_by {
-            GroupByExpr::Expressions(e, _) => !e.is_empty(),
-            GroupByExpr::All(_) => true,
-        };
-        if grouped || sel.having.is_some() || sel.distinct.is_some() || aggregates(&sel.projection)
-        {
-            return Plan::Reject(
-                "a SELECT without the sharding key is fanned out only when its rows can be concatenated: no aggregates, GROUP BY, HAVING or DISTINCT; add the key to WHERE".into(),
-            );
-        }
-        if !q.locks.is_empty() || q.with.is_some() || sel.into.is_some() {
-            return Plan::Reject("a fanned-out SELECT cannot lock rows, use WITH or INTO".into());
-        }
-        let mut merge = Merge::default();
-        match &q.limit_clause {
-            None => {}
-            Some(LimitClause::LimitOffset {
-                limit,
-                offset: None,
-                limit_by,
-            }) if limit_by.is_empty() => {
-                merge.limit = match limit {
-                    None => None,
-                    Some(e) => match self.key_value(e, params) {
-                        Some(n) if n >= 0 => Some(n as u64),
-                        _ => return Plan::Reject("LIMIT must be a number to merge".into()),
-                    },
-                };
-            }
-            Some(_) => {
-                return Plan::Reject("OFFSET cannot be merged across shards".into());
-            }
-        }
-        if let Some(ob) = &q.order_by {
-            let OrderByKind::Expressions(exprs) = &ob.kind else {
-                return Plan::Reject("ORDER BY ALL cannot be merged".into());
+            // One shard, but a subquery over other rows would see only that shard's.
+            return match self.subquery_refusal(q) {
+                Some(why) => Plan::Reject(why),
+                None => Plan::One(shard),
             };
-            for e in exprs {
-                let desc = match e.options.sort {
-                    None | Some(OrderBySort::Asc) => false,
-                    Some(OrderBySort::Desc) => true,
-                    Some(OrderBySort::Using(_)) => {
-                        return Plan::Reject("ORDER BY … USING cannot be merged".into());
-                    }
-                };
-                let key = match &e.expr {
-                    Expr::Value(v) => match &v.value {
-                        Value::Number(n, _) => match n.parse() {
-                            Ok(p) => SortKey::Position(p),
-                            Err(_) => return Plan::Reject("bad ORDER BY position".into()),
-                        },
-                        _ => return Plan::Reject("ORDER BY a constant cannot be merged".into()),
-                    },
-                    other => match column_name(other) {
-                        Some(n) => SortKey::Name(n),
-                        None => {
-                            return Plan::Reject(
-                                "a fanned-out SELECT can be ordered by result columns only".into(),
-                            );
-                        }
-                    },
-                };
-                merge.order_by.push((key, desc));
-            }
         }
-        Plan::FanOut(merge)
+        self.fan_out_plan(q, sel, params)
+    }
+}
+
+/// `Any` or `Control` for a statement that touches no table, else `None`.
+fn unsharded(stmt: &Statement) -> Option<Plan> {
+    match stmt {
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Set(_)
+        | Statement::Reset(_)
+        | Statement::Discard { .. } => Some(Plan::Control),
+        Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => Some(Plan::Any),
+        Statement::Query(q)
+            if visit_relations(q.as_ref(), |_| ControlFlow::Break(())).is_continue() =>
+        {
+            Some(Plan::Any)
+        }
+        _ => None,
     }
 }
 
@@ -468,34 +461,6 @@ fn conjuncts(e: &Expr, f: &mut dyn FnMut(&Expr, &Expr)) {
         Expr::Nested(inner) => conjuncts(inner, f),
         _ => {}
     }
-}
-
-fn aggregates(items: &[SelectItem]) -> bool {
-    const AGG: &[&str] = &[
-        "count",
-        "sum",
-        "avg",
-        "min",
-        "max",
-        "array_agg",
-        "string_agg",
-        "json_agg",
-        "jsonb_agg",
-        "bool_and",
-        "bool_or",
-        "every",
-        "stddev",
-        "variance",
-    ];
-    items.iter().any(|i| {
-        visit_expressions(i, |e| match e {
-            Expr::Function(f) if AGG.contains(&last_name(&f.name.to_string()).as_str()) => {
-                ControlFlow::Break(())
-            }
-            _ => ControlFlow::Continue(()),
-        })
-        .is_break()
-    })
 }
 
 #[cfg(test)]
@@ -630,7 +595,12 @@ mod tests {
                 &[]
             ),
             Plan::FanOut(Merge {
-                order_by: vec![(SortKey::Name("user_id".into()), true)],
+                order_by: vec![Order {
+                    key: SortKey::Name("user_id".into()),
+                    desc: true,
+                    nulls_first: true,
+                    byte_order: false,
+                }],
                 limit: Some(3)
             })
         );
@@ -645,5 +615,130 @@ mod tests {
         ] {
             assert!(matches!(s.plan(bad, &[]), Plan::Reject(_)), "{bad}");
         }
+    }
+
+    fn rejected_naming(s: &ShardingSpec, sql: &str, construct: &str) {
+        match s.plan(sql, &[]) {
+            Plan::Reject(why) => assert!(why.contains(construct), "{sql}: {why}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fan_out_is_right_or_refused_naming_the_construct() {
+        let s = spec(ShardFn::Hash);
+        let merge = |sql: &str| match s.plan(sql, &[]) {
+            Plan::FanOut(m) => m,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            merge("SELECT user_id FROM users ORDER BY user_id FETCH FIRST 3 ROWS ONLY").limit,
+            Some(3)
+        );
+        assert_eq!(
+            merge("SELECT user_id FROM users FETCH FIRST ROW ONLY").limit,
+            Some(1)
+        );
+        let m =
+            merge("SELECT user_id, score FROM users ORDER BY score NULLS FIRST, 1 DESC NULLS LAST");
+        assert!(m.order_by[0].nulls_first && !m.order_by[0].desc);
+        assert!(!m.order_by[1].nulls_first && m.order_by[1].desc);
+        assert!(merge("SELECT name FROM users ORDER BY name COLLATE \"C\"").order_by[0].byte_order);
+        assert!(merge("SELECT * FROM users OFFSET 0").limit.is_none());
+        // Row-by-row subqueries and ones tied by the key are fine.
+        merge("SELECT * FROM (SELECT user_id FROM users WHERE score > 1) t");
+        merge(
+            "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.user_id)",
+        );
+        merge("SELECT * FROM users WHERE user_id IN (SELECT user_id FROM orders WHERE total > 5)");
+        merge("SELECT * FROM users u JOIN orders o ON o.user_id = u.user_id");
+        // Correlated by the key: every row the subquery sees is on the outer row's shard.
+        merge(
+            "SELECT * FROM users u WHERE score < (SELECT count(*) FROM orders o WHERE o.user_id = u.user_id)",
+        );
+        assert!(matches!(
+            s.plan("UPDATE users u SET score = (SELECT max(total) FROM orders o WHERE o.user_id = u.user_id) WHERE user_id = 1", &[]),
+            Plan::One(_)
+        ));
+        for (sql, construct) in [
+            (
+                "SELECT * FROM users WHERE score = (SELECT max(score) FROM users)",
+                "max",
+            ),
+            (
+                "SELECT * FROM users WHERE user_id IN (SELECT user_id FROM users ORDER BY score LIMIT 3)",
+                "LIMIT",
+            ),
+            (
+                "SELECT * FROM (SELECT DISTINCT name FROM users) t",
+                "DISTINCT",
+            ),
+            (
+                "SELECT * FROM users WHERE name IN (SELECT name FROM users WHERE user_id = 5)",
+                "not tied",
+            ),
+            (
+                "SELECT user_id, row_number() OVER (ORDER BY user_id) FROM users",
+                "window",
+            ),
+            ("SELECT * FROM users OFFSET 2", "OFFSET"),
+            (
+                "SELECT * FROM users ORDER BY user_id FETCH FIRST 2 ROWS WITH TIES",
+                "WITH TIES",
+            ),
+            (
+                "SELECT user_id FROM users UNION SELECT user_id FROM orders",
+                "set operation",
+            ),
+            (
+                "SELECT * FROM users u JOIN orders o ON o.total = u.score",
+                "join",
+            ),
+            (
+                "SELECT name FROM users ORDER BY name COLLATE \"en_US\"",
+                "COLLATE",
+            ),
+            ("SELECT max(score) FROM users", "max"),
+            // Routed to one shard, but the subquery would see only that shard.
+            (
+                "UPDATE users SET score = (SELECT max(score) FROM users) WHERE user_id = 1",
+                "max",
+            ),
+            (
+                "DELETE FROM users WHERE user_id = 1 AND name IN (SELECT name FROM users)",
+                "not tied",
+            ),
+            (
+                "SELECT * FROM users WHERE user_id = 1 AND score = (SELECT max(score) FROM users)",
+                "max",
+            ),
+        ] {
+            rejected_naming(&s, sql, construct);
+        }
+    }
+
+    #[test]
+    fn tableless_statements_need_no_shard() {
+        let s = spec(ShardFn::Hash);
+        for sql in [
+            "SELECT 1",
+            "SELECT now()",
+            "SELECT version()",
+            "SHOW search_path",
+        ] {
+            assert_eq!(s.plan(sql, &[]), Plan::Any, "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "SAVEPOINT a",
+            "SET search_path = x",
+            "ROLLBACK TO SAVEPOINT a",
+        ] {
+            assert_eq!(s.plan(sql, &[]), Plan::Control, "{sql}");
+        }
+        assert!(matches!(
+            s.plan("SELECT (SELECT count(*) FROM users)", &[]),
+            Plan::Reject(_)
+        ));
     }
 }

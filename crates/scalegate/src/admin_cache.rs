@@ -92,9 +92,12 @@ pub fn refresh_metrics(gw: &Gateway) {
     };
     gauge("memory", "bytes").set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
     gauge("memory", "objects").set(i64::try_from(store.objects()).unwrap_or(i64::MAX));
+    gauge("memory", "purges_retrying").set(i64::try_from(store.retries.pending()).unwrap_or(0));
     if let Some(l2) = &store.l2 {
         gauge("redis", "up").set(i64::from(l2.link.up.load(Ordering::Relaxed)));
         gauge("redis", "bytes").set(i64::try_from(l2.bytes.load(Ordering::Relaxed)).unwrap_or(0));
+        gauge("redis", "dropped_fills")
+            .set(i64::try_from(l2.dropped.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
         m.cache_tier_errors
             .get_or_create(&vec![("tier", "redis".to_string())])
             .set(i64::try_from(l2.link.errors.load(Ordering::Relaxed)).unwrap_or(i64::MAX));

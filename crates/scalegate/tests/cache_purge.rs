@@ -234,3 +234,72 @@ async fn fills_made_while_redis_pauses_reach_it_afterwards() {
         quiescent(g).await;
     }
 }
+
+#[tokio::test]
+async fn a_purge_published_while_subscriptions_are_down_is_replayed_on_resubscribe() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let dropped = paths("/dropped/", 10);
+    warm(&gws, &redis, &o, &dropped).await;
+    // Every instance loses its subscription; the purge is published before they are back.
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(
+        killed.as_deref().is_some_and(|r| r.starts_with(':')),
+        "{killed:?}"
+    );
+    let r = purge(&gws[0], "prefix=/dropped/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = all_purged(&gws, &dropped).await;
+    eprintln!("replayed from the stream: all three missed after {t:?}");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
+
+#[tokio::test]
+async fn a_purge_while_redis_is_down_is_refused_and_applied_once_it_is_back() {
+    let mut redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let down = paths("/down/", 10);
+    warm(&gws, &redis, &o, &down).await;
+    redis.kill();
+    let r = purge(&gws[0], "tag=other").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("\"retrying\":true"), "{}", r.body);
+    // The other instances still hold their copies; the retry reaches them once Redis is back
+    // (empty: the restart lost every key and the purge stream).
+    assert!(redis.restart().await, "redis back");
+    let t = all_purged(&gws, &down).await;
+    eprintln!("redis restarted: all three missed {t:?} after it answered");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
+
+#[tokio::test]
+async fn a_purge_whose_admin_client_hangs_up_still_completes() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let left = paths("/left/", 5);
+    warm(&gws, &redis, &o, &left).await;
+    redis.command(&["CLIENT", "PAUSE", "1000"]).await;
+    // The client sends the purge and leaves while it waits for Redis.
+    let mut s = tokio::net::TcpStream::connect(gws[0].admin)
+        .await
+        .expect("connect");
+    let req = format!(
+        "POST /cache/purge?prefix=/left/ HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let t = all_purged(&gws, &left).await;
+    eprintln!("client gone: all three missed after {t:?}");
+    for g in &gws {
+        quiescent(g).await;
+    }
+}

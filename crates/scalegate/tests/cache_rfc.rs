@@ -457,13 +457,19 @@ async fn rfc9110_14_range_requests_are_served_from_a_stored_response() {
     })
     .await;
     let g = gw(&o, "cache = {}", "").await;
-    // A range miss goes to the origin as it is; its 206 is passed on and not stored.
+    // A range miss goes to the origin as it is; its 206 is passed on, not stored itself, and
+    // the whole object (64 KiB fits the store) is fetched behind it.
     let r = get(&g, "/obj", &[("range", "bytes=10-19")]).await;
     assert_eq!(r.status, 206);
     assert_eq!(r.body, body[10..20]);
     assert!(status(&r).contains("detail=partial"), "{}", status(&r));
-    // A full GET stores the object; ranges are then cut from it.
-    assert_eq!(get(&g, "/obj", &[]).await.body, body);
+    let full = get(&g, "/obj", &[]).await;
+    assert_eq!(full.body, body);
+    assert!(
+        is_hit(&full),
+        "filled behind the range miss: {}",
+        status(&full)
+    );
     let cases: &[(&str, u16, &str, std::ops::Range<usize>)] = &[
         ("bytes=0-99", 206, "bytes 0-99/65536", 0..100),
         ("bytes=65000-", 206, "bytes 65000-65535/65536", 65000..65536),
@@ -513,6 +519,133 @@ async fn rfc9110_14_range_requests_are_served_from_a_stored_response() {
     )
     .await;
     assert_eq!(r.status, 304);
-    assert_eq!(o.hits("/obj"), 2, "one range miss and one fill");
+    assert_eq!(o.hits("/obj"), 2, "the range miss and the fill behind it");
+    common::quiescent(&g).await;
+    // Too big for the store: ranges go to the origin, nothing whole is fetched behind them.
+    let g = gw(&o, "cache = { max_object_bytes = 1024 }", "").await;
+    for _ in 0..2 {
+        let r = get(&g, "/obj", &[("range", "bytes=10-19")]).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (206, &body[10..20]));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(o.hits("/obj"), 4, "two range requests, no whole fetch");
+    let last = o.last("/obj").expect("seen");
+    assert_eq!(
+        last.get("range").map(|v| v.as_bytes()),
+        Some(&b"bytes=10-19"[..])
+    );
+    common::quiescent(&g).await;
+}
+
+/// An origin whose responses carry targeted fields: `/cdn` says no-store to everyone but
+/// max-age to CDNs; `/ours` lets CDNs store but tells scalegate itself not to.
+async fn targeted_origin() -> Origin {
+    Origin::start(|req, n| {
+        let h: &[(&str, &str)] = match req.uri.path() {
+            "/cdn" => &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            "/ours" => &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=60"),
+                ("scalegate-cache-control", "No-Store"),
+            ],
+            _ => &[("cache-control", "max-age=60")],
+        };
+        resp(200, h, &format!("{} #{n}", req.uri.path()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rfc9213_targeted_cache_control_wins_over_cache_control() {
+    let o = targeted_origin().await;
+    // Default target list: CDN-Cache-Control; forwarded to clients as it is.
+    let g = gw(&o, "cache = {}", "").await;
+    let (hit, r) = second_is_hit(&g, "/cdn").await;
+    assert!(hit, "CDN-Cache-Control: max-age=60 wins: {}", status(&r));
+    assert_eq!(r.header("cdn-cache-control"), "max-age=60");
+    assert_eq!(
+        r.header("cache-control"),
+        "no-store",
+        "Cache-Control untouched"
+    );
+    let (hit, _) = second_is_hit(&g, "/ours").await;
+    assert!(hit, "scalegate-cache-control is not on the default list");
+    common::quiescent(&g).await;
+    // A list of our own, first present wins, and targeted fields kept from clients.
+    let route = r#"cache = { targets = ["scalegate-cache-control", "cdn-cache-control"], strip_targets = true }"#;
+    let g = gw(&o, route, "").await;
+    let (hit, r) = second_is_hit(&g, "/ours").await;
+    assert!(!hit, "{}", status(&r));
+    assert!(status(&r).contains("detail=no-store"), "{}", status(&r));
+    assert_eq!(r.header("scalegate-cache-control"), "");
+    assert_eq!(r.header("cdn-cache-control"), "");
+    assert_eq!(r.header("cache-control"), "max-age=60");
+    let (hit, r) = second_is_hit(&g, "/cdn").await;
+    assert!(hit, "{}", status(&r));
+    assert_eq!(r.header("cdn-cache-control"), "", "stripped on a hit too");
+    common::quiescent(&g).await;
+}
+
+/// A raw origin that sends `103 Early Hints` before each 200 (hyper's test origin cannot).
+async fn early_hints_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut n = 0;
+                loop {
+                    let Ok(read) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..read]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        n += 1;
+                        let body = format!("hinted #{n}");
+                        let msg = format!(
+                            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n\
+                             HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(msg.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn rfc9110_15_2_informational_responses_are_never_stored() {
+    let addr = early_hints_origin().await;
+    let rest = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ncache = {{}}\n\n[upstreams.app]\nendpoints = [\"{addr}\"]\n"
+    );
+    let g = GatewayProcess::start(BIN, &rest).await;
+    let a = get(&g, "/h", &[]).await;
+    assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "hinted #1"));
+    let b = get(&g, "/h", &[]).await;
+    assert_eq!((b.status.as_u16(), b.body.as_str()), (200, "hinted #1"));
+    assert!(
+        is_hit(&b),
+        "the final 200 is what is stored: {}",
+        status(&b)
+    );
+    assert_eq!(b.header("link"), "", "nothing of the 103 is stored");
     common::quiescent(&g).await;
 }

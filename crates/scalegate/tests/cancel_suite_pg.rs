@@ -351,13 +351,11 @@ async fn sessions_cut_at_every_phase_leave_nothing_held() {
         mixed.is_empty(),
         "clients got answers not theirs: {mixed:?}"
     );
-    pooler_empty(port).await;
-    quiescent(&gw).await;
+    pooler_empty(&gw, port).await;
     no_backend_left_busy(&pg).await;
     rows_match(&pg, &never, &committed);
     whole_pool_serves(port, 3).await;
-    pooler_empty(port).await;
-    quiescent(&gw).await;
+    pooler_empty(&gw, port).await;
 }
 
 /// No PostgreSQL backend is left running a query or inside a transaction.

@@ -129,57 +129,57 @@ async fn py(script_name: &str, args: &[&str]) -> String {
 #[tokio::test]
 async fn psycopg_defaults_with_two_clients_alternating_never_see_26000() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 1", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 1", "").await;
     let out = py("psycopg_alternate.py", &[&dsn(port), "30"]).await;
     assert!(out.contains("ok 60 turns"), "{out}");
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn sqlalchemy_orm_sessions_with_rollbacks_have_no_errors() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 1", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 1", "").await;
     // 10,000 by hand (SCALEGATE_SQLA_SESSIONS=10000); fewer in the suite.
     let n = std::env::var("SCALEGATE_SQLA_SESSIONS").unwrap_or_else(|_| "1000".into());
     let url = format!("postgresql+psycopg://postgres@127.0.0.1:{port}/app");
     let out = py("sqlalchemy_sessions.py", &[&url, &n]).await;
     assert!(out.contains(&format!("ok {n} sessions, 0 errors")), "{out}");
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn psycopg_pipeline_copy_and_prepared_statements_return_what_was_stored() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     py("psycopg_features.py", &[&dsn(port)]).await;
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn asyncpg_pool_prepare_executemany_and_copy_work() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let url = format!("postgresql://postgres@127.0.0.1:{port}/app");
     py("asyncpg_features.py", &[&url]).await;
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn node_postgres_named_queries_work_across_server_connections() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let mut cmd = Command::new("node");
     cmd.env("NODE_PATH", node_modules())
         .arg(script("node_named.js"))
         .arg(port.to_string());
     client_script(cmd, "node-postgres").await;
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn pgbench_runs_tpcb_and_select_only_in_every_protocol_mode() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 4", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 4", "").await;
     let bin = scalegate_testkit::postgres::bin_dir();
     let pgbench = move |args: Vec<String>| {
         let bin = bin.clone();
@@ -244,5 +244,5 @@ async fn pgbench_runs_tpcb_and_select_only_in_every_protocol_mode() {
     );
     assert_eq!(branches, history);
     drop(c);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }

@@ -26,7 +26,7 @@ fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn a_primary_restart_under_pgbench_aborts_no_client() {
     let mut pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 10", "wait_timeout = \"30s\"").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 10", "wait_timeout = \"30s\"").await;
     let init = pgbench(port, &["-i", "-q", "-s", "1"]);
     assert!(
         init.status.success(),
@@ -55,7 +55,7 @@ async fn a_primary_restart_under_pgbench_aborts_no_client() {
             "-M {mode}: {text}"
         );
     }
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 /// A raw protocol client: startup for database `app`, read to the first ReadyForQuery.
@@ -114,7 +114,7 @@ fn backends(pg: &PgServer) -> Vec<String> {
 #[tokio::test]
 async fn a_client_whose_server_dies_gets_exactly_one_retryable_fatal() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let mut s = raw_login(port);
     query(&mut s, "BEGIN");
     read_until_ready(&mut s);
@@ -137,13 +137,13 @@ async fn a_client_whose_server_dies_gets_exactly_one_retryable_fatal() {
     let c = app_client(port).await;
     assert_eq!(pg_one::<i32>(&c, "SELECT 1").await, 1);
     drop(c);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn idle_server_connections_terminated_are_replaced_without_the_client_noticing() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
     let c = app_client(port).await;
     for i in 0..20i32 {
         assert_eq!(pg_one::<i32>(&c, &format!("SELECT {i}")).await, i);
@@ -156,7 +156,7 @@ async fn idle_server_connections_terminated_are_replaced_without_the_client_noti
         assert_eq!(v, i + 1);
     }
     drop(c);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
@@ -172,7 +172,7 @@ async fn reads_fall_back_at_once_when_a_replica_refuses_connections() {
          replicas = [\"postgres://postgres@127.0.0.1:{}/postgres\"]\nhealth_interval = \"30s\"\n",
         primary.port, replica.port
     );
-    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let gw = GatewayProcess::start(BIN, &cfg).await;
     let seen = eventually(Duration::from_secs(15), || async {
         psql(port, "postgres", "scalegate", "SHOW HOSTS").is_ok_and(|h| h.contains("|replica|"))
     })
@@ -192,7 +192,7 @@ async fn reads_fall_back_at_once_when_a_replica_refuses_connections() {
             .get(0);
         assert_eq!(on, primary.port as i32);
     }
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
@@ -209,7 +209,7 @@ async fn of_two_hosts_claiming_primary_a_fresh_pooler_writes_to_the_newer_timeli
          replicas = [\"postgres://postgres@127.0.0.1:{}/postgres\"]\nhealth_interval = \"200ms\"\n",
         old.port, new.port
     );
-    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let gw = GatewayProcess::start(BIN, &cfg).await;
     let c = app_client(port).await;
     for _ in 0..5 {
         let on: i32 = pg_one(&c, "SELECT inet_server_port() FROM one FOR UPDATE").await;
@@ -221,5 +221,5 @@ async fn of_two_hosts_claiming_primary_a_fresh_pooler_writes_to_the_newer_timeli
         hosts.contains(&format!("|{}|primary|", new.port)),
         "{hosts}"
     );
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }

@@ -72,7 +72,7 @@ async fn deallocate_and_discard_never_break_another_clients_prepared_statements(
     assert_eq!(sqlstate(&e), "26000", "{e:?}");
     assert_eq!(run(7).await, 8);
     drop((a, b));
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
     drop(gw);
 }
 
@@ -103,7 +103,7 @@ where
 
 #[tokio::test]
 async fn listen_is_pinned_in_every_spelling_and_never_heard_by_the_next_client() {
-    let (_pg, _gw, port) = one_server("pin").await;
+    let (_pg, gw, port) = one_server("pin").await;
     for sql in ["/* c */ LISTEN x", "SELECT 1; LISTEN x", "listen x"] {
         let a = app_client(port).await;
         a.simple_query(sql).await.expect("listen");
@@ -125,12 +125,12 @@ async fn listen_is_pinned_in_every_spelling_and_never_heard_by_the_next_client()
         );
     })
     .await;
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn hold_cursors_sql_prepare_and_temp_tables_are_pinned_then_cleaned() {
-    let (_pg, _gw, port) = one_server("pin").await;
+    let (_pg, gw, port) = one_server("pin").await;
     let a = app_client(port).await;
     a.execute(
         "DECLARE c CURSOR WITH HOLD FOR SELECT 1 FROM generate_series(1, 3)",
@@ -179,12 +179,12 @@ async fn hold_cursors_sql_prepare_and_temp_tables_are_pinned_then_cleaned() {
         assert_eq!(tt, None, "A's temp table is gone");
     })
     .await;
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn an_advisory_lock_taken_through_parse_keeps_mutual_exclusion() {
-    let (_pg, _gw, port) = one_server("pin").await;
+    let (_pg, gw, port) = one_server("pin").await;
     let a = app_client(port).await;
     // Parse/Bind/Execute with a parameter, as asyncpg, JDBC and node-postgres send it.
     a.query_one("SELECT pg_advisory_lock($1)", &[&42i64])
@@ -202,12 +202,12 @@ async fn an_advisory_lock_taken_through_parse_keeps_mutual_exclusion() {
         assert_eq!(held, 1, "only B's own lock");
     })
     .await;
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn state_that_is_gone_unpins_and_literals_never_pin() {
-    let (_pg, _gw, port) = one_server("pin").await;
+    let (_pg, gw, port) = one_server("pin").await;
     let a = app_client(port).await;
     let b = app_client(port).await;
     // A string literal that reads like session state is just a string.
@@ -237,12 +237,12 @@ async fn state_that_is_gone_unpins_and_literals_never_pin() {
     let shown = tokio::time::timeout(Duration::from_secs(5), int(&b, "SELECT 3::int8")).await;
     assert_eq!(shown.expect("B is served while A is connected"), 3);
     drop((a, b));
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
 async fn set_config_is_tracked_with_literals_and_pinned_otherwise() {
-    let (_pg, _gw, port) = one_server("pin").await;
+    let (_pg, gw, port) = one_server("pin").await;
     let a = app_client(port).await;
     let b = app_client(port).await;
     a.simple_query("SELECT set_config('search_path', 's1', false)")
@@ -261,7 +261,7 @@ async fn set_config_is_tracked_with_literals_and_pinned_otherwise() {
     })
     .await;
     drop(b);
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
 }
 
 #[tokio::test]
@@ -316,5 +316,42 @@ async fn refuse_mode_answers_0a000_with_a_hint_on_every_path() {
         "{metrics}"
     );
     drop((a, b));
-    pooler_quiescent(port).await;
+    pooler_quiescent(&gw, port).await;
+}
+
+#[tokio::test]
+async fn unnamed_statements_with_parameters_are_pinned_or_refused_too() {
+    use tokio_postgres::types::Type;
+    // Pinned: the lock taken through an unnamed Parse keeps A on its server.
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let got = a
+        .query_typed("SELECT pg_advisory_lock($1)", &[(&9i64, Type::INT8)])
+        .await;
+    got.expect("lock through an unnamed statement");
+    pinned_until_a_leaves(port, a, |b| async move {
+        let held = int(
+            &b,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        )
+        .await;
+        assert_eq!(held, 0, "A's lock left with A");
+    })
+    .await;
+    pooler_quiescent(&gw, port).await;
+    // Refused: 0A000 for the unnamed statement, and the session goes on.
+    let (_pg2, gw2, port2) = one_server("refuse").await;
+    let a = app_client(port2).await;
+    let e = a
+        .query_typed("SELECT pg_advisory_lock($1)", &[(&9i64, Type::INT8)])
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    let rows = a
+        .query_typed("SELECT $1::int8 + 1", &[(&1i64, Type::INT8)])
+        .await
+        .expect("next statement");
+    assert_eq!(rows[0].get::<_, i64>(0), 2);
+    drop(a);
+    pooler_quiescent(&gw2, port2).await;
 }

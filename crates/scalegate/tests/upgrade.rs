@@ -138,10 +138,13 @@ async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
     let gw = gateway_to(up).await;
     let mut s = TcpStream::connect(gw.http).await.expect("connect");
     upgrade_and_echo(&mut s).await;
+    // Summed over routes (requests refused before routing have a row of their own).
     let open = |m: String| {
-        m.lines()
-            .find(|l| l.starts_with("scalegate_http_tunnels_open{"))
-            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+        let rows = m
+            .lines()
+            .filter(|l| l.starts_with("scalegate_http_tunnels_open{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok());
+        Some(rows.sum::<i64>().to_string())
     };
     assert_eq!(open(gw.admin_get("/metrics").await).as_deref(), Some("1"));
     // Closing the client side ends the tunnel; the gateway keeps serving.

@@ -15,6 +15,7 @@ pub mod nats;
 pub mod origin;
 pub mod postgres;
 pub mod process;
+pub mod python;
 pub mod raw_h2;
 pub mod recorder;
 pub mod redis;

@@ -75,8 +75,32 @@ pub struct PickRequest {
     pub hash_key: Option<u64>,
     /// Endpoint id hash from the sticky cookie, if the request carried one.
     pub sticky: Option<u64>,
-    /// An endpoint to avoid if any other will do (the one that just failed).
-    pub avoid: Option<usize>,
+    /// Endpoints this request already tried (and failed on): avoided while any other will do,
+    /// first in the local zone, then in any zone.
+    pub tried: Tried,
+}
+
+/// A set of member indices (the first 256; later ones are not remembered).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tried([u64; 4]);
+
+impl Tried {
+    /// Adds member `i`.
+    pub fn insert(&mut self, i: usize) {
+        if let Some(word) = self.0.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+
+    /// Whether member `i` is in the set.
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
 }
 
 /// The balancer's answer.
@@ -98,6 +122,7 @@ pub struct EndpointSet {
     cursor: AtomicUsize,
     weighted: weighted::SmoothState,
     ring: Ring,
+    typical: p2c::Typical,
 }
 
 /// The view of candidates an algorithm gets: which members may be chosen and at what weight.
@@ -106,8 +131,10 @@ pub(crate) struct Candidates<'a> {
     now: Tick,
     panic: bool,
     local_only: bool,
-    avoid: Option<usize>,
+    tried: Tried,
     slow_start: Option<Duration>,
+    /// The fleet's typical latency (p2c only; 0 otherwise).
+    typical: f64,
 }
 
 impl Candidates<'_> {
@@ -116,7 +143,7 @@ impl Candidates<'_> {
     }
 
     fn ok(&self, i: usize) -> bool {
-        if Some(i) == self.avoid || (self.local_only && !self.members[i].local) {
+        if self.tried.contains(i) || (self.local_only && !self.members[i].local) {
             return false;
         }
         let s = &self.members[i].state;
@@ -160,6 +187,7 @@ impl EndpointSet {
             policy,
             cursor: AtomicUsize::new(0),
             ring,
+            typical: p2c::Typical::default(),
         }
     }
 
@@ -231,8 +259,9 @@ impl EndpointSet {
 
     /// Chooses an endpoint for a request, or None when no endpoint may take it.
     ///
-    /// The endpoint to avoid (a retry's failed one) is left out first, then the zone
-    /// preference is dropped, and only then is the avoided endpoint taken again.
+    /// Endpoints the request already tried are left out: when every local one has been tried,
+    /// the zone preference is dropped (a retry leaves the zone), and only when no untried
+    /// endpoint is left anywhere is a tried one taken again.
     pub fn pick<R: Rng + ?Sized>(&self, req: &PickRequest, now: Tick, rng: &mut R) -> Option<Pick> {
         let panic = self.in_panic(now);
         let local_only = !panic && self.local_zone_holds(now);
@@ -241,17 +270,26 @@ impl EndpointSet {
             now,
             panic,
             local_only,
-            avoid: req.avoid,
+            tried: req.tried,
             slow_start: self.policy.slow_start,
+            typical: match self.policy.balance {
+                Balance::P2cEwma => self.typical.get(&self.members, now),
+                _ => 0.0,
+            },
         };
         let mut picked = self.pick_in(&c, req, rng);
         if picked.is_none() && c.local_only {
             c.local_only = false;
             picked = self.pick_in(&c, req, rng);
         }
-        if picked.is_none() && c.avoid.is_some() {
-            c.avoid = None;
+        if picked.is_none() && !c.tried.is_empty() {
+            c.tried = Tried::default();
+            c.local_only = local_only;
             picked = self.pick_in(&c, req, rng);
+            if picked.is_none() && c.local_only {
+                c.local_only = false;
+                picked = self.pick_in(&c, req, rng);
+            }
         }
         picked.map(|(index, set_sticky)| Pick {
             index,
@@ -402,26 +440,27 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn avoid_is_honoured_unless_it_is_the_only_choice() {
-        let s = set(2, Balance::RoundRobin);
+    fn tried_endpoints_are_avoided_unless_they_are_the_only_choice() {
+        let s = set(3, Balance::RoundRobin);
+        let mut tried = Tried::default();
+        tried.insert(0);
+        tried.insert(2);
         let req = PickRequest {
-            avoid: Some(0),
+            tried,
             ..PickRequest::default()
         };
-        assert_eq!(counts(&s, 10, req), [0, 10]);
-        eject(&s, 1);
+        assert_eq!(counts(&s, 10, req), [0, 10, 0]);
         let single = set(1, Balance::RoundRobin);
-        assert_eq!(
-            counts(
-                &single,
-                3,
-                PickRequest {
-                    avoid: Some(0),
-                    ..req
-                }
-            ),
-            [3]
-        );
+        let mut only = Tried::default();
+        only.insert(0);
+        let req = PickRequest {
+            tried: only,
+            ..PickRequest::default()
+        };
+        assert_eq!(counts(&single, 3, req), [3]);
+        let mut far = Tried::default();
+        far.insert(300);
+        assert!(far.is_empty(), "beyond 256 members nothing is remembered");
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     use crate::balance::SetPolicy;
+    use crate::balance::Tried;
     use crate::hash::stable_hash;
     use crate::{Balance, EndpointSet, PickRequest, Tick};
 
@@ -104,11 +105,34 @@ mod tests {
     fn a_retry_leaves_the_zone_rather_than_repeat_the_failed_endpoint() {
         let s = zoned(3, 1, Balance::RoundRobin);
         let mut rng = StdRng::seed_from_u64(1);
+        let mut tried = Tried::default();
+        tried.insert(0);
         let req = PickRequest {
-            avoid: Some(0),
+            tried,
             ..PickRequest::default()
         };
         let p = s.pick(&req, Tick(1), &mut rng).expect("pick");
         assert_ne!(p.index, 0);
+    }
+
+    #[test]
+    fn retries_try_every_local_endpoint_once_then_another_zone() {
+        // Two local endpoints (0, 1) both failing, still looking available: the third attempt
+        // goes to the other zone instead of back to the first failed one.
+        for balance in [Balance::RoundRobin, Balance::P2cEwma, Balance::LeastConn] {
+            let s = zoned(4, 2, balance);
+            let mut rng = StdRng::seed_from_u64(9);
+            for _ in 0..50 {
+                let mut req = PickRequest::default();
+                let first = s.pick(&req, Tick(1), &mut rng).expect("pick").index;
+                assert!(first < 2, "{balance:?} starts local");
+                req.tried.insert(first);
+                let second = s.pick(&req, Tick(1), &mut rng).expect("pick").index;
+                assert_eq!(second, 1 - first, "{balance:?} tries the other local one");
+                req.tried.insert(second);
+                let third = s.pick(&req, Tick(1), &mut rng).expect("pick").index;
+                assert!(third >= 2, "{balance:?} leaves the zone: {third}");
+            }
+        }
     }
 }

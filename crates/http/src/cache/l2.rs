@@ -16,15 +16,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
+use super::l2_bus;
 use super::l2_index;
 use super::l2_write::{self, Pending, WriteQueue};
 use super::object::{Object, Timing};
-use super::purge::Purge;
 use super::spec::RedisSpec;
 use super::store::Store;
 use crate::redis_link::RedisLink;
@@ -82,7 +81,7 @@ impl L2 {
             Ok(rt) => {
                 let me = Arc::downgrade(&l2);
                 rt.spawn(measure(me.clone()));
-                rt.spawn(subscribe(me.clone(), store.clone()));
+                rt.spawn(l2_bus::subscribe(me.clone(), store.clone()));
                 rt.spawn(l2_write::writer(me.clone(), l2.queue.clone(), store));
                 rt.spawn(l2_index::janitor(me));
             }
@@ -164,17 +163,14 @@ impl L2 {
         }
     }
 
-    /// Publishes a purge to every instance; the number of subscribers that received it.
-    pub async fn publish(&self, p: &Purge) -> Result<usize, String> {
-        let msg = serde_json::to_string(p).map_err(|e| format!("publish: {e}"))?;
-        let channel = self.spec.channel.clone();
-        let n: i64 = self
-            .link
-            .call_within("publish", BACKGROUND, |mut c| async move {
-                c.publish(channel, msg).await
-            })
-            .await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+    /// The Redis URL.
+    pub fn url(&self) -> &str {
+        &self.spec.url
+    }
+
+    /// The purge channel.
+    pub fn channel(&self) -> &str {
+        &self.spec.channel
     }
 }
 
@@ -262,40 +258,5 @@ async fn measure(l2: Weak<L2>) {
         // Soon again while the link is still connecting, then every few seconds.
         let pause = if info.is_some() { 5 } else { 1 };
         tokio::time::sleep(Duration::from_secs(pause)).await;
-    }
-}
-
-/// Applies purges published on the channel, reconnecting when the subscription drops.
-async fn subscribe(l2: Weak<L2>, store: Weak<Store>) {
-    loop {
-        let Some(me) = l2.upgrade() else { return };
-        let url = me.spec.url.clone();
-        let channel = me.spec.channel.clone();
-        drop(me);
-        let sub = async {
-            let client = redis::Client::open(url.as_str())?;
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps)
-        };
-        if let Ok(Ok(ps)) = tokio::time::timeout(Duration::from_secs(2), sub).await {
-            tracing::info!(channel, "subscribed to cache purges");
-            let mut messages = ps.into_on_message();
-            while let Some(msg) = messages.next().await {
-                let Ok(text) = msg.get_payload::<String>() else {
-                    continue;
-                };
-                let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text))
-                else {
-                    continue;
-                };
-                let n = super::purger::from_bus(&store, &purge).await;
-                tracing::debug!(?purge, objects = n, "purge from the bus");
-            }
-        }
-        if l2.upgrade().is_none() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

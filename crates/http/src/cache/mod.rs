@@ -16,6 +16,7 @@ pub mod flight;
 pub mod freshness;
 pub mod key;
 pub mod l2;
+pub mod l2_bus;
 pub mod l2_index;
 pub mod l2_write;
 pub mod nats;

@@ -66,8 +66,21 @@ pub struct Retries {
     pending: Mutex<(VecDeque<Waiting>, bool)>,
 }
 
-/// Purges everywhere: memory, Redis, every other instance through the buses.
+/// Purges everywhere: memory, Redis, every other instance through the buses. The work runs
+/// in a task of its own: a caller that goes away (an admin client hanging up) does not stop a
+/// purge halfway, and its failed steps are still queued for a retry.
 pub async fn purge(store: &Arc<Store>, p: &Purge) -> Report {
+    let (store, p) = (store.clone(), p.clone());
+    match tokio::spawn(async move { purge_now(&store, &p).await }).await {
+        Ok(report) => report,
+        Err(e) => Report {
+            failed: vec![format!("the purge task failed: {e}")],
+            ..Report::default()
+        },
+    }
+}
+
+async fn purge_now(store: &Arc<Store>, p: &Purge) -> Report {
     let mut report = Report {
         purged: store.purge_local(p),
         ..Report::default()

@@ -114,15 +114,29 @@ pub(crate) async fn serve(
         admitted,
     };
     let method = parts.method.clone();
-    if method != Method::GET && method != Method::HEAD {
-        return pass_unsafe(&cx, parts, body, done).await;
-    }
-    if !body.is_end_stream() || key::bypassed(&cx.spec().bypass, parts.uri.path(), &parts.headers) {
+    let served = if method != Method::GET && method != Method::HEAD {
+        pass_unsafe(&cx, parts, body, done).await
+    } else if !body.is_end_stream()
+        || key::bypassed(&cx.spec().bypass, parts.uri.path(), &parts.headers)
+    {
         route.metrics.cache(CacheResult::Bypass);
         let r = cx.origin(parts.clone(), Some(body), done).await;
-        return r.map(|r| finish_forwarded(&cx, &parts, r, Fwd::Bypass));
+        r.map(|r| finish_forwarded(&cx, &parts, r, Fwd::Bypass))
+    } else {
+        lookup(&cx, parts, done).await
+    };
+    let spec = cx.spec();
+    if !spec.strip_targets {
+        return served;
     }
-    lookup(&cx, parts, done).await
+    // Targeted fields (RFC 9213) are for this cache; the stored copy keeps them, clients
+    // do not see them.
+    served.map(|mut r| {
+        for t in &spec.targets {
+            r.headers_mut().remove(t);
+        }
+        r
+    })
 }
 
 /// Non-GET/HEAD: forwarded; a success of an unsafe method invalidates the URLs it names
@@ -325,10 +339,46 @@ async fn fetch(
         }
     }
     cx.route.metrics.cache(CacheResult::Miss);
-    if let Some(cs) = cx.route.spec.compression.as_ref() {
-        body = compress::apply(cs, &parts.headers, &parts.method, &mut head, body).0;
-    }
+    // A range miss answered 206: passed on, and if the whole object fits the store it is
+    // fetched in the background, so later ranges of it are hits.
+    let guard = match guard {
+        Some(g)
+            if head.status == StatusCode::PARTIAL_CONTENT
+                && stale.is_none()
+                && complete_length(&head.headers).is_some_and(|n| n <= spec.max_object_bytes) =>
+        {
+            fill_whole(cx, &parts, url.clone(), g);
+            None
+        }
+        g => g,
+    };
     let status_code = head.status.as_u16();
+    let (body, stored, detail) = keep(cx, &parts, url, &mut head, body, guard, sent, now);
+    head.headers.insert(
+        CACHE_STATUS.clone(),
+        status::forward(fwd, Some(status_code), stored, detail),
+    );
+    Ok(Response::from_parts(head, body))
+}
+
+/// Compresses a response from the origin if the route says so and, when it may be stored and
+/// `guard` leads its key, tees its body into the store. Returns the body to send, whether it
+/// is being stored, and why not.
+#[allow(clippy::too_many_arguments)]
+fn keep(
+    cx: &Cx,
+    parts: &http::request::Parts,
+    url: Arc<str>,
+    head: &mut http::response::Parts,
+    mut body: RespBody,
+    guard: Option<FlightGuard>,
+    sent: SystemTime,
+    now: SystemTime,
+) -> (RespBody, bool, Option<&'static str>) {
+    let spec = cx.spec();
+    if let Some(cs) = cx.route.spec.compression.as_ref() {
+        body = compress::apply(cs, &parts.headers, &parts.method, head, body).0;
+    }
     let verdict = Answer {
         request: &parts.headers,
         path: parts.uri.path(),
@@ -375,11 +425,46 @@ async fn fetch(
         }
         (None, _) => false,
     };
-    head.headers.insert(
-        CACHE_STATUS.clone(),
-        status::forward(fwd, Some(status_code), stored, detail),
-    );
-    Ok(Response::from_parts(head, body))
+    (body, stored, detail)
+}
+
+/// The complete length of a 206 (`Content-Range: bytes a-b/len`), when known.
+fn complete_length(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    v.trim()
+        .strip_prefix("bytes ")?
+        .rsplit_once('/')?
+        .1
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Fetches a whole response in the background after a range miss, and stores it (its
+/// followers wait for it, then find it).
+fn fill_whole(cx: &Cx, parts: &http::request::Parts, url: Arc<str>, guard: FlightGuard) {
+    let cx = cx.clone();
+    let mut parts = copy_head(parts);
+    for h in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+    ] {
+        parts.headers.remove(h);
+    }
+    tokio::spawn(async move {
+        let done = Completion::background(&cx.ctx, &cx.route);
+        let sent = SystemTime::now();
+        let Ok(resp) = cx.origin(copy_head(&parts), None, done).await else {
+            return;
+        };
+        let (mut head, body) = resp.into_parts();
+        let now = SystemTime::now();
+        let (body, ..) = keep(&cx, &parts, url, &mut head, body, Some(guard), sent, now);
+        // Reading the body to its end is what stores it.
+        let _ = body.collect().await;
+    });
 }
 
 /// Refreshes a stale-while-revalidate object without making the client wait.

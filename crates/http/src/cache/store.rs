@@ -140,6 +140,11 @@ impl Store {
         self.put(vary, obj);
     }
 
+    /// Empties the memory tier (purges may have been missed).
+    pub fn clear_memory(&self) {
+        self.l1.invalidate_all();
+    }
+
     /// Removes every variant of a URL key from memory.
     pub fn remove(&self, url: &str) {
         self.l1.invalidate(url);

@@ -209,7 +209,7 @@ pub(super) async fn forward(
         drop(load);
         route.metrics.retries.inc();
         tracing::debug!(route = %route.spec.name, endpoint = %endpoint.addr, attempt, ?outcome, "retrying");
-        pick_req.avoid = Some(pick.index);
+        pick_req.tried.insert(pick.index);
         attempt += 1;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

@@ -23,7 +23,7 @@ use crate::upstream::{HttpEndpoint, Upstream};
 use super::{Completion, ConnCtx};
 
 /// Latency-estimate decay of the p2c balancer.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+const EWMA_DECAY: Duration = scalegate_core::ewma::DECAY;
 
 /// A copy of a request head for one attempt (extensions are not carried).
 pub(crate) fn copy_head(t: &http::request::Parts) -> http::request::Parts {

@@ -100,7 +100,8 @@ pub(super) async fn deliver(
         max_head: usize::MAX,
         edge,
         body_timeout: std::time::Duration::from_secs(60),
-        worker: 0,
+        // Deliveries run on the control thread: its own pool, not a worker's.
+        worker: crate::upstream::BACKGROUND,
         scheme: "http",
         activity: Default::default(),
         tunnel: Default::default(),

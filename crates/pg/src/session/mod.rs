@@ -15,8 +15,12 @@ use tokio::net::TcpStream;
 use crate::stream::ClientStream;
 
 use crate::classify::Class;
+mod batch;
+mod fan_out;
+mod merge;
 mod resend;
 mod sharded;
+mod split;
 mod state;
 
 use crate::login::{self, LOGIN_TIMEOUT, Refusal};
@@ -51,7 +55,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         return crate::console::run(pooler, stream, buf, peer, startup).await;
     }
     let spec = pooler.spec();
-    if pooler.client_count.load(Relaxed) >= spec.max_client_conn {
+    // Counted before it is checked, so concurrent logins cannot overshoot the limit.
+    let Some(_counted) = ClientCount::take(&pooler.client_count, spec.max_client_conn) else {
         return Refusal(
             "53300",
             format!(
@@ -61,7 +66,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         )
         .send(&mut stream)
         .await;
-    }
+    };
     let Some(db) = pooler.database(&startup.database) else {
         return Refusal(
             "3D000",
@@ -84,7 +89,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     let params = if params.is_empty() {
         // First client of this pool: log in to the server once to learn its parameters
         // (and to report a refused login to the client that caused it).
-        match pool.acquire(Route::Primary).await {
+        match pool.acquire(Route::Any).await {
             Ok(lease) => {
                 let p = lease.conn.params.clone();
                 pool.release(lease, true);
@@ -118,7 +123,6 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         pooler.unregister(key);
         return;
     }
-    pooler.client_count.fetch_add(1, Relaxed);
     pool.stats.clients.fetch_add(1, Relaxed);
     let mut session = Session {
         max: spec.max_message_bytes,
@@ -133,6 +137,12 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         sharding: pool.db.sharding.clone(),
         deferred_begin: false,
         swallow_z: 0,
+        swallow_lone_z: 0,
+        swallow_parse: 0,
+        unnamed: None,
+        begin_sql: String::new(),
+        aside_sync: false,
+        skip_to_sync: false,
         shard_txn_failed: false,
         copy_in: false,
         wrote: false,
@@ -164,7 +174,6 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     let end = session.serve().await;
     session.finish(end).await;
     pool.stats.clients.fetch_sub(1, Relaxed);
-    pooler.client_count.fetch_sub(1, Relaxed);
     pooler.unregister(key);
 }
 
@@ -202,6 +211,20 @@ struct Session {
     deferred_begin: bool,
     /// ReadyForQuery messages still to swallow (answers to a BEGIN sent on the client's behalf).
     swallow_z: usize,
+    /// ReadyForQuery messages to keep from the client while forwarding what precedes them
+    /// (answers to a Sync or a refusal the pooler sent on its own).
+    swallow_lone_z: usize,
+    /// ParseCompletes to keep from the client (answers to an unnamed Parse the pooler sent
+    /// ahead of a Bind on a server that never saw it).
+    swallow_parse: usize,
+    /// The client's last unnamed statement (Parse body), for routing a later Bind of it.
+    unnamed: Option<bytes::Bytes>,
+    /// The client's deferred BEGIN as it wrote it (isolation level, READ ONLY …).
+    begin_sql: String,
+    /// The batch being forwarded ran aside and ends with Flush: close it with our own Sync.
+    aside_sync: bool,
+    /// A Flush-ended batch was refused: the client's messages up to its Sync are dropped.
+    skip_to_sync: bool,
     /// A statement of a deferred transaction was refused: only COMMIT/ROLLBACK are accepted.
     shard_txn_failed: bool,
     /// The server asked for COPY data (CopyInResponse seen, ReadyForQuery not yet).
@@ -304,7 +327,11 @@ impl Session {
     /// Handles every complete client message in the buffer.
     async fn client_messages(&mut self) -> Option<End> {
         let fresh = self.lease.is_none();
-        if self.lease.is_none() {
+        if self.lease.is_some() {
+            if let Some(end) = self.guard_transaction().await {
+                return end;
+            }
+        } else {
             if let Some(end) = self.refuse_locally().await {
                 return end;
             }
@@ -314,10 +341,10 @@ impl Session {
                         if let Err(e) = self.acquire_on(Route::Shard(shard)).await {
                             return self.acquire_failed(e).await;
                         }
-                        self.inject_deferred_begin();
+                        self.lead_in();
                     }
-                    sharded::Decision::Aside(shard) => {
-                        if let Err(e) = self.acquire_on(Route::Shard(shard)).await {
+                    sharded::Decision::Aside => {
+                        if let Err(e) = self.acquire_on(Route::Any).await {
                             return self.acquire_failed(e).await;
                         }
                     }
@@ -411,7 +438,10 @@ impl Session {
         let lease = self.lease.as_mut()?;
         let r = lease.conn.stream.write_all(&self.to_server).await;
         self.to_server.clear();
-        r.err().map(|e| End::ServerLost(e.to_string()))
+        if let Err(e) = r {
+            return Some(End::ServerLost(e.to_string()));
+        }
+        self.close_aside().await
     }
 
     /// Keeps the pool's pinned-clients gauge and SHOW CLIENTS in step with this client's state.
@@ -445,6 +475,8 @@ impl Session {
         if fx.creates != 0 && self.refuse_state {
             self.pool.stats.refusals.fetch_add(1, Relaxed);
             state::refusal(&mut out, fx.creates);
+            // Inside a (deferred) transaction the refusal fails it, as a server error would.
+            self.shard_txn_failed |= self.deferred_begin;
         } else {
             match &fx.emulate {
                 Some(crate::effects::Emulate::DeallocateAll) => {
@@ -458,7 +490,13 @@ impl Session {
             }
         }
         let _ = self.cbuf.split_to(n);
-        proto::ready(&mut out, b'I');
+        // Without a server the client is between transactions, unless a sharded BEGIN waits.
+        let status = match (self.shard_txn_failed, self.deferred_begin) {
+            (true, _) => b'E',
+            (false, true) => b'T',
+            (false, false) => b'I',
+        };
+        proto::ready(&mut out, status);
         Some(match self.client.write_all(&out).await {
             Ok(()) => None,
             Err(_) => Some(End::Client),
@@ -572,9 +610,11 @@ impl Session {
                 b'G' => self.copy_in = true,
                 b'Z' => {
                     self.copy_in = false;
-                    self.pending_z = self.pending_z.saturating_sub(1);
                     self.status = msg.get(5).copied().unwrap_or(b'I');
-                    self.pool.stats.queries.fetch_add(1, Relaxed);
+                    if self.swallow_lone_z == 0 {
+                        self.pending_z = self.pending_z.saturating_sub(1);
+                        self.pool.stats.queries.fetch_add(1, Relaxed);
+                    }
                     if self.transaction {
                         self.pin.settle(self.track.segment_error);
                         self.track.settle(self.status, &mut conn.settings);
@@ -589,7 +629,16 @@ impl Session {
             }
             // While a sharded client's BEGIN waits for a statement with a key, describe-only
             // batches run outside any transaction; the client still sees itself in one.
-            let action = if tag == b'Z' && self.deferred_begin {
+            if tag == b'Z' {
+                self.swallow_parse = 0;
+            }
+            let action = if tag == b'1' && self.swallow_parse > 0 {
+                self.swallow_parse -= 1;
+                Action::Drop
+            } else if tag == b'Z' && self.swallow_lone_z > 0 {
+                self.swallow_lone_z -= 1;
+                Action::Drop
+            } else if tag == b'Z' && self.deferred_begin {
                 Action::InTransaction
             } else {
                 action
@@ -637,7 +686,13 @@ impl Session {
         if r.is_err() {
             return Some(End::Client);
         }
-        if self.transaction && self.pending_z == 0 && !self.unsynced && self.status == b'I' {
+        if self.transaction
+            && self.pending_z == 0
+            && !self.unsynced
+            && self.status == b'I'
+            && self.swallow_z == 0
+            && self.swallow_lone_z == 0
+        {
             if self.pin.bits != 0 {
                 if self.pin.verify
                     && let Some(lease) = self.lease.as_mut()
@@ -799,13 +854,20 @@ impl Session {
             return false;
         }
         // A pipelined batch waits for the answers to the one in flight (unless COPY data is
-        // what the server waits for): it may belong on another server.
+        // what the server waits for): it may belong on another server. In a sharded database
+        // each batch is also checked whole against the transaction's shard.
         if self.lease.is_some() {
-            return self.pending_z > 0 && !self.copy_in;
+            if self.copy_in {
+                return false;
+            }
+            if self.pending_z > 0 || self.swallow_lone_z > 0 {
+                return true;
+            }
+            if self.sharding.is_none() {
+                return false;
+            }
         }
-        self.lease.is_none()
-            && !proto::messages(&self.cbuf)
-                .any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
+        !proto::messages(&self.cbuf).any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
     }
 }
 
@@ -837,6 +899,24 @@ trait Drained: tokio::io::AsyncRead + Unpin {
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Drained for crate::stream::Stream<T> {
     fn drained(&self) {
         self.mark_drained();
+    }
+}
+
+/// One place under `max_client_conn`, given back when dropped.
+struct ClientCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> ClientCount<'a> {
+    /// A place, unless `max` are taken.
+    fn take(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<ClientCount<'a>> {
+        let before = count.fetch_add(1, Relaxed);
+        let counted = ClientCount(count);
+        (before < max).then_some(counted)
+    }
+}
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

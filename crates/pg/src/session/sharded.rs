@@ -1,178 +1,96 @@
-//! The session's part of sharding: deciding a transaction's shard from the client's batch,
-//! answering BEGIN/COMMIT locally until a statement names the shard, and running fanned-out
-//! SELECTs and split INSERTs on every shard involved with the results merged into one answer.
-
-use std::cmp::Ordering;
+//! The session's part of sharding. Every statement is routed on its own key, one batch at a
+//! time (a batch ends at Sync, Query, FunctionCall or Flush):
+//!
+//! - With no server held, the batch's statements choose the shard (`shard_decision`). BEGIN is
+//!   answered by the pooler and sent ahead of the first statement with a key, so the
+//!   transaction runs on that statement's shard. A batch that runs nothing (Parse, Describe —
+//!   asyncpg's first use of a statement) runs aside on shard 0 and pins nothing: the Bind that
+//!   follows decides. Pipelined Bind/Execute pairs for several shards are split.
+//! - With a server held (inside a transaction, or an extended-protocol sequence not yet
+//!   synced), each statement must belong on that server's shard (`guard_transaction`);
+//!   otherwise the batch is dropped and the server itself fails the transaction with 0A000, so
+//!   nothing is written to the wrong shard, the error arrives in order, and the client's
+//!   ROLLBACK (or ROLLBACK TO SAVEPOINT) works as on one database.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
+use super::batch::{self, Exec};
 use super::{End, Session};
-use crate::pool::Route;
 use crate::proto::{self, Severity};
-use crate::server::ServerConn;
 use crate::settings;
-use crate::sharding::{Merge, Param, Plan, SortKey};
+use crate::sharding::{Merge, Plan, ShardingSpec};
+use crate::stmt::Sub;
 
-/// What to do with the client's batch in a sharded database.
+/// What to do with the client's batch in a sharded database when no server is held.
 pub(super) enum Decision {
-    /// Run it on one shard.
+    /// Run it on one shard (the deferred BEGIN goes first).
     Shard(usize),
-    /// Run it on this shard outside the client's (deferred) transaction: it only prepares or
-    /// describes, or changes settings.
-    Aside(usize),
+    /// Run it on any one shard, outside the client's (deferred) transaction: it only prepares
+    /// or describes, or reads nothing sharded.
+    Aside,
     /// Answer it without a server.
     Local(BytesMut),
     /// Run it on every shard and merge.
     FanOut(Merge),
     /// Run these statements on these shards and add up the counts.
     Split(Vec<(usize, String)>),
+    /// Run each statement of the batch on its shard (given in order), one transaction per shard.
+    Pipeline(Vec<usize>),
     /// Refuse it with this reason.
     Reject(String),
 }
 
-/// What the pooler needs to know about the client's batch.
-struct Batch<'a> {
-    /// Bytes up to and including the message that ends the batch.
-    len: usize,
-    sql: Option<&'a [u8]>,
-    /// The Parse body (query and types) for extended fan-out.
-    parse_body: Option<&'a [u8]>,
-    bind: Option<&'a [u8]>,
-    params: Vec<Param>,
-    simple: bool,
-    executes: bool,
-    has_parse: bool,
-    has_describe: bool,
-    other: bool,
-    syncs: usize,
-}
-
-fn parse_bind_params(body: &[u8]) -> Vec<Param> {
-    let mut b = body;
-    let (Some(_), Some(_)) = (proto::cbytes(&mut b), proto::cbytes(&mut b)) else {
-        return Vec::new();
-    };
-    if b.len() < 2 {
-        return Vec::new();
-    }
-    let nfmt = b.get_i16().max(0) as usize;
-    if b.len() < nfmt * 2 + 2 {
-        return Vec::new();
-    }
-    let formats: Vec<i16> = (0..nfmt).map(|_| b.get_i16()).collect();
-    let n = b.get_i16().max(0) as usize;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        if b.len() < 4 {
-            break;
-        }
-        let len = b.get_i32();
-        let value = if len < 0 {
-            None
-        } else {
-            let len = len as usize;
-            if b.len() < len {
-                break;
-            }
-            let v = b[..len].to_vec();
-            b.advance(len);
-            Some(v)
-        };
-        let binary = match nfmt {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i) == Some(&1),
-        };
-        out.push(Param { value, binary });
-    }
-    out
-}
+/// A Sync message.
+const SYNC: &[u8] = b"S\0\0\0\x04";
 
 impl Session {
-    fn batch(&self) -> Batch<'_> {
-        let mut b = Batch {
-            len: 0,
-            sql: None,
-            parse_body: None,
-            bind: None,
-            params: Vec::new(),
-            simple: false,
-            executes: false,
-            has_parse: false,
-            has_describe: false,
-            other: false,
-            syncs: 0,
-        };
-        for (tag, msg) in proto::messages(&self.cbuf) {
-            b.len += msg.len();
-            let mut body = &msg[5..];
-            match tag {
-                b'Q' => {
-                    b.simple = true;
-                    b.executes = true;
-                    b.syncs += 1;
-                    b.sql = b.sql.or_else(|| proto::cbytes(&mut body));
-                }
-                b'P' => {
-                    b.has_parse = true;
-                    let _ = proto::cbytes(&mut body);
-                    b.parse_body = b.parse_body.or(Some(body));
-                    b.sql = b.sql.or_else(|| proto::cbytes(&mut body));
-                }
-                b'B' => {
-                    b.bind = b.bind.or(Some(&msg[5..]));
-                    if b.params.is_empty() {
-                        b.params = parse_bind_params(&msg[5..]);
-                    }
-                    let _ = proto::cbytes(&mut body);
-                    if let Some(name) = proto::cbytes(&mut body)
-                        && b.sql.is_none()
-                    {
-                        b.sql = self.stmts.query_of(name);
-                        b.parse_body = self.stmts.body_of(name);
-                    }
-                }
-                b'D' => {
-                    b.has_describe = true;
-                    if msg.get(5) != Some(&b'P') {
-                        b.other = true;
-                    }
-                }
-                b'E' => b.executes = true,
-                b'S' | b'F' => b.syncs += 1,
-                b'H' => {}
-                _ => b.other = true,
-            }
-            if matches!(tag, b'S' | b'Q' | b'F' | b'H') {
-                break;
-            }
-        }
-        b
-    }
-
     /// Where the client's batch goes.
     pub(super) fn shard_decision(&mut self) -> Decision {
+        self.aside_sync = false;
         let Some(spec) = self.sharding.clone() else {
             return Decision::Shard(0);
         };
-        let b = self.batch();
-        let text = b.sql.map(|s| String::from_utf8_lossy(s).into_owned());
-        let lower = text
-            .as_deref()
-            .map(|t| t.trim().trim_end_matches(';').trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        let first = lower.split_whitespace().next().unwrap_or("");
-        if b.simple && matches!(first, "begin" | "start") {
+        self.remember_unnamed();
+        let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
+        let lower = if b.simple {
+            b.first_sql()
+                .map(|s| {
+                    String::from_utf8_lossy(s)
+                        .trim()
+                        .trim_end_matches(';')
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let control = if b.simple {
+            transaction_control(&lower)
+        } else {
+            None
+        };
+        if control == Some(TxnControl::Begin) {
+            // Sent as the client wrote it (isolation level, READ ONLY …) once a shard is known.
+            self.begin_sql = b
+                .first_sql()
+                .map(|s| {
+                    String::from_utf8_lossy(s)
+                        .trim()
+                        .trim_end_matches(';')
+                        .to_string()
+                })
+                .unwrap_or_else(|| "BEGIN".into());
             self.deferred_begin = true;
             let mut out = BytesMut::new();
             proto::command_complete(&mut out, "BEGIN");
             proto::ready(&mut out, b'T');
             return Decision::Local(out);
         }
-        if b.simple && matches!(first, "commit" | "end" | "rollback" | "abort") {
-            let tag = if matches!(first, "commit" | "end") && !self.shard_txn_failed {
+        if let Some(end) = control {
+            let tag = if end == TxnControl::Commit && !self.shard_txn_failed {
                 "COMMIT"
             } else {
                 "ROLLBACK"
@@ -197,362 +115,397 @@ impl Session {
             }
             return Decision::Local(out);
         }
-        // Settings, SHOW and describe-only batches need a server but no particular shard.
-        if !b.executes {
-            return Decision::Aside(0);
+        if b.execs.is_empty() {
+            if b.executes_earlier_portal {
+                return Decision::Shard(0);
+            }
+            // Parse, Describe, Close: nothing runs, so nothing is pinned. A batch ended by
+            // Flush gets a Sync of our own so that the server can go back once it answered.
+            self.aside_sync = b.end == Some(b'H');
+            return Decision::Aside;
         }
-        if first == "show" || settings::classify(&lower).is_some() {
-            return Decision::Shard(0);
+        let plans: Vec<Plan> = b.execs.iter().map(|e| plan_exec(&spec, e)).collect();
+        if let [only] = plans.as_slice() {
+            match only {
+                Plan::One(s) => return Decision::Shard(*s),
+                Plan::Any | Plan::Control => {}
+                _ if self.deferred_begin => {
+                    return Decision::Reject(
+                        "inside a transaction every statement must give the sharding key of one shard"
+                            .into(),
+                    );
+                }
+                Plan::FanOut(m) if b.simple || !b.other => return Decision::FanOut(m.clone()),
+                Plan::FanOut(_) => {
+                    return Decision::Reject(
+                        "this protocol sequence cannot be fanned out; send the SELECT as one Parse/Bind/Execute/Sync".into(),
+                    );
+                }
+                Plan::Split(parts) if b.simple => return Decision::Split(parts.clone()),
+                Plan::Split(_) => {
+                    return Decision::Reject(
+                        "a multi-row INSERT spanning shards is split only as a simple query with literal values".into(),
+                    );
+                }
+                Plan::Reject(why) => return Decision::Reject(why.clone()),
+            }
         }
-        let Some(text) = text else {
-            return Decision::Reject("cannot find the statement to route".into());
-        };
-        let plan = spec.plan(&text, &b.params);
-        tracing::debug!(sql = %text, ?plan, "shard plan");
-        match plan {
-            Plan::One(s) => Decision::Shard(s),
-            _ if self.deferred_begin => Decision::Reject(
-                "inside a transaction every statement must give the sharding key of one shard"
-                    .into(),
-            ),
-            Plan::FanOut(m) if b.simple || !b.other => Decision::FanOut(m),
-            Plan::FanOut(_) => Decision::Reject(
-                "this protocol sequence cannot be fanned out; send the SELECT as one Parse/Bind/Execute/Sync".into(),
-            ),
-            Plan::Split(parts) if b.simple => Decision::Split(parts),
-            Plan::Split(_) => Decision::Reject(
-                "a multi-row INSERT spanning shards is split only as a simple query with literal values".into(),
-            ),
-            Plan::Reject(why) => Decision::Reject(why),
+        let mut shards: Vec<Option<usize>> = Vec::with_capacity(plans.len());
+        let mut control = false;
+        for p in &plans {
+            match p {
+                Plan::One(s) => shards.push(Some(*s)),
+                Plan::Any => shards.push(None),
+                Plan::Control => {
+                    control = true;
+                    shards.push(None);
+                }
+                Plan::FanOut(_) | Plan::Split(_) => {
+                    return Decision::Reject(
+                        "in a batch of several statements each must give the sharding key of one shard".into(),
+                    );
+                }
+                Plan::Reject(why) => return Decision::Reject(why.clone()),
+            }
+        }
+        let mut distinct: Vec<usize> = shards.iter().flatten().copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let begins = b
+            .execs
+            .iter()
+            .any(|e| e.sql.is_some_and(starts_transaction));
+        match distinct.as_slice() {
+            // Reads nothing sharded, belongs to no transaction and is complete in itself: any
+            // shard answers.
+            [] if (!control || !self.deferred_begin) && !begins && b.end != Some(b'H') => {
+                Decision::Aside
+            }
+            // A setting or savepoint inside a transaction belongs to it, and a transaction
+            // begun over the extended protocol is not held back: it runs on shard 0.
+            [] => Decision::Shard(0),
+            [s] => Decision::Shard(*s),
+            [a, b_, ..] if self.deferred_begin => Decision::Reject(format!(
+                "a transaction runs on one shard, and this batch has statements for shards {a} and {b_}: send them in separate transactions"
+            )),
+            [lowest, ..] => {
+                let splittable = b.end == Some(b'S')
+                    && b.syncs == 1
+                    && !b.simple
+                    && !b.has_named_parse
+                    && !b.other
+                    && b.execs.iter().all(|e| e.executed);
+                if !splittable {
+                    return Decision::Reject(
+                        "statements for several shards in one batch are split only as Bind/Execute pairs (with unnamed Parses) ended by one Sync".into(),
+                    );
+                }
+                Decision::Pipeline(shards.iter().map(|s| s.unwrap_or(*lowest)).collect())
+            }
         }
     }
 
-    /// Sends the client's deferred BEGIN ahead of its batch; its answers are swallowed.
-    pub(super) fn inject_deferred_begin(&mut self) {
+    /// Sends what must go ahead of the client's batch on the shard just chosen, with its
+    /// answers kept from the client: the deferred BEGIN, and the client's unnamed statement
+    /// when the batch binds it without parsing it (it was parsed aside, on another server).
+    pub(super) fn lead_in(&mut self) {
         if self.deferred_begin {
             self.deferred_begin = false;
-            if frontend::query("BEGIN", &mut self.to_server).is_ok() {
+            let sql = std::mem::take(&mut self.begin_sql);
+            let sql = if sql.is_empty() {
+                "BEGIN"
+            } else {
+                sql.as_str()
+            };
+            if frontend::query(sql, &mut self.to_server).is_ok() {
                 self.swallow_z += 1;
             }
         }
-    }
-
-    /// Handles a batch that does not simply go to one shard.
-    pub(super) async fn shard_locally(&mut self, d: Decision) -> Option<End> {
-        let batch_len = self.batch().len;
-        let syncs = self.batch().syncs.max(1);
-        let out = match d {
-            Decision::Shard(_) | Decision::Aside(_) => return None,
-            Decision::Local(out) => out,
-            Decision::Reject(why) => {
-                let status = if self.deferred_begin {
-                    self.shard_txn_failed = true;
-                    b'E'
-                } else {
-                    b'I'
-                };
-                let mut out = BytesMut::new();
-                proto::error(&mut out, Severity::Error, "0A000", &why);
-                for _ in 0..syncs {
-                    proto::ready(&mut out, status);
-                }
-                out
-            }
-            Decision::FanOut(merge) => match self.fan_out(Some(merge), Vec::new()).await {
-                Ok(out) => out,
-                Err(end) => return Some(end),
-            },
-            Decision::Split(parts) => match self.fan_out(None, parts).await {
-                Ok(out) => out,
-                Err(end) => return Some(end),
-            },
-        };
-        self.cbuf.advance(batch_len);
-        match self.client.write_all(&out).await {
-            Ok(()) => None,
-            Err(_) => Some(End::Client),
-        }
-    }
-
-    /// Runs the batch on several shards: the same SELECT on all of them (`merge`), or one
-    /// INSERT per shard (`parts`). Returns the merged answer for the client.
-    async fn fan_out(
-        &mut self,
-        merge: Option<Merge>,
-        parts: Vec<(usize, String)>,
-    ) -> Result<BytesMut, End> {
-        let b = self.batch();
-        let shards = self.pool.topology.hosts.len();
-        let mut requests: Vec<(usize, BytesMut)> = Vec::new();
-        if merge.is_none() {
-            for (s, sql) in &parts {
-                let mut q = BytesMut::new();
-                let _ = frontend::query(sql, &mut q);
-                requests.push((*s, q));
-            }
-        } else if b.simple {
-            for s in 0..shards {
-                requests.push((s, BytesMut::from(&self.cbuf[..b.len])));
-            }
-        } else {
-            let (Some(parse), Some(bind)) = (b.parse_body, b.bind) else {
-                return Ok(reject_bytes("cannot fan out: the statement is unknown"));
-            };
-            let mut req = BytesMut::new();
-            proto::message(&mut req, b'P', |o| {
-                o.put_u8(0);
-                o.put_slice(parse);
-            });
-            let mut rest = bind;
-            let _ = proto::cbytes(&mut rest);
-            let _ = proto::cbytes(&mut rest);
-            proto::message(&mut req, b'B', |o| {
-                o.put_u8(0);
-                o.put_u8(0);
-                o.put_slice(rest);
-            });
-            proto::message(&mut req, b'D', |o| {
-                o.put_u8(b'P');
-                o.put_u8(0);
-            });
-            proto::message(&mut req, b'E', |o| {
-                o.put_u8(0);
-                o.put_i32(0);
-            });
-            frontend::sync(&mut req);
-            for s in 0..shards {
-                requests.push((s, req.clone()));
-            }
-        }
-        let (simple, has_parse, has_describe) = (b.simple, b.has_parse, b.has_describe);
-        let mut answers: Vec<Vec<Bytes>> = Vec::new();
-        for (shard, req) in requests {
-            let mut lease = match self.lease_on(Route::Shard(shard)).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let mut out = BytesMut::new();
-                    proto::error(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
-                    proto::ready(&mut out, b'I');
-                    return Ok(out);
-                }
-            };
-            match roundtrip(&mut lease.conn, &req).await {
-                Ok(msgs) => {
-                    let idle = msgs.last().and_then(|m| m.get(5)) == Some(&b'I');
-                    self.pool.release(lease, idle);
-                    answers.push(msgs);
-                }
-                Err(e) => {
-                    self.pool.release(lease, false);
-                    return Err(End::ServerLost(e.to_string()));
-                }
-            }
-        }
-        let mut out = BytesMut::new();
-        if let Some(err) = answers.iter().flatten().find(|m| m[0] == b'E') {
-            out.put_slice(err);
-            proto::ready(&mut out, b'I');
-            return Ok(out);
-        }
-        let Some(merge) = merge else {
-            let total: u64 = answers
-                .iter()
-                .flatten()
-                .filter(|m| m[0] == b'C')
-                .filter_map(|m| command_count(m))
-                .sum();
-            proto::command_complete(&mut out, &format!("INSERT 0 {total}"));
-            proto::ready(&mut out, b'I');
-            return Ok(out);
-        };
-        let first = answers.first().cloned().unwrap_or_default();
-        let desc = first.iter().find(|m| m[0] == b'T').cloned();
-        let mut rows: Vec<Bytes> = answers
+        let earlier = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref())
+            .execs
             .iter()
-            .flatten()
-            .filter(|m| m[0] == b'D')
-            .cloned()
-            .collect();
-        if !merge.order_by.is_empty() {
-            let Some(cols) = desc.as_deref().map(columns) else {
-                return Ok(reject_bytes(
-                    "cannot merge ORDER BY without a row description",
-                ));
-            };
-            let mut keys = Vec::new();
-            for (k, desc) in &merge.order_by {
-                let idx = match k {
-                    SortKey::Position(p) => p.checked_sub(1),
-                    SortKey::Name(n) => cols.iter().position(|c| &c.0 == n),
-                };
-                match idx.and_then(|i| cols.get(i).map(|c| (i, c.1, c.2, *desc))) {
-                    Some(k) => keys.push(k),
-                    None => {
-                        return Ok(reject_bytes(
-                            "a fanned-out ORDER BY column must be in the select list",
-                        ));
-                    }
-                }
-            }
-            rows.sort_by(|a, b| {
-                let (va, vb) = (values(a), values(b));
-                for &(i, oid, binary, desc) in &keys {
-                    let o = compare(
-                        va.get(i).copied().flatten(),
-                        vb.get(i).copied().flatten(),
-                        oid,
-                        binary,
-                    );
-                    let o = if desc { o.reverse() } else { o };
-                    if o != Ordering::Equal {
-                        return o;
-                    }
-                }
-                Ordering::Equal
+            .any(|e| e.earlier_unnamed);
+        if let (true, Some(body), Some(lease)) = (earlier, &self.unnamed, self.lease.as_mut()) {
+            let mut parse = BytesMut::new();
+            proto::message(&mut parse, b'P', |o| {
+                o.put_u8(0);
+                o.put_slice(body);
             });
+            self.stmts.client_message(
+                &parse,
+                &mut lease.conn.prepared,
+                |_| 0,
+                &mut self.to_server,
+                Sub::Forward,
+            );
+            self.swallow_parse += 1;
         }
-        if let Some(l) = merge.limit {
-            rows.truncate(l as usize);
+    }
+
+    /// Keeps the body of the batch's unnamed Parse, if it has one: a later batch may bind it.
+    fn remember_unnamed(&mut self) {
+        let found = batch::read(&self.cbuf, &self.stmts, None)
+            .unnamed_parse
+            .map(Bytes::copy_from_slice);
+        if found.is_some() {
+            self.unnamed = found;
         }
-        if !simple {
-            if has_parse {
-                out.put_slice(b"1\0\0\0\x04");
+    }
+
+    /// With a server held on a shard: `None` lets the batch through (every statement belongs on
+    /// that shard, or on none in particular); otherwise the batch is dropped, the server is
+    /// made to fail the transaction with 0A000 and the result of writing that is returned.
+    pub(super) async fn guard_transaction(&mut self) -> Option<Option<End>> {
+        let spec = self.sharding.clone()?;
+        let shard = self.lease.as_ref()?.host;
+        if self.skip_to_sync {
+            return Some(self.skip_until_sync().await);
+        }
+        self.remember_unnamed();
+        if self.status == b'E' || self.copy_in {
+            // The server refuses everything but the end of the transaction by itself.
+            return None;
+        }
+        let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
+        let why = b.execs.iter().find_map(|e| match plan_exec(&spec, e) {
+            Plan::One(s) if s == shard => None,
+            Plan::Any | Plan::Control => None,
+            Plan::One(s) => Some(format!(
+                "this transaction runs on shard {shard} and a statement for shard {s} cannot join it (a transaction spans one shard): roll back, then run each shard's statements in a transaction of its own"
+            )),
+            Plan::FanOut(_) | Plan::Split(_) => Some(format!(
+                "inside a transaction every statement must give the sharding key of the transaction's shard ({shard}); this one would run on several shards"
+            )),
+            Plan::Reject(why) => Some(why),
+        })?;
+        let (len, end) = (b.len, b.end);
+        self.cbuf.advance(len);
+        tracing::debug!(shard, why, "statement refused inside a sharded transaction");
+        Some(self.fail_on_server(&why, end).await)
+    }
+
+    /// Makes the server fail the current transaction (or implicit extended-protocol
+    /// transaction) with 0A000 and `why`. The ErrorResponse reaches the client in order; after
+    /// a Flush-ended batch the server's ReadyForQuery is kept back and the client's messages
+    /// up to its Sync are dropped, as PostgreSQL does after an error.
+    async fn fail_on_server(&mut self, why: &str, end: Option<u8>) -> Option<End> {
+        let mut q = BytesMut::new();
+        if frontend::query(&raise_sql(why), &mut q).is_err() {
+            return Some(End::Fatal("0A000", why.to_string()));
+        }
+        let forwarded = end != Some(b'H');
+        if !forwarded {
+            self.skip_to_sync = true;
+        }
+        let r = self.send_own(&q, forwarded).await;
+        // Until the client's Sync, the server is in an unsynced sequence.
+        self.unsynced = !forwarded;
+        r
+    }
+
+    /// After a refused Flush-ended batch: drops the client's messages up to its Sync, which
+    /// goes on to the server (whose ReadyForQuery then ends the client's failed sequence).
+    async fn skip_until_sync(&mut self) -> Option<End> {
+        let mut consumed = 0;
+        let mut synced = false;
+        for (tag, msg) in proto::messages(&self.cbuf) {
+            consumed += msg.len();
+            match tag {
+                b'X' => return Some(End::Client),
+                b'S' => {
+                    synced = true;
+                    break;
+                }
+                _ => {}
             }
-            out.put_slice(b"2\0\0\0\x04");
         }
-        if (simple || has_describe)
-            && let Some(d) = &desc
-        {
-            out.put_slice(d);
+        self.cbuf.advance(consumed);
+        if !synced {
+            return None;
         }
-        for r in &rows {
-            out.put_slice(r);
+        self.skip_to_sync = false;
+        self.send_own(SYNC, true).await
+    }
+
+    /// Sends a message of ours that the server answers with a ReadyForQuery (Sync, Query)
+    /// to the held server; that ReadyForQuery is forwarded to the client when `answered`
+    /// (it stands for one the client waits for), else kept back.
+    async fn send_own(&mut self, msg: &[u8], answered: bool) -> Option<End> {
+        let lease = self.lease.as_mut()?;
+        self.stmts.client_message(
+            msg,
+            &mut lease.conn.prepared,
+            |_| 0,
+            &mut self.to_server,
+            Sub::Forward,
+        );
+        if answered {
+            self.pending_z += 1;
+        } else {
+            self.swallow_lone_z += 1;
         }
-        proto::command_complete(&mut out, &format!("SELECT {}", rows.len()));
-        proto::ready(&mut out, b'I');
-        Ok(out)
+        self.unsynced = false;
+        let r = lease.conn.stream.write_all(&self.to_server).await;
+        self.to_server.clear();
+        r.err().map(|e| End::ServerLost(e.to_string()))
+    }
+
+    /// Ends a Flush-ended describe-only batch that ran aside with a Sync of our own, so the
+    /// server can go back to the pool once it has answered.
+    pub(super) async fn close_aside(&mut self) -> Option<End> {
+        if !std::mem::take(&mut self.aside_sync) {
+            return None;
+        }
+        self.send_own(SYNC, false).await
     }
 }
 
-fn reject_bytes(why: &str) -> BytesMut {
+/// The plan of one statement of a batch.
+fn plan_exec(spec: &ShardingSpec, e: &Exec<'_>) -> Plan {
+    let Some(sql) = e.sql else {
+        return Plan::Reject(
+            "cannot find the statement to route (a Bind of a statement not parsed on this connection)"
+                .into(),
+        );
+    };
+    let text = String::from_utf8_lossy(sql);
+    match spec.plan(&text, &e.params) {
+        Plan::Reject(why) => {
+            let lower = text.trim().to_ascii_lowercase();
+            if lower.starts_with("show") {
+                Plan::Any
+            } else if settings::classify(&lower).is_some() {
+                Plan::Control
+            } else {
+                Plan::Reject(why)
+            }
+        }
+        plan => plan,
+    }
+}
+
+/// A simple query that only begins or ends a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxnControl {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+/// What `lower` (a lower-cased simple query) does, when it is one statement that only begins
+/// a transaction or ends one (not `ROLLBACK TO SAVEPOINT`, `AND CHAIN` or `COMMIT PREPARED`,
+/// which go to the server).
+fn transaction_control(lower: &str) -> Option<TxnControl> {
+    if lower.contains(';') {
+        return None;
+    }
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let (first, rest) = words.split_first()?;
+    let rest: Vec<&str> = rest
+        .iter()
+        .copied()
+        .filter(|w| !matches!(*w, "work" | "transaction"))
+        .collect();
+    let plain = rest.is_empty() || rest == ["and", "no", "chain"];
+    match *first {
+        "begin" => Some(TxnControl::Begin),
+        "start" if words.get(1) == Some(&"transaction") => Some(TxnControl::Begin),
+        "commit" | "end" if plain => Some(TxnControl::Commit),
+        "rollback" | "abort" if plain => Some(TxnControl::Rollback),
+        _ => None,
+    }
+}
+
+/// Whether `sql` is BEGIN or START TRANSACTION.
+fn starts_transaction(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    let first = text.split_whitespace().next().unwrap_or("");
+    let first = first.trim_end_matches(';');
+    first.eq_ignore_ascii_case("begin") || first.eq_ignore_ascii_case("start")
+}
+
+/// A statement that fails with 0A000 and `why` on the server (PL/pgSQL's RAISE).
+fn raise_sql(why: &str) -> String {
+    // Every `$` is followed by a space, so the text cannot close the `$sg$` quote.
+    let msg = why.replace('\'', "''").replace('$', "$ ");
+    format!("DO $sg$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{msg}'; END $sg$")
+}
+
+/// 0A000 with `why` and a ReadyForQuery with status I.
+pub(super) fn reject_bytes(why: &str) -> BytesMut {
     let mut out = BytesMut::new();
     proto::error(&mut out, Severity::Error, "0A000", why);
     proto::ready(&mut out, b'I');
     out
 }
 
-/// Sends `req` and collects the server's messages up to ReadyForQuery.
-async fn roundtrip(conn: &mut ServerConn, req: &[u8]) -> std::io::Result<Vec<Bytes>> {
-    conn.stream.write_all(req).await?;
-    let mut out = Vec::new();
-    loop {
-        let mut consumed = 0;
-        let mut done = false;
-        for (tag, m) in proto::messages(&conn.buf) {
-            consumed += m.len();
-            out.push(Bytes::copy_from_slice(m));
-            if tag == b'Z' {
-                done = true;
-                break;
-            }
-        }
-        conn.buf.advance(consumed);
-        if done {
-            return Ok(out);
-        }
-        if conn.stream.read_buf(&mut conn.buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
+/// Appends an unnamed-statement Parse/Bind/Describe?/Execute of `parse` with the values of the
+/// client's Bind body `bind` (its portal and statement names replaced by the unnamed ones).
+pub(super) fn unnamed_execute(
+    req: &mut BytesMut,
+    parse: Option<&[u8]>,
+    bind: &[u8],
+    describe: bool,
+) {
+    if let Some(parse) = parse {
+        proto::message(req, b'P', |o| {
+            o.put_u8(0);
+            o.put_slice(parse);
+        });
     }
+    let mut rest = bind;
+    let _ = proto::cbytes(&mut rest);
+    let _ = proto::cbytes(&mut rest);
+    proto::message(req, b'B', |o| {
+        o.put_u8(0);
+        o.put_u8(0);
+        o.put_slice(rest);
+    });
+    if describe {
+        proto::message(req, b'D', |o| {
+            o.put_u8(b'P');
+            o.put_u8(0);
+        });
+    }
+    proto::message(req, b'E', |o| {
+        o.put_u8(0);
+        o.put_i32(0);
+    });
 }
 
-/// The row count at the end of a CommandComplete tag ("INSERT 0 3" → 3).
-fn command_count(m: &[u8]) -> Option<u64> {
-    let tag = std::str::from_utf8(m.get(5..m.len().saturating_sub(1))?).ok()?;
-    tag.rsplit(' ').next()?.parse().ok()
-}
+#[cfg(test)]
+mod tests {
+    use super::raise_sql;
 
-/// The item count that opens a RowDescription or DataRow body, and what follows it.
-fn counted(m: &[u8]) -> Option<(i16, &[u8])> {
-    let mut b = m.get(5..)?;
-    if b.len() < 2 {
-        return None;
-    }
-    Some((b.get_i16().max(0), b))
-}
-
-/// (name, type oid, binary) of each column of a RowDescription.
-fn columns(m: &[u8]) -> Vec<(String, i32, bool)> {
-    let Some((n, mut b)) = counted(m) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let Some(name) = proto::cstr(&mut b) else {
-            break;
-        };
-        if b.len() < 18 {
-            break;
-        }
-        b.advance(6);
-        let oid = b.get_i32();
-        b.advance(6);
-        let format = b.get_i16();
-        out.push((name, oid, format == 1));
-    }
-    out
-}
-
-/// The values of a DataRow.
-fn values(m: &[u8]) -> Vec<Option<&[u8]>> {
-    let Some((n, mut b)) = counted(m) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for _ in 0..n {
-        if b.len() < 4 {
-            break;
-        }
-        let len = b.get_i32();
-        if len < 0 {
-            out.push(None);
-        } else {
-            let len = (len as usize).min(b.len());
-            out.push(Some(&b[..len]));
-            b.advance(len);
+    #[test]
+    fn only_plain_transaction_control_is_answered_by_the_pooler() {
+        use super::{TxnControl, transaction_control as tc};
+        assert_eq!(tc("begin"), Some(TxnControl::Begin));
+        assert_eq!(
+            tc("begin isolation level serializable"),
+            Some(TxnControl::Begin)
+        );
+        assert_eq!(tc("start transaction read only"), Some(TxnControl::Begin));
+        assert_eq!(tc("commit work"), Some(TxnControl::Commit));
+        assert_eq!(tc("end"), Some(TxnControl::Commit));
+        assert_eq!(tc("abort transaction"), Some(TxnControl::Rollback));
+        for other in [
+            "begin ; update users set a = 1 where user_id = 1",
+            "rollback to savepoint a",
+            "rollback to a",
+            "commit prepared 'x'",
+            "commit and chain",
+            "start",
+            "select 1",
+        ] {
+            assert_eq!(tc(other), None, "{other}");
         }
     }
-    out
-}
 
-/// Orders two values of type `oid`; NULLs sort last (ascending), as in PostgreSQL.
-fn compare(a: Option<&[u8]>, b: Option<&[u8]>, oid: i32, binary: bool) -> Ordering {
-    let (a, b) = match (a, b) {
-        (None, None) => return Ordering::Equal,
-        (None, Some(_)) => return Ordering::Greater,
-        (Some(_), None) => return Ordering::Less,
-        (Some(a), Some(b)) => (a, b),
-    };
-    const INTS: [i32; 3] = [20, 21, 23];
-    const FLOATS: [i32; 3] = [700, 701, 1700];
-    let num = |v: &[u8]| -> Option<f64> {
-        if binary {
-            match (oid, v.len()) {
-                (20, 8) => Some(i64::from_be_bytes(v.try_into().ok()?) as f64),
-                (23, 4) => Some(f64::from(i32::from_be_bytes(v.try_into().ok()?))),
-                (21, 2) => Some(f64::from(i16::from_be_bytes(v.try_into().ok()?))),
-                (701, 8) => Some(f64::from_be_bytes(v.try_into().ok()?)),
-                (700, 4) => Some(f64::from(f32::from_be_bytes(v.try_into().ok()?))),
-                _ => None,
-            }
-        } else {
-            std::str::from_utf8(v).ok()?.trim().parse().ok()
-        }
-    };
-    if (INTS.contains(&oid) || FLOATS.contains(&oid))
-        && let (Some(x), Some(y)) = (num(a), num(b))
-    {
-        return x.partial_cmp(&y).unwrap_or(Ordering::Equal);
+    #[test]
+    fn refusal_text_cannot_break_out_of_its_literal() {
+        let sql = raise_sql("table o'brien $sg$; DROP TABLE x; --");
+        assert!(sql.contains("o''brien"));
+        assert_eq!(sql.matches("$sg$").count(), 2, "{sql}");
     }
-    a.cmp(b)
 }

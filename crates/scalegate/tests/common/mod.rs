@@ -225,6 +225,7 @@ const HELD: &[&str] = &[
     "scalegate_upstream_connections{state=\"active\"",
     "scalegate_pg_clients_waiting",
     "scalegate_pg_server_connections{state=\"active\"",
+    "scalegate_pg_pinned_clients",
 ];
 
 /// The rows of a Prometheus text page that count something still held (non-zero), by name.

@@ -47,18 +47,20 @@ pub fn console(port: u16, cmd: &str) -> String {
 }
 
 /// Waits (bounded) until no server connection of the pooler is handed out, no client waits
-/// and none is pinned: every count taken was given back.
-pub async fn pooler_quiescent(port: u16) {
-    pooler_settles(port, false).await;
+/// and none is pinned (SHOW POOLS), and the whole gateway is quiescent (`common::quiescent`):
+/// every count taken was given back.
+pub async fn pooler_quiescent(gw: &GatewayProcess, port: u16) {
+    pooler_settles(gw, port, false).await;
 }
 
 /// [`pooler_quiescent`], and every client has left too (`cl_active` 0): for a test that has
 /// closed all its clients, so that none is still counted after its socket went away.
-pub async fn pooler_empty(port: u16) {
-    pooler_settles(port, true).await;
+pub async fn pooler_empty(gw: &GatewayProcess, port: u16) {
+    pooler_settles(gw, port, true).await;
 }
 
-async fn pooler_settles(port: u16, clients_gone: bool) {
+async fn pooler_settles(gw: &GatewayProcess, port: u16, clients_gone: bool) {
+    crate::common::quiescent(gw).await;
     let ok = eventually(Duration::from_secs(10), || async {
         let pools = console(port, "SHOW POOLS");
         // database|user|cl_active|cl_waiting|sv_active|sv_idle|sv_open|maxwait|mode|size|cl_pinned

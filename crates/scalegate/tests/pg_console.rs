@@ -1,0 +1,143 @@
+//! The pooler's admin console and accounting: the extended protocol on the console, idle
+//! servers in SHOW SERVERS, PAUSE-held clients counted as waiting, max_client_conn never
+//! overshot by concurrent logins, and pass-through logins as the client's own user.
+
+mod common;
+mod pg_common;
+
+use std::time::Duration;
+
+use common::*;
+use pg_common::*;
+use scalegate_testkit::PgServer;
+
+async fn console_client(port: u16) -> tokio_postgres::Client {
+    pg_client(port, "scalegate").await
+}
+
+#[tokio::test]
+async fn the_console_answers_drivers_using_the_extended_protocol() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let app = app_client(port).await;
+    assert_eq!(pg_one::<i32>(&app, "SELECT 7").await, 7);
+    let console = console_client(port).await;
+    // tokio-postgres' query() prepares (Parse/Describe) and executes (Bind/Execute).
+    let pools = console.query("SHOW POOLS", &[]).await.expect("SHOW POOLS");
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].get::<_, String>("database"), "app");
+    assert_eq!(pools[0].get::<_, String>("pool_size"), "2");
+    // An idle server connection is listed, with its state.
+    let servers = console
+        .query("SHOW SERVERS", &[])
+        .await
+        .expect("SHOW SERVERS");
+    assert!(
+        servers
+            .iter()
+            .any(|r| r.get::<_, String>("state") == "idle"),
+        "no idle server listed"
+    );
+    let e = console
+        .query("DROP TABLE x", &[])
+        .await
+        .expect_err("unknown");
+    assert_eq!(sqlstate(&e), "42601", "{e:?}");
+    // The session goes on after the error.
+    let v = console.query("SHOW VERSION", &[]).await.expect("version");
+    assert!(v[0].get::<_, String>(0).starts_with("scalegate"));
+    drop(app);
+    pooler_quiescent(&gw, port).await;
+}
+
+#[tokio::test]
+async fn clients_held_by_pause_show_as_waiting() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let app = app_client(port).await;
+    let console = console_client(port).await;
+    console.simple_query("PAUSE").await.expect("pause");
+    let held = tokio::spawn(async move { pg_one::<i32>(&app, "SELECT 3").await });
+    let waiting = eventually(Duration::from_secs(5), || async {
+        let rows = console.query("SHOW POOLS", &[]).await.expect("pools");
+        rows[0].get::<_, String>("cl_waiting") == "1"
+    })
+    .await;
+    assert!(waiting, "a PAUSE-held client is not counted as waiting");
+    console.simple_query("RESUME").await.expect("resume");
+    assert_eq!(held.await.expect("task"), 3);
+    pooler_quiescent(&gw, port).await;
+}
+
+#[tokio::test]
+async fn concurrent_logins_never_overshoot_max_client_conn() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "max_client_conn = 5").await;
+    let attempts: Vec<_> = (0..30)
+        .map(|_| {
+            tokio::spawn(async move {
+                let r = tokio_postgres::connect(
+                    &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
+                    tokio_postgres::NoTls,
+                )
+                .await;
+                match r {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        Ok(c)
+                    }
+                    Err(e) => Err(sqlstate(&e)),
+                }
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for a in attempts {
+        match a.await.expect("task") {
+            Ok(c) => kept.push(c),
+            Err(code) => {
+                assert_eq!(code, "53300");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        kept.len() <= 5,
+        "{} clients admitted over a limit of 5",
+        kept.len()
+    );
+    assert_eq!(kept.len() + refused, 30);
+    drop(kept);
+    // The places come back.
+    let ok = eventually(Duration::from_secs(5), || async {
+        tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    assert!(ok);
+    pooler_quiescent(&gw, port).await;
+}
+
+#[tokio::test]
+async fn pass_through_logs_in_as_the_clients_own_user() {
+    let pg = PgServer::start().await;
+    pg.psql("postgres", "CREATE ROLE alice LOGIN");
+    // The URL names postgres; with no [postgres.users] the client's user is passed through.
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    let (alice, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=alice dbname=app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("alice connects");
+    tokio::spawn(conn);
+    let who: String = pg_one(&alice, "SELECT current_user::text").await;
+    assert_eq!(who, "alice");
+    drop(alice);
+    pooler_quiescent(&gw, port).await;
+}
