@@ -20,3 +20,66 @@ trap cleanup EXIT
 
 # median < numbers, one per line
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+# cpu_ticks PID... — "user system" clock ticks (see CLK_TCK) used so far by these processes and
+# their direct children, all threads (e.g. nginx's master and its worker; runuser and pgbouncer).
+cpu_ticks() {
+  local p pids=() u=0 s=0 fu fs
+  for p in "$@"; do pids+=("$p"); mapfile -t -O "${#pids[@]}" pids < <(pgrep -P "$p" || true); done
+  for p in "${pids[@]}"; do
+    # Fields 14 and 15 of /proc/PID/stat; the name in parentheses may contain spaces.
+    read -r fu fs < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') || continue
+    u=$((u + ${fu:-0})); s=$((s + ${fs:-0}))
+  done
+  echo "$u $s"
+}
+
+# cpu_per TICKS0 TICKS1 COUNT — "user system total" µs of CPU per unit of work between two
+# cpu_ticks readings ("u s" each).
+cpu_per() {
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(a, x, " "); split(b, y, " ");
+    if (n <= 0) { print "nan nan nan"; exit }
+    u = (y[1] - x[1]) / hz * 1e6 / n; s = (y[2] - x[2]) / hz * 1e6 / n
+    printf "%.2f %.2f %.2f\n", u, s, u + s }'
+}
+
+# start_backends PORT1 PORT2 — the HTTP benchmarks' two backends: nginx on loopback answering
+# /tiny ("ok\n") and /64k (65,536 bytes), keep-alive without a request limit.
+start_backends() {
+  head -c 65536 /dev/zero | tr '\0' 'x' > "$WORK/64k"
+  cat > "$WORK/backend.conf" <<NGX
+worker_processes 1;
+pid $WORK/backend.pid;
+error_log $WORK/backend.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
+  server { listen 127.0.0.1:$2; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
+}
+NGX
+  nginx -c "$WORK/backend.conf" -g 'daemon off;' & PIDS+=($!)
+}
+
+# sg_proxy_config FILE PORT ADMIN_PORT BACKEND1 BACKEND2 [MODE] — scalegate with one worker
+# (runtime.mode MODE, default thread_per_core) proxying every path to the two backends, round robin.
+sg_proxy_config() {
+  cat > "$1" <<SGC
+[runtime]
+worker_threads = 1
+mode = "${6:-thread_per_core}"
+[admin]
+listen = "127.0.0.1:$3"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:$2"
+[[routes]]
+match = { path_prefix = "/" }
+upstream = "app"
+[upstreams.app]
+balance = "round_robin"
+endpoints = ["127.0.0.1:$4", "127.0.0.1:$5"]
+SGC
+}

@@ -3,7 +3,7 @@
 //! "name";q=<quota>;w=<window s>` and `RateLimit: "name";r=<remaining>;t=<reset s>`).
 //!
 //! A limit is kept in this process's memory, or in Redis when it is shared by every instance
-//! (`shared_limit`); both give a `RateDecision` that becomes the same outcome and headers.
+//! (a `plug::SharedCounter`: the features' Redis-backed one); both give a `RateDecision` that becomes the same outcome and headers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use scalegate_core::hash::{mix, stable_hash};
 
 use crate::clock;
 use crate::error::ProxyError;
-use crate::shared_limit::SharedLimits;
+use crate::plug::SharedCounter;
 use crate::spec::{RateKey, RateLimitSpec};
 
 /// Where a request stands against its route's limit, for the response headers.
@@ -46,7 +46,7 @@ pub fn check(
 /// Checks the request with key `key` (from [`key_of`]) against a limit shared through Redis,
 /// or in memory while Redis does not answer.
 pub async fn check_shared(
-    shared: &SharedLimits,
+    shared: &dyn SharedCounter,
     route: &str,
     limiter: &RateLimiter,
     spec: &RateLimitSpec,

@@ -21,6 +21,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body over the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// A body the gateway already holds whole (a queued job's), handed to `forward` in the
+/// request's extensions in place of the client's stream.
+#[derive(Clone, Debug)]
+pub struct StoredBody(pub Bytes);
+
 /// The client did not send its whole body within the listener's `body_timeout`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body not received within {0:?}")]

@@ -556,12 +556,10 @@ mod tests {
                     upstreams: vec![],
                     access_log: false,
                     max_in_flight: None,
-                    cache: Default::default(),
                     cluster: None,
-                    fanout: None,
-                    jobs: None,
                 },
                 1,
+                &crate::plug::NoPlugins,
             )
             .expect("gateway");
             let ctx = Arc::new(ConnCtx {

@@ -90,6 +90,15 @@ fn parse_node(s: &str) -> Option<IpAddr> {
     s.rsplit_once(':')?.0.parse().ok()
 }
 
+/// The headers an untrusted peer may not set: thrown away and replaced by [`apply`].
+static FORWARDING: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REAL_IP,
+    &header::FORWARDED,
+];
+
 /// The forwarded headers of the request sent upstream. `peer` is the connection's address,
 /// `client` the one found behind trusted proxies (or the peer), `proto` the listener's scheme,
 /// `host` the request's (normalised) host.
@@ -102,30 +111,33 @@ pub fn apply(
     host: Option<&HeaderValue>,
 ) {
     let trusted = !spec.trusted_proxies.is_empty() && spec.trusts(peer);
-    if !trusted {
-        for n in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &X_REAL_IP,
-            &header::FORWARDED,
-        ] {
+    // From an untrusted peer none of them is kept. One pass over the names present (a client
+    // seldom sends any) instead of a hashed removal of each; after it none is present.
+    if !trusted && h.keys().any(|n| FORWARDING.contains(&n)) {
+        for n in FORWARDING {
             h.remove(n);
         }
     }
-    append_for(h, peer);
-    if !h.contains_key(&X_FORWARDED_PROTO) {
+    let kept = |h: &HeaderMap, n: &HeaderName| trusted && h.contains_key(n);
+    let peer_text = IpText::new(peer);
+    append_for(h, &peer_text);
+    if !kept(h, &X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if let Some(host) = host
-        && !h.contains_key(&X_FORWARDED_HOST)
+        && !kept(h, &X_FORWARDED_HOST)
     {
         h.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    if !h.contains_key(&X_REAL_IP)
-        && let Ok(v) = HeaderValue::try_from(client.to_string())
-    {
-        h.insert(X_REAL_IP.clone(), v);
+    if !kept(h, &X_REAL_IP) {
+        let client_text = if client == peer {
+            peer_text
+        } else {
+            IpText::new(client)
+        };
+        if let Ok(v) = HeaderValue::from_bytes(client_text.as_bytes()) {
+            h.insert(X_REAL_IP.clone(), v);
+        }
     }
     if spec.forwarded_header {
         append_forwarded(h, peer, proto, host);
@@ -133,17 +145,72 @@ pub fn apply(
 }
 
 /// Appends `peer` to X-Forwarded-For (one line, comma-separated).
-fn append_for(h: &mut HeaderMap, peer: IpAddr) {
-    let mut value = String::with_capacity(48);
-    for line in h.get_all(&X_FORWARDED_FOR) {
-        if let Ok(t) = line.to_str() {
-            value.push_str(t);
-            value.push_str(", ");
+fn append_for(h: &mut HeaderMap, peer: &IpText) {
+    let mut lines = h.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if lines.peek().is_none() {
+        HeaderValue::from_bytes(peer.as_bytes())
+    } else {
+        let mut value = Vec::with_capacity(64);
+        for line in lines {
+            if line.to_str().is_ok() {
+                value.extend_from_slice(line.as_bytes());
+                value.extend_from_slice(b", ");
+            }
         }
-    }
-    let _ = write!(value, "{peer}");
-    if let Ok(v) = HeaderValue::try_from(value) {
+        value.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&value)
+    };
+    if let Ok(v) = value {
         h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// An address as text in a stack buffer: IPv4 (every request writes its peer's, usually twice)
+/// without going through `fmt`.
+#[derive(Clone, Copy)]
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                // At most 45 characters ("ffff:…:255.255.255.255"), so the write fits.
+                let mut w = &mut t.buf[..];
+                let _ = std::io::Write::write_fmt(&mut w, format_args!("{v6}"));
+                t.len = 48 - w.len();
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -185,6 +252,24 @@ fn is_tchar(c: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for a in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip = ip(a);
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes(), "{a}");
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

@@ -32,12 +32,10 @@ pub struct Snapshot {
     pub access_log: bool,
     /// Global in-flight cap.
     pub max_in_flight: Option<usize>,
-    /// The cache store (None when no route caches).
-    pub cache: Option<Arc<crate::cache::Store>>,
-    /// Redis for shared rate limits (None when no route shares one).
-    pub shared_limits: Option<Arc<crate::shared_limit::SharedLimits>>,
-    /// WebSocket fan-out topics and bus (None: off).
-    pub fanout: Option<Arc<crate::fanout::Hub>>,
+    /// What answers some requests before routing (a feature: fan-out), if anything does.
+    pub before_routing: Option<Arc<dyn crate::plug::BeforeRouting>>,
+    /// The features' own state for this config (see `plug::Built::state`).
+    pub features: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Snapshot {
@@ -94,8 +92,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway from its first config, binding every listener.
-    pub fn new(spec: &GatewaySpec, workers: usize) -> Result<Arc<Self>, ApplyError> {
+    /// Builds the gateway from its first config, binding every listener; `plugins` makes the
+    /// config's features.
+    pub fn new(
+        spec: &GatewaySpec,
+        workers: usize,
+        plugins: &dyn crate::plug::Plugins,
+    ) -> Result<Arc<Self>, ApplyError> {
         let empty = Snapshot {
             version: 0,
             listeners: Vec::new(),
@@ -103,9 +106,8 @@ impl Gateway {
             upstreams: Vec::new(),
             access_log: false,
             max_in_flight: None,
-            cache: None,
-            shared_limits: None,
-            fanout: None,
+            before_routing: None,
+            features: None,
         };
         let (version_tx, _) = watch::channel(0);
         let metrics = Metrics::default();
@@ -123,7 +125,7 @@ impl Gateway {
             unrouted,
             switches: crate::switches::Switches::default(),
         });
-        gw.apply(spec)?;
+        gw.apply(spec, plugins)?;
         Ok(gw)
     }
 
@@ -144,7 +146,11 @@ impl Gateway {
 
     /// Applies a new config: binds new listeners, carries endpoint state over by identity,
     /// publishes the new snapshot with one swap. On error nothing changes.
-    pub fn apply(&self, spec: &GatewaySpec) -> Result<Arc<Snapshot>, ApplyError> {
+    pub fn apply(
+        &self,
+        spec: &GatewaySpec,
+        plugins: &dyn crate::plug::Plugins,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
         let _serial = lock(&self.apply_lock);
         let old = self.snapshot();
 
@@ -214,35 +220,9 @@ impl Gateway {
             upstreams.push(Arc::new(Upstream::new(u.clone(), eps, bulkhead)));
         }
 
-        // One store for every caching route, kept across reloads while its settings stay.
-        let cache = spec.routes.iter().any(|r| r.cache.is_some()).then(|| {
-            old.cache
-                .clone()
-                .filter(|s| s.spec() == &spec.cache)
-                .unwrap_or_else(|| crate::cache::Store::new(spec.cache.clone()))
-        });
-        // The fan-out hub, kept across reloads while its settings stay; a changed one takes the
-        // old one's subscribers over (the old one is retired once this snapshot is in force).
-        let fanout = spec.fanout.as_ref().map(|f| match &old.fanout {
-            Some(h) if h.spec() == f => h.clone(),
-            Some(h) => crate::fanout::Hub::take_over(f.clone(), h),
-            None => crate::fanout::Hub::start(f.clone()),
-        });
-        // One Redis link for shared rate limits, kept across reloads while its settings stay.
-        let shared_limits = spec
-            .cluster
-            .as_ref()
-            .filter(|_| {
-                spec.routes
-                    .iter()
-                    .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.shared))
-            })
-            .map(|cluster| {
-                old.shared_limits
-                    .clone()
-                    .filter(|s| s.spec() == cluster)
-                    .unwrap_or_else(|| crate::shared_limit::SharedLimits::start(cluster.clone()))
-            });
+        // The features (cache, queues, fan-out, shared rate limits) for this config, built
+        // from the old snapshot's so that what must survive a reload does.
+        let built = plugins.build(&self.me, spec, &old);
         let mut routes = Vec::with_capacity(spec.routes.len());
         for r in &spec.routes {
             let Some(idx) = upstreams.iter().position(|u| u.spec.name == r.upstream) else {
@@ -255,7 +235,7 @@ impl Gateway {
                 spec: r.clone(),
                 upstream: idx,
                 metrics: self.metrics.route(&r.name, &r.upstream),
-                cache: r.cache.as_ref().and(cache.clone()),
+                handler: built.handlers.get(&r.name).cloned(),
                 bulkhead: r.bulkhead.as_ref().map(|spec| {
                     old.routes
                         .iter()
@@ -273,26 +253,10 @@ impl Gateway {
                             Arc::new(scalegate_core::admission::RateLimiter::new(rl.gcra))
                         })
                 }),
-                shared: shared_limits
+                shared: built
+                    .shared
                     .clone()
                     .filter(|_| r.rate_limit.as_ref().is_some_and(|l| l.shared)),
-                // Kept across reloads while the route's queue and the store stay the same (a
-                // memory queue keeps its jobs).
-                queue: r.queue.as_ref().map(|q| {
-                    old.routes
-                        .iter()
-                        .find(|o| o.spec.name == r.name)
-                        .and_then(|o| o.queue.clone())
-                        .filter(|o| o.spec() == q && o.durable() == spec.jobs.as_ref())
-                        .unwrap_or_else(|| {
-                            crate::queue::RouteQueue::start(
-                                &r.name,
-                                q.clone(),
-                                spec.jobs.as_ref(),
-                                self.me.clone(),
-                            )
-                        })
-                }),
                 budget: r.retry.as_ref().map(|rt| {
                     scalegate_core::retry::RetryBudget::new(
                         rt.budget_percent,
@@ -319,16 +283,11 @@ impl Gateway {
             upstreams,
             access_log: spec.access_log,
             max_in_flight: spec.max_in_flight,
-            cache,
-            shared_limits,
-            fanout,
+            before_routing: built.before_routing,
+            features: built.state,
         });
         self.current.store(snap.clone());
-        if let (Some(was), Some(now)) = (&old.fanout, &snap.fanout)
-            && !Arc::ptr_eq(was, now)
-        {
-            was.retire();
-        }
+        plugins.applied(&old, &snap);
         self.version_tx.send_replace(snap.version);
         Ok(snap)
     }

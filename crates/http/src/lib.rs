@@ -1,6 +1,7 @@
 //! scalegate's HTTP data path: listeners, routing, proxying over pooled upstream connections,
 //! active health checks. Decisions (which endpoint, is it healthy) come from `scalegate-core`;
-//! this crate acts on them.
+//! this crate acts on them. Features (the cache, queued routes, fan-out, shared rate limits)
+//! live in `scalegate-features` and plug in through [`plug`]: this crate knows none of them.
 //!
 //! Read [`proxy`] first: it is the request path, phase by phase.
 
@@ -9,14 +10,14 @@ pub mod access_log;
 pub mod admission;
 pub mod body;
 pub mod bulkhead;
-pub mod cache;
+pub mod cache_control;
 pub mod clock;
+pub mod compress;
 pub mod conn;
 pub mod dial;
 pub mod edge;
 pub mod error;
 pub mod fallback;
-pub mod fanout;
 pub mod forwarded;
 pub mod gateway;
 pub mod h2_websocket;
@@ -25,17 +26,14 @@ pub mod health_check;
 pub mod listener;
 pub mod live_metrics;
 pub mod metrics;
-pub mod nats_link;
 pub mod normalize;
 pub mod oneshot;
+pub mod plug;
 pub mod pool;
 pub mod proxy;
-pub mod queue;
-pub mod redis_link;
 pub mod retry;
 pub mod rewrite;
 pub mod router;
-pub mod shared_limit;
 pub mod small_writes;
 pub mod spec;
 pub mod switches;

@@ -24,14 +24,13 @@ pub struct Route {
     /// Rate limiter, when the route has a rate limit (kept across reloads while the limit
     /// stays the same); with a shared limit it judges only while Redis does not answer.
     pub limiter: Option<Arc<scalegate_core::admission::RateLimiter>>,
-    /// Redis, when the route's rate limit is shared by every instance.
-    pub shared: Option<Arc<crate::shared_limit::SharedLimits>>,
+    /// What counts the route's rate limit across instances, when it is shared.
+    pub shared: Option<Arc<dyn crate::plug::SharedCounter>>,
     /// The route's own bulkhead, when configured.
     pub bulkhead: Option<Arc<crate::bulkhead::Bulkhead>>,
-    /// The cache store, when the route caches.
-    pub cache: Option<Arc<crate::cache::Store>>,
-    /// The job queue, when the route queues.
-    pub queue: Option<Arc<crate::queue::RouteQueue>>,
+    /// What serves the route's requests in place of the upstream (a feature: the cache, a
+    /// queue), when it has one.
+    pub handler: Option<Arc<dyn crate::plug::RouteHandler>>,
 }
 
 /// The request fields routing looks at.
@@ -169,22 +168,19 @@ mod tests {
                 priority_header: None,
                 fallback: None,
                 bulkhead: None,
-                cache: None,
                 compression: None,
                 rewrite: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
                 access: Default::default(),
-                queue: None,
             },
             upstream: 0,
             metrics: Metrics::default().route(name, "u"),
             budget: None,
             limiter: None,
             shared: None,
-            queue: None,
             bulkhead: None,
-            cache: None,
+            handler: None,
         })
     }
 

@@ -31,17 +31,33 @@ pub fn poll_write_vectored<W: AsyncWrite + Unpin>(
         let total = bufs.iter().try_fold(0usize, |n, b| {
             n.checked_add(b.len()).filter(|&n| n <= COALESCE_LIMIT)
         });
-        if let Some(total) = total {
-            let mut one = [0u8; COALESCE_LIMIT];
-            let mut at = 0;
-            for b in bufs {
-                one[at..at + b.len()].copy_from_slice(b);
-                at += b.len();
-            }
-            return Pin::new(w).poll_write(cx, &one[..total]);
+        // The stack buffer is zeroed on every call: a small one for the common small response.
+        match total {
+            Some(total) if total <= SMALL => return write_joined::<SMALL, W>(w, cx, bufs, total),
+            Some(total) => return write_joined::<COALESCE_LIMIT, W>(w, cx, bufs, total),
+            None => {}
         }
     }
     Pin::new(w).poll_write_vectored(cx, bufs)
+}
+
+/// The buffer for writes of at most this many bytes (a short head and body).
+const SMALL: usize = 512;
+
+/// Copies `bufs` (`total` ≤ N bytes together) into one stack buffer and writes that.
+fn write_joined<const N: usize, W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+    total: usize,
+) -> Poll<io::Result<usize>> {
+    let mut one = [0u8; N];
+    let mut at = 0;
+    for b in bufs {
+        one[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    }
+    Pin::new(w).poll_write(cx, &one[..total])
 }
 
 /// A TCP stream whose small vectored writes go out as one plain write (see the module doc).
@@ -101,14 +117,20 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let big = vec![b'x'; 3 * COALESCE_LIMIT];
-        let expected: Vec<u8> = [b"head:".as_slice(), b"ok\n", &big, b"tail"].concat();
+        let mid = vec![b'm'; 1000];
+        let expected: Vec<u8> =
+            [b"head:".as_slice(), b"ok\n", b"mid:", &mid, &big, b"tail"].concat();
         let writer = tokio::spawn({
             let big = big.clone();
+            let mid = mid.clone();
             async move {
                 let mut w = SmallWrites(TcpStream::connect(addr).await.expect("connect"));
                 let small = [io::IoSlice::new(b"head:"), io::IoSlice::new(b"ok\n")];
                 let n = w.write_vectored(&small).await.expect("small");
                 assert_eq!(n, 8, "a small vectored write goes out whole, as one write");
+                let medium = [io::IoSlice::new(b"mid:"), io::IoSlice::new(&mid)];
+                let n = w.write_vectored(&medium).await.expect("medium");
+                assert_eq!(n, 1004, "so does one above the small buffer's size");
                 w.write_all(&big).await.expect("big");
                 let mut tail = [io::IoSlice::new(b"ta"), io::IoSlice::new(b"il")];
                 let mut bufs = &mut tail[..];

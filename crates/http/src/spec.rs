@@ -22,14 +22,8 @@ pub struct GatewaySpec {
     /// Most requests in flight in the whole gateway (None: unlimited). Low priority is admitted
     /// below 80% of it, normal below 90%, critical up to the cap.
     pub max_in_flight: Option<usize>,
-    /// The cache store shared by every caching route.
-    pub cache: crate::cache::StoreSpec,
     /// State shared with other gateway instances (None: this process alone).
     pub cluster: Option<ClusterSpec>,
-    /// WebSocket fan-out (None: off).
-    pub fanout: Option<crate::fanout::FanoutSpec>,
-    /// Durable store for queued routes (None: each instance's memory).
-    pub jobs: Option<crate::queue::JobsSpec>,
 }
 
 /// Where several gateway instances share state (today: rate limits with `shared = true`).
@@ -112,10 +106,8 @@ pub struct RouteSpec {
     pub fallback: Option<crate::fallback::FallbackSource>,
     /// Concurrency cap of the route itself, with a priority queue (None: unlimited).
     pub bulkhead: Option<crate::bulkhead::BulkheadSpec>,
-    /// Response cache (None: off).
-    pub cache: Option<crate::cache::CacheSpec>,
     /// Response compression (None: off).
-    pub compression: Option<crate::cache::CompressionSpec>,
+    pub compression: Option<crate::compress::CompressionSpec>,
     /// The path prefix the upstream sees instead of the matched one (None: unchanged).
     pub rewrite: Option<crate::rewrite::PathRewrite>,
     /// Header edits on the request sent upstream.
@@ -124,8 +116,6 @@ pub struct RouteSpec {
     pub response_headers: crate::rewrite::HeaderEdits,
     /// Which client addresses may use the route (empty: all).
     pub access: crate::access::AccessRules,
-    /// Store requests and deliver them later, answering 202 (None: proxy as usual).
-    pub queue: Option<crate::queue::QueueSpec>,
 }
 
 /// What a rate limit counts by; several parts combine into one key.

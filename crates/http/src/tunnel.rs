@@ -83,8 +83,8 @@ pub type Upstream = (OnUpgrade, Gauge);
 pub enum Upgraded {
     /// Bytes copied both ways to the upstream's side.
     Tunnel(Upstream),
-    /// Messages of a topic written as WebSocket frames.
-    Fanout(crate::fanout::Subscription),
+    /// A connection the gateway serves itself (a feature: fan-out subscriptions).
+    Service(Box<dyn crate::plug::UpgradeService>),
 }
 
 /// The other half of an accepted upgrade, waiting for the client connection to take it.
@@ -107,13 +107,13 @@ impl Pending {
 
 /// Serves an upgraded client connection until it ends or `stop` resolves (the gateway shuts
 /// down).
-pub async fn run<C>(client: C, up: Upgraded, stop: impl Future<Output = ()>)
+pub async fn run<C>(client: C, up: Upgraded, stop: impl Future<Output = ()> + Send)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send,
 {
     match up {
         Upgraded::Tunnel(upstream) => copy(client, upstream, stop).await,
-        Upgraded::Fanout(sub) => crate::fanout::ws::serve(client, sub, stop).await,
+        Upgraded::Service(service) => service.serve(Box::new(client), Box::pin(stop)).await,
     }
 }
 

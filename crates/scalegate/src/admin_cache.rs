@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{Response, StatusCode, Uri};
 use http_body_util::Full;
+use scalegate_features::cache::Purge;
 use scalegate_http::Gateway;
-use scalegate_http::cache::Purge;
 use serde_json::json;
 
 use crate::admin::{JSON, TEXT, reply};
@@ -17,7 +17,7 @@ use crate::admin::{JSON, TEXT, reply};
 /// Purges here, in Redis and on every instance through the buses, and says how it went:
 /// 200 when every step was done, 503 with the steps that failed (which are retried) otherwise.
 pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
-    let Some(store) = gw.snapshot().cache.clone() else {
+    let Some(store) = scalegate_features::cache(&gw.snapshot()) else {
         return reply(StatusCode::NOT_FOUND, TEXT, "404: no route caches\n");
     };
     let Some(p) = uri.query().and_then(Purge::from_query) else {
@@ -27,7 +27,7 @@ pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
             "400: expected ?url=U, ?prefix=P or ?tag=T, optionally &soft=true\n",
         );
     };
-    let r = scalegate_http::cache::purge(&store, &p).await;
+    let r = scalegate_features::cache::purge(&store, &p).await;
     let body = json!({
         "purged": r.purged,
         "soft": p.soft,
@@ -52,7 +52,7 @@ pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
 
 /// The cache at a glance.
 pub fn view(gw: &Gateway) -> serde_json::Value {
-    let Some(store) = gw.snapshot().cache.clone() else {
+    let Some(store) = scalegate_features::cache(&gw.snapshot()) else {
         return json!({ "enabled": false });
     };
     let (biggest, hottest) = store.top(20);
@@ -78,7 +78,7 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
 
 /// Refreshes the cache tier gauges before a scrape.
 pub fn refresh_metrics(gw: &Gateway) {
-    let Some(store) = gw.snapshot().cache.clone() else {
+    let Some(store) = scalegate_features::cache(&gw.snapshot()) else {
         return;
     };
     let m = &gw.metrics;

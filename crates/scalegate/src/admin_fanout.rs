@@ -7,15 +7,15 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use scalegate_features::fanout::PublishError;
 use scalegate_http::Gateway;
-use scalegate_http::fanout::PublishError;
 use serde_json::json;
 
 use crate::admin::{JSON, TEXT, reply};
 
 /// Publishes the request body to the topic named in the path.
 pub async fn publish(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(hub) = gw.snapshot().fanout.clone() else {
+    let Some(hub) = scalegate_features::fanout(&gw.snapshot()) else {
         return reply(
             StatusCode::NOT_FOUND,
             TEXT,
@@ -64,7 +64,7 @@ pub async fn publish(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Byte
 
 /// Topics, subscriber counts, the bus and the counters.
 pub fn view(gw: &Gateway) -> serde_json::Value {
-    let Some(hub) = gw.snapshot().fanout.clone() else {
+    let Some(hub) = scalegate_features::fanout(&gw.snapshot()) else {
         return json!({ "enabled": false });
     };
     let topics: Vec<_> = hub

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::Full;
+use scalegate_features::queue::RouteQueue;
 use scalegate_http::Gateway;
-use scalegate_http::queue::RouteQueue;
 use serde_json::json;
 
 use crate::admin::{JSON, TEXT, reply};
@@ -95,14 +95,11 @@ pub async fn dead(gw: &Gateway, call: DeadCall<'_>, uri: &Uri) -> Response<Full<
 
 /// Every queued route and its counters.
 pub fn view(gw: &Gateway) -> serde_json::Value {
-    let routes: Vec<_> = gw
-        .snapshot()
-        .routes
-        .iter()
-        .filter_map(|r| {
-            let q = r.queue.as_ref()?;
-            Some(json!({
-                "route": r.spec.name,
+    let routes: Vec<_> = scalegate_features::queues(&gw.snapshot())
+        .into_iter()
+        .map(|(name, q)| {
+            json!({
+                "route": name,
                 "store": if q.durable().is_some() { "jetstream" } else { "memory" },
                 "depth": q.depth(),
                 "in_hand": q.in_hand(),
@@ -112,18 +109,14 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
                 "failed_deliveries_since_start": q.retried.load(Ordering::Relaxed),
                 "given_up_since_start": q.dead.load(Ordering::Relaxed),
                 "dead_letters_kept": q.dead_kept(),
-            }))
+            })
         })
         .collect();
     json!({ "routes": routes })
 }
 
 fn queue_of(gw: &Gateway, route: &str) -> Option<Arc<RouteQueue>> {
-    gw.snapshot()
-        .routes
-        .iter()
-        .find(|r| r.spec.name == route)
-        .and_then(|r| r.queue.clone())
+    scalegate_features::queue(&gw.snapshot(), route)
 }
 
 fn limit(uri: &Uri) -> usize {

@@ -87,7 +87,7 @@ impl Collector for FleetMetrics {
 }
 
 fn shared_limits(gw: &Gateway) -> Vec<Family> {
-    let Some(shared) = gw.snapshot().shared_limits.clone() else {
+    let Some(shared) = scalegate_features::shared_limits(&gw.snapshot()) else {
         return Vec::new();
     };
     let link = shared.link();
@@ -112,7 +112,7 @@ fn shared_limits(gw: &Gateway) -> Vec<Family> {
 }
 
 fn fanout(gw: &Gateway) -> Vec<Family> {
-    let Some(hub) = gw.snapshot().fanout.clone() else {
+    let Some(hub) = scalegate_features::fanout(&gw.snapshot()) else {
         return Vec::new();
     };
     let topics = hub.topics();
@@ -179,15 +179,11 @@ fn fanout(gw: &Gateway) -> Vec<Family> {
 
 fn queues(gw: &Gateway) -> Vec<Family> {
     let snap = gw.snapshot();
-    let routes: Vec<_> = snap
-        .routes
-        .iter()
-        .filter_map(|r| Some((r.spec.name.clone(), r.queue.clone()?)))
-        .collect();
+    let routes = scalegate_features::queues(&snap);
     if routes.is_empty() {
         return Vec::new();
     }
-    let rows = |f: &dyn Fn(&scalegate_http::queue::RouteQueue) -> u64| -> Vec<(Labels, u64)> {
+    let rows = |f: &dyn Fn(&scalegate_features::queue::RouteQueue) -> u64| -> Vec<(Labels, u64)> {
         routes
             .iter()
             .map(|(name, q)| (vec![("route", name.clone())], f(q)))

@@ -330,7 +330,8 @@ fn shared_state(w: &mut String, c: &Config, instances: u32) {
             );
         }
     }
-    if g.routes.iter().any(|r| r.cache.is_some()) && g.cache.redis.is_none() {
+    let f = &c.features;
+    if f.routes.values().any(|r| r.cache.is_some()) && f.cache.redis.is_none() {
         any = true;
         line(
             w,

@@ -65,7 +65,8 @@ async fn serve(
     };
     let (mut discovery, mut dns_answers) = Discovery::new();
     discovery.prime(&config.gateway).await;
-    let gw = Gateway::new(&discovery.effective(&config.gateway), pools)
+    let features = scalegate_features::Features(&config.features);
+    let gw = Gateway::new(&discovery.effective(&config.gateway), pools, &features)
         .context("cannot apply config")?;
     discovery.reconcile(&config.gateway);
     let mut health = Supervisor::default();
@@ -142,7 +143,8 @@ async fn serve(
             }
             Some(answer) = dns_answers.recv() => {
                 if discovery.update(answer) {
-                    match gw.apply(&discovery.effective(&running.gateway)) {
+                    let features = scalegate_features::Features(&running.features);
+                    match gw.apply(&discovery.effective(&running.gateway), &features) {
                         Ok(snap) => health.reconcile(&snap),
                         Err(e) => tracing::error!(error = %e, "cannot apply endpoints found in DNS"),
                     }
@@ -174,11 +176,11 @@ async fn serve(
     let drain_started = tokio::time::Instant::now();
     gw.set_draining();
     trigger.trigger();
-    if let Some(hub) = &gw.snapshot().fanout {
+    if let Some(hub) = scalegate_features::fanout(&gw.snapshot()) {
         // Other instances stop counting this one at once instead of after its heartbeats stop.
         hub.leave();
     }
-    for q in gw.snapshot().routes.iter().filter_map(|r| r.queue.as_ref()) {
+    for (_, q) in scalegate_features::queues(&gw.snapshot()) {
         // Take no more jobs from the durable store; hand back those waiting for the upstream.
         q.stop();
     }
@@ -208,13 +210,12 @@ async fn serve(
 /// orderly stop loses none that can be delivered in time; says how many were lost otherwise.
 async fn finish_queued_jobs(gw: &Gateway, deadline: tokio::time::Instant) {
     let queues = || -> Vec<_> {
-        gw.snapshot()
-            .routes
-            .iter()
-            .filter_map(|r| r.queue.clone())
+        scalegate_features::queues(&gw.snapshot())
+            .into_iter()
+            .map(|(_, q)| q)
             .collect()
     };
-    let sum = |f: fn(&scalegate_http::queue::RouteQueue) -> u64| -> u64 {
+    let sum = |f: fn(&scalegate_features::queue::RouteQueue) -> u64| -> u64 {
         queues().iter().map(|q| f(q)).sum()
     };
     while sum(|q| q.unsettled()) > 0 && tokio::time::Instant::now() < deadline {
@@ -268,7 +269,8 @@ fn reload(
             "changed setting only applies after a restart; keeping the running value"
         );
     }
-    match gw.apply(&discovery.effective(&next.gateway)) {
+    let features = scalegate_features::Features(&next.features);
+    match gw.apply(&discovery.effective(&next.gateway), &features) {
         Ok(snap) => {
             health.reconcile(&snap);
             discovery.reconcile(&next.gateway);

@@ -30,7 +30,7 @@ pub(super) async fn admit(
         // Boxed: the Redis round trip's future stays out of every other request's future.
         (Some(l), Some(spec), Some(shared)) => {
             let key = admission::key_of(spec, &parts.headers, client);
-            let check = admission::check_shared(shared, &route.spec.name, l, spec, key);
+            let check = admission::check_shared(shared.as_ref(), &route.spec.name, l, spec, key);
             Some(Box::pin(check).await)
         }
         _ => None,

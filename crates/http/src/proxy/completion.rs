@@ -67,7 +67,7 @@ impl Completion {
 
     /// Bookkeeping for a request the gateway makes on its own (a background cache refresh, a
     /// queued job's delivery): metrics count it, no access log line.
-    pub(crate) fn background(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
+    pub fn background(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
         let mut done = Completion::start(conn, clock::now(), None);
         done.set_route(route);
         done

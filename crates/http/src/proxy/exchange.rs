@@ -102,14 +102,6 @@ impl Exchange {
         self.done = Some(done);
     }
 
-    /// The request is complete with the gateway's own answer (a queued route's 202).
-    pub(crate) fn complete(&mut self, status: u16) {
-        if let Some(mut done) = self.done.take() {
-            done.set_status(status);
-            done.finish(true);
-        }
-    }
-
     /// The one exit: the response, or the answer to what ended the request (the route's
     /// fallback where it applies), with the headers every answer carries. The bookkeeping still
     /// held here (every answer but an upstream's) is dropped with `self`, recording the request.

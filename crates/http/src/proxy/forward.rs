@@ -69,9 +69,9 @@ pub(super) async fn forward(
         }
     }
     let retry = route.spec.retry.as_ref();
-    // Only a queued route's deliveries carry a stored body: other requests skip the lookup.
-    let stored = match route.queue {
-        Some(_) => parts.extensions.remove::<crate::queue::StoredBody>(),
+    // Only a handled route's (a queue's deliveries) carry a stored body: others skip the lookup.
+    let stored = match route.handler {
+        Some(_) => parts.extensions.remove::<crate::body::StoredBody>(),
         None => None,
     };
     // The client's body must arrive within the listener's body timeout from the request's

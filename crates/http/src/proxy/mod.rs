@@ -6,8 +6,9 @@
 //! 1. edge checks: the head rules of RFC 9112 §3.2 and the listener's size limit (400, 431);
 //! 2. before routing: WebSocket fan-out handshakes, HTTP/2 WebSocket translation;
 //! 3. route (404);
-//! 4. admission ([`admit`]): allow/deny (403), operator switches (503), the rate limit (429);
-//! 5. dispatch: a queued route (202), the cache, compression, or straight to
+//! 4. admission (`admit`): allow/deny (403), operator switches (503), the rate limit (429);
+//! 5. dispatch: the route's handler (a feature, `plug::RouteHandler`: a queue answering 202,
+//!    the cache), compression, or straight to
 //! 6. [`origin`]: the global in-flight cap, then [`forward`]: body limit (413), bulkheads,
 //!    the body (408), the attempt loop — pick, rewrite, [`send`] (502/504), retry;
 //! 7. [`respond`]: passive health and latency, the response head, and the [`Completion`] that
@@ -36,10 +37,11 @@ use crate::gateway::Gateway;
 use crate::router::Route;
 use crate::tunnel;
 
+use crate::plug::Dispatch;
 pub use completion::Completion;
 pub(crate) use exchange::Exchange;
-pub(crate) use origin::origin;
-pub(crate) use respond::copy_head;
+pub use origin::origin;
+pub use respond::copy_head;
 
 /// Per-connection context handed to every request on it.
 #[derive(Debug)]
@@ -101,24 +103,24 @@ async fn before_routing(
     x: &mut Exchange,
     parts: &mut http::request::Parts,
 ) -> Result<Option<Response<RespBody>>, ProxyError> {
-    let topic = x.snap.fanout.as_ref().and_then(|hub| {
-        hub.topic_of(&x.ctx.listener, parts.uri.path())
-            .map(str::to_owned)
-    });
-    if let Some(topic) = topic {
+    let claim = x
+        .snap
+        .before_routing
+        .as_ref()
+        .and_then(|b| b.claims(&x.ctx.listener, parts.uri.path()));
+    if let Some(claim) = claim {
         x.log_as("fanout");
-        if let Some(hub) = &x.snap.fanout {
-            // Boxed: the authorization call's future stays out of every other request's.
-            let answer = crate::fanout::ws::answer(&x.ctx, &x.snap, hub, &topic, parts);
-            return Ok(Some(Box::pin(answer).await));
+        if let Some(b) = &x.snap.before_routing {
+            // Boxed by the feature: its future stays out of every other request's future.
+            return Ok(Some(b.answer(&x.ctx, &x.snap, claim, parts).await));
         }
     }
     crate::h2_websocket::to_h1_upgrade(parts)?;
     Ok(None)
 }
 
-/// Hands a routed, admitted request to what serves it: the route's queue (202), its cache, or
-/// the upstream (compressed when the route says so).
+/// Hands a routed, admitted request to what serves it: the route's handler (a feature: the
+/// cache, a queue answering 202), or the upstream (compressed when the route says so).
 async fn dispatch(
     x: &mut Exchange,
     route: &Arc<Route>,
@@ -126,15 +128,8 @@ async fn dispatch(
     body: Incoming,
     admitted: Admitted,
 ) -> Result<Response<RespBody>, ProxyError> {
-    // A queued route stores the request and answers 202; workers deliver it later (queue/).
-    // Boxed: the store's future stays out of every other request's future.
-    if let Some(q) = &route.queue {
-        let resp = Box::pin(q.enqueue(&x.ctx, parts, body)).await;
-        x.complete(resp.status().as_u16());
-        return Ok(resp);
-    }
-    // An upgrade is neither cached nor compressed: it leaves HTTP. The decision rides along
-    // in the request's extensions for `forward`.
+    // An upgrade leaves HTTP: nothing to cache or compress. The decision rides along in the
+    // request's extensions for `forward`.
     let upgrade = tunnel::requested(parts.version, &parts.method, &parts.headers).or_else(|| {
         parts
             .extensions
@@ -146,14 +141,21 @@ async fn dispatch(
     }
     let done = x.take_completion();
     let (ctx, snap) = (&x.ctx, &x.snap);
-    // The cache and compression paths are boxed: their futures are large, and inline they
-    // would size (and be copied with) every request's future, cached or not.
-    let served = match (&route.cache, &route.spec.compression) {
-        (Some(store), _) if upgrade.is_none() => {
-            Box::pin(crate::cache::serve::serve(
-                ctx, snap, route, store, parts, body, admitted, done,
-            ))
-            .await
+    let handler = route
+        .handler
+        .as_ref()
+        .filter(|h| upgrade.is_none() || h.takes_upgrades());
+    // A feature's handler (the cache, a queue) is boxed by the feature; compression is boxed:
+    // inline, its future would size (and be copied with) every request's future.
+    let served = match (handler, &route.spec.compression) {
+        (Some(h), _) => {
+            let d = Dispatch {
+                ctx,
+                snap,
+                route,
+                admitted,
+            };
+            h.serve(d, parts, body, done).await
         }
         (None, Some(cs)) if upgrade.is_none() => {
             let accept = accept_encoding(&parts.headers);
@@ -161,7 +163,7 @@ async fn dispatch(
             let sent = Box::pin(origin(ctx, snap, route, parts, Some(body), admitted, done));
             sent.await.map(|r| {
                 let (mut head, body) = r.into_parts();
-                let body = crate::cache::compress::apply(cs, &accept, &method, &mut head, body).0;
+                let body = crate::compress::apply(cs, &accept, &method, &mut head, body).0;
                 Response::from_parts(head, body)
             })
         }
@@ -184,11 +186,11 @@ fn accept_encoding(h: &http::HeaderMap) -> http::HeaderMap {
 
 /// What admission decided for a request that may go on.
 #[derive(Clone, Debug)]
-pub(crate) struct Admitted {
+pub struct Admitted {
     /// Priority class (bulkhead order and shedding).
-    pub(crate) prio: Priority,
+    pub prio: Priority,
     /// A canary switch on the route: (upstream, percent).
-    pub(crate) canary: Option<(String, u8)>,
+    pub canary: Option<(String, u8)>,
     /// The client's address: the peer's, or the one trusted proxies forwarded (edge.rs).
-    pub(crate) client: SocketAddr,
+    pub client: SocketAddr,
 }

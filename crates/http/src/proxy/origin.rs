@@ -17,7 +17,7 @@ use super::{Admitted, Completion, ConnCtx};
 
 /// Sends a request to the route's upstream under the global cap, bulkheads and retries; the
 /// response body carries `done`. On failure `done` comes back with the error, unfinished.
-pub(crate) async fn origin(
+pub async fn origin(
     ctx: &Arc<ConnCtx>,
     snap: &Snapshot,
     route: &Arc<Route>,

@@ -26,7 +26,7 @@ use super::{Completion, ConnCtx};
 const EWMA_DECAY: Duration = scalegate_core::ewma::DECAY;
 
 /// A copy of a request head for one attempt (extensions are not carried).
-pub(crate) fn copy_head(t: &http::request::Parts) -> http::request::Parts {
+pub fn copy_head(t: &http::request::Parts) -> http::request::Parts {
     let (mut p, ()) = Request::new(()).into_parts();
     p.method = t.method.clone();
     p.uri = t.uri.clone();

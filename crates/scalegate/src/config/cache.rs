@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use scalegate_http::cache::{
+use scalegate_features::cache::{
     BypassSpec, CacheSpec, CompressionSpec, Encoding, KeySpec, NatsSpec, QueryKey, RedisSpec,
     StoreSpec, TtlRule,
 };

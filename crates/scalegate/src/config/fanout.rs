@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use scalegate_http::fanout::{AuthorizeSpec, BusSpec, FanoutSpec};
+use scalegate_features::fanout::{AuthorizeSpec, BusSpec, FanoutSpec};
 use toml::Spanned;
 
 use super::raw::RawFanout;

@@ -52,6 +52,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The data path.
     pub gateway: GatewaySpec,
+    /// The features on top of it (cache, queued routes, fan-out), per route and gateway-wide.
+    pub features: scalegate_features::FeatureSpec,
     /// The PostgreSQL pooler, when `[postgres]` is present (restart to change).
     pub postgres: Option<scalegate_pg::PgSpec>,
     /// Valid but surprising settings, as (line, column, "warning: ...").

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use scalegate_http::queue::{JobsSpec, QueueSpec};
+use scalegate_features::queue::{JobsSpec, QueueSpec};
 use toml::Spanned;
 
 use super::raw::{RawJobs, RawQueue};

@@ -314,11 +314,11 @@ fn a_shared_rate_limit_needs_a_cluster_redis() {
 fn fanout_settings_are_checked_with_their_lines() {
     let with = |fanout: &str| format!("{ISSUE_EXAMPLE}[fanout]\n{fanout}\n");
     let c = Config::parse(&with("nats = { url = \"nats://127.0.0.1:4222\" }")).expect("valid");
-    let f = c.gateway.fanout.expect("fanout");
+    let f = c.features.fanout.expect("fanout");
     assert_eq!((f.path_prefix.as_str(), f.buffer), ("/live/", 256));
     assert!(matches!(
         f.bus,
-        Some(scalegate_http::fanout::BusSpec::Nats { ref subject_prefix, .. }) if subject_prefix == "scalegate.fanout."
+        Some(scalegate_features::fanout::BusSpec::Nats { ref subject_prefix, .. }) if subject_prefix == "scalegate.fanout."
     ));
     let p = problems(&with("path_prefix = \"/live\"\nlistener = \"nope\""));
     assert!(
@@ -342,7 +342,7 @@ fn fanout_settings_are_checked_with_their_lines() {
     );
     let c = Config::parse(&with("authorize = { upstream = \"app\" }")).expect("valid");
     let a = c
-        .gateway
+        .features
         .fanout
         .and_then(|f| f.authorize)
         .expect("authorize");
@@ -390,7 +390,7 @@ fn queued_routes_are_checked() {
     let c = Config::parse(&text).expect_err("max_backoff below backoff");
     assert_eq!(c.len(), 1, "{c:?}");
     let ok = text.replace("max_backoff = \"1s\"", "max_backoff = \"9s\"");
-    let q = Config::parse(&ok).expect("valid in memory").gateway.routes[0]
+    let q = Config::parse(&ok).expect("valid in memory").features.routes["hooks.v1"]
         .queue
         .clone()
         .expect("queue");

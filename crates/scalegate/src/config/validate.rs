@@ -1,7 +1,7 @@
 //! From the file's shape to runtime specs: defaults filled in, cross-references checked, every
 //! problem collected with its position rather than stopping at the first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use scalegate_core::admission::{Gcra, Priority};
 use scalegate_core::balance::Balance;
 use scalegate_core::retry::{Backoff, RetryPolicy};
 use scalegate_core::{HealthPolicy, OutlierPolicy};
+use scalegate_features::{FeatureSpec, RouteFeatures};
 use scalegate_http::access::AccessRules;
 use scalegate_http::bulkhead::BulkheadSpec;
 use scalegate_http::dial::{TlsMaterial, UpstreamTls};
@@ -166,7 +167,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
         .iter()
         .map(|l| l.get_ref().name.get_ref().clone())
         .collect();
-    let routes = routes(&mut c, &raw.routes, &listener_names, &upstreams);
+    let (routes, route_features) = routes(&mut c, &raw.routes, &listener_names, &upstreams);
     let cluster = super::cluster::cluster(&mut c, raw.cluster.as_ref());
     super::cluster::check_shared_limits(&mut c, &raw.routes, cluster.as_ref());
     let jobs = super::queue::jobs(&mut c, raw.queue.as_ref());
@@ -197,10 +198,13 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
             upstreams,
             access_log: raw.log.access_log.unwrap_or(false),
             max_in_flight,
-            cache,
             cluster,
+        },
+        features: FeatureSpec {
+            cache,
             fanout,
             jobs,
+            routes: route_features,
         },
         postgres,
         warnings: Vec::new(),
@@ -298,8 +302,9 @@ fn routes(
     raw: &[Spanned<raw::RawRoute>],
     listeners: &[String],
     upstreams: &[UpstreamSpec],
-) -> Vec<RouteSpec> {
+) -> (Vec<RouteSpec>, HashMap<String, RouteFeatures>) {
     let mut out = Vec::new();
+    let mut features = HashMap::new();
     let mut names = HashSet::new();
     for (i, r) in raw.iter().enumerate() {
         let r = r.get_ref();
@@ -374,13 +379,19 @@ fn routes(
             }),
             None => Priority::Normal,
         };
+        let rf = RouteFeatures {
+            cache: r.cache.as_ref().map(|cs| super::cache::route_cache(c, cs)),
+            queue: r.queue.as_ref().map(|q| super::queue::route_queue(c, q)),
+        };
+        if rf != RouteFeatures::default() {
+            features.insert(name.clone(), rf);
+        }
         out.push(RouteSpec {
             retry,
             rate_limit,
             priority,
             priority_header: r.priority_header.as_ref().map(|h| h.to_ascii_lowercase()),
             bulkhead: r.concurrency.as_ref().map(|cc| bulkhead_spec(c, cc)),
-            cache: r.cache.as_ref().map(|cs| super::cache::route_cache(c, cs)),
             rewrite: r
                 .rewrite
                 .as_ref()
@@ -399,7 +410,6 @@ fn routes(
                 allow: super::edits::cidrs(c, r.allow.as_ref(), "allow"),
                 deny: super::edits::cidrs(c, r.deny.as_ref(), "deny"),
             },
-            queue: r.queue.as_ref().map(|q| super::queue::route_queue(c, q)),
             compression: r
                 .compression
                 .as_ref()
@@ -439,7 +449,7 @@ fn routes(
             max_body_bytes,
         });
     }
-    out
+    (out, features)
 }
 
 fn rate_limit_spec(c: &mut Check, rl: &Spanned<raw::RawRateLimit>) -> Option<RateLimitSpec> {

@@ -10,7 +10,7 @@ use tokio::sync::{Mutex, mpsc};
 use super::dead::{DeadJob, MemoryDead, Reason};
 use super::deliver::{Outcome, until_reached};
 use super::{Held, Job, QueueSpec, RouteQueue};
-use crate::Gateway;
+use scalegate_http::Gateway;
 
 /// A job and the number of deliveries it has had.
 type Entry = (Job, u32);

@@ -11,8 +11,8 @@ use http::{HeaderName, Method, Response, StatusCode};
 use super::conditional;
 use super::object::Object;
 use super::range::{self, Ranged};
-use crate::body::RespBody;
-use crate::proxy::Completion;
+use scalegate_http::body::RespBody;
+use scalegate_http::proxy::Completion;
 
 /// The Cache-Status header (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");

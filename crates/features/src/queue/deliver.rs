@@ -6,9 +6,9 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 
 use super::{Job, StoredBody};
-use crate::Gateway;
-use crate::error::ProxyError;
-use crate::proxy::{Admitted, Completion, ConnCtx, origin};
+use scalegate_http::Gateway;
+use scalegate_http::error::ProxyError;
+use scalegate_http::proxy::{Admitted, Completion, ConnCtx, origin};
 
 /// What a delivery came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub(super) async fn deliver(
         edge,
         body_timeout: std::time::Duration::from_secs(60),
         // Deliveries run on the control thread: its own pool, not a worker's.
-        worker: crate::upstream::BACKGROUND,
+        worker: scalegate_http::upstream::BACKGROUND,
         scheme: "http",
         activity: Default::default(),
         tunnel: Default::default(),

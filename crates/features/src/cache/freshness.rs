@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
-use super::control::{self, Directives};
+use scalegate_http::cache_control::{self, Directives};
 
 /// Statuses a cache may give a heuristic freshness lifetime (RFC 9110 §15.1).
 const HEURISTIC: [u16; 12] = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -106,7 +106,7 @@ pub fn effective(headers: &HeaderMap, targets: &[HeaderName]) -> (Directives, bo
     // `Pragma: no-cache` on a response without Cache-Control: honoured as no-cache, the
     // careful reading of a field whose response semantics RFC 9111 §5.4 leaves undefined.
     if !headers.contains_key(header::CACHE_CONTROL) {
-        d.no_cache = control::request_no_cache(headers, &d);
+        d.no_cache = cache_control::request_no_cache(headers, &d);
     }
     (d, false)
 }
@@ -251,7 +251,7 @@ pub fn age_value(h: &HeaderMap) -> Duration {
         .next()
         .unwrap_or("")
         .trim_matches([' ', '\t']);
-    control::delta_seconds(first).unwrap_or(Duration::ZERO)
+    cache_control::delta_seconds(first).unwrap_or(Duration::ZERO)
 }
 
 /// An HTTP-date in any of its three formats (RFC 9110 §5.6.7: IMF-fixdate, RFC 850, asctime).

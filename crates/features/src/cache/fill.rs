@@ -11,7 +11,7 @@ use super::object::{Object, Timing};
 use super::store::Store;
 use http_body::Body as _;
 
-use crate::body::{RespBody, Sink, Tee};
+use scalegate_http::body::{RespBody, Sink, Tee};
 
 /// A fill in progress: what the object will be once its body has all passed.
 pub struct Fill {

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
-use super::control::{self, Directives};
 use super::freshness::Freshness;
+use scalegate_http::cache_control::{self, Directives};
 
 /// Object state set by purges.
 const LIVE: u8 = 0;
@@ -171,7 +171,8 @@ impl Object {
             return Usable::Stale;
         }
         let d = Directives::of(req);
-        if control::request_no_cache(req, &d) || d.max_age.is_some_and(|m| self.age(now) > m) {
+        if cache_control::request_no_cache(req, &d) || d.max_age.is_some_and(|m| self.age(now) > m)
+        {
             return Usable::Stale;
         }
         let left = t

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use super::dead::{DeadJob, Reason};
 use super::deliver::{Outcome, until_reached};
 use super::{Held, Job, JobsSpec, Phase, QueueSpec, RouteQueue};
-use crate::Gateway;
+use scalegate_http::Gateway;
 
 /// A route's share of the stream.
 #[derive(Debug)]

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, StatusCode, header};
 
-use super::control;
 use super::freshness::http_date;
 use super::object::Object;
+use scalegate_http::cache_control;
 
 /// Whether the request's preconditions make the answer a 304 for this stored response.
 pub fn not_modified(o: &Object, req: &HeaderMap) -> bool {
@@ -23,7 +23,7 @@ pub fn not_modified(o: &Object, req: &HeaderMap) -> bool {
             .get_all(header::IF_NONE_MATCH)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(control::list)
+            .flat_map(cache_control::list)
             .any(|t| t == "*" || etag.is_some_and(|e| weak_eq(t, e)));
     }
     let Some(since) = req.get(header::IF_MODIFIED_SINCE).and_then(http_date) else {

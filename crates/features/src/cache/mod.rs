@@ -1,16 +1,13 @@
-//! The shared HTTP cache (RFC 9111) and response compression.
+//! The shared HTTP cache (RFC 9111).
 //!
-//! Read [`serve`] first: it is the cache's part of the request path. [`control`] parses
-//! directives, [`freshness`] holds the RFC 9111 rules of storability, freshness and age,
+//! Read `serve` first: it is the cache's part of the request path. The data path's
+//! `cache_control` parses directives and `compress` negotiates and encodes; [`freshness`] holds the RFC 9111 rules of storability, freshness and age,
 //! [`verdict`] adds the route's own; [`object`] is a stored response (RFC 5861 stale
 //! extensions, purge state), `answer` serves one; [`store`] is the memory tier, [`l2`] the
-//! Redis tier and invalidation bus; [`key`] makes cache keys; [`compress`] negotiates and
-//! encodes.
+//! Redis tier and invalidation bus; [`key`] makes cache keys.
 
 pub(crate) mod answer;
-pub mod compress;
 pub mod conditional;
-pub mod control;
 pub(crate) mod fill;
 pub mod flight;
 pub mod freshness;
@@ -33,8 +30,6 @@ pub mod verdict;
 
 pub use purge::{Purge, Target};
 pub use purger::{Report as PurgeReport, purge};
-pub use spec::{
-    BypassSpec, CacheSpec, CompressionSpec, Encoding, KeySpec, NatsSpec, QueryKey, RedisSpec,
-    StoreSpec, TtlRule,
-};
+pub use scalegate_http::compress::{CompressionSpec, Encoding};
+pub use spec::{BypassSpec, CacheSpec, KeySpec, NatsSpec, QueryKey, RedisSpec, StoreSpec, TtlRule};
 pub use store::Store;

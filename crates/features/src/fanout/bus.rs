@@ -28,7 +28,7 @@ use super::BusSpec;
 use super::envelope::{self, Frame, PeerId};
 use super::local::Local;
 use super::peers::{Fit, HEARTBEAT_EVERY, Peers};
-use crate::clock;
+use scalegate_http::clock;
 
 /// The control channel's name after the prefix (not a valid topic).
 pub(super) const MEMBERS: &str = "!members";

@@ -22,22 +22,23 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::answer::{self, CACHE_STATUS, from_object, from_served};
-use super::compress;
-use super::control::Directives;
 use super::fill::{Fill, tee};
 use super::flight::{self, FlightGuard, Join};
 use super::key;
 use super::object::{Object, Usable, merge_not_modified};
-use super::spec::{CacheSpec, Encoding};
+use super::spec::CacheSpec;
 use super::status::{self, Fwd};
 use super::store::Store;
 use super::verdict::Answer;
-use crate::body::RespBody;
-use crate::error::ProxyError;
-use crate::gateway::Snapshot;
-use crate::metrics::CacheResult;
-use crate::proxy::{self, Admitted, Completion, ConnCtx, copy_head};
-use crate::router::{Route, request_host};
+use scalegate_http::body::RespBody;
+use scalegate_http::cache_control::Directives;
+use scalegate_http::compress;
+use scalegate_http::compress::Encoding;
+use scalegate_http::gateway::Snapshot;
+use scalegate_http::metrics::CacheResult;
+use scalegate_http::plug::{BoxFut, Dispatch, RouteHandler, Served};
+use scalegate_http::proxy::{self, Admitted, Completion, ConnCtx, copy_head};
+use scalegate_http::router::{Route, request_host};
 
 /// Everything a cached request needs to reach the origin.
 #[derive(Clone)]
@@ -45,24 +46,17 @@ struct Cx {
     ctx: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
     route: Arc<Route>,
+    spec: Arc<CacheSpec>,
     store: Arc<Store>,
     admitted: Admitted,
 }
-
-type Served = Result<Response<RespBody>, (ProxyError, Completion)>;
 
 /// Times a follower waits for a leader and looks again before going to the origin itself.
 const MAX_WAITS: usize = 3;
 
 impl Cx {
     fn spec(&self) -> &CacheSpec {
-        // Only routes with a cache spec reach this module.
-        static NONE: std::sync::OnceLock<CacheSpec> = std::sync::OnceLock::new();
-        self.route
-            .spec
-            .cache
-            .as_ref()
-            .unwrap_or_else(|| NONE.get_or_init(CacheSpec::default))
+        &self.spec
     }
 
     fn encodings(&self) -> &[Encoding] {
@@ -94,24 +88,48 @@ impl Cx {
     }
 }
 
+/// A caching route's handler: its cache settings and the store every caching route shares.
+#[derive(Debug)]
+pub struct CachedRoute {
+    /// The route's cache settings.
+    pub spec: Arc<CacheSpec>,
+    /// The store.
+    pub store: Arc<Store>,
+}
+
+impl RouteHandler for CachedRoute {
+    fn serve<'a>(
+        &'a self,
+        d: Dispatch<'a>,
+        parts: http::request::Parts,
+        body: Incoming,
+        done: Completion,
+    ) -> BoxFut<'a, Served> {
+        // Boxed: the cache's future is large, and inline it would size every request's.
+        Box::pin(serve(d, self, parts, body, done))
+    }
+
+    fn takes_upgrades(&self) -> bool {
+        false
+    }
+}
+
 /// Serves a request on a caching route.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve(
-    ctx: &Arc<ConnCtx>,
-    snap: &Arc<Snapshot>,
-    route: &Arc<Route>,
-    store: &Arc<Store>,
+async fn serve(
+    d: Dispatch<'_>,
+    cached: &CachedRoute,
     parts: http::request::Parts,
     body: Incoming,
-    admitted: Admitted,
     done: Completion,
 ) -> Served {
+    let route = d.route;
     let cx = Cx {
-        ctx: ctx.clone(),
-        snap: snap.clone(),
+        ctx: d.ctx.clone(),
+        snap: d.snap.clone(),
         route: route.clone(),
-        store: store.clone(),
-        admitted,
+        spec: cached.spec.clone(),
+        store: cached.store.clone(),
+        admitted: d.admitted,
     };
     let method = parts.method.clone();
     let served = if method != Method::GET && method != Method::HEAD {

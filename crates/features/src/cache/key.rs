@@ -5,9 +5,10 @@
 
 use http::{HeaderMap, HeaderName, header};
 
-use super::compress;
-use super::spec::{BypassSpec, Encoding, KeySpec, QueryKey};
-use crate::headers::cookie;
+use super::spec::{BypassSpec, KeySpec, QueryKey};
+use scalegate_http::compress;
+use scalegate_http::compress::Encoding;
+use scalegate_http::headers::cookie;
 
 /// The URL key: `host` + path + `?` + query as the route's key settings normalise it.
 pub fn url_key(spec: &KeySpec, host: Option<&str>, path: &str, query: Option<&str>) -> String {

@@ -33,10 +33,11 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::body::RespBody;
-use crate::proxy::ConnCtx;
 pub use dead::DeadJob;
 pub use job::Job;
+use scalegate_http::body::RespBody;
+use scalegate_http::plug::{BoxFut, Dispatch, RouteHandler, Served};
+use scalegate_http::proxy::{Completion, ConnCtx};
 
 /// A route's `queue` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,9 +67,7 @@ pub struct JobsSpec {
     pub subject_prefix: String,
 }
 
-/// A body the queue already holds whole, handed to `forward` in the request's extensions.
-#[derive(Clone, Debug)]
-pub struct StoredBody(pub Bytes);
+pub use scalegate_http::body::StoredBody;
 
 /// One route's queue: where its jobs are stored and how many went which way.
 #[derive(Debug)]
@@ -138,6 +137,29 @@ enum Store {
     JetStream(Arc<jetstream::JetStreamQueue>),
 }
 
+impl RouteHandler for RouteQueue {
+    /// Stores the request (202), answered by the queue itself: the request is complete.
+    fn serve<'a>(
+        &'a self,
+        d: Dispatch<'a>,
+        parts: http::request::Parts,
+        body: Incoming,
+        mut done: Completion,
+    ) -> BoxFut<'a, Served> {
+        // Boxed: the store's future stays out of every other request's future.
+        Box::pin(async move {
+            let resp = self.enqueue(d.ctx, parts, body).await;
+            done.set_status(resp.status().as_u16());
+            done.finish(true);
+            Ok(resp)
+        })
+    }
+
+    fn takes_upgrades(&self) -> bool {
+        true
+    }
+}
+
 impl RouteQueue {
     /// Starts the route's queue and its delivery workers. `gateway` is how workers reach the
     /// current snapshot; they find the route by name for every job, so reloads apply.
@@ -145,7 +167,7 @@ impl RouteQueue {
         route: &str,
         spec: QueueSpec,
         jobs: Option<&JobsSpec>,
-        gateway: std::sync::Weak<crate::Gateway>,
+        gateway: std::sync::Weak<scalegate_http::Gateway>,
     ) -> Arc<RouteQueue> {
         let phase = tokio::sync::watch::channel(Phase::Running).0;
         let watching = phase.subscribe();

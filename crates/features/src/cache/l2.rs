@@ -26,7 +26,7 @@ use super::l2_write::{self, Pending, WriteQueue};
 use super::object::{Object, Timing};
 use super::spec::RedisSpec;
 use super::store::Store;
-use crate::redis_link::RedisLink;
+use scalegate_shared::redis_link::RedisLink;
 
 /// The Redis tier's connection and counters.
 pub struct L2 {

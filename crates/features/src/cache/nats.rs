@@ -69,7 +69,7 @@ async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
     let (url, subject) = (me.spec.url.clone(), me.spec.subject.clone());
     drop(me);
     let Some((client, mut sub)) =
-        crate::nats_link::subscribe(&url, subject, "cache purge bus").await
+        scalegate_shared::nats_link::subscribe(&url, subject, "cache purge bus").await
     else {
         return;
     };

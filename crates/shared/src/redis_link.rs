@@ -14,8 +14,6 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 
-use crate::clock;
-
 /// How long calls are skipped after one failed.
 pub const HOLD_OFF: Duration = Duration::from_secs(1);
 
@@ -75,7 +73,7 @@ impl RedisLink {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        if clock::now().0 < self.hold_until.load(Ordering::Relaxed) {
+        if now_nanos() < self.hold_until.load(Ordering::Relaxed) {
             return None;
         }
         let conn = self.conn.load_full()?;
@@ -128,7 +126,7 @@ impl RedisLink {
 
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let until = clock::now().0.saturating_add(HOLD_OFF.as_nanos() as u64);
+        let until = now_nanos().saturating_add(HOLD_OFF.as_nanos() as u64);
         self.hold_until.store(until, Ordering::Relaxed);
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %e, what, role = self.role, "redis down; carrying on from memory alone");
@@ -162,4 +160,15 @@ async fn connect(link: Weak<RedisLink>) {
         drop(me);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Monotonic nanoseconds since the first call, plus one (0 means "never"), on tokio's clock so
+/// tests with a paused runtime see paused time.
+fn now_nanos() -> u64 {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+    tokio::time::Instant::now()
+        .saturating_duration_since(origin)
+        .as_nanos() as u64
+        + 1
 }

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwapOption;
 use scalegate_core::admission::{Gcra, RateDecision};
 
-use crate::redis_link::RedisLink;
-use crate::spec::ClusterSpec;
+use scalegate_http::plug::{BoxFut, SharedCounter};
+use scalegate_http::spec::ClusterSpec;
+use scalegate_shared::redis_link::RedisLink;
 
 /// GCRA on a Redis key, in microseconds: ARGV[1] emission interval, ARGV[2] burst tolerance.
 /// Returns how far ahead of now the TAT would run; the TAT is stored only when that is within
@@ -48,6 +49,17 @@ pub struct SharedLimits {
     sha: ArcSwapOption<String>,
     /// Requests judged in memory because Redis did not answer.
     pub fallbacks: AtomicU64,
+}
+
+impl SharedCounter for SharedLimits {
+    fn check<'a>(
+        &'a self,
+        route: &'a str,
+        key: u64,
+        gcra: &'a Gcra,
+    ) -> BoxFut<'a, Option<RateDecision>> {
+        Box::pin(SharedLimits::check(self, route, key, gcra))
+    }
 }
 
 impl SharedLimits {

@@ -21,11 +21,11 @@ use http_body_util::Empty;
 use scalegate_core::PickRequest;
 
 use super::{AuthorizeSpec, Ended, Hub, Subscription};
-use crate::body::RespBody;
-use crate::clock;
-use crate::gateway::Snapshot;
-use crate::proxy::ConnCtx;
-use crate::tunnel::Upgraded;
+use scalegate_http::body::RespBody;
+use scalegate_http::clock;
+use scalegate_http::gateway::Snapshot;
+use scalegate_http::proxy::ConnCtx;
+use scalegate_http::tunnel::Upgraded;
 
 /// How often an idle subscriber is pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -85,7 +85,7 @@ pub fn accept(
             "subscribe with a WebSocket GET; publish through the admin API or the bus",
         );
     }
-    let upgrade_ok = crate::tunnel::requested(version, method, h)
+    let upgrade_ok = scalegate_http::tunnel::requested(version, method, h)
         .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if !upgrade_ok {
         return refuse(
@@ -120,11 +120,11 @@ pub fn accept(
 pub async fn answer(
     ctx: &ConnCtx,
     snap: &Snapshot,
-    hub: &std::sync::Arc<Hub>,
+    hub: &Hub,
     topic: &str,
     parts: &mut http::request::Parts,
 ) -> http::Response<RespBody> {
-    let protocol = crate::h2_websocket::protocol(parts);
+    let protocol = scalegate_http::h2_websocket::protocol(parts);
     let key = match accept(parts.version, &parts.method, &parts.headers, protocol) {
         Ok(key) => key,
         Err(r) => return refusal(r),
@@ -137,8 +137,14 @@ pub async fn answer(
         return refusal(bad_topic);
     }
     if let Some(auth) = &hub.spec().authorize
-        && let Err(r) =
-            authorize(snap, auth, topic, parts, crate::edge::client_ip(ctx, parts)).await
+        && let Err(r) = authorize(
+            snap,
+            auth,
+            topic,
+            parts,
+            scalegate_http::edge::client_ip(ctx, parts),
+        )
+        .await
     {
         return refusal(r);
     }
@@ -155,10 +161,10 @@ pub async fn answer(
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
         Some(client) if ctx.scheme == "https" || key == Handshake::H2 => {
-            crate::tunnel::spawn(client, Upgraded::Fanout(sub))
+            scalegate_http::tunnel::spawn(client, Upgraded::Service(Box::new(sub)))
         }
         // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
-        _ => ctx.tunnel.set(Upgraded::Fanout(sub)),
+        _ => ctx.tunnel.set(Upgraded::Service(Box::new(sub))),
     }
     let mut resp = http::Response::new(RespBody::empty());
     match key {
@@ -201,8 +207,8 @@ async fn authorize(
             h.append(name.clone(), v.clone());
         }
     }
-    if let Some(id) = parts.headers.get(&crate::headers::X_REQUEST_ID) {
-        h.insert(crate::headers::X_REQUEST_ID.clone(), id.clone());
+    if let Some(id) = parts.headers.get(&scalegate_http::headers::X_REQUEST_ID) {
+        h.insert(scalegate_http::headers::X_REQUEST_ID.clone(), id.clone());
     }
     // The client address (behind the listener's trusted proxies: the one they forwarded for).
     if let Ok(ip) = HeaderValue::try_from(client.to_string()) {
@@ -211,11 +217,14 @@ async fn authorize(
     if let Ok(t) = HeaderValue::try_from(topic) {
         h.insert("x-scalegate-topic", t);
     }
-    let status = tokio::time::timeout(auth.timeout, crate::oneshot::status(ep, req, auth.timeout))
-        .await
-        .ok()
-        .flatten()
-        .ok_or(unavailable)?;
+    let status = tokio::time::timeout(
+        auth.timeout,
+        scalegate_http::oneshot::status(ep, req, auth.timeout),
+    )
+    .await
+    .ok()
+    .flatten()
+    .ok_or(unavailable)?;
     match status.as_u16() {
         200..=299 => Ok(()),
         401 | 403 | 404 => Err(Refusal {

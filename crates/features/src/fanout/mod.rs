@@ -25,6 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use scalegate_http::body::RespBody;
+use scalegate_http::gateway::Snapshot;
+use scalegate_http::plug::{BeforeRouting, BoxFut, Io, UpgradeService};
+use scalegate_http::proxy::ConnCtx;
 
 pub use bus::BusView;
 use local::Local;
@@ -110,6 +114,33 @@ pub struct Hub {
     bus: Option<Arc<bus::Bus>>,
     /// Set by a hub that took this one over with a different bus: retiring stops ours.
     bus_superseded: AtomicBool,
+}
+
+impl BeforeRouting for Hub {
+    fn claims(&self, listener: &str, path: &str) -> Option<String> {
+        self.topic_of(listener, path).map(str::to_owned)
+    }
+
+    fn answer<'a>(
+        &'a self,
+        ctx: &'a ConnCtx,
+        snap: &'a Snapshot,
+        topic: String,
+        parts: &'a mut http::request::Parts,
+    ) -> BoxFut<'a, http::Response<RespBody>> {
+        // Boxed: the authorization call's future stays out of every other request's future.
+        Box::pin(async move { ws::answer(ctx, snap, self, &topic, parts).await })
+    }
+}
+
+impl UpgradeService for Subscription {
+    fn serve<'a>(
+        self: Box<Self>,
+        client: Box<dyn Io + 'a>,
+        stop: BoxFut<'a, ()>,
+    ) -> BoxFut<'a, ()> {
+        Box::pin(ws::serve(client, *self, stop))
+    }
 }
 
 impl Hub {

@@ -11,8 +11,8 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::control::Directives;
-use super::spec::{CompressionSpec, Encoding};
+use crate::cache_control::Directives;
+
 use crate::body::{BoxError, RespBody};
 
 /// The coding to use for a request: the acceptable one with the highest q-value, ties broken by
@@ -241,5 +241,73 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, text);
+    }
+}
+
+/// A content coding the gateway can produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Brotli.
+    Br,
+    /// Zstandard.
+    Zstd,
+    /// Gzip.
+    Gzip,
+}
+
+impl Encoding {
+    /// The token in Accept-Encoding / Content-Encoding.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Zstd => "zstd",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// Parses a token.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "br" => Some(Encoding::Br),
+            "zstd" => Some(Encoding::Zstd),
+            "gzip" | "x-gzip" => Some(Encoding::Gzip),
+            _ => None,
+        }
+    }
+}
+
+/// A route's response compression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompressionSpec {
+    /// Bodies smaller than this (by Content-Length) are sent as they are (default 1024).
+    pub min_bytes: u64,
+    /// Codings offered, in the gateway's order of preference (default br, zstd, gzip).
+    pub encodings: Vec<Encoding>,
+    /// Content types compressed, as prefixes of the media type (default text/*, JSON,
+    /// JavaScript, XML, SVG, WASM).
+    pub content_types: Vec<String>,
+}
+
+impl Default for CompressionSpec {
+    fn default() -> Self {
+        CompressionSpec {
+            min_bytes: 1024,
+            encodings: vec![Encoding::Br, Encoding::Zstd, Encoding::Gzip],
+            content_types: [
+                "text/",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "application/xhtml+xml",
+                "application/rss+xml",
+                "application/atom+xml",
+                "application/wasm",
+                "image/svg+xml",
+                "application/problem+json",
+                "application/ld+json",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
     }
 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind: a measure that
+# does not move with the machine's load (wall-clock and CPU time do, on a shared 2-core VM), so two
+# builds can be compared to the instruction. The kernel's share (~2/3 of a request's CPU) is not
+# counted; bench/http.sh measures the whole.
+#
+# Each scalegate binary runs alone under callgrind in front of two nginx backends (as in
+# bench/http.sh): WARM requests first, then the counters are zeroed, REQUESTS requests are sent
+# with h2load (HTTP/1.1, 50 connections, fixed count) and the counters are dumped.
+#
+# Usage: bench/instructions.sh name=path [name=path ...]   (e.g. two commits' release binaries)
+# Env:   REQUESTS (default 20000), WARM (default 2000), CONNS (default 50), URLPATH (default /tiny),
+#        TOP functions to list per binary (default 25; 0 lists none).
+# Prints Ir per request for each binary and keeps the callgrind files in bench/out/ for
+# callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${REQUESTS:-20000}; WARM=${WARM:-2000}; CONNS=${CONNS:-50}; URLPATH=${URLPATH:-/tiny}
+TOP=${TOP:-25}
+source bench/lib.sh
+need valgrind:valgrind nginx:nginx-light h2load:nghttp2-client
+mkdir -p bench/out
+
+B1=19201; B2=19202; P_SG=19213; SG_ADMIN=19219
+start_backends $B1 $B2
+sg_proxy_config "$WORK/sg.toml" $P_SG $SG_ADMIN $B1 $B2
+
+load() { h2load --h1 -t1 -c"$CONNS" -n"$1" "http://127.0.0.1:$P_SG$URLPATH" | awk '/^requests:/ {print $8}'; }
+for entry in "$@"; do
+  name=${entry%%=*}; bin=${entry#*=}; out="$PWD/bench/out/callgrind.$name"
+  rm -f "$out" "$out".*
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run --config "$WORK/sg.toml" \
+    2>"$WORK/vg.$name.err" & VG=$!; PIDS+=($VG)
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$P_SG$URLPATH" >/dev/null 2>&1 && break; sleep 0.2; done
+  load "$WARM" >/dev/null
+  callgrind_control -z "$VG" >/dev/null
+  ok=$(load "$REQUESTS")
+  callgrind_control -d "$VG" >/dev/null
+  sleep 1
+  kill "$VG"; wait "$VG" 2>/dev/null || true
+  dump=$(ls -t "$out".* 2>/dev/null | head -1)
+  ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
+  awk -v n="$name" -v ir="$ir" -v r="$ok" 'BEGIN { printf "%s: %d requests, %.0f Ir per request (%s)\n", n, r, ir / r, "'"$dump"'" }'
+  if [ "$TOP" -gt 0 ]; then
+    callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null | awk '/file:function/ {go=1; getline; next} go && NF && !/\(100.0%\)/' | head -"$TOP" | sed 's/^/    /' || true
+  fi
+done
