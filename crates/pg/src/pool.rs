@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::held::{Lent, Waiting};
 use crate::server::{ServerConn, ServerError};
 use crate::spec::{DatabaseSpec, PgSpec, PoolMode};
 use crate::topology::Topology;
@@ -54,7 +55,7 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    fn new() -> PoolStats {
+    pub(crate) fn new() -> PoolStats {
         PoolStats {
             wait: crate::metrics::wait_histogram(),
             clients: AtomicUsize::new(0),
@@ -113,8 +114,8 @@ pub struct Pool {
     pub server_user: String,
     /// The database's hosts and their roles.
     pub topology: Arc<Topology>,
-    /// Counters.
-    pub stats: PoolStats,
+    /// Counters (shared with the leases, which give their counts back when they end).
+    pub stats: Arc<PoolStats>,
     /// ParameterStatus values of the first server connection, for new clients.
     pub params: Mutex<Vec<(String, String)>>,
     hosts: Vec<HostPool>,
@@ -157,7 +158,9 @@ impl AcquireError {
     }
 }
 
-/// A server connection on loan to one client; give it back with [`Pool::release`].
+/// A server connection on loan to one client; give it back with [`Pool::release`]. A lease
+/// dropped on any other path (a session task that panicked, a future dropped while it held one)
+/// still gives back its permit and its counts, and its connection is closed.
 #[derive(Debug)]
 pub struct Lease {
     /// The connection.
@@ -167,6 +170,7 @@ pub struct Lease {
     /// Which host (index into the topology).
     pub host: usize,
     _permit: OwnedSemaphorePermit,
+    lent: Lent,
 }
 
 impl Pool {
@@ -204,7 +208,7 @@ impl Pool {
             db,
             user: user.to_string(),
             server_user,
-            stats: PoolStats::new(),
+            stats: Arc::new(PoolStats::new()),
             params: Mutex::new(Vec::new()),
             statements: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
@@ -301,10 +305,12 @@ impl Pool {
             return Ok(p);
         }
         let waiting = Instant::now();
-        self.stats.waiting.fetch_add(1, Relaxed);
         let left = self.wait_timeout.saturating_sub(start.elapsed());
-        let got = tokio::time::timeout(left, hp.permits.clone().acquire_owned()).await;
-        self.stats.waiting.fetch_sub(1, Relaxed);
+        let got = {
+            // Counted as waiting until the wait ends, however it ends.
+            let _waiting = Waiting::new(&self.stats.waiting);
+            tokio::time::timeout(left, hp.permits.clone().acquire_owned()).await
+        };
         let waited = waiting.elapsed().as_micros() as u64;
         self.stats.wait_us.fetch_add(waited, Relaxed);
         self.stats.max_wait_us.fetch_max(waited, Relaxed);
@@ -388,9 +394,8 @@ impl Pool {
         permit: OwnedSemaphorePermit,
         transaction: bool,
     ) -> Lease {
-        self.stats.active.fetch_add(1, Relaxed);
+        let lent = Lent::new(&self.stats, &self.topology, host);
         let h = &self.topology.hosts[host];
-        h.outstanding.fetch_add(1, Relaxed);
         if transaction {
             h.xacts.fetch_add(1, Relaxed);
         }
@@ -402,18 +407,21 @@ impl Pool {
             since: Instant::now(),
             host,
             _permit: permit,
+            lent,
         }
     }
 
     /// Hands a connection back: kept for reuse when `reusable` and within its lifetime,
     /// otherwise closed.
     pub fn release(&self, lease: Lease, reusable: bool) {
-        self.stats.active.fetch_sub(1, Relaxed);
-        self.topology.hosts[lease.host]
-            .outstanding
-            .fetch_sub(1, Relaxed);
-        let host = lease.host;
-        let mut conn = lease.conn;
+        let Lease {
+            mut conn,
+            host,
+            lent,
+            ..
+        } = lease;
+        // The counts come back here; the connection is kept or closed (and counted out) below.
+        lent.released();
         if reusable && conn.born.elapsed() < self.lifetime {
             conn.last_used = Instant::now();
             if let Ok(mut idle) = self.hosts[host].idle.lock() {
@@ -547,3 +555,7 @@ impl Pool {
         id
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -55,6 +55,7 @@ async fn the_dashboard_is_served_and_reads_only_metrics_that_exist() {
     }
     assert!(read >= 9, "{read}");
     assert!(gw.admin_get("/").await.contains("/dashboard"));
+    quiescent(&gw).await;
 }
 
 /// Metric families and their types as `/metrics` declares them (`# TYPE name type`).
@@ -156,4 +157,5 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist_with_their_types(
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(checked >= 25, "{checked}");
+    quiescent(&gw).await;
 }

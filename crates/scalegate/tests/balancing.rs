@@ -16,6 +16,7 @@ async fn round_robin_spreads_evenly() {
         let n = m.get(b.name()).copied().unwrap_or(0);
         assert!((90..=110).contains(&n), "{m:?}");
     }
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -34,6 +35,7 @@ async fn weighted_follows_weights() {
         (270..=330).contains(&m["b0"]) && (70..=130).contains(&m["b1"]),
         "{m:?}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -58,6 +60,7 @@ async fn least_conn_sends_less_to_a_busy_endpoint() {
     }
     assert_eq!(slow + fast, 80);
     assert!(fast > slow * 3, "slow={slow} fast={fast}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -69,6 +72,7 @@ async fn p2c_ewma_avoids_the_slow_endpoint() {
     let slow = m.get("b0").copied().unwrap_or(0);
     assert!(slow < 20, "{m:?}");
     assert_eq!(m.values().sum::<usize>(), 150);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -77,6 +81,7 @@ async fn ip_hash_keeps_a_client_on_one_endpoint() {
     let gw = gateway(&bs, "balance = \"ip_hash\"").await;
     let m = spread(&Client::http1(), gw.http, "/", 50, &[]).await;
     assert_eq!(m.len(), 1, "{m:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -103,6 +108,7 @@ async fn cookie_sets_a_sticky_cookie_and_honours_it() {
         "",
         "an honoured cookie is not set again"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -126,6 +132,7 @@ async fn consistent_hash_on_a_header_is_stable_and_spreads_keys() {
         3,
         "30 keys should reach every endpoint: {owners:?}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -167,4 +174,5 @@ async fn endpoints_can_come_from_dns() {
     );
     let m = spread(&Client::http1(), gw.http, "/", 10, &[]).await;
     assert_eq!(m.get("b1"), Some(&10), "{m:?}");
+    quiescent(&gw).await;
 }

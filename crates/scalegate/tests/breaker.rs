@@ -103,6 +103,7 @@ async fn breaker_opens_fails_fast_and_a_half_open_probe_closes_it() {
     assert!(metrics.contains(&closed), "{metrics}");
     let m = spread(&c, gw.http, "/", 10, &[]).await;
     assert_eq!(m.get("b0"), Some(&10), "closed again: {m:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -130,6 +131,7 @@ async fn a_failing_half_open_probe_reopens_the_breaker() {
     // Reopened for twice as long: an immediate request fails fast.
     assert_eq!(c.get(gw.http, "/").await.expect("response").status, 503);
     assert_eq!(bs[0].hits(), hits);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -154,6 +156,7 @@ async fn breaker_opens_on_failure_rate() {
         "b0 got traffic after its breaker opened: {m:?}"
     );
     assert_eq!(m.get("b1"), Some(&20));
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -184,4 +187,5 @@ async fn the_route_fallback_answers_while_the_upstream_is_unavailable() {
         metrics.contains("scalegate_http_fallbacks_total{route=\"feed\"} 1"),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }

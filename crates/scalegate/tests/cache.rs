@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cache_support::*;
-use common::{Client, eventually};
+use common::{Client, eventually, quiescent};
 use scalegate_testkit::{Origin, RedisServer};
 
 /// An origin answering every path by its name: `/ma` max-age=60, `/sma` s-maxage, …
@@ -85,6 +85,7 @@ async fn freshness_comes_from_max_age_s_maxage_expires_and_heuristics() {
         "age {}",
         r2.header("age")
     );
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -122,6 +123,7 @@ async fn what_a_shared_cache_must_not_store() {
     assert_eq!(o.hits("/ma"), 2, "{}", status(&r));
     let r = get(&g, "/ma", &[("pragma", "no-cache")]).await;
     assert_eq!(o.hits("/ma"), 3, "{}", status(&r));
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -137,6 +139,7 @@ async fn set_cookie_responses_are_shared_only_when_configured_and_without_the_co
         "",
         "a stored cookie is never replayed"
     );
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -156,6 +159,7 @@ async fn vary_keeps_variants_apart() {
         fr.body
     );
     assert_eq!(o.hits("/lang"), 2);
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -242,6 +246,7 @@ async fn conditional_revalidation_merges_304s() {
     // A client's own conditional request is answered 304 from the cache.
     let r = get(&g, "/e", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(r.status, 304);
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -284,6 +289,7 @@ async fn unsafe_methods_invalidate_and_head_is_served_from_get() {
         "/items/7 #2",
         "and its Location"
     );
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -324,6 +330,7 @@ async fn concurrent_misses_are_coalesced_into_one_origin_request() {
     );
     let m = g.admin_get("/metrics").await;
     assert!(m.contains("result=\"coalesced\""), "coalesced counted");
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -357,6 +364,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
         .await
     );
     assert_eq!(o.hits("/swr"), 2, "one background refresh");
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -394,6 +402,7 @@ async fn stale_if_error_serves_stale_when_the_origin_fails_or_is_down() {
     o.stop();
     let r = get(&g, "/sie", &[]).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -464,6 +473,7 @@ async fn purge_by_url_prefix_and_tag_and_soft_purge() {
     );
     let view = g.admin_get("/cache").await;
     assert!(view.contains("\"hottest\""), "{view}");
+    quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -550,6 +560,7 @@ async fn compression_is_negotiated_and_cached_per_coding() {
             "{p} not compressed by us"
         );
     }
+    quiescent(&g).await;
 }
 
 /// Decompresses gzip with the system's gzip tool (keeps test dependencies small).
@@ -610,6 +621,8 @@ async fn rules_keys_bypass_and_size_limit() {
     let r = get(&g2, "/big", &[]).await;
     assert_eq!(big.hits("/big"), 2, "{}", status(&r));
     assert_eq!(r.body.len(), 101);
+    quiescent(&g).await;
+    quiescent(&g2).await;
 }
 
 #[tokio::test]
@@ -695,6 +708,8 @@ async fn redis_tier_warms_new_instances_and_survives_redis_loss() {
         })
         .await
     );
+    quiescent(&g1).await;
+    quiescent(&g2).await;
 }
 
 #[tokio::test]
@@ -729,6 +744,8 @@ async fn a_nats_publish_purges_every_instance() {
     })
     .await;
     assert!(purged, "both instances purged by one NATS publish");
+    quiescent(&g1).await;
+    quiescent(&g2).await;
 }
 
 #[tokio::test]
@@ -777,4 +794,5 @@ async fn no_cache_and_proxy_revalidate_always_revalidate_and_key_headers_split_e
         "key headers and cookies make separate entries"
     );
     assert!(status(&get(&g, "/t", &[("x-tenant", "b")]).await).contains("hit"));
+    quiescent(&g).await;
 }

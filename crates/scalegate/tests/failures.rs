@@ -19,6 +19,7 @@ async fn connect_refused_is_502() {
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let r = Client::http1().get(gw.http, "/").await.expect("response");
     assert_eq!(r.status, 502);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -44,6 +45,7 @@ async fn no_healthy_endpoint_is_503_with_retry_after() {
         ready.contains("\"ready\":false") && ready.contains("app"),
         "{ready}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -54,6 +56,7 @@ async fn slow_upstream_is_504_after_the_route_timeout() {
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let r = Client::http1().get(gw.http, "/").await.expect("response");
     assert_eq!(r.status, 504);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -73,6 +76,7 @@ async fn no_matching_route_is_404() {
         c.get(gw.http, "/api/x").await.expect("response").status,
         200
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -90,6 +94,7 @@ async fn malformed_request_is_400_and_the_connection_closes() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     assert!(closed);
     assert_eq!(bs[0].hits(), 0);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -119,6 +124,7 @@ async fn oversized_headers_are_431() {
         &out[..out.len().min(100)]
     );
     assert_eq!(bs[0].hits(), 0, "nothing oversized reached the upstream");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -146,6 +152,7 @@ async fn host_headers_follow_rfc_9112() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     let seen = bs[0].last_headers().expect("a request");
     assert_eq!(seen["host"], "b.example");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -162,6 +169,7 @@ async fn a_malformed_request_body_is_400_and_blames_no_endpoint() {
     assert!(!view.contains("\"ejected\""), "{view}");
     let ok = Client::http1().get(gw.http, "/").await.expect("response");
     assert_eq!(ok.status, 200);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -184,12 +192,13 @@ async fn body_over_the_route_limit_is_413() {
     let small = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
     let (out, _) = raw(gw.http, small.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn slowloris_client_is_cut_off_after_the_header_timeout() {
     let bs = backends(1).await;
-    let (_gw, mut s) = connected(&bs, "300ms").await;
+    let (gw, mut s) = connected(&bs, "300ms").await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
@@ -213,6 +222,7 @@ async fn slowloris_client_is_cut_off_after_the_header_timeout() {
         closed,
         "a client dribbling headers for 4 s was not cut off by a 300 ms header timeout"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -249,6 +259,7 @@ async fn expect_100_continue_is_answered_before_the_body() {
             .last_headers()
             .is_some_and(|h| !h.contains_key("expect"))
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -274,6 +285,7 @@ async fn an_upstream_body_that_stalls_is_cut_off_after_the_read_timeout() {
             .status,
         200
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -300,6 +312,7 @@ async fn a_partial_http2_preface_is_told_apart_or_let_go() {
     s.read_to_end(&mut out).await.expect("read");
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    quiescent(&gw).await;
 }
 
 /// A gateway in front of `bs` with `header_read_timeout` set, and a raw connection to it.

@@ -72,6 +72,14 @@ impl OnTheBus {
             "exactly once"
         );
     }
+
+    /// Both instances are quiescent once the subscribers are gone.
+    async fn quiescent(self) {
+        drop(self.subscribers);
+        for g in &self.gateways {
+            quiescent(g).await;
+        }
+    }
 }
 
 async fn subscribe(gw: &GatewayProcess, topic: &str) -> Ws {
@@ -156,6 +164,8 @@ async fn subscribers_on_one_instance_get_each_message_once() {
         view["topics"][0],
         serde_json::json!({ "topic": "news", "subscribers": 2 })
     );
+    drop((a, b, other));
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -199,6 +209,7 @@ async fn a_redis_bus_reaches_every_instance_exactly_once() {
         .await
         .expect("publish");
     bus.both_get_once("o-2").await;
+    bus.quiescent().await;
 }
 
 #[tokio::test]
@@ -208,6 +219,7 @@ async fn a_nats_bus_reaches_every_instance() {
     let r = publish(bus.gateways[1].admin, "chat", "hi all").await;
     assert_eq!(r.status, 200, "{}", r.body);
     bus.both_get_once("hi all").await;
+    bus.quiescent().await;
 }
 
 #[tokio::test]
@@ -234,6 +246,8 @@ async fn http2_clients_subscribe_with_an_extended_connect() {
         matches!(&got, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "via h2"),
         "{got:?}"
     );
+    drop((ws, tx));
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -319,6 +333,8 @@ async fn the_application_authorizes_each_subscription() {
         refused(try_subscribe("news", Some("session=ok")).await.map(|_| ())),
         503
     );
+    drop(ws);
+    quiescent(&gw).await;
 }
 
 /// Rewrites `gw`'s `[fanout]` settings to `fanout` and waits for the reload to be in force.
@@ -340,6 +356,8 @@ async fn subscribers_keep_hearing_after_a_reload_changes_the_fanout_settings() {
     assert!(r.body.contains("\"local_subscribers\":1"), "{}", r.body);
     assert_eq!(next_text(&mut ws).await.as_deref(), Some("after-reload"));
     assert!(quiet(&mut ws, Duration::from_millis(200)).await, "once");
+    drop(ws);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -359,4 +377,6 @@ async fn after_a_reload_a_bus_message_reaches_an_old_subscriber_once() {
         quiet(&mut ws, Duration::from_millis(300)).await,
         "the replaced hub no longer delivers: exactly once"
     );
+    drop(ws);
+    quiescent(&gw).await;
 }

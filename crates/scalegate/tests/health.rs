@@ -46,6 +46,7 @@ async fn active_check_ejects_a_failing_endpoint_and_brings_it_back() {
     assert!(m.get("b0").copied().unwrap_or(0) >= 5, "{m:?}");
     // Two failed checks to eject, two passing ones to return: at least four.
     assert!(bs[0].health_hits() >= 4, "{}", bs[0].health_hits());
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -71,6 +72,7 @@ async fn passive_ejection_after_consecutive_5xx() {
         bs[0].addr
     );
     assert!(metrics.contains(&line), "{metrics}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -86,6 +88,7 @@ async fn passive_ejection_on_connect_failure() {
     let failed = m.get("status:502").copied().unwrap_or(0);
     assert!(failed <= 3, "{m:?}");
     assert!(m.get("b0").copied().unwrap_or(0) >= 27, "{m:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -114,6 +117,7 @@ async fn slow_start_ramps_a_returning_endpoint() {
         returning > 0,
         "a ramping endpoint still gets some traffic: {m:?}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -139,6 +143,7 @@ async fn panic_mode_spreads_over_all_when_too_few_are_healthy() {
     assert_eq!(m.len(), 4, "panic mode balances over every endpoint: {m:?}");
     let ready = gw.admin_get("/ready").await;
     assert!(ready.contains("\"ready\":true"), "{ready}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -158,6 +163,7 @@ async fn without_panic_mode_only_healthy_endpoints_serve() {
     }
     let m = spread(&Client::http1(), gw.http, "/", 20, &[]).await;
     assert_eq!(m.get("b3"), Some(&20), "{m:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -189,6 +195,7 @@ async fn health_state_survives_a_reload() {
         hits,
         "the ejected endpoint got traffic after the reload"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -225,4 +232,5 @@ async fn zone_affinity_stays_local_until_the_local_zone_degrades() {
     assert!(b1 >= Some(10) && b2 >= Some(10), "{m:?}");
     let body = gw.admin_get("/upstreams").await;
     assert!(body.contains("\"local_only\":false"), "{body}");
+    quiescent(&gw).await;
 }

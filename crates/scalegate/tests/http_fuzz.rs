@@ -88,4 +88,5 @@ async fn mangled_requests_get_4xx_never_an_upstream_5xx() {
     assert!(!view.contains("\"ejected\""), "{view}");
     let ok = Client::http1().get(gw.http, "/").await.expect("response");
     assert_eq!(ok.status, 200, "still serving");
+    quiescent(&gw).await;
 }

@@ -56,6 +56,7 @@ async fn a_connection_idle_past_parking_serves_the_next_request() {
         // Longer than the 1 s parking delay.
         tokio::time::sleep(Duration::from_millis(1600)).await;
     }
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -70,6 +71,7 @@ async fn pipelined_requests_are_all_answered_in_order() {
     for want in [3, 5, 7] {
         assert_eq!(read_response(&mut s, &mut pending).await.len(), want);
     }
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -88,6 +90,7 @@ async fn idle_keep_alive_connections_close_after_the_idle_timeout() {
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),
         "the idle connection was not closed: {r:?}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -146,6 +149,7 @@ async fn third_waits_for_a_free_slot(gw: &GatewayProcess, mut held: Vec<TcpStrea
 async fn at_max_connections_new_connections_wait_for_a_free_slot() {
     let (gw, _bs, held) = at_the_limit().await;
     third_waits_for_a_free_slot(&gw, held).await;
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -167,4 +171,5 @@ async fn a_reload_that_restarts_the_listener_keeps_counting_its_open_connections
         "reloaded"
     );
     third_waits_for_a_free_slot(&gw, held).await;
+    quiescent(&gw).await;
 }

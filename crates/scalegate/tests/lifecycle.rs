@@ -53,6 +53,7 @@ async fn reload_under_load_loses_no_request() {
         bs[2].hits() > 0,
         "the endpoint added by reloads got traffic"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -80,6 +81,7 @@ async fn reload_adds_routes_upstreams_and_listeners() {
         })
         .await
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -94,6 +96,7 @@ async fn a_changed_file_is_reloaded_without_a_signal() {
         })
         .await
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -111,6 +114,7 @@ async fn an_invalid_reload_keeps_the_old_config() {
         .expect("still serving");
     assert_eq!(r.body, "b0");
     assert!(gw.admin_get("/ready").await.contains("true"));
+    quiescent(&gw).await;
 }
 
 #[tokio::test]

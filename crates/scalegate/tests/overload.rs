@@ -66,6 +66,7 @@ async fn a_stalled_upstream_does_not_slow_another_and_its_overflow_is_shed() {
         ),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -111,6 +112,7 @@ async fn under_overload_critical_requests_succeed_while_low_ones_are_shed() {
         .await
         .expect("response");
     assert_eq!(r.status, 200);
+    quiescent(&gw).await;
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Result<Resp, String>>>) -> Vec<u16> {
@@ -166,6 +168,7 @@ async fn the_global_in_flight_cap_sheds_low_priority_before_critical() {
         ),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -199,4 +202,5 @@ async fn a_route_bulkhead_caps_that_route_only() {
         metrics.contains("scalegate_http_queue_seconds_count{route=\"reports\"}"),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }

@@ -51,7 +51,7 @@ fn code(e: &tokio_postgres::Error) -> String {
 #[tokio::test]
 async fn simple_and_extended_queries_pass_through() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
     let c = client(port).await;
     let rows = c.simple_query("SELECT 40 + 2").await.expect("simple");
     let n = rows.iter().find_map(|m| match m {
@@ -77,6 +77,7 @@ async fn simple_and_extended_queries_pass_through() {
             .get::<_, i32>(0),
         1
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -84,7 +85,7 @@ async fn prepared_statements_follow_clients_across_server_connections() {
     let pg = PgServer::start().await;
     // One server connection, five clients: every transaction may land on a server that never
     // saw the client's statements, and every client names its first statement "s0".
-    let (_gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"transaction\"", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"transaction\"", "").await;
     let mut tasks = Vec::new();
     for i in 0..5i32 {
         tasks.push(tokio::spawn(async move {
@@ -116,12 +117,13 @@ async fn prepared_statements_follow_clients_across_server_connections() {
     let r = tx.query_one(&st, &[&"a"]).await.expect("in transaction");
     assert_eq!(r.get::<_, String>(0), "ax");
     tx.commit().await.expect("commit");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn settings_do_not_leak_between_clients() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
     let a = client(port).await;
     let b = client(port).await;
     a.batch_execute("SET statement_timeout = '1234ms'")
@@ -142,12 +144,13 @@ async fn settings_do_not_leak_between_clients() {
         .expect("reset");
     let a_val: String = pg_one(&a, "SHOW statement_timeout").await;
     assert_eq!(a_val, "0");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn session_only_features_get_a_clear_error_in_transaction_mode() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 2\non_session_state = \"refuse\"", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 2\non_session_state = \"refuse\"", "").await;
     let c = client(port).await;
     let e = c
         .simple_query("LISTEN jobs")
@@ -160,12 +163,13 @@ async fn session_only_features_get_a_clear_error_in_transaction_mode() {
         "{e:?}"
     );
     assert!(c.simple_query("SELECT 1").await.is_ok());
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn session_mode_resets_state_between_clients() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"session\"", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"session\"", "").await;
     {
         let a = client(port).await;
         a.batch_execute("SET statement_timeout = '999ms'")
@@ -179,12 +183,15 @@ async fn session_mode_resets_state_between_clients() {
     let b = client(port).await;
     let v: String = pg_one(&b, "SHOW statement_timeout").await;
     assert_eq!(v, "0");
+    // A session-mode client holds its server connection until it leaves.
+    drop(b);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn waiting_past_the_timeout_gets_sqlstate_53300() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"300ms\"").await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"300ms\"").await;
     let a = client(port).await;
     a.batch_execute("BEGIN")
         .await
@@ -198,12 +205,13 @@ async fn waiting_past_the_timeout_gets_sqlstate_53300() {
     a.batch_execute("COMMIT").await.expect("commit");
     // Once the server is free, B is served again on the same connection.
     assert!(b.simple_query("SELECT 1").await.is_ok());
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn cancel_requests_reach_the_right_server() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
     let c = client(port).await;
     let token = c.cancel_token();
     // Cancel until it takes (a cancel that arrives before the query reaches its server is a
@@ -221,6 +229,7 @@ async fn cancel_requests_reach_the_right_server() {
     assert_eq!(code(&e), "57014", "{e:?}");
     canceller.abort();
     assert!(c.simple_query("SELECT 1").await.is_ok());
+    quiescent(&gw).await;
 }
 
 /// Sends raw bytes and returns the SQLSTATE of the first ErrorResponse, if any.
@@ -269,7 +278,7 @@ fn startup(user: &str) -> Vec<u8> {
 #[tokio::test]
 async fn bad_input_gets_an_error_and_disturbs_nobody() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
     let c = client(port).await;
     // Garbage where a startup packet belongs.
     assert_eq!(
@@ -313,12 +322,13 @@ async fn bad_input_gets_an_error_and_disturbs_nobody() {
             .unwrap_err()
             .contains("does not exist")
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn configured_users_log_in_with_scram_or_md5() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(
+    let (gw, port) = pooler(
         &pg,
         "pool_size = 2",
         "[postgres.users.postgres]\npassword = \"s3cret\"\n[postgres.users.legacy]\npassword = \"old\"\nauth = \"md5\"",
@@ -336,6 +346,7 @@ async fn configured_users_log_in_with_scram_or_md5() {
         .await
         .expect_err("unknown user");
     assert_eq!(code(&e), "28P01", "{e:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -408,12 +419,13 @@ async fn admin_console_shows_pools_and_pauses() {
     );
     let e = psql(port, "postgres", "scalegate", "DROP TABLE x").unwrap_err();
     assert!(e.contains("unknown admin command"), "{e}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn psql_copy_and_pgbench_work_through_the_pooler() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 4", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 4", "").await;
     let out = psql(
         port,
         "postgres",
@@ -468,6 +480,7 @@ async fn psql_copy_and_pgbench_work_through_the_pooler() {
             "{mode}: {text}"
         );
     }
+    quiescent(&gw).await;
 }
 
 fn data(name: &str) -> String {
@@ -486,7 +499,7 @@ async fn clients_can_use_tls_and_it_can_be_required() {
         data("localhost.crt"),
         data("localhost.key")
     );
-    let (_gw, port) = pooler(&pg, "pool_size = 2", &tls).await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", &tls).await;
     let base = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
     let info = psql_conn(
         &format!("{base} sslmode=verify-ca sslrootcert={}", data("ca.crt")),
@@ -498,12 +511,13 @@ async fn clients_can_use_tls_and_it_can_be_required() {
     assert_eq!(n, "42");
     let e = psql_conn(&format!("{base} sslmode=disable"), "SELECT 1").expect_err("plain refused");
     assert!(e.contains("requires TLS"), "{e}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn min_idle_connections_are_opened_ahead_of_clients() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 4\nmin_idle = 3", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 4\nmin_idle = 3", "").await;
     let c = client(port).await;
     c.simple_query("SELECT 1").await.expect("query");
     let warmed = eventually(std::time::Duration::from_secs(10), || async {
@@ -515,6 +529,7 @@ async fn min_idle_connections_are_opened_ahead_of_clients() {
     })
     .await;
     assert!(warmed, "min_idle server connections were not opened");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -559,7 +574,7 @@ async fn sigterm_lets_transactions_finish_and_tells_idle_clients() {
 #[tokio::test]
 async fn server_connections_closed_while_idle_are_not_handed_out() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 3", "").await;
+    let (gw, port) = pooler(&pg, "pool_size = 3", "").await;
     let c = client(port).await;
     for _ in 0..3 {
         c.simple_query("SELECT 1").await.expect("warm up");
@@ -578,6 +593,7 @@ async fn server_connections_closed_while_idle_are_not_handed_out() {
             i
         );
     }
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -612,6 +628,7 @@ async fn reload_applies_pooler_changes_without_dropping_clients() {
         psql(port, "postgres", "reports", "SELECT 6").as_deref(),
         Ok("6")
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -630,7 +647,7 @@ async fn the_pooler_can_use_tls_to_servers() {
         data("ca.crt"),
         pg.port
     );
-    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let gw = GatewayProcess::start(BIN, &cfg).await;
     for db in ["app", "plain"] {
         let ssl = psql(
             port,
@@ -644,12 +661,13 @@ async fn the_pooler_can_use_tls_to_servers() {
             "{db}: the pooler's server connection is not encrypted"
         );
     }
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn prepared_statements_per_server_stay_within_the_bound() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(&pg, "pool_size = 1", "max_prepared_statements = 2").await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "max_prepared_statements = 2").await;
     let c = client(port).await;
     let mut statements = Vec::new();
     for i in 0..5 {
@@ -675,12 +693,13 @@ async fn prepared_statements_per_server_stay_within_the_bound() {
     });
     let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
     assert!(n <= 2, "the server holds {n} prepared statements");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn a_client_idle_in_a_transaction_is_cut_off_and_frees_its_server() {
     let pg = PgServer::start().await;
-    let (_gw, port) = pooler(
+    let (gw, port) = pooler(
         &pg,
         "pool_size = 1\npool_mode = \"transaction\"",
         "idle_transaction_timeout = \"300ms\"\nwait_timeout = \"4s\"",
@@ -710,4 +729,5 @@ async fn a_client_idle_in_a_transaction_is_cut_off_and_frees_its_server() {
     );
     let n: i32 = pg_one(&calm, "SELECT 4").await;
     assert_eq!(n, 4, "an idle client outside a transaction stays connected");
+    quiescent(&gw).await;
 }

@@ -137,7 +137,7 @@ async fn random_messages_never_break_the_pooler_or_leak_servers() {
     let pg = PgServer::start().await;
     let port = free_port();
     let primary = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
-    let _gw = GatewayProcess::start(
+    let gw = GatewayProcess::start(
         BIN,
         &format!(
             "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"2s\"\n\
@@ -207,4 +207,5 @@ async fn random_messages_never_break_the_pooler_or_leak_servers() {
         settled,
         "no client or server connection left behind: {pools:#?} {clients:#?}"
     );
+    quiescent(&gw).await;
 }

@@ -47,7 +47,7 @@ async fn port_of(c: &impl tokio_postgres::GenericClient, sql: &str) -> i32 {
 #[tokio::test]
 async fn reads_go_to_the_replica_and_writes_to_the_primary() {
     let (primary, replica) = cluster().await;
-    let (_gw, port) = pooler(&primary, &replica, "").await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
     let (p, r) = (primary.port as i32, replica.port as i32);
     let c = client(port).await;
     assert_eq!(port_of(&c, "SELECT inet_server_port()").await, r);
@@ -89,6 +89,7 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(replica_xacts >= 3, "{stats}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -140,12 +141,13 @@ async fn a_lagging_replica_gets_no_reads_and_clients_read_their_writes() {
     })
     .await;
     assert!(seen, "the replica never showed the rows");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
 async fn failover_sends_writes_to_the_promoted_replica() {
     let (mut primary, replica) = cluster().await;
-    let (_gw, port) = pooler(&primary, &replica, "").await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
     let r = replica.port as i32;
     let c = client(port).await;
     c.execute("INSERT INTO t VALUES (1)", &[])
@@ -179,4 +181,5 @@ async fn failover_sends_writes_to_the_promoted_replica() {
     let hosts = psql(port, "postgres", "scalegate", "SHOW HOSTS").expect("hosts");
     assert!(hosts.contains(&format!("|{r}|primary|")), "{hosts}");
     assert!(hosts.contains("|down|"), "{hosts}");
+    quiescent(&gw).await;
 }

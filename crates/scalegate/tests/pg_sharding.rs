@@ -59,7 +59,7 @@ fn code(e: &tokio_postgres::Error) -> String {
 async fn modulus_sharding_routes_splits_and_fans_out() {
     let (a, b) = shards().await;
     let port = free_port();
-    let _gw = GatewayProcess::start(
+    let gw = GatewayProcess::start(
         BIN,
         &config(
             port,
@@ -163,6 +163,7 @@ async fn modulus_sharding_routes_splits_and_fans_out() {
         counts.iter().all(|&n| n >= 5),
         "per-shard counters: {hosts}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -176,7 +177,7 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
         &b,
         "function = \"hash\", virtual_shards = 4, keys = [\"users.user_id\", \"tenants.slug:text\"]",
     );
-    let _gw = GatewayProcess::start(BIN, &cfg).await;
+    let gw = GatewayProcess::start(BIN, &cfg).await;
     let c = client(port).await;
     let ids: Vec<i64> = (1..=40).chain([-7, 5_000_000_000]).collect();
     for id in &ids {
@@ -264,4 +265,5 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
         "{text}"
     );
     assert!(text.contains("map = [0, 1, 2, 1]"), "{text}");
+    quiescent(&gw).await;
 }

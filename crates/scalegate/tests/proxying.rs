@@ -44,6 +44,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
     // The backend's own hop-by-hop response headers stay on its side.
     assert!(!r.headers.contains_key("keep-alive"), "{:?}", r.headers);
     assert_eq!(r.header("x-backend"), "b0");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -58,6 +59,7 @@ async fn a_client_request_id_is_kept() {
         bs[0].last_headers().expect("headers")["x-request-id"],
         "abc-123"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -96,6 +98,7 @@ async fn the_request_id_is_one_per_request_and_returned_to_the_client() {
         .expect("response");
     assert!(r.status.is_server_error(), "{r:?}");
     assert_eq!(r.header("x-request-id"), "mine-1");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -112,6 +115,7 @@ async fn h2c_client_reaches_an_http1_upstream() {
         gw.http.to_string(),
         "the :authority becomes Host towards an h1 upstream"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -120,6 +124,7 @@ async fn h2c_upstream_is_used_when_marked() {
     let gw = gateway(&bs, "protocol = \"h2c\"").await;
     let m = spread(&Client::http1(), gw.http, "/", 10, &[]).await;
     assert_eq!(m.get("b0"), Some(&10), "{m:?}");
+    quiescent(&gw).await;
 }
 
 /// A gRPC-shaped call (POST, application/grpc, `te: trailers`) over a client HTTP/2
@@ -145,6 +150,7 @@ async fn grpc_over_h2_keeps_te_trailers_and_passes_trailers_back() {
         .expect("the upstream's trailers reach the client");
     assert_eq!(t["grpc-status"], "0");
     assert_eq!(t["x-saw-te"], "trailers", "the upstream got te: trailers");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -161,6 +167,7 @@ async fn http1_trailers_reach_a_client_that_accepts_them() {
         .expect("chunked trailers pass through HTTP/1.1 both sides");
     assert_eq!(t["grpc-status"], "0");
     assert_eq!(t["x-saw-te"], "trailers");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -176,6 +183,7 @@ async fn gateway_failures_reach_grpc_callers_as_grpc_statuses() {
     // A plain HTTP client of the same route still gets the HTTP status.
     let r = Client::h2c().get(gw.http, "/").await.expect("get");
     assert!(r.status.is_server_error(), "{r:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -207,6 +215,7 @@ async fn routes_rewrite_the_path_prefix_and_edit_headers() {
     let r = c.get(gw.http, "/api/5").await.expect("response");
     assert!(r.status.is_server_error(), "{r:?}");
     assert_eq!(r.header("x-frame-options"), "DENY");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -247,6 +256,7 @@ async fn allow_and_deny_lists_refuse_clients_with_403() {
         c.get(gw.http, "/inner/x").await.expect("response").status,
         200
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -263,6 +273,7 @@ async fn large_bodies_stream_both_ways() {
     assert_eq!(bs[0].last_body_len(), 5 << 20);
     let r = c.get(gw.http, "/bytes/3000000").await.expect("download");
     assert_eq!(r.body.len(), 3_000_000);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -300,6 +311,7 @@ async fn access_log_writes_one_json_line_per_request() {
         Some(32),
         "generated ids are logged"
     );
+    quiescent(&gw).await;
 }
 
 /// Requests refused before routing (400, 404, 431) have an access log line and are counted

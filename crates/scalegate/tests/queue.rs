@@ -53,6 +53,7 @@ async fn a_queued_request_is_accepted_at_once_and_delivered_through_failures() {
     assert_eq!(bs[0].last_body_len(), 5);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bs[0].hits(), 3, "delivered once");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -78,6 +79,7 @@ async fn a_full_memory_queue_answers_503_and_a_big_body_413() {
         post(&gw, "/hooks/a", "0123456789abcdefXYZ").await.status,
         413
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -110,7 +112,7 @@ async fn jetstream_keeps_jobs_across_the_loss_of_the_gateway_that_took_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(g1);
     let back = Backend::start_on("b0", addr).await;
-    let _g2 = GatewayProcess::start(BIN, &cfg).await;
+    let g2 = GatewayProcess::start(BIN, &cfg).await;
     assert!(
         eventually(Duration::from_secs(20), || async { back.hits() >= 1 }).await,
         "another gateway delivered the job"
@@ -119,6 +121,7 @@ async fn jetstream_keeps_jobs_across_the_loss_of_the_gateway_that_took_them() {
     assert_eq!(seen["x-scalegate-job-id"], &*id);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(back.hits(), 1, "exactly once");
+    quiescent(&g2).await;
 }
 
 #[tokio::test]
@@ -266,6 +269,7 @@ async fn a_job_given_up_in_memory_is_kept_retried_and_discarded() {
         "{}",
         view.body
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -289,4 +293,5 @@ async fn jetstream_keeps_dead_letters_and_applies_a_changed_attempts_count() {
     let bs2 = vec![Backend::start("b1").await];
     let gw = with_token(&preamble, &queued(&bs2, "attempts = 3, backoff = \"50ms\"")).await;
     dead_letter_round_trip(&gw, &bs2[0], 3).await;
+    quiescent(&gw).await;
 }

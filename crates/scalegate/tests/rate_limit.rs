@@ -58,6 +58,7 @@ async fn a_burst_beyond_the_policy_gets_429_with_retry_after_and_ratelimit_heade
         metrics.contains("scalegate_http_rate_limited_total{route=\"api\"} 4"),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -98,6 +99,7 @@ async fn allowed_responses_carry_the_remaining_quota_and_keys_are_independent() 
         200,
         "another key has its own quota"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -142,4 +144,6 @@ async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_
         metrics.contains("scalegate_rate_limit_redis_up 0"),
         "{metrics}"
     );
+    quiescent(&g1).await;
+    quiescent(&g2).await;
 }

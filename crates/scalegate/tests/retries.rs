@@ -61,6 +61,7 @@ async fn gets_see_no_failure_when_a_backend_dies_mid_load() {
         metrics.contains("scalegate_http_retries_total{route=\"route0\"}"),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -84,6 +85,7 @@ async fn a_post_is_retried_only_with_an_idempotency_key() {
             "keyed POST {i}"
         );
     }
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -116,6 +118,7 @@ async fn retry_after_is_waited_for_and_too_long_is_passed_back() {
     );
     assert_eq!(r.header("retry-after"), "10");
     assert_eq!(bs[0].hits(), 3, "and not retried");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -153,6 +156,7 @@ async fn the_retry_budget_caps_extra_load_on_a_failing_upstream() {
         metrics.contains("scalegate_http_retries_budget_exhausted_total{route=\"route0\"}"),
         "{metrics}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -172,4 +176,5 @@ async fn an_unknown_length_body_is_streamed_and_not_retried() {
     }
     assert!(statuses.iter().any(|s| s == "503"), "{statuses:?}");
     assert!(statuses.iter().any(|s| s == "200"), "{statuses:?}");
+    quiescent(&gw).await;
 }

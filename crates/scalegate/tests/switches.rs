@@ -48,6 +48,7 @@ async fn switches_need_the_admin_token() {
         200,
         "nothing changed"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -75,6 +76,7 @@ async fn a_disabled_route_answers_503_until_enabled() {
             .status,
         404
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -127,6 +129,7 @@ async fn drain_and_weight_switches_move_traffic_and_survive_a_reload() {
         (270..=330).contains(&a) && (70..=130).contains(&b),
         "weight 3:1 expected: {m:?}"
     );
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -171,4 +174,5 @@ async fn a_canary_switch_shifts_a_share_of_traffic_to_a_second_upstream() {
         .await
         .expect("response");
     assert_eq!(r.status, 404);
+    quiescent(&gw).await;
 }

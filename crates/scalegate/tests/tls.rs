@@ -36,6 +36,7 @@ async fn tls_client_gets_h2_by_alpn() {
     let h = bs[0].last_headers().expect("headers");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["host"], "localhost", "the :authority becomes Host");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -48,6 +49,7 @@ async fn tls_client_gets_http1_by_alpn() {
         .expect("http/1.1 over TLS");
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "b0"));
     assert_eq!(version, http::Version::HTTP_11);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -57,6 +59,7 @@ async fn plain_http_to_a_tls_listener_does_not_reach_the_backend() {
     let (out, _) = raw(gw.http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(!out.contains("b0"), "{out:?}");
     assert_eq!(bs[0].hits(), 0);
+    quiescent(&gw).await;
 }
 
 /// A gateway whose upstream is `front` (a TLS listener), with `tls` settings for it.
@@ -95,6 +98,8 @@ async fn an_upstream_over_tls_is_verified_and_used() {
     let probed = format!("{ca}\nhealth = {{ path = \"/health\", interval = \"100ms\" }}");
     let _edge = edge_gateway(&front, &probed).await;
     wait_for_probe(&other[0]).await;
+    quiescent(&edge).await;
+    quiescent(&front).await;
 }
 
 /// Waits until the backend has seen a health probe.
@@ -132,6 +137,7 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     let gw = GatewayProcess::start(BIN, &upstream(without)).await;
     let r = Client::http1().get(gw.http, "/").await.expect("answer");
     assert_eq!(r.status.as_u16(), 502, "{r:?}");
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -152,6 +158,8 @@ async fn an_upstream_certificate_that_fails_verification_is_never_used() {
     let r = Client::http1().get(edge.http, "/").await.expect("answer");
     assert_eq!(r.status.as_u16(), 502, "{r:?}");
     assert_eq!(bs[0].hits(), 0, "nothing reached the backend");
+    quiescent(&edge).await;
+    quiescent(&front).await;
 }
 
 /// Runs `scalegate check` on `text` saved as `name`; expects exit 1 and returns stderr.
@@ -222,4 +230,5 @@ async fn a_rewritten_certificate_file_reloads_the_config_without_a_signal() {
         .await
         .expect("TLS still served");
     assert_eq!(r.status.as_u16(), 200);
+    quiescent(&gw).await;
 }

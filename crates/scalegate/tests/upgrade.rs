@@ -159,6 +159,7 @@ async fn websocket_upgrades_pass_through_and_carry_bytes_both_ways() {
         .await
         .expect("plain request after a tunnel");
     assert_eq!(r.status.as_u16(), 426);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -183,6 +184,8 @@ async fn a_refused_upgrade_and_plain_requests_are_ordinary_responses() {
         .expect("write");
     let (head, _) = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    drop(s);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -209,6 +212,8 @@ async fn upgrades_work_on_tls_listeners_too() {
         .await
         .expect("TLS");
     upgrade_and_echo(&mut s).await;
+    drop(s);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -254,4 +259,6 @@ async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
     // Another protocol cannot be bootstrapped.
     let r = extended_connect(&mut tx, gw.http, "/x", "connect-udp").await;
     assert_eq!(r.status(), 400);
+    drop((ws, tx));
+    quiescent(&gw).await;
 }

@@ -1,5 +1,11 @@
 //! A real HTTP backend (HTTP/1.1 and h2c) that answers with its name, counts requests, records
 //! the last request head, and misbehaves on command.
+//!
+//! Per request, without touching the shared knobs (so concurrent requests can each ask for
+//! their own misbehaviour): `x-delay-ms: N` delays the response head by N ms; `/bytes/N` answers
+//! N bytes; `/drip/CHUNKS/MS` streams CHUNKS chunks of 4 KiB, MS apart; `/reset/N` sends N body
+//! bytes of a longer announced body, then breaks the connection (HTTP/1.1: closed; HTTP/2:
+//! RST_STREAM); `/stall` sends one chunk and then nothing ever again.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -206,21 +212,49 @@ pub enum TestBody {
     Stall(Option<Bytes>),
     /// Sends the data, then the trailer fields (a gRPC-style answer).
     Trailed(Option<Bytes>, Option<HeaderMap>),
+    /// Sends this many more 4 KiB chunks, one per tick of the interval.
+    Drip(usize, tokio::time::Interval),
+    /// Sends this chunk, waits (so it leaves with the head), then fails: the server breaks the
+    /// connection (or resets the stream).
+    Reset(Option<Bytes>, std::pin::Pin<Box<tokio::time::Sleep>>),
 }
+
+/// A 4 KiB chunk of a dripping body.
+const DRIP: Bytes = Bytes::from_static(&[b'd'; 4096]);
 
 impl http_body::Body for TestBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
         match self.get_mut() {
-            TestBody::Full(f) => std::pin::Pin::new(f).poll_frame(cx),
+            TestBody::Full(f) => std::pin::Pin::new(f)
+                .poll_frame(cx)
+                .map_err(|e: Infallible| match e {}),
             TestBody::Stall(chunk) => match chunk.take() {
-                Some(c) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
-                None => std::task::Poll::Pending,
+                Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
+                None => Poll::Pending,
+            },
+            TestBody::Drip(0, _) => Poll::Ready(None),
+            TestBody::Drip(left, every) => match every.poll_tick(cx) {
+                Poll::Ready(_) => {
+                    *left -= 1;
+                    Poll::Ready(Some(Ok(http_body::Frame::data(DRIP))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            TestBody::Reset(chunk, pause) => match chunk.take() {
+                Some(c) => Poll::Ready(Some(Ok(http_body::Frame::data(c)))),
+                None => pause.as_mut().poll(cx).map(|()| {
+                    Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "backend told to break the response (/reset)",
+                    )))
+                }),
             },
             TestBody::Trailed(data, trailers) => {
                 let frame = match (data.take(), trailers.take()) {
@@ -239,8 +273,9 @@ impl http_body::Body for TestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             TestBody::Full(f) => f.is_end_stream(),
-            TestBody::Stall(_) => false,
+            TestBody::Stall(_) | TestBody::Reset(..) => false,
             TestBody::Trailed(d, t) => d.is_none() && t.is_none(),
+            TestBody::Drip(left, _) => *left == 0,
         }
     }
 
@@ -248,7 +283,13 @@ impl http_body::Body for TestBody {
         match self {
             // Exact sizes keep Content-Length framing, as the tests reading raw sockets expect.
             TestBody::Full(f) => f.size_hint(),
-            TestBody::Stall(_) | TestBody::Trailed(..) => http_body::SizeHint::default(),
+            TestBody::Stall(_) | TestBody::Trailed(..) | TestBody::Drip(..) => {
+                http_body::SizeHint::default()
+            }
+            // Announces more than it sends: the client sees the body cut short.
+            TestBody::Reset(chunk, _) => {
+                http_body::SizeHint::with_exact(2 * chunk.as_ref().map_or(1, |c| c.len() as u64))
+            }
         }
     }
 }
@@ -261,8 +302,45 @@ async fn answer(s: &Shared, req: Request<Incoming>) -> Response<TestBody> {
     if req.uri().path().starts_with("/grpc/") {
         return trailed_answer(s, req).await;
     }
+    if let Some(body) = misbehaving_body(req.uri().path()) {
+        s.hits.fetch_add(1, SeqCst);
+        let delay = requested_delay(s, req.headers());
+        // The request body is read whole first, like a normal answer.
+        let _ = req.into_body().collect().await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Response::new(body);
+    }
     let (parts, body) = full_answer(s, req).await.into_parts();
     Response::from_parts(parts, TestBody::Full(body))
+}
+
+/// The body of `/drip/CHUNKS/MS` and `/reset/N` requests.
+fn misbehaving_body(path: &str) -> Option<TestBody> {
+    if let Some(rest) = path.strip_prefix("/drip/") {
+        let (chunks, ms) = rest.split_once('/')?;
+        let every = Duration::from_millis(ms.parse::<u64>().ok()?.max(1));
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        return Some(TestBody::Drip(chunks.parse().ok()?, interval));
+    }
+    let n: usize = path.strip_prefix("/reset/")?.parse().ok()?;
+    let pause = Box::pin(tokio::time::sleep(Duration::from_millis(20)));
+    Some(TestBody::Reset(
+        Some(Bytes::from(vec![b'r'; n.max(1)])),
+        pause,
+    ))
+}
+
+/// The shared delay plus the request's own `x-delay-ms`.
+fn requested_delay(s: &Shared, h: &HeaderMap) -> Duration {
+    let own = h
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_millis(s.behaviour.delay_ms.load(SeqCst) + own)
 }
 
 /// A gRPC-style answer: the body, then `grpc-status` in the trailers, and `x-saw-te` saying what
@@ -314,6 +392,7 @@ async fn full_answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         *h = Some(req.headers().clone());
     }
     let path = req.uri().path().to_string();
+    let delay = requested_delay(s, req.headers());
     let body = req
         .into_body()
         .collect()
@@ -321,9 +400,8 @@ async fn full_answer(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     s.last_body_len.store(body.len(), SeqCst);
-    let delay = s.behaviour.delay_ms.load(SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let reply = if let Some(n) = path.strip_prefix("/bytes/") {
         Bytes::from(vec![b'x'; n.parse().unwrap_or(0)])

@@ -23,6 +23,7 @@ mod sharded;
 mod split;
 mod state;
 
+use crate::held::Waiting;
 use crate::login::{self, LOGIN_TIMEOUT, Refusal};
 use crate::pool::{AcquireError, Lease, Pool, Route};
 use crate::pooler::{ClientSlot, Pooler};
@@ -915,22 +916,6 @@ impl<'a> ClientCount<'a> {
 }
 
 impl Drop for ClientCount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Counts a client in its pool's waiting gauge while it lives.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(gauge: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
-        gauge.fetch_add(1, Relaxed);
-        Waiting(gauge)
-    }
-}
-
-impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
     }

@@ -175,6 +175,34 @@ impl Rng {
     }
 }
 
+/// A number from the environment variable `var` (a longer run by hand), or `default`.
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Names the seed of a seeded test when it fails, so the run can be replayed: hold one for the
+/// test's length (`let _replay = Replay("SG_CANCEL_SEED", seed);`).
+pub struct Replay(pub &'static str, pub u64);
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("seeded test failed; replay with {}={}", self.0, self.1);
+        }
+    }
+}
+
+/// The sum of a metric's rows (every label set) in a Prometheus text page.
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Whether `gw`'s /metrics comes to contain `needle` within 10 s (e.g. a reload's count).
 pub async fn metrics_show(gw: &GatewayProcess, needle: &str) -> bool {
     eventually(std::time::Duration::from_secs(10), || async {

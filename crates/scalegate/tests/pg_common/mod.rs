@@ -50,13 +50,27 @@ pub fn console(port: u16, cmd: &str) -> String {
 /// and none is pinned (SHOW POOLS), and the whole gateway is quiescent (`common::quiescent`):
 /// every count taken was given back.
 pub async fn pooler_quiescent(gw: &GatewayProcess, port: u16) {
+    pooler_settles(gw, port, false).await;
+}
+
+/// [`pooler_quiescent`], and every client has left too (`cl_active` 0): for a test that has
+/// closed all its clients, so that none is still counted after its socket went away.
+pub async fn pooler_empty(gw: &GatewayProcess, port: u16) {
+    pooler_settles(gw, port, true).await;
+}
+
+async fn pooler_settles(gw: &GatewayProcess, port: u16, clients_gone: bool) {
     crate::common::quiescent(gw).await;
     let ok = eventually(Duration::from_secs(10), || async {
         let pools = console(port, "SHOW POOLS");
         // database|user|cl_active|cl_waiting|sv_active|sv_idle|sv_open|maxwait|mode|size|cl_pinned
         pools.lines().all(|l| {
             let f: Vec<&str> = l.split('|').collect();
-            f.len() >= 11 && f[3] == "0" && f[4] == "0" && f[10] == "0"
+            f.len() >= 11
+                && (!clients_gone || f[2] == "0")
+                && f[3] == "0"
+                && f[4] == "0"
+                && f[10] == "0"
         })
     })
     .await;
