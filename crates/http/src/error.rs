@@ -57,6 +57,10 @@ pub enum ProxyError {
     /// An operator disabled the route (ours; retry later).
     #[error("route disabled by an operator")]
     RouteDisabled,
+    /// A feature could not take the request now (a queue's store is full or away, the fan-out
+    /// bus is down): ours; retry later.
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// The upstream's bulkhead refused the request (ours; retry later).
     #[error("overloaded: request shed ({0})")]
     Shed(&'static str),
@@ -194,6 +198,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint => Outcome::unavailable("no_healthy_endpoint"),
             ProxyError::RouteDisabled => Outcome::unavailable("route_disabled"),
             ProxyError::Shed(reason) => Outcome::unavailable(reason),
+            ProxyError::Unavailable(_) => Outcome::unavailable("feature_unavailable"),
             ProxyError::Draining => {
                 let mut o = Outcome::unavailable("draining");
                 o.fallback = false;
@@ -328,7 +333,8 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 16] = [
+    const ALL: [ProxyError; 17] = [
+        ProxyError::Unavailable("the queue is full"),
         ProxyError::BodyTimeout,
         ProxyError::ResponseHeadTooLarge,
         ProxyError::Forbidden,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
+use scalegate_http::error::ProxyError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -236,6 +237,10 @@ async fn authorize(
 }
 
 fn refusal(r: Refusal) -> http::Response<RespBody> {
+    // "Come back later" is the outcome table's to write (503 + Retry-After).
+    if r.status == StatusCode::SERVICE_UNAVAILABLE {
+        return ProxyError::Unavailable(r.message).to_response();
+    }
     let body = format!("{}: {}\n", r.status.as_u16(), r.message);
     let mut resp = http::Response::new(RespBody::full(Bytes::from(body)));
     *resp.status_mut() = r.status;
@@ -251,9 +256,6 @@ fn refusal(r: Refusal) -> http::Response<RespBody> {
         }
         StatusCode::METHOD_NOT_ALLOWED => {
             h.insert(header::ALLOW, HeaderValue::from_static("GET"));
-        }
-        StatusCode::SERVICE_UNAVAILABLE => {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
     }

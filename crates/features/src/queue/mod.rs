@@ -32,6 +32,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use scalegate_http::error::ProxyError;
 
 pub use dead::DeadJob;
 pub use job::Job;
@@ -253,12 +254,8 @@ impl RouteQueue {
                 }
                 r
             }
-            Err(why) => {
-                let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, why);
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            }
+            // 503 with Retry-After, as the outcome table writes every "come back later".
+            Err(why) => ProxyError::Unavailable(why).to_response(),
         }
     }
 
