@@ -12,7 +12,8 @@ use crate::stream::ClientStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::login::{self, Refusal};
+use crate::failure::Failure;
+use crate::login;
 use crate::pooler::Pooler;
 use crate::proto::{self, Severity, Startup};
 use crate::spec::PoolMode;
@@ -37,7 +38,7 @@ pub async fn run(
         admin_users.contains(&startup.user)
     };
     if !allowed {
-        return Refusal(
+        return Failure::Auth(
             "28000",
             format!(
                 "user \"{}\" may not use the admin console (postgres.admin_users)",

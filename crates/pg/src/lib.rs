@@ -17,6 +17,7 @@ pub mod classify;
 pub mod console;
 pub mod console_ext;
 pub mod effects;
+pub mod failure;
 mod held;
 pub mod login;
 pub mod metrics;

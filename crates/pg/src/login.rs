@@ -9,29 +9,20 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::{ScramServer, md5_expected};
+pub use crate::failure::Failure;
 use crate::pooler::Pooler;
-use crate::proto::{self, FirstPacket, FrameError, Severity, Startup};
+use crate::proto::{self, FirstPacket, FrameError, Startup};
 use crate::spec::ClientAuth;
 
 /// Longest a client may take to log in.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A refusal to send before closing: SQLSTATE and message.
-#[derive(Debug)]
-pub struct Refusal(pub &'static str, pub String);
-
-impl Refusal {
-    /// Sends the refusal as a FATAL ErrorResponse (best effort).
+impl Failure {
+    /// Sends it as a FATAL ErrorResponse and closes the connection (best effort): a login
+    /// refused.
     pub async fn send(&self, stream: &mut ClientStream) {
-        let b = proto::error_bytes(Severity::Fatal, self.0, &self.1);
-        let _ = stream.write_all(&b).await;
+        let _ = stream.write_all(&self.fatal()).await;
         let _ = stream.shutdown().await;
-    }
-}
-
-impl From<FrameError> for Refusal {
-    fn from(e: FrameError) -> Refusal {
-        Refusal("08P01", format!("invalid message: {e}"))
     }
 }
 
@@ -41,7 +32,7 @@ pub async fn startup(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     pooler: &Pooler,
-) -> Result<Option<Startup>, Refusal> {
+) -> Result<Option<Startup>, Failure> {
     // A startup packet is small; anything past 10 KB is not one.
     const MAX_STARTUP: usize = 10_000;
     loop {
@@ -52,9 +43,9 @@ pub async fn startup(
         match proto::parse_first(&packet) {
             FirstPacket::Ssl | FirstPacket::GssEnc => {
                 if !buf.is_empty() {
-                    return Err(Refusal("08P01", "data after SSLRequest".into()));
+                    return Err(Failure::Protocol("data after SSLRequest".into()));
                 }
-                let io = |e: std::io::Error| Refusal("08006", e.to_string());
+                let io = |e: std::io::Error| Failure::ConnectionLost(e.to_string());
                 let spec_tls = pooler.spec().tls;
                 let tls = match (&spec_tls, first_is_ssl(&packet), stream.is_tls()) {
                     (Some(t), true, false) => Some(t),
@@ -78,27 +69,24 @@ pub async fn startup(
                 return Ok(None);
             }
             FirstPacket::Startup(_) if pooler.spec().tls_required && !stream.is_tls() => {
-                return Err(Refusal(
+                return Err(Failure::Auth(
                     "28000",
                     "this pooler requires TLS (sslmode=require or stronger)".into(),
                 ));
             }
             FirstPacket::Startup(s) => return Ok(Some(s)),
             FirstPacket::NoUser => {
-                return Err(Refusal(
+                return Err(Failure::Auth(
                     "28000",
                     "no PostgreSQL user name specified in startup packet".into(),
                 ));
             }
             FirstPacket::Unsupported(v) => {
-                return Err(Refusal(
-                    "0A000",
-                    format!(
-                        "unsupported frontend protocol {}.{}: scalegate speaks 3.0",
-                        v >> 16,
-                        v & 0xffff
-                    ),
-                ));
+                return Err(Failure::NotSupported(format!(
+                    "unsupported frontend protocol {}.{}: scalegate speaks 3.0",
+                    v >> 16,
+                    v & 0xffff
+                )));
             }
         }
     }
@@ -113,16 +101,16 @@ async fn fill(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     complete: impl Fn(&[u8]) -> Result<Option<usize>, FrameError>,
-) -> Result<Option<usize>, Refusal> {
+) -> Result<Option<usize>, Failure> {
     loop {
         if let Some(n) = complete(buf)? {
             return Ok(Some(n));
         }
         match stream.read_buf(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),
-            Ok(0) => return Err(Refusal("08P01", "truncated message".into())),
+            Ok(0) => return Err(Failure::Protocol("truncated message".into())),
             Ok(_) => {}
-            Err(e) => return Err(Refusal("08006", e.to_string())),
+            Err(e) => return Err(Failure::ConnectionLost(e.to_string())),
         }
     }
 }
@@ -132,18 +120,20 @@ async fn message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<Bytes, Refusal> {
+) -> Result<Bytes, Failure> {
     match fill(stream, buf, |b| proto::tagged_len(b, max)).await? {
         Some(n) => Ok(buf.split_to(n).freeze()),
-        None => Err(Refusal("08006", "client went away during login".into())),
+        None => Err(Failure::ConnectionLost(
+            "client went away during login".into(),
+        )),
     }
 }
 
-async fn send(stream: &mut ClientStream, out: &BytesMut) -> Result<(), Refusal> {
+async fn send(stream: &mut ClientStream, out: &BytesMut) -> Result<(), Failure> {
     stream
         .write_all(out)
         .await
-        .map_err(|e| Refusal("08006", e.to_string()))
+        .map_err(|e| Failure::ConnectionLost(e.to_string()))
 }
 
 /// Authenticates `user`; on success AuthenticationOk has been sent.
@@ -152,9 +142,9 @@ pub async fn authenticate(
     buf: &mut BytesMut,
     pooler: &Pooler,
     user: &str,
-) -> Result<(), Refusal> {
+) -> Result<(), Failure> {
     let failed = || {
-        Refusal(
+        Failure::Auth(
             "28P01",
             format!("password authentication failed for user \"{user}\""),
         )
@@ -178,22 +168,22 @@ pub async fn authenticate(
         Some((_, secret)) => {
             let secret = secret
                 .as_ref()
-                .ok_or_else(|| Refusal("XX000", "SCRAM secret unavailable".into()))?;
+                .ok_or_else(|| Failure::Internal("SCRAM secret unavailable".into()))?;
             proto::auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
             send(stream, &out).await?;
             let m = message(stream, buf, 4096).await?;
             let mut body = &m[5..];
             let mech = proto::cstr(&mut body).unwrap_or_default();
             if m[0] != b'p' || mech != "SCRAM-SHA-256" || body.len() < 4 {
-                return Err(Refusal(
+                return Err(Failure::Auth(
                     "28000",
                     "expected a SASLInitialResponse for SCRAM-SHA-256".into(),
                 ));
             }
             let len = body.get_i32().max(0) as usize;
             let first = &body[..len.min(body.len())];
-            let (exchange, server_first) =
-                ScramServer::start(secret, first).map_err(|e| Refusal("28000", e.to_string()))?;
+            let (exchange, server_first) = ScramServer::start(secret, first)
+                .map_err(|e| Failure::Auth("28000", e.to_string()))?;
             out.clear();
             proto::auth(&mut out, 11, server_first.as_bytes());
             send(stream, &out).await?;

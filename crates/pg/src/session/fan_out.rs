@@ -8,6 +8,7 @@ use super::batch;
 use super::merge::merge_rows;
 use super::sharded::{Decision, reject_bytes, unnamed_execute};
 use super::{End, Session};
+use crate::failure::Failure;
 use crate::pool::Route;
 use crate::proto::{self, Severity};
 use crate::server::ServerConn;
@@ -31,7 +32,7 @@ impl Session {
                     b'I'
                 };
                 let mut out = BytesMut::new();
-                proto::error(&mut out, Severity::Error, "0A000", &why);
+                Failure::NotSupported(why.to_string()).write(&mut out, Severity::Error);
                 for _ in 0..syncs {
                     proto::ready(&mut out, status);
                 }
@@ -77,7 +78,7 @@ impl Session {
                 Ok(l) => l,
                 Err(e) => {
                     let mut out = BytesMut::new();
-                    proto::error(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
+                    Failure::from(&e).write(&mut out, Severity::Error);
                     proto::ready(&mut out, b'I');
                     return Ok(out);
                 }

@@ -23,8 +23,9 @@ mod sharded;
 mod split;
 mod state;
 
+use crate::failure::Failure;
 use crate::held::Waiting;
-use crate::login::{self, LOGIN_TIMEOUT, Refusal};
+use crate::login::{self, LOGIN_TIMEOUT};
 use crate::pool::{AcquireError, Lease, Pool, Route};
 use crate::pooler::{ClientSlot, Pooler};
 use crate::proto::{self, Severity};
@@ -47,7 +48,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(None)) => return,
         Ok(Err(refusal)) => return refusal.send(&mut stream).await,
         Err(_) => {
-            return Refusal("08006", "login timed out".into())
+            return Failure::ConnectionLost("login timed out".into())
                 .send(&mut stream)
                 .await;
         }
@@ -58,30 +59,24 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     let spec = pooler.spec();
     // Counted before it is checked, so concurrent logins cannot overshoot the limit.
     let Some(_counted) = ClientCount::take(&pooler.client_count, spec.max_client_conn) else {
-        return Refusal(
-            "53300",
-            format!(
-                "too many clients already (max_client_conn {})",
-                spec.max_client_conn
-            ),
-        )
+        return Failure::TooMany(format!(
+            "too many clients already (max_client_conn {})",
+            spec.max_client_conn
+        ))
         .send(&mut stream)
         .await;
     };
     let Some(db) = pooler.database(&startup.database) else {
-        return Refusal(
-            "3D000",
-            format!("database \"{}\" does not exist", startup.database),
-        )
-        .send(&mut stream)
-        .await;
+        return Failure::NoDatabase(format!("database \"{}\" does not exist", startup.database))
+            .send(&mut stream)
+            .await;
     };
     let authed = tokio::time::timeout(
         LOGIN_TIMEOUT,
         login::authenticate(&mut stream, &mut buf, &pooler, &startup.user),
     )
     .await
-    .unwrap_or_else(|_| Err(Refusal("08006", "login timed out".into())));
+    .unwrap_or_else(|_| Err(Failure::ConnectionLost("login timed out".into())));
     if let Err(refusal) = authed {
         return refusal.send(&mut stream).await;
     }
@@ -97,9 +92,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
                 p
             }
             Err(e) => {
-                let msg = e.to_string();
-                let b = proto::error_bytes(Severity::Fatal, e.sqlstate(), &msg);
-                let _ = stream.write_all(&b).await;
+                let _ = stream.write_all(&Failure::from(&e).fatal()).await;
                 return;
             }
         }
@@ -186,7 +179,7 @@ enum End {
     /// The server connection broke.
     ServerLost(String),
     /// Protocol violation or a fatal pool error, sent to the client before closing.
-    Fatal(&'static str, String),
+    Fatal(Failure),
     /// The pooler is shutting down and the client holds no server connection.
     Shutdown,
 }
@@ -257,7 +250,7 @@ impl Session {
     async fn serve(&mut self) -> End {
         loop {
             match proto::tagged_len(&self.cbuf, self.max) {
-                Err(e) => return End::Fatal("08P01", format!("invalid message: {e}")),
+                Err(e) => return End::Fatal(e.into()),
                 Ok(Some(_)) if !self.waits_for_batch() => {
                     if let Some(end) = self.client_messages().await {
                         return end;
@@ -296,12 +289,7 @@ impl Session {
                     Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
                 },
                 () = idle_too_long => {
-                    return End::Fatal(
-                        "25P03",
-                        "terminating connection due to idle-in-transaction timeout \
-                         (postgres.idle_transaction_timeout)"
-                            .into(),
-                    );
+                    return End::Fatal(Failure::IdleInTransaction);
                 },
                 r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
                     Ok(0) => {
@@ -372,7 +360,7 @@ impl Session {
             let n = match proto::tagged_len(rest, self.max) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
-                Err(e) => return Some(End::Fatal("08P01", format!("invalid message: {e}"))),
+                Err(e) => return Some(End::Fatal(e.into())),
             };
             let msg = &rest[..n];
             let tag = msg[0];
@@ -556,16 +544,16 @@ impl Session {
     /// Tells the client no server could be had; each pending query gets its error and
     /// ReadyForQuery so the client stays in step.
     async fn acquire_failed(&mut self, e: AcquireError) -> Option<End> {
-        let code = e.sqlstate().to_string();
+        let failure = Failure::from(&e);
         let syncs = proto::messages(&self.cbuf)
             .filter(|(t, _)| matches!(t, b'Q' | b'S' | b'F'))
             .count();
         if syncs == 0 {
-            return Some(End::Fatal("53300", e.to_string()));
+            return Some(End::Fatal(Failure::from(&e)));
         }
         self.cbuf.clear();
         let mut out = BytesMut::new();
-        proto::error(&mut out, Severity::Error, &code, &e.to_string());
+        failure.write(&mut out, Severity::Error);
         for _ in 0..syncs {
             proto::ready(&mut out, b'I');
         }
@@ -777,23 +765,16 @@ impl Session {
                 self.release(false);
                 // One FATAL per client: the server's own, when it sent one, else ours.
                 if !self.fatal_forwarded {
-                    let msg = format!("server connection lost: {why}");
-                    let b = proto::error_bytes(Severity::Fatal, "08006", &msg);
-                    let _ = self.client.write_all(&b).await;
+                    let lost = Failure::ConnectionLost(format!("server connection lost: {why}"));
+                    let _ = self.client.write_all(&lost.fatal()).await;
                 }
             }
             End::Shutdown => {
-                let b = proto::error_bytes(
-                    Severity::Fatal,
-                    "57P01",
-                    "terminating connection due to administrator command: scalegate is shutting down",
-                );
-                let _ = self.client.write_all(&b).await;
+                let _ = self.client.write_all(&Failure::Shutdown.fatal()).await;
             }
-            End::Fatal(code, msg) => {
+            End::Fatal(failure) => {
                 self.release(false);
-                let b = proto::error_bytes(Severity::Fatal, code, &msg);
-                let _ = self.client.write_all(&b).await;
+                let _ = self.client.write_all(&failure.fatal()).await;
             }
         }
         let _ = self.client.shutdown().await;

@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::batch::{self, Exec};
 use super::{End, Session};
+use crate::failure::Failure;
 use crate::proto::{self, Severity};
 use crate::settings;
 use crate::sharding::{Merge, Plan, ShardingSpec};
@@ -291,7 +292,7 @@ impl Session {
     async fn fail_on_server(&mut self, why: &str, end: Option<u8>) -> Option<End> {
         let mut q = BytesMut::new();
         if frontend::query(&raise_sql(why), &mut q).is_err() {
-            return Some(End::Fatal("0A000", why.to_string()));
+            return Some(End::Fatal(Failure::NotSupported(why.to_string())));
         }
         let forwarded = end != Some(b'H');
         if !forwarded {
@@ -434,7 +435,7 @@ fn raise_sql(why: &str) -> String {
 /// 0A000 with `why` and a ReadyForQuery with status I.
 pub(super) fn reject_bytes(why: &str) -> BytesMut {
     let mut out = BytesMut::new();
-    proto::error(&mut out, Severity::Error, "0A000", why);
+    Failure::NotSupported(why.to_string()).write(&mut out, Severity::Error);
     proto::ready(&mut out, b'I');
     out
 }

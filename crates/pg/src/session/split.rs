@@ -12,6 +12,7 @@ use super::batch;
 use super::fan_out::{command_count, roundtrip};
 use super::sharded::{reject_bytes, unnamed_execute};
 use super::{End, Session};
+use crate::failure::Failure;
 use crate::pool::{Lease, Route};
 use crate::proto::{self, Severity};
 
@@ -150,7 +151,7 @@ impl Session {
                         self.pool.release(l, true);
                     }
                     let mut out = BytesMut::new();
-                    proto::error(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
+                    Failure::from(&e).write(&mut out, Severity::Error);
                     proto::ready(&mut out, b'I');
                     return Ok(Run::Refused(out));
                 }
@@ -202,7 +203,7 @@ impl Session {
                     "the batch was split over shards and shard {shard} failed to commit ({cause}); shards {committed:?} had committed their part, the others rolled back"
                 );
                 let mut out = BytesMut::new();
-                proto::error(&mut out, Severity::Error, "40003", &msg);
+                Failure::CompletionUnknown(msg).write(&mut out, Severity::Error);
                 proto::ready(&mut out, b'I');
                 refusal = Some(out);
             } else {

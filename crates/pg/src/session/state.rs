@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::Track;
 use crate::effects::{Effects, Emulate, state};
+use crate::failure::Failure;
 use crate::proto::{self, Severity};
 use crate::server::ServerConn;
 use crate::stmt::{Prepared, Statements, Sub};
@@ -93,17 +94,12 @@ pub(super) fn bound(pin: &mut Pin, bound: u8) {
 
 /// The refusal of a statement creating session state `bits`.
 pub(super) fn refusal(out: &mut BytesMut, bits: u8) {
-    proto::error_hint(
-        out,
-        Severity::Error,
-        "0A000",
-        &format!(
-            "{} is not supported in transaction pooling mode: the next transaction may run on \
-             another server connection",
-            state::reason(bits)
-        ),
-        state::hint(bits),
-    );
+    let refused = Failure::NotSupported(format!(
+        "{} is not supported in transaction pooling mode: the next transaction may run on \
+         another server connection",
+        state::reason(bits)
+    ));
+    refused.write_with_hint(out, Severity::Error, state::hint(bits));
 }
 
 /// CommandComplete `tag`.
