@@ -267,12 +267,11 @@ impl Gateway {
             }));
         }
 
-        for (key, gone) in registry.iter() {
-            if !next.contains_key(key) {
-                gone.state.set_draining(true);
-                gone.close_idle();
-            }
-        }
+        let gone: Vec<Arc<HttpEndpoint>> = registry
+            .iter()
+            .filter(|(key, _)| !next.contains_key(*key))
+            .map(|(_, ep)| ep.clone())
+            .collect();
         *registry = next;
         drop(registry);
 
@@ -287,6 +286,13 @@ impl Gateway {
             features: built.state,
         });
         self.current.store(snap.clone());
+        // A removed endpoint is not marked draining: a request that loaded the old snapshot
+        // an instant before the swap may still pick it (and must not get a 503 for an
+        // endpoint that is up). Nothing new reaches it, so closing its idle connections
+        // after the swap is all it needs; the rest close when the last old snapshot goes.
+        for ep in gone {
+            ep.close_idle();
+        }
         plugins.applied(&old, &snap);
         self.version_tx.send_replace(snap.version);
         Ok(snap)

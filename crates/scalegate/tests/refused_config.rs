@@ -109,7 +109,10 @@ async fn an_editor_that_truncates_then_writes_never_stops_the_listener() {
             while !stop.load(Relaxed) {
                 match Client::http1().get(addr, "/").await {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Relaxed),
-                    _ => bad.fetch_add(1, Relaxed),
+                    other => {
+                        eprintln!("BAD: {other:?}");
+                        bad.fetch_add(1, Relaxed)
+                    }
                 };
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
