@@ -104,6 +104,7 @@ impl From<&AcquireError> for Failure {
         match e {
             AcquireError::Timeout(..) => Failure::TooMany(e.to_string()),
             AcquireError::NoPrimary(_) => Failure::NotAvailable(e.to_string()),
+            AcquireError::ClientGone => Failure::ConnectionLost(e.to_string()),
             AcquireError::Server(s) => Failure::Server {
                 code: s.sqlstate().to_string(),
                 message: s.to_string(),

@@ -8,6 +8,27 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use crate::pool::PoolStats;
 use crate::topology::Topology;
 
+/// A server connection's place in its pool's `open` count, held by the connection itself
+/// ([`crate::server::ServerConn::counted`]): however the connection ends — closed by the
+/// reaper, dropped with a lease, lost in a ping or a login that was given up — it is counted
+/// out when it is dropped.
+#[derive(Debug)]
+pub struct Opened(Arc<PoolStats>);
+
+impl Opened {
+    /// Counts one more open connection in `stats` until the value is dropped.
+    pub(crate) fn new(stats: &Arc<PoolStats>) -> Opened {
+        stats.open.fetch_add(1, Relaxed);
+        Opened(stats.clone())
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A lease's place in the counts: the pool's active server connections (SHOW POOLS
 /// `sv_active`) and its host's outstanding hand-outs (what replica choice reads).
 #[derive(Debug)]
@@ -15,9 +36,6 @@ pub(crate) struct Lent {
     stats: Arc<PoolStats>,
     topology: Arc<Topology>,
     host: usize,
-    /// [`crate::pool::Pool::release`] has dealt with the connection (kept it idle, or closed it
-    /// and counted it out of `open`); otherwise it is dropped with the lease, closing its socket.
-    released: bool,
 }
 
 impl Lent {
@@ -29,13 +47,7 @@ impl Lent {
             stats: stats.clone(),
             topology: topology.clone(),
             host,
-            released: false,
         }
-    }
-
-    /// Ends the loan through the pool, which keeps or closes the connection itself.
-    pub(crate) fn released(mut self) {
-        self.released = true;
     }
 }
 
@@ -45,9 +57,6 @@ impl Drop for Lent {
         self.topology.hosts[self.host]
             .outstanding
             .fetch_sub(1, Relaxed);
-        if !self.released {
-            self.stats.open.fetch_sub(1, Relaxed);
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::held::{Lent, Waiting};
+use crate::held::{Lent, Opened, Waiting};
 use crate::server::{ServerConn, ServerError};
 use crate::spec::{DatabaseSpec, PgSpec, PoolMode};
 use crate::topology::Topology;
@@ -145,6 +145,9 @@ pub enum AcquireError {
     /// No host accepts writes (failover in progress).
     #[error("no primary is reachable (failover in progress?); waited {0:?}")]
     NoPrimary(Duration),
+    /// The client closed its connection while it waited (nothing is sent to it).
+    #[error("the client closed its connection while waiting for a server")]
+    ClientGone,
 }
 
 impl AcquireError {
@@ -154,6 +157,7 @@ impl AcquireError {
             AcquireError::Timeout(..) => "53300",
             AcquireError::Server(s) => s.sqlstate(),
             AcquireError::NoPrimary(_) => "57P03",
+            AcquireError::ClientGone => "08006",
         }
     }
 }
@@ -170,7 +174,7 @@ pub struct Lease {
     /// Which host (index into the topology).
     pub host: usize,
     _permit: OwnedSemaphorePermit,
-    lent: Lent,
+    _lent: Lent,
 }
 
 impl Pool {
@@ -330,7 +334,6 @@ impl Pool {
             let candidate = self.hosts[host].idle.lock().ok().and_then(|mut i| i.pop());
             let mut conn = candidate?;
             if conn.looks_closed() {
-                self.stats.open.fetch_sub(1, Relaxed);
                 tracing::info!(
                     server = conn.id,
                     "server closed an idle connection; dropped"
@@ -340,7 +343,6 @@ impl Pool {
             if conn.last_used.elapsed() >= self.check_after_idle
                 && !conn.ping(Duration::from_secs(2)).await
             {
-                self.stats.open.fetch_sub(1, Relaxed);
                 tracing::info!(
                     server = conn.id,
                     "idle server connection failed its check; closed"
@@ -361,7 +363,7 @@ impl Pool {
         let mut conn =
             ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id).await?;
         conn.prepared.set_cap(self.max_prepared);
-        self.stats.open.fetch_add(1, Relaxed);
+        conn.counted = Some(Opened::new(&self.stats));
         if let Ok(mut p) = self.params.lock()
             && p.is_empty()
         {
@@ -407,21 +409,15 @@ impl Pool {
             since: Instant::now(),
             host,
             _permit: permit,
-            lent,
+            _lent: lent,
         }
     }
 
     /// Hands a connection back: kept for reuse when `reusable` and within its lifetime,
     /// otherwise closed.
     pub fn release(&self, lease: Lease, reusable: bool) {
-        let Lease {
-            mut conn,
-            host,
-            lent,
-            ..
-        } = lease;
-        // The counts come back here; the connection is kept or closed (and counted out) below.
-        lent.released();
+        let Lease { mut conn, host, .. } = lease;
+        // The lease's counts come back here; the connection is kept or closed below.
         if reusable && conn.born.elapsed() < self.lifetime {
             conn.last_used = Instant::now();
             if let Ok(mut idle) = self.hosts[host].idle.lock() {
@@ -429,7 +425,6 @@ impl Pool {
                 return;
             }
         }
-        self.stats.open.fetch_sub(1, Relaxed);
         tokio::spawn(conn.terminate());
     }
 
@@ -456,17 +451,8 @@ impl Pool {
                 let Ok(_permit) = hp.permits.clone().try_acquire_owned() else {
                     break;
                 };
-                let mut spec = self.topology.hosts[host].spec.clone();
-                if spec.password.is_none() {
-                    spec.password.clone_from(&self.password);
-                }
-                let id = self.next_server.fetch_add(1, Relaxed);
-                match ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id)
-                    .await
-                {
-                    Ok(mut conn) => {
-                        conn.prepared.set_cap(self.max_prepared);
-                        self.stats.open.fetch_add(1, Relaxed);
+                match self.open(host).await {
+                    Ok(conn) => {
                         if let Ok(mut i) = hp.idle.lock() {
                             i.insert(0, conn);
                         }
@@ -503,7 +489,6 @@ impl Pool {
             *idle = keep;
         }
         for c in closed {
-            self.stats.open.fetch_sub(1, Relaxed);
             tokio::spawn(c.terminate());
         }
     }
@@ -532,7 +517,6 @@ impl Pool {
             })
             .collect();
         for c in drained {
-            self.stats.open.fetch_sub(1, Relaxed);
             tokio::spawn(c.terminate());
         }
     }

@@ -98,6 +98,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Unique id within the process, for SHOW SERVERS.
     pub id: u64,
+    /// Its place in a pool's open count (none for connections outside a pool).
+    pub counted: Option<crate::held::Opened>,
 }
 
 /// Fingerprint for "settings unknown": the next user resets them.
@@ -145,6 +147,7 @@ impl ServerConn {
             born: Instant::now(),
             last_used: Instant::now(),
             id,
+            counted: None,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -326,6 +329,8 @@ impl ServerConn {
 
     /// Says goodbye politely (best effort).
     pub async fn terminate(mut self) {
+        // Counted out now: what remains is a goodbye on a socket nothing will use.
+        drop(self.counted.take());
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;

@@ -68,6 +68,23 @@ impl ServerStream {
 }
 
 impl ClientStream {
+    /// Resolves once the client has closed its connection (end of stream or a socket error),
+    /// looking without consuming anything. Bytes waiting to be read (a pipelined message, a
+    /// TLS record) mean the client is there, and then this never resolves: it is a watch to
+    /// race against a wait, not a read.
+    pub async fn closed(&self) {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => t.get_ref().0,
+            Stream::Closed => return,
+        };
+        let mut byte = [0u8; 1];
+        match tcp.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        }
+    }
+
     /// Performs the TLS handshake on a plain connection.
     pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {

@@ -69,6 +69,58 @@ async fn clients_held_by_pause_show_as_waiting() {
     pooler_quiescent(&gw, port).await;
 }
 
+/// Found in review: a client that hung up while it waited for a server kept its place, and
+/// when its turn came its query ran for nobody (an INSERT written by a client that had gone).
+#[tokio::test]
+async fn a_client_that_hangs_up_while_waiting_leaves_the_queue_and_its_query_never_runs() {
+    let pg = PgServer::start().await;
+    // The wait timeout is far longer than the test looks: only the hang-up can end the wait.
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 1", "wait_timeout = \"60s\"").await;
+    let holder = app_client(port).await;
+    holder
+        .batch_execute("CREATE TABLE gone (v int)")
+        .await
+        .expect("create");
+    // The one server connection is held by an open transaction.
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let (leaver, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    let socket = tokio::spawn(conn);
+    let insert =
+        tokio::spawn(async move { leaver.simple_query("INSERT INTO gone VALUES (1)").await });
+    let waits = |n: &'static str| async move {
+        eventually(Duration::from_secs(3), || async {
+            console(port, "SHOW POOLS")
+                .lines()
+                .all(|l| l.split('|').nth(3) == Some(n))
+        })
+        .await
+    };
+    assert!(waits("1").await, "the second client is not waiting");
+    // It hangs up: its socket closes while the transaction still holds the server.
+    socket.abort();
+    assert!(
+        waits("0").await,
+        "a client that hung up is still waiting: {}",
+        console(port, "SHOW POOLS")
+    );
+    assert!(insert.await.expect("task").is_err(), "no answer came");
+    holder.batch_execute("COMMIT").await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: i64 = holder
+        .query_one("SELECT count(*) FROM gone", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "the query of a client that had gone was run");
+    drop(holder);
+    pooler_empty(&gw, port).await;
+}
+
 #[tokio::test]
 async fn concurrent_logins_never_overshoot_max_client_conn() {
     let pg = PgServer::start().await;

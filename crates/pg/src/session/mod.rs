@@ -513,13 +513,23 @@ impl Session {
     /// counted as waiting). A connection that dies while the settings are applied (nothing of
     /// the client's was sent on it) is replaced.
     async fn lease_on(&mut self, route: Route) -> Result<Lease, AcquireError> {
+        // A client that hangs up while it waits gives up its place at once (the waits are
+        // cancel-safe: their counts are guards), instead of being served a connection later.
         if self.pooler.is_paused() {
             let _waiting = Waiting::new(&self.pool.stats.waiting);
-            self.pooler.wait_resumed().await;
+            tokio::select! {
+                biased;
+                () = self.pooler.wait_resumed() => {}
+                () = self.client.closed() => return Err(AcquireError::ClientGone),
+            }
         }
         let mut attempts = 0;
         loop {
-            let mut lease = self.pool.acquire(route).await?;
+            let mut lease = tokio::select! {
+                biased;
+                got = self.pool.acquire(route) => got?,
+                () = self.client.closed() => return Err(AcquireError::ClientGone),
+            };
             let wanted = self.track.settings.fingerprint();
             if self.transaction && lease.conn.settings != wanted {
                 let sql = self.track.settings.replay_sql();
@@ -544,6 +554,9 @@ impl Session {
     /// Tells the client no server could be had; each pending query gets its error and
     /// ReadyForQuery so the client stays in step.
     async fn acquire_failed(&mut self, e: AcquireError) -> Option<End> {
+        if matches!(e, AcquireError::ClientGone) {
+            return Some(End::Client);
+        }
         let failure = Failure::from(&e);
         let syncs = proto::messages(&self.cbuf)
             .filter(|(t, _)| matches!(t, b'Q' | b'S' | b'F'))
@@ -568,7 +581,24 @@ impl Session {
         let mut consumed = 0;
         let mut rewritten = false;
         let mut lost = None;
+        let mut died_after_answering = false;
+        let mut answer_started = false;
         for (tag, msg) in proto::messages(&conn.buf) {
+            if tag == b'E'
+                && self.transaction
+                && self.pending_z == 0
+                && !self.unsynced
+                && self.status == b'I'
+                && self.pin.bits == 0
+                && resend::is_fatal(msg)
+            {
+                // The server answered everything, then ended the connection (a restart right
+                // after a transaction, in the same read): nothing of the client's was lost and
+                // the FATAL answers nothing it sent, so it is not passed on; the connection is
+                // dropped below and the client's next transaction gets another.
+                died_after_answering = true;
+                break;
+            }
             if self.resend_ok && tag == b'E' && resend::is_fatal(msg) {
                 // The server ends the connection before anything reached the client.
                 let code = resend::error_fields(msg).1.unwrap_or_default();
@@ -633,10 +663,17 @@ impl Session {
                 action
             };
             if self.resend_ok && action != Action::Drop {
-                // The client has an answer now: this batch is never sent again.
-                self.resend_ok = false;
-                self.resends = 0;
-                self.resend.clear();
+                if tag == b'Z' {
+                    // A segment is answered whole: this batch is never sent again.
+                    self.resend_ok = false;
+                    self.resends = 0;
+                    self.resend.clear();
+                } else {
+                    // The first part of an answer (a BindComplete the server flushed with its
+                    // FATAL, say): it reaches the client only when this buffer is written, so
+                    // a FATAL later in the same buffer still means "nothing answered".
+                    answer_started = true;
+                }
             }
             if action != Action::Forward && !rewritten {
                 rewritten = true;
@@ -658,6 +695,9 @@ impl Session {
             return self.resend_or_end(why);
         }
         if consumed == 0 {
+            if died_after_answering {
+                self.release(false);
+            }
             return None;
         }
         let out: &[u8] = if rewritten {
@@ -674,6 +714,17 @@ impl Session {
         self.to_client.clear();
         if r.is_err() {
             return Some(End::Client);
+        }
+        if answer_started {
+            // The client has part of an answer now: this batch is never sent again.
+            self.resend_ok = false;
+            self.resends = 0;
+            self.resend.clear();
+        }
+        if died_after_answering {
+            tracing::info!("the server ended its connection after a transaction; dropped");
+            self.release(false);
+            return None;
         }
         if self.transaction
             && self.pending_z == 0
