@@ -31,20 +31,26 @@ async fn ten_client_hang_ups_leave_no_slot_taken() {
         &app(std::slice::from_ref(&b), ""),
     )
     .await;
-    let hangups: Vec<_> = (0..10)
+    hang_ups_then_normal_service(&gw, &b, 10).await;
+}
+
+/// `n` clients give up after 0.3 s on the slow backend `b`; then every count is back, and with
+/// the backend fast again `n` requests are answered 200.
+async fn hang_ups_then_normal_service(gw: &GatewayProcess, b: &Backend, n: usize) {
+    let hangups: Vec<_> = (0..n)
         .map(|_| tokio::spawn(hang_up(gw.http, "/", Duration::from_millis(300))))
         .collect();
     for h in hangups {
         h.await.expect("join");
     }
-    quiescent(&gw).await;
+    quiescent(gw).await;
     b.set_delay(Duration::ZERO);
     let c = Client::http1();
-    for _ in 0..10 {
+    for _ in 0..n {
         let r = c.get(gw.http, "/").await.expect("response");
         assert_eq!(r.status, 200, "answered normally after the hang-ups");
     }
-    quiescent(&gw).await;
+    quiescent(gw).await;
 }
 
 /// HTTP/2 clients cancel with RST_STREAM (a gRPC deadline does the same): the stream's slots
@@ -85,20 +91,8 @@ async fn hang_ups_in_a_bulkhead_queue_leave_it() {
         ),
     )
     .await;
-    let hangups: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(hang_up(gw.http, "/", Duration::from_millis(300))))
-        .collect();
-    for h in hangups {
-        h.await.expect("join");
-    }
-    quiescent(&gw).await;
-    b.set_delay(Duration::ZERO);
-    let c = Client::http1();
-    for _ in 0..6 {
-        let r = c.get(gw.http, "/").await.expect("response");
-        assert_eq!(r.status, 200, "the queue is free again");
-    }
-    quiescent(&gw).await;
+    // The queue is free again afterwards.
+    hang_ups_then_normal_service(&gw, &b, 6).await;
 }
 
 /// A half-open breaker's probe whose client hangs up gives its probe slot back: the endpoint is

@@ -3,7 +3,7 @@
 //! rollbacks; two clients alternating on pool_size 1), SQLAlchemy ORM sessions (QueuePool,
 //! pool_pre_ping, rollbacks), asyncpg (pool, prepare, executemany, COPY), node-postgres (named
 //! queries) and pgbench in every -M mode. The Python packages are installed into a virtualenv
-//! under target/ (`target/pyenv`) and node-postgres into `target/node` on first use.
+//! under target/ (`target/pyenv`, shared through `scalegate_testkit::python`) and node-postgres into `target/node` on first use.
 
 mod common;
 mod pg_common;
@@ -14,13 +14,14 @@ use std::sync::OnceLock;
 
 use common::*;
 use pg_common::*;
-use scalegate_testkit::PgServer;
+use scalegate_testkit::{PgServer, python};
 
-/// What the virtualenv holds; a change reinstalls.
+/// What the shared virtualenv must hold (`pip spec:module`; testkit's `python` installs what
+/// does not import).
 const PYTHON_PACKAGES: &[&str] = &[
-    "psycopg[binary]>=3.2,<4",
-    "sqlalchemy>=2.0,<3",
-    "asyncpg>=0.29,<1",
+    "psycopg[binary]>=3.2,<4:psycopg",
+    "sqlalchemy>=2.0,<3:sqlalchemy",
+    "asyncpg>=0.29,<1:asyncpg",
 ];
 const NODE_PACKAGES: &[&str] = &["pg@8"];
 
@@ -44,31 +45,10 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-/// The virtualenv's python, created and filled on first use (a marker records what is in it).
+/// The shared virtualenv's python with the client libraries installed.
 fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let env = target_dir().join("pyenv");
-        let py = env.join("bin/python");
-        let marker = env.join(".scalegate-packages");
-        let wanted = PYTHON_PACKAGES.join("\n");
-        if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
-            if !py.exists() {
-                run(
-                    Command::new("python3").args(["-m", "venv"]).arg(&env),
-                    "python3 -m venv",
-                );
-            }
-            run(
-                Command::new(&py)
-                    .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                    .args(PYTHON_PACKAGES),
-                "pip install",
-            );
-            let _ = std::fs::write(&marker, &wanted);
-        }
-        py
-    })
+    PY.get_or_init(|| python::python_with(PYTHON_PACKAGES))
 }
 
 /// The npm folder's node_modules, filled on first use.
