@@ -175,7 +175,6 @@ pub fn may_matter(sql: &[u8]) -> bool {
         b"load",
         b"drop",
     ];
-    const ANYWHERE: &[&[u8]] = &[b"advisory", b"set_config", b"temp"];
     let start = skip_space_and_comments(sql);
     let rest = &sql[start..];
     let word_len = rest
@@ -183,19 +182,38 @@ pub fn may_matter(sql: &[u8]) -> bool {
         .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(rest.len());
     let first = &rest[..word_len];
-    if FIRST.iter().any(|w| first.eq_ignore_ascii_case(w)) {
-        return true;
+    FIRST.iter().any(|w| first.eq_ignore_ascii_case(w)) || mentions_or_continues(rest)
+}
+
+/// One pass over a statement (it runs for every statement a client sends): whether it names
+/// what only [`analyze`] can judge wherever it stands (advisory locks, `set_config`, temporary
+/// objects), or holds more than one statement (each is then looked at).
+fn mentions_or_continues(sql: &[u8]) -> bool {
+    let mut at = 0;
+    // A tight scan to the next byte that can start something (most bytes cannot).
+    while let Some(skip) = sql[at..]
+        .iter()
+        .position(|&c| matches!(c, b'a' | b'A' | b's' | b'S' | b't' | b'T' | b';'))
+    {
+        at += skip;
+        let rest = &sql[at..];
+        let found = match rest[0] {
+            b'a' | b'A' => starts_with_ci(rest, b"advisory"),
+            b's' | b'S' => starts_with_ci(rest, b"set_config"),
+            b't' | b'T' => starts_with_ci(rest, b"temp"),
+            // Past the first `;` only another statement can matter: nothing else can follow.
+            _ => {
+                return rest[1..]
+                    .iter()
+                    .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0);
+            }
+        };
+        if found {
+            return true;
+        }
+        at += 1;
     }
-    if ANYWHERE.iter().any(|w| contains_ci(rest, w)) {
-        return true;
-    }
-    // More than one statement: look at each.
-    match rest.iter().position(|&c| c == b';') {
-        Some(i) => rest[i + 1..]
-            .iter()
-            .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0),
-        None => false,
-    }
+    false
 }
 
 /// Offset of the first byte after leading whitespace and comments.
@@ -231,21 +249,13 @@ fn skip_space_and_comments(sql: &[u8]) -> usize {
     }
 }
 
-/// Whether `hay` contains `needle` (lower-case ASCII) ignoring ASCII case.
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    if hay.len() < needle.len() {
-        return false;
-    }
-    (0..=hay.len() - needle.len()).any(|i| {
-        hay[i] | 0x20 == first
-            && hay[i + 1..i + needle.len()]
-                .iter()
-                .zip(rest)
-                .all(|(a, b)| a.to_ascii_lowercase() == *b)
-    })
+/// Whether `hay` starts with `needle` (lower-case ASCII), ignoring ASCII case.
+fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len()
+        && hay
+            .iter()
+            .zip(needle)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
 /// Reads every statement of `sql`. Text the tokenizer cannot read (an unterminated quote) is

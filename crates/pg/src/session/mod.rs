@@ -164,6 +164,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         to_server: BytesMut::with_capacity(8192),
         to_client: BytesMut::with_capacity(8192),
         idle_transaction_timeout: spec.idle_transaction_timeout,
+        plain_first: 0,
     };
     let end = session.serve().await;
     session.finish(end).await;
@@ -244,6 +245,9 @@ struct Session {
     to_client: BytesMut,
     /// How long this client may sit in an open transaction without sending anything.
     idle_transaction_timeout: Option<std::time::Duration>,
+    /// The length of the batch's first message when it is a simple query already found to
+    /// have no effects beyond its transaction (0: none), so it is analysed once.
+    plain_first: usize,
 }
 
 impl Session {
@@ -315,6 +319,7 @@ impl Session {
 
     /// Handles every complete client message in the buffer.
     async fn client_messages(&mut self) -> Option<End> {
+        self.plain_first = 0;
         let fresh = self.lease.is_none();
         if self.lease.is_some() {
             if let Some(end) = self.guard_transaction().await {
@@ -384,7 +389,9 @@ impl Session {
             }
             if self.transaction {
                 let mut sub = Sub::Forward;
-                if let Some((sql, unnamed)) = statement_text(msg)
+                let known_plain = consumed == n && self.plain_first == n;
+                if !known_plain
+                    && let Some((sql, unnamed)) = statement_text(msg)
                     && let Some(fx) = self.pooler.analyzer.effects(sql)
                 {
                     sub = state::plan(
@@ -459,7 +466,11 @@ impl Session {
         }
         let n = proto::tagged_len(&self.cbuf, self.max).ok()??;
         let (sql, _) = statement_text(&self.cbuf[..n])?;
-        let fx = self.pooler.analyzer.effects(sql)?;
+        let Some(fx) = self.pooler.analyzer.effects(sql) else {
+            // Nothing to answer here; the forward loop need not look at it again.
+            self.plain_first = n;
+            return None;
+        };
         let mut out = BytesMut::new();
         if fx.creates != 0 && self.refuse_state {
             self.pool.stats.refusals.fetch_add(1, Relaxed);
