@@ -100,7 +100,10 @@ pub enum Route {
 #[derive(Debug)]
 struct HostPool {
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    // Boxed on purpose: a connection moves out of this list and back in for every transaction;
+    // the box makes that a pointer move instead of a copy of the whole struct.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
 }
 
 /// Server connections for one (database, user).
@@ -167,8 +170,8 @@ impl AcquireError {
 /// still gives back its permit and its counts, and its connection is closed.
 #[derive(Debug)]
 pub struct Lease {
-    /// The connection.
-    pub conn: ServerConn,
+    /// The connection (boxed: it moves on every hand-out and hand-back).
+    pub conn: Box<ServerConn>,
     /// When it was handed out.
     pub since: Instant,
     /// Which host (index into the topology).
@@ -330,7 +333,7 @@ impl Pool {
     }
 
     /// An idle connection of `host` that is still open (pinged when it sat long).
-    async fn idle_conn(&self, host: usize) -> Option<ServerConn> {
+    async fn idle_conn(&self, host: usize) -> Option<Box<ServerConn>> {
         loop {
             let candidate = self.hosts[host].idle.lock().ok().and_then(|mut i| i.pop());
             let mut conn = candidate?;
@@ -355,14 +358,17 @@ impl Pool {
     }
 
     /// A new connection to `host`.
-    async fn open(&self, host: usize) -> Result<ServerConn, ServerError> {
+    async fn open(&self, host: usize) -> Result<Box<ServerConn>, ServerError> {
         let id = self.next_server.fetch_add(1, Relaxed);
         let mut spec = self.topology.hosts[host].spec.clone();
         if spec.password.is_none() {
             spec.password.clone_from(&self.password);
         }
-        let mut conn =
-            ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id).await?;
+        // Boxed once here: a connection moves between the idle list, a lease and a session for
+        // every transaction, and a pointer moves cheaper than the struct.
+        let mut conn = Box::new(
+            ServerConn::connect(&spec, &self.server_user, Duration::from_secs(5), id).await?,
+        );
         conn.prepared.set_cap(self.max_prepared);
         conn.counted = Some(Opened::new(&self.stats));
         if let Ok(mut p) = self.params.lock()
@@ -392,7 +398,7 @@ impl Pool {
 
     fn lend(
         &self,
-        conn: ServerConn,
+        conn: Box<ServerConn>,
         host: usize,
         permit: OwnedSemaphorePermit,
         transaction: bool,
@@ -508,7 +514,7 @@ impl Pool {
 
     /// Closes every idle connection (RELOAD, shutdown).
     pub fn close_idle(&self) {
-        let drained: Vec<ServerConn> = self
+        let drained: Vec<Box<ServerConn>> = self
             .hosts
             .iter()
             .flat_map(|h| {
