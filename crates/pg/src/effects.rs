@@ -189,32 +189,43 @@ pub fn may_matter(sql: &[u8]) -> bool {
 /// what only [`analyze`] can judge wherever it stands (advisory locks, `set_config`, temporary
 /// objects), or holds more than one statement (each is then looked at).
 fn mentions_or_continues(sql: &[u8]) -> bool {
-    let mut at = 0;
-    // A tight scan to the next byte that can start something (most bytes cannot).
-    while let Some(skip) = sql[at..]
+    // Past the first `;` only another statement can matter: nothing else can follow.
+    let (first, rest) = match memchr::memchr(b';', sql) {
+        Some(semi) => (&sql[..semi], &sql[semi + 1..]),
+        None => (sql, &[][..]),
+    };
+    if rest
         .iter()
-        .position(|&c| matches!(c, b'a' | b'A' | b's' | b'S' | b't' | b'T' | b';'))
+        .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0)
     {
-        at += skip;
-        let rest = &sql[at..];
-        let found = match rest[0] {
-            b'a' | b'A' => starts_with_ci(rest, b"advisory"),
-            b's' | b'S' => starts_with_ci(rest, b"set_config"),
-            b't' | b'T' => starts_with_ci(rest, b"temp"),
-            // Past the first `;` only another statement can matter: nothing else can follow.
-            _ => {
-                return rest[1..]
-                    .iter()
-                    .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0);
-            }
-        };
-        if found {
-            return true;
-        }
-        at += 1;
+        return true;
     }
-    false
+    // One table lookup per byte; only a letter that can start a word of interest is looked at
+    // further (most statements have a few, and those fail on their second letter).
+    first
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| match WORD_START[usize::from(c)] {
+            0 => false,
+            b'a' => starts_with_ci(&first[i..], b"advisory"),
+            b's' => starts_with_ci(&first[i..], b"set_config"),
+            _ => starts_with_ci(&first[i..], b"temp"),
+        })
 }
+
+/// For each byte, the lower-case first letter of a word [`mentions_or_continues`] looks for
+/// that it can start, or 0.
+static WORD_START: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 3 {
+        let c = [b'a', b's', b't'][i];
+        t[c as usize] = c;
+        t[c.to_ascii_uppercase() as usize] = c;
+        i += 1;
+    }
+    t
+};
 
 /// Offset of the first byte after leading whitespace and comments.
 fn skip_space_and_comments(sql: &[u8]) -> usize {

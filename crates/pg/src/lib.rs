@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod classify;
+pub mod clock;
 pub mod console;
 pub mod console_ext;
 pub mod effects;

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::clock::Coarse;
 use crate::held::{Lent, Opened, Waiting};
 use crate::server::{ServerConn, ServerError};
 use crate::spec::{DatabaseSpec, PgSpec, PoolMode};
@@ -172,8 +173,6 @@ impl AcquireError {
 pub struct Lease {
     /// The connection (boxed: it moves on every hand-out and hand-back).
     pub conn: Box<ServerConn>,
-    /// When it was handed out.
-    pub since: Instant,
     /// Which host (index into the topology).
     pub host: usize,
     _permit: OwnedSemaphorePermit,
@@ -243,7 +242,7 @@ impl Pool {
 
     /// The host for `route`, waiting (up to the wait timeout from `start`) while no primary is
     /// known.
-    async fn host_for(&self, route: Route, start: Instant) -> Result<usize, AcquireError> {
+    async fn host_for(&self, route: Route, start: Coarse) -> Result<usize, AcquireError> {
         loop {
             let picked = match route {
                 Route::Read { min_lsn } => self
@@ -270,7 +269,7 @@ impl Pool {
     /// unreachable, out of slots) is retried with backoff until the wait timeout; a read whose
     /// replica refuses falls back at once to another host (the replica is marked down).
     pub async fn acquire(&self, route: Route) -> Result<Lease, AcquireError> {
-        let start = Instant::now();
+        let start = Coarse::now();
         let mut backoff = Duration::from_millis(20);
         loop {
             let host = self.host_for(route, start).await?;
@@ -304,7 +303,7 @@ impl Pool {
     async fn permit(
         &self,
         host: usize,
-        start: Instant,
+        start: Coarse,
     ) -> Result<OwnedSemaphorePermit, AcquireError> {
         let hp = &self.hosts[host];
         if let Ok(p) = hp.permits.clone().try_acquire_owned() {
@@ -312,17 +311,21 @@ impl Pool {
             self.stats.wait.observe(0.0);
             return Ok(p);
         }
-        let waiting = Instant::now();
-        let left = self.wait_timeout.saturating_sub(start.elapsed());
+        // Waits are reported in microseconds: timed on the precise clock (only here, off the
+        // path of a transaction that finds a connection free).
+        let before = start.elapsed();
+        let waiting = tokio::time::Instant::now();
+        let deadline = waiting + self.wait_timeout.saturating_sub(before);
         let got = {
             // Counted as waiting until the wait ends, however it ends.
             let _waiting = Waiting::new(&self.stats.waiting);
-            tokio::time::timeout(left, hp.permits.clone().acquire_owned()).await
+            tokio::time::timeout_at(deadline, hp.permits.clone().acquire_owned()).await
         };
-        let waited = waiting.elapsed().as_micros() as u64;
-        self.stats.wait_us.fetch_add(waited, Relaxed);
-        self.stats.max_wait_us.fetch_max(waited, Relaxed);
-        self.stats.wait.observe(start.elapsed().as_secs_f64());
+        let waited = waiting.elapsed();
+        let waited_us = waited.as_micros() as u64;
+        self.stats.wait_us.fetch_add(waited_us, Relaxed);
+        self.stats.max_wait_us.fetch_max(waited_us, Relaxed);
+        self.stats.wait.observe((before + waited).as_secs_f64());
         match got {
             Ok(Ok(p)) => Ok(p),
             _ => {
@@ -413,7 +416,6 @@ impl Pool {
         }
         Lease {
             conn,
-            since: Instant::now(),
             host,
             _permit: permit,
             _lent: lent,
@@ -425,8 +427,8 @@ impl Pool {
     pub fn release(&self, lease: Lease, reusable: bool) {
         let Lease { mut conn, host, .. } = lease;
         // The lease's counts come back here; the connection is kept or closed below.
-        let now = Instant::now();
-        if reusable && now.duration_since(conn.born) < self.lifetime {
+        let now = Coarse::now();
+        if reusable && now.since(conn.born) < self.lifetime {
             conn.last_used = now;
             if let Ok(mut idle) = self.hosts[host].idle.lock() {
                 idle.push(conn);

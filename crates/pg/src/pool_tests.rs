@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use crate::spec::{DatabaseSpec, PgSpec, PoolMode, ServerSpec};
@@ -55,7 +55,7 @@ async fn a_wait_given_up_is_no_longer_counted_as_waiting() {
         .try_acquire_owned()
         .expect("the only permit");
     // The client waiting for a server goes away: its wait is dropped mid-way.
-    let wait = pool.permit(0, Instant::now());
+    let wait = pool.permit(0, crate::clock::Coarse::now());
     assert!(
         tokio::time::timeout(Duration::from_millis(20), wait)
             .await

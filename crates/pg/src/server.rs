@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
@@ -14,6 +14,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::clock::Coarse;
 use crate::spec::{ServerSpec, SslMode};
 use crate::stream::ServerStream;
 
@@ -93,9 +94,9 @@ pub struct ServerConn {
     /// Fingerprint of the session settings applied (0: server defaults; `u64::MAX`: unknown).
     pub settings: u64,
     /// When the connection was made.
-    pub born: Instant,
+    pub born: Coarse,
     /// When it was last handed back.
-    pub last_used: Instant,
+    pub last_used: Coarse,
     /// Unique id within the process, for SHOW SERVERS.
     pub id: u64,
     /// Its place in a pool's open count (none for connections outside a pool).
@@ -144,8 +145,8 @@ impl ServerConn {
             params: Vec::new(),
             prepared: crate::stmt::Prepared::default(),
             settings: 0,
-            born: Instant::now(),
-            last_used: Instant::now(),
+            born: Coarse::now(),
+            last_used: Coarse::now(),
             id,
             counted: None,
         };

@@ -252,6 +252,11 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self) -> End {
+        // One watch for shutdown for the whole session, not one per message: registering and
+        // dropping a waiter on every read costs more than the read's own bookkeeping.
+        let pooler = self.pooler.clone();
+        let closing = pooler.closing();
+        tokio::pin!(closing);
         loop {
             match proto::tagged_len(&self.cbuf, self.max) {
                 Err(e) => return End::Fatal(e.into()),
@@ -269,11 +274,12 @@ impl Session {
                     return End::Shutdown;
                 }
                 tokio::select! {
+                    biased;
                     r = read_some(&mut self.client, &mut self.cbuf) => match r {
                         Ok(0) | Err(_) => return End::Client,
                         Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
                     },
-                    _ = self.pooler.closing() => return End::Shutdown,
+                    () = &mut closing => return End::Shutdown,
                 };
                 continue;
             };
@@ -287,7 +293,9 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: polled in this order, without drawing a random number per wake-up.
             tokio::select! {
+                biased;
                 r = read_some(&mut self.client, &mut self.cbuf) => match r {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
