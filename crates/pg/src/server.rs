@@ -293,24 +293,14 @@ impl ServerConn {
     /// pg_terminate_backend, a restart or an idle timeout on the server. Answered from the
     /// reactor's readiness without a syscall in the common case.
     pub fn looks_closed(&mut self) -> bool {
-        use futures_util::FutureExt;
-        let tls = self.stream.is_tls();
         let Some(tcp) = self.stream.tcp() else {
             return true;
         };
-        if tcp.readable().now_or_never().is_none() {
-            return false;
-        }
-        if tls {
-            // Anything on an idle TLS socket is an alert or a close: stale.
-            return true;
-        }
+        // Anything at all (end of stream, an error, a FATAL before closing, a TLS alert) means
+        // stale; only a read that would block means the connection is as it was left. tokio
+        // answers that from the reactor's readiness, without a syscall or a waiter.
         let mut probe = [0u8; 512];
-        match tcp.try_read(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            // EOF, an error, or bytes nobody asked for (a FATAL before closing): stale.
-            _ => true,
-        }
+        !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// A cheap liveness check: Sync → ReadyForQuery with the connection idle.

@@ -78,8 +78,11 @@ impl ClientStream {
             Stream::Tls(t) => t.get_ref().0,
             Stream::Closed => return,
         };
+        // Polled through the socket's single reader slot (nothing else reads the client while
+        // this runs), which is cheaper than a queued waiter for every wait.
         let mut byte = [0u8; 1];
-        match tcp.peek(&mut byte).await {
+        let mut buf = ReadBuf::new(&mut byte);
+        match std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut buf)).await {
             Ok(0) | Err(_) => {}
             Ok(_) => std::future::pending().await,
         }
