@@ -299,7 +299,7 @@ impl ServerConn {
         // Anything at all (end of stream, an error, a FATAL before closing, a TLS alert) means
         // stale; only a read that would block means the connection is as it was left. tokio
         // answers that from the reactor's readiness, without a syscall or a waiter.
-        let mut probe = [0u8; 512];
+        let mut probe = [0u8; 1];
         !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
