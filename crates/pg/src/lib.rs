@@ -35,6 +35,7 @@ pub mod spec;
 pub mod stmt;
 pub mod stream;
 pub mod topology;
+pub mod wait_timer;
 
 pub use pooler::Pooler;
 pub use spec::{

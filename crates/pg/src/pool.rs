@@ -17,6 +17,7 @@ use crate::held::{Lent, Opened, Waiting};
 use crate::server::{ServerConn, ServerError};
 use crate::spec::{DatabaseSpec, PgSpec, PoolMode};
 use crate::topology::Topology;
+use crate::wait_timer::WaitTimer;
 
 /// Counters for SHOW POOLS / SHOW STATS and metrics.
 #[derive(Debug)]
@@ -268,12 +269,17 @@ impl Pool {
     /// long), else a new one. A login that fails for a passing reason (the server restarting,
     /// unreachable, out of slots) is retried with backoff until the wait timeout; a read whose
     /// replica refuses falls back at once to another host (the replica is marked down).
-    pub async fn acquire(&self, route: Route) -> Result<Lease, AcquireError> {
+    /// The wait races `timer` (a client's own, kept across its waits).
+    pub async fn acquire(
+        &self,
+        route: Route,
+        timer: &mut WaitTimer,
+    ) -> Result<Lease, AcquireError> {
         let start = Coarse::now();
         let mut backoff = Duration::from_millis(20);
         loop {
             let host = self.host_for(route, start).await?;
-            let permit = self.permit(host, start).await?;
+            let permit = self.permit(host, start, timer).await?;
             let transaction = route != Route::Any;
             if let Some(conn) = self.idle_conn(host).await {
                 return Ok(self.lend(conn, host, permit, transaction));
@@ -304,6 +310,7 @@ impl Pool {
         &self,
         host: usize,
         start: Coarse,
+        timer: &mut WaitTimer,
     ) -> Result<OwnedSemaphorePermit, AcquireError> {
         let hp = &self.hosts[host];
         if let Ok(p) = hp.permits.clone().try_acquire_owned() {
@@ -319,7 +326,12 @@ impl Pool {
         let got = {
             // Counted as waiting until the wait ends, however it ends.
             let _waiting = Waiting::new(&self.stats.waiting);
-            tokio::time::timeout_at(deadline, hp.permits.clone().acquire_owned()).await
+            let expired = timer.arm(deadline);
+            tokio::select! {
+                biased;
+                p = hp.permits.clone().acquire_owned() => p.ok(),
+                () = expired => None,
+            }
         };
         let waited = waiting.elapsed();
         let waited_us = waited.as_micros() as u64;
@@ -327,8 +339,8 @@ impl Pool {
         self.stats.max_wait_us.fetch_max(waited_us, Relaxed);
         self.stats.wait.observe((before + waited).as_secs_f64());
         match got {
-            Ok(Ok(p)) => Ok(p),
-            _ => {
+            Some(p) => Ok(p),
+            None => {
                 self.stats.wait_timeouts.fetch_add(1, Relaxed);
                 Err(AcquireError::Timeout(self.wait_timeout, self.db.pool_size))
             }

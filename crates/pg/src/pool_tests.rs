@@ -55,7 +55,8 @@ async fn a_wait_given_up_is_no_longer_counted_as_waiting() {
         .try_acquire_owned()
         .expect("the only permit");
     // The client waiting for a server goes away: its wait is dropped mid-way.
-    let wait = pool.permit(0, crate::clock::Coarse::now());
+    let mut timer = crate::wait_timer::WaitTimer::default();
+    let wait = pool.permit(0, crate::clock::Coarse::now(), &mut timer);
     assert!(
         tokio::time::timeout(Duration::from_millis(20), wait)
             .await

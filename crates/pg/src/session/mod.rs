@@ -33,6 +33,7 @@ use crate::server::SETTINGS_UNKNOWN;
 use crate::settings::{Change, Settings};
 use crate::spec::{OnSessionState, PoolMode};
 use crate::stmt::{Action, Statements, Sub};
+use crate::wait_timer::WaitTimer;
 
 /// Serves one client connection to the end.
 pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
@@ -85,7 +86,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     let params = if params.is_empty() {
         // First client of this pool: log in to the server once to learn its parameters
         // (and to report a refused login to the client that caused it).
-        match pool.acquire(Route::Any).await {
+        match pool.acquire(Route::Any, &mut WaitTimer::default()).await {
             Ok(lease) => {
                 let p = lease.conn.params.clone();
                 pool.release(lease, true);
@@ -165,6 +166,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         to_client: BytesMut::with_capacity(8192),
         idle_transaction_timeout: spec.idle_transaction_timeout,
         plain_first: 0,
+        wait_timer: WaitTimer::default(),
     };
     let end = session.serve().await;
     session.finish(end).await;
@@ -248,6 +250,8 @@ struct Session {
     /// The length of the batch's first message when it is a simple query already found to
     /// have no effects beyond its transaction (0: none), so it is analysed once.
     plain_first: usize,
+    /// The timer this client's waits for a server connection race.
+    wait_timer: WaitTimer,
 }
 
 impl Session {
@@ -546,7 +550,7 @@ impl Session {
         loop {
             let mut lease = tokio::select! {
                 biased;
-                got = self.pool.acquire(route) => got?,
+                got = self.pool.acquire(route, &mut self.wait_timer) => got?,
                 () = self.client.closed() => return Err(AcquireError::ClientGone),
             };
             let wanted = self.track.settings.fingerprint();
