@@ -19,6 +19,7 @@ pub mod console;
 pub mod console_ext;
 pub mod effects;
 pub mod failure;
+pub mod flag;
 mod held;
 pub mod login;
 pub mod metrics;

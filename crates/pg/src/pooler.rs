@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::auth::ScramSecret;
 use crate::classify::Classifier;
@@ -103,10 +102,10 @@ pub struct Pooler {
     /// Clients connected now.
     pub client_count: AtomicUsize,
     server_ids: Arc<AtomicU64>,
-    paused: watch::Sender<bool>,
+    paused: crate::flag::Flag,
     /// Woken by the console's RELOAD; the process reloads its config file.
     pub reload: tokio::sync::Notify,
-    closing: watch::Sender<bool>,
+    closing: crate::flag::Flag,
 }
 
 impl Pooler {
@@ -122,9 +121,9 @@ impl Pooler {
             clients: Mutex::new(HashMap::new()),
             client_count: AtomicUsize::new(0),
             server_ids: Arc::new(AtomicU64::new(1)),
-            paused: watch::channel(false).0,
+            paused: Default::default(),
             reload: tokio::sync::Notify::new(),
-            closing: watch::channel(false).0,
+            closing: Default::default(),
         })
     }
 
@@ -307,29 +306,27 @@ impl Pooler {
 
     /// Stops handing out server connections (PAUSE) or resumes (RESUME).
     pub fn set_paused(&self, paused: bool) {
-        self.paused.send_replace(paused);
+        self.paused.set(paused);
     }
 
     /// Whether PAUSE is in force.
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.paused.get()
     }
 
     /// Waits while paused.
     pub async fn wait_resumed(&self) {
-        let mut rx = self.paused.subscribe();
-        let _ = rx.wait_for(|p| !*p).await;
+        self.paused.wait_for(false).await;
     }
 
     /// Whether the pooler is shutting down.
     pub fn is_closing(&self) -> bool {
-        *self.closing.borrow()
+        self.closing.get()
     }
 
     /// Resolves once shutdown has begun.
     pub async fn closing(&self) {
-        let mut rx = self.closing.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
+        self.closing.wait_for(true).await;
     }
 
     /// Server connections handed out across all pools.
@@ -394,7 +391,7 @@ impl Pooler {
             }
         }
         // Sessions between transactions say goodbye now; the others when theirs ends.
-        self.closing.send_replace(true);
+        self.closing.set(true);
         reaper.abort();
         if let Ok(mut monitors) = self.monitors.lock() {
             for (_, m) in monitors.drain() {
