@@ -32,6 +32,29 @@ impl<T> Stream<T> {
         matches!(self, Stream::Tls(_))
     }
 
+    /// Writes all of `buf`. On plain TCP it is sent straight away while the socket takes it
+    /// (the common case: a socket is writable unless the peer stopped reading), without a
+    /// future's polling and budget bookkeeping; the rest, and TLS, go through `write_all`.
+    pub async fn send_all(&mut self, buf: &[u8]) -> io::Result<()>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut sent = 0;
+        if let Stream::Plain(tcp) = self {
+            while sent < buf.len() {
+                match tcp.try_write(&buf[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if sent < buf.len() {
+            tokio::io::AsyncWriteExt::write_all(self, &buf[sent..]).await?;
+        }
+        Ok(())
+    }
+
     /// After a read shorter than the room offered, tells tokio the socket is drained so the
     /// next wait skips a read that would only return EAGAIN (plain TCP only: TLS may hold
     /// decrypted bytes of its own).

@@ -444,7 +444,7 @@ impl Session {
         self.cbuf.advance(consumed);
         self.count_pin();
         let lease = self.lease.as_mut()?;
-        let r = lease.conn.stream.write_all(&self.to_server).await;
+        let r = lease.conn.stream.send_all(&self.to_server).await;
         self.to_server.clear();
         if let Err(e) = r {
             return Some(End::ServerLost(e.to_string()));
@@ -732,7 +732,7 @@ impl Session {
             .stats
             .bytes_out
             .fetch_add(out.len() as u64, Relaxed);
-        let r = self.client.write_all(out).await;
+        let r = self.client.send_all(out).await;
         conn.buf.advance(consumed);
         self.to_client.clear();
         if r.is_err() {
