@@ -297,16 +297,12 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            // Biased: polled in this order, without drawing a random number per wake-up.
+            // Biased: polled in this order, without drawing a random number per wake-up. The
+            // server first: its answer is what a client holding a server usually waits for,
+            // and when it is there the client's socket is not polled (and re-registered) for
+            // nothing. A client's bytes that arrive meanwhile are read on the next turn.
             tokio::select! {
                 biased;
-                r = read_some(&mut self.client, &mut self.cbuf) => match r {
-                    Ok(0) | Err(_) => return End::Client,
-                    Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
-                },
-                () = idle_too_long => {
-                    return End::Fatal(Failure::IdleInTransaction);
-                },
                 r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
                     Ok(0) => {
                         let why = "the server closed the connection".to_string();
@@ -324,6 +320,13 @@ impl Session {
                             return end;
                         }
                     }
+                },
+                r = read_some(&mut self.client, &mut self.cbuf) => match r {
+                    Ok(0) | Err(_) => return End::Client,
+                    Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
+                },
+                () = idle_too_long => {
+                    return End::Fatal(Failure::IdleInTransaction);
                 },
             }
         }
