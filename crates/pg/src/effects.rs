@@ -228,21 +228,18 @@ fn mentions_or_continues(sql: &[u8]) -> bool {
 /// The eight bytes of `s` from `at` and the eight from `at + 1` (little-endian), zero past the
 /// end (zero is no letter, even with the case bit set).
 fn blocks(s: &[u8], at: usize) -> (u64, u64) {
-    if let Some(nine) = s.get(at..at + 9) {
-        let mut this = [0u8; 8];
-        let mut next = [0u8; 8];
-        this.copy_from_slice(&nine[..8]);
-        next.copy_from_slice(&nine[1..]);
-        return (u64::from_le_bytes(this), u64::from_le_bytes(next));
-    }
-    let mut padded = [0u8; 16];
-    let tail = &s[at.min(s.len())..];
-    padded[..tail.len().min(16)].copy_from_slice(&tail[..tail.len().min(16)]);
-    let mut this = [0u8; 8];
-    let mut next = [0u8; 8];
-    this.copy_from_slice(&padded[..8]);
-    next.copy_from_slice(&padded[1..9]);
-    (u64::from_le_bytes(this), u64::from_le_bytes(next))
+    let mut padded = [0u8; 9];
+    let window = match s.get(at..at + 9) {
+        Some(nine) => nine,
+        None => {
+            // Fewer than nine bytes are left.
+            let tail = s.get(at..).unwrap_or_default();
+            padded[..tail.len()].copy_from_slice(tail);
+            &padded[..]
+        }
+    };
+    let word = |w: &[u8]| <[u8; 8]>::try_from(w).map_or(0, u64::from_le_bytes);
+    (word(&window[..8]), word(&window[1..]))
 }
 
 /// The high bit of each byte of `v` that may be zero: every zero byte is marked (a byte above

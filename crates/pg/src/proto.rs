@@ -57,15 +57,7 @@ pub fn startup_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> 
 
 /// Reads a NUL-terminated string from the front of `b`, advancing past it.
 pub fn cstr(b: &mut &[u8]) -> Option<String> {
-    // Most strings here are empty (unnamed statements and portals): those skip the search.
-    let end = if b.first() == Some(&0) {
-        0
-    } else {
-        memchr::memchr(0, b)?
-    };
-    let s = String::from_utf8_lossy(&b[..end]).into_owned();
-    *b = &b[end + 1..];
-    Some(s)
+    cbytes(b).map(|s| String::from_utf8_lossy(s).into_owned())
 }
 
 /// Reads a NUL-terminated byte string from the front of `b`, advancing past it.

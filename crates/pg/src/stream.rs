@@ -43,6 +43,8 @@ impl<T> Stream<T> {
         if let Stream::Plain(tcp) = self {
             while sent < buf.len() {
                 match tcp.try_write(&buf[sent..]) {
+                    // Zero taken: left to write_all, which reports it.
+                    Ok(0) => break,
                     Ok(n) => sent += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
