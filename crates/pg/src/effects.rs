@@ -162,60 +162,65 @@ impl Analyzer {
 /// Whether `sql` may do anything [`analyze`] looks for: a cheap scan that ordinary statements
 /// (SELECT, INSERT, UPDATE … SET, DELETE) pass without allocating.
 pub fn may_matter(sql: &[u8]) -> bool {
-    const FIRST: &[&[u8]] = &[
-        b"set",
-        b"reset",
-        b"discard",
-        b"deallocate",
-        b"listen",
-        b"unlisten",
-        b"declare",
-        b"prepare",
-        b"close",
-        b"load",
-        b"drop",
-    ];
     let start = skip_space_and_comments(sql);
     let rest = &sql[start..];
     let word_len = rest
         .iter()
         .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(rest.len());
-    let first = &rest[..word_len];
-    FIRST.iter().any(|w| first.eq_ignore_ascii_case(w)) || mentions_or_continues(rest)
+    first_word_matters(&rest[..word_len]) || mentions_or_continues(rest)
+}
+
+/// Whether a statement's first word is one whose statement [`analyze`] must read.
+fn first_word_matters(word: &[u8]) -> bool {
+    // By length first: most first words (SELECT, INSERT, UPDATE, BEGIN …) are then compared
+    // with one candidate or none.
+    let candidates: &[&[u8]] = match word.len() {
+        3 => &[b"set"],
+        4 => &[b"load", b"drop"],
+        5 => &[b"reset", b"close"],
+        6 => &[b"listen"],
+        7 => &[b"discard", b"declare", b"prepare"],
+        8 => &[b"unlisten"],
+        10 => &[b"deallocate"],
+        _ => &[],
+    };
+    candidates.iter().any(|w| word.eq_ignore_ascii_case(w))
 }
 
 /// One pass over a statement (it runs for every statement a client sends): whether it names
 /// what only [`analyze`] can judge wherever it stands (advisory locks, `set_config`, temporary
 /// objects), or holds more than one statement (each is then looked at).
 fn mentions_or_continues(sql: &[u8]) -> bool {
-    // Past the first `;` only another statement can matter: nothing else can follow.
-    let (first, rest) = match memchr::memchr(b';', sql) {
-        Some(semi) => (&sql[..semi], &sql[semi + 1..]),
-        None => (sql, &[][..]),
-    };
-    if rest
-        .iter()
-        .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0)
-    {
-        return true;
-    }
     // Eight bytes at a time, a word of interest is recognised by its first two letters (`ad`,
-    // `se`, `te`, in any case); only where such a pair may start is the word compared.
+    // `se`, `te`, in any case) and the end of the first statement by its `;`; only where such
+    // a pair may start is the word compared. Hits are taken in order, so the first `;` found is
+    // the first in the text, and words past it are never looked at: past the first `;` only
+    // another statement can matter.
     const LOW: u64 = u64::from_le_bytes([0x20; 8]);
+    const SEMI: u64 = u64::from_le_bytes([b';'; 8]);
     let pair = |this: u64, next: u64, a: u8, b: u8| {
         zero_bytes((this ^ u64::from_le_bytes([a; 8])) | (next ^ u64::from_le_bytes([b; 8])))
     };
     let mut at = 0;
-    while at < first.len() {
-        let (this, next) = blocks(first, at);
-        let (this, next) = (this | LOW, next | LOW);
+    while at < sql.len() {
+        let (raw, next) = blocks(sql, at);
+        // `;` is looked for before the case bit is set, which would make ESC look like one.
+        let semis = zero_bytes(raw ^ SEMI);
+        let (this, next) = (raw | LOW, next | LOW);
         let mut hits = pair(this, next, b'a', b'd')
             | pair(this, next, b's', b'e')
-            | pair(this, next, b't', b'e');
+            | pair(this, next, b't', b'e')
+            | semis;
         while hits != 0 {
             let i = at + (hits.trailing_zeros() / 8) as usize;
-            if word_at(first, i) {
+            if sql.get(i) == Some(&b';') {
+                let rest = sql.get(i + 1..).unwrap_or_default();
+                return rest
+                    .iter()
+                    .any(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0);
+            }
+            if word_at(sql, i) {
                 return true;
             }
             hits &= hits - 1;

@@ -10,7 +10,8 @@
 //! (what SQL does to a session: state to pin or refuse, DEALLOCATE/DISCARD), `console`
 //! (SHOW POOLS and friends), `classify` (read or write), `topology` (roles, lag,
 //! failover), `shard` / `sharding` (keys to shards, statement plans), `stream` / `server_tls`
-//! (TLS both ways), `metrics` (Prometheus), `pooler` (the whole).
+//! (TLS both ways), `metrics` (Prometheus; `wait_histogram` its lock-free wait times), `pooler`
+//! (the whole).
 
 pub mod auth;
 pub mod classify;
@@ -36,6 +37,7 @@ pub mod spec;
 pub mod stmt;
 pub mod stream;
 pub mod topology;
+pub mod wait_histogram;
 pub mod wait_timer;
 
 pub use pooler::Pooler;

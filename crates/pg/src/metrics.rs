@@ -11,15 +11,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::pooler::Pooler;
 use crate::topology::Role;
-
-/// A wait-time histogram (seconds) for one pool.
-pub fn wait_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
-}
 
 /// Registers with `registry.register_collector(Box::new(PoolerMetrics(pooler)))`.
 #[derive(Debug)]

@@ -23,7 +23,7 @@ use crate::wait_timer::WaitTimer;
 #[derive(Debug)]
 pub struct PoolStats {
     /// Seconds clients waited for a server connection (0 when one was free).
-    pub wait: prometheus_client::metrics::histogram::Histogram,
+    pub wait: crate::wait_histogram::WaitHistogram,
     /// Clients connected to this pool.
     pub clients: AtomicUsize,
     /// Clients waiting for a server connection.
@@ -59,7 +59,7 @@ pub struct PoolStats {
 impl PoolStats {
     pub(crate) fn new() -> PoolStats {
         PoolStats {
-            wait: crate::metrics::wait_histogram(),
+            wait: Default::default(),
             clients: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -319,7 +319,7 @@ impl Pool {
             && let Ok(p) = hp.permits.clone().try_acquire_owned()
         {
             // Had at once: no wait (and no clock read on the path every transaction takes).
-            self.stats.wait.observe(0.0);
+            self.stats.wait.record_none();
             return Ok(p);
         }
         // Waits are reported in microseconds: timed on the precise clock (only here, off the
@@ -341,7 +341,7 @@ impl Pool {
         let waited_us = waited.as_micros() as u64;
         self.stats.wait_us.fetch_add(waited_us, Relaxed);
         self.stats.max_wait_us.fetch_max(waited_us, Relaxed);
-        self.stats.wait.observe((before + waited).as_secs_f64());
+        self.stats.wait.record(before + waited);
         match got {
             Some(p) => Ok(p),
             None => {

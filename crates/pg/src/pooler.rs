@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -31,6 +32,22 @@ pub struct ClientSlot {
     pub server: Mutex<Option<(u64, ServerKey)>>,
     /// Session state pinning it to that connection (`effects::state` bits; 0: not pinned).
     pub pinned: std::sync::atomic::AtomicU8,
+    /// The session's task while it waits between transactions, woken when shutdown begins
+    /// (one registration per wait, instead of a queued waiter on a shared channel).
+    pub on_close: futures_util::task::AtomicWaker,
+}
+
+impl ClientSlot {
+    /// Ready once `pooler` is shutting down; until then registers the caller to be woken then.
+    pub fn poll_closing(&self, pooler: &Pooler, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // Registered before the flag is read: a shutdown that sets it after this read wakes us.
+        self.on_close.register(cx.waker());
+        if pooler.is_closing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// The settings in force: replaced whole by a reload.
@@ -324,11 +341,6 @@ impl Pooler {
         self.closing.get()
     }
 
-    /// Resolves once shutdown has begun.
-    pub async fn closing(&self) {
-        self.closing.wait_for(true).await;
-    }
-
     /// Server connections handed out across all pools.
     pub fn active_servers(&self) -> usize {
         self.pools()
@@ -392,6 +404,9 @@ impl Pooler {
         }
         // Sessions between transactions say goodbye now; the others when theirs ends.
         self.closing.set(true);
+        for client in self.clients() {
+            client.on_close.wake();
+        }
         reaper.abort();
         if let Ok(mut monitors) = self.monitors.lock() {
             for (_, m) in monitors.drain() {

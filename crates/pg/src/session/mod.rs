@@ -108,6 +108,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         since: Instant::now(),
         server: std::sync::Mutex::new(None),
         pinned: Default::default(),
+        on_close: Default::default(),
     });
     let key = pooler.register(slot.clone());
     let mut out = BytesMut::new();
@@ -256,11 +257,6 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self) -> End {
-        // One watch for shutdown for the whole session, not one per message: registering and
-        // dropping a waiter on every read costs more than the read's own bookkeeping.
-        let pooler = self.pooler.clone();
-        let closing = pooler.closing();
-        tokio::pin!(closing);
         loop {
             match proto::tagged_len(&self.cbuf, self.max) {
                 Err(e) => return End::Fatal(e.into()),
@@ -283,7 +279,9 @@ impl Session {
                         Ok(0) | Err(_) => return End::Client,
                         Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
                     },
-                    () = &mut closing => return End::Shutdown,
+                    () = std::future::poll_fn(|cx| self.slot.poll_closing(&self.pooler, cx)) => {
+                        return End::Shutdown;
+                    }
                 };
                 continue;
             };
