@@ -14,6 +14,7 @@
 //! (the whole).
 
 pub mod auth;
+mod candidates;
 pub mod classify;
 pub mod clock;
 pub mod console;
