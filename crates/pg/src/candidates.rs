@@ -23,11 +23,11 @@ pub fn candidates(s: &[u8], at: usize) -> u32 {
 /// Sixteen positions and the byte after the last (the second letter of a pair).
 const WINDOW: usize = 17;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn scan(w: &[u8; WINDOW]) -> u32 {
     use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline, so these instructions always exist; the two
-    // unaligned loads read bytes 0..16 and 1..17 of a 17-byte array.
+    // SAFETY: compiled only where SSE2 is enabled (every x86_64 target but the bare-metal
+    // ones); the two unaligned loads read bytes 0..16 and 1..17 of a 17-byte array.
     unsafe {
         let raw = _mm_loadu_si128(w.as_ptr().cast());
         let next = _mm_loadu_si128(w.as_ptr().add(1).cast());
@@ -43,13 +43,13 @@ fn scan(w: &[u8; WINDOW]) -> u32 {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 fn scan(w: &[u8; WINDOW]) -> u32 {
     scan_bytes(w)
 }
 
 /// [`scan`] one byte at a time.
-#[cfg(any(test, not(target_arch = "x86_64")))]
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
 fn scan_bytes(w: &[u8; WINDOW]) -> u32 {
     let mut hits = 0;
     for i in 0..WINDOW - 1 {
@@ -84,11 +84,23 @@ mod tests {
         assert_eq!(candidates(b"", 0), 0);
     }
 
+    #[test]
+    fn every_byte_pair_scans_alike_at_the_first_and_last_position() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let mut w = [b; WINDOW];
+                w[0] = a;
+                w[WINDOW - 2] = a;
+                assert_eq!(scan(&w), scan_bytes(&w), "{a:#04x} {b:#04x}");
+            }
+        }
+    }
+
     proptest::proptest! {
         /// The SIMD pass and the byte-by-byte one agree on every window, whatever its bytes.
         #[test]
         fn the_simd_scan_matches_the_byte_scan(bytes in proptest::collection::vec(
-            proptest::sample::select(b"aAsStTdDeE;\x1b{[ \0\xff\x45\x64xyz".to_vec()), WINDOW)) {
+            proptest::sample::select(b"aAsStTdDeE;\x1b{[ \0\xffxyz".to_vec()), WINDOW)) {
             let w: [u8; WINDOW] = bytes.try_into().expect("WINDOW bytes");
             proptest::prop_assert_eq!(scan(&w), scan_bytes(&w));
         }

@@ -41,6 +41,8 @@ impl ClientSlot {
     /// Ready once `pooler` is shutting down; until then registers the caller to be woken then.
     pub fn poll_closing(&self, pooler: &Pooler, cx: &mut std::task::Context<'_>) -> Poll<()> {
         // Registered before the flag is read: a shutdown that sets it after this read wakes us.
+        // (What orders the two sides is the waker's own atomic state, which registration and
+        // wake both update: the flag's Release/Acquire alone would not be enough.)
         self.on_close.register(cx.waker());
         if pooler.is_closing() {
             Poll::Ready(())
