@@ -356,6 +356,13 @@ impl EndpointState {
         ewma::regress(stored, at, now.0, typical)
     }
 
+    /// The latency estimate at `now` as the balancer last saw the fleet's typical latency:
+    /// what [`EndpointState::latency_estimate_at`] gives, without setting the typical (for
+    /// displays, which must show what the balancer reads, not only the last sample's value).
+    pub fn latency_estimate_now(&self, now: Tick) -> f64 {
+        self.estimate_now(self.ewma_at.load(Relaxed), now)
+    }
+
     /// The latency estimate in nanoseconds as last refreshed (by a sample, not by time).
     pub fn latency_estimate_ns(&self) -> f64 {
         f64::from_bits(self.ewma_ns.load(Relaxed))
@@ -534,6 +541,9 @@ mod tests {
         // Stale and unrefreshed, the estimate heads below the fleet's typical latency.
         let stale = s.latency_estimate_at(secs(30), 2e6);
         assert!(stale < 2e6, "{stale}");
+        // A display reads the same value the balancer does, and the last sample's separately.
+        assert_eq!(s.latency_estimate_now(secs(30)), stale);
+        assert_eq!(s.latency_estimate_ns(), after);
     }
 
     #[test]

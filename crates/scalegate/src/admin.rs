@@ -253,7 +253,10 @@ impl Admin {
                             "state": state,
                             "ejected_for_ms": ejected_ms,
                             "in_flight": e.state.in_flight(),
-                            "latency_ewma_ms": e.state.latency_estimate_ns() / 1e6,
+                            // What the balancer reads now (decayed toward the fleet's typical
+                            // latency while unrefreshed), and the value the last sample left.
+                            "latency_ewma_ms": e.state.latency_estimate_now(now) / 1e6,
+                            "latency_last_sample_ms": e.state.latency_estimate_ns() / 1e6,
                             "consecutive_failures": e.state.consecutive_failures(),
                             "slow_start_factor": e.state.slow_start_factor(now, u.spec.slow_start),
                             "connections": { "active": e.metrics.pool.active.get(), "idle": e.metrics.pool.idle.get() },

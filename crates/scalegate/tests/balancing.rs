@@ -156,6 +156,11 @@ async fn endpoints_can_come_from_dns() {
     );
     let view = gw.admin_get("/upstreams").await;
     assert!(view.contains(&bs[1].addr.to_string()), "{view}");
+    // The estimate the balancer reads now, and the one the last answer left.
+    assert!(
+        view.contains("\"latency_ewma_ms\"") && view.contains("\"latency_last_sample_ms\""),
+        "{view}"
+    );
     // Only DNS: still served.
     gw.write_config(&routed(
         "",
