@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::outgoing::Out;
 use crate::proto::{cbytes, message, put_cstr};
 
 /// The statements prepared on one server connection, at most `cap` of them: the least recently
@@ -242,23 +243,23 @@ impl Statements {
         msg: &[u8],
         prepared: &mut Prepared,
         intern: impl FnOnce(&[u8]) -> u64,
-        out: &mut BytesMut,
+        out: &mut impl Out,
         sub: Sub,
     ) -> u8 {
         let body = &msg[5..];
         match (msg[0], sub) {
             (b'Q', Sub::Emulate(tag)) => {
-                message(out, b'Q', |o| o.put_u8(0));
+                message(out.rewrite(), b'Q', |o| o.put_u8(0));
                 self.expect.push_back(Expect::Emulated(tag));
                 self.ready();
             }
             (b'Q', Sub::Refuse(bits)) => {
-                message(out, b'Q', |o| put_cstr(o, REFUSED));
+                message(out.rewrite(), b'Q', |o| put_cstr(o, REFUSED));
                 self.expect.push_back(Expect::Refused(bits));
                 self.ready();
             }
             (b'P', Sub::Refuse(bits)) => {
-                parse(out, b"", &[REFUSED, b"\0\0\0"].concat());
+                parse(out.rewrite(), b"", &[REFUSED, b"\0\0\0"].concat());
                 self.expect.push_back(Expect::Refused(bits));
             }
             (b'P', Sub::Emulate(tag)) => {
@@ -267,7 +268,7 @@ impl Statements {
                 let types = cbytes(&mut b)
                     .and_then(|_| cbytes(&mut b))
                     .map_or(&b"\0\0"[..], |_| b);
-                message(out, b'P', |o| {
+                message(out.rewrite(), b'P', |o| {
                     put_cstr(o, b"");
                     put_cstr(o, b"");
                     o.put_slice(types);
@@ -287,19 +288,19 @@ impl Statements {
                 {
                     self.expect.push_back(Expect::Emulated(tag));
                 }
-                out.put_slice(msg);
+                out.verbatim(msg);
             }
             (b'D', _) if body.first() == Some(&b'S') => {
                 let mut b = &body[1..];
                 let Some(name) = cbytes(&mut b) else {
-                    out.put_slice(msg);
+                    out.verbatim(msg);
                     return 0;
                 };
                 let Some(id) = self.ensure(name, prepared, out) else {
-                    out.put_slice(msg);
+                    out.verbatim(msg);
                     return 0;
                 };
-                message(out, b'D', |o| {
+                message(out.rewrite(), b'D', |o| {
                     o.put_u8(b'S');
                     put_cstr(o, &server_name(id));
                 });
@@ -314,16 +315,16 @@ impl Statements {
                 match cbytes(&mut b) {
                     Some(name) if body.first() == Some(&b'S') && !name.is_empty() => {
                         self.names.remove(name);
-                        close(out, b'S', NO_STATEMENT);
+                        close(out.rewrite(), b'S', NO_STATEMENT);
                     }
-                    _ => out.put_slice(msg),
+                    _ => out.verbatim(msg),
                 }
             }
             (b'S' | b'Q' | b'F', _) => {
                 self.ready();
-                out.put_slice(msg);
+                out.verbatim(msg);
             }
-            _ => out.put_slice(msg),
+            _ => out.verbatim(msg),
         }
         0
     }
@@ -338,12 +339,12 @@ impl Statements {
         msg: &[u8],
         prepared: &mut Prepared,
         intern: impl FnOnce(&[u8]) -> u64,
-        out: &mut BytesMut,
+        out: &mut impl Out,
         sub: Sub,
     ) {
         let mut b = &msg[5..];
         let Some(name) = cbytes(&mut b) else {
-            return out.put_slice(msg);
+            return out.verbatim(msg);
         };
         if name.is_empty() {
             self.unnamed = None;
@@ -351,7 +352,7 @@ impl Statements {
                 swallow: false,
                 id: None,
             });
-            return out.put_slice(msg);
+            return out.verbatim(msg);
         }
         let bits = match sub {
             Sub::Flag(bits) => bits,
@@ -361,14 +362,14 @@ impl Statements {
         self.names
             .insert(name.to_vec(), (id, Bytes::copy_from_slice(b), bits));
         if prepared.contains(id) {
-            close(out, b'S', NO_STATEMENT);
+            close(out.rewrite(), b'S', NO_STATEMENT);
             self.expect.push_back(Expect::Close {
                 as_parse: true,
                 swallow: false,
             });
         } else {
             self.make_room(prepared.insert(id), out);
-            parse(out, &server_name(id), b);
+            parse(out.rewrite(), &server_name(id), b);
             self.expect.push_back(Expect::Parse {
                 swallow: false,
                 id: Some(id),
@@ -378,10 +379,10 @@ impl Statements {
 
     /// A Bind: the statement's server name (prepared there first if need be), and the portal
     /// remembered when it is bound to an emulated statement.
-    fn bind(&mut self, msg: &[u8], prepared: &mut Prepared, out: &mut BytesMut) -> u8 {
+    fn bind(&mut self, msg: &[u8], prepared: &mut Prepared, out: &mut impl Out) -> u8 {
         let mut b = &msg[5..];
         let (Some(portal), Some(name)) = (cbytes(&mut b), cbytes(&mut b)) else {
-            out.put_slice(msg);
+            out.verbatim(msg);
             return 0;
         };
         if !self.portals.is_empty() {
@@ -391,15 +392,15 @@ impl Statements {
             if let Some(tag) = self.unnamed {
                 self.portals.push((portal.to_vec(), tag));
             }
-            out.put_slice(msg);
+            out.verbatim(msg);
             return 0;
         }
         let bits = self.names.get(name).map_or(0, |n| n.2);
         let Some(id) = self.ensure(name, prepared, out) else {
-            out.put_slice(msg);
+            out.verbatim(msg);
             return 0;
         };
-        message(out, b'B', |o| {
+        message(out.rewrite(), b'B', |o| {
             put_cstr(o, portal);
             put_cstr(o, &server_name(id));
             o.put_slice(b);
@@ -409,14 +410,14 @@ impl Statements {
 
     /// The server id of client statement `name`, injecting a Parse when the server lacks it;
     /// `None` for the unnamed statement or a name the client never prepared.
-    fn ensure(&mut self, name: &[u8], prepared: &mut Prepared, out: &mut BytesMut) -> Option<u64> {
+    fn ensure(&mut self, name: &[u8], prepared: &mut Prepared, out: &mut impl Out) -> Option<u64> {
         if name.is_empty() {
             return None;
         }
         let (id, body, _) = self.names.get(name)?.clone();
         if !prepared.contains(id) {
             self.make_room(prepared.insert(id), out);
-            parse(out, &server_name(id), &body);
+            parse(out.rewrite(), &server_name(id), &body);
             self.expect.push_back(Expect::Parse {
                 swallow: true,
                 id: Some(id),
@@ -426,9 +427,9 @@ impl Statements {
     }
 
     /// Closes the statement evicted to make room, if any; its CloseComplete is dropped.
-    fn make_room(&mut self, evicted: Option<u64>, out: &mut BytesMut) {
+    fn make_room(&mut self, evicted: Option<u64>, out: &mut impl Out) {
         if let Some(old) = evicted {
-            close(out, b'S', &server_name(old));
+            close(out.rewrite(), b'S', &server_name(old));
             self.expect.push_back(Expect::Close {
                 as_parse: false,
                 swallow: true,
@@ -729,6 +730,93 @@ mod tests {
             s.client_message(&m, &mut server, |_| 1, &mut out, Sub::Forward);
             for t in [b'1', b'2', b'3', b'Z'] {
                 let _ = s.server_message(&m0(t), &mut server);
+            }
+        }
+    }
+
+    /// One of a few client messages that exercise every rewrite: named and unnamed Parse (of
+    /// several bodies), Bind, Describe and Close (of names that may or may not exist), Execute,
+    /// Sync, Query.
+    fn some_message(kind: u8, name: u8, body: u8) -> Vec<u8> {
+        let name = ["", "a", "b", "c"][usize::from(name % 4)];
+        match kind % 7 {
+            0 => parse_msg(name, &format!("SELECT {body}")),
+            1 => bind_msg(name),
+            2 => msg(b'D', |o| {
+                o.put_u8(b'S');
+                put_cstr(o, name.as_bytes());
+            }),
+            3 => msg(b'C', |o| {
+                o.put_u8(b'S');
+                put_cstr(o, name.as_bytes());
+            }),
+            4 => msg(b'E', |o| {
+                put_cstr(o, b"");
+                o.put_i32(0);
+            }),
+            5 => m0(b'S').to_vec(),
+            _ => msg(b'Q', |o| put_cstr(o, b"SELECT 1")),
+        }
+    }
+
+    /// How the pooler treats a message, drawn from every kind of substitution.
+    fn some_sub(n: u8) -> Sub {
+        match n % 6 {
+            0 => Sub::Emulate("DEALLOCATE"),
+            1 => Sub::Refuse(1),
+            2 => Sub::Flag(2),
+            _ => Sub::Forward,
+        }
+    }
+
+    proptest::proptest! {
+        /// The lazy path (`Outgoing`: unchanged messages sent from the client's buffer) sends
+        /// exactly what copying every message gives, across rewrites, injected Parses, evictions,
+        /// stand-ins, a server switch, bytes already queued, and a run cut short.
+        #[test]
+        fn a_run_sent_from_the_client_buffer_is_what_copying_it_gives(
+            batches in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0u8..7, 0u8..4, 0u8..5, 0u8..6), 1..8),
+                    proptest::bool::ANY,
+                    proptest::bool::ANY,
+                    0usize..8,
+                ),
+                1..6,
+            ),
+        ) {
+            let (mut copied, mut lazy) = (Statements::default(), Statements::default());
+            let (mut server_c, mut server_l) = (Prepared::with_cap(2), Prepared::with_cap(2));
+            let intern = |b: &[u8]| b.iter().fold(7u64, |h, &x| h.wrapping_mul(31) ^ u64::from(x));
+            for (batch, new_server, queued, cut) in batches {
+                if new_server {
+                    (server_c, server_l) = (Prepared::with_cap(2), Prepared::with_cap(2));
+                }
+                let src: Vec<u8> = batch
+                    .iter()
+                    .flat_map(|&(k, n, b, _)| some_message(k, n, b))
+                    .collect();
+                let mut expected = BytesMut::new();
+                let mut buf = BytesMut::new();
+                if queued {
+                    let begin = msg(b'Q', |o| put_cstr(o, b"BEGIN"));
+                    expected.put_slice(&begin);
+                    buf.put_slice(&begin);
+                }
+                let mut out = crate::outgoing::Outgoing::new(&mut buf, &src);
+                let mut at = 0;
+                let runs = crate::proto::messages(&src).zip(&batch).take(cut.max(1));
+                for ((_, m), &(_, _, _, sub)) in runs {
+                    out.at(at);
+                    at += m.len();
+                    copied.client_message(m, &mut server_c, intern, &mut expected, some_sub(sub));
+                    lazy.client_message(m, &mut server_l, intern, &mut out, some_sub(sub));
+                }
+                proptest::prop_assert_eq!(out.bytes(at), &expected[..]);
+                for t in [b'1', b'2', b'3', b'I', b'Z'] {
+                    let _ = copied.server_message(&m0(t), &mut server_c);
+                    let _ = lazy.server_message(&m0(t), &mut server_l);
+                }
             }
         }
     }

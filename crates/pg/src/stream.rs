@@ -5,6 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -57,13 +58,51 @@ impl<T> Stream<T> {
         Ok(())
     }
 
-    /// After a read shorter than the room offered, tells tokio the socket is drained so the
-    /// next wait skips a read that would only return EAGAIN (plain TCP only: TLS may hold
-    /// decrypted bytes of its own).
-    pub fn mark_drained(&self) {
-        if let Stream::Plain(s) = self {
-            mark_drained(s);
+    /// Reads what the socket has into `buf`, making room first when little is left. Cancel-safe:
+    /// nothing is read unless the read completes.
+    pub async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
         }
+        match self {
+            Stream::Plain(tcp) => loop {
+                tcp.readable().await?;
+                match try_read_drained(tcp, buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            },
+            // TLS may hold decrypted bytes of its own: no shortcut.
+            _ => tokio::io::AsyncReadExt::read_buf(self, buf).await,
+        }
+    }
+}
+
+/// Reads what `tcp` has into `buf` without waiting (WouldBlock when it has nothing). A read
+/// shorter than the room offered means the socket is drained, so its read readiness is cleared
+/// on the spot: the next wait goes straight to the reactor instead of first spending a read
+/// syscall on EAGAIN (tokio only learns "drained" from an EAGAIN). The readiness cleared is the
+/// one seen before the read: bytes that arrive after it (even on another thread's reactor, before
+/// the clearing) have raised it again, and the clearing then leaves it set, so no wake-up is lost.
+pub fn try_read_drained(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let r = tcp.try_io(tokio::io::Interest::READABLE, || {
+        got = tcp.try_read_buf(buf)?;
+        if got > 0 && got < room {
+            // Makes `try_io` clear the readiness it read before calling this.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        Err(e) => Err(e),
+        Ok(()) => Ok(got),
     }
 }
 
@@ -124,13 +163,6 @@ impl ClientStream {
     }
 }
 
-/// Clears a TCP socket's read readiness without a syscall (see `ClientStream::mark_drained`).
-pub fn mark_drained(s: &TcpStream) {
-    let _ = s.try_io(tokio::io::Interest::READABLE, || {
-        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-    });
-}
-
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection closed")
 }
@@ -175,6 +207,48 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// Many small writes with pauses between them, read on a runtime with two workers (the
+    /// reactor may run on the other one while a read is in progress): every byte arrives, and
+    /// no read waits forever for bytes that are already there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_reads_clear_readiness_without_losing_a_wakeup() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = ClientStream::Plain(tcp);
+        const CHUNKS: usize = 2000;
+        let writer = tokio::spawn(async move {
+            for i in 0..CHUNKS {
+                peer.write_all(&[(i % 251) as u8; 7]).await.unwrap();
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            peer
+        });
+        let mut buf = BytesMut::new();
+        while buf.len() < CHUNKS * 7 {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read_some(&mut buf))
+                .await
+                .expect("a read waited for bytes already sent")
+                .unwrap();
+            assert!(n > 0);
+        }
+        let _peer = writer.await.unwrap();
+        for (i, chunk) in buf.chunks(7).enumerate() {
+            assert_eq!(chunk, [(i % 251) as u8; 7]);
         }
     }
 }

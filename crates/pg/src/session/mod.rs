@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::stream::ClientStream;
@@ -26,11 +26,13 @@ mod state;
 use crate::failure::Failure;
 use crate::held::Waiting;
 use crate::login::{self, LOGIN_TIMEOUT};
+use crate::outgoing::{Out, Outgoing};
 use crate::pool::{AcquireError, Lease, Pool, Route};
 use crate::pooler::{ClientSlot, Pooler};
 use crate::proto::{self, Severity};
 use crate::server::SETTINGS_UNKNOWN;
 use crate::settings::{Change, Settings};
+use crate::spare;
 use crate::spec::{OnSessionState, PoolMode};
 use crate::stmt::{Action, Statements, Sub};
 use crate::wait_timer::WaitTimer;
@@ -163,8 +165,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         pending_z: 0,
         unsynced: false,
         status: b'I',
-        to_server: BytesMut::with_capacity(8192),
-        to_client: BytesMut::with_capacity(8192),
+        to_server: BytesMut::new(),
+        to_client: BytesMut::new(),
         idle_transaction_timeout: spec.idle_transaction_timeout,
         plain_first: 0,
         wait_timer: WaitTimer::default(),
@@ -275,7 +277,7 @@ impl Session {
                 }
                 tokio::select! {
                     biased;
-                    r = read_some(&mut self.client, &mut self.cbuf) => match r {
+                    r = read_client(&mut self.client, &mut self.cbuf) => match r {
                         Ok(0) | Err(_) => return End::Client,
                         Ok(n) => self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed),
                     },
@@ -301,7 +303,7 @@ impl Session {
             // nothing. A client's bytes that arrive meanwhile are read on the next turn.
             tokio::select! {
                 biased;
-                r = read_some(&mut lease.conn.stream, &mut lease.conn.buf) => match r {
+                r = lease.conn.stream.read_some(&mut lease.conn.buf) => match r {
                     Ok(0) => {
                         let why = "the server closed the connection".to_string();
                         if let Some(end) = self.resend_or_end(why) {
@@ -319,7 +321,7 @@ impl Session {
                         }
                     }
                 },
-                r = read_some(&mut self.client, &mut self.cbuf) => match r {
+                r = read_client(&mut self.client, &mut self.cbuf) => match r {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
                 },
@@ -366,14 +368,16 @@ impl Session {
         }
         if fresh && self.transaction && self.sharding.is_none() && self.pin.bits == 0 {
             // Until the server answers, this batch can go to another server if this one dies.
-            self.resend.clear();
+            resend::forget(&mut self.resend);
             self.resend_ok = true;
         }
         let routed = self.routed();
         let lease = self.lease.as_mut()?;
         let conn = &mut lease.conn;
         let mut consumed = 0;
+        let mut out = Outgoing::new(&mut self.to_server, &self.cbuf);
         loop {
+            out.at(consumed);
             let rest = &self.cbuf[consumed..];
             let n = match proto::tagged_len(rest, self.max) {
                 Ok(Some(n)) => n,
@@ -425,32 +429,44 @@ impl Session {
                     msg,
                     &mut conn.prepared,
                     |b| pool.statement_id(b),
-                    &mut self.to_server,
+                    &mut out,
                     sub,
                 );
                 if bound != 0 {
                     state::bound(&mut self.pin, bound);
                 }
             } else {
-                self.to_server.put_slice(msg);
+                out.verbatim(msg);
             }
             // A routed session forwards one batch at a time: the next may go elsewhere.
             if routed && matches!(tag, b'S' | b'Q' | b'F' | b'H') {
                 break;
             }
         }
-        if self.resend_ok {
-            self.resend.extend_from_slice(&self.cbuf[..consumed]);
-        }
-        self.cbuf.advance(consumed);
-        self.count_pin();
-        let lease = self.lease.as_mut()?;
-        let r = lease.conn.stream.send_all(&self.to_server).await;
+        let r = conn.stream.send_all(out.bytes(consumed)).await;
         self.to_server.clear();
+        spare::give(&mut self.to_server);
+        self.count_pin();
         if let Err(e) = r {
             return Some(End::ServerLost(e.to_string()));
         }
+        self.keep_for_resend(consumed);
         self.close_aside().await
+    }
+
+    /// Moves the first `consumed` bytes of the client's buffer, handled and sent, out of it; kept
+    /// while the batch may be sent again. A whole buffer becomes the re-send one: nothing is
+    /// copied, and it goes back to the spares when the batch is answered.
+    fn keep_for_resend(&mut self, consumed: usize) {
+        if !self.resend_ok {
+            self.cbuf.advance(consumed);
+        } else if self.resend.is_empty() && consumed == self.cbuf.len() {
+            spare::give(&mut self.resend);
+            self.resend = std::mem::take(&mut self.cbuf);
+        } else {
+            self.resend.extend_from_slice(&self.cbuf[..consumed]);
+            self.cbuf.advance(consumed);
+        }
     }
 
     /// Keeps the pool's pinned-clients gauge and SHOW CLIENTS in step with this client's state.
@@ -640,7 +656,7 @@ impl Session {
                 }
                 if !rewritten {
                     rewritten = true;
-                    self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
+                    start_answer(&mut self.to_client, &conn.buf[..consumed - msg.len()]);
                 }
                 continue;
             }
@@ -691,7 +707,7 @@ impl Session {
                     // A segment is answered whole: this batch is never sent again.
                     self.resend_ok = false;
                     self.resends = 0;
-                    self.resend.clear();
+                    resend::forget(&mut self.resend);
                 } else {
                     // The first part of an answer (a BindComplete the server flushed with its
                     // FATAL, say): it reaches the client only when this buffer is written, so
@@ -701,7 +717,7 @@ impl Session {
             }
             if action != Action::Forward && !rewritten {
                 rewritten = true;
-                self.to_client.put_slice(&conn.buf[..consumed - msg.len()]);
+                start_answer(&mut self.to_client, &conn.buf[..consumed - msg.len()]);
             }
             if rewritten {
                 match action {
@@ -716,6 +732,7 @@ impl Session {
         }
         if let Some(why) = lost {
             self.to_client.clear();
+            spare::give(&mut self.to_client);
             return self.resend_or_end(why);
         }
         if consumed == 0 {
@@ -736,6 +753,7 @@ impl Session {
         let r = self.client.send_all(out).await;
         conn.buf.advance(consumed);
         self.to_client.clear();
+        spare::give(&mut self.to_client);
         if r.is_err() {
             return Some(End::Client);
         }
@@ -743,7 +761,7 @@ impl Session {
             // The client has part of an answer now: this batch is never sent again.
             self.resend_ok = false;
             self.resends = 0;
-            self.resend.clear();
+            resend::forget(&mut self.resend);
         }
         if died_after_answering {
             tracing::info!("the server ended its connection after a transaction; dropped");
@@ -932,30 +950,26 @@ fn transaction_mode_split(pool: &Pool) -> bool {
     pool.mode() == PoolMode::Transaction && pool.topology.has_replicas()
 }
 
-/// Reads what the socket has. A read shorter than the room offered means the socket is drained,
-/// so its readiness is cleared on the spot: the next wait goes straight to the reactor instead of
-/// first spending a read syscall on EAGAIN (tokio only learns "drained" from an EAGAIN). No
-/// wakeup is lost: data arriving later raises a new edge.
-async fn read_some<S: Drained>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
+/// Starts a rewritten answer in `to_client` (a spare buffer) with the server's bytes before the
+/// first message that is not passed on as it is.
+fn start_answer(to_client: &mut BytesMut, head: &[u8]) {
+    if to_client.capacity() == 0 {
+        *to_client = spare::take();
     }
-    let room = buf.capacity() - buf.len();
-    let n = stream.read_buf(buf).await?;
-    if n > 0 && n < room {
-        stream.drained();
-    }
-    Ok(n)
+    to_client.put_slice(head);
 }
 
-/// A socket whose read readiness can be cleared after a short read.
-trait Drained: tokio::io::AsyncRead + Unpin {
-    fn drained(&self);
-}
-
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Drained for crate::stream::Stream<T> {
-    fn drained(&self) {
-        self.mark_drained();
+/// Reads what the client sent. A client with nothing buffered holds no buffer while it waits
+/// (see `spare`); TLS keeps its own.
+async fn read_client(client: &mut ClientStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match client {
+        crate::stream::Stream::Plain(tcp) if buf.is_empty() => spare::read(tcp, buf).await,
+        _ => {
+            if buf.capacity() == 0 {
+                *buf = spare::take();
+            }
+            client.read_some(buf).await
+        }
     }
 }
 

@@ -35,6 +35,12 @@ pub(super) fn error_fields(msg: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     (severity, code)
 }
 
+/// Drops the bytes kept for a re-send; their buffer goes back to the spares.
+pub(super) fn forget(resend: &mut BytesMut) {
+    resend.clear();
+    crate::spare::give(resend);
+}
+
 /// Whether an ErrorResponse ends the connection (FATAL or PANIC).
 pub(super) fn is_fatal(msg: &[u8]) -> bool {
     matches!(error_fields(msg).0, Some(b"FATAL" | b"PANIC"))
@@ -61,7 +67,7 @@ impl Session {
         again.extend_from_slice(&self.resend);
         again.extend_from_slice(&self.cbuf);
         self.cbuf = again;
-        self.resend.clear();
+        forget(&mut self.resend);
         None
     }
 
