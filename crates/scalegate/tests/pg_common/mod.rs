@@ -2,6 +2,7 @@
 //! common;`): a gateway pooling one PostgreSQL database, clients of it, the console.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use scalegate_testkit::postgres::psql;
@@ -75,4 +76,54 @@ async fn pooler_settles(gw: &GatewayProcess, port: u16, clients_gone: bool) {
     })
     .await;
     assert!(ok, "pooler not quiescent: {}", console(port, "SHOW POOLS"));
+}
+
+/// A raw protocol client: startup for database `app`, read to the first ReadyForQuery.
+pub fn raw_login(port: u16) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", "postgres", "database", "app", ""] {
+        body.extend(part.as_bytes());
+        body.push(0);
+    }
+    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    p.extend(body);
+    s.write_all(&p).expect("startup");
+    read_until_ready(&mut s);
+    s
+}
+
+/// A simple-protocol Query message.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend(((sql.len() + 5) as i32).to_be_bytes());
+    m.extend(sql.as_bytes());
+    m.push(0);
+    m
+}
+
+/// Sends `sql` as a simple query.
+pub fn query(s: &mut std::net::TcpStream, sql: &str) {
+    s.write_all(&query_message(sql)).expect("query");
+}
+
+/// Messages (tag, body) until a ReadyForQuery or the end of the connection.
+pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if s.read_exact(&mut head).is_err() {
+            return out;
+        }
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        if s.read_exact(&mut body).is_err() {
+            return out;
+        }
+        out.push((head[0], body));
+        if head[0] == b'Z' {
+            return out;
+        }
+    }
 }

@@ -1,0 +1,77 @@
+//! Client messages as the network delivers them: split across many reads, one byte at a time,
+//! larger than any read buffer, and a client's half-sent message waiting while other clients'
+//! whole ones run. The pooler shares its read buffers between clients that have nothing
+//! buffered, so what one client has half sent must stay its own.
+
+mod common;
+mod pg_common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use pg_common::*;
+use scalegate_testkit::PgServer;
+
+/// The first column of the first DataRow in `messages`.
+fn first_value(messages: &[(u8, Vec<u8>)]) -> Option<Vec<u8>> {
+    let (_, row) = messages.iter().find(|(tag, _)| *tag == b'D')?;
+    let len = i32::from_be_bytes(row.get(2..6)?.try_into().ok()?);
+    Some(row.get(6..6 + usize::try_from(len).ok()?)?.to_vec())
+}
+
+#[tokio::test]
+async fn a_half_sent_message_stays_its_clients_while_others_run() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 1", "").await;
+    let mut a = raw_login(port);
+    let mut b = raw_login(port);
+    a.set_nodelay(true).ok();
+    b.set_nodelay(true).ok();
+
+    // A sends half of a query larger than any read buffer, then waits.
+    let big = "x".repeat(200_000);
+    let qa = query_message(&format!("SELECT '{big}' AS v"));
+    let half = qa.len() / 2;
+    a.write_all(&qa[..half]).expect("first half");
+    std::thread::sleep(Duration::from_millis(100));
+
+    // B runs whole queries meanwhile, on the one server connection.
+    for i in 0..50 {
+        query(&mut b, &format!("SELECT {i}"));
+        let got = first_value(&read_until_ready(&mut b));
+        assert_eq!(got, Some(i.to_string().into_bytes()), "B's query {i}");
+    }
+
+    // The rest of A's query arrives in small pieces, with pauses.
+    for (n, chunk) in qa[half..].chunks(1000).enumerate() {
+        a.write_all(chunk).expect("rest");
+        if n % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let got = first_value(&read_until_ready(&mut a)).expect("A's row");
+    assert_eq!(got.len(), big.len());
+    assert!(got == big.as_bytes(), "A's value came back changed");
+
+    // One byte per write, while B keeps running whole queries between the bytes.
+    for (n, byte) in query_message("SELECT 42").into_iter().enumerate() {
+        a.write_all(&[byte]).expect("byte");
+        query(&mut b, &format!("SELECT {n}"));
+        let got = first_value(&read_until_ready(&mut b));
+        assert_eq!(got, Some(n.to_string().into_bytes()), "B between A's bytes");
+    }
+    assert_eq!(first_value(&read_until_ready(&mut a)), Some(b"42".to_vec()));
+
+    // A pipeline of queries in one write, and both clients still answer.
+    let pipeline: Vec<u8> = (0..20)
+        .flat_map(|i| query_message(&format!("SELECT {i}")))
+        .collect();
+    a.write_all(&pipeline).expect("pipeline");
+    for i in 0..20 {
+        let got = first_value(&read_until_ready(&mut a));
+        assert_eq!(got, Some(i.to_string().into_bytes()), "pipelined {i}");
+    }
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}
