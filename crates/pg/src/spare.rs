@@ -56,6 +56,7 @@ pub fn give(buf: &mut BytesMut) {
 /// socket has nothing, and a spare is taken only when bytes are there. Cancel-safe: nothing is
 /// read unless the read completes.
 pub async fn read(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    debug_assert!(buf.is_empty(), "bytes a client sent would be overwritten");
     give(buf);
     loop {
         tcp.readable().await?;
