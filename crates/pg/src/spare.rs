@@ -133,11 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_wait_without_a_buffer_and_take_one_for_the_bytes() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, mut peer) = crate::stream::tcp_pair().await;
         let mut buf = BytesMut::new();
         // Cancelled while waiting: nothing held, nothing lost.
         let wait = tokio::time::timeout(std::time::Duration::from_millis(20), read(&tcp, &mut buf));

@@ -211,6 +211,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<T> {
     }
 }
 
+/// Both ends of a loopback TCP connection: the accepted one, then the connecting one.
+#[cfg(test)]
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let peer = TcpStream::connect(listener.local_addr().expect("address"))
+        .await
+        .expect("connect");
+    let (tcp, _) = listener.accept().await.expect("accept");
+    (tcp, peer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,11 +235,7 @@ mod tests {
     /// no read waits forever for bytes that are already there.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn short_reads_clear_readiness_without_losing_a_wakeup() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, mut peer) = tcp_pair().await;
         let mut stream = ClientStream::Plain(tcp);
         const CHUNKS: usize = 2000;
         let writer = tokio::spawn(async move {
