@@ -21,7 +21,9 @@
 #                 default: this tree's release build, named scalegate, built first),
 #        SG_MODE (thread_per_core | work_stealing, default thread_per_core),
 #        FLOOR=1 also runs crates/testkit's floor_proxy (the least a proxy can do: parse, relay, no
-#        features) as another column, to show how close to the machine's floor each proxy is.
+#        features) as another column, to show how close to the machine's floor each proxy is,
+#        and floor_proxy_uring (the same work on io_uring: multishot accept and receive,
+#        provided buffers, one submission per loop turn), to show what io_uring saves here.
 # On a shared machine run it under the build lock so that no build overlaps a round:
 #        flock /tmp/scalegate-cargo.lock bash bench/http.sh
 set -euo pipefail
@@ -48,7 +50,7 @@ if [ -z "$SG_BINS" ]; then
 fi
 case " $PEERS " in *" haproxy "*) ;; *) PEERS="$PEERS haproxy";; esac
 
-B1=19101; B2=19102; P_NGINX=19111; P_HAPROXY=19112; P_FLOOR=19114
+B1=19101; B2=19102; P_NGINX=19111; P_HAPROXY=19112; P_FLOOR=19114; P_FLOOR_URING=19115
 P_NGINX_H2=19121; P_HAPROXY_H2=19122; P_SG0=19130; SG_ADMIN0=19150
 
 start_backends $B1 $B2
@@ -115,9 +117,11 @@ for entry in $SG_BINS; do
 done
 
 if [ "$FLOOR" = 1 ]; then
-  cargo build --release --quiet -p scalegate-testkit --bin floor_proxy
+  cargo build --release --quiet -p scalegate-testkit --bin floor_proxy --bin floor_proxy_uring
   "$PWD/target/release/floor_proxy" "127.0.0.1:$P_FLOOR" "127.0.0.1:$B1" "127.0.0.1:$B2" & PIDS+=($!)
   PROXIES+=("floor:$P_FLOOR:$!:-")
+  "$PWD/target/release/floor_proxy_uring" "127.0.0.1:$P_FLOOR_URING" "127.0.0.1:$B1" "127.0.0.1:$B2" & PIDS+=($!)
+  PROXIES+=("floor_uring:$P_FLOOR_URING:$!:-")
 fi
 
 wait_http() { # port [--http2-prior-knowledge]

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod floor_framing;
 pub mod nats;
 pub mod origin;
 pub mod postgres;

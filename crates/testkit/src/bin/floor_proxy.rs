@@ -12,6 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use scalegate_testkit::floor_framing::{request_len, response_len};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -92,38 +93,4 @@ async fn read_message(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// A request's total length once its head is complete (bodies by Content-Length only).
-fn request_len(buf: &[u8]) -> io::Result<Option<usize>> {
-    message_len(buf, true)
-}
-
-/// A response's total length once its head is complete (bodies by Content-Length only).
-fn response_len(buf: &[u8]) -> io::Result<Option<usize>> {
-    message_len(buf, false)
-}
-
-fn message_len(buf: &[u8], request: bool) -> io::Result<Option<usize>> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let (status, headers) = if request {
-        let mut req = httparse::Request::new(&mut headers);
-        (req.parse(buf), req.headers)
-    } else {
-        let mut resp = httparse::Response::new(&mut headers);
-        (resp.parse(buf), resp.headers)
-    };
-    match status.map_err(io::Error::other)? {
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(head) => Ok(Some(head + content_length(headers))),
-    }
-}
-
-fn content_length(headers: &[httparse::Header<'_>]) -> usize {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
