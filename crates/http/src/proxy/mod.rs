@@ -194,3 +194,42 @@ pub struct Admitted {
     /// The client's address: the peer's, or the one trusted proxies forwarded (edge.rs).
     pub client: SocketAddr,
 }
+
+#[cfg(test)]
+mod future_size {
+    //! Every request's future is boxed and moved whole (its full size copied) when hyper takes
+    //! it, and its pages are touched per request: its size is a per-request cost. Rare paths are
+    //! boxed where they start so that they stay out of it (bench/RESULTS.md, session 13).
+    use super::*;
+    use crate::gateway::Snapshot;
+    use crate::router::Route;
+
+    /// The size of what `make` returns, without calling it.
+    fn size_of_output<F>(_: &dyn Fn() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    fn the_per_request_future_stays_under_8_kib() {
+        let handle = size_of_output(&|| handle(todo!(), todo!()));
+        let forward = size_of_output(&|| {
+            let ctx: &'static ConnCtx = todo!();
+            let snap: &'static Snapshot = todo!();
+            let route: &'static Route = todo!();
+            let done: &'static mut Completion = todo!();
+            forward::forward(ctx, snap, route, todo!(), todo!(), todo!(), done)
+        });
+        let send = size_of_output(&|| {
+            let ctx: &'static ConnCtx = todo!();
+            let route: &'static Route = todo!();
+            let endpoint: &'static crate::upstream::HttpEndpoint = todo!();
+            send::send(ctx, route, endpoint, todo!(), todo!(), todo!(), todo!())
+        });
+        println!("futures: handle {handle} bytes, forward {forward}, send {send}");
+        assert!(
+            handle <= 8192,
+            "the per-request future grew to {handle} bytes"
+        );
+    }
+}
