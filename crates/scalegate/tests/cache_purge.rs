@@ -1,6 +1,7 @@
 //! Purges across instances sharing a real Redis that holds a million unrelated keys: every
 //! URL, prefix and tag purge through one instance reaches all three, Redis pausing around a
-//! purge never makes it "200 and stale", and fills made during a hiccup are not lost.
+//! purge never makes it "200 and stale", fills made during a hiccup are not lost, and an unsafe
+//! request through one instance invalidates what every instance holds.
 
 mod cache_support;
 mod common;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use cache_support::*;
 use common::{eventually, quiescent};
+use scalegate_testkit::client::Client;
 use scalegate_testkit::{GatewayProcess, Origin, RedisServer};
 
 /// Keys written per script call when filling Redis.
@@ -165,6 +167,39 @@ async fn url_prefix_and_tag_purges_reach_three_instances_past_a_million_unrelate
     // What was not purged is still served from the cache everywhere.
     for g in &gws {
         assert!(is_hit(&get(g, "/p/1", &[]).await));
+    }
+    for g in &gws {
+        quiescent(g).await;
+    }
+}
+
+/// A successful POST through one instance must not leave the old version in the others'
+/// memory (before: it purged only its own memory and Redis, and the two other instances served
+/// the stale copy until it expired).
+#[tokio::test]
+async fn an_unsafe_request_through_one_instance_invalidates_every_instance() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let items = vec!["/u/items".to_string()];
+    warm(&gws, &redis, &o, &items).await;
+    let post = Client::http1()
+        .post_with(gws[0].http, "/u/items", &[])
+        .await
+        .expect("post");
+    assert_eq!(post.status, 200);
+    let everywhere = all_purged(&gws, &items).await;
+    eprintln!("all three missed {everywhere:?} after the POST");
+    // The new version is cached again and served everywhere (no purge loop).
+    reaches_redis(&redis, "/u/items").await;
+    for g in &gws {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                is_hit(&get(g, "/u/items", &[]).await)
+            })
+            .await,
+            "cached again"
+        );
     }
     for g in &gws {
         quiescent(g).await;

@@ -119,22 +119,20 @@ pub async fn from_bus(store: &Arc<Store>, p: &Purge) -> usize {
     n
 }
 
-/// An invalidation by an unsafe method (RFC 9111 §4.4): memory and Redis, not published.
+/// An invalidation by an unsafe method (RFC 9111 §4.4): this instance's memory at once, then
+/// the whole purge in the background (Redis, and every other instance through the buses, so
+/// that none of them keeps serving what the request changed), retried like any purge.
 pub fn invalidate(store: &Arc<Store>, p: Purge) {
     store.purge_local(&p);
-    if store.l2.is_none() {
+    if store.l2.is_none() && store.nats.is_none() {
         return;
     }
     let store = store.clone();
     tokio::spawn(async move {
-        let steps = Steps {
-            redis: true,
-            publish: false,
-            nats: false,
-        };
-        let left = run(&store, &p, steps, &mut Report::default()).await;
-        if !left.done() {
-            retry(&store, &p, left);
+        let report = purge_now(&store, &p).await;
+        if !report.failed.is_empty() {
+            tracing::warn!(purge = ?p, failed = ?report.failed, retrying = report.retrying,
+                "an invalidation by an unsafe method did not reach every instance yet");
         }
     });
 }
