@@ -178,3 +178,35 @@ async fn an_unknown_length_body_is_streamed_and_not_retried() {
     assert!(statuses.iter().any(|s| s == "200"), "{statuses:?}");
     quiescent(&gw).await;
 }
+
+/// Nothing of a streamed body has left while the connection is still being made, so a refused
+/// connection sends the request to another endpoint whatever its method and body (before: a
+/// 502 for every request that picked the stopped endpoint).
+#[tokio::test]
+async fn a_streamed_body_goes_to_another_endpoint_when_the_connection_is_refused() {
+    let bs = backends(2).await;
+    bs[0].stop();
+    let gw = retrying_gateway(&bs).await;
+    for _ in 0..6 {
+        let (out, _) = raw(
+            gw.http,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(out.get(9..12), Some("200"), "{out}");
+        assert_eq!(bs[1].last_body_len(), 5);
+    }
+    // A known length past what is kept for replay streams too.
+    let big = 200_000;
+    for _ in 0..4 {
+        let mut req = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        req.resize(req.len() + big, b'x');
+        let (out, _) = raw(gw.http, &req).await;
+        assert_eq!(out.get(9..12), Some("200"), "{out}");
+        assert_eq!(bs[1].last_body_len(), big);
+    }
+    quiescent(&gw).await;
+}

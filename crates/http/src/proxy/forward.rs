@@ -3,7 +3,7 @@
 
 use http::Request;
 use hyper::body::Incoming;
-use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp};
+use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp, RequestFacts};
 
 use crate::clock;
 use crate::error::ProxyError;
@@ -17,7 +17,7 @@ use crate::tunnel;
 use super::respond::{
     content_length, copy_head, pick_request, record_outcome, respond, rewrite_request,
 };
-use super::send::{HeadWait, send, send_upgrade};
+use super::send::{HeadWait, connect, send, send_upgrade};
 use super::{Admitted, Completion, ConnCtx};
 
 /// Sends the request to an endpoint of the route's upstream, retrying as the route allows;
@@ -117,40 +117,6 @@ pub(super) async fn forward(
             .get(pick.index)
             .ok_or(ProxyError::NoHealthyEndpoint)?
             .clone();
-        let Some((req_body, body_sent)) = body.for_attempt() else {
-            return Err(ProxyError::UpstreamReset);
-        };
-        // The last possible attempt takes the head itself; earlier ones take a copy.
-        let mut head = match &template {
-            Some(t) if retry.is_some_and(|r| attempt < r.policy.attempts) && body.replayable() => {
-                copy_head(t)
-            }
-            _ => template.take().ok_or(ProxyError::UpstreamReset)?,
-        };
-        rewrite_request(
-            &mut head,
-            ctx,
-            client.ip(),
-            &route.spec,
-            upstream.spec.protocol,
-            &endpoint,
-        );
-        match &upgrade {
-            Some(protocol) => tunnel::restore(&mut head.headers, protocol.clone()),
-            // A body on GET/HEAD is forwarded whatever its framing (headers.rs).
-            None => headers::frame_body(&mut head, upstream.spec.protocol, &req_body),
-        }
-        if let Some(log) = done.log_mut() {
-            log.upstream(&upstream.spec.name, &endpoint.addr);
-            if let Some(id) = head
-                .headers
-                .get(&headers::X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-            {
-                log.request_id(id);
-            }
-            log.attempts(attempt);
-        }
         let load = endpoint.state.start_request();
         let try_timeout = retry
             .and_then(|r| r.per_try_timeout)
@@ -158,16 +124,59 @@ pub(super) async fn forward(
                 t.min(route.spec.request_timeout)
             });
         let try_deadline = deadline.min(tokio::time::Instant::now() + try_timeout);
-        let wait = match body_sent {
-            // The body is still arriving: the route timeout starts once it has passed whole.
-            Some(sent) => HeadWait::AfterBody(sent, try_timeout),
-            None => HeadWait::Until(try_deadline),
+        // The connection first: until there is one nothing of the request has left, so when
+        // none can be had the head and the body (even one that streams) can go elsewhere.
+        let lease = match upgrade {
+            Some(_) => None,
+            None => Some(connect(ctx, route, &endpoint, now, false, streaming).await),
         };
-        let req = Request::from_parts(head, req_body);
-        let sent = match upgrade {
-            // Boxed: a rare path whose handshake future would otherwise size every request's.
-            Some(_) => Box::pin(send_upgrade(ctx, route, &endpoint, req, try_deadline)).await,
-            None => send(ctx, route, &endpoint, req, now, wait, streaming).await,
+        let untouched = matches!(lease, Some(Err(_)));
+        let sent = match lease {
+            Some(Err(e)) => Err(e),
+            lease => {
+                let Some((req_body, body_sent)) = body.for_attempt() else {
+                    return Err(ProxyError::UpstreamReset);
+                };
+                // The last possible attempt takes the head itself; earlier ones take a copy.
+                let mut head = match &template {
+                    Some(t)
+                        if retry.is_some_and(|r| attempt < r.policy.attempts)
+                            && body.replayable() =>
+                    {
+                        copy_head(t)
+                    }
+                    _ => template.take().ok_or(ProxyError::UpstreamReset)?,
+                };
+                rewrite_request(
+                    &mut head,
+                    ctx,
+                    client.ip(),
+                    &route.spec,
+                    upstream.spec.protocol,
+                    &endpoint,
+                );
+                match &upgrade {
+                    Some(protocol) => tunnel::restore(&mut head.headers, protocol.clone()),
+                    // A body on GET/HEAD is forwarded whatever its framing (headers.rs).
+                    None => headers::frame_body(&mut head, upstream.spec.protocol, &req_body),
+                }
+                log_attempt(done, upstream, &endpoint, &head, attempt);
+                let wait = match body_sent {
+                    // The body is still arriving: the route timeout starts once it has passed
+                    // whole.
+                    Some(sent) => HeadWait::AfterBody(sent, try_timeout),
+                    None => HeadWait::Until(try_deadline),
+                };
+                let req = Request::from_parts(head, req_body);
+                match lease {
+                    Some(Ok(lease)) => {
+                        send(ctx, route, &endpoint, lease, req, wait, streaming).await
+                    }
+                    // Boxed: a rare path whose handshake future would otherwise size every
+                    // request's.
+                    _ => Box::pin(send_upgrade(ctx, route, &endpoint, req, try_deadline)).await,
+                }
+            }
         };
 
         let outcome = match &sent {
@@ -180,6 +189,11 @@ pub(super) async fn forward(
         let decision = match (retry, outcome) {
             (Some(r), Some(o)) if template.is_some() => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // A body nothing was taken from can go again, whatever its kind.
+                let facts = RequestFacts {
+                    replayable: facts.replayable || untouched,
+                    ..facts
+                };
                 let d = r
                     .policy
                     .decide(attempt, o, facts, true, remaining, rand::random::<f64>());
@@ -215,4 +229,24 @@ pub(super) async fn forward(
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Names the attempt in the access log: upstream, endpoint, request id and attempt number.
+fn log_attempt(
+    done: &mut Completion,
+    upstream: &crate::upstream::Upstream,
+    endpoint: &crate::upstream::HttpEndpoint,
+    head: &http::request::Parts,
+    attempt: u32,
+) {
+    let Some(log) = done.log_mut() else { return };
+    log.upstream(&upstream.spec.name, &endpoint.addr);
+    if let Some(id) = head
+        .headers
+        .get(&headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        log.request_id(id);
+    }
+    log.attempts(attempt);
 }

@@ -63,28 +63,48 @@ impl HeadWait {
     }
 }
 
+/// A connection of the endpoint's pool for the next attempt. Until there is one, nothing of
+/// the request has left: when this fails, its head and body can still go elsewhere.
+pub(super) async fn connect(
+    ctx: &ConnCtx,
+    route: &Route,
+    endpoint: &HttpEndpoint,
+    now: Tick,
+    fresh: bool,
+    streaming: bool,
+) -> Result<Lease, ProxyError> {
+    endpoint
+        .pool(ctx.worker)
+        .checkout(
+            &endpoint.dial(),
+            route.spec.connect_timeout,
+            now,
+            fresh,
+            streaming,
+        )
+        .await
+}
+
+/// Sends `req` on `lease` and waits for the response head; a pooled connection that the
+/// upstream had closed is replaced by a new one once.
 pub(super) async fn send(
     ctx: &ConnCtx,
     route: &Route,
     endpoint: &HttpEndpoint,
+    lease: Lease,
     req: Request<ReqBody>,
-    now: Tick,
     mut wait: HeadWait,
     streaming: bool,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-    let pool = endpoint.pool(ctx.worker);
     let mut req = req;
     let mut fresh = false;
+    let mut next = Some(lease);
     loop {
-        let mut lease = pool
-            .checkout(
-                &endpoint.dial(),
-                route.spec.connect_timeout,
-                now,
-                fresh,
-                streaming,
-            )
-            .await?;
+        let mut lease = match next.take() {
+            Some(lease) => lease,
+            // A new connection: the pool's idle ones (which `now` would age) are not looked at.
+            None => connect(ctx, route, endpoint, crate::clock::now(), true, streaming).await?,
+        };
         let reused = lease.reused;
         let Some(sender) = lease.sender() else {
             return Err(ProxyError::UpstreamReset);
