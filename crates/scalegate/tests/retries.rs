@@ -208,5 +208,14 @@ async fn a_streamed_body_goes_to_another_endpoint_when_the_connection_is_refused
         assert_eq!(out.get(9..12), Some("200"), "{out}");
         assert_eq!(bs[1].last_body_len(), big);
     }
+    // They went to the live endpoint as retries (not as first picks).
+    let metrics = gw.admin_get("/metrics").await;
+    let retried = metrics
+        .lines()
+        .find(|l| l.starts_with("scalegate_http_retries_total{route=\"route0\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retried >= 2.0, "retries: {retried}");
     quiescent(&gw).await;
 }

@@ -78,6 +78,24 @@ impl L2 {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// Publishes a purge on the channel only, to the instances listening now: no stream entry,
+    /// so no replay for one that is resubscribing. Returns the number of subscribers reached.
+    pub async fn notify(&self, p: &Purge) -> Result<usize, String> {
+        let msg = serde_json::to_string(p).map_err(|e| format!("notify: {e}"))?;
+        let channel = self.channel().to_owned();
+        let n: i64 = self
+            .link
+            .call_within("notify", BACKGROUND, |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(msg)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// Stream entries after `after` (oldest first), at most a page.
     async fn entries_after(&self, after: StreamId) -> Result<Vec<(StreamId, Purge)>, String> {
         let stream = self.stream();

@@ -11,6 +11,10 @@ pub struct Purge {
     /// Mark stale instead of removing.
     #[serde(default)]
     pub soft: bool,
+    /// Sent by an instance that has already purged Redis (an unsafe method's invalidation): the
+    /// others drop it from their memory only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_only: bool,
 }
 
 /// What a purge matches.
@@ -63,7 +67,11 @@ impl Purge {
             "tag" => Target::Tag(arg),
             _ => return None,
         };
-        Some(Purge { target, soft })
+        Some(Purge {
+            target,
+            soft,
+            ..Purge::default()
+        })
     }
 }
 

@@ -63,7 +63,7 @@ mod tests {
         let before = SystemTime::now() - Duration::from_millis(10);
         let p = Purge {
             target: Target::Prefix("/a/".into()),
-            soft: false,
+            ..Purge::default()
         };
         log.record(&p, &p.matcher());
         assert!(log.purged_since(before, "h/a/x", &[]));

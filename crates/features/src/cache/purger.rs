@@ -103,10 +103,15 @@ async fn purge_now(store: &Arc<Store>, p: &Purge) -> Report {
 }
 
 /// A purge that arrived on a bus: memory, Redis (an application may publish directly, and a
-/// fill of this instance may have reached Redis just before), memory again. Nothing is
-/// published. Returns the objects purged in memory.
+/// fill of this instance may have reached Redis just before), memory again; memory only for an
+/// invalidation whose sender purged Redis. Nothing is published. Returns the objects purged in
+/// memory.
 pub async fn from_bus(store: &Arc<Store>, p: &Purge) -> usize {
     let n = store.purge_local(p);
+    if p.memory_only {
+        // The sender purged Redis before it sent this.
+        return n;
+    }
     let steps = Steps {
         redis: store.l2.is_some(),
         publish: false,
@@ -120,8 +125,12 @@ pub async fn from_bus(store: &Arc<Store>, p: &Purge) -> usize {
 }
 
 /// An invalidation by an unsafe method (RFC 9111 §4.4): this instance's memory at once, then
-/// the whole purge in the background (Redis, and every other instance through the buses, so
-/// that none of them keeps serving what the request changed), retried like any purge.
+/// Redis (retried like a purge), then the other instances' memory through the buses. That last
+/// step is a plain message, best effort: unlike an admin purge it is neither kept in the stream
+/// nor replayed (an API taking writes would flood the stream and push admin purges out of it),
+/// and the instances that get it touch only their memory. It is sent only once Redis no longer
+/// holds the old copy, so none of them can refill from it; if Redis could not be purged yet,
+/// the others keep their copy until it expires.
 pub fn invalidate(store: &Arc<Store>, p: Purge) {
     store.purge_local(&p);
     if store.l2.is_none() && store.nats.is_none() {
@@ -129,12 +138,36 @@ pub fn invalidate(store: &Arc<Store>, p: Purge) {
     }
     let store = store.clone();
     tokio::spawn(async move {
-        let report = purge_now(&store, &p).await;
-        if !report.failed.is_empty() {
-            tracing::warn!(purge = ?p, failed = ?report.failed, retrying = report.retrying,
-                "an invalidation by an unsafe method did not reach every instance yet");
+        let steps = Steps {
+            redis: store.l2.is_some(),
+            publish: false,
+            nats: false,
+        };
+        let left = run(&store, &p, steps, &mut Report::default()).await;
+        if !left.done() {
+            retry(&store, &p, left);
+            return;
         }
+        notify(&store, &p).await;
     });
+}
+
+/// Tells the instances listening now to drop `p` from their memory.
+async fn notify(store: &Store, p: &Purge) {
+    let p = Purge {
+        memory_only: true,
+        ..p.clone()
+    };
+    if let Some(l2) = &store.l2
+        && let Err(e) = l2.notify(&p).await
+    {
+        tracing::debug!(purge = ?p, error = %e, "invalidation not sent on the redis channel");
+    }
+    if let Some(nats) = &store.nats
+        && let Err(e) = nats.publish(&p).await
+    {
+        tracing::debug!(purge = ?p, error = %e, "invalidation not sent on nats");
+    }
 }
 
 /// Does the steps it can; returns those that failed.

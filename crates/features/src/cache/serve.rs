@@ -192,7 +192,7 @@ async fn pass_unsafe(
             };
             let p = super::purge::Purge {
                 target: super::purge::Target::Url(target),
-                soft: false,
+                ..Default::default()
             };
             super::purger::invalidate(&cx.store, p);
         }

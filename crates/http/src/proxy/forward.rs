@@ -124,6 +124,7 @@ pub(super) async fn forward(
                 t.min(route.spec.request_timeout)
             });
         let try_deadline = deadline.min(tokio::time::Instant::now() + try_timeout);
+        log_attempt(done, upstream, &endpoint, attempt);
         // The connection first: until there is one nothing of the request has left, so when
         // none can be had the head and the body (even one that streams) can go elsewhere.
         let lease = match upgrade {
@@ -160,7 +161,12 @@ pub(super) async fn forward(
                     // A body on GET/HEAD is forwarded whatever its framing (headers.rs).
                     None => headers::frame_body(&mut head, upstream.spec.protocol, &req_body),
                 }
-                log_attempt(done, upstream, &endpoint, &head, attempt);
+                if let Some(log) = done.log_mut()
+                    && let Some(id) = head.headers.get(&headers::X_REQUEST_ID)
+                    && let Ok(id) = id.to_str()
+                {
+                    log.request_id(id);
+                }
                 let wait = match body_sent {
                     // The body is still arriving: the route timeout starts once it has passed
                     // whole.
@@ -231,22 +237,16 @@ pub(super) async fn forward(
     }
 }
 
-/// Names the attempt in the access log: upstream, endpoint, request id and attempt number.
+/// Names the attempt in the access log (before its connection is made, so that an attempt
+/// whose connect fails is named too): upstream, endpoint and attempt number.
 fn log_attempt(
     done: &mut Completion,
     upstream: &crate::upstream::Upstream,
     endpoint: &crate::upstream::HttpEndpoint,
-    head: &http::request::Parts,
     attempt: u32,
 ) {
-    let Some(log) = done.log_mut() else { return };
-    log.upstream(&upstream.spec.name, &endpoint.addr);
-    if let Some(id) = head
-        .headers
-        .get(&headers::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-    {
-        log.request_id(id);
+    if let Some(log) = done.log_mut() {
+        log.upstream(&upstream.spec.name, &endpoint.addr);
+        log.attempts(attempt);
     }
-    log.attempts(attempt);
 }
