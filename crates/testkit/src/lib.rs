@@ -36,10 +36,22 @@ use std::time::Duration;
 
 /// A port the OS says is free right now (bind to 0, read, release).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct ports the OS says are free right now. All are held until every one is read:
+/// ports taken one after another can be the same (the OS may hand out a port just released),
+/// and a gateway given one port for two listeners answers on it with the wrong one.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] = std::array::from_fn(|_| {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free port: {e}"))
+    });
+    held.each_ref().map(|l| {
+        l.local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"))
+    })
 }
 
 /// Polls `ready` every 50 ms (up to `attempts` times) until it holds; false as soon as the

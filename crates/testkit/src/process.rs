@@ -6,7 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::client::Client;
-use crate::free_port;
+use crate::free_ports;
 
 /// A running gateway process; killed on drop.
 #[derive(Debug)]
@@ -80,12 +80,11 @@ impl GatewayProcess {
         listener: &str,
         rest: &str,
     ) -> Result<GatewayProcess, ExitStatus> {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+        // Two distinct ports: with one for both, the public listener (proxying to a backend)
+        // could answer the start-up check meant for the admin listener.
+        let [http_port, admin_port] = free_ports();
+        let http = SocketAddr::from(([127, 0, 0, 1], http_port));
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let header = format!(
             "{preamble}\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n{listener}\n\n"
         );
