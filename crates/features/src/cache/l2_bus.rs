@@ -60,37 +60,31 @@ impl L2 {
     /// subscribers that received it at once.
     pub async fn publish(&self, p: &Purge) -> Result<usize, String> {
         let msg = serde_json::to_string(p).map_err(|e| format!("publish: {e}"))?;
-        let (stream, channel) = (self.stream(), self.channel().to_owned());
-        let n: i64 = self
-            .link
-            .call_within("publish", BACKGROUND, |mut c| async move {
-                redis::cmd("EVAL")
-                    .arg(PUBLISH)
-                    .arg(1)
-                    .arg(stream)
-                    .arg(msg)
-                    .arg(channel)
-                    .arg(KEEP)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUBLISH)
+            .arg(1)
+            .arg(self.stream())
+            .arg(msg)
+            .arg(self.channel())
+            .arg(KEEP);
+        self.reach("publish", cmd).await
     }
 
     /// Publishes a purge on the channel only, to the instances listening now: no stream entry,
     /// so no replay for one that is resubscribing. Returns the number of subscribers reached.
     pub async fn notify(&self, p: &Purge) -> Result<usize, String> {
         let msg = serde_json::to_string(p).map_err(|e| format!("notify: {e}"))?;
-        let channel = self.channel().to_owned();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(msg);
+        self.reach("notify", cmd).await
+    }
+
+    /// Runs a command that answers how many subscribers it reached.
+    async fn reach(&self, what: &str, cmd: redis::Cmd) -> Result<usize, String> {
         let n: i64 = self
             .link
-            .call_within("notify", BACKGROUND, |mut c| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(msg)
-                    .query_async(&mut c)
-                    .await
+            .call_within(what, BACKGROUND, |mut c| async move {
+                cmd.query_async(&mut c).await
             })
             .await?;
         Ok(usize::try_from(n).unwrap_or(0))
