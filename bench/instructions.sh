@@ -10,7 +10,8 @@
 #
 # Usage: bench/instructions.sh name=path [name=path ...]   (e.g. two commits' release binaries)
 # Env:   REQUESTS (default 20000), WARM (default 2000), CONNS (default 50), URLPATH (default /tiny),
-#        TOP functions to list per binary (default 25; 0 lists none).
+#        TOP functions to list per binary (default 25; 0 lists none), PROTO=h2 for HTTP/2 with
+#        prior knowledge (h2c, 20 connections × 10 streams, as bench/http.sh's HTTP/2 row).
 # Prints Ir per request for each binary and keeps the callgrind files in bench/out/ for
 # callgrind_annotate.
 set -euo pipefail
@@ -25,7 +26,11 @@ B1=19201; B2=19202; P_SG=19213; SG_ADMIN=19219
 start_backends $B1 $B2
 sg_proxy_config "$WORK/sg.toml" $P_SG $SG_ADMIN $B1 $B2
 
-load() { h2load --h1 -t1 -c"$CONNS" -n"$1" "http://127.0.0.1:$P_SG$URLPATH" | awk '/^requests:/ {print $8}'; }
+case ${PROTO:-h1} in
+  h2) FLAGS=(-c20 -m10) ;;
+  *) FLAGS=(--h1 -c"$CONNS") ;;
+esac
+load() { h2load -t1 "${FLAGS[@]}" -n"$1" "http://127.0.0.1:$P_SG$URLPATH" | awk '/^requests:/ {print $8}'; }
 for entry in "$@"; do
   name=${entry%%=*}; bin=${entry#*=}; out="$PWD/bench/out/callgrind.$name"
   rm -f "$out" "$out".*

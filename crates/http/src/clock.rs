@@ -10,6 +10,12 @@ static ORIGIN: OnceLock<Instant> = OnceLock::new();
 
 /// Now, as nanoseconds since the first call (plus one, so that 0 can mean "never").
 pub fn now() -> Tick {
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    Tick(Instant::now().saturating_duration_since(origin).as_nanos() as u64 + 1)
+    tick_at(Instant::now())
+}
+
+/// `at` as a [`Tick`], for a caller that has just read the clock and needs both forms (one
+/// read instead of two).
+pub fn tick_at(at: Instant) -> Tick {
+    let origin = *ORIGIN.get_or_init(|| at);
+    Tick(at.saturating_duration_since(origin).as_nanos() as u64 + 1)
 }

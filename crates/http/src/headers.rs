@@ -146,9 +146,16 @@ pub fn frame_body(
 }
 
 /// Returns the request's X-Request-Id, adding a fresh random one (32 hex digits) if it has none.
+///
+/// The value is marked never to be indexed by HPACK (RFC 7541 §6.2.3): it differs on every
+/// request, so a table entry for it could never be used again, and adding one per response would
+/// evict the entries that the headers which do repeat are sent as (and cost a table search and
+/// insert per response: 4% of the gateway's CPU per HTTP/2 request, bench/RESULTS.md session 14).
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID) {
-        return v.clone();
+        let mut v = v.clone();
+        v.set_sensitive(true);
+        return v;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
@@ -156,7 +163,8 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
     }
-    let v = HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"));
+    let mut v = HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"));
+    v.set_sensitive(true);
     h.insert(X_REQUEST_ID.clone(), v.clone());
     v
 }

@@ -74,27 +74,39 @@ pub(super) async fn forward(
         Some(_) => parts.extensions.remove::<crate::body::StoredBody>(),
         None => None,
     };
+    // One clock read for the body's deadline and, when the body is whole at once, the route's
+    // and the first attempt's (clock reads were 1.5% of an HTTP/2 request's CPU).
+    let mut at = tokio::time::Instant::now();
     // The client's body must arrive within the listener's body timeout from the request's
     // arrival; that time is the client's, never counted against the upstream.
     let body_deadline = retry::BodyDeadline {
         timeout: ctx.body_timeout,
-        at: tokio::time::Instant::now()
+        at: at
             + ctx
                 .body_timeout
-                .saturating_sub(clock::now().since(done.started())),
+                .saturating_sub(clock::tick_at(at).since(done.started())),
     };
     let (mut body, facts) = match stored {
         // A queued job's body, kept whole by the queue: replayable like any kept body.
         Some(stored) => retry::stored_body(&parts.method, &parts.headers, stored.0, retry),
         None => {
+            // A body may take time to arrive: the route's deadline starts when it has.
+            let waits = body
+                .as_ref()
+                .is_some_and(|b| !http_body::Body::is_end_stream(b));
             let h = &parts.headers;
-            retry::prepare_body(&parts.method, h, body, retry, limit, body_deadline).await?
+            let prepared =
+                retry::prepare_body(&parts.method, h, body, retry, limit, body_deadline).await?;
+            if waits {
+                at = tokio::time::Instant::now();
+            }
+            prepared
         }
     };
     let streaming = body.streams();
-    let deadline = tokio::time::Instant::now() + route.spec.request_timeout;
+    let deadline = at + route.spec.request_timeout;
     if let Some(b) = &route.budget {
-        b.deposit(clock::now());
+        b.deposit(clock::tick_at(at));
     }
     let upgrade = match upstream.spec.protocol {
         UpstreamProtocol::Http2 => None,
@@ -107,7 +119,7 @@ pub(super) async fn forward(
     let mut template = Some(parts);
     let mut attempt = 1;
     loop {
-        let now = clock::now();
+        let now = clock::tick_at(at);
         let pick = upstream
             .set
             .pick(&pick_req, now, &mut rand::rng())
@@ -123,7 +135,7 @@ pub(super) async fn forward(
             .map_or(route.spec.request_timeout, |t| {
                 t.min(route.spec.request_timeout)
             });
-        let try_deadline = deadline.min(tokio::time::Instant::now() + try_timeout);
+        let try_deadline = deadline.min(at + try_timeout);
         log_attempt(done, upstream, &endpoint, attempt);
         // The connection first: until there is one nothing of the request has left, so when
         // none can be had the head and the body (even one that streams) can go elsewhere.
@@ -170,7 +182,7 @@ pub(super) async fn forward(
                 let wait = match body_sent {
                     // The body is still arriving: the route timeout starts once it has passed
                     // whole.
-                    Some(sent) => HeadWait::AfterBody(sent, try_timeout),
+                    Some(sent) => HeadWait::AfterBody(Some(sent), try_timeout),
                     None => HeadWait::Until(try_deadline),
                 };
                 let req = Request::from_parts(head, req_body);
@@ -234,6 +246,7 @@ pub(super) async fn forward(
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        at = tokio::time::Instant::now();
     }
 }
 

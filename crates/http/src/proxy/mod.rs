@@ -18,6 +18,7 @@ mod admit;
 mod completion;
 mod exchange;
 mod forward;
+mod head_wait;
 mod origin;
 mod respond;
 mod send;

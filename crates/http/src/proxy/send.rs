@@ -1,8 +1,7 @@
 //! One attempt on the wire: a pooled connection (or one of its own for an upgrade), the request,
 //! and the wait for the response head under the route timeout.
 
-use std::time::Duration;
-
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use scalegate_core::Tick;
@@ -10,12 +9,12 @@ use scalegate_core::Tick;
 use crate::body::{BodyTimeout, BodyTooLarge, ReqBody};
 use crate::error::ProxyError;
 use crate::pool::{Lease, Sender};
-use crate::retry;
 use crate::router::Route;
 use crate::tunnel;
 use crate::upstream::HttpEndpoint;
 
 use super::ConnCtx;
+pub(super) use super::head_wait::HeadWait;
 
 /// Sends an upgrade request on a connection of its own.
 pub(super) async fn send_upgrade(
@@ -30,37 +29,6 @@ pub(super) async fn send_upgrade(
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)??;
     Ok((resp, endpoint.pool(ctx.worker).detached()))
-}
-
-/// How long an attempt waits for the response head.
-pub(super) enum HeadWait {
-    /// Until this instant (the body was whole before it was sent).
-    Until(tokio::time::Instant),
-    /// The body is still arriving from the client: until it has passed whole only the client's
-    /// body timeout runs (inside the body), then this long.
-    AfterBody(retry::BodySent, Duration),
-}
-
-impl HeadWait {
-    /// Waits for `sending` (the response head) under this rule.
-    async fn wait<F: std::future::Future>(&mut self, sending: F) -> Result<F::Output, ProxyError> {
-        match self {
-            HeadWait::Until(deadline) => tokio::time::timeout_at(*deadline, sending)
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout),
-            HeadWait::AfterBody(sent, timeout) => {
-                let mut sending = std::pin::pin!(sending);
-                tokio::select! {
-                    biased;
-                    head = &mut sending => return Ok(head),
-                    _ = sent => {}
-                }
-                tokio::time::timeout(*timeout, sending)
-                    .await
-                    .map_err(|_| ProxyError::UpstreamTimeout)
-            }
-        }
-    }
 }
 
 /// A connection of the endpoint's pool for the next attempt. Until there is one, nothing of
@@ -109,11 +77,10 @@ pub(super) async fn send(
         let Some(sender) = lease.sender() else {
             return Err(ProxyError::UpstreamReset);
         };
-        let sending = async {
-            match sender {
-                Sender::H1(tx) => tx.try_send_request(req).await,
-                Sender::H2(tx) => tx.try_send_request(req).await,
-            }
+        // Not an async block over both: it would hold the request beside either future.
+        let sending = match sender {
+            Sender::H1(tx) => Either::Left(tx.try_send_request(req)),
+            Sender::H2(tx) => Either::Right(tx.try_send_request(req)),
         };
         match wait.wait(sending).await {
             Err(e) => return Err(e),
