@@ -17,7 +17,9 @@ use super::{Admitted, Completion, ConnCtx};
 
 /// Sends a request to the route's upstream under the global cap, bulkheads and retries; the
 /// response body carries `done`. On failure `done` comes back with the error, unfinished.
-pub async fn origin(
+/// (Not an `async fn`, which would keep a copy of each argument beside the argument.)
+#[allow(clippy::manual_async_fn)] // on purpose: an async fn would hold each argument twice
+pub fn origin(
     ctx: &Arc<ConnCtx>,
     snap: &Snapshot,
     route: &Arc<Route>,
@@ -25,43 +27,45 @@ pub async fn origin(
     body: Option<Incoming>,
     admitted: Admitted,
     mut done: Completion,
-) -> Result<Response<RespBody>, (ProxyError, Completion)> {
-    let prio = admitted.prio;
-    let Some(slot) = ctx.gateway.admit(snap.max_in_flight, prio) else {
-        route.metrics.shed("global_limit", prio.as_str());
-        return Err((ProxyError::Shed("global_limit"), done));
-    };
-    done.global = slot;
-    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let over_h2 = parts.extensions.remove::<crate::h2_websocket::Translated>();
-    match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
-        Ok((mut head, upstream_body)) => {
-            if head.status == http::StatusCode::SWITCHING_PROTOCOLS
-                && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
-            {
-                if let Some(sent) = &over_h2
-                    && let Err(e) = crate::h2_websocket::to_h2_response(&mut head, sent)
+) -> impl Future<Output = Result<Response<RespBody>, (ProxyError, Completion)>> {
+    async move {
+        let prio = admitted.prio;
+        let Some(slot) = ctx.gateway.admit(snap.max_in_flight, prio) else {
+            route.metrics.shed("global_limit", prio.as_str());
+            return Err((ProxyError::Shed("global_limit"), done));
+        };
+        done.global = slot;
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let over_h2 = parts.extensions.remove::<crate::h2_websocket::Translated>();
+        match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
+            Ok((mut head, upstream_body)) => {
+                if head.status == http::StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
                 {
-                    done.set_status(e.status().as_u16());
-                    return Err((e, done));
-                }
-                let up = tunnel::Upgraded::Tunnel((up, route.metrics.tunnels.clone()));
-                match client_upgrade {
-                    // TLS and HTTP/2 connections let hyper run the upgrade: the client side
-                    // arrives here.
-                    Some(client) if ctx.scheme == "https" || over_h2.is_some() => {
-                        tunnel::spawn(client, up)
+                    if let Some(sent) = &over_h2
+                        && let Err(e) = crate::h2_websocket::to_h2_response(&mut head, sent)
+                    {
+                        done.set_status(e.status().as_u16());
+                        return Err((e, done));
                     }
-                    // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
-                    _ => ctx.tunnel.set(up),
+                    let up = tunnel::Upgraded::Tunnel((up, route.metrics.tunnels.clone()));
+                    match client_upgrade {
+                        // TLS and HTTP/2 connections let hyper run the upgrade: the client side
+                        // arrives here.
+                        Some(client) if ctx.scheme == "https" || over_h2.is_some() => {
+                            tunnel::spawn(client, up)
+                        }
+                        // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
+                        _ => ctx.tunnel.set(up),
+                    }
                 }
+                done.set_status(head.status.as_u16());
+                Ok(Response::from_parts(
+                    head,
+                    RespBody::upstream(upstream_body, done),
+                ))
             }
-            done.set_status(head.status.as_u16());
-            Ok(Response::from_parts(
-                head,
-                RespBody::upstream(upstream_body, done),
-            ))
+            Err(e) => Err((e, done)),
         }
-        Err(e) => Err((e, done)),
     }
 }

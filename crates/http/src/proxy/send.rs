@@ -16,6 +16,14 @@ use crate::upstream::HttpEndpoint;
 use super::ConnCtx;
 pub(super) use super::head_wait::HeadWait;
 
+/// An attempt's request, and how long it waits for the response head.
+pub(super) struct Outgoing {
+    /// The request, rewritten for its endpoint.
+    pub(super) req: Request<ReqBody>,
+    /// The rule of the wait for its response head.
+    pub(super) wait: HeadWait,
+}
+
 /// Sends an upgrade request on a connection of its own.
 pub(super) async fn send_upgrade(
     ctx: &ConnCtx,
@@ -53,63 +61,73 @@ pub(super) async fn connect(
         .await
 }
 
-/// Sends `req` on `lease` and waits for the response head; a pooled connection that the
+/// Sends `out` on `lease` and waits for the response head; a pooled connection that the
 /// upstream had closed is replaced by a new one once.
-pub(super) async fn send(
+///
+/// Not an `async fn`: one keeps a copy of each argument beside the argument itself, and every
+/// request's future holds this one (bench/RESULTS.md, session 14).
+#[allow(clippy::manual_async_fn)] // on purpose: an async fn would hold each argument twice
+pub(super) fn send(
     ctx: &ConnCtx,
     route: &Route,
     endpoint: &HttpEndpoint,
     lease: Lease,
-    req: Request<ReqBody>,
-    mut wait: HeadWait,
+    mut out: Outgoing,
     streaming: bool,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
-    let mut req = req;
-    let mut fresh = false;
-    let mut next = Some(lease);
-    loop {
-        let mut lease = match next.take() {
-            Some(lease) => lease,
-            // A new connection: the pool's idle ones (which `now` would age) are not looked at.
-            None => connect(ctx, route, endpoint, crate::clock::now(), true, streaming).await?,
-        };
-        let reused = lease.reused;
-        let Some(sender) = lease.sender() else {
-            return Err(ProxyError::UpstreamReset);
-        };
-        // Not an async block over both: it would hold the request beside either future.
-        let sending = match sender {
-            Sender::H1(tx) => Either::Left(tx.try_send_request(req)),
-            Sender::H2(tx) => Either::Right(tx.try_send_request(req)),
-        };
-        match wait.wait(sending).await {
-            Err(e) => return Err(e),
-            Ok(Ok(resp)) => return Ok((resp, lease)),
-            Ok(Err(mut e)) => {
-                let unsent = e.take_message();
-                let err = e.into_error();
-                match unsent {
-                    // A pooled connection the upstream closed while it idled: the request never
-                    // left, so it is safe to send on a new connection whatever its method.
-                    Some(r) if reused && !fresh => {
-                        tracing::debug!(error = %err, "stale pooled connection; retrying on a new one");
-                        req = r;
-                        fresh = true;
-                    }
-                    _ => {
-                        let outcome = classify(&err);
-                        if outcome == ProxyError::ResponseHeadTooLarge {
-                            tracing::warn!(
-                                endpoint = %endpoint.addr,
-                                "response head over upstreams.pool.max_response_headers or max_response_header_bytes: answered 502, endpoint not blamed"
-                            );
+) -> impl Future<Output = Result<(Response<Incoming>, Lease), ProxyError>> {
+    async move {
+        let mut fresh = false;
+        let mut next = Some(lease);
+        loop {
+            let mut lease = match next.take() {
+                Some(lease) => lease,
+                // A new connection: the pool's idle ones (which `now` would age) are not looked
+                // at.
+                None => connect(ctx, route, endpoint, crate::clock::now(), true, streaming).await?,
+            };
+            let reused = lease.reused;
+            let Some(sender) = lease.sender() else {
+                return Err(ProxyError::UpstreamReset);
+            };
+            // Neither an async block over both nor a local: either would hold the request or
+            // the future a second time.
+            let head = out.wait.wait(match sender {
+                Sender::H1(tx) => Either::Left(tx.try_send_request(out.req)),
+                Sender::H2(tx) => Either::Right(tx.try_send_request(out.req)),
+            });
+            match head.await {
+                Err(e) => return Err(e),
+                Ok(Ok(resp)) => return Ok((resp, lease)),
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message();
+                    let err = e.into_error();
+                    match unsent {
+                        // A pooled connection the upstream closed while it idled: the request
+                        // never left, so it is safe to send on a new connection whatever its
+                        // method.
+                        Some(r) if reused && !fresh => {
+                            tracing::debug!(error = %err, "stale pooled connection; retrying on a new one");
+                            out.req = r;
+                            fresh = true;
                         }
-                        return Err(outcome);
+                        _ => return Err(outcome_of(&err, endpoint)),
                     }
                 }
             }
         }
     }
+}
+
+/// What a failed send means, with a warning for a response head over the limits.
+fn outcome_of(err: &hyper::Error, endpoint: &HttpEndpoint) -> ProxyError {
+    let outcome = classify(err);
+    if outcome == ProxyError::ResponseHeadTooLarge {
+        tracing::warn!(
+            endpoint = %endpoint.addr,
+            "response head over upstreams.pool.max_response_headers or max_response_header_bytes: answered 502, endpoint not blamed"
+        );
+    }
+    outcome
 }
 
 /// Maps a client-connection error to the outcome it means.
