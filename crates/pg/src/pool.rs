@@ -284,7 +284,9 @@ impl Pool {
             if let Some(conn) = self.idle_conn(host).await {
                 return Ok(self.lend(conn, host, permit, transaction));
             }
-            let e = match self.open(host).await {
+            // Boxed: opening a server connection is rare next to reusing one, and inline its
+            // future (2.4 KB) would size every session's and be copied with it per transaction.
+            let e = match Box::pin(self.open(host)).await {
                 Ok(conn) => return Ok(self.lend(conn, host, permit, transaction)),
                 Err(e) => e,
             };

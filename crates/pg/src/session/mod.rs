@@ -357,7 +357,8 @@ impl Session {
                             return self.acquire_failed(e).await;
                         }
                     }
-                    other => return self.shard_locally(other).await,
+                    // Boxed: a fan-out's future (3 KB) would size every session's.
+                    other => return Box::pin(self.shard_locally(other)).await,
                 }
             }
             if self.lease.is_none()
