@@ -152,10 +152,9 @@ pub fn frame_body(
 /// evict the entries that the headers which do repeat are sent as (and cost a table search and
 /// insert per response: 4% of the gateway's CPU per HTTP/2 request, bench/RESULTS.md session 14).
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(&X_REQUEST_ID) {
-        let mut v = v.clone();
+    if let Some(v) = h.get_mut(&X_REQUEST_ID) {
         v.set_sensitive(true);
-        return v;
+        return v.clone();
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
@@ -183,6 +182,28 @@ pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_never_indexed_by_hpack() {
+        let mut generated = HeaderMap::new();
+        let id = ensure_request_id(&mut generated);
+        assert!(id.is_sensitive());
+        assert!(
+            generated
+                .get(&X_REQUEST_ID)
+                .is_some_and(|v| v.is_sensitive())
+        );
+        let mut supplied = HeaderMap::new();
+        supplied.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("client-7"));
+        let id = ensure_request_id(&mut supplied);
+        assert_eq!(id, "client-7");
+        assert!(id.is_sensitive());
+        assert!(
+            supplied
+                .get(&X_REQUEST_ID)
+                .is_some_and(|v| v.is_sensitive())
+        );
+    }
 
     #[test]
     fn strips_fixed_and_connection_named_headers() {

@@ -117,9 +117,14 @@ impl Exchange {
         if let Some(rate) = &self.rate {
             rate.apply(h);
         }
-        // The client gets the id to quote (an upstream's own id on the response is kept).
-        h.entry(headers::X_REQUEST_ID.clone())
-            .or_insert(self.request_id.clone());
+        // The client gets the id to quote (an upstream's own id on the response is kept, and
+        // like ours never indexed by HPACK: see `headers::ensure_request_id`).
+        match h.entry(headers::X_REQUEST_ID.clone()) {
+            http::header::Entry::Occupied(mut upstreams) => upstreams.get_mut().set_sensitive(true),
+            http::header::Entry::Vacant(none) => {
+                none.insert(self.request_id.clone());
+            }
+        }
         if let Some(route) = &self.route {
             route.spec.response_headers.apply(h);
         }
