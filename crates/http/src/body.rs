@@ -143,15 +143,87 @@ impl Body for ReqBody {
     }
 }
 
+/// The upstream's response body once the gateway has looked at its start: the frame that
+/// had already arrived then, if any, and the rest of the stream.
+///
+/// The look is what lets a body that fails before its first byte (the upstream closed or
+/// reset right after the head) be answered 502: once the head is passed on, an HTTP/1.1 client
+/// would get only a closed connection, which it may take for a stale keep-alive and send the
+/// request again.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    /// Boxed: it is rarely there, and every request's future holds room for an
+    /// `UpstreamBody` (the head's moves through the request path cost more than the box).
+    first: Option<Box<Frame<Bytes>>>,
+    rest: Incoming,
+}
+
+impl UpstreamBody {
+    /// Takes what of `rest` has already arrived, without waiting for more (`cx` is told when
+    /// more comes); an error there is returned, and means the upstream broke off before the
+    /// body began.
+    pub fn begin(mut rest: Incoming, cx: &mut Context<'_>) -> Result<Self, hyper::Error> {
+        let first = match Pin::new(&mut rest).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => return Err(e),
+            Poll::Ready(Some(Ok(f))) => Some(Box::new(f)),
+            Poll::Ready(None) | Poll::Pending => None,
+        };
+        Ok(UpstreamBody { first, rest })
+    }
+}
+
+impl From<Incoming> for UpstreamBody {
+    /// A body not looked at (an upgrade's, which has none).
+    fn from(rest: Incoming) -> Self {
+        UpstreamBody { first: None, rest }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.first.take() {
+            Some(f) => Poll::Ready(Some(Ok(*f))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let held = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint.set_lower(hint.lower().saturating_add(held));
+        hint
+    }
+}
+
 /// A response body on its way to the client.
 #[derive(Debug)]
+// `Upstream` is the large variant and also the usual one: boxing it would allocate for nearly
+// every response to save room in the few the gateway makes itself.
+#[allow(clippy::large_enum_variant)]
 pub enum RespBody {
     /// A body the gateway made itself, sent in one frame.
     Full(Option<Bytes>),
     /// The upstream's body, streamed; `done` runs once when it ends or is dropped.
     Upstream {
         /// The upstream's stream.
-        inner: Incoming,
+        inner: UpstreamBody,
         /// Bookkeeping for when the stream ends (returns the connection to the pool); its
         /// route gives the longest wait between two reads of the body.
         done: Option<Completion>,
@@ -217,7 +289,7 @@ impl RespBody {
     }
 
     /// The upstream's body, with its completion bookkeeping.
-    pub fn upstream(inner: Incoming, done: Completion) -> Self {
+    pub fn upstream(inner: UpstreamBody, done: Completion) -> Self {
         RespBody::Upstream {
             inner,
             done: Some(done),

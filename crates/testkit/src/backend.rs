@@ -5,7 +5,8 @@
 //! their own misbehaviour): `x-delay-ms: N` delays the response head by N ms; `/bytes/N` answers
 //! N bytes; `/drip/CHUNKS/MS` streams CHUNKS chunks of 4 KiB, MS apart; `/reset/N` sends N body
 //! bytes of a longer announced body, then breaks the connection (HTTP/1.1: closed; HTTP/2:
-//! RST_STREAM); `/stall` sends one chunk and then nothing ever again.
+//! RST_STREAM), and `/reset/0` breaks it before the first body byte; `/stall` sends one chunk
+//! and then nothing ever again.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -217,6 +218,9 @@ pub enum TestBody {
     /// Sends this chunk, waits (so it leaves with the head), then fails: the server breaks the
     /// connection (or resets the stream).
     Reset(Option<Bytes>, std::pin::Pin<Box<tokio::time::Sleep>>),
+    /// Fails at once, before any byte (`/reset/0`): over HTTP/2 the stream's HEADERS go out
+    /// and RST_STREAM follows right behind them.
+    Broken,
 }
 
 /// A 4 KiB chunk of a dripping body.
@@ -256,6 +260,10 @@ impl http_body::Body for TestBody {
                     )))
                 }),
             },
+            TestBody::Broken => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "backend told to break the response before its body (/reset/0)",
+            )))),
             TestBody::Trailed(data, trailers) => {
                 let frame = match (data.take(), trailers.take()) {
                     (Some(d), t) => {
@@ -273,7 +281,7 @@ impl http_body::Body for TestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             TestBody::Full(f) => f.is_end_stream(),
-            TestBody::Stall(_) | TestBody::Reset(..) => false,
+            TestBody::Stall(_) | TestBody::Reset(..) | TestBody::Broken => false,
             TestBody::Trailed(d, t) => d.is_none() && t.is_none(),
             TestBody::Drip(left, _) => *left == 0,
         }
@@ -283,7 +291,7 @@ impl http_body::Body for TestBody {
         match self {
             // Exact sizes keep Content-Length framing, as the tests reading raw sockets expect.
             TestBody::Full(f) => f.size_hint(),
-            TestBody::Stall(_) | TestBody::Trailed(..) | TestBody::Drip(..) => {
+            TestBody::Stall(_) | TestBody::Trailed(..) | TestBody::Drip(..) | TestBody::Broken => {
                 http_body::SizeHint::default()
             }
             // Announces more than it sends: the client sees the body cut short.
@@ -326,6 +334,9 @@ fn misbehaving_body(path: &str) -> Option<TestBody> {
         return Some(TestBody::Drip(chunks.parse().ok()?, interval));
     }
     let n: usize = path.strip_prefix("/reset/")?.parse().ok()?;
+    if n == 0 {
+        return Some(TestBody::Broken);
+    }
     let pause = Box::pin(tokio::time::sleep(Duration::from_millis(20)));
     Some(TestBody::Reset(
         Some(Bytes::from(vec![b'r'; n.max(1)])),

@@ -3,6 +3,8 @@
 
 use http::Request;
 use hyper::body::Incoming;
+
+use crate::body::UpstreamBody;
 use scalegate_core::retry::{AttemptOutcome, Decision, GiveUp, RequestFacts};
 
 use crate::clock;
@@ -34,7 +36,7 @@ pub(super) fn forward(
     body: Option<Incoming>,
     admitted: Admitted,
     done: &mut Completion,
-) -> impl Future<Output = Result<(http::response::Parts, Incoming), ProxyError>> {
+) -> impl Future<Output = Result<(http::response::Parts, UpstreamBody), ProxyError>> {
     async move {
         let limit = route.spec.max_body_bytes;
         if content_length(&parts.headers).is_some_and(|n| n > limit) {

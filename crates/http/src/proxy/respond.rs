@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::body::UpstreamBody;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use scalegate_core::balance::{Balance, PickRequest};
 use scalegate_core::endpoint::BreakerEvent;
 use scalegate_core::hash::stable_hash;
@@ -40,9 +40,9 @@ pub(super) fn respond(
     endpoint: &HttpEndpoint,
     pick: Pick,
     sent_at: Tick,
-    sent: Result<(Response<Incoming>, Lease), ProxyError>,
+    sent: Result<(Response<UpstreamBody>, Lease), ProxyError>,
     done: &mut Completion,
-) -> Result<(http::response::Parts, Incoming), ProxyError> {
+) -> Result<(http::response::Parts, UpstreamBody), ProxyError> {
     let now = clock::now();
     let (resp, lease) = match sent {
         Ok(ok) => ok,

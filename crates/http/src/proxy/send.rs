@@ -1,12 +1,17 @@
 //! One attempt on the wire: a pooled connection (or one of its own for an upgrade), the request,
 //! and the wait for the response head under the route timeout.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use pin_project_lite::pin_project;
 use scalegate_core::Tick;
 
-use crate::body::{BodyTimeout, BodyTooLarge, ReqBody};
+use crate::body::{BodyTimeout, BodyTooLarge, ReqBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::pool::{Lease, Sender};
 use crate::router::Route;
@@ -31,12 +36,15 @@ pub(super) async fn send_upgrade(
     endpoint: &HttpEndpoint,
     req: Request<ReqBody>,
     deadline: tokio::time::Instant,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
+) -> Result<(Response<UpstreamBody>, Lease), ProxyError> {
     let stream = crate::dial::dial(&endpoint.dial(), route.spec.connect_timeout).await?;
     let resp = tokio::time::timeout_at(deadline, tunnel::send(stream, req))
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)??;
-    Ok((resp, endpoint.pool(ctx.worker).detached()))
+    Ok((
+        resp.map(UpstreamBody::from),
+        endpoint.pool(ctx.worker).detached(),
+    ))
 }
 
 /// A connection of the endpoint's pool for the next attempt. Until there is one, nothing of
@@ -61,8 +69,8 @@ pub(super) async fn connect(
         .await
 }
 
-/// Sends `out` on `lease` and waits for the response head; a pooled connection that the
-/// upstream had closed is replaced by a new one once.
+/// Sends `out` on `lease` and waits for the response head, and for what of the body came with
+/// it; a pooled connection that the upstream had closed is replaced by a new one once.
 ///
 /// Not an `async fn`: one keeps a copy of each argument beside the argument itself, and every
 /// request's future holds this one (bench/RESULTS.md, session 14).
@@ -74,7 +82,7 @@ pub(super) fn send(
     lease: Lease,
     mut out: Outgoing,
     streaming: bool,
-) -> impl Future<Output = Result<(Response<Incoming>, Lease), ProxyError>> {
+) -> impl Future<Output = Result<(Response<UpstreamBody>, Lease), ProxyError>> {
     async move {
         let mut fresh = false;
         let mut next = Some(lease);
@@ -91,14 +99,19 @@ pub(super) fn send(
             };
             // Neither an async block over both nor a local: either would hold the request or
             // the future a second time.
-            let head = out.wait.wait(match sender {
-                Sender::H1(tx) => Either::Left(tx.try_send_request(out.req)),
-                Sender::H2(tx) => Either::Right(tx.try_send_request(out.req)),
+            let head = out.wait.wait(Begin {
+                sending: match sender {
+                    Sender::H1(tx) => Either::Left(tx.try_send_request(out.req)),
+                    Sender::H2(tx) => Either::Right(tx.try_send_request(out.req)),
+                },
             });
             match head.await {
                 Err(e) => return Err(e),
                 Ok(Ok(resp)) => return Ok((resp, lease)),
-                Ok(Err(mut e)) => {
+                // A body that broke off before its first byte is the attempt's failure, as a
+                // reset before the head would be: nothing has reached the client yet.
+                Ok(Err(Failed::Body(e))) => return Err(outcome_of(&e, endpoint)),
+                Ok(Err(Failed::Send(mut e))) => {
                     let unsent = e.take_message();
                     let err = e.into_error();
                     match unsent {
@@ -115,6 +128,42 @@ pub(super) fn send(
                 }
             }
         }
+    }
+}
+
+/// Why an attempt's send gave no response to pass on.
+enum Failed<R> {
+    /// No response head (the request may be given back, unsent).
+    Send(TrySendError<R>),
+    /// The head came, but its body broke off before the first byte.
+    Body(hyper::Error),
+}
+
+pin_project! {
+    /// The sending future, then, in the same poll, a look at the body that came with the head
+    /// ([`UpstreamBody::begin`]). Not an `async` block: one would hold the head across the look
+    /// and grow every request's future.
+    struct Begin<F> {
+        #[pin]
+        sending: F,
+    }
+}
+
+impl<F, R> Future for Begin<F>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<R>>>,
+{
+    type Output = Result<Response<UpstreamBody>, Failed<R>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (head, body) = match ready!(self.project().sending.poll(cx)) {
+            Ok(resp) => resp.into_parts(),
+            Err(e) => return Poll::Ready(Err(Failed::Send(e))),
+        };
+        Poll::Ready(match UpstreamBody::begin(body, cx) {
+            Ok(body) => Ok(Response::from_parts(head, body)),
+            Err(e) => Err(Failed::Body(e)),
+        })
     }
 }
 

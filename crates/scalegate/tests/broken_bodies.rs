@@ -1,0 +1,136 @@
+//! An upstream that breaks off after the response head but before the first body byte: the
+//! client has been sent nothing yet, so it gets a 502 (or, when retries allow, another
+//! endpoint's answer), never a connection closed without a word. An HTTP/1.1 client takes that
+//! for a stale keep-alive connection and may send the request again (session 13's note: "an
+//! HTTP/1.1 client gets an empty close when an h2c upstream resets after the head").
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A raw HTTP/1.1 upstream that answers every request with `answer` and then closes.
+async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+const GET: &[u8] = b"GET /reset/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// The note's case over HTTP/2: an h2c upstream sends HEADERS and resets the stream at once.
+/// When the reset comes with the head, the h2 client reports it in place of the head (this
+/// passed before the change too); when it comes just after, it is now found before the head is
+/// passed on. Either way an HTTP/1.1 client and an HTTP/2 client get a 502.
+#[tokio::test]
+async fn an_h2c_reset_right_after_the_head_is_a_502() {
+    let b = Backend::start("b0").await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &routed(
+            &endpoints(std::slice::from_ref(&b)),
+            "/",
+            "",
+            "protocol = \"h2c\"\npassive = { consecutive_failures = 0 }",
+        ),
+    )
+    .await;
+    for _ in 0..5 {
+        let (out, closed) = raw(gw.http, GET).await;
+        assert!(closed, "the connection closes");
+        assert!(out.starts_with("HTTP/1.1 502"), "answer: {out:?}");
+        assert!(out.contains("upstream connection broke"), "{out}");
+        let r = Client::h2c()
+            .get(gw.http, "/reset/0")
+            .await
+            .expect("answer");
+        assert_eq!(r.status, 502);
+    }
+    // A body that breaks off after its first bytes still reaches the client as far as it came.
+    let (out, _) = raw(
+        gw.http,
+        b"GET /reset/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "answer: {out:?}");
+    quiescent(&gw).await;
+}
+
+/// An HTTP/1.1 upstream whose chunked body is malformed from its first byte: 502, where the
+/// client used to get an empty close (this failed before the change: `answer: ""`).
+#[tokio::test]
+async fn a_malformed_body_start_is_a_502() {
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &routed(
+            &format!("\"{up}\""),
+            "/",
+            "",
+            "passive = { consecutive_failures = 0 }",
+        ),
+    )
+    .await;
+    for _ in 0..5 {
+        let (out, closed) = raw(gw.http, GET).await;
+        assert!(closed, "the connection closes");
+        assert!(out.starts_with("HTTP/1.1 502"), "answer: {out:?}");
+    }
+    // A head followed by a close: whether the close is seen before the head is passed on is a
+    // race, but the client always gets a status line (502, or 200 with a short body).
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n").await;
+    let gw2 = GatewayProcess::start(BIN, &routed(&format!("\"{up}\""), "/", "", "")).await;
+    for _ in 0..5 {
+        let (out, _) = raw(gw2.http, GET).await;
+        assert!(
+            out.starts_with("HTTP/1.1 502") || out.starts_with("HTTP/1.1 200"),
+            "answer: {out:?}"
+        );
+    }
+    quiescent(&gw).await;
+    quiescent(&gw2).await;
+}
+
+/// The attempt failed before anything reached the client, so a GET with retries goes to
+/// another endpoint, as it would after a reset before the head (this failed before the change:
+/// the client's connection closed, `IncompleteMessage`).
+#[tokio::test]
+async fn a_get_whose_body_breaks_before_it_begins_is_retried() {
+    let broken = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+    let good = Backend::start("good").await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &routed(
+            &format!("\"{broken}\", \"{}\"", good.addr),
+            "/",
+            "retry = { attempts = 2, backoff = \"1ms\", budget_percent = 100, min_retries_per_second = 100 }",
+            "balance = \"round_robin\"\npassive = { consecutive_failures = 0 }",
+        ),
+    )
+    .await;
+    let c = Client::http1();
+    for _ in 0..6 {
+        let r = c.get(gw.http, "/x").await.expect("answer");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, "good");
+    }
+    quiescent(&gw).await;
+}
