@@ -9,7 +9,8 @@ async fn the_dashboard_is_served_and_reads_only_metrics_that_exist() {
     let bs = backends(1).await;
     // A caching route with a shared rate limit and a queued route, so the cache, Redis and
     // queue families have samples (the Redis is a closed port: the link reports itself down).
-    let dead = free_port();
+    let dead = DeadPort::new();
+    let dead = dead.port;
     let cfg = routed(
         &endpoints(&bs),
         "/",
@@ -94,7 +95,8 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist_with_their_types(
     // Every part the dashboard shows, configured: a caching route with a shared rate limit and a
     // Redis cache tier, a queued route, fan-out with a Redis bus, the pooler. The Redis and
     // PostgreSQL behind them are closed ports: the families are declared all the same.
-    let dead = free_port();
+    let dead = DeadPort::new();
+    let dead = dead.port;
     let cfg = routed(
         &endpoints(&bs),
         "/",

@@ -181,11 +181,6 @@ fn config(bs: &[Backend], dead: SocketAddr) -> String {
     c
 }
 
-/// A dead address: bound, then released.
-fn dead_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
 /// An HTTP/1.1 request head for `d` (its body framing in `framing`).
 fn h1_head(d: &Draw, framing: &str) -> String {
     format!(
@@ -485,11 +480,12 @@ async fn requests_cut_at_every_phase_leave_nothing_held() {
     let _replay = Replay("SG_CANCEL_SEED", seed);
     let total = env_number("SG_CANCEL_REQUESTS", 6000) as usize;
     let bs = backends(4).await;
+    let dead = DeadPort::new();
     let gw = GatewayProcess::start_full(
         BIN,
         "[runtime]\nworker_threads = 2\n[admission]\nmax_in_flight = 32\n",
         "body_timeout = \"2s\"",
-        &config(&bs, dead_addr()),
+        &config(&bs, dead.addr()),
     )
     .await;
     let tally = Tally::default();

@@ -9,7 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn connect_refused_is_502() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = DeadPort::new();
+    let dead = dead.addr();
     let cfg = routed(
         &format!("\"{dead}\""),
         "/",

@@ -78,7 +78,8 @@ async fn passive_ejection_after_consecutive_5xx() {
 #[tokio::test]
 async fn passive_ejection_on_connect_failure() {
     let bs = backends(1).await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = DeadPort::new();
+    let dead = dead.addr();
     let cfg = format!(
         "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"{dead}\", \"{}\"]\npassive = {{ consecutive_failures = 2, base_ejection = \"60s\" }}\n",
         bs[0].addr

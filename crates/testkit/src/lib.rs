@@ -34,6 +34,39 @@ pub use relay::Relay;
 
 use std::time::Duration;
 
+/// A port where every connection is refused, for as long as this value lives: bound but never
+/// listening. A port from [`free_port`] that is meant to stay dead can be handed by the OS to
+/// another test's gateway or backend meanwhile, and then it answers.
+#[derive(Debug)]
+pub struct DeadPort {
+    _held: tokio::net::TcpSocket,
+    /// The port.
+    pub port: u16,
+}
+
+impl DeadPort {
+    /// Binds a port on 127.0.0.1 and never listens on it.
+    pub fn new() -> DeadPort {
+        let bound = tokio::net::TcpSocket::new_v4().and_then(|s| {
+            s.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            let port = s.local_addr()?.port();
+            Ok(DeadPort { _held: s, port })
+        });
+        bound.unwrap_or_else(|e| panic!("no port to hold: {e}"))
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        DeadPort::new()
+    }
+}
+
 /// A port the OS says is free right now (bind to 0, read, release).
 pub fn free_port() -> u16 {
     let [port] = free_ports();

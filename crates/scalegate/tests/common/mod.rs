@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 pub use scalegate_testkit::client::{Client, Resp, raw};
-pub use scalegate_testkit::{Backend, GatewayProcess, eventually, free_port};
+pub use scalegate_testkit::{Backend, DeadPort, GatewayProcess, eventually, free_port};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_scalegate");
