@@ -12,20 +12,23 @@ use crate::error::ProxyError;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Headers that never cross a hop, whatever Connection says. (`Trailer`, which RFC 2616 listed
 /// by mistake, is end to end: it declares the trailer fields, and hyper sends HTTP/1.1 trailers
-/// only when it is present.)
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    *n == header::CONNECTION
-        || *n == header::TE
-        || *n == header::TRANSFER_ENCODING
-        || *n == header::UPGRADE
-        || *n == header::PROXY_AUTHORIZATION
-        || n.as_str() == "keep-alive"
-        || n.as_str() == "proxy-connection"
-        // Only meaningful with an h2c upgrade, which never crosses the gateway.
-        || *n == HTTP2_SETTINGS
-}
+/// only when it is present.) `http2-settings` is only meaningful with an h2c upgrade, which
+/// never crosses the gateway.
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
+];
 
 /// Removes hop-by-hop headers, including every header the Connection header names, except the
 /// ones the gateway owns (`forwarded::gateway_owned`: X-Request-Id, X-Forwarded-*, Host,
@@ -34,35 +37,56 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 /// `TE: trailers` is the one exception: it says the client accepts trailer fields, which the
 /// gateway passes through, so the next hop gets it too. gRPC depends on it (servers reject calls
 /// without it, and HTTP/2 allows no other TE value). Other transfer codings in TE are dropped.
+///
+/// One walk over the names finds which hop-by-hop ones are present; only those are looked up
+/// again. Nothing is allocated unless Connection names a header of another kind.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    let trailers = h
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
+    let trailers = present[1]
+        && tokens(h, &header::TE).any(|t| {
             // A coding may carry parameters ("trailers;q=1" is not valid, but be lenient).
             let name = t.split(';').next().unwrap_or("").trim();
             name.eq_ignore_ascii_case("trailers")
         });
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !crate::forwarded::gateway_owned(n))
-        .collect();
-    let doomed: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    for n in doomed.iter().chain(&named) {
+    // The names Connection lists, other than the hop-by-hop ones removed anyway.
+    let named: Vec<HeaderName> = match present[0] {
+        true => tokens(h, &header::CONNECTION)
+            .map(str::trim)
+            .filter(|t| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| t.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !crate::forwarded::gateway_owned(n))
+            .collect(),
+        false => Vec::new(),
+    };
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        h.remove(*hop);
+    }
+    for n in &named {
         h.remove(n);
     }
     if trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The comma-separated items of every `name` line that is text.
+fn tokens<'a>(h: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    h.get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
 }
 
 /// What hyper lets through but RFC 9112 §3.2 and the listener's limits do not: more than one
@@ -220,6 +244,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_names_match_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-Secret ,UPGRADE"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
     }
 
     #[test]
