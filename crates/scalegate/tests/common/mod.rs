@@ -213,7 +213,9 @@ pub async fn metrics_show(gw: &GatewayProcess, needle: &str) -> bool {
 
 /// Gauges that count what requests hold right now; each must read zero once no request is in
 /// flight. For `scalegate_upstream_connections` only the `state="active"` rows count, and for
-/// `scalegate_pg_server_connections` only the active ones.
+/// `scalegate_pg_server_connections` only the active ones. A queued route's jobs count too
+/// (waiting, in hand, paused): a test that sends traffic ends when every job it queued has been
+/// delivered or given up.
 const HELD: &[&str] = &[
     "scalegate_gateway_in_flight",
     "scalegate_http_in_flight",
@@ -226,6 +228,9 @@ const HELD: &[&str] = &[
     "scalegate_pg_clients_waiting",
     "scalegate_pg_server_connections{state=\"active\"",
     "scalegate_pg_pinned_clients",
+    "scalegate_queue_depth",
+    "scalegate_queue_in_hand",
+    "scalegate_queue_paused",
 ];
 
 /// The rows of a Prometheus text page that count something still held (non-zero), by name.
@@ -253,8 +258,8 @@ pub fn held(metrics: &str) -> Vec<String> {
 }
 
 /// The gateway is quiescent: every in-flight gauge, admission slot, bulkhead slot and waiter,
-/// breaker probe slot, active upstream connection and active pooler server connection is back
-/// to zero (waiting up to 10 s for responses that are still finishing). Panics with the rows
+/// breaker probe slot, active upstream connection, active pooler server connection and queued
+/// job is back to zero (waiting up to 10 s for responses that are still finishing). Panics with the rows
 /// that stay non-zero. Every integration test that sends traffic ends with it.
 pub async fn quiescent(gw: &GatewayProcess) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
