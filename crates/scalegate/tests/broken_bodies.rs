@@ -109,6 +109,22 @@ async fn a_malformed_body_start_is_a_502() {
     quiescent(&gw2).await;
 }
 
+/// An upgrade request goes on a connection of its own; an upstream that refuses it with an
+/// answer whose body breaks at once gets the same 502.
+#[tokio::test]
+async fn a_refused_upgrade_whose_body_breaks_at_once_is_a_502() {
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
+    let gw = GatewayProcess::start(BIN, &routed(&format!("\"{up}\""), "/", "", "")).await;
+    let (out, _) = raw(
+        gw.http,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502"), "answer: {out:?}");
+    quiescent(&gw).await;
+}
+
 /// The attempt failed before anything reached the client, so a GET with retries goes to
 /// another endpoint, as it would after a reset before the head (this failed before the change:
 /// the client's connection closed, `IncompleteMessage`).

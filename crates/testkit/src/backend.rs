@@ -5,8 +5,8 @@
 //! their own misbehaviour): `x-delay-ms: N` delays the response head by N ms; `/bytes/N` answers
 //! N bytes; `/drip/CHUNKS/MS` streams CHUNKS chunks of 4 KiB, MS apart; `/reset/N` sends N body
 //! bytes of a longer announced body, then breaks the connection (HTTP/1.1: closed; HTTP/2:
-//! RST_STREAM), and `/reset/0` breaks it before the first body byte; `/stall` sends one chunk
-//! and then nothing ever again.
+//! RST_STREAM), and `/reset/0` breaks it before the first body byte (over HTTP/1.1 that is
+//! before the head too); `/stall` sends one chunk and then nothing ever again.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -219,7 +219,8 @@ pub enum TestBody {
     /// connection (or resets the stream).
     Reset(Option<Bytes>, std::pin::Pin<Box<tokio::time::Sleep>>),
     /// Fails at once, before any byte (`/reset/0`): over HTTP/2 the stream's HEADERS go out
-    /// and RST_STREAM follows right behind them.
+    /// and RST_STREAM follows right behind them; over HTTP/1.1 hyper sends nothing at all (the
+    /// head is still in its buffer), a failure before the head.
     Broken,
 }
 

@@ -41,8 +41,13 @@ pub(super) async fn send_upgrade(
     let resp = tokio::time::timeout_at(deadline, tunnel::send(stream, req))
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)??;
+    // An upgrade refused with an answer whose body breaks at once fails here too (see `Begin`).
+    let (head, body) = resp.into_parts();
+    let body = UpstreamBody::begun(body)
+        .await
+        .map_err(|e| outcome_of(&e, endpoint))?;
     Ok((
-        resp.map(UpstreamBody::from),
+        Response::from_parts(head, body),
         endpoint.pool(ctx.worker).detached(),
     ))
 }
