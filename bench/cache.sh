@@ -23,7 +23,9 @@ ORIGIN=19301; P_V=19311; P_SG=19312; SG_ADMIN=19319; REDIS=19320
 P_A=19321; P_B=19322; P_C=19323; P_ONE=19324
 
 # --- origin: nginx serving a 1 KiB page (and any other path) with max-age -------------------
-head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/page.html"
+# In a directory of its own, away from the config files scalegate watches (see lib.sh).
+mkdir -p "$WORK/www"
+head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/page.html"
 cat > "$WORK/origin.conf" <<NGX
 worker_processes 1;
 pid $WORK/origin.pid;
@@ -34,7 +36,7 @@ http {
   keepalive_requests 1000000;
   server {
     listen 127.0.0.1:$ORIGIN;
-    location = /page.html { root $WORK; add_header Cache-Control "max-age=3600"; }
+    location = /page.html { root $WORK/www; add_header Cache-Control "max-age=3600"; }
     location / { add_header Cache-Control "max-age=3600"; return 200 "object \$uri\n"; }
   }
 }

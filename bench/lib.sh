@@ -45,9 +45,14 @@ cpu_per() {
 }
 
 # start_backends PORT1 PORT2 — the HTTP benchmarks' two backends: nginx on loopback answering
-# /tiny ("ok\n") and /64k (65,536 bytes), keep-alive without a request limit.
+# /tiny ("ok\n") and /64k (65,536 bytes), keep-alive without a request limit. The 64 KiB file
+# lives in a directory of its own: scalegate watches its config file's directory for reloads, and
+# inotify reports every open of a file there (notify's watch mask includes IN_OPEN), so a file
+# the backends open for every request beside the config would wake scalegate's watcher once per
+# request (bench/RESULTS.md, session 15).
 start_backends() {
-  head -c 65536 /dev/zero | tr '\0' 'x' > "$WORK/64k"
+  mkdir -p "$WORK/www"
+  head -c 65536 /dev/zero | tr '\0' 'x' > "$WORK/www/64k"
   cat > "$WORK/backend.conf" <<NGX
 worker_processes 1;
 pid $WORK/backend.pid;
@@ -56,8 +61,8 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$1; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
-  server { listen 127.0.0.1:$2; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/64k; } }
+  server { listen 127.0.0.1:$1; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/www/64k; } }
+  server { listen 127.0.0.1:$2; location /tiny { return 200 "ok\n"; } location /64k { alias $WORK/www/64k; } }
 }
 NGX
   nginx -c "$WORK/backend.conf" -g 'daemon off;' & PIDS+=($!)

@@ -16,6 +16,7 @@ mod pg;
 mod plan;
 mod run;
 mod switches;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use notify::Watcher;
 use scalegate_http::Gateway;
 use scalegate_http::health_check::Supervisor;
 use scalegate_http::metrics::Labels;
@@ -22,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::admin;
 use crate::config::{Config, LogFormat, RuntimeMode};
 use crate::discovery::Discovery;
+use crate::watch::watch_files;
 
 /// A task the caller wants running beside the gateway on the control runtime (demo backends).
 pub type Sidecar = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -305,48 +305,4 @@ fn reload(
             counted("error");
         }
     }
-}
-
-/// Watches the directories of the config file and of the TLS files it names (editors and
-/// Kubernetes replace files by rename; Kubernetes swaps a `..data` link in a mounted ConfigMap or
-/// Secret) and reports a change to any of them.
-fn watch_files(
-    config: &Path,
-    files: &[PathBuf],
-    tx: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    let dir_of = |p: &Path| match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let all: Vec<&Path> = std::iter::once(config)
-        .chain(files.iter().map(PathBuf::as_path))
-        .collect();
-    let names: Vec<std::ffi::OsString> = all
-        .iter()
-        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
-        .collect();
-    let mut dirs: Vec<PathBuf> = all.iter().map(|p| dir_of(p)).collect();
-    dirs.sort();
-    dirs.dedup();
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && !ev.kind.is_access()
-            && ev.paths.iter().any(|p| {
-                p.file_name().is_some_and(|n| {
-                    names.iter().any(|w| w == n) || n.to_string_lossy().starts_with("..data")
-                })
-            })
-        {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch config file; SIGHUP still reloads"))
-    .ok()?;
-    for dir in &dirs {
-        if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; SIGHUP still reloads");
-        }
-    }
-    Some(w)
 }

@@ -165,6 +165,11 @@ impl GatewayProcess {
         None
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the process wrote to stdout so far (the access log).
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("stdout.log")).unwrap_or_default()
