@@ -107,14 +107,20 @@ async fn a_changed_file_is_reloaded_without_a_signal() {
     let bs = backends(2).await;
     let gw = gateway(&bs[..1], "").await;
     gw.write_config(&app(&bs[1..], ""));
-    let c = Client::http1();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            c.get(gw.http, "/").await.is_ok_and(|r| r.body == "b1")
-        })
-        .await
+        answers_from(&gw, "b1").await,
+        "the changed file was applied"
     );
     quiescent(&gw).await;
+}
+
+/// Whether `gw` comes to answer from backend `name` within 10 s.
+async fn answers_from(gw: &GatewayProcess, name: &str) -> bool {
+    let c = Client::http1();
+    eventually(Duration::from_secs(10), || async {
+        c.get(gw.http, "/").await.is_ok_and(|r| r.body == name)
+    })
+    .await
 }
 
 /// Context switches of every thread of process `pid` so far.
@@ -160,12 +166,9 @@ async fn reading_other_files_beside_the_config_does_not_wake_the_gateway() {
     );
     // A change is still seen.
     gw.write_config(&app(&bs[1..], ""));
-    let c = Client::http1();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            c.get(gw.http, "/").await.is_ok_and(|r| r.body == "b1")
-        })
-        .await
+        answers_from(&gw, "b1").await,
+        "the changed file was applied"
     );
     quiescent(&gw).await;
 }
