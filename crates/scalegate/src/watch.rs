@@ -37,10 +37,21 @@ fn matters(name: &std::ffi::OsStr, names: &[OsString]) -> bool {
 }
 
 #[cfg(target_os = "linux")]
-pub use linux::watch_files;
+use linux::{Watch, watch};
 
 #[cfg(not(target_os = "linux"))]
-pub use portable::watch_files;
+use portable::{Watch, watch};
+
+/// Reports on `tx` every change to `config` or `files` (None, with a warning, when the watch
+/// cannot be set up: SIGHUP still reloads). Dropping the returned watch stops it.
+pub fn watch_files(
+    config: &Path,
+    files: &[PathBuf],
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<Watch> {
+    let (dirs, names) = targets(config, files);
+    watch(&dirs, names, tx)
+}
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -59,14 +70,12 @@ mod linux {
         }
     }
 
-    /// Reports on `tx` every change to `config` or `files` (None, with a warning, when the
-    /// watch cannot be set up: SIGHUP still reloads). Runs on the calling Tokio runtime.
-    pub fn watch_files(
-        config: &Path,
-        files: &[PathBuf],
+    /// Watches `dirs` for changes to `names`; the events are read on the calling Tokio runtime.
+    pub fn watch(
+        dirs: &[PathBuf],
+        names: Vec<OsString>,
         tx: mpsc::UnboundedSender<()>,
     ) -> Option<Watch> {
-        let (dirs, names) = targets(config, files);
         let inotify = Inotify::init()
             .map_err(
                 |e| tracing::warn!(error = %e, "cannot watch config file; SIGHUP still reloads"),
@@ -81,7 +90,7 @@ mod linux {
             | WatchMask::DELETE
             | WatchMask::MOVED_FROM
             | WatchMask::MOVED_TO;
-        for dir in &dirs {
+        for dir in dirs {
             if let Err(e) = inotify.watches().add(dir, mask) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; SIGHUP still reloads");
             }
@@ -120,14 +129,12 @@ mod portable {
     /// A running watch; dropping it stops it.
     pub type Watch = notify::RecommendedWatcher;
 
-    /// Reports on `tx` every change to `config` or `files` (None, with a warning, when the
-    /// watch cannot be set up: SIGHUP still reloads).
-    pub fn watch_files(
-        config: &Path,
-        files: &[PathBuf],
+    /// Watches `dirs` for changes to `names` (opens included: `notify` asks for them).
+    pub fn watch(
+        dirs: &[PathBuf],
+        names: Vec<OsString>,
         tx: mpsc::UnboundedSender<()>,
     ) -> Option<Watch> {
-        let (dirs, names) = targets(config, files);
         let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev
                 && !ev.kind.is_access()
@@ -141,7 +148,7 @@ mod portable {
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot watch config file; SIGHUP still reloads"))
         .ok()?;
-        for dir in &dirs {
+        for dir in dirs {
             if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; SIGHUP still reloads");
             }

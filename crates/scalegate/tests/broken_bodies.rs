@@ -36,6 +36,20 @@ async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
 
 const GET: &[u8] = b"GET /reset/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
+/// A gateway in front of `endpoints` whose failures eject nothing (`upstream`: more settings).
+async fn unejecting(endpoints: &str, upstream: &str) -> GatewayProcess {
+    let settings = format!("{upstream}\npassive = {{ consecutive_failures = 0 }}");
+    GatewayProcess::start(BIN, &routed(endpoints, "/", "", &settings)).await
+}
+
+/// Sends [`GET`] on a connection of its own: the answer is a 502 and the connection closes.
+async fn answered_502(gw: &GatewayProcess) -> String {
+    let (out, closed) = raw(gw.http, GET).await;
+    assert!(closed, "the connection closes");
+    assert!(out.starts_with("HTTP/1.1 502"), "answer: {out:?}");
+    out
+}
+
 /// The note's case over HTTP/2: an h2c upstream sends HEADERS and resets the stream at once.
 /// When the reset comes with the head, the h2 client reports it in place of the head (this
 /// passed before the change too); when it comes just after, it is now found before the head is
@@ -43,20 +57,9 @@ const GET: &[u8] = b"GET /reset/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r
 #[tokio::test]
 async fn an_h2c_reset_right_after_the_head_is_a_502() {
     let b = Backend::start("b0").await;
-    let gw = GatewayProcess::start(
-        BIN,
-        &routed(
-            &endpoints(std::slice::from_ref(&b)),
-            "/",
-            "",
-            "protocol = \"h2c\"\npassive = { consecutive_failures = 0 }",
-        ),
-    )
-    .await;
+    let gw = unejecting(&endpoints(std::slice::from_ref(&b)), "protocol = \"h2c\"").await;
     for _ in 0..5 {
-        let (out, closed) = raw(gw.http, GET).await;
-        assert!(closed, "the connection closes");
-        assert!(out.starts_with("HTTP/1.1 502"), "answer: {out:?}");
+        let out = answered_502(&gw).await;
         assert!(out.contains("upstream connection broke"), "{out}");
         let r = Client::h2c()
             .get(gw.http, "/reset/0")
@@ -79,20 +82,9 @@ async fn an_h2c_reset_right_after_the_head_is_a_502() {
 #[tokio::test]
 async fn a_malformed_body_start_is_a_502() {
     let up = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").await;
-    let gw = GatewayProcess::start(
-        BIN,
-        &routed(
-            &format!("\"{up}\""),
-            "/",
-            "",
-            "passive = { consecutive_failures = 0 }",
-        ),
-    )
-    .await;
+    let gw = unejecting(&format!("\"{up}\""), "").await;
     for _ in 0..5 {
-        let (out, closed) = raw(gw.http, GET).await;
-        assert!(closed, "the connection closes");
-        assert!(out.starts_with("HTTP/1.1 502"), "answer: {out:?}");
+        answered_502(&gw).await;
     }
     // A head followed by a close: whether the close is seen before the head is passed on is a
     // race, but the client always gets a status line (502, or 200 with a short body).
