@@ -87,10 +87,14 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     })
 }
 
-/// Polls `ready` every 50 ms (up to `attempts` times) until it holds; false as soon as the
-/// process in `child` has exited (its port was taken, say) or the attempts run out.
+/// Polls `ready` every 50 ms (up to `attempts` times) until it holds and the process in `child`
+/// is the one listening on `port`; false as soon as that process has exited (its port was taken,
+/// say) or the attempts run out. A port from [`free_port`] can be taken by another test's server
+/// before ours binds it; then `ready` would be answered by that one while ours has failed, and
+/// the test would lose its server when the other test ends.
 pub async fn started<F, Fut>(
     child: &mut Option<std::process::Child>,
+    port: u16,
     attempts: usize,
     mut ready: F,
 ) -> bool
@@ -99,17 +103,48 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     for _ in 0..attempts {
-        if ready().await {
-            return true;
-        }
-        if let Some(c) = child.as_mut()
-            && matches!(c.try_wait(), Ok(Some(_)))
-        {
+        let Some(c) = child.as_mut() else {
             return false;
+        };
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        let pid = c.id();
+        if ready().await && listens_on(pid, port) {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (Linux: `/proc/net/tcp*` for
+/// the listening sockets' inodes, `/proc/PID/fd` for the process's).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
@@ -127,5 +162,31 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flake this guards against: another test's server holds the port ours was given, ours
+    /// fails to bind, and the readiness probe is answered by the other one.
+    #[tokio::test]
+    async fn a_port_answered_by_another_process_is_not_our_server_started() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = other.local_addr().expect("addr").port();
+        let mut child = Some(
+            std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .expect("sleep"),
+        );
+        let answered = || async { true };
+        assert!(!started(&mut child, port, 3, answered).await);
+        assert!(listens_on(std::process::id(), port));
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

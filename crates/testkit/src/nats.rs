@@ -40,7 +40,7 @@ impl NatsServer {
                 port,
                 jetstream,
             };
-            if crate::started(&mut server.child, 100, || accepts(port)).await {
+            if crate::started(&mut server.child, port, 100, || accepts(port)).await {
                 return server;
             }
         }
@@ -53,7 +53,7 @@ impl NatsServer {
         self.kill();
         self.child = Some(spawn(self.port, self._dir.path(), self.jetstream));
         let port = self.port;
-        crate::started(&mut self.child, 200, || accepts(port)).await
+        crate::started(&mut self.child, port, 200, || accepts(port)).await
     }
 
     /// Kills the server.

@@ -206,7 +206,13 @@ impl PgServer {
             .spawn()
             .unwrap_or_else(|e| panic!("postgres: {e}"));
         self.child = Some(child);
-        let up = crate::started(&mut self.child, 200, || async move { pg_isready(port) }).await;
+        let up = crate::started(
+            &mut self.child,
+            port,
+            200,
+            || async move { pg_isready(port) },
+        )
+        .await;
         assert!(up, "postgres did not come back after a restart");
     }
 
@@ -222,7 +228,14 @@ impl PgServer {
                 dir,
                 port,
             };
-            if crate::started(&mut server.child, 200, || async move { pg_isready(port) }).await {
+            if crate::started(
+                &mut server.child,
+                port,
+                200,
+                || async move { pg_isready(port) },
+            )
+            .await
+            {
                 return server;
             }
             let _ = server.child.take();

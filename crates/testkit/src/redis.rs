@@ -26,7 +26,7 @@ impl RedisServer {
                 _dir: dir,
                 port,
             };
-            if crate::started(&mut server.child, 100, || ping(port)).await {
+            if crate::started(&mut server.child, port, 100, || ping(port)).await {
                 return server;
             }
         }
@@ -53,7 +53,7 @@ impl RedisServer {
         self.kill();
         self.child = Some(spawn(self.port, self._dir.path()));
         let port = self.port;
-        crate::started(&mut self.child, 200, || ping(port)).await
+        crate::started(&mut self.child, port, 200, || ping(port)).await
     }
 
     /// Kills the server (the tier goes down mid-test).
