@@ -140,6 +140,19 @@ pub fn classify(sql: &str) -> Class {
     class.unwrap_or(Class::Write)
 }
 
+/// Whether running `sql` a second time changes nothing: every statement reads (as [`classify`]
+/// decides, routing comments ignored: `scalegate:replica` says where a statement may run, not
+/// that it does not write) or starts a transaction. Text that does not parse is not.
+pub fn replay_safe(sql: &str) -> bool {
+    let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return false;
+    };
+    !stmts.is_empty()
+        && stmts
+            .iter()
+            .all(|s| matches!(s, Statement::StartTransaction { .. }) || statement(s) == Class::Read)
+}
+
 fn statement(s: &Statement) -> Class {
     match s {
         Statement::Query(q) if query_reads(q) && calls_only_read_only(s) => Class::Read,
@@ -255,6 +268,32 @@ mod tests {
             classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
             Class::ReadOnlyTransaction
         );
+    }
+
+    #[test]
+    fn only_reads_and_transaction_starts_are_safe_to_run_twice() {
+        for sql in [
+            "BEGIN",
+            "start transaction isolation level serializable",
+            "SELECT 1",
+            "BEGIN; SELECT * FROM t",
+            "show search_path",
+        ] {
+            assert!(replay_safe(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN; INSERT INTO dup(v) VALUES (1); COMMIT; SELECT 1",
+            "START TRANSACTION; INSERT INTO t VALUES (1)",
+            "/* scalegate:replica */ INSERT INTO t VALUES (1)",
+            "SELECT 'scalegate:replica'; DELETE FROM t",
+            "SELECT pg_terminate_backend(1)",
+            "SET search_path = x",
+            "COMMIT",
+            "",
+            "not sql at all",
+        ] {
+            assert!(!replay_safe(sql), "{sql}");
+        }
     }
 
     #[test]

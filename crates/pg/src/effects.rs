@@ -375,7 +375,7 @@ fn statement(s: &[&Token], fx: &mut Effects) {
             fx.discard_all = true;
             fx.forgets = true;
             fx.clears |= CONFIG | OTHER;
-            fx.settings.push(Change::ResetAll);
+            fx.settings.push(Change::DiscardAll);
         }
     } else if is(first, "RESET") {
         if is(at(1), "ALL") {
@@ -662,7 +662,7 @@ mod tests {
         assert!(multi.forgets);
         let d = analyze("DISCARD ALL");
         assert!(d.discard_all && d.forgets);
-        assert_eq!(d.settings, vec![Change::ResetAll]);
+        assert_eq!(d.settings, vec![Change::DiscardAll]);
         assert!(!analyze("DISCARD PLANS").forgets);
     }
 

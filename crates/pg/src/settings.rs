@@ -17,8 +17,10 @@ pub enum Change {
     },
     /// `RESET name`.
     Reset(String),
-    /// `RESET ALL` or `DISCARD ALL`.
+    /// `RESET ALL`: every setting but the role (PostgreSQL leaves `SET ROLE` in force).
     ResetAll,
+    /// `DISCARD ALL`: every setting, the role too.
+    DiscardAll,
 }
 
 /// Settings one client wants, in the order it made them.
@@ -66,7 +68,8 @@ impl Settings {
                 self.list.push((name.clone(), sql.clone()));
             }
             Change::Reset(name) => self.list.retain(|(n, _)| n != name),
-            Change::ResetAll => self.list.clear(),
+            Change::ResetAll => self.list.retain(|(n, _)| n == "role"),
+            Change::DiscardAll => self.list.clear(),
         }
         self.fingerprint = if self.list.is_empty() {
             0
@@ -83,14 +86,37 @@ impl Settings {
         self.fingerprint
     }
 
-    /// The SQL that turns a server connection's session into this one.
+    /// The SQL that turns a server connection's session into this one. `RESET ALL` leaves the
+    /// role alone (PostgreSQL excludes it), so another client's `SET ROLE` is undone on its own.
     pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
+        let mut sql = String::from("RESET ALL; RESET ROLE");
         for (_, s) in &self.list {
             sql.push_str("; ");
             sql.push_str(s);
         }
         sql
+    }
+
+    /// Records `value`, read back from a server, as this client's `name` (`None`: the server
+    /// does not know the name, so there is nothing to replay). A role of `none` is no role.
+    pub fn adopt(&mut self, name: &str, value: Option<&str>) {
+        let change = match value {
+            Some(v) if !(name == "role" && v == "none") => Change::Set {
+                name: name.to_string(),
+                sql: format!(
+                    "SELECT pg_catalog.set_config('{}', '{}', false)",
+                    name.replace('\'', "''"),
+                    v.replace('\'', "''")
+                ),
+            },
+            _ => Change::Reset(name.to_string()),
+        };
+        self.apply(&change);
+    }
+
+    /// The names of the settings made, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|(n, _)| n.as_str())
     }
 
     /// Value set for `name`, if any, as the statement text.
@@ -100,6 +126,31 @@ impl Settings {
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.as_str())
     }
+}
+
+impl Change {
+    /// The setting it changes; `None` for all of them.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Change::Set { name, .. } | Change::Reset(name) => Some(name),
+            Change::ResetAll | Change::DiscardAll => None,
+        }
+    }
+}
+
+/// One query whose row holds the current value of each of `names`, in order (NULL for a name
+/// the server does not know).
+pub fn read_back_sql(names: &[String]) -> String {
+    let columns: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "pg_catalog.current_setting('{}', true)",
+                n.replace('\'', "''")
+            )
+        })
+        .collect();
+    format!("SELECT {}", columns.join(", "))
 }
 
 fn quote_ident(name: &str) -> String {
@@ -160,7 +211,7 @@ pub fn classify(sql: &str) -> Option<Change> {
             "all" => Some(Change::ResetAll),
             n => Some(Change::Reset(n.trim_matches('"').to_string())),
         },
-        "discard" if w.next() == Some("all") => Some(Change::ResetAll),
+        "discard" if w.next() == Some("all") => Some(Change::DiscardAll),
         _ => None,
     }
 }
@@ -209,7 +260,7 @@ mod tests {
             Some(Change::Reset("work_mem".into()))
         );
         assert_eq!(classify("RESET ALL"), Some(Change::ResetAll));
-        assert_eq!(classify("DISCARD ALL"), Some(Change::ResetAll));
+        assert_eq!(classify("DISCARD ALL"), Some(Change::DiscardAll));
         assert_eq!(classify("SELECT 1"), None);
     }
 
@@ -224,7 +275,18 @@ mod tests {
         assert_ne!(b.fingerprint(), fa);
         a.apply(&Change::Reset("work_mem".into()));
         assert_eq!(a.fingerprint(), 0);
-        assert_eq!(a.replay_sql(), "RESET ALL");
+        assert_eq!(a.replay_sql(), "RESET ALL; RESET ROLE");
+    }
+
+    #[test]
+    fn reset_all_leaves_the_role_as_postgresql_does() {
+        let mut a = Settings::default();
+        for sql in ["SET ROLE tenant_a", "SET work_mem = '8MB'", "RESET ALL"] {
+            a.apply(&classify(sql).unwrap_or(Change::DiscardAll));
+        }
+        assert_eq!(a.replay_sql(), "RESET ALL; RESET ROLE; SET ROLE tenant_a");
+        a.apply(&Change::DiscardAll);
+        assert_eq!(a.fingerprint(), 0);
     }
 
     #[test]
@@ -235,7 +297,7 @@ mod tests {
         ]);
         assert_eq!(
             s.replay_sql(),
-            "RESET ALL; SET \"application_name\" = 'it''s'; SET \"search_path\" = 'app'; SET \"work_mem\" = '4MB'"
+            "RESET ALL; RESET ROLE; SET \"application_name\" = 'it''s'; SET \"search_path\" = 'app'; SET \"work_mem\" = '4MB'"
         );
     }
 

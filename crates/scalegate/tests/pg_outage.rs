@@ -178,3 +178,30 @@ async fn of_two_hosts_claiming_primary_a_fresh_pooler_writes_to_the_newer_timeli
     );
     pooler_quiescent(&gw, port).await;
 }
+
+/// Found from outside: a simple query that begins a transaction, writes and commits, on a
+/// server that then dies, was taken for a read because its text starts with BEGIN, and was run
+/// again on new servers: four rows for one INSERT. A batch that writes is never sent twice; the
+/// client is told its server was lost.
+#[tokio::test]
+async fn a_batch_that_wrote_is_never_sent_again_when_its_server_dies() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "").await;
+    pg.psql("postgres", "CREATE TABLE dup (v int)");
+    let batches = [
+        "BEGIN; INSERT INTO dup VALUES (1); COMMIT; SELECT pg_terminate_backend(pg_backend_pid())",
+        "START TRANSACTION; INSERT INTO dup VALUES (2); COMMIT; SELECT pg_terminate_backend(pg_backend_pid())",
+        "/* scalegate:replica */ SELECT 1; INSERT INTO dup VALUES (3); COMMIT; SELECT pg_terminate_backend(pg_backend_pid())",
+    ];
+    for (i, sql) in batches.iter().enumerate() {
+        let c = app_client(port).await;
+        let e = c.simple_query(sql).await.expect_err("its server died");
+        assert!(e.is_closed() || !sqlstate(&e).is_empty(), "{e:?}");
+        let n = pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM dup WHERE v = {}", i + 1),
+        );
+        assert_eq!(n, "1", "rows written by one run of: {sql}");
+    }
+    pooler_quiescent(&gw, port).await;
+}

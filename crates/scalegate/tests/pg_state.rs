@@ -355,3 +355,95 @@ async fn unnamed_statements_with_parameters_are_pinned_or_refused_too() {
     drop(a);
     pooler_quiescent(&gw2, port2).await;
 }
+
+/// Found from outside: `SET ROLE` (and `set_config('role', …)`) outlived the client, because
+/// `RESET ALL` leaves the role alone: the next client on the server connection ran as that
+/// role.
+#[tokio::test]
+async fn a_role_set_by_one_client_is_not_the_next_ones() {
+    let (pg, gw, port) = one_server("pin").await;
+    pg.psql("postgres", "CREATE ROLE tenant_a");
+    for set in [
+        "SET ROLE tenant_a",
+        "SELECT set_config('role', 'tenant_a', false)",
+    ] {
+        let a = app_client(port).await;
+        a.simple_query(set)
+            .await
+            .unwrap_or_else(|e| panic!("{set}: {e}"));
+        assert_eq!(
+            pg_one::<String>(&a, "SELECT current_user::text").await,
+            "tenant_a"
+        );
+        drop(a);
+        let b = app_client(port).await;
+        let who = pg_one::<String>(&b, "SELECT current_user::text").await;
+        assert_eq!(who, "postgres", "after another client's {set}");
+        drop(b);
+    }
+    // RESET ALL keeps the role, as on PostgreSQL; the client keeps it on other connections.
+    let a = app_client(port).await;
+    a.simple_query("SET ROLE tenant_a").await.expect("set role");
+    a.simple_query("RESET ALL").await.expect("reset all");
+    let b = app_client(port).await;
+    assert_eq!(
+        pg_one::<String>(&b, "SELECT current_user::text").await,
+        "postgres"
+    );
+    assert_eq!(
+        pg_one::<String>(&a, "SELECT current_user::text").await,
+        "tenant_a"
+    );
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}
+
+/// Found from outside: a SET undone by ROLLBACK TO SAVEPOINT came back once the client moved
+/// to another server connection (the pooler applied it at COMMIT). After a savepoint rollback
+/// or an error in a transaction, the pooler asks the server what survived.
+#[tokio::test]
+async fn settings_undone_by_a_savepoint_rollback_stay_undone() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let b = app_client(port).await;
+    let default = path(&b).await;
+    for sql in [
+        "BEGIN",
+        "SET search_path = kept",
+        "SAVEPOINT s",
+        "SET search_path = sp_leak",
+        "ROLLBACK TO SAVEPOINT s",
+        "COMMIT",
+    ] {
+        a.simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(path(&a).await, "kept");
+    // B takes the one server connection between A's transactions: A's settings are replayed.
+    assert_eq!(path(&b).await, default);
+    assert_eq!(path(&a).await, "kept", "after moving");
+    // An error undoes what the failed part set; the savepoint brings the transaction back.
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT s",
+        "SET search_path = lost",
+        "SELECT 1/0",
+        "ROLLBACK TO SAVEPOINT s",
+        "SET work_mem = '7MB'",
+        "COMMIT",
+    ] {
+        let r = a.simple_query(sql).await;
+        assert_eq!(r.is_err(), sql == "SELECT 1/0", "{sql}: {r:?}");
+    }
+    assert_eq!(path(&b).await, default);
+    assert_eq!(path(&a).await, "kept");
+    assert_eq!(pg_one::<String>(&a, "SHOW work_mem").await, "7MB");
+    assert_eq!(pg_one::<String>(&b, "SHOW work_mem").await, "4MB");
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}
+
+async fn path(c: &Client) -> String {
+    pg_one::<String>(c, "SHOW search_path").await
+}

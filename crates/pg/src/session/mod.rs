@@ -161,6 +161,9 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
             done: 0,
             segment_error: false,
             rolled_back: false,
+            saw_rollback: false,
+            ambiguous: false,
+            reread: Vec::new(),
         },
         pending_z: 0,
         unsynced: false,
@@ -684,7 +687,10 @@ impl Session {
                     self.track.segment_error = true;
                     self.fatal_forwarded |= resend::is_fatal(msg);
                 }
-                b'C' => self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK"),
+                b'C' => {
+                    self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK");
+                    self.track.saw_rollback |= self.track.rolled_back;
+                }
                 _ => {}
             }
             // While a sharded client's BEGIN waits for a statement with a key, describe-only
@@ -793,6 +799,11 @@ impl Session {
                     // Pinned: the server stays with this client.
                     return None;
                 }
+            }
+            if !self.track.reread.is_empty()
+                && let Some(lease) = self.lease.as_mut()
+            {
+                reread_settings(&mut self.track, &mut lease.conn).await;
             }
             if self.wrote
                 && let Some(lease) = self.lease.as_mut()
@@ -1007,7 +1018,16 @@ struct Track {
     sent: u64,
     done: u64,
     segment_error: bool,
+    /// The last command of the segment was a ROLLBACK (whole, or to a savepoint).
     rolled_back: bool,
+    /// The segment ran a ROLLBACK (whole, or to a savepoint).
+    saw_rollback: bool,
+    /// The open transaction had a savepoint rolled back or an error while changes were
+    /// pending: which of them survive, only the server knows.
+    ambiguous: bool,
+    /// Settings to read back from the server before its connection is released (see
+    /// `ambiguous`).
+    reread: Vec<String>,
 }
 
 impl Track {
@@ -1026,25 +1046,42 @@ impl Track {
         let segment = self.done;
         self.done += 1;
         let error = std::mem::take(&mut self.segment_error);
+        let rollback = std::mem::take(&mut self.saw_rollback);
         if self.changes.is_empty() && self.unknown.is_none() {
             return;
         }
         // Changes of later segments (sent ahead) wait for their own ReadyForQuery.
         let ran = self.changes.partition_point(|(s, _)| *s <= segment);
         match status {
-            b'T' => {}
-            b'E' => {
-                self.changes.drain(..ran);
-            }
+            // Still in the transaction. An error, or a ROLLBACK TO SAVEPOINT, undoes some of
+            // its changes, and a later ROLLBACK TO may bring the transaction back to a commit.
+            b'T' | b'E' => self.ambiguous |= status == b'E' || rollback,
             _ => {
                 let settled: Vec<(u64, Change)> = self.changes.drain(..ran).collect();
-                if !error && !self.rolled_back {
+                let ambiguous = std::mem::take(&mut self.ambiguous);
+                if ambiguous && !self.rolled_back {
+                    // A RESET ALL in doubt puts every setting the client had in doubt.
+                    let all = settled.iter().any(|(_, c)| c.name().is_none());
+                    let names = settled.iter().filter_map(|(_, c)| c.name());
+                    let names: Vec<String> = match all {
+                        true => names
+                            .chain(self.settings.names())
+                            .map(str::to_string)
+                            .collect(),
+                        false => names.map(str::to_string).collect(),
+                    };
+                    for name in names {
+                        if !self.reread.contains(&name) {
+                            self.reread.push(name);
+                        }
+                    }
+                } else if !error && !self.rolled_back {
                     for (_, c) in &settled {
                         self.settings.apply(c);
                     }
                 }
                 let unknown = self.unknown.is_some_and(|s| s <= segment);
-                *server = if unknown {
+                *server = if unknown || !self.reread.is_empty() {
                     SETTINGS_UNKNOWN
                 } else {
                     self.settings.fingerprint()
@@ -1054,6 +1091,26 @@ impl Track {
                 }
             }
         }
+    }
+}
+
+/// Reads the settings `track.reread` names back from the server whose transaction left them
+/// in doubt, and records them as the client's; the server's session is then known again. When
+/// the server cannot say, it stays unknown (the next client's settings are replayed whole) and
+/// the client keeps what it had before.
+async fn reread_settings(track: &mut Track, conn: &mut crate::server::ServerConn) {
+    let names = std::mem::take(&mut track.reread);
+    let sql = crate::settings::read_back_sql(&names);
+    let asked = conn.query_row(&sql);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+        Ok(Ok(values)) => {
+            for (name, value) in names.iter().zip(values) {
+                track.settings.adopt(name, value.as_deref());
+            }
+            conn.settings = track.settings.fingerprint();
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "reading settings back from a server failed"),
+        Err(_) => tracing::warn!("reading settings back from a server timed out"),
     }
 }
 

@@ -7,7 +7,6 @@
 use bytes::BytesMut;
 
 use super::{End, Session};
-use crate::classify::Class;
 use crate::proto;
 
 /// Most re-sends of one batch.
@@ -72,33 +71,32 @@ impl Session {
     }
 
     /// Whether every statement in `batch` only reads (or starts a transaction), so running it
-    /// again changes nothing.
+    /// again changes nothing. Routing comments do not count, and a Bind of the unnamed statement
+    /// counts only when this batch parsed it (an earlier batch's is not known here).
     fn reads_only(&self, batch: &[u8]) -> bool {
+        let mut unnamed_parsed = false;
         proto::messages(batch).all(|(tag, msg)| {
             let mut body = &msg[5..];
             let sql = match tag {
                 b'Q' => proto::cbytes(&mut body),
-                b'P' => proto::cbytes(&mut body).and_then(|_| proto::cbytes(&mut body)),
+                b'P' => match proto::cbytes(&mut body) {
+                    Some(name) => {
+                        unnamed_parsed |= name.is_empty();
+                        proto::cbytes(&mut body)
+                    }
+                    None => None,
+                },
                 b'B' => match proto::cbytes(&mut body).and_then(|_| proto::cbytes(&mut body)) {
-                    // The unnamed statement was parsed in this batch (and checked there).
-                    Some(b"") => return true,
+                    // The unnamed statement parsed in this batch was checked at its Parse.
+                    Some(b"") => return unnamed_parsed,
                     Some(name) => self.stmts.query_of(name),
                     None => None,
                 },
                 b'S' | b'D' | b'E' | b'H' | b'C' => return true,
                 _ => return false,
             };
-            let Some(sql) = sql.and_then(|s| std::str::from_utf8(s).ok()) else {
-                return false;
-            };
-            let head = sql.trim_start();
-            let begins = head
-                .get(..5)
-                .is_some_and(|h| h.eq_ignore_ascii_case("begin"))
-                || head
-                    .get(..5)
-                    .is_some_and(|h| h.eq_ignore_ascii_case("start"));
-            begins || self.pooler.classifier.class(sql) != Class::Write
+            sql.and_then(|s| std::str::from_utf8(s).ok())
+                .is_some_and(crate::classify::replay_safe)
         })
     }
 }
