@@ -132,6 +132,9 @@ enum Expect {
     /// A CloseComplete: forwarded, turned into ParseComplete for a skipped Parse, or dropped
     /// for a statement the pooler closed to make room.
     Close { as_parse: bool, swallow: bool },
+    /// The CloseComplete (dropped) of statement `id`, closed by the pooler to make room. When an
+    /// error makes the server skip that Close, the server still holds the statement.
+    Evict(u64),
     /// An EmptyQueryResponse standing for the CommandComplete of an emulated statement.
     Emulated(&'static str),
     /// The ErrorResponse of a stand-in for a refused statement (session state bits).
@@ -430,10 +433,7 @@ impl Statements {
     fn make_room(&mut self, evicted: Option<u64>, out: &mut impl Out) {
         if let Some(old) = evicted {
             close(out.rewrite(), b'S', &server_name(old));
-            self.expect.push_back(Expect::Close {
-                as_parse: false,
-                swallow: true,
-            });
+            self.expect.push_back(Expect::Evict(old));
         }
     }
 
@@ -445,7 +445,7 @@ impl Statements {
                 _ => Action::Forward,
             },
             b'3' => match self.expect.pop_front() {
-                Some(Expect::Close { swallow: true, .. }) => Action::Drop,
+                Some(Expect::Close { swallow: true, .. } | Expect::Evict(_)) => Action::Drop,
                 Some(Expect::Close { as_parse: true, .. }) => Action::ParseComplete,
                 _ => Action::Forward,
             },
@@ -481,16 +481,19 @@ impl Statements {
                 Action::Forward
             }
             b'Z' => {
-                // Whatever is left before this segment's end was skipped after an error.
+                // Whatever is left before this segment's end was skipped after an error: its
+                // Parses did not happen, nor did its evictions (which win over a skipped Parse
+                // of the same statement: the server kept the one it had).
+                let mut kept = Vec::new();
                 while let Some(e) = self.expect.pop_front() {
                     match e {
                         Expect::Ready => break,
-                        Expect::Parse { id: Some(id), .. } => {
-                            prepared.remove(id);
-                        }
+                        Expect::Parse { id: Some(id), .. } => prepared.remove(id),
+                        Expect::Evict(id) => kept.push(id),
                         _ => {}
                     }
                 }
+                prepared.restore(&kept);
                 let segment = self.done_segments;
                 self.done_segments += 1;
                 // A forget that did not happen (an error skipped it): the server still holds
@@ -703,6 +706,59 @@ mod tests {
             Sub::Forward,
         );
         assert_eq!(tags(&out), b"CPB");
+    }
+
+    /// Found from outside: an error earlier in the same Sync made the server skip the Close of
+    /// an evicted statement; the record dropped it anyway, so its next Parse failed with 42P05
+    /// ("already exists") for every client, until the connection was recycled.
+    #[test]
+    fn an_eviction_skipped_after_an_error_keeps_the_statement_recorded() {
+        let mut s = Statements::default();
+        let mut server = Prepared::with_cap(2);
+        let mut out = BytesMut::new();
+        for (name, id) in [("a", 1), ("b", 2)] {
+            s.client_message(
+                &parse_msg(name, name),
+                &mut server,
+                |_| id,
+                &mut out,
+                Sub::Forward,
+            );
+        }
+        s.client_message(
+            &msg(b'S', |_| {}),
+            &mut server,
+            |_| 0,
+            &mut out,
+            Sub::Forward,
+        );
+        for tag in [b'1', b'1', b'Z'] {
+            s.server_message(&m0(tag), &mut server);
+        }
+        // An unnamed statement that fails, then "c", which evicts "a", in one segment.
+        for m in [
+            parse_msg("", "SELECT 1/0"),
+            parse_msg("c", "c"),
+            msg(b'S', |_| {}),
+        ] {
+            s.client_message(&m, &mut server, |_| 3, &mut out, Sub::Forward);
+        }
+        assert!(!server.contains(1), "a is evicted");
+        // The unnamed Parse passes; the Execute-time error skips the Close and the Parse.
+        for tag in [b'1', b'E', b'Z'] {
+            s.server_message(&m0(tag), &mut server);
+        }
+        assert!(server.contains(1), "the server still holds a");
+        assert!(!server.contains(3), "c was never parsed");
+        out.clear();
+        s.client_message(
+            &bind_msg("a"),
+            &mut server,
+            |_| unreachable!(),
+            &mut out,
+            Sub::Forward,
+        );
+        assert_eq!(tags(&out), b"B", "a is bound, not parsed again");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! auth, the admin console, and pgbench/psql as clients.
 
 mod common;
+mod pg_common;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -205,6 +206,47 @@ async fn waiting_past_the_timeout_gets_sqlstate_53300() {
     a.batch_execute("COMMIT").await.expect("commit");
     // Once the server is free, B is served again on the same connection.
     assert!(b.simple_query("SELECT 1").await.is_ok());
+    quiescent(&gw).await;
+}
+
+/// Found from outside: a refused wait answered a pipeline of queries with one error and a
+/// ReadyForQuery for each (the later ones read as queries that ran and returned nothing), and
+/// threw away the first bytes of a query still arriving, so its rest was taken for a message of
+/// 539 MB (FATAL 08P01). Now every query gets its 53300, and a query still arriving is whole.
+#[tokio::test]
+async fn a_refused_wait_answers_every_query_and_keeps_one_still_arriving() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"300ms\"").await;
+    let a = client(port).await;
+    a.batch_execute("BEGIN")
+        .await
+        .expect("begin holds the only server");
+    let mut b = pg_common::raw_login(port);
+    let second = pg_common::query_message("SELECT 'second, sent in two pieces'");
+    let sent = [pg_common::query_message("SELECT 1"), second[..10].to_vec()].concat();
+    b.write_all(&sent).expect("send");
+    let got = pg_common::read_until_ready(&mut b);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].0 == b'E' && String::from_utf8_lossy(&got[0].1).contains("53300"));
+    a.batch_execute("COMMIT").await.expect("commit");
+    b.write_all(&second[10..]).expect("send the rest");
+    let got = pg_common::read_until_ready(&mut b);
+    let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"TDCZ", "{got:?}");
+    // Two queries at once while the server is held: an error and a ReadyForQuery each.
+    a.batch_execute("BEGIN").await.expect("begin again");
+    let two = [
+        pg_common::query_message("SELECT 1"),
+        pg_common::query_message("SELECT 2"),
+    ];
+    b.write_all(&two.concat()).expect("send");
+    let mut tags = Vec::new();
+    for _ in 0..2 {
+        tags.extend(pg_common::read_until_ready(&mut b).iter().map(|(t, _)| *t));
+    }
+    assert_eq!(tags, b"EZEZ");
+    a.batch_execute("COMMIT").await.expect("commit");
+    drop(b);
     quiescent(&gw).await;
 }
 
@@ -694,6 +736,78 @@ async fn prepared_statements_per_server_stay_within_the_bound() {
     let n: usize = n.and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
     assert!(n <= 2, "the server holds {n} prepared statements");
     quiescent(&gw).await;
+}
+
+/// Found from outside (raw protocol, max_prepared_statements = 2): an error earlier in the same
+/// Sync made the server skip the Close of the statement evicted to make room, while the pooler
+/// forgot it; every later Bind of it, and any client preparing the same text, got 42P05
+/// ("prepared statement already exists") until the server connection was recycled.
+#[tokio::test]
+async fn an_eviction_skipped_after_an_error_breaks_no_statement() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "max_prepared_statements = 2").await;
+    let mut s = pg_common::raw_login(port);
+    let mut run = |msgs: &[Vec<u8>]| {
+        s.write_all(&msgs.concat()).expect("send");
+        let got = pg_common::read_until_ready(&mut s);
+        let errors: Vec<String> = got
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        (got.iter().filter(|(t, _)| *t == b'D').count(), errors)
+    };
+    let (_, e) = run(&[parse("s_a", "SELECT 1"), parse("s_b", "SELECT 2"), sync()]);
+    assert!(e.is_empty(), "{e:?}");
+    let failing = [
+        parse("", "SELECT 1/0"),
+        bind(""),
+        execute(),
+        parse("s_c", "SELECT 3"),
+        sync(),
+    ];
+    let (_, e) = run(&failing);
+    assert!(e.len() == 1 && e[0].contains("22012"), "{e:?}");
+    for _ in 0..3 {
+        let (rows, e) = run(&[bind("s_a"), execute(), sync()]);
+        assert!(e.is_empty() && rows == 1, "{e:?}");
+    }
+    let other = client(port).await;
+    let st = other
+        .prepare("SELECT 1")
+        .await
+        .expect("same text, another client");
+    let one: i32 = other.query_one(&st, &[]).await.expect("execute").get(0);
+    assert_eq!(one, 1);
+    drop((s, other));
+    quiescent(&gw).await;
+}
+
+fn pg_message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let body = parts.concat();
+    let mut m = vec![tag];
+    m.extend(((body.len() + 4) as i32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    pg_message(
+        b'P',
+        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &[0, 0]],
+    )
+}
+
+fn bind(statement: &str) -> Vec<u8> {
+    pg_message(b'B', &[b"\0", statement.as_bytes(), b"\0", &[0; 6]])
+}
+
+fn execute() -> Vec<u8> {
+    pg_message(b'E', &[b"\0", &[0; 4]])
+}
+
+fn sync() -> Vec<u8> {
+    pg_message(b'S', &[])
 }
 
 #[tokio::test]

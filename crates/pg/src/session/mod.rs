@@ -602,16 +602,22 @@ impl Session {
             return Some(End::Client);
         }
         let failure = Failure::from(&e);
-        let syncs = proto::messages(&self.cbuf)
-            .filter(|(t, _)| matches!(t, b'Q' | b'S' | b'F'))
-            .count();
+        let (mut syncs, mut whole) = (0, 0);
+        for (tag, msg) in proto::messages(&self.cbuf) {
+            syncs += usize::from(matches!(tag, b'Q' | b'S' | b'F'));
+            whole += msg.len();
+        }
         if syncs == 0 {
             return Some(End::Fatal(Failure::from(&e)));
         }
-        self.cbuf.clear();
+        // The complete messages are answered; a message still arriving stays for the next
+        // read.
+        self.cbuf.advance(whole);
+        // Every segment gets its error, as a server that could not run any of them would
+        // answer: a ReadyForQuery alone would read as a query that ran and returned nothing.
         let mut out = BytesMut::new();
-        failure.write(&mut out, Severity::Error);
         for _ in 0..syncs {
+            failure.write(&mut out, Severity::Error);
             proto::ready(&mut out, b'I');
         }
         self.client.write_all(&out).await.err().map(|_| End::Client)
