@@ -126,6 +126,9 @@ pub struct Effects {
     pub settings: Vec<Change>,
     /// Statements in the string.
     pub statements: usize,
+    /// It runs code the pooler cannot read (a `DO` block): the server's session settings are
+    /// unknown once it has run.
+    pub opaque: bool,
 }
 
 /// [`analyze`] with its results cached by text (bounded: cleared when full), behind the
@@ -176,6 +179,7 @@ fn first_word_matters(word: &[u8]) -> bool {
     // By length first: most first words (SELECT, INSERT, UPDATE, BEGIN …) are then compared
     // with one candidate or none.
     let candidates: &[&[u8]] = match word.len() {
+        2 => &[b"do"],
         3 => &[b"set"],
         4 => &[b"load", b"drop"],
         5 => &[b"reset", b"close"],
@@ -345,7 +349,9 @@ fn statement(s: &[&Token], fx: &mut Effects) {
     use state::*;
     let at = |i: usize| s.get(i);
     let first = at(0);
-    if is(first, "LISTEN") {
+    if is(first, "DO") {
+        do_block(s, fx);
+    } else if is(first, "LISTEN") {
         fx.creates |= LISTEN;
     } else if is(first, "UNLISTEN") || is(first, "CLOSE") || is(first, "DROP") {
         fx.verify = true;
@@ -433,6 +439,42 @@ fn set(s: &[&Token], fx: &mut Effects) {
     }
     if let Some(c) = settings::classify(&render(s)) {
         fx.settings.push(c);
+    }
+}
+
+/// A `DO` block: its code may change settings (so they become unknown) and, when its text
+/// names them, take a session advisory lock or create a temporary table (pinned, then verified
+/// against the server's catalogs at the transaction's end).
+fn do_block(s: &[&Token], fx: &mut Effects) {
+    use state::*;
+    fx.opaque = true;
+    for t in s {
+        let code = match t {
+            Token::DollarQuotedString(d) => d.value.as_str(),
+            Token::SingleQuotedString(v) => v.as_str(),
+            _ => continue,
+        };
+        let code = code
+            .split_ascii_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase();
+        if code.contains("pg_advisory_lock") || code.contains("pg_try_advisory_lock") {
+            fx.creates |= LOCK;
+            fx.verify = true;
+        }
+        if [
+            "temp table",
+            "temporary table",
+            "create temp",
+            "create temporary",
+        ]
+        .iter()
+        .any(|w| code.contains(w))
+        {
+            fx.creates |= TEMP;
+            fx.verify = true;
+        }
     }
 }
 
@@ -664,6 +706,22 @@ mod tests {
         assert!(d.discard_all && d.forgets);
         assert_eq!(d.settings, vec![Change::DiscardAll]);
         assert!(!analyze("DISCARD PLANS").forgets);
+    }
+
+    #[test]
+    fn do_blocks_make_settings_unknown_and_pin_what_they_name() {
+        let set = "DO $$BEGIN PERFORM set_config('search_path','x',false); END$$";
+        assert_eq!(creates(set), 0);
+        assert!(analyze(set).opaque);
+        assert!(analyze("SELECT 1; do 'BEGIN NULL; END'").opaque);
+        let temp = "DO $x$ BEGIN EXECUTE 'CREATE   TEMP TABLE t(x int)'; END $x$";
+        assert_eq!(creates(temp), state::TEMP);
+        assert!(analyze(temp).verify);
+        let lock = "do $$ begin perform pg_advisory_lock(42); end $$";
+        assert_eq!(creates(lock), state::LOCK);
+        let xact = "DO $$ BEGIN PERFORM pg_advisory_xact_lock(42); END $$";
+        assert_eq!(creates(xact), 0);
+        assert!(!analyze("SELECT 'DO'").opaque);
     }
 
     #[test]

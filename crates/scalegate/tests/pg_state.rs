@@ -447,3 +447,41 @@ async fn settings_undone_by_a_savepoint_rollback_stay_undone() {
 async fn path(c: &Client) -> String {
     pg_one::<String>(c, "SHOW search_path").await
 }
+
+/// Found from outside: code in a DO block changed settings, created a temporary table or took
+/// a session advisory lock that the next client on the server connection found. Settings a DO
+/// block may have changed count as unknown (the next client gets a full replay); a lock or a
+/// temporary table it names pins the client until the server says it is gone.
+#[tokio::test]
+async fn what_a_do_block_leaves_is_not_the_next_clients() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let b = app_client(port).await;
+    let default = path(&b).await;
+    let a = app_client(port).await;
+    a.simple_query("DO $$BEGIN PERFORM set_config('search_path', 'leak', false); END$$")
+        .await
+        .expect("DO set_config");
+    assert_eq!(path(&b).await, default, "after another client's DO block");
+    a.simple_query("DO $$BEGIN EXECUTE 'CREATE TEMP TABLE tt_do (x int)'; END$$")
+        .await
+        .expect("DO temp table");
+    a.simple_query("DO $$BEGIN PERFORM pg_advisory_lock(4242); END$$")
+        .await
+        .expect("DO advisory lock");
+    // A holds both on its server connection: it stays A's, and B waits until they are gone.
+    let tables = "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";
+    let locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND pid = pg_backend_pid()";
+    assert_eq!(int(&a, tables).await, 1);
+    let b_sees = async { (int(&b, tables).await, int(&b, locks).await) };
+    let a_cleans = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.simple_query("DROP TABLE tt_do; SELECT pg_advisory_unlock(4242)")
+            .await
+            .expect("clean up");
+    };
+    let (seen, ()) = tokio::join!(b_sees, a_cleans);
+    assert_eq!(seen, (0, 0), "B saw A's temporary table or lock");
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}

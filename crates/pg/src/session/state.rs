@@ -53,6 +53,9 @@ pub(super) fn plan(
         }
         pin.bits |= fx.creates;
     }
+    if fx.opaque {
+        track.unknown = Some(segment);
+    }
     if !fx.settings.is_empty() {
         if fx.statements > 1 {
             track.unknown = Some(segment);
