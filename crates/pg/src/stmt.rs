@@ -716,33 +716,28 @@ mod tests {
         let mut s = Statements::default();
         let mut server = Prepared::with_cap(2);
         let mut out = BytesMut::new();
-        for (name, id) in [("a", 1), ("b", 2)] {
-            s.client_message(
-                &parse_msg(name, name),
-                &mut server,
-                |_| id,
-                &mut out,
-                Sub::Forward,
-            );
-        }
-        s.client_message(
-            &msg(b'S', |_| {}),
+        let mut feed = |s: &mut Statements, server: &mut Prepared, msgs: &[Vec<u8>], id: u64| {
+            for m in msgs {
+                s.client_message(m, server, |_| id, &mut out, Sub::Forward);
+            }
+        };
+        feed(&mut s, &mut server, &[parse_msg("a", "a")], 1);
+        feed(
+            &mut s,
             &mut server,
-            |_| 0,
-            &mut out,
-            Sub::Forward,
+            &[parse_msg("b", "b"), msg(b'S', |_| {})],
+            2,
         );
         for tag in [b'1', b'1', b'Z'] {
             s.server_message(&m0(tag), &mut server);
         }
         // An unnamed statement that fails, then "c", which evicts "a", in one segment.
-        for m in [
+        let failing = [
             parse_msg("", "SELECT 1/0"),
             parse_msg("c", "c"),
             msg(b'S', |_| {}),
-        ] {
-            s.client_message(&m, &mut server, |_| 3, &mut out, Sub::Forward);
-        }
+        ];
+        feed(&mut s, &mut server, &failing, 3);
         assert!(!server.contains(1), "a is evicted");
         // The unnamed Parse passes; the Execute-time error skips the Close and the Parse.
         for tag in [b'1', b'E', b'Z'] {
@@ -750,14 +745,8 @@ mod tests {
         }
         assert!(server.contains(1), "the server still holds a");
         assert!(!server.contains(3), "c was never parsed");
-        out.clear();
-        s.client_message(
-            &bind_msg("a"),
-            &mut server,
-            |_| unreachable!(),
-            &mut out,
-            Sub::Forward,
-        );
+        let mut out = BytesMut::new();
+        s.client_message(&bind_msg("a"), &mut server, |_| 0, &mut out, Sub::Forward);
         assert_eq!(tags(&out), b"B", "a is bound, not parsed again");
     }
 

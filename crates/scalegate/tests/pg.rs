@@ -189,14 +189,21 @@ async fn session_mode_resets_state_between_clients() {
     quiescent(&gw).await;
 }
 
-#[tokio::test]
-async fn waiting_past_the_timeout_gets_sqlstate_53300() {
+/// A pooler with one server connection (waits of 300 ms at most), held by the returned client
+/// inside a transaction.
+async fn server_held() -> (PgServer, GatewayProcess, u16, PgClient) {
     let pg = PgServer::start().await;
     let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"300ms\"").await;
     let a = client(port).await;
     a.batch_execute("BEGIN")
         .await
         .expect("begin holds the only server");
+    (pg, gw, port, a)
+}
+
+#[tokio::test]
+async fn waiting_past_the_timeout_gets_sqlstate_53300() {
+    let (_pg, gw, port, a) = server_held().await;
     let b = client(port).await;
     let e = b
         .simple_query("SELECT 1")
@@ -215,12 +222,7 @@ async fn waiting_past_the_timeout_gets_sqlstate_53300() {
 /// 539 MB (FATAL 08P01). Now every query gets its 53300, and a query still arriving is whole.
 #[tokio::test]
 async fn a_refused_wait_answers_every_query_and_keeps_one_still_arriving() {
-    let pg = PgServer::start().await;
-    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"300ms\"").await;
-    let a = client(port).await;
-    a.batch_execute("BEGIN")
-        .await
-        .expect("begin holds the only server");
+    let (_pg, gw, port, a) = server_held().await;
     let mut b = pg_common::raw_login(port);
     let second = pg_common::query_message("SELECT 'second, sent in two pieces'");
     let sent = [pg_common::query_message("SELECT 1"), second[..10].to_vec()].concat();
