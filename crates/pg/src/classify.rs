@@ -4,18 +4,22 @@
 //! A statement is a read only when it cannot change anything or take a lock: SELECT (and SHOW,
 //! EXPLAIN without ANALYZE, VALUES) with no FOR UPDATE/SHARE, no SELECT INTO, no data-modifying
 //! CTE, and calling only functions known to be read-only. Anything else — including SQL that
-//! does not parse — is a write and goes to the primary. A comment `/* scalegate:primary */` or
-//! `/* scalegate:replica */` anywhere in the text decides instead.
+//! does not parse — is a write and goes to the primary. Row locks, data-modifying CTEs and
+//! functions are looked for at every depth, table functions in FROM included. A comment
+//! `/* scalegate:primary */` or `/* scalegate:replica */` decides instead (in a comment only: a
+//! string that holds the words is data).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use sqlparser::ast::{
-    Expr, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode, visit_expressions,
+    Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
+    TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 /// Where a statement may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,11 +123,10 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
 
 /// Classifies `sql` (no cache).
 pub fn classify(sql: &str) -> Class {
-    if sql.contains("scalegate:primary") {
-        return Class::Write;
-    }
-    if sql.contains("scalegate:replica") {
-        return Class::Read;
+    match hint(sql) {
+        Some(Hint::Primary) => return Class::Write,
+        Some(Hint::Replica) => return Class::Read,
+        None => {}
     }
     let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Class::Write;
@@ -138,6 +141,36 @@ pub fn classify(sql: &str) -> Class {
         });
     }
     class.unwrap_or(Class::Write)
+}
+
+/// A routing comment.
+enum Hint {
+    Primary,
+    Replica,
+}
+
+/// The routing comment in `sql`, if any: only a comment counts (a string literal that happens
+/// to hold the words is data), and `scalegate:primary` wins over `scalegate:replica`.
+fn hint(sql: &str) -> Option<Hint> {
+    if !sql.contains("scalegate:") {
+        return None;
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut found = None;
+    for t in &tokens {
+        let text = match t {
+            Token::Whitespace(Whitespace::SingleLineComment { comment, .. }) => comment,
+            Token::Whitespace(Whitespace::MultiLineComment(c)) => c,
+            _ => continue,
+        };
+        if text.contains("scalegate:primary") {
+            return Some(Hint::Primary);
+        }
+        if text.contains("scalegate:replica") {
+            found = Some(Hint::Replica);
+        }
+    }
+    found
 }
 
 /// Whether running `sql` a second time changes nothing: every statement reads (as [`classify`]
@@ -155,7 +188,9 @@ pub fn replay_safe(sql: &str) -> bool {
 
 fn statement(s: &Statement) -> Class {
     match s {
-        Statement::Query(q) if query_reads(q) && calls_only_read_only(s) => Class::Read,
+        Statement::Query(q) if set_reads(&q.body) && s.visit(&mut ReadsOnly).is_continue() => {
+            Class::Read
+        }
         Statement::ShowVariable { .. } => Class::Read,
         Statement::StartTransaction { modes, .. }
             if modes.contains(&TransactionMode::AccessMode(
@@ -168,38 +203,65 @@ fn statement(s: &Statement) -> Class {
     }
 }
 
-fn query_reads(q: &Query) -> bool {
-    q.locks.is_empty()
-        && q.with
-            .as_ref()
-            .is_none_or(|w| w.cte_tables.iter().all(|c| query_reads(&c.query)))
-        && set_reads(&q.body)
-}
-
 fn set_reads(s: &SetExpr) -> bool {
     match s {
         SetExpr::Select(sel) => sel.into.is_none(),
-        SetExpr::Query(q) => query_reads(q),
+        SetExpr::Query(q) => set_reads(&q.body),
         SetExpr::SetOperation { left, right, .. } => set_reads(left) && set_reads(right),
         SetExpr::Values(_) => true,
         _ => false,
     }
 }
 
-fn calls_only_read_only(s: &Statement) -> bool {
-    let r = visit_expressions(s, |e| match e {
-        Expr::Function(f) => {
-            let name = f.name.to_string().to_ascii_lowercase();
-            let name = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
-            if READ_ONLY_FUNCTIONS.contains(&name) {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
+/// Breaks at anything in a query, at any depth, that may write or lock: a row lock (`FOR
+/// UPDATE`/`SHARE`, in a subquery too), a data-modifying CTE or subquery, a function not known
+/// to be read-only (called in an expression or as a table in FROM).
+struct ReadsOnly;
+
+impl Visitor for ReadsOnly {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let reads = q.locks.is_empty()
+            && q.with
+                .as_ref()
+                .is_none_or(|w| w.cte_tables.iter().all(|c| set_reads(&c.query.body)))
+            && set_reads(&q.body);
+        if reads {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
         }
-        _ => ControlFlow::Continue(()),
-    });
-    r.is_continue()
+    }
+
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        match t {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => read_only_function(name),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Function(f) => read_only_function(&f.name),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
+fn read_only_function(name: &ObjectName) -> ControlFlow<()> {
+    let name = name.to_string().to_ascii_lowercase();
+    let name = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
+    if READ_ONLY_FUNCTIONS.contains(&name) {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
+    }
 }
 
 /// Classification cached by statement text (bounded: cleared when full).
@@ -260,8 +322,21 @@ mod tests {
             "this is not sql",
             "SELECT 1; UPDATE t SET a = 1",
             "/* scalegate:primary */ SELECT 1",
+            "SELECT * FROM addlog('x')",
+            "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
+            "SELECT * FROM t WHERE a IN (SELECT a FROM u FOR SHARE)",
+            "INSERT INTO log(msg) VALUES ('see scalegate:replica docs')",
+            "SELECT 'scalegate:replica', nextval('s')",
+            "-- scalegate:replica\n/* scalegate:primary */ SELECT 1",
         ] {
             assert_eq!(classify(w), Class::Write, "{w}");
+        }
+        for r in [
+            "SELECT * FROM generate_series(1, 3)",
+            "SELECT * FROM (SELECT a FROM t) s WHERE EXISTS (SELECT 1 FROM u)",
+            "-- scalegate:replica\nSELECT nextval('s')",
+        ] {
+            assert_eq!(classify(r), Class::Read, "{r}");
         }
         assert_eq!(classify("BEGIN READ ONLY"), Class::ReadOnlyTransaction);
         assert_eq!(
@@ -287,6 +362,7 @@ mod tests {
             "/* scalegate:replica */ INSERT INTO t VALUES (1)",
             "SELECT 'scalegate:replica'; DELETE FROM t",
             "SELECT pg_terminate_backend(1)",
+            "SELECT * FROM addlog('x')",
             "SET search_path = x",
             "COMMIT",
             "",

@@ -183,3 +183,32 @@ async fn failover_sends_writes_to_the_promoted_replica() {
     assert!(hosts.contains("|down|"), "{hosts}");
     quiescent(&gw).await;
 }
+
+/// Found from outside: writes that reached the replica and failed there ("cannot execute … in
+/// a read-only transaction"): a routing hint matched inside a string the user sent, a function
+/// called as a table in FROM, a row lock in a subquery. Each now runs on the primary.
+#[tokio::test]
+async fn writes_hidden_in_strings_subqueries_and_table_functions_go_to_the_primary() {
+    let (primary, replica) = cluster().await;
+    primary.psql(
+        "postgres",
+        "CREATE TABLE log (msg text); \
+         CREATE FUNCTION addlog(m text) RETURNS SETOF log LANGUAGE sql AS \
+         'INSERT INTO log VALUES (m) RETURNING *'",
+    );
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let p = primary.port as i32;
+    let c = client(port).await;
+    c.simple_query("INSERT INTO log (msg) VALUES ('see scalegate:replica docs')")
+        .await
+        .expect("a write whose data names the hint");
+    c.simple_query("SELECT * FROM addlog('x')")
+        .await
+        .expect("a function in FROM that writes");
+    let locked = "SELECT inet_server_port() FROM (SELECT * FROM one FOR UPDATE) s";
+    assert_eq!(port_of(&c, locked).await, p);
+    let n = primary.psql("postgres", "SELECT count(*) FROM log");
+    assert_eq!(n, "2");
+    drop(c);
+    quiescent(&gw).await;
+}
