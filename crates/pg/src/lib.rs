@@ -14,6 +14,7 @@
 //! (the whole).
 
 pub mod auth;
+pub mod cancel;
 mod candidates;
 pub mod classify;
 pub mod clock;

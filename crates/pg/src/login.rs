@@ -61,7 +61,7 @@ pub async fn startup(
                 }
             }
             FirstPacket::Cancel { pid, secret } => {
-                if let Some(key) = pooler.server_of((pid, secret))
+                if let Some((key, _in_flight)) = pooler.begin_cancel((pid, secret))
                     && let Err(e) = crate::server::cancel(key).await
                 {
                     tracing::warn!(error = %e, "forwarding a cancel request failed");

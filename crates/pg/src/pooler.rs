@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::auth::ScramSecret;
+use crate::cancel::{CancelGate, InFlight};
 use crate::classify::Classifier;
 use crate::pool::Pool;
 use crate::server::ServerKey;
@@ -30,6 +31,8 @@ pub struct ClientSlot {
     pub since: Instant,
     /// The server connection it holds now, if any.
     pub server: Mutex<Option<(u64, ServerKey)>>,
+    /// Cancel requests on their way to that server (see `cancel.rs`).
+    pub cancels: Arc<CancelGate>,
     /// Session state pinning it to that connection (`effects::state` bits; 0: not pinned).
     pub pinned: std::sync::atomic::AtomicU8,
     /// The session's task while it waits between transactions, woken when shutdown begins
@@ -316,11 +319,12 @@ impl Pooler {
             .unwrap_or_default()
     }
 
-    /// The server a client key is using now.
-    pub fn server_of(&self, key: (i32, i32)) -> Option<ServerKey> {
+    /// The server a client key is using now, with its cancel counted as in flight until the
+    /// guard is dropped: until then that server is not leased to another client.
+    pub fn begin_cancel(&self, key: (i32, i32)) -> Option<(ServerKey, InFlight)> {
         let slot = self.clients.lock().ok()?.get(&key)?.clone();
         let s = slot.server.lock().ok()?;
-        s.map(|(_, k)| k)
+        s.map(|(_, k)| (k, slot.cancels.enter()))
     }
 
     /// Stops handing out server connections (PAUSE) or resumes (RESUME).

@@ -276,6 +276,51 @@ async fn cancel_requests_reach_the_right_server() {
     quiescent(&gw).await;
 }
 
+/// Found from outside (asyncpg, a query timeout racing its query's end): a cancel request
+/// looked up the server its client held, then reached it after that client's query had ended
+/// and the server had gone to another client, whose query it cancelled. A server with a cancel
+/// in flight now goes back to the pool only once the cancel has landed. Here the path to the
+/// server is slow for new connections (a relay), which widens the race to half a second.
+#[tokio::test]
+async fn a_late_cancel_never_cancels_the_next_clients_query() {
+    let pg = PgServer::start().await;
+    let relay = scalegate_testkit::Relay::start(([127, 0, 0, 1], pg.port).into()).await;
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"10s\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@{}/postgres\"\npool_size = 1\n",
+        relay.addr
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let a = client(port).await;
+    let b = client(port).await;
+    a.simple_query("SELECT 1")
+        .await
+        .expect("the one server connection is open");
+    relay.delay_new(Duration::from_millis(500));
+    let token = a.cancel_token();
+    let a_runs = async {
+        a.simple_query("SELECT pg_sleep(0.2)")
+            .await
+            .expect("A's query ends on its own");
+    };
+    let a_cancels = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        token.cancel_query(NoTls).await.expect("cancel sent");
+    };
+    let b_runs = async {
+        // B waits for the server while A's query runs, then runs its own past the cancel.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.simple_query("SELECT pg_sleep(1)").await
+    };
+    let ((), (), b_result) = tokio::join!(a_runs, a_cancels, b_runs);
+    if let Err(e) = b_result {
+        panic!("B's query was cancelled by A's cancel: {e:?}");
+    }
+    drop((a, b));
+    quiescent(&gw).await;
+}
+
 /// Sends raw bytes and returns the SQLSTATE of the first ErrorResponse, if any.
 fn raw_pg(port: u16, bytes: &[u8]) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

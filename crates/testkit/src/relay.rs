@@ -2,7 +2,9 @@
 //! at once, as a network fault does, while the service itself stays up.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -16,6 +18,8 @@ pub struct Relay {
     cuts: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
     open: Arc<Mutex<usize>>,
+    /// How long a new connection waits before it is relayed, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -29,12 +33,15 @@ impl Relay {
             .unwrap_or_else(|e| panic!("relay addr: {e}"));
         let (cuts, _) = watch::channel(0u64);
         let open = Arc::new(Mutex::new(0));
-        let (tx, counter) = (cuts.clone(), open.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (tx, counter, delay) = (cuts.clone(), open.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mut cut = tx.subscribe();
                 let counter = counter.clone();
+                let wait = Duration::from_millis(delay.load(Ordering::Relaxed));
                 tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
@@ -54,7 +61,15 @@ impl Relay {
             cuts,
             task,
             open,
+            delay_ms,
         }
+    }
+
+    /// Makes every connection opened from now on wait `delay` before it is relayed (a slow
+    /// network path for new connections; those open now are not slowed).
+    pub fn delay_new(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Ends every connection open now (new ones are relayed again).

@@ -109,6 +109,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         addr: peer,
         since: Instant::now(),
         server: std::sync::Mutex::new(None),
+        cancels: Default::default(),
         pinned: Default::default(),
         on_close: Default::default(),
     });
@@ -835,6 +836,16 @@ impl Session {
             self.pool.stats.xacts.fetch_add(1, Relaxed);
             if let Ok(mut s) = self.slot.server.lock() {
                 *s = None;
+            }
+            // A cancel this client sent may still be on its way to the server: the server waits
+            // for it to land before another client can have it (cancel.rs).
+            if reusable && self.slot.cancels.busy() {
+                let (pool, gate) = (self.pool.clone(), self.slot.cancels.clone());
+                tokio::spawn(async move {
+                    gate.cleared().await;
+                    pool.release(lease, true);
+                });
+                return;
             }
             self.pool.release(lease, reusable);
         }
