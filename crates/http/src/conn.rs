@@ -566,6 +566,7 @@ mod tests {
                 gateway: gw,
                 listener: Arc::from("t"),
                 peer: "127.0.0.1:1".parse().expect("addr"),
+                local_port: 0,
                 max_head: 65536,
                 edge: Default::default(),
                 body_timeout: Duration::from_secs(60),

@@ -282,6 +282,7 @@ async fn accept_loop(
     let protocols = Arc::new(Protocols::new(&spec));
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let edge = Arc::new(spec.edge.clone());
+    let local_port = socket.local_addr().map_or(0, |a| a.port());
     // This worker's share of the listener's connection limit.
     let cap = spec
         .max_connections
@@ -305,6 +306,7 @@ async fn accept_loop(
             gateway: w.gw.clone(),
             listener: name.clone(),
             peer,
+            local_port,
             max_head: spec.max_header_bytes,
             edge: edge.clone(),
             body_timeout: spec.body_timeout,

@@ -796,3 +796,41 @@ async fn no_cache_and_proxy_revalidate_always_revalidate_and_key_headers_split_e
     assert!(status(&get(&g, "/t", &[("x-tenant", "b")]).await).contains("hit"));
     quiescent(&g).await;
 }
+
+/// Found from outside: the cache key dropped the port of the Host header while the origin saw
+/// it, so a page built for `Host: victim.com:6666` (a redirect, a link) was served to every
+/// client of `victim.com`: cache poisoning. A port is now its own variant.
+#[tokio::test]
+async fn a_port_in_the_host_is_not_served_to_the_host_without_it() {
+    let o = directive_origin().await;
+    let g = gw(&o, "cache = {}", "").await;
+    let raw_get = |host: &'static str| {
+        let addr = g.http;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            let req = format!("GET /ma HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).expect("send");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    let poisoned = raw_get("victim.com:6666").await.expect("request");
+    assert_eq!(poisoned, "/ma #1");
+    let plain = raw_get("victim.com").await.expect("request");
+    assert_eq!(
+        plain, "/ma #2",
+        "the page built for another port was served"
+    );
+    assert_eq!(raw_get("victim.com").await.expect("request"), "/ma #2");
+    assert_eq!(raw_get("victim.com:6666").await.expect("request"), "/ma #1");
+    // A purge of the URL removes every port's copy.
+    let r = purge(&g, "url=http://victim.com/ma").await;
+    assert!(r.body.contains("\"purged\":2"), "{}", r.body);
+    assert_eq!(raw_get("victim.com:6666").await.expect("request"), "/ma #3");
+    quiescent(&g).await;
+}

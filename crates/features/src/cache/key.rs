@@ -66,15 +66,31 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The variant key: configured key headers and cookies, then each Varied header normalised
-/// (Accept-Encoding to the coding the gateway would pick, others with whitespace collapsed).
+/// The variant key: the port of the request's host when it names one other than `own_port`
+/// (the port the client connected to) and the key holds the host, configured key headers and
+/// cookies, then each Varied header normalised (Accept-Encoding to the coding the gateway
+/// would pick, others with whitespace collapsed).
+///
+/// The URL key holds the host without its port (purges name hosts so), but the origin sees
+/// the port: a page built for `Host: victim.com:6666` (a redirect, a link) must not be served
+/// for `Host: victim.com`. A request naming no port, or the one it connected to, keeps the
+/// variant key it always had, so instances on different ports still share a Redis tier.
 pub fn variant(
     spec: &KeySpec,
     vary: &[HeaderName],
-    headers: &HeaderMap,
+    (req, own_port): (&http::request::Parts, u16),
     encodings: &[Encoding],
 ) -> String {
+    let headers = &req.headers;
     let mut v = String::new();
+    if spec.host
+        && let Some(port) = host_port(req)
+        && port.parse::<u16>().ok() != Some(own_port)
+    {
+        v.push_str("\u{1}port ");
+        v.push_str(port);
+        v.push('\n');
+    }
     for name in &spec.headers {
         v.push_str(header_value(headers, name).as_deref().unwrap_or(""));
         v.push('\n');
@@ -88,6 +104,22 @@ pub fn variant(
         v.push('\n');
     }
     v
+}
+
+/// The port the request's host names (the URI's authority, else Host), if any.
+fn host_port(req: &http::request::Parts) -> Option<&str> {
+    let raw = match req.uri.authority() {
+        Some(a) => a.as_str(),
+        None => req.headers.get(header::HOST)?.to_str().ok()?,
+    };
+    let after_host = match raw.rfind(']') {
+        Some(i) => &raw[i + 1..],
+        None => raw.rsplit('@').next().unwrap_or(raw),
+    };
+    after_host
+        .split_once(':')
+        .map(|(_, port)| port)
+        .filter(|p| !p.is_empty())
 }
 
 /// One Varied header's value as the key sees it.
@@ -164,6 +196,31 @@ mod tests {
     }
 
     #[test]
+    fn a_port_in_the_host_is_its_own_variant() {
+        let key = |host: &str, uri: &str| {
+            let (req, ()) = http::Request::builder()
+                .uri(uri)
+                .header(header::HOST, host)
+                .body(())
+                .unwrap()
+                .into_parts();
+            variant(&spec(QueryKey::Sort), &[], (&req, 80), &[])
+        };
+        assert_eq!(
+            key("victim.com", "/p"),
+            "",
+            "no port: the key it always had"
+        );
+        assert_ne!(key("victim.com:6666", "/p"), key("victim.com", "/p"));
+        assert_eq!(key("[::1]", "/p"), "");
+        assert_ne!(key("[::1]:81", "/p"), "");
+        // The absolute form's authority wins over Host, as for the URL key.
+        assert_eq!(key("victim.com:6666", "http://victim.com/p"), "");
+        // The port the client connected to is the site's own.
+        assert_eq!(key("victim.com:80", "/p"), "");
+    }
+
+    #[test]
     fn vary_star_is_none_and_names_are_lowercased() {
         let mut h = HeaderMap::new();
         h.append(header::VARY, "Accept-Encoding, X-Lang".parse().unwrap());
@@ -180,9 +237,12 @@ mod tests {
         let all = [Encoding::Br, Encoding::Zstd, Encoding::Gzip];
         let names = [header::ACCEPT_ENCODING];
         let key = |ae: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::ACCEPT_ENCODING, ae.parse().unwrap());
-            variant(&spec(QueryKey::Sort), &names, &h, &all)
+            let (req, ()) = http::Request::builder()
+                .header(header::ACCEPT_ENCODING, ae)
+                .body(())
+                .unwrap()
+                .into_parts();
+            variant(&spec(QueryKey::Sort), &names, (&req, 80), &all)
         };
         assert_eq!(key("gzip, deflate, br"), key("br;q=1.0, gzip;q=0.8"));
         assert_eq!(key("gzip"), key("deflate, gzip;q=0.5"));

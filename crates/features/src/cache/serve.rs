@@ -224,7 +224,12 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             .as_ref()
             .map(|v| v.vary.clone())
             .unwrap_or_default();
-        let variant = key::variant(&spec.key, &vary, &parts.headers, cx.encodings());
+        let variant = key::variant(
+            &spec.key,
+            &vary,
+            (&parts, cx.ctx.local_port),
+            cx.encodings(),
+        );
         let found = variants.as_ref().and_then(|v| v.find(&variant).cloned());
         let usable = found.as_ref().map(|o| o.usable(&parts.headers, now));
         let detail = (waited > 0).then_some("coalesced");
@@ -410,7 +415,12 @@ fn keep(
     let stored = match (guard, verdict) {
         (Some(guard), Ok((vary, timing))) => {
             cx.route.metrics.cache(CacheResult::Stored);
-            let variant = key::variant(&spec.key, &vary, &parts.headers, cx.encodings());
+            let variant = key::variant(
+                &spec.key,
+                &vary,
+                (parts, cx.ctx.local_port),
+                cx.encodings(),
+            );
             let mut headers = head.headers.clone();
             headers.remove(header::SET_COOKIE);
             let fill = Fill {
@@ -435,7 +445,7 @@ fn keep(
                 // instead of queueing behind one another.
                 cx.store.mark_pass(flight::key(
                     &url,
-                    &key::variant(&spec.key, &[], &parts.headers, cx.encodings()),
+                    &key::variant(&spec.key, &[], (parts, cx.ctx.local_port), cx.encodings()),
                 ));
             }
             drop(guard);

@@ -96,6 +96,7 @@ pub(super) async fn deliver(
         gateway: gw.clone(),
         listener: Arc::from(route.spec.listener.as_deref().unwrap_or("queue")),
         peer: job.peer(),
+        local_port: 0,
         // A stored job's head was checked when it was queued.
         max_head: usize::MAX,
         edge,

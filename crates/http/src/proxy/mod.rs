@@ -53,6 +53,8 @@ pub struct ConnCtx {
     pub listener: Arc<str>,
     /// Client address.
     pub peer: SocketAddr,
+    /// The port the client connected to (the listener's).
+    pub local_port: u16,
     /// The listener's `max_header_bytes`: the largest request line and headers accepted.
     pub max_head: usize,
     /// The listener's edge rules: normalisation, trusted proxies, header count, upgrades.
