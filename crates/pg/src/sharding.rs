@@ -9,8 +9,9 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    UnaryOperator, Value, visit_relations,
+    Assignment, AssignmentTarget, BinaryOperator, Expr, OnConflictAction, OnInsert, Query, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value,
+    visit_relations,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -270,6 +271,13 @@ impl ShardingSpec {
                     return Plan::Reject("INSERT into a table function cannot be routed".into());
                 };
                 let table = last_name(&name.to_string());
+                if let Some(OnInsert::OnConflict(c)) = &ins.on
+                    && let OnConflictAction::DoUpdate(u) = &c.action
+                    && let Some(why) =
+                        self.key_assigned(&u.assignments, std::slice::from_ref(&table))
+                {
+                    return Plan::Reject(why);
+                }
                 let Some(key) = self.keys.iter().find(|k| k.table == table) else {
                     return Plan::Reject(format!(
                         "table {table} has no sharding key configured; add it to the database's sharding keys or use /* scalegate:shard=N */"
@@ -333,6 +341,15 @@ impl ShardingSpec {
             }
             Statement::Update(u) => {
                 let tables = tables_of(std::slice::from_ref(&u.table));
+                if let Some(why) = self.key_assigned(&u.assignments, &tables) {
+                    return Plan::Reject(why);
+                }
+                if let Some(UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from)) =
+                    &u.from
+                    && let Some(why) = self.other_sharded(from, "UPDATE … FROM")
+                {
+                    return Plan::Reject(why);
+                }
                 match self.key_in_where(u.selection.as_ref(), &tables, params) {
                     Some(shard) => Plan::One(shard),
                     None => Plan::Reject(no_key("UPDATE", &self.keys)),
@@ -344,6 +361,11 @@ impl ShardingSpec {
                     | sqlparser::ast::FromTable::WithoutKeyword(t) => t,
                 };
                 let tables = tables_of(from);
+                if let Some(using) = &d.using
+                    && let Some(why) = self.other_sharded(using, "DELETE … USING")
+                {
+                    return Plan::Reject(why);
+                }
                 match self.key_in_where(d.selection.as_ref(), &tables, params) {
                     Some(shard) => Plan::One(shard),
                     None => Plan::Reject(no_key("DELETE", &self.keys)),
@@ -361,13 +383,49 @@ impl ShardingSpec {
         };
         let tables = tables_of(&sel.from);
         if let Some(shard) = self.key_in_where(sel.selection.as_ref(), &tables, params) {
-            // One shard, but a subquery over other rows would see only that shard's.
-            return match self.subquery_refusal(q) {
+            // One shard, but a subquery over other rows, or another sharded table not joined
+            // on the key, would see only that shard's rows.
+            return match self.subquery_refusal(q).or_else(|| self.join_refusal(sel)) {
                 Some(why) => Plan::Reject(why),
                 None => Plan::One(shard),
             };
         }
         self.fan_out_plan(q, sel, params)
+    }
+}
+
+impl ShardingSpec {
+    /// Why assigning these columns of `tables` cannot be routed: a row whose sharding key
+    /// changes would stay on the shard of its old key (unreachable by the new one).
+    fn key_assigned(&self, assignments: &[Assignment], tables: &[String]) -> Option<String> {
+        let keyed = |name: &sqlparser::ast::ObjectName| {
+            let column = last_name(&name.to_string());
+            self.keys
+                .iter()
+                .find(|k| tables.contains(&k.table) && k.column == column)
+        };
+        assignments.iter().find_map(|a| {
+            let key = match &a.target {
+                AssignmentTarget::ColumnName(n) => keyed(n),
+                AssignmentTarget::Tuple(ns) => ns.iter().find_map(keyed),
+            }?;
+            Some(format!(
+                "an UPDATE cannot change the sharding column {}.{}: the row would stay on the shard of its old key; DELETE it and INSERT it with the new key",
+                key.table, key.column
+            ))
+        })
+    }
+
+    /// Why a statement whose extra tables (`UPDATE … FROM`, `DELETE … USING`) include a
+    /// sharded one cannot be routed by its own key: that table's rows on other shards would
+    /// be missed.
+    fn other_sharded(&self, from: &[TableWithJoins], what: &str) -> Option<String> {
+        let sharded = tables_of(from)
+            .into_iter()
+            .find(|t| self.keys.iter().any(|k| &k.table == t))?;
+        Some(format!(
+            "{what} the sharded table {sharded} is not routed: its rows on other shards would be missed; select the rows by key first, or use /* scalegate:shard=N */"
+        ))
     }
 }
 
@@ -540,6 +598,34 @@ mod tests {
             Plan::One(1)
         );
         assert_eq!(s.plan("/* scalegate:key=9 */ SELECT 1", &[]), Plan::One(1));
+    }
+
+    /// Found from outside: each of these ran on one shard and lost rows or left a row where
+    /// its key no longer finds it, with no error.
+    #[test]
+    fn statements_that_would_lose_rows_on_other_shards_are_refused() {
+        let s = spec(ShardFn::Modulus);
+        for sql in [
+            "UPDATE users SET user_id = 100 WHERE user_id = 1",
+            "UPDATE users SET (name, user_id) = ('x', 100) WHERE user_id = 1",
+            "INSERT INTO users (user_id, name) VALUES (1, 'a') \
+             ON CONFLICT (user_id) DO UPDATE SET user_id = 100",
+            "SELECT o.order_id FROM orders o JOIN users u ON true WHERE u.user_id = 3",
+            "UPDATE orders SET amount = 99 FROM users WHERE users.user_id = 2 AND orders.user_id = 2",
+            "DELETE FROM orders USING users WHERE users.user_id = 2 AND orders.user_id = 2",
+        ] {
+            assert!(matches!(s.plan(sql, &[]), Plan::Reject(_)), "{sql}");
+        }
+        // Still routed: the key is not assigned, and a join on the keys.
+        for sql in [
+            "UPDATE users SET name = 'x' WHERE user_id = 1",
+            "INSERT INTO users (user_id, name) VALUES (1, 'a') \
+             ON CONFLICT (user_id) DO UPDATE SET name = 'b'",
+            "SELECT o.order_id FROM orders o JOIN users u ON o.user_id = u.user_id \
+             WHERE u.user_id = 3",
+        ] {
+            assert!(matches!(s.plan(sql, &[]), Plan::One(_)), "{sql}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
+use pg_common::{bind, execute, parse, sync};
 use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::{psql, psql_conn};
 use tokio_postgres::{Client as PgClient, NoTls};
@@ -809,14 +810,14 @@ async fn an_eviction_skipped_after_an_error_breaks_no_statement() {
     let failing = [
         parse("", "SELECT 1/0"),
         bind(""),
-        execute(),
+        execute(0),
         parse("s_c", "SELECT 3"),
         sync(),
     ];
     let (_, e) = run(&failing);
     assert!(e.len() == 1 && e[0].contains("22012"), "{e:?}");
     for _ in 0..3 {
-        let (rows, e) = run(&[bind("s_a"), execute(), sync()]);
+        let (rows, e) = run(&[bind("s_a"), execute(0), sync()]);
         assert!(e.is_empty() && rows == 1, "{e:?}");
     }
     let other = client(port).await;
@@ -828,33 +829,6 @@ async fn an_eviction_skipped_after_an_error_breaks_no_statement() {
     assert_eq!(one, 1);
     drop((s, other));
     quiescent(&gw).await;
-}
-
-fn pg_message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let body = parts.concat();
-    let mut m = vec![tag];
-    m.extend(((body.len() + 4) as i32).to_be_bytes());
-    m.extend(body);
-    m
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    pg_message(
-        b'P',
-        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &[0, 0]],
-    )
-}
-
-fn bind(statement: &str) -> Vec<u8> {
-    pg_message(b'B', &[b"\0", statement.as_bytes(), b"\0", &[0; 6]])
-}
-
-fn execute() -> Vec<u8> {
-    pg_message(b'E', &[b"\0", &[0; 4]])
-}
-
-fn sync() -> Vec<u8> {
-    pg_message(b'S', &[])
 }
 
 #[tokio::test]

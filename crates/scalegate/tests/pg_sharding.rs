@@ -4,6 +4,9 @@
 //! one shard, clear errors for what cannot be routed, and `scalegate pg reshard-plan`.
 
 mod common;
+mod pg_common;
+
+use std::io::Write;
 
 use common::*;
 use scalegate_testkit::PgServer;
@@ -265,5 +268,62 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
         "{text}"
     );
     assert!(text.contains("map = [0, 1, 2, 1]"), "{text}");
+    quiescent(&gw).await;
+}
+
+/// Found from outside, each silent before: an UPDATE that changed the sharding key left the row
+/// on the shard of its old key (unreachable, its primary key no longer unique); a join keyed on
+/// one table returned only that shard's rows of the other; a fanned-out SELECT read through a
+/// cursor (node-postgres pg-cursor: Execute with a row limit, then Flush) got every row and an
+/// unsolicited ReadyForQuery, and the next read failed with 34000. Each is now refused with
+/// 0A000, and the connection goes on.
+#[tokio::test]
+async fn what_would_lose_rows_across_shards_is_refused_and_the_connection_goes_on() {
+    let (a, b) = shards().await;
+    a.psql(
+        "postgres",
+        "CREATE TABLE orders (order_id int, user_id bigint)",
+    );
+    b.psql(
+        "postgres",
+        "CREATE TABLE orders (order_id int, user_id bigint)",
+    );
+    let port = free_port();
+    let keys = "function = \"modulus\", keys = [\"users.user_id\", \"orders.user_id\"]";
+    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
+    let c = client(port).await;
+    c.simple_query("INSERT INTO users (user_id, name) VALUES (1, 'a')")
+        .await
+        .expect("insert");
+    for sql in [
+        "UPDATE users SET user_id = 100 WHERE user_id = 1",
+        "SELECT o.order_id FROM orders o JOIN users u ON true WHERE u.user_id = 3",
+    ] {
+        let e = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(code(&e), "0A000", "{sql}: {e:?}");
+    }
+    let n: i64 = pg_one(&c, "SELECT count(*) FROM users WHERE user_id = 1").await;
+    assert_eq!(n, 1, "the row stays where its key finds it");
+    // A cursor over a fanned-out SELECT, as pg-cursor reads it.
+    use pg_common::{bind, execute, flush, parse, read_until, sync};
+    let mut s = pg_common::raw_login(port);
+    let send = |s: &mut std::net::TcpStream, msgs: &[Vec<u8>]| {
+        s.write_all(&msgs.concat()).expect("send");
+    };
+    let sql = "SELECT user_id FROM users ORDER BY user_id";
+    send(&mut s, &[parse("", sql), bind(""), execute(2), flush()]);
+    let got = read_until(&mut s, b'E');
+    assert!(
+        got.iter().all(|(t, _)| *t != b'Z'),
+        "no ReadyForQuery before Sync: {got:?}"
+    );
+    send(&mut s, &[execute(2), sync()]);
+    let got = read_until(&mut s, b'Z');
+    assert_eq!(got.len(), 1, "messages up to the Sync are skipped: {got:?}");
+    // The same connection goes on.
+    send(&mut s, &[parse("", sql), bind(""), execute(0), sync()]);
+    let got = read_until(&mut s, b'Z');
+    assert!(got.iter().any(|(t, _)| *t == b'D'), "{got:?}");
+    drop((c, s));
     quiescent(&gw).await;
 }

@@ -415,12 +415,8 @@ fn keep(
     let stored = match (guard, verdict) {
         (Some(guard), Ok((vary, timing))) => {
             cx.route.metrics.cache(CacheResult::Stored);
-            let variant = key::variant(
-                &spec.key,
-                &vary,
-                (parts, cx.ctx.local_port),
-                cx.encodings(),
-            );
+            let variant =
+                key::variant(&spec.key, &vary, (parts, cx.ctx.local_port), cx.encodings());
             let mut headers = head.headers.clone();
             headers.remove(header::SET_COOKIE);
             let fill = Fill {

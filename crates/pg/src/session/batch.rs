@@ -46,6 +46,8 @@ pub(super) struct Batch<'a> {
     pub other: bool,
     /// Sync, Query and FunctionCall messages: each is answered with a ReadyForQuery.
     pub syncs: usize,
+    /// An Execute asks for at most some rows (a cursor read in parts).
+    pub limited: bool,
     /// The body of the batch's last unnamed Parse.
     pub unnamed_parse: Option<&'a [u8]>,
     /// The tag of the message that ends it (None: not complete yet).
@@ -77,6 +79,7 @@ pub(super) fn read<'a>(
         has_describe: false,
         other: false,
         syncs: 0,
+        limited: false,
         unnamed_parse: None,
         end: None,
     };
@@ -144,10 +147,14 @@ pub(super) fn read<'a>(
                     _ => b.other = true,
                 }
             }
-            b'E' => match b.execs.last_mut() {
-                Some(e) if !e.executed && e.bind.is_some() => e.executed = true,
-                _ => b.executes_earlier_portal = true,
-            },
+            b'E' => {
+                let _portal = proto::cbytes(&mut body);
+                b.limited |= body.get(..4).is_some_and(|n| n != [0; 4]);
+                match b.execs.last_mut() {
+                    Some(e) if !e.executed && e.bind.is_some() => e.executed = true,
+                    _ => b.executes_earlier_portal = true,
+                }
+            }
             b'S' | b'F' => b.syncs += 1,
             b'H' => {}
             _ => b.other = true,

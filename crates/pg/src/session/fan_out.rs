@@ -17,9 +17,10 @@ use crate::sharding::Merge;
 impl Session {
     /// Handles a batch that does not simply go to one shard.
     pub(super) async fn shard_locally(&mut self, d: Decision) -> Option<End> {
-        let (batch_len, syncs) = {
+        let (batch_len, syncs, flushed) = {
             let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
-            (b.len, b.syncs.max(1))
+            let flushed = b.end == Some(b'H');
+            (b.len, if flushed { 0 } else { b.syncs.max(1) }, flushed)
         };
         let out = match d {
             Decision::Shard(_) | Decision::Aside => return None,
@@ -36,6 +37,9 @@ impl Session {
                 for _ in 0..syncs {
                     proto::ready(&mut out, status);
                 }
+                // After an error in a sequence ended by Flush, PostgreSQL skips to the Sync
+                // and only that gets a ReadyForQuery.
+                self.skip_to_sync |= flushed;
                 Ok(out)
             }
             Decision::FanOut(merge) => self.fan_out(merge).await,
@@ -51,6 +55,32 @@ impl Session {
             Ok(()) => None,
             Err(_) => Some(End::Client),
         }
+    }
+
+    /// After a refusal of a Flush-ended sequence with no server held: drops the client's
+    /// messages up to its Sync, which is answered with a ReadyForQuery.
+    pub(super) async fn skip_locally_to_sync(&mut self) -> Option<End> {
+        let mut consumed = 0;
+        let mut synced = false;
+        for (tag, msg) in proto::messages(&self.cbuf) {
+            consumed += msg.len();
+            match tag {
+                b'X' => return Some(End::Client),
+                b'S' => {
+                    synced = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.cbuf.advance(consumed);
+        if !synced {
+            return None;
+        }
+        self.skip_to_sync = false;
+        let mut out = BytesMut::new();
+        proto::ready(&mut out, if self.deferred_begin { b'E' } else { b'I' });
+        self.client.write_all(&out).await.err().map(|_| End::Client)
     }
 
     /// Runs the batch's SELECT on every shard, one after the other, and merges the rows.

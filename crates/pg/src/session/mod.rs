@@ -348,6 +348,9 @@ impl Session {
             if let Some(end) = self.refuse_locally().await {
                 return end;
             }
+            if self.sharding.is_some() && self.skip_to_sync {
+                return self.skip_locally_to_sync().await;
+            }
             if self.sharding.is_some() && self.lease.is_none() {
                 match self.shard_decision() {
                     sharded::Decision::Shard(shard) => {

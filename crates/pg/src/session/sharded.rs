@@ -136,6 +136,11 @@ impl Session {
                             .into(),
                     );
                 }
+                Plan::FanOut(_) if b.limited || b.end == Some(b'H') => {
+                    return Decision::Reject(
+                        "a SELECT without the sharding key is fanned out and answered whole: it cannot be read in parts (a row limit on Execute, a cursor) or ended by Flush; add the key to WHERE, or fetch every row with Sync".into(),
+                    );
+                }
                 Plan::FanOut(m) if b.simple || !b.other => return Decision::FanOut(m.clone()),
                 Plan::FanOut(_) => {
                     return Decision::Reject(

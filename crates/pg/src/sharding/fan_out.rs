@@ -139,7 +139,7 @@ impl ShardingSpec {
     }
 
     /// Why the sharded tables of `sel`'s FROM are not joined on their keys, if they are not.
-    fn join_refusal(&self, sel: &Select) -> Option<String> {
+    pub(super) fn join_refusal(&self, sel: &Select) -> Option<String> {
         let mut sources = 0;
         let mut links = 0;
         let mut on: Vec<&Expr> = sel.selection.iter().collect();

@@ -110,6 +110,12 @@ pub fn query(s: &mut std::net::TcpStream, sql: &str) {
 
 /// Messages (tag, body) until a ReadyForQuery or the end of the connection.
 pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    read_until(s, b'Z')
+}
+
+/// Messages (tag, body) up to and including the first tagged `last`, or to the end of the
+/// connection.
+pub fn read_until(s: &mut std::net::TcpStream, last: u8) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     loop {
         let mut head = [0u8; 5];
@@ -122,8 +128,45 @@ pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
             return out;
         }
         out.push((head[0], body));
-        if head[0] == b'Z' {
+        if head[0] == last {
             return out;
         }
     }
+}
+
+/// A frontend message: `tag`, its length, `parts` in a row.
+pub fn pg_message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let body = parts.concat();
+    let mut m = vec![tag];
+    m.extend(((body.len() + 4) as i32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+/// Parse of statement `name` (no parameter types).
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    pg_message(
+        b'P',
+        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &[0, 0]],
+    )
+}
+
+/// Bind of the unnamed portal to `statement`, no parameters.
+pub fn bind(statement: &str) -> Vec<u8> {
+    pg_message(b'B', &[b"\0", statement.as_bytes(), b"\0", &[0; 6]])
+}
+
+/// Execute of the unnamed portal, at most `rows` rows (0: all).
+pub fn execute(rows: i32) -> Vec<u8> {
+    pg_message(b'E', &[b"\0", &rows.to_be_bytes()])
+}
+
+/// Flush.
+pub fn flush() -> Vec<u8> {
+    pg_message(b'H', &[])
+}
+
+/// Sync.
+pub fn sync() -> Vec<u8> {
+    pg_message(b'S', &[])
 }
