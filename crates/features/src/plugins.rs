@@ -109,9 +109,18 @@ impl Plugins for Features<'_> {
         let was = state(old);
         // One store for every caching route, kept across reloads while its settings stay.
         let cache = f.routes.values().any(|r| r.cache.is_some()).then(|| {
-            was.and_then(|s| s.cache.clone())
-                .filter(|s| s.spec() == &f.cache)
-                .unwrap_or_else(|| Store::new(f.cache.clone(), spawner))
+            let old = was.and_then(|s| s.cache.clone());
+            match old {
+                Some(s) if s.spec() == &f.cache => s,
+                old => {
+                    let new = Store::new(f.cache.clone(), spawner);
+                    // Purges the old store still had to retry are not lost with it.
+                    if let Some(old) = old {
+                        crate::cache::purger::take_over(&new, &old);
+                    }
+                    new
+                }
+            }
         });
         // Kept while its settings stay; a changed one takes the old one's subscribers over (the
         // old one is retired once the new snapshot is in force, `applied`).

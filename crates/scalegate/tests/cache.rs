@@ -834,3 +834,45 @@ async fn a_port_in_the_host_is_not_served_to_the_host_without_it() {
     assert_eq!(raw_get("victim.com:6666").await.expect("request"), "/ma #3");
     quiescent(&g).await;
 }
+
+/// Found from outside: with a NATS-only purge bus, an instance whose link to NATS was down
+/// when a purge was published never heard of it (NATS keeps nothing for a subscriber that is
+/// away) and served the purged object until its TTL ran out. A disconnect now empties the
+/// memory tier, and so does the reconnect.
+#[tokio::test]
+async fn an_instance_cut_off_from_nats_serves_nothing_a_missed_purge_removed() {
+    let nats = scalegate_testkit::NatsServer::start().await;
+    let relay = scalegate_testkit::Relay::start(([127, 0, 0, 1], nats.port).into()).await;
+    let o = Origin::start(|req, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=600")],
+            &format!("{} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let direct = format!("[cache]\nnats = {{ url = \"{}\" }}\n", nats.url());
+    let cut_off = format!("[cache]\nnats = {{ url = \"nats://{}\" }}\n", relay.addr);
+    let d = gw(&o, "cache = {}", &direct).await;
+    let e = gw(&o, "cache = {}", &cut_off).await;
+    let connected = eventually(Duration::from_secs(10), || async { relay.open() > 0 }).await;
+    assert!(connected, "instance E never connected to NATS");
+    assert_eq!(get(&e, "/n", &[]).await.body, "/n #1");
+    assert!(is_hit(&get(&e, "/n", &[]).await));
+    // E's link drops and stays down for a while; meanwhile the object is purged through D.
+    relay.delay_new(Duration::from_secs(2));
+    relay.cut();
+    let r = purge(&d, "url=/n").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let back = eventually(Duration::from_secs(15), || async { relay.open() > 0 }).await;
+    assert!(back, "instance E never reconnected");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = get(&e, "/n", &[]).await;
+    assert!(
+        !is_hit(&after),
+        "E served what the missed purge removed: {}",
+        after.body
+    );
+    quiescent(&d).await;
+    quiescent(&e).await;
+}

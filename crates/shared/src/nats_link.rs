@@ -3,17 +3,24 @@
 //! resubscribes by itself, so this is called once.
 
 /// Connects and subscribes to `subject`; None (with a warning naming `role`) when NATS refuses.
-/// Returns after the subscription is registered with the server, so publishing may start.
+/// Returns after the subscription is registered with the server, so publishing may start. The
+/// connection's events (disconnected, connected again, …) go to `events`: messages published
+/// while it was down are not delivered, and the caller may have to make up for them.
 pub async fn subscribe(
     url: &str,
     subject: String,
     role: &'static str,
+    events: tokio::sync::mpsc::Sender<async_nats::Event>,
 ) -> Option<(async_nats::Client, async_nats::Subscriber)> {
-    let client = match async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
-        .connect(url)
-        .await
-    {
+        .event_callback(move |e| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(e).await;
+            }
+        });
+    let client = match options.connect(url).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, url, role, "NATS off: cannot connect");

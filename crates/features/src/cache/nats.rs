@@ -1,6 +1,7 @@
 //! The invalidation bus over NATS: every instance subscribes to a subject and applies the purges
 //! published there (the same messages as the Redis channel), so an application invalidates
-//! every instance with one publish. The client reconnects (and resubscribes) by itself.
+//! every instance with one publish. The client reconnects (and resubscribes) by itself; NATS
+//! keeps nothing for a subscriber that was away, so a disconnect empties the memory tier.
 
 use scalegate_shared::Spawner;
 use std::sync::{Arc, Weak};
@@ -64,8 +65,9 @@ async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
     let Some(me) = nats.upgrade() else { return };
     let (url, subject) = (me.spec.url.clone(), me.spec.subject.clone());
     drop(me);
+    let (tx, mut events) = tokio::sync::mpsc::channel(16);
     let Some((client, mut sub)) =
-        scalegate_shared::nats_link::subscribe(&url, subject, "cache purge bus").await
+        scalegate_shared::nats_link::subscribe(&url, subject, "cache purge bus", tx).await
     else {
         return;
     };
@@ -73,12 +75,45 @@ async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
         Some(me) => me.client.store(Some(Arc::new(client))),
         None => return,
     }
-    while let Some(msg) = sub.next().await {
-        let text = String::from_utf8_lossy(&msg.payload);
-        let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text)) else {
-            continue;
-        };
-        let n = super::purger::from_bus(&store, &purge).await;
-        tracing::debug!(?purge, objects = n, "purge from NATS");
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { return };
+                let text = String::from_utf8_lossy(&msg.payload);
+                let (Some(store), Some(purge)) = (store.upgrade(), Purge::from_message(&text))
+                else {
+                    continue;
+                };
+                let n = super::purger::from_bus(&store, &purge).await;
+                tracing::debug!(?purge, objects = n, "purge from NATS");
+            }
+            Some(event) = events.recv() => {
+                let Some(store) = store.upgrade() else { return };
+                missed_while(&event, &store);
+            }
+        }
+    }
+}
+
+/// Makes up for purges the subscription may miss: NATS does not keep messages for a
+/// subscriber that is away, so while the connection is down, and again once it is back (what
+/// was stored meanwhile may have been purged elsewhere), the memory tier is emptied.
+fn missed_while(event: &async_nats::Event, store: &Store) {
+    match event {
+        async_nats::Event::Disconnected => {
+            tracing::error!(
+                "cache purge bus: disconnected from NATS, purges published meanwhile will be \
+                 missed: emptying the memory tier"
+            );
+            store.clear_memory();
+        }
+        async_nats::Event::Connected => {
+            tracing::warn!(
+                "cache purge bus: connected to NATS again: emptying the memory tier of what \
+                 was stored while purges could not arrive"
+            );
+            store.clear_memory();
+        }
+        _ => {}
     }
 }

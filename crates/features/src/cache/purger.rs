@@ -268,6 +268,37 @@ async fn retry_loop(store: Weak<Store>) {
     }
 }
 
+/// Hands the purges `old` still had to retry to `new` (a reload that replaced the store):
+/// their failed steps are retried against the new store's Redis and buses.
+pub fn take_over(new: &Arc<Store>, old: &Store) {
+    let waiting: Vec<Waiting> = {
+        let mut pending = old
+            .retries
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.0.drain(..).collect()
+    };
+    for (p, steps, _) in waiting {
+        if !retry(new, &p, steps) {
+            tracing::error!(purge = ?p, "a purge waiting for a retry was dropped: the queue is full");
+        }
+    }
+}
+
+impl Drop for Retries {
+    fn drop(&mut self) {
+        let left = self.pending.get_mut().map_or(0, |p| p.0.len());
+        if left > 0 {
+            tracing::error!(
+                purges = left,
+                "cache purges that had failed were never applied everywhere and are abandoned \
+                 (shutdown): stale copies may remain in Redis or on other instances"
+            );
+        }
+    }
+}
+
 impl Retries {
     /// Purges waiting for a retry.
     pub fn pending(&self) -> usize {
