@@ -616,6 +616,17 @@ mod tests {
         ] {
             assert!(matches!(s.plan(sql, &[]), Plan::Reject(_)), "{sql}");
         }
+        for sql in [
+            "SELECT bit_xor(user_id) FROM users",
+            "SELECT regr_count(user_id, user_id) FROM users",
+            "SELECT my_agg(user_id ORDER BY user_id) FROM users",
+            "SELECT my_agg(user_id) FILTER (WHERE user_id > 1) FROM users",
+            "SELECT * FROM user_count",
+            "SELECT * FROM users u JOIN countries c ON c.code = u.name",
+            "SELECT * FROM generate_series(1, 3)",
+        ] {
+            assert!(matches!(s.plan(sql, &[]), Plan::Reject(_)), "{sql}");
+        }
         // Still routed: the key is not assigned, and a join on the keys.
         for sql in [
             "UPDATE users SET name = 'x' WHERE user_id = 1",

@@ -273,21 +273,21 @@ async fn hash_sharding_places_rows_as_postgres_hash_partitioning_would() {
 
 /// Found from outside, each silent before: an UPDATE that changed the sharding key left the row
 /// on the shard of its old key (unreachable, its primary key no longer unique); a join keyed on
-/// one table returned only that shard's rows of the other; a fanned-out SELECT read through a
+/// one table returned only that shard's rows of the other; an aggregate not on the pooler's
+/// list, or a view, fanned out gave one row per shard; a fanned-out SELECT read through a
 /// cursor (node-postgres pg-cursor: Execute with a row limit, then Flush) got every row and an
 /// unsolicited ReadyForQuery, and the next read failed with 34000. Each is now refused with
 /// 0A000, and the connection goes on.
 #[tokio::test]
 async fn what_would_lose_rows_across_shards_is_refused_and_the_connection_goes_on() {
     let (a, b) = shards().await;
-    a.psql(
-        "postgres",
-        "CREATE TABLE orders (order_id int, user_id bigint)",
-    );
-    b.psql(
-        "postgres",
-        "CREATE TABLE orders (order_id int, user_id bigint)",
-    );
+    for shard in [&a, &b] {
+        shard.psql(
+            "postgres",
+            "CREATE TABLE orders (order_id int, user_id bigint); \
+             CREATE VIEW user_count AS SELECT count(*) FROM users",
+        );
+    }
     let port = free_port();
     let keys = "function = \"modulus\", keys = [\"users.user_id\", \"orders.user_id\"]";
     let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
@@ -298,6 +298,9 @@ async fn what_would_lose_rows_across_shards_is_refused_and_the_connection_goes_o
     for sql in [
         "UPDATE users SET user_id = 100 WHERE user_id = 1",
         "SELECT o.order_id FROM orders o JOIN users u ON true WHERE u.user_id = 3",
+        // One row per shard before: an aggregate not on the list, a view.
+        "SELECT bit_xor(user_id) FROM users",
+        "SELECT * FROM user_count",
     ] {
         let e = c.simple_query(sql).await.expect_err(sql);
         assert_eq!(code(&e), "0A000", "{sql}: {e:?}");

@@ -12,9 +12,9 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, GroupByExpr, InTarget, Join, JoinConstraint, JoinOperator, LimitClause, OrderByKind,
-    OrderBySort, Query, Select, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
-    visit_relations,
+    Expr, Function, FunctionArguments, GroupByExpr, InTarget, Join, JoinConstraint, JoinOperator,
+    LimitClause, OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr, Statement,
+    TableFactor, Value, Visit, Visitor, visit_relations,
 };
 
 use super::{Merge, Order, Param, Plan, ShardingSpec, SortKey, column_name, conjuncts, last_name};
@@ -47,6 +47,26 @@ const AGGREGATES: &[&str] = &[
     "percentile_disc",
     "mode",
     "xmlagg",
+    "bit_xor",
+    "any_value",
+    "range_agg",
+    "range_intersect_agg",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
 ];
 
 impl ShardingSpec {
@@ -54,6 +74,11 @@ impl ShardingSpec {
     pub(super) fn fan_out_plan(&self, q: &Query, sel: &Select, params: &[Param]) -> Plan {
         if let Some(why) = self.subquery_refusal(q) {
             return Plan::Reject(why);
+        }
+        if let Some(other) = self.unsharded_source(sel) {
+            return Plan::Reject(format!(
+                "{other} is not a sharded table (no sharding key is configured for it): a SELECT over it without a key would run on every shard and return every shard's rows (a view's result once per shard); add it to the sharding keys, or query one shard with /* scalegate:shard=N */"
+            ));
         }
         if let Some(c) = own_construct(q) {
             return Plan::Reject(format!(
@@ -170,6 +195,23 @@ impl ShardingSpec {
         (sources > links + 1).then(|| {
             "a join of sharded tables is fanned out only when they are joined on their sharding keys (o.user_id = u.user_id); otherwise rows on different shards would never meet".into()
         })
+    }
+
+    /// The first source in `sel`'s FROM that is not a configured sharded table (a view, a
+    /// table without a key, a table function), if any.
+    fn unsharded_source(&self, sel: &Select) -> Option<String> {
+        sel.from
+            .iter()
+            .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
+            .find_map(|f| match f {
+                TableFactor::Table { name, args, .. } => {
+                    let t = last_name(&name.to_string());
+                    let sharded = args.is_none() && self.keys.iter().any(|k| k.table == t);
+                    (!sharded).then_some(t)
+                }
+                TableFactor::Function { name, .. } => Some(last_name(&name.to_string())),
+                _ => None,
+            })
     }
 
     fn reads_sharded(&self, f: &TableFactor) -> bool {
@@ -301,12 +343,21 @@ impl Visitor for Level {
             let name = last_name(&f.name.to_string());
             if f.over.is_some() {
                 self.window.get_or_insert(name);
-            } else if AGGREGATES.contains(&name.as_str()) {
+            } else if AGGREGATES.contains(&name.as_str()) || aggregate_syntax(f) {
                 self.aggregate.get_or_insert(name);
             }
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Whether a call is written as only an aggregate can be: FILTER, WITHIN GROUP, DISTINCT or
+/// ORDER BY among its arguments (a user-defined aggregate called plainly is not recognised).
+fn aggregate_syntax(f: &Function) -> bool {
+    f.filter.is_some()
+        || !f.within_group.is_empty()
+        || matches!(&f.args, FunctionArguments::List(l)
+            if l.duplicate_treatment.is_some() || !l.clauses.is_empty())
 }
 
 /// Walks every nested query of a statement: each one over a sharded table must work row by
