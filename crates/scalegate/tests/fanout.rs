@@ -188,6 +188,28 @@ async fn a_gateway_shutting_down_closes_subscribers_with_going_away() {
     );
 }
 
+/// Found from outside: a subscriber that stops reading was never noticed. The gateway blocked
+/// in a send to its full socket, so neither its lag, nor pings, nor a shutdown reached it: the
+/// connection stayed open with megabytes queued and a drain waited its whole timeout. A send
+/// that cannot proceed for a while now drops the subscriber, counted as too slow.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_as_too_slow() {
+    let (gw, _bs) = start("buffer = 16").await;
+    let stuck = subscribe(&gw, "t").await;
+    let payload = "x".repeat(32 * 1024);
+    for _ in 0..600 {
+        assert_eq!(publish(gw.admin, "t", &payload).await.status, 200);
+    }
+    let dropped = eventually(Duration::from_secs(30), || async {
+        let f = gw.admin_get("/fanout").await;
+        f.contains("\"dropped_slow\":1") && f.contains("\"topics\":[]")
+    })
+    .await;
+    assert!(dropped, "{}", gw.admin_get("/fanout").await);
+    drop(stuck);
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn a_redis_bus_reaches_every_instance_exactly_once() {
     let redis = scalegate_testkit::RedisServer::start().await;

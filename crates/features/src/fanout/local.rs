@@ -181,6 +181,14 @@ impl Subscription {
         }
     }
 
+    /// Counts this subscriber as dropped for being too slow (its socket stopped taking data).
+    pub fn count_slow(&self) {
+        self.local
+            .counters
+            .dropped_slow
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Largest message (`max_message_bytes`).
     pub fn max_message_bytes(&self) -> usize {
         self.max_message_bytes

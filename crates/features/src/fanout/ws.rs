@@ -31,6 +31,11 @@ use scalegate_http::tunnel::Upgraded;
 /// How often an idle subscriber is pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
+/// How long one frame may wait for room in a subscriber's socket. A subscriber that stops
+/// reading fills its socket and would otherwise hold its connection (and a drain) forever
+/// without its lag ever being seen (nginx's send_timeout plays this part).
+const SEND_WITHIN: Duration = Duration::from_secs(10);
+
 /// Why a request cannot become a subscription, as the status and text to answer with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -277,36 +282,43 @@ where
     ping.reset();
     tokio::pin!(stop);
     let close = loop {
-        tokio::select! {
+        let out = tokio::select! {
             m = sub.next() => match m {
-                Ok(m) => {
-                    if ws.send(frame(m)).await.is_err() {
-                        return;
-                    }
-                }
+                Ok(m) => frame(m),
                 Err(Ended::Lagged) => break (CloseCode::Again, "too slow: messages were dropped; reconnect"),
                 Err(Ended::Cut) => break (CloseCode::Again, "the fan-out bus was interrupted: messages may be missing; reconnect"),
             },
             incoming = ws.next() => match incoming {
                 // Pings are answered inside tungstenite; what subscribers send is ignored.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => continue,
             },
-            _ = ping.tick() => {
-                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return;
-                }
-            }
+            _ = ping.tick() => Message::Ping(Bytes::new()),
             () = &mut stop => break (CloseCode::Away, "gateway shutting down"),
+        };
+        // Its socket is full when a send waits: give up after a while, or at shutdown. Either
+        // way the socket cannot take a Close frame, so the connection is just dropped.
+        tokio::select! {
+            sent = ws.send(out) => if sent.is_err() {
+                return;
+            },
+            () = tokio::time::sleep(SEND_WITHIN) => {
+                sub.count_slow();
+                tracing::info!("a fan-out subscriber stopped reading; disconnected");
+                return;
+            }
+            () = &mut stop => return,
         }
     };
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
+    let bye = async {
+        let frame = CloseFrame {
             code: close.0,
             reason: close.1.into(),
-        })))
-        .await;
-    let _ = ws.close(None).await;
+        };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        let _ = ws.close(None).await;
+    };
+    let _ = tokio::time::timeout(SEND_WITHIN, bye).await;
 }
 
 fn frame(m: Bytes) -> Message {
