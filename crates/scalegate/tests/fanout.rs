@@ -244,6 +244,35 @@ async fn a_nats_bus_reaches_every_instance() {
     bus.quiescent().await;
 }
 
+/// Found from outside: a publish over NATS was answered 200 once the frame was written to the
+/// socket (async-nats's flush makes no round trip), so frames written while the server was
+/// paused, or into a link that was silently down, were acknowledged and could be lost with
+/// the connection. A 200 now needs the server's answer to a request sent after the frame.
+#[tokio::test]
+async fn a_nats_publish_is_acknowledged_only_by_the_server() {
+    let nats = scalegate_testkit::NatsServer::start().await;
+    let bus = on_the_bus(&format!("nats = {{ url = \"{}\" }}", nats.url()), "chat").await;
+    nats.pause();
+    let r = publish(bus.gateways[0].admin, "chat", "while paused").await;
+    nats.resume();
+    assert_eq!(
+        r.status, 503,
+        "a paused server acknowledged nothing: {}",
+        r.body
+    );
+    // Once it answers again, publishing goes on (the paused frame may still arrive: a 503
+    // says the outcome is unknown, not that it was lost).
+    let ok = eventually(Duration::from_secs(10), || async {
+        publish(bus.gateways[0].admin, "chat", "after").await.status == 200
+    })
+    .await;
+    assert!(ok, "publishing never recovered");
+    drop(bus.subscribers);
+    for g in &bus.gateways {
+        quiescent(g).await;
+    }
+}
+
 #[tokio::test]
 async fn http2_clients_subscribe_with_an_extended_connect() {
     use hyper_util::rt::TokioIo;

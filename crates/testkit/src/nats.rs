@@ -56,6 +56,23 @@ impl NatsServer {
         crate::started(&mut self.child, port, 200, || accepts(port)).await
     }
 
+    /// Stops the server in its tracks (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill on a pid we spawned.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Kills the server.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

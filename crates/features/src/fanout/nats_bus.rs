@@ -9,6 +9,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event};
 use bytes::Bytes;
@@ -30,7 +31,11 @@ pub(super) struct Sender {
 }
 
 impl Sender {
-    /// Publishes and flushes: Ok once the server has the frame.
+    /// Publishes, then makes a round trip to the server: Ok once the server has the frame.
+    /// A flush alone only writes to the socket (async-nats has no PING/PONG for it), so a
+    /// frame could be lost with its connection after an Ok; instead a request on a subject
+    /// nobody serves follows it, and the server's "no responders" answer, sent after it has
+    /// handled everything before it on this connection, is the acknowledgement.
     pub(super) async fn publish(&self, subject: String, frame: Bytes) -> Result<(), SendError> {
         let Some(client) = self.client.load_full() else {
             return Err(SendError::NotSent("not connected to NATS yet".into()));
@@ -42,8 +47,10 @@ impl Sender {
             .publish(subject, frame)
             .await
             .map_err(|e| SendError::NotSent(format!("nats: {e}")))?;
-        match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-            Ok(Ok(())) => Ok(()),
+        let ack = client.request(client.new_inbox(), Bytes::new());
+        match tokio::time::timeout(FLUSH_TIMEOUT, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
             Ok(Err(e)) => Err(SendError::Unknown(format!("nats: {e}"))),
             Err(_) => Err(SendError::Unknown("nats did not confirm within 1 s".into())),
         }
