@@ -876,3 +876,25 @@ async fn an_instance_cut_off_from_nats_serves_nothing_a_missed_purge_removed() {
     quiescent(&d).await;
     quiescent(&e).await;
 }
+
+/// Found from outside: a purge over a NATS-only bus was answered 200 `"nats":true` once it was
+/// written to the socket, even while the server was paused. It is now 200 only once the
+/// server has answered after it; otherwise 503 and retried.
+#[tokio::test]
+async fn a_purge_over_nats_is_200_only_once_the_server_has_it() {
+    let nats = scalegate_testkit::NatsServer::start().await;
+    let o = directive_origin().await;
+    let pre = format!("[cache]\nnats = {{ url = \"{}\" }}\n", nats.url());
+    let g = gw(&o, "cache = {}", &pre).await;
+    let up = eventually(Duration::from_secs(10), || async {
+        purge(&g, "url=/ma").await.status == 200
+    })
+    .await;
+    assert!(up, "the purge bus never came up");
+    nats.pause();
+    let r = purge(&g, "url=/ma").await;
+    nats.resume();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("\"retrying\":true"), "{}", r.body);
+    quiescent(&g).await;
+}

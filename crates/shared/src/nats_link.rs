@@ -40,3 +40,22 @@ pub async fn subscribe(
     tracing::info!(subject, role, "subscribed on NATS");
     Some((client, sub))
 }
+
+/// Returns once the server has everything published on `client` before the call: a flush
+/// only writes to the socket (async-nats makes no PING/PONG round trip for it), so a request
+/// on a fresh inbox nobody serves goes after it, and the server's "no responders" answer,
+/// sent once it has handled everything before it on the connection, is the acknowledgement.
+/// Err says why; the messages may or may not have reached the server.
+pub async fn acknowledged(
+    client: &async_nats::Client,
+    within: std::time::Duration,
+) -> Result<(), String> {
+    use async_nats::client::RequestErrorKind;
+    let asked = client.request(client.new_inbox(), Default::default());
+    match tokio::time::timeout(within, asked).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => Err(format!("nats: {e}")),
+        Err(_) => Err(format!("nats did not confirm within {within:?}")),
+    }
+}

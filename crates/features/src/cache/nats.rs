@@ -47,17 +47,14 @@ impl Nats {
             .load_full()
             .ok_or_else(|| "not connected".to_string())?;
         let msg = serde_json::to_vec(p).map_err(|e| e.to_string())?;
-        let sent = async {
-            client
-                .publish(self.spec.subject.clone(), msg.into())
-                .await
-                .map_err(|e| e.to_string())?;
-            client.flush().await.map_err(|e| e.to_string())
-        };
+        let sent = client.publish(self.spec.subject.clone(), msg.into());
         match tokio::time::timeout(BACKGROUND, sent).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("timed out after {BACKGROUND:?}")),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("timed out after {BACKGROUND:?}")),
         }
+        // A flush only writes to the socket: the server's answer says it has the purge.
+        scalegate_shared::nats_link::acknowledged(&client, BACKGROUND).await
     }
 }
 

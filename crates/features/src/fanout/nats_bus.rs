@@ -9,7 +9,6 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event};
 use bytes::Bytes;
@@ -31,11 +30,8 @@ pub(super) struct Sender {
 }
 
 impl Sender {
-    /// Publishes, then makes a round trip to the server: Ok once the server has the frame.
-    /// A flush alone only writes to the socket (async-nats has no PING/PONG for it), so a
-    /// frame could be lost with its connection after an Ok; instead a request on a subject
-    /// nobody serves follows it, and the server's "no responders" answer, sent after it has
-    /// handled everything before it on this connection, is the acknowledgement.
+    /// Publishes, then makes a round trip to the server (`nats_link::acknowledged`): Ok once
+    /// the server has the frame.
     pub(super) async fn publish(&self, subject: String, frame: Bytes) -> Result<(), SendError> {
         let Some(client) = self.client.load_full() else {
             return Err(SendError::NotSent("not connected to NATS yet".into()));
@@ -47,13 +43,9 @@ impl Sender {
             .publish(subject, frame)
             .await
             .map_err(|e| SendError::NotSent(format!("nats: {e}")))?;
-        let ack = client.request(client.new_inbox(), Bytes::new());
-        match tokio::time::timeout(FLUSH_TIMEOUT, ack).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
-            Ok(Err(e)) => Err(SendError::Unknown(format!("nats: {e}"))),
-            Err(_) => Err(SendError::Unknown("nats did not confirm within 1 s".into())),
-        }
+        scalegate_shared::nats_link::acknowledged(&client, FLUSH_TIMEOUT)
+            .await
+            .map_err(SendError::Unknown)
     }
 }
 
