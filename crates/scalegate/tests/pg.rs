@@ -253,6 +253,45 @@ async fn a_refused_wait_answers_every_query_and_keeps_one_still_arriving() {
     quiescent(&gw).await;
 }
 
+/// Found from outside (asyncpg prepares with Parse/Describe/Flush): a wait that timed out on
+/// a batch ended by Flush closed the client with FATAL 53300, though the README says the
+/// connection stays usable. Now the error is sent, the client's messages up to its Sync are
+/// skipped and the Sync gets its ReadyForQuery, as PostgreSQL does after an error.
+#[tokio::test]
+async fn a_refused_wait_on_a_flush_keeps_the_connection() {
+    let (_pg, gw, port, a) = server_held().await;
+    let mut b = pg_common::raw_login(port);
+    let describe = pg_common::pg_message(b'D', &[b"S\0"]);
+    let prepare = [parse("", "SELECT 1"), describe, pg_common::flush()];
+    b.write_all(&prepare.concat()).expect("send");
+    let got = pg_common::read_until(&mut b, b'E');
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        String::from_utf8_lossy(&got[0].1).contains("53300"),
+        "{got:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&got[0].1).contains("ERROR"),
+        "not FATAL: {got:?}"
+    );
+    b.write_all(&[execute(0), sync()].concat()).expect("send");
+    let tags: Vec<u8> = pg_common::read_until_ready(&mut b)
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"Z");
+    a.batch_execute("COMMIT").await.expect("commit");
+    b.write_all(&pg_common::query_message("SELECT 1"))
+        .expect("send");
+    let tags: Vec<u8> = pg_common::read_until_ready(&mut b)
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, b"TDCZ");
+    drop(b);
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn cancel_requests_reach_the_right_server() {
     let pg = PgServer::start().await;

@@ -348,7 +348,7 @@ impl Session {
             if let Some(end) = self.refuse_locally().await {
                 return end;
             }
-            if self.sharding.is_some() && self.skip_to_sync {
+            if self.skip_to_sync {
                 return self.skip_locally_to_sync().await;
             }
             if self.sharding.is_some() && self.lease.is_none() {
@@ -611,12 +611,18 @@ impl Session {
             syncs += usize::from(matches!(tag, b'Q' | b'S' | b'F'));
             whole += msg.len();
         }
-        if syncs == 0 {
-            return Some(End::Fatal(Failure::from(&e)));
-        }
         // The complete messages are answered; a message still arriving stays for the next
         // read.
         self.cbuf.advance(whole);
+        if syncs == 0 {
+            // No Sync yet (a batch ended by Flush, as asyncpg prepares): the error goes now and
+            // the client's messages up to its Sync are skipped, as PostgreSQL does after an
+            // error; the connection stays usable.
+            self.skip_to_sync = true;
+            let mut out = BytesMut::new();
+            failure.write(&mut out, Severity::Error);
+            return self.client.write_all(&out).await.err().map(|_| End::Client);
+        }
         // Every segment gets its error, as a server that could not run any of them would
         // answer: a ReadyForQuery alone would read as a query that ran and returned nothing.
         let mut out = BytesMut::new();
