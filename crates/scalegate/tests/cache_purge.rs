@@ -394,3 +394,52 @@ async fn a_purge_being_retried_survives_a_reload_that_replaces_the_store() {
         quiescent(g).await;
     }
 }
+
+/// Found from outside: every reload that changed `[cache]` left the replaced store's purge
+/// subscription behind, so a purge reported more subscribers than instances (the figure
+/// meant to reveal a missing one). A replaced store's subscription now ends.
+#[tokio::test]
+async fn a_reload_that_replaces_the_store_leaves_no_subscription_behind() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let routes = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ncache = {{}}\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\n",
+        o.addr
+    );
+    let cache = |mib: u32| {
+        format!(
+            "[cache]\nredis = {{ url = \"{}\" }}\nmax_bytes = \"{mib}MiB\"\n",
+            redis.url()
+        )
+    };
+    let g = GatewayProcess::start_custom(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        &format!("token = \"{TOKEN}\""),
+        "",
+        &format!("{routes}{}", cache(64)),
+    )
+    .await;
+    let numsub = || async {
+        let r = redis
+            .command(&["PUBSUB", "NUMSUB", "scalegate:purge"])
+            .await
+            .unwrap_or_default();
+        r.lines().last().unwrap_or_default().trim().to_string()
+    };
+    assert!(eventually(Duration::from_secs(10), || async { numsub().await == ":1" }).await);
+    for mib in [32, 48, 16] {
+        g.write_config(&format!("{routes}{}", cache(mib)));
+        let applied = eventually(Duration::from_secs(10), || async {
+            g.admin_get("/cache")
+                .await
+                .contains(&(u64::from(mib) << 20).to_string())
+        })
+        .await;
+        assert!(applied, "reload to {mib} MiB");
+    }
+    let one = eventually(Duration::from_secs(10), || async { numsub().await == ":1" }).await;
+    assert!(one, "subscriptions left: {}", numsub().await);
+    quiescent(&g).await;
+}

@@ -141,8 +141,11 @@ impl L2 {
     }
 }
 
+/// How often an idle subscription checks that its store is still in use.
+pub(super) const GONE_CHECK: Duration = Duration::from_secs(2);
+
 /// Applies the purges published on the channel, replaying the stream after every reconnect,
-/// until the tier is dropped.
+/// until the tier or the store is dropped.
 pub async fn subscribe(l2: Weak<L2>, store: Weak<Store>) {
     let mut last: Option<StreamId> = None;
     loop {
@@ -160,7 +163,18 @@ pub async fn subscribe(l2: Weak<L2>, store: Weak<Store>) {
             let mut messages = ps.into_on_message();
             // Subscribed first, then caught up: nothing published in between is missed.
             if catch_up(&l2, &store, &mut last).await.is_ok() {
-                while let Some(msg) = messages.next().await {
+                let mut alive = tokio::time::interval(GONE_CHECK);
+                loop {
+                    let msg = tokio::select! {
+                        msg = messages.next() => msg,
+                        // A reload that replaced the store ends this subscription, even when
+                        // no purge comes to notice it.
+                        _ = alive.tick() => match l2.strong_count() == 0 || store.strong_count() == 0 {
+                            true => return,
+                            false => continue,
+                        },
+                    };
+                    let Some(msg) = msg else { break };
                     let Ok(text) = msg.get_payload::<String>() else {
                         continue;
                     };

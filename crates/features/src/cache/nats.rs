@@ -72,8 +72,13 @@ async fn subscribe(nats: Weak<Nats>, store: Weak<Store>) {
         Some(me) => me.client.store(Some(Arc::new(client))),
         None => return,
     }
+    let mut alive = tokio::time::interval(super::l2_bus::GONE_CHECK);
     loop {
         tokio::select! {
+            // A reload that replaced the store ends this subscription (and its connection).
+            _ = alive.tick() => if nats.strong_count() == 0 || store.strong_count() == 0 {
+                return;
+            },
             msg = sub.next() => {
                 let Some(msg) = msg else { return };
                 let text = String::from_utf8_lossy(&msg.payload);
