@@ -244,7 +244,7 @@ async fn retry_loop(store: Weak<Store>) {
         for (p, steps, deadline) in batch {
             let still = run(&s, &p, steps, &mut Report::default()).await;
             if still.done() {
-                tracing::info!(purge = ?p, "a purge that had failed is now applied everywhere");
+                tracing::info!(purge = ?p, "a purge that had failed has now gone through (memory, Redis and the buses)");
             } else if Instant::now() < deadline {
                 left.push_back((p, still, deadline));
             } else {
