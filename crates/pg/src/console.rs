@@ -158,10 +158,22 @@ pub(crate) async fn command(pooler: &Pooler, sql: &str, out: &mut BytesMut) {
             pooler.set_paused(false);
             proto::command_complete(out, "RESUME");
         }
-        ["RELOAD"] => {
-            pooler.reload.notify_one();
-            proto::command_complete(out, "RELOAD");
-        }
+        // Answered once the reload has run: success only when the new config is in force.
+        ["RELOAD"] => match pooler.reload().await {
+            Some(Ok(())) => proto::command_complete(out, "RELOAD"),
+            Some(Err(why)) => proto::error(
+                out,
+                Severity::Error,
+                "F0000",
+                &format!("reload rejected, the previous config stays in force: {why}"),
+            ),
+            None => proto::error(
+                out,
+                Severity::Error,
+                "55000",
+                "this process does not reload its config (started without a config file)",
+            ),
+        },
         ["SHOW", "HELP"] | ["HELP"] => {
             let help = "SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|HOSTS|CONFIG|VERSION; PAUSE; RESUME; RELOAD";
             table(out, &["help"], vec![vec![help.into()]], "SHOW");

@@ -41,6 +41,17 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
+    /// Ready once the drain's deadline has passed (`Pooler::stop_now`); until then registers
+    /// the caller to be woken then.
+    pub fn poll_stopping(&self, pooler: &Pooler, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.on_close.register(cx.waker());
+        if pooler.is_stopping() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Ready once `pooler` is shutting down; until then registers the caller to be woken then.
     pub fn poll_closing(&self, pooler: &Pooler, cx: &mut std::task::Context<'_>) -> Poll<()> {
         // Registered before the flag is read: a shutdown that sets it after this read wakes us.
@@ -51,6 +62,26 @@ impl ClientSlot {
             Poll::Ready(())
         } else {
             Poll::Pending
+        }
+    }
+}
+
+/// Where the console's RELOAD requests wait, each with the channel its outcome goes back on.
+pub type ReloadReceiver =
+    tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<Result<(), String>>>;
+
+#[derive(Debug)]
+struct ReloadRequests {
+    tx: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    rx: Mutex<Option<ReloadReceiver>>,
+}
+
+impl Default for ReloadRequests {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ReloadRequests {
+            tx,
+            rx: Mutex::new(Some(rx)),
         }
     }
 }
@@ -125,9 +156,12 @@ pub struct Pooler {
     pub client_count: AtomicUsize,
     server_ids: Arc<AtomicU64>,
     paused: crate::flag::Flag,
-    /// Woken by the console's RELOAD; the process reloads its config file.
-    pub reload: tokio::sync::Notify,
+    /// The console's RELOAD requests: the process reloads its config file and answers each
+    /// with the outcome.
+    reloads: ReloadRequests,
     closing: crate::flag::Flag,
+    /// The drain's deadline has passed: sessions still in a transaction end now.
+    stopping: crate::flag::Flag,
 }
 
 impl Pooler {
@@ -144,8 +178,9 @@ impl Pooler {
             client_count: AtomicUsize::new(0),
             server_ids: Arc::new(AtomicU64::new(1)),
             paused: Default::default(),
-            reload: tokio::sync::Notify::new(),
+            reloads: ReloadRequests::default(),
             closing: Default::default(),
+            stopping: Default::default(),
         })
     }
 
@@ -327,6 +362,19 @@ impl Pooler {
         s.map(|(_, k)| (k, slot.cancels.enter()))
     }
 
+    /// Asks the process to reload its config file (the console's RELOAD); the answer is the
+    /// outcome, or None when nothing serves reloads.
+    pub async fn reload(&self) -> Option<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reloads.tx.send(tx).ok()?;
+        rx.await.ok()
+    }
+
+    /// The reload requests, for the one task that serves them (taken once).
+    pub fn reload_requests(&self) -> Option<ReloadReceiver> {
+        self.reloads.rx.lock().ok()?.take()
+    }
+
     /// Stops handing out server connections (PAUSE) or resumes (RESUME).
     pub fn set_paused(&self, paused: bool) {
         self.paused.set(paused);
@@ -340,6 +388,20 @@ impl Pooler {
     /// Waits while paused.
     pub async fn wait_resumed(&self) {
         self.paused.wait_for(false).await;
+    }
+
+    /// Whether the drain's deadline has passed ([`Self::stop_now`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// The drain's deadline: every session still open, in a transaction or not, is ended
+    /// (its client told 57P01, its query in flight cancelled).
+    pub fn stop_now(&self) {
+        self.stopping.set(true);
+        for client in self.clients() {
+            client.on_close.wake();
+        }
     }
 
     /// Whether the pooler is shutting down.

@@ -17,11 +17,15 @@ pub enum Change {
     },
     /// `RESET name`.
     Reset(String),
-    /// `RESET ALL`: every setting but the role (PostgreSQL leaves `SET ROLE` in force).
+    /// `RESET ALL`: every setting but the role and the session authorization (PostgreSQL
+    /// leaves both in force).
     ResetAll,
     /// `DISCARD ALL`: every setting, the role too.
     DiscardAll,
 }
+
+/// What `RESET ALL` leaves in force.
+const RESET_ALL_KEEPS: [&str; 2] = ["role", "session_authorization"];
 
 /// Settings one client wants, in the order it made them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,7 +72,9 @@ impl Settings {
                 self.list.push((name.clone(), sql.clone()));
             }
             Change::Reset(name) => self.list.retain(|(n, _)| n != name),
-            Change::ResetAll => self.list.retain(|(n, _)| n == "role"),
+            Change::ResetAll => self
+                .list
+                .retain(|(n, _)| RESET_ALL_KEEPS.contains(&n.as_str())),
             Change::DiscardAll => self.list.clear(),
         }
         self.fingerprint = if self.list.is_empty() {
@@ -87,9 +93,10 @@ impl Settings {
     }
 
     /// The SQL that turns a server connection's session into this one. `RESET ALL` leaves the
-    /// role alone (PostgreSQL excludes it), so another client's `SET ROLE` is undone on its own.
+    /// session authorization and the role alone (PostgreSQL excludes them), so another
+    /// client's are undone on their own.
     pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL; RESET ROLE");
+        let mut sql = String::from("RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE");
         for (_, s) in &self.list {
             sql.push_str("; ");
             sql.push_str(s);
@@ -275,7 +282,10 @@ mod tests {
         assert_ne!(b.fingerprint(), fa);
         a.apply(&Change::Reset("work_mem".into()));
         assert_eq!(a.fingerprint(), 0);
-        assert_eq!(a.replay_sql(), "RESET ALL; RESET ROLE");
+        assert_eq!(
+            a.replay_sql(),
+            "RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE"
+        );
     }
 
     #[test]
@@ -284,7 +294,10 @@ mod tests {
         for sql in ["SET ROLE tenant_a", "SET work_mem = '8MB'", "RESET ALL"] {
             a.apply(&classify(sql).unwrap_or(Change::DiscardAll));
         }
-        assert_eq!(a.replay_sql(), "RESET ALL; RESET ROLE; SET ROLE tenant_a");
+        assert_eq!(
+            a.replay_sql(),
+            "RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; SET ROLE tenant_a"
+        );
         a.apply(&Change::DiscardAll);
         assert_eq!(a.fingerprint(), 0);
     }
@@ -297,7 +310,7 @@ mod tests {
         ]);
         assert_eq!(
             s.replay_sql(),
-            "RESET ALL; RESET ROLE; SET \"application_name\" = 'it''s'; SET \"search_path\" = 'app'; SET \"work_mem\" = '4MB'"
+            "RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; SET \"application_name\" = 'it''s'; SET \"search_path\" = 'app'; SET \"work_mem\" = '4MB'"
         );
     }
 

@@ -70,6 +70,13 @@ pub fn start(spec: PgSpec) -> anyhow::Result<PgHandle> {
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                // Past the deadline, the sessions still open are ended in order: each client is
+                // told 57P01 and its query in flight cancelled, instead of a bare EOF.
+                p.stop_now();
+                let told = tokio::time::Instant::now() + Duration::from_secs(2);
+                while p.client_count.load(Relaxed) > 0 && tokio::time::Instant::now() < told {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 p.close_idle();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             });

@@ -101,6 +101,7 @@ async fn serve(
         crate::alloc::release_free_memory,
     );
     let pg_reload = pg.as_ref().map(|h| h.pooler.clone());
+    let mut console_reloads = pg_reload.as_ref().and_then(|p| p.reload_requests());
     if let Some(task) = sidecar {
         tokio::spawn(task);
     }
@@ -130,20 +131,24 @@ async fn serve(
             }
         };
         let console_reload = async {
-            match &pg_reload {
-                Some(p) => p.reload.notified().await,
+            match &mut console_reloads {
+                Some(r) => r.recv().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = console_reload => {
+            Some(answer) = console_reload => {
                 tracing::info!("RELOAD from the postgres console: reloading");
-                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner) }
+                let outcome = match &path {
+                    Some(p) => reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner),
+                    None => Err("started without a config file".into()),
+                };
+                let _ = answer.send(outcome);
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 settle = None;
-                if let Some(p) = &path { reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner) }
+                if let Some(p) = &path { let _ = reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner); }
             }
             Some(answer) = dns_answers.recv() => {
                 if discovery.update(answer) {
@@ -164,7 +169,7 @@ async fn serve(
                 settle = None;
                 if let Some(p) = &path {
                     tracing::info!("config file changed: reloading");
-                    reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner);
+                    let _ = reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner);
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
@@ -255,7 +260,7 @@ fn reload(
     health: &mut Supervisor,
     discovery: &mut Discovery,
     spawner: &scalegate_shared::Spawner,
-) {
+) -> Result<(), String> {
     let counted = |result: &str| {
         let l: Labels = vec![("result", result.to_string())];
         gw.metrics.reloads.get_or_create(&l).inc();
@@ -265,7 +270,7 @@ fn reload(
         Err(e) => {
             tracing::error!("reload rejected, previous config stays in force:\n{e}");
             counted("error");
-            return;
+            return Err(e.to_string());
         }
     };
     for w in next.warning_lines(path) {
@@ -299,10 +304,12 @@ fn reload(
             running.drain_timeout = next.drain_timeout;
             running.files = next.files;
             counted("ok");
+            Ok(())
         }
         Err(e) => {
             tracing::error!(error = %e, "reload rejected, previous config stays in force");
             counted("error");
+            Err(e.to_string())
         }
     }
 }

@@ -292,6 +292,41 @@ async fn a_refused_wait_on_a_flush_keeps_the_connection() {
     quiescent(&gw).await;
 }
 
+/// Found from outside: a client that sends its last statement and Terminate in one write (a
+/// short script, a driver closing right after a fire-and-forget insert) lost the statement:
+/// the pooler ended at the Terminate before sending what came before it. PostgreSQL runs it.
+#[tokio::test]
+async fn a_statement_sent_with_terminate_in_one_write_still_runs() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    pg.psql("postgres", "CREATE TABLE fire (v int)");
+    let terminate = pg_common::pg_message(b'X', &[]);
+    let extended = [
+        parse("", "INSERT INTO fire VALUES (2)"),
+        bind(""),
+        execute(0),
+        sync(),
+    ];
+    for (v, batch) in [
+        (1, pg_common::query_message("INSERT INTO fire VALUES (1)")),
+        (2, extended.concat()),
+    ] {
+        let mut s = pg_common::raw_login(port);
+        s.write_all(&[batch, terminate.clone()].concat())
+            .expect("send");
+        let _ = s.read_to_end(&mut Vec::new());
+        let ran = eventually(Duration::from_secs(5), || async {
+            pg.psql(
+                "postgres",
+                &format!("SELECT count(*) FROM fire WHERE v = {v}"),
+            ) == "1"
+        })
+        .await;
+        assert!(ran, "statement {v} sent with its Terminate never ran");
+    }
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn cancel_requests_reach_the_right_server() {
     let pg = PgServer::start().await;
@@ -698,6 +733,41 @@ async fn sigterm_lets_transactions_finish_and_tells_idle_clients() {
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM drained"), "2");
     let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exits");
     assert!(status.success(), "{status:?}");
+}
+
+/// Found from outside: clients still in a transaction, or running a query, when the drain's
+/// deadline passed got a bare EOF, though the README says every client is told 57P01; and a
+/// statement in flight was left running (and committed) on a server the pooler had let go.
+/// At the deadline each session now ends in order: its query is cancelled, its client told.
+#[tokio::test]
+async fn clients_still_busy_at_the_drain_deadline_are_told_57p01() {
+    let pg = PgServer::start().await;
+    pg.psql("postgres", "CREATE TABLE late (n int)");
+    let port = free_port();
+    let cfg = pooler_config(port, &pg, "pool_size = 3", "");
+    let mut gw = GatewayProcess::start_with(BIN, "[lifecycle]\ndrain_timeout = \"1s\"", &cfg).await;
+    let in_txn = client(port).await;
+    in_txn.batch_execute("BEGIN").await.expect("begin");
+    let running = client(port).await;
+    let query = tokio::spawn(async move {
+        running
+            .batch_execute("INSERT INTO late SELECT 1 FROM pg_sleep(5)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal(libc::SIGTERM);
+    let e = query
+        .await
+        .expect("task")
+        .expect_err("cut off at the deadline");
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    let e = in_txn.batch_execute("SELECT 1").await.expect_err("ended");
+    assert!(e.is_closed() || code(&e) == "57P01", "{e:?}");
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exits");
+    assert!(status.success(), "{status:?}");
+    // The statement in flight was cancelled, not left to commit.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM late"), "0");
 }
 
 #[tokio::test]

@@ -116,6 +116,21 @@ async fn psycopg_defaults_with_two_clients_alternating_never_see_26000() {
 }
 
 #[tokio::test]
+async fn psycopg_cancels_over_tls_succeed() {
+    let pg = PgServer::start().await;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        data.join("localhost.crt").display(),
+        data.join("localhost.key").display()
+    );
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", &tls).await;
+    let out = py("psycopg_tls_cancel.py", &[&dsn(port)]).await;
+    assert!(out.contains("ok 3 cancels"), "{out}");
+    pooler_quiescent(&gw, port).await;
+}
+
+#[tokio::test]
 async fn sqlalchemy_orm_sessions_with_rollbacks_have_no_errors() {
     let pg = PgServer::start().await;
     let (gw, port) = pooler(BIN, &pg, "pool_size = 1", "").await;

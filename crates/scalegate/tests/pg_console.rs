@@ -193,3 +193,33 @@ async fn pass_through_logs_in_as_the_clients_own_user() {
     drop(alice);
     pooler_quiescent(&gw, port).await;
 }
+
+/// Found from outside: the console's RELOAD answered `RELOAD` even when the new config was
+/// rejected, and before the reload had run. It now answers once the reload has run: an error
+/// naming why when the previous config stays in force.
+#[tokio::test]
+async fn reload_from_the_console_says_whether_the_config_was_taken() {
+    let pg = PgServer::start().await;
+    let port = free_port();
+    let cfg = |pool: u32| {
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+             [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
+             pool_size = {pool}\n",
+            pg.port
+        )
+    };
+    let gw = GatewayProcess::start(BIN, &cfg(3)).await;
+    gw.write_config(&format!("{}broken = = \n", cfg(3)));
+    let admin = |cmd: &str| scalegate_testkit::postgres::psql(port, "postgres", "scalegate", cmd);
+    let e = admin("RELOAD").expect_err("a rejected reload is an error");
+    assert!(e.contains("reload rejected"), "{e}");
+    gw.write_config(&cfg(5));
+    assert_eq!(admin("RELOAD").as_deref(), Ok("RELOAD"));
+    let pools = console(port, "SHOW DATABASES");
+    assert!(
+        pools.contains("|5|"),
+        "the new pool_size is in force at once: {pools}"
+    );
+    drop(gw);
+}

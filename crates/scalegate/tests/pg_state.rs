@@ -362,10 +362,14 @@ async fn unnamed_statements_with_parameters_are_pinned_or_refused_too() {
 #[tokio::test]
 async fn a_role_set_by_one_client_is_not_the_next_ones() {
     let (pg, gw, port) = one_server("pin").await;
-    pg.psql("postgres", "CREATE ROLE tenant_a");
+    pg.psql("postgres", "CREATE ROLE tenant_a LOGIN");
+    // The session authorization too: RESET ALL leaves it alone as well (found in a second
+    // probe: the next client ran as that user).
     for set in [
         "SET ROLE tenant_a",
         "SELECT set_config('role', 'tenant_a', false)",
+        "SET session_authorization = 'tenant_a'",
+        "SELECT set_config('session_authorization', 'tenant_a', false)",
     ] {
         let a = app_client(port).await;
         a.simple_query(set)
@@ -377,8 +381,9 @@ async fn a_role_set_by_one_client_is_not_the_next_ones() {
         );
         drop(a);
         let b = app_client(port).await;
-        let who = pg_one::<String>(&b, "SELECT current_user::text").await;
-        assert_eq!(who, "postgres", "after another client's {set}");
+        let who = "SELECT current_user::text || ' ' || session_user::text";
+        let who = pg_one::<String>(&b, who).await;
+        assert_eq!(who, "postgres postgres", "after another client's {set}");
         drop(b);
     }
     // RESET ALL keeps the role, as on PostgreSQL; the client keeps it on other connections.

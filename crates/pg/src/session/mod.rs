@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -48,7 +48,12 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     .await
     {
         Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return,
+        // A cancel request, handled: close cleanly (over TLS, with close_notify; libpq reports
+        // an EOF without one as a failed cancel).
+        Ok(Ok(None)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            return;
+        }
         Ok(Err(refusal)) => return refusal.send(&mut stream).await,
         Err(_) => {
             return Failure::ConnectionLost("login timed out".into())
@@ -332,6 +337,9 @@ impl Session {
                 () = idle_too_long => {
                     return End::Fatal(Failure::IdleInTransaction);
                 },
+                () = std::future::poll_fn(|cx| self.slot.poll_stopping(&self.pooler, cx)) => {
+                    return End::Shutdown;
+                }
             }
         }
     }
@@ -383,6 +391,7 @@ impl Session {
         let lease = self.lease.as_mut()?;
         let conn = &mut lease.conn;
         let mut consumed = 0;
+        let mut terminated = false;
         let mut out = Outgoing::new(&mut self.to_server, &self.cbuf);
         loop {
             out.at(consumed);
@@ -398,6 +407,13 @@ impl Session {
             // The segment this message belongs to (ended by the next Sync, Query or FunctionCall).
             let segment = self.track.sent;
             match tag {
+                // What came before the Terminate still runs, as on PostgreSQL: it is sent,
+                // then the server connection is closed behind it (`finish`).
+                b'X' if consumed > n => {
+                    consumed -= n;
+                    terminated = true;
+                    break;
+                }
                 b'X' => return Some(End::Client),
                 b'Q' | b'S' | b'F' => {
                     self.pending_z += 1;
@@ -459,6 +475,9 @@ impl Session {
             return Some(End::ServerLost(e.to_string()));
         }
         self.keep_for_resend(consumed);
+        if terminated {
+            return Some(End::Client);
+        }
         self.close_aside().await
     }
 
@@ -901,6 +920,15 @@ impl Session {
                 }
             }
             End::Shutdown => {
+                // At the drain's deadline a transaction may still be open: its query in flight
+                // is cancelled and its server connection closed (PostgreSQL rolls it back).
+                if !idle && let Some(lease) = &self.lease {
+                    let key = lease.conn.key;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), crate::server::cancel(key))
+                            .await;
+                }
+                self.release(false);
                 let _ = self.client.write_all(&Failure::Shutdown.fatal()).await;
             }
             End::Fatal(failure) => {
