@@ -254,10 +254,16 @@ impl Visitor for ReadsOnly {
     }
 }
 
+/// Continues for a built-in known to be read-only, called bare or as `pg_catalog.name`; a
+/// function of another schema (`audit.format`) may be the application's own, and may write.
 fn read_only_function(name: &ObjectName) -> ControlFlow<()> {
     let name = name.to_string().to_ascii_lowercase();
-    let name = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
-    if READ_ONLY_FUNCTIONS.contains(&name) {
+    let (schema, name) = match name.rsplit_once('.') {
+        Some((schema, name)) => (Some(schema.trim_matches('"')), name),
+        None => (None, name.as_str()),
+    };
+    let name = name.trim_matches('"');
+    if schema.is_none_or(|s| s == "pg_catalog") && READ_ONLY_FUNCTIONS.contains(&name) {
         ControlFlow::Continue(())
     } else {
         ControlFlow::Break(())
@@ -323,6 +329,7 @@ mod tests {
             "SELECT 1; UPDATE t SET a = 1",
             "/* scalegate:primary */ SELECT 1",
             "SELECT * FROM addlog('x')",
+            "SELECT audit.count(1)",
             "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
             "SELECT * FROM t WHERE a IN (SELECT a FROM u FOR SHARE)",
             "INSERT INTO log(msg) VALUES ('see scalegate:replica docs')",
@@ -333,6 +340,7 @@ mod tests {
         }
         for r in [
             "SELECT * FROM generate_series(1, 3)",
+            "SELECT pg_catalog.count(*) FROM t",
             "SELECT * FROM (SELECT a FROM t) s WHERE EXISTS (SELECT 1 FROM u)",
             "-- scalegate:replica\nSELECT nextval('s')",
         ] {
