@@ -146,3 +146,34 @@ async fn an_editor_that_truncates_then_writes_never_stops_the_listener() {
     );
     quiescent(&gw).await;
 }
+
+/// Found from outside: a duration past what `Duration` can hold (`"99999999999999999999h"`)
+/// panicked in the parser, so `check` crashed and a reload took the running gateway down. It
+/// is refused with its position like any bad value, and the running config stays in force.
+#[tokio::test]
+async fn an_absurd_duration_is_refused_by_check_and_by_reload() {
+    let bs = backends(1).await;
+    let gw = gateway(&bs, "").await;
+    let good = std::fs::read_to_string(&gw.config).expect("read");
+    let bad = format!("{good}\n[lifecycle]\ndrain_timeout = \"99999999999999999999h\"\n");
+    std::fs::write(&gw.config, &bad).expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&gw.config)
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "check: {stderr}");
+    assert!(
+        stderr.contains(&format!("{}:", gw.config.display())),
+        "{stderr}"
+    );
+    gw.signal(libc::SIGHUP);
+    assert!(metrics_show(&gw, "scalegate_config_reloads_total{result=\"error\"} ").await);
+    let r = Client::http1()
+        .get(gw.http, "/")
+        .await
+        .expect("still serving");
+    assert_eq!(r.body, "b0");
+    quiescent(&gw).await;
+}

@@ -50,7 +50,10 @@ impl Gcra {
         if burst == 0 {
             return Err("rate limit burst must be at least 1");
         }
-        let emission = (per.as_nanos() / u128::from(requests)).max(1) as u64;
+        // Saturating: a period past u64::MAX nanoseconds (584 years) would wrap to a tiny one.
+        let emission = u64::try_from(per.as_nanos() / u128::from(requests))
+            .unwrap_or(u64::MAX)
+            .max(1);
         Ok(Gcra {
             emission,
             tolerance: emission.saturating_mul(u64::from(burst)),

@@ -29,8 +29,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // At most a century: more is a typo, and would overflow the clock arithmetic (and
+    // `Duration::from_secs_f64` panics past u64::MAX seconds).
+    (secs.is_finite() && (0.0..=MAX_SECS).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
+
+/// The longest duration a config may give: 100 years.
+const MAX_SECS: f64 = 100.0 * 365.0 * 86400.0;
 
 /// Parses "512", "64KiB", "64KB", "10MiB", "1GiB" (KB/MB/GB are powers of 1000).
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -106,6 +111,13 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        // Found from outside: this panicked (and a reload took the gateway down).
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+        assert_eq!(parse_duration("36501d"), None);
+        assert_eq!(
+            parse_duration("36500d"),
+            Some(Duration::from_secs(36500 * 86400))
+        );
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(parse_duration("ms"), None);
