@@ -44,6 +44,8 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Activity {
     in_flight: AtomicU32,
     last: AtomicU64,
+    /// Since when the client's socket has refused our writes (0: it takes them).
+    stalled: AtomicU64,
 }
 
 impl Activity {
@@ -61,6 +63,28 @@ impl Activity {
     pub fn end(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
         self.last.store(clock::now().0, Relaxed);
+    }
+
+    /// Records what a write to the client's socket did: refused (full: the client is not
+    /// reading) or took bytes.
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Pending if self.stalled.load(Relaxed) == 0 => {
+                self.stalled.store(clock::now().0.max(1), Relaxed);
+            }
+            Poll::Ready(Ok(n)) if *n > 0 && self.stalled.load(Relaxed) != 0 => {
+                self.stalled.store(0, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// How long the client's socket has refused our writes, if it does.
+    fn stalled_for(&self) -> Option<Duration> {
+        match self.stalled.load(Relaxed) {
+            0 => None,
+            since => Some(clock::now().since(scalegate_core::Tick(since))),
+        }
     }
 
     fn idle_for(&self) -> Option<Duration> {
@@ -181,6 +205,7 @@ pub async fn serve(
             let io = Prefixed {
                 prefix,
                 inner: stream,
+                ctx: ctx.clone(),
             };
             Box::pin(serve_h2(io, ctx, &protocols, &mut shutdown)).await;
         }
@@ -276,6 +301,7 @@ async fn serve_h1(
     let mut io = Prefixed {
         prefix,
         inner: stream,
+        ctx: ctx.clone(),
     };
     loop {
         // The active phase is boxed: a parked connection's task then holds only its socket and
@@ -335,6 +361,12 @@ async fn run_h1(
                 Pin::new(&mut conn).graceful_shutdown();
             }
             _ = tick.tick(), if !closing => {
+                // A client that stopped taking the response would hold its request (and the
+                // upstream's bulkhead place and connection) for ever: nginx's send_timeout.
+                if ctx.activity.stalled_for().is_some_and(|s| s >= protocols.idle_timeout) {
+                    tracing::debug!(peer = %ctx.peer, "client stopped reading the response; closing");
+                    return H1End::Close;
+                }
                 match ctx.activity.idle_for() {
                     Some(idle) if !parking && idle >= park_after => {
                         parking = true;
@@ -467,6 +499,8 @@ async fn serve_tls(
 pub struct Prefixed {
     prefix: Bytes,
     inner: TcpStream,
+    /// Where a write the client does not take is recorded (`Activity::wrote`).
+    ctx: Arc<ConnCtx>,
 }
 
 impl AsyncRead for Prefixed {
@@ -496,7 +530,10 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.ctx.activity.wrote(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -504,7 +541,10 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        crate::small_writes::poll_write_vectored(&mut self.get_mut().inner, cx, bufs)
+        let me = self.get_mut();
+        let r = crate::small_writes::poll_write_vectored(&mut me.inner, cx, bufs);
+        me.ctx.activity.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -130,3 +130,53 @@ async fn the_route_timeout_starts_when_the_body_has_gone_upstream() {
     drop(s);
     quiescent(&gw).await;
 }
+
+/// Found from outside: a client that asks for a large body and stops reading held its request,
+/// and with it the upstream's bulkhead place and connection, for as long as it kept the socket
+/// open (four such sockets blocked an upstream for everyone: slowloris on the download side).
+/// A response the client's socket refuses for `idle_timeout` now closes the connection.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
+    let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
+    let o = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "idle_timeout = \"2s\"",
+        &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stuck = socket.connect(gw.http).await.expect("connect");
+    stuck
+        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // It never reads: while the gateway waits on it, the one bulkhead place is taken; once it
+    // gives up on it (idle_timeout without a byte taken), the place is free again.
+    let c = Client::http1();
+    let taken = eventually(Duration::from_secs(5), || async {
+        c.get(gw.http, "/small")
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(taken, "the stuck download never held the bulkhead");
+    let freed = eventually(Duration::from_secs(15), || async {
+        c.get(gw.http, "/small")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(freed, "the stuck download kept the bulkhead place");
+    quiescent(&gw).await;
+    drop(stuck);
+}
