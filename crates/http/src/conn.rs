@@ -389,7 +389,7 @@ async fn run_h1(
         let hyper::server::conn::http1::Parts { io, read_buf, .. } = conn.into_parts();
         let mut client = io.into_inner();
         client.prefix = join(read_buf, std::mem::take(&mut client.prefix));
-        crate::tunnel::run(client, upstream, shutdown.wait()).await;
+        crate::tunnel::run(client, upstream, shutdown.wait(), protocols.idle_timeout).await;
         return H1End::Close;
     }
     if done.is_err() || closing || !parking {
@@ -607,6 +607,7 @@ mod tests {
                 listener: Arc::from("t"),
                 peer: "127.0.0.1:1".parse().expect("addr"),
                 local_port: 0,
+                idle_timeout: Duration::from_secs(60),
                 max_head: 65536,
                 edge: Default::default(),
                 body_timeout: Duration::from_secs(60),

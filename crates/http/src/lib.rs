@@ -36,6 +36,7 @@ pub mod rewrite;
 pub mod router;
 pub mod small_writes;
 pub mod spec;
+pub mod stall;
 pub mod switches;
 pub mod tls;
 pub mod tunnel;

@@ -8,7 +8,8 @@
 //! side closes or the gateway shuts down. Any other answer (426, 400, a redirect) is passed back
 //! as a normal response.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, Version};
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::ReqBody;
 use crate::error::ProxyError;
+use crate::stall::{Stall, Watched};
 
 /// The protocol an HTTP/1.1 request asks to switch to (its `Upgrade` value) when its
 /// Connection header carries the `upgrade` token.
@@ -106,21 +108,30 @@ impl Pending {
 }
 
 /// Serves an upgraded client connection until it ends or `stop` resolves (the gateway shuts
-/// down).
-pub async fn run<C>(client: C, up: Upgraded, stop: impl Future<Output = ()> + Send)
-where
+/// down); a tunnel one of whose peers stops reading ends after `stuck_after`.
+pub async fn run<C>(
+    client: C,
+    up: Upgraded,
+    stop: impl Future<Output = ()> + Send,
+    stuck_after: Duration,
+) where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
     match up {
-        Upgraded::Tunnel(upstream) => copy(client, upstream, stop).await,
+        Upgraded::Tunnel(upstream) => copy(client, upstream, stop, stuck_after).await,
         Upgraded::Service(service) => service.serve(Box::new(client), Box::pin(stop)).await,
     }
 }
 
-/// Copies bytes between the client and the upgraded upstream until either side closes or
-/// `stop` resolves.
-async fn copy<C>(mut client: C, upstream: Upstream, stop: impl Future<Output = ()>)
-where
+/// Copies bytes between the client and the upgraded upstream until either side closes, `stop`
+/// resolves, or one side has refused writes for `stuck_after` (its peer stopped reading: the
+/// copy would wait on it for ever).
+async fn copy<C>(
+    mut client: C,
+    upstream: Upstream,
+    stop: impl Future<Output = ()>,
+    stuck_after: Duration,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let (upstream, open) = upstream;
@@ -134,26 +145,56 @@ where
             return;
         }
     };
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "tunnel ended");
+    let (to_client, to_upstream) = (Arc::new(Stall::default()), Arc::new(Stall::default()));
+    let mut client = Watched::new(client, to_client.clone());
+    let mut upstream = Watched::new(TokioIo::new(upstream), to_upstream.clone());
+    let mut watch = tokio::time::interval((stuck_after / 4).max(Duration::from_millis(100)));
+    let stuck = || {
+        [&to_client, &to_upstream]
+            .iter()
+            .any(|s| s.stalled_for().is_some_and(|d| d >= stuck_after))
+    };
+    tokio::pin!(stop);
+    let cut = {
+        let copying = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copying);
+        loop {
+            tokio::select! {
+                r = &mut copying => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel ended");
+                    }
+                    break false;
+                }
+                () = &mut stop => break true,
+                _ = watch.tick() => if stuck() {
+                    tracing::debug!("a tunnel's peer stopped reading; closing both sides");
+                    break true;
+                },
             }
         }
-        () = stop => {
-            let _ = client.shutdown().await;
-            let _ = upstream.shutdown().await;
-        }
+    };
+    if !cut {
+        return;
     }
+    let _ = client.shutdown().await;
+    let _ = upstream.shutdown().await;
 }
 
 /// Serves an upgrade on its own task once hyper hands over the client side (connections served
 /// with hyper's upgrade support: TLS).
-pub fn spawn(client: OnUpgrade, upstream: Upgraded) {
+pub fn spawn(client: OnUpgrade, upstream: Upgraded, stuck_after: Duration) {
     tokio::spawn(async move {
         match client.await {
-            Ok(c) => run(TokioIo::new(c), upstream, std::future::pending()).await,
+            Ok(c) => {
+                run(
+                    TokioIo::new(c),
+                    upstream,
+                    std::future::pending(),
+                    stuck_after,
+                )
+                .await
+            }
             Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
         }
     });

@@ -307,6 +307,7 @@ async fn accept_loop(
             listener: name.clone(),
             peer,
             local_port,
+            idle_timeout: spec.idle_timeout,
             max_head: spec.max_header_bytes,
             edge: edge.clone(),
             body_timeout: spec.body_timeout,

@@ -262,3 +262,59 @@ async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
     drop((ws, tx));
     quiescent(&gw).await;
 }
+
+/// Found from outside: a tunnel whose upstream answered 101 and then never read stayed open
+/// for ever after the client had gone (`tunnels_open` still 1 fourteen minutes later): the copy
+/// waited on its write to the upstream and never looked at the client again. A side that
+/// refuses writes for the listener's `idle_timeout` now ends the tunnel.
+#[tokio::test]
+async fn a_tunnel_to_an_upstream_that_stops_reading_is_closed() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = l.local_addr().expect("addr");
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = read_head(&mut s).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\n\r\n",
+                )
+                .await;
+            // Never reads again, never closes.
+            keep.lock().await.push(s);
+        }
+    });
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "",
+        "idle_timeout = \"2s\"",
+        &format!(
+            "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"ws\"\n\n\
+             [upstreams.ws]\nendpoints = [\"{upstream}\"]\n"
+        ),
+    )
+    .await;
+    let mut c = TcpStream::connect(gw.http).await.expect("connect");
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: example\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("upgrade");
+    let (head, _) = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Write until the buffers on the way are full, then leave.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..200 {
+        match tokio::time::timeout(Duration::from_millis(200), c.write_all(&chunk)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    drop(c);
+    quiescent(&gw).await;
+    drop(held);
+}

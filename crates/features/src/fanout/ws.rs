@@ -167,7 +167,11 @@ pub async fn answer(
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
         Some(client) if ctx.scheme == "https" || key == Handshake::H2 => {
-            scalegate_http::tunnel::spawn(client, Upgraded::Service(Box::new(sub)))
+            scalegate_http::tunnel::spawn(
+                client,
+                Upgraded::Service(Box::new(sub)),
+                ctx.idle_timeout,
+            )
         }
         // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
         _ => ctx.tunnel.set(Upgraded::Service(Box::new(sub))),

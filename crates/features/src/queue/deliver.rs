@@ -97,6 +97,7 @@ pub(super) async fn deliver(
         listener: Arc::from(route.spec.listener.as_deref().unwrap_or("queue")),
         peer: job.peer(),
         local_port: 0,
+        idle_timeout: std::time::Duration::from_secs(60),
         // A stored job's head was checked when it was queued.
         max_head: usize::MAX,
         edge,

@@ -55,6 +55,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The port the client connected to (the listener's).
     pub local_port: u16,
+    /// The listener's `idle_timeout`: also how long a peer may refuse our writes.
+    pub idle_timeout: Duration,
     /// The listener's `max_header_bytes`: the largest request line and headers accepted.
     pub max_head: usize,
     /// The listener's edge rules: normalisation, trusted proxies, header count, upgrades.

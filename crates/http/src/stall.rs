@@ -1,0 +1,86 @@
+//! A stream whose writes are watched: when a write is refused (the peer's socket is full: it
+//! stopped reading) and since when. A tunnel whose side has refused writes for too long is
+//! stuck, not busy: nothing else notices, because the copy waits on that write and polls
+//! nothing else of the same direction (HAProxy's `timeout tunnel`, nginx's
+//! `proxy_send_timeout`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::clock;
+
+/// Since when writes have been refused (0: they are taken).
+#[derive(Debug, Default)]
+pub struct Stall(AtomicU64);
+
+impl Stall {
+    /// Records what a write did.
+    pub fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Pending if self.0.load(Relaxed) == 0 => {
+                self.0.store(clock::now().0.max(1), Relaxed);
+            }
+            Poll::Ready(Ok(n)) if *n > 0 && self.0.load(Relaxed) != 0 => self.0.store(0, Relaxed),
+            _ => {}
+        }
+    }
+
+    /// How long writes have been refused, if they are.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        match self.0.load(Relaxed) {
+            0 => None,
+            since => Some(clock::now().since(scalegate_core::Tick(since))),
+        }
+    }
+}
+
+/// `S`, with its writes recorded in a shared [`Stall`].
+#[derive(Debug)]
+pub struct Watched<S> {
+    inner: S,
+    stall: Arc<Stall>,
+}
+
+impl<S> Watched<S> {
+    /// Wraps `inner`; its write stalls go to `stall`.
+    pub fn new(inner: S, stall: Arc<Stall>) -> Watched<S> {
+        Watched { inner, stall }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.stall.wrote(&r);
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
