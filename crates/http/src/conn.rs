@@ -44,8 +44,8 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Activity {
     in_flight: AtomicU32,
     last: AtomicU64,
-    /// Since when the client's socket has refused our writes (0: it takes them).
-    stalled: AtomicU64,
+    /// Since when the client's socket has refused our writes.
+    stall: crate::stall::Stall,
 }
 
 impl Activity {
@@ -65,26 +65,14 @@ impl Activity {
         self.last.store(clock::now().0, Relaxed);
     }
 
-    /// Records what a write to the client's socket did: refused (full: the client is not
-    /// reading) or took bytes.
+    /// Records what a write to the client's socket did (refused: the client is not reading).
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
-        match r {
-            Poll::Pending if self.stalled.load(Relaxed) == 0 => {
-                self.stalled.store(clock::now().0.max(1), Relaxed);
-            }
-            Poll::Ready(Ok(n)) if *n > 0 && self.stalled.load(Relaxed) != 0 => {
-                self.stalled.store(0, Relaxed);
-            }
-            _ => {}
-        }
+        self.stall.wrote(r);
     }
 
     /// How long the client's socket has refused our writes, if it does.
     fn stalled_for(&self) -> Option<Duration> {
-        match self.stalled.load(Relaxed) {
-            0 => None,
-            since => Some(clock::now().since(scalegate_core::Tick(since))),
-        }
+        self.stall.stalled_for()
     }
 
     fn idle_for(&self) -> Option<Duration> {

@@ -352,25 +352,7 @@ async fn a_purge_being_retried_survives_a_reload_that_replaces_the_store() {
     let redis = RedisServer::start().await;
     let o = origin().await;
     let mut gws = three(&o, &redis).await;
-    let routes = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ncache = {{}}\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n",
-        o.addr
-    );
-    let cache = |mib: u32| {
-        format!(
-            "[cache]\nredis = {{ url = \"{}\" }}\nmax_bytes = \"{mib}MiB\"\n",
-            redis.url()
-        )
-    };
-    let first = GatewayProcess::start_custom(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        &format!("token = \"{TOKEN}\""),
-        "",
-        &format!("{routes}{}", cache(64)),
-    )
-    .await;
+    let (first, rewrite) = reloadable(&o, &redis).await;
     let reloaded = paths("/reload/", 5);
     gws[0] = first;
     warm(&gws, &redis, &o, &reloaded).await;
@@ -379,7 +361,7 @@ async fn a_purge_being_retried_survives_a_reload_that_replaces_the_store() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("\"retrying\":true"), "{}", r.body);
     // A reload that changes [cache] while the purge waits for its retry.
-    gws[0].write_config(&format!("{routes}{}", cache(32)));
+    gws[0].write_config(&rewrite(32));
     let reloaded_ok = eventually(Duration::from_secs(10), || async {
         gws[0]
             .admin_get("/cache")
@@ -402,25 +384,7 @@ async fn a_purge_being_retried_survives_a_reload_that_replaces_the_store() {
 async fn a_reload_that_replaces_the_store_leaves_no_subscription_behind() {
     let redis = RedisServer::start().await;
     let o = origin().await;
-    let routes = format!(
-        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ncache = {{}}\n\n\
-         [upstreams.app]\nendpoints = [\"{}\"]\n",
-        o.addr
-    );
-    let cache = |mib: u32| {
-        format!(
-            "[cache]\nredis = {{ url = \"{}\" }}\nmax_bytes = \"{mib}MiB\"\n",
-            redis.url()
-        )
-    };
-    let g = GatewayProcess::start_custom(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        &format!("token = \"{TOKEN}\""),
-        "",
-        &format!("{routes}{}", cache(64)),
-    )
-    .await;
+    let (g, rewrite) = reloadable(&o, &redis).await;
     let numsub = || async {
         let r = redis
             .command(&["PUBSUB", "NUMSUB", "scalegate:purge"])
@@ -430,7 +394,7 @@ async fn a_reload_that_replaces_the_store_leaves_no_subscription_behind() {
     };
     assert!(eventually(Duration::from_secs(10), || async { numsub().await == ":1" }).await);
     for mib in [32, 48, 16] {
-        g.write_config(&format!("{routes}{}", cache(mib)));
+        g.write_config(&rewrite(mib));
         let applied = eventually(Duration::from_secs(10), || async {
             g.admin_get("/cache")
                 .await
@@ -442,4 +406,30 @@ async fn a_reload_that_replaces_the_store_leaves_no_subscription_behind() {
     let one = eventually(Duration::from_secs(10), || async { numsub().await == ":1" }).await;
     assert!(one, "subscriptions left: {}", numsub().await);
     quiescent(&g).await;
+}
+
+/// One instance whose `[cache]` (Redis tier, `max_bytes` in MiB) sits in the reloadable part of
+/// its config, with what to write for another size.
+async fn reloadable(
+    o: &Origin,
+    redis: &RedisServer,
+) -> (GatewayProcess, impl Fn(u32) -> String + use<>) {
+    let routes = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ncache = {{}}\n\n\
+         [upstreams.app]\nendpoints = [\"{}\"]\npassive = {{ consecutive_failures = 0 }}\n",
+        o.addr
+    );
+    let url = redis.url();
+    let config = move |mib: u32| {
+        format!("{routes}[cache]\nredis = {{ url = \"{url}\" }}\nmax_bytes = \"{mib}MiB\"\n")
+    };
+    let g = GatewayProcess::start_custom(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        &format!("token = \"{TOKEN}\""),
+        "",
+        &config(64),
+    )
+    .await;
+    (g, config)
 }

@@ -60,12 +60,26 @@ impl Session {
     /// After a refusal of a Flush-ended sequence with no server held: drops the client's
     /// messages up to its Sync, which is answered with a ReadyForQuery.
     pub(super) async fn skip_locally_to_sync(&mut self) -> Option<End> {
+        match self.drop_to_sync() {
+            Err(end) => return Some(end),
+            Ok(false) => return None,
+            Ok(true) => {}
+        }
+        self.skip_to_sync = false;
+        let mut out = BytesMut::new();
+        proto::ready(&mut out, if self.deferred_begin { b'E' } else { b'I' });
+        self.client.write_all(&out).await.err().map(|_| End::Client)
+    }
+
+    /// Drops the client's messages up to and including its Sync: whether the Sync came (else
+    /// what arrived so far is dropped and more is awaited), or the end of a Terminate.
+    pub(super) fn drop_to_sync(&mut self) -> Result<bool, End> {
         let mut consumed = 0;
         let mut synced = false;
         for (tag, msg) in proto::messages(&self.cbuf) {
             consumed += msg.len();
             match tag {
-                b'X' => return Some(End::Client),
+                b'X' => return Err(End::Client),
                 b'S' => {
                     synced = true;
                     break;
@@ -74,13 +88,7 @@ impl Session {
             }
         }
         self.cbuf.advance(consumed);
-        if !synced {
-            return None;
-        }
-        self.skip_to_sync = false;
-        let mut out = BytesMut::new();
-        proto::ready(&mut out, if self.deferred_begin { b'E' } else { b'I' });
-        self.client.write_all(&out).await.err().map(|_| End::Client)
+        Ok(synced)
     }
 
     /// Runs the batch's SELECT on every shard, one after the other, and merges the rows.

@@ -312,22 +312,10 @@ impl Session {
     /// After a refused Flush-ended batch: drops the client's messages up to its Sync, which
     /// goes on to the server (whose ReadyForQuery then ends the client's failed sequence).
     async fn skip_until_sync(&mut self) -> Option<End> {
-        let mut consumed = 0;
-        let mut synced = false;
-        for (tag, msg) in proto::messages(&self.cbuf) {
-            consumed += msg.len();
-            match tag {
-                b'X' => return Some(End::Client),
-                b'S' => {
-                    synced = true;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        self.cbuf.advance(consumed);
-        if !synced {
-            return None;
+        match self.drop_to_sync() {
+            Err(end) => return Some(end),
+            Ok(false) => return None,
+            Ok(true) => {}
         }
         self.skip_to_sync = false;
         self.send_own(SYNC, true).await
