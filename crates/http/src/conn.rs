@@ -65,16 +65,6 @@ impl Activity {
         self.last.store(clock::now().0, Relaxed);
     }
 
-    /// Records what a write to the client's socket did (refused: the client is not reading).
-    fn wrote(&self, r: &Poll<io::Result<usize>>) {
-        self.stall.wrote(r);
-    }
-
-    /// How long the client's socket has refused our writes, if it does.
-    fn stalled_for(&self) -> Option<Duration> {
-        self.stall.stalled_for()
-    }
-
     fn idle_for(&self) -> Option<Duration> {
         (self.in_flight.load(Relaxed) == 0)
             .then(|| clock::now().since(scalegate_core::Tick(self.last.load(Relaxed))))
@@ -351,7 +341,7 @@ async fn run_h1(
             _ = tick.tick(), if !closing => {
                 // A client that stopped taking the response would hold its request (and the
                 // upstream's bulkhead place and connection) for ever: nginx's send_timeout.
-                if ctx.activity.stalled_for().is_some_and(|s| s >= protocols.idle_timeout) {
+                if ctx.activity.stall.stalled_for().is_some_and(|s| s >= protocols.idle_timeout) {
                     tracing::debug!(peer = %ctx.peer, "client stopped reading the response; closing");
                     return H1End::Close;
                 }
@@ -520,8 +510,7 @@ impl AsyncWrite for Prefixed {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         let r = Pin::new(&mut me.inner).poll_write(cx, buf);
-        me.ctx.activity.wrote(&r);
-        r
+        me.ctx.activity.stall.watch(r)
     }
 
     fn poll_write_vectored(
@@ -531,8 +520,7 @@ impl AsyncWrite for Prefixed {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         let r = crate::small_writes::poll_write_vectored(&mut me.inner, cx, bufs);
-        me.ctx.activity.wrote(&r);
-        r
+        me.ctx.activity.stall.watch(r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -20,6 +20,12 @@ use crate::clock;
 pub struct Stall(AtomicU64);
 
 impl Stall {
+    /// Records what a write did, and passes its outcome on.
+    pub fn watch(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        self.wrote(&r);
+        r
+    }
+
     /// Records what a write did.
     pub fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
@@ -71,9 +77,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
-        me.stall.wrote(&r);
-        r
+        me.stall.watch(Pin::new(&mut me.inner).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -44,21 +44,20 @@ impl ClientSlot {
     /// Ready once the drain's deadline has passed (`Pooler::stop_now`); until then registers
     /// the caller to be woken then.
     pub fn poll_stopping(&self, pooler: &Pooler, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        self.on_close.register(cx.waker());
-        if pooler.is_stopping() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        self.poll_flag(|| pooler.is_stopping(), cx)
     }
 
     /// Ready once `pooler` is shutting down; until then registers the caller to be woken then.
     pub fn poll_closing(&self, pooler: &Pooler, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.poll_flag(|| pooler.is_closing(), cx)
+    }
+
+    fn poll_flag(&self, set: impl Fn() -> bool, cx: &mut std::task::Context<'_>) -> Poll<()> {
         // Registered before the flag is read: a shutdown that sets it after this read wakes us.
         // (What orders the two sides is the waker's own atomic state, which registration and
         // wake both update: the flag's Release/Acquire alone would not be enough.)
         self.on_close.register(cx.waker());
-        if pooler.is_closing() {
+        if set() {
             Poll::Ready(())
         } else {
             Poll::Pending

@@ -613,10 +613,7 @@ mod tests {
             "SELECT o.order_id FROM orders o JOIN users u ON true WHERE u.user_id = 3",
             "UPDATE orders SET amount = 99 FROM users WHERE users.user_id = 2 AND orders.user_id = 2",
             "DELETE FROM orders USING users WHERE users.user_id = 2 AND orders.user_id = 2",
-        ] {
-            assert!(matches!(s.plan(sql, &[]), Plan::Reject(_)), "{sql}");
-        }
-        for sql in [
+            // One row per shard: aggregates not on the list, a view, other sources.
             "SELECT bit_xor(user_id) FROM users",
             "SELECT regr_count(user_id, user_id) FROM users",
             "SELECT my_agg(user_id ORDER BY user_id) FROM users",

@@ -221,5 +221,5 @@ async fn reload_from_the_console_says_whether_the_config_was_taken() {
         pools.contains("|5|"),
         "the new pool_size is in force at once: {pools}"
     );
-    drop(gw);
+    pooler_quiescent(&gw, port).await;
 }

@@ -149,7 +149,7 @@ async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
     let gw = GatewayProcess::start_full(
         BIN,
         "[runtime]\nworker_threads = 2\n",
-        "idle_timeout = \"2s\"",
+        "idle_timeout = \"4s\"",
         &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
     )
     .await;
@@ -170,7 +170,7 @@ async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
     })
     .await;
     assert!(taken, "the stuck download never held the bulkhead");
-    let freed = eventually(Duration::from_secs(15), || async {
+    let freed = eventually(Duration::from_secs(20), || async {
         c.get(gw.http, "/small")
             .await
             .is_ok_and(|r| r.status == 200)

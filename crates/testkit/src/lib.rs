@@ -173,14 +173,11 @@ mod tests {
     /// fails to bind, and the readiness probe is answered by the other one.
     #[tokio::test]
     async fn a_port_answered_by_another_process_is_not_our_server_started() {
-        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = other.local_addr().expect("addr").port();
-        let mut child = Some(
-            std::process::Command::new("sleep")
-                .arg("5")
-                .spawn()
-                .expect("sleep"),
-        );
+        let other = std::net::TcpListener::bind("127.0.0.1:0");
+        let other = other.unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = other.local_addr().map_or(0, |a| a.port());
+        let sleep = std::process::Command::new("sleep").arg("5").spawn();
+        let mut child = Some(sleep.unwrap_or_else(|e| panic!("sleep: {e}")));
         let answered = || async { true };
         assert!(!started(&mut child, port, 3, answered).await);
         assert!(listens_on(std::process::id(), port));
