@@ -118,7 +118,9 @@ impl GatewayProcess {
         };
         let c = Client::http1();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while c.get(admin_addr, "/health").await.is_err() {
+        // Ours only once our process listens on both ports: a port taken by another test's
+        // gateway between free_ports and our bind answers /health while ours has exited.
+        while c.get(admin_addr, "/health").await.is_err() || !gw.listens_on_both() {
             if let Some(st) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 gw.child = None;
                 eprintln!("{}", gw.stderr());
@@ -131,6 +133,14 @@ impl GatewayProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(gw)
+    }
+
+    /// Whether this process is the one listening on both of its ports.
+    fn listens_on_both(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| {
+            crate::listens_on(c.id(), self.http.port())
+                && crate::listens_on(c.id(), self.admin.port())
+        })
     }
 
     /// Rewrites the config file with the same listeners and a new `rest` (the file watcher and
