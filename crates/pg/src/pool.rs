@@ -5,7 +5,7 @@
 //! host serves a transaction comes from the database's [`Topology`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +134,9 @@ pub struct Pool {
     idle_timeout: Duration,
     check_after_idle: Duration,
     max_prepared: usize,
+    /// A reload replaced this pool: its connections are closed as they come back, and
+    /// sessions move to the new pool between transactions.
+    retired: AtomicBool,
 }
 
 /// Why no server connection could be had.
@@ -225,6 +228,7 @@ impl Pool {
             idle_timeout: spec.idle_timeout,
             check_after_idle: spec.check_after_idle,
             max_prepared: spec.max_prepared_statements,
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -446,7 +450,7 @@ impl Pool {
         let Lease { mut conn, host, .. } = lease;
         // The lease's counts come back here; the connection is kept or closed below.
         let now = Coarse::now();
-        if reusable && now.since(conn.born) < self.lifetime {
+        if reusable && now.since(conn.born) < self.lifetime && !self.is_retired() {
             conn.last_used = now;
             if let Ok(mut idle) = self.hosts[host].idle.lock() {
                 idle.push(conn);
@@ -530,6 +534,18 @@ impl Pool {
             }
         }
         v
+    }
+
+    /// Marks the pool replaced by a reload and closes its idle connections; the connections
+    /// still lent out are closed when they come back.
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+        self.close_idle();
+    }
+
+    /// Whether a reload replaced this pool.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
     }
 
     /// Closes every idle connection (RELOAD, shutdown).

@@ -261,7 +261,7 @@ impl Pooler {
         if let Some(h) = &handle {
             let _enter = h.enter();
             for p in dropped {
-                p.close_idle();
+                p.retire();
             }
         }
         if let Ok(mut monitors) = self.monitors.lock() {

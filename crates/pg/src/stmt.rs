@@ -219,6 +219,14 @@ impl Statements {
         self.names.is_empty()
     }
 
+    /// Gives every statement its id in another pool (the client moved to the pool a reload
+    /// made); only between transactions, with nothing in flight.
+    pub fn reintern(&mut self, mut intern: impl FnMut(&[u8]) -> u64) {
+        for (id, body, _) in self.names.values_mut() {
+            *id = intern(body);
+        }
+    }
+
     /// Forgets every name this client prepared (its DEALLOCATE ALL or DISCARD ALL).
     pub fn forget_names(&mut self) {
         self.names.clear();

@@ -205,3 +205,97 @@ async fn a_batch_that_wrote_is_never_sent_again_when_its_server_dies() {
     }
     pooler_quiescent(&gw, port).await;
 }
+
+/// The config of a pooler on `port` whose database `app` is on `pg` (`None`: only a database
+/// `other`).
+fn moved_config(port: u16, pg: Option<&PgServer>) -> String {
+    let (name, pg_port) = pg.map_or(("other", 1), |pg| ("app", pg.port));
+    format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+         [postgres.databases.{name}]\nprimary = \"postgres://postgres@127.0.0.1:{pg_port}/postgres\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_the_database_moves_connected_clients_too() {
+    // An operator moves `app` to a new primary by editing the config. Clients connected
+    // before kept writing to the old host for as long as they stayed connected.
+    let (old_pg, new_pg) = (PgServer::start().await, PgServer::start().await);
+    let port = free_port();
+    let gw = GatewayProcess::start(BIN, &moved_config(port, Some(&old_pg))).await;
+    let before = app_client(port).await;
+    let server_port = "SELECT inet_server_port()";
+    let on = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        on(before.simple_query(server_port).await.expect("before")),
+        old_pg.port.to_string()
+    );
+    let plus_one = before.prepare("SELECT $1::int + 1").await.expect("prepare");
+    assert_eq!(
+        before
+            .query_one(&plus_one, &[&1])
+            .await
+            .expect("bind")
+            .get::<_, i32>(0),
+        2
+    );
+
+    gw.write_config(&moved_config(port, Some(&new_pg)));
+    gw.signal(libc::SIGHUP);
+    let moved = eventually(Duration::from_secs(10), || async {
+        psql(port, "postgres", "app", server_port).as_deref() == Ok(&new_pg.port.to_string())
+    })
+    .await;
+    assert!(moved, "new clients never reached the new primary");
+    // A client of the new pool prepares first, so its statement ids are not the old pool's.
+    let after = app_client(port).await;
+    let text = after
+        .prepare("SELECT 'not plus one'")
+        .await
+        .expect("prepare");
+    assert_eq!(
+        after
+            .query_one(&text, &[])
+            .await
+            .expect("run")
+            .get::<_, &str>(0),
+        "not plus one"
+    );
+
+    assert_eq!(
+        on(before.simple_query(server_port).await.expect("after")),
+        new_pg.port.to_string(),
+        "a client connected before the reload still went to the old primary"
+    );
+    assert_eq!(
+        before
+            .query_one(&plus_one, &[&41])
+            .await
+            .expect("its statement on the new host")
+            .get::<_, i32>(0),
+        42
+    );
+
+    // A database removed from the config ends its clients with a clear error.
+    gw.write_config(&moved_config(port, None));
+    gw.signal(libc::SIGHUP);
+    let removed = eventually(Duration::from_secs(10), || async {
+        psql(port, "postgres", "app", "SELECT 1").is_err()
+    })
+    .await;
+    assert!(removed, "the database was never removed");
+    let e = before
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("no database any more");
+    assert_eq!(sqlstate(&e), "3D000", "{e}");
+    drop((before, after));
+    pooler_empty(&gw, port).await;
+}

@@ -18,6 +18,7 @@ use crate::classify::Class;
 mod batch;
 mod fan_out;
 mod merge;
+mod reload;
 mod resend;
 mod sharded;
 mod split;
@@ -182,7 +183,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     };
     let end = session.serve().await;
     session.finish(end).await;
-    pool.stats.clients.fetch_sub(1, Relaxed);
+    // The session's pool, which a reload may have changed.
+    session.pool.stats.clients.fetch_sub(1, Relaxed);
     pooler.unregister(key);
 }
 
@@ -353,6 +355,9 @@ impl Session {
                 return end;
             }
         } else {
+            if let Some(end) = self.follow_reload() {
+                return Some(end);
+            }
             if let Some(end) = self.refuse_locally().await {
                 return end;
             }
