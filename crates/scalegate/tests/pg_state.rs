@@ -490,3 +490,54 @@ async fn what_a_do_block_leaves_is_not_the_next_clients() {
     drop((a, b));
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn settings_committed_by_commit_and_chain_survive_a_rollback_and_stay_the_clients() {
+    // COMMIT AND CHAIN commits the SET before it; the chained transaction's ROLLBACK undoes
+    // nothing of it. The pooler dropped the change at the ROLLBACK, so the server went back to
+    // the pool with it and every later client ran with A's settings (its role, search_path).
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    for sql in [
+        "BEGIN",
+        "SET statement_timeout = '4321ms'",
+        "COMMIT AND CHAIN",
+        "ROLLBACK",
+    ] {
+        a.simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    for _ in 0..3 {
+        let b = app_client(port).await;
+        assert_eq!(
+            pg_one::<String>(&b, "SHOW statement_timeout").await,
+            "0",
+            "another client has A's setting"
+        );
+    }
+    assert_eq!(
+        pg_one::<String>(&a, "SHOW statement_timeout").await,
+        "4321ms",
+        "A lost its own committed setting"
+    );
+    // ROLLBACK AND CHAIN undoes what came before it; the chained transaction's COMMIT keeps
+    // only what came after.
+    for sql in [
+        "BEGIN",
+        "SET lock_timeout = '1111ms'",
+        "ROLLBACK AND CHAIN",
+        "SET idle_in_transaction_session_timeout = '2222ms'",
+        "COMMIT",
+    ] {
+        a.simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let b = app_client(port).await;
+    let both = "SELECT current_setting('lock_timeout') || ' ' || current_setting('idle_in_transaction_session_timeout')";
+    assert_eq!(pg_one::<String>(&b, both).await, "0 0");
+    assert_eq!(pg_one::<String>(&a, both).await, "0 2222ms");
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}

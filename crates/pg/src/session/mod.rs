@@ -169,6 +169,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
             segment_error: false,
             rolled_back: false,
             saw_rollback: false,
+            saw_commit: false,
+            chained: false,
             ambiguous: false,
             reread: Vec::new(),
         },
@@ -730,6 +732,7 @@ impl Session {
                 b'C' => {
                     self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK");
                     self.track.saw_rollback |= self.track.rolled_back;
+                    self.track.saw_commit |= msg.get(5..12) == Some(b"COMMIT\0");
                 }
                 _ => {}
             }
@@ -1081,6 +1084,13 @@ struct Track {
     rolled_back: bool,
     /// The segment ran a ROLLBACK (whole, or to a savepoint).
     saw_rollback: bool,
+    /// The segment ran a COMMIT: at a ReadyForQuery still in a transaction, a COMMIT AND
+    /// CHAIN, which made the changes before it the session's whatever the chained transaction
+    /// does.
+    saw_commit: bool,
+    /// The open transaction follows a COMMIT AND CHAIN: its end, even a ROLLBACK, leaves
+    /// settings only the server knows.
+    chained: bool,
     /// The open transaction had a savepoint rolled back or an error while changes were
     /// pending: which of them survive, only the server knows.
     ambiguous: bool,
@@ -1106,7 +1116,8 @@ impl Track {
         self.done += 1;
         let error = std::mem::take(&mut self.segment_error);
         let rollback = std::mem::take(&mut self.saw_rollback);
-        if self.changes.is_empty() && self.unknown.is_none() {
+        let commit = std::mem::take(&mut self.saw_commit);
+        if self.changes.is_empty() && self.unknown.is_none() && !self.chained {
             return;
         }
         // Changes of later segments (sent ahead) wait for their own ReadyForQuery.
@@ -1114,11 +1125,16 @@ impl Track {
         match status {
             // Still in the transaction. An error, or a ROLLBACK TO SAVEPOINT, undoes some of
             // its changes, and a later ROLLBACK TO may bring the transaction back to a commit.
-            b'T' | b'E' => self.ambiguous |= status == b'E' || rollback,
+            b'T' | b'E' => {
+                let chain = commit && !self.changes.is_empty();
+                self.ambiguous |= status == b'E' || rollback || chain;
+                self.chained |= chain;
+            }
             _ => {
                 let settled: Vec<(u64, Change)> = self.changes.drain(..ran).collect();
                 let ambiguous = std::mem::take(&mut self.ambiguous);
-                if ambiguous && !self.rolled_back {
+                let chained = std::mem::take(&mut self.chained);
+                if ambiguous && (!self.rolled_back || chained) {
                     // A RESET ALL in doubt puts every setting the client had in doubt.
                     let all = settled.iter().any(|(_, c)| c.name().is_none());
                     let names = settled.iter().filter_map(|(_, c)| c.name());
