@@ -15,9 +15,8 @@ use crate::cache_control::Directives;
 
 use crate::body::{BoxError, RespBody};
 
-/// The coding to use for a request: the acceptable one with the highest q-value, ties broken by
-/// the gateway's order; None means identity.
-pub fn negotiate(headers: &HeaderMap, offered: &[Encoding]) -> Option<Encoding> {
+/// The codings a request accepts, with their q-values, as its Accept-Encoding lists them.
+fn accepted(headers: &HeaderMap) -> Vec<(&str, f32)> {
     let mut accepted: Vec<(&str, f32)> = Vec::new();
     for line in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(line) = line.to_str() else { continue };
@@ -34,14 +33,40 @@ pub fn negotiate(headers: &HeaderMap, offered: &[Encoding]) -> Option<Encoding> 
             accepted.push((coding, q));
         }
     }
-    let q_of = |e: Encoding| {
-        let exact = accepted
-            .iter()
-            .find(|(c, _)| c.eq_ignore_ascii_case(e.token()) || Encoding::parse(c) == Some(e));
-        exact
-            .or_else(|| accepted.iter().find(|(c, _)| *c == "*"))
-            .map_or(0.0, |(_, q)| *q)
+    accepted
+}
+
+/// The q-value `accepted` gives a coding: its own entry, else `*`'s, else 0.
+fn q_value(accepted: &[(&str, f32)], coding: &str) -> f32 {
+    let exact = accepted.iter().find(|(c, _)| {
+        c.eq_ignore_ascii_case(coding)
+            || Encoding::parse(c).is_some_and(|e| Some(e) == Encoding::parse(coding))
+    });
+    exact
+        .or_else(|| accepted.iter().find(|(c, _)| *c == "*"))
+        .map_or(0.0, |(_, q)| *q)
+}
+
+/// Whether a request can take a body in the content codings `codings` (a Content-Encoding
+/// value). Identity always; a request without Accept-Encoding takes nothing else (RFC 9110
+/// §12.5.3 would allow any coding, but such clients rarely decode one).
+pub fn accepts(headers: &HeaderMap, codings: &HeaderValue) -> bool {
+    let Ok(codings) = codings.to_str() else {
+        return false;
     };
+    let accepted = accepted(headers);
+    codings
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        .all(|c| q_value(&accepted, c) > 0.0)
+}
+
+/// The coding to use for a request: the acceptable one with the highest q-value, ties broken by
+/// the gateway's order; None means identity.
+pub fn negotiate(headers: &HeaderMap, offered: &[Encoding]) -> Option<Encoding> {
+    let accepted = accepted(headers);
+    let q_of = |e: Encoding| q_value(&accepted, e.token());
     let mut best: Option<(Encoding, f32)> = None;
     for &e in offered {
         let q = q_of(e);

@@ -64,6 +64,7 @@ pub fn admit(ctx: &ConnCtx, parts: &mut Parts) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest("CONNECT tunnels are not offered"));
     }
     filter_upgrade(&mut parts.headers, &edge.upgrades);
+    join_cookies(&mut parts.headers);
     if let Some(ip) = edge
         .trust
         .client_behind_proxies(ctx.peer.ip(), &parts.headers)
@@ -71,6 +72,27 @@ pub fn admit(ctx: &ConnCtx, parts: &mut Parts) -> Result<(), ProxyError> {
         parts.extensions.insert(ClientIp(ip));
     }
     Ok(())
+}
+
+/// Joins the Cookie fields of a request into one with "; ": HTTP/2 clients send each cookie as
+/// its own field, which must be joined before an HTTP/1.1 hop (RFC 9113 §8.2.3); many servers
+/// read only the first Cookie line, and would render a page for other cookies than the cache
+/// keyed it on.
+fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = header::HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
 }
 
 /// The client's address: the peer's, or the one found behind trusted proxies by [`admit`].

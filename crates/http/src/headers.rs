@@ -192,15 +192,18 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     v
 }
 
-/// The value of cookie `name` in the request's Cookie headers.
+/// The value of cookie `name` in the request's Cookie headers. Pairs are split at `;` and at
+/// `,` (neither may appear in a cookie, RFC 6265 §4.1.1; old clients join with commas), and
+/// names and values are trimmed, as the frameworks behind the gateway read them: a bypass
+/// on `session` must see `session =abc` too.
 pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(|v| v.split([';', ',']))
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim())
 }
 
 #[cfg(test)]

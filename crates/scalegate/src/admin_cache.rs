@@ -20,12 +20,17 @@ pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
     let Some(store) = scalegate_features::cache(&gw.snapshot()) else {
         return reply(StatusCode::NOT_FOUND, TEXT, "404: no route caches\n");
     };
-    let Some(p) = uri.query().and_then(Purge::from_query) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            TEXT,
-            "400: expected ?url=U, ?prefix=P or ?tag=T, optionally &soft=true\n",
-        );
+    let p = match Purge::from_query(uri.query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(why) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                TEXT,
+                format!(
+                    "400: {why}: expected one of ?url=U, ?prefix=P or ?tag=T, optionally &soft=true|false\n"
+                ),
+            );
+        }
     };
     let r = scalegate_features::cache::purge(&store, &p).await;
     let body = json!({

@@ -898,3 +898,109 @@ async fn a_purge_over_nats_is_200_only_once_the_server_has_it() {
     assert!(r.body.contains("\"retrying\":true"), "{}", r.body);
     quiescent(&g).await;
 }
+
+#[tokio::test]
+async fn a_soft_purge_is_stale_so_must_revalidate_forbids_serving_it_on_error() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let fail = failing.clone();
+    let o = Origin::start(move |req, n| {
+        if fail.load(Ordering::Relaxed) {
+            return resp(503, &[], "down");
+        }
+        let cc = match req.uri.path() {
+            "/strict" => "max-age=300, must-revalidate",
+            "/s-maxage" => "s-maxage=300",
+            _ => "max-age=300",
+        };
+        resp(200, &[("cache-control", cc)], &format!("v{n}"))
+    })
+    .await;
+    let g = gw(&o, "cache = { stale_if_error = \"10m\" }", "").await;
+    for p in ["/strict", "/s-maxage", "/lenient"] {
+        assert_eq!(get(&g, p, &[]).await.body, "v1");
+        let r = purge(&g, &format!("url={p}&soft=true")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    failing.store(true, Ordering::Relaxed);
+    for p in ["/strict", "/s-maxage"] {
+        let r = get(&g, p, &[]).await;
+        assert_eq!(r.status, 503, "{p}: served stale ({})", status(&r));
+    }
+    let r = get(&g, "/lenient", &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+    assert!(status(&r).contains("ttl=0"), "{}", status(&r));
+    quiescent(&g).await;
+}
+
+#[tokio::test]
+async fn a_purge_that_would_do_less_than_asked_is_refused() {
+    let o =
+        Origin::start(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("#{n}"))).await;
+    let g = gw(&o, "cache = {}", "").await;
+    for q in [
+        "url=/pa&prefix=/pb/",
+        "url=/pa&url=/pb",
+        "url=/pa&soft=yes",
+        "prefix=",
+        "tag=",
+        "url=",
+    ] {
+        let r = purge(&g, q).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+    }
+    quiescent(&g).await;
+}
+
+#[tokio::test]
+async fn cookies_are_read_as_the_application_reads_them() {
+    // The origin echoes the Cookie fields it got, as many servers read them: the first line.
+    let o = Origin::start(|req, n| {
+        let lines: Vec<&str> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        resp(
+            200,
+            &[("cache-control", "max-age=60")],
+            &format!(
+                "{} line(s): {} #{n}",
+                lines.len(),
+                lines.first().unwrap_or(&"")
+            ),
+        )
+    })
+    .await;
+    let g = gw(
+        &o,
+        "cache = { key = { cookies = [\"lang\"] }, bypass = { cookies = [\"session\"] } }",
+        "",
+    )
+    .await;
+    // HTTP/2 clients send each cookie as its own field; an HTTP/1.1 origin must get one line.
+    let h2 = Client::h2c()
+        .get_with(g.http, "/page", &[("cookie", "a=1"), ("cookie", "lang=de")])
+        .await
+        .expect("h2 request");
+    assert_eq!(h2.body, "1 line(s): a=1; lang=de #1");
+    // A session cookie however the client spells it bypasses the cache.
+    for (i, session) in ["session =abc", "a=1,session=abc", " session=abc"]
+        .iter()
+        .enumerate()
+    {
+        let path = format!("/private-{i}");
+        get(&g, &path, &[("cookie", session)]).await;
+        let anonymous = get(&g, &path, &[]).await;
+        assert!(
+            !is_hit(&anonymous),
+            "{session:?}: stored and shared ({})",
+            status(&anonymous)
+        );
+    }
+    // Parameters given twice keep their order in the key (first-wins and last-wins parsers).
+    assert_eq!(get(&g, "/q?a=1&a=2", &[]).await.body, "0 line(s):  #1");
+    let other = get(&g, "/q?a=2&a=1", &[]).await;
+    assert!(!is_hit(&other), "{}", status(&other));
+    quiescent(&g).await;
+}

@@ -649,3 +649,140 @@ async fn rfc9110_15_2_informational_responses_are_never_stored() {
     assert_eq!(b.header("link"), "", "nothing of the 103 is stored");
     common::quiescent(&g).await;
 }
+
+/// An origin whose `/r` is public for a second (ETag "v1"); a revalidation of it gets a 304
+/// with `cc304` and alice's account header, and one whose path says `other-etag` names "v2".
+async fn revalidating_origin(cc304: &'static str) -> Origin {
+    Origin::start(move |req, _| {
+        if req.headers.contains_key("if-none-match") {
+            let etag = if req.uri.path() == "/other-etag" {
+                "\"v2\""
+            } else {
+                "\"v1\""
+            };
+            return resp(
+                304,
+                &[
+                    ("cache-control", cc304),
+                    ("etag", etag),
+                    ("x-account", "alice@example.com"),
+                    ("set-cookie", "seen=alice"),
+                ],
+                "",
+            );
+        }
+        let body = if req.uri.path() == "/other-etag" && req.headers.contains_key("x-second") {
+            "v2 body"
+        } else {
+            "public body"
+        };
+        resp(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+            body,
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rfc9111_3_5_a_private_304_never_reaches_another_user() {
+    // A revalidation answered 304 `private` with alice's headers: its headers were merged into
+    // the shared copy, and every later user got alice's account header (also through Redis).
+    for alice in [&[("authorization", "Bearer alice")][..], &[][..]] {
+        let o = revalidating_origin("private, max-age=60").await;
+        let g = gw(&o, "cache = {}", "").await;
+        assert_eq!(get(&g, "/r", &[]).await.body, "public body");
+        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+        let a = get(&g, "/r", alice).await;
+        assert_eq!(a.body, "public body", "{}", status(&a));
+        assert_eq!(a.header("x-account"), "alice@example.com");
+        for _ in 0..2 {
+            let b = get(&g, "/r", &[]).await;
+            assert_eq!(b.header("x-account"), "", "{alice:?}: {}", status(&b));
+            assert!(
+                !b.header("cache-control").contains("private"),
+                "{}",
+                status(&b)
+            );
+            assert_eq!(b.header("set-cookie"), "");
+        }
+        assert_eq!(
+            a.header("set-cookie"),
+            "seen=alice",
+            "a 304's cookie is the client's"
+        );
+        assert_eq!(
+            a.header("set-cookie"),
+            "seen=alice",
+            "a 304's cookie is the client's"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_4_a_304_naming_another_etag_updates_nothing() {
+    // The stored response is "v1"; the origin's 304 says "v2". The gateway served the v1 body
+    // labelled "v2" for the 304's whole freshness.
+    let o = revalidating_origin("max-age=60").await;
+    let g = gw(&o, "cache = {}", "").await;
+    assert_eq!(get(&g, "/other-etag", &[]).await.body, "public body");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let r = get(&g, "/other-etag", &[]).await;
+    assert!(
+        !(r.body == "public body" && r.header("etag") == "\"v2\""),
+        "the v1 body was served as v2 ({})",
+        status(&r)
+    );
+    let next = get(&g, "/other-etag", &[("x-second", "1")]).await;
+    assert_eq!(next.body, "v2 body", "{}", status(&next));
+    assert!(!is_hit(&next), "{}", status(&next));
+}
+
+#[tokio::test]
+async fn rfc9110_12_5_3_a_coding_the_origin_chose_is_not_served_to_a_client_without_it() {
+    // The origin compresses with deflate when asked (Express's `compression` does) and Varies
+    // on Accept-Encoding; the key normalised both requests to the same variant, so one
+    // request made the URL deflate bytes for every plain client.
+    let o = Origin::start(|req, _| {
+        let ae = req
+            .headers
+            .get("accept-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut h = vec![("cache-control", "max-age=60"), ("vary", "Accept-Encoding")];
+        if ae.contains("deflate") {
+            h.push(("content-encoding", "deflate"));
+            return resp(200, &h, "DEFLATED-BYTES");
+        }
+        resp(200, &h, "plain text")
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    let d = get(&g, "/enc", &[("accept-encoding", "deflate")]).await;
+    assert_eq!(d.header("content-encoding"), "deflate");
+    for ae in [&[][..], &[("accept-encoding", "gzip")][..]] {
+        let plain = get(&g, "/enc", ae).await;
+        assert_eq!(plain.body, "plain text", "{ae:?}: {}", status(&plain));
+        assert_eq!(plain.header("content-encoding"), "");
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_4_1_an_empty_header_is_not_an_absent_one() {
+    let o = Origin::start(|req, _| {
+        let user = match req.headers.get("x-user") {
+            Some(v) => format!("user [{}]", v.to_str().unwrap_or("?")),
+            None => "anonymous".into(),
+        };
+        resp(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "x-user")],
+            &user,
+        )
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    assert_eq!(get(&g, "/v", &[("x-user", "")]).await.body, "user []");
+    assert_eq!(get(&g, "/v", &[]).await.body, "anonymous");
+}

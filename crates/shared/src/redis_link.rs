@@ -147,7 +147,10 @@ async fn connect(link: Weak<RedisLink>) {
         let Some(me) = link.upgrade() else { return };
         let attempt = async {
             let client = redis::Client::open(me.url.as_str())?;
-            client.get_connection_manager().await
+            // Each call has its own budget (the tier's timeout, or BACKGROUND's 2 s for
+            // purges): the crate's default of 500 ms per response would cut the longer ones.
+            let unbounded = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+            client.get_connection_manager_with_config(unbounded).await
         };
         match tokio::time::timeout(Duration::from_secs(2), attempt).await {
             Ok(Ok(c)) => {

@@ -29,9 +29,11 @@ pub fn normalize_query(q: &str, mode: &QueryKey) -> Option<String> {
     if q.is_empty() {
         return None;
     }
+    // Sorted by name only, and stably: a parameter given twice keeps its values' order, which
+    // first-wins and last-wins parsers (and lists) depend on.
     let kept = |pairs: Vec<&str>| {
         let mut pairs = pairs;
-        pairs.sort_unstable();
+        pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
         (!pairs.is_empty()).then(|| pairs.join("&"))
     };
     let pairs = || q.split('&').filter(|p| !p.is_empty());
@@ -41,10 +43,15 @@ pub fn normalize_query(q: &str, mode: &QueryKey) -> Option<String> {
         QueryKey::Sort => kept(pairs().collect()),
         QueryKey::Allow(names) => kept(
             pairs()
-                .filter(|p| names.iter().any(|n| p.split('=').next() == Some(n)))
+                .filter(|p| names.iter().any(|n| param_name(p) == n))
                 .collect(),
         ),
     }
+}
+
+/// A query parameter's name (`a` of `a=1`, all of `flag`).
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(n, _)| n)
 }
 
 /// The header names a response Varies on, lowercased; None for `Vary: *` (never matches, so
@@ -92,11 +99,11 @@ pub fn variant(
         v.push('\n');
     }
     for name in &spec.headers {
-        v.push_str(header_value(headers, name).as_deref().unwrap_or(""));
+        v.push_str(header_value(headers, name).as_deref().unwrap_or(ABSENT));
         v.push('\n');
     }
     for name in &spec.cookies {
-        v.push_str(cookie(headers, name).unwrap_or(""));
+        v.push_str(cookie(headers, name).unwrap_or(ABSENT));
         v.push('\n');
     }
     for name in vary {
@@ -129,13 +136,19 @@ pub fn normalized(headers: &HeaderMap, name: &HeaderName, encodings: &[Encoding]
             .map_or("identity", Encoding::token)
             .to_string();
     }
-    header_value(headers, name).unwrap_or_default()
+    header_value(headers, name).unwrap_or_else(|| ABSENT.to_string())
 }
 
-/// All lines of a header joined with ", ", whitespace around commas collapsed.
+/// A header or cookie the request does not have, in a variant key: an absent field matches
+/// only an absent one, not an empty one (RFC 9111 §4.1).
+const ABSENT: &str = "\u{2}";
+
+/// All lines of a header joined with ", ", whitespace around commas collapsed; None when the
+/// request has no such field, Some("") when it is empty.
 fn header_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut out: Option<String> = None;
     for v in headers.get_all(name) {
+        out.get_or_insert_with(String::new);
         let s = String::from_utf8_lossy(v.as_bytes());
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let o = out.get_or_insert_with(String::new);
@@ -168,6 +181,18 @@ mod tests {
             headers: vec![],
             cookies: vec![],
         }
+    }
+
+    #[test]
+    fn sorting_keeps_what_origins_tell_apart() {
+        let key = |q| normalize_query(q, &QueryKey::Sort);
+        assert_ne!(
+            key("a=1&a=2"),
+            key("a=2&a=1"),
+            "a repeated parameter's order"
+        );
+        assert_eq!(key("b=1&a=2&a=1"), Some("a=2&a=1&b=1".into()));
+        assert_ne!(key("a=1;b=2"), key("a=1&b=2"), "';' is not a separator");
     }
 
     #[test]

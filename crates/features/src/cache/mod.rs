@@ -22,6 +22,7 @@ pub mod purge;
 pub mod purge_log;
 pub mod purger;
 pub mod range;
+pub(crate) mod revalidate;
 pub(crate) mod serve;
 pub mod spec;
 pub mod status;

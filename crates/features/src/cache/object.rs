@@ -196,10 +196,14 @@ impl Object {
         }
     }
 
-    /// Whether it may answer when the origin fails now (stale-if-error; soft purges allow it).
+    /// Whether it may answer when the origin fails now (stale-if-error; soft purges allow it,
+    /// unless the response forbids serving it stale: a soft-purged object is stale).
     pub fn serves_on_error(&self, now: SystemTime) -> bool {
-        self.state.load(Ordering::Relaxed) != PURGED
-            && now < self.timing.fresh_until + self.timing.stale_if_error
+        match self.state.load(Ordering::Relaxed) {
+            PURGED => false,
+            SOFT_PURGED if self.timing.strict => false,
+            _ => now < self.timing.fresh_until + self.timing.stale_if_error,
+        }
     }
 
     /// Whether lookups may see it at all.
@@ -219,8 +223,11 @@ impl Object {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// Seconds of freshness left (negative when stale), for Cache-Status.
+    /// Seconds of freshness left (negative when stale; 0 once soft-purged), for Cache-Status.
     pub fn ttl_secs(&self, now: SystemTime) -> i64 {
+        if self.state.load(Ordering::Relaxed) != LIVE {
+            return 0;
+        }
         match self.timing.fresh_until.duration_since(now) {
             Ok(d) => d.as_secs() as i64,
             Err(e) => -(e.duration().as_secs() as i64),

@@ -33,21 +33,44 @@ pub enum Target {
 }
 
 impl Purge {
-    /// From admin query parameters: `url=`, `prefix=` or `tag=`, and `soft=true`.
-    pub fn from_query(q: &str) -> Option<Purge> {
+    /// From admin query parameters: exactly one of `url=`, `prefix=` or `tag=` (not empty),
+    /// and optionally `soft=true|false` (or 1|0). Anything else is refused with the reason: a
+    /// purge that did less than it was asked must not answer 200.
+    pub fn from_query(q: &str) -> Result<Purge, &'static str> {
         let mut p = Purge::default();
-        for pair in q.split('&') {
+        let mut soft = None;
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
-            match k {
-                "url" => p.target = Target::Url(v),
-                "prefix" => p.target = Target::Prefix(v),
-                "tag" => p.target = Target::Tag(v),
-                "soft" => p.soft = v == "true" || v == "1",
-                _ => return None,
+            let target = match k {
+                "url" => Target::Url(v),
+                "prefix" => Target::Prefix(v),
+                "tag" => Target::Tag(v),
+                "soft" if soft.is_some() => return Err("soft given twice"),
+                "soft" => {
+                    soft = Some(match v.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err("soft must be true or false"),
+                    });
+                    continue;
+                }
+                _ => return Err("unknown parameter"),
+            };
+            if p.target != Target::None {
+                return Err("one purge names one url, prefix or tag");
             }
+            if matches!(&target, Target::Url(v) | Target::Prefix(v) | Target::Tag(v) if v.is_empty())
+            {
+                return Err("an empty url, prefix or tag");
+            }
+            p.target = target;
         }
-        (p.target != Target::None).then_some(p)
+        if p.target == Target::None {
+            return Err("no url, prefix or tag");
+        }
+        p.soft = soft.unwrap_or(false);
+        Ok(p)
     }
 
     /// From a bus message: JSON (`{"target":{"tag":"t"},"soft":true}`) or the short text forms
@@ -234,10 +257,21 @@ mod tests {
     #[test]
     fn parses_admin_queries_and_bus_messages() {
         let p = Purge::from_query("url=%2Fa%3Fx%3D1&soft=true").unwrap();
+        for refused in [
+            "url=/a&prefix=/b/",
+            "url=/a&url=/b",
+            "url=/a&soft=yes",
+            "url=/a&soft=true&soft=false",
+            "prefix=",
+            "tag=",
+            "",
+        ] {
+            assert!(Purge::from_query(refused).is_err(), "{refused}");
+        }
         assert_eq!(p.target, Target::Url("/a?x=1".into()));
         assert!(p.soft);
-        assert!(Purge::from_query("bogus=1").is_none());
-        assert!(Purge::from_query("soft=true").is_none());
+        assert!(Purge::from_query("bogus=1").is_err());
+        assert!(Purge::from_query("soft=true").is_err());
         let m = Purge::from_message("tag product-7 soft").unwrap();
         assert_eq!(m.target, Target::Tag("product-7".into()));
         assert!(m.soft);

@@ -124,6 +124,15 @@ pub async fn from_bus(store: &Arc<Store>, p: &Purge) -> usize {
     n
 }
 
+/// [`invalidate`] of one URL key (`host/path?query`, or `/path?query`).
+pub fn invalidate_url(store: &Arc<Store>, url: String) {
+    let p = Purge {
+        target: super::purge::Target::Url(url),
+        ..Default::default()
+    };
+    invalidate(store, p);
+}
+
 /// An invalidation by an unsafe method (RFC 9111 §4.4): this instance's memory at once, then
 /// Redis (retried like a purge), then the other instances' memory through the buses. That last
 /// step is a plain message, best effort: unlike an admin purge it is neither kept in the stream

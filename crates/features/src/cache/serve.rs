@@ -25,7 +25,8 @@ use super::answer::{self, CACHE_STATUS, from_object, from_served};
 use super::fill::{Fill, tee};
 use super::flight::{self, FlightGuard, Join};
 use super::key;
-use super::object::{Object, Usable, merge_not_modified};
+use super::object::{Object, Usable};
+use super::revalidate::NotModified;
 use super::spec::CacheSpec;
 use super::status::{self, Fwd};
 use super::store::Store;
@@ -190,11 +191,7 @@ async fn pass_unsafe(
                 Some(h) => format!("{h}{u}"),
                 None => u,
             };
-            let p = super::purge::Purge {
-                target: super::purge::Target::Url(target),
-                ..Default::default()
-            };
-            super::purger::invalidate(&cx.store, p);
+            super::purger::invalidate_url(&cx.store, target);
         }
     }
     Ok(resp)
@@ -230,7 +227,16 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             (&parts, cx.ctx.local_port),
             cx.encodings(),
         );
-        let found = variants.as_ref().and_then(|v| v.find(&variant).cloned());
+        // The key knows only the coding the gateway would choose: a coding the origin chose
+        // for another client's Accept-Encoding is not served to one that cannot decode it.
+        let found = variants
+            .as_ref()
+            .and_then(|v| v.find(&variant).cloned())
+            .filter(|o| {
+                o.headers
+                    .get(header::CONTENT_ENCODING)
+                    .is_none_or(|c| compress::accepts(&parts.headers, c))
+            });
         let usable = found.as_ref().map(|o| o.usable(&parts.headers, now));
         let detail = (waited > 0).then_some("coalesced");
         match (&found, usable) {
@@ -338,21 +344,15 @@ async fn fetch(
     if let Some(o) = &stale {
         if head.status == StatusCode::NOT_MODIFIED {
             cx.route.metrics.cache(CacheResult::Revalidated);
-            let headers = merge_not_modified(&o.headers, &head.headers);
-            let answer = Answer {
-                request: &parts.headers,
-                path: parts.uri.path(),
-                status: head.status,
-                headers: &headers,
+            let not_modified = NotModified {
+                spec,
+                store: &cx.store,
+                request: &parts,
+                stored: o,
                 sent,
                 received: now,
             };
-            let fresh = Arc::new(answer.refresh(spec, o));
-            let vary = key::vary_names(&fresh.headers).unwrap_or_default();
-            cx.store.insert(vary, fresh.clone(), sent);
-            body.set_status(fresh.status.as_u16());
-            let cs = status::forward(Fwd::Stale, Some(304), true, None);
-            return Ok(from_served(&fresh, &parts, cs, body));
+            return Ok(not_modified.answer(&head.headers, body));
         }
         if head.status.is_server_error() && o.serves_on_error(now) {
             cx.route.metrics.cache(CacheResult::StaleIfError);
@@ -377,6 +377,14 @@ async fn fetch(
     };
     let status_code = head.status.as_u16();
     let (body, stored, detail) = keep(cx, &parts, url, &mut head, body, guard, sent, now);
+    if let Some(o) = &stale
+        && detail.is_some_and(|d| !matches!(d, "authorization" | "request-no-store"))
+        && !head.status.is_server_error()
+    {
+        // The origin's current answer may not be stored (it turned private, no-store, a 404
+        // that forbids storing): the stale copy is no longer the URL's either.
+        super::purger::invalidate_url(&cx.store, o.url.to_string());
+    }
     head.headers.insert(
         CACHE_STATUS.clone(),
         status::forward(fwd, Some(status_code), stored, detail),

@@ -130,7 +130,14 @@ async fn connect(url: &str, prefix: &str, sender: bool) -> redis::RedisResult<Co
     ps.psubscribe(format!("{}*", glob_escape(prefix))).await?;
     let (sink, stream) = ps.split();
     let conn = match sender {
-        true => Some(client.get_connection_manager().await?),
+        // Each call has its own budget (CALL_TIMEOUT), not the crate's 500 ms default.
+        true => Some(
+            client
+                .get_connection_manager_with_config(
+                    redis::aio::ConnectionManagerConfig::new().set_response_timeout(None),
+                )
+                .await?,
+        ),
         false => None,
     };
     Ok((sink, stream, conn))
