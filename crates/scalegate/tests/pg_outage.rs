@@ -299,3 +299,54 @@ async fn a_reload_that_moves_the_database_moves_connected_clients_too() {
     drop((before, after));
     pooler_empty(&gw, port).await;
 }
+
+#[tokio::test]
+async fn a_read_whose_backend_is_killed_under_it_is_not_sent_again() {
+    // The OOM killer (here: SIGKILL) ends the backend running a read. Each crash restarts the
+    // whole cluster; the pooler re-sent the read three times: four cluster-wide restarts for
+    // one query, where PostgreSQL alone (and PgBouncer) give one error and one crash.
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "wait_timeout = \"30s\"").await;
+    let pg_port = pg.port;
+    let killer = tokio::task::spawn_blocking(move || {
+        let mut kills = 0;
+        let until = std::time::Instant::now() + Duration::from_secs(8);
+        while std::time::Instant::now() < until {
+            let running = psql(
+                pg_port,
+                "postgres",
+                "postgres",
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%deathquery%' \
+                 AND pid <> pg_backend_pid()",
+            );
+            for pid in running.unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill(2) on a PostgreSQL backend this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    kills += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kills
+    });
+    let c = app_client(port).await;
+    let r = c
+        .simple_query("SELECT /* deathquery */ pg_sleep(1.5)")
+        .await;
+    assert!(r.is_err(), "the read succeeded");
+    let kills = killer.await.expect("killer");
+    assert_eq!(
+        kills,
+        1,
+        "the read was sent again to a new backend {} times",
+        kills - 1
+    );
+    drop(c);
+    let fresh = eventually(Duration::from_secs(20), || async {
+        psql(port, "postgres", "app", "SELECT 1").as_deref() == Ok("1")
+    })
+    .await;
+    assert!(fresh, "clients are served again once the cluster is back");
+    pooler_quiescent(&gw, port).await;
+}

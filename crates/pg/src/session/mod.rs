@@ -317,17 +317,11 @@ impl Session {
             tokio::select! {
                 biased;
                 r = lease.conn.stream.read_some(&mut lease.conn.buf) => match r {
-                    Ok(0) => {
-                        let why = "the server closed the connection".to_string();
-                        if let Some(end) = self.resend_or_end(why) {
-                            return end;
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(end) = self.resend_or_end(e.to_string()) {
-                            return end;
-                        }
-                    }
+                    // Closed without a word: the backend itself died (killed, crashed) under
+                    // this batch, maybe because of it, so it is never sent again: a query that
+                    // crashes its server would crash the cluster once per re-send.
+                    Ok(0) => return End::ServerLost("the server closed the connection".into()),
+                    Err(e) => return End::ServerLost(e.to_string()),
                     Ok(_) => {
                         if let Some(end) = self.server_messages().await {
                             return end;
@@ -685,7 +679,7 @@ impl Session {
                 died_after_answering = true;
                 break;
             }
-            if self.resend_ok && tag == b'E' && resend::is_fatal(msg) {
+            if self.resend_ok && resend::says_goodbye(tag, msg) {
                 // The server ends the connection before anything reached the client.
                 let code = resend::error_fields(msg).1.unwrap_or_default();
                 lost = Some(format!(

@@ -1,8 +1,11 @@
-//! Riding through a server that dies under a transaction's first batch: when the server closes
-//! or sends a FATAL (a restart, a failover, pg_terminate_backend) before anything of a batch
-//! that only reads reached the client, the batch is sent again on a new server connection, so
-//! the client sees nothing; any other loss ends the client with exactly one FATAL with a
-//! retryable SQLSTATE.
+//! Riding through a server that goes away under a transaction's first batch: when the server
+//! says it ends the connection (a FATAL: a restart, a failover, pg_terminate_backend; or the
+//! warning a backend sends when another one crashed) before anything of a batch that only
+//! reads reached the client, the batch is sent again on a new server connection, so the client
+//! sees nothing. A connection closed without a word is the backend itself dying under the
+//! batch, perhaps because of it: that batch is not sent again (a query that crashes its server
+//! would restart the whole cluster once per re-send). Any loss not ridden through ends the
+//! client with exactly one FATAL with a retryable SQLSTATE.
 
 use bytes::BytesMut;
 
@@ -38,6 +41,17 @@ pub(super) fn error_fields(msg: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
 pub(super) fn forget(resend: &mut BytesMut) {
     resend.clear();
     crate::spare::give(resend);
+}
+
+/// Whether a server message announces the end of its connection: a FATAL, or the warning a
+/// backend sends as it is stopped (57P01 admin shutdown, 57P02 crash of another process, 57P03
+/// cannot connect now) before closing.
+pub(super) fn says_goodbye(tag: u8, msg: &[u8]) -> bool {
+    match tag {
+        b'E' => is_fatal(msg),
+        b'N' => matches!(error_fields(msg).1, Some(b"57P01" | b"57P02" | b"57P03")),
+        _ => false,
+    }
 }
 
 /// Whether an ErrorResponse ends the connection (FATAL or PANIC).
