@@ -565,13 +565,32 @@ impl Pool {
         }
     }
 
-    /// The pool-wide id of a statement (query text and parameter types): equal texts share an
-    /// id, so a statement prepared by one client is reused by every other.
-    pub fn statement_id(&self, body: &[u8]) -> u64 {
+    /// Gives every statement text a new id from now on: connections prepare them afresh
+    /// under new names (after a schema change made some of their plans stale).
+    pub fn renew_statements(&self) {
+        if let Ok(mut m) = self.statements.lock() {
+            m.clear();
+        }
+    }
+
+    /// The pool-wide id of a statement (query text and parameter types) prepared under
+    /// `search_path` (the client's own, if it set one): equal texts share an id, so a statement
+    /// prepared by one client is reused by every other with the same search_path. Tenants with
+    /// a schema each get their own statements: one tenant's tables need not have another's
+    /// columns, and a shared statement would fail with a stale plan for one of them.
+    pub fn statement_id(&self, body: &[u8], search_path: Option<&str>) -> u64 {
+        let scoped;
+        let key = match search_path {
+            None => body,
+            Some(path) => {
+                scoped = [body, b"\0search_path\0", path.as_bytes()].concat();
+                &scoped[..]
+            }
+        };
         let Ok(mut m) = self.statements.lock() else {
             return self.next_statement.fetch_add(1, Relaxed);
         };
-        if let Some(id) = m.get(body) {
+        if let Some(id) = m.get(key) {
             return *id;
         }
         // Ids are never reused, so forgetting texts only costs re-preparing them under new ids.
@@ -579,7 +598,7 @@ impl Pool {
             m.clear();
         }
         let id = self.next_statement.fetch_add(1, Relaxed);
-        m.insert(Bytes::copy_from_slice(body), id);
+        m.insert(Bytes::copy_from_slice(key), id);
         id
     }
 }

@@ -975,3 +975,76 @@ async fn a_client_idle_in_a_transaction_is_cut_off_and_frees_its_server() {
     assert_eq!(n, 4, "an idle client outside a transaction stays connected");
     quiescent(&gw).await;
 }
+
+#[tokio::test]
+async fn a_schema_change_that_makes_plans_stale_fails_once_then_statements_are_prepared_afresh() {
+    // `SELECT *` prepared, then a column added: PostgreSQL answers the next Bind with 0A000
+    // "cached plan must not change result type" and drivers prepare again. The pooler shares
+    // one server statement per text, so the new Parse was answered from the stale one: asyncpg
+    // failed every call until the server connections were recycled.
+    let pg = PgServer::start().await;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE alt (a int, b int); INSERT INTO alt VALUES (1, 2)",
+    );
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let c = client(port).await;
+    let others: Vec<PgClient> = vec![client(port).await, client(port).await];
+    let sql = "SELECT * FROM alt WHERE a = $1";
+    let stmt = c.prepare(sql).await.expect("prepare");
+    for o in &others {
+        let s = o.prepare(sql).await.expect("prepare");
+        assert_eq!(o.query(&s, &[&1]).await.expect("before").len(), 1);
+    }
+    assert_eq!(c.query(&stmt, &[&1]).await.expect("before").len(), 1);
+    pg.psql("postgres", "ALTER TABLE alt ADD COLUMN c int DEFAULT 3");
+    let e = c.query(&stmt, &[&1]).await.expect_err("the stale plan");
+    assert_eq!(code(&e), "0A000", "{e}");
+    // Prepared again, as drivers do: served, on every server connection, for every client.
+    for round in 0..6 {
+        for (i, who) in std::iter::once(&c).chain(&others).enumerate() {
+            let fresh = who
+                .prepare(sql)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, client {i}: {e}"));
+            let rows = who
+                .query(&fresh, &[&1])
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(rows[0].len(), 3, "the new column is there");
+        }
+    }
+    drop((c, others));
+    quiescent(&gw).await;
+}
+
+#[tokio::test]
+async fn tenants_with_a_schema_each_get_their_own_statements() {
+    // One text, two search_paths whose tables differ: a statement shared across them failed
+    // with a stale plan for one tenant every time the other had used it.
+    let pg = PgServer::start().await;
+    pg.psql(
+        "postgres",
+        "CREATE SCHEMA s1; CREATE SCHEMA s2; CREATE TABLE s1.t (a int); \
+         CREATE TABLE s2.t (a int, b int); INSERT INTO s1.t VALUES (1); INSERT INTO s2.t VALUES (2, 3)",
+    );
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let tenants = [(client(port).await, "s1", 1), (client(port).await, "s2", 2)];
+    for (c, schema, _) in &tenants {
+        c.simple_query(&format!("SET search_path = {schema}"))
+            .await
+            .expect("set");
+    }
+    for round in 0..4 {
+        for (c, schema, columns) in &tenants {
+            let s = c.prepare("SELECT * FROM t").await.expect("prepare");
+            let rows = c
+                .query(&s, &[])
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, {schema}: {e}"));
+            assert_eq!(rows[0].len(), *columns, "{schema}");
+        }
+    }
+    drop(tenants);
+    quiescent(&gw).await;
+}

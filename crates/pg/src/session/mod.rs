@@ -22,6 +22,7 @@ mod reload;
 mod resend;
 mod sharded;
 mod split;
+mod stale_plans;
 mod state;
 
 use crate::failure::Failure;
@@ -158,6 +159,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         resend_ok: false,
         resends: 0,
         fatal_forwarded: false,
+        stale_plans: false,
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
             || pool.db.sharding.is_some(),
         track: Track {
@@ -255,6 +257,8 @@ struct Session {
     resends: u8,
     /// The server's own FATAL reached the client: the pooler adds none.
     fatal_forwarded: bool,
+    /// The server said a prepared statement's plan went stale (stale_plans.rs).
+    stale_plans: bool,
     track: Track,
     pending_z: usize,
     unsynced: bool,
@@ -449,11 +453,11 @@ impl Session {
                 if let Sub::Refuse(_) = sub {
                     self.pool.stats.refusals.fetch_add(1, Relaxed);
                 }
-                let pool = &self.pool;
+                let (pool, path) = (&self.pool, self.track.settings.get("search_path"));
                 let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
-                    |b| pool.statement_id(b),
+                    |b| pool.statement_id(b, path),
                     &mut out,
                     sub,
                 );
@@ -722,6 +726,12 @@ impl Session {
                 b'E' => {
                     self.track.segment_error = true;
                     self.fatal_forwarded |= resend::is_fatal(msg);
+                    if stale_plans::plan_went_stale(msg) {
+                        // At once: the client may have sent its new Parse already.
+                        let path = self.track.settings.get("search_path");
+                        stale_plans::renew(&self.pool, &mut self.stmts, path);
+                        self.stale_plans = true;
+                    }
                 }
                 b'C' => {
                     self.track.rolled_back = msg.get(5..13) == Some(b"ROLLBACK");
@@ -841,6 +851,10 @@ impl Session {
                 && let Some(lease) = self.lease.as_mut()
             {
                 reread_settings(&mut self.track, &mut lease.conn).await;
+            }
+            if !self.drop_stale_plans().await {
+                self.release(false);
+                return None;
             }
             if self.wrote
                 && let Some(lease) = self.lease.as_mut()

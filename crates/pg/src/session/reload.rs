@@ -31,7 +31,8 @@ impl Session {
             // A position in the old hosts' WAL means nothing on the new ones.
             self.min_lsn = 0;
         }
-        self.stmts.reintern(|body| next.statement_id(body));
+        let path = self.track.settings.get("search_path");
+        self.stmts.reintern(|body| next.statement_id(body, path));
         self.pool.stats.clients.fetch_sub(1, Relaxed);
         next.stats.clients.fetch_add(1, Relaxed);
         self.split = self.transaction && transaction_mode_split(&next);

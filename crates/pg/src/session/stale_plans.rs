@@ -1,0 +1,90 @@
+//! Prepared statements whose plans a schema change made stale. PostgreSQL answers a Bind of a
+//! statement whose result type changed (`ALTER TABLE … ADD COLUMN` under `SELECT *`, another
+//! `search_path`) with 0A000 "cached plan must not change result type", and drivers re-prepare.
+//! But a pool shares one server statement per text: the client's new Parse of the same text
+//! would be answered from the stale one, and the error would never end (asyncpg failed every
+//! call until the server connections were recycled).
+//!
+//! So on that error the pool gives every text a new id at once (this client's statements
+//! take theirs, and every connection prepares them afresh under the new names instead of using
+//! its stale ones), even before the client's ReadyForQuery: drivers send their new Parse as
+//! soon as they have the error. At the client's next idle point the server connection forgets
+//! the statements it had (`DEALLOCATE ALL`), stale ones included.
+
+use super::Session;
+use super::resend::error_fields;
+use crate::pool::Pool;
+use crate::proto;
+use crate::stmt::Statements;
+
+/// Whether an ErrorResponse says a prepared statement's plan is stale.
+pub(super) fn plan_went_stale(msg: &[u8]) -> bool {
+    const STALE: &[u8] = b"cached plan must not change result type";
+    error_fields(msg).1 == Some(b"0A000") && message(msg).is_some_and(|m| m.starts_with(STALE))
+}
+
+/// The message field of an ErrorResponse.
+fn message(msg: &[u8]) -> Option<&[u8]> {
+    let mut body = msg.get(5..)?;
+    while let Some((&kind, rest)) = body.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        body = rest;
+        let value = proto::cbytes(&mut body)?;
+        if kind == b'M' {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Gives every statement text of `pool` a new id, and `stmts` (the client that met a stale
+/// plan, its `search_path`) the new ids of its own.
+pub(super) fn renew(pool: &Pool, stmts: &mut Statements, search_path: Option<&str>) {
+    pool.renew_statements();
+    stmts.reintern(|body| pool.statement_id(body, search_path));
+}
+
+impl Session {
+    /// After a stale plan, with the server idle: the statements it has are dropped. False when
+    /// the server could not be cleaned (it is then closed, not reused).
+    pub(super) async fn drop_stale_plans(&mut self) -> bool {
+        if !std::mem::take(&mut self.stale_plans) {
+            return true;
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            return true;
+        };
+        if let Err(e) = lease.conn.run("DEALLOCATE ALL").await {
+            tracing::warn!(error = %e, "dropping stale prepared statements failed");
+            return false;
+        }
+        lease.conn.prepared.clear();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn a_stale_plan_is_told_from_other_errors() {
+        let error = |code, text| {
+            let mut m = BytesMut::new();
+            proto::error(&mut m, proto::Severity::Error, code, text);
+            m
+        };
+        assert!(plan_went_stale(&error(
+            "0A000",
+            "cached plan must not change result type"
+        )));
+        assert!(!plan_went_stale(&error("0A000", "unsupported")));
+        assert!(!plan_went_stale(&error(
+            "42P01",
+            "cached plan must not change result type"
+        )));
+    }
+}
