@@ -27,17 +27,19 @@ async fn the_console_answers_drivers_using_the_extended_protocol() {
     assert_eq!(pools.len(), 1);
     assert_eq!(pools[0].get::<_, String>("database"), "app");
     assert_eq!(pools[0].get::<_, String>("pool_size"), "2");
-    // An idle server connection is listed, with its state.
-    let servers = console
-        .query("SHOW SERVERS", &[])
-        .await
-        .expect("SHOW SERVERS");
-    assert!(
+    // An idle server connection is listed, with its state (once the app's transaction has
+    // given it back: the client may have its answer a moment before).
+    let idle_listed = eventually(Duration::from_secs(5), || async {
+        let servers = console
+            .query("SHOW SERVERS", &[])
+            .await
+            .expect("SHOW SERVERS");
         servers
             .iter()
-            .any(|r| r.get::<_, String>("state") == "idle"),
-        "no idle server listed"
-    );
+            .any(|r| r.get::<_, String>("state") == "idle")
+    })
+    .await;
+    assert!(idle_listed, "no idle server listed");
     let e = console
         .query("DROP TABLE x", &[])
         .await

@@ -75,3 +75,40 @@ async fn a_half_sent_message_stays_its_clients_while_others_run() {
     drop((a, b));
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn a_message_over_the_limit_gets_its_fatal_not_a_reset() {
+    // psycopg sending a 70 MB parameter got "server closed the connection unexpectedly": the
+    // pooler closed the socket with the client's bytes unread, which resets the connection
+    // and drops the FATAL on its way.
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "", "").await;
+    let mut s = raw_login(port);
+    let size: usize = 70 << 20;
+    let mut head = vec![b'Q'];
+    head.extend_from_slice(&u32::try_from(size + 4).expect("size").to_be_bytes());
+    s.write_all(&head).expect("header");
+    let chunk = vec![b'x'; 1 << 20];
+    let mut write_error = None;
+    for _ in 0..70 {
+        if let Err(e) = s.write_all(&chunk) {
+            write_error = Some(e);
+            break;
+        }
+    }
+    // As libpq does, a client that cannot finish its write reports that, not the FATAL.
+    assert!(
+        write_error.is_none(),
+        "the client's write failed: {write_error:?}"
+    );
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let read = std::io::Read::read_to_end(&mut s, &mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("FATAL") && text.contains("08P01"),
+        "{read:?}: {text:?}"
+    );
+    drop(s);
+    pooler_quiescent(&gw, port).await;
+}

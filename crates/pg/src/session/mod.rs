@@ -950,6 +950,8 @@ impl Session {
             End::Fatal(failure) => {
                 self.release(false);
                 let _ = self.client.write_all(&failure.fatal()).await;
+                let _ = self.client.shutdown().await;
+                return linger(&mut self.client).await;
             }
         }
         let _ = self.client.shutdown().await;
@@ -1175,6 +1177,22 @@ impl Track {
             }
         }
     }
+}
+
+/// After a FATAL, reads and drops what the client still sends (for up to 2 s): closing a socket
+/// with unread bytes resets the connection, and the client, still writing (a message over the
+/// size limit), would get EPIPE or a reset instead of the FATAL waiting for it.
+async fn linger(client: &mut ClientStream) {
+    let mut scratch = BytesMut::with_capacity(64 * 1024);
+    let drain = async {
+        loop {
+            scratch.clear();
+            if !matches!(client.read_some(&mut scratch).await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// Reads the settings `track.reread` names back from the server whose transaction left them
