@@ -180,3 +180,40 @@ async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
     quiescent(&gw).await;
     drop(stuck);
 }
+
+#[tokio::test]
+async fn clients_sending_small_bodies_slowly_hold_no_bulkhead_place() {
+    // Five connections announcing 100 body bytes and sending two held all five places of an
+    // upstream's bulkhead until the body timeout: every other request got 503.
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "body_timeout = \"20s\"",
+        &routed(
+            &endpoints(&bs),
+            "/",
+            "",
+            "concurrency = { max_in_flight = 5, queue = 5, queue_timeout = \"500ms\" }",
+        ),
+    )
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(gw.http)
+            .await
+            .expect("connect");
+        s.write_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = Client::http1();
+    for _ in 0..5 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 200, "a GET beside ten slow senders: {}", r.body);
+    }
+    drop(slow);
+    quiescent(&gw).await;
+}

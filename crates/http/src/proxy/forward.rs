@@ -55,23 +55,6 @@ pub(super) fn forward(
                 .get(route.upstream)
                 .ok_or(ProxyError::NoHealthyEndpoint)?,
         };
-        // Bulkheads: the route's own cap first, then the upstream's.
-        for (slot, bulkhead) in [(0, &route.bulkhead), (1, &upstream.bulkhead)] {
-            let Some(bulkhead) = bulkhead else { continue };
-            let waited = tokio::time::Instant::now();
-            let admitted = bulkhead.acquire(prio).await;
-            route
-                .metrics
-                .queue_time
-                .observe(waited.elapsed().as_secs_f64());
-            match admitted {
-                Ok(permit) => done.permits[slot] = Some(permit),
-                Err(shed) => {
-                    route.metrics.shed(shed.as_str(), prio.as_str());
-                    return Err(ProxyError::Shed(shed.as_str()));
-                }
-            }
-        }
         let retry = route.spec.retry.as_ref();
         // Only a handled route's (a queue's deliveries) carry a stored body: others skip the lookup.
         let stored = match route.handler {
@@ -108,6 +91,30 @@ pub(super) fn forward(
                 prepared
             }
         };
+        // Bulkheads: the route's own cap first, then the upstream's. Taken once a body that is
+        // read whole has arrived: a client sending slowly holds no place of the upstream's.
+        // A wait for a place is the gateway's, not the upstream's: the route's deadline starts
+        // after it.
+        for (slot, bulkhead) in [(0, &route.bulkhead), (1, &upstream.bulkhead)] {
+            let Some(bulkhead) = bulkhead else { continue };
+            let waited = tokio::time::Instant::now();
+            let admitted = bulkhead.acquire(prio).await;
+            let admitted_at = tokio::time::Instant::now();
+            route
+                .metrics
+                .queue_time
+                .observe((admitted_at - waited).as_secs_f64());
+            match admitted {
+                Ok(permit) => {
+                    done.permits[slot] = Some(permit);
+                    at = at.max(admitted_at);
+                }
+                Err(shed) => {
+                    route.metrics.shed(shed.as_str(), prio.as_str());
+                    return Err(ProxyError::Shed(shed.as_str()));
+                }
+            }
+        }
         let streaming = body.streams();
         let deadline = at + route.spec.request_timeout;
         if let Some(b) = &route.budget {
