@@ -71,6 +71,7 @@ pub async fn dead(gw: &Gateway, call: DeadCall<'_>, uri: &Uri) -> Response<Full<
                 "route": route,
                 "listed": jobs.len(),
                 "given_up_since_start": q.dead.load(Ordering::Relaxed),
+                "stored_too_late_since_start": q.stored_late.load(Ordering::Relaxed),
                 "jobs": jobs,
             })
         }),
@@ -108,6 +109,7 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
                 "delivered_since_start": q.delivered.load(Ordering::Relaxed),
                 "failed_deliveries_since_start": q.retried.load(Ordering::Relaxed),
                 "given_up_since_start": q.dead.load(Ordering::Relaxed),
+                "stored_too_late_since_start": q.stored_late.load(Ordering::Relaxed),
                 "dead_letters_kept": q.dead_kept(),
             })
         })

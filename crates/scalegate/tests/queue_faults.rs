@@ -323,3 +323,35 @@ async fn a_breaker_opened_by_500s_pauses_delivery_instead_of_burning_attempts() 
     assert_eq!(spent, hits);
     quiescent(&gw).await;
 }
+
+#[tokio::test]
+async fn a_job_answered_503_is_never_delivered_later() {
+    // NATS paused (or down) while a job is posted: the gateway answered 503 after its wait for
+    // JetStream's acknowledgement, but the client library had the message buffered and sent it
+    // once NATS was back. A client that retried its 503 got the job run twice.
+    let nats = NatsServer::start_jetstream().await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    let cfg = format!(
+        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
+        nats.url(),
+        route(&sink, "max_in_flight = 4")
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let warm = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    nats.pause();
+    let req = http::Request::post(format!("http://{}/hooks/late", gw.http))
+        .body(Full::new(Bytes::from("late job")))
+        .expect("request");
+    let r = Client::http1().send(req).await.expect("response");
+    assert_eq!(r.status, 503, "{}", r.body);
+    // Long enough for the stored time to be well past the wait.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nats.resume();
+    let later = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &later, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hits = sink.rec.lock().expect("record").hits;
+    assert_eq!(hits, 2, "the job answered 503 was delivered after all");
+    quiescent(&gw).await;
+}

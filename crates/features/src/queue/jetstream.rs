@@ -86,12 +86,21 @@ impl JetStreamQueue {
             .ok_or("the job store is not connected; retry later")
     }
 
-    /// Stores a job; Ok once JetStream has acknowledged it.
+    /// Stores a job; Ok once JetStream has acknowledged it. Never published while NATS is
+    /// disconnected: the client library would buffer it and send it on reconnect, after its
+    /// client was told 503. A job stored too late anyway (NATS paused past the wait for its
+    /// acknowledgement) carries the time by which it had to be stored, and is dropped when it
+    /// comes out of the stream ([`stored_too_late`]).
     pub(super) async fn put(&self, job: Job) -> Result<(), &'static str> {
         let js = self.context()?;
+        if js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err("the job store is not connected; retry later");
+        }
         let payload = job.encode().ok_or("cannot encode the job")?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", job.id.as_str());
+        let by = unix_ms(std::time::SystemTime::now() + STORE_WAIT);
+        headers.insert(STORE_BY, by.to_string().as_str());
         publish(&js, self.subject.clone(), headers, payload)
             .await
             .map_err(|_| "the job store did not take the job; retry later")
@@ -201,7 +210,38 @@ impl JetStreamQueue {
     }
 }
 
-/// Publishes and waits (up to 5 s) for JetStream to acknowledge.
+/// How long a publish waits for JetStream's acknowledgement.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
+/// Header of a job: the time (Unix ms) by which JetStream had to store it for its client to
+/// be told 202.
+const STORE_BY: &str = "Scalegate-Store-By";
+
+/// Leeway for the clocks of the gateway that took a job and the NATS server that stored it.
+const CLOCK_LEEWAY_MS: u64 = 2_000;
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether JetStream stored a job after the gateway that took it had given up waiting (its
+/// client was told 503, and may have sent it again): such a job is not delivered.
+fn stored_too_late(msg: &jetstream::Message) -> bool {
+    let by = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(STORE_BY))
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    let stored = msg
+        .info()
+        .ok()
+        .map(|i| u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
+    matches!((by, stored), (Some(by), Some(stored)) if stored > by.saturating_add(CLOCK_LEEWAY_MS))
+}
+
+/// Publishes and waits (up to [`STORE_WAIT`]) for JetStream to acknowledge.
 async fn publish(
     js: &jetstream::Context,
     subject: String,
@@ -215,7 +255,7 @@ async fn publish(
             .await
             .ok()
     };
-    match tokio::time::timeout(Duration::from_secs(5), stored).await {
+    match tokio::time::timeout(STORE_WAIT, stored).await {
         Ok(Some(_)) => Ok(()),
         _ => Err("the job store did not acknowledge"),
     }
@@ -406,6 +446,14 @@ async fn handle(
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
+    if stored_too_late(&msg) {
+        tracing::warn!(route, job = %job.id, "job queue: a job stored after its client was told 503 (NATS answered too late); not delivered");
+        if let Some(q) = queue.upgrade() {
+            q.stored_late.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
+    }
     let Some(_claim) = in_hand.claim(&job.id) else {
         tracing::warn!(route, job = %job.id, attempt, "job queue: JetStream handed out a job already in hand here; left to the first copy");
         return;

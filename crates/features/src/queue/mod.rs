@@ -83,6 +83,8 @@ pub struct RouteQueue {
     pub retried: AtomicU64,
     /// Jobs given up after `attempts` (or whose route disappeared), since start.
     pub dead: AtomicU64,
+    /// Jobs JetStream stored after their client was told 503, not delivered, since start.
+    pub stored_late: AtomicU64,
     /// Jobs this instance holds and has not settled: being delivered, waiting for the upstream,
     /// or (memory) waiting out a backoff off the channel.
     in_hand: AtomicU64,
@@ -198,6 +200,7 @@ impl RouteQueue {
                 delivered: AtomicU64::new(0),
                 retried: AtomicU64::new(0),
                 dead: AtomicU64::new(0),
+                stored_late: AtomicU64::new(0),
                 in_hand: AtomicU64::new(0),
                 paused: AtomicU64::new(0),
                 phase,
