@@ -45,8 +45,11 @@ pub fn run(config: Config, path: Option<PathBuf>, sidecar: Option<Sidecar>) -> a
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: a file, journald or `kubectl logs` would get escape codes.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -233,8 +236,9 @@ async fn finish_queued_jobs(gw: &Gateway, deadline: tokio::time::Instant) {
     while sum(|q| q.unsettled()) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let lost = sum(|q| q.at_risk());
-    // Jobs still held from the durable store go back to it for another instance.
+    let (never_sent, cut_off) = (sum(|q| q.waiting_in_memory()), sum(|q| q.held_in_memory()));
+    // Memory deliveries still running are cut off and no new one starts; jobs still held from
+    // the durable store go back to it for another instance.
     for q in queues() {
         q.abandon();
     }
@@ -242,10 +246,11 @@ async fn finish_queued_jobs(gw: &Gateway, deadline: tokio::time::Instant) {
     while sum(|q| q.in_hand()) > 0 && tokio::time::Instant::now() < handed_back {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if lost > 0 {
+    if never_sent + cut_off > 0 {
         tracing::warn!(
-            jobs = lost,
-            "drain timeout: queued jobs held in memory are lost (use [queue] nats to keep them)"
+            never_sent,
+            cut_off,
+            "drain timeout: jobs queued in memory are lost: `never_sent` were not delivered, `cut_off` were being delivered or waiting for a retry (the upstream may have those) (use [queue] nats to keep them)"
         );
     }
 }

@@ -142,6 +142,40 @@ async fn sigterm_delivers_what_is_queued_in_memory_before_exiting() {
     );
 }
 
+#[tokio::test]
+async fn a_drain_that_runs_out_stops_on_time_and_says_what_was_lost() {
+    // Four 1.5 s jobs, one at a time, a 2 s drain: the process exited 5 s after SIGTERM,
+    // started a delivery after the deadline, and logged jobs it had delivered as lost.
+    let bs = backends(1).await;
+    bs[0].set_delay(Duration::from_millis(1500));
+    let mut gw = GatewayProcess::start_with(
+        BIN,
+        "[runtime]\nworker_threads = 2\n[lifecycle]\ndrain_timeout = \"2s\"\n",
+        &queued(&bs, "max_in_flight = 1"),
+    )
+    .await;
+    for i in 0..4 {
+        assert_eq!(post(&gw, "/hooks/x", &format!("job{i}")).await.status, 202);
+    }
+    let stopped = std::time::Instant::now();
+    gw.signal(15);
+    let status = gw.wait_exit(Duration::from_secs(20)).await.expect("exited");
+    let took = stopped.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_millis(3500),
+        "a 2 s drain took {took:?}"
+    );
+    // Job 1 was delivered within the drain, job 2 was cut off, jobs 3 and 4 never started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bs[0].hits(), 2, "a delivery started after the drain ended");
+    let log = gw.stderr();
+    assert!(
+        log.contains("never_sent=2") && log.contains("cut_off=1"),
+        "{log}"
+    );
+}
+
 /// Starts a gateway with an admin token on `rest`.
 async fn with_token(preamble: &str, rest: &str) -> GatewayProcess {
     GatewayProcess::start_custom(

@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::dead::{DeadJob, MemoryDead, Reason};
 use super::deliver::{Outcome, until_reached};
-use super::{Held, Job, QueueSpec, RouteQueue};
+use super::{Held, Job, Phase, QueueSpec, RouteQueue};
 use scalegate_http::Gateway;
 
 /// A job and the number of deliveries it has had.
@@ -88,18 +88,29 @@ async fn worker(
     queue: Weak<RouteQueue>,
     gateway: Weak<Gateway>,
 ) {
+    let Some(mut phase) = queue.upgrade().map(|q| q.phase.subscribe()) else {
+        return;
+    };
     loop {
         // One worker waits on the channel at a time; the others wait for the lock.
         let next = rx.lock().await.recv().await;
         let Some((job, tried)) = next else { return };
+        if *phase.borrow() == Phase::Abandoning {
+            // The drain is over: nothing new starts (the job is among those logged as lost).
+            return;
+        }
         let attempt = tried + 1;
         let Some(held) = Held::new(&queue) else {
             return;
         };
-        // Memory jobs are delivered until the drain ends, so no stop signal here.
-        let outcome = until_reached(&gateway, &queue, &route, &job, attempt, None)
-            .await
-            .unwrap_or(Outcome::Gone);
+        // Memory jobs are delivered until the drain ends; a delivery still running then is
+        // cut off, so the process exits on time (it is logged as lost: the upstream may or may
+        // not have it).
+        let delivery = until_reached(&gateway, &queue, &route, &job, attempt, None);
+        let outcome = tokio::select! {
+            o = delivery => o.unwrap_or(Outcome::Gone),
+            _ = phase.wait_for(|p| *p == Phase::Abandoning) => return,
+        };
         let Some(q) = queue.upgrade() else { return };
         match outcome {
             Outcome::Delivered => {
@@ -109,11 +120,14 @@ async fn worker(
                 q.retried.fetch_add(1, Ordering::Relaxed);
                 let wait = q.backoff(attempt);
                 tracing::debug!(route, job = %job.id, attempt, ?why, ?wait, "delivery failed; will retry");
-                let tx = tx.clone();
+                let (tx, mut phase) = (tx.clone(), phase.clone());
                 tokio::spawn(async move {
-                    // Still in hand until it is back on the channel.
+                    // Still in hand until it is back on the channel (or the drain is over).
                     let _held = held;
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = phase.wait_for(|p| *p == Phase::Abandoning) => return,
+                    }
                     if let Some(tx) = tx.upgrade() {
                         let _ = tx.send((job, attempt)).await;
                     }

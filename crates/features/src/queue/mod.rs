@@ -270,11 +270,18 @@ impl RouteQueue {
         }
     }
 
-    /// Jobs this instance would lose if it stopped now: those in memory, waiting or in hand
-    /// (0 for the durable store, which keeps them).
-    pub fn at_risk(&self) -> u64 {
+    /// Memory jobs waiting on the channel (never sent yet).
+    pub fn waiting_in_memory(&self) -> u64 {
         match &self.store {
-            Store::Memory(m) => m.depth() as u64 + self.in_hand.load(Ordering::Relaxed),
+            Store::Memory(m) => m.depth() as u64,
+            Store::JetStream(_) => 0,
+        }
+    }
+
+    /// Memory jobs being delivered or waiting out a retry's backoff.
+    pub fn held_in_memory(&self) -> u64 {
+        match &self.store {
+            Store::Memory(_) => self.in_hand.load(Ordering::Relaxed),
             Store::JetStream(_) => 0,
         }
     }
