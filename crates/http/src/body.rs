@@ -242,6 +242,9 @@ pub enum RespBody {
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
     /// A body copied into a [`Sink`] as it streams (a cache fill).
     Tee(Box<Tee>),
+    /// A body on an HTTP/2 stream, watched for a client that stops taking it
+    /// (`h2_stall.rs`).
+    Watched(std::sync::Arc<crate::h2_stall::Watch>),
 }
 
 /// Where a teed body's bytes go. `end` runs only when the whole body passed; a sink dropped
@@ -365,6 +368,7 @@ impl Body for RespBody {
                 Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
             }
             RespBody::Boxed(b) => Pin::new(b).poll_frame(cx),
+            RespBody::Watched(w) => w.poll_frame(cx),
             RespBody::Tee(t) => {
                 let frame = ready!(Pin::new(&mut t.inner).poll_frame(cx));
                 match &frame {
@@ -399,6 +403,7 @@ impl Body for RespBody {
             RespBody::Upstream { inner, .. } => inner.is_end_stream(),
             RespBody::Boxed(b) => b.is_end_stream(),
             RespBody::Tee(t) => t.inner.is_end_stream(),
+            RespBody::Watched(w) => w.is_end_stream(),
         }
     }
 
@@ -409,6 +414,7 @@ impl Body for RespBody {
             RespBody::Upstream { inner, .. } => inner.size_hint(),
             RespBody::Boxed(b) => b.size_hint(),
             RespBody::Tee(t) => t.inner.size_hint(),
+            RespBody::Watched(w) => w.size_hint(),
         }
     }
 }

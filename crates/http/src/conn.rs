@@ -23,7 +23,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -269,6 +268,26 @@ fn service(
     })
 }
 
+/// [`service`] for an HTTP/2 connection: response bodies are watched (`h2_stall.rs`).
+fn h2_service(
+    ctx: &Arc<ConnCtx>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<RespBody>,
+    Error = Infallible,
+    Future = BoxedResponse,
+> + Unpin
++ use<> {
+    let ctx = ctx.clone();
+    service_fn(move |req| -> BoxedResponse {
+        let watcher = ctx.clone();
+        Box::pin(futures_util::FutureExt::map(
+            proxy::handle(ctx.clone(), req),
+            move |resp| Ok::<_, Infallible>(resp.map(|b| watcher.h2_streams.watch(b))),
+        ))
+    })
+}
+
 async fn serve_h1(
     stream: TcpStream,
     prefix: Bytes,
@@ -405,21 +424,38 @@ where
 {
     let conn = protocols
         .h2
-        .serve_connection(TokioIo::new(stream), service(&ctx));
-    drive(conn, shutdown).await;
+        .serve_connection(TokioIo::new(stream), h2_service(&ctx));
+    // Every quarter of the idle timeout, bodies the client stopped taking are dropped.
+    let every =
+        (protocols.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut sweep = tokio::time::interval(every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.wait(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = sweep.tick() => {
+                let cut = ctx.h2_streams.sweep(protocols.idle_timeout);
+                if cut > 0 {
+                    tracing::debug!(peer = %ctx.peer, streams = cut, "HTTP/2 streams the client stopped taking were cut");
+                }
+            }
+        }
+    }
 }
 
-/// Runs a connection that is not parked (HTTP/2, TLS) to its end; on shutdown asks it to finish
-/// gracefully (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY).
-async fn drive<C>(conn: C, shutdown: &mut Shutdown)
-where
-    C: GracefulConnection<Error = hyper::Error>,
-{
-    drive_with(conn, |c| c.graceful_shutdown(), shutdown).await;
-}
-
-/// [`drive`] for a connection type that is not a `GracefulConnection` (hyper's
-/// `UpgradeableConnection`); `graceful` asks it to finish.
+/// Runs a connection that is not parked (TLS HTTP/1.1, with upgrades) to its end; on shutdown
+/// `graceful` asks it to finish (close after the response in flight).
 async fn drive_with<C, G>(conn: C, mut graceful: G, shutdown: &mut Shutdown)
 where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -591,6 +627,7 @@ mod tests {
                 scheme: "http",
                 activity: Activity::default(),
                 tunnel: Default::default(),
+                h2_streams: Default::default(),
             });
             let (_trigger, shutdown) = crate::worker::shutdown_channel();
             let tracker = Arc::new(ConnTracker::default());

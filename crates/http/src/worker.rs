@@ -315,6 +315,7 @@ async fn accept_loop(
             scheme: if spec.tls.is_some() { "https" } else { "http" },
             activity: conn::Activity::default(),
             tunnel: Default::default(),
+            h2_streams: Default::default(),
         });
         let serving = conn::serve(
             stream,

@@ -217,3 +217,57 @@ async fn clients_sending_small_bodies_slowly_hold_no_bulkhead_place() {
     drop(slow);
     quiescent(&gw).await;
 }
+
+#[tokio::test]
+async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
+    // A client advertising a stream window of 0 takes no byte of a response body, yet its
+    // connection answers PINGs, so no idle or write-stall timer fired: the stream held its
+    // bulkhead place (and upstream connection) for as long as the client liked.
+    let big = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+    let o = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "idle_timeout = \"2s\"",
+        &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/big", gw.http))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let held = tx.send_request(req).await.expect("response head");
+    assert_eq!(held.status(), 200);
+    // The head came (headers are not flow-controlled); the body cannot. The place is taken.
+    let c = Client::http1();
+    let taken = c.get(gw.http, "/small").await.expect("response");
+    assert_eq!(
+        taken.status, 503,
+        "the stalled stream never held the bulkhead"
+    );
+    let freed = eventually(Duration::from_secs(15), || async {
+        c.get(gw.http, "/small")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(freed, "the stream without window kept the bulkhead place");
+    drop(held);
+    quiescent(&gw).await;
+}

@@ -107,6 +107,7 @@ pub(super) async fn deliver(
         scheme: "http",
         activity: Default::default(),
         tunnel: Default::default(),
+        h2_streams: Default::default(),
     });
     let done = Completion::background(&ctx, &route);
     let admitted = Admitted {

@@ -71,6 +71,9 @@ pub struct ConnCtx {
     pub activity: crate::conn::Activity,
     /// The upstream side of a protocol upgrade the client was just told about (101).
     pub tunnel: crate::tunnel::Pending,
+    /// HTTP/2: the response bodies watched for a client that stops taking them
+    /// (`h2_stall.rs`).
+    pub h2_streams: crate::h2_stall::Streams,
 }
 
 /// Entry point: one client request in, one response out. Never fails; failures are responses.

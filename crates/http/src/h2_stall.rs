@@ -1,0 +1,137 @@
+//! HTTP/2 streams a client holds open with flow control. A client that advertises a window of 0
+//! (or stops opening it) takes no more of a response, yet its connection stays healthy: it
+//! answers our PINGs, so neither the idle timeout nor the write-stall watch (`stall.rs`) sees
+//! anything. Each such stream held its request's bulkhead place and upstream connection for as
+//! long as the client liked: slowloris, one stream at a time, up to the connection's stream
+//! limit.
+//!
+//! hyper asks a response body for its next frame only once the stream has window for it. So a
+//! body that has handed hyper a frame and is not asked for the next within the listener's
+//! `idle_timeout` belongs to a stream the client has stopped: the connection's sweep
+//! ([`Streams::sweep`]) then drops the body, which gives back everything the request held; when
+//! hyper asks again it gets an error and resets the stream. A body waiting for its upstream is
+//! being asked (it answered "pending"), so a quiet upstream is never mistaken for a stalled
+//! client: upstream silences are the route's read timeout's business.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, RespBody};
+use crate::clock;
+
+/// The client did not take a response's next frame within the listener's idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took nothing of the response for {0:?} (flow control)")]
+pub struct Stalled(pub Duration);
+
+/// One watched response body.
+#[derive(Debug)]
+pub struct Watch {
+    /// The body, until it ends or a sweep drops it.
+    body: Mutex<Option<RespBody>>,
+    /// When the body last handed hyper a frame it has not asked past yet (a clock tick; 0
+    /// while hyper is asking or the body is done).
+    handed: AtomicU64,
+    /// How long the stall lasted when a sweep dropped the body (0: not dropped).
+    stalled: AtomicU64,
+}
+
+impl Watch {
+    /// The next frame of the body, or [`Stalled`] once a sweep has dropped it.
+    pub fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.handed.store(0, Relaxed);
+        let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(inner) = body.as_mut() else {
+            let stalled = Duration::from_nanos(self.stalled.load(Relaxed));
+            return Poll::Ready((!stalled.is_zero()).then(|| Err(Stalled(stalled).into())));
+        };
+        let frame = Pin::new(&mut *inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(_))) if !inner.is_end_stream() => {
+                self.handed.store(clock::now().0, Relaxed);
+            }
+            Poll::Ready(None | Some(Err(_))) => *body = None,
+            _ => {}
+        }
+        frame
+    }
+
+    /// Whether the body is over.
+    pub fn is_end_stream(&self) -> bool {
+        match self.body.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(b) => b.is_end_stream(),
+            // Dropped by a sweep: not an end; the next poll says why.
+            None => self.stalled.load(Relaxed) == 0,
+        }
+    }
+
+    /// What is known of the body's length.
+    pub fn size_hint(&self) -> SizeHint {
+        self.body
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
+    }
+}
+
+/// The watched bodies of one HTTP/2 connection.
+#[derive(Debug, Default)]
+pub struct Streams {
+    list: Mutex<Vec<Weak<Watch>>>,
+}
+
+impl Streams {
+    /// `body`, watched when it can hold anything (a body the gateway made whole holds nothing
+    /// and goes in one frame).
+    pub fn watch(&self, body: RespBody) -> RespBody {
+        if matches!(body, RespBody::Full(_)) {
+            return body;
+        }
+        let watch = Arc::new(Watch {
+            body: Mutex::new(Some(body)),
+            // Handed to hyper: it asks for the first frame once the stream has window.
+            handed: AtomicU64::new(clock::now().0),
+            stalled: AtomicU64::new(0),
+        });
+        if let Ok(mut list) = self.list.lock() {
+            list.push(Arc::downgrade(&watch));
+        }
+        RespBody::Watched(watch)
+    }
+
+    /// Drops the bodies whose stream took nothing for `limit`; forgets the ended ones. Returns
+    /// how many were dropped.
+    pub fn sweep(&self, limit: Duration) -> usize {
+        let now = clock::now();
+        let mut stalled = Vec::new();
+        if let Ok(mut list) = self.list.lock() {
+            list.retain(|w| {
+                let Some(watch) = w.upgrade() else {
+                    return false;
+                };
+                let handed = watch.handed.load(Relaxed);
+                if handed != 0 && now.since(scalegate_core::Tick(handed)) >= limit {
+                    stalled.push(watch);
+                    return false;
+                }
+                true
+            });
+        }
+        for watch in &stalled {
+            // Marked first: a body found gone must never read as one that ended whole.
+            watch.stalled.store(limit.as_nanos().max(1) as u64, Relaxed);
+            watch.handed.store(0, Relaxed);
+            // Dropped outside the list's lock: dropping a body runs its completion.
+            let body = watch.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(body);
+        }
+        stalled.len()
+    }
+}
