@@ -186,11 +186,13 @@ impl Bulkhead {
 
     /// Frees a slot (feeding the adaptive limit the request's latency, when it ran) and grants
     /// it to the next waiter.
-    fn release(&self, latency: Option<Duration>) {
+    fn release(&self, latency: Option<(Duration, tokio::time::Instant)>) {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        if let Some(limit) = latency.and_then(|l| s.aimd.as_mut().map(|a| a.on_sample(l))) {
-            s.limit = limit.max(1);
+        if let Some((latency, now)) = latency
+            && let Some(a) = s.aimd.as_mut()
+        {
+            s.limit = a.on_sample(latency, crate::clock::tick_at(now)).max(1);
         }
         while s.in_flight < s.limit {
             let Some(next) = s.queues.iter_mut().find_map(VecDeque::pop_front) else {
@@ -242,7 +244,8 @@ impl Drop for Ticket<'_> {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.bulkhead.release(Some(self.started.elapsed()));
+        let now = tokio::time::Instant::now();
+        self.bulkhead.release(Some((now - self.started, now)));
     }
 }
 

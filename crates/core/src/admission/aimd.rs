@@ -1,20 +1,26 @@
-//! An adaptive concurrency limit (AIMD on latency): while the recent latency (a short moving
-//! average) stays within `tolerance` × the usual latency (a long moving average) the limit
-//! grows by one per window of `limit` samples; when it rises above, the limit is cut by
-//! `backoff`, at most once per window. This finds the concurrency an upstream serves without
-//! queueing, like Netflix's concurrency-limits (its gradient compares the same two averages)
-//! and the idea behind Envoy's adaptive concurrency.
+//! An adaptive concurrency limit (AIMD on latency). Latency is averaged over windows of at
+//! least [`WINDOW`] and [`WINDOW_SAMPLES`] samples; while a window's average stays within
+//! `tolerance` × the usual latency (a slow moving average of the windows) the limit grows by one
+//! per `limit` samples, and a window above it cuts the limit by `backoff`. This finds the
+//! concurrency an upstream serves without queueing, like Netflix's concurrency-limits (its
+//! gradient compares the same two averages) and the idea behind Envoy's adaptive concurrency.
 //!
-//! Averages, not single samples against the best one seen: an upstream that serves requests of
+//! Windows, not single samples against the best one seen: an upstream that serves requests of
 //! different speeds (a fast path beside a 30 ms one) is not overloaded, yet every slow sample
-//! was "slower than the best" and the limit sank to its minimum, shedding most traffic.
+//! was "slower than the best" and the limit sank to its minimum, shedding most traffic. A
+//! window long enough to hold the traffic's mix averages the same whatever order the
+//! responses come back in.
 
 use std::time::Duration;
 
-/// Weight of a new sample in the short average (about the last 10 samples).
-const SHORT: f64 = 0.1;
-/// Weight of a new sample in the long average (about the last 500 samples).
-const LONG: f64 = 0.002;
+use crate::Tick;
+
+/// A window lasts at least this long...
+pub const WINDOW: Duration = Duration::from_millis(100);
+/// ... and holds at least this many samples.
+pub const WINDOW_SAMPLES: u32 = 10;
+/// Weight of a window in the usual latency (about the last 20 windows).
+const LONG: f64 = 0.05;
 
 /// Controller state. Construct with [`Aimd::new`].
 #[derive(Clone, Debug, PartialEq)]
@@ -24,12 +30,14 @@ pub struct Aimd {
     max: f64,
     tolerance: f64,
     backoff: f64,
-    /// Moving averages of latency in seconds (None before the first sample).
-    short: Option<f64>,
+    /// The usual latency in seconds (None before the first window).
     long: Option<f64>,
-    /// Samples since the last cut, and in all.
-    since_cut: f64,
-    samples: f64,
+    /// Windows seen.
+    windows: f64,
+    /// The open window: when it started, its samples and their sum in seconds.
+    started: Option<Tick>,
+    count: u32,
+    sum: f64,
 }
 
 impl Aimd {
@@ -42,10 +50,11 @@ impl Aimd {
             max: (max as f64).max(min),
             tolerance: tolerance.max(1.01),
             backoff: 0.9,
-            short: None,
             long: None,
-            since_cut: 0.0,
-            samples: 0.0,
+            windows: 0.0,
+            started: None,
+            count: 0,
+            sum: 0.0,
         }
     }
 
@@ -54,34 +63,34 @@ impl Aimd {
         self.limit as usize
     }
 
-    /// Feeds one latency sample; returns the new limit.
-    pub fn on_sample(&mut self, latency: Duration) -> usize {
-        let x = latency.as_secs_f64();
-        self.samples += 1.0;
-        // The long average is a plain mean over the first samples, so it starts from the
-        // upstream's real mix rather than from whichever request came first.
-        let short = self.short.map_or(x, |s| s + SHORT * (x - s));
-        self.short = Some(short);
-        let long = self.long.unwrap_or(x);
-        let overloaded = short > long * self.tolerance;
-        // The long average learns little from an overload it is reacting to (a lasting one
-        // keeps the limit down rather than becoming the usual at once), yet re-learns a
-        // permanently slower upstream over a few thousand samples.
+    /// Feeds one latency sample, taken at `now`; returns the limit (changed only when a window
+    /// closes).
+    pub fn on_sample(&mut self, latency: Duration, now: Tick) -> usize {
+        let started = *self.started.get_or_insert(now);
+        self.count += 1;
+        self.sum += latency.as_secs_f64();
+        if self.count < WINDOW_SAMPLES || now.since(started) < WINDOW {
+            return self.limit();
+        }
+        let (n, avg) = (f64::from(self.count), self.sum / f64::from(self.count));
+        (self.started, self.count, self.sum) = (None, 0, 0.0);
+        self.windows += 1.0;
+        let long = self.long.unwrap_or(avg);
+        let overloaded = avg > long * self.tolerance;
+        // The usual latency is a plain mean over the first windows (so it starts from the
+        // upstream's real mix), then a slow average; it learns little from an overload it is
+        // reacting to (a lasting one keeps the limit down rather than becoming the usual at
+        // once), yet re-learns a permanently slower upstream over a few hundred windows.
         let weight = match overloaded {
-            false => LONG.max(1.0 / self.samples),
-            true if self.samples <= 1.0 / LONG => 1.0 / self.samples,
+            _ if self.windows <= 1.0 / LONG => 1.0 / self.windows,
+            false => LONG,
             true => LONG / 10.0,
         };
-        self.long = Some(long + weight * (x - long));
-        self.since_cut += 1.0;
-        if overloaded {
-            if self.since_cut >= self.limit {
-                self.limit = (self.limit * self.backoff).max(self.min);
-                self.since_cut = 0.0;
-            }
-        } else {
-            self.limit = (self.limit + 1.0 / self.limit).min(self.max);
-        }
+        self.long = Some(long + weight * (avg - long));
+        self.limit = match overloaded {
+            true => (self.limit * self.backoff).max(self.min),
+            false => (self.limit + n / self.limit).min(self.max),
+        };
         self.limit()
     }
 }
@@ -92,55 +101,62 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn slow_samples_cut_the_limit_and_fast_ones_grow_it_back() {
-        let mut a = Aimd::new(2, 100, 2.0);
-        for _ in 0..1000 {
-            a.on_sample(Duration::from_millis(10));
+    /// Feeds `n` samples of `ms`, `per_window` of them in each 100 ms window from `t`.
+    fn feed(a: &mut Aimd, t: &mut Tick, n: usize, ms: f64, per_window: usize) {
+        for i in 0..n {
+            if i % per_window == 0 {
+                *t = t.after(WINDOW);
+            }
+            a.on_sample(Duration::from_secs_f64(ms / 1000.0), *t);
         }
+    }
+
+    #[test]
+    fn slow_windows_cut_the_limit_and_fast_ones_grow_it_back() {
+        let (mut a, mut t) = (Aimd::new(2, 100, 2.0), Tick(1));
+        feed(&mut a, &mut t, 5000, 10.0, 50);
         assert_eq!(a.limit(), 100);
         // Five times slower: cut window after window.
-        for _ in 0..1500 {
-            a.on_sample(Duration::from_millis(50));
-        }
+        feed(&mut a, &mut t, 1500, 50.0, 50);
         let low = a.limit();
         assert!(low < 20, "{low}");
-        for _ in 0..3000 {
-            a.on_sample(Duration::from_millis(10));
-        }
+        feed(&mut a, &mut t, 3000, 10.0, 50);
         assert!(a.limit() > low);
     }
 
     #[test]
     fn requests_of_different_speeds_are_not_an_overload() {
         // A probe's reproduction: 16 clients on a steady 30 ms path and one on a 0.5 ms path
-        // drove the limit to its minimum, and most requests were shed.
-        let mut a = Aimd::new(4, 50, 2.0);
-        for i in 0..20_000u32 {
-            let ms = if i % 17 == 0 { 0.5 } else { 30.0 };
-            a.on_sample(Duration::from_secs_f64(ms / 1000.0));
+        // drove the limit to its minimum, and most requests were shed. Here the 16 slow ones
+        // come back together, as they do, among a stream of fast ones.
+        let (mut a, mut t) = (Aimd::new(4, 50, 2.0), Tick(1));
+        for round in 0..2000u64 {
+            t = t.after(Duration::from_millis(30));
+            for _ in 0..40 {
+                a.on_sample(Duration::from_micros(500), t);
+            }
+            for _ in 0..16 {
+                a.on_sample(Duration::from_millis(30 + round % 3), t);
+            }
         }
         assert_eq!(a.limit(), 50);
     }
 
     #[test]
     fn a_permanently_slower_upstream_is_learned_again() {
-        let mut a = Aimd::new(2, 100, 2.0);
-        for _ in 0..1000 {
-            a.on_sample(Duration::from_millis(10));
-        }
-        for _ in 0..20_000 {
-            a.on_sample(Duration::from_millis(50));
-        }
+        let (mut a, mut t) = (Aimd::new(2, 100, 2.0), Tick(1));
+        feed(&mut a, &mut t, 5000, 10.0, 50);
+        feed(&mut a, &mut t, 100_000, 50.0, 50);
         assert!(a.limit() > 50, "{}", a.limit());
     }
 
     proptest! {
         #[test]
         fn limit_stays_within_bounds(samples in proptest::collection::vec(1u64..1000, 1..500)) {
-            let mut a = Aimd::new(3, 50, 2.0);
+            let (mut a, mut t) = (Aimd::new(3, 50, 2.0), Tick(1));
             for s in samples {
-                let l = a.on_sample(Duration::from_millis(s));
+                t = t.after(Duration::from_millis(s));
+                let l = a.on_sample(Duration::from_millis(s), t);
                 prop_assert!((3..=50).contains(&l));
             }
         }
