@@ -309,26 +309,28 @@ async fn a_read_whose_backend_is_killed_under_it_is_not_sent_again() {
     let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "wait_timeout = \"30s\"").await;
     let pg_port = pg.port;
     let killer = tokio::task::spawn_blocking(move || {
-        let mut kills = 0;
+        let mut killed = std::collections::HashSet::new();
         let until = std::time::Instant::now() + Duration::from_secs(8);
         while std::time::Instant::now() < until {
             let running = psql(
                 pg_port,
                 "postgres",
                 "postgres",
-                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%deathquery%' \
-                 AND pid <> pg_backend_pid()",
+                // Only the read itself: psql's own (earlier) sessions mention it too.
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
+                 AND query LIKE 'SELECT /* deathquery */%' AND pid <> pg_backend_pid()",
             );
             for pid in running.unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
+                if let Ok(pid) = pid.trim().parse::<i32>()
+                    && killed.insert(pid)
+                {
                     // SAFETY: kill(2) on a PostgreSQL backend this test started.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
-                    kills += 1;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        kills
+        killed.len()
     });
     let c = app_client(port).await;
     let r = c
