@@ -3,10 +3,13 @@
 //! go back to the pool. Were that server leased again at once, the cancel could land on the
 //! next client's query. So a server with a cancel in flight for its client is given back only
 //! once the cancel has been delivered (PostgreSQL closes the cancel connection after it has
-//! signalled the backend; a backend waiting for its next command ignores the signal).
+//! signalled the backend; a backend waiting for its next command ignores the signal). A cancel
+//! whose delivery could not be confirmed (the server did not close the cancel connection in
+//! time, or it could not be reached) leaves its fate unknown: that server connection is closed
+//! instead of going back to the pool.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -15,6 +18,8 @@ use tokio::sync::Notify;
 pub struct CancelGate {
     in_flight: AtomicUsize,
     done: Notify,
+    /// A cancel ended without a confirmed delivery: it may still land.
+    unsure: AtomicBool,
 }
 
 impl CancelGate {
@@ -23,6 +28,13 @@ impl CancelGate {
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Whether a cancel ended unconfirmed since the last call (the flag is taken): its server
+    /// connection must not be reused.
+    pub fn take_unsure(&self) -> bool {
+        // A load first: this is asked at every release, and is almost always false.
+        self.unsure.load(Ordering::Acquire) && self.unsure.swap(false, Ordering::AcqRel)
     }
 
     /// Whether a cancel is in flight.
@@ -48,6 +60,13 @@ impl CancelGate {
 /// A cancel in flight; dropping it (delivered, failed, or its task cancelled) ends it.
 #[derive(Debug)]
 pub struct InFlight(Arc<CancelGate>);
+
+impl InFlight {
+    /// The cancel's delivery was not confirmed.
+    pub fn unsure(&self) {
+        self.0.unsure.store(true, Ordering::Release);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

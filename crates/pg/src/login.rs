@@ -61,9 +61,11 @@ pub async fn startup(
                 }
             }
             FirstPacket::Cancel { pid, secret } => {
-                if let Some((key, _in_flight)) = pooler.begin_cancel((pid, secret))
+                if let Some((key, in_flight)) = pooler.begin_cancel((pid, secret))
                     && let Err(e) = crate::server::cancel(key).await
                 {
+                    // It may land later: that server connection is not reused.
+                    in_flight.unsure();
                     tracing::warn!(error = %e, "forwarding a cancel request failed");
                 }
                 return Ok(None);

@@ -386,6 +386,13 @@ pub async fn cancel(key: ServerKey) -> io::Result<()> {
     s.write_all(&out).await?;
     // The server closes the connection once it has read the request.
     let mut sink = [0u8; 1];
-    let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await;
-    Ok(())
+    match tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(_)) => Err(io::Error::other("the server answered a cancel request")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the server did not confirm the cancel within 1 s",
+        )),
+    }
 }

@@ -887,11 +887,13 @@ impl Session {
                 let (pool, gate) = (self.pool.clone(), self.slot.cancels.clone());
                 tokio::spawn(async move {
                     gate.cleared().await;
-                    pool.release(lease, true);
+                    pool.release(lease, !gate.take_unsure());
                 });
                 return;
             }
-            self.pool.release(lease, reusable);
+            // A cancel that ended unconfirmed may still land on this server's next query.
+            let unsure = self.slot.cancels.take_unsure();
+            self.pool.release(lease, reusable && !unsure);
         }
     }
 
