@@ -541,3 +541,32 @@ async fn settings_committed_by_commit_and_chain_survive_a_rollback_and_stay_the_
     drop((a, b));
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn a_set_run_as_a_prepared_statement_is_tracked_each_time_it_runs() {
+    // psycopg prepares a statement it has run five times, SET included, and then only binds
+    // it: the SET ran without the pooler seeing it, so one tenant's search_path (or role) went
+    // to the next client on that server.
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let set = a.prepare("SET search_path TO s1").await.expect("prepare");
+    a.execute(&set, &[]).await.expect("set");
+    a.simple_query("RESET search_path").await.expect("reset");
+    a.execute(&set, &[]).await.expect("set again, bound only");
+    let b = app_client(port).await;
+    assert_eq!(
+        pg_one::<String>(&b, "SHOW search_path").await,
+        "\"$user\", public",
+        "another client got A's search_path"
+    );
+    assert_eq!(pg_one::<String>(&a, "SHOW search_path").await, "s1");
+    // Prepared and never run: nothing changes.
+    let c = app_client(port).await;
+    c.prepare("SET search_path TO s2").await.expect("prepare");
+    assert_eq!(
+        pg_one::<String>(&c, "SHOW search_path").await,
+        "\"$user\", public"
+    );
+    drop((a, b, c));
+    pooler_quiescent(&gw, port).await;
+}

@@ -160,6 +160,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         resends: 0,
         fatal_forwarded: false,
         stale_plans: false,
+        setting_statements: Default::default(),
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
             || pool.db.sharding.is_some(),
         track: Track {
@@ -259,6 +260,9 @@ struct Session {
     fatal_forwarded: bool,
     /// The server said a prepared statement's plan went stale (stale_plans.rs).
     stale_plans: bool,
+    /// Names of the client's prepared statements that change settings when they run (psycopg
+    /// prepares a `SET` it runs often): each Bind of one records the change.
+    setting_statements: std::collections::HashSet<Vec<u8>>,
     track: Track,
     pending_z: usize,
     unsynced: bool,
@@ -436,10 +440,17 @@ impl Session {
             if self.transaction {
                 let mut sub = Sub::Forward;
                 let known_plain = consumed == n && self.plain_first == n;
+                if tag == b'B' && !self.setting_statements.is_empty() {
+                    let named = (&self.setting_statements, &self.stmts);
+                    bind_settings(msg, segment, named, &self.pooler.analyzer, &mut self.track);
+                }
                 if !known_plain
                     && let Some((sql, unnamed)) = statement_text(msg)
                     && let Some(fx) = self.pooler.analyzer.effects(sql)
                 {
+                    if !unnamed && !fx.settings.is_empty() {
+                        self.setting_statements.insert(parsed_name(msg).to_vec());
+                    }
                     sub = state::plan(
                         &fx,
                         (segment, unnamed),
@@ -1197,6 +1208,29 @@ async fn linger(client: &mut ClientStream) {
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
+/// A Bind in `segment`: when its statement is one of `setting` (statements that change
+/// settings), records the change in `track`.
+fn bind_settings(
+    msg: &[u8],
+    segment: u64,
+    (setting, stmts): (&std::collections::HashSet<Vec<u8>>, &Statements),
+    analyzer: &crate::effects::Analyzer,
+    track: &mut Track,
+) {
+    let mut body = &msg[5..];
+    let (Some(_portal), Some(name)) = (proto::cbytes(&mut body), proto::cbytes(&mut body)) else {
+        return;
+    };
+    if !setting.contains(name) {
+        return;
+    }
+    if let Some(sql) = stmts.query_of(name)
+        && let Some(fx) = analyzer.effects(sql)
+    {
+        state::record_settings(&fx, segment, track);
+    }
+}
+
 /// Reads the settings `track.reread` names back from the server whose transaction left them
 /// in doubt, and records them as the client's; the server's session is then known again. When
 /// the server cannot say, it stays unknown (the next client's settings are replayed whole) and
@@ -1228,6 +1262,12 @@ async fn discard_all(conn: &mut crate::server::ServerConn) -> bool {
 }
 
 /// The SQL text of a Query or Parse message, and whether it is a Query or an unnamed Parse.
+/// The statement name of a Parse message.
+fn parsed_name(msg: &[u8]) -> &[u8] {
+    let mut body = &msg[5..];
+    proto::cbytes(&mut body).unwrap_or_default()
+}
+
 fn statement_text(msg: &[u8]) -> Option<(&[u8], bool)> {
     let mut body = &msg[5..];
     match msg[0] {

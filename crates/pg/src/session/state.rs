@@ -56,13 +56,10 @@ pub(super) fn plan(
     if fx.opaque {
         track.unknown = Some(segment);
     }
-    if !fx.settings.is_empty() {
-        if fx.statements > 1 {
-            track.unknown = Some(segment);
-        }
-        track
-            .changes
-            .extend(fx.settings.iter().map(|c| (segment, c.clone())));
+    // A named statement changes settings when it runs, at each Bind (`record_settings`), not
+    // when it is parsed.
+    if unnamed {
+        record_settings(fx, segment, track);
     }
     pin.verify |= fx.verify;
     pin.clears |= fx.clears;
@@ -90,6 +87,20 @@ pub(super) fn plan(
 }
 
 /// Records what executing a flagged prepared statement (`bound`, from a Bind) does.
+/// Records the settings changes of a statement sent in `segment` (a Query, an unnamed Parse,
+/// or a Bind of a named statement that changes settings).
+pub(super) fn record_settings(fx: &Effects, segment: u64, track: &mut Track) {
+    if fx.settings.is_empty() {
+        return;
+    }
+    if fx.statements > 1 {
+        track.unknown = Some(segment);
+    }
+    track
+        .changes
+        .extend(fx.settings.iter().map(|c| (segment, c.clone())));
+}
+
 pub(super) fn bound(pin: &mut Pin, bound: u8) {
     pin.bits |= bound & !state::VERIFY;
     pin.verify |= bound & state::VERIFY != 0;
