@@ -30,11 +30,20 @@ use crate::clock;
 #[error("the client took nothing of the response for {0:?} (flow control)")]
 pub struct Stalled(pub Duration);
 
+/// The most handed to hyper at once (HTTP/2's default frame size). hyper asks for the next
+/// frame once the stream has window for more than it holds, so the time between two asks is
+/// the time the client takes to open this much window: a slow but steady reader (a mobile
+/// client downloading a large file) is not taken for a stopped one, however large the chunks
+/// the upstream sends.
+const PIECE: usize = 16 * 1024;
+
 /// One watched response body.
 #[derive(Debug)]
 pub struct Watch {
     /// The body, until it ends or a sweep drops it.
     body: Mutex<Option<RespBody>>,
+    /// The rest of a data frame larger than [`PIECE`], handed over piece by piece.
+    rest: Mutex<Bytes>,
     /// When the body last handed hyper a frame it has not asked past yet (a clock tick; 0
     /// while hyper is asking or the body is done).
     handed: AtomicU64,
@@ -46,24 +55,72 @@ impl Watch {
     /// The next frame of the body, or [`Stalled`] once a sweep has dropped it.
     pub fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.handed.store(0, Relaxed);
+        let stalled = Duration::from_nanos(self.stalled.load(Relaxed));
+        if !stalled.is_zero() {
+            return Poll::Ready(Some(Err(Stalled(stalled).into())));
+        }
+        let mut rest = self.rest.lock().unwrap_or_else(|e| e.into_inner());
+        if !rest.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(self.piece(&mut rest)))));
+        }
         let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
         let Some(inner) = body.as_mut() else {
-            let stalled = Duration::from_nanos(self.stalled.load(Relaxed));
-            return Poll::Ready((!stalled.is_zero()).then(|| Err(Stalled(stalled).into())));
+            return Poll::Ready(None);
         };
-        let frame = Pin::new(&mut *inner).poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Ok(_))) if !inner.is_end_stream() => {
-                self.handed.store(clock::now().0, Relaxed);
+        let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                *body = None;
+                return Poll::Ready(None);
             }
-            Poll::Ready(None | Some(Err(_))) => *body = None,
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                *body = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let more = !inner.is_end_stream();
+        let frame = match frame.into_data() {
+            Ok(mut data) if data.len() > PIECE => {
+                let piece = data.split_to(PIECE);
+                *rest = data;
+                self.handed.store(clock::now().0, Relaxed);
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+            Ok(data) => Frame::data(data),
+            Err(other) => other,
+        };
+        if more {
+            self.handed.store(clock::now().0, Relaxed);
         }
-        frame
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    /// The next piece of `rest`; the hand-over is timed unless it was the last of the body.
+    fn piece(&self, rest: &mut Bytes) -> Bytes {
+        let piece = rest.split_to(rest.len().min(PIECE));
+        let body_left = self
+            .body
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|b| !b.is_end_stream());
+        if !rest.is_empty() || body_left {
+            self.handed.store(clock::now().0, Relaxed);
+        }
+        piece
     }
 
     /// Whether the body is over.
     pub fn is_end_stream(&self) -> bool {
+        if !self
+            .rest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return false;
+        }
         match self.body.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(b) => b.is_end_stream(),
             // Dropped by a sweep: not an end; the next poll says why.
@@ -96,6 +153,7 @@ impl Streams {
         }
         let watch = Arc::new(Watch {
             body: Mutex::new(Some(body)),
+            rest: Mutex::new(Bytes::new()),
             // Handed to hyper: it asks for the first frame once the stream has window.
             handed: AtomicU64::new(clock::now().0),
             stalled: AtomicU64::new(0),

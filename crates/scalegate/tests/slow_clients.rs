@@ -271,3 +271,50 @@ async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
     drop(held);
     quiescent(&gw).await;
 }
+
+#[tokio::test]
+async fn a_slow_but_steady_http2_reader_gets_its_whole_download() {
+    // The protection above reset downloads whose client opened its window steadily but slowly:
+    // the gateway handed hyper the upstream's whole chunk (256 KiB here) and timed how long
+    // the client took to drain all of it.
+    let big = bytes::Bytes::from(vec![b'x'; 256 << 10]);
+    let o = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "idle_timeout = \"2s\"",
+        &routed(&format!("\"{}\"", o.addr), "/", "", ""),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 << 10)
+            .initial_connection_window_size(16 << 10)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/big", gw.http))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = tx.send_request(req).await.expect("response head");
+    let mut body = resp.into_body();
+    let mut got = 0;
+    // About 16 KiB every 300 ms (53 KiB/s): 16 pieces over some 5 s, past the 2 s timeout.
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.unwrap_or_else(|e| panic!("reset after {got} bytes: {e}"));
+        got += frame.data_ref().map_or(0, |d| d.len());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(got, 256 << 10);
+    quiescent(&gw).await;
+}
