@@ -336,6 +336,7 @@ async fn run_h1(
     protocols: &Protocols,
     shutdown: &mut Shutdown,
 ) -> H1End {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&io.inner);
     let mut conn = protocols
         .h1
         .serve_connection(TokioIo::new(io), service(ctx));
@@ -360,7 +361,8 @@ async fn run_h1(
             _ = tick.tick(), if !closing => {
                 // A client that stopped taking the response would hold its request (and the
                 // upstream's bulkhead place and connection) for ever: nginx's send_timeout.
-                if ctx.activity.stall.stalled_for().is_some_and(|s| s >= protocols.idle_timeout) {
+                let backlog = || crate::stall::unacked(fd);
+                if ctx.activity.stall.stuck(protocols.idle_timeout, backlog) {
                     tracing::debug!(peer = %ctx.peer, "client stopped reading the response; closing");
                     return H1End::Close;
                 }

@@ -15,9 +15,36 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock;
 
-/// Since when writes have been refused (0: they are taken).
-#[derive(Debug, Default)]
-pub struct Stall(AtomicU64);
+/// Since when writes have been refused (0: they are taken), and how many bytes the peer had
+/// not taken yet at the last look ([`Stall::stuck`]).
+#[derive(Debug)]
+pub struct Stall(AtomicU64, AtomicU64);
+
+impl Default for Stall {
+    fn default() -> Stall {
+        Stall(AtomicU64::new(0), AtomicU64::new(UNSEEN))
+    }
+}
+
+/// No look at the peer's backlog yet.
+const UNSEEN: u64 = u64::MAX;
+
+/// Bytes written on socket `fd` that the peer has not acknowledged yet (Linux's `TIOCOUTQ`),
+/// when the OS says.
+#[cfg(target_os = "linux")]
+pub fn unacked(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int through the pointer, which is valid for the call; a
+    // closed or non-socket fd makes it fail, which is reported as unknown.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| u64::try_from(n).unwrap_or(0))
+}
+
+/// Bytes the peer has not taken yet: unknown on this OS.
+#[cfg(not(target_os = "linux"))]
+pub fn unacked(_fd: i32) -> Option<u64> {
+    None
+}
 
 impl Stall {
     /// Records what a write did, and passes its outcome on.
@@ -32,9 +59,33 @@ impl Stall {
             Poll::Pending if self.0.load(Relaxed) == 0 => {
                 self.0.store(clock::now().0.max(1), Relaxed);
             }
-            Poll::Ready(Ok(n)) if *n > 0 && self.0.load(Relaxed) != 0 => self.0.store(0, Relaxed),
+            Poll::Ready(Ok(n)) if *n > 0 && self.0.load(Relaxed) != 0 => {
+                self.0.store(0, Relaxed);
+                self.1.store(UNSEEN, Relaxed);
+            }
             _ => {}
         }
+    }
+
+    /// Whether writes refused for `limit` mean the peer has stopped taking bytes. `backlog` tells
+    /// what it has not taken yet ([`unacked`]), when known: a socket's buffer takes writes
+    /// again only once a good part of it has drained, which a slow but steady reader (a
+    /// mobile client on a large download) may take longer than `limit` to do. So while the
+    /// backlog shrinks between two looks the wait starts again; the first look only records
+    /// it. Without a backlog, refused writes alone decide.
+    pub fn stuck(&self, limit: Duration, backlog: impl FnOnce() -> Option<u64>) -> bool {
+        if self.stalled_for().is_none_or(|d| d < limit) {
+            return false;
+        }
+        let Some(now) = backlog() else {
+            return true;
+        };
+        let before = self.1.swap(now, Relaxed);
+        if before != UNSEEN && now >= before {
+            return true;
+        }
+        self.0.store(clock::now().0.max(1), Relaxed);
+        false
     }
 
     /// How long writes have been refused, if they are.

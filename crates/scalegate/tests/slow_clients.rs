@@ -318,3 +318,44 @@ async fn a_slow_but_steady_http2_reader_gets_its_whole_download() {
     assert_eq!(got, 256 << 10);
     quiescent(&gw).await;
 }
+
+#[tokio::test]
+async fn a_slow_but_steady_http1_reader_gets_its_whole_download() {
+    // The watch for clients that stopped reading closed connections whose client read steadily
+    // but slowly: the socket takes writes again only once a good part of its buffer (grown
+    // large on loopback) has drained, which took longer than idle_timeout.
+    let size = 16 << 20;
+    let big = bytes::Bytes::from(vec![b'x'; size]);
+    let o = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        "idle_timeout = \"1s\"",
+        &routed(&format!("\"{}\"", o.addr), "/", "", ""),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    // 16 KiB every 100 ms (about 160 KiB/s) for 15 s: the connection must stay open.
+    let started = std::time::Instant::now();
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 << 10];
+    while started.elapsed() < Duration::from_secs(15) {
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed after {got} bytes, {:?}", started.elapsed());
+        got += n;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(s);
+    quiescent(&gw).await;
+}
