@@ -1004,3 +1004,24 @@ async fn cookies_are_read_as_the_application_reads_them() {
     assert!(!is_hit(&other), "{}", status(&other));
     quiescent(&g).await;
 }
+
+#[tokio::test]
+async fn two_routes_to_one_url_never_answer_with_each_others_responses() {
+    // A header-matched route (a canary, an API version) sends /page to another upstream; the
+    // cache key held only host, path and query, so whichever route filled it answered both.
+    let v1 = Origin::start(|_, _| resp(200, &[("cache-control", "max-age=60")], "v1")).await;
+    let v2 = Origin::start(|_, _| resp(200, &[("cache-control", "max-age=60")], "v2")).await;
+    let rest = format!(
+        "[[routes]]\nname = \"v2\"\nmatch = {{ path_prefix = \"/\", headers = {{ \"x-version\" = \"v2\" }} }}\nupstream = \"v2\"\ncache = {{}}\n\n\
+         [[routes]]\nname = \"v1\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"v1\"\ncache = {{}}\n\n\
+         [upstreams.v1]\nendpoints = [\"{}\"]\n\n[upstreams.v2]\nendpoints = [\"{}\"]\n",
+        v1.addr, v2.addr
+    );
+    let g = scalegate_testkit::GatewayProcess::start(BIN, &rest).await;
+    assert_eq!(get(&g, "/page", &[]).await.body, "v1");
+    let r = get(&g, "/page", &[("x-version", "v2")]).await;
+    assert_eq!(r.body, "v2", "{}", status(&r));
+    assert_eq!(get(&g, "/page", &[]).await.body, "v1");
+    assert!(is_hit(&get(&g, "/page", &[("x-version", "v2")]).await));
+    quiescent(&g).await;
+}

@@ -73,7 +73,7 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The variant key: the port of the request's host when it names one other than `own_port`
+/// The variant key: the route, the port of the request's host when it names one other than `own_port`
 /// (the port the client connected to) and the key holds the host, configured key headers and
 /// cookies, then each Varied header normalised (Accept-Encoding to the coding the gateway
 /// would pick, others with whitespace collapsed).
@@ -85,11 +85,16 @@ pub fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 pub fn variant(
     spec: &KeySpec,
     vary: &[HeaderName],
-    (req, own_port): (&http::request::Parts, u16),
+    (req, own_port, route): (&http::request::Parts, u16, &str),
     encodings: &[Encoding],
 ) -> String {
     let headers = &req.headers;
     let mut v = String::new();
+    // The route: two routes may send one URL to different upstreams (by header, by
+    // listener), or rewrite it differently; neither may answer with the other's response.
+    v.push_str("\u{1}route ");
+    v.push_str(route);
+    v.push('\n');
     if spec.host
         && let Some(port) = host_port(req)
         && port.parse::<u16>().ok() != Some(own_port)
@@ -236,20 +241,23 @@ mod tests {
     fn a_port_in_the_host_is_its_own_variant() {
         let key = |host: &str, uri: &str| {
             let req = request(&[(header::HOST, host)], uri);
-            variant(&spec(QueryKey::Sort), &[], (&req, 80), &[])
+            variant(&spec(QueryKey::Sort), &[], (&req, 80, "r"), &[])
         };
         assert_eq!(
             key("victim.com", "/p"),
-            "",
+            "\u{1}route r\n",
             "no port: the key it always had"
         );
         assert_ne!(key("victim.com:6666", "/p"), key("victim.com", "/p"));
-        assert_eq!(key("[::1]", "/p"), "");
-        assert_ne!(key("[::1]:81", "/p"), "");
+        assert_eq!(key("[::1]", "/p"), key("victim.com", "/p"));
+        assert_ne!(key("[::1]:81", "/p"), key("[::1]", "/p"));
         // The absolute form's authority wins over Host, as for the URL key.
-        assert_eq!(key("victim.com:6666", "http://victim.com/p"), "");
+        assert_eq!(
+            key("victim.com:6666", "http://victim.com/p"),
+            key("victim.com", "/p")
+        );
         // The port the client connected to is the site's own.
-        assert_eq!(key("victim.com:80", "/p"), "");
+        assert_eq!(key("victim.com:80", "/p"), key("victim.com", "/p"));
     }
 
     #[test]
@@ -270,7 +278,7 @@ mod tests {
         let names = [header::ACCEPT_ENCODING];
         let key = |ae: &str| {
             let req = request(&[(header::ACCEPT_ENCODING, ae)], "/");
-            variant(&spec(QueryKey::Sort), &names, (&req, 80), &all)
+            variant(&spec(QueryKey::Sort), &names, (&req, 80, "r"), &all)
         };
         assert_eq!(key("gzip, deflate, br"), key("br;q=1.0, gzip;q=0.8"));
         assert_eq!(key("gzip"), key("deflate, gzip;q=0.5"));

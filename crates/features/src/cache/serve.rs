@@ -224,7 +224,7 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
         let variant = key::variant(
             &spec.key,
             &vary,
-            (&parts, cx.ctx.local_port),
+            (&parts, cx.ctx.local_port, &cx.route.spec.name),
             cx.encodings(),
         );
         // The key knows only the coding the gateway would choose: a coding the origin chose
@@ -423,8 +423,12 @@ fn keep(
     let stored = match (guard, verdict) {
         (Some(guard), Ok((vary, timing))) => {
             cx.route.metrics.cache(CacheResult::Stored);
-            let variant =
-                key::variant(&spec.key, &vary, (parts, cx.ctx.local_port), cx.encodings());
+            let variant = key::variant(
+                &spec.key,
+                &vary,
+                (parts, cx.ctx.local_port, &cx.route.spec.name),
+                cx.encodings(),
+            );
             let mut headers = head.headers.clone();
             headers.remove(header::SET_COOKIE);
             let fill = Fill {
@@ -449,7 +453,12 @@ fn keep(
                 // instead of queueing behind one another.
                 cx.store.mark_pass(flight::key(
                     &url,
-                    &key::variant(&spec.key, &[], (parts, cx.ctx.local_port), cx.encodings()),
+                    &key::variant(
+                        &spec.key,
+                        &[],
+                        (parts, cx.ctx.local_port, &cx.route.spec.name),
+                        cx.encodings(),
+                    ),
                 ));
             }
             drop(guard);
