@@ -570,3 +570,45 @@ async fn a_set_run_as_a_prepared_statement_is_tracked_each_time_it_runs() {
     drop((a, b, c));
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn a_pipeline_that_commits_then_rolls_back_leaves_no_setting_behind() {
+    // psycopg's pipeline mode sends `BEGIN; SET …; COMMIT AND CHAIN; SET …; ROLLBACK` as one
+    // segment (one Sync): the pooler saw a ROLLBACK last and dropped the first SET, which the
+    // chain had committed, so every later client on that server got it.
+    let (_pg, gw, port) = one_server("pin").await;
+    let mut a = raw_login(port);
+    let mut batch = Vec::new();
+    for sql in [
+        "BEGIN",
+        "SET work_mem = '11MB'",
+        "COMMIT AND CHAIN",
+        "SET work_mem = '12MB'",
+        "ROLLBACK",
+    ] {
+        batch.extend(parse("", sql));
+        batch.extend(bind(""));
+        batch.extend(execute(0));
+    }
+    batch.extend(sync());
+    std::io::Write::write_all(&mut a, &batch).expect("pipeline");
+    read_until_ready(&mut a);
+    let b = app_client(port).await;
+    assert_eq!(pg_one::<String>(&b, "SHOW work_mem").await, "4MB");
+    query(&mut a, "SHOW work_mem");
+    let shown = read_until_ready(&mut a);
+    let row = shown.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(
+        String::from_utf8_lossy(&row.1).contains("11MB"),
+        "A lost its committed setting"
+    );
+    // One simple query string: the client keeps what the server kept.
+    let c = app_client(port).await;
+    c.simple_query("BEGIN; SET work_mem = '13MB'; COMMIT AND CHAIN; ROLLBACK")
+        .await
+        .expect("multi-statement");
+    assert_eq!(pg_one::<String>(&c, "SHOW work_mem").await, "13MB");
+    assert_eq!(pg_one::<String>(&b, "SHOW work_mem").await, "4MB");
+    drop((a, b, c));
+    pooler_quiescent(&gw, port).await;
+}

@@ -176,6 +176,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
             chained: false,
             ambiguous: false,
             reread: Vec::new(),
+            unknown_kept: false,
         },
         pending_z: 0,
         unsynced: false,
@@ -1120,6 +1121,9 @@ struct Track {
     /// Settings to read back from the server before its connection is released (see
     /// `ambiguous`).
     reread: Vec<String>,
+    /// The server's settings stay unknown after the read-back (a segment had statements the
+    /// pooler could not follow).
+    unknown_kept: bool,
 }
 
 impl Track {
@@ -1157,7 +1161,18 @@ impl Track {
                 let settled: Vec<(u64, Change)> = self.changes.drain(..ran).collect();
                 let ambiguous = std::mem::take(&mut self.ambiguous);
                 let chained = std::mem::take(&mut self.chained);
-                if ambiguous && (!self.rolled_back || chained) {
+                let unknown = self.unknown.is_some_and(|s| s <= segment);
+                // One segment that committed and then rolled back or failed (a pipeline, a
+                // multi-statement string: `…; COMMIT AND CHAIN; ROLLBACK`), or whose statements
+                // the pooler could not follow one by one: only the server knows what stayed.
+                let mixed = commit && (rollback || error);
+                let doubtful = (ambiguous && (!self.rolled_back || chained))
+                    || mixed
+                    || (unknown && !settled.is_empty());
+                // Statements it could not follow may have changed settings it cannot name:
+                // the server stays unknown even once the named ones are read back.
+                self.unknown_kept |= unknown && doubtful;
+                if doubtful {
                     // A RESET ALL in doubt puts every setting the client had in doubt.
                     let all = settled.iter().any(|(_, c)| c.name().is_none());
                     let names = settled.iter().filter_map(|(_, c)| c.name());
@@ -1178,7 +1193,6 @@ impl Track {
                         self.settings.apply(c);
                     }
                 }
-                let unknown = self.unknown.is_some_and(|s| s <= segment);
                 *server = if unknown || !self.reread.is_empty() {
                     SETTINGS_UNKNOWN
                 } else {
@@ -1244,7 +1258,9 @@ async fn reread_settings(track: &mut Track, conn: &mut crate::server::ServerConn
             for (name, value) in names.iter().zip(values) {
                 track.settings.adopt(name, value.as_deref());
             }
-            conn.settings = track.settings.fingerprint();
+            if !std::mem::take(&mut track.unknown_kept) {
+                conn.settings = track.settings.fingerprint();
+            }
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "reading settings back from a server failed"),
         Err(_) => tracing::warn!("reading settings back from a server timed out"),
