@@ -1,6 +1,6 @@
 //! An adaptive concurrency limit (AIMD on latency). Latency is averaged over windows of at
 //! least [`WINDOW`] and [`WINDOW_SAMPLES`] samples; while a window's average stays within
-//! `tolerance` × the usual latency (a slow moving average of the windows) the limit grows by one
+//! `tolerance` × the usual latency (the best window average, creeping up slowly) the limit grows by one
 //! per `limit` samples, and a window above it cuts the limit by `backoff`. This finds the
 //! concurrency an upstream serves without queueing, like Netflix's concurrency-limits (its
 //! gradient compares the same two averages) and the idea behind Envoy's adaptive concurrency.
@@ -19,8 +19,9 @@ use crate::Tick;
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// ... and holds at least this many samples.
 pub const WINDOW_SAMPLES: u32 = 10;
-/// Weight of a window in the usual latency (about the last 20 windows).
-const LONG: f64 = 0.05;
+/// How fast the usual latency rises towards slower windows: 0.1% a window (it takes some
+/// 1,600 windows, about 3 minutes, to learn an upstream five times slower).
+const CREEP: f64 = 0.001;
 
 /// Controller state. Construct with [`Aimd::new`].
 #[derive(Clone, Debug, PartialEq)]
@@ -32,8 +33,6 @@ pub struct Aimd {
     backoff: f64,
     /// The usual latency in seconds (None before the first window).
     long: Option<f64>,
-    /// Windows seen.
-    windows: f64,
     /// The open window: when it started, its samples and their sum in seconds.
     started: Option<Tick>,
     count: u32,
@@ -51,7 +50,6 @@ impl Aimd {
             tolerance: tolerance.max(1.01),
             backoff: 0.9,
             long: None,
-            windows: 0.0,
             started: None,
             count: 0,
             sum: 0.0,
@@ -74,19 +72,13 @@ impl Aimd {
         }
         let (n, avg) = (f64::from(self.count), self.sum / f64::from(self.count));
         (self.started, self.count, self.sum) = (None, 0, 0.0);
-        self.windows += 1.0;
         let long = self.long.unwrap_or(avg);
         let overloaded = avg > long * self.tolerance;
-        // The usual latency is a plain mean over the first windows (so it starts from the
-        // upstream's real mix), then a slow average; it learns little from an overload it is
-        // reacting to (a lasting one keeps the limit down rather than becoming the usual at
-        // once), yet re-learns a permanently slower upstream over a few hundred windows.
-        let weight = match overloaded {
-            _ if self.windows <= 1.0 / LONG => 1.0 / self.windows,
-            false => LONG,
-            true => LONG / 10.0,
-        };
-        self.long = Some(long + weight * (avg - long));
+        // The usual latency is the best window average, creeping up by [`CREEP`] a window: an
+        // overload that is there from the start, or lasts, is not learned as the usual (a
+        // mean would learn it within seconds), and a permanently slower upstream is learned
+        // again over a few minutes.
+        self.long = Some(avg.min(long * (1.0 + CREEP)));
         self.limit = match overloaded {
             true => (self.limit * self.backoff).max(self.min),
             false => (self.limit + n / self.limit).min(self.max),
@@ -143,10 +135,21 @@ mod tests {
     }
 
     #[test]
+    fn a_lasting_overload_keeps_the_limit_down() {
+        // A probe's reproduction: an upstream of 4 workers at 20 ms, 40 clients; latency ten
+        // times the unloaded one for 20 s. A moving average learned it as the usual within
+        // seconds and the limit climbed back while the upstream stayed overloaded.
+        let (mut a, mut t) = (Aimd::new(4, 100, 2.0), Tick(1));
+        feed(&mut a, &mut t, 40, 21.0, 20);
+        feed(&mut a, &mut t, 4000, 200.0, 20);
+        assert!(a.limit() < 10, "{}", a.limit());
+    }
+
+    #[test]
     fn a_permanently_slower_upstream_is_learned_again() {
         let (mut a, mut t) = (Aimd::new(2, 100, 2.0), Tick(1));
         feed(&mut a, &mut t, 5000, 10.0, 50);
-        feed(&mut a, &mut t, 100_000, 50.0, 50);
+        feed(&mut a, &mut t, 200_000, 50.0, 50);
         assert!(a.limit() > 50, "{}", a.limit());
     }
 
