@@ -355,3 +355,57 @@ async fn a_job_answered_503_is_never_delivered_later() {
     assert_eq!(hits, 2, "the job answered 503 was delivered after all");
     quiescent(&gw).await;
 }
+
+/// POSTs one job to `path` with an Idempotency-Key; the response.
+async fn post_keyed(gw: &GatewayProcess, path: &str, key: &str) -> Resp {
+    let req = http::Request::post(format!("http://{}{path}", gw.http))
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from("keyed job")))
+        .expect("request");
+    Client::http1().send(req).await.expect("response")
+}
+
+#[tokio::test]
+async fn a_keyed_job_resent_after_a_503_is_delivered_and_keys_are_per_route() {
+    let nats = NatsServer::start_jetstream().await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    let cfg = format!(
+        "[queue]\nnats = {{ url = \"{}\" }}\n{}\n[[routes]]\nname = \"other\"\nmatch = {{ path_prefix = \"/other\" }}\nupstream = \"app\"\nqueue = {{ max_in_flight = 4 }}\n",
+        nats.url(),
+        route(&sink, "max_in_flight = 4")
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let warm = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    // The same key on two routes is two jobs (it was one id for the whole stream: the second
+    // got 202 and was never delivered).
+    for path in ["/hooks/pay", "/other/ship"] {
+        assert_eq!(post_keyed(&gw, path, "order-77").await.status, 202);
+    }
+    // A 503 while NATS is paused, then the client's resend with the same key: 202, and the
+    // job must run (JetStream took the resend as a duplicate of the late copy, which was then
+    // dropped as stored too late).
+    nats.pause();
+    assert_eq!(post_keyed(&gw, "/hooks/late", "k-late").await.status, 503);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nats.resume();
+    let mut resent = post_keyed(&gw, "/hooks/late", "k-late").await;
+    for _ in 0..50 {
+        if resent.status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resent = post_keyed(&gw, "/hooks/late", "k-late").await;
+    }
+    assert_eq!(resent.status, 202, "{}", resent.body);
+    let delivered = eventually(Duration::from_secs(30), || async {
+        sink.rec.lock().expect("record").hits >= 4
+    })
+    .await;
+    assert!(
+        delivered,
+        "{} deliveries of 4 (warm-up, pay, ship, the resent one)",
+        sink.rec.lock().expect("record").hits
+    );
+    quiescent(&gw).await;
+}

@@ -13,7 +13,7 @@
 //! prefix without its trailing dot): the job as it was, with why and when it was given up in
 //! the message's headers; the newest 10,000 per route, for 14 days.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -98,9 +98,18 @@ impl JetStreamQueue {
         }
         let payload = job.encode().ok_or("cannot encode the job")?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", job.id.as_str());
-        let by = unix_ms(std::time::SystemTime::now() + STORE_WAIT);
-        headers.insert(STORE_BY, by.to_string().as_str());
+        // The route is part of the id: the same Idempotency-Key on two routes is two jobs.
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}:{}", self.subject, job.id).as_str(),
+        );
+        // A job with an Idempotency-Key is stored once whatever happens: its client's resend
+        // after a 503 is that stored copy, which must then be delivered. Others are dropped
+        // if stored too late.
+        if !job.id.starts_with("ik-") {
+            let by = unix_ms(std::time::SystemTime::now() + STORE_WAIT);
+            headers.insert(STORE_BY, by.to_string().as_str());
+        }
         publish(&js, self.subject.clone(), headers, payload)
             .await
             .map_err(|_| "the job store did not take the job; retry later")
@@ -226,8 +235,14 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// How far ahead of this host's clock the NATS server's has been seen to be (ms): a job stored
+/// "later" than this host's now shows it.
+static NATS_AHEAD_MS: AtomicU64 = AtomicU64::new(0);
+
 /// Whether JetStream stored a job after the gateway that took it had given up waiting (its
-/// client was told 503, and may have sent it again): such a job is not delivered.
+/// client was told 503, and may have sent it again): such a job is not delivered. A NATS clock
+/// seen to run ahead of this host's widens the leeway by as much (a gateway whose clock runs
+/// behind would otherwise drop every job it took).
 fn stored_too_late(msg: &jetstream::Message) -> bool {
     let by = msg
         .headers
@@ -238,7 +253,22 @@ fn stored_too_late(msg: &jetstream::Message) -> bool {
         .info()
         .ok()
         .map(|i| u64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
-    matches!((by, stored), (Some(by), Some(stored)) if stored > by.saturating_add(CLOCK_LEEWAY_MS))
+    let (Some(by), Some(stored)) = (by, stored) else {
+        return false;
+    };
+    let now = unix_ms(std::time::SystemTime::now());
+    if stored > now {
+        let ahead = stored - now;
+        let before = NATS_AHEAD_MS.fetch_max(ahead, Ordering::Relaxed);
+        if ahead > 1_000 && before <= 1_000 {
+            tracing::warn!(
+                ahead_ms = ahead,
+                "job queue: the NATS server's clock runs ahead of this host's; synchronise them"
+            );
+        }
+    }
+    let leeway = CLOCK_LEEWAY_MS.saturating_add(NATS_AHEAD_MS.load(Ordering::Relaxed));
+    stored > by.saturating_add(leeway)
 }
 
 /// Publishes and waits (up to [`STORE_WAIT`]) for JetStream to acknowledge.
