@@ -112,3 +112,34 @@ async fn a_message_over_the_limit_gets_its_fatal_not_a_reset() {
     drop(s);
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn psql_sending_a_message_over_the_limit_shows_the_fatal() {
+    // libpq stops at the first EOF while it still writes: a FIN sent before the FATAL is read
+    // made psql report "server closed the connection unexpectedly" without the reason.
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "", "").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.sql");
+    let value = "x".repeat(70 << 20);
+    std::fs::write(&file, format!("SELECT '{value}';\n")).expect("write");
+    drop(value);
+    let out = std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+        ])
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("psql");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FATAL"), "{err}");
+    pooler_quiescent(&gw, port).await;
+}

@@ -964,8 +964,9 @@ impl Session {
             End::Fatal(failure) => {
                 self.release(false);
                 let _ = self.client.write_all(&failure.fatal()).await;
-                let _ = self.client.shutdown().await;
-                return linger(&mut self.client).await;
+                // Not half-closed first: libpq, still writing, takes our FIN for the end and
+                // never reads the FATAL waiting for it.
+                linger(&mut self.client).await;
             }
         }
         let _ = self.client.shutdown().await;
