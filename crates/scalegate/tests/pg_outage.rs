@@ -352,3 +352,33 @@ async fn a_read_whose_backend_is_killed_under_it_is_not_sent_again() {
     assert!(fresh, "clients are served again once the cluster is back");
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_pool_mode_asks_connected_clients_to_reconnect() {
+    // Transaction to session mode: a connected client moved to the session pool, released its
+    // server there with its settings, and the next session client got them.
+    let pg = PgServer::start().await;
+    let port = free_port();
+    let cfg = |mode: &str| {
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\n[postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\npool_mode = \"{mode}\"\n",
+            pg.port
+        )
+    };
+    let gw = GatewayProcess::start(BIN, &cfg("transaction")).await;
+    let a = app_client(port).await;
+    a.simple_query("SET work_mem = '77MB'").await.expect("set");
+    gw.write_config(&cfg("session"));
+    gw.signal(libc::SIGHUP);
+    // A reload is applied within milliseconds; the client's next transaction is told.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = a
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("told to reconnect");
+    assert_eq!(sqlstate(&e), "57P01", "{e}");
+    let b = app_client(port).await;
+    assert_eq!(pg_one::<String>(&b, "SHOW work_mem").await, "4MB");
+    drop((a, b));
+    pooler_empty(&gw, port).await;
+}

@@ -2,13 +2,14 @@
 //! transactions: the next transaction goes to the pool the reload made, on the hosts now
 //! configured (PgBouncer likewise closes a changed database's server connections as they come
 //! back). Nothing moves while a server is held: a transaction, a pinned session and a
-//! session-mode client keep theirs until it is given back.
+//! session-mode client keep theirs until it is given back. A client whose database changed
+//! pool mode is asked to reconnect (FATAL 57P01).
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{End, Session, transaction_mode_split};
 use crate::failure::Failure;
-use crate::spec::OnSessionState;
+use crate::spec::{OnSessionState, PoolMode};
 
 impl Session {
     /// Moves this client to its database's current pool if a reload retired the one it uses;
@@ -23,6 +24,18 @@ impl Session {
                 self.slot.database
             ))));
         };
+        if (db.pool_mode == PoolMode::Transaction) != self.transaction {
+            // A session-mode pool would hand this client's server, with its settings, to the
+            // next session as it is: the client reconnects (57P01, which drivers retry) and
+            // gets the new mode.
+            return Some(End::Fatal(Failure::Server {
+                code: "57P01".into(),
+                message: format!(
+                    "the pool mode of database \"{}\" changed on reload; reconnect",
+                    self.slot.database
+                ),
+            }));
+        }
         let next = self.pooler.pool(&db, &self.slot.user);
         let moved = self.pool.db.primary != db.primary
             || self.pool.db.replicas != db.replicas
