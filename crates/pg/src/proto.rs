@@ -40,6 +40,15 @@ pub fn tagged_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Whether `tag` starts a message a client may send once logged in (PostgreSQL answers any
+/// other with FATAL 08P01 "invalid frontend message type").
+pub fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'B' | b'C' | b'c' | b'd' | b'D' | b'E' | b'f' | b'F' | b'H' | b'P' | b'Q' | b'S' | b'X'
+    )
+}
+
 /// Length of a complete untagged startup-phase packet (`len` + body) in `buf`, if any.
 pub fn startup_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     if buf.len() < 4 {

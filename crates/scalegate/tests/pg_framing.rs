@@ -143,3 +143,23 @@ async fn psql_sending_a_message_over_the_limit_shows_the_fatal() {
     assert!(err.contains("FATAL"), "{err}");
     pooler_quiescent(&gw, port).await;
 }
+
+#[tokio::test]
+async fn a_message_type_no_client_sends_gets_fatal_08p01() {
+    // Unknown message types were ignored: a client waiting for an answer hung.
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "", "").await;
+    for tag in [b'Z', 0u8, b'p'] {
+        let mut s = raw_login(port);
+        s.write_all(&[tag, 0, 0, 0, 4]).expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut got = Vec::new();
+        let read = std::io::Read::read_to_end(&mut s, &mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("FATAL") && text.contains("08P01"),
+            "{tag}: {read:?} {text:?}"
+        );
+    }
+    pooler_quiescent(&gw, port).await;
+}

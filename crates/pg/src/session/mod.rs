@@ -282,6 +282,11 @@ struct Session {
 impl Session {
     async fn serve(&mut self) -> End {
         loop {
+            if let Some(&tag) = self.cbuf.first()
+                && !proto::is_frontend_tag(tag)
+            {
+                return End::Fatal(invalid_message(tag));
+            }
             match proto::tagged_len(&self.cbuf, self.max) {
                 Err(e) => return End::Fatal(e.into()),
                 Ok(Some(_)) if !self.waits_for_batch() => {
@@ -413,6 +418,9 @@ impl Session {
             };
             let msg = &rest[..n];
             let tag = msg[0];
+            if !proto::is_frontend_tag(tag) {
+                return Some(End::Fatal(invalid_message(tag)));
+            }
             consumed += n;
             // The segment this message belongs to (ended by the next Sync, Query or FunctionCall).
             let segment = self.track.sent;
@@ -1207,15 +1215,19 @@ impl Track {
     }
 }
 
-/// After a FATAL, reads and drops what the client still sends (for up to 2 s): closing a socket
-/// with unread bytes resets the connection, and the client, still writing (a message over the
-/// size limit), would get EPIPE or a reset instead of the FATAL waiting for it.
+/// After a FATAL, reads and drops what the client is still sending (for up to 2 s, while bytes
+/// keep coming): closing a socket with unread bytes resets the connection, and the client,
+/// still writing (a message over the size limit), would get EPIPE or a reset instead of the
+/// FATAL waiting for it.
 async fn linger(client: &mut ClientStream) {
     let mut scratch = BytesMut::with_capacity(64 * 1024);
     let drain = async {
         loop {
             scratch.clear();
-            if !matches!(client.read_some(&mut scratch).await, Ok(n) if n > 0) {
+            // A client that is not sending (it waits for our answer) is not waited for.
+            let read =
+                tokio::time::timeout(Duration::from_millis(100), client.read_some(&mut scratch));
+            if !matches!(read.await, Ok(Ok(n)) if n > 0) {
                 return;
             }
         }
@@ -1279,6 +1291,11 @@ async fn discard_all(conn: &mut crate::server::ServerConn) -> bool {
 }
 
 /// The SQL text of a Query or Parse message, and whether it is a Query or an unnamed Parse.
+/// PostgreSQL's answer to a message type no client may send.
+fn invalid_message(tag: u8) -> Failure {
+    Failure::Protocol(format!("invalid frontend message type {tag}"))
+}
+
 /// The statement name of a Parse message.
 fn parsed_name(msg: &[u8]) -> &[u8] {
     let mut body = &msg[5..];
