@@ -276,7 +276,8 @@ pub fn merge_not_modified(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
     ];
     let mut out = stored.clone();
     for name in fresh.keys() {
-        if KEEP.contains(name) || name == header::SET_COOKIE {
+        if KEEP.contains(name) || name == header::SET_COOKIE || keeps_weak_etag(name, stored, fresh)
+        {
             continue;
         }
         out.remove(name);
@@ -285,6 +286,19 @@ pub fn merge_not_modified(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// Whether the stored ETag is the weak form of the 304's: the gateway weakened it when it
+/// compressed the body, and the origin's strong tag names the uncompressed bytes. A strong tag
+/// on the compressed copy would let `If-Range` splice ranges of two codings.
+fn keeps_weak_etag(name: &HeaderName, stored: &HeaderMap, fresh: &HeaderMap) -> bool {
+    if name != header::ETAG {
+        return false;
+    }
+    let (Some(old), Some(new)) = (stored.get(header::ETAG), fresh.get(header::ETAG)) else {
+        return false;
+    };
+    old.as_bytes().strip_prefix(b"W/") == Some(new.as_bytes())
 }
 
 /// All the variants stored for one URL key.
@@ -337,5 +351,34 @@ impl Variants {
             .map(|o| o.retention(now))
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_304_never_makes_a_compressed_copys_etag_strong() {
+        let stored: HeaderMap = [(header::ETAG, HeaderValue::from_static("W/\"rv\""))]
+            .into_iter()
+            .collect();
+        let fresh: HeaderMap = [
+            (header::ETAG, HeaderValue::from_static("\"rv\"")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let merged = merge_not_modified(&stored, &fresh);
+        assert_eq!(merged[header::ETAG], "W/\"rv\"");
+        assert_eq!(merged[header::CACHE_CONTROL], "max-age=60");
+        // A plain stored tag is refreshed as usual.
+        let plain: HeaderMap = [(header::ETAG, HeaderValue::from_static("\"rv\""))]
+            .into_iter()
+            .collect();
+        assert_eq!(merge_not_modified(&plain, &fresh)[header::ETAG], "\"rv\"");
     }
 }
