@@ -52,6 +52,9 @@ pub struct FeatureState {
     pub shared: Option<Arc<SharedLimits>>,
     /// Route name → its queue.
     pub queues: HashMap<String, Arc<RouteQueue>>,
+    /// Memory queues a reload replaced (their settings changed) while they still held jobs:
+    /// kept so their workers deliver those, a drain waits for them and counts what they lose.
+    pub retired: Vec<(String, Arc<RouteQueue>)>,
 }
 
 impl FeatureState {
@@ -86,11 +89,41 @@ pub fn queue(snap: &Snapshot, route: &str) -> Option<Arc<RouteQueue>> {
     state(snap)?.queue(route).cloned()
 }
 
-/// Every queued route of a snapshot with its queue, in route order.
+/// Every queued route of a snapshot with its queue, in route order, then the queues a reload
+/// replaced that still hold jobs (named "ROUTE (before reload)").
 pub fn queues(snap: &Snapshot) -> Vec<(String, Arc<RouteQueue>)> {
-    snap.routes
+    let mut all: Vec<_> = snap
+        .routes
         .iter()
         .filter_map(|r| Some((r.spec.name.clone(), queue(snap, &r.spec.name)?)))
+        .collect();
+    if let Some(s) = state(snap) {
+        all.extend(
+            s.retired
+                .iter()
+                .filter(|(_, q)| q.unsettled() > 0)
+                .map(|(name, q)| (format!("{name} (before reload)"), q.clone())),
+        );
+    }
+    all
+}
+
+/// The queues of `was` still holding jobs that `queues` does not keep (their settings changed,
+/// or their route went): retired ones carried over, and those just replaced.
+fn retire(
+    was: Option<&FeatureState>,
+    queues: &HashMap<String, Arc<RouteQueue>>,
+) -> Vec<(String, Arc<RouteQueue>)> {
+    let Some(was) = was else {
+        return Vec::new();
+    };
+    let kept = |q: &Arc<RouteQueue>| queues.values().any(|k| Arc::ptr_eq(k, q));
+    was.retired
+        .iter()
+        .map(|(n, q)| (n, q))
+        .chain(was.queues.iter())
+        .filter(|(_, q)| !kept(q) && q.durable().is_none() && q.unsettled() > 0)
+        .map(|(n, q)| (n.clone(), q.clone()))
         .collect()
 }
 
@@ -177,6 +210,7 @@ impl Plugins for Features<'_> {
                 handlers.insert(r.name.clone(), Arc::new(handler));
             }
         }
+        let retired = retire(was, &queues);
         Built {
             before_routing: fanout.clone().map(|h| h as _),
             handlers,
@@ -186,6 +220,7 @@ impl Plugins for Features<'_> {
                 fanout,
                 shared,
                 queues,
+                retired,
             })),
         }
     }

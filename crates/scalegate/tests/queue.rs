@@ -176,6 +176,40 @@ async fn a_drain_that_runs_out_stops_on_time_and_says_what_was_lost() {
     );
 }
 
+#[tokio::test]
+async fn jobs_queued_before_a_reload_that_changes_the_queue_are_still_delivered_and_drained() {
+    // A reload that changed the route's queue settings made a new queue: the old one's jobs
+    // vanished from /queue, and SIGTERM exited at once without delivering or counting them.
+    let bs = backends(1).await;
+    bs[0].set_delay(Duration::from_millis(200));
+    let mut gw = GatewayProcess::start_with(
+        BIN,
+        "[runtime]\nworker_threads = 2\n[lifecycle]\ndrain_timeout = \"20s\"\n",
+        &queued(&bs, "max_in_flight = 1, attempts = 3"),
+    )
+    .await;
+    for i in 0..8 {
+        assert_eq!(post(&gw, "/hooks/x", &format!("job{i}")).await.status, 202);
+    }
+    gw.write_config(&queued(&bs, "max_in_flight = 1, attempts = 4"));
+    gw.signal(libc::SIGHUP);
+    let listed = eventually(Duration::from_secs(10), || async {
+        gw.admin_get("/queue")
+            .await
+            .contains("hooks (before reload)")
+    })
+    .await;
+    assert!(listed, "{}", gw.admin_get("/queue").await);
+    gw.signal(15);
+    let status = gw.wait_exit(Duration::from_secs(30)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        bs[0].hits(),
+        8,
+        "every job accepted before the reload was delivered"
+    );
+}
+
 /// Starts a gateway with an admin token on `rest`.
 async fn with_token(preamble: &str, rest: &str) -> GatewayProcess {
     GatewayProcess::start_custom(
