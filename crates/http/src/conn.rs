@@ -430,40 +430,40 @@ where
     // Every quarter of the idle timeout, bodies the client stopped taking are dropped.
     let every =
         (protocols.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut sweep = tokio::time::interval(every);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.wait(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = sweep.tick() => {
-                let cut = ctx.h2_streams.sweep(protocols.idle_timeout);
-                if cut > 0 {
-                    tracing::debug!(peer = %ctx.peer, streams = cut, "HTTP/2 streams the client stopped taking were cut");
-                }
-            }
+    let sweep = || {
+        let cut = ctx.h2_streams.sweep(protocols.idle_timeout);
+        if cut > 0 {
+            tracing::debug!(peer = %ctx.peer, streams = cut, "HTTP/2 streams the client stopped taking were cut");
         }
-    }
+    };
+    drive_with(
+        conn,
+        |c| c.graceful_shutdown(),
+        shutdown,
+        Some((every, sweep)),
+    )
+    .await;
 }
 
-/// Runs a connection that is not parked (TLS HTTP/1.1, with upgrades) to its end; on shutdown
-/// `graceful` asks it to finish (close after the response in flight).
-async fn drive_with<C, G>(conn: C, mut graceful: G, shutdown: &mut Shutdown)
-where
+/// Runs a connection that is not parked (HTTP/2, TLS HTTP/1.1 with upgrades) to its end, with
+/// `every`'s task run at its interval; on shutdown `graceful` asks it to finish (HTTP/1.1:
+/// close after the response in flight; HTTP/2: GOAWAY).
+async fn drive_with<C, G, T>(
+    conn: C,
+    mut graceful: G,
+    shutdown: &mut Shutdown,
+    mut every: Option<(Duration, T)>,
+) where
     C: Future<Output = Result<(), hyper::Error>>,
     G: FnMut(Pin<&mut C>),
+    T: FnMut(),
 {
     tokio::pin!(conn);
+    let period = every
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(d, _)| *d);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -476,6 +476,11 @@ where
             _ = shutdown.wait(), if !closing => {
                 closing = true;
                 graceful(conn.as_mut());
+            }
+            _ = tick.tick(), if every.is_some() => {
+                if let Some((_, task)) = every.as_mut() {
+                    task();
+                }
             }
         }
     }
@@ -507,7 +512,13 @@ async fn serve_tls(
         .h1
         .serve_connection(TokioIo::new(tls), service(&ctx))
         .with_upgrades();
-    drive_with(conn, |c| c.graceful_shutdown(), shutdown).await;
+    drive_with(
+        conn,
+        |c| c.graceful_shutdown(),
+        shutdown,
+        None::<(Duration, fn())>,
+    )
+    .await;
 }
 
 /// A stream with bytes already read from it put back in front.

@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// An origin answering every request with `size` bytes, behind a gateway whose listener has
+/// `idle_timeout` and whose upstream has the `upstream` settings.
+async fn big_download(
+    size: usize,
+    idle_timeout: &str,
+    upstream: &str,
+) -> (scalegate_testkit::Origin, GatewayProcess) {
+    let big = bytes::Bytes::from(vec![b'x'; size]);
+    let o = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        &format!("idle_timeout = \"{idle_timeout}\""),
+        &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
+    )
+    .await;
+    (o, gw)
+}
+
 /// Sends a POST head announcing `len` body bytes (or chunked when `len` is None), then one byte
 /// (one chunk) every `every` until the gateway answers; returns the status line and how long it
 /// took.
@@ -137,22 +162,8 @@ async fn the_route_timeout_starts_when_the_body_has_gone_upstream() {
 /// A response the client's socket refuses for `idle_timeout` now closes the connection.
 #[tokio::test]
 async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
-    let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
-    let o = scalegate_testkit::Origin::start(move |_, _| {
-        http::Response::builder()
-            .status(200)
-            .body(big.clone())
-            .expect("response")
-    })
-    .await;
     let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        "idle_timeout = \"4s\"",
-        &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
-    )
-    .await;
+    let (_o, gw) = big_download(16 << 20, "4s", upstream).await;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut stuck = socket.connect(gw.http).await.expect("connect");
@@ -223,22 +234,8 @@ async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
     // A client advertising a stream window of 0 takes no byte of a response body, yet its
     // connection answers PINGs, so no idle or write-stall timer fired: the stream held its
     // bulkhead place (and upstream connection) for as long as the client liked.
-    let big = bytes::Bytes::from(vec![b'x'; 1 << 20]);
-    let o = scalegate_testkit::Origin::start(move |_, _| {
-        http::Response::builder()
-            .status(200)
-            .body(big.clone())
-            .expect("response")
-    })
-    .await;
     let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        "idle_timeout = \"2s\"",
-        &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
-    )
-    .await;
+    let (_o, gw) = big_download(1 << 20, "2s", upstream).await;
     let tcp = tokio::net::TcpStream::connect(gw.http)
         .await
         .expect("connect");
@@ -277,21 +274,7 @@ async fn a_slow_but_steady_http2_reader_gets_its_whole_download() {
     // The protection above reset downloads whose client opened its window steadily but slowly:
     // the gateway handed hyper the upstream's whole chunk (256 KiB here) and timed how long
     // the client took to drain all of it.
-    let big = bytes::Bytes::from(vec![b'x'; 256 << 10]);
-    let o = scalegate_testkit::Origin::start(move |_, _| {
-        http::Response::builder()
-            .status(200)
-            .body(big.clone())
-            .expect("response")
-    })
-    .await;
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        "idle_timeout = \"2s\"",
-        &routed(&format!("\"{}\"", o.addr), "/", "", ""),
-    )
-    .await;
+    let (_o, gw) = big_download(256 << 10, "2s", "").await;
     let tcp = tokio::net::TcpStream::connect(gw.http)
         .await
         .expect("connect");
@@ -325,21 +308,7 @@ async fn a_slow_but_steady_http1_reader_gets_its_whole_download() {
     // but slowly: the socket takes writes again only once a good part of its buffer (grown
     // large on loopback) has drained, which took longer than idle_timeout.
     let size = 16 << 20;
-    let big = bytes::Bytes::from(vec![b'x'; size]);
-    let o = scalegate_testkit::Origin::start(move |_, _| {
-        http::Response::builder()
-            .status(200)
-            .body(big.clone())
-            .expect("response")
-    })
-    .await;
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        "idle_timeout = \"1s\"",
-        &routed(&format!("\"{}\"", o.addr), "/", "", ""),
-    )
-    .await;
+    let (_o, gw) = big_download(size, "1s", "").await;
     let mut s = tokio::net::TcpStream::connect(gw.http)
         .await
         .expect("connect");
