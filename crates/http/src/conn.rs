@@ -247,8 +247,11 @@ async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// The service of one connection; on HTTP/2 (`h2`) response bodies are watched for a client
+/// that stops taking them (`h2_stall.rs`).
 fn service(
     ctx: &Arc<ConnCtx>,
+    h2: bool,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<RespBody>,
@@ -261,30 +264,14 @@ fn service(
         // A combinator, not `async { Ok(fut.await) }`: an async block would hold the handler's
         // future twice (as its captured value and as the awaited one), doubling what is
         // allocated and copied for every request.
-        Box::pin(futures_util::FutureExt::map(
-            proxy::handle(ctx.clone(), req),
-            Ok::<_, Infallible>,
-        ))
-    })
-}
-
-/// [`service`] for an HTTP/2 connection: response bodies are watched (`h2_stall.rs`).
-fn h2_service(
-    ctx: &Arc<ConnCtx>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<RespBody>,
-    Error = Infallible,
-    Future = BoxedResponse,
-> + Unpin
-+ use<> {
-    let ctx = ctx.clone();
-    service_fn(move |req| -> BoxedResponse {
+        let handled = proxy::handle(ctx.clone(), req);
+        if !h2 {
+            return Box::pin(futures_util::FutureExt::map(handled, Ok::<_, Infallible>));
+        }
         let watcher = ctx.clone();
-        Box::pin(futures_util::FutureExt::map(
-            proxy::handle(ctx.clone(), req),
-            move |resp| Ok::<_, Infallible>(resp.map(|b| watcher.h2_streams.watch(b))),
-        ))
+        Box::pin(futures_util::FutureExt::map(handled, move |resp| {
+            Ok::<_, Infallible>(resp.map(|b| watcher.h2_streams.watch(b)))
+        }))
     })
 }
 
@@ -339,7 +326,7 @@ async fn run_h1(
     let fd = std::os::fd::AsRawFd::as_raw_fd(&io.inner);
     let mut conn = protocols
         .h1
-        .serve_connection(TokioIo::new(io), service(ctx));
+        .serve_connection(TokioIo::new(io), service(ctx, false));
     // One coarse per-connection tick does both idle parking and the header timeout (instead of
     // hyper's timer, which allocates and arms a sleep for every request): with no request in
     // flight, the connection parks after `park_after`; one that still has not produced a request
@@ -426,7 +413,7 @@ where
 {
     let conn = protocols
         .h2
-        .serve_connection(TokioIo::new(stream), h2_service(&ctx));
+        .serve_connection(TokioIo::new(stream), service(&ctx, true));
     // Every quarter of the idle timeout, bodies the client stopped taking are dropped.
     let every =
         (protocols.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -510,7 +497,7 @@ async fn serve_tls(
     // Not parked, so hyper can run upgrades itself: the service spawns the tunnel.
     let conn = protocols
         .h1
-        .serve_connection(TokioIo::new(tls), service(&ctx))
+        .serve_connection(TokioIo::new(tls), service(&ctx, false))
         .with_upgrades();
     drive_with(
         conn,
