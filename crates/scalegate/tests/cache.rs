@@ -944,9 +944,23 @@ async fn a_purge_that_would_do_less_than_asked_is_refused() {
         "prefix=",
         "tag=",
         "url=",
+        "url=ftp%3A%2F%2Fh%2Fx",
+        "url=%2Fx%25zz",
     ] {
         let r = purge(&g, q).await;
         assert_eq!(r.status, 400, "{q}: {}", r.body);
+    }
+    // A URL spelled as a client may spell it finds the copy its request stored (it answered
+    // 200 "purged":0 and left the copy).
+    for (i, spelling) in ["%2F%2561b0", "%2Fx%2F..%2Fab1", "%2F%2Fab2"]
+        .iter()
+        .enumerate()
+    {
+        let path = format!("/ab{i}");
+        get(&g, &path, &[]).await;
+        let r = purge(&g, &format!("url={spelling}")).await;
+        assert!(r.body.contains("\"purged\":1"), "{spelling}: {}", r.body);
+        assert!(!is_hit(&get(&g, &path, &[]).await), "{spelling}");
     }
     quiescent(&g).await;
 }

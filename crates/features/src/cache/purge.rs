@@ -43,8 +43,8 @@ impl Purge {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
             let target = match k {
-                "url" => Target::Url(v),
-                "prefix" => Target::Prefix(v),
+                "url" => Target::Url(normal_url(&v)?),
+                "prefix" => Target::Prefix(normal_url(&v)?),
                 "tag" => Target::Tag(v),
                 "soft" if soft.is_some() => return Err("soft given twice"),
                 "soft" => {
@@ -188,6 +188,50 @@ impl Matcher {
     }
 }
 
+/// A purge's URL as a request for it would be normalised (edge.rs): `%61` decoded, `//` and
+/// `.` segments resolved, the host lower-cased, so a purge named as a client spelled the URL
+/// finds the stored copy. A URL no request could have is refused.
+fn normal_url(url: &str) -> Result<String, &'static str> {
+    use scalegate_http::normalize;
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (Some(s), rest),
+        Some(_) => return Err("a purge URL is http or https"),
+        None => (None, url),
+    };
+    let (authority, pq) = match rest.find('/') {
+        Some(0) => (None, rest),
+        Some(i) => (Some(&rest[..i]), &rest[i..]),
+        None if scheme.is_some() && !rest.is_empty() => (Some(rest), "/"),
+        None => return Err("a purge URL is /path, host/path or http://host/path"),
+    };
+    let (path, query) = match pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pq, None),
+    };
+    let bad = |_| "a purge URL no request could have";
+    let path = normalize::path(path, &normalize::NormalizeSpec::default())
+        .map_err(bad)?
+        .unwrap_or_else(|| path.to_string());
+    let mut out = String::with_capacity(url.len());
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    if let Some(a) = authority {
+        out.push_str(
+            &normalize::host(a)
+                .map_err(bad)?
+                .unwrap_or_else(|| a.to_string()),
+        );
+    }
+    out.push_str(&path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
 /// The path-and-query part of a URL key (after the host, if any).
 pub fn key_path(k: &str) -> &str {
     k.find('/').map_or(k, |i| &k[i..])
@@ -257,7 +301,18 @@ mod tests {
     #[test]
     fn parses_admin_queries_and_bus_messages() {
         let p = Purge::from_query("url=%2Fa%3Fx%3D1&soft=true").unwrap();
+        assert_eq!(
+            Purge::from_query("url=%2Fc%2F%2561b%2F.%2F%2Fx").map(|p| p.target),
+            Ok(Target::Url("/c/ab/x".into()))
+        );
+        assert_eq!(
+            Purge::from_query("url=http%3A%2F%2FLOCALHOST%3A80%2Fc%3Fq%3D1").map(|p| p.target),
+            Ok(Target::Url("http://localhost:80/c?q=1".into()))
+        );
         for refused in [
+            "url=ftp%3A%2F%2Fh%2Fx",
+            "url=%2Fc%2Fx%25zz",
+            "url=http%3A%2F%2F",
             "url=/a&prefix=/b/",
             "url=/a&url=/b",
             "url=/a&soft=yes",
