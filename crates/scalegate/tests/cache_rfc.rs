@@ -717,6 +717,7 @@ async fn rfc9111_3_5_a_private_304_never_reaches_another_user() {
             "seen=alice",
             "a 304's cookie is the client's"
         );
+        common::quiescent(&g).await;
     }
 }
 
@@ -737,6 +738,7 @@ async fn rfc9111_4_3_4_a_304_naming_another_etag_updates_nothing() {
     let next = get(&g, "/other-etag", &[("x-second", "1")]).await;
     assert_eq!(next.body, "v2 body", "{}", status(&next));
     assert!(!is_hit(&next), "{}", status(&next));
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -766,6 +768,7 @@ async fn rfc9110_12_5_3_a_coding_the_origin_chose_is_not_served_to_a_client_with
         assert_eq!(plain.body, "plain text", "{ae:?}: {}", status(&plain));
         assert_eq!(plain.header("content-encoding"), "");
     }
+    common::quiescent(&g).await;
 }
 
 #[tokio::test]
@@ -785,4 +788,5 @@ async fn rfc9111_4_1_an_empty_header_is_not_an_absent_one() {
     let g = gw(&o, "cache = {}", "").await;
     assert_eq!(get(&g, "/v", &[("x-user", "")]).await.body, "user []");
     assert_eq!(get(&g, "/v", &[]).await.body, "anonymous");
+    common::quiescent(&g).await;
 }

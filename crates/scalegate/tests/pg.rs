@@ -610,26 +610,14 @@ async fn psql_copy_and_pgbench_work_through_the_pooler() {
     .expect("copy out");
     assert_eq!(out.lines().count(), 1000);
     psql(port, "postgres", "app", "CREATE TABLE t (n int)").expect("create");
-    let bin = scalegate_testkit::postgres::bin_dir();
-    let copy_in = std::process::Command::new(bin.join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "app",
-        ])
+    let copy_in = pg_common::psql_app(port)
         .args(["-c", "\\copy t FROM PROGRAM 'seq 1 500'"])
         .status()
         .expect("psql");
     assert!(copy_in.success());
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM t"), "500");
     let pgbench = |args: &[&str]| {
-        std::process::Command::new(bin.join("pgbench"))
+        std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
             .args(args)
             .arg("app")

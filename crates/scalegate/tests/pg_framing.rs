@@ -124,21 +124,7 @@ async fn psql_sending_a_message_over_the_limit_shows_the_fatal() {
     let value = "x".repeat(70 << 20);
     std::fs::write(&file, format!("SELECT '{value}';\n")).expect("write");
     drop(value);
-    let out = std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "app",
-        ])
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .expect("psql");
+    let out = psql_app(port).arg("-f").arg(&file).output().expect("psql");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FATAL"), "{err}");
     pooler_quiescent(&gw, port).await;

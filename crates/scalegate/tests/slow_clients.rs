@@ -10,6 +10,18 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A gateway whose listener has `listener` settings, with one route (`route` settings) to
+/// `endpoints` (an upstream with `upstream` settings).
+async fn gateway(listener: &str, endpoints: &str, route: &str, upstream: &str) -> GatewayProcess {
+    GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        listener,
+        &routed(endpoints, "/", route, upstream),
+    )
+    .await
+}
+
 /// An origin answering every request with `size` bytes, behind a gateway whose listener has
 /// `idle_timeout` and whose upstream has the `upstream` settings.
 async fn big_download(
@@ -25,13 +37,8 @@ async fn big_download(
             .expect("response")
     })
     .await;
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        &format!("idle_timeout = \"{idle_timeout}\""),
-        &routed(&format!("\"{}\"", o.addr), "/", "", upstream),
-    )
-    .await;
+    let listener = format!("idle_timeout = \"{idle_timeout}\"");
+    let gw = gateway(&listener, &format!("\"{}\"", o.addr), "", upstream).await;
     (o, gw)
 }
 
@@ -70,16 +77,12 @@ async fn trickle(addr: SocketAddr, len: Option<usize>, every: Duration) -> (Stri
 #[tokio::test]
 async fn slow_uploads_get_408_and_eject_nothing() {
     let bs = backends(2).await;
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
+    let upstream = "passive = { consecutive_failures = 2, base_ejection = \"10s\" }\npool = { max_per_endpoint = 8 }";
+    let gw = gateway(
         "body_timeout = \"1s\"",
-        &routed(
-            &endpoints(&bs),
-            "/",
-            "timeout = \"300ms\"",
-            "passive = { consecutive_failures = 2, base_ejection = \"10s\" }\npool = { max_per_endpoint = 8 }",
-        ),
+        &endpoints(&bs),
+        "timeout = \"300ms\"",
+        upstream,
     )
     .await;
     let mut slow = Vec::new();
@@ -197,18 +200,8 @@ async fn clients_sending_small_bodies_slowly_hold_no_bulkhead_place() {
     // Five connections announcing 100 body bytes and sending two held all five places of an
     // upstream's bulkhead until the body timeout: every other request got 503.
     let bs = backends(1).await;
-    let gw = GatewayProcess::start_full(
-        BIN,
-        "[runtime]\nworker_threads = 2\n",
-        "body_timeout = \"20s\"",
-        &routed(
-            &endpoints(&bs),
-            "/",
-            "",
-            "concurrency = { max_in_flight = 5, queue = 5, queue_timeout = \"500ms\" }",
-        ),
-    )
-    .await;
+    let upstream = "concurrency = { max_in_flight = 5, queue = 5, queue_timeout = \"500ms\" }";
+    let gw = gateway("body_timeout = \"20s\"", &endpoints(&bs), "", upstream).await;
     let mut slow = Vec::new();
     for _ in 0..10 {
         let mut s = tokio::net::TcpStream::connect(gw.http)

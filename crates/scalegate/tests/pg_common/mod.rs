@@ -170,3 +170,12 @@ pub fn flush() -> Vec<u8> {
 pub fn sync() -> Vec<u8> {
     pg_message(b'S', &[])
 }
+
+/// psql (without ~/.psqlrc) connected to database `app` of the pooler on `port` as postgres;
+/// add the command (`-c`, `-f`) and run it.
+pub fn psql_app(port: u16) -> std::process::Command {
+    let mut c = std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("psql"));
+    c.args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "app"]);
+    c
+}
