@@ -14,7 +14,8 @@ use crate::body::{ClientBody, ReqBody};
 use crate::error::ProxyError;
 use crate::spec::RetrySpec;
 
-static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+pub(crate) static IDEMPOTENCY_KEY: http::HeaderName =
+    http::HeaderName::from_static("idempotency-key");
 
 /// Request bodies up to this size (with a Content-Length) are read whole before an upstream
 /// connection is taken, so a client that sends them slowly holds no pooled connection.

@@ -99,6 +99,13 @@ pub(super) fn send(
                 None => connect(ctx, route, endpoint, crate::clock::now(), true, streaming).await?,
             };
             let reused = lease.reused;
+            // On a reused connection the upstream may close it (an idle timeout it does not
+            // announce) just as the request goes: a copy lets a request that may go twice go
+            // again on a new connection.
+            let mut spare = match reused && !fresh {
+                true => resendable(&out.req),
+                false => None,
+            };
             let Some(sender) = lease.sender() else {
                 return Err(ProxyError::UpstreamReset);
             };
@@ -128,12 +135,58 @@ pub(super) fn send(
                             out.req = r;
                             fresh = true;
                         }
+                        // Sent, and the connection closed with no answer: the close crossed
+                        // the request. One that may go twice goes again.
+                        None if spare.is_some() && closed_unanswered(&err) => {
+                            tracing::debug!(error = %err, "pooled connection closed under the request; sending it again on a new one");
+                            out.req = spare.take().ok_or(ProxyError::UpstreamReset)?;
+                            fresh = true;
+                        }
                         _ => return Err(outcome_of(&err, endpoint)),
                     }
                 }
             }
         }
     }
+}
+
+/// A copy of `req` to send again if the connection it goes on closes under it: only for a
+/// request that may be sent twice (an idempotent method, or an `Idempotency-Key`, as for
+/// retries) and whose body is kept whole or absent.
+fn resendable(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = match req.body() {
+        ReqBody::Empty => ReqBody::Empty,
+        ReqBody::Replay(b) => ReqBody::Replay(b.clone()),
+        ReqBody::Client(_) => return None,
+    };
+    let may_repeat = scalegate_core::retry::is_idempotent_method(req.method().as_str())
+        || req.headers().contains_key(&crate::retry::IDEMPOTENCY_KEY);
+    if !may_repeat {
+        return None;
+    }
+    let (head, ()) = Request::new(()).into_parts();
+    let mut copy = Request::from_parts(head, body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether the connection closed or was reset before the response head came.
+fn closed_unanswered(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Why an attempt's send gave no response to pass on.
