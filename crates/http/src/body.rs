@@ -31,6 +31,22 @@ pub struct StoredBody(pub Bytes);
 #[error("request body not received within {0:?}")]
 pub struct BodyTimeout(pub Duration);
 
+/// Why the client's streamed body failed, told to the attempt waiting for the response head
+/// (see `proxy/head_wait.rs`): however the upstream's protocol reports a body that broke off
+/// (HTTP/2 as a stream reset), the answer is the client's fault, never the endpoint's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Over the route's `max_body_bytes`.
+    TooLarge,
+    /// Not whole within the listener's `body_timeout`.
+    Timeout,
+    /// Malformed (bad chunked framing) or cut short.
+    Broken,
+}
+
+/// Told once by a streamed body: it passed whole, or why it failed.
+pub type BodyEnd = Result<(), BodyFault>;
+
 /// A request body on its way to an upstream.
 #[derive(Debug)]
 pub enum ReqBody {
@@ -52,7 +68,7 @@ pub struct ClientBody {
     limit: u64,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    sent: Option<tokio::sync::oneshot::Sender<()>>,
+    sent: Option<tokio::sync::oneshot::Sender<BodyEnd>>,
 }
 
 impl ClientBody {
@@ -63,7 +79,7 @@ impl ClientBody {
         limit: u64,
         timeout: Duration,
         deadline: tokio::time::Instant,
-        sent: tokio::sync::oneshot::Sender<()>,
+        sent: tokio::sync::oneshot::Sender<BodyEnd>,
     ) -> Self {
         ClientBody {
             inner,
@@ -80,6 +96,7 @@ impl ClientBody {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 ready!(self.deadline.as_mut().poll(cx));
+                self.ended(Err(BodyFault::Timeout));
                 return Poll::Ready(Some(Err(Box::new(BodyTimeout(self.timeout)))));
             }
         };
@@ -88,25 +105,30 @@ impl ClientBody {
                 if let Some(d) = f.data_ref() {
                     self.seen += d.len() as u64;
                     if self.seen > self.limit {
+                        self.ended(Err(BodyFault::TooLarge));
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
                     }
                 }
                 if self.inner.is_end_stream() {
-                    self.passed();
+                    self.ended(Ok(()));
                 }
                 Some(Ok(f))
             }
-            Some(Err(e)) => Some(Err(Box::new(e))),
+            Some(Err(e)) => {
+                self.ended(Err(BodyFault::Broken));
+                Some(Err(Box::new(e)))
+            }
             None => {
-                self.passed();
+                self.ended(Ok(()));
                 None
             }
         })
     }
 
-    fn passed(&mut self) {
+    /// Tells the waiting attempt how the body ended (once).
+    fn ended(&mut self, end: BodyEnd) {
         if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
+            let _ = tx.send(end);
         }
     }
 }

@@ -158,6 +158,17 @@ impl Outcome {
     }
 }
 
+impl From<crate::body::BodyFault> for ProxyError {
+    fn from(fault: crate::body::BodyFault) -> Self {
+        use crate::body::BodyFault;
+        match fault {
+            BodyFault::TooLarge => ProxyError::BodyTooLarge,
+            BodyFault::Timeout => ProxyError::BodyTimeout,
+            BodyFault::Broken => ProxyError::BadRequest("request body malformed or cut short"),
+        }
+    }
+}
+
 impl ProxyError {
     /// The outcome table: how each way of ending is answered, counted and retried.
     pub const fn outcome(&self) -> Outcome {

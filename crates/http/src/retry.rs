@@ -21,8 +21,9 @@ pub(crate) static IDEMPOTENCY_KEY: http::HeaderName =
 /// connection is taken, so a client that sends them slowly holds no pooled connection.
 pub const BUFFER_BYTES: u64 = 64 << 10;
 
-/// Fires when a streamed body has passed whole to the upstream (or was given up).
-pub type BodySent = tokio::sync::oneshot::Receiver<()>;
+/// Fires when a streamed body has passed whole to the upstream or failed (closed when it was
+/// given up).
+pub type BodySent = tokio::sync::oneshot::Receiver<crate::body::BodyEnd>;
 
 /// When the client's body must have arrived: the listener's `body_timeout` after the request.
 #[derive(Clone, Copy, Debug)]

@@ -328,3 +328,35 @@ async fn connected(
         .expect("connect");
     (gw, s)
 }
+
+/// A probe's finding: the same bad bodies sent to an h2c upstream (gRPC's case) were answered
+/// 502 ("upstream connection broke", UNAVAILABLE to gRPC clients, which retry it) and counted
+/// against the endpoint, so a client could eject healthy backends. Over HTTP/1.1 they were
+/// already 413 and 400.
+#[tokio::test]
+async fn a_bad_body_streamed_to_an_h2c_upstream_is_the_clients_fault() {
+    let bs = backends(1).await;
+    let cfg = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\nmax_body_bytes = \"1KiB\"\n[upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\npassive = {{ consecutive_failures = 1, max_ejection_percent = 100 }}\n",
+        bs[0].addr
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let body = "x".repeat(2000);
+    // Three chunks: 512 + 512 + 1024 bytes, over the 1 KiB limit only at the third.
+    let over = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n200\r\n{a}\r\n200\r\n{a}\r\n400\r\n{b}\r\n0\r\n\r\n",
+        a = &body[..512],
+        b = &body[..1024]
+    );
+    let (out, _) = raw(gw.http, over.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
+    // A first chunk that goes, then a broken chunk size.
+    let broken = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nhello\r\n0\r\n\r\n";
+    let (out, _) = raw(gw.http, broken.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
+    let view = gw.admin_get("/upstreams").await;
+    assert!(!view.contains("\"ejected\""), "{view}");
+    let ok = Client::http1().get(gw.http, "/").await.expect("response");
+    assert_eq!(ok.status, 200);
+    quiescent(&gw).await;
+}

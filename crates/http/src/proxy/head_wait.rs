@@ -58,16 +58,27 @@ impl<F: Future> Future for Waiting<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(head) = this.sending.poll(cx) {
-            return Poll::Ready(Ok(head));
-        }
+        // The body first: one that failed is told here before the upstream's protocol reports
+        // the break (over HTTP/2 as a reset, which would read as the endpoint's fault).
+        let mut arriving = false;
         if let HeadWait::AfterBody(body, timeout) = this.rule
             && let Some(sent) = body.as_mut()
         {
-            // Passed whole or given up on (the sender dropped): the route timeout starts.
-            let _ = ready!(Pin::new(sent).poll(cx));
-            *body = None;
-            this.timer.as_mut().reset(Instant::now() + *timeout);
+            match Pin::new(sent).poll(cx) {
+                Poll::Ready(Ok(Err(fault))) => return Poll::Ready(Err(fault.into())),
+                // Passed whole or given up on (the sender dropped): the route timeout starts.
+                Poll::Ready(_) => {
+                    *body = None;
+                    this.timer.as_mut().reset(Instant::now() + *timeout);
+                }
+                Poll::Pending => arriving = true,
+            }
+        }
+        if let Poll::Ready(head) = this.sending.poll(cx) {
+            return Poll::Ready(Ok(head));
+        }
+        if arriving {
+            return Poll::Pending;
         }
         ready!(this.timer.poll(cx));
         Poll::Ready(Err(ProxyError::UpstreamTimeout))
@@ -80,12 +91,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_route_timeout_starts_when_the_body_has_passed() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5));
         let started = Instant::now();
         let body = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            let _ = tx.send(());
+            let _ = tx.send(Ok(()));
         });
         let out = rule.wait(std::future::pending::<()>()).await;
         assert!(matches!(out, Err(ProxyError::UpstreamTimeout)));
@@ -97,6 +108,16 @@ mod tests {
         let out = rule.wait(std::future::pending::<()>()).await;
         assert!(matches!(out, Err(ProxyError::UpstreamTimeout)));
         assert_eq!(again.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_failed_is_the_answer_even_when_the_send_failed_too() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5));
+        let _ = tx.send(Err(crate::body::BodyFault::TooLarge));
+        // The upstream's protocol reports the break as its own error at the same time.
+        let out = rule.wait(async { "stream reset" }).await;
+        assert!(matches!(out, Err(ProxyError::BodyTooLarge)));
     }
 
     #[tokio::test(start_paused = true)]
