@@ -145,6 +145,11 @@ pub fn path(p: &str, spec: &NormalizeSpec) -> Result<Option<String>, ProxyError>
         return Ok(None);
     }
     let decoded = decode(p.as_bytes(), spec)?;
+    if has_dot_segment_with_parameters(&decoded) {
+        return Err(ProxyError::BadRequest(
+            "dot-segment with parameters in path",
+        ));
+    }
     let out = remove_dot_segments(&decoded);
     if out == p.as_bytes() {
         return Ok(None);
@@ -163,16 +168,36 @@ fn needs_work(p: &[u8], merge: bool) -> bool {
         match b {
             b'%' | b'\\' => return true,
             b'/' if merge && at_segment_start => return true,
+            b';' if at_segment_start => return true,
             b'.' if at_segment_start => {
                 let rest = &p[i + 1..];
                 if rest.is_empty()
-                    || rest[0] == b'/'
-                    || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/'))
+                    || matches!(rest[0], b'/' | b';')
+                    || (rest[0] == b'.' && (rest.len() == 1 || matches!(rest[1], b'/' | b';')))
                 {
                     return true;
                 }
             }
             _ => {}
+        }
+    }
+    false
+}
+
+/// Whether a segment named `.`, `..` or nothing has parameters (`..;x`, `.;`, `;x`) and is not
+/// the last: servlet containers (Tomcat, Jetty, Spring) drop a segment's parameters before
+/// resolving dots and merging slashes, so to them `/public/..;/admin` and `/;/admin` are
+/// `/admin`, while to RFC 3986 (and the gateway's rules) `..;` and `;` are names. Refused
+/// rather than guessed at: no real client sends one. A last segment of parameters alone
+/// (`/app/;jsessionid=1`) names the directory in either reading and is left alone.
+fn has_dot_segment_with_parameters(p: &[u8]) -> bool {
+    let mut segments = p.split(|&b| b == b'/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        let name = seg.split(|&b| b == b';').next().unwrap_or_default();
+        let dots = name == b"." || name == b"..";
+        if seg.len() > name.len() && (dots || (name.is_empty() && !last)) {
+            return true;
         }
     }
     false
@@ -321,6 +346,30 @@ mod tests {
             ("/", "/"),
         ] {
             assert_eq!(norm(raw).expect(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for raw in [
+            "/a/..;/b",
+            "/.;/b",
+            "/a/%2e%2e;x/b",
+            "/a/..;",
+            "/%2E;x",
+            "/;/b",
+            "/a/;x/b",
+        ] {
+            assert!(norm(raw).is_err(), "{raw}");
+        }
+        for ok in [
+            "/a;x/b",
+            "/a/..b;x",
+            "/a/.well-known;x",
+            "/;x",
+            "/a/;jsessionid=1",
+        ] {
+            assert!(norm(ok).is_ok(), "{ok}");
         }
     }
 

@@ -47,6 +47,29 @@ async fn path_bypasses_are_denied_over_http1_and_http2() {
     quiescent(&gw).await;
 }
 
+/// A probe's finding: dot-segments with parameters walked past the deny rule to the default
+/// route, and servlet containers resolve them as `..` (the "..;/" bypass). They are refused.
+#[tokio::test]
+async fn dot_segments_with_parameters_are_refused_over_http1_and_http2() {
+    let rec = Recorder::start().await;
+    let gw = gateway_with("", &rec).await;
+    for p in [
+        "/public/..;/admin/x",
+        "/;/admin/x",
+        "/.;/admin/x",
+        "/public/%2e%2e;/admin/x",
+        "/public/..;jsessionid=1/admin/x",
+    ] {
+        let req = format!("GET {p} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        // Before the fix: 200 from the default route.
+        assert_eq!(h1(gw.http, req.as_bytes()).await, [400], "HTTP/1.1 {p}");
+        let answer = h2(gw.http, "GET", p, "shop.example", &[], &[]).await;
+        assert_eq!(answer, H2Answer::Status(400), "HTTP/2 {p}");
+    }
+    expect(&rec, &[], "every spelling is refused").await;
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn host_spellings_are_denied_over_http1_and_http2() {
     let rec = Recorder::start().await;
