@@ -44,6 +44,11 @@ pub enum ProxyError {
     /// The connection broke before a response head arrived (upstream's side).
     #[error("upstream connection broke")]
     UpstreamReset,
+    /// The upstream's response breaks HTTP/1.1's rules in a way that cannot be passed on
+    /// safely (upstream's side): both Content-Length and Transfer-Encoding (RFC 9112 §6.3), or
+    /// 101 Switching Protocols to a request that asked for no upgrade.
+    #[error("upstream sent an invalid response: {0}")]
+    BadResponse(&'static str),
     /// No response head within the request timeout (upstream's side).
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -241,6 +246,13 @@ impl ProxyError {
                 true,
                 "upstream_reset",
             ),
+            ProxyError::BadResponse(_) => Outcome::upstream(
+                S::BAD_GATEWAY,
+                grpc::UNAVAILABLE,
+                Reset,
+                true,
+                "bad_response",
+            ),
             ProxyError::UpstreamTimeout => Outcome::upstream(
                 S::GATEWAY_TIMEOUT,
                 grpc::DEADLINE_EXCEEDED,
@@ -344,7 +356,7 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 17] = [
+    const ALL: [ProxyError; 18] = [
         ProxyError::Unavailable("the queue is full"),
         ProxyError::BodyTimeout,
         ProxyError::ResponseHeadTooLarge,
@@ -362,6 +374,7 @@ mod tests {
         ProxyError::ConnectFailed,
         ProxyError::ConnectTimeout,
         ProxyError::UpstreamReset,
+        ProxyError::BadResponse("x"),
         ProxyError::UpstreamTimeout,
         ProxyError::Draining,
     ];

@@ -101,6 +101,25 @@ async fn a_malformed_body_start_is_a_502() {
     quiescent(&gw2).await;
 }
 
+/// A probe's findings: a response with both Content-Length: 3 and a chunked body reached the
+/// client as `content-length: 3` and `hel` (RFC 9112 §6.3: handle as an error), and a 101 to a
+/// plain GET reached the client as a switch it never asked for. Both are 502 now (as nginx).
+#[tokio::test]
+async fn responses_that_cannot_be_framed_safely_are_502() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"[..],
+    ] {
+        let up = raw_upstream(answer).await;
+        let gw = unejecting(&format!("\"{up}\""), "").await;
+        for _ in 0..3 {
+            let out = answered_502(&gw).await;
+            assert!(out.contains("invalid response"), "{out}");
+        }
+        quiescent(&gw).await;
+    }
+}
+
 /// An upgrade request goes on a connection of its own; an upstream that refuses it with an
 /// answer whose body breaks at once gets the same 502.
 #[tokio::test]

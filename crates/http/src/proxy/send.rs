@@ -119,7 +119,8 @@ pub(super) fn send(
             });
             match head.await {
                 Err(e) => return Err(e),
-                Ok(Ok(resp)) => return Ok((resp, lease)),
+                // Dropping the lease closes the connection: its framing cannot be trusted.
+                Ok(Ok(resp)) => return valid(&resp).map(|()| (resp, lease)),
                 // A body that broke off before its first byte is the attempt's failure, as a
                 // reset before the head would be: nothing has reached the client yet.
                 Ok(Err(Failed::Body(e))) => return Err(outcome_of(&e, endpoint)),
@@ -148,6 +149,26 @@ pub(super) fn send(
             }
         }
     }
+}
+
+/// Refuses a response head that cannot be passed on safely (nginx answers both with 502 too):
+/// Content-Length beside Transfer-Encoding, which an intermediary that forwards it could frame
+/// differently from its neighbours (RFC 9112 §6.3: smuggling, response splitting), and a 101
+/// to a request that asked for no upgrade (upgrades go by `send_upgrade`), which would leave
+/// the client a switched connection it never asked for.
+fn valid<B>(resp: &Response<B>) -> Result<(), ProxyError> {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::BadResponse("101 to a request without Upgrade"));
+    }
+    let h = resp.headers();
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadResponse(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(())
 }
 
 /// A copy of `req` to send again if the connection it goes on closes under it: only for a
