@@ -20,6 +20,10 @@ pub enum ProxyError {
     /// The request is malformed in a way hyper let through (client's side).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request uses a transfer coding other than chunked (client's side; RFC 9112 §6.1
+    /// asks for 501): passing the body on re-framed would drop the coding silently.
+    #[error("transfer coding not implemented")]
+    UnknownTransferCoding,
     /// The request body is over the route's limit (client's side).
     #[error("request body over the route's limit")]
     BodyTooLarge,
@@ -187,6 +191,12 @@ impl ProxyError {
             ProxyError::BadRequest(_) => {
                 Outcome::client(S::BAD_REQUEST, grpc::INTERNAL, "bad_request").closing()
             }
+            ProxyError::UnknownTransferCoding => Outcome::client(
+                S::NOT_IMPLEMENTED,
+                grpc::UNIMPLEMENTED,
+                "unknown_transfer_coding",
+            )
+            .closing(),
             ProxyError::BodyTooLarge => Outcome::client(
                 S::PAYLOAD_TOO_LARGE,
                 grpc::RESOURCE_EXHAUSTED,
@@ -356,7 +366,7 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 18] = [
+    const ALL: [ProxyError; 19] = [
         ProxyError::Unavailable("the queue is full"),
         ProxyError::BodyTimeout,
         ProxyError::ResponseHeadTooLarge,
@@ -369,6 +379,7 @@ mod tests {
         ProxyError::NoRoute,
         ProxyError::BadRequest("x"),
         ProxyError::BodyTooLarge,
+        ProxyError::UnknownTransferCoding,
         ProxyError::NoHealthyEndpoint,
         ProxyError::PoolExhausted,
         ProxyError::ConnectFailed,

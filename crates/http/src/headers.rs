@@ -137,6 +137,17 @@ pub fn check_head(
     if parts.headers.len() > max_headers {
         return Err(ProxyError::HeadersTooLarge);
     }
+    // hyper decodes the chunked coding (it must be last) and the body goes upstream re-framed,
+    // so any other coding (`gzip, chunked`) would reach the backend undeclared.
+    for te in parts.headers.get_all(header::TRANSFER_ENCODING) {
+        let only_chunked = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
+        if !only_chunked {
+            return Err(ProxyError::UnknownTransferCoding);
+        }
+    }
     // Each field line costs its name, ": ", its value and CRLF on the wire.
     let mut size = parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 16;
     for (name, value) in &parts.headers {

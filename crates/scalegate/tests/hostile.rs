@@ -42,6 +42,10 @@ fn h1_cases() -> Vec<H1Case> {
         ("TE twice, identity last", r("POST /p HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"), vec![400], nothing()),
         ("TE space before colon", r("POST /p HTTP/1.1\r\nHost: s\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"), vec![400], nothing()),
         ("TE in HTTP/1.0", r("POST /p HTTP/1.0\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), vec![400], nothing()),
+        // A probe's finding: the gzip coding was dropped and the backend got a compressed
+        // body as if plain (200 before). RFC 9112 §6.1: 501.
+        ("TE gzip, chunked", r("POST /p HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), vec![501], nothing()),
+        ("TE gzip then chunked fields", r("POST /p HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), vec![501], nothing()),
         ("TE upper case is chunked", r("POST /p HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), vec![200], post(&["transfer-encoding: chunked"], b"3\r\nabc\r\n0\r\n\r\n")),
         ("TE tab before value", r("POST /p HTTP/1.1\r\nHost: s\r\nTransfer-Encoding:\tchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), vec![200], post(&["transfer-encoding: chunked"], b"3\r\nabc\r\n0\r\n\r\n")),
         ("duplicate CL differing", r("POST /p HTTP/1.1\r\nHost: s\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"), vec![400], nothing()),
