@@ -356,6 +356,44 @@ async fn a_job_answered_503_is_never_delivered_later() {
     quiescent(&gw).await;
 }
 
+/// A probe's finding: NATS paused during a POST and resumed within 2 s of the client's 503
+/// (the clock leeway of the Store-By check): JetStream stored the job, it was inside the leeway,
+/// and it was delivered; the client, told 503, sends it again. The wait for the acknowledgement
+/// now outlasts the leeway, so an answer and a delivery always agree.
+#[tokio::test]
+async fn a_job_stored_just_after_the_wait_gets_202_and_is_delivered() {
+    let nats = NatsServer::start_jetstream().await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    let cfg = format!(
+        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
+        nats.url(),
+        route(&sink, "max_in_flight = 4")
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let warm = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    nats.pause();
+    let addr = gw.http;
+    let posted = tokio::spawn(async move {
+        let req = http::Request::post(format!("http://{addr}/hooks/edge"))
+            .body(Full::new(Bytes::from("edge job")))
+            .expect("request");
+        Client::http1().send(req).await.expect("response")
+    });
+    // Past the 5 s wait of the build before, inside the 2 s leeway.
+    tokio::time::sleep(Duration::from_millis(5_800)).await;
+    nats.resume();
+    let r = posted.await.expect("client");
+    let later = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &later, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hits = sink.rec.lock().expect("record").hits;
+    // Before: 503, and the job delivered anyway (3 hits).
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(hits, 3, "warm-up, the edge job, the later one");
+    quiescent(&gw).await;
+}
+
 /// POSTs one job to `path` with an Idempotency-Key; the response.
 async fn post_keyed(gw: &GatewayProcess, path: &str, key: &str) -> Resp {
     let req = http::Request::post(format!("http://{}{path}", gw.http))

@@ -110,7 +110,13 @@ impl JetStreamQueue {
             let by = unix_ms(std::time::SystemTime::now() + STORE_WAIT);
             headers.insert(STORE_BY, by.to_string().as_str());
         }
-        publish(&js, self.subject.clone(), headers, payload)
+        // The wait for the acknowledgement outlasts the time after which a late copy is
+        // dropped: a job stored in time (leeway included) is acknowledged before the gateway
+        // gives up on it, so every job is either answered 202 and delivered, or 503 and dropped.
+        let mut js = (*js).clone();
+        let wait = STORE_WAIT + leeway() + ACK_MARGIN;
+        js.set_timeout(wait);
+        publish(&js, self.subject.clone(), headers, payload, wait)
             .await
             .map_err(|_| "the job store did not take the job; retry later")
     }
@@ -132,7 +138,7 @@ impl JetStreamQueue {
             "Scalegate-Given-Up-At",
             dead.given_up_at.to_string().as_str(),
         );
-        publish(&js, self.dead_subject.clone(), headers, payload).await
+        publish(&js, self.dead_subject.clone(), headers, payload, STORE_WAIT).await
     }
 
     /// The route's oldest dead letters (at most `limit`), with their stream sequences.
@@ -193,7 +199,7 @@ impl JetStreamQueue {
                 "Nats-Msg-Id",
                 format!("{}-retry-{seq}", dead.job.id).as_str(),
             );
-            if publish(&js, self.subject.clone(), headers, payload)
+            if publish(&js, self.subject.clone(), headers, payload, STORE_WAIT)
                 .await
                 .is_err()
             {
@@ -228,6 +234,15 @@ const STORE_BY: &str = "Scalegate-Store-By";
 
 /// Leeway for the clocks of the gateway that took a job and the NATS server that stored it.
 const CLOCK_LEEWAY_MS: u64 = 2_000;
+
+/// How much longer than the last moment a job may be stored (its Store-By plus the leeway) a
+/// publish waits for the acknowledgement, for that acknowledgement's way back.
+const ACK_MARGIN: Duration = Duration::from_millis(500);
+
+/// The leeway now: [`CLOCK_LEEWAY_MS`], widened by a NATS clock seen to run ahead.
+fn leeway() -> Duration {
+    Duration::from_millis(CLOCK_LEEWAY_MS.saturating_add(NATS_AHEAD_MS.load(Ordering::Relaxed)))
+}
 
 /// Milliseconds since the Unix epoch.
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -267,16 +282,17 @@ fn stored_too_late(msg: &jetstream::Message) -> bool {
             );
         }
     }
-    let leeway = CLOCK_LEEWAY_MS.saturating_add(NATS_AHEAD_MS.load(Ordering::Relaxed));
+    let leeway = u64::try_from(leeway().as_millis()).unwrap_or(u64::MAX);
     stored > by.saturating_add(leeway)
 }
 
-/// Publishes and waits (up to [`STORE_WAIT`]) for JetStream to acknowledge.
+/// Publishes and waits (up to `wait`) for JetStream to acknowledge.
 async fn publish(
     js: &jetstream::Context,
     subject: String,
     headers: async_nats::HeaderMap,
     payload: bytes::Bytes,
+    wait: Duration,
 ) -> Result<(), &'static str> {
     let stored = async {
         js.publish_with_headers(subject, headers, payload)
@@ -285,7 +301,7 @@ async fn publish(
             .await
             .ok()
     };
-    match tokio::time::timeout(STORE_WAIT, stored).await {
+    match tokio::time::timeout(wait, stored).await {
         Ok(Some(_)) => Ok(()),
         _ => Err("the job store did not acknowledge"),
     }
