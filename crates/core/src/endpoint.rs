@@ -196,6 +196,16 @@ impl EndpointState {
         flip
     }
 
+    /// Closes an open breaker held back by the upstream's ejection cap (see
+    /// [`crate::OutlierPolicy::release_over_cap`]): the endpoint is back in rotation at once, and
+    /// its next failures are counted afresh.
+    pub fn release(&self) {
+        self.ejected_until.store(0, Relaxed);
+        self.half_open.store(false, Relaxed);
+        self.consecutive_failures.store(0, Relaxed);
+        self.new_probe_period();
+    }
+
     /// Records the outcome of one live request and moves the breaker; returns the change, if any.
     pub fn record_outcome(
         &self,

@@ -50,6 +50,34 @@ impl OutlierPolicy {
         (ejected + 1) * 100 <= total * self.max_ejection_percent as usize
     }
 
+    /// Closes the breakers of the endpoints beyond the cap, the ones that would stay open the
+    /// shortest first; returns how many. For a reload that keeps endpoints' breakers but
+    /// removes others: the cap counts the upstream as it is now (an upstream cut down to its
+    /// one ejected endpoint would otherwise answer 503 to everything until the breaker timed
+    /// out, while that endpoint was fine).
+    pub fn release_over_cap(&self, endpoints: &[&crate::EndpointState], now: crate::Tick) -> usize {
+        let mut open: Vec<(crate::Tick, &crate::EndpointState)> = endpoints
+            .iter()
+            .filter_map(|e| match e.availability(now) {
+                crate::endpoint::Availability::Ejected(until) => Some((until, *e)),
+                _ => None,
+            })
+            .collect();
+        let allowed = (0..=open.len())
+            .take_while(|&k| k == 0 || self.may_eject(k - 1, endpoints.len()))
+            .last()
+            .unwrap_or(0);
+        if open.len() <= allowed {
+            return 0;
+        }
+        open.sort_by_key(|(until, _)| *until);
+        let extra = open.len() - allowed;
+        for (_, e) in open.iter().take(extra) {
+            e.release();
+        }
+        extra
+    }
+
     /// Ejection period for the `nth` consecutive ejection (1-based): base × 2^(n-1), capped.
     pub fn ejection_for(&self, nth: u32) -> Duration {
         let shift = nth.saturating_sub(1).min(20);
@@ -62,6 +90,30 @@ impl OutlierPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_leaves_no_more_breakers_open_than_the_cap() {
+        let now = crate::Tick(1_000);
+        let states: Vec<crate::EndpointState> =
+            (0..3).map(|_| crate::EndpointState::default()).collect();
+        let p = OutlierPolicy {
+            consecutive_failures: 1,
+            max_ejection_percent: 100,
+            ..OutlierPolicy::default()
+        };
+        for s in &states {
+            s.record_outcome(false, &p, now);
+        }
+        let all: Vec<&crate::EndpointState> = states.iter().collect();
+        assert_eq!(p.release_over_cap(&all, now), 0, "100% allows all three");
+        let capped = OutlierPolicy::default();
+        // One endpoint left of an upstream whose cap is 50%: its breaker closes.
+        assert_eq!(capped.release_over_cap(&all[..1], now), 1);
+        assert!(states[0].is_available(now));
+        // Two left, both open: one stays open.
+        assert_eq!(capped.release_over_cap(&all[1..], now), 1);
+        assert_eq!(all[1..].iter().filter(|s| s.is_available(now)).count(), 1);
+    }
 
     #[test]
     fn ejection_grows_and_caps() {

@@ -211,6 +211,15 @@ impl Gateway {
                 next.insert(key, ep.clone());
                 eps.push(ep);
             }
+            let states: Vec<&EndpointState> = eps.iter().map(|e| &*e.state).collect();
+            let released = u.outlier.release_over_cap(&states, clock::now());
+            if released > 0 {
+                tracing::info!(
+                    upstream = %u.name,
+                    released,
+                    "reload: endpoints' breakers beyond the ejection cap closed"
+                );
+            }
             let bulkhead = u.bulkhead.as_ref().map(|spec| {
                 old.upstream(&u.name)
                     .and_then(|o| o.bulkhead.clone())

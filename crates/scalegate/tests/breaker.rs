@@ -189,3 +189,38 @@ async fn the_route_fallback_answers_while_the_upstream_is_unavailable() {
     );
     quiescent(&gw).await;
 }
+
+/// A probe's finding: an endpoint ejected while its upstream had two, then a reload that left
+/// it alone in the upstream: the breaker carried over and every request got 503 for the rest of
+/// the ejection (19 s) while the backend answered 200. The cap now counts the upstream as the
+/// reload leaves it.
+#[tokio::test]
+async fn a_reload_that_leaves_an_ejected_endpoint_alone_puts_it_back_in_rotation() {
+    let bs = backends(2).await;
+    let passive = "passive = { consecutive_failures = 2, base_ejection = \"60s\" }";
+    let gw = gateway(&bs, passive).await;
+    let c = Client::http1();
+    bs[0].set_status(502);
+    for _ in 0..10 {
+        c.get(gw.http, "/").await.expect("response");
+    }
+    let view = gw.admin_get("/upstreams").await;
+    assert_eq!(view.matches("\"state\":\"ejected\"").count(), 1, "{view}");
+    bs[0].set_status(200);
+    gw.write_config(&routed(&format!("\"{}\"", bs[0].addr), "/", "", passive));
+    gw.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !gw.admin_get("/upstreams")
+                .await
+                .contains(&bs[1].addr.to_string())
+        })
+        .await
+    );
+    // Before the fix: 503 "no healthy endpoint" for the rest of the 60 s ejection.
+    for _ in 0..5 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    quiescent(&gw).await;
+}
