@@ -276,10 +276,10 @@ impl Gateway {
             }));
         }
 
-        let gone: Vec<Arc<HttpEndpoint>> = registry
+        let gone: Vec<(EndpointKey, Arc<HttpEndpoint>)> = registry
             .iter()
             .filter(|(key, _)| !next.contains_key(*key))
-            .map(|(_, ep)| ep.clone())
+            .map(|(key, ep)| (key.clone(), ep.clone()))
             .collect();
         *registry = next;
         drop(registry);
@@ -299,8 +299,11 @@ impl Gateway {
         // an instant before the swap may still pick it (and must not get a 503 for an
         // endpoint that is up). Nothing new reaches it, so closing its idle connections
         // after the swap is all it needs; the rest close when the last old snapshot goes.
-        for ep in gone {
+        // Its series go too: a gauge frozen at its last value (an `endpoint_available` of 0)
+        // would keep an alert firing for an endpoint that no longer exists.
+        for ((upstream, addr), ep) in gone {
             ep.close_idle();
+            self.metrics.forget_endpoint(&upstream, &addr);
         }
         plugins.applied(&old, &snap);
         self.version_tx.send_replace(snap.version);

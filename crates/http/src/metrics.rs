@@ -337,6 +337,30 @@ impl Metrics {
         }
     }
 
+    /// Removes an endpoint's series (a reload removed it); handles still held by requests in
+    /// flight on it keep working but are no longer exported.
+    pub fn forget_endpoint(&self, upstream: &str, addr: &str) {
+        let base = vec![
+            ("upstream", upstream.to_string()),
+            ("endpoint", addr.to_string()),
+        ];
+        let with = |k: &'static str, v: &str| {
+            let mut l = base.clone();
+            l.push((k, v.to_string()));
+            l
+        };
+        self.endpoint_available.remove(&base);
+        self.ejections.remove(&base);
+        self.ejections_held.remove(&base);
+        self.breaker_closed.remove(&base);
+        for state in ["active", "idle"] {
+            self.pool.remove(&with("state", state));
+        }
+        for to in ["healthy", "unhealthy"] {
+            self.health_transitions.remove(&with("to", to));
+        }
+    }
+
     /// Handles for an endpoint.
     pub fn endpoint(&self, upstream: &str, addr: &str) -> EndpointMetrics {
         let base = || {

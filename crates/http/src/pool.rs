@@ -5,6 +5,7 @@
 //! threads and a connection's I/O stays on the worker that uses it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct EndpointPool {
     head_limits: (usize, usize),
     protocol: UpstreamProtocol,
     gauges: PoolGauges,
+    /// Its endpoint was removed by a reload: released connections close instead of idling.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -113,6 +116,7 @@ impl EndpointPool {
             head_limits: (spec.max_response_headers, spec.max_response_header_bytes),
             protocol,
             gauges,
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -232,8 +236,10 @@ impl EndpointPool {
         }
     }
 
-    /// Closes every idle connection (endpoint removed).
+    /// Closes every idle connection (endpoint removed); connections released later are closed
+    /// too rather than kept.
     pub fn close_idle(&self) {
+        self.retired.store(true, Relaxed);
         let n = lock(&self.idle).drain(..).count();
         self.gauges.idle.dec_by(n as i64);
         if lock(&self.h2).take().is_some() {
@@ -255,6 +261,7 @@ impl Lease {
         }
         if let Some(Sender::H1(tx)) = self.sender.take()
             && !tx.is_closed()
+            && !self.pool.retired.load(Relaxed)
         {
             let mut idle = lock(&self.pool.idle);
             if idle.len() < self.pool.max_idle {
@@ -262,6 +269,14 @@ impl Lease {
                 self.pool.gauges.idle.inc();
             }
         }
+    }
+}
+
+impl Drop for EndpointPool {
+    /// The idle connections close with the pool: their count leaves the gauge with them.
+    fn drop(&mut self) {
+        let idle = lock(&self.idle).len() + usize::from(lock(&self.h2).is_some());
+        self.gauges.idle.dec_by(idle as i64);
     }
 }
 

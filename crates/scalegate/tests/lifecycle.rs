@@ -238,3 +238,43 @@ async fn sigterm_closes_idle_keep_alive_connections_politely() {
         .expect("exited without waiting for idle clients");
     assert_eq!(status.code(), Some(0));
 }
+
+/// A probe's findings: after a reload removed an endpoint, its `endpoint_available` series kept
+/// its last value for ever (an alert on 0 never cleared), and a request in flight on it during
+/// the reload left `connections{state="idle"}` at 1 for ever once it finished. A removed
+/// endpoint's series now go with it, and its pool keeps no connection released after the
+/// reload.
+#[tokio::test]
+async fn a_removed_endpoint_leaves_no_series_and_no_idle_connection() {
+    let bs = backends(2).await;
+    let gw = GatewayProcess::start(BIN, &app(&bs, "balance = \"round_robin\"")).await;
+    let gone = bs[1].addr.to_string();
+    let c = Client::http1();
+    spread(&c, gw.http, "/", 4, &[]).await;
+    bs[1].set_delay(Duration::from_millis(1500));
+    // A request on the endpoint about to go: round robin sends one of two there.
+    let addr = gw.http;
+    let slow = tokio::spawn(async move {
+        let c = Client::http1();
+        for _ in 0..2 {
+            c.get(addr, "/").await.expect("response");
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.write_config(&app(&bs[..1], "balance = \"round_robin\""));
+    gw.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !gw.admin_get("/upstreams").await.contains(&gone)
+        })
+        .await
+    );
+    slow.await.expect("requests");
+    spread(&c, gw.http, "/", 4, &[]).await;
+    let metrics = gw.admin_get("/metrics").await;
+    // Before: scalegate_upstream_endpoint_available{...,endpoint="<gone>"} 1, and
+    // scalegate_upstream_connections{...,endpoint="<gone>",state="idle"} 1.
+    let left: Vec<&str> = metrics.lines().filter(|l| l.contains(&gone)).collect();
+    assert!(left.is_empty(), "{left:#?}");
+    quiescent(&gw).await;
+}
