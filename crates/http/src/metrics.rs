@@ -86,12 +86,14 @@ const CACHE_RESULTS: [&str; 9] = [
 ];
 
 /// Status classes counted per route.
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Status classes, and `aborted`: the client went away before a response head was sent (the
+/// access log's status 0; nginx logs these as 499).
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "aborted"];
 
 /// Handles for one route × upstream.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
-    by_class: [Counter; 5],
+    by_class: [Counter; 6],
     /// Request duration from arrival to end of response body.
     pub duration: Histogram,
     /// Requests in flight on the route.
@@ -131,9 +133,12 @@ impl RouteMetrics {
         self.cache[r as usize].inc();
     }
 
-    /// Counts one finished request by status class.
+    /// Counts one finished request by status class (0: aborted).
     pub fn count(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let class = match status {
+            0 => 5,
+            s => usize::from(s / 100).clamp(1, 5) - 1,
+        };
         self.by_class[class].inc();
     }
 }

@@ -126,3 +126,24 @@ async fn a_hung_up_half_open_probe_frees_its_slot() {
     assert!(ok, "the endpoint came back into rotation");
     quiescent(&gw).await;
 }
+
+/// A probe's finding: a client that went away before the response was counted in
+/// `scalegate_http_requests_total{class="1xx"}` (its status is 0), so error ratios and the
+/// dashboard read client aborts as informational answers. They are `class="aborted"`.
+#[tokio::test]
+async fn a_client_gone_before_the_response_is_counted_as_aborted() {
+    let b = Backend::start("b").await;
+    b.set_delay(Duration::from_secs(2));
+    let gw = GatewayProcess::start(BIN, &app(std::slice::from_ref(&b), "")).await;
+    hang_up(gw.http, "/", Duration::from_millis(300)).await;
+    quiescent(&gw).await;
+    let m = gw.admin_get("/metrics").await;
+    let count = |class: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("scalegate_http_requests_total{") && l.contains(class))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(count("class=\"aborted\""), 1.0, "{m}");
+    assert_eq!(count("class=\"1xx\""), 0.0, "{m}");
+}
