@@ -144,6 +144,17 @@ async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_
         metrics.contains("scalegate_rate_limit_redis_up 0"),
         "{metrics}"
     );
+    // A probe's finding: an instance with no traffic kept showing the dead Redis as up (for
+    // 40 s and more: the gauge only followed calls). A quiet link is PINGed now.
+    assert!(
+        eventually(std::time::Duration::from_secs(15), || async {
+            g2.admin_get("/metrics")
+                .await
+                .contains("scalegate_rate_limit_redis_up 0")
+        })
+        .await,
+        "the quiet instance sees Redis down"
+    );
     quiescent(&g1).await;
     quiescent(&g2).await;
 }

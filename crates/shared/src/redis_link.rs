@@ -17,6 +17,11 @@ use redis::aio::ConnectionManager;
 /// How long calls are skipped after one failed.
 pub const HOLD_OFF: Duration = Duration::from_secs(1);
 
+/// A link that made no call for this long is checked with a PING, so that `up` tells the
+/// link's state in quiet times too (a Redis that died while no request needed it would
+/// otherwise read as up until the next request).
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+
 /// A background-connected Redis client with a per-call time budget.
 pub struct RedisLink {
     url: String,
@@ -30,6 +35,8 @@ pub struct RedisLink {
     pub errors: AtomicU64,
     /// No call is tried before this tick (0: no hold-off).
     hold_until: AtomicU64,
+    /// When the last call started (a tick).
+    last_call: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -59,6 +66,7 @@ impl RedisLink {
             up: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             hold_until: AtomicU64::new(0),
+            last_call: AtomicU64::new(0),
         });
         spawner.spawn(connect(Arc::downgrade(&link)));
         link
@@ -74,10 +82,12 @@ impl RedisLink {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        if now_nanos() < self.hold_until.load(Ordering::Relaxed) {
+        let now = now_nanos();
+        if now < self.hold_until.load(Ordering::Relaxed) {
             return None;
         }
         let conn = self.conn.load_full()?;
+        self.last_call.store(now, Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, f((*conn).clone())).await {
             Ok(Ok(v)) => {
                 self.ok();
@@ -109,6 +119,7 @@ impl RedisLink {
         let Some(conn) = self.conn.load_full() else {
             return Err(format!("{what}: redis not connected"));
         };
+        self.last_call.store(now_nanos(), Ordering::Relaxed);
         match tokio::time::timeout(budget, f((*conn).clone())).await {
             Ok(Ok(v)) => {
                 self.ok();
@@ -156,13 +167,33 @@ async fn connect(link: Weak<RedisLink>) {
             Ok(Ok(c)) => {
                 me.conn.store(Some(Arc::new(c)));
                 me.ok();
-                return;
+                drop(me);
+                return watch(link).await;
             }
             Ok(Err(e)) => me.failed("connect", &e),
             Err(_) => me.failed("connect", &"timed out"),
         }
         drop(me);
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Once connected (the connection manager reconnects by itself): a PING whenever the link has
+/// made no call for [`PING_EVERY`], so `up` follows Redis in quiet times.
+async fn watch(link: Weak<RedisLink>) {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        let Some(me) = link.upgrade() else { return };
+        let idle = now_nanos().saturating_sub(me.last_call.load(Ordering::Relaxed));
+        if idle < PING_EVERY.as_nanos() as u64 {
+            continue;
+        }
+        let budget = me.timeout.max(Duration::from_secs(1));
+        let _ = me
+            .call_within("ping", budget, |mut c| async move {
+                redis::cmd("PING").query_async::<()>(&mut c).await
+            })
+            .await;
     }
 }
 
