@@ -377,7 +377,7 @@ impl Gateway {
             .snapshot()
             .upstreams
             .iter()
-            .filter(|u| u.set.available_count(now) == 0 && !u.set.in_panic(now))
+            .filter(|u| u.set.pickable_count(now) == 0)
             .map(|u| u.spec.name.clone())
             .collect();
         if not_ready.is_empty() {

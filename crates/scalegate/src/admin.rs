@@ -269,6 +269,7 @@ impl Admin {
                     "health_checks": u.spec.health.is_some(),
                     "available": u.set.available_count(now),
                     "panic": u.set.in_panic(now),
+                    "pickable": u.set.pickable_count(now),
                     "zone_affinity": u.spec.zone_affinity.as_ref().map(|z| json!({
                         "zone": z.zone,
                         "min_available_percent": z.min_available_percent,

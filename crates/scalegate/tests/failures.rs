@@ -49,6 +49,31 @@ async fn no_healthy_endpoint_is_503_with_retry_after() {
     quiescent(&gw).await;
 }
 
+/// A probe's finding: with every endpoint's breaker open (`max_ejection_percent = 100`) the
+/// upstream is in panic mode, which cannot route past an open breaker, so every request got
+/// 503 while `/ready` said ready (panic mode counted as ready).
+#[tokio::test]
+async fn ready_is_false_when_every_endpoint_is_ejected() {
+    let bs = backends(1).await;
+    let gw = gateway(
+        &bs,
+        "passive = { consecutive_failures = 2, base_ejection = \"60s\", max_ejection_percent = 100 }",
+    )
+    .await;
+    let c = Client::http1();
+    bs[0].set_status(502);
+    for _ in 0..3 {
+        c.get(gw.http, "/").await.expect("response");
+    }
+    assert_eq!(c.get(gw.http, "/").await.expect("response").status, 503);
+    let ready = gw.admin_get("/ready").await;
+    assert!(
+        ready.contains("\"ready\":false") && ready.contains("app"),
+        "{ready}"
+    );
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn slow_upstream_is_504_after_the_route_timeout() {
     let bs = backends(1).await;

@@ -209,6 +209,19 @@ impl EndpointSet {
             .count()
     }
 
+    /// How many members a request could be sent to at `now`: the available ones, or in panic
+    /// mode those neither drained nor behind an open breaker (panic mode overrides health
+    /// checks only). Zero means every request gets 503.
+    pub fn pickable_count(&self, now: Tick) -> usize {
+        if !self.in_panic(now) {
+            return self.available_count(now);
+        }
+        self.members
+            .iter()
+            .filter(|m| !m.state.is_draining() && m.state.breaker_allows(now))
+            .count()
+    }
+
     /// Records a live request's outcome on member `index` and moves its breaker, holding an
     /// ejection back when the upstream's `max_ejection_percent` of members are already out.
     pub fn record_outcome(
