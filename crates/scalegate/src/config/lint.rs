@@ -5,7 +5,7 @@
 use toml::Spanned;
 
 use super::Problem;
-use super::raw::{RawConfig, RawEndpoint, RawRoute, RawZoneAffinity};
+use super::raw::{RawConcurrency, RawConfig, RawEndpoint, RawRoute, RawZoneAffinity};
 use super::zone::ZONE_ENV;
 
 /// Every warning for a file that parsed.
@@ -24,6 +24,7 @@ pub(super) fn lint(raw: &RawConfig) -> Vec<Problem> {
     shadowed_routes(raw, &mut out);
     routes_under_fanout(raw, &mut out);
     zone_affinity_without_local_endpoints(raw, &mut out);
+    contradictions(raw, &mut out);
     out.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
     out
 }
@@ -163,5 +164,90 @@ fn zone_affinity_without_local_endpoints(raw: &RawConfig, out: &mut Vec<Problem>
                 ),
             );
         }
+    }
+}
+
+/// The route timeout when none is written (validate.rs).
+const DEFAULT_ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Pairs of settings where one makes the other do nothing.
+fn contradictions(raw: &RawConfig, out: &mut Vec<Problem>) {
+    for (i, r) in raw.routes.iter().enumerate() {
+        let route = r.get_ref();
+        let timeout = route
+            .timeout
+            .as_ref()
+            .map_or(DEFAULT_ROUTE_TIMEOUT, |t| t.get_ref().0);
+        if let Some(retry) = &route.retry
+            && let Some(per_try) = retry.get_ref().per_try_timeout
+            && per_try.0 >= timeout
+        {
+            warn(
+                out,
+                retry.span(),
+                format!(
+                    "route {:?}: retry.per_try_timeout {:?} is not shorter than the route's timeout {timeout:?}: an attempt never times out before the request does, so a slow answer is never retried",
+                    route_name(i, route),
+                    per_try.0
+                ),
+            );
+        }
+        if let Some(cc) = &route.concurrency {
+            min_limit_over_max(cc, out);
+        }
+    }
+    for (name, u) in &raw.upstreams {
+        let up = u.get_ref();
+        if let Some(h) = &up.health
+            && let (Some(timeout), Some(interval)) = (h.get_ref().timeout, h.get_ref().interval)
+            && timeout.0 > interval.0
+        {
+            warn(
+                out,
+                h.span(),
+                format!(
+                    "upstream {:?}: health.timeout {:?} is longer than health.interval {:?}: a probe that hangs holds up the next ones",
+                    name.get_ref(),
+                    timeout.0,
+                    interval.0
+                ),
+            );
+        }
+        if let Some(p) = &up.pool
+            && let (Some(idle), Some(max)) = (
+                p.get_ref().max_idle_per_endpoint,
+                p.get_ref().max_per_endpoint,
+            )
+            && idle > max
+        {
+            warn(
+                out,
+                p.span(),
+                format!(
+                    "upstream {:?}: pool.max_idle_per_endpoint {idle} is more than max_per_endpoint {max}: at most {max} connections are kept",
+                    name.get_ref()
+                ),
+            );
+        }
+        if let Some(cc) = &up.concurrency {
+            min_limit_over_max(cc, out);
+        }
+    }
+}
+
+/// An adaptive limit's floor above its ceiling is the ceiling.
+fn min_limit_over_max(cc: &Spanned<RawConcurrency>, out: &mut Vec<Problem>) {
+    let c = cc.get_ref();
+    if let Some(min) = c.min_limit
+        && min > c.max_in_flight
+    {
+        warn(
+            out,
+            cc.span(),
+            format!(
+                "concurrency.min_limit {min} is more than max_in_flight {}: the adaptive limit stays at max_in_flight",
+                c.max_in_flight
+            ),
+        );
     }
 }

@@ -352,6 +352,35 @@ fn fanout_settings_are_checked_with_their_lines() {
     );
 }
 
+/// A probe's finding: `check` passed each of these silently.
+#[test]
+fn settings_that_cancel_each_other_are_warnings() {
+    let text = r#"[[listeners]]
+name = "public"
+bind = "127.0.0.1:8080"
+[[routes]]
+match = { path_prefix = "/" }
+upstream = "app"
+timeout = "1s"
+retry = { attempts = 3, per_try_timeout = "10s" }
+[upstreams.app]
+endpoints = ["127.0.0.1:9001"]
+health = { interval = "1s", timeout = "5s" }
+pool = { max_per_endpoint = 4, max_idle_per_endpoint = 8 }
+concurrency = { max_in_flight = 10, adaptive = true, min_limit = 20 }
+"#;
+    let c = Config::parse(text).expect("valid despite the warnings");
+    let w: Vec<&str> = c.warnings.iter().map(|(_, _, m)| m.as_str()).collect();
+    for want in [
+        "retry.per_try_timeout 10s is not shorter than the route's timeout 1s",
+        "health.timeout 5s is longer than health.interval 1s",
+        "pool.max_idle_per_endpoint 8 is more than max_per_endpoint 4",
+        "concurrency.min_limit 20 is more than max_in_flight 10",
+    ] {
+        assert!(w.iter().any(|m| m.contains(want)), "{want}: {w:#?}");
+    }
+}
+
 #[test]
 fn surprising_settings_are_warnings_with_their_lines() {
     let text = format!(
