@@ -628,6 +628,7 @@ mod tests {
                 activity: Activity::default(),
                 tunnel: Default::default(),
                 h2_streams: Default::default(),
+                shutdown: None,
             });
             let (_trigger, shutdown) = crate::worker::shutdown_channel();
             let tracker = Arc::new(ConnTracker::default());

@@ -182,19 +182,23 @@ async fn copy<C>(
 }
 
 /// Serves an upgrade on its own task once hyper hands over the client side (connections served
-/// with hyper's upgrade support: TLS).
-pub fn spawn(client: OnUpgrade, upstream: Upgraded, stuck_after: Duration) {
+/// with hyper's upgrade support: TLS, and WebSockets over HTTP/2); it ends when the gateway
+/// shuts down, as a plain HTTP/1.1 one does.
+pub fn spawn(
+    client: OnUpgrade,
+    upstream: Upgraded,
+    stuck_after: Duration,
+    shutdown: Option<crate::worker::Shutdown>,
+) {
     tokio::spawn(async move {
-        match client.await {
-            Ok(c) => {
-                run(
-                    TokioIo::new(c),
-                    upstream,
-                    std::future::pending(),
-                    stuck_after,
-                )
-                .await
+        let stop = async move {
+            match shutdown {
+                Some(mut s) => s.wait().await,
+                None => std::future::pending().await,
             }
+        };
+        match client.await {
+            Ok(c) => run(TokioIo::new(c), upstream, stop, stuck_after).await,
             Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
         }
     });

@@ -316,6 +316,7 @@ async fn accept_loop(
             activity: conn::Activity::default(),
             tunnel: Default::default(),
             h2_streams: Default::default(),
+            shutdown: Some(w.shutdown.clone()),
         });
         let serving = conn::serve(
             stream,

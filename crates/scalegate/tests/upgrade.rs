@@ -233,6 +233,31 @@ async fn sigterm_closes_open_tunnels_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A probe's finding: on SIGTERM a WebSocket over HTTP/2 (and one over TLS) was not closed with
+/// the plain HTTP/1.1 ones but kept until the 30 s drain timeout ran out, holding the exit.
+#[tokio::test]
+async fn sigterm_closes_websockets_over_http2_too() {
+    use hyper_util::rt::TokioIo;
+    use scalegate_testkit::client::{extended_connect, h2c};
+
+    let up = upgrade_upstream().await;
+    let mut gw = gateway_to(up).await;
+    let (mut tx, _) = h2c(gw.http, "/plain").await;
+    let resp = extended_connect(&mut tx, gw.http, "/chat", "websocket").await;
+    assert_eq!(resp.status(), 200);
+    let mut ws = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded stream"));
+    ws.write_all(b"hi").await.expect("write");
+    assert_eq!(read_exactly(&mut ws, 2).await, b"HI");
+    gw.signal(libc::SIGTERM);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf))
+        .await
+        .expect("the tunnel is closed on shutdown, not after the drain timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test]
 async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
     use hyper_util::rt::TokioIo;

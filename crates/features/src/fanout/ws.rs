@@ -171,6 +171,7 @@ pub async fn answer(
                 client,
                 Upgraded::Service(Box::new(sub)),
                 ctx.idle_timeout,
+                ctx.shutdown.clone(),
             )
         }
         // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
