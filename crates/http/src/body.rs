@@ -355,8 +355,13 @@ impl Body for RespBody {
                         if let Some(c) = done.take() {
                             let grpc = c.grpc();
                             c.finish(false);
+                            // The gateway's own timer, not a broken upstream: DEADLINE_EXCEEDED,
+                            // as for a response head that does not come in time.
                             if grpc {
-                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                                return Poll::Ready(Some(Ok(grpc_end(
+                                    "4",
+                                    "upstream sent nothing within the route's read_timeout",
+                                ))));
                             }
                         }
                         return Poll::Ready(Some(Err(Box::new(ReadTimeout(limit)))));
@@ -382,7 +387,10 @@ impl Body for RespBody {
                             // (which it may retry), as it would from the server directly, not
                             // the INTERNAL a stream reset means to it.
                             if grpc {
-                                return Poll::Ready(Some(Ok(grpc_unavailable())));
+                                return Poll::Ready(Some(Ok(grpc_end(
+                                    "14",
+                                    "upstream connection broke",
+                                ))));
                             }
                         }
                     }
@@ -441,14 +449,12 @@ impl Body for RespBody {
     }
 }
 
-/// The trailers ending a gRPC response whose upstream broke off: UNAVAILABLE.
-fn grpc_unavailable() -> Frame<Bytes> {
+/// The trailers ending a gRPC response the gateway cut short: `status` (14 UNAVAILABLE for an
+/// upstream that broke off, 4 DEADLINE_EXCEEDED for the route's read timeout) and why.
+fn grpc_end(status: &'static str, message: &'static str) -> Frame<Bytes> {
     let mut t = http::HeaderMap::new();
-    t.insert("grpc-status", http::HeaderValue::from_static("14"));
-    t.insert(
-        "grpc-message",
-        http::HeaderValue::from_static("upstream connection broke"),
-    );
+    t.insert("grpc-status", http::HeaderValue::from_static(status));
+    t.insert("grpc-message", http::HeaderValue::from_static(message));
     Frame::trailers(t)
 }
 

@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 type Chunk = Result<Frame<Bytes>, Infallible>;
 
 /// An h2c server that answers one streaming call with a 200 head and one message, then dies
-/// (its connection is dropped mid-stream, as when the process is killed).
-async fn dying_grpc_server() -> SocketAddr {
+/// (its connection is dropped mid-stream, as when the process is killed) or, when `dies` is
+/// false, says nothing more for 30 s.
+async fn grpc_server(dies: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -28,7 +29,12 @@ async fn dying_grpc_server() -> SocketAddr {
             let kill_tx = std::sync::Mutex::new(Some(kill_tx));
             let svc = hyper::service::service_fn(move |_req| {
                 let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
-                let kill = kill_tx.lock().ok().and_then(|mut k| k.take());
+                // Taken only to fire it: a sender dropped unused would end the connection too.
+                let kill = if dies {
+                    kill_tx.lock().ok().and_then(|mut k| k.take())
+                } else {
+                    None
+                };
                 tokio::spawn(async move {
                     let _ = tx
                         .send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))))
@@ -68,14 +74,8 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-#[tokio::test]
-async fn a_grpc_server_dying_mid_stream_is_unavailable_to_the_client() {
-    let addr = dying_grpc_server().await;
-    let gw = GatewayProcess::start(
-        BIN,
-        &routed(&format!("\"{addr}\""), "/", "", "protocol = \"h2c\""),
-    )
-    .await;
+/// One streaming call through `gw`: the trailers and the data that came before them.
+async fn stream_call(gw: &GatewayProcess) -> (http::HeaderMap, Bytes) {
     let call = http::Request::post(format!("http://{}/echo.Echo/Stream", gw.http))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -97,7 +97,52 @@ async fn a_grpc_server_dying_mid_stream_is_unavailable_to_the_client() {
         .await
         .expect("the stream ends with trailers, not a reset");
     let trailers = collected.trailers().cloned().expect("trailers");
+    (trailers, collected.to_bytes())
+}
+
+#[tokio::test]
+async fn a_grpc_server_dying_mid_stream_is_unavailable_to_the_client() {
+    let addr = grpc_server(true).await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &routed(&format!("\"{addr}\""), "/", "", "protocol = \"h2c\""),
+    )
+    .await;
+    let (trailers, data) = stream_call(&gw).await;
     assert_eq!(trailers["grpc-status"], "14", "UNAVAILABLE");
-    assert_eq!(collected.to_bytes(), Bytes::from_static(b"\0\0\0\0\x02hi"));
+    assert_eq!(data, Bytes::from_static(b"\0\0\0\0\x02hi"));
+    quiescent(&gw).await;
+}
+
+/// A probe's finding: a stream cut by the route's `read_timeout` (the gateway's own timer; the
+/// server was fine) was reported as UNAVAILABLE "upstream connection broke", which misleads and
+/// invites a retry of a call that may have had effects. It is DEADLINE_EXCEEDED, as a response
+/// head that does not come in time is.
+#[tokio::test]
+async fn a_grpc_stream_cut_by_the_read_timeout_is_deadline_exceeded() {
+    let addr = grpc_server(false).await;
+    let gw = GatewayProcess::start(
+        BIN,
+        &routed(
+            &format!("\"{addr}\""),
+            "/",
+            "read_timeout = \"500ms\"",
+            "protocol = \"h2c\"",
+        ),
+    )
+    .await;
+    let (trailers, data) = stream_call(&gw).await;
+    assert_eq!(
+        trailers["grpc-status"], "4",
+        "DEADLINE_EXCEEDED: {trailers:?}"
+    );
+    assert!(
+        trailers["grpc-message"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("read_timeout"),
+        "{trailers:?}"
+    );
+    assert_eq!(data, Bytes::from_static(b"\0\0\0\0\x02hi"));
     quiescent(&gw).await;
 }
