@@ -394,6 +394,46 @@ async fn a_job_stored_just_after_the_wait_gets_202_and_is_delivered() {
     quiescent(&gw).await;
 }
 
+/// A probe's finding on the fix above: the wait then outlasted the drop limit (7.5 s against
+/// 7 s), so a job stored between the two was answered 202 and dropped: a loss. Resumed at
+/// 7.2 s, a job is now either 202 and delivered, or 503 and not.
+#[tokio::test]
+async fn a_job_answered_202_is_never_dropped_as_stored_too_late() {
+    let nats = NatsServer::start_jetstream().await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    let cfg = format!(
+        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
+        nats.url(),
+        route(&sink, "max_in_flight = 4")
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let warm = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    nats.pause();
+    let addr = gw.http;
+    let posted = tokio::spawn(async move {
+        let req = http::Request::post(format!("http://{addr}/hooks/edge"))
+            .body(Full::new(Bytes::from("edge job")))
+            .expect("request");
+        Client::http1().send(req).await.expect("response")
+    });
+    tokio::time::sleep(Duration::from_millis(7_200)).await;
+    nats.resume();
+    let r = posted.await.expect("client");
+    let later = post_jobs(&gw, 1).await;
+    until_delivered(&sink, &later, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let edge_delivered = sink.rec.lock().expect("record").hits == 3;
+    // Before: 202, and the job dropped as stored too late.
+    assert_eq!(
+        r.status == 202,
+        edge_delivered,
+        "answered {} but delivered: {edge_delivered}",
+        r.status
+    );
+    quiescent(&gw).await;
+}
+
 /// POSTs one job to `path` with an Idempotency-Key; the response.
 async fn post_keyed(gw: &GatewayProcess, path: &str, key: &str) -> Resp {
     let req = http::Request::post(format!("http://{}{path}", gw.http))

@@ -110,11 +110,13 @@ impl JetStreamQueue {
             let by = unix_ms(std::time::SystemTime::now() + STORE_WAIT);
             headers.insert(STORE_BY, by.to_string().as_str());
         }
-        // The wait for the acknowledgement outlasts the time after which a late copy is
-        // dropped: a job stored in time (leeway included) is acknowledged before the gateway
-        // gives up on it, so every job is either answered 202 and delivered, or 503 and dropped.
+        // The wait for the acknowledgement ends just before a late copy would be dropped
+        // (Store-By plus the leeway): a job acknowledged in time was stored in time, so a 202
+        // is always delivered. A job stored in the last moment before that, whose
+        // acknowledgement comes after the wait, is answered 503 and delivered: a duplicate at
+        // worst (delivery is at least once), never a loss.
         let mut js = (*js).clone();
-        let wait = STORE_WAIT + leeway() + ACK_MARGIN;
+        let wait = (STORE_WAIT + leeway()).saturating_sub(ACK_GUARD);
         js.set_timeout(wait);
         publish(&js, self.subject.clone(), headers, payload, wait)
             .await
@@ -235,9 +237,10 @@ const STORE_BY: &str = "Scalegate-Store-By";
 /// Leeway for the clocks of the gateway that took a job and the NATS server that stored it.
 const CLOCK_LEEWAY_MS: u64 = 2_000;
 
-/// How much longer than the last moment a job may be stored (its Store-By plus the leeway) a
-/// publish waits for the acknowledgement, for that acknowledgement's way back.
-const ACK_MARGIN: Duration = Duration::from_millis(500);
+/// How much earlier than the last moment a job may be stored (its Store-By plus the leeway) a
+/// publish stops waiting for its acknowledgement: a job acknowledged is then never one that is
+/// dropped as stored too late.
+const ACK_GUARD: Duration = Duration::from_millis(100);
 
 /// The leeway now: [`CLOCK_LEEWAY_MS`], widened by a NATS clock seen to run ahead.
 fn leeway() -> Duration {
