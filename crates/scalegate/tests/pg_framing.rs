@@ -149,3 +149,31 @@ async fn a_message_type_no_client_sends_gets_fatal_08p01() {
     }
     pooler_quiescent(&gw, port).await;
 }
+
+/// A probe's finding: psycopg 3 ends every pipeline and `executemany()` with Sync then Flush.
+/// The Flush, alone after the Sync's answer, took a server connection for a client that was
+/// idle and out of any transaction, and kept it until the client's next statement: eight idle
+/// psycopg clients exhausted `pool_size = 8`. A Flush with nothing to flush takes no server.
+#[tokio::test]
+async fn a_flush_after_the_sync_holds_no_server() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 1", "wait_timeout = \"2s\"").await;
+    let mut a = raw_login(port);
+    let batch = [parse("", "SELECT 1"), bind(""), execute(0), sync(), flush()].concat();
+    a.write_all(&batch).expect("pipeline");
+    read_until_ready(&mut a);
+    // And a Flush of its own, later.
+    std::thread::sleep(Duration::from_millis(100));
+    a.write_all(&flush()).expect("flush");
+    std::thread::sleep(Duration::from_millis(100));
+    // Another client gets the one server (before: 53300 after the 2 s wait).
+    let mut b = raw_login(port);
+    query(&mut b, "SELECT 7");
+    let got = read_until_ready(&mut b);
+    assert_eq!(first_value(&got), Some(b"7".to_vec()), "{got:?}");
+    // The first client still works.
+    query(&mut a, "SELECT 8");
+    assert_eq!(first_value(&read_until_ready(&mut a)), Some(b"8".to_vec()));
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}

@@ -365,6 +365,9 @@ impl Session {
                 return end;
             }
         } else {
+            if !self.drop_idle_flushes() {
+                return None;
+            }
             if let Some(end) = self.follow_reload() {
                 return Some(end);
             }
@@ -1024,6 +1027,28 @@ impl Session {
 }
 
 impl Session {
+    /// With no server held and nothing unanswered, a Flush has nothing to flush: it is
+    /// dropped here rather than taking a server (psycopg 3 ends every pipeline with Sync then
+    /// Flush; the Flush, alone after the Sync's answer, would hold a server for an idle
+    /// client until its next statement). Returns whether a complete message is left to handle.
+    fn drop_idle_flushes(&mut self) -> bool {
+        if self.unsynced || self.pending_z > 0 || self.swallow_lone_z > 0 || self.skip_to_sync {
+            return true;
+        }
+        let mut flushes = 0;
+        for (tag, msg) in proto::messages(&self.cbuf) {
+            if tag != b'H' || msg.len() != 5 {
+                break;
+            }
+            flushes += msg.len();
+        }
+        if flushes == 0 {
+            return true;
+        }
+        self.cbuf.advance(flushes);
+        matches!(proto::tagged_len(&self.cbuf, self.max), Ok(Some(_)))
+    }
+
     /// Whether reads are split or the database sharded: each batch is routed on its own.
     fn routed(&self) -> bool {
         self.split || self.sharding.is_some()
