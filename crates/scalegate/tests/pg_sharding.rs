@@ -330,3 +330,45 @@ async fn what_would_lose_rows_across_shards_is_refused_and_the_connection_goes_o
     drop((c, s));
     quiescent(&gw).await;
 }
+
+/// A probe's finding (psycopg 3, `with conn.transaction(): cur.executemany(INSERT …)` with keys
+/// on both shards): the batch was refused with 0A000 and its ReadyForQuery, then the Flush that
+/// psycopg sends after its Sync got a 25P02 and a second ReadyForQuery. The client read that
+/// one as its ROLLBACK's answer, and every later result came one query late.
+#[tokio::test]
+async fn a_refused_batch_in_a_transaction_gets_one_ready_for_query_per_sync() {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
+    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
+    use pg_common::{bind, execute, flush, parse, query, read_until, read_until_ready, sync};
+    let mut s = pg_common::raw_login(port);
+    query(&mut s, "BEGIN");
+    read_until_ready(&mut s);
+    let insert = |id: i32| parse("", &format!("INSERT INTO users VALUES ({id}, 'x')"));
+    let batch = [
+        insert(1),
+        bind(""),
+        execute(0),
+        insert(2),
+        bind(""),
+        execute(0),
+        sync(),
+        flush(),
+    ];
+    s.write_all(&batch.concat()).expect("batch");
+    let got = read_until_ready(&mut s);
+    let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, vec![b'E', b'Z'], "{got:?}");
+    query(&mut s, "ROLLBACK");
+    let got = read_until_ready(&mut s);
+    let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+    // Before: [E 25P02, Z] here, and the ROLLBACK's answer one query later.
+    assert_eq!(tags, vec![b'C', b'Z'], "{got:?}");
+    query(&mut s, "SELECT 'A'");
+    let got = read_until(&mut s, b'Z');
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"A"), "{got:?}");
+    drop(s);
+    quiescent(&gw).await;
+}

@@ -104,16 +104,8 @@ impl Session {
             return Decision::Local(out);
         }
         if self.shard_txn_failed {
-            let mut out = BytesMut::new();
-            proto::error(
-                &mut out,
-                Severity::Error,
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            );
-            for _ in 0..b.syncs.max(1) {
-                proto::ready(&mut out, b'E');
-            }
+            let (out, skip) = aborted_answers(&self.cbuf[..b.len]);
+            self.skip_to_sync |= skip;
             return Decision::Local(out);
         }
         if b.execs.is_empty() {
@@ -354,6 +346,41 @@ impl Session {
     }
 }
 
+/// What PostgreSQL answers `batch` with in an aborted transaction block: each segment that
+/// runs anything (a Query, or Parse/Bind/Execute… before its Sync) gets 25P02, each Sync or
+/// Query a ReadyForQuery 'E'; a lone Sync only its ReadyForQuery, a lone Flush nothing. Also
+/// whether a Flush-ended segment failed, so that the client's messages up to its Sync are to
+/// be dropped (PostgreSQL skips them after an error).
+fn aborted_answers(batch: &[u8]) -> (BytesMut, bool) {
+    let mut out = BytesMut::new();
+    let aborted = |out: &mut BytesMut| {
+        proto::error(
+            out,
+            Severity::Error,
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        );
+    };
+    let mut runs = false;
+    for (tag, _) in proto::messages(batch) {
+        match tag {
+            b'S' | b'Q' => {
+                if runs || tag == b'Q' {
+                    aborted(&mut out);
+                }
+                proto::ready(&mut out, b'E');
+                runs = false;
+            }
+            b'H' => {}
+            _ => runs = true,
+        }
+    }
+    if runs {
+        aborted(&mut out);
+    }
+    (out, runs)
+}
+
 /// The plan of one statement of a batch.
 fn plan_exec(spec: &ShardingSpec, e: &Exec<'_>) -> Plan {
     let Some(sql) = e.sql else {
@@ -470,6 +497,23 @@ pub(super) fn unnamed_execute(
 #[cfg(test)]
 mod tests {
     use super::raise_sql;
+
+    #[test]
+    fn an_aborted_transaction_answers_as_postgresql_does() {
+        use super::{aborted_answers, proto};
+        let m = |tag: u8| vec![tag, 0, 0, 0, 4];
+        let tags = |out: &[u8]| -> Vec<u8> { proto::messages(out).map(|(t, _)| t).collect() };
+        // A Flush alone after the refusal: nothing (it was E, Z: two ReadyForQuery for one Sync).
+        let (out, skip) = aborted_answers(&m(b'H'));
+        assert_eq!((tags(&out), skip), (vec![], false));
+        let (out, skip) = aborted_answers(&m(b'S'));
+        assert_eq!((tags(&out), skip), (vec![b'Z'], false));
+        let batch = [m(b'E'), m(b'S'), m(b'E'), m(b'S')].concat();
+        let (out, _) = aborted_answers(&batch);
+        assert_eq!(tags(&out), vec![b'E', b'Z', b'E', b'Z']);
+        let (out, skip) = aborted_answers(&[m(b'E'), m(b'H')].concat());
+        assert_eq!((tags(&out), skip), (vec![b'E'], true));
+    }
 
     #[test]
     fn only_plain_transaction_control_is_answered_by_the_pooler() {
