@@ -145,6 +145,11 @@ pub fn path(p: &str, spec: &NormalizeSpec) -> Result<Option<String>, ProxyError>
         return Ok(None);
     }
     let decoded = decode(p.as_bytes(), spec)?;
+    // A NUL in a path is never a name: backends in C (and older Jetty) cut the path there, so
+    // `/admin%00` or `/public/..%00/admin` would be another path to them than to the rules.
+    if decoded.windows(3).any(|w| w == b"%00") {
+        return Err(ProxyError::BadRequest("encoded NUL in path"));
+    }
     if has_dot_segment_with_parameters(&decoded) {
         return Err(ProxyError::BadRequest(
             "dot-segment with parameters in path",
@@ -194,9 +199,16 @@ fn has_dot_segment_with_parameters(p: &[u8]) -> bool {
     let mut segments = p.split(|&b| b == b'/').peekable();
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
-        let name = seg.split(|&b| b == b';').next().unwrap_or_default();
+        // Parameters start at `;`, or at an encoded one (`..%3B`): a backend that decodes
+        // before it drops parameters reads it as one.
+        let plain = seg.iter().position(|&b| b == b';');
+        let encoded = seg.windows(3).position(|w| w.eq_ignore_ascii_case(b"%3b"));
+        let Some(at) = plain.into_iter().chain(encoded).min() else {
+            continue;
+        };
+        let name = &seg[..at];
         let dots = name == b"." || name == b"..";
-        if seg.len() > name.len() && (dots || (name.is_empty() && !last)) {
+        if dots || (name.is_empty() && !last) {
             return true;
         }
     }
@@ -359,6 +371,10 @@ mod tests {
             "/%2E;x",
             "/;/b",
             "/a/;x/b",
+            "/a/..%3B/b",
+            "/a/%2e%2e%3b/b",
+            "/admin%00",
+            "/a/..%00/b",
         ] {
             assert!(norm(raw).is_err(), "{raw}");
         }
@@ -368,6 +384,8 @@ mod tests {
             "/a/.well-known;x",
             "/;x",
             "/a/;jsessionid=1",
+            "/a%3Bb/c",
+            "/a/x%3By/c",
         ] {
             assert!(norm(ok).is_ok(), "{ok}");
         }

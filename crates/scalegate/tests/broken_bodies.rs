@@ -109,6 +109,8 @@ async fn responses_that_cannot_be_framed_safely_are_502() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
         &b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"[..],
+        // A second probe: the gzip coding was dropped and the client got gzip bytes as plain.
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
     ] {
         let up = raw_upstream(answer).await;
         let gw = unejecting(&format!("\"{up}\""), "").await;

@@ -59,6 +59,11 @@ async fn dot_segments_with_parameters_are_refused_over_http1_and_http2() {
         "/.;/admin/x",
         "/public/%2e%2e;/admin/x",
         "/public/..;jsessionid=1/admin/x",
+        // A second probe: an encoded `;`, and a NUL where C backends cut the path.
+        "/public/..%3B/admin/x",
+        "/public/%2e%2e%3b/admin/x",
+        "/admin%00",
+        "/public/..%00/admin/x",
     ] {
         let req = format!("GET {p} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
         // Before the fix: 200 from the default route.

@@ -151,8 +151,8 @@ pub(super) fn send(
     }
 }
 
-/// Refuses a response head that cannot be passed on safely (nginx answers both with 502 too):
-/// Content-Length beside Transfer-Encoding, which an intermediary that forwards it could frame
+/// Refuses a response head that cannot be passed on safely (nginx answers these with 502 too):
+/// a transfer coding other than chunked, Content-Length beside Transfer-Encoding, which an intermediary that forwards it could frame
 /// differently from its neighbours (RFC 9112 §6.3: smuggling, response splitting), and a 101
 /// to a request that asked for no upgrade (upgrades go by `send_upgrade`), which would leave
 /// the client a switched connection it never asked for.
@@ -161,11 +161,24 @@ fn valid<B>(resp: &Response<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadResponse("101 to a request without Upgrade"));
     }
     let h = resp.headers();
-    if h.contains_key(http::header::TRANSFER_ENCODING)
-        && h.contains_key(http::header::CONTENT_LENGTH)
-    {
+    let Some(te) = h.get(http::header::TRANSFER_ENCODING) else {
+        return Ok(());
+    };
+    if h.contains_key(http::header::CONTENT_LENGTH) {
         return Err(ProxyError::BadResponse(
             "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    // hyper decodes the chunked coding and the body goes on re-framed: another coding
+    // (`gzip, chunked`) would reach the client undeclared, as on requests (501 there).
+    let only_chunked = h.get_all(http::header::TRANSFER_ENCODING).iter().count() == 1
+        && te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
+    if !only_chunked {
+        return Err(ProxyError::BadResponse(
+            "a transfer coding other than chunked",
         ));
     }
     Ok(())
