@@ -2,6 +2,8 @@
 //! printed by `scalegate check` (as `FILE:LINE:COL: warning: ...`) and logged on start and
 //! reload; the config is used as written.
 
+use std::time::Duration;
+
 use toml::Spanned;
 
 use super::Problem;
@@ -168,7 +170,7 @@ fn zone_affinity_without_local_endpoints(raw: &RawConfig, out: &mut Vec<Problem>
 }
 
 /// The route timeout when none is written (validate.rs).
-const DEFAULT_ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pairs of settings where one makes the other do nothing.
 fn contradictions(raw: &RawConfig, out: &mut Vec<Problem>) {
@@ -198,26 +200,31 @@ fn contradictions(raw: &RawConfig, out: &mut Vec<Problem>) {
     }
     for (name, u) in &raw.upstreams {
         let up = u.get_ref();
+        // Either side may be the default (validate.rs: interval 2 s, timeout 1 s).
         if let Some(h) = &up.health
-            && let (Some(timeout), Some(interval)) = (h.get_ref().timeout, h.get_ref().interval)
-            && timeout.0 > interval.0
+            && let timeout = h.get_ref().timeout.map_or(Duration::from_secs(1), |d| d.0)
+            && let interval = h.get_ref().interval.map_or(Duration::from_secs(2), |d| d.0)
+            && timeout > interval
         {
             warn(
                 out,
                 h.span(),
                 format!(
-                    "upstream {:?}: health.timeout {:?} is longer than health.interval {:?}: a probe that hangs holds up the next ones",
+                    "upstream {:?}: health.timeout {timeout:?} is longer than health.interval {interval:?}: a probe that hangs holds up the next ones",
                     name.get_ref(),
-                    timeout.0,
-                    interval.0
                 ),
             );
         }
+        let pool = scalegate_http::spec::PoolSpec::default();
         if let Some(p) = &up.pool
-            && let (Some(idle), Some(max)) = (
-                p.get_ref().max_idle_per_endpoint,
-                p.get_ref().max_per_endpoint,
-            )
+            && let idle = p
+                .get_ref()
+                .max_idle_per_endpoint
+                .unwrap_or(pool.max_idle_per_endpoint as i64)
+            && let max = p
+                .get_ref()
+                .max_per_endpoint
+                .unwrap_or(pool.max_per_endpoint as i64)
             && idle > max
         {
             warn(

@@ -371,6 +371,26 @@ concurrency = { max_in_flight = 10, adaptive = true, min_limit = 20 }
 "#;
     let c = Config::parse(text).expect("valid despite the warnings");
     let w: Vec<&str> = c.warnings.iter().map(|(_, _, m)| m.as_str()).collect();
+    // One side left to its default (a second probe: no warning then).
+    let defaults = r#"[[listeners]]
+name = "public"
+bind = "127.0.0.1:8080"
+[[routes]]
+match = { path_prefix = "/" }
+upstream = "app"
+[upstreams.app]
+endpoints = ["127.0.0.1:9001"]
+health = { timeout = "3s" }
+pool = { max_idle_per_endpoint = 300 }
+"#;
+    let d = Config::parse(defaults).expect("valid despite the warnings");
+    let dw: Vec<&str> = d.warnings.iter().map(|(_, _, m)| m.as_str()).collect();
+    for want in [
+        "health.timeout 3s is longer than health.interval 2s",
+        "pool.max_idle_per_endpoint 300 is more than max_per_endpoint 256",
+    ] {
+        assert!(dw.iter().any(|m| m.contains(want)), "{want}: {dw:#?}");
+    }
     for want in [
         "retry.per_try_timeout 10s is not shorter than the route's timeout 1s",
         "health.timeout 5s is longer than health.interval 1s",
