@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use sqlparser::ast::{
     Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
-    TransactionMode, Visit, Visitor,
+    TransactionIsolationLevel, TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -192,9 +192,13 @@ fn statement(s: &Statement) -> Class {
             Class::Read
         }
         Statement::ShowVariable { .. } => Class::Read,
+        // A hot standby refuses SERIALIZABLE ("cannot use serializable mode in a hot
+        // standby"): such a transaction stays on the primary, read only or not.
         Statement::StartTransaction { modes, .. }
             if modes.contains(&TransactionMode::AccessMode(
                 TransactionAccessMode::ReadOnly,
+            )) && !modes.contains(&TransactionMode::IsolationLevel(
+                TransactionIsolationLevel::Serializable,
             )) =>
         {
             Class::ReadOnlyTransaction
@@ -347,6 +351,14 @@ mod tests {
             assert_eq!(classify(r), Class::Read, "{r}");
         }
         assert_eq!(classify("BEGIN READ ONLY"), Class::ReadOnlyTransaction);
+        // A probe's finding: SQLAlchemy's read-only serializable transactions went to the
+        // replica, which refuses them (0A000).
+        for sql in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+            "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE",
+        ] {
+            assert_eq!(classify(sql), Class::Write, "{sql}");
+        }
         assert_eq!(
             classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
             Class::ReadOnlyTransaction

@@ -76,6 +76,17 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         .expect("begin read only");
     assert_eq!(port_of(&tx, "SELECT inet_server_port()").await, r);
     tx.commit().await.expect("commit");
+    // A probe's finding: a serializable read-only transaction (SQLAlchemy's) went to the
+    // replica, which refuses it ("cannot use serializable mode in a hot standby").
+    let tx = c2
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+        .start()
+        .await
+        .expect("begin serializable read only");
+    assert_eq!(port_of(&tx, "SELECT inet_server_port()").await, p);
+    tx.commit().await.expect("commit");
     let tx = c2.transaction().await.expect("begin");
     tx.execute("INSERT INTO t VALUES (1)", &[])
         .await
