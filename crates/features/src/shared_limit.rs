@@ -92,35 +92,38 @@ impl SharedLimits {
         let sha = self.sha.load_full();
         let answer = self
             .link
-            .call("rate limit", |mut c| async move {
-                if let Some(sha) = sha {
-                    let mut evalsha = redis::cmd("EVALSHA");
-                    evalsha.arg(sha.as_str()).arg(1).arg(&redis_key);
-                    match evalsha
+            .call("rate limit", |mut c| {
+                let (sha, redis_key) = (sha.clone(), redis_key.clone());
+                async move {
+                    if let Some(sha) = sha {
+                        let mut evalsha = redis::cmd("EVALSHA");
+                        evalsha.arg(sha.as_str()).arg(1).arg(&redis_key);
+                        match evalsha
+                            .arg(emission)
+                            .arg(tolerance)
+                            .query_async(&mut c)
+                            .await
+                        {
+                            Err(e) if e.code() == Some("NOSCRIPT") => {}
+                            done => return done.map(|ahead: i64| (ahead, None)),
+                        }
+                    }
+                    // First call, or Redis lost its script cache (restart, SCRIPT FLUSH).
+                    let sha: String = redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(GCRA_SCRIPT)
+                        .query_async(&mut c)
+                        .await?;
+                    let ahead: i64 = redis::cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(1)
+                        .arg(&redis_key)
                         .arg(emission)
                         .arg(tolerance)
                         .query_async(&mut c)
-                        .await
-                    {
-                        Err(e) if e.code() == Some("NOSCRIPT") => {}
-                        done => return done.map(|ahead: i64| (ahead, None)),
-                    }
+                        .await?;
+                    Ok((ahead, Some(sha)))
                 }
-                // First call, or Redis lost its script cache (restart, SCRIPT FLUSH).
-                let sha: String = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(GCRA_SCRIPT)
-                    .query_async(&mut c)
-                    .await?;
-                let ahead: i64 = redis::cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(1)
-                    .arg(&redis_key)
-                    .arg(emission)
-                    .arg(tolerance)
-                    .query_async(&mut c)
-                    .await?;
-                Ok((ahead, Some(sha)))
             })
             .await;
         match answer {

@@ -158,3 +158,53 @@ async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_
     quiescent(&g1).await;
     quiescent(&g2).await;
 }
+
+/// A second probe's finding: behind Redis's `timeout` for idle clients (or a proxy that drops
+/// idle connections) the first call after a quiet spell found its connection closed: that
+/// request was judged in memory alone (the limit no longer shared), an error was counted and
+/// `redis_up` read 0 though Redis was fine. Such a call is made once more on a new connection.
+#[tokio::test]
+async fn a_redis_connection_closed_while_idle_is_not_redis_down() {
+    let redis = scalegate_testkit::RedisServer::start().await;
+    redis
+        .command(&["CONFIG", "SET", "timeout", "1"])
+        .await
+        .expect("config");
+    let bs = backends(1).await;
+    let cfg = format!(
+        "[cluster]\nredis = {{ url = \"{}\" }}\n{}",
+        redis.url(),
+        limited(
+            &bs,
+            "requests = 100, per = \"1s\", burst = 100, key = \"route\", shared = true"
+        )
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            gw.admin_get("/metrics")
+                .await
+                .contains("scalegate_rate_limit_redis_up 1")
+        })
+        .await
+    );
+    let c = Client::http1();
+    for _ in 0..3 {
+        // Longer than Redis's idle timeout: the link's connection is closed under it.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        assert_eq!(c.get(gw.http, "/").await.expect("response").status, 200);
+    }
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric_sum(&m, "scalegate_rate_limit_fallbacks_total"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "scalegate_rate_limit_redis_errors_total"),
+        0.0,
+        "{m}"
+    );
+    assert!(m.contains("scalegate_rate_limit_redis_up 1"), "{m}");
+    quiescent(&gw).await;
+}

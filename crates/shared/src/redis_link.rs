@@ -78,7 +78,11 @@ impl RedisLink {
     }
 
     /// Runs one call within the time budget; None when Redis is not connected, slow or errs.
-    pub async fn call<T, F>(&self, what: &str, f: impl FnOnce(ConnectionManager) -> F) -> Option<T>
+    /// A call that finds its connection closed (Redis's `timeout` for idle clients, a proxy
+    /// that drops idle connections, `CLIENT KILL`) is made once more on the connection the
+    /// manager opens in its place, within the same budget: a closed idle connection is not
+    /// Redis being down.
+    pub async fn call<T, F>(&self, what: &str, f: impl Fn(ConnectionManager) -> F) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -88,18 +92,25 @@ impl RedisLink {
         }
         let conn = self.conn.load_full()?;
         self.last_call.store(now, Ordering::Relaxed);
-        match tokio::time::timeout(self.timeout, f((*conn).clone())).await {
-            Ok(Ok(v)) => {
-                self.ok();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.failed(what, &e);
-                None
-            }
-            Err(_) => {
-                self.failed(what, &"timed out");
-                None
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut again = true;
+        loop {
+            match tokio::time::timeout_at(deadline, f((*conn).clone())).await {
+                Ok(Ok(v)) => {
+                    self.ok();
+                    return Some(v);
+                }
+                Ok(Err(e)) if again && (e.is_connection_dropped() || e.is_io_error()) => {
+                    again = false;
+                }
+                Ok(Err(e)) => {
+                    self.failed(what, &e);
+                    return None;
+                }
+                Err(_) => {
+                    self.failed(what, &"timed out");
+                    return None;
+                }
             }
         }
     }
@@ -188,9 +199,8 @@ async fn watch(link: Weak<RedisLink>) {
         if idle < PING_EVERY.as_nanos() as u64 {
             continue;
         }
-        let budget = me.timeout.max(Duration::from_secs(1));
         let _ = me
-            .call_within("ping", budget, |mut c| async move {
+            .call("ping", |mut c| async move {
                 redis::cmd("PING").query_async::<()>(&mut c).await
             })
             .await;

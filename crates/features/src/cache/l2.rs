@@ -102,7 +102,7 @@ impl L2 {
     async fn call<T, F>(
         &self,
         what: &str,
-        f: impl FnOnce(redis::aio::ConnectionManager) -> F,
+        f: impl Fn(redis::aio::ConnectionManager) -> F,
     ) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
@@ -118,7 +118,10 @@ impl L2 {
     ) -> Option<(Vec<HeaderName>, Vec<Object>)> {
         let key = self.key(url);
         let fields: Vec<(String, Vec<u8>)> = self
-            .call("get", |mut c| async move { c.hgetall(key).await })
+            .call("get", |mut c| {
+                let key = key.clone();
+                async move { c.hgetall(key).await }
+            })
             .await?;
         let mut vary = Vec::new();
         let mut objects = Vec::new();
