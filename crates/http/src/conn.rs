@@ -426,19 +426,25 @@ where
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
-        shutdown,
+        (shutdown, &ctx.activity),
         Some((every, sweep)),
     )
     .await;
 }
 
+/// How long a connection asked to finish by a shutdown may stay open with no request in
+/// flight: an HTTP/2 client that does not answer the GOAWAY's PING (gone, suspended) would
+/// otherwise hold the drain to its timeout.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs a connection that is not parked (HTTP/2, TLS HTTP/1.1 with upgrades) to its end, with
 /// `every`'s task run at its interval; on shutdown `graceful` asks it to finish (HTTP/1.1:
-/// close after the response in flight; HTTP/2: GOAWAY).
+/// close after the response in flight; HTTP/2: GOAWAY), and once it has had no request in
+/// flight for [`CLOSE_GRACE`] after that it is closed.
 async fn drive_with<C, G, T>(
     conn: C,
     mut graceful: G,
-    shutdown: &mut Shutdown,
+    (shutdown, activity): (&mut Shutdown, &Activity),
     mut every: Option<(Duration, T)>,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -452,6 +458,8 @@ async fn drive_with<C, G, T>(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
+    let mut check = tokio::time::interval(CLOSE_GRACE / 4);
+    let mut quiet_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -467,6 +475,18 @@ async fn drive_with<C, G, T>(
             _ = tick.tick(), if every.is_some() => {
                 if let Some((_, task)) = every.as_mut() {
                     task();
+                }
+            }
+            now = check.tick(), if closing => {
+                match activity.idle_for() {
+                    None => quiet_since = None,
+                    Some(_) => {
+                        let since = *quiet_since.get_or_insert(now);
+                        if now - since >= CLOSE_GRACE {
+                            tracing::debug!("a closing connection stayed open with nothing in flight; closed");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -502,7 +522,7 @@ async fn serve_tls(
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
-        shutdown,
+        (shutdown, &ctx.activity),
         None::<(Duration, fn())>,
     )
     .await;

@@ -239,6 +239,36 @@ async fn sigterm_closes_idle_keep_alive_connections_politely() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A probe's finding: an HTTP/2 client that had gone quiet (suspended, or gone without a FIN)
+/// never answered the shutdown's PING, and the gateway waited the whole drain timeout (30 s
+/// by default, Kubernetes' grace period too) for it. A connection with nothing in flight is
+/// closed a second after the GOAWAY.
+#[tokio::test]
+async fn sigterm_does_not_wait_for_an_http2_client_that_does_not_answer() {
+    use tokio::io::AsyncWriteExt;
+    let bs = backends(1).await;
+    let mut gw =
+        GatewayProcess::start_with(BIN, "[lifecycle]\ndrain_timeout = \"30s\"", &app(&bs, ""))
+            .await;
+    let mut quiet = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    // The preface and an empty SETTINGS frame, then nothing: never reads, never answers.
+    quiet
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal(libc::SIGTERM);
+    // Before: exited only when the 30 s drain timeout ran out.
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited without waiting for the quiet client");
+    assert_eq!(status.code(), Some(0));
+    drop(quiet);
+}
+
 /// A probe's findings: after a reload removed an endpoint, its `endpoint_available` series kept
 /// its last value for ever (an alert on 0 never cleared), and a request in flight on it during
 /// the reload left `connections{state="idle"}` at 1 for ever once it finished. A removed
