@@ -76,6 +76,9 @@ pub struct Lease {
     /// Whether it served an earlier request (a stale keep-alive connection may have been closed
     /// by the upstream, so an unsent request on it can be retried).
     pub reused: bool,
+    /// How long it sat idle in the pool before this checkout (zero for a new connection and
+    /// for the shared HTTP/2 one).
+    pub idled: Duration,
     pool: Arc<EndpointPool>,
     _permit: Option<OwnedSemaphorePermit>,
     /// Boxed: only requests whose body streams have one, and a lease is in every request.
@@ -157,6 +160,7 @@ impl EndpointPool {
                 }
                 let mut lease = self.lease(Sender::H1(idle.tx), true, Some(permit));
                 lease._stream_permit = stream_permit;
+                lease.idled = now.since(idle.since);
                 return Ok(lease);
             }
         }
@@ -200,6 +204,7 @@ impl EndpointPool {
         Lease {
             sender: Some(sender),
             reused,
+            idled: Duration::ZERO,
             pool: self.clone(),
             _permit: permit,
             _stream_permit: None,
@@ -211,6 +216,7 @@ impl EndpointPool {
         Lease {
             sender: None,
             reused: false,
+            idled: Duration::ZERO,
             pool: self.clone(),
             _permit: None,
             _stream_permit: None,
