@@ -356,12 +356,9 @@ async fn a_job_answered_503_is_never_delivered_later() {
     quiescent(&gw).await;
 }
 
-/// A probe's finding: NATS paused during a POST and resumed within 2 s of the client's 503
-/// (the clock leeway of the Store-By check): JetStream stored the job, it was inside the leeway,
-/// and it was delivered; the client, told 503, sends it again. The wait for the acknowledgement
-/// now outlasts the leeway, so an answer and a delivery always agree.
-#[tokio::test]
-async fn a_job_stored_just_after_the_wait_gets_202_and_is_delivered() {
+/// Pauses NATS, POSTs one job, resumes NATS `resume_after` later; then the job's answer and
+/// whether it was delivered (a later job, delivered after it, bounds the wait).
+async fn post_across_a_pause(resume_after: Duration) -> (Resp, bool) {
     let nats = NatsServer::start_jetstream().await;
     let sink = Sink::start(Duration::from_millis(5)).await;
     let cfg = format!(
@@ -380,18 +377,29 @@ async fn a_job_stored_just_after_the_wait_gets_202_and_is_delivered() {
             .expect("request");
         Client::http1().send(req).await.expect("response")
     });
-    // Past the 5 s wait of the build before, inside the 2 s leeway.
-    tokio::time::sleep(Duration::from_millis(5_800)).await;
+    tokio::time::sleep(resume_after).await;
     nats.resume();
     let r = posted.await.expect("client");
     let later = post_jobs(&gw, 1).await;
     until_delivered(&sink, &later, 1, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hits = sink.rec.lock().expect("record").hits;
-    // Before: 503, and the job delivered anyway (3 hits).
-    assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(hits, 3, "warm-up, the edge job, the later one");
+    // Warm-up, the edge job, the later one.
+    let delivered = sink.rec.lock().expect("record").hits == 3;
     quiescent(&gw).await;
+    (r, delivered)
+}
+
+/// A probe's finding: NATS paused during a POST and resumed within 2 s of the client's 503
+/// (the clock leeway of the Store-By check): JetStream stored the job, it was inside the leeway,
+/// and it was delivered; the client, told 503, sends it again. The wait for the acknowledgement
+/// now lasts until just before a late copy is dropped, so an answer and a delivery agree.
+#[tokio::test]
+async fn a_job_stored_just_after_the_wait_gets_202_and_is_delivered() {
+    // Past the 5 s wait of the build before, inside the 2 s leeway.
+    let (r, delivered) = post_across_a_pause(Duration::from_millis(5_800)).await;
+    // Before: 503, and the job delivered anyway.
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(delivered);
 }
 
 /// A probe's finding on the fix above: the wait then outlasted the drop limit (7.5 s against
@@ -399,39 +407,14 @@ async fn a_job_stored_just_after_the_wait_gets_202_and_is_delivered() {
 /// 7.2 s, a job is now either 202 and delivered, or 503 and not.
 #[tokio::test]
 async fn a_job_answered_202_is_never_dropped_as_stored_too_late() {
-    let nats = NatsServer::start_jetstream().await;
-    let sink = Sink::start(Duration::from_millis(5)).await;
-    let cfg = format!(
-        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
-        nats.url(),
-        route(&sink, "max_in_flight = 4")
-    );
-    let gw = GatewayProcess::start(BIN, &cfg).await;
-    let warm = post_jobs(&gw, 1).await;
-    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
-    nats.pause();
-    let addr = gw.http;
-    let posted = tokio::spawn(async move {
-        let req = http::Request::post(format!("http://{addr}/hooks/edge"))
-            .body(Full::new(Bytes::from("edge job")))
-            .expect("request");
-        Client::http1().send(req).await.expect("response")
-    });
-    tokio::time::sleep(Duration::from_millis(7_200)).await;
-    nats.resume();
-    let r = posted.await.expect("client");
-    let later = post_jobs(&gw, 1).await;
-    until_delivered(&sink, &later, 1, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let edge_delivered = sink.rec.lock().expect("record").hits == 3;
+    let (r, delivered) = post_across_a_pause(Duration::from_millis(7_200)).await;
     // Before: 202, and the job dropped as stored too late.
     assert_eq!(
         r.status == 202,
-        edge_delivered,
-        "answered {} but delivered: {edge_delivered}",
+        delivered,
+        "answered {} but delivered: {delivered}",
         r.status
     );
-    quiescent(&gw).await;
 }
 
 /// POSTs one job to `path` with an Idempotency-Key; the response.
