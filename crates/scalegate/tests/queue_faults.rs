@@ -324,21 +324,28 @@ async fn a_breaker_opened_by_500s_pauses_delivery_instead_of_burning_attempts() 
     quiescent(&gw).await;
 }
 
-#[tokio::test]
-async fn a_job_answered_503_is_never_delivered_later() {
-    // NATS paused (or down) while a job is posted: the gateway answered 503 after its wait for
-    // JetStream's acknowledgement, but the client library had the message buffered and sent it
-    // once NATS was back. A client that retried its 503 got the job run twice.
+/// A JetStream server, a sink, and a gateway queueing `/hooks` (plus `more` config) to the
+/// sink, with one job delivered already (the consumer is set up and pulling).
+async fn warm_nats_gateway(more: &str) -> (NatsServer, Sink, GatewayProcess) {
     let nats = NatsServer::start_jetstream().await;
     let sink = Sink::start(Duration::from_millis(5)).await;
     let cfg = format!(
-        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
+        "[queue]\nnats = {{ url = \"{}\" }}\n{}\n{more}",
         nats.url(),
         route(&sink, "max_in_flight = 4")
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;
     let warm = post_jobs(&gw, 1).await;
     until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    (nats, sink, gw)
+}
+
+#[tokio::test]
+async fn a_job_answered_503_is_never_delivered_later() {
+    // NATS paused (or down) while a job is posted: the gateway answered 503 after its wait for
+    // JetStream's acknowledgement, but the client library had the message buffered and sent it
+    // once NATS was back. A client that retried its 503 got the job run twice.
+    let (nats, sink, gw) = warm_nats_gateway("").await;
     nats.pause();
     let req = http::Request::post(format!("http://{}/hooks/late", gw.http))
         .body(Full::new(Bytes::from("late job")))
@@ -359,16 +366,7 @@ async fn a_job_answered_503_is_never_delivered_later() {
 /// Pauses NATS, POSTs one job, resumes NATS `resume_after` later; then the job's answer and
 /// whether it was delivered (a later job, delivered after it, bounds the wait).
 async fn post_across_a_pause(resume_after: Duration) -> (Resp, bool) {
-    let nats = NatsServer::start_jetstream().await;
-    let sink = Sink::start(Duration::from_millis(5)).await;
-    let cfg = format!(
-        "[queue]\nnats = {{ url = \"{}\" }}\n{}",
-        nats.url(),
-        route(&sink, "max_in_flight = 4")
-    );
-    let gw = GatewayProcess::start(BIN, &cfg).await;
-    let warm = post_jobs(&gw, 1).await;
-    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    let (nats, sink, gw) = warm_nats_gateway("").await;
     nats.pause();
     let addr = gw.http;
     let posted = tokio::spawn(async move {
@@ -428,16 +426,8 @@ async fn post_keyed(gw: &GatewayProcess, path: &str, key: &str) -> Resp {
 
 #[tokio::test]
 async fn a_keyed_job_resent_after_a_503_is_delivered_and_keys_are_per_route() {
-    let nats = NatsServer::start_jetstream().await;
-    let sink = Sink::start(Duration::from_millis(5)).await;
-    let cfg = format!(
-        "[queue]\nnats = {{ url = \"{}\" }}\n{}\n[[routes]]\nname = \"other\"\nmatch = {{ path_prefix = \"/other\" }}\nupstream = \"app\"\nqueue = {{ max_in_flight = 4 }}\n",
-        nats.url(),
-        route(&sink, "max_in_flight = 4")
-    );
-    let gw = GatewayProcess::start(BIN, &cfg).await;
-    let warm = post_jobs(&gw, 1).await;
-    until_delivered(&sink, &warm, 1, Duration::from_secs(30)).await;
+    let other = "[[routes]]\nname = \"other\"\nmatch = { path_prefix = \"/other\" }\nupstream = \"app\"\nqueue = { max_in_flight = 4 }\n";
+    let (nats, sink, gw) = warm_nats_gateway(other).await;
     // The same key on two routes is two jobs (it was one id for the whole stream: the second
     // got 202 and was never delivered).
     for path in ["/hooks/pay", "/other/ship"] {
