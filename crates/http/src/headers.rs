@@ -89,13 +89,26 @@ fn tokens<'a>(h: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a s
         .flat_map(|v| v.split(','))
 }
 
+/// Whether every transfer coding the message names is `chunked` (or it names none). hyper
+/// decodes the chunked coding (it must be last) and the body goes on re-framed, so any other
+/// coding (`gzip, chunked`) would reach the next hop undeclared: requests with one are 501,
+/// responses 502.
+pub fn only_chunked(h: &http::HeaderMap) -> bool {
+    h.get_all(header::TRANSFER_ENCODING).iter().all(|te| {
+        te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    })
+}
+
 /// What hyper lets through but RFC 9112 §3.2 and the listener's limits do not: more than one
 /// Host, a Host that is not an authority, an HTTP/1.1 request with no Host, even in absolute
 /// form, a Host that differs from HTTP/2's `:authority`, an authority-form target on another
 /// method than CONNECT (400); a request line and headers over `max_head` bytes or more than `max_headers`
 /// field lines (431: hyper's own size limit is on its read buffer, which a single large read
 /// can overshoot, and HTTP/2 has no count limit of its own). The limits are the same for
-/// HTTP/1.1 and HTTP/2.
+/// HTTP/1.1 and HTTP/2. A transfer coding other than chunked is 501 ([`only_chunked`]).
 pub fn check_head(
     parts: &http::request::Parts,
     max_head: usize,
@@ -137,16 +150,8 @@ pub fn check_head(
     if parts.headers.len() > max_headers {
         return Err(ProxyError::HeadersTooLarge);
     }
-    // hyper decodes the chunked coding (it must be last) and the body goes upstream re-framed,
-    // so any other coding (`gzip, chunked`) would reach the backend undeclared.
-    for te in parts.headers.get_all(header::TRANSFER_ENCODING) {
-        let only_chunked = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        });
-        if !only_chunked {
-            return Err(ProxyError::UnknownTransferCoding);
-        }
+    if !only_chunked(&parts.headers) {
+        return Err(ProxyError::UnknownTransferCoding);
     }
     // Each field line costs its name, ": ", its value and CRLF on the wire.
     let mut size = parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 16;

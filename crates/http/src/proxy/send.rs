@@ -163,22 +163,15 @@ fn valid<B>(resp: &Response<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadResponse("101 to a request without Upgrade"));
     }
     let h = resp.headers();
-    let Some(te) = h.get(http::header::TRANSFER_ENCODING) else {
+    if !h.contains_key(http::header::TRANSFER_ENCODING) {
         return Ok(());
-    };
+    }
     if h.contains_key(http::header::CONTENT_LENGTH) {
         return Err(ProxyError::BadResponse(
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    // hyper decodes the chunked coding and the body goes on re-framed: another coding
-    // (`gzip, chunked`) would reach the client undeclared, as on requests (501 there).
-    let only_chunked = h.get_all(http::header::TRANSFER_ENCODING).iter().count() == 1
-        && te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        });
-    if !only_chunked {
+    if !crate::headers::only_chunked(h) {
         return Err(ProxyError::BadResponse(
             "a transfer coding other than chunked",
         ));
