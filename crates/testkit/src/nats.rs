@@ -57,8 +57,14 @@ impl NatsServer {
     }
 
     /// Stops the server in its tracks (SIGSTOP): connections stay open, nothing is answered.
+    /// Returns once every thread of the server has stopped: SIGSTOP stops the threads one by
+    /// one, and on a busy machine one of them went on for long enough to answer a request
+    /// sent after `kill` returned (a CI flake in `fanout`).
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        if let Some(c) = &self.child {
+            wait_until_stopped(c.id());
+        }
     }
 
     /// Lets a paused server go on (SIGCONT).
@@ -144,4 +150,30 @@ async fn accepts(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_ok()
+}
+
+/// Polls `/proc/{pid}/task/*/stat` until every thread is in state `T` (stopped), for up to
+/// 5 s (then it gives up: the test's own assertion says what went wrong).
+fn wait_until_stopped(pid: u32) {
+    let all_stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) S ...`: the state follows the last ')'.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+                })
+                .unwrap_or(true)
+        })
+    };
+    for _ in 0..500 {
+        if all_stopped() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
