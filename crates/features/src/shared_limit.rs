@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwapOption;
 use scalegate_core::admission::{Gcra, RateDecision};
 
 use scalegate_http::plug::{BoxFut, SharedCounter};
@@ -44,9 +43,9 @@ return ahead
 pub struct SharedLimits {
     spec: ClusterSpec,
     link: Arc<RedisLink>,
-    /// SHA1 of the script as Redis knows it (from SCRIPT LOAD), so calls send 40 bytes, not
-    /// the script.
-    sha: ArcSwapOption<String>,
+    /// The GCRA script: sent by its SHA1 (EVALSHA), loaded again when Redis has lost it
+    /// (restart, SCRIPT FLUSH).
+    script: redis::Script,
     /// Requests judged in memory because Redis did not answer.
     pub fallbacks: AtomicU64,
 }
@@ -68,7 +67,7 @@ impl SharedLimits {
         Arc::new(SharedLimits {
             link: RedisLink::start(spawner, &spec.redis_url, spec.timeout, "shared rate limits"),
             spec,
-            sha: ArcSwapOption::empty(),
+            script: redis::Script::new(GCRA_SCRIPT),
             fallbacks: AtomicU64::new(0),
         })
     }
@@ -89,48 +88,17 @@ impl SharedLimits {
         let redis_key = format!("{}rl:{route}:{key:016x}", self.spec.key_prefix);
         let emission = micros(gcra.emission()).max(1);
         let tolerance = micros(gcra.window());
-        let sha = self.sha.load_full();
+        let mut invocation = self.script.key(redis_key);
+        invocation.arg(emission).arg(tolerance);
         let answer = self
             .link
             .call("rate limit", |mut c| {
-                let (sha, redis_key) = (sha.clone(), redis_key.clone());
-                async move {
-                    if let Some(sha) = sha {
-                        let mut evalsha = redis::cmd("EVALSHA");
-                        evalsha.arg(sha.as_str()).arg(1).arg(&redis_key);
-                        match evalsha
-                            .arg(emission)
-                            .arg(tolerance)
-                            .query_async(&mut c)
-                            .await
-                        {
-                            Err(e) if e.code() == Some("NOSCRIPT") => {}
-                            done => return done.map(|ahead: i64| (ahead, None)),
-                        }
-                    }
-                    // First call, or Redis lost its script cache (restart, SCRIPT FLUSH).
-                    let sha: String = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(GCRA_SCRIPT)
-                        .query_async(&mut c)
-                        .await?;
-                    let ahead: i64 = redis::cmd("EVALSHA")
-                        .arg(&sha)
-                        .arg(1)
-                        .arg(&redis_key)
-                        .arg(emission)
-                        .arg(tolerance)
-                        .query_async(&mut c)
-                        .await?;
-                    Ok((ahead, Some(sha)))
-                }
+                let invocation = &invocation;
+                async move { invocation.invoke_async::<i64>(&mut c).await }
             })
             .await;
         match answer {
-            Some((ahead, loaded)) => {
-                if let Some(sha) = loaded {
-                    self.sha.store(Some(Arc::new(sha)));
-                }
+            Some(ahead) => {
                 let ahead_ns = u64::try_from(ahead).unwrap_or(0).saturating_mul(1000);
                 Some(gcra.judge(ahead_ns))
             }

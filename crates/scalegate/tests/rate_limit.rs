@@ -128,12 +128,21 @@ async fn a_shared_limit_holds_across_instances_and_falls_back_to_memory_without_
     let c = Client::http1();
     let mut ok = 0;
     for i in 0..12 {
+        if i == 3 {
+            // Redis forgets its scripts (restart, failover, SCRIPT FLUSH): loaded again.
+            redis.command(&["SCRIPT", "FLUSH"]).await.expect("flush");
+        }
         let gw = if i % 2 == 0 { &g1 } else { &g2 };
         let r = c.get(gw.http, "/").await.expect("response");
         ok += usize::from(r.status == 200);
     }
     assert_eq!(ok, 6, "one budget of 6 for both instances together");
     assert_eq!(bs[0].hits(), 6);
+    for gw in [&g1, &g2] {
+        let m = gw.admin_get("/metrics").await;
+        let fallbacks = metric_sum(&m, "scalegate_rate_limit_fallbacks_total");
+        assert_eq!(fallbacks, 0.0, "every request counted in Redis: {m}");
+    }
 
     // Redis gone: each instance judges in memory on its own, requests keep flowing.
     redis.kill();
