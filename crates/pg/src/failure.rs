@@ -105,6 +105,7 @@ impl From<&AcquireError> for Failure {
             AcquireError::Timeout(..) => Failure::TooMany(e.to_string()),
             AcquireError::NoPrimary(_) => Failure::NotAvailable(e.to_string()),
             AcquireError::ClientGone => Failure::ConnectionLost(e.to_string()),
+            AcquireError::Retired => Failure::NotAvailable(e.to_string()),
             AcquireError::Server(s) => Failure::Server {
                 code: s.sqlstate().to_string(),
                 message: s.to_string(),

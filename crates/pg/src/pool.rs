@@ -156,6 +156,10 @@ pub enum AcquireError {
     /// The client closed its connection while it waited (nothing is sent to it).
     #[error("the client closed its connection while waiting for a server")]
     ClientGone,
+    /// A reload replaced the pool while the client waited for it: the client waits again in
+    /// the new pool (whose `pool_size` may be larger) or, where it cannot, is told to retry.
+    #[error("a reload replaced the database's pool while this statement waited; run it again")]
+    Retired,
 }
 
 impl AcquireError {
@@ -166,6 +170,7 @@ impl AcquireError {
             AcquireError::Server(s) => s.sqlstate(),
             AcquireError::NoPrimary(_) => "57P03",
             AcquireError::ClientGone => "08006",
+            AcquireError::Retired => "57P03",
         }
     }
 }
@@ -339,7 +344,8 @@ impl Pool {
             let expired = timer.arm(deadline);
             tokio::select! {
                 biased;
-                p = hp.permits.clone().acquire_owned() => p.ok(),
+                // Closed: the pool was retired (see `retire`).
+                p = hp.permits.clone().acquire_owned() => Some(p.map_err(|_| AcquireError::Retired)),
                 () = expired => None,
             }
         };
@@ -349,7 +355,7 @@ impl Pool {
         self.stats.max_wait_us.fetch_max(waited_us, Relaxed);
         self.stats.wait.record(before + waited);
         match got {
-            Some(p) => Ok(p),
+            Some(p) => p,
             None => {
                 self.stats.wait_timeouts.fetch_add(1, Relaxed);
                 Err(AcquireError::Timeout(self.wait_timeout, self.db.pool_size))
@@ -537,9 +543,15 @@ impl Pool {
     }
 
     /// Marks the pool replaced by a reload and closes its idle connections; the connections
-    /// still lent out are closed when they come back.
+    /// still lent out are closed when they come back. Its permits are closed too: the clients
+    /// waiting in it are woken (`AcquireError::Retired`) to wait in the new pool, so a reload
+    /// that raises `pool_size` serves the clients already queued, not only those who come
+    /// after it.
     pub fn retire(&self) {
         self.retired.store(true, Relaxed);
+        for h in &self.hosts {
+            h.permits.close();
+        }
         self.close_idle();
     }
 

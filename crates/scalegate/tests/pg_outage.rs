@@ -382,3 +382,46 @@ async fn a_reload_that_changes_the_pool_mode_asks_connected_clients_to_reconnect
     drop((a, b));
     pooler_empty(&gw, port).await;
 }
+
+/// Left alone in an earlier session: a reload that raised `pool_size` helped only the clients
+/// that came after it; those already queued kept waiting in the replaced pool, behind the
+/// old size, for a server to come back or for the wait timeout (here 60 s). They now wait
+/// again in the new pool and are served at once.
+#[tokio::test]
+async fn a_reload_that_raises_pool_size_serves_the_clients_already_waiting() {
+    let pg = PgServer::start().await;
+    let port = free_port();
+    let config = |size: u32| {
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"60s\"\n\
+             [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
+             pool_size = {size}\n",
+            pg.port
+        )
+    };
+    let gw = GatewayProcess::start(BIN, &config(1)).await;
+    let holder = app_client(port).await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    let waiter = app_client(port).await;
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.is_ok() });
+    let queued = eventually(Duration::from_secs(10), || async {
+        // database|user|cl_active|cl_waiting|…
+        console(port, "SHOW POOLS")
+            .lines()
+            .any(|l| l.split('|').nth(3) == Some("1"))
+    })
+    .await;
+    assert!(queued, "{}", console(port, "SHOW POOLS"));
+
+    gw.write_config(&config(2));
+    gw.signal(libc::SIGHUP);
+    // The holder keeps its transaction open throughout: only the larger pool can serve.
+    let served = tokio::time::timeout(Duration::from_secs(30), waiting).await;
+    assert!(
+        matches!(served, Ok(Ok(true))),
+        "the queued client was not served by the larger pool: {served:?}"
+    );
+    holder.simple_query("COMMIT").await.expect("commit");
+    drop(holder);
+    pooler_quiescent(&gw, port).await;
+}

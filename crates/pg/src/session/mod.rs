@@ -649,8 +649,11 @@ impl Session {
     /// Tells the client no server could be had; each pending query gets its error and
     /// ReadyForQuery so the client stays in step.
     async fn acquire_failed(&mut self, e: AcquireError) -> Option<End> {
-        if matches!(e, AcquireError::ClientGone) {
-            return Some(End::Client);
+        match e {
+            AcquireError::ClientGone => return Some(End::Client),
+            // Nothing was consumed or answered: the batch starts over in the new pool.
+            AcquireError::Retired => return Box::pin(self.client_messages()).await,
+            _ => {}
         }
         let failure = Failure::from(&e);
         let (mut syncs, mut whole) = (0, 0);
