@@ -155,13 +155,27 @@ pub fn check_head(
     }
     // Each field line costs its name, ": ", its value and CRLF on the wire.
     let mut size = parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 16;
+    let h2 = parts.version == http::Version::HTTP_2;
     for (name, value) in &parts.headers {
         size += name.as_str().len() + value.len() + 4;
+        if h2 && padded(value.as_bytes()) {
+            // RFC 9113 §8.2.1: malformed. An HTTP/1.1 parser trims the padding, so a route or
+            // a rate-limit key matched on the padded value would be bypassed by a client and
+            // read as the plain one by the backend.
+            return Err(ProxyError::BadRequest(
+                "a header value begins or ends with whitespace",
+            ));
+        }
     }
     if size > max_head {
         return Err(ProxyError::HeadersTooLarge);
     }
     Ok(())
+}
+
+/// Whether a field value starts or ends with a space or a tab.
+fn padded(v: &[u8]) -> bool {
+    matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
 }
 
 /// Keeps a body that hyper's HTTP/1.1 client would drop: it sends a GET or HEAD whose body has

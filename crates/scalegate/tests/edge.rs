@@ -8,7 +8,7 @@ mod wire;
 use common::*;
 use scalegate_testkit::Recorder;
 use scalegate_testkit::raw_h2::{Frame, H2Answer};
-use wire::{expect, h1, h2, plain};
+use wire::{Seen, expect, h1, h2, plain};
 
 async fn gateway_with(listener: &str, rec: &Recorder) -> GatewayProcess {
     GatewayProcess::start_full(
@@ -451,5 +451,75 @@ async fn spellings_of_one_path_and_host_share_one_cache_entry() {
         );
     }
     assert_eq!(origin.hits("/c/a"), 1);
+    quiescent(&gw).await;
+}
+
+/// A probe's finding: HTTP/2 field values with leading or trailing whitespace were taken as
+/// they were; route matching and per-key rate limits saw `" 1"` while the backend's HTTP/1.1
+/// parser read `1`, so a padded `x-internal` walked past the route that denies it. They are
+/// malformed (RFC 9113 §8.2.1) and refused.
+#[tokio::test]
+async fn http2_header_values_padded_with_whitespace_are_refused() {
+    let rec = Recorder::start().await;
+    let gw = gateway_with("", &rec).await;
+    let plain = h2(
+        gw.http,
+        "GET",
+        "/x",
+        "shop.example",
+        &[("x-internal", "1")],
+        &[],
+    )
+    .await;
+    assert_eq!(plain, H2Answer::Status(403), "the route denies x-internal");
+    for padded in [" 1", "1 ", "\t1", "1\t", "  1  "] {
+        let answer = h2(
+            gw.http,
+            "GET",
+            "/x",
+            "shop.example",
+            &[("x-internal", padded)],
+            &[],
+        )
+        .await;
+        // Before: 200 from the catch-all route.
+        assert!(
+            matches!(answer, H2Answer::Status(400) | H2Answer::Reset(_)),
+            "{padded:?}: {answer:?}"
+        );
+    }
+    expect(&rec, &[], "nothing padded reaches the backend").await;
+    quiescent(&gw).await;
+}
+
+/// A probe's finding: a request that named no host (HTTP/1.0 without Host, HTTP/2 without
+/// :authority) went upstream as HTTP/1.1 without Host, which RFC 9112 §3.2 forbids (strict
+/// backends answer 400, virtual hosts their default site). It carries the endpoint's address,
+/// as nginx sends its upstream's.
+#[tokio::test]
+async fn a_request_that_names_no_host_goes_upstream_with_the_endpoints() {
+    let rec = Recorder::start().await;
+    let gw = gateway_with("", &rec).await;
+    assert_eq!(h1(gw.http, b"GET /x HTTP/1.0\r\n\r\n").await, [200]);
+    assert_eq!(
+        h1(gw.http, b"GET /x HTTP/1.0\r\nHost:\r\n\r\n").await,
+        [200]
+    );
+    let fields: [(&[u8], &[u8]); 3] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":path", b"/x"),
+    ];
+    let answer = scalegate_testkit::raw_h2::send(gw.http, &fields, &[]).await;
+    assert_eq!(answer, H2Answer::Status(200));
+    let mut want = plain("GET /x HTTP/1.1", &rec.addr.to_string(), &[], b"");
+    // No host was named: none is forwarded as X-Forwarded-Host.
+    want.headers.retain(|h| !h.starts_with("x-forwarded-host"));
+    let want = || Seen {
+        line: want.line.clone(),
+        headers: want.headers.clone(),
+        body: vec![],
+    };
+    expect(&rec, &[want(), want(), want()], "Host is the endpoint's").await;
     quiescent(&gw).await;
 }

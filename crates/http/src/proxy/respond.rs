@@ -126,12 +126,13 @@ pub(super) fn rewrite_request(
     endpoint: &HttpEndpoint,
 ) {
     // The target's authority when it has one (HTTP/2, or the absolute form, where RFC 9112
-    // §3.2.2 says Host is ignored), as routing did; else Host.
+    // §3.2.2 says Host is ignored), as routing did; else Host (an empty one names nothing).
     let host = parts
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
+        .or_else(|| parts.headers.get(header::HOST).cloned())
+        .filter(|h| !h.is_empty());
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     // Replaced from an untrusted peer, extended from a trusted proxy (forwarded.rs).
@@ -148,7 +149,10 @@ pub(super) fn rewrite_request(
     let path = rewritten.as_deref().unwrap_or(original);
     match protocol {
         UpstreamProtocol::Http1 => {
-            if let Some(h) = host {
+            // RFC 9112 §3.2: an HTTP/1.1 request always has Host. A client that named no host
+            // (HTTP/1.0, HTTP/2 without :authority) leaves the endpoint's own, as nginx does.
+            let named = host.or_else(|| HeaderValue::from_str(&endpoint.addr).ok());
+            if let Some(h) = named {
                 parts.headers.insert(header::HOST, h);
             }
             if (rewritten.is_some() || parts.uri.authority().is_some())
