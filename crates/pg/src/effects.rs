@@ -126,9 +126,14 @@ pub struct Effects {
     pub settings: Vec<Change>,
     /// Statements in the string.
     pub statements: usize,
-    /// It runs code the pooler cannot read (a `DO` block): the server's session settings are
-    /// unknown once it has run.
+    /// It runs code the pooler cannot read (a `DO` block) or changes settings out of its
+    /// sight (`UPDATE pg_settings`): the server's session settings are unknown once it has run.
     pub opaque: bool,
+    /// State it may create that the pooler cannot name (a `DO` block's dynamic SQL may
+    /// `EXECUTE 'LISTEN …'` or `'PREPARE …'`): the client is held to its server until the
+    /// server's catalogs, asked at the transaction's end, show none. Never refused: nothing
+    /// is known to be created.
+    pub suspect: u8,
 }
 
 /// [`analyze`] with its results cached by text (bounded: cleared when full), behind the
@@ -229,7 +234,7 @@ fn word_at(sql: &[u8], i: usize) -> bool {
     match WORD_START[usize::from(rest[0])] {
         0 => false,
         b'a' => starts_with_ci(rest, b"advisory"),
-        b's' => starts_with_ci(rest, b"set_config"),
+        b's' => starts_with_ci(rest, b"set_config") || starts_with_ci(rest, b"settings"),
         _ => starts_with_ci(rest, b"temp"),
     }
 }
@@ -427,7 +432,29 @@ fn statement(s: &[&Token], fx: &mut Effects) {
     {
         fx.creates |= TEMP;
     }
+    if updates_pg_settings(s) {
+        fx.opaque = true;
+    }
     calls(s, fx);
+}
+
+/// Whether a statement updates `pg_settings`, which PostgreSQL documents as the same as SET.
+fn updates_pg_settings(s: &[&Token]) -> bool {
+    let names = |i: usize| {
+        s.get(i)
+            .and_then(|t| word(t))
+            .is_some_and(|w| ident(w) == b"pg_settings")
+    };
+    (0..s.len()).any(|i| {
+        if !is(s.get(i), "UPDATE") {
+            return false;
+        }
+        let i = if is(s.get(i + 1), "ONLY") { i + 1 } else { i };
+        names(i + 1)
+            || (s.get(i + 1).and_then(|t| word(t)).map(ident).as_deref() == Some(b"pg_catalog")
+                && matches!(s.get(i + 2), Some(Token::Period))
+                && names(i + 3))
+    })
 }
 
 /// `SET …`: a tracked setting, a session-level command, or nothing (SET LOCAL, SET TRANSACTION).
@@ -448,6 +475,9 @@ fn set(s: &[&Token], fx: &mut Effects) {
 fn do_block(s: &[&Token], fx: &mut Effects) {
     use state::*;
     fx.opaque = true;
+    // Whatever its text says, its dynamic SQL may leave any of them: the catalogs are asked.
+    fx.suspect |= VISIBLE;
+    fx.verify = true;
     for t in s {
         let code = match t {
             Token::DollarQuotedString(d) => d.value.as_str(),
@@ -722,6 +752,31 @@ mod tests {
         let xact = "DO $$ BEGIN PERFORM pg_advisory_xact_lock(42); END $$";
         assert_eq!(creates(xact), 0);
         assert!(!analyze("SELECT 'DO'").opaque);
+        // Dynamic SQL may leave anything the catalogs show: asked, never refused.
+        let listen = "DO $$BEGIN EXECUTE 'LIS' || 'TEN ch'; END$$";
+        assert_eq!(creates(listen), 0);
+        assert_eq!(analyze(listen).suspect, state::VISIBLE);
+        assert!(analyze(listen).verify);
+        assert_eq!(analyze("SELECT 1").suspect, 0);
+    }
+
+    #[test]
+    fn updating_pg_settings_makes_settings_unknown() {
+        for sql in [
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'",
+            "update PG_CATALOG.Pg_Settings set setting = 'x' where name = 'work_mem'",
+            "WITH u AS (UPDATE ONLY pg_settings SET setting = '1' WHERE name = 'x') SELECT 1",
+        ] {
+            assert!(may_matter(sql.as_bytes()), "{sql}");
+            assert!(analyze(sql).opaque, "{sql}");
+        }
+        for sql in [
+            "SELECT setting FROM pg_settings",
+            "UPDATE user_settings SET v = 1",
+            "UPDATE \"PG_SETTINGS\" SET v = 1",
+        ] {
+            assert!(!analyze(sql).opaque, "{sql}");
+        }
     }
 
     #[test]

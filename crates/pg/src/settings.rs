@@ -52,15 +52,13 @@ impl Settings {
         s
     }
 
+    /// A startup parameter. `set_config` reads its value as PostgreSQL reads one from a
+    /// startup packet or a config file: `search_path=a,public` is two schemas, where
+    /// `SET search_path = 'a,public'` would make it the one schema `"a,public"`.
     fn set(&mut self, name: &str, value: &str) {
-        let sql = format!(
-            "SET {} = '{}'",
-            quote_ident(name),
-            value.replace('\'', "''")
-        );
         self.apply(&Change::Set {
             name: name.to_ascii_lowercase(),
-            sql,
+            sql: set_config_sql(name, value),
         });
     }
 
@@ -110,11 +108,7 @@ impl Settings {
         let change = match value {
             Some(v) if !(name == "role" && v == "none") => Change::Set {
                 name: name.to_string(),
-                sql: format!(
-                    "SELECT pg_catalog.set_config('{}', '{}', false)",
-                    name.replace('\'', "''"),
-                    v.replace('\'', "''")
-                ),
+                sql: set_config_sql(name, v),
             },
             _ => Change::Reset(name.to_string()),
         };
@@ -160,25 +154,57 @@ pub fn read_back_sql(names: &[String]) -> String {
     format!("SELECT {}", columns.join(", "))
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// `SELECT pg_catalog.set_config('name', 'value', false)`: the session's `name` becomes
+/// `value`, parsed as a config-file value.
+fn set_config_sql(name: &str, value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config('{}', '{}', false)",
+        name.replace('\'', "''"),
+        value.replace('\'', "''")
+    )
 }
 
 /// `-c name=value` (or `--name=value`) pairs of a startup `options` string.
 fn parse_options(opts: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut words = opts.split_whitespace();
+    let mut words = option_words(opts).into_iter();
     while let Some(w) = words.next() {
         let kv = if w == "-c" {
             words.next()
         } else {
-            w.strip_prefix("--").or_else(|| w.strip_prefix("-c"))
+            w.strip_prefix("--")
+                .or_else(|| w.strip_prefix("-c"))
+                .map(str::to_string)
         };
-        if let Some((k, v)) = kv.and_then(|kv| kv.split_once('=')) {
+        if let Some((k, v)) = kv.as_deref().and_then(|kv| kv.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_string()));
         }
     }
     out
+}
+
+/// The words of an `options` string as PostgreSQL splits them (`pg_split_opts`): on
+/// whitespace, where a backslash makes the next character part of the word (`\ ` is a space
+/// inside a value, `\\` a backslash).
+fn option_words(opts: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = opts.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// What a query does to session settings; `None` for anything else (including SET LOCAL
@@ -306,11 +332,22 @@ mod tests {
     fn startup_parameters_become_settings() {
         let s = Settings::from_startup(&[
             ("application_name".into(), "it's".into()),
-            ("options".into(), "-c search_path=app --work-mem=4MB".into()),
+            (
+                "options".into(),
+                r"-c search_path=app,public --work-mem=4MB -c application_name=a\ b\\c".into(),
+            ),
         ]);
+        // set_config reads a list as PostgreSQL reads a startup value (`app, public`, not
+        // the one schema "app,public"); a backslash keeps a space in a value.
+        let set = |n: &str, v: &str| format!("SELECT pg_catalog.set_config('{n}', '{v}', false)");
         assert_eq!(
             s.replay_sql(),
-            "RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; SET \"application_name\" = 'it''s'; SET \"search_path\" = 'app'; SET \"work_mem\" = '4MB'"
+            format!(
+                "RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; {}; {}; {}",
+                set("search_path", "app,public"),
+                set("work_mem", "4MB"),
+                set("application_name", r"a b\c"),
+            )
         );
     }
 

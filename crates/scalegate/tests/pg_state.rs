@@ -612,3 +612,77 @@ async fn a_pipeline_that_commits_then_rolls_back_leaves_no_setting_behind() {
     drop((a, b, c));
     pooler_quiescent(&gw, port).await;
 }
+
+/// A probe's finding: code a DO block runs with EXECUTE (`LISTEN`, `PREPARE`) left state the
+/// pooler's reading of the block's text could not name; the server went back to the pool with
+/// it, and the next client ran the first one's prepared statement (and could not PREPARE the
+/// name itself: 42P05). Every DO block now has the server's catalogs asked at the end of its
+/// transaction, in both modes (nothing is refused: nothing is known to be created).
+#[tokio::test]
+async fn state_a_do_block_creates_with_dynamic_sql_is_not_the_next_clients() {
+    for mode in ["pin", "refuse"] {
+        let (_pg, gw, port) = one_server(mode).await;
+        let a = app_client(port).await;
+        a.simple_query(
+            "DO $$BEGIN EXECUTE 'PREPARE report AS SELECT ''rows of A'''; \
+             EXECUTE 'LIS' || 'TEN ch_do'; END$$",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{mode}: DO: {e}"));
+        assert_eq!(
+            int(&a, "SELECT count(*) FROM pg_listening_channels()").await,
+            1,
+            "{mode}: A keeps its server"
+        );
+        drop(a);
+        let b = app_client(port).await;
+        let prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql";
+        assert_eq!(int(&b, prepared).await, 0, "{mode}: A's PREPARE");
+        let listening = "SELECT count(*) FROM pg_listening_channels()";
+        assert_eq!(int(&b, listening).await, 0, "{mode}: A's LISTEN");
+        drop(b);
+        pooler_empty(&gw, port).await;
+    }
+}
+
+/// A probe's finding: `UPDATE pg_settings` (the same as SET, says PostgreSQL) was not seen
+/// as a change of settings; the next client on the server ran with the first one's
+/// search_path.
+#[tokio::test]
+async fn a_setting_changed_through_pg_settings_is_not_the_next_clients() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let b = app_client(port).await;
+    let default = path(&b).await;
+    let a = app_client(port).await;
+    a.simple_query("UPDATE pg_settings SET setting = 'evil, public' WHERE name = 'search_path'")
+        .await
+        .expect("update pg_settings");
+    assert_eq!(path(&b).await, default, "after A's UPDATE pg_settings");
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}
+
+/// A probe's finding: a list given at startup (`options=-c search_path=zz,public`, JDBC's
+/// currentSchema) was replayed as `SET search_path = 'zz,public'`, one schema named
+/// "zz,public": every unqualified name failed (42P01). Startup values are read as PostgreSQL
+/// reads them.
+#[tokio::test]
+async fn a_list_given_at_startup_stays_a_list() {
+    let (pg, gw, port) = one_server("pin").await;
+    pg.psql("postgres", "CREATE TABLE sp_probe (x int)");
+    let (c, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=app \
+             options='-c search_path=zz,public -c application_name=a\\\\ b'"
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect with options");
+    tokio::spawn(conn);
+    assert_eq!(path(&c).await, "zz,public", "as PostgreSQL shows it");
+    assert_eq!(int(&c, "SELECT count(*) FROM sp_probe").await, 0);
+    assert_eq!(pg_one::<String>(&c, "SHOW application_name").await, "a b");
+    drop(c);
+    pooler_quiescent(&gw, port).await;
+}

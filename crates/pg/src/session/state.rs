@@ -53,6 +53,7 @@ pub(super) fn plan(
         }
         pin.bits |= fx.creates;
     }
+    pin.bits |= fx.suspect;
     if fx.opaque {
         track.unknown = Some(segment);
     }
@@ -79,8 +80,8 @@ pub(super) fn plan(
         stmts.server_forgets(prepared);
     }
     let verify = if fx.verify { state::VERIFY } else { 0 };
-    if fx.creates | verify != 0 {
-        Sub::Flag(fx.creates | verify)
+    if fx.creates | fx.suspect | verify != 0 {
+        Sub::Flag(fx.creates | fx.suspect | verify)
     } else {
         Sub::Forward
     }
