@@ -106,6 +106,10 @@ impl From<&AcquireError> for Failure {
             AcquireError::NoPrimary(_) => Failure::NotAvailable(e.to_string()),
             AcquireError::ClientGone => Failure::ConnectionLost(e.to_string()),
             AcquireError::Retired => Failure::NotAvailable(e.to_string()),
+            AcquireError::Cancelled => Failure::Server {
+                code: e.sqlstate().to_string(),
+                message: e.to_string(),
+            },
             AcquireError::Server(s) => Failure::Server {
                 code: s.sqlstate().to_string(),
                 message: s.to_string(),

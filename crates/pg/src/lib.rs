@@ -30,6 +30,7 @@ pub mod outgoing;
 pub mod pool;
 pub mod pooler;
 pub mod proto;
+pub mod queued_cancel;
 pub mod server;
 pub mod server_tls;
 pub mod session;

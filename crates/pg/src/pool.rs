@@ -160,6 +160,9 @@ pub enum AcquireError {
     /// the new pool (whose `pool_size` may be larger) or, where it cannot, is told to retry.
     #[error("a reload replaced the database's pool while this statement waited; run it again")]
     Retired,
+    /// A cancel request for the client ended its wait (`queued_cancel.rs`).
+    #[error("canceling statement due to user request")]
+    Cancelled,
 }
 
 impl AcquireError {
@@ -171,6 +174,7 @@ impl AcquireError {
             AcquireError::NoPrimary(_) => "57P03",
             AcquireError::ClientGone => "08006",
             AcquireError::Retired => "57P03",
+            AcquireError::Cancelled => "57014",
         }
     }
 }

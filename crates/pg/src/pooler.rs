@@ -33,6 +33,8 @@ pub struct ClientSlot {
     pub server: Mutex<Option<(u64, ServerKey)>>,
     /// Cancel requests on their way to that server (see `cancel.rs`).
     pub cancels: Arc<CancelGate>,
+    /// Cancel requests for a statement still waiting for a server.
+    pub queued: crate::queued_cancel::QueuedCancel,
     /// Session state pinning it to that connection (`effects::state` bits; 0: not pinned).
     pub pinned: std::sync::atomic::AtomicU8,
     /// The session's task while it waits between transactions, woken when shutdown begins
@@ -354,10 +356,14 @@ impl Pooler {
     }
 
     /// The server a client key is using now, with its cancel counted as in flight until the
-    /// guard is dropped: until then that server is not leased to another client.
+    /// guard is dropped: until then that server is not leased to another client. A client
+    /// without a server that waits for one has its wait ended instead (`queued_cancel.rs`).
     pub fn begin_cancel(&self, key: (i32, i32)) -> Option<(ServerKey, InFlight)> {
         let slot = self.clients.lock().ok()?.get(&key)?.clone();
         let s = slot.server.lock().ok()?;
+        if s.is_none() && slot.queued.cancel() {
+            tracing::debug!("cancel request for a statement waiting for a server: ended");
+        }
         s.map(|(_, k)| (k, slot.cancels.enter()))
     }
 

@@ -366,6 +366,50 @@ async fn a_late_cancel_never_cancels_the_next_clients_query() {
     }
 }
 
+/// A probe's finding (asyncpg `timeout=` with the pool saturated): a cancel request for a
+/// client still waiting for a server was dropped without a word. The statement went on
+/// waiting and ran once a server came free (a timed-out INSERT was committed), and asyncpg,
+/// waiting for the cancel's answer, closed the connection. The wait now ends with 57014, as
+/// PostgreSQL ends a statement waiting for a lock; a cancel while idle is still ignored.
+#[tokio::test]
+async fn a_cancel_ends_a_wait_for_a_server_with_57014() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"30s\"").await;
+    pg.psql("postgres", "CREATE TABLE queued (x int)");
+    let a = client(port).await;
+    a.batch_execute("BEGIN")
+        .await
+        .expect("A holds the only server");
+    let b = client(port).await;
+    let token = b.cancel_token();
+    let cancel = async {
+        let waiting = eventually(Duration::from_secs(10), || async {
+            // database|user|cl_active|cl_waiting|…
+            pg_common::console(port, "SHOW POOLS")
+                .lines()
+                .any(|l| l.split('|').nth(3) == Some("1"))
+        })
+        .await;
+        assert!(waiting, "B never waited");
+        token.cancel_query(NoTls).await.expect("cancel sent");
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(b.simple_query("INSERT INTO queued VALUES (7)"), cancel).0
+    })
+    .await
+    .expect("the cancel did not end the wait (wait_timeout is 30 s)");
+    let e = ended.expect_err("cancelled");
+    assert_eq!(code(&e), "57014", "{e:?}");
+    a.batch_execute("COMMIT").await.expect("commit");
+    assert!(b.simple_query("SELECT 1").await.is_ok(), "B goes on");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM queued"), "0");
+    // A cancel while B waits for nothing is ignored, and does not cancel what comes next.
+    token.cancel_query(NoTls).await.expect("idle cancel sent");
+    assert!(b.simple_query("SELECT 1").await.is_ok());
+    drop((a, b));
+    quiescent(&gw).await;
+}
+
 /// A's cancel reaches the server `delay` after A's query has ended; B, which got the server
 /// next, must not lose its query to it.
 async fn late_cancel(delay: Duration) {

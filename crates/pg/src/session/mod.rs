@@ -117,6 +117,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         since: Instant::now(),
         server: std::sync::Mutex::new(None),
         cancels: Default::default(),
+        queued: Default::default(),
         pinned: Default::default(),
         on_close: Default::default(),
     });
@@ -616,6 +617,7 @@ impl Session {
                 biased;
                 () = self.pooler.wait_resumed() => {}
                 () = self.client.closed() => return Err(AcquireError::ClientGone),
+                () = self.slot.queued.cancelled() => return Err(AcquireError::Cancelled),
             }
         }
         let mut attempts = 0;
@@ -624,6 +626,7 @@ impl Session {
                 biased;
                 got = self.pool.acquire(route, &mut self.wait_timer) => got?,
                 () = self.client.closed() => return Err(AcquireError::ClientGone),
+                () = self.slot.queued.cancelled() => return Err(AcquireError::Cancelled),
             };
             let wanted = self.track.settings.fingerprint();
             if self.transaction && lease.conn.settings != wanted {
