@@ -35,6 +35,10 @@ pub async fn startup(
 ) -> Result<Option<Startup>, Failure> {
     // A startup packet is small; anything past 10 KB is not one.
     const MAX_STARTUP: usize = 10_000;
+    // Each encryption request is answered once (libpq may ask GSSENC, then SSL); one asked
+    // again is a protocol violation, as PostgreSQL has it, not a reason to wait for the login
+    // timeout.
+    let (mut asked_ssl, mut asked_gss) = (false, false);
     loop {
         let Some(n) = fill(stream, buf, |b| proto::startup_len(b, MAX_STARTUP)).await? else {
             return Ok(None);
@@ -44,6 +48,15 @@ pub async fn startup(
             FirstPacket::Ssl | FirstPacket::GssEnc => {
                 if !buf.is_empty() {
                     return Err(Failure::Protocol("data after SSLRequest".into()));
+                }
+                let asked = match first_is_ssl(&packet) {
+                    true => &mut asked_ssl,
+                    false => &mut asked_gss,
+                };
+                if std::mem::replace(asked, true) {
+                    return Err(Failure::Protocol(
+                        "encryption was already negotiated on this connection".into(),
+                    ));
                 }
                 let io = |e: std::io::Error| Failure::ConnectionLost(e.to_string());
                 let spec_tls = pooler.spec().tls;
@@ -76,7 +89,12 @@ pub async fn startup(
                     "this pooler requires TLS (sslmode=require or stronger)".into(),
                 ));
             }
-            FirstPacket::Startup(s) => return Ok(Some(s)),
+            FirstPacket::Startup(s) => {
+                if let Some(v) = s.negotiation() {
+                    send(stream, &v).await?;
+                }
+                return Ok(Some(s));
+            }
             FirstPacket::NoUser => {
                 return Err(Failure::Auth(
                     "28000",

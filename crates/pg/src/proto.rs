@@ -212,6 +212,31 @@ pub struct Startup {
     pub database: String,
     /// Every other parameter, in order.
     pub params: Vec<(String, String)>,
+    /// The protocol's minor version asked for (3.0 is what the pooler speaks).
+    pub minor: u16,
+    /// Protocol options asked for (`_pq_.` parameters), none of which the pooler knows.
+    pub options: Vec<String>,
+}
+
+impl Startup {
+    /// NegotiateProtocolVersion, when the client asked for more than protocol 3.0 offers: a
+    /// later minor version or protocol options. PostgreSQL answers so (since 9.3) and goes on
+    /// in 3.0, so a client asking for 3.2 (libpq 18's `max_protocol_version=latest`) falls
+    /// back instead of being refused.
+    pub fn negotiation(&self) -> Option<BytesMut> {
+        if self.minor == 0 && self.options.is_empty() {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        message(&mut out, b'v', |b| {
+            b.put_i32(PROTOCOL_3);
+            b.put_i32(self.options.len() as i32);
+            for o in &self.options {
+                put_cstr(b, o.as_bytes());
+            }
+        });
+        Some(out)
+    }
 }
 
 /// What the first packet of a connection asks for.
@@ -251,8 +276,12 @@ pub fn parse_first(packet: &[u8]) -> FirstPacket {
             let secret = b.get_i32();
             FirstPacket::Cancel { pid, secret }
         }
-        PROTOCOL_3 => {
-            let mut s = Startup::default();
+        // Any 3.x: a later minor version is negotiated down to 3.0.
+        code if code >> 16 == PROTOCOL_3 >> 16 => {
+            let mut s = Startup {
+                minor: (code & 0xffff) as u16,
+                ..Startup::default()
+            };
             while let Some(k) = cstr(&mut b) {
                 if k.is_empty() {
                     break;
@@ -261,6 +290,7 @@ pub fn parse_first(packet: &[u8]) -> FirstPacket {
                 match k.as_str() {
                     "user" => s.user = v,
                     "database" => s.database = v,
+                    _ if k.starts_with("_pq_.") => s.options.push(k),
                     _ => s.params.push((k, v)),
                 }
             }

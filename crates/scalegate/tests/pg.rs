@@ -484,14 +484,65 @@ fn first_error_code(buf: &[u8]) -> Option<String> {
 }
 
 fn startup(user: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for s in ["user", user, "database", "app", ""] {
+    startup_with(196_608, &["user", user, "database", "app"])
+}
+
+/// A startup packet of protocol `version` with `pairs` (name, value, name, value, …).
+fn startup_with(version: i32, pairs: &[&str]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for s in pairs.iter().chain(&[""]) {
         body.extend_from_slice(s.as_bytes());
         body.push(0);
     }
     let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     p.extend(body);
     p
+}
+
+/// A probe's finding: a client asking for protocol 3.2 (libpq 18 with
+/// `max_protocol_version=latest`) was refused (0A000) where PostgreSQL answers
+/// NegotiateProtocolVersion and goes on in 3.0. It is negotiated down now, `_pq_.` options
+/// listed as not understood.
+#[tokio::test]
+async fn a_later_protocol_minor_is_negotiated_down_to_3_0() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let hello = startup_with(
+        0x0003_0002,
+        &["user", "postgres", "database", "app", "_pq_.future", "1"],
+    );
+    s.write_all(&hello).expect("startup");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Up to the first ReadyForQuery ('Z' + length 5 + status).
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = s.read(&mut chunk).expect("the login's answer");
+        assert!(n > 0, "closed: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let mut v = b"v".to_vec();
+    v.extend_from_slice(&(4 + 4 + 4 + 12i32).to_be_bytes());
+    v.extend_from_slice(&196_608i32.to_be_bytes());
+    v.extend_from_slice(&1i32.to_be_bytes());
+    v.extend_from_slice(b"_pq_.future\0");
+    assert!(
+        got.starts_with(&v),
+        "NegotiateProtocolVersion first: {got:?}"
+    );
+    assert_eq!(first_error_code(&got), None, "{got:?}");
+    s.write_all(&pg_common::query_message("SELECT 41 + 1"))
+        .expect("query");
+    let mut answer = Vec::new();
+    while !answer.windows(2).any(|w| w == b"42") {
+        let n = s.read(&mut chunk).expect("the query's answer");
+        assert!(n > 0, "closed: {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    drop(s);
+    quiescent(&gw).await;
 }
 
 #[tokio::test]
@@ -508,6 +559,25 @@ async fn bad_input_gets_an_error_and_disturbs_nobody() {
     assert_eq!(
         raw_pg(port, &[0, 0, 0, 8, 0, 2, 0, 0]).as_deref(),
         Some("0A000")
+    );
+    // SSLRequest asked twice, declined both times (a probe's finding: the second was
+    // declined again and the connection left to the 15 s login timeout).
+    let ssl = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut twice = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    twice
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    twice.write_all(&ssl).expect("send");
+    let mut declined = [0u8; 1];
+    twice.read_exact(&mut declined).expect("declined");
+    assert_eq!(&declined, b"N");
+    twice.write_all(&ssl).expect("send again");
+    let mut answer = Vec::new();
+    let _ = twice.read_to_end(&mut answer);
+    assert_eq!(
+        first_error_code(&answer).as_deref(),
+        Some("08P01"),
+        "{answer:?}"
     );
     // A message claiming to be larger than the limit, after a good login.
     let mut big = startup("postgres");
