@@ -106,7 +106,7 @@ impl From<&AcquireError> for Failure {
             AcquireError::NoPrimary(_) => Failure::NotAvailable(e.to_string()),
             AcquireError::ClientGone => Failure::ConnectionLost(e.to_string()),
             AcquireError::Retired => Failure::NotAvailable(e.to_string()),
-            AcquireError::Cancelled => Failure::Server {
+            AcquireError::Cancelled | AcquireError::Settings { .. } => Failure::Server {
                 code: e.sqlstate().to_string(),
                 message: e.to_string(),
             },

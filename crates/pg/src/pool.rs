@@ -163,6 +163,15 @@ pub enum AcquireError {
     /// A cancel request for the client ended its wait (`queued_cancel.rs`).
     #[error("canceling statement due to user request")]
     Cancelled,
+    /// The server refused the client's settings (from its startup parameters or a SET) when
+    /// they were applied to the connection it got: the client cannot be served as it asked.
+    #[error("this client's settings cannot be applied: {message}")]
+    Settings {
+        /// The server's SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
 }
 
 impl AcquireError {
@@ -175,6 +184,7 @@ impl AcquireError {
             AcquireError::ClientGone => "08006",
             AcquireError::Retired => "57P03",
             AcquireError::Cancelled => "57014",
+            AcquireError::Settings { code, .. } => code,
         }
     }
 }

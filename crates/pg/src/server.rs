@@ -246,13 +246,14 @@ impl ServerConn {
             match self.next_message().await? {
                 Message::ReadyForQuery(_) => break,
                 Message::ErrorResponse(body) => {
-                    failure.get_or_insert(error_fields(body.fields()).1);
+                    let (code, message) = error_fields(body.fields());
+                    failure.get_or_insert(Refusal { code, message });
                 }
                 _ => {}
             }
         }
         match failure {
-            Some(m) => Err(io::Error::other(m)),
+            Some(r) => Err(io::Error::other(r)),
             None => Ok(()),
         }
     }
@@ -363,6 +364,24 @@ async fn start_tls(
 }
 
 /// SQLSTATE and message of an ErrorResponse's fields.
+/// A server's ErrorResponse to a statement the pooler ran itself ([`ServerConn::run`]), in the
+/// `io::Error` it returns (kind `Other`).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The SQLSTATE.
+    pub code: String,
+    /// The message.
+    pub message: String,
+}
+
+impl Refusal {
+    /// The refusal an `io::Error` from [`ServerConn::run`] carries, if it is one.
+    pub fn of(e: &io::Error) -> Option<&Refusal> {
+        e.get_ref()?.downcast_ref::<Refusal>()
+    }
+}
+
 fn error_fields(
     mut fields: postgres_protocol::message::backend::ErrorFields<'_>,
 ) -> (String, String) {

@@ -410,6 +410,52 @@ async fn a_cancel_ends_a_wait_for_a_server_with_57014() {
     quiescent(&gw).await;
 }
 
+/// A probe's finding: one cancel request ended every statement pipelined behind the one
+/// waiting (each with its own Sync), where PostgreSQL cancels only the one running. The ones
+/// after it wait again and run.
+#[tokio::test]
+async fn a_cancel_of_a_waiting_pipeline_ends_only_its_first_statement() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"30s\"").await;
+    pg.psql("postgres", "CREATE TABLE piped (x int)");
+    let a = client(port).await;
+    a.batch_execute("BEGIN")
+        .await
+        .expect("A holds the only server");
+    let b = client(port).await;
+    let token = b.cancel_token();
+    let cancel_then_free = async {
+        let waiting = eventually(Duration::from_secs(10), || async {
+            pg_common::console(port, "SHOW POOLS")
+                .lines()
+                .any(|l| l.split('|').nth(3) == Some("1"))
+        })
+        .await;
+        assert!(waiting, "B never waited");
+        token.cancel_query(NoTls).await.expect("cancel sent");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.batch_execute("COMMIT").await.expect("commit");
+    };
+    let (one, two, three, ()) = tokio::join!(
+        b.simple_query("INSERT INTO piped VALUES (1)"),
+        b.simple_query("INSERT INTO piped VALUES (2)"),
+        b.simple_query("INSERT INTO piped VALUES (3)"),
+        cancel_then_free,
+    );
+    let e = one.expect_err("the first is cancelled");
+    assert_eq!(code(&e), "57014", "{e:?}");
+    assert!(two.is_ok() && three.is_ok(), "{two:?} {three:?}");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(x::text, ',' ORDER BY x) FROM piped"
+        ),
+        "2,3"
+    );
+    drop((a, b));
+    quiescent(&gw).await;
+}
+
 /// A's cancel reaches the server `delay` after A's query has ended; B, which got the server
 /// next, must not lose its query to it.
 async fn late_cancel(delay: Duration) {

@@ -372,3 +372,46 @@ async fn a_refused_batch_in_a_transaction_gets_one_ready_for_query_per_sync() {
     drop(s);
     quiescent(&gw).await;
 }
+
+/// A probe's finding: inside a sharded transaction (its BEGIN held back until a shard is
+/// known), a statement whose wait for a server failed (53300, or a cancel's 57014) was
+/// answered ReadyForQuery idle: the client's next statement ran outside any transaction on
+/// another shard and its COMMIT "succeeded", leaving half a transfer. The error now fails the
+/// transaction as a server's would: 25P02 until ROLLBACK, COMMIT rolls back.
+#[tokio::test]
+async fn a_wait_that_fails_inside_a_sharded_transaction_fails_the_transaction() {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
+    let cfg = config(port, &a, &b, keys)
+        .replace("pool_size = 3", "pool_size = 1")
+        .replace(
+            "[postgres.databases.app]",
+            "wait_timeout = \"1s\"\n[postgres.databases.app]",
+        );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let holder = client(port).await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    holder
+        .simple_query("INSERT INTO users (user_id, name) VALUES (2, 'held')")
+        .await
+        .expect("the holder takes shard 0's only server");
+    let x = client(port).await;
+    x.simple_query("BEGIN").await.expect("begin");
+    let e = x
+        .simple_query("INSERT INTO users (user_id, name) VALUES (4, 'debit')")
+        .await
+        .expect_err("shard 0 stays busy");
+    assert_eq!(code(&e), "53300", "{e:?}");
+    let e = x
+        .simple_query("INSERT INTO users (user_id, name) VALUES (1, 'credit')")
+        .await
+        .expect_err("the transaction has failed");
+    assert_eq!(code(&e), "25P02", "{e:?}");
+    x.simple_query("COMMIT").await.expect("commit answers");
+    assert_eq!(ids_on(&b), Vec::<i64>::new(), "nothing of the transaction");
+    holder.simple_query("ROLLBACK").await.expect("rollback");
+    assert!(x.simple_query("SELECT 1").await.is_ok(), "X goes on");
+    drop((holder, x));
+    quiescent(&gw).await;
+}

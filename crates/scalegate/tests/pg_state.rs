@@ -686,3 +686,62 @@ async fn a_list_given_at_startup_stays_a_list() {
     drop(c);
     pooler_quiescent(&gw, port).await;
 }
+
+/// A probe's finding: a startup parameter the server refuses (`-c no_such_guc=1`,
+/// `-c work_mem=banana`) was let in; its replay failed as a whole, so the client ran on a
+/// server still holding the previous client's settings (its time zone, its DateStyle).
+/// PostgreSQL refuses such a login; the pooler ends the client with the server's error
+/// before anything of it runs.
+#[tokio::test]
+async fn a_client_whose_startup_settings_the_server_refuses_is_refused() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let connect = |options: &'static str| async move {
+        let (c, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=app options='{options}'"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
+        tokio::spawn(conn);
+        c
+    };
+    let t = connect("-c TimeZone=Asia/Kolkata -c work_mem=64MB").await;
+    assert_eq!(pg_one::<String>(&t, "SHOW TimeZone").await, "Asia/Kolkata");
+    for bad in ["-c no_such_guc=1", "-c work_mem=banana"] {
+        let u = connect(bad).await;
+        let e = u
+            .simple_query("SHOW TimeZone")
+            .await
+            .expect_err("refused, never run with T's settings");
+        assert!(
+            ["42704", "22023"].contains(&sqlstate(&e).as_str()),
+            "{bad}: {e:?}"
+        );
+        assert!(u.is_closed() || u.simple_query("SELECT 1").await.is_err());
+    }
+    assert_eq!(pg_one::<String>(&t, "SHOW work_mem").await, "64MB");
+    drop(t);
+    pooler_quiescent(&gw, port).await;
+}
+
+/// A probe's finding: a temporary type, domain or function made by a DO block's dynamic
+/// SQL was not among what the catalogs were asked for; the next client's `'x'::status`
+/// resolved to the first client's temporary enum. They are counted now.
+#[tokio::test]
+async fn temporary_types_and_functions_a_do_block_makes_stay_its_own() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    a.simple_query(
+        "DO $$BEGIN EXECUTE 'CREATE TYPE pg_temp.status AS ENUM (''hijacked'')'; \
+         EXECUTE 'CREATE FUNCTION pg_temp.tf() RETURNS int LANGUAGE sql AS ''SELECT 1'''; END$$",
+    )
+    .await
+    .expect("DO");
+    drop(a);
+    let b = app_client(port).await;
+    let temp = "SELECT (SELECT count(*) FROM pg_type WHERE typnamespace = pg_my_temp_schema()) \
+                + (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema())";
+    assert_eq!(int(&b, temp).await, 0, "A's temporary type or function");
+    drop(b);
+    pooler_empty(&gw, port).await;
+}

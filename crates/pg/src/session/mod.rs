@@ -640,6 +640,18 @@ impl Session {
                         continue;
                     }
                     Err(e) => {
+                        if let Some(r) = crate::server::Refusal::of(&e) {
+                            // A setting the server refuses (an unknown parameter or a bad value
+                            // given at startup): PostgreSQL refuses such a login. The replay
+                            // ran as one implicit transaction and was undone whole, so the
+                            // server still holds what its fingerprint says: it goes back.
+                            let refused = AcquireError::Settings {
+                                code: r.code.clone(),
+                                message: r.message.clone(),
+                            };
+                            self.pool.release(lease, true);
+                            return Err(refused);
+                        }
                         tracing::warn!(error = %e, "re-applying a client's settings failed");
                         lease.conn.settings = SETTINGS_UNKNOWN;
                     }
@@ -649,39 +661,62 @@ impl Session {
         }
     }
 
-    /// Tells the client no server could be had; each pending query gets its error and
-    /// ReadyForQuery so the client stays in step.
+    /// Tells the client no server could be had, so that it stays in step: the statements it
+    /// sent get their error and ReadyForQuery.
     async fn acquire_failed(&mut self, e: AcquireError) -> Option<End> {
+        let failure = Failure::from(&e);
         match e {
             AcquireError::ClientGone => return Some(End::Client),
-            // Nothing was consumed or answered: the batch starts over in the new pool.
-            AcquireError::Retired => return Box::pin(self.client_messages()).await,
+            // Nothing was consumed or answered: the batch starts over in the new pool (the
+            // session loop calls `client_messages` again).
+            AcquireError::Retired => return None,
+            // PostgreSQL refuses a login whose settings it refuses.
+            AcquireError::Settings { .. } => return Some(End::Fatal(failure)),
             _ => {}
         }
-        let failure = Failure::from(&e);
-        let (mut syncs, mut whole) = (0, 0);
+        // Inside a sharded transaction whose BEGIN waits for a shard, the error fails the
+        // transaction, as a server's would: what follows gets 25P02 (`sharded.rs`), and its
+        // COMMIT rolls back.
+        let status = if self.deferred_begin {
+            self.shard_txn_failed = true;
+            b'E'
+        } else {
+            b'I'
+        };
+        // A cancel ends the statement it caught, not those pipelined after it, which wait
+        // again; after a failed transaction's error the rest are answered by `sharded.rs`. A
+        // refused wait answers every one: no server came for any.
+        let first_only = matches!(e, AcquireError::Cancelled) || self.deferred_begin;
+        let (mut syncs, mut whole, mut first) = (0, 0, 0);
         for (tag, msg) in proto::messages(&self.cbuf) {
-            syncs += usize::from(matches!(tag, b'Q' | b'S' | b'F'));
             whole += msg.len();
+            if matches!(tag, b'Q' | b'S' | b'F') {
+                syncs += 1;
+                if first == 0 {
+                    first = whole;
+                }
+            }
         }
-        // The complete messages are answered; a message still arriving stays for the next
-        // read.
-        self.cbuf.advance(whole);
+        let mut out = BytesMut::new();
         if syncs == 0 {
             // No Sync yet (a batch ended by Flush, as asyncpg prepares): the error goes now and
             // the client's messages up to its Sync are skipped, as PostgreSQL does after an
-            // error; the connection stays usable.
+            // error; the connection stays usable. A message still arriving stays for the next
+            // read.
+            self.cbuf.advance(whole);
             self.skip_to_sync = true;
-            let mut out = BytesMut::new();
             failure.write(&mut out, Severity::Error);
-            return self.client.write_all(&out).await.err().map(|_| End::Client);
-        }
-        // Every segment gets its error, as a server that could not run any of them would
-        // answer: a ReadyForQuery alone would read as a query that ran and returned nothing.
-        let mut out = BytesMut::new();
-        for _ in 0..syncs {
+        } else if first_only {
+            self.cbuf.advance(first);
             failure.write(&mut out, Severity::Error);
-            proto::ready(&mut out, b'I');
+            proto::ready(&mut out, status);
+        } else {
+            // A ReadyForQuery alone would read as a query that ran and returned nothing.
+            self.cbuf.advance(whole);
+            for _ in 0..syncs {
+                failure.write(&mut out, Severity::Error);
+                proto::ready(&mut out, status);
+            }
         }
         self.client.write_all(&out).await.err().map(|_| End::Client)
     }

@@ -126,15 +126,20 @@ pub(super) fn complete(out: &mut BytesMut, tag: &str) {
 }
 
 /// Counts the state the server can show: listening channels, holdable cursors, advisory locks,
-/// SQL-prepared statements, temporary relations.
+/// SQL-prepared statements, temporary objects (relations, types and domains, functions: each
+/// shadows a name for whoever uses the connection next).
 const VERIFY_SQL: &str = "SELECT \
     (SELECT count(*) FROM pg_catalog.pg_listening_channels())::text, \
     (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)::text, \
     (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
         AND pid = pg_catalog.pg_backend_pid())::text, \
     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)::text, \
-    (SELECT count(*) FROM pg_catalog.pg_class \
-        WHERE relnamespace = pg_catalog.pg_my_temp_schema())::text";
+    ((SELECT count(*) FROM pg_catalog.pg_class \
+        WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+     + (SELECT count(*) FROM pg_catalog.pg_type \
+        WHERE typnamespace = pg_catalog.pg_my_temp_schema()) \
+     + (SELECT count(*) FROM pg_catalog.pg_proc \
+        WHERE pronamespace = pg_catalog.pg_my_temp_schema()))::text";
 
 /// The state a server connection still holds, per the server's catalogs, with the bits it
 /// cannot see kept from `bits`; `bits` unchanged when the question fails.
