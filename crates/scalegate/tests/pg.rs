@@ -383,14 +383,7 @@ async fn a_cancel_ends_a_wait_for_a_server_with_57014() {
     let b = client(port).await;
     let token = b.cancel_token();
     let cancel = async {
-        let waiting = eventually(Duration::from_secs(10), || async {
-            // database|user|cl_active|cl_waiting|…
-            pg_common::console(port, "SHOW POOLS")
-                .lines()
-                .any(|l| l.split('|').nth(3) == Some("1"))
-        })
-        .await;
-        assert!(waiting, "B never waited");
+        assert!(pg_common::one_waits(port).await, "B never waited");
         token.cancel_query(NoTls).await.expect("cancel sent");
     };
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
@@ -425,13 +418,7 @@ async fn a_cancel_of_a_waiting_pipeline_ends_only_its_first_statement() {
     let b = client(port).await;
     let token = b.cancel_token();
     let cancel_then_free = async {
-        let waiting = eventually(Duration::from_secs(10), || async {
-            pg_common::console(port, "SHOW POOLS")
-                .lines()
-                .any(|l| l.split('|').nth(3) == Some("1"))
-        })
-        .await;
-        assert!(waiting, "B never waited");
+        assert!(pg_common::one_waits(port).await, "B never waited");
         token.cancel_query(NoTls).await.expect("cancel sent");
         tokio::time::sleep(Duration::from_millis(200)).await;
         a.batch_execute("COMMIT").await.expect("commit");

@@ -404,13 +404,7 @@ async fn a_reload_that_raises_pool_size_serves_the_clients_already_waiting() {
     holder.simple_query("BEGIN").await.expect("begin");
     let waiter = app_client(port).await;
     let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.is_ok() });
-    let queued = eventually(Duration::from_secs(10), || async {
-        // database|user|cl_active|cl_waiting|…
-        console(port, "SHOW POOLS")
-            .lines()
-            .any(|l| l.split('|').nth(3) == Some("1"))
-    })
-    .await;
+    let queued = one_waits(port).await;
     assert!(queued, "{}", console(port, "SHOW POOLS"));
 
     gw.write_config(&config(2));

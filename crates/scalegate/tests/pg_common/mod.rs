@@ -179,3 +179,15 @@ pub fn psql_app(port: u16) -> std::process::Command {
         .args(["-U", "postgres", "-d", "app"]);
     c
 }
+
+/// Waits (up to 10 s) until a client of the pooler on `port` waits for a server
+/// (`cl_waiting` 1 in `SHOW POOLS`); false if none ever does.
+pub async fn one_waits(port: u16) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        // database|user|cl_active|cl_waiting|…
+        console(port, "SHOW POOLS")
+            .lines()
+            .any(|l| l.split('|').nth(3) == Some("1"))
+    })
+    .await
+}
