@@ -109,6 +109,17 @@ impl ClientBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
                     }
                 }
+                if let Some(t) = f.trailers_ref()
+                    && t.values().any(|v| crate::headers::padded(v.as_bytes()))
+                {
+                    // Malformed, as the same value in the head is (`headers::check_head`).
+                    self.ended(Err(BodyFault::Broken));
+                    let why = "a trailer value begins or ends with whitespace";
+                    return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        why,
+                    )))));
+                }
                 if self.inner.is_end_stream() {
                     self.ended(Ok(()));
                 }

@@ -38,19 +38,50 @@ pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Per-connection activity, read by the park timer.
+/// Per-connection activity, read by the park timer and the connections' checks.
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicU32,
     last: AtomicU64,
+    /// When the first bytes of a request head arrived on an idle connection (0: none since
+    /// the last request began): a head still incomplete `header_read_timeout` later is a
+    /// slowloris.
+    head_since: AtomicU64,
+    /// Reads and writes that moved bytes (a count: compared between two looks, it tells a
+    /// quiet connection from one still sending or receiving).
+    io: AtomicU64,
     /// Since when the client's socket has refused our writes.
     stall: crate::stall::Stall,
 }
 
 impl Activity {
-    /// A request started on the connection.
+    /// A request started on the connection (its head is complete).
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Relaxed);
+        self.head_since.store(0, Relaxed);
+    }
+
+    /// Bytes arrived from the client.
+    fn read(&self) {
+        self.io.fetch_add(1, Relaxed);
+        if self.in_flight.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
+            self.head_since.store(clock::now().0.max(1), Relaxed);
+        }
+    }
+
+    /// A write to the client: counted when it moved bytes.
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.io.fetch_add(1, Relaxed);
+        }
+        self.stall.wrote(r);
+    }
+
+    /// How long a request head has been arriving, with nothing in flight.
+    fn head_pending_for(&self) -> Option<Duration> {
+        let since = self.head_since.load(Relaxed);
+        (since != 0 && self.in_flight.load(Relaxed) == 0)
+            .then(|| clock::now().since(scalegate_core::Tick(since)))
     }
 
     /// The connection started reading (accepted, or woken from parking).
@@ -102,6 +133,25 @@ impl ConnTracker {
             }
             notified.await;
         }
+    }
+}
+
+/// Counts as a request in flight on its client connection for as long as it lives: a tunnel
+/// (a WebSocket) the connection carries keeps it from being closed as idle.
+#[derive(Debug)]
+pub struct Busy(Arc<ConnCtx>);
+
+impl Busy {
+    /// Counts one on `ctx`'s connection.
+    pub fn new(ctx: &Arc<ConnCtx>) -> Busy {
+        ctx.activity.begin();
+        Busy(ctx.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.activity.end();
     }
 }
 
@@ -414,52 +464,74 @@ where
     let conn = protocols
         .h2
         .serve_connection(TokioIo::new(stream), service(&ctx, true));
-    // Every quarter of the idle timeout, bodies the client stopped taking are dropped.
+    ctx.activity.touch();
+    // Every quarter of the idle timeout, bodies the client stopped taking are dropped, and a
+    // connection with no stream open for the idle timeout is asked to go (GOAWAY), as nginx's
+    // keepalive_timeout and Envoy's idle_timeout do for HTTP/2.
     let every =
         (protocols.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let sweep = || {
+    let check = || {
         let cut = ctx.h2_streams.sweep(protocols.idle_timeout);
         if cut > 0 {
             tracing::debug!(peer = %ctx.peer, streams = cut, "HTTP/2 streams the client stopped taking were cut");
+        }
+        match ctx.activity.idle_for() {
+            Some(idle) if idle >= protocols.idle_timeout => Check::Finish,
+            _ => Check::Fine,
         }
     };
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
         (shutdown, &ctx.activity),
-        Some((every, sweep)),
+        (every, check),
     )
     .await;
 }
 
-/// How long a connection asked to finish by a shutdown may stay open with no request in
-/// flight: an HTTP/2 client that does not answer the GOAWAY's PING (gone, suspended) would
-/// otherwise hold the drain to its timeout.
+/// What a connection's periodic check decides.
+enum Check {
+    /// Nothing to do.
+    Fine,
+    /// Ask it to finish, as a shutdown does (HTTP/2: GOAWAY).
+    Finish,
+    /// Close it now.
+    Close,
+}
+
+/// How long a connection asked to finish (a shutdown, or idle) may stay quiet, with no request
+/// in flight and no byte moving, before it is closed: an HTTP/2 client that does not answer
+/// the GOAWAY's PING (gone, suspended) would otherwise hold a drain to its timeout. Bytes still
+/// moving (a slow reader's WINDOW_UPDATEs for a response hyper holds after its handler is done)
+/// keep it open.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs a connection that is not parked (HTTP/2, TLS HTTP/1.1 with upgrades) to its end, with
-/// `every`'s task run at its interval; on shutdown `graceful` asks it to finish (HTTP/1.1:
-/// close after the response in flight; HTTP/2: GOAWAY), and once it has had no request in
-/// flight for [`CLOSE_GRACE`] after that it is closed.
+/// `check` run every `period`; on shutdown (or a check's `Finish`) `graceful` asks it to finish
+/// (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY), and once it has stayed
+/// quiet for [`CLOSE_GRACE`] after that it is closed.
 async fn drive_with<C, G, T>(
     conn: C,
     mut graceful: G,
     (shutdown, activity): (&mut Shutdown, &Activity),
-    mut every: Option<(Duration, T)>,
+    (period, mut check): (Duration, T),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
     G: FnMut(Pin<&mut C>),
-    T: FnMut(),
+    T: FnMut() -> Check,
 {
     tokio::pin!(conn);
-    let period = every
-        .as_ref()
-        .map_or(Duration::from_secs(3600), |(d, _)| *d);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
     let mut closing = false;
-    let mut check = tokio::time::interval(CLOSE_GRACE / 4);
+    // Polled only once closing: Delay, and reset then, so that the ticks missed meanwhile do
+    // not come in a burst (each would count as a quarter of the grace with no time for a byte
+    // to move).
+    let mut grace = tokio::time::interval(CLOSE_GRACE / 4);
+    grace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut quiet_since: Option<tokio::time::Instant> = None;
+    let mut last_io = activity.io.load(Relaxed);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -470,23 +542,32 @@ async fn drive_with<C, G, T>(
             }
             _ = shutdown.wait(), if !closing => {
                 closing = true;
+                grace.reset();
                 graceful(conn.as_mut());
             }
-            _ = tick.tick(), if every.is_some() => {
-                if let Some((_, task)) = every.as_mut() {
-                    task();
+            _ = tick.tick() => match check() {
+                Check::Fine => {}
+                Check::Finish if closing => {}
+                Check::Finish => {
+                    closing = true;
+                    grace.reset();
+                    graceful(conn.as_mut());
                 }
-            }
-            now = check.tick(), if closing => {
-                match activity.idle_for() {
-                    None => quiet_since = None,
-                    Some(_) => {
-                        let since = *quiet_since.get_or_insert(now);
-                        if now - since >= CLOSE_GRACE {
-                            tracing::debug!("a closing connection stayed open with nothing in flight; closed");
-                            return;
-                        }
-                    }
+                Check::Close => return,
+            },
+            _ = grace.tick(), if closing => {
+                let now = tokio::time::Instant::now();
+                let moved = activity.io.load(Relaxed);
+                let quiet = activity.idle_for().is_some() && moved == last_io;
+                last_io = moved;
+                if !quiet {
+                    quiet_since = None;
+                    continue;
+                }
+                let since = *quiet_since.get_or_insert(now);
+                if now - since >= CLOSE_GRACE {
+                    tracing::debug!("a closing connection stayed quiet with nothing in flight; closed");
+                    return;
                 }
             }
         }
@@ -494,7 +575,9 @@ async fn drive_with<C, G, T>(
 }
 
 /// TLS: handshake within the header timeout, then HTTP/2 or HTTP/1.1 as ALPN chose. TLS
-/// connections are not parked (rustls keeps its own buffers; parking would save little).
+/// connections are not parked (rustls keeps its own buffers; parking would save little), so
+/// the limits the plain HTTP/1.1 tick enforces are checked here: the header timeout, the idle
+/// timeout, and a client that stopped reading (nginx's send_timeout).
 async fn serve_tls(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
@@ -502,6 +585,13 @@ async fn serve_tls(
     protocols: &Protocols,
     shutdown: &mut Shutdown,
 ) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    // Under TLS too, reads and writes are watched (a head arriving, a peer refusing writes).
+    let stream = Prefixed {
+        prefix: Bytes::new(),
+        inner: stream,
+        ctx: ctx.clone(),
+    };
     let tls =
         match tokio::time::timeout(protocols.header_read_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
@@ -519,13 +609,42 @@ async fn serve_tls(
         .h1
         .serve_connection(TokioIo::new(tls), service(&ctx, false))
         .with_upgrades();
+    ctx.activity.touch();
+    let limit = protocols.header_read_timeout.min(protocols.idle_timeout);
+    let every = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let check = || h1_limits(&ctx, protocols, fd);
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
         (shutdown, &ctx.activity),
-        None::<(Duration, fn())>,
+        (every, check),
     )
     .await;
+}
+
+/// The limits of an HTTP/1.1 connection that is not parked: a client that stopped taking the
+/// response, a request head still arriving after `header_read_timeout`, nothing at all for
+/// `idle_timeout`.
+fn h1_limits(ctx: &ConnCtx, protocols: &Protocols, fd: std::os::fd::RawFd) -> Check {
+    if ctx
+        .activity
+        .stall
+        .stuck(protocols.idle_timeout, || crate::stall::unacked(fd))
+    {
+        tracing::debug!(peer = %ctx.peer, "client stopped reading the response; closing");
+        return Check::Close;
+    }
+    match ctx.activity.head_pending_for() {
+        Some(d) if d >= protocols.header_read_timeout => {
+            tracing::debug!(peer = %ctx.peer, "request head not received in time; closing");
+            Check::Close
+        }
+        Some(_) => Check::Fine,
+        None => match ctx.activity.idle_for() {
+            Some(idle) if idle >= protocols.idle_timeout => Check::Close,
+            _ => Check::Fine,
+        },
+    }
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -554,7 +673,12 @@ impl AsyncRead for Prefixed {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.ctx.activity.read();
+        }
+        r
     }
 }
 
@@ -566,7 +690,8 @@ impl AsyncWrite for Prefixed {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         let r = Pin::new(&mut me.inner).poll_write(cx, buf);
-        me.ctx.activity.stall.watch(r)
+        me.ctx.activity.wrote(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -576,7 +701,8 @@ impl AsyncWrite for Prefixed {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         let r = crate::small_writes::poll_write_vectored(&mut me.inner, cx, bufs);
-        me.ctx.activity.stall.watch(r)
+        me.ctx.activity.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

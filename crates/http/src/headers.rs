@@ -173,8 +173,9 @@ pub fn check_head(
     Ok(())
 }
 
-/// Whether a field value starts or ends with a space or a tab.
-fn padded(v: &[u8]) -> bool {
+/// Whether a field value starts or ends with a space or a tab (malformed in HTTP/2, RFC 9113
+/// §8.2.1, where no parser trims it).
+pub(crate) fn padded(v: &[u8]) -> bool {
     matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
 }
 

@@ -75,7 +75,7 @@ pub trait BeforeRouting: Send + Sync + Debug + 'static {
     /// Answers a request it claimed.
     fn answer<'a>(
         &'a self,
-        ctx: &'a ConnCtx,
+        ctx: &'a Arc<ConnCtx>,
         snap: &'a Snapshot,
         claim: String,
         parts: &'a mut Parts,

@@ -183,14 +183,14 @@ async fn copy<C>(
 
 /// Serves an upgrade on its own task once hyper hands over the client side (connections served
 /// with hyper's upgrade support: TLS, and WebSockets over HTTP/2); it ends when the gateway
-/// shuts down, as a plain HTTP/1.1 one does.
-pub fn spawn(
-    client: OnUpgrade,
-    upstream: Upgraded,
-    stuck_after: Duration,
-    shutdown: Option<crate::worker::Shutdown>,
-) {
+/// shuts down, as a plain HTTP/1.1 one does. It counts as in flight on `ctx`'s connection
+/// while it lasts, so an HTTP/2 connection carrying it is not closed as idle.
+pub fn spawn(client: OnUpgrade, upstream: Upgraded, ctx: &Arc<crate::proxy::ConnCtx>) {
+    let busy = crate::conn::Busy::new(ctx);
+    let stuck_after = ctx.idle_timeout;
+    let shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
+        let _busy = busy;
         let stop = async move {
             match shutdown {
                 Some(mut s) => s.wait().await,

@@ -279,7 +279,17 @@ async fn http2_clients_subscribe_with_an_extended_connect() {
     use scalegate_testkit::client::{extended_connect, h2c};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    let (gw, _bs) = start("").await;
+    // A short idle timeout: the subscription's stream counts as in flight, so the connection
+    // carrying it is not closed as idle (a probe's finding made idle HTTP/2 connections close).
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_custom(
+        BIN,
+        "[runtime]\nworker_threads = 2\n",
+        &format!("token = \"{TOKEN}\""),
+        "idle_timeout = \"1s\"",
+        &format!("[fanout]\n\n{}", app(&bs, "")),
+    )
+    .await;
     let (mut tx, _) = h2c(gw.http, "/x").await;
     let resp = extended_connect(&mut tx, gw.http, "/live/h2news", "websocket").await;
     assert_eq!(resp.status(), 200);
@@ -291,6 +301,7 @@ async fn http2_clients_subscribe_with_an_extended_connect() {
         })
         .await
     );
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(publish(gw.admin, "h2news", "via h2").await.status, 200);
     let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
     assert!(

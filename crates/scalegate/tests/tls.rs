@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use scalegate_testkit::client::tls_get;
@@ -230,5 +231,145 @@ async fn a_rewritten_certificate_file_reloads_the_config_without_a_signal() {
         .await
         .expect("TLS still served");
     assert_eq!(r.status.as_u16(), 200);
+    quiescent(&gw).await;
+}
+
+/// A TLS gateway in front of `bs` with the listener's `limits` (header and idle timeouts).
+async fn tls_gateway_with(bs: &[Backend], limits: &str, upstream: &str) -> GatewayProcess {
+    let listener = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\n{limits}",
+        data("localhost.crt"),
+        data("localhost.key")
+    );
+    GatewayProcess::start_full(BIN, "", &listener, &app(bs, upstream)).await
+}
+
+/// Whether the server closes `s` within 20 s (reading and dropping whatever comes first).
+async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A probe's finding: over TLS, HTTP/1.1 connections ignored `header_read_timeout` and
+/// `idle_timeout` (only the plain listener's tick enforced them): four connections sending
+/// half a request head held every slot of `max_connections` for as long as they liked, and
+/// idle keep-alive connections stayed for ever. TLS connections get the same limits now.
+#[tokio::test]
+async fn tls_http1_connections_keep_the_header_and_idle_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let bs = backends(1).await;
+    let limits = "header_read_timeout = \"1s\"\nidle_timeout = \"2s\"";
+    let gw = tls_gateway_with(&bs, limits, "").await;
+    let ca = std::fs::read(data("ca.crt")).expect("ca");
+    let mut slow = scalegate_testkit::client::tls_connect(gw.http, &ca, b"http/1.1")
+        .await
+        .expect("tls");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("half a head");
+    assert!(
+        closed_by_server(&mut slow).await,
+        "a slowloris head held on"
+    );
+    let mut idle = scalegate_testkit::client::tls_connect(gw.http, &ca, b"http/1.1")
+        .await
+        .expect("tls");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    assert!(
+        closed_by_server(&mut idle).await,
+        "an idle connection stayed"
+    );
+    assert_eq!(bs[0].hits(), 1, "the whole request was served");
+    quiescent(&gw).await;
+}
+
+/// A probe's finding: over TLS, a client that asked for a large body and stopped reading held
+/// its request (and the upstream's bulkhead place and connection) for as long as it kept the
+/// socket open; over plain HTTP it is closed after `idle_timeout` (nginx's send_timeout).
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_frees_what_it_held() {
+    use tokio::io::AsyncWriteExt;
+    let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
+    let origin = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    let listener = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\nidle_timeout = \"3s\"",
+        data("localhost.crt"),
+        data("localhost.key")
+    );
+    let routes = format!(
+        "[[routes]]\nname = \"all\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"o\"\n\n\
+         [upstreams.o]\nendpoints = [\"{}\"]\nconcurrency = {{ max_in_flight = 1, queue = 0 }}\n",
+        origin.addr
+    );
+    let gw = GatewayProcess::start_full(BIN, "", &listener, &routes).await;
+    let ca = std::fs::read(data("ca.crt")).expect("ca");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(gw.http).await.expect("connect");
+    let mut stuck = scalegate_testkit::client::tls_over(tcp, &ca, b"http/1.1")
+        .await
+        .expect("tls");
+    stuck
+        .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let busy = || async {
+        scalegate_testkit::client::tls_get(gw.http, "/small", &ca, false)
+            .await
+            .map(|(r, _)| r.status.as_u16())
+    };
+    let taken = eventually(Duration::from_secs(5), || async { busy().await == Ok(503) }).await;
+    assert!(taken, "the stuck download never held the bulkhead");
+    let freed = eventually(Duration::from_secs(20), || async {
+        busy().await == Ok(200)
+    })
+    .await;
+    assert!(freed, "the stuck download kept the bulkhead place");
+    drop(stuck);
+    quiescent(&gw).await;
+}
+
+/// A probe's finding: an HTTP/2 connection with no stream open stayed for ever (h2c and over
+/// TLS), answering the gateway's keep-alive PINGs; idle HTTP/2 clients piled up without
+/// bound. After `idle_timeout` with nothing in flight it gets a GOAWAY and is closed, as
+/// nginx's keepalive_timeout does. A WebSocket over HTTP/2 counts as in flight.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start_full(BIN, "", "idle_timeout = \"1s\"", &app(&bs, "")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", gw.http))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let r = tx.send_request(req).await.expect("response");
+    assert_eq!(r.status(), 200);
+    drop(r);
+    let ended = tokio::time::timeout(Duration::from_secs(20), conn).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was never closed");
     quiescent(&gw).await;
 }

@@ -149,6 +149,16 @@ pub async fn tls_connect(
     ca_pem: &[u8],
     alpn: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tls_over(tcp, ca_pem, alpn).await
+}
+
+/// [`tls_connect`] over a connection made by the caller (a small receive buffer, say).
+pub async fn tls_over(
+    tcp: TcpStream,
+    ca_pem: &[u8],
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -165,7 +175,6 @@ pub async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(name, tcp)

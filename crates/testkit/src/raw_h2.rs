@@ -36,6 +36,8 @@ pub enum H2Answer {
 pub enum Frame {
     /// DATA, with END_STREAM when `end`.
     Data(Vec<u8>, bool),
+    /// Trailers: HEADERS with END_STREAM (name, value pairs).
+    Trailers(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -91,6 +93,13 @@ pub async fn send(addr: SocketAddr, fields: &[(&[u8], &[u8])], frames: &[Frame])
     for f in frames {
         match f {
             Frame::Data(d, end) => out.extend(frame(DATA, u8::from(*end), 1, d)),
+            Frame::Trailers(fields) => {
+                let fields: Vec<(&[u8], &[u8])> = fields
+                    .iter()
+                    .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                    .collect();
+                out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block(&fields)));
+            }
         }
     }
     if s.write_all(&out).await.is_err() {

@@ -123,7 +123,7 @@ impl BeforeRouting for Hub {
 
     fn answer<'a>(
         &'a self,
-        ctx: &'a ConnCtx,
+        ctx: &'a Arc<ConnCtx>,
         snap: &'a Snapshot,
         topic: String,
         parts: &'a mut http::request::Parts,

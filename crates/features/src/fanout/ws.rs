@@ -5,6 +5,7 @@
 //! (tungstenite does that while reading), and a ping goes out every 30 s so a vanished peer
 //! is noticed. Messages that are valid UTF-8 go out as text frames, others as binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,7 +125,7 @@ pub fn accept(
 /// handshake the application authorizes (subscribed before the 101 goes out, so nothing
 /// published after it is missed), otherwise the refusal.
 pub async fn answer(
-    ctx: &ConnCtx,
+    ctx: &Arc<ConnCtx>,
     snap: &Snapshot,
     hub: &Hub,
     topic: &str,
@@ -167,12 +168,7 @@ pub async fn answer(
     match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         // TLS and HTTP/2 connections let hyper run the upgrade: the client side arrives here.
         Some(client) if ctx.scheme == "https" || key == Handshake::H2 => {
-            scalegate_http::tunnel::spawn(
-                client,
-                Upgraded::Service(Box::new(sub)),
-                ctx.idle_timeout,
-                ctx.shutdown.clone(),
-            )
+            scalegate_http::tunnel::spawn(client, Upgraded::Service(Box::new(sub)), ctx)
         }
         // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
         _ => ctx.tunnel.set(Upgraded::Service(Box::new(sub))),

@@ -53,7 +53,7 @@ pub fn origin(
                         // TLS and HTTP/2 connections let hyper run the upgrade: the client side
                         // arrives here.
                         Some(client) if ctx.scheme == "https" || over_h2.is_some() => {
-                            tunnel::spawn(client, up, ctx.idle_timeout, ctx.shutdown.clone())
+                            tunnel::spawn(client, up, ctx)
                         }
                         // Plain HTTP/1.1: the connection task takes its socket back (conn.rs).
                         _ => ctx.tunnel.set(up),
