@@ -181,14 +181,19 @@ pub async fn dial(d: &Dial<'_>, timeout: Duration) -> Result<UpstreamIo, ProxyEr
         let _ = stream.set_nodelay(true);
         match d.tls {
             None => Ok(Either::Left(SmallWrites(stream))),
-            Some(EndpointTls { name: None, .. }) => Err(ProxyError::ConnectFailed),
+            Some(EndpointTls { name: None, .. }) => {
+                tracing::warn!("upstream TLS: no server name to verify (set tls.server_name)");
+                Err(ProxyError::ConnectFailed)
+            }
             Some(EndpointTls {
                 connector,
                 name: Some(name),
             }) => match connector.connect(name.clone(), stream).await {
                 Ok(s) => Ok(Either::Right(Box::new(s))),
                 Err(e) => {
-                    tracing::debug!(error = %e, ?name, "upstream TLS handshake failed");
+                    // At warn, as nginx logs it: a certificate that does not verify (wrong CA,
+                    // name, expired) must not read like a host that is down.
+                    tracing::warn!(error = %e, ?name, "upstream TLS handshake failed");
                     Err(ProxyError::ConnectFailed)
                 }
             },

@@ -118,7 +118,14 @@ pub fn check_head(
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
         (Some(h), None) => {
-            // Empty is allowed: a client sends it when the target has no authority.
+            // Empty only where the target has no authority (RFC 9112 §3.2), which an
+            // `http` origin-form target of HTTP/1.1 always has (nginx: 400 as well).
+            if h.is_empty()
+                && parts.version == http::Version::HTTP_11
+                && parts.uri.authority().is_none()
+            {
+                return Err(ProxyError::BadRequest("empty Host"));
+            }
             if !h.is_empty() && http::uri::Authority::try_from(h.as_bytes()).is_err() {
                 return Err(ProxyError::BadRequest("Host is not a valid authority"));
             }

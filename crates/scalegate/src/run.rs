@@ -44,7 +44,9 @@ pub fn run(config: Config, path: Option<PathBuf>, sidecar: Option<Sidecar>) -> a
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls warns of alerts it sends a peer (a client asking to renegotiate): a client
+        // could fill the log with them, so only its errors show unless RUST_LOG says otherwise.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     // Colours only for a terminal: a file, journald or `kubectl logs` would get escape codes.
     let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -157,6 +157,8 @@ async fn encoded_slashes_userinfo_and_missing_host_are_400() {
         &b"GET http://evil.example/x HTTP/1.1\r\n\r\n"[..],
         b"GET /x HTTP/1.1\r\nHost: user@evil.example\r\n\r\n",
         b"GET http://user@evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+        // A probe's finding: an empty Host passed where a missing one is 400.
+        b"GET /x HTTP/1.1\r\nHost:\r\n\r\n",
     ] {
         assert_eq!(
             h1(gw.http, req).await,

@@ -159,6 +159,13 @@ async fn an_upstream_certificate_that_fails_verification_is_never_used() {
     let r = Client::http1().get(edge.http, "/").await.expect("answer");
     assert_eq!(r.status.as_u16(), 502, "{r:?}");
     assert_eq!(bs[0].hits(), 0, "nothing reached the backend");
+    // A probe's finding: the reason was logged at debug only, so a certificate that does not
+    // verify read like a host that is down.
+    let logged = eventually(std::time::Duration::from_secs(5), || async {
+        edge.stderr().contains("upstream TLS handshake failed")
+    })
+    .await;
+    assert!(logged, "{}", edge.stderr());
     quiescent(&edge).await;
     quiescent(&front).await;
 }

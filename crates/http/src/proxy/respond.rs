@@ -151,7 +151,7 @@ pub(super) fn rewrite_request(
         UpstreamProtocol::Http1 => {
             // RFC 9112 §3.2: an HTTP/1.1 request always has Host. A client that named no host
             // (HTTP/1.0, HTTP/2 without :authority) leaves the endpoint's own, as nginx does.
-            let named = host.or_else(|| HeaderValue::from_str(&endpoint.addr).ok());
+            let named = host.or_else(|| endpoint_host(endpoint));
             if let Some(h) = named {
                 parts.headers.insert(header::HOST, h);
             }
@@ -180,6 +180,16 @@ pub(super) fn rewrite_request(
         }
     }
     route.request_headers.apply(&mut parts.headers);
+}
+
+/// The endpoint as a Host: its TLS server name (the one SNI names) when it has one, with the
+/// endpoint's port, else its `host:port`.
+fn endpoint_host(endpoint: &HttpEndpoint) -> Option<HeaderValue> {
+    let sni = endpoint.tls.as_ref().and_then(|t| t.server_name.as_deref());
+    match (sni, endpoint.addr.rsplit_once(':')) {
+        (Some(name), Some((_, port))) => HeaderValue::from_str(&format!("{name}:{port}")).ok(),
+        _ => HeaderValue::from_str(&endpoint.addr).ok(),
+    }
 }
 
 pub(super) fn content_length(h: &http::HeaderMap) -> Option<u64> {
