@@ -95,6 +95,11 @@ pub async fn startup(
                 }
                 return Ok(Some(s));
             }
+            FirstPacket::BadLayout => {
+                return Err(Failure::Protocol(
+                    "invalid startup packet layout: expected terminator as last byte".into(),
+                ));
+            }
             FirstPacket::NoUser => {
                 return Err(Failure::Auth(
                     "28000",

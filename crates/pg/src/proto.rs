@@ -259,6 +259,8 @@ pub enum FirstPacket {
     Unsupported(i32),
     /// A v3 startup without a user.
     NoUser,
+    /// A v3 startup whose last byte is not the list's terminator.
+    BadLayout,
 }
 
 /// Parses a complete startup-phase packet (length included).
@@ -282,8 +284,11 @@ pub fn parse_first(packet: &[u8]) -> FirstPacket {
                 minor: (code & 0xffff) as u16,
                 ..Startup::default()
             };
+            // The list ends with an empty name, the packet's last byte.
+            let mut terminated = false;
             while let Some(k) = cstr(&mut b) {
                 if k.is_empty() {
+                    terminated = b.is_empty();
                     break;
                 }
                 let Some(v) = cstr(&mut b) else { break };
@@ -293,6 +298,9 @@ pub fn parse_first(packet: &[u8]) -> FirstPacket {
                     _ if k.starts_with("_pq_.") => s.options.push(k),
                     _ => s.params.push((k, v)),
                 }
+            }
+            if !terminated {
+                return FirstPacket::BadLayout;
             }
             if s.user.is_empty() {
                 return FirstPacket::NoUser;

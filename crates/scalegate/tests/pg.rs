@@ -593,6 +593,12 @@ async fn bad_input_gets_an_error_and_disturbs_nobody() {
         raw_pg(port, &[0, 0, 0, 8, 0, 2, 0, 0]).as_deref(),
         Some("0A000")
     );
+    // A startup packet whose parameter list lacks its terminator (a probe's finding: 28000
+    // "no user name"; PostgreSQL says 08P01).
+    let mut unterminated = startup("postgres");
+    unterminated.pop();
+    unterminated[3] -= 1;
+    assert_eq!(raw_pg(port, &unterminated).as_deref(), Some("08P01"));
     // SSLRequest asked twice, declined both times (a probe's finding: the second was
     // declined again and the connection left to the 15 s login timeout).
     let ssl = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
