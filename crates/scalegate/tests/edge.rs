@@ -491,32 +491,29 @@ async fn http2_header_values_padded_with_whitespace_are_refused() {
         );
     }
     // A second probe: the same in a trailer went through (in the chunked trailer section).
-    let trailer = |v: &str| Frame::Trailers(vec![(b"x-t".to_vec(), v.as_bytes().to_vec())]);
-    let fields = [("te", "trailers"), ("trailer", "x-t")];
-    let body = || Frame::Data(b"hello".to_vec(), false);
-    let answer = h2(
-        gw.http,
-        "POST",
-        "/x",
-        "shop.example",
-        &fields,
-        &[body(), trailer(" padded ")],
-    )
-    .await;
+    let with_trailer = |v: &str| {
+        let trailer = Frame::Trailers(vec![(b"x-t".to_vec(), v.as_bytes().to_vec())]);
+        let body = Frame::Data(b"hello".to_vec(), false);
+        let fields = [("te", "trailers"), ("trailer", "x-t")];
+        async move {
+            h2(
+                gw.http,
+                "POST",
+                "/x",
+                "shop.example",
+                &fields,
+                &[body, trailer],
+            )
+            .await
+        }
+    };
+    let answer = with_trailer(" padded ").await;
     assert!(
         matches!(answer, H2Answer::Status(400) | H2Answer::Reset(_)),
         "padded trailer: {answer:?}"
     );
     expect(&rec, &[], "nothing padded reaches the backend").await;
-    let answer = h2(
-        gw.http,
-        "POST",
-        "/x",
-        "shop.example",
-        &fields,
-        &[body(), trailer("plain")],
-    )
-    .await;
+    let answer = with_trailer("plain").await;
     assert_eq!(answer, H2Answer::Status(200), "a plain trailer passes");
     rec.clear();
     quiescent(&gw).await;

@@ -366,6 +366,20 @@ async fn a_late_cancel_never_cancels_the_next_clients_query() {
     }
 }
 
+/// A pooler with one server connection (30 s wait timeout) and a table `table` (x int): A
+/// holds the server in an open transaction, B is connected and will wait for it.
+async fn one_held_one_to_wait(table: &str) -> (PgServer, GatewayProcess, u16, PgClient, PgClient) {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"30s\"").await;
+    pg.psql("postgres", &format!("CREATE TABLE {table} (x int)"));
+    let a = client(port).await;
+    a.batch_execute("BEGIN")
+        .await
+        .expect("A holds the only server");
+    let b = client(port).await;
+    (pg, gw, port, a, b)
+}
+
 /// A probe's finding (asyncpg `timeout=` with the pool saturated): a cancel request for a
 /// client still waiting for a server was dropped without a word. The statement went on
 /// waiting and ran once a server came free (a timed-out INSERT was committed), and asyncpg,
@@ -373,14 +387,7 @@ async fn a_late_cancel_never_cancels_the_next_clients_query() {
 /// PostgreSQL ends a statement waiting for a lock; a cancel while idle is still ignored.
 #[tokio::test]
 async fn a_cancel_ends_a_wait_for_a_server_with_57014() {
-    let pg = PgServer::start().await;
-    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"30s\"").await;
-    pg.psql("postgres", "CREATE TABLE queued (x int)");
-    let a = client(port).await;
-    a.batch_execute("BEGIN")
-        .await
-        .expect("A holds the only server");
-    let b = client(port).await;
+    let (pg, gw, port, a, b) = one_held_one_to_wait("queued").await;
     let token = b.cancel_token();
     let cancel = async {
         assert!(pg_common::one_waits(port).await, "B never waited");
@@ -408,14 +415,7 @@ async fn a_cancel_ends_a_wait_for_a_server_with_57014() {
 /// after it wait again and run.
 #[tokio::test]
 async fn a_cancel_of_a_waiting_pipeline_ends_only_its_first_statement() {
-    let pg = PgServer::start().await;
-    let (gw, port) = pooler(&pg, "pool_size = 1", "wait_timeout = \"30s\"").await;
-    pg.psql("postgres", "CREATE TABLE piped (x int)");
-    let a = client(port).await;
-    a.batch_execute("BEGIN")
-        .await
-        .expect("A holds the only server");
-    let b = client(port).await;
+    let (pg, gw, port, a, b) = one_held_one_to_wait("piped").await;
     let token = b.cancel_token();
     let cancel_then_free = async {
         assert!(pg_common::one_waits(port).await, "B never waited");
