@@ -720,7 +720,13 @@ async fn a_client_whose_startup_settings_the_server_refuses_is_refused() {
         assert!(u.is_closed() || u.simple_query("SELECT 1").await.is_err());
     }
     assert_eq!(pg_one::<String>(&t, "SHOW work_mem").await, "64MB");
-    drop(t);
+    // One PostgreSQL takes only at login (55P02 when replayed) is dropped, not fatal: the
+    // client connects as it does directly (a regression probe's finding), with the rest.
+    let v = connect("-c log_connections=on -c work_mem=32MB").await;
+    assert_eq!(pg_one::<String>(&v, "SHOW work_mem").await, "32MB");
+    assert_eq!(pg_one::<String>(&t, "SHOW work_mem").await, "64MB");
+    assert_eq!(pg_one::<String>(&v, "SHOW work_mem").await, "32MB");
+    drop((t, v));
     pooler_quiescent(&gw, port).await;
 }
 

@@ -19,6 +19,7 @@ mod batch;
 mod fan_out;
 mod merge;
 mod reload;
+mod replay;
 mod resend;
 mod sharded;
 mod split;
@@ -38,6 +39,7 @@ use crate::spare;
 use crate::spec::{OnSessionState, PoolMode};
 use crate::stmt::{Action, Statements, Sub};
 use crate::wait_timer::WaitTimer;
+use replay::Replay;
 
 /// Serves one client connection to the end.
 pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
@@ -620,7 +622,7 @@ impl Session {
                 () = self.slot.queued.cancelled() => return Err(AcquireError::Cancelled),
             }
         }
-        let mut attempts = 0;
+        let mut retries = replay::Retries::default();
         loop {
             let mut lease = tokio::select! {
                 biased;
@@ -628,32 +630,18 @@ impl Session {
                 () = self.client.closed() => return Err(AcquireError::ClientGone),
                 () = self.slot.queued.cancelled() => return Err(AcquireError::Cancelled),
             };
-            let wanted = self.track.settings.fingerprint();
-            if self.transaction && lease.conn.settings != wanted {
-                let sql = self.track.settings.replay_sql();
-                match lease.conn.run(&sql).await {
-                    Ok(()) => lease.conn.settings = wanted,
-                    Err(e) if e.kind() != std::io::ErrorKind::Other && attempts < 3 => {
-                        attempts += 1;
-                        tracing::info!(error = %e, "server lost while applying settings; another");
-                        self.pool.release(lease, false);
+            if self.transaction && lease.conn.settings != self.track.settings.fingerprint() {
+                match self.replay(&mut lease, &mut retries).await {
+                    Replay::Applied => {}
+                    Replay::Again { reusable } => {
+                        self.pool.release(lease, reusable);
                         continue;
                     }
-                    Err(e) => {
-                        if let Some(r) = crate::server::Refusal::of(&e) {
-                            // A setting the server refuses (an unknown parameter or a bad value
-                            // given at startup): PostgreSQL refuses such a login. The replay
-                            // ran as one implicit transaction and was undone whole, so the
-                            // server still holds what its fingerprint says: it goes back.
-                            let refused = AcquireError::Settings {
-                                code: r.code.clone(),
-                                message: r.message.clone(),
-                            };
-                            self.pool.release(lease, true);
-                            return Err(refused);
-                        }
-                        tracing::warn!(error = %e, "re-applying a client's settings failed");
-                        lease.conn.settings = SETTINGS_UNKNOWN;
+                    Replay::Refused(e) => {
+                        // The replay ran as one implicit transaction and was undone whole: the
+                        // server still holds what its fingerprint says, so it goes back.
+                        self.pool.release(lease, true);
+                        return Err(e);
                     }
                 }
             }
