@@ -229,12 +229,13 @@ pub async fn serve(
     match sniff(&stream, protocols.header_read_timeout).await {
         Ok(Sniffed::H1(prefix)) => serve_h1(stream, prefix, ctx, &protocols, &mut shutdown).await,
         Ok(Sniffed::H2(prefix)) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             let io = Prefixed {
                 prefix,
                 inner: stream,
                 ctx: ctx.clone(),
             };
-            Box::pin(serve_h2(io, ctx, &protocols, &mut shutdown)).await;
+            Box::pin(serve_h2(io, fd, ctx, &protocols, &mut shutdown)).await;
         }
         Ok(Sniffed::Closed) | Err(_) => {}
     }
@@ -457,8 +458,13 @@ fn join(a: Bytes, b: Bytes) -> Bytes {
     Bytes::from(v)
 }
 
-async fn serve_h2<I>(stream: I, ctx: Arc<ConnCtx>, protocols: &Protocols, shutdown: &mut Shutdown)
-where
+async fn serve_h2<I>(
+    stream: I,
+    fd: std::os::fd::RawFd,
+    ctx: Arc<ConnCtx>,
+    protocols: &Protocols,
+    shutdown: &mut Shutdown,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = protocols
@@ -483,7 +489,7 @@ where
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
-        (shutdown, &ctx.activity),
+        (shutdown, &ctx.activity, fd),
         (every, check),
     )
     .await;
@@ -499,21 +505,23 @@ enum Check {
     Close,
 }
 
-/// How long a connection asked to finish (a shutdown, or idle) may stay quiet, with no request
-/// in flight and no byte moving, before it is closed: an HTTP/2 client that does not answer
-/// the GOAWAY's PING (gone, suspended) would otherwise hold a drain to its timeout. Bytes still
-/// moving (a slow reader's WINDOW_UPDATEs for a response hyper holds after its handler is done)
-/// keep it open.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection asked to finish by a shutdown may stay quiet (no request in flight, no
+/// byte read or written, nothing unacknowledged in its socket) before it is closed: an HTTP/2
+/// client that does not answer the GOAWAY's PING (gone, suspended) would otherwise hold the
+/// drain to its timeout. A request's in-flight count ends when hyper has taken its last body
+/// frame, not when the client has it: a slow reader still taking a response moves bytes or
+/// leaves some unacknowledged, and a few seconds cover the pauses of one reading steadily.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs a connection that is not parked (HTTP/2, TLS HTTP/1.1 with upgrades) to its end, with
-/// `check` run every `period`; on shutdown (or a check's `Finish`) `graceful` asks it to finish
-/// (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY), and once it has stayed
-/// quiet for [`CLOSE_GRACE`] after that it is closed.
+/// `check` run every `period`. A check's `Finish` asks it to finish with `graceful` (HTTP/1.1:
+/// close once the response in flight is written; HTTP/2: GOAWAY, close once its streams are
+/// done). A shutdown does the same, and once the connection has stayed quiet for
+/// [`CLOSE_GRACE`] after that it is closed.
 async fn drive_with<C, G, T>(
     conn: C,
     mut graceful: G,
-    (shutdown, activity): (&mut Shutdown, &Activity),
+    (shutdown, activity, fd): (&mut Shutdown, &Activity, std::os::fd::RawFd),
     (period, mut check): (Duration, T),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -524,7 +532,7 @@ async fn drive_with<C, G, T>(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
-    let mut closing = false;
+    let (mut closing, mut finishing) = (false, false);
     // Polled only once closing: Delay, and reset then, so that the ticks missed meanwhile do
     // not come in a burst (each would count as a quarter of the grace with no time for a byte
     // to move).
@@ -543,14 +551,15 @@ async fn drive_with<C, G, T>(
             _ = shutdown.wait(), if !closing => {
                 closing = true;
                 grace.reset();
-                graceful(conn.as_mut());
+                if !finishing {
+                    graceful(conn.as_mut());
+                }
             }
             _ = tick.tick() => match check() {
                 Check::Fine => {}
-                Check::Finish if closing => {}
+                Check::Finish if finishing || closing => {}
                 Check::Finish => {
-                    closing = true;
-                    grace.reset();
+                    finishing = true;
                     graceful(conn.as_mut());
                 }
                 Check::Close => return,
@@ -558,7 +567,9 @@ async fn drive_with<C, G, T>(
             _ = grace.tick(), if closing => {
                 let now = tokio::time::Instant::now();
                 let moved = activity.io.load(Relaxed);
-                let quiet = activity.idle_for().is_some() && moved == last_io;
+                let quiet = activity.idle_for().is_some()
+                    && moved == last_io
+                    && crate::stall::unacked(fd).is_none_or(|n| n == 0);
                 last_io = moved;
                 if !quiet {
                     quiet_since = None;
@@ -602,7 +613,7 @@ async fn serve_tls(
             Err(_) => return,
         };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        return Box::pin(serve_h2(tls, ctx, protocols, shutdown)).await;
+        return Box::pin(serve_h2(tls, fd, ctx, protocols, shutdown)).await;
     }
     // Not parked, so hyper can run upgrades itself: the service spawns the tunnel.
     let conn = protocols
@@ -616,7 +627,7 @@ async fn serve_tls(
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
-        (shutdown, &ctx.activity),
+        (shutdown, &ctx.activity, fd),
         (every, check),
     )
     .await;
@@ -640,8 +651,10 @@ fn h1_limits(ctx: &ConnCtx, protocols: &Protocols, fd: std::os::fd::RawFd) -> Ch
             Check::Close
         }
         Some(_) => Check::Fine,
+        // Finish, not close: hyper's in-flight count ends when it has taken the response's
+        // last body frame, and what it still has to write goes out first.
         None => match ctx.activity.idle_for() {
-            Some(idle) if idle >= protocols.idle_timeout => Check::Close,
+            Some(idle) if idle >= protocols.idle_timeout => Check::Finish,
             _ => Check::Fine,
         },
     }
