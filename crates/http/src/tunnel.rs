@@ -177,9 +177,14 @@ async fn copy<C>(
     if !cut {
         return;
     }
-    let _ = client.shutdown().await;
-    let _ = upstream.shutdown().await;
+    // Bounded: a shutdown over TLS or HTTP/2 has to write (close_notify, END_STREAM), which a
+    // peer that stopped reading never lets through; the tunnel then ends by being dropped.
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, client.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, upstream.shutdown()).await;
 }
+
+/// How long a cut tunnel's side may take to shut down before it is dropped.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves an upgrade on its own task once hyper hands over the client side (connections served
 /// with hyper's upgrade support: TLS, and WebSockets over HTTP/2); it ends when the gateway

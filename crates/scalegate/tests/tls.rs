@@ -380,3 +380,66 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     assert!(ended.is_ok(), "the idle HTTP/2 connection was never closed");
     quiescent(&gw).await;
 }
+
+/// A regression probe's finding: over TLS, a WebSocket whose client stopped reading was found
+/// stuck after `idle_timeout` and cut, but the cut then waited for ever on a TLS shutdown (its
+/// close_notify could never be written), so the tunnel, its upstream connection and the
+/// client's socket stayed. The shutdown of a cut tunnel is bounded now.
+#[tokio::test]
+async fn a_tls_websocket_whose_client_stops_reading_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                               Connection: Upgrade\r\n\r\n";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Floods the client, which never reads.
+                let chunk = vec![b'x'; 64 << 10];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let listener = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\nidle_timeout = \"1s\"",
+        data("localhost.crt"),
+        data("localhost.key")
+    );
+    let routes = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"ws\"\n\n\
+         [upstreams.ws]\nendpoints = [\"{upstream}\"]\n"
+    );
+    let gw = GatewayProcess::start_full(BIN, "", &listener, &routes).await;
+    let ca = std::fs::read(data("ca.crt")).expect("ca");
+    let mut c = scalegate_testkit::client::tls_connect(gw.http, &ca, b"http/1.1")
+        .await
+        .expect("tls");
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("upgrade");
+    let mut head = vec![0u8; 256];
+    let n = c.read(&mut head).await.expect("the 101");
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"), "{:?}", &head[..n]);
+    let open = eventually(Duration::from_secs(5), || async {
+        gw.admin_get("/metrics")
+            .await
+            .contains("scalegate_http_tunnels_open{route=\"route0\"} 1")
+    })
+    .await;
+    assert!(open, "the tunnel never opened");
+    // Now it never reads. Once the gateway gives up on it, the tunnel is gone.
+    quiescent(&gw).await;
+    drop(c);
+}
