@@ -422,13 +422,7 @@ async fn a_tls_websocket_whose_client_stops_reading_is_closed() {
     let mut c = scalegate_testkit::client::tls_connect(gw.http, &ca, b"http/1.1")
         .await
         .expect("tls");
-    c.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
-          Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-          Sec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .expect("upgrade");
+    c.write_all(WS_UPGRADE).await.expect("upgrade");
     let mut head = vec![0u8; 256];
     let n = c.read(&mut head).await.expect("the 101");
     assert!(head[..n].starts_with(b"HTTP/1.1 101"), "{:?}", &head[..n]);

@@ -322,13 +322,7 @@ async fn a_tunnel_to_an_upstream_that_stops_reading_is_closed() {
     )
     .await;
     let mut c = TcpStream::connect(gw.http).await.expect("connect");
-    c.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: example\r\nConnection: Upgrade\r\n\
-          Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-          Sec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .expect("upgrade");
+    c.write_all(WS_UPGRADE).await.expect("upgrade");
     let (head, _) = read_head(&mut c).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Write until the buffers on the way are full, then leave.

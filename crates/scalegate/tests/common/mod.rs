@@ -10,6 +10,12 @@ pub use scalegate_testkit::{Backend, DeadPort, GatewayProcess, eventually, free_
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_scalegate");
 
+/// A WebSocket opening handshake for `/chat` (RFC 6455's sample key), as a raw HTTP/1.1
+/// request.
+pub const WS_UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+      Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+      Sec-WebSocket-Version: 13\r\n\r\n";
+
 /// Starts `n` backends named b0, b1, …
 pub async fn backends(n: usize) -> Vec<Backend> {
     let mut v = Vec::new();
