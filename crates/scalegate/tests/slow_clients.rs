@@ -166,7 +166,7 @@ async fn the_route_timeout_starts_when_the_body_has_gone_upstream() {
 #[tokio::test]
 async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
     let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
-    let (_o, gw) = big_download(16 << 20, "4s", upstream).await;
+    let (o, gw) = big_download(16 << 20, "4s", upstream).await;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut stuck = socket.connect(gw.http).await.expect("connect");
@@ -175,7 +175,10 @@ async fn a_client_that_stops_reading_a_response_frees_what_it_held() {
         .await
         .expect("request");
     // It never reads: while the gateway waits on it, the one bulkhead place is taken; once it
-    // gives up on it (idle_timeout without a byte taken), the place is free again.
+    // gives up on it (idle_timeout without a byte taken), the place is free again. The probes
+    // start once /big holds the place: one sent before could take it first (a CI flake).
+    let admitted = eventually(Duration::from_secs(10), || async { o.hits("/big") == 1 }).await;
+    assert!(admitted, "/big never reached the origin");
     let c = Client::http1();
     let taken = eventually(Duration::from_secs(5), || async {
         c.get(gw.http, "/small")

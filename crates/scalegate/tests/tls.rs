@@ -336,6 +336,12 @@ async fn a_tls_client_that_stops_reading_frees_what_it_held() {
         .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("request");
+    // Probes start once /big holds the one place (one sent before could take it first).
+    let admitted = eventually(Duration::from_secs(10), || async {
+        origin.hits("/big") == 1
+    })
+    .await;
+    assert!(admitted, "/big never reached the origin");
     let busy = || async {
         scalegate_testkit::client::tls_get(gw.http, "/small", &ca, false)
             .await
