@@ -591,11 +591,14 @@ async fn drive_with<C, G, T>(
 /// timeout, and a client that stopped reading (nginx's send_timeout).
 async fn serve_tls(
     acceptor: &tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
+    mut stream: TcpStream,
     ctx: Arc<ConnCtx>,
     protocols: &Protocols,
     shutdown: &mut Shutdown,
 ) {
+    if crate::plain_on_tls::refused(&mut stream, protocols.header_read_timeout).await {
+        return;
+    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     // Under TLS too, reads and writes are watched (a head arriving, a peer refusing writes).
     let stream = Prefixed {

@@ -29,6 +29,7 @@ pub mod live_metrics;
 pub mod metrics;
 pub mod normalize;
 pub mod oneshot;
+pub mod plain_on_tls;
 pub mod plug;
 pub mod pool;
 pub mod proxy;

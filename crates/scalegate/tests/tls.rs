@@ -57,9 +57,20 @@ async fn tls_client_gets_http1_by_alpn() {
 async fn plain_http_to_a_tls_listener_does_not_reach_the_backend() {
     let bs = backends(1).await;
     let gw = tls_gateway(&bs).await;
-    let (out, _) = raw(gw.http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (out, closed) = raw(gw.http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(!out.contains("b0"), "{out:?}");
-    assert_eq!(bs[0].hits(), 0);
+    assert!(closed, "the connection is closed after the answer");
+    // A readable answer, as nginx gives, not a TLS alert (found from outside, session 19).
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out:?}");
+    assert!(
+        out.contains("plain HTTP request was sent to an HTTPS port"),
+        "{out:?}"
+    );
+    // A TLS client on the same listener is still served.
+    let ca = std::fs::read(data("ca.crt")).expect("ca");
+    let (r, _) = tls_get(gw.http, "/", &ca, false).await.expect("tls");
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(bs[0].hits(), 1);
     quiescent(&gw).await;
 }
 
