@@ -223,3 +223,76 @@ async fn writes_hidden_in_strings_subqueries_and_table_functions_go_to_the_prima
     drop(c);
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 20): a read that leaves session state (asyncpg's type lookup
+/// runs `set_config('jit', $1, false)` on a server with JIT) pinned the client to the replica,
+/// where every later write failed with 25006 for the life of the connection. Such a read now
+/// runs on the primary. A client pinned to a replica by state made inside a read-only
+/// transaction there is told why its write cannot run, and writes again once it lets go.
+#[tokio::test]
+async fn session_state_never_keeps_a_clients_writes_on_the_replica() {
+    let (primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let (p, r) = (primary.port as i32, replica.port as i32);
+    let c = client(port).await;
+    c.query("SELECT set_config('work_mem', $1, false)", &[&"8MB"])
+        .await
+        .expect("a setting made with a parameter");
+    assert_eq!(port_of(&c, "SELECT inet_server_port()").await, p, "pinned");
+    c.execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .expect("a write after the pin");
+
+    let c2 = client(port).await;
+    c2.batch_execute("BEGIN READ ONLY").await.expect("begin");
+    assert_eq!(port_of(&c2, "SELECT inet_server_port()").await, r);
+    c2.batch_execute("PREPARE pq AS SELECT 1")
+        .await
+        .expect("prepare");
+    c2.batch_execute("COMMIT").await.expect("commit");
+    let e = c2
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect_err("a write on the replica");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(db.message().contains("replica"), "{db:?}");
+    c2.batch_execute("DEALLOCATE pq").await.expect("let go");
+    c2.execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .expect("a write once the state is gone");
+    assert_eq!(primary.psql("postgres", "SELECT count(*) FROM t"), "2");
+    drop((c, c2));
+    quiescent(&gw).await;
+}
+
+/// A probe's finding (session 20): with `default_transaction_isolation = serializable` (SET,
+/// or a startup option) every read went to the standby, which refuses serializable
+/// transactions (0A000), and the startup option could not even be applied there. Such a
+/// client's transactions run on the primary.
+#[tokio::test]
+async fn a_client_serializable_by_default_reads_from_the_primary() {
+    let (primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let p = primary.port as i32;
+    let c = client(port).await;
+    c.batch_execute("SET default_transaction_isolation = 'serializable'")
+        .await
+        .expect("set");
+    assert_eq!(port_of(&c, "SELECT inet_server_port()").await, p);
+    let (c2, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=app \
+             options='-c default_transaction_isolation=serializable'"
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect with the option");
+    tokio::spawn(conn);
+    assert_eq!(port_of(&c2, "SELECT inet_server_port()").await, p);
+    let level: String = pg_one(&c2, "SHOW transaction_isolation").await;
+    assert_eq!(level, "serializable");
+    drop((c, c2));
+    quiescent(&gw).await;
+}

@@ -20,6 +20,7 @@ mod fan_out;
 mod merge;
 mod reload;
 mod replay;
+mod replica_pin;
 mod resend;
 mod sharded;
 mod split;
@@ -365,6 +366,9 @@ impl Session {
         let fresh = self.lease.is_none();
         if self.lease.is_some() {
             if let Some(end) = self.guard_transaction().await {
+                return end;
+            }
+            if let Some(end) = self.guard_replica_pin().await {
                 return end;
             }
         } else {
@@ -1020,6 +1024,9 @@ impl Session {
         if !self.split {
             return (Route::Primary, false);
         }
+        // A standby refuses every transaction of a client whose default isolation is
+        // SERIALIZABLE (0A000), and refuses to apply that setting at all.
+        let mut primary = self.serializable_by_default();
         let mut seen = false;
         for (tag, msg) in proto::messages(&self.cbuf) {
             let mut body = &msg[5..];
@@ -1041,9 +1048,16 @@ impl Session {
             if self.pooler.classifier.class(sql) == Class::Write {
                 return (Route::Primary, true);
             }
+            // Session state pins the client to its server connection; made on a replica it
+            // would keep every later write of the client there (replica hint or not).
+            primary |= self
+                .pooler
+                .analyzer
+                .effects(sql.as_bytes())
+                .is_some_and(|fx| fx.creates | fx.suspect != 0);
             seen = true;
         }
-        if seen {
+        if seen && !primary {
             let read = Route::Read {
                 min_lsn: self.min_lsn,
             };
@@ -1056,6 +1070,14 @@ impl Session {
 }
 
 impl Session {
+    /// Whether the client's own settings make every transaction SERIALIZABLE.
+    fn serializable_by_default(&self) -> bool {
+        self.track
+            .settings
+            .get("default_transaction_isolation")
+            .is_some_and(|sql| sql.to_ascii_lowercase().contains("serializable"))
+    }
+
     /// With no server held and nothing unanswered, a Flush has nothing to flush: it is
     /// dropped here rather than taking a server (psycopg 3 ends every pipeline with Sync then
     /// Flush; the Flush, alone after the Sync's answer, would hold a server for an idle

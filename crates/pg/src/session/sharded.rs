@@ -286,7 +286,7 @@ impl Session {
     /// transaction) with 0A000 and `why`. The ErrorResponse reaches the client in order; after
     /// a Flush-ended batch the server's ReadyForQuery is kept back and the client's messages
     /// up to its Sync are dropped, as PostgreSQL does after an error.
-    async fn fail_on_server(&mut self, why: &str, end: Option<u8>) -> Option<End> {
+    pub(super) async fn fail_on_server(&mut self, why: &str, end: Option<u8>) -> Option<End> {
         let mut q = BytesMut::new();
         if frontend::query(&raise_sql(why), &mut q).is_err() {
             return Some(End::Fatal(Failure::NotSupported(why.to_string())));
