@@ -206,6 +206,19 @@ impl EndpointState {
         self.new_probe_period();
     }
 
+    /// Whether the breaker is open or half-open at `now`.
+    fn breaker_open(&self, now: Tick) -> bool {
+        self.ejected_until.load(Relaxed) > now.0 || self.half_open.load(Relaxed)
+    }
+
+    /// Closes the breaker if it is open or half-open (its policy was turned off); whether it was.
+    pub fn release_if_open(&self, now: Tick) -> bool {
+        let open = self.breaker_open(now);
+        self.release();
+        self.window.clear();
+        open
+    }
+
     /// Records the outcome of one live request and moves the breaker; returns the change, if any.
     pub fn record_outcome(
         &self,
@@ -225,6 +238,12 @@ impl EndpointState {
         now: Tick,
         may_open: impl FnOnce() -> bool,
     ) -> Option<BreakerEvent> {
+        if !policy.enabled() {
+            // Off (perhaps turned off by a reload while open): nothing is counted, and a
+            // breaker still open or half-open closes at the endpoint's first answer.
+            return (self.breaker_open(now) && self.release_if_open(now))
+                .then_some(BreakerEvent::Closed);
+        }
         if policy.failure_rate_percent > 0 {
             self.window.record(!success, now, policy.window);
         }

@@ -45,6 +45,11 @@ impl Default for OutlierPolicy {
 }
 
 impl OutlierPolicy {
+    /// Whether the breaker is on: by consecutive failures, by failure rate, or both.
+    pub fn enabled(&self) -> bool {
+        self.consecutive_failures > 0 || self.failure_rate_percent > 0
+    }
+
     /// Whether one more endpoint may be ejected when `ejected` of `total` already are.
     pub fn may_eject(&self, ejected: usize, total: usize) -> bool {
         (ejected + 1) * 100 <= total * self.max_ejection_percent as usize
@@ -55,7 +60,11 @@ impl OutlierPolicy {
     /// removes others: the cap counts the upstream as it is now (an upstream cut down to its
     /// one ejected endpoint would otherwise answer 503 to everything until the breaker timed
     /// out, while that endpoint was fine).
+    /// With the breaker turned off, every open or half-open breaker closes.
     pub fn release_over_cap(&self, endpoints: &[&crate::EndpointState], now: crate::Tick) -> usize {
+        if !self.enabled() {
+            return endpoints.iter().filter(|e| e.release_if_open(now)).count();
+        }
         let mut open: Vec<(crate::Tick, &crate::EndpointState)> = endpoints
             .iter()
             .filter_map(|e| match e.availability(now) {

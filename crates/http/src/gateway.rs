@@ -217,7 +217,7 @@ impl Gateway {
                 tracing::info!(
                     upstream = %u.name,
                     released,
-                    "reload: endpoints' breakers beyond the ejection cap closed"
+                    "reload: endpoints' breakers closed (beyond the ejection cap, or the breaker turned off)"
                 );
             }
             let bulkhead = u.bulkhead.as_ref().map(|spec| {

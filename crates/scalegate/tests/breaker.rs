@@ -224,3 +224,53 @@ async fn a_reload_that_leaves_an_ejected_endpoint_alone_puts_it_back_in_rotation
     }
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 20): a reload that turned the breaker off
+/// (`consecutive_failures = 0`, no failure rate) left ejected endpoints out of rotation, and
+/// each failure in half-open opened the breaker again for twice as long: the gateway kept
+/// answering 503 in place of the upstream's own answers. Failures were still counted while it
+/// was off, so turning it back on ejected at the first failure. Off now means off at once.
+#[tokio::test]
+async fn a_reload_that_turns_the_breaker_off_puts_every_endpoint_back() {
+    let bs = backends(2).await;
+    let on = "passive = { consecutive_failures = 2, base_ejection = \"60s\", max_ejection_percent = 100 }";
+    let gw = gateway(&bs, on).await;
+    let c = Client::http1();
+    bs[0].set_status(500);
+    bs[1].set_status(500);
+    for _ in 0..8 {
+        c.get(gw.http, "/").await.expect("response");
+    }
+    let view = gw.admin_get("/upstreams").await;
+    assert_eq!(view.matches("\"state\":\"ejected\"").count(), 2, "{view}");
+    let addrs = format!("\"{}\", \"{}\"", bs[0].addr, bs[1].addr);
+    let off = "passive = { consecutive_failures = 0, max_ejection_percent = 100 }";
+    gw.write_config(&routed(&addrs, "/", "", off));
+    gw.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let view = gw.admin_get("/upstreams").await;
+            view.matches("\"state\":\"available\"").count() == 2
+        })
+        .await,
+        "the reload closes the breakers"
+    );
+    // The upstream's own answers, every time, however many fail.
+    for _ in 0..8 {
+        let r = c.get(gw.http, "/").await.expect("response");
+        assert_eq!(r.status, 500, "{}", r.body);
+    }
+    // Back on: the failures made while it was off are not held against the endpoints.
+    gw.write_config(&routed(&addrs, "/", "", on));
+    gw.signal(1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = c.get(gw.http, "/").await.expect("response");
+    assert_eq!(r.status, 500, "{}", r.body);
+    let view = gw.admin_get("/upstreams").await;
+    assert_eq!(
+        view.matches("\"state\":\"available\"").count(),
+        2,
+        "one failure ejects nothing: {view}"
+    );
+    quiescent(&gw).await;
+}
