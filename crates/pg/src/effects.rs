@@ -124,6 +124,9 @@ pub struct Effects {
     pub discard_all: bool,
     /// Setting changes, in order.
     pub settings: Vec<Change>,
+    /// Settings whose value is a parameter of the statement (`set_config('jit', $1, false)`,
+    /// asyncpg's): (lower-cased name, 1-based parameter number), made when a Bind gives it.
+    pub param_settings: Vec<(String, usize)>,
     /// Statements in the string.
     pub statements: usize,
     /// It runs code the pooler cannot read (a `DO` block) or changes settings out of its
@@ -551,24 +554,24 @@ fn set_config(s: &[&Token], i: usize, fx: &mut Effects) {
     if local == Some(true) {
         return;
     }
-    // The call must be the whole statement: SELECT set_config(…) [AS alias]; its arguments end
-    // at the matching parenthesis.
-    // Arguments and the commas between them.
-    let inside = args
-        .iter()
-        .map(|a| a.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1);
-    let closing = i + 2 + inside;
-    let whole = i == 1
-        && is(s.first(), "SELECT")
-        && matches!(s.get(closing), Some(Token::RParen))
-        && match s.len() - closing - 1 {
-            0 => true,
-            1 => word(s[closing + 1]).is_some(),
-            2 => is(s.get(closing + 1), "AS") && word(s[closing + 2]).is_some(),
-            _ => false,
-        };
+    // The statement must read nothing else: `SELECT set_config(…) [AS alias]`, perhaps beside
+    // other such calls and `current_setting(…)` (asyncpg: `SELECT current_setting('jit') AS
+    // cur, set_config('jit', 'off', false) AS new`).
+    let whole = only_setting_calls(s);
+    let param = |a: &[&Token]| match a {
+        [Token::Placeholder(p)] => p.strip_prefix('$')?.parse::<usize>().ok(),
+        _ => None,
+    };
+    if let (3, Some(name), Some(n), Some(false), true) = (
+        args.len(),
+        args.first().and_then(|a| literal(a)),
+        args.get(1).and_then(|a| param(a)),
+        local,
+        whole,
+    ) {
+        fx.param_settings.push((name.to_ascii_lowercase(), n));
+        return;
+    }
     match (
         args.len(),
         args.first().and_then(|a| literal(a)),
@@ -587,6 +590,51 @@ fn set_config(s: &[&Token], i: usize, fx: &mut Effects) {
             });
         }
         _ => fx.creates |= state::CONFIG,
+    }
+}
+
+/// Whether statement `s` is `SELECT` of nothing but calls of `set_config` and
+/// `current_setting` (perhaps `pg_catalog.`-qualified), each perhaps with an alias.
+fn only_setting_calls(s: &[&Token]) -> bool {
+    if !is(s.first(), "SELECT") {
+        return false;
+    }
+    let mut i = 1;
+    loop {
+        if is(s.get(i), "pg_catalog") && matches!(s.get(i + 1), Some(Token::Period)) {
+            i += 2;
+        }
+        let named = s.get(i).and_then(|t| word(t)).map(ident);
+        if !matches!(named.as_deref(), Some(b"set_config" | b"current_setting"))
+            || !matches!(s.get(i + 1), Some(Token::LParen))
+        {
+            return false;
+        }
+        // Past the call's matching parenthesis.
+        let mut depth = 0usize;
+        i += 1;
+        loop {
+            match s.get(i) {
+                None => return false,
+                Some(Token::LParen) => depth += 1,
+                Some(Token::RParen) if depth == 1 => break,
+                Some(Token::RParen) => depth -= 1,
+                Some(_) => {}
+            }
+            i += 1;
+        }
+        i += 1;
+        if is(s.get(i), "AS") {
+            i += 1;
+        }
+        if s.get(i).and_then(|t| word(t)).is_some() {
+            i += 1;
+        }
+        match s.get(i) {
+            None => return true,
+            Some(Token::Comma) => i += 1,
+            Some(_) => return false,
+        }
     }
 }
 
@@ -659,10 +707,14 @@ mod tests {
         assert_eq!(creates("CREATE TABLE pg_temp.t (a int)"), TEMP);
         assert_eq!(creates("SELECT 1 AS a INTO TEMP t"), TEMP);
         assert_eq!(
-            creates("SELECT set_config('search_path', $1, false)"),
+            creates("SELECT set_config(current_user, $1, false)"),
             CONFIG
         );
         assert_eq!(creates("SELECT set_config('a.b', 'c', false), 1"), CONFIG);
+        assert_eq!(
+            creates("SELECT set_config('a.b', 'c', false) FROM t"),
+            CONFIG
+        );
         assert_eq!(creates("SET SESSION AUTHORIZATION bob"), OTHER);
     }
 
@@ -758,6 +810,25 @@ mod tests {
         assert_eq!(analyze(listen).suspect, state::VISIBLE);
         assert!(analyze(listen).verify);
         assert_eq!(analyze("SELECT 1").suspect, 0);
+    }
+
+    /// asyncpg's type lookup on a server with JIT: a literal `set_config` beside a
+    /// `current_setting`, then `set_config` with the old value as a parameter. Both are
+    /// tracked settings, neither is untracked state.
+    #[test]
+    fn asyncpg_jit_settings_are_tracked() {
+        let first = analyze(
+            "\n SELECT\n current_setting('jit') AS cur,\n set_config('jit', 'off', false) AS new\n",
+        );
+        assert_eq!(first.creates, 0);
+        assert_eq!(first.settings.len(), 1);
+        assert_eq!(first.settings[0].name(), Some("jit"));
+        let restore = analyze("\n SELECT\n set_config('jit', $1, false)\n ");
+        assert_eq!(restore.creates, 0);
+        assert_eq!(restore.param_settings, vec![("jit".to_string(), 1)]);
+        let qualified = analyze("SELECT pg_catalog.set_config('Work_Mem', $2, false) w");
+        assert_eq!(qualified.param_settings, vec![("work_mem".to_string(), 2)]);
+        assert_eq!(qualified.creates, 0);
     }
 
     #[test]

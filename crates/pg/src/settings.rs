@@ -130,6 +130,14 @@ impl Settings {
 }
 
 impl Change {
+    /// What `set_config('name', 'value', false)` does.
+    pub fn set_config(name: &str, value: &str) -> Change {
+        Change::Set {
+            name: name.to_ascii_lowercase(),
+            sql: set_config_sql(name, value),
+        }
+    }
+
     /// The setting it changes; `None` for all of them.
     pub fn name(&self) -> Option<&str> {
         match self {

@@ -159,6 +159,19 @@ async fn asyncpg_pool_prepare_executemany_and_copy_work() {
     pooler_quiescent(&gw, port).await;
 }
 
+/// A probe's finding (session 20): asyncpg's type lookup (`set_config('jit', $1, false)` on a
+/// server with JIT) pinned every client that used an array type to its server connection, so
+/// with more clients than servers the rest waited until 53300. The setting is tracked instead.
+#[tokio::test]
+async fn asyncpg_type_lookups_pin_no_client() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 2", "wait_timeout = \"3s\"").await;
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/app");
+    let out = py("asyncpg_jit.py", &[&url, "5"]).await;
+    assert!(out.contains("ok 5 clients"), "{out}");
+    pooler_quiescent(&gw, port).await;
+}
+
 #[tokio::test]
 async fn node_postgres_named_queries_work_across_server_connections() {
     let pg = PgServer::start().await;

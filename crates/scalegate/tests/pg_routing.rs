@@ -225,7 +225,8 @@ async fn writes_hidden_in_strings_subqueries_and_table_functions_go_to_the_prima
 }
 
 /// A probe's finding (session 20): a read that leaves session state (asyncpg's type lookup
-/// runs `set_config('jit', $1, false)` on a server with JIT) pinned the client to the replica,
+/// ran `set_config('jit', $1, false)` on a server with JIT, untracked then; here a computed
+/// value, untracked still) pinned the client to the replica,
 /// where every later write failed with 25006 for the life of the connection. Such a read now
 /// runs on the primary. A client pinned to a replica by state made inside a read-only
 /// transaction there is told why its write cannot run, and writes again once it lets go.
@@ -235,9 +236,12 @@ async fn session_state_never_keeps_a_clients_writes_on_the_replica() {
     let (gw, port) = pooler(&primary, &replica, "").await;
     let (p, r) = (primary.port as i32, replica.port as i32);
     let c = client(port).await;
-    c.query("SELECT set_config('work_mem', $1, false)", &[&"8MB"])
-        .await
-        .expect("a setting made with a parameter");
+    c.query(
+        "SELECT set_config('application_name', $1 || '-x', false)",
+        &[&"a"],
+    )
+    .await
+    .expect("a setting made with a computed value");
     assert_eq!(port_of(&c, "SELECT inet_server_port()").await, p, "pinned");
     c.execute("INSERT INTO t VALUES (1)", &[])
         .await

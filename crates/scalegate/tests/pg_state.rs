@@ -252,9 +252,21 @@ async fn set_config_is_tracked_with_literals_and_pinned_otherwise() {
     assert_eq!(theirs, "\"$user\", public", "B sees the default");
     let mine: String = pg_one(&a, "SHOW search_path").await;
     assert_eq!(mine, "s1", "A keeps its setting on whatever server it gets");
+    // A parameter is a value the pooler sees at Bind (asyncpg restores `jit` this way): tracked.
     a.query_one("SELECT set_config('search_path', $1, false)", &[&"s2"])
         .await
         .expect("set_config with a parameter");
+    let theirs: String = pg_one(&b, "SHOW search_path").await;
+    assert_eq!(theirs, "\"$user\", public", "B sees the default");
+    let mine: String = pg_one(&a, "SHOW search_path").await;
+    assert_eq!(mine, "s2", "A keeps the parameter's value");
+    // A value computed on the server is not seen: the client is pinned.
+    a.query_one(
+        "SELECT set_config('search_path', $1 || '3', false)",
+        &[&"s"],
+    )
+    .await
+    .expect("set_config with a computed value");
     pinned_until_a_leaves(port, a, |b| async move {
         let v: String = pg_one(&b, "SHOW search_path").await;
         assert_eq!(v, "\"$user\", public");
@@ -290,7 +302,10 @@ async fn refuse_mode_answers_0a000_with_a_hint_on_every_path() {
         .expect_err("advisory lock via Parse");
     assert_eq!(sqlstate(&e), "0A000", "{e:?}");
     let e = a
-        .query_one("SELECT set_config('search_path', $1, false)", &[&"s2"])
+        .query_one(
+            "SELECT set_config('search_path', $1 || '', false)",
+            &[&"s2"],
+        )
         .await
         .expect_err("set_config via Parse");
     assert_eq!(sqlstate(&e), "0A000", "{e:?}");

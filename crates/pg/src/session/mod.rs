@@ -265,9 +265,10 @@ struct Session {
     fatal_forwarded: bool,
     /// The server said a prepared statement's plan went stale (stale_plans.rs).
     stale_plans: bool,
-    /// Names of the client's prepared statements that change settings when they run (psycopg
-    /// prepares a `SET` it runs often): each Bind of one records the change.
-    setting_statements: std::collections::HashSet<Vec<u8>>,
+    /// The client's prepared statements that change settings when they run (psycopg prepares
+    /// a `SET` it runs often; asyncpg runs `set_config('jit', $1, false)`), by name (the
+    /// unnamed one too), with their effects: each Bind of one records the change.
+    setting_statements: std::collections::HashMap<Vec<u8>, Arc<crate::effects::Effects>>,
     track: Track,
     pending_z: usize,
     unsynced: bool,
@@ -459,16 +460,23 @@ impl Session {
             if self.transaction {
                 let mut sub = Sub::Forward;
                 let known_plain = consumed == n && self.plain_first == n;
-                if tag == b'B' && !self.setting_statements.is_empty() {
-                    let named = (&self.setting_statements, &self.stmts);
-                    bind_settings(msg, segment, named, &self.pooler.analyzer, &mut self.track);
+                if !self.setting_statements.is_empty() {
+                    match tag {
+                        b'B' => {
+                            bind_settings(msg, segment, &self.setting_statements, &mut self.track)
+                        }
+                        // A name parsed again is another statement.
+                        b'P' => _ = self.setting_statements.remove(parsed_name(msg)),
+                        _ => {}
+                    }
                 }
                 if !known_plain
                     && let Some((sql, unnamed)) = statement_text(msg)
                     && let Some(fx) = self.pooler.analyzer.effects(sql)
                 {
-                    if !unnamed && !fx.settings.is_empty() {
-                        self.setting_statements.insert(parsed_name(msg).to_vec());
+                    if tag == b'P' && !(fx.settings.is_empty() && fx.param_settings.is_empty()) {
+                        let name = parsed_name(msg).to_vec();
+                        self.setting_statements.insert(name, fx.clone());
                     }
                     sub = state::plan(
                         &fx,
@@ -1311,26 +1319,43 @@ async fn linger(client: &mut ClientStream) {
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
-/// A Bind in `segment`: when its statement is one of `setting` (statements that change
-/// settings), records the change in `track`.
+/// A Bind in `segment` of one of `statements` (those that change settings, by name): records
+/// what it changes in `track`. A named statement's settings are made at each Bind; the unnamed
+/// one's were recorded at its Parse, but a setting whose value is a parameter is made only now.
 fn bind_settings(
     msg: &[u8],
     segment: u64,
-    (setting, stmts): (&std::collections::HashSet<Vec<u8>>, &Statements),
-    analyzer: &crate::effects::Analyzer,
+    statements: &std::collections::HashMap<Vec<u8>, Arc<crate::effects::Effects>>,
     track: &mut Track,
 ) {
     let mut body = &msg[5..];
     let (Some(_portal), Some(name)) = (proto::cbytes(&mut body), proto::cbytes(&mut body)) else {
         return;
     };
-    if !setting.contains(name) {
+    let Some(fx) = statements.get(name) else {
+        return;
+    };
+    if !name.is_empty() {
+        state::record_settings(fx, segment, track);
+    }
+    if fx.param_settings.is_empty() {
         return;
     }
-    if let Some(sql) = stmts.query_of(name)
-        && let Some(fx) = analyzer.effects(sql)
-    {
-        state::record_settings(&fx, segment, track);
+    let params = batch::bind_params(&msg[5..]);
+    for (setting, n) in &fx.param_settings {
+        // Text travels as UTF-8 in both formats; set_config's value is text.
+        let value = n
+            .checked_sub(1)
+            .and_then(|i| params.get(i))
+            .and_then(|p| p.value.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok());
+        match value {
+            Some(v) => track
+                .changes
+                .push((segment, Change::set_config(setting, v))),
+            // NULL (the server refuses it) or not text: only the server knows.
+            None => track.unknown = Some(segment),
+        }
     }
 }
 
