@@ -185,21 +185,25 @@ impl Plugins for Features<'_> {
                 continue;
             };
             if let Some(q) = &rf.queue {
-                // Kept while the route's queue and the store stay the same (a memory queue
-                // keeps its jobs).
-                let queue = was
-                    .and_then(|s| s.queue(&r.name))
-                    .filter(|o| o.spec() == q && o.durable() == f.jobs.as_ref())
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        RouteQueue::start(
+                // Kept while the store stays the same and the new settings can be taken in
+                // place (a memory queue keeps its jobs, a durable one its consumer).
+                let old = was.and_then(|s| s.queue(&r.name));
+                let queue = match old.filter(|o| o.durable() == f.jobs.as_ref()) {
+                    Some(o) if o.adopt(q) => o.clone(),
+                    _ => {
+                        let new = RouteQueue::start(
                             spawner,
                             &r.name,
                             q.clone(),
                             f.jobs.as_ref(),
                             gateway.clone(),
-                        )
-                    });
+                        );
+                        if let Some(o) = old {
+                            new.carry_counts(o);
+                        }
+                        new
+                    }
+                };
                 handlers.insert(r.name.clone(), queue.clone());
                 queues.insert(r.name.clone(), queue);
             } else if let (Some(c), Some(store)) = (&rf.cache, &cache) {

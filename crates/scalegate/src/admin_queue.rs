@@ -105,6 +105,8 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
                 "depth": q.depth(),
                 "in_hand": q.in_hand(),
                 "paused": q.paused() > 0,
+                "attempts": q.spec().attempts,
+                "max_in_flight": q.spec().max_in_flight,
                 "accepted_since_start": q.queued.load(Ordering::Relaxed),
                 "delivered_since_start": q.delivered.load(Ordering::Relaxed),
                 "failed_deliveries_since_start": q.retried.load(Ordering::Relaxed),

@@ -191,7 +191,8 @@ async fn jobs_queued_before_a_reload_that_changes_the_queue_are_still_delivered_
     for i in 0..8 {
         assert_eq!(post(&gw, "/hooks/x", &format!("job{i}")).await.status, 202);
     }
-    gw.write_config(&queued(&bs, "max_in_flight = 1, attempts = 4"));
+    // max_in_flight is one of the settings a running queue cannot take in place.
+    gw.write_config(&queued(&bs, "max_in_flight = 2, attempts = 4"));
     gw.signal(libc::SIGHUP);
     let listed = eventually(Duration::from_secs(10), || async {
         gw.admin_get("/queue")
@@ -361,5 +362,61 @@ async fn jetstream_keeps_dead_letters_and_applies_a_changed_attempts_count() {
     let bs2 = vec![Backend::start("b1").await];
     let gw = with_token(&preamble, &queued(&bs2, "attempts = 3, backoff = \"50ms\"")).await;
     dead_letter_round_trip(&gw, &bs2[0], 3).await;
+    quiescent(&gw).await;
+}
+
+/// The `attempts` a route's queue runs with, as /queue shows it.
+async fn attempts_in_force(gw: &GatewayProcess) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&gw.admin_get("/queue").await).expect("json");
+    v["routes"][0]["attempts"].as_u64().unwrap_or(0)
+}
+
+/// A probe's finding (session 20): a reload that changed a durable queue's `attempts` made a
+/// new queue; the old one's consumer, its last pull still open, handed back the jobs that pull
+/// brought, and each hand-back counted in JetStream as a delivery: jobs reached the upstream
+/// once or twice of the three attempts before they were given up (some listed with 4
+/// attempts), others waited out the 15 s acknowledgement timeout. Its counters also started
+/// again from zero. Such a reload now changes the running queue in place.
+#[tokio::test]
+async fn a_reload_that_changes_attempts_spends_none_of_a_durable_jobs_attempts() {
+    let nats = scalegate_testkit::NatsServer::start_jetstream().await;
+    let bs = backends(1).await;
+    let preamble = format!("[queue]\nnats = {{ url = \"{}\" }}\n", nats.url());
+    let gw = with_token(&preamble, &queued(&bs, "attempts = 5, backoff = \"50ms\"")).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            post(&gw, "/hooks/warm", "w").await.status == 202
+        })
+        .await,
+        "the store connected"
+    );
+    assert!(eventually(Duration::from_secs(10), || async { bs[0].hits() == 1 }).await);
+    gw.write_config(&queued(&bs, "attempts = 3, backoff = \"50ms\""));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            attempts_in_force(&gw).await == 3
+        })
+        .await
+    );
+    bs[0].set_status(500);
+    let jobs = 6;
+    for i in 0..jobs {
+        assert_eq!(post(&gw, "/hooks/x", &format!("job{i}")).await.status, 202);
+    }
+    let given_up = eventually(Duration::from_secs(20), || async {
+        let v: serde_json::Value =
+            serde_json::from_str(&gw.admin_get("/queue").await).expect("json");
+        v["routes"][0]["given_up_since_start"].as_u64() == Some(jobs)
+    })
+    .await;
+    assert!(given_up, "{}", gw.admin_get("/queue").await);
+    assert_eq!(bs[0].hits() as u64, 1 + 3 * jobs, "three real tries each");
+    let v: serde_json::Value = serde_json::from_str(&gw.admin_get("/queue").await).expect("json");
+    assert_eq!(
+        v["routes"][0]["accepted_since_start"].as_u64(),
+        Some(1 + jobs),
+        "the job accepted before the reload still counts"
+    );
     quiescent(&gw).await;
 }

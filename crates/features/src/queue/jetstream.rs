@@ -544,7 +544,7 @@ async fn handle(
             q.delivered.fetch_add(1, Ordering::Relaxed);
             AckKind::Ack
         }
-        Outcome::Failed(why) if attempt < q.spec.attempts => {
+        Outcome::Failed(why) if attempt < q.spec.load().attempts => {
             q.retried.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(route, job = %job.id, attempt, ?why, "delivery failed; will retry");
             AckKind::Nak(Some(q.backoff(attempt)))

@@ -116,7 +116,7 @@ async fn worker(
             Outcome::Delivered => {
                 q.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::Failed(why) if attempt < q.spec.attempts => {
+            Outcome::Failed(why) if attempt < q.spec.load().attempts => {
                 q.retried.fetch_add(1, Ordering::Relaxed);
                 let wait = q.backoff(attempt);
                 tracing::debug!(route, job = %job.id, attempt, ?why, ?wait, "delivery failed; will retry");

@@ -73,7 +73,9 @@ pub use scalegate_http::body::StoredBody;
 /// One route's queue: where its jobs are stored and how many went which way.
 #[derive(Debug)]
 pub struct RouteQueue {
-    spec: QueueSpec,
+    /// Its settings; a reload that changes only what can change in place swaps them
+    /// ([`RouteQueue::adopt`]), keeping the store, its consumer and the jobs in hand.
+    spec: arc_swap::ArcSwap<QueueSpec>,
     store: Store,
     /// Jobs accepted.
     pub queued: AtomicU64,
@@ -194,7 +196,7 @@ impl RouteQueue {
                 )),
             };
             RouteQueue {
-                spec,
+                spec: arc_swap::ArcSwap::from_pointee(spec),
                 store,
                 queued: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
@@ -209,8 +211,38 @@ impl RouteQueue {
     }
 
     /// The settings it runs with.
-    pub fn spec(&self) -> &QueueSpec {
-        &self.spec
+    pub fn spec(&self) -> Arc<QueueSpec> {
+        self.spec.load_full()
+    }
+
+    /// Takes a reload's settings in place when the store's running parts allow it: the
+    /// deliveries in flight (the durable store's pull size, the memory store's workers) and
+    /// the memory store's capacity stay as they are. Attempts, backoff and the body limit
+    /// apply to the next job. Returns whether it did; if not, the reload starts a new queue.
+    /// Kept in place, a durable queue's consumer goes on: a replaced one would hand back the
+    /// jobs its last pull brings, and each hand-back spends one of the job's attempts.
+    pub fn adopt(&self, new: &QueueSpec) -> bool {
+        let now = self.spec.load();
+        let fixed = now.max_in_flight == new.max_in_flight
+            && (matches!(self.store, Store::JetStream(_)) || now.max_queued == new.max_queued);
+        if fixed && **now != *new {
+            self.spec.store(Arc::new(new.clone()));
+        }
+        fixed
+    }
+
+    /// Starts this (new) queue's counters where `old`'s stand: they count since start, not
+    /// since the last reload.
+    pub fn carry_counts(&self, old: &RouteQueue) {
+        for (to, from) in [
+            (&self.queued, &old.queued),
+            (&self.delivered, &old.delivered),
+            (&self.retried, &old.retried),
+            (&self.dead, &old.dead),
+            (&self.stored_late, &old.stored_late),
+        ] {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     /// Which store it uses, for reuse across reloads.
@@ -229,7 +261,8 @@ impl RouteQueue {
         parts: http::request::Parts,
         body: Incoming,
     ) -> Response<RespBody> {
-        let body = match Limited::new(body, self.spec.max_body_bytes).collect().await {
+        let limit = self.spec.load().max_body_bytes;
+        let body = match Limited::new(body, limit).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return reply(
@@ -387,10 +420,8 @@ impl RouteQueue {
     /// Wait before delivery number `attempt + 1` (attempt ≥ 1).
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        self.spec
-            .backoff
-            .saturating_mul(factor)
-            .min(self.spec.max_backoff)
+        let spec = self.spec.load();
+        spec.backoff.saturating_mul(factor).min(spec.max_backoff)
     }
 }
 
