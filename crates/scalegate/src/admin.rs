@@ -22,14 +22,18 @@ use crate::admin_queue::DeadCall;
 struct Admin {
     gw: Arc<Gateway>,
     registry: Registry,
-    token: Option<String>,
+    token: Arc<AdminToken>,
 }
+
+/// The admin token in force: set at start, replaced by each reload (a rotated token works at
+/// once and the old one stops working).
+pub type AdminToken = arc_swap::ArcSwapOption<String>;
 
 /// Binds the admin listener and serves it on the current runtime; returns the bound address.
 pub async fn start(
     addr: SocketAddr,
     gw: Arc<Gateway>,
-    token: Option<String>,
+    token: Arc<AdminToken>,
     pg: Option<Arc<scalegate_pg::Pooler>>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -50,14 +54,14 @@ pub async fn start(
     });
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
             let admin = admin.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.serve(req).await) }
+                    async move { Ok::<_, Infallible>(admin.serve(req, peer).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -66,6 +70,17 @@ pub async fn start(
         }
     });
     Ok(local)
+}
+
+/// What another host may read without the token: liveness, readiness, metrics, the upstreams'
+/// view and the dashboard that shows them (what `admin.expose_without_token` promises). The
+/// other views name request URLs (`/cache`), queued jobs' methods and paths (`/queue`) and
+/// operators' switches; from another host they need the token, as changes do.
+fn open_to_anyone(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/health" | "/ready" | "/metrics" | "/upstreams" | "/dashboard"
+    )
 }
 
 pub(crate) fn reply(
@@ -90,7 +105,13 @@ pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 impl Admin {
     /// The calls that wait on something (a body to read, the job store); everything else is
     /// `handle`.
-    async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        if !peer.ip().is_loopback()
+            && !open_to_anyone(req.uri().path())
+            && let Some(refusal) = self.refuse(&req)
+        {
+            return refusal;
+        }
         if req.method() == Method::POST && req.uri().path().starts_with("/fanout/") {
             return match self.refuse(&req) {
                 None => crate::admin_fanout::publish(&self.gw, req).await,
@@ -170,11 +191,12 @@ impl Admin {
     /// they are off.
     /// The refusal, if the request may not change switches.
     fn refuse(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-        let Some(token) = &self.token else {
+        let token = self.token.load();
+        let Some(token) = token.as_deref() else {
             return Some(reply(
                 StatusCode::FORBIDDEN,
                 TEXT,
-                "403: runtime switches are off; set admin.token\n",
+                "403: admin.token is not set: runtime switches are off, and other hosts may read only /health, /ready, /metrics, /upstreams and /dashboard\n",
             ));
         };
         let given = req

@@ -89,10 +89,19 @@ async fn serve(
         }
         None => None,
     };
+    // Both outcomes are exported from the start: an alert on the first failed reload needs a
+    // series that was 0 before it.
+    for result in ["ok", "error"] {
+        let l: Labels = vec![("result", result.to_string())];
+        let _ = gw.metrics.reloads.get_or_create(&l);
+    }
+    let admin_token = Arc::new(admin::AdminToken::from(
+        config.admin_token.clone().map(Arc::new),
+    ));
     let admin_addr = admin::start(
         config.admin_listen,
         gw.clone(),
-        config.admin_token.clone(),
+        admin_token.clone(),
         pg.as_ref().map(|h| h.pooler.clone()),
     )
     .await
@@ -120,9 +129,16 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<()>();
     let mut watched = config.files.clone();
+    let mut watching = config.watch_config;
     let mut _watcher = match &path {
         Some(p) if config.watch_config => watch_files(p, &watched, changed_tx.clone()),
         _ => None,
+    };
+    let live = Live {
+        gw: &gw,
+        pg: pg_reload.as_deref(),
+        spawner: &spawner,
+        admin_token: &admin_token,
     };
     let mut running = config;
     // A file change is applied once the file has been quiet for a moment (editors write in
@@ -145,7 +161,7 @@ async fn serve(
             Some(answer) = console_reload => {
                 tracing::info!("RELOAD from the postgres console: reloading");
                 let outcome = match &path {
-                    Some(p) => reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner),
+                    Some(p) => reload(p, &live, &mut running, &mut health, &mut discovery),
                     None => Err("started without a config file".into()),
                 };
                 let _ = answer.send(outcome);
@@ -153,7 +169,7 @@ async fn serve(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 settle = None;
-                if let Some(p) = &path { let _ = reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner); }
+                if let Some(p) = &path { let _ = reload(p, &live, &mut running, &mut health, &mut discovery); }
             }
             Some(answer) = dns_answers.recv() => {
                 if discovery.update(answer) {
@@ -174,19 +190,24 @@ async fn serve(
                 settle = None;
                 if let Some(p) = &path {
                     tracing::info!("config file changed: reloading");
-                    let _ = reload(p, &gw, pg_reload.as_deref(), &mut running, &mut health, &mut discovery, &spawner);
+                    let _ = reload(p, &live, &mut running, &mut health, &mut discovery);
                 }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break }
         }
-        // A reload that names other TLS files: watch those instead.
+        // A reload that names other TLS files: watch those instead; one that turns
+        // `watch_config` on or off starts or stops the watch.
         if let Some(p) = &path
-            && running.watch_config
-            && running.files != watched
+            && (running.watch_config != watching
+                || (running.watch_config && running.files != watched))
         {
             watched.clone_from(&running.files);
-            _watcher = watch_files(p, &watched, changed_tx.clone());
+            watching = running.watch_config;
+            _watcher = match watching {
+                true => watch_files(p, &watched, changed_tx.clone()),
+                false => None,
+            };
         }
     }
 
@@ -257,17 +278,30 @@ async fn finish_queued_jobs(gw: &Gateway, deadline: tokio::time::Instant) {
     }
 }
 
+/// What a reload changes besides the config it returns: the gateway, the pooler, the admin
+/// token.
+struct Live<'a> {
+    gw: &'a Arc<Gateway>,
+    pg: Option<&'a scalegate_pg::Pooler>,
+    spawner: &'a scalegate_shared::Spawner,
+    admin_token: &'a admin::AdminToken,
+}
+
 /// Applies the file at `path` if it is valid; otherwise logs every problem and keeps the
 /// running config.
 fn reload(
     path: &Path,
-    gw: &Arc<Gateway>,
-    pg: Option<&scalegate_pg::Pooler>,
+    live: &Live<'_>,
     running: &mut Config,
     health: &mut Supervisor,
     discovery: &mut Discovery,
-    spawner: &scalegate_shared::Spawner,
 ) -> Result<(), String> {
+    let Live {
+        gw,
+        pg,
+        spawner,
+        admin_token,
+    } = *live;
     let counted = |result: &str| {
         let l: Labels = vec![("result", result.to_string())];
         gw.metrics.reloads.get_or_create(&l).inc();
@@ -307,9 +341,15 @@ fn reload(
                 running.postgres = Some(spec);
             }
             tracing::info!(version = snap.version, summary = %next.summary(), "config reloaded");
+            if next.admin_token != running.admin_token {
+                admin_token.store(next.admin_token.clone().map(Arc::new));
+                tracing::info!("admin.token changed: the new one is in force");
+            }
             running.gateway = next.gateway;
             running.drain_timeout = next.drain_timeout;
             running.files = next.files;
+            running.watch_config = next.watch_config;
+            running.admin_token = next.admin_token;
             counted("ok");
             Ok(())
         }

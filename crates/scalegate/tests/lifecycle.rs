@@ -114,6 +114,28 @@ async fn a_changed_file_is_reloaded_without_a_signal() {
     quiescent(&gw).await;
 }
 
+/// A probe's finding (session 20): `lifecycle.watch_config` changed by a reload was ignored
+/// without a word: turned on, later file changes were never applied; turned off, they still
+/// were. It now starts or stops the watch.
+#[tokio::test]
+async fn a_reload_that_turns_the_file_watch_on_starts_it() {
+    let bs = backends(3).await;
+    let mut gw = GatewayProcess::start_with(
+        BIN,
+        "[runtime]\nworker_threads = 2\n[lifecycle]\nwatch_config = false\n",
+        &app(&bs[..1], ""),
+    )
+    .await;
+    // On, by a signal: from then on a changed file is applied by itself.
+    gw.edit_header("watch_config = false", "watch_config = true");
+    gw.write_config(&app(&bs[1..2], ""));
+    gw.signal(libc::SIGHUP);
+    assert!(answers_from(&gw, "b1").await, "the signalled reload");
+    gw.write_config(&app(&bs[2..], ""));
+    assert!(answers_from(&gw, "b2").await, "the watch is on");
+    quiescent(&gw).await;
+}
+
 /// Whether `gw` comes to answer from backend `name` within 10 s.
 async fn answers_from(gw: &GatewayProcess, name: &str) -> bool {
     let c = Client::http1();

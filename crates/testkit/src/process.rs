@@ -53,11 +53,25 @@ impl GatewayProcess {
         listener: &str,
         rest: &str,
     ) -> GatewayProcess {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        Self::start_admin_on(bin, loopback, preamble, admin, listener, rest).await
+    }
+
+    /// Like [`Self::start_custom`] with the admin listener on `admin_ip` (another host's view
+    /// of the admin API, from this machine's own non-loopback address).
+    pub async fn start_admin_on(
+        bin: &str,
+        admin_ip: std::net::IpAddr,
+        preamble: &str,
+        admin: &str,
+        listener: &str,
+        rest: &str,
+    ) -> GatewayProcess {
         // Free ports are picked, released, then bound by the gateway: a parallel test can take
         // one in between, and the gateway then exits with "address in use". Try fresh ports.
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
-            match Self::try_start(bin, preamble, admin, listener, rest).await {
+            match Self::try_start(bin, admin_ip, [preamble, admin, listener, rest]).await {
                 Ok(gw) => return gw,
                 Err(status) if attempt < ATTEMPTS => {
                     eprintln!(
@@ -75,16 +89,14 @@ impl GatewayProcess {
     /// One start attempt; Err with the exit status if the process exits before /health answers.
     async fn try_start(
         bin: &str,
-        preamble: &str,
-        admin: &str,
-        listener: &str,
-        rest: &str,
+        admin_ip: std::net::IpAddr,
+        [preamble, admin, listener, rest]: [&str; 4],
     ) -> Result<GatewayProcess, ExitStatus> {
         // Two distinct ports: with one for both, the public listener (proxying to a backend)
         // could answer the start-up check meant for the admin listener.
         let [http_port, admin_port] = free_ports();
         let http = SocketAddr::from(([127, 0, 0, 1], http_port));
-        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let admin_addr = SocketAddr::new(admin_ip, admin_port);
         let header = format!(
             "{preamble}\n[admin]\nlisten = \"{admin_addr}\"\n{admin}\n\n[[listeners]]\nname = \"public\"\nbind = \"{http}\"\n{listener}\n\n"
         );
@@ -147,6 +159,20 @@ impl GatewayProcess {
     /// SIGHUP both pick it up).
     pub fn write_config(&self, rest: &str) {
         std::fs::write(&self.config, format!("{}{rest}", self.header))
+            .unwrap_or_else(|e| panic!("write: {e}"));
+    }
+
+    /// Replaces `from` by `to` in the config's fixed part (the admin and "public" listener
+    /// settings) and rewrites the file with it: a reload then sees the change, and later
+    /// [`Self::write_config`] calls keep it.
+    pub fn edit_header(&mut self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap_or_else(|e| panic!("read: {e}"));
+        assert!(
+            self.header.contains(from),
+            "{from:?} is not in the config's header"
+        );
+        self.header = self.header.replacen(from, to, 1);
+        std::fs::write(&self.config, text.replacen(from, to, 1))
             .unwrap_or_else(|e| panic!("write: {e}"));
     }
 
