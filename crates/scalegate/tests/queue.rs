@@ -420,3 +420,34 @@ async fn a_reload_that_changes_attempts_spends_none_of_a_durable_jobs_attempts()
     );
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 20): a stream made with one `queue.nats.prefix` and then
+/// configured with another took none of the new subjects; every job got 503 and the log said
+/// "cannot reach JetStream" while NATS was up. The log now says what is wrong.
+#[tokio::test]
+async fn a_stream_made_with_another_prefix_is_reported_as_such() {
+    let nats = scalegate_testkit::NatsServer::start_jetstream().await;
+    let bs = backends(1).await;
+    let store = |prefix: &str| {
+        format!(
+            "[queue]\nnats = {{ url = \"{}\", stream = \"SGX\", prefix = \"{prefix}\" }}\n",
+            nats.url()
+        )
+    };
+    let first = with_token(&store("a.jobs."), &queued(&bs, "")).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            post(&first, "/hooks/x", "j").await.status == 202
+        })
+        .await
+    );
+    drop(first);
+    let gw = with_token(&store("b.jobs."), &queued(&bs, "")).await;
+    let reported = eventually(Duration::from_secs(10), || async {
+        gw.stderr().contains("exists with subjects")
+    })
+    .await;
+    assert!(reported, "{}", gw.stderr());
+    assert_eq!(post(&gw, "/hooks/x", "j").await.status, 503);
+    quiescent(&gw).await;
+}

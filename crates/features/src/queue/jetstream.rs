@@ -353,13 +353,19 @@ async fn consume(
     let in_hand = Arc::new(InHand::default());
     loop {
         let Some(this) = me.upgrade() else { return };
-        let Ok(Some((js, consumer))) =
-            tokio::time::timeout(Duration::from_secs(5), setup(&this, &route)).await
-        else {
-            drop(this);
-            tracing::warn!(route, "job queue: cannot reach JetStream; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+        let set_up = tokio::time::timeout(Duration::from_secs(5), setup(&this, &route)).await;
+        let (js, consumer) = match set_up {
+            Ok(Ok(ready)) => ready,
+            failed => {
+                drop(this);
+                let why = match failed {
+                    Ok(Err(why)) => why,
+                    _ => "no answer within 5 s".to_string(),
+                };
+                tracing::warn!(route, why, "job queue: JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
         this.js.store(Some(Arc::new(js)));
         drop(this);
@@ -406,22 +412,43 @@ async fn consume(
     }
 }
 
+/// `what` failed because of `e`.
+fn failed(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
 /// The stream, the dead-letter stream and the route's durable consumer.
 async fn setup(
     this: &JetStreamQueue,
     route: &str,
-) -> Option<(jetstream::Context, consumer::PullConsumer)> {
-    let client = async_nats::connect(this.spec.url.as_str()).await.ok()?;
+) -> Result<(jetstream::Context, consumer::PullConsumer), String> {
+    let client = async_nats::connect(this.spec.url.as_str())
+        .await
+        .map_err(|e| failed("cannot connect to NATS", e))?;
     let js = jetstream::new(client);
-    let stream = js
+    let subjects = format!("{}>", this.spec.subject_prefix);
+    let mut stream = js
         .get_or_create_stream(stream::Config {
             name: this.spec.stream.clone(),
-            subjects: vec![format!("{}>", this.spec.subject_prefix)],
+            subjects: vec![subjects.clone()],
             retention: stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         })
         .await
-        .ok()?;
+        .map_err(|e| failed("cannot create or open the stream", e))?;
+    // A stream made earlier with another prefix takes none of this config's subjects: say so
+    // (queue.nats.stream or .prefix must change, or the stream be deleted) rather than fail
+    // at the consumer as if JetStream were unreachable.
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| failed("cannot read the stream", e))?;
+    if !info.config.subjects.contains(&subjects) {
+        return Err(format!(
+            "stream {:?} exists with subjects {:?}, not {subjects:?} (queue.nats.prefix): use another queue.nats.stream, the prefix it was made with, or delete the stream",
+            this.spec.stream, info.config.subjects
+        ));
+    }
     js.get_or_create_stream(stream::Config {
         name: dead_stream(&this.spec),
         subjects: vec![format!("{}>", dead_prefix(&this.spec))],
@@ -430,7 +457,7 @@ async fn setup(
         ..Default::default()
     })
     .await
-    .ok()?;
+    .map_err(|e| failed("cannot create or open the dead-letter stream", e))?;
     // Created, or updated to this config when it exists. The gateway counts attempts and gives
     // jobs up itself, so JetStream redelivers without limit (a limit there would leave a job
     // stored but never delivered again, silently).
@@ -444,8 +471,8 @@ async fn setup(
             ..Default::default()
         })
         .await
-        .ok()?;
-    Some((js, consumer))
+        .map_err(|e| failed("cannot create the route's consumer", e))?;
+    Ok((js, consumer))
 }
 
 /// Job ids being delivered by this instance: JetStream may hand out a job again while it is

@@ -43,19 +43,15 @@ pub(super) fn store(c: &mut Check, raw: Option<&Spanned<RawStore>>) -> StoreSpec
     }
     if let Some(n) = &raw.nats {
         let n = n.get_ref();
-        let url = n.url.get_ref();
-        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-            c.err(
-                n.url.span(),
-                format!(r#"cache.nats.url {url:?}: expected "nats://host:port""#),
-            );
-        }
+        super::nats::url(c, &n.url, "cache.nats.url");
+        let subject = n
+            .subject
+            .clone()
+            .unwrap_or_else(|| "scalegate.purge".into());
+        super::nats::subject(c, n.url.span(), &subject, "cache.nats.subject", false);
         spec.nats = Some(NatsSpec {
-            url: url.clone(),
-            subject: n
-                .subject
-                .clone()
-                .unwrap_or_else(|| "scalegate.purge".into()),
+            url: n.url.get_ref().clone(),
+            subject,
         });
     }
     spec

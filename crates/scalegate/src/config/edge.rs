@@ -70,13 +70,36 @@ pub(super) fn listener_edge(c: &mut Check, l: &RawListener) -> EdgeSpec {
     }
 }
 
-/// A route's `match.host` as requests will carry it: lower case, no trailing dot.
-pub(super) fn match_host(h: &Spanned<String>) -> String {
+/// A route's `match.host` as requests will carry it: lower case, no trailing dot. Requests
+/// are matched on their host without the port, so a host with a port (or one no request can
+/// carry) would never match: an error.
+pub(super) fn match_host(c: &mut Check, h: &Spanned<String>) -> String {
     let mut host = h.get_ref().to_ascii_lowercase();
     if host.len() > 1 && host.ends_with('.') {
         host.pop();
     }
+    if !valid_host(&host) || (host.contains(':') && !host.starts_with('[')) {
+        c.err(
+            h.span(),
+            format!(
+                "match.host {:?} never matches: write a host name or address without a port (requests are matched on their host, whatever the port; a listener per port tells ports apart)",
+                h.get_ref()
+            ),
+        );
+    }
     host
+}
+
+/// Whether `h` is a host a request or a connect can name: a DNS name (letters, digits, `-`,
+/// `_`, dots), an IPv4 address, or an IPv6 address in brackets.
+pub(super) fn valid_host(h: &str) -> bool {
+    if let Some(inner) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty()
+        && !h.starts_with('.')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A route's `match.path_prefix`, which must be in normal form: a request path never keeps a

@@ -68,19 +68,16 @@ pub(super) fn fanout(
         }
         (None, Some(n)) => {
             let n = n.get_ref();
-            let url = n.url.get_ref();
-            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-                c.err(
-                    n.url.span(),
-                    format!(r#"fanout.nats.url {url:?}: expected "nats://host:port""#),
-                );
-            }
+            super::nats::url(c, &n.url, "fanout.nats.url");
+            let subject_prefix = n
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "scalegate.fanout.".into());
+            let key = "fanout.nats.prefix";
+            super::nats::subject(c, n.url.span(), &subject_prefix, key, true);
             Some(BusSpec::Nats {
-                url: url.clone(),
-                subject_prefix: n
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| "scalegate.fanout.".into()),
+                url: n.url.get_ref().clone(),
+                subject_prefix,
             })
         }
         (None, None) => None,

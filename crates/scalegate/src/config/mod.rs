@@ -8,6 +8,7 @@
 //! restart (a reload that changes them logs a warning and keeps the running
 //! values).
 
+mod binds;
 mod cache;
 mod cluster;
 mod dns;
@@ -16,6 +17,7 @@ mod edits;
 mod fanout;
 mod files;
 mod lint;
+mod nats;
 mod pg;
 mod queue;
 mod raw;

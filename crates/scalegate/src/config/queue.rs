@@ -70,12 +70,7 @@ pub(super) fn check_names(c: &mut Check, routes: &[Spanned<super::raw::RawRoute>
 pub(super) fn jobs(c: &mut Check, raw: Option<&Spanned<RawJobs>>) -> Option<JobsSpec> {
     let n = raw?.get_ref().nats.get_ref();
     let url = n.url.get_ref();
-    if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-        c.err(
-            n.url.span(),
-            format!(r#"queue.nats.url {url:?}: expected "nats://host:port""#),
-        );
-    }
+    super::nats::url(c, &n.url, "queue.nats.url");
     let stream = n.stream.clone().unwrap_or_else(|| "SCALEGATE_JOBS".into());
     if stream.is_empty()
         || !stream
@@ -87,9 +82,12 @@ pub(super) fn jobs(c: &mut Check, raw: Option<&Spanned<RawJobs>>) -> Option<Jobs
             "queue.nats.stream must be letters, digits, _ or -",
         );
     }
+    let subject_prefix = n.prefix.clone().unwrap_or_else(|| "scalegate.jobs.".into());
+    let key = "queue.nats.prefix";
+    super::nats::subject(c, n.url.span(), &subject_prefix, key, true);
     Some(JobsSpec {
         url: url.clone(),
         stream,
-        subject_prefix: n.prefix.clone().unwrap_or_else(|| "scalegate.jobs.".into()),
+        subject_prefix,
     })
 }

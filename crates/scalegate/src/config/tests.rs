@@ -559,3 +559,88 @@ endpoints = ["127.0.0.1:9001"]
         assert!(got.starts_with(w), "want {w:?}, got {got:?}");
     }
 }
+
+/// Probe findings (session 20): `check` passed configs that `run` could not start (binds that
+/// clash without being equal), and endpoints or hosts no request could ever use.
+#[test]
+fn binds_that_clash_and_hosts_that_never_work_are_errors() {
+    let base = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n";
+    let clash = |extra: &str| problems(&format!("{base}{extra}"));
+    let p = clash("[[listeners]]\nname = \"b\"\nbind = \"0.0.0.0:8080\"\n");
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("6:8: listener \"b\" 0.0.0.0:8080 and listener \"a\"")),
+        "{p:?}"
+    );
+    let p = problems(&format!("[admin]\nlisten = \"127.0.0.1:8080\"\n{base}"));
+    assert!(
+        p.iter().any(|l| l.contains("cannot both be bound")),
+        "{p:?}"
+    );
+    let p = clash(
+        "[postgres]\nlisten = \"[::]:8080\"\n[postgres.databases.app]\nprimary = \"postgres://a@127.0.0.1:5432/a\"\n",
+    );
+    assert!(
+        p.iter()
+            .any(|l| l.contains("postgres.listen [::]:8080 and listener \"a\"")),
+        "{p:?}"
+    );
+    let route = "[[routes]]\nmatch = { path_prefix = \"/\" }\nupstream = \"app\"\n";
+    for (endpoint, hint) in [
+        ("http://127.0.0.1:9001", "no scheme"),
+        ("a b:9001", "host:port"),
+    ] {
+        let p = clash(&format!(
+            "{route}[upstreams.app]\nendpoints = [\"{endpoint}\"]\n"
+        ));
+        assert!(p.iter().any(|l| l.contains(hint)), "{endpoint}: {p:?}");
+    }
+    for host in ["example.com:8080", "bad host!/x"] {
+        let p = clash(&format!(
+            "[[routes]]\nmatch = {{ host = \"{host}\", path_prefix = \"/\" }}\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"127.0.0.1:9001\"]\n"
+        ));
+        assert!(
+            p.iter().any(|l| l.contains("never matches")),
+            "{host}: {p:?}"
+        );
+    }
+    let p = clash(&format!(
+        "{route}[upstreams.app]\nbalance = \"cookie\"\ncookie = \"bad cookie;\"\nendpoints = [\"127.0.0.1:9001\"]\n"
+    ));
+    assert!(
+        p.iter().any(|l| l.contains("is not a cookie name")),
+        "{p:?}"
+    );
+    let fine = format!(
+        "{base}[[routes]]\nmatch = {{ host = \"Api.Example.com.\", path_prefix = \"/\" }}\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"[::1]:9001\", \"backend_1.svc:80\"]\n"
+    );
+    assert_eq!(problems(&fine), Vec::<String>::new());
+}
+
+/// A probe's finding (session 20): empty NATS subjects, and a queue prefix without its final
+/// dot (the stream's subjects are `{prefix}>`), passed `check`; the feature then answered 503
+/// for good ("invalid subject", "cannot reach JetStream").
+#[test]
+fn nats_subjects_nats_refuses_are_errors() {
+    let base = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n";
+    for (table, want) in [
+        (
+            "[queue]\nnats = { url = \"nats://h:4222\", prefix = \"x\" }",
+            "queue.nats.prefix \"x\"",
+        ),
+        (
+            "[cache]\nnats = { url = \"nats://h:4222\", subject = \"\" }",
+            "cache.nats.subject \"\"",
+        ),
+        (
+            "[fanout]\nnats = { url = \"nats://h:4222\", prefix = \"\" }",
+            "fanout.nats.prefix \"\"",
+        ),
+    ] {
+        let p = problems(&format!("{table}\n{base}"));
+        assert!(p.iter().any(|l| l.contains(want)), "{table}: {p:?}");
+    }
+    let fine =
+        format!("[queue]\nnats = {{ url = \"nats://h:4222\", prefix = \"app.jobs.\" }}\n{base}");
+    assert_eq!(problems(&fine), Vec::<String>::new());
+}

@@ -145,6 +145,7 @@ pub(super) fn validate(raw: RawConfig, base: &std::path::Path) -> Result<Config,
     });
     super::refuse::serves_something(&mut c, &raw);
     super::refuse::admin_exposure(&mut c, &raw.admin, admin_listen);
+    super::binds::clashes(&mut c, &raw, admin_listen);
     if let Some(pg) = &raw.postgres {
         super::refuse::admin_users_authenticate(&mut c, pg);
     }
@@ -430,7 +431,7 @@ fn routes(
             name,
             listener: r.listener.as_ref().map(|l| l.get_ref().clone()),
             matcher: MatchSpec {
-                host: m.host.as_ref().map(super::edge::match_host),
+                host: m.host.as_ref().map(|h| super::edge::match_host(c, h)),
                 path_prefix: m
                     .path_prefix
                     .as_ref()
@@ -634,13 +635,19 @@ fn upstreams(
                 RawEndpoint::Addr(a) => (a.clone(), None, None),
                 RawEndpoint::Full(t) => (t.addr.clone(), t.weight, t.zone.clone()),
             };
-            let port_ok = addr
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            let port_ok = addr.rsplit_once(':').is_some_and(|(h, p)| {
+                super::edge::valid_host(h) && p.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !port_ok {
+                let scheme = match addr.contains("://") {
+                    true => " (no scheme: TLS to endpoints is upstreams.tls)",
+                    false => "",
+                };
                 c.err(
                     e.span(),
-                    format!(r#"endpoint {addr:?} must be "host:port", e.g. "10.0.0.1:8000""#),
+                    format!(
+                        r#"endpoint {addr:?} must be "host:port", e.g. "10.0.0.1:8000"{scheme}"#
+                    ),
                 );
             }
             if !seen.insert(addr.clone()) {
@@ -785,10 +792,21 @@ fn upstreams(
             name: name.get_ref().clone(),
             balance,
             hash_on,
-            sticky_cookie: u
-                .cookie
-                .as_ref()
-                .map_or_else(|| "sg_sticky".into(), |s| s.get_ref().clone()),
+            sticky_cookie: u.cookie.as_ref().map_or_else(
+                || "sg_sticky".into(),
+                |s| {
+                    if !cookie_name(s.get_ref()) {
+                        c.err(
+                            s.span(),
+                            format!(
+                                "cookie {:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                                s.get_ref()
+                            ),
+                        );
+                    }
+                    s.get_ref().clone()
+                },
+            ),
             health,
             outlier,
             slow_start: u.slow_start.as_ref().map(|s| s.get_ref().0),
@@ -816,6 +834,13 @@ fn upstreams(
 
 /// An upstream's `tls` table: files read and the client config built now, so a bad file is a
 /// config error with its line, not a failure on the first request.
+/// Whether `n` is a cookie name (an RFC 9110 token, as RFC 6265 asks).
+fn cookie_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn upstream_tls(
     c: &mut Check,
     t: &Spanned<raw::RawUpstreamTls>,
