@@ -265,16 +265,19 @@ fn pool_rows(pooler: &Pooler) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for p in pooler.pools().iter() {
         let s = &p.stats;
+        let (clients, waiting) = (s.clients.load(Relaxed), s.waiting.load(Relaxed));
+        let oldest_us = s.oldest_wait.oldest(std::time::Instant::now()).as_micros();
         let row = |active: usize, idle: usize, open: usize, shard: String| {
             vec![
                 p.db.name.clone(),
                 p.user.clone(),
-                s.clients.load(Relaxed).to_string(),
-                s.waiting.load(Relaxed).to_string(),
+                // PgBouncer's cl_active: clients not waiting for a server.
+                clients.saturating_sub(waiting).to_string(),
+                waiting.to_string(),
                 active.to_string(),
                 idle.to_string(),
                 open.to_string(),
-                s.max_wait_us.load(Relaxed).to_string(),
+                oldest_us.to_string(),
                 mode(p.mode()),
                 p.db.pool_size.to_string(),
                 s.pinned.load(Relaxed).to_string(),

@@ -26,6 +26,7 @@ pub mod flag;
 mod held;
 pub mod login;
 pub mod metrics;
+pub mod oldest_wait;
 pub mod outgoing;
 pub mod pool;
 pub mod pooler;

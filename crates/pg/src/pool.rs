@@ -40,8 +40,9 @@ pub struct PoolStats {
     pub queries: AtomicU64,
     /// Microseconds clients spent waiting for a server, summed.
     pub wait_us: AtomicU64,
-    /// Longest wait so far in microseconds.
-    pub max_wait_us: AtomicU64,
+    /// The waits for a server in progress: how long the oldest has lasted (SHOW POOLS
+    /// `maxwait_us`).
+    pub oldest_wait: crate::oldest_wait::OldestWait,
     /// Bytes from clients.
     pub bytes_in: AtomicU64,
     /// Bytes to clients.
@@ -68,7 +69,7 @@ impl PoolStats {
             replica_xacts: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             wait_us: AtomicU64::new(0),
-            max_wait_us: AtomicU64::new(0),
+            oldest_wait: Default::default(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             wait_timeouts: AtomicU64::new(0),
@@ -355,6 +356,10 @@ impl Pool {
         let got = {
             // Counted as waiting until the wait ends, however it ends.
             let _waiting = Waiting::new(&self.stats.waiting);
+            let _oldest = self
+                .stats
+                .oldest_wait
+                .begin(std::time::Instant::now() - before);
             let expired = timer.arm(deadline);
             tokio::select! {
                 biased;
@@ -366,7 +371,6 @@ impl Pool {
         let waited = waiting.elapsed();
         let waited_us = waited.as_micros() as u64;
         self.stats.wait_us.fetch_add(waited_us, Relaxed);
-        self.stats.max_wait_us.fetch_max(waited_us, Relaxed);
         self.stats.wait.record(before + waited);
         match got {
             Some(p) => p,

@@ -1200,3 +1200,35 @@ async fn tenants_with_a_schema_each_get_their_own_statements() {
     drop(tenants);
     quiescent(&gw).await;
 }
+
+/// The SHOW POOLS row of the test's pool: cl_active, cl_waiting, maxwait_us.
+fn pool_row(port: u16) -> (String, String, u64) {
+    let pools = pg_common::console(port, "SHOW POOLS");
+    let line = pools.lines().next().unwrap_or_default().to_string();
+    let f: Vec<&str> = line.split('|').collect();
+    let at = |i: usize| f.get(i).map_or(String::new(), |s| s.to_string());
+    (at(2), at(3), at(7).parse().unwrap_or(u64::MAX))
+}
+
+/// A probe's finding (session 20): SHOW POOLS `maxwait_us` was the longest wait since start,
+/// so it never came back to 0 (an alert on it never cleared), and `cl_active` counted the
+/// waiting clients too. As in PgBouncer, maxwait is now the oldest wait in progress, and
+/// cl_active the clients not waiting.
+#[tokio::test]
+async fn show_pools_maxwait_is_the_wait_in_progress() {
+    let (_pg, gw, port, a, b) = one_held_one_to_wait("maxwait").await;
+    let waiting = tokio::spawn(async move {
+        b.simple_query("SELECT 1").await.expect("served at last");
+        b
+    });
+    assert!(pg_common::one_waits(port).await, "B never waited");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (active, waiting_n, maxwait) = pool_row(port);
+    assert_eq!((active.as_str(), waiting_n.as_str()), ("1", "1"));
+    assert!(maxwait >= 300_000, "{maxwait}");
+    a.batch_execute("COMMIT").await.expect("commit");
+    let b = waiting.await.expect("B");
+    assert_eq!(pool_row(port).2, 0, "nobody waits");
+    drop((a, b));
+    pg_common::pooler_quiescent(&gw, port).await;
+}

@@ -627,6 +627,7 @@ impl Session {
         // cancel-safe: their counts are guards), instead of being served a connection later.
         if self.pooler.is_paused() {
             let _waiting = Waiting::new(&self.pool.stats.waiting);
+            let _oldest = self.pool.stats.oldest_wait.begin(Instant::now());
             tokio::select! {
                 biased;
                 () = self.pooler.wait_resumed() => {}
