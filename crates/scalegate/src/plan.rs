@@ -14,13 +14,13 @@ use crate::config::Config;
 #[derive(Clone, Debug, clap::Args)]
 pub struct PlanInput {
     /// Peak requests per second across the whole fleet.
-    #[arg(long = "peak-rps", value_name = "N")]
+    #[arg(long = "peak-rps", value_name = "N", value_parser = rate_arg)]
     pub peak_rps: f64,
     /// Typical upstream response time ("40ms", "1s").
     #[arg(long, default_value = "100ms", value_parser = duration_arg)]
     pub latency: Duration,
     /// Requests per second one instance serves at 100% (default: 20000 per worker thread).
-    #[arg(long = "instance-rps", value_name = "N")]
+    #[arg(long = "instance-rps", value_name = "N", value_parser = rate_arg)]
     pub instance_rps: Option<f64>,
     /// Highest utilisation to plan for, in percent.
     #[arg(long = "target-utilization", default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=100))]
@@ -34,6 +34,20 @@ pub struct PlanInput {
     /// Effective spindles of the PostgreSQL server (SSD: 1).
     #[arg(long = "db-spindles", default_value_t = 1)]
     pub db_spindles: u32,
+}
+
+/// Most requests per second a plan is made for: beyond it the arithmetic (instances as u32)
+/// would wrap and print nonsense.
+const MAX_RPS: f64 = 1e9;
+
+/// A rate in requests per second: a number above 0 and at most [`MAX_RPS`].
+fn rate_arg(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= MAX_RPS => Ok(r),
+        _ => Err(format!(
+            "{s:?}: expected requests per second above 0 and at most {MAX_RPS:e}"
+        )),
+    }
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {

@@ -129,3 +129,26 @@ fn the_kubernetes_configmap_holds_a_valid_config_and_plan_reads_it() {
         assert!(text.contains(&want), "the plan says {want:?}? {text}");
     }
 }
+
+/// A probe's finding (session 20): `plan` took a peak beyond its arithmetic ("run 0
+/// instance(s)", "maxReplicas 0", "~inf per instance") and an instance capacity of 0, and
+/// exited 0. Both are refused with what is expected.
+#[test]
+fn plan_refuses_rates_it_cannot_plan_for() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/basic.toml");
+    for args in [
+        ["--peak-rps", "103079215104000"],
+        ["--peak-rps", "0"],
+        ["--instance-rps", "0"],
+    ] {
+        let mut all = vec!["plan", "--config", config];
+        if args[0] != "--peak-rps" {
+            all.extend(["--peak-rps", "1000"]);
+        }
+        all.extend(args);
+        let out = Command::new(BIN).args(&all).output().expect("run plan");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains("expected requests per second"), "{stderr}");
+    }
+}

@@ -644,3 +644,21 @@ fn nats_subjects_nats_refuses_are_errors() {
         format!("[queue]\nnats = {{ url = \"nats://h:4222\", prefix = \"app.jobs.\" }}\n{base}");
     assert_eq!(problems(&fine), Vec::<String>::new());
 }
+
+/// A probe's finding (session 20): a duration over the limit was reported as malformed
+/// ("expected a number with a unit"), though its unit was valid.
+#[test]
+fn a_duration_over_the_limit_is_told_as_such() {
+    let text = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n[lifecycle]\ndrain_timeout = \"99999999999d\"\n";
+    let p = problems(text);
+    assert!(
+        p.iter().any(|l| l.contains("over the longest allowed")),
+        "{p:?}"
+    );
+    let p = problems(&text.replace("99999999999d", "5x"));
+    assert!(
+        p.iter()
+            .any(|l| l.contains("expected a number with a unit")),
+        "{p:?}"
+    );
+}

@@ -16,6 +16,14 @@ pub struct ByteSize(pub u64);
 
 /// Parses "250ms", "5s", "1.5s", "2m", "1h", "1d".
 pub fn parse_duration(s: &str) -> Option<Duration> {
+    // At most a century: more is a typo, and would overflow the clock arithmetic (and
+    // `Duration::from_secs_f64` panics past u64::MAX seconds).
+    let secs = duration_secs(s)?;
+    (secs <= MAX_SECS).then(|| Duration::from_secs_f64(secs))
+}
+
+/// The seconds a duration's text says, however many.
+fn duration_secs(s: &str) -> Option<f64> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (num, unit) = s.split_at(split);
@@ -29,9 +37,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    // At most a century: more is a typo, and would overflow the clock arithmetic (and
-    // `Duration::from_secs_f64` panics past u64::MAX seconds).
-    (secs.is_finite() && (0.0..=MAX_SECS).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && secs >= 0.0).then_some(secs)
 }
 
 /// The longest duration a config may give: 100 years.
@@ -66,7 +72,11 @@ impl<'de> de::Deserialize<'de> for Dur {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 parse_duration(v).map(Dur).ok_or_else(|| {
-                    E::custom(format!(r#"invalid duration "{v}": expected a number with a unit (us, ms, s, m, h), e.g. "250ms""#))
+                    // A well-formed duration over the limit is told as such, not as a typo.
+                    if duration_secs(v).is_some() {
+                        return E::custom(format!(r#"duration "{v}" is over the longest allowed, 100 years"#));
+                    }
+                    E::custom(format!(r#"invalid duration "{v}": expected a number with a unit (us, ms, s, m, h, d), e.g. "250ms""#))
                 })
             }
         }
