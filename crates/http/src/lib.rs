@@ -44,6 +44,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod worker;
+pub mod ws_frames;
 
 pub use error::ProxyError;
 pub use gateway::{ApplyError, Gateway, Snapshot};

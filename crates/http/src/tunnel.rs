@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::body::ReqBody;
 use crate::error::ProxyError;
 use crate::stall::{Stall, Watched};
+use crate::ws_frames::Framed;
 
 /// The protocol an HTTP/1.1 request asks to switch to (its `Upgrade` value) when its
 /// Connection header carries the `upgrade` token.
@@ -76,8 +77,16 @@ where
         .map_err(|_| ProxyError::UpstreamReset)
 }
 
-/// The upstream half of an accepted upgrade, and the route's gauge of open tunnels.
-pub type Upstream = (OnUpgrade, Gauge);
+/// The upstream half of an accepted upgrade.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The upstream connection, once hyper hands it over.
+    pub io: OnUpgrade,
+    /// The route's gauge of open tunnels.
+    pub open: Gauge,
+    /// The upgrade is to WebSocket: the gateway's shutdown closes it with 1001 (ws_frames.rs).
+    pub websocket: bool,
+}
 
 /// What a client connection becomes after a 101: a tunnel to an upstream, or a fan-out
 /// subscription the gateway serves itself.
@@ -134,7 +143,11 @@ async fn copy<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let (upstream, open) = upstream;
+    let Upstream {
+        io: upstream,
+        open,
+        websocket,
+    } = upstream;
     open.inc();
     let _open = OpenTunnel(open);
     let upstream = match upstream.await {
@@ -146,8 +159,9 @@ async fn copy<C>(
         }
     };
     let (to_client, to_upstream) = (Arc::new(Stall::default()), Arc::new(Stall::default()));
-    let mut client = Watched::new(client, to_client.clone());
-    let mut upstream = Watched::new(TokioIo::new(upstream), to_upstream.clone());
+    let mut client = Framed::new(Watched::new(client, to_client.clone()), websocket, false);
+    let upstream = Watched::new(TokioIo::new(upstream), to_upstream.clone());
+    let mut upstream = Framed::new(upstream, websocket, true);
     let mut watch = tokio::time::interval((stuck_after / 4).max(Duration::from_millis(100)));
     let stuck = || {
         [&to_client, &to_upstream]
@@ -155,7 +169,7 @@ async fn copy<C>(
             .any(|s| s.stalled_for().is_some_and(|d| d >= stuck_after))
     };
     tokio::pin!(stop);
-    let cut = {
+    let ended = {
         let copying = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copying);
         loop {
@@ -164,23 +178,34 @@ async fn copy<C>(
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "tunnel ended");
                     }
-                    break false;
+                    return;
                 }
-                () = &mut stop => break true,
+                () = &mut stop => break Cut::Stopping,
                 _ = watch.tick() => if stuck() {
                     tracing::debug!("a tunnel's peer stopped reading; closing both sides");
-                    break true;
+                    break Cut::Stuck;
                 },
             }
         }
     };
-    if !cut {
-        return;
+    if ended == Cut::Stopping {
+        // Bounded as the shutdowns below are.
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, client.say_going_away()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, upstream.say_going_away()).await;
     }
     // Bounded: a shutdown over TLS or HTTP/2 has to write (close_notify, END_STREAM), which a
     // peer that stopped reading never lets through; the tunnel then ends by being dropped.
     let _ = tokio::time::timeout(SHUTDOWN_WAIT, client.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_WAIT, upstream.shutdown()).await;
+}
+
+/// Why the gateway cut a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The gateway shuts down.
+    Stopping,
+    /// A peer stopped reading.
+    Stuck,
 }
 
 /// How long a cut tunnel's side may take to shut down before it is dropped.

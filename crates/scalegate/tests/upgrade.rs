@@ -337,3 +337,73 @@ async fn a_tunnel_to_an_upstream_that_stops_reading_is_closed() {
     quiescent(&gw).await;
     drop(held);
 }
+
+/// A WebSocket upstream (tungstenite) that echoes messages and sends the close code it gets
+/// from the gateway to `closed`.
+async fn websocket_upstream(
+    closed: tokio::sync::mpsc::UnboundedSender<Option<u16>>,
+) -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Close(frame) => {
+                            let _ = closed.send(frame.map(|f| u16::from(f.code)));
+                            return;
+                        }
+                        Message::Text(_) | Message::Binary(_) => {
+                            if ws.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = closed.send(None);
+            });
+        }
+    });
+    addr
+}
+
+/// Carried from session 18, done in session 20: a WebSocket cut by SIGTERM ended with no
+/// close frame, so client libraries reported an abnormal closure (1006). Each peer now gets a
+/// close frame with 1001 ("going away") first.
+#[tokio::test]
+async fn sigterm_says_going_away_to_both_ends_of_a_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let up = websocket_upstream(tx).await;
+    let mut gw = gateway_to(up).await;
+    let s = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/chat", gw.http), s)
+        .await
+        .expect("handshake");
+    ws.send(Message::text("hello")).await.expect("send");
+    let echo = ws.next().await.expect("a message").expect("ok");
+    assert_eq!(echo, Message::text("hello"));
+    gw.signal(libc::SIGTERM);
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("closed on shutdown");
+    match got {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame with 1001, got {other:?}"),
+    }
+    let upstream_got = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the upstream heard");
+    assert_eq!(upstream_got, Some(Some(1001)));
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+}

@@ -40,15 +40,23 @@ pub fn origin(
         match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
             Ok((mut head, upstream_body)) => {
                 if head.status == http::StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(up) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+                    && let Some(io) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
                 {
+                    let websocket = head
+                        .headers
+                        .get(http::header::UPGRADE)
+                        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
                     if let Some(sent) = &over_h2
                         && let Err(e) = crate::h2_websocket::to_h2_response(&mut head, sent)
                     {
                         done.set_status(e.status().as_u16());
                         return Err((e, done));
                     }
-                    let up = tunnel::Upgraded::Tunnel((up, route.metrics.tunnels.clone()));
+                    let up = tunnel::Upgraded::Tunnel(tunnel::Upstream {
+                        io,
+                        open: route.metrics.tunnels.clone(),
+                        websocket,
+                    });
                     match client_upgrade {
                         // TLS and HTTP/2 connections let hyper run the upgrade: the client side
                         // arrives here.
