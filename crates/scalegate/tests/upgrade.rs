@@ -355,17 +355,12 @@ async fn websocket_upstream(
                     return;
                 };
                 while let Some(Ok(m)) = ws.next().await {
-                    match m {
-                        Message::Close(frame) => {
-                            let _ = closed.send(frame.map(|f| u16::from(f.code)));
-                            return;
-                        }
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(m).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => {}
+                    if let Message::Close(frame) = &m {
+                        let _ = closed.send(frame.as_ref().map(|f| u16::from(f.code)));
+                        return;
+                    }
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
                     }
                 }
                 let _ = closed.send(None);
