@@ -191,17 +191,14 @@ impl Plugins for Features<'_> {
                 let queue = match old.filter(|o| o.durable() == f.jobs.as_ref()) {
                     Some(o) if o.adopt(q) => o.clone(),
                     _ => {
-                        let new = RouteQueue::start(
+                        let counters = old.map(|o| o.counters.clone()).unwrap_or_default();
+                        RouteQueue::start(
                             spawner,
                             &r.name,
-                            q.clone(),
+                            (q.clone(), counters),
                             f.jobs.as_ref(),
                             gateway.clone(),
-                        );
-                        if let Some(o) = old {
-                            new.carry_counts(o);
-                        }
-                        new
+                        )
                     }
                 };
                 handlers.insert(r.name.clone(), queue.clone());

@@ -70,8 +70,8 @@ pub async fn dead(gw: &Gateway, call: DeadCall<'_>, uri: &Uri) -> Response<Full<
             json!({
                 "route": route,
                 "listed": jobs.len(),
-                "given_up_since_start": q.dead.load(Ordering::Relaxed),
-                "stored_too_late_since_start": q.stored_late.load(Ordering::Relaxed),
+                "given_up_since_start": q.counters.dead.load(Ordering::Relaxed),
+                "stored_too_late_since_start": q.counters.stored_late.load(Ordering::Relaxed),
                 "jobs": jobs,
             })
         }),
@@ -94,12 +94,14 @@ pub async fn dead(gw: &Gateway, call: DeadCall<'_>, uri: &Uri) -> Response<Full<
     }
 }
 
-/// Every queued route and its counters.
+/// Every queued route and its counters. A queue a reload replaced, still delivering what it
+/// holds, is listed as `ROUTE (before reload)` without counters: it counts into its route's.
 pub fn view(gw: &Gateway) -> serde_json::Value {
+    let mut counted = Vec::new();
     let routes: Vec<_> = scalegate_features::queues(&gw.snapshot())
         .into_iter()
         .map(|(name, q)| {
-            json!({
+            let mut v = json!({
                 "route": name,
                 "store": if q.durable().is_some() { "jetstream" } else { "memory" },
                 "depth": q.depth(),
@@ -107,16 +109,37 @@ pub fn view(gw: &Gateway) -> serde_json::Value {
                 "paused": q.paused() > 0,
                 "attempts": q.spec().attempts,
                 "max_in_flight": q.spec().max_in_flight,
-                "accepted_since_start": q.queued.load(Ordering::Relaxed),
-                "delivered_since_start": q.delivered.load(Ordering::Relaxed),
-                "failed_deliveries_since_start": q.retried.load(Ordering::Relaxed),
-                "given_up_since_start": q.dead.load(Ordering::Relaxed),
-                "stored_too_late_since_start": q.stored_late.load(Ordering::Relaxed),
                 "dead_letters_kept": q.dead_kept(),
-            })
+            });
+            if first_of(&mut counted, &q.counters) {
+                let c = &q.counters;
+                for (key, n) in [
+                    ("accepted_since_start", &c.queued),
+                    ("delivered_since_start", &c.delivered),
+                    ("failed_deliveries_since_start", &c.retried),
+                    ("given_up_since_start", &c.dead),
+                    ("stored_too_late_since_start", &c.stored_late),
+                ] {
+                    v[key] = n.load(Ordering::Relaxed).into();
+                }
+            }
+            v
         })
         .collect();
     json!({ "routes": routes })
+}
+
+/// Whether `c` is not in `seen` yet (then it is now): each route's counters once.
+pub(crate) fn first_of(
+    seen: &mut Vec<*const scalegate_features::queue::QueueCounters>,
+    c: &std::sync::Arc<scalegate_features::queue::QueueCounters>,
+) -> bool {
+    let p = std::sync::Arc::as_ptr(c);
+    let first = !seen.contains(&p);
+    if first {
+        seen.push(p);
+    }
+    first
 }
 
 fn queue_of(gw: &Gateway, route: &str) -> Option<Arc<RouteQueue>> {

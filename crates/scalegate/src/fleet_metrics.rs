@@ -189,26 +189,36 @@ fn queues(gw: &Gateway) -> Vec<Family> {
             .map(|(name, q)| (vec![("route", name.clone())], f(q)))
             .collect()
     };
+    // A route's counters once, under its own name: a queue a reload replaced counts into them.
+    let counts =
+        |f: &dyn Fn(&scalegate_features::queue::QueueCounters) -> u64| -> Vec<(Labels, u64)> {
+            let mut seen = Vec::new();
+            routes
+                .iter()
+                .filter(|(_, q)| crate::admin_queue::first_of(&mut seen, &q.counters))
+                .map(|(name, q)| (vec![("route", name.clone())], f(&q.counters)))
+                .collect()
+        };
     vec![
         Family::counter(
             "scalegate_queue_jobs_accepted",
             "Jobs accepted (answered 202) by this instance",
-            rows(&|q| q.queued.load(Relaxed)),
+            counts(&|c| c.queued.load(Relaxed)),
         ),
         Family::counter(
             "scalegate_queue_jobs_delivered",
             "Jobs the upstream took (any answer but 5xx, 408, 429), once per job",
-            rows(&|q| q.delivered.load(Relaxed)),
+            counts(&|c| c.delivered.load(Relaxed)),
         ),
         Family::counter(
             "scalegate_queue_delivery_failures",
             "Deliveries that failed and will be tried again",
-            rows(&|q| q.retried.load(Relaxed)),
+            counts(&|c| c.retried.load(Relaxed)),
         ),
         Family::counter(
             "scalegate_queue_jobs_dead",
             "Jobs given up (kept as dead letters) by this instance",
-            rows(&|q| q.dead.load(Relaxed)),
+            counts(&|c| c.dead.load(Relaxed)),
         ),
         Family::gauge(
             "scalegate_queue_depth",

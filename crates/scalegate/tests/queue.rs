@@ -451,3 +451,45 @@ async fn a_stream_made_with_another_prefix_is_reported_as_such() {
     assert_eq!(post(&gw, "/hooks/x", "j").await.status, 503);
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 20): after a reload that started a new queue, what the old
+/// queue still did with the jobs it held (deliveries, retries, jobs given up) was counted
+/// nowhere the route's counters could show. The queues a route has had share its counters.
+#[tokio::test]
+async fn what_a_replaced_queue_still_does_counts_for_its_route() {
+    let bs = backends(1).await;
+    bs[0].set_status(500);
+    let settings = |n: u32| format!("max_in_flight = {n}, attempts = 2, backoff = \"1s\"");
+    let gw = GatewayProcess::start(BIN, &queued(&bs, &settings(1))).await;
+    let field = |v: &serde_json::Value, k: &str| v["routes"][0][k].as_u64().unwrap_or(0);
+    let view = || async {
+        serde_json::from_str::<serde_json::Value>(&gw.admin_get("/queue").await).expect("json")
+    };
+    for i in 0..2 {
+        assert_eq!(post(&gw, "/hooks/x", &format!("old{i}")).await.status, 202);
+    }
+    // Both failed once and wait out their backoff in the old queue when the reload comes.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            field(&view().await, "failed_deliveries_since_start") == 2
+        })
+        .await
+    );
+    gw.write_config(&queued(&bs, &settings(2)));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            field(&view().await, "max_in_flight") == 2
+        })
+        .await
+    );
+    assert_eq!(post(&gw, "/hooks/x", "new").await.status, 202);
+    let all = eventually(Duration::from_secs(20), || async {
+        let v = view().await;
+        field(&v, "given_up_since_start") == 3 && field(&v, "failed_deliveries_since_start") == 3
+    })
+    .await;
+    assert!(all, "{}", gw.admin_get("/queue").await);
+    assert_eq!(field(&view().await, "accepted_since_start"), 3);
+    quiescent(&gw).await;
+}

@@ -525,7 +525,7 @@ async fn handle(
     if stored_too_late(&msg) {
         tracing::warn!(route, job = %job.id, "job queue: a job stored after its client was told 503 (NATS answered too late); not delivered");
         if let Some(q) = queue.upgrade() {
-            q.stored_late.fetch_add(1, Ordering::Relaxed);
+            q.counters.stored_late.fetch_add(1, Ordering::Relaxed);
         }
         let _ = msg.ack_with(AckKind::Term).await;
         return;
@@ -568,11 +568,11 @@ async fn handle(
     };
     let ack = match outcome {
         Outcome::Delivered => {
-            q.delivered.fetch_add(1, Ordering::Relaxed);
+            q.counters.delivered.fetch_add(1, Ordering::Relaxed);
             AckKind::Ack
         }
         Outcome::Failed(why) if attempt < q.spec.load().attempts => {
-            q.retried.fetch_add(1, Ordering::Relaxed);
+            q.counters.retried.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(route, job = %job.id, attempt, ?why, "delivery failed; will retry");
             AckKind::Nak(Some(q.backoff(attempt)))
         }

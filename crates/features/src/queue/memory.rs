@@ -114,10 +114,10 @@ async fn worker(
         let Some(q) = queue.upgrade() else { return };
         match outcome {
             Outcome::Delivered => {
-                q.delivered.fetch_add(1, Ordering::Relaxed);
+                q.counters.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Failed(why) if attempt < q.spec.load().attempts => {
-                q.retried.fetch_add(1, Ordering::Relaxed);
+                q.counters.retried.fetch_add(1, Ordering::Relaxed);
                 let wait = q.backoff(attempt);
                 tracing::debug!(route, job = %job.id, attempt, ?why, ?wait, "delivery failed; will retry");
                 let (tx, mut phase) = (tx.clone(), phase.clone());

@@ -77,16 +77,10 @@ pub struct RouteQueue {
     /// ([`RouteQueue::adopt`]), keeping the store, its consumer and the jobs in hand.
     spec: arc_swap::ArcSwap<QueueSpec>,
     store: Store,
-    /// Jobs accepted.
-    pub queued: AtomicU64,
-    /// Jobs delivered (the upstream answered other than 5xx, 408 or 429).
-    pub delivered: AtomicU64,
-    /// Deliveries that failed and will be tried again.
-    pub retried: AtomicU64,
-    /// Jobs given up after `attempts` (or whose route disappeared), since start.
-    pub dead: AtomicU64,
-    /// Jobs JetStream stored after their client was told 503, not delivered, since start.
-    pub stored_late: AtomicU64,
+    /// How many jobs went which way since start: shared by every queue the route has had
+    /// (a reload that starts a new queue hands them on, and the old one goes on counting
+    /// the jobs it still delivers).
+    pub counters: Arc<QueueCounters>,
     /// Jobs this instance holds and has not settled: being delivered, waiting for the upstream,
     /// or (memory) waiting out a backoff off the channel.
     in_hand: AtomicU64,
@@ -95,6 +89,21 @@ pub struct RouteQueue {
     /// Running, stopping (drain: take no more jobs, hand back those waiting), or abandoning
     /// (the drain ran out: hand back everything still held).
     phase: tokio::sync::watch::Sender<Phase>,
+}
+
+/// A route's job counts since start.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Jobs accepted.
+    pub queued: AtomicU64,
+    /// Jobs delivered (the upstream answered other than 5xx, 408 or 429).
+    pub delivered: AtomicU64,
+    /// Deliveries that failed and will be tried again.
+    pub retried: AtomicU64,
+    /// Jobs given up after `attempts` (or whose route disappeared).
+    pub dead: AtomicU64,
+    /// Jobs JetStream stored after their client was told 503, not delivered.
+    pub stored_late: AtomicU64,
 }
 
 /// Where an instance's delivery stands.
@@ -171,7 +180,7 @@ impl RouteQueue {
     pub fn start(
         spawner: &scalegate_shared::Spawner,
         route: &str,
-        spec: QueueSpec,
+        (spec, counters): (QueueSpec, Arc<QueueCounters>),
         jobs: Option<&JobsSpec>,
         gateway: std::sync::Weak<scalegate_http::Gateway>,
     ) -> Arc<RouteQueue> {
@@ -198,11 +207,7 @@ impl RouteQueue {
             RouteQueue {
                 spec: arc_swap::ArcSwap::from_pointee(spec),
                 store,
-                queued: AtomicU64::new(0),
-                delivered: AtomicU64::new(0),
-                retried: AtomicU64::new(0),
-                dead: AtomicU64::new(0),
-                stored_late: AtomicU64::new(0),
+                counters,
                 in_hand: AtomicU64::new(0),
                 paused: AtomicU64::new(0),
                 phase,
@@ -229,20 +234,6 @@ impl RouteQueue {
             self.spec.store(Arc::new(new.clone()));
         }
         fixed
-    }
-
-    /// Starts this (new) queue's counters where `old`'s stand: they count since start, not
-    /// since the last reload.
-    pub fn carry_counts(&self, old: &RouteQueue) {
-        for (to, from) in [
-            (&self.queued, &old.queued),
-            (&self.delivered, &old.delivered),
-            (&self.retried, &old.retried),
-            (&self.dead, &old.dead),
-            (&self.stored_late, &old.stored_late),
-        ] {
-            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
     }
 
     /// Which store it uses, for reuse across reloads.
@@ -280,7 +271,7 @@ impl RouteQueue {
         };
         match stored {
             Ok(()) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
                 let mut r = reply_json(
                     StatusCode::ACCEPTED,
                     format!("{{\"job_id\":\"{id}\",\"queued\":true}}\n"),
@@ -368,7 +359,7 @@ impl RouteQueue {
 
     /// Counts and keeps a job given up.
     async fn bury(&self, dead: DeadJob) {
-        self.dead.fetch_add(1, Ordering::Relaxed);
+        self.counters.dead.fetch_add(1, Ordering::Relaxed);
         match &self.store {
             Store::Memory(m) => m.dead.keep(dead),
             Store::JetStream(j) => {
