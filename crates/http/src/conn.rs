@@ -596,25 +596,36 @@ async fn serve_tls(
     protocols: &Protocols,
     shutdown: &mut Shutdown,
 ) {
-    if crate::plain_on_tls::refused(&mut stream, protocols.header_read_timeout).await {
-        return;
-    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    // Under TLS too, reads and writes are watched (a head arriving, a peer refusing writes).
-    let stream = Prefixed {
-        prefix: Bytes::new(),
-        inner: stream,
-        ctx: ctx.clone(),
-    };
-    let tls =
-        match tokio::time::timeout(protocols.header_read_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
+    // The first byte and the whole handshake within one header_read_timeout; a shutdown ends
+    // the wait at once (nothing has been asked of this connection yet).
+    let deadline = tokio::time::Instant::now() + protocols.header_read_timeout;
+    let handshake = async {
+        if crate::plain_on_tls::refused(&mut stream, deadline).await {
+            return None;
+        }
+        // Under TLS too, reads and writes are watched (a head arriving, a peer refusing writes).
+        let stream = Prefixed {
+            prefix: Bytes::new(),
+            inner: stream,
+            ctx: ctx.clone(),
+        };
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
             Ok(Err(e)) => {
                 tracing::debug!(peer = %ctx.peer, error = %e, "TLS handshake failed");
-                return;
+                None
             }
-            Err(_) => return,
-        };
+            Err(_) => None,
+        }
+    };
+    let tls = tokio::select! {
+        tls = handshake => tls,
+        () = shutdown.wait() => None,
+    };
+    let Some(tls) = tls else {
+        return;
+    };
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         return Box::pin(serve_h2(tls, fd, ctx, protocols, shutdown)).await;
     }

@@ -19,11 +19,12 @@ const DRAIN: Duration = Duration::from_secs(1);
 
 /// Whether the connection's first byte is where a TLS ClientHello's record type (22) should
 /// be but an HTTP method's first letter is; such a connection has been answered and closed.
-/// Waits at most `limit` for the byte; a connection that sends nothing is left to the handshake.
-pub async fn refused(stream: &mut TcpStream, limit: Duration) -> bool {
+/// Waits until `deadline` for the byte; a connection that sends nothing by then is left to
+/// the handshake (which ends with the same deadline).
+pub async fn refused(stream: &mut TcpStream, deadline: tokio::time::Instant) -> bool {
     let mut first = [0u8; 1];
     let plain = matches!(
-        tokio::time::timeout(limit, stream.peek(&mut first)).await,
+        tokio::time::timeout_at(deadline, stream.peek(&mut first)).await,
         Ok(Ok(1)) if first[0].is_ascii_uppercase()
     );
     if plain {

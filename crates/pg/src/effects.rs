@@ -329,6 +329,13 @@ pub fn analyze(sql: &str) -> Effects {
         fx.emulate = None;
         fx.discard_all = false;
     }
+    // Settings from literals and from parameters in one string: made in an order the pooler
+    // does not keep (parameters are only known at Bind), so the state is the server's alone.
+    if !fx.param_settings.is_empty() && !fx.settings.is_empty() {
+        fx.param_settings.clear();
+        fx.settings.clear();
+        fx.creates |= state::CONFIG;
+    }
     fx
 }
 
@@ -826,6 +833,8 @@ mod tests {
         let restore = analyze("\n SELECT\n set_config('jit', $1, false)\n ");
         assert_eq!(restore.creates, 0);
         assert_eq!(restore.param_settings, vec![("jit".to_string(), 1)]);
+        let mixed = analyze("SELECT set_config('a.b', $1, false), set_config('a.b', 'x', false)");
+        assert_eq!((mixed.creates, mixed.settings.len()), (state::CONFIG, 0));
         let qualified = analyze("SELECT pg_catalog.set_config('Work_Mem', $2, false) w");
         assert_eq!(qualified.param_settings, vec![("work_mem".to_string(), 2)]);
         assert_eq!(qualified.creates, 0);

@@ -106,7 +106,8 @@ impl Admin {
     /// The calls that wait on something (a body to read, the job store); everything else is
     /// `handle`.
     async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        if !peer.ip().is_loopback()
+        // A dual-stack listener ([::]) sees local IPv4 clients as ::ffff:127.0.0.1.
+        if !peer.ip().to_canonical().is_loopback()
             && !open_to_anyone(req.uri().path())
             && let Some(refusal) = self.refuse(&req)
         {

@@ -252,3 +252,25 @@ async fn other_hosts_read_only_health_metrics_and_upstreams_without_the_token() 
         quiescent(&gw).await;
     }
 }
+
+/// A regression hunt's finding (session 20): on a dual-stack admin address (`[::]`), a local
+/// IPv4 client arrives as `::ffff:127.0.0.1` and was taken for another host (401 on /cache).
+#[tokio::test]
+async fn a_local_client_of_a_dual_stack_admin_address_is_local() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("skipped: no IPv6 here");
+        return;
+    }
+    let bs = backends(1).await;
+    let any = std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED);
+    let admin = format!("token = \"{OLD_TOKEN}\"");
+    let preamble = "[runtime]\nworker_threads = 2\n";
+    let gw = GatewayProcess::start_admin_on(BIN, any, preamble, &admin, "", &app(&bs, "")).await;
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], gw.admin.port()));
+    let r = Client::http1()
+        .get(local, "/queue")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 200, "{}", r.body);
+    quiescent(&gw).await;
+}

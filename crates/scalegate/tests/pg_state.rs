@@ -766,3 +766,82 @@ async fn temporary_types_and_functions_a_do_block_makes_stay_its_own() {
     drop(b);
     pooler_empty(&gw, port).await;
 }
+
+/// `work_mem` as client `s` (raw protocol) sees it.
+fn raw_work_mem(s: &mut std::net::TcpStream) -> String {
+    pg_common::query(s, "SHOW work_mem");
+    let msgs = pg_common::read_until_ready(s);
+    let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+    // DataRow: column count (2), length (4), value.
+    String::from_utf8_lossy(&row.1[6..]).into_owned()
+}
+
+/// Probe findings (session 20, a regression hunt on the tracking of `set_config($1)`): a
+/// setting was recorded when its statement was bound, not when it ran, so a Bind whose portal
+/// never ran made the client's setting flip between server connections; `set_config` with a
+/// NULL parameter (which resets) was recorded as unknown and the old value kept coming back.
+#[tokio::test]
+async fn a_setting_is_the_clients_once_its_statement_has_run() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let b = app_client(port).await;
+    let default: String = pg_one(&b, "SHOW work_mem").await;
+    let mut a = pg_common::raw_login(port);
+    // Bound with 33MB, never executed.
+    let mut bind = pg_common::pg_message(
+        b'B',
+        &[
+            b"\0",
+            b"s1\0",
+            &[0, 0],
+            &[0, 1],
+            &4i32.to_be_bytes(),
+            b"33MB",
+            &[0, 0],
+        ],
+    );
+    let mut batch = pg_common::parse("s1", "SELECT set_config('work_mem', $1, false)");
+    batch.append(&mut bind);
+    batch.extend(pg_common::sync());
+    std::io::Write::write_all(&mut a, &batch).expect("send");
+    pg_common::read_until_ready(&mut a);
+    for round in 0..3 {
+        assert_eq!(raw_work_mem(&mut a), default, "round {round}");
+        // Another client takes the server between A's transactions.
+        let _: String = pg_one(&b, "SHOW work_mem").await;
+    }
+    // Run, it is A's.
+    let mut run = pg_common::pg_message(
+        b'B',
+        &[
+            b"\0",
+            b"s1\0",
+            &[0, 0],
+            &[0, 1],
+            &4i32.to_be_bytes(),
+            b"33MB",
+            &[0, 0],
+        ],
+    );
+    run.extend(pg_common::execute(0));
+    run.extend(pg_common::sync());
+    std::io::Write::write_all(&mut a, &run).expect("send");
+    pg_common::read_until_ready(&mut a);
+    for _ in 0..2 {
+        assert_eq!(raw_work_mem(&mut a), "33MB");
+        let _: String = pg_one(&b, "SHOW work_mem").await;
+    }
+    drop(a);
+    // NULL resets it.
+    let c = app_client(port).await;
+    c.batch_execute("SET work_mem = '11MB'").await.expect("set");
+    c.query("SELECT set_config('work_mem', $1, false)", &[&None::<&str>])
+        .await
+        .expect("set_config NULL");
+    for _ in 0..2 {
+        let now: String = pg_one(&c, "SHOW work_mem").await;
+        assert_eq!(now, default);
+        let _: String = pg_one(&b, "SHOW work_mem").await;
+    }
+    drop((b, c));
+    pooler_quiescent(&gw, port).await;
+}

@@ -454,3 +454,30 @@ async fn a_tls_websocket_whose_client_stops_reading_is_closed() {
     quiescent(&gw).await;
     drop(c);
 }
+
+/// A regression hunt's finding (session 20): a connection to a TLS port that sends nothing
+/// held a shutdown for its whole header_read_timeout (twice over, once the wait for a first
+/// byte was added): 200 such connections kept the process 19 s after SIGTERM. A shutdown now
+/// ends the wait for a handshake at once.
+#[tokio::test]
+async fn sigterm_does_not_wait_for_connections_that_never_start_tls() {
+    let bs = backends(1).await;
+    let mut gw = tls_gateway_with(&bs, "header_read_timeout = \"60s\"", "").await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            tokio::net::TcpStream::connect(gw.http)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exited well before 60 s"
+    );
+    drop(idle);
+}

@@ -16,6 +16,7 @@ use crate::stream::ClientStream;
 
 use crate::classify::Class;
 mod batch;
+mod bound_settings;
 mod fan_out;
 mod merge;
 mod reload;
@@ -165,6 +166,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         fatal_forwarded: false,
         stale_plans: false,
         setting_statements: Default::default(),
+        bound_settings: Default::default(),
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
             || pool.db.sharding.is_some(),
         track: Track {
@@ -269,6 +271,8 @@ struct Session {
     /// a `SET` it runs often; asyncpg runs `set_config('jit', $1, false)`), by name (the
     /// unnamed one too), with their effects: each Bind of one records the change.
     setting_statements: std::collections::HashMap<Vec<u8>, Arc<crate::effects::Effects>>,
+    /// What Binds of those statements change once their portals run.
+    bound_settings: bound_settings::BoundSettings,
     track: Track,
     pending_z: usize,
     unsynced: bool,
@@ -462,13 +466,14 @@ impl Session {
                 let known_plain = consumed == n && self.plain_first == n;
                 if !self.setting_statements.is_empty() {
                     match tag {
-                        b'B' => {
-                            bind_settings(msg, segment, &self.setting_statements, &mut self.track)
-                        }
+                        b'B' => self.bound_settings.bind(msg, &self.setting_statements),
                         // A name parsed again is another statement.
                         b'P' => _ = self.setting_statements.remove(parsed_name(msg)),
                         _ => {}
                     }
+                }
+                if tag == b'E' && !self.bound_settings.is_empty() {
+                    self.bound_settings.execute(msg, segment, &mut self.track);
                 }
                 if !known_plain
                     && let Some((sql, unnamed)) = statement_text(msg)
@@ -480,7 +485,7 @@ impl Session {
                     }
                     sub = state::plan(
                         &fx,
-                        (segment, unnamed),
+                        (segment, unnamed, tag == b'Q'),
                         self.refuse_state,
                         &mut self.stmts,
                         &mut self.track,
@@ -1318,46 +1323,6 @@ async fn linger(client: &mut ClientStream) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-}
-
-/// A Bind in `segment` of one of `statements` (those that change settings, by name): records
-/// what it changes in `track`. A named statement's settings are made at each Bind; the unnamed
-/// one's were recorded at its Parse, but a setting whose value is a parameter is made only now.
-fn bind_settings(
-    msg: &[u8],
-    segment: u64,
-    statements: &std::collections::HashMap<Vec<u8>, Arc<crate::effects::Effects>>,
-    track: &mut Track,
-) {
-    let mut body = &msg[5..];
-    let (Some(_portal), Some(name)) = (proto::cbytes(&mut body), proto::cbytes(&mut body)) else {
-        return;
-    };
-    let Some(fx) = statements.get(name) else {
-        return;
-    };
-    if !name.is_empty() {
-        state::record_settings(fx, segment, track);
-    }
-    if fx.param_settings.is_empty() {
-        return;
-    }
-    let params = batch::bind_params(&msg[5..]);
-    for (setting, n) in &fx.param_settings {
-        // Text travels as UTF-8 in both formats; set_config's value is text.
-        let value = n
-            .checked_sub(1)
-            .and_then(|i| params.get(i))
-            .and_then(|p| p.value.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok());
-        match value {
-            Some(v) => track
-                .changes
-                .push((segment, Change::set_config(setting, v))),
-            // NULL (the server refuses it) or not text: only the server knows.
-            None => track.unknown = Some(segment),
-        }
-    }
 }
 
 /// Reads the settings `track.reread` names back from the server whose transaction left them

@@ -36,11 +36,11 @@ impl Pin {
 }
 
 /// How to treat one Query or Parse message with effects `fx`, sent in `segment`. `unnamed`: a
-/// Query or an unnamed Parse (only those are emulated); `refuse`: session state is refused
-/// rather than pinned.
+/// Query or an unnamed Parse (only those are emulated); `query`: a Query (its settings are made
+/// as it runs); `refuse`: session state is refused rather than pinned.
 pub(super) fn plan(
     fx: &Effects,
-    (segment, unnamed): (u64, bool),
+    (segment, unnamed, query): (u64, bool, bool),
     refuse: bool,
     stmts: &mut Statements,
     track: &mut Track,
@@ -57,9 +57,9 @@ pub(super) fn plan(
     if fx.opaque {
         track.unknown = Some(segment);
     }
-    // A named statement changes settings when it runs, at each Bind (`record_settings`), not
-    // when it is parsed.
-    if unnamed {
+    // A Query changes settings as it runs; a parsed statement when a portal of it is executed
+    // (bound_settings.rs), not when it is parsed or bound.
+    if query {
         record_settings(fx, segment, track);
     }
     pin.verify |= fx.verify;

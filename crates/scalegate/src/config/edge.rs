@@ -94,7 +94,13 @@ pub(super) fn match_host(c: &mut Check, h: &Spanned<String>) -> String {
 /// `_`, dots), an IPv4 address, or an IPv6 address in brackets.
 pub(super) fn valid_host(h: &str) -> bool {
     if let Some(inner) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+        // A link-local address may name its interface: [fe80::1%eth0].
+        let (addr, zone) = inner.split_once('%').unwrap_or((inner, "x"));
+        let zone_ok = !zone.is_empty()
+            && zone
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        return zone_ok && addr.parse::<std::net::Ipv6Addr>().is_ok();
     }
     !h.is_empty()
         && !h.starts_with('.')

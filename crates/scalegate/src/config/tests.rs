@@ -612,7 +612,7 @@ fn binds_that_clash_and_hosts_that_never_work_are_errors() {
         "{p:?}"
     );
     let fine = format!(
-        "{base}[[routes]]\nmatch = {{ host = \"Api.Example.com.\", path_prefix = \"/\" }}\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"[::1]:9001\", \"backend_1.svc:80\"]\n"
+        "{base}[[routes]]\nmatch = {{ host = \"Api.Example.com.\", path_prefix = \"/\" }}\nupstream = \"app\"\n[upstreams.app]\nendpoints = [\"[::1]:9001\", \"backend_1.svc:80\", \"[fe80::1%eth0]:80\"]\n"
     );
     assert_eq!(problems(&fine), Vec::<String>::new());
 }
