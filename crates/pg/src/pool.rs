@@ -476,6 +476,7 @@ impl Pool {
         let now = Coarse::now();
         if reusable && now.since(conn.born) < self.lifetime && !self.is_retired() {
             conn.last_used = now;
+            conn.shrink_idle_buffer();
             if let Ok(mut idle) = self.hosts[host].idle.lock() {
                 idle.push(conn);
                 return;

@@ -106,7 +106,22 @@ pub struct ServerConn {
 /// Fingerprint for "settings unknown": the next user resets them.
 pub const SETTINGS_UNKNOWN: u64 = u64::MAX;
 
+/// A server connection's read buffer as it starts, and as an idle one is kept.
+const READ_BUF: usize = 8192;
+
+/// A read buffer larger than this (grown by one large message: a 200 MB row) is not kept by an
+/// idle connection: a pool would otherwise hold about its size times the largest row it ever
+/// carried, until the connections' lifetime ends.
+const KEEP_BUF_UP_TO: usize = 256 * 1024;
+
 impl ServerConn {
+    /// Gives back the memory a large message grew the read buffer to, once it is empty.
+    pub fn shrink_idle_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUF_UP_TO {
+            self.buf = BytesMut::with_capacity(READ_BUF);
+        }
+    }
+
     /// Connects and logs in as `user` to `spec`'s database.
     pub async fn connect(
         spec: &ServerSpec,
@@ -136,7 +151,7 @@ impl ServerConn {
         start_tls(spec, &mut stream, name).await?;
         let mut conn = ServerConn {
             stream,
-            buf: BytesMut::with_capacity(8192),
+            buf: BytesMut::with_capacity(READ_BUF),
             key: ServerKey {
                 addr,
                 pid: 0,

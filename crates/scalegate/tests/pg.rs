@@ -1232,3 +1232,46 @@ async fn show_pools_maxwait_is_the_wait_in_progress() {
     drop((a, b));
     pg_common::pooler_quiescent(&gw, port).await;
 }
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// A probe's finding (session 20): a server connection's read buffer grew to the largest
+/// message it carried (a 100 MB row) and kept that size while idle in the pool, so six such
+/// rows left the pooler at 617 MB resident until the connections' lifetime ended. An idle
+/// connection now keeps a small buffer.
+#[tokio::test]
+async fn idle_server_connections_do_not_keep_the_memory_of_a_huge_row() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 3", "").await;
+    let pid = gw.pid().expect("pid");
+    let before = rss_mib(pid);
+    let big = "SELECT repeat('x', 48 * 1024 * 1024)";
+    let rows = (0..3).map(|_| async move {
+        let c = client(port).await;
+        // Held in a transaction so that the three rows come over three server connections.
+        c.batch_execute("BEGIN").await.expect("begin");
+        let rows = c.simple_query(big).await.expect("huge row");
+        c.batch_execute("COMMIT").await.expect("commit");
+        rows.len()
+    });
+    let sizes = futures_util::future::join_all(rows).await;
+    assert!(sizes.iter().all(|n| *n > 0));
+    let settled = eventually(Duration::from_secs(20), || async {
+        rss_mib(pid) < before + 64
+    })
+    .await;
+    assert!(
+        settled,
+        "{} MiB resident, {before} MiB before",
+        rss_mib(pid)
+    );
+    quiescent(&gw).await;
+}
