@@ -561,6 +561,16 @@ impl Pool {
         v
     }
 
+    /// Takes over the counts of the pool it replaces (`stats`, when a reload replaced one):
+    /// that pool's clients and connections are still counted while they last, and the
+    /// counters go on from where they were.
+    pub(crate) fn carrying(mut self, stats: Option<Arc<PoolStats>>) -> Pool {
+        if let Some(stats) = stats {
+            self.stats = stats;
+        }
+        self
+    }
+
     /// Marks the pool replaced by a reload and closes its idle connections; the connections
     /// still lent out are closed when they come back. Its permits are closed too: the clients
     /// waiting in it are woken (`AcquireError::Retired`) to wait in the new pool, so a reload

@@ -149,6 +149,9 @@ pub struct Pooler {
     /// Session-effect analysis cache (state to pin or refuse, DEALLOCATE, SET).
     pub analyzer: crate::effects::Analyzer,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// The counts of pools a reload replaced, for the pools that replace them: the clients and
+    /// server connections of the old pool stay counted (SHOW POOLS, metrics) until they end.
+    carried_stats: Mutex<HashMap<(String, String), Arc<crate::pool::PoolStats>>>,
     /// Monitor tasks by database, and the runtime they run on.
     monitors: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     runtime: Mutex<Option<tokio::runtime::Handle>>,
@@ -173,6 +176,7 @@ impl Pooler {
             classifier: Classifier::default(),
             analyzer: Default::default(),
             pools: Mutex::new(HashMap::new()),
+            carried_stats: Mutex::new(HashMap::new()),
             monitors: Mutex::new(HashMap::new()),
             runtime: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
@@ -259,11 +263,21 @@ impl Pooler {
             }
             Err(_) => Vec::new(),
         };
+        if let Ok(mut carried) = self.carried_stats.lock() {
+            for p in &dropped {
+                carried.insert((p.db.name.clone(), p.user.clone()), p.stats.clone());
+            }
+        }
         let handle = self.runtime.lock().ok().and_then(|h| h.clone());
         if let Some(h) = &handle {
             let _enter = h.enter();
             for p in dropped {
                 p.retire();
+                // Its successor at once (no connection is made): the clients still on it
+                // stay in SHOW POOLS and the metrics under their database.
+                if let Some(db) = self.database(&p.db.name) {
+                    self.pool(&db, &p.user);
+                }
             }
         }
         if let Ok(mut monitors) = self.monitors.lock() {
@@ -292,13 +306,15 @@ impl Pooler {
                 .get(&db.name)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(Topology::new(db, None)));
-            Arc::new(Pool::new(
-                db.clone(),
-                user,
-                &state.spec,
-                self.server_ids.clone(),
-                topo,
-            ))
+            let carried = self
+                .carried_stats
+                .lock()
+                .ok()
+                .and_then(|mut c| c.remove(&(db.name.clone(), user.to_string())));
+            Arc::new(
+                Pool::new(db.clone(), user, &state.spec, self.server_ids.clone(), topo)
+                    .carrying(carried),
+            )
         };
         let key = (db.name.clone(), user.to_string());
         let Ok(mut pools) = self.pools.lock() else {

@@ -225,3 +225,47 @@ async fn reload_from_the_console_says_whether_the_config_was_taken() {
     );
     pooler_quiescent(&gw, port).await;
 }
+
+/// A probe's finding (session 20): a reload that changed a database made a new pool and
+/// dropped the old one from view: its connected clients and their server connections vanished
+/// from SHOW POOLS and the metrics (in session mode until they left), while SHOW CLIENTS still
+/// listed them. The new pool takes over the old one's counts.
+#[tokio::test]
+async fn clients_of_a_pool_a_reload_replaced_stay_counted() {
+    let pg = PgServer::start().await;
+    let port = free_port();
+    let cfg = |pool: u32| {
+        format!(
+            "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+             [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
+             pool_mode = \"session\"\npool_size = {pool}\n",
+            pg.port
+        )
+    };
+    let gw = GatewayProcess::start(BIN, &cfg(3)).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = pg_client(port, "app").await;
+        c.simple_query("SELECT 1").await.expect("query");
+        clients.push(c);
+    }
+    gw.write_config(&cfg(4));
+    let admin = |cmd: &str| scalegate_testkit::postgres::psql(port, "postgres", "scalegate", cmd);
+    assert_eq!(admin("RELOAD").as_deref(), Ok("RELOAD"));
+    // database|user|cl_active|cl_waiting|sv_active|…
+    let pools = console(port, "SHOW POOLS");
+    let row: Vec<&str> = pools
+        .lines()
+        .find(|l| l.starts_with("app|"))
+        .unwrap_or_else(|| panic!("no row for app: {pools}"))
+        .split('|')
+        .collect();
+    assert_eq!((row[2], row[4]), ("3", "3"), "{pools}");
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_pg_clients{database=\"app\",user=\"postgres\"} 3"),
+        "{metrics}"
+    );
+    drop(clients);
+    pooler_empty(&gw, port).await;
+}
