@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::clock;
+use crate::ws_frames::{Frames, going_away};
 
 /// Since when writes have been refused (0: they are taken), and how many bytes the peer had
 /// not taken yet at the last look ([`Stall::stuck`]).
@@ -102,12 +103,40 @@ impl Stall {
 pub struct Watched<S> {
     inner: S,
     stall: Arc<Stall>,
+    /// The WebSocket frames written to it when it carries one, and whether frames to it are
+    /// masked (it is the upstream): see `ws_frames.rs`.
+    frames: Option<(Frames, bool)>,
 }
 
 impl<S> Watched<S> {
     /// Wraps `inner`; its write stalls go to `stall`.
     pub fn new(inner: S, stall: Arc<Stall>) -> Watched<S> {
-        Watched { inner, stall }
+        Watched {
+            inner,
+            stall,
+            frames: None,
+        }
+    }
+
+    /// Follows the WebSocket frames written to it, when `websocket`; `masked`: it is the
+    /// upstream side.
+    pub fn following_frames(mut self, websocket: bool, masked: bool) -> Watched<S> {
+        self.frames = websocket.then(|| (Frames::default(), masked));
+        self
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Sends a close frame with 1001 ("going away") if it carries a WebSocket and is between
+    /// frames; nothing is followed after it.
+    pub async fn say_going_away(&mut self) {
+        let Some((frames, masked)) = self.frames.take() else {
+            return;
+        };
+        if frames.between_frames() {
+            let _ = self.inner.write_all(&going_away(masked)).await;
+            let _ = self.inner.flush().await;
+        }
     }
 }
 
@@ -128,7 +157,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        me.stall.watch(Pin::new(&mut me.inner).poll_write(cx, buf))
+        let r = me.stall.watch(Pin::new(&mut me.inner).poll_write(cx, buf));
+        if let (Poll::Ready(Ok(n)), Some((frames, _))) = (&r, me.frames.as_mut()) {
+            frames.passed(&buf[..*n]);
+        }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -23,7 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::body::ReqBody;
 use crate::error::ProxyError;
 use crate::stall::{Stall, Watched};
-use crate::ws_frames::Framed;
 
 /// The protocol an HTTP/1.1 request asks to switch to (its `Upgrade` value) when its
 /// Connection header carries the `upgrade` token.
@@ -159,9 +158,9 @@ async fn copy<C>(
         }
     };
     let (to_client, to_upstream) = (Arc::new(Stall::default()), Arc::new(Stall::default()));
-    let mut client = Framed::new(Watched::new(client, to_client.clone()), websocket, false);
+    let mut client = Watched::new(client, to_client.clone()).following_frames(websocket, false);
     let upstream = Watched::new(TokioIo::new(upstream), to_upstream.clone());
-    let mut upstream = Framed::new(upstream, websocket, true);
+    let mut upstream = upstream.following_frames(websocket, true);
     let mut watch = tokio::time::interval((stuck_after / 4).max(Duration::from_millis(100)));
     let stuck = || {
         [&to_client, &to_upstream]

@@ -3,13 +3,8 @@
 //! client library reports a server going away (and reconnects) instead of an abnormal
 //! closure (1006). The tunnel copies bytes without reading frames; a close frame may only go
 //! between two frames, so [`Frames`] follows the frame boundaries of what was written to a
-//! peer, and a peer caught in the middle of a frame is closed without one.
-
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+//! peer (`stall::Watched` feeds it), and a peer caught in the middle of a frame is closed
+//! without one.
 
 /// Where the bytes written to one peer stand in the WebSocket framing.
 #[derive(Debug, Default)]
@@ -68,7 +63,7 @@ impl Frames {
 
 /// A close frame with code 1001: unmasked to a client, masked (as a client's must be) to the
 /// upstream.
-fn going_away(masked: bool) -> Vec<u8> {
+pub(crate) fn going_away(masked: bool) -> Vec<u8> {
     const CODE: [u8; 2] = 1001u16.to_be_bytes();
     if !masked {
         return vec![0x88, 0x02, CODE[0], CODE[1]];
@@ -84,71 +79,6 @@ fn going_away(masked: bool) -> Vec<u8> {
         CODE[0] ^ key[0],
         CODE[1] ^ key[1],
     ]
-}
-
-/// A tunnel side whose written bytes are followed frame by frame when it carries a WebSocket.
-pub struct Framed<S> {
-    inner: S,
-    frames: Option<Frames>,
-    /// Frames to it must be masked: it is the upstream (the gateway writes as a client).
-    masked: bool,
-}
-
-impl<S: AsyncWrite + Unpin> Framed<S> {
-    /// Wraps `inner`; `websocket` says whether to follow frames, `masked` whether `inner` is
-    /// the upstream side.
-    pub fn new(inner: S, websocket: bool, masked: bool) -> Framed<S> {
-        Framed {
-            inner,
-            frames: websocket.then(Frames::default),
-            masked,
-        }
-    }
-
-    /// Sends a 1001 close frame if this side carries a WebSocket and is between frames.
-    pub async fn say_going_away(&mut self) {
-        if !self.frames.as_ref().is_some_and(Frames::between_frames) {
-            return;
-        }
-        let frame = going_away(self.masked);
-        // Not followed further: nothing is written after it.
-        self.frames = None;
-        let _ = self.inner.write_all(&frame).await;
-        let _ = self.inner.flush().await;
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Framed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Framed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(n)), Some(f)) = (&r, me.frames.as_mut()) {
-            f.passed(&buf[..*n]);
-        }
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

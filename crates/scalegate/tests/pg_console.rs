@@ -11,6 +11,15 @@ use common::*;
 use pg_common::*;
 use scalegate_testkit::PgServer;
 
+/// A pooler on `port` for database `app` of `pg`, with `db` settings.
+fn app_config(port: u16, pg: &PgServer, db: &str) -> String {
+    format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n{db}\n",
+        pg.port
+    )
+}
+
 async fn console_client(port: u16) -> tokio_postgres::Client {
     pg_client(port, "scalegate").await
 }
@@ -203,14 +212,7 @@ async fn pass_through_logs_in_as_the_clients_own_user() {
 async fn reload_from_the_console_says_whether_the_config_was_taken() {
     let pg = PgServer::start().await;
     let port = free_port();
-    let cfg = |pool: u32| {
-        format!(
-            "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
-             [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
-             pool_size = {pool}\n",
-            pg.port
-        )
-    };
+    let cfg = |pool: u32| app_config(port, &pg, &format!("pool_size = {pool}"));
     let gw = GatewayProcess::start(BIN, &cfg(3)).await;
     gw.write_config(&format!("{}broken = = \n", cfg(3)));
     let admin = |cmd: &str| scalegate_testkit::postgres::psql(port, "postgres", "scalegate", cmd);
@@ -235,12 +237,8 @@ async fn clients_of_a_pool_a_reload_replaced_stay_counted() {
     let pg = PgServer::start().await;
     let port = free_port();
     let cfg = |pool: u32| {
-        format!(
-            "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
-             [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n\
-             pool_mode = \"session\"\npool_size = {pool}\n",
-            pg.port
-        )
+        let db = format!("pool_mode = \"session\"\npool_size = {pool}");
+        app_config(port, &pg, &db)
     };
     let gw = GatewayProcess::start(BIN, &cfg(3)).await;
     let mut clients = Vec::new();

@@ -786,21 +786,15 @@ async fn a_setting_is_the_clients_once_its_statement_has_run() {
     let b = app_client(port).await;
     let default: String = pg_one(&b, "SHOW work_mem").await;
     let mut a = pg_common::raw_login(port);
-    // Bound with 33MB, never executed.
-    let mut bind = pg_common::pg_message(
-        b'B',
-        &[
-            b"\0",
-            b"s1\0",
-            &[0, 0],
-            &[0, 1],
-            &4i32.to_be_bytes(),
-            b"33MB",
-            &[0, 0],
-        ],
-    );
+    // A Bind of s1's unnamed portal with '33MB'.
+    let bind = || {
+        let size = 4i32.to_be_bytes();
+        let parts: [&[u8]; 7] = [b"\0", b"s1\0", &[0, 0], &[0, 1], &size, b"33MB", &[0, 0]];
+        pg_common::pg_message(b'B', &parts)
+    };
+    // Bound, never executed.
     let mut batch = pg_common::parse("s1", "SELECT set_config('work_mem', $1, false)");
-    batch.append(&mut bind);
+    batch.extend(bind());
     batch.extend(pg_common::sync());
     std::io::Write::write_all(&mut a, &batch).expect("send");
     pg_common::read_until_ready(&mut a);
@@ -810,18 +804,7 @@ async fn a_setting_is_the_clients_once_its_statement_has_run() {
         let _: String = pg_one(&b, "SHOW work_mem").await;
     }
     // Run, it is A's.
-    let mut run = pg_common::pg_message(
-        b'B',
-        &[
-            b"\0",
-            b"s1\0",
-            &[0, 0],
-            &[0, 1],
-            &4i32.to_be_bytes(),
-            b"33MB",
-            &[0, 0],
-        ],
-    );
+    let mut run = bind();
     run.extend(pg_common::execute(0));
     run.extend(pg_common::sync());
     std::io::Write::write_all(&mut a, &run).expect("send");
