@@ -317,6 +317,14 @@ impl RespBody {
         RespBody::Full(Some(b))
     }
 
+    /// The length of a body held whole (the gateway's own answers); 0 for a streamed one.
+    pub fn whole_len(&self) -> u64 {
+        match self {
+            RespBody::Full(Some(b)) => b.len() as u64,
+            _ => 0,
+        }
+    }
+
     /// No body at all: over HTTP/2 the head ends the stream.
     pub fn empty() -> Self {
         RespBody::Full(None)

@@ -26,10 +26,16 @@ fn accepted(headers: &HeaderMap) -> Vec<(&str, f32)> {
             if coding.is_empty() {
                 continue;
             }
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
+            // A q-value that is not one (RFC 9110 §12.4.2: 0 to 1) accepts nothing.
+            let q = match parts.find_map(|p| p.trim().strip_prefix("q=")) {
+                None => 1.0,
+                Some(q) => q
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0),
+            };
             accepted.push((coding, q));
         }
     }
@@ -74,7 +80,13 @@ pub fn negotiate(headers: &HeaderMap, offered: &[Encoding]) -> Option<Encoding> 
             best = Some((e, q));
         }
     }
-    best.map(|(e, _)| e)
+    // A client that prefers the body as it is (`identity` named above the codings) gets it.
+    let identity = accepted
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case("identity"))
+        .map(|(_, q)| *q);
+    best.filter(|(_, q)| identity.is_none_or(|i| *q >= i))
+        .map(|(e, _)| e)
 }
 
 /// Whether a response is one the gateway compresses (whatever this client accepts).
@@ -218,6 +230,17 @@ mod tests {
         assert_eq!(negotiate(&ae("*;q=0.1, zstd"), &ALL), Some(Encoding::Zstd));
         assert_eq!(negotiate(&HeaderMap::new(), &ALL), None);
         assert_eq!(negotiate(&ae("br"), &[Encoding::Gzip]), None);
+        // Found from outside (session 20): identity preferred, and q-values that are not.
+        assert_eq!(negotiate(&ae("identity, gzip;q=0.5"), &ALL), None);
+        assert_eq!(
+            negotiate(&ae("identity;q=0.5, gzip"), &ALL),
+            Some(Encoding::Gzip)
+        );
+        assert_eq!(negotiate(&ae("gzip;q=abc"), &ALL), None);
+        assert_eq!(
+            negotiate(&ae("zstd;q=1.1, gzip;q=0.2"), &ALL),
+            Some(Encoding::Gzip)
+        );
     }
 
     fn resp(ct: &str, len: Option<u64>) -> HeaderMap {

@@ -214,7 +214,13 @@ pub fn frame_body(
 /// evict the entries that the headers which do repeat are sent as (and cost a table search and
 /// insert per response: 4% of the gateway's CPU per HTTP/2 request, bench/RESULTS.md session 14).
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get_mut(&X_REQUEST_ID) {
+    // A client's own id is kept when it can be the same everywhere (header, upstream, log): 1
+    // to 200 visible ASCII characters. An empty one, a huge one, or bytes the log cannot
+    // show (a client blanking its id in the log) are replaced by the gateway's.
+    if let Some(v) = h.get_mut(&X_REQUEST_ID)
+        && (1..=MAX_REQUEST_ID).contains(&v.len())
+        && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
         v.set_sensitive(true);
         return v.clone();
     }
@@ -229,6 +235,9 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     h.insert(X_REQUEST_ID.clone(), v.clone());
     v
 }
+
+/// The longest X-Request-Id taken from a client.
+const MAX_REQUEST_ID: usize = 200;
 
 /// The value of cookie `name` in the request's Cookie headers. Pairs are split at `;` and at
 /// `,` (neither may appear in a cookie, RFC 6265 §4.1.1; old clients join with commas), and
@@ -262,6 +271,17 @@ mod tests {
         supplied.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("client-7"));
         let id = ensure_request_id(&mut supplied);
         assert_eq!(id, "client-7");
+        // Found from outside (session 20): ids the log could not carry as they are.
+        for bad in [&b""[..], b"\xff\xfe\"x", &[b'a'; 201], b"a b"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                X_REQUEST_ID.clone(),
+                HeaderValue::from_bytes(bad).expect("value"),
+            );
+            let id = ensure_request_id(&mut h);
+            assert_eq!(id.len(), 32, "{bad:?} replaced");
+            assert_eq!(h.get_all(&X_REQUEST_ID).iter().count(), 1);
+        }
         assert!(id.is_sensitive());
         assert!(
             supplied

@@ -42,6 +42,11 @@ impl PathRewrite {
         let to = self.to.as_str();
         Some(if rest.is_empty() || rest.starts_with('?') {
             format!("{to}{rest}")
+        } else if rest.starts_with(';') {
+            // Path parameters of the matched segment stay on the segment that replaces it:
+            // `/api;v=1` → `/v2;v=1`, not `/v2/;v=1` (a `/;` the edge refuses from clients).
+            let head = to.strip_suffix('/').filter(|h| !h.is_empty()).unwrap_or(to);
+            format!("{head}{rest}")
         } else {
             let head = to.strip_suffix('/').unwrap_or(to);
             let tail = rest.strip_prefix('/').unwrap_or(rest);
@@ -82,6 +87,12 @@ mod tests {
             Some("/v2/a//b")
         );
         assert_eq!(rw("/api", "/v2", "/other"), None);
+        // Found from outside (session 20): parameters of the matched segment stay on it.
+        assert_eq!(rw("/api", "/v2", "/api;v=1").as_deref(), Some("/v2;v=1"));
+        assert_eq!(
+            rw("/api", "/v2/", "/api;v=1?x").as_deref(),
+            Some("/v2;v=1?x")
+        );
     }
 
     #[test]

@@ -328,6 +328,7 @@ async fn refusals_before_routing_are_logged_and_counted() {
     let c = Client::http1();
     let r = c.get(gw.http, "/elsewhere").await.expect("response");
     assert_eq!(r.status, 404);
+    let not_found_bytes = r.body.len() as u64;
     let (two_hosts, _) = raw(
         gw.http,
         b"GET /api HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
@@ -357,6 +358,14 @@ async fn refusals_before_routing_are_logged_and_counted() {
     );
     statuses.sort();
     assert_eq!(statuses, [400, 404, 431]);
+    // The gateway's own answer is logged with its bytes (found from outside, session 20: 0).
+    let logged_404 = gw
+        .stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["status"] == 404)
+        .and_then(|v| v["bytes"].as_u64());
+    assert_eq!(logged_404, Some(not_found_bytes));
     let metrics = gw.admin_get("/metrics").await;
     assert!(
         metrics

@@ -164,6 +164,7 @@ impl RouteHandler for RouteQueue {
         Box::pin(async move {
             let resp = self.enqueue(d.ctx, parts, body).await;
             done.set_status(resp.status().as_u16());
+            done.count_bytes(resp.body().whole_len());
             done.finish(true);
             Ok(resp)
         })

@@ -150,6 +150,8 @@ impl Exchange {
         };
         if let Some(done) = &mut self.done {
             done.set_status(status.as_u16());
+            // The access log's bytes: the gateway's own answer is sent whole.
+            done.count_bytes(resp.body().whole_len());
         }
         resp
     }

@@ -38,13 +38,14 @@ pub(super) fn subject(c: &mut Check, span: Range<usize>, value: &str, key: &str,
     }
 }
 
-/// Dot-separated tokens, none empty, of printable characters other than the wildcards.
+/// Dot-separated tokens, none empty, of characters other than spaces, controls and the
+/// wildcards (NATS takes UTF-8 subjects).
 fn valid_subject(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|t| {
             !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+                && t.chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && c != '*' && c != '>')
         })
 }
 
@@ -54,7 +55,7 @@ mod tests {
 
     #[test]
     fn subjects() {
-        for ok in ["a", "scalegate.purge", "a-b_c.d1"] {
+        for ok in ["a", "scalegate.purge", "a-b_c.d1", "app.purge-é"] {
             assert!(valid_subject(ok), "{ok}");
         }
         for bad in ["", "a..b", ".a", "a.", "a b", "a.*", "a.>", "x\ty"] {
