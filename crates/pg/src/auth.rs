@@ -23,6 +23,25 @@ impl ScramSecret {
         ))
     }
 
+    /// A verifier for a user that does not exist, as PostgreSQL makes one: the exchange runs
+    /// as for a real user and fails at its end, so a client cannot tell unknown names from
+    /// known ones before it authenticates. The salt is the same for a name every time (a real
+    /// user's is too) and differs between names; the keys are random, so no proof matches.
+    pub fn mock(user: &str) -> ScramSecret {
+        static NONCE: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let nonce = NONCE.get_or_init(rand::random);
+        let salt = Sha256::new()
+            .chain_update(nonce)
+            .chain_update(user.as_bytes())
+            .finalize();
+        ScramSecret {
+            iterations: 4096,
+            salt: salt[..16].to_vec(),
+            stored_key: rand::random::<[u8; 32]>().to_vec(),
+            server_key: rand::random::<[u8; 32]>().to_vec(),
+        }
+    }
+
     /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (as in pg_authid).
     pub fn parse(s: &str) -> Option<ScramSecret> {
         let rest = s.strip_prefix("SCRAM-SHA-256$")?;

@@ -37,6 +37,10 @@ pub async fn run(
     } else {
         admin_users.contains(&startup.user)
     };
+    // Authenticated first: who is an admin is not told to a client that has not.
+    if let Err(r) = login::authenticate(&mut stream, &mut buf, &pooler, &startup.user).await {
+        return r.send(&mut stream).await;
+    }
     if !allowed {
         return Failure::Auth(
             "28000",
@@ -47,9 +51,6 @@ pub async fn run(
         )
         .send(&mut stream)
         .await;
-    }
-    if let Err(r) = login::authenticate(&mut stream, &mut buf, &pooler, &startup.user).await {
-        return r.send(&mut stream).await;
     }
     let mut out = BytesMut::new();
     proto::parameter_status(&mut out, "server_version", "15.0 (scalegate)");

@@ -8,7 +8,7 @@ use crate::stream::ClientStream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::auth::{ScramServer, md5_expected};
+use crate::auth::{ScramSecret, ScramServer, md5_expected};
 pub use crate::failure::Failure;
 use crate::pooler::Pooler;
 use crate::proto::{self, FirstPacket, FrameError, Startup};
@@ -177,7 +177,11 @@ pub async fn authenticate(
     let mut out = BytesMut::new();
     match pooler.user(user) {
         None if !pooler.has_users() => {}
-        None => return Err(failed()),
+        // As PostgreSQL does: the exchange of a real user, failing at its end.
+        None => {
+            scram(stream, buf, &mut out, &ScramSecret::mock(user), failed).await?;
+            return Err(failed());
+        }
         Some((u, _)) if u.auth == ClientAuth::Trust => {}
         Some((u, _)) if u.auth == ClientAuth::Md5 => {
             let salt: [u8; 4] = rand::random();
@@ -194,37 +198,49 @@ pub async fn authenticate(
             let secret = secret
                 .as_ref()
                 .ok_or_else(|| Failure::Internal("SCRAM secret unavailable".into()))?;
-            proto::auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
-            send(stream, &out).await?;
-            let m = message(stream, buf, 4096).await?;
-            let mut body = &m[5..];
-            let mech = proto::cstr(&mut body).unwrap_or_default();
-            if m[0] != b'p' || mech != "SCRAM-SHA-256" || body.len() < 4 {
-                return Err(Failure::Auth(
-                    "28000",
-                    "expected a SASLInitialResponse for SCRAM-SHA-256".into(),
-                ));
-            }
-            let len = body.get_i32().max(0) as usize;
-            let first = &body[..len.min(body.len())];
-            let (exchange, server_first) = ScramServer::start(secret, first)
-                .map_err(|e| Failure::Auth("28000", e.to_string()))?;
-            out.clear();
-            proto::auth(&mut out, 11, server_first.as_bytes());
-            send(stream, &out).await?;
-            let m = message(stream, buf, 4096).await?;
-            if m[0] != b'p' {
-                return Err(failed());
-            }
-            let last = exchange.finish(&m[5..]).map_err(|_| failed())?;
-            out.clear();
-            proto::auth(&mut out, 12, last.as_bytes());
-            send(stream, &out).await?;
+            scram(stream, buf, &mut out, secret, failed).await?;
         }
     }
     out.clear();
     proto::auth(&mut out, 0, &[]);
     send(stream, &out).await
+}
+
+/// One SCRAM-SHA-256 exchange against `secret`, up to the server's final message.
+async fn scram(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    secret: &ScramSecret,
+    failed: impl Fn() -> Failure,
+) -> Result<(), Failure> {
+    out.clear();
+    proto::auth(out, 10, b"SCRAM-SHA-256\0\0");
+    send(stream, out).await?;
+    let m = message(stream, buf, 4096).await?;
+    let mut body = &m[5..];
+    let mech = proto::cstr(&mut body).unwrap_or_default();
+    if m[0] != b'p' || mech != "SCRAM-SHA-256" || body.len() < 4 {
+        return Err(Failure::Auth(
+            "28000",
+            "expected a SASLInitialResponse for SCRAM-SHA-256".into(),
+        ));
+    }
+    let len = body.get_i32().max(0) as usize;
+    let first = &body[..len.min(body.len())];
+    let (exchange, server_first) =
+        ScramServer::start(secret, first).map_err(|e| Failure::Auth("28000", e.to_string()))?;
+    out.clear();
+    proto::auth(out, 11, server_first.as_bytes());
+    send(stream, out).await?;
+    let m = message(stream, buf, 4096).await?;
+    if m[0] != b'p' {
+        return Err(failed());
+    }
+    let last = exchange.finish(&m[5..]).map_err(|_| failed())?;
+    out.clear();
+    proto::auth(out, 12, last.as_bytes());
+    send(stream, out).await
 }
 
 /// ParameterStatus for the client: the server's values with the client's own choices on top.

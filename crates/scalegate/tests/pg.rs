@@ -31,8 +31,17 @@ fn pooler_config(port: u16, pg: &PgServer, db_extra: &str, extra: &str) -> Strin
 }
 
 async fn connect(port: u16, user: &str, extra: &str) -> Result<PgClient, tokio_postgres::Error> {
+    connect_db(port, user, "app", extra).await
+}
+
+async fn connect_db(
+    port: u16,
+    user: &str,
+    db: &str,
+    extra: &str,
+) -> Result<PgClient, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user={user} dbname=app {extra}"),
+        &format!("host=127.0.0.1 port={port} user={user} dbname={db} {extra}"),
         NoTls,
     )
     .await?;
@@ -674,6 +683,29 @@ async fn configured_users_log_in_with_scram_or_md5() {
         .await
         .expect_err("unknown user");
     assert_eq!(code(&e), "28P01", "{e:?}");
+    // Found from outside (session 20): before authenticating, a client could tell configured
+    // users and databases from others (an unknown user got 28P01 at once, a known one a SCRAM
+    // challenge; an unknown database 3D000 before any password). As on PostgreSQL, both get
+    // the same challenge, and the database is checked once the client has authenticated.
+    let first_answer = |pairs: &[&str]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(&startup_with(196_608, pairs)).expect("startup");
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).expect("an answer");
+        (
+            head[0],
+            i32::from_be_bytes([head[5], head[6], head[7], head[8]]),
+        )
+    };
+    let sasl = (b'R', 10);
+    assert_eq!(first_answer(&["user", "postgres", "database", "app"]), sasl);
+    assert_eq!(first_answer(&["user", "nobody", "database", "app"]), sasl);
+    assert_eq!(first_answer(&["user", "nobody", "database", "nodb"]), sasl);
+    let e = connect_db(port, "postgres", "nodb", "password=s3cret")
+        .await
+        .expect_err("unknown database");
+    assert_eq!(code(&e), "3D000", "{e:?}");
     quiescent(&gw).await;
 }
 

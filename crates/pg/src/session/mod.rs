@@ -80,11 +80,8 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         .send(&mut stream)
         .await;
     };
-    let Some(db) = pooler.database(&startup.database) else {
-        return Failure::NoDatabase(format!("database \"{}\" does not exist", startup.database))
-            .send(&mut stream)
-            .await;
-    };
+    // Authenticated first, as PostgreSQL does: which databases exist is not told to a client
+    // that has not.
     let authed = tokio::time::timeout(
         LOGIN_TIMEOUT,
         login::authenticate(&mut stream, &mut buf, &pooler, &startup.user),
@@ -94,6 +91,11 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
     if let Err(refusal) = authed {
         return refusal.send(&mut stream).await;
     }
+    let Some(db) = pooler.database(&startup.database) else {
+        return Failure::NoDatabase(format!("database \"{}\" does not exist", startup.database))
+            .send(&mut stream)
+            .await;
+    };
     let pool = pooler.pool(&db, &startup.user);
     let params = pool.params.lock().map(|p| p.clone()).unwrap_or_default();
     let params = if params.is_empty() {
