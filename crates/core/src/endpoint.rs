@@ -216,6 +216,9 @@ impl EndpointState {
         let open = self.breaker_open(now);
         self.release();
         self.window.clear();
+        // Turned off, the breaker forgets its earlier ejections: turned on again, the next
+        // one lasts base_ejection, not twice the last.
+        self.ejections.store(0, Relaxed);
         open
     }
 
@@ -453,6 +456,30 @@ mod tests {
             max_ejection: Duration::from_secs(100),
             ..OutlierPolicy::default()
         }
+    }
+
+    /// Found by a regression hunt (session 20): after the breaker was turned off and on by
+    /// reloads, its next ejection was twice the last one before, not base_ejection.
+    #[test]
+    fn a_breaker_turned_off_forgets_its_earlier_ejections() {
+        let p = policy(1);
+        let off = policy(0);
+        let s = Arc::new(EndpointState::default());
+        assert_eq!(
+            s.record_outcome(false, &p, secs(1)),
+            Some(BreakerEvent::Opened(Duration::from_secs(10)))
+        );
+        // Half-open at 11 s; a failure reopens for twice as long.
+        assert_eq!(
+            s.record_outcome(false, &p, secs(12)),
+            Some(BreakerEvent::Opened(Duration::from_secs(20)))
+        );
+        assert!(s.release_if_open(secs(13)));
+        assert_eq!(s.record_outcome(false, &off, secs(14)), None);
+        assert_eq!(
+            s.record_outcome(false, &p, secs(15)),
+            Some(BreakerEvent::Opened(Duration::from_secs(10)))
+        );
     }
 
     #[test]

@@ -541,6 +541,39 @@ fn startup_with(version: i32, pairs: &[&str]) -> Vec<u8> {
     p
 }
 
+/// A probe's finding (session 20): `replication=database` (a logical replication client) was
+/// ignored and the client served as an ordinary one, so a replication protocol command failed
+/// later with a syntax error. It is refused at login with 0A000.
+#[tokio::test]
+async fn a_replication_connection_is_refused_at_login() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "").await;
+    for value in ["database", "true"] {
+        let hello = startup_with(
+            196_608,
+            &["user", "postgres", "database", "app", "replication", value],
+        );
+        assert_eq!(raw_pg(port, &hello).as_deref(), Some("0A000"), "{value}");
+    }
+    let plain = startup_with(
+        196_608,
+        &[
+            "user",
+            "postgres",
+            "database",
+            "app",
+            "replication",
+            "false",
+        ],
+    );
+    assert_eq!(
+        raw_pg(port, &plain),
+        None,
+        "replication=false is an ordinary login"
+    );
+    quiescent(&gw).await;
+}
+
 /// A probe's finding: a client asking for protocol 3.2 (libpq 18 with
 /// `max_protocol_version=latest`) was refused (0A000) where PostgreSQL answers
 /// NegotiateProtocolVersion and goes on in 3.0. It is negotiated down now, `_pq_.` options

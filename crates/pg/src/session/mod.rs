@@ -96,6 +96,13 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
             .send(&mut stream)
             .await;
     };
+    if wants_replication(&startup) {
+        return Failure::NotSupported(
+            "replication connections are not pooled: connect to the server itself".into(),
+        )
+        .send(&mut stream)
+        .await;
+    }
     let pool = pooler.pool(&db, &startup.user);
     let params = pool.params.lock().map(|p| p.clone()).unwrap_or_default();
     let params = if params.is_empty() {
@@ -1305,6 +1312,18 @@ impl Track {
             }
         }
     }
+}
+
+/// Whether the client asked for a replication connection (`replication=true` or `database`),
+/// which would otherwise be served as an ordinary one without a word.
+fn wants_replication(startup: &proto::Startup) -> bool {
+    startup.params.iter().any(|(k, v)| {
+        k == "replication"
+            && !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0" | ""
+            )
+    })
 }
 
 /// After a FATAL, reads and drops what the client is still sending (for up to 2 s, while bytes
