@@ -90,14 +90,8 @@ pub fn negotiate(headers: &HeaderMap, offered: &[Encoding]) -> Option<Encoding> 
 }
 
 /// Whether a response is one the gateway compresses (whatever this client accepts).
-pub fn eligible(
-    spec: &CompressionSpec,
-    method: &Method,
-    status: StatusCode,
-    h: &HeaderMap,
-) -> bool {
-    if method == Method::HEAD
-        || !status.is_success()
+pub fn eligible(spec: &CompressionSpec, status: StatusCode, h: &HeaderMap) -> bool {
+    if !status.is_success()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::PARTIAL_CONTENT
         || h.contains_key(header::CONTENT_RANGE)
@@ -140,7 +134,7 @@ pub fn apply(
     head: &mut http::response::Parts,
     body: RespBody,
 ) -> (RespBody, Option<Encoding>) {
-    if !eligible(spec, method, head.status, &head.headers) {
+    if !eligible(spec, head.status, &head.headers) {
         return (body, None);
     }
     add_vary(&mut head.headers);
@@ -160,6 +154,10 @@ pub fn apply(
         && let Ok(weak) = HeaderValue::try_from(format!("W/{etag}"))
     {
         h.insert(header::ETAG, weak);
+    }
+    // HEAD gets the headers GET would (RFC 9110 §9.3.2), and has no body to encode.
+    if method == Method::HEAD {
+        return (body, Some(enc));
     }
     (encode(body, enc), Some(enc))
 }
@@ -255,7 +253,7 @@ mod tests {
     #[test]
     fn eligibility() {
         let s = CompressionSpec::default();
-        let ok = |h: &HeaderMap| eligible(&s, &Method::GET, StatusCode::OK, h);
+        let ok = |h: &HeaderMap| eligible(&s, StatusCode::OK, h);
         assert!(ok(&resp("text/html; charset=utf-8", Some(5000))));
         assert!(ok(&resp("application/json", None)));
         assert!(!ok(&resp("application/json", Some(100))), "below threshold");
@@ -271,8 +269,23 @@ mod tests {
         h.insert(header::CACHE_CONTROL, "no-transform".parse().unwrap());
         assert!(!ok(&h));
         let h = resp("text/html", Some(5000));
-        assert!(!eligible(&s, &Method::HEAD, StatusCode::OK, &h));
-        assert!(!eligible(&s, &Method::GET, StatusCode::PARTIAL_CONTENT, &h));
+        assert!(!eligible(&s, StatusCode::PARTIAL_CONTENT, &h));
+    }
+
+    /// Found from outside (session 20): HEAD on a compressing route got the identity headers
+    /// (Content-Length, strong ETag, no Vary) where GET was compressed.
+    #[test]
+    fn head_gets_the_headers_get_would() {
+        let s = CompressionSpec::default();
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.headers = resp("text/html", Some(5000));
+        head.headers.insert(header::ETAG, "\"v1\"".parse().unwrap());
+        let (_, enc) = apply(&s, &ae("gzip"), &Method::HEAD, &mut head, RespBody::empty());
+        assert_eq!(enc, Some(Encoding::Gzip));
+        assert_eq!(head.headers[header::CONTENT_ENCODING], "gzip");
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
+        assert_eq!(head.headers[header::ETAG], "W/\"v1\"");
+        assert_eq!(head.headers[header::VARY], "Accept-Encoding");
     }
 
     #[tokio::test]
