@@ -191,11 +191,11 @@ impl Plugins for Features<'_> {
                 let queue = match old.filter(|o| o.durable() == f.jobs.as_ref()) {
                     Some(o) if o.adopt(q) => o.clone(),
                     _ => {
-                        let counters = old.map(|o| o.counters.clone()).unwrap_or_default();
+                        let carried = old.map(|o| o.carried()).unwrap_or_default();
                         RouteQueue::start(
                             spawner,
                             &r.name,
-                            (q.clone(), counters),
+                            (q.clone(), carried),
                             f.jobs.as_ref(),
                             gateway.clone(),
                         )

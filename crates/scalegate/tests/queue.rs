@@ -454,7 +454,8 @@ async fn a_stream_made_with_another_prefix_is_reported_as_such() {
 
 /// A probe's finding (session 20): after a reload that started a new queue, what the old
 /// queue still did with the jobs it held (deliveries, retries, jobs given up) was counted
-/// nowhere the route's counters could show. The queues a route has had share its counters.
+/// nowhere the route's counters could show, and its dead letters were lost with it. The
+/// queues a route has had share its counters and its dead letters.
 #[tokio::test]
 async fn what_a_replaced_queue_still_does_counts_for_its_route() {
     let bs = backends(1).await;
@@ -491,5 +492,9 @@ async fn what_a_replaced_queue_still_does_counts_for_its_route() {
     .await;
     assert!(all, "{}", gw.admin_get("/queue").await);
     assert_eq!(field(&view().await, "accepted_since_start"), 3);
+    // The dead letters too: the two the old queue gave up are listed with the route's.
+    let dead: serde_json::Value =
+        serde_json::from_str(&gw.admin_get("/queue/hooks/dead").await).expect("json");
+    assert_eq!(dead["jobs"].as_array().map(Vec::len), Some(3), "{dead}");
     quiescent(&gw).await;
 }

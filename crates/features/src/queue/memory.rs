@@ -19,15 +19,15 @@ type Entry = (Job, u32);
 #[derive(Debug)]
 pub(super) struct MemoryQueue {
     tx: mpsc::Sender<Entry>,
-    /// Jobs given up.
-    pub(super) dead: MemoryDead,
+    /// Jobs given up (shared with the queues that replace this one).
+    pub(super) dead: Arc<MemoryDead>,
 }
 
 impl MemoryQueue {
     pub(super) fn start(
         spawner: &scalegate_shared::Spawner,
         route: &str,
-        spec: &QueueSpec,
+        (spec, dead): (&QueueSpec, Arc<MemoryDead>),
         queue: Weak<RouteQueue>,
         gateway: Weak<Gateway>,
     ) -> MemoryQueue {
@@ -42,10 +42,7 @@ impl MemoryQueue {
                 gateway.clone(),
             ));
         }
-        MemoryQueue {
-            tx,
-            dead: MemoryDead::default(),
-        }
+        MemoryQueue { tx, dead }
     }
 
     /// Queues a job; Err when the queue is full.

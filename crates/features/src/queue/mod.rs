@@ -91,6 +91,14 @@ pub struct RouteQueue {
     phase: tokio::sync::watch::Sender<Phase>,
 }
 
+/// What a route's queues hand from one to the next when a reload replaces one: the counters,
+/// and the memory store's dead letters (a job the old queue gives up is listed with the new).
+#[derive(Debug, Default)]
+pub struct Carried {
+    counters: Arc<QueueCounters>,
+    dead: Arc<dead::MemoryDead>,
+}
+
 /// A route's job counts since start.
 #[derive(Debug, Default)]
 pub struct QueueCounters {
@@ -181,7 +189,7 @@ impl RouteQueue {
     pub fn start(
         spawner: &scalegate_shared::Spawner,
         route: &str,
-        (spec, counters): (QueueSpec, Arc<QueueCounters>),
+        (spec, carried): (QueueSpec, Carried),
         jobs: Option<&JobsSpec>,
         gateway: std::sync::Weak<scalegate_http::Gateway>,
     ) -> Arc<RouteQueue> {
@@ -192,7 +200,7 @@ impl RouteQueue {
                 None => Store::Memory(memory::MemoryQueue::start(
                     spawner,
                     route,
-                    &spec,
+                    (&spec, carried.dead.clone()),
                     me.clone(),
                     gateway,
                 )),
@@ -208,12 +216,23 @@ impl RouteQueue {
             RouteQueue {
                 spec: arc_swap::ArcSwap::from_pointee(spec),
                 store,
-                counters,
+                counters: carried.counters,
                 in_hand: AtomicU64::new(0),
                 paused: AtomicU64::new(0),
                 phase,
             }
         })
+    }
+
+    /// What a queue that replaces it takes over.
+    pub fn carried(&self) -> Carried {
+        Carried {
+            counters: self.counters.clone(),
+            dead: match &self.store {
+                Store::Memory(m) => m.dead.clone(),
+                Store::JetStream(_) => Arc::default(),
+            },
+        }
     }
 
     /// The settings it runs with.
