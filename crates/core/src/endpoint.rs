@@ -206,8 +206,8 @@ impl EndpointState {
         self.new_probe_period();
     }
 
-    /// Whether the breaker is open or half-open at `now` (whatever the health checks say).
-    pub fn breaker_open(&self, now: Tick) -> bool {
+    /// Whether the breaker is open or half-open at `now`.
+    fn breaker_open(&self, now: Tick) -> bool {
         self.ejected_until.load(Relaxed) > now.0 || self.half_open.load(Relaxed)
     }
 

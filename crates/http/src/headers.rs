@@ -217,12 +217,15 @@ pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
     // A client's own id is kept when it can be the same everywhere (header, upstream, log): 1
     // to 200 visible ASCII characters. An empty one, a huge one, or bytes the log cannot
     // show (a client blanking its id in the log) are replaced by the gateway's.
-    if let Some(v) = h.get_mut(&X_REQUEST_ID)
+    if let Some(v) = h.get(&X_REQUEST_ID)
         && (1..=MAX_REQUEST_ID).contains(&v.len())
         && v.as_bytes().iter().all(u8::is_ascii_graphic)
     {
+        let mut v = v.clone();
         v.set_sensitive(true);
-        return v.clone();
+        // The one id, alone: other X-Request-Id lines are not passed on.
+        h.insert(X_REQUEST_ID.clone(), v.clone());
+        return v;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
@@ -269,8 +272,10 @@ mod tests {
         );
         let mut supplied = HeaderMap::new();
         supplied.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("client-7"));
+        supplied.append(X_REQUEST_ID.clone(), HeaderValue::from_static("bad one"));
         let id = ensure_request_id(&mut supplied);
         assert_eq!(id, "client-7");
+        assert_eq!(supplied.get_all(&X_REQUEST_ID).iter().count(), 1);
         // Found from outside (session 20): ids the log could not carry as they are.
         for bad in [&b""[..], b"\xff\xfe\"x", &[b'a'; 201], b"a b"] {
             let mut h = HeaderMap::new();

@@ -18,6 +18,26 @@ use crate::pooler::Pooler;
 use crate::proto::{self, Severity, Startup};
 use crate::spec::PoolMode;
 
+/// Console logins that may be in progress at once.
+const MAX_PENDING_LOGINS: usize = 64;
+
+/// A console login in progress, until dropped.
+struct PendingLogin(Arc<Pooler>);
+
+impl PendingLogin {
+    fn take(pooler: &Arc<Pooler>) -> Option<PendingLogin> {
+        let before = pooler.console_logins.fetch_add(1, Relaxed);
+        let pending = PendingLogin(pooler.clone());
+        (before < MAX_PENDING_LOGINS).then_some(pending)
+    }
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        self.0.console_logins.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Whether `database` names the console.
 pub fn is_console(database: &str) -> bool {
     database == "scalegate" || database == "pgbouncer"
@@ -37,10 +57,26 @@ pub async fn run(
     } else {
         admin_users.contains(&startup.user)
     };
-    // Authenticated first: who is an admin is not told to a client that has not.
-    if let Err(r) = login::authenticate(&mut stream, &mut buf, &pooler, &startup.user).await {
+    // Authenticated first (within the login timeout): who is an admin is not told to a
+    // client that has not. Console logins are not under max_client_conn (an operator must
+    // reach a full pooler), so those in progress have a bound of their own.
+    let Some(_pending) = PendingLogin::take(&pooler) else {
+        return Failure::TooMany(format!(
+            "too many console logins in progress (at most {MAX_PENDING_LOGINS})"
+        ))
+        .send(&mut stream)
+        .await;
+    };
+    let authed = tokio::time::timeout(
+        login::LOGIN_TIMEOUT,
+        login::authenticate(&mut stream, &mut buf, &pooler, &startup.user),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Failure::ConnectionLost("login timed out".into())));
+    if let Err(r) = authed {
         return r.send(&mut stream).await;
     }
+    drop(_pending);
     if !allowed {
         return Failure::Auth(
             "28000",

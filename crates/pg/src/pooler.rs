@@ -126,10 +126,19 @@ impl State {
                 (d.name.clone(), topo)
             })
             .collect();
+        // A user whose password a reload leaves alone keeps its verifier: a salt that changed
+        // at each reload (a mock verifier's does not) would tell real users from unknown names.
         let users = spec
             .users
             .iter()
-            .map(|u| (u.name.clone(), (u.clone(), ScramSecret::new(&u.password))))
+            .map(|u| {
+                let kept = old
+                    .and_then(|o| o.users.get(&u.name))
+                    .filter(|(was, _)| was.password == u.password)
+                    .and_then(|(_, secret)| secret.clone());
+                let secret = kept.or_else(|| ScramSecret::new(&u.password));
+                (u.name.clone(), (u.clone(), secret))
+            })
             .collect();
         State {
             spec,
@@ -158,6 +167,8 @@ pub struct Pooler {
     clients: Mutex<HashMap<(i32, i32), Arc<ClientSlot>>>,
     /// Clients connected now.
     pub client_count: AtomicUsize,
+    /// Console logins in progress (console.rs bounds them).
+    pub(crate) console_logins: AtomicUsize,
     server_ids: Arc<AtomicU64>,
     paused: crate::flag::Flag,
     /// The console's RELOAD requests: the process reloads its config file and answers each
@@ -181,6 +192,7 @@ impl Pooler {
             runtime: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             client_count: AtomicUsize::new(0),
+            console_logins: AtomicUsize::new(0),
             server_ids: Arc::new(AtomicU64::new(1)),
             paused: Default::default(),
             reloads: ReloadRequests::default(),
@@ -275,7 +287,9 @@ impl Pooler {
                 p.retire();
                 // Its successor at once (no connection is made): the clients still on it
                 // stay in SHOW POOLS and the metrics under their database.
-                if let Some(db) = self.database(&p.db.name) {
+                if let Some(db) = self.database(&p.db.name)
+                    && (!self.has_users() || self.user(&p.user).is_some())
+                {
                     self.pool(&db, &p.user);
                 }
             }

@@ -147,6 +147,11 @@ impl Change {
     }
 }
 
+/// One query whose row names every setting the session has made (comma-separated; setting
+/// names have no commas), NULL when none.
+pub const SESSION_SETTINGS_SQL: &str = "SELECT pg_catalog.string_agg(name, ',') \
+    FROM pg_catalog.pg_settings WHERE source = 'session'";
+
 /// One query whose row holds the current value of each of `names`, in order (NULL for a name
 /// the server does not know).
 pub fn read_back_sql(names: &[String]) -> String {

@@ -183,11 +183,18 @@ fn queues(gw: &Gateway) -> Vec<Family> {
     if routes.is_empty() {
         return Vec::new();
     }
+    // One series per name: two queues a route had before two reloads, both still delivering,
+    // are both "ROUTE (before reload)" and are summed (found by a regression hunt: duplicate
+    // series, which Prometheus rejects).
     let rows = |f: &dyn Fn(&scalegate_features::queue::RouteQueue) -> u64| -> Vec<(Labels, u64)> {
-        routes
-            .iter()
-            .map(|(name, q)| (vec![("route", name.clone())], f(q)))
-            .collect()
+        let mut out: Vec<(Labels, u64)> = Vec::new();
+        for (name, q) in &routes {
+            match out.iter_mut().find(|(l, _)| l[0].1 == *name) {
+                Some((_, v)) => *v += f(q),
+                None => out.push((vec![("route", name.clone())], f(q))),
+            }
+        }
+        out
     };
     // A route's counters once, under its own name: a queue a reload replaced counts into them.
     let counts =

@@ -267,3 +267,56 @@ async fn clients_of_a_pool_a_reload_replaced_stay_counted() {
     drop(clients);
     pooler_empty(&gw, port).await;
 }
+
+/// A regression hunt's finding (session 20): once console logins authenticated before their
+/// rights were checked, anyone could open console logins and never finish them: 300 were held
+/// open past 120 s, outside max_client_conn and without the login timeout. They now have the
+/// login timeout and a bound of their own (64 in progress).
+#[tokio::test]
+async fn unfinished_console_logins_are_bounded() {
+    use std::io::{Read, Write};
+    let pg = PgServer::start().await;
+    let port = free_port();
+    let users = "admin_users = [\"admin\"]\n[postgres.users.admin]\npassword = \"adminpw\"\n";
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n{users}\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n",
+        pg.port
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let hello = |user: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut body = 196_608i32.to_be_bytes().to_vec();
+        for part in ["user", user, "database", "scalegate", ""] {
+            body.extend(part.as_bytes());
+            body.push(0);
+        }
+        let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        p.extend(body);
+        s.write_all(&p).expect("startup");
+        let mut tag = [0u8; 1];
+        s.read_exact(&mut tag).expect("an answer");
+        (s, tag[0])
+    };
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let (s, tag) = hello("nosuch");
+        assert_eq!(tag, b'R', "a SCRAM challenge");
+        held.push(s);
+    }
+    let (_, tag) = hello("nosuch");
+    assert_eq!(tag, b'E', "the 65th unfinished console login is refused");
+    drop(held);
+    // Once they are gone, an admin logs in.
+    let ok = eventually(Duration::from_secs(10), || async {
+        scalegate_testkit::postgres::psql_conn(
+            &format!("host=127.0.0.1 port={port} user=admin dbname=scalegate password=adminpw"),
+            "SHOW POOLS",
+        )
+        .is_ok()
+    })
+    .await;
+    assert!(ok, "the console works again");
+    drop(gw);
+}

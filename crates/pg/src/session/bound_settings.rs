@@ -32,20 +32,25 @@ impl BoundSettings {
         self.pending.is_empty()
     }
 
-    /// A Bind of one of `statements` (those that change settings, by name; the unnamed one's
-    /// name is empty): what its portal will change.
+    /// A Bind: when its statement is one of `statements` (those that change settings, by name;
+    /// the unnamed one's name is empty), what its portal will change. A portal bound again
+    /// forgets what it held. Returns false when a portal's changes had to be forgotten unrun
+    /// (too many pending): the server's settings are then the server's to tell.
     pub(super) fn bind(
         &mut self,
         msg: &[u8],
         statements: &std::collections::HashMap<Vec<u8>, std::sync::Arc<Effects>>,
-    ) {
+    ) -> bool {
         let mut body = &msg[5..];
         let (Some(portal), Some(name)) = (proto::cbytes(&mut body), proto::cbytes(&mut body))
         else {
-            return;
+            return true;
         };
+        // A portal bound again is another statement's (found by a regression hunt: a SET
+        // bound to the unnamed portal, then a SELECT, made the SET's change at the Execute).
+        self.pending.retain(|(p, _)| p != portal);
         let Some(fx) = statements.get(name) else {
-            return;
+            return true;
         };
         let mut bound = Bound {
             changes: fx.settings.clone(),
@@ -70,11 +75,12 @@ impl BoundSettings {
         }
         // A portal lives until its transaction ends (an Execute of one that is gone fails,
         // and a failed segment's changes are dropped), or until it is bound again.
-        self.pending.retain(|(p, _)| p != portal);
-        if self.pending.len() >= MAX_PENDING {
+        let kept = self.pending.len() < MAX_PENDING;
+        if !kept {
             self.pending.remove(0);
         }
         self.pending.push((portal.to_vec(), bound));
+        kept
     }
 
     /// An Execute in `segment`: its portal's changes are made.

@@ -192,6 +192,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
             ambiguous: false,
             reread: Vec::new(),
             unknown_kept: false,
+            read_all: false,
         },
         pending_z: 0,
         unsynced: false,
@@ -475,7 +476,11 @@ impl Session {
                 let known_plain = consumed == n && self.plain_first == n;
                 if !self.setting_statements.is_empty() {
                     match tag {
-                        b'B' => self.bound_settings.bind(msg, &self.setting_statements),
+                        b'B' => {
+                            let kept = self.bound_settings.bind(msg, &self.setting_statements);
+                            // A portal's changes forgotten unrun: the server's to tell.
+                            self.track.unknown = self.track.unknown.or((!kept).then_some(segment));
+                        }
                         // A name parsed again is another statement.
                         b'P' => _ = self.setting_statements.remove(parsed_name(msg)),
                         _ => {}
@@ -926,7 +931,7 @@ impl Session {
                     return None;
                 }
             }
-            if !self.track.reread.is_empty()
+            if (!self.track.reread.is_empty() || self.track.read_all)
                 && let Some(lease) = self.lease.as_mut()
             {
                 reread_settings(&mut self.track, &mut lease.conn).await;
@@ -1232,6 +1237,9 @@ struct Track {
     /// The server's settings stay unknown after the read-back (a segment had statements the
     /// pooler could not follow).
     unknown_kept: bool,
+    /// Statements it could not follow ran (a DO block, UPDATE pg_settings, a bound portal it
+    /// forgot): every setting the server's session has made is read back as the client's.
+    read_all: bool,
 }
 
 impl Track {
@@ -1308,6 +1316,7 @@ impl Track {
                 };
                 if unknown {
                     self.unknown = None;
+                    self.read_all = true;
                 }
             }
         }
@@ -1347,17 +1356,59 @@ async fn linger(client: &mut ClientStream) {
 }
 
 /// Reads the settings `track.reread` names back from the server whose transaction left them
-/// in doubt, and records them as the client's; the server's session is then known again. When
-/// the server cannot say, it stays unknown (the next client's settings are replayed whole) and
-/// the client keeps what it had before.
+/// in doubt, and records them as the client's; the server's session is then known again. With
+/// `track.read_all`, every setting the session has made (`pg_settings` source `session`) is
+/// read, and the client's others are reset. When the server cannot say, it stays unknown (the
+/// next client's settings are replayed whole) and the client keeps what it had before.
 async fn reread_settings(track: &mut Track, conn: &mut crate::server::ServerConn) {
-    let names = std::mem::take(&mut track.reread);
+    let mut names = std::mem::take(&mut track.reread);
+    let mut session: Option<Vec<String>> = None;
+    if std::mem::take(&mut track.read_all) {
+        let asked = conn.query_row(crate::settings::SESSION_SETTINGS_SQL);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+            Ok(Ok(row)) => {
+                let made: Vec<String> = row
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|list| list.split(',').map(str::to_string).collect::<Vec<_>>())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                for n in made
+                    .iter()
+                    .map(String::as_str)
+                    .chain(track.settings.names())
+                {
+                    if !names.iter().any(|k| k == n) {
+                        names.push(n.to_string());
+                    }
+                }
+                session = Some(made);
+                track.unknown_kept = false;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading settings back from a server failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("reading settings back from a server timed out");
+                return;
+            }
+        }
+    }
+    if names.is_empty() {
+        conn.settings = track.settings.fingerprint();
+        return;
+    }
     let sql = crate::settings::read_back_sql(&names);
     let asked = conn.query_row(&sql);
     match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
         Ok(Ok(values)) => {
             for (name, value) in names.iter().zip(values) {
-                track.settings.adopt(name, value.as_deref());
+                // A setting the session has not made is at its default: reset for the client.
+                let made = session.as_ref().is_none_or(|s| s.contains(name));
+                track
+                    .settings
+                    .adopt(name, value.as_deref().filter(|_| made));
             }
             if !std::mem::take(&mut track.unknown_kept) {
                 conn.settings = track.settings.fingerprint();
