@@ -47,7 +47,7 @@ pub struct Metrics {
     /// Cache tier gauges (bytes, objects, up), refreshed at scrape time.
     pub cache_tier: Family<Labels, Gauge>,
     /// Redis tier errors (mirrors the tier's own counter at scrape time).
-    pub cache_tier_errors: Family<Labels, Gauge>,
+    pub cache_tier_errors: Family<Labels, Counter>,
 }
 
 /// What the cache did with a request (one counter each per route).

@@ -103,8 +103,11 @@ pub fn refresh_metrics(gw: &Gateway) {
         gauge("redis", "bytes").set(i64::try_from(l2.bytes.load(Ordering::Relaxed)).unwrap_or(0));
         gauge("redis", "dropped_fills")
             .set(i64::try_from(l2.dropped.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-        m.cache_tier_errors
-            .get_or_create(&vec![("tier", "redis".to_string())])
-            .set(i64::try_from(l2.link.errors.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        // A counter (it only grows): brought up to the link's own count at each scrape.
+        let errors = m
+            .cache_tier_errors
+            .get_or_create(&vec![("tier", "redis".to_string())]);
+        let total = l2.link.errors.load(Ordering::Relaxed);
+        errors.inc_by(total.saturating_sub(errors.get()));
     }
 }

@@ -630,9 +630,21 @@ impl Session {
 
     async fn acquire_on(&mut self, route: Route) -> Result<(), AcquireError> {
         self.wrote = false;
+        let slot = self.slot.clone();
+        let acquiring = slot.queued.acquiring();
         let lease = self.lease_on(route).await?;
         if let Ok(mut s) = self.slot.server.lock() {
             *s = Some((lease.conn.id, lease.conn.key));
+        }
+        drop(acquiring);
+        if slot.queued.take_hit() {
+            // A cancel came while the server was made ready: nothing of the statement has
+            // been sent, so it ends here (57014), as a cancel of a waiting statement does.
+            if let Ok(mut s) = self.slot.server.lock() {
+                *s = None;
+            }
+            self.pool.release(lease, true);
+            return Err(AcquireError::Cancelled);
         }
         self.lease = Some(lease);
         Ok(())
