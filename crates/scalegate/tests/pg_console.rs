@@ -318,5 +318,5 @@ async fn unfinished_console_logins_are_bounded() {
     })
     .await;
     assert!(ok, "the console works again");
-    drop(gw);
+    quiescent(&gw).await;
 }

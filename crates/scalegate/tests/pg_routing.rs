@@ -284,16 +284,8 @@ async fn a_client_serializable_by_default_reads_from_the_primary() {
         .await
         .expect("set");
     assert_eq!(port_of(&c, "SELECT inet_server_port()").await, p);
-    let (c2, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={port} user=postgres dbname=app \
-             options='-c default_transaction_isolation=serializable'"
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect with the option");
-    tokio::spawn(conn);
+    let serializable = "options='-c default_transaction_isolation=serializable'";
+    let c2 = pg_client_with(port, "app", serializable).await;
     assert_eq!(port_of(&c2, "SELECT inet_server_port()").await, p);
     let level: String = pg_one(&c2, "SHOW transaction_isolation").await;
     assert_eq!(level, "serializable");

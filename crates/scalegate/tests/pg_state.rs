@@ -690,16 +690,8 @@ async fn a_setting_changed_through_pg_settings_is_not_the_next_clients() {
 async fn a_list_given_at_startup_stays_a_list() {
     let (pg, gw, port) = one_server("pin").await;
     pg.psql("postgres", "CREATE TABLE sp_probe (x int)");
-    let (c, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={port} user=postgres dbname=app \
-             options='-c search_path=zz,public -c application_name=a\\\\ b'"
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect with options");
-    tokio::spawn(conn);
+    let options = "options='-c search_path=zz,public -c application_name=a\\\\ b'";
+    let c = pg_client_with(port, "app", options).await;
     assert_eq!(path(&c).await, "zz,public", "as PostgreSQL shows it");
     assert_eq!(int(&c, "SELECT count(*) FROM sp_probe").await, 0);
     assert_eq!(pg_one::<String>(&c, "SHOW application_name").await, "a b");
@@ -716,14 +708,7 @@ async fn a_list_given_at_startup_stays_a_list() {
 async fn a_client_whose_startup_settings_the_server_refuses_is_refused() {
     let (_pg, gw, port) = one_server("pin").await;
     let connect = |options: &'static str| async move {
-        let (c, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={port} user=postgres dbname=app options='{options}'"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect");
-        tokio::spawn(conn);
-        c
+        pg_client_with(port, "app", &format!("options='{options}'")).await
     };
     let t = connect("-c TimeZone=Asia/Kolkata -c work_mem=64MB").await;
     assert_eq!(pg_one::<String>(&t, "SHOW TimeZone").await, "Asia/Kolkata");

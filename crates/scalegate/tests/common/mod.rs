@@ -131,8 +131,14 @@ impl LoadLoop {
 
 /// A tokio-postgres client of the pooler on `port` (user postgres, database `db`).
 pub async fn pg_client(port: u16, db: &str) -> tokio_postgres::Client {
+    pg_client_with(port, db, "").await
+}
+
+/// [`pg_client`] with more connection parameters (`options='-c name=value'`).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn pg_client_with(port: u16, db: &str, extra: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname={db}"),
+        &format!("host=127.0.0.1 port={port} user=postgres dbname={db} {extra}"),
         tokio_postgres::NoTls,
     )
     .await
