@@ -154,6 +154,24 @@ async fn message(
     }
 }
 
+/// The client's next message, which must answer the authentication request ('p': a password,
+/// SASLInitialResponse or SASLResponse); anything else breaks the protocol (08P01, as PostgreSQL
+/// answers), whoever the user is.
+async fn password_message(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Bytes, Failure> {
+    let m = message(stream, buf, max).await?;
+    if m[0] != b'p' {
+        return Err(Failure::Protocol(format!(
+            "expected an authentication response, got message type {:?}",
+            char::from(m[0])
+        )));
+    }
+    Ok(m)
+}
+
 async fn send(stream: &mut ClientStream, out: &BytesMut) -> Result<(), Failure> {
     stream
         .write_all(out)
@@ -187,10 +205,10 @@ pub async fn authenticate(
             let salt: [u8; 4] = rand::random();
             proto::auth(&mut out, 5, &salt);
             send(stream, &out).await?;
-            let m = message(stream, buf, 1024).await?;
+            let m = password_message(stream, buf, 1024).await?;
             let mut body = &m[5..];
             let given = proto::cstr(&mut body).unwrap_or_default();
-            if m[0] != b'p' || given != md5_expected(user, &u.password, salt) {
+            if given != md5_expected(user, &u.password, salt) {
                 return Err(failed());
             }
         }
@@ -217,26 +235,26 @@ async fn scram(
     out.clear();
     proto::auth(out, 10, b"SCRAM-SHA-256\0\0");
     send(stream, out).await?;
-    let m = message(stream, buf, 4096).await?;
+    let m = password_message(stream, buf, 4096).await?;
     let mut body = &m[5..];
     let mech = proto::cstr(&mut body).unwrap_or_default();
-    if m[0] != b'p' || mech != "SCRAM-SHA-256" || body.len() < 4 {
-        return Err(Failure::Auth(
-            "28000",
-            "expected a SASLInitialResponse for SCRAM-SHA-256".into(),
+    if mech != "SCRAM-SHA-256" {
+        return Err(Failure::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
         ));
     }
-    let len = body.get_i32().max(0) as usize;
-    let first = &body[..len.min(body.len())];
+    // The client's first message, whose length must be exactly what is left (as PostgreSQL
+    // checks): a shorter or longer claim is a framing error, not a message to guess at.
+    let first = match body.len().checked_sub(4) {
+        Some(rest) if body.get_i32() == i32::try_from(rest).unwrap_or(-1) => body,
+        _ => return Err(Failure::Protocol("malformed SASLInitialResponse".into())),
+    };
     let (exchange, server_first) =
         ScramServer::start(secret, first).map_err(|e| Failure::Auth("28000", e.to_string()))?;
     out.clear();
     proto::auth(out, 11, server_first.as_bytes());
     send(stream, out).await?;
-    let m = message(stream, buf, 4096).await?;
-    if m[0] != b'p' {
-        return Err(failed());
-    }
+    let m = password_message(stream, buf, 4096).await?;
     let last = exchange.finish(&m[5..]).map_err(|_| failed())?;
     out.clear();
     proto::auth(out, 12, last.as_bytes());

@@ -365,7 +365,7 @@ async fn start_tls(
         (b'S', _) => stream
             .start_tls(&connector, server_name)
             .await
-            .map_err(io_err),
+            .map_err(|e| tls_refused(name, e).unwrap_or_else(io_err)),
         (b'N', SslMode::Prefer) => Ok(()),
         (b'N', _) => Err(ServerError::Unsupported(
             name.into(),
@@ -375,6 +375,22 @@ async fn start_tls(
             name.into(),
             "unexpected answer to SSLRequest".into(),
         )),
+    }
+}
+
+/// A TLS handshake the pooler's own checks refused (a certificate that does not verify, a
+/// protocol the server cannot speak): not transient, so waiting clients get it at once instead
+/// of after `wait_timeout` of retries that cannot succeed.
+fn tls_refused(name: &str, e: io::Error) -> Result<ServerError, io::Error> {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => Ok(ServerError::Unsupported(
+            name.into(),
+            format!("TLS handshake failed: {tls}"),
+        )),
+        None => Err(e),
     }
 }
 

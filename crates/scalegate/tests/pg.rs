@@ -742,6 +742,58 @@ async fn configured_users_log_in_with_scram_or_md5() {
     quiescent(&gw).await;
 }
 
+/// Found from outside: a message that is not an answer to the authentication request, or a
+/// SASLInitialResponse whose length does not match its message, is a protocol violation
+/// (08P01, as PostgreSQL answers); the pooler answered 28000 to the first, or a wrong password,
+/// and read a truncated client-first message out of the second. Unknown users get the same.
+#[tokio::test]
+async fn a_login_that_breaks_the_protocol_gets_08p01() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(
+        &pg,
+        "pool_size = 1",
+        "[postgres.users.postgres]\npassword = \"s3cret\"\n[postgres.users.legacy]\npassword = \"old\"\nauth = \"md5\"",
+    )
+    .await;
+    let answer = |user: &str, reply: &[u8]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(&startup_with(196_608, &["user", user, "database", "app"]))
+            .expect("startup");
+        let challenge = pg_common::read_until(&mut s, b'R');
+        assert!(!challenge.is_empty(), "no authentication request");
+        s.write_all(reply).expect("reply");
+        let error = pg_common::read_until(&mut s, b'E');
+        let Some((b'E', fields)) = error.last() else {
+            panic!("{user}: no ErrorResponse but {error:?}");
+        };
+        fields
+            .split(|b| *b == 0)
+            .find_map(|f| f.strip_prefix(b"C"))
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default()
+    };
+    let query = pg_common::query_message("SELECT 1");
+    let mut short = b"SCRAM-SHA-256\0".to_vec();
+    short.extend(1000i32.to_be_bytes());
+    short.extend(b"n,,n=,r=abc");
+    let short = pg_common::pg_message(b'p', &[&short]);
+    for user in ["postgres", "nobody"] {
+        assert_eq!(
+            answer(user, &query),
+            "08P01",
+            "{user}: a query for a SASL response"
+        );
+        assert_eq!(
+            answer(user, &short),
+            "08P01",
+            "{user}: a length past the message"
+        );
+    }
+    assert_eq!(answer("legacy", &query), "08P01", "a query for a password");
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn admin_console_shows_pools_and_pauses() {
     let pg = PgServer::start().await;
@@ -1077,6 +1129,34 @@ async fn the_pooler_can_use_tls_to_servers() {
             "{db}: the pooler's server connection is not encrypted"
         );
     }
+    quiescent(&gw).await;
+}
+
+/// Found from outside: a server certificate that does not verify (here signed by another CA)
+/// was retried as if the server were down, so every client waited out `wait_timeout` (here an
+/// hour) before its error. A refused handshake cannot succeed on retry: clients get it at once.
+#[tokio::test]
+async fn a_server_certificate_that_does_not_verify_fails_clients_at_once() {
+    let pg = PgServer::start_tls(
+        std::path::Path::new(&data("localhost.crt")),
+        std::path::Path::new(&data("localhost.key")),
+    )
+    .await;
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"1h\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}\"\n",
+        pg.port,
+        data("client-ca.crt"),
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let started = tokio::task::spawn_blocking(move || psql(port, "postgres", "app", "SELECT 1"));
+    let answer = tokio::time::timeout(Duration::from_secs(60), started)
+        .await
+        .expect("the client still waits: a certificate failure is being retried")
+        .expect("psql task");
+    let err = answer.expect_err("the query ran over an unverified server connection");
+    assert!(err.contains("certificate"), "{err}");
     quiescent(&gw).await;
 }
 
