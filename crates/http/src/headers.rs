@@ -39,8 +39,9 @@ static HOP_BY_HOP: [&HeaderName; 8] = [
 /// without it, and HTTP/2 allows no other TE value). Other transfer codings in TE are dropped.
 ///
 /// One walk over the names finds which hop-by-hop ones are present; only those are looked up
-/// again. Nothing is allocated unless Connection names a header of another kind.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// again. Nothing is allocated unless Connection names a header of another kind. Returns
+/// whether `TE: trailers` was kept (a response has no use for it: its caller removes it).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
     let mut present = [false; HOP_BY_HOP.len()];
     for name in h.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
@@ -48,7 +49,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         }
     }
     if !present.contains(&true) {
-        return;
+        return false;
     }
     let trailers = present[1]
         && tokens(h, &header::TE).any(|t| {
@@ -78,6 +79,37 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     if trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    trailers
+}
+
+/// A response's Content-Length as one field, and none on a 1xx or 204 (RFC 9110 §8.6). hyper's
+/// client accepts repeated fields and lists of one value (RFC 9112 §6.3 allows it; differing
+/// values are refused), and a length on a 204; passed on as they came, each makes HTTP/2
+/// clients refuse the response as malformed.
+pub fn one_content_length(status: http::StatusCode, h: &mut HeaderMap) {
+    if status.is_informational() || status == http::StatusCode::NO_CONTENT {
+        h.remove(header::CONTENT_LENGTH);
+        return;
+    }
+    let mut all = h.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), None) = (all.next(), all.next()) else {
+        return one_of_many(h);
+    };
+    if first.as_bytes().contains(&b',') {
+        one_of_many(h);
+    }
+}
+
+/// Replaces several Content-Length values that agree with one field.
+fn one_of_many(h: &mut HeaderMap) {
+    let agreed = {
+        let mut values = tokens(h, &header::CONTENT_LENGTH).map(|v| v.trim().parse::<u64>().ok());
+        let first = values.next().flatten();
+        first.filter(|_| values.all(|v| v == first))
+    };
+    if let Some(n) = agreed {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
 }
 
@@ -312,6 +344,27 @@ mod tests {
         assert!(h.contains_key("x-keep"));
     }
 
+    /// Found from outside: repeated or listed Content-Length values (one value) and a length
+    /// on a 204 reached HTTP/2 clients, which refused the response as malformed.
+    #[test]
+    fn a_response_gets_one_content_length_or_none() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static(" 3"));
+        one_content_length(http::StatusCode::OK, &mut h);
+        let all: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(all, ["3"]);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3,3"));
+        one_content_length(http::StatusCode::OK, &mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
+        one_content_length(http::StatusCode::NO_CONTENT, &mut h);
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        // Values that disagree are left for hyper, which refuses them (502).
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3, 4"));
+        one_content_length(http::StatusCode::OK, &mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "3, 4");
+    }
+
     #[test]
     fn connection_names_match_in_any_case() {
         let mut h = HeaderMap::new();
@@ -335,7 +388,7 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
         h.insert(header::TE, HeaderValue::from_static("deflate, Trailers"));
         h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
-        strip_hop_by_hop(&mut h);
+        assert!(strip_hop_by_hop(&mut h), "kept TE is told");
         assert_eq!(
             h.get(header::TE).map(|v| v.as_bytes()),
             Some(&b"trailers"[..])

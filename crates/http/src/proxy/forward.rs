@@ -169,7 +169,7 @@ pub(super) fn forward(
                     };
                     // The last possible attempt takes the head itself; earlier ones take a copy.
                     let last = retry.is_none_or(|r| attempt >= r.policy.attempts);
-                    let wait = (try_timeout, try_deadline);
+                    let wait = (try_timeout, try_deadline, body_deadline.at + try_timeout);
                     // The request is built in the call: held in a local, it would keep its room in
                     // this future beside the copy `send` holds.
                     match lease {
@@ -275,7 +275,11 @@ impl Attempt<'_> {
         template: &mut Option<http::request::Parts>,
         body: &mut retry::BodySource,
         last: bool,
-        (try_timeout, try_deadline): (std::time::Duration, tokio::time::Instant),
+        (try_timeout, try_deadline, stalled): (
+            std::time::Duration,
+            tokio::time::Instant,
+            tokio::time::Instant,
+        ),
         done: &mut Completion,
     ) -> Result<Outgoing, ProxyError> {
         let Some((req_body, body_sent)) = body.for_attempt() else {
@@ -306,8 +310,9 @@ impl Attempt<'_> {
             log.request_id(id);
         }
         let wait = match body_sent {
-            // The body is still arriving: the route timeout starts once it has passed whole.
-            Some(sent) => HeadWait::AfterBody(Some(sent), try_timeout),
+            // The body is still arriving: the route timeout starts once it has passed whole, or
+            // once the client's time for it is over (an upstream that stopped reading it).
+            Some(sent) => HeadWait::AfterBody(Some(sent), try_timeout, stalled),
             None => HeadWait::Until(try_deadline),
         };
         Ok(Outgoing {

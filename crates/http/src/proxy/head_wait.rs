@@ -21,9 +21,11 @@ use crate::retry::BodySent;
 pub(super) enum HeadWait {
     /// Until this instant (the body was whole before it was sent).
     Until(Instant),
-    /// The body is still arriving from the client: until it has passed whole only the client's
-    /// body timeout runs (inside the body), then this long. `None` once it has passed.
-    AfterBody(Option<BodySent>, Duration),
+    /// The body is still arriving from the client: until it has passed whole the client's body
+    /// timeout runs (inside the body), then this long. `None` once it has passed. The instant
+    /// bounds a body that never passes because the upstream stopped reading it (the client's
+    /// own deadline is not watched while nobody reads): the body's deadline plus this long.
+    AfterBody(Option<BodySent>, Duration, Instant),
 }
 
 impl HeadWait {
@@ -31,8 +33,9 @@ impl HeadWait {
     pub(super) fn wait<F: Future>(&mut self, sending: F) -> Waiting<'_, F> {
         let deadline = match self {
             HeadWait::Until(deadline) => *deadline,
-            // Reset when the body has passed; until then the timer is not polled.
-            HeadWait::AfterBody(_, timeout) => Instant::now() + *timeout,
+            // Reset when the body has passed.
+            HeadWait::AfterBody(Some(_), _, stalled) => *stalled,
+            HeadWait::AfterBody(None, timeout, _) => Instant::now() + *timeout,
         };
         Waiting {
             rule: self,
@@ -60,8 +63,7 @@ impl<F: Future> Future for Waiting<'_, F> {
         let mut this = self.project();
         // The body first: one that failed is told here before the upstream's protocol reports
         // the break (over HTTP/2 as a reset, which would read as the endpoint's fault).
-        let mut arriving = false;
-        if let HeadWait::AfterBody(body, timeout) = this.rule
+        if let HeadWait::AfterBody(body, timeout, _) = this.rule
             && let Some(sent) = body.as_mut()
         {
             match Pin::new(sent).poll(cx) {
@@ -71,14 +73,11 @@ impl<F: Future> Future for Waiting<'_, F> {
                     *body = None;
                     this.timer.as_mut().reset(Instant::now() + *timeout);
                 }
-                Poll::Pending => arriving = true,
+                Poll::Pending => {}
             }
         }
         if let Poll::Ready(head) = this.sending.poll(cx) {
             return Poll::Ready(Ok(head));
-        }
-        if arriving {
-            return Poll::Pending;
         }
         ready!(this.timer.poll(cx));
         Poll::Ready(Err(ProxyError::UpstreamTimeout))
@@ -92,8 +91,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_route_timeout_starts_when_the_body_has_passed() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5));
         let started = Instant::now();
+        let stalled = started + Duration::from_secs(3600);
+        let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5), stalled);
         let body = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(60)).await;
             let _ = tx.send(Ok(()));
@@ -101,7 +101,7 @@ mod tests {
         let out = rule.wait(std::future::pending::<()>()).await;
         assert!(matches!(out, Err(ProxyError::UpstreamTimeout)));
         assert_eq!(started.elapsed(), Duration::from_secs(65));
-        assert!(matches!(rule, HeadWait::AfterBody(None, _)));
+        assert!(matches!(rule, HeadWait::AfterBody(None, ..)));
         body.await.ok();
         // Waiting again (a stale connection replaced) does not wait for the body a second time.
         let again = Instant::now();
@@ -113,11 +113,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_failed_is_the_answer_even_when_the_send_failed_too() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5));
+        let stalled = Instant::now() + Duration::from_secs(3600);
+        let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5), stalled);
         let _ = tx.send(Err(crate::body::BodyFault::TooLarge));
         // The upstream's protocol reports the break as its own error at the same time.
         let out = rule.wait(async { "stream reset" }).await;
         assert!(matches!(out, Err(ProxyError::BodyTooLarge)));
+    }
+
+    /// Found from outside: an upstream that stopped reading a large body (and never answered)
+    /// held the request until it closed, past every timeout: the client's body deadline is
+    /// only watched while the body is read.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_the_upstream_stopped_reading_times_out() {
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        let stalled = started + Duration::from_secs(65);
+        let mut rule = HeadWait::AfterBody(Some(rx), Duration::from_secs(5), stalled);
+        let out = rule.wait(std::future::pending::<()>()).await;
+        assert!(matches!(out, Err(ProxyError::UpstreamTimeout)));
+        assert_eq!(started.elapsed(), Duration::from_secs(65));
     }
 
     #[tokio::test(start_paused = true)]

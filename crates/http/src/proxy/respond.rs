@@ -63,7 +63,15 @@ pub(super) fn respond(
     let switched = (head.status == http::StatusCode::SWITCHING_PROTOCOLS)
         .then(|| head.headers.get(header::UPGRADE).cloned())
         .flatten();
-    headers::strip_hop_by_hop(&mut head.headers);
+    // TE is a request's field (RFC 9110 §10.1.4): an upstream's is not passed on.
+    if headers::strip_hop_by_hop(&mut head.headers) {
+        head.headers.remove(header::TE);
+    }
+    headers::one_content_length(head.status, &mut head.headers);
+    // RFC 9110 §6.2: an intermediary sends its own version. hyper frames a response by it: one
+    // marked HTTP/1.0 went out close-delimited, where a body cut by a reset looked whole.
+    // (hyper answers an HTTP/1.0 client as one itself.)
+    head.version = Version::HTTP_11;
     if let Some(protocol) = switched {
         tunnel::restore(&mut head.headers, protocol);
     }
