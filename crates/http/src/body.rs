@@ -340,6 +340,18 @@ impl RespBody {
         }
     }
 
+    /// Takes the bookkeeping of an upstream body the gateway will not send (a 304 that names
+    /// another representation than the cache's), its exchange ended, so the request can be
+    /// sent again; None when it is not an upstream's body.
+    pub fn take_completion(&mut self) -> Option<Completion> {
+        let RespBody::Upstream { inner, done, .. } = self else {
+            return None;
+        };
+        let mut c = done.take()?;
+        c.end_exchange(inner.is_end_stream());
+        Some(c)
+    }
+
     /// The upstream's body, with its completion bookkeeping.
     pub fn upstream(inner: UpstreamBody, done: Completion) -> Self {
         RespBody::Upstream {

@@ -20,7 +20,14 @@ pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
     let Some(store) = scalegate_features::cache(&gw.snapshot()) else {
         return reply(StatusCode::NOT_FOUND, TEXT, "404: no route caches\n");
     };
-    let p = match Purge::from_query(uri.query().unwrap_or("")) {
+    // Named as a request on each listener would be (their path rules may differ).
+    let snap = gw.snapshot();
+    let specs: Vec<_> = snap
+        .listeners
+        .iter()
+        .map(|l| l.spec.edge.normalize)
+        .collect();
+    let purges = match Purge::from_query_on(uri.query().unwrap_or(""), &specs) {
         Ok(p) => p,
         Err(why) => {
             return reply(
@@ -32,7 +39,13 @@ pub async fn purge(gw: &Arc<Gateway>, uri: &Uri) -> Response<Full<Bytes>> {
             );
         }
     };
-    let r = scalegate_features::cache::purge(&store, &p).await;
+    let Some((p, others)) = purges.split_first() else {
+        return reply(StatusCode::BAD_REQUEST, TEXT, "400: nothing to purge\n");
+    };
+    let mut r = scalegate_features::cache::purge(&store, p).await;
+    for other in others {
+        r.merge(scalegate_features::cache::purge(&store, other).await);
+    }
     let body = json!({
         "purged": r.purged,
         "soft": p.soft,

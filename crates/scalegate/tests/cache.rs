@@ -1039,3 +1039,117 @@ async fn two_routes_to_one_url_never_answer_with_each_others_responses() {
     assert!(is_hit(&get(&g, "/page", &[("x-version", "v2")]).await));
     quiescent(&g).await;
 }
+
+/// Found from outside (session 21): one uncacheable answer (a 503 during a deploy) kept the key
+/// from being stored for 10 s (hit-for-pass), so a recovering origin took every request
+/// uncoalesced. The mark now only skips the queue (hit-for-miss): the first answer that may be
+/// stored is, and ends it.
+#[tokio::test]
+async fn a_key_that_answered_uncacheable_stores_its_next_cacheable_answer() {
+    let o = Origin::start(|_, n| match n {
+        1 => resp(503, &[], "deploying"),
+        _ => resp(200, &[("cache-control", "max-age=60")], "ok"),
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    assert_eq!(get(&g, "/hfm", &[]).await.status, 503);
+    let r = get(&g, "/hfm", &[]).await;
+    assert_eq!(r.body, "ok");
+    assert!(status(&r).contains("stored"), "{}", status(&r));
+    let r = get(&g, "/hfm", &[]).await;
+    assert!(is_hit(&r), "{}", status(&r));
+    assert_eq!(o.hits("/hfm"), 2);
+    quiescent(&g).await;
+}
+
+/// Found from outside (session 21): a write whose Location or Content-Location was relative
+/// (`x`, `./x`), or held a dot segment or an escape, invalidated nothing (RFC 9111 §4.4), so an
+/// application that redirects after a write kept serving the old page for its freshness.
+#[tokio::test]
+async fn a_write_invalidates_what_its_relative_location_names() {
+    let o = Origin::start(|req, n| match req.method {
+        http::Method::POST => {
+            let loc = req
+                .headers
+                .get("x-location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let name = req
+                .headers
+                .get("x-name")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("location");
+            resp(201, &[(name, loc)], "")
+        }
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")),
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    let c = Client::http1();
+    for (name, loc) in [
+        ("location", "x"),
+        ("location", "./x"),
+        ("location", "/i7/./x"),
+        ("location", "../i7/x"),
+        ("location", "/i7/%78"),
+        ("content-location", "x"),
+    ] {
+        get(&g, "/i7/x", &[]).await;
+        assert!(is_hit(&get(&g, "/i7/x", &[]).await), "{loc}: not stored");
+        let w = c
+            .post_with(g.http, "/i7/w", &[("x-location", loc), ("x-name", name)])
+            .await
+            .expect("post");
+        assert_eq!(w.status, 201);
+        let after = get(&g, "/i7/x", &[]).await;
+        assert!(!is_hit(&after), "{name}: {loc} invalidated nothing");
+    }
+    quiescent(&g).await;
+}
+
+/// Found from outside (session 21): on a listener with `merge_slashes = false`, a purge of
+/// `/n/a//b` answered 200 having removed `/n/a/b` (another resource) and left `/n/a//b`; with
+/// `escaped_slashes = "keep"`, a purge naming `%2F` was refused. Purge URLs are now named as a
+/// request on the gateway's listeners would be.
+#[tokio::test]
+async fn purges_name_paths_as_the_listener_does() {
+    let o = Origin::start(|req, _| {
+        let body = req.uri.path().to_string();
+        resp(200, &[("cache-control", "max-age=60")], &body)
+    })
+    .await;
+    let rest = format!(
+        "[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\ncache = {{}}\n\n[upstreams.app]\nendpoints = [\"{}\"]\n",
+        o.addr
+    );
+    let g = scalegate_testkit::GatewayProcess::start_custom(
+        BIN,
+        "",
+        &format!("token = \"{TOKEN}\""),
+        "merge_slashes = false\nescaped_slashes = \"keep\"",
+        &rest,
+    )
+    .await;
+    for p in ["/n/a/b", "/n/a//b", "/n/a%2Fb"] {
+        assert_eq!(get(&g, p, &[]).await.body, p);
+        assert!(is_hit(&get(&g, p, &[]).await), "{p} not stored");
+    }
+    let r = purge(&g, "url=/n/a//b").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        !is_hit(&get(&g, "/n/a//b", &[]).await),
+        "the named URL stayed"
+    );
+    assert!(
+        is_hit(&get(&g, "/n/a/b", &[]).await),
+        "another URL was purged"
+    );
+    let r = purge(&g, "url=/n/a%252Fb").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!is_hit(&get(&g, "/n/a%2Fb", &[]).await), "%2F stayed");
+    assert!(
+        is_hit(&get(&g, "/n/a/b", &[]).await),
+        "another URL was purged"
+    );
+    quiescent(&g).await;
+}

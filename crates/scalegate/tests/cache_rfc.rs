@@ -651,9 +651,10 @@ async fn rfc9110_15_2_informational_responses_are_never_stored() {
 }
 
 /// An origin whose `/r` is public for a second (ETag "v1"); a revalidation of it gets a 304
-/// with `cc304` and alice's account header, and one whose path says `other-etag` names "v2".
+/// with `cc304` and alice's account header. `/other-etag` is "v1" at first, then "v2": its 304s
+/// name "v2".
 async fn revalidating_origin(cc304: &'static str) -> Origin {
-    Origin::start(move |req, _| {
+    Origin::start(move |req, n| {
         if req.headers.contains_key("if-none-match") {
             let etag = if req.uri.path() == "/other-etag" {
                 "\"v2\""
@@ -671,16 +672,12 @@ async fn revalidating_origin(cc304: &'static str) -> Origin {
                 "",
             );
         }
-        let body = if req.uri.path() == "/other-etag" && req.headers.contains_key("x-second") {
-            "v2 body"
+        let (body, etag) = if req.uri.path() == "/other-etag" && n > 1 {
+            ("v2 body", "\"v2\"")
         } else {
-            "public body"
+            ("public body", "\"v1\"")
         };
-        resp(
-            200,
-            &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
-            body,
-        )
+        resp(200, &[("cache-control", "max-age=1"), ("etag", etag)], body)
     })
     .await
 }
@@ -724,20 +721,24 @@ async fn rfc9111_3_5_a_private_304_never_reaches_another_user() {
 #[tokio::test]
 async fn rfc9111_4_3_4_a_304_naming_another_etag_updates_nothing() {
     // The stored response is "v1"; the origin's 304 says "v2". The gateway served the v1 body
-    // labelled "v2" for the 304's whole freshness.
+    // labelled "v2" for the 304's whole freshness; then (found from outside, session 21) it
+    // answered that request 502 from a healthy origin. The 304 updates nothing, the stored copy
+    // is dropped, and the request is asked again without conditions: the client gets v2.
     let o = revalidating_origin("max-age=60").await;
     let g = gw(&o, "cache = {}", "").await;
     assert_eq!(get(&g, "/other-etag", &[]).await.body, "public body");
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     let r = get(&g, "/other-etag", &[]).await;
-    assert!(
-        !(r.body == "public body" && r.header("etag") == "\"v2\""),
-        "the v1 body was served as v2 ({})",
-        status(&r)
+    assert_eq!(r.status, 200, "{}", status(&r));
+    assert_eq!((r.body.as_str(), r.header("etag")), ("v2 body", "\"v2\""));
+    assert_eq!(
+        o.hits("/other-etag"),
+        3,
+        "one revalidation, one plain request"
     );
-    let next = get(&g, "/other-etag", &[("x-second", "1")]).await;
+    let next = get(&g, "/other-etag", &[]).await;
     assert_eq!(next.body, "v2 body", "{}", status(&next));
-    assert!(!is_hit(&next), "{}", status(&next));
+    assert!(is_hit(&next), "v2 was stored: {}", status(&next));
     common::quiescent(&g).await;
 }
 

@@ -31,7 +31,16 @@ pub enum Join {
 pub struct FlightGuard {
     flights: Arc<Flights>,
     key: String,
+    /// Whether the key is in the table (a detached guard's is not: nobody waits on it).
+    led: bool,
     _done: watch::Sender<()>,
+}
+
+impl FlightGuard {
+    /// The coalescing key it holds.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 impl Flights {
@@ -46,8 +55,21 @@ impl Flights {
         Join::Leader(FlightGuard {
             flights: self.clone(),
             key,
+            led: true,
             _done: tx,
         })
+    }
+
+    /// A guard for a fetch of `key` that nobody waits on (a key that answered uncacheable
+    /// lately: its requests go to the origin side by side), which may still store what it gets.
+    pub fn detached(self: &Arc<Self>, key: String) -> FlightGuard {
+        let (tx, _) = watch::channel(());
+        FlightGuard {
+            flights: self.clone(),
+            key,
+            led: false,
+            _done: tx,
+        }
     }
 
     /// Keys in flight.
@@ -63,6 +85,9 @@ impl Flights {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
+        if !self.led {
+            return;
+        }
         if let Ok(mut running) = self.flights.running.lock() {
             running.remove(&self.key);
         }

@@ -1,6 +1,7 @@
 //! Purges: by URL, by prefix, by tag; hard (gone) or soft (stale, still usable when the origin
 //! fails). The same message comes from the admin API and from the invalidation bus.
 
+use scalegate_http::normalize::NormalizeSpec;
 use serde::{Deserialize, Serialize};
 
 /// One purge request.
@@ -37,14 +38,39 @@ impl Purge {
     /// and optionally `soft=true|false` (or 1|0). Anything else is refused with the reason: a
     /// purge that did less than it was asked must not answer 200.
     pub fn from_query(q: &str) -> Result<Purge, &'static str> {
+        Purge::from_query_as(q, &NormalizeSpec::default())
+    }
+
+    /// [`Purge::from_query`] for a gateway whose listeners normalise paths by `specs`: a URL or
+    /// prefix is named as a request on each of them would be (`merge_slashes = false` keeps
+    /// `//`, `escaped_slashes = "keep"` keeps `%2F`), one purge per distinct result. Refused
+    /// only when no listener could have had such a request.
+    pub fn from_query_on(q: &str, specs: &[NormalizeSpec]) -> Result<Vec<Purge>, &'static str> {
+        let mut out: Vec<Purge> = Vec::new();
+        let mut refused = None;
+        for spec in specs {
+            match Purge::from_query_as(q, spec) {
+                Ok(p) if !out.contains(&p) => out.push(p),
+                Ok(_) => {}
+                Err(why) => refused = refused.or(Some(why)),
+            }
+        }
+        match (out.is_empty(), refused) {
+            (true, Some(why)) => Err(why),
+            (true, None) => Purge::from_query(q).map(|p| vec![p]),
+            (false, _) => Ok(out),
+        }
+    }
+
+    fn from_query_as(q: &str, spec: &NormalizeSpec) -> Result<Purge, &'static str> {
         let mut p = Purge::default();
         let mut soft = None;
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
             let target = match k {
-                "url" => Target::Url(normal_url(&v)?),
-                "prefix" => Target::Prefix(normal_url(&v)?),
+                "url" => Target::Url(normal_url(&v, spec)?),
+                "prefix" => Target::Prefix(normal_url(&v, spec)?),
                 "tag" => Target::Tag(v),
                 "soft" if soft.is_some() => return Err("soft given twice"),
                 "soft" => {
@@ -191,7 +217,7 @@ impl Matcher {
 /// A purge's URL as a request for it would be normalised (edge.rs): `%61` decoded, `//` and
 /// `.` segments resolved, the host lower-cased, so a purge named as a client spelled the URL
 /// finds the stored copy. A URL no request could have is refused.
-fn normal_url(url: &str) -> Result<String, &'static str> {
+fn normal_url(url: &str, spec: &NormalizeSpec) -> Result<String, &'static str> {
     use scalegate_http::normalize;
     let (scheme, rest) = match url.split_once("://") {
         Some((s @ ("http" | "https"), rest)) => (Some(s), rest),
@@ -209,7 +235,7 @@ fn normal_url(url: &str) -> Result<String, &'static str> {
         None => (pq, None),
     };
     let bad = |_| "a purge URL no request could have";
-    let path = normalize::path(path, &normalize::NormalizeSpec::default())
+    let path = normalize::path(path, spec)
         .map_err(bad)?
         .unwrap_or_else(|| path.to_string());
     let mut out = String::with_capacity(url.len());
@@ -230,6 +256,36 @@ fn normal_url(url: &str) -> Result<String, &'static str> {
         out.push_str(q);
     }
     Ok(out)
+}
+
+/// The path and query a Location or Content-Location names (RFC 9111 §4.4), resolved against
+/// the request's `host` and `pq` as a client would (`x`, `./x`, `../x`, `//host/x`, absolute
+/// URLs) and normalised as a request for it would be (`spec`), so that it finds the stored
+/// copy; None for another host (a response must not invalidate another site's objects) or a
+/// reference no request could follow.
+pub fn same_host_target(
+    host: Option<&str>,
+    pq: &str,
+    reference: &str,
+    spec: &NormalizeSpec,
+) -> Option<String> {
+    let base = url::Url::parse(&format!("http://{}{pq}", host.unwrap_or("invalid."))).ok()?;
+    let target = base.join(reference.trim()).ok()?;
+    let same_host = matches!(target.scheme(), "http" | "https")
+        && target
+            .host_str()
+            .zip(base.host_str())
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
+    if !same_host {
+        return None;
+    }
+    let path = scalegate_http::normalize::path(target.path(), spec).ok()?;
+    let mut out = path.unwrap_or_else(|| target.path().to_string());
+    if let Some(q) = target.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
 }
 
 /// The path-and-query part of a URL key (after the host, if any).
@@ -333,6 +389,64 @@ mod tests {
         let j = Purge::from_message(r#"{"target":{"prefix":"/static/"}}"#).unwrap();
         assert_eq!(j.target, Target::Prefix("/static/".into()));
         assert!(!j.soft);
+    }
+
+    /// Found from outside: with `merge_slashes = false` a purge of `/n/a//b` removed `/n/a/b`
+    /// (another resource) and left `/n/a//b`; with `escaped_slashes = "keep"` a purge naming
+    /// `%2F` was refused although requests keep it.
+    #[test]
+    fn a_purge_is_named_as_each_listener_names_requests() {
+        use scalegate_http::normalize::EscapedSlashes;
+        let keep = NormalizeSpec {
+            merge_slashes: false,
+            escaped_slashes: EscapedSlashes::Keep,
+        };
+        let targets = |q: &str, specs: &[NormalizeSpec]| {
+            Purge::from_query_on(q, specs).map(|ps| ps.into_iter().map(|p| p.target).collect())
+        };
+        let url = |u: &str| Target::Url(u.into());
+        assert_eq!(targets("url=/n/a//b", &[keep]), Ok(vec![url("/n/a//b")]));
+        assert_eq!(
+            targets("url=/n/a%252Fb", &[keep]),
+            Ok(vec![url("/n/a%2Fb")])
+        );
+        assert_eq!(
+            targets("url=/n/a//b", &[keep, NormalizeSpec::default()]),
+            Ok(vec![url("/n/a//b"), url("/n/a/b")])
+        );
+        assert!(targets("url=/n/a%252Fb", &[NormalizeSpec::default()]).is_err());
+        assert_eq!(
+            targets("prefix=/n/a//", &[keep]),
+            Ok(vec![Target::Prefix("/n/a//".into())])
+        );
+    }
+
+    /// Found from outside: only an exact absolute path or URL in Location invalidated; a
+    /// relative one (`x`, `./x`, `../i7/x`), an escape or a dot segment left the stored copy
+    /// served for its whole freshness.
+    #[test]
+    fn a_location_is_resolved_and_normalised_as_a_request() {
+        let spec = NormalizeSpec::default();
+        let t = |host: Option<&str>, r: &str| same_host_target(host, "/i7/w?a=1", r, &spec);
+        let h = Some("Ex.com:8080");
+        for r in [
+            "x",
+            "./x",
+            "/i7/./x",
+            "/i7/../i7/x",
+            "/i7/%78",
+            "//ex.com:8080/i7/x",
+            "http://EX.com/i7/../i7/x",
+            "https://ex.com/i7//x",
+        ] {
+            assert_eq!(t(h, r).as_deref(), Some("/i7/x"), "{r}");
+        }
+        assert_eq!(t(h, "x?b=2").as_deref(), Some("/i7/x?b=2"));
+        assert_eq!(t(None, "x").as_deref(), Some("/i7/x"));
+        assert_eq!(t(h, "http://other.com/i7/x"), None);
+        assert_eq!(t(h, "//other.com/i7/x"), None);
+        assert_eq!(t(None, "http://ex.com/i7/x"), None);
+        assert_eq!(t(h, "mailto:a@ex.com"), None);
     }
 
     #[test]

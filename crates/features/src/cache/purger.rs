@@ -43,6 +43,22 @@ pub struct Report {
     pub retrying: bool,
 }
 
+impl Report {
+    /// Adds another purge's report (one admin request that named several URLs).
+    pub fn merge(&mut self, other: Report) {
+        let sum = |a: Option<usize>, b: Option<usize>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.purged += other.purged;
+        self.redis_keys = sum(self.redis_keys, other.redis_keys);
+        self.subscribers = self.subscribers.min(other.subscribers);
+        self.nats = self.nats.zip(other.nats).map(|(a, b)| a && b);
+        self.failed.extend(other.failed);
+        self.retrying |= other.retrying;
+    }
+}
+
 /// The steps of a purge still to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Steps {

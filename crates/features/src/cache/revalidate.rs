@@ -21,6 +21,15 @@ use super::store::Store;
 use super::verdict::Answer;
 use scalegate_http::body::RespBody;
 
+/// What a 304 makes of a stored response.
+pub enum Revalidated {
+    /// The client's answer, from the refreshed copy.
+    Answer(Response<RespBody>),
+    /// The 304 named another representation: the stored copy is forgotten, and the exchange's
+    /// body comes back so the request can be asked again without conditions.
+    Outdated(RespBody),
+}
+
 /// One 304 received for `stored`, with the request it answers.
 pub struct NotModified<'a> {
     /// The route's cache settings.
@@ -39,20 +48,13 @@ pub struct NotModified<'a> {
 
 impl NotModified<'_> {
     /// The client's answer to a 304 with headers `fresh` (its body, `upstream`, carries the
-    /// exchange's bookkeeping).
-    pub fn answer(&self, fresh: &HeaderMap, mut upstream: RespBody) -> Response<RespBody> {
+    /// exchange's bookkeeping). A 304 naming another representation than the stored one
+    /// updates nothing (RFC 9111 §4.3.4): the stored copy is outdated and forgotten, and
+    /// `upstream` comes back so that the request can be asked again without conditions.
+    pub fn answer(&self, fresh: &HeaderMap, mut upstream: RespBody) -> Revalidated {
         if names_another(&self.stored.headers, fresh) {
-            // Not the stored representation: the stored copy is outdated and this 304 updates
-            // nothing; the client cannot be given a body the origin says is not current.
             self.forget();
-            upstream.set_status(502);
-            let mut r = Response::new(upstream);
-            *r.status_mut() = StatusCode::BAD_GATEWAY;
-            r.headers_mut().insert(
-                CACHE_STATUS.clone(),
-                status::forward(Fwd::Stale, Some(304), false, Some("validator-mismatch")),
-            );
-            return r;
+            return Revalidated::Outdated(upstream);
         }
         let headers = merge_not_modified(&self.stored.headers, fresh);
         let answer = Answer {
@@ -82,6 +84,19 @@ impl NotModified<'_> {
         for cookie in fresh.get_all(header::SET_COOKIE) {
             r.headers_mut().append(header::SET_COOKIE, cookie.clone());
         }
+        Revalidated::Answer(r)
+    }
+
+    /// The answer when a 304 named another representation and the request could not
+    /// be asked again: 502, the client cannot be given a body the origin says is not current.
+    pub fn outdated(mut upstream: RespBody) -> Response<RespBody> {
+        upstream.set_status(502);
+        let mut r = Response::new(upstream);
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        r.headers_mut().insert(
+            CACHE_STATUS.clone(),
+            status::forward(Fwd::Stale, Some(304), false, Some("validator-mismatch")),
+        );
         r
     }
 

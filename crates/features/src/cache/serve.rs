@@ -26,7 +26,7 @@ use super::fill::{Fill, tee};
 use super::flight::{self, FlightGuard, Join};
 use super::key;
 use super::object::{Object, Usable};
-use super::revalidate::NotModified;
+use super::revalidate::{NotModified, Revalidated};
 use super::spec::CacheSpec;
 use super::status::{self, Fwd};
 use super::store::Store;
@@ -176,16 +176,16 @@ async fn pass_unsafe(
     let resp = cx.origin(parts, Some(body), done).await?;
     let st = resp.status();
     if !safe && (st.is_success() || st.is_redirection()) {
-        let mut urls = vec![pq];
+        let normalize = &cx.ctx.edge.normalize;
+        let mut urls = Vec::with_capacity(3);
         for h in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(v) = resp.headers().get(h).and_then(|v| v.to_str().ok()) {
-                let (h2, p) = super::purge::split_url(v);
-                // Only URLs on the same host may be invalidated.
-                if h2.is_none() || h2 == host.as_deref().map(str::to_ascii_lowercase) {
-                    urls.push(p);
-                }
+            if let Some(v) = resp.headers().get(h).and_then(|v| v.to_str().ok())
+                && let Some(p) = super::purge::same_host_target(host.as_deref(), &pq, v, normalize)
+            {
+                urls.push(p);
             }
         }
+        urls.push(pq);
         for u in urls {
             let target = match &host {
                 Some(h) => format!("{h}{u}"),
@@ -278,8 +278,12 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
         }
         let fkey = flight::key(&url, &variant);
         if cx.store.is_pass(&fkey) {
+            // Hit-for-miss: no queue behind one another, but a response that may be stored
+            // now is (it was stored only once the mark ran out, 10 s after one uncacheable
+            // answer, a 5xx during a deploy say).
             cx.route.metrics.cache(CacheResult::Pass);
-            return fetch(cx, parts, url, found, None, fwd, done).await;
+            let lone = cx.store.detached(fkey);
+            return fetch(cx, parts, url, found, Some(lone), fwd, done).await;
         }
         match cx.store.join(fkey) {
             Join::Leader(guard) => {
@@ -343,7 +347,6 @@ async fn fetch(
     let now = SystemTime::now();
     if let Some(o) = &stale {
         if head.status == StatusCode::NOT_MODIFIED {
-            cx.route.metrics.cache(CacheResult::Revalidated);
             let not_modified = NotModified {
                 spec,
                 store: &cx.store,
@@ -352,7 +355,19 @@ async fn fetch(
                 sent,
                 received: now,
             };
-            return Ok(not_modified.answer(&head.headers, body));
+            let mut outdated = match not_modified.answer(&head.headers, body) {
+                Revalidated::Answer(r) => {
+                    cx.route.metrics.cache(CacheResult::Revalidated);
+                    return Ok(r);
+                }
+                Revalidated::Outdated(body) => body,
+            };
+            // The stored copy is not the origin's current one: asked again, without our
+            // conditions, as if nothing were stored (boxed: a rare path).
+            return match outdated.take_completion() {
+                Some(done) => Box::pin(fetch(cx, parts, url, None, guard, fwd, done)).await,
+                None => Ok(NotModified::outdated(outdated)),
+            };
         }
         if head.status.is_server_error() && o.serves_on_error(now) {
             cx.route.metrics.cache(CacheResult::StaleIfError);
@@ -368,6 +383,8 @@ async fn fetch(
         Some(g)
             if head.status == StatusCode::PARTIAL_CONTENT
                 && stale.is_none()
+                // Not with a user's credentials: what they fetch is rarely storable.
+                && !parts.headers.contains_key(header::AUTHORIZATION)
                 && complete_length(&head.headers).is_some_and(|n| n <= spec.max_object_bytes) =>
         {
             fill_whole(cx, &parts, url.clone(), g);
@@ -423,6 +440,7 @@ fn keep(
     let stored = match (guard, verdict) {
         (Some(guard), Ok((vary, timing))) => {
             cx.route.metrics.cache(CacheResult::Stored);
+            cx.store.clear_pass(guard.key());
             let variant = key::variant(
                 &spec.key,
                 &vary,

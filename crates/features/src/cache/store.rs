@@ -10,7 +10,7 @@ use http::HeaderName;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
-use super::flight::{Flights, Join};
+use super::flight::{FlightGuard, Flights, Join};
 use super::object::{Object, Variants};
 use super::purge::Purge;
 use super::purge_log::PurgeLog;
@@ -164,6 +164,16 @@ impl Store {
     /// Whether a key recently answered uncacheable.
     pub fn is_pass(&self, key: &str) -> bool {
         self.pass.contains_key(key)
+    }
+
+    /// Forgets that a key answered uncacheable (it has just been stored).
+    pub fn clear_pass(&self, key: &str) {
+        self.pass.invalidate(key);
+    }
+
+    /// A guard for a fetch of `key` that coalesces nothing but may store (hit-for-miss).
+    pub fn detached(&self, key: String) -> FlightGuard {
+        self.flights.detached(key)
     }
 
     /// Applies a purge to the memory tier; returns how many objects it hit. The purge is also

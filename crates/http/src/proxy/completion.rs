@@ -144,6 +144,18 @@ impl Completion {
         self.bytes += n;
     }
 
+    /// Ends the request's exchange with its upstream, not the request: the connection goes back
+    /// to the pool when `complete` (its response was read to its end), else closes, and the
+    /// endpoint's load count ends. The request can then be sent again.
+    pub fn end_exchange(&mut self, complete: bool) {
+        if let Some(lease) = self.lease.take()
+            && complete
+        {
+            lease.release(clock::now());
+        }
+        self.endpoint = None;
+    }
+
     /// Ends the request; `complete` says whether the upstream body was read to its end, so the
     /// connection can carry another request. Dropping the completion without calling this
     /// records an abandoned request (the connection is closed).
