@@ -1,11 +1,13 @@
 //! Trust boundaries: who may tell the gateway where a request came from.
 //!
 //! A listener's `trusted_proxies` lists the address blocks of the proxies in front of it (a load
-//! balancer, a CDN). From any other peer, `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and
-//! `Forwarded` are thrown away and replaced by what the gateway itself saw (the peer's address,
-//! the listener's scheme, the request's host), so a client cannot claim to be `https`, another
-//! host or another address. From a trusted proxy they are kept and extended: the peer is
-//! appended to `X-Forwarded-For` (and to `Forwarded` when the listener emits it).
+//! balancer, a CDN). From any other peer, every `X-Forwarded-*`, `X-Real-IP`, `Forwarded`,
+//! `Front-End-Https` and `X-Url-Scheme` is thrown away, and `X-Forwarded-For`, `-Proto`,
+//! `-Host` (and `Forwarded` when configured) are replaced by what the gateway itself saw (the
+//! peer's address, the listener's scheme, the request's host), so a client cannot claim to be
+//! `https`, another host or another address. From a trusted proxy they are kept and extended:
+//! the peer is appended to `X-Forwarded-For` (and to `Forwarded` when the listener emits it).
+//! `X-Real-IP` is always the client address below.
 //!
 //! The client address that allow/deny, rate-limit `ip` keys, `ip_hash` and the access log use is
 //! the peer's, or, when the peer is a trusted proxy, the nearest address in `X-Forwarded-For`
@@ -99,6 +101,16 @@ static FORWARDING: [&HeaderName; 5] = [
     &header::FORWARDED,
 ];
 
+/// Whether a header says where a request came from or how it arrived, as applications read
+/// them: the ones the gateway sets, and the other `X-Forwarded-*` (Port, Prefix, Ssl, Scheme,
+/// Server …), `Front-End-Https` and `X-Url-Scheme`, which frameworks (Rack, Spring,
+/// Werkzeug's ProxyFix) believe. An untrusted peer's are all dropped.
+fn forwarding(n: &HeaderName) -> bool {
+    FORWARDING.contains(&n)
+        || n.as_str().starts_with("x-forwarded-")
+        || matches!(n.as_str(), "front-end-https" | "x-url-scheme")
+}
+
 /// The forwarded headers of the request sent upstream. `peer` is the connection's address,
 /// `client` the one found behind trusted proxies (or the peer), `proto` the listener's scheme,
 /// `host` the request's (normalised) host.
@@ -113,8 +125,9 @@ pub fn apply(
     let trusted = !spec.trusted_proxies.is_empty() && spec.trusts(peer);
     // From an untrusted peer none of them is kept. One pass over the names present (a client
     // seldom sends any) instead of a hashed removal of each; after it none is present.
-    if !trusted && h.keys().any(|n| FORWARDING.contains(&n)) {
-        for n in FORWARDING {
+    if !trusted && h.keys().any(forwarding) {
+        let named: Vec<HeaderName> = h.keys().filter(|n| forwarding(n)).cloned().collect();
+        for n in &named {
             h.remove(n);
         }
     }
@@ -129,7 +142,9 @@ pub fn apply(
     {
         h.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    if !kept(h, &X_REAL_IP) {
+    // The address the gateway itself settled on (and that allow/deny and rate limits used),
+    // whoever sent one: a trusted proxy may pass on a client's own X-Real-IP.
+    {
         let client_text = if client == peer {
             peer_text
         } else {
@@ -293,6 +308,12 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("x-real-ip", "1.2.3.4"),
             ("forwarded", "for=1.2.3.4;host=evil"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("front-end-https", "on"),
+            ("x-url-scheme", "https"),
         ] {
             h.insert(k, HeaderValue::from_static(v));
         }
@@ -312,6 +333,17 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=shop.example");
+        // Found from outside: the other names frameworks believe reached the upstream as sent.
+        for n in [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "front-end-https",
+            "x-url-scheme",
+        ] {
+            assert!(!h.contains_key(n), "{n} kept from an untrusted peer");
+        }
     }
 
     #[test]
@@ -332,7 +364,9 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
-        assert_eq!(h["x-real-ip"], "1.2.3.4");
+        // Found from outside: the client's own X-Real-IP went upstream while allow/deny used
+        // the address found in X-Forwarded-For; both now say the same.
+        assert_eq!(h["x-real-ip"], "198.51.100.9");
         assert_eq!(
             h["forwarded"],
             "for=1.2.3.4;host=evil, for=10.1.1.1;proto=http"

@@ -71,9 +71,37 @@ where
             tracing::debug!(error = %e, "upgrade connection ended");
         }
     });
-    tx.send_request(req)
+    let asked = req.headers().get(http::header::UPGRADE).cloned();
+    let resp = tx
+        .send_request(req)
         .await
-        .map_err(|_| ProxyError::UpstreamReset)
+        .map_err(|_| ProxyError::UpstreamReset)?;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        && !switched_as_asked(asked.as_ref(), resp.headers().get(http::header::UPGRADE))
+    {
+        return Err(ProxyError::BadResponse(
+            "upstream switched to a protocol the client did not ask for",
+        ));
+    }
+    Ok(resp)
+}
+
+/// Whether a 101's Upgrade names only protocols the request offered (RFC 9110 §7.8): a client
+/// that asked for `websocket` must not be handed a tunnel speaking something else.
+fn switched_as_asked(asked: Option<&HeaderValue>, answered: Option<&HeaderValue>) -> bool {
+    let tokens = |v: Option<&HeaderValue>| -> Vec<String> {
+        v.and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let offered = tokens(asked);
+    let chosen = tokens(answered);
+    !chosen.is_empty() && chosen.iter().all(|c| offered.contains(c))
 }
 
 /// The upstream half of an accepted upgrade.
@@ -245,6 +273,24 @@ impl Drop for OpenTunnel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found from outside: a 101 with `Upgrade: foo` to a request for `websocket` was
+    /// tunnelled.
+    #[test]
+    fn a_switch_must_name_what_was_asked() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(switched_as_asked(
+            Some(&v("websocket")),
+            Some(&v("WebSocket"))
+        ));
+        assert!(switched_as_asked(
+            Some(&v("foo/2, websocket")),
+            Some(&v("websocket"))
+        ));
+        assert!(!switched_as_asked(Some(&v("websocket")), Some(&v("foo"))));
+        assert!(!switched_as_asked(Some(&v("websocket")), None));
+        assert!(!switched_as_asked(None, Some(&v("websocket"))));
+    }
 
     #[test]
     fn only_http11_requests_naming_upgrade_in_connection_ask_for_one() {

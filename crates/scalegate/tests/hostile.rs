@@ -131,6 +131,10 @@ fn h1_cases() -> Vec<H1Case> {
         ("spoof XFH", r("GET /p HTTP/1.1\r\nHost: s\r\nX-Forwarded-Host: evil.example\r\n\r\n"), vec![200], get("/p")),
         ("spoof X-Real-IP", r("GET /p HTTP/1.1\r\nHost: s\r\nX-Real-IP: 10.0.0.1\r\n\r\n"), vec![200], get("/p")),
         ("spoof Forwarded", r("GET /p HTTP/1.1\r\nHost: s\r\nForwarded: for=10.0.0.1;proto=https;host=evil\r\n\r\n"), vec![200], get("/p")),
+        // Found from outside (session 21): names frameworks believe passed through as sent.
+        ("spoof X-Forwarded-Ssl", r("GET /p HTTP/1.1\r\nHost: s\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Scheme: https\r\n\r\n"), vec![200], get("/p")),
+        ("spoof X-Forwarded-Port and -Prefix", r("GET /p HTTP/1.1\r\nHost: s\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\n\r\n"), vec![200], get("/p")),
+        ("spoof Front-End-Https", r("GET /p HTTP/1.1\r\nHost: s\r\nFront-End-Https: on\r\nX-Url-Scheme: https\r\n\r\n"), vec![200], get("/p")),
         ("spoof XFF to pass deny", r("GET /admin HTTP/1.1\r\nHost: s\r\nX-Forwarded-For: 203.0.113.1\r\nX-Real-IP: 203.0.113.1\r\n\r\n"), vec![403], nothing()),
         ("nominate X-Request-Id", r("GET /p HTTP/1.1\r\nHost: s\r\nConnection: x-request-id\r\n\r\n"), vec![200], get("/p")),
         ("nominate XFF", r("GET /p HTTP/1.1\r\nHost: s\r\nConnection: X-Forwarded-For, x-forwarded-proto\r\n\r\n"), vec![200], get("/p")),

@@ -196,3 +196,20 @@ async fn an_upstream_that_stops_reading_the_body_times_out() {
     upload.abort();
     quiescent(&gw).await;
 }
+
+/// An upstream that answers a WebSocket upgrade with `101` and `Upgrade: foo`: the client asked
+/// for `websocket` and was handed a tunnel speaking something else. It is now a 502.
+#[tokio::test]
+async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
+    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n";
+    let addr = raw_upstream(answer, End::Close).await;
+    let gw = gateway_to(addr, "", "").await;
+    let (out, _) = raw(
+        gw.http,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    quiescent(&gw).await;
+}
