@@ -129,6 +129,7 @@ pub struct Pool {
     password: Option<String>,
     statements: Mutex<HashMap<Bytes, u64>>,
     next_statement: AtomicU64,
+    statements_retired: AtomicU64,
     next_server: Arc<AtomicU64>,
     wait_timeout: Duration,
     lifetime: Duration,
@@ -242,6 +243,7 @@ impl Pool {
             params: Mutex::new(Vec::new()),
             statements: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
+            statements_retired: AtomicU64::new(0),
             next_server: ids,
             wait_timeout: spec.wait_timeout,
             lifetime: spec.server_lifetime,
@@ -611,7 +613,15 @@ impl Pool {
     pub fn renew_statements(&self) {
         if let Ok(mut m) = self.statements.lock() {
             m.clear();
+            let next = self.next_statement.load(Relaxed);
+            self.statements_retired.fetch_max(next, Relaxed);
         }
+    }
+
+    /// Statement ids below this were given before a plan went stale in the pool (see
+    /// `session/stale_plans.rs`).
+    pub fn statements_retired_below(&self) -> u64 {
+        self.statements_retired.load(Relaxed)
     }
 
     /// The pool-wide id of a statement (query text and parameter types) prepared under

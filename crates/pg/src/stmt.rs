@@ -124,6 +124,12 @@ const NO_STATEMENT: &[u8] = b"__sg_none";
 /// quotes it) is replaced by the refusal.
 const REFUSED: &[u8] = b"scalegate_refused_session_state";
 
+/// Text the server fails to parse, standing in for a statement prepared before a schema change
+/// made plans stale (its ErrorResponse becomes PostgreSQL's 0A000 "cached plan must not change
+/// result type"), and the name it is parsed under (a failed Parse creates nothing).
+const STALE: &[u8] = b"scalegate_stale_statement";
+const STALE_NAME: &[u8] = b"__sg_stale";
+
 /// What a response in the queue stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -139,6 +145,8 @@ enum Expect {
     Emulated(&'static str),
     /// The ErrorResponse of a stand-in for a refused statement (session state bits).
     Refused(u8),
+    /// The ErrorResponse of a stand-in for a statement prepared before a schema change.
+    Stale,
     /// ReadyForQuery (Sync, Query, FunctionCall).
     Ready,
 }
@@ -172,6 +180,8 @@ pub enum Action {
     Tag(&'static str),
     /// Send the refusal of session state `bits` instead (SQLSTATE 0A000).
     Refused(u8),
+    /// Send PostgreSQL's 0A000 "cached plan must not change result type" instead.
+    Stale,
 }
 
 /// One client's statements and the responses in flight.
@@ -190,6 +200,8 @@ pub struct Statements {
     /// Records cleared by a statement that makes the server forget its prepared statements, by
     /// segment, kept until the server confirms (then dropped) or the segment ends (restored).
     forgets: Vec<(u64, Vec<u64>)>,
+    /// Ids below this were given before a plan went stale in the pool ([`Self::retire_below`]).
+    retired_below: u64,
 }
 
 fn server_name(id: u64) -> Vec<u8> {
@@ -197,6 +209,15 @@ fn server_name(id: u64) -> Vec<u8> {
 }
 
 impl Statements {
+    /// Ids below `id` were given before a schema change made a plan stale in the pool. A client
+    /// that prepared one knows the result type from before; prepared afresh on a server that
+    /// lacks it, the statement could return rows of another type under that description (a
+    /// `real` read as an `int`). Such a statement is answered as PostgreSQL answers a stale one,
+    /// 0A000, and the driver prepares it again under the text's new id.
+    pub fn retire_below(&mut self, id: u64) {
+        self.retired_below = id;
+    }
+
     /// Statements this client has prepared.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -426,6 +447,12 @@ impl Statements {
             return None;
         }
         let (id, body, _) = self.names.get(name)?.clone();
+        if !prepared.contains(id) && id < self.retired_below {
+            // The server skips what follows (the Bind or Describe) after this error.
+            parse(out.rewrite(), STALE_NAME, &[STALE, b"\0\0\0"].concat());
+            self.expect.push_back(Expect::Stale);
+            return Some(id);
+        }
         if !prepared.contains(id) {
             self.make_room(prepared.insert(id), out);
             parse(out.rewrite(), &server_name(id), &body);
@@ -470,6 +497,10 @@ impl Statements {
                     let bits = *bits;
                     self.expect.pop_front();
                     Action::Refused(bits)
+                }
+                Some(Expect::Stale) if contains(msg, STALE) => {
+                    self.expect.pop_front();
+                    Action::Stale
                 }
                 _ => Action::Forward,
             },

@@ -172,6 +172,19 @@ async fn asyncpg_type_lookups_pin_no_client() {
     pooler_quiescent(&gw, port).await;
 }
 
+/// Found from outside (session 21): after a schema change that altered a statement's result
+/// type, a client holding the statement got rows of the new type under its old description
+/// (a `real` read as an `int`) or a ProtocolError for good (see the script).
+#[tokio::test]
+async fn asyncpg_clients_read_current_rows_after_a_schema_change() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(BIN, &pg, "pool_size = 3", "").await;
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/app");
+    let out = py("asyncpg_alter.py", &[&url, "3"]).await;
+    assert!(out.contains("ok 3 clients"), "{out}");
+    pooler_quiescent(&gw, port).await;
+}
+
 #[tokio::test]
 async fn node_postgres_named_queries_work_across_server_connections() {
     let pg = PgServer::start().await;

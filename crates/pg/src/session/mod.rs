@@ -511,6 +511,7 @@ impl Session {
                     self.pool.stats.refusals.fetch_add(1, Relaxed);
                 }
                 let (pool, path) = (&self.pool, self.track.settings.get("search_path"));
+                self.stmts.retire_below(pool.statements_retired_below());
                 let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
@@ -877,6 +878,7 @@ impl Session {
                     Action::InTransaction => self.to_client.put_slice(b"Z\0\0\0\x05T"),
                     Action::Tag(t) => state::complete(&mut self.to_client, t),
                     Action::Refused(bits) => state::refusal(&mut self.to_client, bits),
+                    Action::Stale => stale_plans::stale_statement(&mut self.to_client),
                 }
             }
         }

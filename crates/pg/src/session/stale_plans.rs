@@ -10,6 +10,13 @@
 //! its stale ones), even before the client's ReadyForQuery: drivers send their new Parse as
 //! soon as they have the error. At the client's next idle point the server connection forgets
 //! the statements it had (`DEALLOCATE ALL`), stale ones included.
+//!
+//! Other clients keep the ids they had, and with them the result types they were told. Where
+//! a server still holds such a statement, PostgreSQL itself says whether it went stale; where
+//! it does not, preparing it afresh could answer rows of a new type under the old description
+//! (found from outside: asyncpg read a `real` 2.0 as the `int` 1073741824). So a statement
+//! older than the renewal is not prepared again: the client gets 0A000 as PostgreSQL would give
+//! it, and its driver prepares the text anew.
 
 use super::Session;
 use super::resend::error_fields;
@@ -37,6 +44,33 @@ fn message(msg: &[u8]) -> Option<&[u8]> {
         }
     }
     None
+}
+
+/// PostgreSQL's answer to a Bind of a statement whose result type changed since it was
+/// prepared, for a client statement given its id before a plan went stale in the pool
+/// ([`crate::stmt::Statements::retire_below`]).
+/// Its fields are PostgreSQL's own, routine included: drivers tell a stale statement by it
+/// (asyncpg prepares again and retries only when `R` is `RevalidateCachedQuery`).
+pub(super) fn stale_statement(out: &mut bytes::BytesMut) {
+    use bytes::BufMut;
+    proto::message(out, b'E', |b| {
+        for (field, value) in [
+            (b'S', &b"ERROR"[..]),
+            (b'V', b"ERROR"),
+            (b'C', b"0A000"),
+            (b'M', b"cached plan must not change result type"),
+            (
+                b'H',
+                b"the statement was prepared before a schema change: prepare it again",
+            ),
+            (b'F', b"plancache.c"),
+            (b'R', b"RevalidateCachedQuery"),
+        ] {
+            b.put_u8(field);
+            proto::put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
 }
 
 /// Gives every statement text of `pool` a new id, and `stmts` (the client that met a stale
