@@ -4,7 +4,7 @@
 //! after a long idle, recycled after their lifetime and closed after the idle timeout. Which
 //! host serves a transaction comes from the database's [`Topology`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,7 +129,7 @@ pub struct Pool {
     password: Option<String>,
     statements: Mutex<HashMap<Bytes, u64>>,
     next_statement: AtomicU64,
-    statements_retired: AtomicU64,
+    retired_statements: Mutex<HashSet<u64>>,
     next_server: Arc<AtomicU64>,
     wait_timeout: Duration,
     lifetime: Duration,
@@ -243,7 +243,7 @@ impl Pool {
             params: Mutex::new(Vec::new()),
             statements: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
-            statements_retired: AtomicU64::new(0),
+            retired_statements: Mutex::default(),
             next_server: ids,
             wait_timeout: spec.wait_timeout,
             lifetime: spec.server_lifetime,
@@ -613,15 +613,25 @@ impl Pool {
     pub fn renew_statements(&self) {
         if let Ok(mut m) = self.statements.lock() {
             m.clear();
-            let next = self.next_statement.load(Relaxed);
-            self.statements_retired.fetch_max(next, Relaxed);
         }
     }
 
-    /// Statement ids below this were given before a plan went stale in the pool (see
-    /// `session/stale_plans.rs`).
-    pub fn statements_retired_below(&self) -> u64 {
-        self.statements_retired.load(Relaxed)
+    /// Statement `id` met a stale plan: it is never prepared afresh again (see
+    /// `session/stale_plans.rs`). Ids are never reused; the set is bounded all the same.
+    pub fn retire_statement(&self, id: u64) {
+        if let Ok(mut r) = self.retired_statements.lock() {
+            if r.len() >= 10_000 {
+                r.clear();
+            }
+            r.insert(id);
+        }
+    }
+
+    /// Whether statement `id` met a stale plan ([`Self::retire_statement`]).
+    pub fn statement_retired(&self, id: u64) -> bool {
+        self.retired_statements
+            .lock()
+            .is_ok_and(|r| r.contains(&id))
     }
 
     /// The pool-wide id of a statement (query text and parameter types) prepared under

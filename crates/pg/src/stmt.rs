@@ -147,6 +147,12 @@ enum Expect {
     Refused(u8),
     /// The ErrorResponse of a stand-in for a statement prepared before a schema change.
     Stale,
+    /// A BindComplete (of this named statement): kept so that a stale plan's error, which
+    /// PostgreSQL raises at Bind, names its statement.
+    Bound(Option<u64>),
+    /// A ParameterDescription answering a Describe of this named statement (the other place a
+    /// stale plan is raised).
+    Described(Option<u64>),
     /// ReadyForQuery (Sync, Query, FunctionCall).
     Ready,
 }
@@ -200,8 +206,6 @@ pub struct Statements {
     /// Records cleared by a statement that makes the server forget its prepared statements, by
     /// segment, kept until the server confirms (then dropped) or the segment ends (restored).
     forgets: Vec<(u64, Vec<u64>)>,
-    /// Ids below this were given before a plan went stale in the pool ([`Self::retire_below`]).
-    retired_below: u64,
 }
 
 fn server_name(id: u64) -> Vec<u8> {
@@ -209,13 +213,13 @@ fn server_name(id: u64) -> Vec<u8> {
 }
 
 impl Statements {
-    /// Ids below `id` were given before a schema change made a plan stale in the pool. A client
-    /// that prepared one knows the result type from before; prepared afresh on a server that
-    /// lacks it, the statement could return rows of another type under that description (a
-    /// `real` read as an `int`). Such a statement is answered as PostgreSQL answers a stale one,
-    /// 0A000, and the driver prepares it again under the text's new id.
-    pub fn retire_below(&mut self, id: u64) {
-        self.retired_below = id;
+    /// The statement whose Bind or Describe the server's error just now answers, if it is a
+    /// named one: the one whose plan went stale, when the error says so.
+    pub fn failed_statement(&self) -> Option<u64> {
+        match self.expect.front() {
+            Some(Expect::Bound(id) | Expect::Described(id)) => *id,
+            _ => None,
+        }
     }
 
     /// Statements this client has prepared.
@@ -270,11 +274,13 @@ impl Statements {
     /// Rewrites one client message into `out`. `intern` gives a statement body's pool-wide id;
     /// `prepared` is the server connection's set of ids; `sub` says how a Query or Parse is
     /// treated. Returns the session state a Bind of a flagged statement creates (0 otherwise).
+    /// `retired` says whether a statement met a stale plan in the pool: one the server lacks is
+    /// then answered with PostgreSQL's 0A000, not prepared afresh (see `session/stale_plans.rs`).
     pub fn client_message(
         &mut self,
         msg: &[u8],
         prepared: &mut Prepared,
-        intern: impl FnOnce(&[u8]) -> u64,
+        (intern, retired): (impl FnOnce(&[u8]) -> u64, impl Fn(u64) -> bool),
         out: &mut impl Out,
         sub: Sub,
     ) -> u8 {
@@ -312,7 +318,7 @@ impl Statements {
                 });
             }
             (b'P', sub) => self.parse(msg, prepared, intern, out, sub),
-            (b'B', _) => return self.bind(msg, prepared, out),
+            (b'B', _) => return self.bind(msg, prepared, &retired, out),
             (b'E', _) => {
                 let mut b = body;
                 if let Some(portal) = cbytes(&mut b)
@@ -324,11 +330,9 @@ impl Statements {
             }
             (b'D', _) if body.first() == Some(&b'S') => {
                 let mut b = &body[1..];
-                let Some(name) = cbytes(&mut b) else {
-                    out.verbatim(msg);
-                    return 0;
-                };
-                let Some(id) = self.ensure(name, prepared, out) else {
+                let id = cbytes(&mut b).and_then(|name| self.ensure(name, prepared, &retired, out));
+                self.expect.push_back(Expect::Described(id));
+                let Some(id) = id else {
                     out.verbatim(msg);
                     return 0;
                 };
@@ -411,9 +415,16 @@ impl Statements {
 
     /// A Bind: the statement's server name (prepared there first if need be), and the portal
     /// remembered when it is bound to an emulated statement.
-    fn bind(&mut self, msg: &[u8], prepared: &mut Prepared, out: &mut impl Out) -> u8 {
+    fn bind(
+        &mut self,
+        msg: &[u8],
+        prepared: &mut Prepared,
+        retired: &dyn Fn(u64) -> bool,
+        out: &mut impl Out,
+    ) -> u8 {
         let mut b = &msg[5..];
         let (Some(portal), Some(name)) = (cbytes(&mut b), cbytes(&mut b)) else {
+            self.expect.push_back(Expect::Bound(None));
             out.verbatim(msg);
             return 0;
         };
@@ -424,11 +435,14 @@ impl Statements {
             if let Some(tag) = self.unnamed {
                 self.portals.push((portal.to_vec(), tag));
             }
+            self.expect.push_back(Expect::Bound(None));
             out.verbatim(msg);
             return 0;
         }
         let bits = self.names.get(name).map_or(0, |n| n.2);
-        let Some(id) = self.ensure(name, prepared, out) else {
+        let id = self.ensure(name, prepared, retired, out);
+        self.expect.push_back(Expect::Bound(id));
+        let Some(id) = id else {
             out.verbatim(msg);
             return 0;
         };
@@ -442,12 +456,18 @@ impl Statements {
 
     /// The server id of client statement `name`, injecting a Parse when the server lacks it;
     /// `None` for the unnamed statement or a name the client never prepared.
-    fn ensure(&mut self, name: &[u8], prepared: &mut Prepared, out: &mut impl Out) -> Option<u64> {
+    fn ensure(
+        &mut self,
+        name: &[u8],
+        prepared: &mut Prepared,
+        retired: &dyn Fn(u64) -> bool,
+        out: &mut impl Out,
+    ) -> Option<u64> {
         if name.is_empty() {
             return None;
         }
         let (id, body, _) = self.names.get(name)?.clone();
-        if !prepared.contains(id) && id < self.retired_below {
+        if !prepared.contains(id) && retired(id) {
             // The server skips what follows (the Bind or Describe) after this error.
             parse(out.rewrite(), STALE_NAME, &[STALE, b"\0\0\0"].concat());
             self.expect.push_back(Expect::Stale);
@@ -479,6 +499,18 @@ impl Statements {
                 Some(Expect::Parse { swallow: true, .. }) => Action::Drop,
                 _ => Action::Forward,
             },
+            b'2' => {
+                if let Some(Expect::Bound(_)) = self.expect.front() {
+                    self.expect.pop_front();
+                }
+                Action::Forward
+            }
+            b't' => {
+                if let Some(Expect::Described(_)) = self.expect.front() {
+                    self.expect.pop_front();
+                }
+                Action::Forward
+            }
             b'3' => match self.expect.pop_front() {
                 Some(Expect::Close { swallow: true, .. } | Expect::Evict(_)) => Action::Drop,
                 Some(Expect::Close { as_parse: true, .. }) => Action::ParseComplete,
@@ -624,7 +656,13 @@ mod tests {
             bind_msg("s1"),
             msg(b'S', |_| {}),
         ] {
-            s.client_message(&m, &mut server_a, |_| 7, &mut out, Sub::Forward);
+            s.client_message(
+                &m,
+                &mut server_a,
+                (|_| 7, |_| false),
+                &mut out,
+                Sub::Forward,
+            );
         }
         assert_eq!(tags(&out), b"PBS");
         assert!(out.windows(6).any(|w| w == b"__sg_7"));
@@ -637,7 +675,7 @@ mod tests {
             s.client_message(
                 &m,
                 &mut server_b,
-                |_| unreachable!(),
+                (|_| unreachable!(), |_| false),
                 &mut out,
                 Sub::Forward,
             );
@@ -658,7 +696,7 @@ mod tests {
         s.client_message(
             &parse_msg("other", "SELECT 2"),
             &mut server,
-            |_| 9,
+            (|_| 9, |_| false),
             &mut out,
             Sub::Forward,
         );
@@ -675,7 +713,7 @@ mod tests {
         let mut server = Prepared::default();
         let mut out = BytesMut::new();
         for m in [parse_msg("s1", "SELEC oops"), msg(b'S', |_| {})] {
-            s.client_message(&m, &mut server, |_| 3, &mut out, Sub::Forward);
+            s.client_message(&m, &mut server, (|_| 3, |_| false), &mut out, Sub::Forward);
         }
         assert!(server.contains(3));
         // ErrorResponse then ReadyForQuery: no ParseComplete came.
@@ -694,10 +732,13 @@ mod tests {
             s.client_message(
                 &parse_msg(name, name),
                 &mut server,
-                |_| {
-                    ids += 1;
-                    ids
-                },
+                (
+                    |_| {
+                        ids += 1;
+                        ids
+                    },
+                    |_| false,
+                ),
                 &mut out,
                 Sub::Forward,
             );
@@ -706,7 +747,7 @@ mod tests {
         s.client_message(
             &bind_msg("a"),
             &mut server,
-            |_| unreachable!(),
+            (|_| unreachable!(), |_| false),
             &mut out,
             Sub::Forward,
         );
@@ -714,7 +755,7 @@ mod tests {
         s.client_message(
             &parse_msg("c", "c"),
             &mut server,
-            |_| 3,
+            (|_| 3, |_| false),
             &mut out,
             Sub::Forward,
         );
@@ -740,7 +781,7 @@ mod tests {
         s.client_message(
             &bind_msg("b"),
             &mut server,
-            |_| unreachable!(),
+            (|_| unreachable!(), |_| false),
             &mut out,
             Sub::Forward,
         );
@@ -757,7 +798,7 @@ mod tests {
         let mut out = BytesMut::new();
         let mut feed = |s: &mut Statements, server: &mut Prepared, msgs: &[Vec<u8>], id: u64| {
             for m in msgs {
-                s.client_message(m, server, |_| id, &mut out, Sub::Forward);
+                s.client_message(m, server, (|_| id, |_| false), &mut out, Sub::Forward);
             }
         };
         feed(&mut s, &mut server, &[parse_msg("a", "a")], 1);
@@ -785,7 +826,13 @@ mod tests {
         assert!(server.contains(1), "the server still holds a");
         assert!(!server.contains(3), "c was never parsed");
         let mut out = BytesMut::new();
-        s.client_message(&bind_msg("a"), &mut server, |_| 0, &mut out, Sub::Forward);
+        s.client_message(
+            &bind_msg("a"),
+            &mut server,
+            (|_| 0, |_| false),
+            &mut out,
+            Sub::Forward,
+        );
         assert_eq!(tags(&out), b"B", "a is bound, not parsed again");
     }
 
@@ -796,7 +843,7 @@ mod tests {
         for tag in [b'P', b'B', b'D', b'C'] {
             let m = msg(tag, |_| {});
             let mut out = BytesMut::new();
-            s.client_message(&m, &mut server, |_| 1, &mut out, Sub::Forward);
+            s.client_message(&m, &mut server, (|_| 1, |_| false), &mut out, Sub::Forward);
             assert_eq!(&out[..], &m[..], "{}", tag as char);
         }
     }
@@ -811,7 +858,7 @@ mod tests {
             let mut server = Prepared::with_cap(2);
             let m = msg(tag, |o| o.put_slice(&body));
             let mut out = BytesMut::new();
-            s.client_message(&m, &mut server, |_| 1, &mut out, Sub::Forward);
+            s.client_message(&m, &mut server, (|_| 1, |_| false), &mut out, Sub::Forward);
             for t in [b'1', b'2', b'3', b'Z'] {
                 let _ = s.server_message(&m0(t), &mut server);
             }
@@ -893,8 +940,8 @@ mod tests {
                 for ((_, m), &(_, _, _, sub)) in runs {
                     out.at(at);
                     at += m.len();
-                    copied.client_message(m, &mut server_c, intern, &mut expected, some_sub(sub));
-                    lazy.client_message(m, &mut server_l, intern, &mut out, some_sub(sub));
+                    copied.client_message(m, &mut server_c, (intern, |_| false), &mut expected, some_sub(sub));
+                    lazy.client_message(m, &mut server_l, (intern, |_| false), &mut out, some_sub(sub));
                 }
                 proptest::prop_assert_eq!(out.bytes(at), &expected[..]);
                 for t in [b'1', b'2', b'3', b'I', b'Z'] {
@@ -911,7 +958,13 @@ mod tests {
         let mut server = Prepared::default();
         let mut out = BytesMut::new();
         let p = parse_msg("", "SELECT 1");
-        s.client_message(&p, &mut server, |_| unreachable!(), &mut out, Sub::Forward);
+        s.client_message(
+            &p,
+            &mut server,
+            (|_| unreachable!(), |_| false),
+            &mut out,
+            Sub::Forward,
+        );
         assert_eq!(&out[..], &p[..]);
         assert_eq!(s.server_message(&m0(b'1'), &mut server), Action::Forward);
     }
@@ -933,7 +986,7 @@ mod tests {
         s.client_message(
             &query_msg("DEALLOCATE ALL"),
             &mut server,
-            |_| unreachable!(),
+            (|_| unreachable!(), |_| false),
             &mut out,
             Sub::Emulate("DEALLOCATE ALL"),
         );
@@ -945,7 +998,13 @@ mod tests {
         assert_eq!(s.server_message(&m0(b'Z'), &mut server), Action::Forward);
         assert!(server.contains(4), "the server still has every statement");
         // A client's own empty query is left alone.
-        s.client_message(&query_msg(""), &mut server, |_| 0, &mut out, Sub::Forward);
+        s.client_message(
+            &query_msg(""),
+            &mut server,
+            (|_| 0, |_| false),
+            &mut out,
+            Sub::Forward,
+        );
         assert_eq!(s.server_message(&m0(b'I'), &mut server), Action::Forward);
     }
 
@@ -961,12 +1020,18 @@ mod tests {
         s.client_message(
             &parse_msg("", "DEALLOCATE ALL"),
             &mut server,
-            |_| unreachable!(),
+            (|_| unreachable!(), |_| false),
             &mut out,
             Sub::Emulate("DEALLOCATE ALL"),
         );
         for m in [bind_msg(""), execute.clone(), msg(b'S', |_| {})] {
-            s.client_message(&m, &mut server, |_| unreachable!(), &mut out, Sub::Forward);
+            s.client_message(
+                &m,
+                &mut server,
+                (|_| unreachable!(), |_| false),
+                &mut out,
+                Sub::Forward,
+            );
         }
         assert_eq!(tags(&out), b"PBES");
         assert!(
@@ -984,7 +1049,13 @@ mod tests {
         // The next unnamed statement is a real one.
         out.clear();
         for m in [parse_msg("", ""), bind_msg(""), execute, msg(b'S', |_| {})] {
-            s.client_message(&m, &mut server, |_| unreachable!(), &mut out, Sub::Forward);
+            s.client_message(
+                &m,
+                &mut server,
+                (|_| unreachable!(), |_| false),
+                &mut out,
+                Sub::Forward,
+            );
         }
         for t in [b'1', b'2'] {
             s.server_message(&m0(t), &mut server);
@@ -1000,7 +1071,7 @@ mod tests {
         s.client_message(
             &parse_msg("lock", "SELECT pg_advisory_lock($1)"),
             &mut server,
-            |_| unreachable!(),
+            (|_| unreachable!(), |_| false),
             &mut out,
             Sub::Refuse(4),
         );
@@ -1031,21 +1102,21 @@ mod tests {
         s.client_message(
             &query_msg("DISCARD ALL"),
             &mut server,
-            |_| 0,
+            (|_| 0, |_| false),
             &mut out,
             Sub::Forward,
         );
         s.client_message(
             &parse_msg("a", "SELECT 1"),
             &mut server,
-            |_| 1,
+            (|_| 1, |_| false),
             &mut out,
             Sub::Forward,
         );
         s.client_message(
             &msg(b'S', |_| {}),
             &mut server,
-            |_| 0,
+            (|_| 0, |_| false),
             &mut out,
             Sub::Forward,
         );
@@ -1065,7 +1136,7 @@ mod tests {
         s.client_message(
             &query_msg("DISCARD ALL"),
             &mut server,
-            |_| 0,
+            (|_| 0, |_| false),
             &mut out,
             Sub::Forward,
         );

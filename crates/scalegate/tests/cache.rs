@@ -1153,3 +1153,40 @@ async fn purges_name_paths_as_the_listener_does() {
     );
     quiescent(&g).await;
 }
+
+/// A regression hunt's finding (session 21): with hit-for-miss, every range request to a key
+/// that answered uncacheable started a background fetch of the whole object (each could pull
+/// up to `max_object_bytes` from the origin, for video seeking say). Only a fill that leads its
+/// key's flight fetches the whole object after a range miss.
+#[tokio::test]
+async fn range_requests_to_an_uncacheable_key_fetch_no_whole_objects() {
+    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = whole.clone();
+    let o = Origin::start(move |req, _| {
+        let private = [("cache-control", "private")];
+        match req.headers.get("range") {
+            Some(_) => resp(
+                206,
+                &[
+                    ("cache-control", "private"),
+                    ("content-range", "bytes 0-9/10000"),
+                ],
+                "0123456789",
+            ),
+            None => {
+                seen.fetch_add(1, Ordering::SeqCst);
+                resp(200, &private, &"x".repeat(10_000))
+            }
+        }
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    for _ in 0..5 {
+        let r = get(&g, "/media", &[("range", "bytes=0-9")]).await;
+        assert_eq!(r.status, 206);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n = whole.load(Ordering::SeqCst);
+    assert!(n <= 1, "{n} whole fetches for 5 range requests");
+    quiescent(&g).await;
+}

@@ -1273,6 +1273,63 @@ async fn a_client_idle_in_a_transaction_is_cut_off_and_frees_its_server() {
     quiescent(&gw).await;
 }
 
+/// Found from outside (session 21): a client holding a statement prepared before a schema
+/// change that altered its result type got the new rows under its old description (a `real`
+/// read as an `int`) once its statement was prepared afresh on a server that no longer had it.
+/// It now gets 0A000 there, as PostgreSQL would answer it. And (a regression hunt's finding on
+/// the first version of that fix) statements whose plans did not go stale keep working.
+#[tokio::test]
+async fn only_the_statement_whose_plan_went_stale_is_refused_where_it_would_be_prepared_afresh() {
+    let pg = PgServer::start().await;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE shape (id int, x int); INSERT INTO shape VALUES (1, 2)",
+    );
+    // One server connection: every client lands on it, and it forgets its statements after
+    // the stale plan (at the client's next idle point).
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let (a, b, c) = (client(port).await, client(port).await, client(port).await);
+    let sql = "SELECT x FROM shape WHERE id = $1";
+    let unchanged = a.prepare("SELECT 1 + $1::int").await.expect("prepare");
+    let (b_stmt, c_stmt) = (
+        b.prepare(sql).await.expect("prepare"),
+        c.prepare(sql).await.expect("prepare"),
+    );
+    assert_eq!(
+        c.query_one(&c_stmt, &[&1])
+            .await
+            .expect("before")
+            .get::<_, i32>(0),
+        2
+    );
+    pg.psql("postgres", "ALTER TABLE shape ALTER COLUMN x TYPE real");
+    let e = b.query(&b_stmt, &[&1]).await.expect_err("the stale plan");
+    assert_eq!(code(&e), "0A000", "{e}");
+    b.simple_query("SELECT 1").await.expect("idle point");
+    // c's statement is the same text, prepared before the change: never the new rows under the
+    // old description.
+    match c.query_one(&c_stmt, &[&1]).await {
+        Ok(row) => panic!("read {:?} after the type change", row.try_get::<_, i32>(0)),
+        Err(e) => assert_eq!(code(&e), "0A000", "{e}"),
+    }
+    let fresh = c.prepare(sql).await.expect("prepared again");
+    assert_eq!(
+        c.query_one(&fresh, &[&1])
+            .await
+            .expect("after")
+            .get::<_, f32>(0),
+        2.0
+    );
+    // a's statement did not go stale: prepared afresh, it answers.
+    let one = a
+        .query_one(&unchanged, &[&1])
+        .await
+        .expect("an unchanged statement");
+    assert_eq!(one.get::<_, i32>(0), 2);
+    drop((a, b, c));
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn a_schema_change_that_makes_plans_stale_fails_once_then_statements_are_prepared_afresh() {
     // `SELECT *` prepared, then a column added: PostgreSQL answers the next Bind with 0A000

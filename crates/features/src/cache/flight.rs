@@ -41,6 +41,11 @@ impl FlightGuard {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// Whether others wait on it (it leads its key's flight); not a detached guard's.
+    pub fn leads(&self) -> bool {
+        self.led
+    }
 }
 
 impl Flights {

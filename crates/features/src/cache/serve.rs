@@ -380,8 +380,11 @@ async fn fetch(
     // A range miss answered 206: passed on, and if the whole object fits the store it is
     // fetched in the background, so later ranges of it are hits.
     let guard = match guard {
+        // Not for a key that answered uncacheable lately (its guard is detached): every range
+        // request would fetch the whole object again.
         Some(g)
-            if head.status == StatusCode::PARTIAL_CONTENT
+            if g.leads()
+                && head.status == StatusCode::PARTIAL_CONTENT
                 && stale.is_none()
                 // Not with a user's credentials: what they fetch is rarely storable.
                 && !parts.headers.contains_key(header::AUTHORIZATION)

@@ -511,11 +511,13 @@ impl Session {
                     self.pool.stats.refusals.fetch_add(1, Relaxed);
                 }
                 let (pool, path) = (&self.pool, self.track.settings.get("search_path"));
-                self.stmts.retire_below(pool.statements_retired_below());
                 let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
-                    |b| pool.statement_id(b, path),
+                    (
+                        |b| pool.statement_id(b, path),
+                        |id| pool.statement_retired(id),
+                    ),
                     &mut out,
                     sub,
                 );
@@ -825,6 +827,9 @@ impl Session {
                     self.fatal_forwarded |= resend::is_fatal(msg);
                     if stale_plans::plan_went_stale(msg) {
                         // At once: the client may have sent its new Parse already.
+                        if let Some(id) = self.stmts.failed_statement() {
+                            self.pool.retire_statement(id);
+                        }
                         let path = self.track.settings.get("search_path");
                         stale_plans::renew(&self.pool, &mut self.stmts, path);
                         self.stale_plans = true;

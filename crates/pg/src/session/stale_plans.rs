@@ -14,9 +14,12 @@
 //! Other clients keep the ids they had, and with them the result types they were told. Where
 //! a server still holds such a statement, PostgreSQL itself says whether it went stale; where
 //! it does not, preparing it afresh could answer rows of a new type under the old description
-//! (found from outside: asyncpg read a `real` 2.0 as the `int` 1073741824). So a statement
-//! older than the renewal is not prepared again: the client gets 0A000 as PostgreSQL would give
-//! it, and its driver prepares the text anew.
+//! (found from outside: asyncpg read a `real` 2.0 as the `int` 1073741824). So the statement
+//! whose plan went stale (the one of the Bind or Describe the error answers) is retired: it is
+//! not prepared afresh again, the client gets 0A000 as PostgreSQL would give it, and its
+//! driver prepares the text anew. Only that one: retiring every older statement failed
+//! unchanged ones (pgbench -M prepared aborted, psycopg never re-prepares). A statement whose
+//! result type changed but that no client has yet met as a stale plan is not caught.
 
 use super::Session;
 use super::resend::error_fields;
@@ -47,8 +50,7 @@ fn message(msg: &[u8]) -> Option<&[u8]> {
 }
 
 /// PostgreSQL's answer to a Bind of a statement whose result type changed since it was
-/// prepared, for a client statement given its id before a plan went stale in the pool
-/// ([`crate::stmt::Statements::retire_below`]).
+/// prepared, for a client statement whose id met a stale plan ([`Pool::retire_statement`]).
 /// Its fields are PostgreSQL's own, routine included: drivers tell a stale statement by it
 /// (asyncpg prepares again and retries only when `R` is `RevalidateCachedQuery`).
 pub(super) fn stale_statement(out: &mut bytes::BytesMut) {
