@@ -21,6 +21,10 @@ pub struct AccessRecord {
     attempts: u32,
     bytes: u64,
     duration_ms: f64,
+    /// The body broke off after the head was sent (the upstream broke or went silent past
+    /// `read_timeout`): the status alone would say the request succeeded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    incomplete: bool,
 }
 
 impl AccessRecord {
@@ -43,7 +47,13 @@ impl AccessRecord {
             attempts: 0,
             bytes: 0,
             duration_ms: 0.0,
+            incomplete: false,
         }
+    }
+
+    /// Notes that the response's body broke off after its head was sent.
+    pub fn incomplete(&mut self) {
+        self.incomplete = true;
     }
 
     /// Notes what serves the request (its route's name).

@@ -385,7 +385,7 @@ impl Body for RespBody {
                         }
                         if let Some(c) = done.take() {
                             let grpc = c.grpc();
-                            c.finish(false);
+                            c.cut_short();
                             // The gateway's own timer, not a broken upstream: DEADLINE_EXCEEDED,
                             // as for a response head that does not come in time.
                             if grpc {
@@ -413,7 +413,10 @@ impl Body for RespBody {
                     Some(Err(_)) | None => {
                         if let Some(c) = done.take() {
                             let grpc = c.grpc() && frame.is_some();
-                            c.finish(frame.is_none());
+                            match frame {
+                                None => c.finish(true),
+                                Some(_) => c.cut_short(),
+                            }
                             // The upstream broke off mid-stream: a gRPC client gets UNAVAILABLE
                             // (which it may retry), as it would from the server directly, not
                             // the INTERNAL a stream reset means to it.

@@ -42,6 +42,7 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     shed: Family<Labels, Counter>,
     fallbacks: Family<Labels, Counter>,
+    incomplete: Family<Labels, Counter>,
     queue_time: Family<Labels, Histogram, fn() -> Histogram>,
     cache: Family<Labels, Counter>,
     /// Cache tier gauges (bytes, objects, up), refreshed at scrape time.
@@ -108,6 +109,8 @@ pub struct RouteMetrics {
     pub rate_limited: Counter,
     /// Fallback responses served.
     pub fallbacks: Counter,
+    /// Responses whose body broke off after the head was sent.
+    pub incomplete: Counter,
     /// Time spent waiting for bulkhead slots.
     pub queue_time: Histogram,
     cache: [Counter; 9],
@@ -181,6 +184,7 @@ impl Default for Metrics {
             rate_limited: Family::default(),
             shed: Family::default(),
             fallbacks: Family::default(),
+            incomplete: Family::default(),
             queue_time: Family::new_with_constructor(queue_histogram as fn() -> Histogram),
             cache: Family::default(),
             cache_tier: Family::default(),
@@ -263,6 +267,11 @@ impl Metrics {
             self.fallbacks.clone(),
         );
         r.register(
+            "scalegate_http_responses_incomplete",
+            "Responses whose body broke off after the head was sent (the upstream broke or went silent past read_timeout); their status class is counted too",
+            self.incomplete.clone(),
+        );
+        r.register(
             "scalegate_http_shed",
             "Requests shed by an upstream's bulkhead, by reason and priority",
             self.shed.clone(),
@@ -330,6 +339,9 @@ impl Metrics {
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             fallbacks: self
                 .fallbacks
+                .get_or_create_owned(&vec![("route", route.to_string())]),
+            incomplete: self
+                .incomplete
                 .get_or_create_owned(&vec![("route", route.to_string())]),
             cache: CACHE_RESULTS.map(|r| {
                 self.cache.get_or_create_owned(&vec![

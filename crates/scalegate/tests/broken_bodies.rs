@@ -163,3 +163,54 @@ async fn a_get_whose_body_breaks_before_it_begins_is_retried() {
     }
     quiescent(&gw).await;
 }
+
+/// Found from outside (session 21): a response whose body broke off after its head (the
+/// upstream broke, or went silent past `read_timeout`) was logged and counted as a plain 200,
+/// so operators could not see mid-stream failures. The access log marks it `incomplete` and
+/// the route counts it in `scalegate_http_responses_incomplete_total`.
+#[tokio::test]
+async fn a_body_cut_after_its_head_is_logged_and_counted_as_incomplete() {
+    let b = Backend::start("b0").await;
+    let rest = routed(
+        &endpoints(std::slice::from_ref(&b)),
+        "/",
+        "",
+        "protocol = \"h2c\"\npassive = { consecutive_failures = 0 }",
+    );
+    let gw = GatewayProcess::start_with(BIN, "[log]\naccess_log = true", &rest).await;
+    let (out, _) = raw(
+        gw.http,
+        b"GET /reset/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "answer: {out:?}");
+    let (whole, _) = raw(
+        gw.http,
+        b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(whole.starts_with("HTTP/1.1 200"), "answer: {whole:?}");
+    let logged = eventually(std::time::Duration::from_secs(5), || async {
+        gw.stdout().lines().count() >= 2
+    })
+    .await;
+    assert!(logged, "log: {}", gw.stdout());
+    let log = gw.stdout();
+    let cut: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"incomplete\":true"))
+        .collect();
+    assert_eq!(cut.len(), 1, "{log}");
+    assert!(cut[0].contains("/reset/10"), "{log}");
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("scalegate_http_responses_incomplete_total{route=\"route0\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("incomplete"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    quiescent(&gw).await;
+}

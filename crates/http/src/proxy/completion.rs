@@ -35,6 +35,8 @@ pub struct Completion {
     /// trailers instead of a stream reset.
     grpc: bool,
     bytes: u64,
+    /// The response body broke off after the head was sent (see [`Self::cut_short`]).
+    cut: bool,
     lease: Option<Lease>,
     endpoint: Option<EndpointLoad>,
     log: Option<Box<AccessRecord>>,
@@ -59,6 +61,7 @@ impl Completion {
             complete: false,
             grpc: false,
             bytes: 0,
+            cut: false,
             lease: None,
             endpoint: None,
             log,
@@ -162,6 +165,14 @@ impl Completion {
     pub fn finish(mut self, complete: bool) {
         self.complete = complete;
     }
+
+    /// Ends a request whose response body broke off after its head was sent (the upstream
+    /// broke or went silent past `read_timeout`): its status still says success, so the access
+    /// log marks it `incomplete` and the route counts it (found from outside: a gRPC stream
+    /// cut mid-body was logged and counted as a plain 200).
+    pub fn cut_short(mut self) {
+        self.cut = true;
+    }
 }
 
 impl Drop for Completion {
@@ -181,9 +192,15 @@ impl Drop for Completion {
             m.in_flight.dec();
         }
         m.count(self.status);
+        if self.cut {
+            m.incomplete.inc();
+        }
         let elapsed = now.since(self.started);
         m.duration.observe(elapsed.as_secs_f64());
-        if let Some(log) = self.log.take() {
+        if let Some(mut log) = self.log.take() {
+            if self.cut {
+                log.incomplete();
+            }
             log.write(self.status, self.bytes, elapsed);
         }
     }
