@@ -130,6 +130,7 @@ pub struct Pool {
     statements: Mutex<HashMap<Bytes, u64>>,
     next_statement: AtomicU64,
     retired_statements: Mutex<HashSet<u64>>,
+    shapes: Mutex<HashMap<u64, u64>>,
     next_server: Arc<AtomicU64>,
     wait_timeout: Duration,
     lifetime: Duration,
@@ -244,6 +245,7 @@ impl Pool {
             statements: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
             retired_statements: Mutex::default(),
+            shapes: Mutex::default(),
             next_server: ids,
             wait_timeout: spec.wait_timeout,
             lifetime: spec.server_lifetime,
@@ -625,6 +627,23 @@ impl Pool {
             }
             r.insert(id);
         }
+    }
+
+    /// Records the result type `hash` a server described for statement `id`; false when another
+    /// was recorded for it before (a schema change: clients holding it were told the old one).
+    pub fn same_shape(&self, id: u64, hash: u64) -> bool {
+        let Ok(mut m) = self.shapes.lock() else {
+            return true;
+        };
+        if m.len() >= 100_000 {
+            m.clear();
+        }
+        *m.entry(id).or_insert(hash) == hash
+    }
+
+    /// Whether a result type is recorded for statement `id` (clients were told one).
+    pub fn has_shape(&self, id: u64) -> bool {
+        self.shapes.lock().is_ok_and(|m| m.contains_key(&id))
     }
 
     /// Whether statement `id` met a stale plan ([`Self::retire_statement`]).

@@ -67,6 +67,11 @@ impl Prepared {
         }
     }
 
+    /// Whether `id` is prepared here, without marking it used.
+    pub fn has(&self, id: u64) -> bool {
+        self.used.contains_key(&id)
+    }
+
     /// Records `id` as prepared; returns the statement to close to stay within the bound.
     pub fn insert(&mut self, id: u64) -> Option<u64> {
         self.tick += 1;
@@ -150,9 +155,13 @@ enum Expect {
     /// A BindComplete (of this named statement): kept so that a stale plan's error, which
     /// PostgreSQL raises at Bind, names its statement.
     Bound(Option<u64>),
-    /// A ParameterDescription answering a Describe of this named statement (the other place a
-    /// stale plan is raised).
+    /// The RowDescription or NoData answering a client's Describe of this named statement (the
+    /// other place a stale plan is raised): its result type is recorded for the pool.
     Described(Option<u64>),
+    /// The ParameterDescription and RowDescription/NoData (both dropped) of the pooler's own
+    /// Describe of statement `id`, prepared afresh on this server: its result type is compared
+    /// with the one clients were told (`session/shape_check.rs`).
+    Check(u64),
     /// ReadyForQuery (Sync, Query, FunctionCall).
     Ready,
 }
@@ -206,6 +215,21 @@ pub struct Statements {
     /// Records cleared by a statement that makes the server forget its prepared statements, by
     /// segment, kept until the server confirms (then dropped) or the segment ends (restored).
     forgets: Vec<(u64, Vec<u64>)>,
+    /// A result type just seen for a statement ([`Self::take_shape`]).
+    shape: Option<Shape>,
+}
+
+/// A statement's result type as the server described it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// The pool-wide statement id.
+    pub id: u64,
+    /// The columns' names and types (not their tables: a table dropped and made again with the
+    /// same columns is the same result type), hashed.
+    pub hash: u64,
+    /// From the pooler's own check of a statement it prepared afresh (else a client's
+    /// Describe).
+    pub checked: bool,
 }
 
 fn server_name(id: u64) -> Vec<u8> {
@@ -213,6 +237,51 @@ fn server_name(id: u64) -> Vec<u8> {
 }
 
 impl Statements {
+    /// The result type the last server message described, if it answered a Describe of a named
+    /// statement (a client's, or the pooler's own check).
+    pub fn take_shape(&mut self) -> Option<Shape> {
+        self.shape.take()
+    }
+
+    /// A Bind or Describe of a named statement this client prepared and the server lacks: its
+    /// id and Parse body (it would be prepared afresh there).
+    pub fn lazy_statement(&self, msg: &[u8], prepared: &Prepared) -> Option<(u64, Bytes)> {
+        let mut b = msg.get(5..)?;
+        let name = match msg[0] {
+            b'B' => cbytes(&mut b).and_then(|_| cbytes(&mut b))?,
+            b'D' if b.first() == Some(&b'S') => {
+                b = &b[1..];
+                cbytes(&mut b)?
+            }
+            _ => return None,
+        };
+        let (id, body, _) = self.names.get(name)?;
+        (!name.is_empty() && !prepared.has(*id)).then(|| (*id, body.clone()))
+    }
+
+    /// Prepares statement `id` afresh and asks for its result type, then a Flush: the session
+    /// holds the client's next messages until the answer ([`Expect::Check`]).
+    pub fn check_shape(
+        &mut self,
+        id: u64,
+        body: &[u8],
+        prepared: &mut Prepared,
+        out: &mut impl Out,
+    ) {
+        self.make_room(prepared.insert(id), out);
+        parse(out.rewrite(), &server_name(id), body);
+        self.expect.push_back(Expect::Parse {
+            swallow: true,
+            id: Some(id),
+        });
+        message(out.rewrite(), b'D', |o| {
+            o.put_u8(b'S');
+            put_cstr(o, &server_name(id));
+        });
+        self.expect.push_back(Expect::Check(id));
+        message(out.rewrite(), b'H', |_| {});
+    }
+
     /// The statement whose Bind or Describe the server's error just now answers, if it is a
     /// named one: the one whose plan went stale, when the error says so.
     pub fn failed_statement(&self) -> Option<u64> {
@@ -505,12 +574,31 @@ impl Statements {
                 }
                 Action::Forward
             }
-            b't' => {
-                if let Some(Expect::Described(_)) = self.expect.front() {
+            b't' => match self.expect.front() {
+                Some(Expect::Check(_)) => Action::Drop,
+                _ => Action::Forward,
+            },
+            b'T' | b'n' => match self.expect.front() {
+                Some(&Expect::Described(id)) => {
                     self.expect.pop_front();
+                    self.shape = id.map(|id| Shape {
+                        id,
+                        hash: row_type(msg),
+                        checked: false,
+                    });
+                    Action::Forward
                 }
-                Action::Forward
-            }
+                Some(&Expect::Check(id)) => {
+                    self.expect.pop_front();
+                    self.shape = Some(Shape {
+                        id,
+                        hash: row_type(msg),
+                        checked: true,
+                    });
+                    Action::Drop
+                }
+                _ => Action::Forward,
+            },
             b'3' => match self.expect.pop_front() {
                 Some(Expect::Close { swallow: true, .. } | Expect::Evict(_)) => Action::Drop,
                 Some(Expect::Close { as_parse: true, .. }) => Action::ParseComplete,
@@ -591,6 +679,23 @@ impl Statements {
     }
 }
 
+/// The result type a RowDescription (or NoData) describes: column names, type oids, lengths
+/// and modifiers, hashed.
+fn row_type(msg: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    msg[0].hash(&mut h);
+    let mut b = msg.get(7..).unwrap_or_default();
+    while let Some(name) = cbytes(&mut b) {
+        name.hash(&mut h);
+        // table oid (4), column number (2), type oid (4), length (2), modifier (4), format (2)
+        let Some(field) = b.get(..18) else { break };
+        field[6..16].hash(&mut h);
+        b = &b[18..];
+    }
+    h.finish()
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -612,6 +717,38 @@ fn close(out: &mut BytesMut, kind: u8, name: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A RowDescription of one column `x` of table `table` and type `oid`.
+    fn row_description(table: u32, oid: u32) -> BytesMut {
+        let mut m = BytesMut::new();
+        message(&mut m, b'T', |o| {
+            o.put_i16(1);
+            put_cstr(o, b"x");
+            o.put_u32(table);
+            o.put_i16(2);
+            o.put_u32(oid);
+            o.put_i16(4);
+            o.put_i32(-1);
+            o.put_i16(0);
+        });
+        m
+    }
+
+    #[test]
+    fn a_result_type_is_its_columns_names_and_types_not_their_table() {
+        let int = row_type(&row_description(16_384, 23));
+        assert_eq!(
+            int,
+            row_type(&row_description(16_999, 23)),
+            "the table made again"
+        );
+        assert_ne!(
+            int,
+            row_type(&row_description(16_384, 700)),
+            "int became real"
+        );
+        assert_ne!(int, row_type(b"n\0\0\0\x04"), "no rows at all");
+    }
 
     fn msg(tag: u8, f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
         let mut b = BytesMut::new();

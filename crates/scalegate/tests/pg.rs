@@ -1330,6 +1330,64 @@ async fn only_the_statement_whose_plan_went_stale_is_refused_where_it_would_be_p
     quiescent(&gw).await;
 }
 
+/// The same without any client having met the stale plan first: the statement was evicted
+/// from the only server connection (`max_prepared_statements`) and prepared afresh there after
+/// the schema change, and its client decoded a `real` as an `int`. The pooler now checks the
+/// result type where it prepares a statement afresh and answers 0A000 when it changed.
+#[tokio::test]
+async fn a_statement_prepared_afresh_after_a_schema_change_is_checked_first() {
+    let pg = PgServer::start().await;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE shape2 (id int, x int); INSERT INTO shape2 VALUES (1, 2)",
+    );
+    let (gw, port) = pooler(&pg, "pool_size = 1", "max_prepared_statements = 2").await;
+    let (c, d) = (client(port).await, client(port).await);
+    let sql = "SELECT x FROM shape2 WHERE id = $1";
+    let stmt = c.prepare(sql).await.expect("prepare");
+    assert_eq!(
+        c.query_one(&stmt, &[&1])
+            .await
+            .expect("before")
+            .get::<_, i32>(0),
+        2
+    );
+    pg.psql("postgres", "ALTER TABLE shape2 ALTER COLUMN x TYPE real");
+    // Two other statements push c's out of the server's two places.
+    let mut others = Vec::new();
+    for i in 0..2 {
+        let other = d
+            .prepare(&format!("SELECT {i} + $1::int"))
+            .await
+            .expect("prepare");
+        d.query_one(&other, &[&1]).await.expect("other");
+        others.push(other);
+    }
+    match c.query_one(&stmt, &[&1]).await {
+        Ok(row) => panic!("read {:?} after the type change", row.try_get::<_, i32>(0)),
+        Err(e) => assert_eq!(code(&e), "0A000", "{e}"),
+    }
+    let fresh = c.prepare(sql).await.expect("prepared again");
+    assert_eq!(
+        c.query_one(&fresh, &[&1])
+            .await
+            .expect("after")
+            .get::<_, f32>(0),
+        2.0
+    );
+    // Statements whose result type did not change (pushed out in turn) are checked where they
+    // are prepared afresh, and answer.
+    for (i, other) in (0..).zip(&others) {
+        let row = d
+            .query_one(other, &[&1])
+            .await
+            .expect("an unchanged statement");
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    drop((c, d));
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn a_schema_change_that_makes_plans_stale_fails_once_then_statements_are_prepared_afresh() {
     // `SELECT *` prepared, then a column added: PostgreSQL answers the next Bind with 0A000

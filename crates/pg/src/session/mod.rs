@@ -23,6 +23,7 @@ mod reload;
 mod replay;
 mod replica_pin;
 mod resend;
+mod shape_check;
 mod sharded;
 mod split;
 mod stale_plans;
@@ -174,6 +175,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         resends: 0,
         fatal_forwarded: false,
         stale_plans: false,
+        checking: false,
         setting_statements: Default::default(),
         bound_settings: Default::default(),
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
@@ -277,6 +279,9 @@ struct Session {
     fatal_forwarded: bool,
     /// The server said a prepared statement's plan went stale (stale_plans.rs).
     stale_plans: bool,
+    /// The client's messages wait for the answer to a check of a statement's result type
+    /// (shape_check.rs).
+    checking: bool,
     /// The client's prepared statements that change settings when they run (psycopg prepares
     /// a `SET` it runs often; asyncpg runs `set_config('jit', $1, false)`), by name (the
     /// unnamed one too), with their effects: each Bind of one records the change.
@@ -445,6 +450,21 @@ impl Session {
             let tag = msg[0];
             if !proto::is_frontend_tag(tag) {
                 return Some(End::Fatal(invalid_message(tag)));
+            }
+            // A statement the server lacks, whose result type clients were told: prepared and
+            // described alone first, this message held until the answer (shape_check.rs).
+            if self.transaction
+                && !routed
+                && matches!(tag, b'B' | b'D')
+                && let Some((id, body)) = self.stmts.lazy_statement(msg, &conn.prepared)
+                && !self.pool.statement_retired(id)
+                && self.pool.has_shape(id)
+            {
+                self.stmts
+                    .check_shape(id, &body, &mut conn.prepared, &mut out);
+                self.checking = true;
+                self.unsynced = true;
+                break;
             }
             consumed += n;
             // The segment this message belongs to (ended by the next Sync, Query or FunctionCall).
@@ -808,6 +828,13 @@ impl Session {
             } else {
                 Action::Forward
             };
+            if let Some(shape) = self.stmts.take_shape() {
+                let check = shape_check::Check {
+                    checking: &mut self.checking,
+                    stale_plans: &mut self.stale_plans,
+                };
+                shape_check::seen(&self.pool, shape, &mut conn.prepared, check);
+            }
             match tag {
                 b'G' => self.copy_in = true,
                 b'Z' => {
@@ -823,6 +850,9 @@ impl Session {
                     }
                 }
                 b'E' => {
+                    // The server skips the rest of the segment, a held check included: the
+                    // client's messages go on (and are skipped the same way).
+                    self.checking = false;
                     self.track.segment_error = true;
                     self.fatal_forwarded |= resend::is_fatal(msg);
                     if stale_plans::plan_went_stale(msg) {
@@ -830,8 +860,7 @@ impl Session {
                         if let Some(id) = self.stmts.failed_statement() {
                             self.pool.retire_statement(id);
                         }
-                        let path = self.track.settings.get("search_path");
-                        stale_plans::renew(&self.pool, &mut self.stmts, path);
+                        stale_plans::renew(&self.pool);
                         self.stale_plans = true;
                     }
                 }
@@ -979,6 +1008,8 @@ impl Session {
     }
 
     fn release(&mut self, reusable: bool) {
+        // A check's answer can only come on this server connection.
+        self.checking = false;
         if let Some(lease) = self.lease.take() {
             self.pool.stats.xacts.fetch_add(1, Relaxed);
             if let Ok(mut s) = self.slot.server.lock() {
@@ -1155,6 +1186,9 @@ impl Session {
     /// Whether routing must see the client's whole batch (up to a Sync, Query, FunctionCall or
     /// Flush) before a server is chosen: when reads are split or the database is sharded.
     fn waits_for_batch(&self) -> bool {
+        if self.checking {
+            return true;
+        }
         if !self.routed() {
             return false;
         }

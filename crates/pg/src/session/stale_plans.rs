@@ -5,10 +5,9 @@
 //! would be answered from the stale one, and the error would never end (asyncpg failed every
 //! call until the server connections were recycled).
 //!
-//! So on that error the pool gives every text a new id at once (this client's statements
-//! take theirs, and every connection prepares them afresh under the new names instead of using
-//! its stale ones), even before the client's ReadyForQuery: drivers send their new Parse as
-//! soon as they have the error. At the client's next idle point the server connection forgets
+//! So on that error the pool gives every text a new id at once (so every connection prepares
+//! a text parsed again afresh under its new name instead of using its stale one), even before
+//! the client's ReadyForQuery: drivers send their new Parse as soon as they have the error. At the client's next idle point the server connection forgets
 //! the statements it had (`DEALLOCATE ALL`), stale ones included.
 //!
 //! Other clients keep the ids they had, and with them the result types they were told. Where
@@ -25,7 +24,6 @@ use super::Session;
 use super::resend::error_fields;
 use crate::pool::Pool;
 use crate::proto;
-use crate::stmt::Statements;
 
 /// Whether an ErrorResponse says a prepared statement's plan is stale.
 pub(super) fn plan_went_stale(msg: &[u8]) -> bool {
@@ -75,11 +73,12 @@ pub(super) fn stale_statement(out: &mut bytes::BytesMut) {
     });
 }
 
-/// Gives every statement text of `pool` a new id, and `stmts` (the client that met a stale
-/// plan, its `search_path`) the new ids of its own.
-pub(super) fn renew(pool: &Pool, stmts: &mut Statements, search_path: Option<&str>) {
+/// Gives every statement text of `pool` a new id for the Parses to come. Statements clients
+/// hold keep theirs: a client's Bind must never reach a fresh plan under the description it was
+/// given before (the statement that went stale is retired; others are checked where they are
+/// prepared afresh, `shape_check.rs`).
+pub(super) fn renew(pool: &Pool) {
     pool.renew_statements();
-    stmts.reintern(|body| pool.statement_id(body, search_path));
 }
 
 impl Session {
