@@ -641,9 +641,17 @@ impl Pool {
         *m.entry(id).or_insert(hash) == hash
     }
 
-    /// Whether a result type is recorded for statement `id` (clients were told one).
-    pub fn has_shape(&self, id: u64) -> bool {
-        self.shapes.lock().is_ok_and(|m| m.contains_key(&id))
+    /// What becomes of statement `id` where a server lacks it: retired after a stale plan,
+    /// checked first when clients were told its result type, else prepared there.
+    pub fn lazy(&self, id: u64, check: bool) -> crate::stmt::Lazy {
+        use crate::stmt::Lazy;
+        if self.statement_retired(id) {
+            Lazy::Retired
+        } else if check && self.shapes.lock().is_ok_and(|m| m.contains_key(&id)) {
+            Lazy::Check
+        } else {
+            Lazy::Fresh
+        }
     }
 
     /// Whether statement `id` met a stale plan ([`Self::retire_statement`]).

@@ -217,6 +217,20 @@ pub struct Statements {
     forgets: Vec<(u64, Vec<u64>)>,
     /// A result type just seen for a statement ([`Self::take_shape`]).
     shape: Option<Shape>,
+    /// A statement the message being handled waits for ([`Self::take_held`]).
+    held: Option<(u64, Bytes)>,
+}
+
+/// What becomes of a client's statement that the server lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lazy {
+    /// Prepared there, in front of the message that needs it.
+    Fresh,
+    /// Its result type is recorded: prepared and described alone first, the message held
+    /// until the answer (`session/shape_check.rs`).
+    Check,
+    /// It met a stale plan: answered with PostgreSQL's 0A000 (`session/stale_plans.rs`).
+    Retired,
 }
 
 /// A statement's result type as the server described it.
@@ -243,20 +257,10 @@ impl Statements {
         self.shape.take()
     }
 
-    /// A Bind or Describe of a named statement this client prepared and the server lacks: its
-    /// id and Parse body (it would be prepared afresh there).
-    pub fn lazy_statement(&self, msg: &[u8], prepared: &Prepared) -> Option<(u64, Bytes)> {
-        let mut b = msg.get(5..)?;
-        let name = match msg[0] {
-            b'B' => cbytes(&mut b).and_then(|_| cbytes(&mut b))?,
-            b'D' if b.first() == Some(&b'S') => {
-                b = &b[1..];
-                cbytes(&mut b)?
-            }
-            _ => return None,
-        };
-        let (id, body, _) = self.names.get(name)?;
-        (!name.is_empty() && !prepared.has(*id)).then(|| (*id, body.clone()))
+    /// The statement a Bind or Describe was held for (nothing of that message was written): it
+    /// is to be checked first ([`Self::check_shape`]), and the message handled again after.
+    pub fn take_held(&mut self) -> Option<(u64, Bytes)> {
+        self.held.take()
     }
 
     /// Prepares statement `id` afresh and asks for its result type, then a Flush: the session
@@ -343,13 +347,13 @@ impl Statements {
     /// Rewrites one client message into `out`. `intern` gives a statement body's pool-wide id;
     /// `prepared` is the server connection's set of ids; `sub` says how a Query or Parse is
     /// treated. Returns the session state a Bind of a flagged statement creates (0 otherwise).
-    /// `retired` says whether a statement met a stale plan in the pool: one the server lacks is
-    /// then answered with PostgreSQL's 0A000, not prepared afresh (see `session/stale_plans.rs`).
+    /// `lazy` says what becomes of a statement the server lacks ([`Lazy`]); a message held for a
+    /// check is not written, and [`Self::take_held`] names it.
     pub fn client_message(
         &mut self,
         msg: &[u8],
         prepared: &mut Prepared,
-        (intern, retired): (impl FnOnce(&[u8]) -> u64, impl Fn(u64) -> bool),
+        (intern, lazy): (impl FnOnce(&[u8]) -> u64, impl Fn(u64) -> Lazy),
         out: &mut impl Out,
         sub: Sub,
     ) -> u8 {
@@ -387,7 +391,7 @@ impl Statements {
                 });
             }
             (b'P', sub) => self.parse(msg, prepared, intern, out, sub),
-            (b'B', _) => return self.bind(msg, prepared, &retired, out),
+            (b'B', _) => return self.bind(msg, prepared, &lazy, out),
             (b'E', _) => {
                 let mut b = body;
                 if let Some(portal) = cbytes(&mut b)
@@ -399,7 +403,10 @@ impl Statements {
             }
             (b'D', _) if body.first() == Some(&b'S') => {
                 let mut b = &body[1..];
-                let id = cbytes(&mut b).and_then(|name| self.ensure(name, prepared, &retired, out));
+                let id = cbytes(&mut b).and_then(|name| self.ensure(name, prepared, &lazy, out));
+                if self.held.is_some() {
+                    return 0;
+                }
                 self.expect.push_back(Expect::Described(id));
                 let Some(id) = id else {
                     out.verbatim(msg);
@@ -488,7 +495,7 @@ impl Statements {
         &mut self,
         msg: &[u8],
         prepared: &mut Prepared,
-        retired: &dyn Fn(u64) -> bool,
+        lazy: &dyn Fn(u64) -> Lazy,
         out: &mut impl Out,
     ) -> u8 {
         let mut b = &msg[5..];
@@ -509,7 +516,10 @@ impl Statements {
             return 0;
         }
         let bits = self.names.get(name).map_or(0, |n| n.2);
-        let id = self.ensure(name, prepared, retired, out);
+        let id = self.ensure(name, prepared, lazy, out);
+        if self.held.is_some() {
+            return 0;
+        }
         self.expect.push_back(Expect::Bound(id));
         let Some(id) = id else {
             out.verbatim(msg);
@@ -529,27 +539,37 @@ impl Statements {
         &mut self,
         name: &[u8],
         prepared: &mut Prepared,
-        retired: &dyn Fn(u64) -> bool,
+        lazy: &dyn Fn(u64) -> Lazy,
         out: &mut impl Out,
     ) -> Option<u64> {
         if name.is_empty() {
             return None;
         }
-        let (id, body, _) = self.names.get(name)?.clone();
-        if !prepared.contains(id) && retired(id) {
-            // The server skips what follows (the Bind or Describe) after this error.
-            parse(out.rewrite(), STALE_NAME, &[STALE, b"\0\0\0"].concat());
-            self.expect.push_back(Expect::Stale);
+        let (id, body, _) = self.names.get(name)?;
+        let id = *id;
+        if prepared.contains(id) {
             return Some(id);
         }
-        if !prepared.contains(id) {
-            self.make_room(prepared.insert(id), out);
-            parse(out.rewrite(), &server_name(id), &body);
-            self.expect.push_back(Expect::Parse {
-                swallow: true,
-                id: Some(id),
-            });
+        match lazy(id) {
+            Lazy::Retired => {
+                // The server skips what follows (the Bind or Describe) after this error.
+                parse(out.rewrite(), STALE_NAME, &[STALE, b"\0\0\0"].concat());
+                self.expect.push_back(Expect::Stale);
+                return Some(id);
+            }
+            Lazy::Check => {
+                self.held = Some((id, body.clone()));
+                return None;
+            }
+            Lazy::Fresh => {}
         }
+        let body = body.clone();
+        self.make_room(prepared.insert(id), out);
+        parse(out.rewrite(), &server_name(id), &body);
+        self.expect.push_back(Expect::Parse {
+            swallow: true,
+            id: Some(id),
+        });
         Some(id)
     }
 
@@ -796,7 +816,7 @@ mod tests {
             s.client_message(
                 &m,
                 &mut server_a,
-                (|_| 7, |_| false),
+                (|_| 7, |_| Lazy::Fresh),
                 &mut out,
                 Sub::Forward,
             );
@@ -812,7 +832,7 @@ mod tests {
             s.client_message(
                 &m,
                 &mut server_b,
-                (|_| unreachable!(), |_| false),
+                (|_| unreachable!(), |_| Lazy::Fresh),
                 &mut out,
                 Sub::Forward,
             );
@@ -833,7 +853,7 @@ mod tests {
         s.client_message(
             &parse_msg("other", "SELECT 2"),
             &mut server,
-            (|_| 9, |_| false),
+            (|_| 9, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -850,7 +870,13 @@ mod tests {
         let mut server = Prepared::default();
         let mut out = BytesMut::new();
         for m in [parse_msg("s1", "SELEC oops"), msg(b'S', |_| {})] {
-            s.client_message(&m, &mut server, (|_| 3, |_| false), &mut out, Sub::Forward);
+            s.client_message(
+                &m,
+                &mut server,
+                (|_| 3, |_| Lazy::Fresh),
+                &mut out,
+                Sub::Forward,
+            );
         }
         assert!(server.contains(3));
         // ErrorResponse then ReadyForQuery: no ParseComplete came.
@@ -874,7 +900,7 @@ mod tests {
                         ids += 1;
                         ids
                     },
-                    |_| false,
+                    |_| Lazy::Fresh,
                 ),
                 &mut out,
                 Sub::Forward,
@@ -884,7 +910,7 @@ mod tests {
         s.client_message(
             &bind_msg("a"),
             &mut server,
-            (|_| unreachable!(), |_| false),
+            (|_| unreachable!(), |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -892,7 +918,7 @@ mod tests {
         s.client_message(
             &parse_msg("c", "c"),
             &mut server,
-            (|_| 3, |_| false),
+            (|_| 3, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -918,7 +944,7 @@ mod tests {
         s.client_message(
             &bind_msg("b"),
             &mut server,
-            (|_| unreachable!(), |_| false),
+            (|_| unreachable!(), |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -935,7 +961,7 @@ mod tests {
         let mut out = BytesMut::new();
         let mut feed = |s: &mut Statements, server: &mut Prepared, msgs: &[Vec<u8>], id: u64| {
             for m in msgs {
-                s.client_message(m, server, (|_| id, |_| false), &mut out, Sub::Forward);
+                s.client_message(m, server, (|_| id, |_| Lazy::Fresh), &mut out, Sub::Forward);
             }
         };
         feed(&mut s, &mut server, &[parse_msg("a", "a")], 1);
@@ -966,7 +992,7 @@ mod tests {
         s.client_message(
             &bind_msg("a"),
             &mut server,
-            (|_| 0, |_| false),
+            (|_| 0, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -980,7 +1006,13 @@ mod tests {
         for tag in [b'P', b'B', b'D', b'C'] {
             let m = msg(tag, |_| {});
             let mut out = BytesMut::new();
-            s.client_message(&m, &mut server, (|_| 1, |_| false), &mut out, Sub::Forward);
+            s.client_message(
+                &m,
+                &mut server,
+                (|_| 1, |_| Lazy::Fresh),
+                &mut out,
+                Sub::Forward,
+            );
             assert_eq!(&out[..], &m[..], "{}", tag as char);
         }
     }
@@ -995,7 +1027,7 @@ mod tests {
             let mut server = Prepared::with_cap(2);
             let m = msg(tag, |o| o.put_slice(&body));
             let mut out = BytesMut::new();
-            s.client_message(&m, &mut server, (|_| 1, |_| false), &mut out, Sub::Forward);
+            s.client_message(&m, &mut server, (|_| 1, |_| Lazy::Fresh), &mut out, Sub::Forward);
             for t in [b'1', b'2', b'3', b'Z'] {
                 let _ = s.server_message(&m0(t), &mut server);
             }
@@ -1077,8 +1109,8 @@ mod tests {
                 for ((_, m), &(_, _, _, sub)) in runs {
                     out.at(at);
                     at += m.len();
-                    copied.client_message(m, &mut server_c, (intern, |_| false), &mut expected, some_sub(sub));
-                    lazy.client_message(m, &mut server_l, (intern, |_| false), &mut out, some_sub(sub));
+                    copied.client_message(m, &mut server_c, (intern, |_| Lazy::Fresh), &mut expected, some_sub(sub));
+                    lazy.client_message(m, &mut server_l, (intern, |_| Lazy::Fresh), &mut out, some_sub(sub));
                 }
                 proptest::prop_assert_eq!(out.bytes(at), &expected[..]);
                 for t in [b'1', b'2', b'3', b'I', b'Z'] {
@@ -1098,7 +1130,7 @@ mod tests {
         s.client_message(
             &p,
             &mut server,
-            (|_| unreachable!(), |_| false),
+            (|_| unreachable!(), |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -1123,7 +1155,7 @@ mod tests {
         s.client_message(
             &query_msg("DEALLOCATE ALL"),
             &mut server,
-            (|_| unreachable!(), |_| false),
+            (|_| unreachable!(), |_| Lazy::Fresh),
             &mut out,
             Sub::Emulate("DEALLOCATE ALL"),
         );
@@ -1138,7 +1170,7 @@ mod tests {
         s.client_message(
             &query_msg(""),
             &mut server,
-            (|_| 0, |_| false),
+            (|_| 0, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -1157,7 +1189,7 @@ mod tests {
         s.client_message(
             &parse_msg("", "DEALLOCATE ALL"),
             &mut server,
-            (|_| unreachable!(), |_| false),
+            (|_| unreachable!(), |_| Lazy::Fresh),
             &mut out,
             Sub::Emulate("DEALLOCATE ALL"),
         );
@@ -1165,7 +1197,7 @@ mod tests {
             s.client_message(
                 &m,
                 &mut server,
-                (|_| unreachable!(), |_| false),
+                (|_| unreachable!(), |_| Lazy::Fresh),
                 &mut out,
                 Sub::Forward,
             );
@@ -1189,7 +1221,7 @@ mod tests {
             s.client_message(
                 &m,
                 &mut server,
-                (|_| unreachable!(), |_| false),
+                (|_| unreachable!(), |_| Lazy::Fresh),
                 &mut out,
                 Sub::Forward,
             );
@@ -1208,7 +1240,7 @@ mod tests {
         s.client_message(
             &parse_msg("lock", "SELECT pg_advisory_lock($1)"),
             &mut server,
-            (|_| unreachable!(), |_| false),
+            (|_| unreachable!(), |_| Lazy::Fresh),
             &mut out,
             Sub::Refuse(4),
         );
@@ -1239,21 +1271,21 @@ mod tests {
         s.client_message(
             &query_msg("DISCARD ALL"),
             &mut server,
-            (|_| 0, |_| false),
+            (|_| 0, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
         s.client_message(
             &parse_msg("a", "SELECT 1"),
             &mut server,
-            (|_| 1, |_| false),
+            (|_| 1, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
         s.client_message(
             &msg(b'S', |_| {}),
             &mut server,
-            (|_| 0, |_| false),
+            (|_| 0, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );
@@ -1273,7 +1305,7 @@ mod tests {
         s.client_message(
             &query_msg("DISCARD ALL"),
             &mut server,
-            (|_| 0, |_| false),
+            (|_| 0, |_| Lazy::Fresh),
             &mut out,
             Sub::Forward,
         );

@@ -451,21 +451,6 @@ impl Session {
             if !proto::is_frontend_tag(tag) {
                 return Some(End::Fatal(invalid_message(tag)));
             }
-            // A statement the server lacks, whose result type clients were told: prepared and
-            // described alone first, this message held until the answer (shape_check.rs).
-            if self.transaction
-                && !routed
-                && matches!(tag, b'B' | b'D')
-                && let Some((id, body)) = self.stmts.lazy_statement(msg, &conn.prepared)
-                && !self.pool.statement_retired(id)
-                && self.pool.has_shape(id)
-            {
-                self.stmts
-                    .check_shape(id, &body, &mut conn.prepared, &mut out);
-                self.checking = true;
-                self.unsynced = true;
-                break;
-            }
             consumed += n;
             // The segment this message belongs to (ended by the next Sync, Query or FunctionCall).
             let segment = self.track.sent;
@@ -534,13 +519,21 @@ impl Session {
                 let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
-                    (
-                        |b| pool.statement_id(b, path),
-                        |id| pool.statement_retired(id),
-                    ),
+                    (|b| pool.statement_id(b, path), |id| pool.lazy(id, !routed)),
                     &mut out,
                     sub,
                 );
+                // A statement the server lacks, whose result type clients were told: prepared
+                // and described alone first, this message held until the answer (nothing of it
+                // was written; shape_check.rs).
+                if let Some((id, body)) = self.stmts.take_held() {
+                    self.stmts
+                        .check_shape(id, &body, &mut conn.prepared, &mut out);
+                    consumed -= n;
+                    self.checking = true;
+                    self.unsynced = true;
+                    break;
+                }
                 if bound != 0 {
                     state::bound(&mut self.pin, bound);
                 }

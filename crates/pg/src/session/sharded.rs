@@ -232,7 +232,7 @@ impl Session {
             self.stmts.client_message(
                 &parse,
                 &mut lease.conn.prepared,
-                (|_| 0, |_| false),
+                (|_| 0, |_| crate::stmt::Lazy::Fresh),
                 &mut self.to_server,
                 Sub::Forward,
             );
@@ -321,7 +321,7 @@ impl Session {
         self.stmts.client_message(
             msg,
             &mut lease.conn.prepared,
-            (|_| 0, |_| false),
+            (|_| 0, |_| crate::stmt::Lazy::Fresh),
             &mut self.to_server,
             Sub::Forward,
         );
