@@ -1388,6 +1388,52 @@ async fn a_statement_prepared_afresh_after_a_schema_change_is_checked_first() {
     quiescent(&gw).await;
 }
 
+/// A regression hunt's finding on the check above: a Bind that needed the check after the
+/// server had already failed the segment (an error in the same pipeline, before its Sync)
+/// held the client for good: the server skips the check with the rest of the segment, and the
+/// client's Sync was held behind it. Its server connection was never given back.
+#[tokio::test]
+async fn a_statement_missing_after_an_error_in_the_same_pipeline_does_not_hold_the_client() {
+    let pg = PgServer::start().await;
+    pg.psql("postgres", "CREATE TABLE t1 (id int, x int)");
+    let (gw, port) = pooler(&pg, "pool_size = 1", "max_prepared_statements = 2").await;
+    let mut s = pg_common::raw_login(port);
+    let describe = pg_common::pg_message(b'D', &[b"S", b"s1\0"]);
+    // s1's result type is recorded; two other statements push it out of the server.
+    s.write_all(&[parse("s1", "SELECT * FROM t1"), describe, sync()].concat())
+        .expect("prepare");
+    pg_common::read_until_ready(&mut s);
+    for name in ["s2", "s3"] {
+        let sql = format!("SELECT '{name}'");
+        s.write_all(&[parse(name, &sql), bind(name), execute(0), sync()].concat())
+            .expect("other");
+        pg_common::read_until_ready(&mut s);
+    }
+    // The segment fails; once the client has the error, it binds s1 in the same segment.
+    let fails = [
+        parse("", "SELECT 1/0"),
+        bind(""),
+        execute(0),
+        pg_common::flush(),
+    ]
+    .concat();
+    s.write_all(&fails).expect("fails");
+    let error = pg_common::read_until(&mut s, b'E');
+    assert_eq!(error.last().map(|m| m.0), Some(b'E'), "{error:?}");
+    s.write_all(&[bind("s1"), execute(0), sync()].concat())
+        .expect("bind");
+    let answer = pg_common::read_until_ready(&mut s);
+    assert_eq!(answer.last().map(|m| m.0), Some(b'Z'), "held: {answer:?}");
+    drop(s);
+    // The server connection is free for others.
+    let c = client(port).await;
+    c.simple_query("SELECT 1")
+        .await
+        .expect("the pool is not starved");
+    drop(c);
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn a_schema_change_that_makes_plans_stale_fails_once_then_statements_are_prepared_afresh() {
     // `SELECT *` prepared, then a column added: PostgreSQL answers the next Bind with 0A000

@@ -175,7 +175,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         resends: 0,
         fatal_forwarded: false,
         stale_plans: false,
-        checking: false,
+        checking: None,
         setting_statements: Default::default(),
         bound_settings: Default::default(),
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
@@ -280,8 +280,8 @@ struct Session {
     /// The server said a prepared statement's plan went stale (stale_plans.rs).
     stale_plans: bool,
     /// The client's messages wait for the answer to a check of a statement's result type
-    /// (shape_check.rs).
-    checking: bool,
+    /// (shape_check.rs), sent in this segment.
+    checking: Option<u64>,
     /// The client's prepared statements that change settings when they run (psycopg prepares
     /// a `SET` it runs often; asyncpg runs `set_config('jit', $1, false)`), by name (the
     /// unnamed one too), with their effects: each Bind of one records the change.
@@ -516,10 +516,14 @@ impl Session {
                     self.pool.stats.refusals.fetch_add(1, Relaxed);
                 }
                 let (pool, path) = (&self.pool, self.track.settings.get("search_path"));
+                // No check once this segment failed: the server skips it, with everything up to
+                // the client's Sync (which the check would hold back for good).
+                let failed = self.track.segment_error && self.track.done == segment;
+                let check = !(routed || failed);
                 let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
-                    (|b| pool.statement_id(b, path), |id| pool.lazy(id, !routed)),
+                    (|b| pool.statement_id(b, path), |id| pool.lazy(id, check)),
                     &mut out,
                     sub,
                 );
@@ -530,7 +534,7 @@ impl Session {
                     self.stmts
                         .check_shape(id, &body, &mut conn.prepared, &mut out);
                     consumed -= n;
-                    self.checking = true;
+                    self.checking = Some(segment);
                     self.unsynced = true;
                     break;
                 }
@@ -843,9 +847,12 @@ impl Session {
                     }
                 }
                 b'E' => {
-                    // The server skips the rest of the segment, a held check included: the
-                    // client's messages go on (and are skipped the same way).
-                    self.checking = false;
+                    // The server skips the rest of the segment, a held check of it included:
+                    // the client's messages go on (and are skipped the same way). An earlier
+                    // segment's error does not: its Sync ends the skipping before the check.
+                    if self.checking == Some(self.track.done) {
+                        self.checking = None;
+                    }
                     self.track.segment_error = true;
                     self.fatal_forwarded |= resend::is_fatal(msg);
                     if stale_plans::plan_went_stale(msg) {
@@ -1002,7 +1009,7 @@ impl Session {
 
     fn release(&mut self, reusable: bool) {
         // A check's answer can only come on this server connection.
-        self.checking = false;
+        self.checking = None;
         if let Some(lease) = self.lease.take() {
             self.pool.stats.xacts.fetch_add(1, Relaxed);
             if let Ok(mut s) = self.slot.server.lock() {
@@ -1179,7 +1186,7 @@ impl Session {
     /// Whether routing must see the client's whole batch (up to a Sync, Query, FunctionCall or
     /// Flush) before a server is chosen: when reads are split or the database is sharded.
     fn waits_for_batch(&self) -> bool {
-        if self.checking {
+        if self.checking.is_some() {
             return true;
         }
         if !self.routed() {

@@ -23,8 +23,8 @@ use crate::stmt::{Prepared, Shape};
 
 /// What the session keeps about a check.
 pub(super) struct Check<'a> {
-    /// The client's messages are held for a check's answer.
-    pub checking: &'a mut bool,
+    /// The client's messages are held for a check's answer (sent in that segment).
+    pub checking: &'a mut Option<u64>,
     /// The server connection's statements are dropped at the next idle point.
     pub stale_plans: &'a mut bool,
 }
@@ -33,7 +33,7 @@ pub(super) struct Check<'a> {
 /// lets the client's held messages go on.
 pub(super) fn seen(pool: &Pool, shape: Shape, prepared: &mut Prepared, check: Check<'_>) {
     if shape.checked {
-        *check.checking = false;
+        *check.checking = None;
     }
     if pool.same_shape(shape.id, shape.hash) {
         return;
