@@ -1273,6 +1273,18 @@ async fn a_client_idle_in_a_transaction_is_cut_off_and_frees_its_server() {
     quiescent(&gw).await;
 }
 
+/// `stmt` (of `sql`, an int column `x` that became real) never answers with the new rows under
+/// its old description: 0A000, as PostgreSQL says; prepared again, it reads the real.
+async fn refused_then_prepared_again(c: &PgClient, stmt: &tokio_postgres::Statement, sql: &str) {
+    match c.query_one(stmt, &[&1]).await {
+        Ok(row) => panic!("read {:?} after the type change", row.try_get::<_, i32>(0)),
+        Err(e) => assert_eq!(code(&e), "0A000", "{e}"),
+    }
+    let fresh = c.prepare(sql).await.expect("prepared again");
+    let row = c.query_one(&fresh, &[&1]).await.expect("after");
+    assert_eq!(row.get::<_, f32>(0), 2.0);
+}
+
 /// Found from outside (session 21): a client holding a statement prepared before a schema
 /// change that altered its result type got the new rows under its old description (a `real`
 /// read as an `int`) once its statement was prepared afresh on a server that no longer had it.
@@ -1308,18 +1320,7 @@ async fn only_the_statement_whose_plan_went_stale_is_refused_where_it_would_be_p
     b.simple_query("SELECT 1").await.expect("idle point");
     // c's statement is the same text, prepared before the change: never the new rows under the
     // old description.
-    match c.query_one(&c_stmt, &[&1]).await {
-        Ok(row) => panic!("read {:?} after the type change", row.try_get::<_, i32>(0)),
-        Err(e) => assert_eq!(code(&e), "0A000", "{e}"),
-    }
-    let fresh = c.prepare(sql).await.expect("prepared again");
-    assert_eq!(
-        c.query_one(&fresh, &[&1])
-            .await
-            .expect("after")
-            .get::<_, f32>(0),
-        2.0
-    );
+    refused_then_prepared_again(&c, &c_stmt, sql).await;
     // a's statement did not go stale: prepared afresh, it answers.
     let one = a
         .query_one(&unchanged, &[&1])
@@ -1363,18 +1364,7 @@ async fn a_statement_prepared_afresh_after_a_schema_change_is_checked_first() {
         d.query_one(&other, &[&1]).await.expect("other");
         others.push(other);
     }
-    match c.query_one(&stmt, &[&1]).await {
-        Ok(row) => panic!("read {:?} after the type change", row.try_get::<_, i32>(0)),
-        Err(e) => assert_eq!(code(&e), "0A000", "{e}"),
-    }
-    let fresh = c.prepare(sql).await.expect("prepared again");
-    assert_eq!(
-        c.query_one(&fresh, &[&1])
-            .await
-            .expect("after")
-            .get::<_, f32>(0),
-        2.0
-    );
+    refused_then_prepared_again(&c, &stmt, sql).await;
     // Statements whose result type did not change (pushed out in turn) are checked where they
     // are prepared afresh, and answer.
     for (i, other) in (0..).zip(&others) {
