@@ -1190,3 +1190,50 @@ async fn range_requests_to_an_uncacheable_key_fetch_no_whole_objects() {
     assert!(n <= 1, "{n} whole fetches for 5 range requests");
     quiescent(&g).await;
 }
+
+/// Found from outside (session 21): a range miss carrying a user's `Authorization` started a
+/// background fetch of the whole object with those credentials, whose answer is rarely
+/// storable. Such a miss fetches only its range.
+#[tokio::test]
+async fn a_range_miss_with_credentials_fetches_no_whole_object() {
+    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = whole.clone();
+    let o = Origin::start(move |req, _| {
+        let public = [("cache-control", "max-age=60")];
+        match req.headers.get("range") {
+            Some(_) => resp(
+                206,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 0-9/10000"),
+                ],
+                "0123456789",
+            ),
+            None => {
+                seen.fetch_add(1, Ordering::SeqCst);
+                resp(200, &public, &"x".repeat(10_000))
+            }
+        }
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    let credentials = [("range", "bytes=0-9"), ("authorization", "Bearer alice")];
+    assert_eq!(get(&g, "/private-media", &credentials).await.status, 206);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        whole.load(Ordering::SeqCst),
+        0,
+        "a whole fetch with alice's credentials"
+    );
+    // Without credentials the whole object is still fetched in the background.
+    assert_eq!(
+        get(&g, "/media", &[("range", "bytes=0-9")]).await.status,
+        206
+    );
+    let filled = eventually(Duration::from_secs(5), || async {
+        whole.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(filled, "no background fill");
+    quiescent(&g).await;
+}
