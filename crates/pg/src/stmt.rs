@@ -738,6 +738,17 @@ fn close(out: &mut BytesMut, kind: u8, name: &[u8]) {
 mod tests {
     use super::*;
 
+    /// Hands `m` to `s` as a message passed on, for a client that interns nothing.
+    fn forward(s: &mut Statements, m: &[u8], server: &mut Prepared, out: &mut BytesMut) {
+        s.client_message(
+            m,
+            server,
+            (|_| unreachable!(), |_| Lazy::Fresh),
+            out,
+            Sub::Forward,
+        );
+    }
+
     /// A RowDescription of one column `x` of table `table` and type `oid`.
     fn row_description(table: u32, oid: u32) -> BytesMut {
         let mut m = BytesMut::new();
@@ -907,13 +918,7 @@ mod tests {
             );
         }
         // Use "a" again so "b" is the least recently used.
-        s.client_message(
-            &bind_msg("a"),
-            &mut server,
-            (|_| unreachable!(), |_| Lazy::Fresh),
-            &mut out,
-            Sub::Forward,
-        );
+        forward(&mut s, &bind_msg("a"), &mut server, &mut out);
         out.clear();
         s.client_message(
             &parse_msg("c", "c"),
@@ -941,13 +946,7 @@ mod tests {
         }
         // "b" comes back on demand.
         out.clear();
-        s.client_message(
-            &bind_msg("b"),
-            &mut server,
-            (|_| unreachable!(), |_| Lazy::Fresh),
-            &mut out,
-            Sub::Forward,
-        );
+        forward(&mut s, &bind_msg("b"), &mut server, &mut out);
         assert_eq!(tags(&out), b"CPB");
     }
 
@@ -1127,13 +1126,7 @@ mod tests {
         let mut server = Prepared::default();
         let mut out = BytesMut::new();
         let p = parse_msg("", "SELECT 1");
-        s.client_message(
-            &p,
-            &mut server,
-            (|_| unreachable!(), |_| Lazy::Fresh),
-            &mut out,
-            Sub::Forward,
-        );
+        forward(&mut s, &p, &mut server, &mut out);
         assert_eq!(&out[..], &p[..]);
         assert_eq!(s.server_message(&m0(b'1'), &mut server), Action::Forward);
     }
@@ -1194,13 +1187,7 @@ mod tests {
             Sub::Emulate("DEALLOCATE ALL"),
         );
         for m in [bind_msg(""), execute.clone(), msg(b'S', |_| {})] {
-            s.client_message(
-                &m,
-                &mut server,
-                (|_| unreachable!(), |_| Lazy::Fresh),
-                &mut out,
-                Sub::Forward,
-            );
+            forward(&mut s, &m, &mut server, &mut out);
         }
         assert_eq!(tags(&out), b"PBES");
         assert!(
@@ -1218,13 +1205,7 @@ mod tests {
         // The next unnamed statement is a real one.
         out.clear();
         for m in [parse_msg("", ""), bind_msg(""), execute, msg(b'S', |_| {})] {
-            s.client_message(
-                &m,
-                &mut server,
-                (|_| unreachable!(), |_| Lazy::Fresh),
-                &mut out,
-                Sub::Forward,
-            );
+            forward(&mut s, &m, &mut server, &mut out);
         }
         for t in [b'1', b'2'] {
             s.server_message(&m0(t), &mut server);

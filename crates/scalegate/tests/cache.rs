@@ -1154,32 +1154,33 @@ async fn purges_name_paths_as_the_listener_does() {
     quiescent(&g).await;
 }
 
+/// An origin answering a Range with a 206 of the first 10 of 10,000 bytes and a plain GET
+/// with all of them, both with Cache-Control `cc`; counts the plain GETs.
+async fn range_origin(cc: &'static str) -> (Origin, Arc<std::sync::atomic::AtomicUsize>) {
+    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = whole.clone();
+    let o = Origin::start(move |req, _| match req.headers.get("range") {
+        Some(_) => resp(
+            206,
+            &[("cache-control", cc), ("content-range", "bytes 0-9/10000")],
+            "0123456789",
+        ),
+        None => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            resp(200, &[("cache-control", cc)], &"x".repeat(10_000))
+        }
+    })
+    .await;
+    (o, whole)
+}
+
 /// A regression hunt's finding (session 21): with hit-for-miss, every range request to a key
 /// that answered uncacheable started a background fetch of the whole object (each could pull
 /// up to `max_object_bytes` from the origin, for video seeking say). Only a fill that leads its
 /// key's flight fetches the whole object after a range miss.
 #[tokio::test]
 async fn range_requests_to_an_uncacheable_key_fetch_no_whole_objects() {
-    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = whole.clone();
-    let o = Origin::start(move |req, _| {
-        let private = [("cache-control", "private")];
-        match req.headers.get("range") {
-            Some(_) => resp(
-                206,
-                &[
-                    ("cache-control", "private"),
-                    ("content-range", "bytes 0-9/10000"),
-                ],
-                "0123456789",
-            ),
-            None => {
-                seen.fetch_add(1, Ordering::SeqCst);
-                resp(200, &private, &"x".repeat(10_000))
-            }
-        }
-    })
-    .await;
+    let (o, whole) = range_origin("private").await;
     let g = gw(&o, "cache = {}", "").await;
     for _ in 0..5 {
         let r = get(&g, "/media", &[("range", "bytes=0-9")]).await;
@@ -1196,26 +1197,7 @@ async fn range_requests_to_an_uncacheable_key_fetch_no_whole_objects() {
 /// storable. Such a miss fetches only its range.
 #[tokio::test]
 async fn a_range_miss_with_credentials_fetches_no_whole_object() {
-    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = whole.clone();
-    let o = Origin::start(move |req, _| {
-        let public = [("cache-control", "max-age=60")];
-        match req.headers.get("range") {
-            Some(_) => resp(
-                206,
-                &[
-                    ("cache-control", "max-age=60"),
-                    ("content-range", "bytes 0-9/10000"),
-                ],
-                "0123456789",
-            ),
-            None => {
-                seen.fetch_add(1, Ordering::SeqCst);
-                resp(200, &public, &"x".repeat(10_000))
-            }
-        }
-    })
-    .await;
+    let (o, whole) = range_origin("max-age=60").await;
     let g = gw(&o, "cache = {}", "").await;
     let credentials = [("range", "bytes=0-9"), ("authorization", "Bearer alice")];
     assert_eq!(get(&g, "/private-media", &credentials).await.status, 206);

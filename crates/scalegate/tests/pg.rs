@@ -695,15 +695,21 @@ async fn bad_input_gets_an_error_and_disturbs_nobody() {
     quiescent(&gw).await;
 }
 
+/// Pooler users: `postgres` (SCRAM, password s3cret) and `legacy` (md5, password old).
+const USERS: &str = "[postgres.users.postgres]\npassword = \"s3cret\"\n[postgres.users.legacy]\npassword = \"old\"\nauth = \"md5\"";
+
+/// A raw connection to the pooler on `port` that has sent a startup with `pairs`.
+fn started(port: u16, pairs: &[&str]) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(&startup_with(196_608, pairs)).expect("startup");
+    s
+}
+
 #[tokio::test]
 async fn configured_users_log_in_with_scram_or_md5() {
     let pg = PgServer::start().await;
-    let (gw, port) = pooler(
-        &pg,
-        "pool_size = 2",
-        "[postgres.users.postgres]\npassword = \"s3cret\"\n[postgres.users.legacy]\npassword = \"old\"\nauth = \"md5\"",
-    )
-    .await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", USERS).await;
     let c = connect(port, "postgres", "password=s3cret")
         .await
         .expect("scram login");
@@ -721,9 +727,7 @@ async fn configured_users_log_in_with_scram_or_md5() {
     // challenge; an unknown database 3D000 before any password). As on PostgreSQL, both get
     // the same challenge, and the database is checked once the client has authenticated.
     let first_answer = |pairs: &[&str]| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.write_all(&startup_with(196_608, pairs)).expect("startup");
+        let mut s = started(port, pairs);
         let mut head = [0u8; 9];
         s.read_exact(&mut head).expect("an answer");
         (
@@ -749,17 +753,9 @@ async fn configured_users_log_in_with_scram_or_md5() {
 #[tokio::test]
 async fn a_login_that_breaks_the_protocol_gets_08p01() {
     let pg = PgServer::start().await;
-    let (gw, port) = pooler(
-        &pg,
-        "pool_size = 1",
-        "[postgres.users.postgres]\npassword = \"s3cret\"\n[postgres.users.legacy]\npassword = \"old\"\nauth = \"md5\"",
-    )
-    .await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", USERS).await;
     let answer = |user: &str, reply: &[u8]| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.write_all(&startup_with(196_608, &["user", user, "database", "app"]))
-            .expect("startup");
+        let mut s = started(port, &["user", user, "database", "app"]);
         let challenge = pg_common::read_until(&mut s, b'R');
         assert!(!challenge.is_empty(), "no authentication request");
         s.write_all(reply).expect("reply");
