@@ -131,6 +131,8 @@ pub struct Pool {
     next_statement: AtomicU64,
     retired_statements: Mutex<HashSet<u64>>,
     shapes: Mutex<HashMap<u64, u64>>,
+    /// Statements some server prepared without error.
+    parsed: Mutex<HashSet<u64>>,
     next_server: Arc<AtomicU64>,
     wait_timeout: Duration,
     lifetime: Duration,
@@ -246,6 +248,7 @@ impl Pool {
             next_statement: AtomicU64::new(1),
             retired_statements: Mutex::default(),
             shapes: Mutex::default(),
+            parsed: Mutex::default(),
             next_server: ids,
             wait_timeout: spec.wait_timeout,
             lifetime: spec.server_lifetime,
@@ -639,6 +642,22 @@ impl Pool {
             m.clear();
         }
         *m.entry(id).or_insert(hash) == hash
+    }
+
+    /// A server prepared statement `id` without error.
+    pub fn statement_parsed(&self, id: u64) {
+        if let Ok(mut m) = self.parsed.lock() {
+            if m.len() >= 100_000 {
+                m.clear();
+            }
+            m.insert(id);
+        }
+    }
+
+    /// Whether a client's Parse of statement `id` can be answered without a server: some server
+    /// prepared it without error, and no stale plan retired it since.
+    pub fn parses_without_server(&self, id: u64) -> bool {
+        self.parsed.lock().is_ok_and(|m| m.contains(&id)) && !self.statement_retired(id)
     }
 
     /// What becomes of statement `id` where a server lacks it: retired after a stale plan,

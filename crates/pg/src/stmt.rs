@@ -219,6 +219,8 @@ pub struct Statements {
     shape: Option<Shape>,
     /// A statement the message being handled waits for ([`Self::take_held`]).
     held: Option<(u64, Bytes)>,
+    /// A statement a server just prepared ([`Self::take_parsed`]).
+    parsed: Option<u64>,
 }
 
 /// What becomes of a client's statement that the server lacks.
@@ -255,6 +257,19 @@ impl Statements {
     /// statement (a client's, or the pooler's own check).
     pub fn take_shape(&mut self) -> Option<Shape> {
         self.shape.take()
+    }
+
+    /// The statement the last server message confirmed prepared (its ParseComplete).
+    pub fn take_parsed(&mut self) -> Option<u64> {
+        self.parsed.take()
+    }
+
+    /// Client statement `name` (a Parse of `body`, its query and parameter types) is recorded
+    /// without a server: the pool knows the text parses. It is prepared where a Bind or Describe
+    /// needs it, as after a move to another server connection.
+    pub fn parse_without_server(&mut self, name: &[u8], id: u64, body: &[u8]) {
+        self.names
+            .insert(name.to_vec(), (id, Bytes::copy_from_slice(body), 0));
     }
 
     /// The statement a Bind or Describe was held for (nothing of that message was written): it
@@ -585,7 +600,14 @@ impl Statements {
     pub fn server_message(&mut self, msg: &[u8], prepared: &mut Prepared) -> Action {
         match msg[0] {
             b'1' => match self.expect.pop_front() {
-                Some(Expect::Parse { swallow: true, .. }) => Action::Drop,
+                Some(Expect::Parse { swallow, id }) => {
+                    self.parsed = id;
+                    if swallow {
+                        Action::Drop
+                    } else {
+                        Action::Forward
+                    }
+                }
                 _ => Action::Forward,
             },
             b'2' => {
@@ -853,6 +875,32 @@ mod tests {
         assert_eq!(s.server_message(&m0(b'2'), &mut server_b), Action::Forward);
         assert_eq!(s.server_message(&m0(b'Z'), &mut server_b), Action::Forward);
         assert!(server_b.contains(7));
+    }
+
+    #[test]
+    fn a_statement_recorded_without_a_server_is_prepared_at_its_bind() {
+        let mut s = Statements::default();
+        s.parse_without_server(b"s1", 7, b"SELECT 1\0\0\0");
+        let mut server = Prepared::default();
+        let mut out = BytesMut::new();
+        for m in [bind_msg("s1"), msg(b'S', |_| {})] {
+            s.client_message(
+                &m,
+                &mut server,
+                (|_| unreachable!(), |_| Lazy::Fresh),
+                &mut out,
+                Sub::Forward,
+            );
+        }
+        assert_eq!(tags(&out), b"PBS");
+        assert!(out.windows(6).any(|w| w == b"__sg_7"));
+        assert_eq!(s.take_parsed(), None);
+        // Its ParseComplete (swallowed) tells the pool the text parses.
+        assert_eq!(s.server_message(&m0(b'1'), &mut server), Action::Drop);
+        assert_eq!(s.take_parsed(), Some(7));
+        assert_eq!(s.server_message(&m0(b'2'), &mut server), Action::Forward);
+        assert_eq!(s.server_message(&m0(b'Z'), &mut server), Action::Forward);
+        assert_eq!(s.take_parsed(), None);
     }
 
     #[test]

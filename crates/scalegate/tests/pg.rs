@@ -882,34 +882,59 @@ async fn psql_copy_and_pgbench_work_through_the_pooler() {
         .expect("psql");
     assert!(copy_in.success());
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM t"), "500");
-    let pgbench = |args: &[&str]| {
-        std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .args(args)
-            .arg("app")
-            .output()
-            .expect("pgbench")
-    };
-    let init = pgbench(&["-i", "-q", "-s", "1"]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench_init(port);
     for mode in ["simple", "extended", "prepared"] {
-        let run = pgbench(&["-S", "-M", mode, "-c", "8", "-t", "50", "-n"]);
-        let text = String::from_utf8_lossy(&run.stdout);
-        assert!(
-            run.status.success(),
-            "{mode}: {text}{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert!(
-            text.contains("number of failed transactions: 0"),
-            "{mode}: {text}"
-        );
+        pgbench_runs(port, &["-S", "-M", mode, "-c", "8", "-t", "50"], 400);
     }
     quiescent(&gw).await;
+}
+
+/// pgbench `-M prepared` prepares each command on first use with libpq's blocking `PQprepare`
+/// (Parse, Sync), from the one thread that drives all of its clients. A Parse waited for a
+/// pooled connection while every one was held by another of those clients inside its
+/// transaction: the thread stalled, and every client failed after `wait_timeout` (found from
+/// outside: TPC-B, 8 clients, pool of 2: 2 transactions in 10 s, then "no server connection
+/// became free" and "prepared statement \"P_0\" does not exist").
+#[tokio::test]
+async fn pgbench_tpcb_prepared_runs_with_more_clients_than_server_connections() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 2", "max_prepared_statements = 2").await;
+    pgbench_init(port);
+    pgbench_runs(
+        port,
+        &["-M", "prepared", "-c", "6", "-j", "1", "-t", "30"],
+        180,
+    );
+    quiescent(&gw).await;
+}
+
+fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("app")
+        .output()
+        .expect("pgbench")
+}
+
+fn pgbench_init(port: u16) {
+    let init = pgbench(port, &["-i", "-q", "-s", "1"]);
+    let err = String::from_utf8_lossy(&init.stderr);
+    assert!(init.status.success(), "{err}");
+}
+
+/// Runs pgbench without vacuum; every one of `transactions` must commit.
+fn pgbench_runs(port: u16, args: &[&str], transactions: u32) {
+    let run = pgbench(port, &[args, &["-n"]].concat());
+    let text = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{args:?}: {text}{err}");
+    let processed = format!("actually processed: {transactions}/{transactions}");
+    assert!(text.contains(&processed), "{args:?}: {text}{err}");
+    assert!(
+        text.contains("number of failed transactions: 0"),
+        "{args:?}: {text}{err}"
+    );
 }
 
 fn data(name: &str) -> String {

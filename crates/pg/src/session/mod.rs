@@ -18,6 +18,7 @@ use crate::classify::Class;
 mod batch;
 mod bound_settings;
 mod fan_out;
+mod local_parse;
 mod merge;
 mod reload;
 mod replay;
@@ -403,6 +404,9 @@ impl Session {
             }
             if self.skip_to_sync {
                 return self.skip_locally_to_sync().await;
+            }
+            if let Some(end) = self.parse_locally().await {
+                return end;
             }
             if self.sharding.is_some() && self.lease.is_none() {
                 match self.shard_decision() {
@@ -825,6 +829,9 @@ impl Session {
             } else {
                 Action::Forward
             };
+            if let Some(id) = self.stmts.take_parsed() {
+                self.pool.statement_parsed(id);
+            }
             if let Some(shape) = self.stmts.take_shape() {
                 let check = shape_check::Check {
                     checking: &mut self.checking,
@@ -1482,7 +1489,6 @@ async fn discard_all(conn: &mut crate::server::ServerConn) -> bool {
     )
 }
 
-/// The SQL text of a Query or Parse message, and whether it is a Query or an unnamed Parse.
 /// PostgreSQL's answer to a message type no client may send.
 fn invalid_message(tag: u8) -> Failure {
     Failure::Protocol(format!("invalid frontend message type {tag}"))
@@ -1494,6 +1500,7 @@ fn parsed_name(msg: &[u8]) -> &[u8] {
     proto::cbytes(&mut body).unwrap_or_default()
 }
 
+/// The SQL text of a Query or Parse message, and whether it is a Query or an unnamed Parse.
 fn statement_text(msg: &[u8]) -> Option<(&[u8], bool)> {
     let mut body = &msg[5..];
     match msg[0] {

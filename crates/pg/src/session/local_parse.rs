@@ -1,0 +1,76 @@
+//! Parses of known statements, answered without a server connection.
+//!
+//! libpq's `PQprepare` sends Parse and Sync and blocks its caller until the answer; pgbench
+//! `-M prepared` calls it for each command on first use, from the thread that drives all of its
+//! clients. In transaction mode a Parse needed a server connection: with every pooled connection
+//! held by one of those clients inside a transaction, the thread blocked on a connection that
+//! only its own clients could free, and every client failed after `wait_timeout` (found from
+//! outside: TPC-B through a pool of 2 ran 2 transactions in 10 s, then aborted).
+//!
+//! A client between transactions whose batch is only Parses of texts some server prepared
+//! without error (and no stale plan retired since), then Sync, is answered here: the statements
+//! are recorded and prepared where a Bind or Describe needs them, as after any move to another
+//! server connection. A text no server has seen still goes to one, so a syntax error is
+//! reported at the Parse as on PostgreSQL; an object dropped since is reported at the Bind.
+
+use tokio::io::AsyncWriteExt;
+
+use super::{End, Session, parsed_name, statement_text};
+use crate::proto;
+
+impl Session {
+    /// Answers the batch at the front of the client's buffer if it is only Parses the pool
+    /// knows, then Sync (see the module). `None`: nothing was answered.
+    pub(super) async fn parse_locally(&mut self) -> Option<Option<End>> {
+        if !self.transaction
+            || self.cbuf.first() != Some(&b'P')
+            || self.sharding.is_some()
+            || self.deferred_begin
+        {
+            return None;
+        }
+        let path = self.track.settings.get("search_path");
+        let mut at = 0;
+        let mut parses = Vec::new();
+        loop {
+            let n = proto::tagged_len(&self.cbuf[at..], self.max).ok()??;
+            let msg = &self.cbuf[at..at + n];
+            at += n;
+            match msg[0] {
+                b'S' => break,
+                b'P' => {
+                    let (sql, unnamed) = statement_text(msg)?;
+                    if unnamed || self.pooler.analyzer.effects(sql).is_some() {
+                        return None;
+                    }
+                    let id = self.pool.statement_id(parse_body(msg), path);
+                    if !self.pool.parses_without_server(id) {
+                        return None;
+                    }
+                    parses.push((at - n..at, id));
+                }
+                _ => return None,
+            }
+        }
+        let mut out = bytes::BytesMut::with_capacity(5 * parses.len() + 6);
+        for (range, id) in parses {
+            let msg = &self.cbuf[range];
+            self.setting_statements.remove(parsed_name(msg));
+            self.stmts
+                .parse_without_server(parsed_name(msg), id, parse_body(msg));
+            out.extend_from_slice(b"1\0\0\0\x04");
+        }
+        proto::ready(&mut out, b'I');
+        let _ = self.cbuf.split_to(at);
+        Some(match self.client.write_all(&out).await {
+            Ok(()) => None,
+            Err(_) => Some(End::Client),
+        })
+    }
+}
+
+/// A Parse message's query and parameter types (what follows its statement name).
+fn parse_body(msg: &[u8]) -> &[u8] {
+    msg.get(5 + parsed_name(msg).len() + 1..)
+        .unwrap_or_default()
+}
