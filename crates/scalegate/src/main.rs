@@ -40,21 +40,18 @@ struct Cli {
 enum Command {
     /// Serve a config file: SIGHUP or a change of the file reloads it, SIGTERM drains and exits.
     Run {
-        /// Path of the TOML config file.
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Validate a config file: print every problem as FILE:LINE:COL: message, or a summary.
     Check {
-        /// Path of the TOML config file.
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Capacity plan for a config at a peak: instances, concurrency, pools, shared state.
     Plan {
-        /// Path of the TOML config file.
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigPath,
         /// The peak and the machines to plan for.
         #[command(flatten)]
         input: plan::PlanInput,
@@ -75,6 +72,24 @@ enum Command {
     },
 }
 
+/// The config file, named by `--config FILE` or by itself (`scalegate check FILE`).
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct ConfigPath {
+    /// Path of the TOML config file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Path of the TOML config file (the same as --config).
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigPath {
+    fn path(self) -> PathBuf {
+        self.config.or(self.file).unwrap_or_default()
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum PgCommand {
     /// Print which virtual shards move, and where, when one shard is added to a database.
@@ -91,29 +106,19 @@ enum PgCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::Config::load(&config) {
-            Ok(c) => {
-                for w in c.warning_lines(&config) {
-                    eprintln!("{w}");
+        Command::Check { config } => check(&config.path()),
+        Command::Run { config } => {
+            let path = config.path();
+            match config::Config::load(&path) {
+                Ok(c) => exit(run::run(c, Some(path), None)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
                 }
-                println!("{}: ok: {}", config.display(), c.summary());
-                ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                eprintln!("{}: {} problem(s)", config.display(), e.problems.len());
-                ExitCode::from(1)
-            }
-        },
-        Command::Run { config } => match config::Config::load(&config) {
-            Ok(c) => exit(run::run(c, Some(config), None)),
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Demo { listen, admin } => exit(demo::run(listen, admin)),
-        Command::Plan { config, input } => match config::Config::load(&config) {
+        Command::Plan { config, input } => match config::Config::load(&config.path()) {
             Ok(c) => {
                 print!("{}", plan::plan(&c, &input));
                 ExitCode::SUCCESS
@@ -141,6 +146,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// `scalegate check`: every problem as FILE:LINE:COL, or a summary.
+fn check(config: &std::path::Path) -> ExitCode {
+    match config::Config::load(config) {
+        Ok(c) => {
+            for w in c.warning_lines(config) {
+                eprintln!("{w}");
+            }
+            println!("{}: ok: {}", config.display(), c.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: {} problem(s)", config.display(), e.problems.len());
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -152,3 +152,30 @@ fn plan_refuses_rates_it_cannot_plan_for() {
         assert!(stderr.contains("expected requests per second"), "{stderr}");
     }
 }
+
+/// Two outside probes typed `scalegate check FILE` (the file by itself, as `nginx -t -c` users
+/// and `haproxy -c -f` users might guess from `--help`) and got a usage error.
+#[test]
+fn the_config_file_can_be_named_without_the_flag() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/basic.toml");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(&example)
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok:"), "{stdout}");
+    // Neither, or both: a usage error that names the flag.
+    for args in [vec!["check"], vec!["check", "a.toml", "--config", "b.toml"]] {
+        let out = Command::new(BIN).args(&args).output().expect("run check");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--config"), "{args:?}: {stderr}");
+    }
+}
