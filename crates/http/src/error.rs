@@ -48,6 +48,10 @@ pub enum ProxyError {
     /// The connection broke before a response head arrived (upstream's side).
     #[error("upstream connection broke")]
     UpstreamReset,
+    /// The upstream refused the request unprocessed (HTTP/2 REFUSED_STREAM, or a stream above
+    /// the last one its GOAWAY let through): it may go again, whatever its method.
+    #[error("upstream refused the request unprocessed")]
+    UpstreamRefused,
     /// The upstream's response breaks HTTP/1.1's rules in a way that cannot be passed on
     /// safely (upstream's side): both Content-Length and Transfer-Encoding (RFC 9112 §6.3), or
     /// 101 Switching Protocols to a request that asked for no upgrade.
@@ -181,7 +185,7 @@ impl From<crate::body::BodyFault> for ProxyError {
 impl ProxyError {
     /// The outcome table: how each way of ending is answered, counted and retried.
     pub const fn outcome(&self) -> Outcome {
-        use AttemptOutcome::{ConnectFailed, Reset, Timeout};
+        use AttemptOutcome::{ConnectFailed, Refused, Reset, Timeout};
         use StatusCode as S;
         match self {
             ProxyError::NoRoute => Outcome::client(S::NOT_FOUND, grpc::UNIMPLEMENTED, "no_route"),
@@ -255,6 +259,14 @@ impl ProxyError {
                 Reset,
                 true,
                 "upstream_reset",
+            ),
+            // Shedding or a graceful shutdown, not a broken endpoint: nothing counted against it.
+            ProxyError::UpstreamRefused => Outcome::upstream(
+                S::BAD_GATEWAY,
+                grpc::UNAVAILABLE,
+                Refused,
+                false,
+                "upstream_refused",
             ),
             ProxyError::BadResponse(_) => Outcome::upstream(
                 S::BAD_GATEWAY,

@@ -213,3 +213,39 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
     assert!(out.starts_with("HTTP/1.1 502"), "{out}");
     quiescent(&gw).await;
 }
+
+/// HTTP/2 servers refuse streams they will not process when they shed load or shut down
+/// gracefully (RFC 9113 §8.7: RST_STREAM with REFUSED_STREAM, or a GOAWAY whose last stream id
+/// is below the stream); such a request may go again, whatever its method. It was answered like
+/// a reset: a POST never retried, and the refusal counted against the endpoint (one ejected it).
+#[tokio::test]
+async fn a_stream_an_h2_upstream_refused_unprocessed_is_retried_even_for_a_post() {
+    use scalegate_testkit::refusing_h2::{self, Refusal};
+    let retry = "retry = { attempts = 2, backoff = \"1ms\", budget_percent = 100, min_retries_per_second = 100 }";
+    for how in [Refusal::Reset, Refusal::GoAway] {
+        let up = refusing_h2::start(how, 2).await;
+        let cfg = format!(
+            "[[routes]]\nmatch = {{ path_prefix = \"/again\" }}\nupstream = \"app\"\n{retry}\n\n\
+             [[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"app\"\n\n\
+             [upstreams.app]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\
+             passive = {{ consecutive_failures = 1, max_ejection_percent = 100 }}\n",
+            up.addr
+        );
+        let gw = GatewayProcess::start(BIN, &cfg).await;
+        let c = Client::http1();
+        // No retries on this route: the refusal is the answer, and it blames no endpoint.
+        let once = c.post_with(gw.http, "/once", &[]).await.expect("response");
+        assert_eq!(once.status, 502, "{how:?}");
+        let view = gw.admin_get("/upstreams").await;
+        assert!(!view.contains("\"ejected\""), "{how:?}: {view}");
+        // With retries, a POST refused unprocessed goes again.
+        let again = c.post_with(gw.http, "/again", &[]).await.expect("response");
+        assert_eq!(again.status, 200, "{how:?}");
+        assert_eq!(
+            up.answered.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{how:?}"
+        );
+        quiescent(&gw).await;
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`client`]: plain HTTP/1.1 and HTTP/2 requests, and raw TCP for malformed input;
 //! - [`Recorder`]: a backend that keeps the raw bytes of every request it receives;
 //! - [`raw_h2`]: HTTP/2 frames written by hand (fields no HTTP/2 library would send);
+//! - [`refusing_h2`]: an h2c upstream that refuses streams unprocessed;
 //! - [`tls_backend::MtlsBackend`]: an HTTPS server that requires a client certificate.
 
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod python;
 pub mod raw_h2;
 pub mod recorder;
 pub mod redis;
+pub mod refusing_h2;
 pub mod relay;
 pub mod tls_backend;
 

@@ -18,6 +18,10 @@ pub use budget::RetryBudget;
 pub enum AttemptOutcome {
     /// The TCP connect failed or timed out: the request never reached the upstream.
     ConnectFailed,
+    /// The upstream refused the request before processing any of it (an HTTP/2 stream reset
+    /// with REFUSED_STREAM, or opened above the last stream a GOAWAY let through: RFC 9113
+    /// §8.7): safe to send again whatever its method.
+    Refused,
     /// The connection broke after the request may have been sent.
     Reset,
     /// No response head within the per-try timeout.
@@ -100,8 +104,13 @@ impl RetryPolicy {
         if attempt >= self.attempts {
             return Decision::GiveUp(GiveUp::Attempts);
         }
-        // A request that never reached the upstream can be sent again whatever its method.
-        let safe = facts.idempotent || outcome == AttemptOutcome::ConnectFailed;
+        // A request that never reached the upstream, or that it refused unprocessed, can be
+        // sent again whatever its method.
+        let safe = facts.idempotent
+            || matches!(
+                outcome,
+                AttemptOutcome::ConnectFailed | AttemptOutcome::Refused
+            );
         if !safe {
             return Decision::GiveUp(GiveUp::NotIdempotent);
         }
@@ -189,16 +198,18 @@ mod tests {
     }
 
     #[test]
-    fn a_post_is_retried_only_when_it_never_left() {
+    fn a_post_is_retried_only_when_it_never_left_or_was_refused_unprocessed() {
         let p = policy();
         assert_eq!(
             p.decide(1, AttemptOutcome::Reset, POST, true, LONG, 0.5),
             Decision::GiveUp(GiveUp::NotIdempotent)
         );
-        assert!(matches!(
-            p.decide(1, AttemptOutcome::ConnectFailed, POST, true, LONG, 0.5),
-            Decision::Retry(_)
-        ));
+        for outcome in [AttemptOutcome::ConnectFailed, AttemptOutcome::Refused] {
+            assert!(matches!(
+                p.decide(1, outcome, POST, true, LONG, 0.5),
+                Decision::Retry(_)
+            ));
+        }
     }
 
     #[test]

@@ -140,7 +140,9 @@ pub(super) fn send(
                         }
                         // Sent, and the connection closed with no answer: the close crossed
                         // the request. One that may go twice goes again.
-                        None if spare.is_some() && closed_unanswered(&err) => {
+                        None if spare.is_some()
+                            && (closed_unanswered(&err) || refused_unprocessed(&err)) =>
+                        {
                             tracing::debug!(error = %err, "pooled connection closed under the request; sending it again on a new one");
                             out.req = spare.take().ok_or(ProxyError::UpstreamReset)?;
                             fresh = true;
@@ -292,7 +294,25 @@ fn classify(err: &hyper::Error) -> ProxyError {
     }
     if err.is_timeout() {
         ProxyError::UpstreamTimeout
+    } else if refused_unprocessed(err) {
+        ProxyError::UpstreamRefused
     } else {
         ProxyError::UpstreamReset
     }
+}
+
+/// Whether an HTTP/2 upstream refused the stream before processing any of it (RFC 9113 §8.7):
+/// reset with REFUSED_STREAM, or above the last stream its GOAWAY let through (h2 gives those
+/// the GOAWAY's error; a stream at or below it that the connection's end cut gets a broken
+/// pipe instead).
+fn refused_unprocessed(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote() && (refused || h2.is_go_away());
+        }
+        source = e.source();
+    }
+    false
 }
