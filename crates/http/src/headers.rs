@@ -83,6 +83,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
     trailers
 }
 
+/// gRPC's trailer fields, declared on a gRPC response that declares none: an HTTP/2 upstream
+/// sends its trailers undeclared, and an HTTP/1.1 client that asked with `TE: trailers` gets
+/// only the fields the response's `Trailer` header names (RFC 9110 §6.6.2; hyper drops the
+/// rest), so it lost `grpc-status`. Harmless to HTTP/2 clients.
+pub fn declare_grpc_trailers(h: &mut HeaderMap) {
+    let grpc = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc && !h.contains_key(header::TRAILER) {
+        h.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+}
+
 /// A response's Content-Length as one field, and none on a 1xx or 204 (RFC 9110 §8.6). hyper's
 /// client accepts repeated fields and lists of one value (RFC 9112 §6.3 allows it; differing
 /// values are refused), and a length on a 204; passed on as they came, each makes HTTP/2

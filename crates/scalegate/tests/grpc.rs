@@ -146,3 +146,51 @@ async fn a_grpc_stream_cut_by_the_read_timeout_is_deadline_exceeded() {
     assert_eq!(data, Bytes::from_static(b"\0\0\0\0\x02hi"));
     quiescent(&gw).await;
 }
+
+/// An h2c gRPC server that answers every call with one message and `grpc-status: 0` as a
+/// trailer, declared nowhere (as gRPC servers do).
+async fn grpc_ok_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = hyper::service::service_fn(|_req| async {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let frames: Vec<Chunk> = vec![
+                    Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                let body = StreamBody::new(futures_util::stream::iter(frames));
+                let resp = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .expect("response");
+                Ok::<_, Infallible>(resp)
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc);
+            tokio::spawn(conn);
+        }
+    });
+    addr
+}
+
+/// Found from outside: an HTTP/1.1 client that asked for trailers (`TE: trailers`) got a gRPC
+/// answer from an h2c server without its `grpc-status`: hyper writes only the trailer fields a
+/// response's `Trailer` header declares, and gRPC servers declare none.
+#[tokio::test]
+async fn an_http11_client_that_asks_for_trailers_gets_grpc_status() {
+    let addr = grpc_ok_server().await;
+    let cfg = routed(&format!("\"{addr}\""), "/", "", "protocol = \"h2c\"");
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let (out, _) = raw(
+        gw.http,
+        b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nContent-Type: application/grpc\r\n\
+          Content-Length: 0\r\nConnection: TE, close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\r\n0\r\ngrpc-status: 0\r\n\r\n"), "{out}");
+    quiescent(&gw).await;
+}
