@@ -225,10 +225,11 @@ async fn pgbench_runs_tpcb_and_select_only_in_every_protocol_mode() {
     );
     for mode in ["simple", "extended", "prepared"] {
         for select_only in [false, true] {
-            // One thread per client: pgbench prepares a statement synchronously (PQprepare),
-            // which with one thread for eight clients would stall the clients that hold the
-            // four server connections behind one that waits for a fifth — under any pooler.
-            let mut args: Vec<String> = ["-M", mode, "-c", "8", "-j", "8", "-t", "40", "-n"]
+            // One thread for eight clients: pgbench prepares each statement with a blocking
+            // PQprepare, which stalled the clients holding the four server connections behind
+            // one waiting for a fifth, until the pooler answered Parses of known statements
+            // itself (session/local_parse.rs).
+            let mut args: Vec<String> = ["-M", mode, "-c", "8", "-j", "1", "-t", "40", "-n"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
