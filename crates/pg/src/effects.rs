@@ -137,6 +137,23 @@ pub struct Effects {
     /// server's catalogs, asked at the transaction's end, show none. Never refused: nothing
     /// is known to be created.
     pub suspect: u8,
+    /// `SET LOCAL search_path …` (its text): the search_path until the transaction ends.
+    pub local_search_path: Option<String>,
+}
+
+impl Effects {
+    /// How it changes the search_path that names its client's statements: `Some(Some(text))`
+    /// for a SET (session or LOCAL; the text stands for the value), `Some(None)` back to the
+    /// session's default (RESET, RESET ALL, DISCARD ALL), `None` when it leaves it alone.
+    pub fn search_path_change(&self) -> Option<Option<&str>> {
+        let session = self.settings.iter().rev().find_map(|c| match c {
+            Change::Set { name, sql } if name == "search_path" => Some(Some(sql.as_str())),
+            Change::Reset(name) if name == "search_path" => Some(None),
+            Change::ResetAll | Change::DiscardAll => Some(None),
+            _ => None,
+        });
+        session.or(self.local_search_path.as_deref().map(Some))
+    }
 }
 
 /// [`analyze`] with its results cached by text (bounded: cleared when full), behind the
@@ -473,6 +490,13 @@ fn set(s: &[&Token], fx: &mut Effects) {
     if is(at(1), "SESSION") && (is(at(2), "AUTHORIZATION") || is(at(2), "CHARACTERISTICS")) {
         fx.creates |= state::OTHER;
         return;
+    }
+    if is(at(1), "LOCAL")
+        && at(2)
+            .and_then(|t| word(t))
+            .is_some_and(|w| ident(w) == b"search_path")
+    {
+        fx.local_search_path = Some(render(s));
     }
     if let Some(c) = settings::classify(&render(s)) {
         fx.settings.push(c);
@@ -878,5 +902,28 @@ mod tests {
             }]
         );
         assert!(analyze("SET LOCAL work_mem = '1MB'").settings.is_empty());
+    }
+
+    #[test]
+    fn the_search_path_statements_are_named_under_follows_set_local_and_reset() {
+        let change = |sql: &str| {
+            analyze(sql)
+                .search_path_change()
+                .map(|p| p.map(str::to_string))
+        };
+        let local = "SET LOCAL search_path = s2";
+        assert_eq!(change(local), Some(Some(local.to_string())));
+        assert_eq!(
+            change("BEGIN; SET LOCAL SEARCH_PATH TO s2, public"),
+            Some(Some("SET LOCAL SEARCH_PATH TO s2 , public".to_string()))
+        );
+        assert_eq!(
+            change("SET search_path = s3"),
+            Some(Some("SET search_path = s3".into()))
+        );
+        assert_eq!(change("RESET search_path"), Some(None));
+        assert_eq!(change("DISCARD ALL"), Some(None));
+        assert_eq!(change("SET LOCAL work_mem = '1MB'"), None);
+        assert_eq!(change("SET work_mem = '1MB'"), None);
     }
 }

@@ -681,16 +681,17 @@ impl Pool {
     }
 
     /// The pool-wide id of a statement (query text and parameter types) prepared under
-    /// `search_path` (the client's own, if it set one): equal texts share an id, so a statement
-    /// prepared by one client is reused by every other with the same search_path. Tenants with
-    /// a schema each get their own statements: one tenant's tables need not have another's
-    /// columns, and a shared statement would fail with a stale plan for one of them.
-    pub fn statement_id(&self, body: &[u8], search_path: Option<&str>) -> u64 {
+    /// `scope` (the client's own search_path and role, if it set them): equal texts share an
+    /// id, so a statement prepared by one client is reused by every other in the same scope.
+    /// Tenants with a schema each (by search_path, or by role through the default `"$user"`)
+    /// get their own statements: one tenant's tables need not have another's columns, and a
+    /// shared statement would fail with a stale plan for one of them.
+    pub fn statement_id(&self, body: &[u8], scope: Option<&str>) -> u64 {
         let scoped;
-        let key = match search_path {
+        let key = match scope {
             None => body,
-            Some(path) => {
-                scoped = [body, b"\0search_path\0", path.as_bytes()].concat();
+            Some(scope) => {
+                scoped = [body, b"\0scope\0", scope.as_bytes()].concat();
                 &scoped[..]
             }
         };

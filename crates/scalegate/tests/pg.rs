@@ -908,6 +908,45 @@ async fn pgbench_tpcb_prepared_runs_with_more_clients_than_server_connections() 
     quiescent(&gw).await;
 }
 
+/// libpq writes a long Parse and its Sync in pieces, and the kernel may split any write: the
+/// pooler answered a known statement's Parse itself only when the Sync came in the same read,
+/// else waited for a server connection (found from outside: with every connection held in
+/// a transaction, 53300 after `wait_timeout`).
+#[tokio::test]
+async fn a_known_parse_and_its_sync_read_apart_are_answered_without_a_server() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let sql = "SELECT 'a text some server prepared'";
+    let mut a = pg_common::raw_login(port);
+    a.write_all(&[parse("a1", sql), sync()].concat())
+        .expect("write");
+    assert_eq!(tags(&pg_common::read_until_ready(&mut a)), b"1Z");
+    // The only server connection, held inside a transaction.
+    let mut holder = pg_common::raw_login(port);
+    pg_common::query(&mut holder, "BEGIN");
+    pg_common::read_until_ready(&mut holder);
+    let mut c = pg_common::raw_login(port);
+    let msg = parse("c1", sql);
+    c.write_all(&msg[..9]).expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.write_all(&msg[9..]).expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.write_all(&sync()).expect("write");
+    assert_eq!(tags(&pg_common::read_until_ready(&mut c)), b"1Z");
+    pg_common::query(&mut holder, "COMMIT");
+    pg_common::read_until_ready(&mut holder);
+    // Prepared where it is first bound.
+    c.write_all(&[bind("c1"), execute(0), sync()].concat())
+        .expect("write");
+    assert_eq!(tags(&pg_common::read_until_ready(&mut c)), b"2DCZ");
+    drop((a, holder, c));
+    quiescent(&gw).await;
+}
+
+fn tags(messages: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    messages.iter().map(|(t, _)| *t).collect()
+}
+
 fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
     std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -1515,6 +1554,75 @@ async fn tenants_with_a_schema_each_get_their_own_statements() {
         }
     }
     drop(tenants);
+    quiescent(&gw).await;
+}
+
+/// Schema-per-tenant behind a transaction pooler sets the tenant per transaction (`SET LOCAL
+/// search_path`, what PgBouncer's docs advise). The pooler scoped shared statements by the
+/// session's search_path only: a text prepared under `public` was reused inside the tenant's
+/// transaction, where the server replanned it and failed with 0A000 "cached plan must not
+/// change result type" (found from outside with asyncpg: InvalidCachedStatementError). A
+/// session-level `SET search_path` inside a transaction, before its COMMIT, was missed the
+/// same way.
+#[tokio::test]
+async fn a_search_path_set_for_one_transaction_scopes_its_statements() {
+    let pg = PgServer::start().await;
+    pg.psql(
+        "postgres",
+        "CREATE SCHEMA s2; CREATE TABLE public.t (a int); CREATE TABLE s2.t (a int, b int); \
+         INSERT INTO public.t VALUES (1); INSERT INTO s2.t VALUES (2, 3)",
+    );
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let c = client(port).await;
+    for set in ["SET LOCAL search_path = s2", "SET search_path = s2"] {
+        let rows = c.query("SELECT * FROM t", &[]).await.expect("public");
+        assert_eq!(rows[0].len(), 1, "public");
+        c.batch_execute(&format!("BEGIN; {set}"))
+            .await
+            .expect("begin");
+        let rows = c
+            .query("SELECT * FROM t", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{set}: {e}"));
+        assert_eq!(rows[0].len(), 2, "{set}");
+        // Rolled back: public again.
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        let rows = c.query("SELECT * FROM t", &[]).await.expect("public again");
+        assert_eq!(rows[0].len(), 1, "{set}: after the rollback");
+    }
+    drop(c);
+    quiescent(&gw).await;
+}
+
+/// The default search_path, `"$user", public`, names a schema per role: after `SET ROLE alice`
+/// a text reads `alice.rp` where it read `public.rp` before. Statements were scoped by
+/// search_path only, so alice's prepare reused the one made under the login role and every
+/// try failed with 0A000 "cached plan must not change result type" (found from outside;
+/// PostgreSQL answers both).
+#[tokio::test]
+async fn a_role_with_its_own_schema_gets_its_own_statements() {
+    let pg = PgServer::start().await;
+    pg.psql(
+        "postgres",
+        "CREATE ROLE alice; CREATE SCHEMA alice AUTHORIZATION alice; \
+         CREATE TABLE public.rp (v int); INSERT INTO public.rp VALUES (1); \
+         CREATE TABLE alice.rp (v text); INSERT INTO alice.rp VALUES ('alice-row'); \
+         ALTER TABLE alice.rp OWNER TO alice",
+    );
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let c = client(port).await;
+    for round in 0..2 {
+        let row = c.query_one("SELECT v FROM rp", &[]).await.expect("public");
+        assert_eq!(row.get::<_, i32>(0), 1, "round {round}");
+        c.batch_execute("SET ROLE alice").await.expect("set role");
+        let row = c
+            .query_one("SELECT v FROM rp", &[])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(row.get::<_, String>(0), "alice-row", "round {round}");
+        c.batch_execute("RESET ROLE").await.expect("reset role");
+    }
+    drop(c);
     quiescent(&gw).await;
 }
 

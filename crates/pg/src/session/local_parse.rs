@@ -18,40 +18,67 @@ use tokio::io::AsyncWriteExt;
 use super::{End, Session, parsed_name, statement_text};
 use crate::proto;
 
+/// What the front of a client's buffer is, for [`Session::parse_locally`].
+pub(super) enum Scan {
+    /// Parses the pool knows (their byte ranges and statement ids), then a Sync ending at
+    /// byte `.1`: answered here.
+    Known(Vec<(std::ops::Range<usize>, u64)>, usize),
+    /// Parses the pool knows, the rest not read yet: the session reads on before it takes a
+    /// server (the kernel may split a long Parse and its Sync across reads).
+    Partial,
+    /// Anything else: the usual path.
+    Other,
+}
+
 impl Session {
-    /// Answers the batch at the front of the client's buffer if it is only Parses the pool
-    /// knows, then Sync (see the module). `None`: nothing was answered.
-    pub(super) async fn parse_locally(&mut self) -> Option<Option<End>> {
+    /// Whether the batch at the front of the client's buffer is only Parses of texts the pool
+    /// knows, then Sync (see the module).
+    pub(super) fn scan_parses(&self) -> Scan {
         if !self.transaction
+            || self.lease.is_some()
             || self.cbuf.first() != Some(&b'P')
             || self.sharding.is_some()
             || self.deferred_begin
         {
-            return None;
+            return Scan::Other;
         }
-        let path = self.track.settings.get("search_path");
+        let scope = self.track.statement_scope();
         let mut at = 0;
         let mut parses = Vec::new();
         loop {
-            let n = proto::tagged_len(&self.cbuf[at..], self.max).ok()??;
+            let n = match proto::tagged_len(&self.cbuf[at..], self.max) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Scan::Partial,
+                Err(_) => return Scan::Other,
+            };
             let msg = &self.cbuf[at..at + n];
             at += n;
             match msg[0] {
-                b'S' => break,
+                b'S' => return Scan::Known(parses, at),
                 b'P' => {
-                    let (sql, unnamed) = statement_text(msg)?;
-                    if unnamed || self.pooler.analyzer.effects(sql).is_some() {
-                        return None;
+                    let Some((sql, false)) = statement_text(msg) else {
+                        return Scan::Other;
+                    };
+                    if self.pooler.analyzer.effects(sql).is_some() {
+                        return Scan::Other;
                     }
-                    let id = self.pool.statement_id(parse_body(msg), path);
+                    let id = self.pool.statement_id(parse_body(msg), scope.as_deref());
                     if !self.pool.parses_without_server(id) {
-                        return None;
+                        return Scan::Other;
                     }
                     parses.push((at - n..at, id));
                 }
-                _ => return None,
+                _ => return Scan::Other,
             }
         }
+    }
+
+    /// Answers the batch at the front of the client's buffer if [`Self::scan_parses`] finds it
+    /// known. `None`: nothing was answered.
+    pub(super) async fn parse_locally(&mut self) -> Option<Option<End>> {
+        let Scan::Known(parses, at) = self.scan_parses() else {
+            return None;
+        };
         let mut out = bytes::BytesMut::with_capacity(5 * parses.len() + 6);
         for (range, id) in parses {
             let msg = &self.cbuf[range];

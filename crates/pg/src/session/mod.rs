@@ -196,6 +196,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
             reread: Vec::new(),
             unknown_kept: false,
             read_all: false,
+            path_now: None,
         },
         pending_z: 0,
         unsynced: false,
@@ -506,6 +507,11 @@ impl Session {
                         let name = parsed_name(msg).to_vec();
                         self.setting_statements.insert(name, fx.clone());
                     }
+                    if let Some(path) = fx.search_path_change()
+                        && (tag == b'Q' || unnamed)
+                    {
+                        self.track.path_now = Some((segment, path.map(str::to_string)));
+                    }
                     sub = state::plan(
                         &fx,
                         (segment, unnamed, tag == b'Q'),
@@ -519,7 +525,7 @@ impl Session {
                 if let Sub::Refuse(_) = sub {
                     self.pool.stats.refusals.fetch_add(1, Relaxed);
                 }
-                let (pool, path) = (&self.pool, self.track.settings.get("search_path"));
+                let (pool, scope) = (&self.pool, self.track.statement_scope());
                 // No check once this segment failed: the server skips it, with everything up to
                 // the client's Sync (which the check would hold back for good).
                 let failed = self.track.segment_error && self.track.done == segment;
@@ -527,7 +533,10 @@ impl Session {
                 let bound = self.stmts.client_message(
                     msg,
                     &mut conn.prepared,
-                    (|b| pool.statement_id(b, path), |id| pool.lazy(id, check)),
+                    (
+                        |b| pool.statement_id(b, scope.as_deref()),
+                        |id| pool.lazy(id, check),
+                    ),
                     &mut out,
                     sub,
                 );
@@ -1196,6 +1205,9 @@ impl Session {
         if self.checking.is_some() {
             return true;
         }
+        if matches!(self.scan_parses(), local_parse::Scan::Partial) {
+            return true;
+        }
         if !self.routed() {
             return false;
         }
@@ -1300,15 +1312,33 @@ struct Track {
     /// Statements it could not follow ran (a DO block, UPDATE pg_settings, a bound portal it
     /// forgot): every setting the server's session has made is read back as the client's.
     read_all: bool,
+    /// The search_path a statement sent since segment `.0` changed (a `SET LOCAL`, or a SET
+    /// not yet settled): it names the client's statements until that transaction ends.
+    path_now: Option<(u64, Option<String>)>,
 }
 
 impl Track {
+    /// What names the tables the client's statements read now, which scopes them
+    /// (`Pool::statement_id`): the search_path (its SET's text), and the role a `SET ROLE`
+    /// took, which the default search_path's `"$user"` names. `None`: the defaults.
+    fn statement_scope(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let path = match &self.path_now {
+            Some((_, path)) => path.as_deref(),
+            None => self.settings.get("search_path"),
+        };
+        match (path, self.settings.get("role")) {
+            (path, None) => path.map(std::borrow::Cow::Borrowed),
+            (path, Some(role)) => Some(format!("{}\0{role}", path.unwrap_or_default()).into()),
+        }
+    }
+
     /// Forgets the changes of segments that were sent but will be sent again (their server
     /// was lost before answering).
     fn forget_unsent(&mut self) {
         let done = self.done;
         self.changes.retain(|(s, _)| *s < done);
         self.unknown = self.unknown.filter(|s| *s < done);
+        self.path_now = self.path_now.take().filter(|(s, _)| *s < done);
         self.sent = done;
     }
 
@@ -1320,6 +1350,10 @@ impl Track {
         let error = std::mem::take(&mut self.segment_error);
         let rollback = std::mem::take(&mut self.saw_rollback);
         let commit = std::mem::take(&mut self.saw_commit);
+        // Out of the transaction: a SET LOCAL is gone, a SET is settled below.
+        if status == b'I' && self.path_now.as_ref().is_some_and(|(s, _)| *s <= segment) {
+            self.path_now = None;
+        }
         if self.changes.is_empty() && self.unknown.is_none() && !self.chained {
             return;
         }

@@ -44,8 +44,9 @@ impl Session {
             // A position in the old hosts' WAL means nothing on the new ones.
             self.min_lsn = 0;
         }
-        let path = self.track.settings.get("search_path");
-        self.stmts.reintern(|body| next.statement_id(body, path));
+        let scope = self.track.statement_scope();
+        self.stmts
+            .reintern(|body| next.statement_id(body, scope.as_deref()));
         self.pool.stats.clients.fetch_sub(1, Relaxed);
         next.stats.clients.fetch_add(1, Relaxed);
         self.split = self.transaction && transaction_mode_split(&next);
