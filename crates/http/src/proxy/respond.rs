@@ -68,7 +68,10 @@ pub(super) fn respond(
         head.headers.remove(header::TE);
     }
     headers::one_content_length(head.status, &mut head.headers);
-    headers::declare_grpc_trailers(&mut head.headers);
+    // HTTP/2 servers send trailers undeclared; HTTP/1.1 ones that send any declare them.
+    if head.version == Version::HTTP_2 {
+        headers::declare_grpc_trailers(&mut head.headers);
+    }
     // RFC 9110 §6.2: an intermediary sends its own version. hyper frames a response by it: one
     // marked HTTP/1.0 went out close-delimited, where a body cut by a reset looked whole.
     // (hyper answers an HTTP/1.0 client as one itself.)
