@@ -183,7 +183,11 @@ async fn a_body_cut_after_its_head_is_logged_and_counted_as_incomplete() {
         b"GET /reset/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(out.starts_with("HTTP/1.1 200"), "answer: {out:?}");
+    // The head and the first bytes go out, and the chunked body lacks its end; or, when the
+    // break comes in the same turn as the bytes (a loaded machine), hyper closes the connection
+    // before it flushed anything. Either way the client cannot take it for whole.
+    let cut_short = out.starts_with("HTTP/1.1 200") && !out.ends_with("0\r\n\r\n");
+    assert!(cut_short || out.is_empty(), "answer: {out:?}");
     let (whole, _) = raw(
         gw.http,
         b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
