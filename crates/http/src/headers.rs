@@ -88,10 +88,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
 /// only the fields the response's `Trailer` header names (RFC 9110 §6.6.2; hyper drops the
 /// rest), so it lost `grpc-status`. Harmless to HTTP/2 clients.
 pub fn declare_grpc_trailers(h: &mut HeaderMap) {
-    let grpc = h
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc && !h.contains_key(header::TRAILER) {
+    // `application/grpc`, `application/grpc+proto`, `application/grpc;…`; not gRPC-Web, whose
+    // trailers travel in the body. A trailers-only answer has its status in the head already.
+    let grpc = h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.get(..16)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"application/grpc"))
+            && matches!(v.get(16), None | Some(b'+' | b';' | b' '))
+    });
+    if grpc && !h.contains_key(header::TRAILER) && !h.contains_key("grpc-status") {
         h.insert(
             header::TRAILER,
             HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
@@ -506,5 +511,25 @@ mod tests {
             left,
             ["forwarded", "host", "x-forwarded-for", "x-request-id"]
         );
+    }
+
+    #[test]
+    fn grpc_trailers_are_declared_only_where_grpc_sends_them() {
+        let declared = |ct: &str, status_in_head: bool| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            if status_in_head {
+                h.insert("grpc-status", HeaderValue::from_static("5"));
+            }
+            declare_grpc_trailers(&mut h);
+            h.contains_key(header::TRAILER)
+        };
+        assert!(declared("application/grpc", false));
+        assert!(declared("application/grpc+proto", false));
+        assert!(declared("Application/GRPC", false));
+        assert!(!declared("application/grpc", true), "trailers-only");
+        assert!(!declared("application/grpc-web+proto", false));
+        assert!(!declared("application/grpcx", false));
+        assert!(!declared("text/plain", false));
     }
 }

@@ -943,6 +943,37 @@ async fn a_known_parse_and_its_sync_read_apart_are_answered_without_a_server() {
     quiescent(&gw).await;
 }
 
+/// A regression hunt reported that after `SET search_path = t1` and `DISCARD ALL` (or `RESET
+/// ALL`, or a search_path rolled back), a text known under `t1` was answered ParseComplete
+/// without a server where PostgreSQL, back on the default path, says 42P01 at the Parse. Only
+/// clients in the default scope, with texts prepared in it, are answered without a server now.
+/// (This form did not reproduce it on that build; it guards the rule.)
+#[tokio::test]
+async fn a_parse_after_leaving_a_search_path_is_checked_by_the_server() {
+    let pg = PgServer::start().await;
+    pg.psql("postgres", "CREATE SCHEMA t1; CREATE TABLE t1.d (x int)");
+    let (gw, port) = pooler(&pg, "pool_size = 1", "").await;
+    let sql = "SELECT x FROM d";
+    let mut a = pg_common::raw_login(port);
+    pg_common::query(&mut a, "SET search_path = t1");
+    pg_common::read_until_ready(&mut a);
+    let run = [parse("a", sql), bind("a"), execute(0), sync()].concat();
+    a.write_all(&run).expect("write");
+    assert_eq!(tags(&pg_common::read_until_ready(&mut a)), b"12CZ");
+    for leave in ["DISCARD ALL", "RESET ALL", "RESET search_path"] {
+        let mut d = pg_common::raw_login(port);
+        pg_common::query(&mut d, "SET search_path = t1");
+        pg_common::read_until_ready(&mut d);
+        pg_common::query(&mut d, leave);
+        pg_common::read_until_ready(&mut d);
+        d.write_all(&[parse("d", sql), sync()].concat())
+            .expect("write");
+        let answer = pg_common::read_until_ready(&mut d);
+        assert_eq!(tags(&answer), b"EZ", "{leave}: 42P01 at the Parse");
+    }
+    quiescent(&gw).await;
+}
+
 fn tags(messages: &[(u8, Vec<u8>)]) -> Vec<u8> {
     messages.iter().map(|(t, _)| *t).collect()
 }

@@ -428,6 +428,21 @@ async fn post_keyed(gw: &GatewayProcess, path: &str, key: &str) -> Resp {
 async fn a_keyed_job_resent_after_a_503_is_delivered_and_keys_are_per_route() {
     let other = "[[routes]]\nname = \"other\"\nmatch = { path_prefix = \"/other\" }\nupstream = \"app\"\nqueue = { max_in_flight = 4 }\n";
     let (nats, sink, gw) = warm_nats_gateway(other).await;
+    // The second route's store is set up on its own: until then it answers 503 (a debug build
+    // under a parallel test run took longer than the first route's warm-up).
+    let mut ready = false;
+    for i in 0..60 {
+        if post_keyed(&gw, "/other/warm", &format!("warm-{i}"))
+            .await
+            .status
+            == 202
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ready, "the second route's store was never ready");
     // The same key on two routes is two jobs (it was one id for the whole stream: the second
     // got 202 and was never delivered).
     for path in ["/hooks/pay", "/other/ship"] {
@@ -450,12 +465,12 @@ async fn a_keyed_job_resent_after_a_503_is_delivered_and_keys_are_per_route() {
     }
     assert_eq!(resent.status, 202, "{}", resent.body);
     let delivered = eventually(Duration::from_secs(30), || async {
-        sink.rec.lock().expect("record").hits >= 4
+        sink.rec.lock().expect("record").hits >= 5
     })
     .await;
     assert!(
         delivered,
-        "{} deliveries of 4 (warm-up, pay, ship, the resent one)",
+        "{} deliveries of 5 (two warm-ups, pay, ship, the resent one)",
         sink.rec.lock().expect("record").hits
     );
     quiescent(&gw).await;

@@ -249,3 +249,28 @@ async fn a_stream_an_h2_upstream_refused_unprocessed_is_retried_even_for_a_post(
         quiescent(&gw).await;
     }
 }
+
+/// A regression hunt's finding: a server that answered a head and then reset the stream with
+/// REFUSED_STREAM (it lies: it processed the request) had a POST retried, so the backend
+/// processed it twice. A refusal counts only before any response head.
+#[tokio::test]
+async fn a_refusal_after_the_response_head_is_not_retried() {
+    use scalegate_testkit::refusing_h2::{self, Refusal};
+    let up = refusing_h2::start(Refusal::AfterHead, 1).await;
+    let retry = "retry = { attempts = 2, backoff = \"1ms\", budget_percent = 100, min_retries_per_second = 100 }";
+    let cfg = routed(
+        &format!("\"{}\"", up.addr),
+        "/",
+        retry,
+        "protocol = \"h2c\"\npassive = { consecutive_failures = 0 }",
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let r = Client::http1().post_with(gw.http, "/once", &[]).await;
+    assert!(r.map_or(true, |r| r.status == 502), "not answered whole");
+    assert_eq!(
+        up.received.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent once"
+    );
+    quiescent(&gw).await;
+}

@@ -30,6 +30,9 @@ pub enum Refusal {
     Reset,
     /// GOAWAY (NO_ERROR) letting through no stream, then the connection closed.
     GoAway,
+    /// A response head (200), then RST_STREAM with REFUSED_STREAM: a server that lies, since
+    /// it answered (processed) the request.
+    AfterHead,
 }
 
 /// The upstream's address, and how many streams it answered (200, no body).
@@ -38,6 +41,8 @@ pub struct RefusingUpstream {
     pub addr: SocketAddr,
     /// Streams answered so far (refused ones are not counted).
     pub answered: Arc<AtomicUsize>,
+    /// Requests that reached it (HEADERS frames), refused or not.
+    pub received: Arc<AtomicUsize>,
 }
 
 /// Starts an upstream that refuses the first `refusals` streams it gets, across connections,
@@ -47,20 +52,32 @@ pub async fn start(how: Refusal, refusals: usize) -> RefusingUpstream {
     let addr = listener.local_addr().expect("addr");
     let left = Arc::new(AtomicUsize::new(refusals));
     let answered = Arc::new(AtomicUsize::new(0));
-    let counts = (left, answered.clone());
+    let received = Arc::new(AtomicUsize::new(0));
+    let counts = Counts {
+        left,
+        answered: answered.clone(),
+        received: received.clone(),
+    };
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             tokio::spawn(serve(s, how, counts.clone()));
         }
     });
-    RefusingUpstream { addr, answered }
+    RefusingUpstream {
+        addr,
+        answered,
+        received,
+    }
 }
 
-async fn serve(
-    mut s: TcpStream,
-    how: Refusal,
-    (left, answered): (Arc<AtomicUsize>, Arc<AtomicUsize>),
-) {
+#[derive(Clone)]
+struct Counts {
+    left: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+}
+
+async fn serve(mut s: TcpStream, how: Refusal, counts: Counts) {
     let mut preface = [0u8; PREFACE_LEN];
     if s.read_exact(&mut preface).await.is_err() {
         return;
@@ -80,19 +97,27 @@ async fn serve(
         if s.read_exact(&mut payload).await.is_err() {
             return;
         }
+        if kind == HEADERS {
+            counts.received.fetch_add(1, SeqCst);
+        }
         let reply = match kind {
             SETTINGS if flags & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
             PING if flags & 1 == 0 => frame(PING, 1, 0, &payload),
-            HEADERS if take_one(&left) => match how {
+            HEADERS if take_one(&counts.left) => match how {
                 Refusal::Reset => frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes()),
                 Refusal::GoAway => {
                     let _ = s.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     return;
                 }
+                Refusal::AfterHead => [
+                    frame(HEADERS, END_HEADERS, stream, &[0x88]),
+                    frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes()),
+                ]
+                .concat(),
             },
             HEADERS | DATA if flags & END_STREAM != 0 => {
-                answered.fetch_add(1, SeqCst);
+                counts.answered.fetch_add(1, SeqCst);
                 // 0x88: `:status: 200`, the static table's entry 8.
                 frame(HEADERS, END_HEADERS | END_STREAM, stream, &[0x88])
             }

@@ -124,8 +124,14 @@ pub(super) fn send(
                 // Dropping the lease closes the connection: its framing cannot be trusted.
                 Ok(Ok(resp)) => return valid(&resp).map(|()| (resp, lease)),
                 // A body that broke off before its first byte is the attempt's failure, as a
-                // reset before the head would be: nothing has reached the client yet.
-                Ok(Err(Failed::Body(e))) => return Err(outcome_of(&e, endpoint)),
+                // reset before the head would be: nothing has reached the client yet. Never a
+                // refusal: a stream refused after its head was processed (a server that lies).
+                Ok(Err(Failed::Body(e))) => {
+                    return Err(match outcome_of(&e, endpoint) {
+                        ProxyError::UpstreamRefused => ProxyError::UpstreamReset,
+                        other => other,
+                    });
+                }
                 Ok(Err(Failed::Send(mut e))) => {
                     let unsent = e.take_message();
                     let err = e.into_error();

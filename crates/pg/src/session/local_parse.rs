@@ -12,11 +12,20 @@
 //! are recorded and prepared where a Bind or Describe needs them, as after any move to another
 //! server connection. A text no server has seen still goes to one, so a syntax error is
 //! reported at the Parse as on PostgreSQL; an object dropped since is reported at the Bind.
+//!
+//! Only in the default scope (no search_path or role of the client's own, nothing unsettled),
+//! and only texts prepared without error in that scope between transactions: the pooler does
+//! not follow every way a session can change what names resolve to (`SET LOCAL ROLE`, a
+//! savepoint rolled back), and a wrong guess here would move a Parse's error to its Bind.
 
 use tokio::io::AsyncWriteExt;
 
 use super::{End, Session, parsed_name, statement_text};
 use crate::proto;
+
+/// The most a client's buffer holds while the pooler reads on for a Sync behind known Parses
+/// (each read scans it again); past it, the usual path.
+const MAX_BUFFERED: usize = 1 << 20;
 
 /// What the front of a client's buffer is, for [`Session::parse_locally`].
 pub(super) enum Scan {
@@ -37,12 +46,13 @@ impl Session {
         if !self.transaction
             || self.lease.is_some()
             || self.cbuf.first() != Some(&b'P')
+            || self.cbuf.len() > MAX_BUFFERED
             || self.sharding.is_some()
             || self.deferred_begin
+            || !self.track.default_scope()
         {
             return Scan::Other;
         }
-        let scope = self.track.statement_scope();
         let mut at = 0;
         let mut parses = Vec::new();
         loop {
@@ -62,7 +72,7 @@ impl Session {
                     if self.pooler.analyzer.effects(sql).is_some() {
                         return Scan::Other;
                     }
-                    let id = self.pool.statement_id(parse_body(msg), scope.as_deref());
+                    let id = self.pool.statement_id(parse_body(msg), None);
                     if !self.pool.parses_without_server(id) {
                         return Scan::Other;
                     }

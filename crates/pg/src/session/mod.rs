@@ -838,7 +838,12 @@ impl Session {
             } else {
                 Action::Forward
             };
-            if let Some(id) = self.stmts.take_parsed() {
+            // Known to parse for Parses answered without a server (local_parse.rs): only
+            // what was prepared between transactions in the default scope.
+            if let Some(id) = self.stmts.take_parsed()
+                && self.status == b'I'
+                && self.track.default_scope()
+            {
                 self.pool.statement_parsed(id);
             }
             if let Some(shape) = self.stmts.take_shape() {
@@ -1330,6 +1335,18 @@ impl Track {
             (path, None) => path.map(std::borrow::Cow::Borrowed),
             (path, Some(role)) => Some(format!("{}\0{role}", path.unwrap_or_default()).into()),
         }
+    }
+
+    /// Whether the client's statements are named in the default scope, with nothing of its
+    /// settings unsettled or in doubt.
+    fn default_scope(&self) -> bool {
+        self.path_now.is_none()
+            && self.changes.is_empty()
+            && self.unknown.is_none()
+            && self.reread.is_empty()
+            && !self.unknown_kept
+            && self.settings.get("search_path").is_none()
+            && self.settings.get("role").is_none()
     }
 
     /// Forgets the changes of segments that were sent but will be sent again (their server
