@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use pg_common::{bind, execute, parse, sync};
+use pg_common::{bind, execute, parse, pgbench, sync};
 use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::{psql, psql_conn};
 use tokio_postgres::{Client as PgClient, NoTls};
@@ -976,15 +976,6 @@ async fn a_parse_after_leaving_a_search_path_is_checked_by_the_server() {
 
 fn tags(messages: &[(u8, Vec<u8>)]) -> Vec<u8> {
     messages.iter().map(|(t, _)| *t).collect()
-}
-
-fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("app")
-        .output()
-        .expect("pgbench")
 }
 
 fn pgbench_init(port: u16) {

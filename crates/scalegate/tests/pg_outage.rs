@@ -13,15 +13,6 @@ use pg_common::*;
 use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::psql;
 
-fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("app")
-        .output()
-        .expect("pgbench")
-}
-
 #[tokio::test]
 async fn a_primary_restart_under_pgbench_aborts_no_client() {
     let mut pg = PgServer::start().await;

@@ -10,17 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::raw_h2::frame;
+use crate::raw_h2::{DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS, frame};
 
 const PREFACE_LEN: usize = 24;
-const HEADERS: u8 = 1;
-const DATA: u8 = 0;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
 const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const END_STREAM: u8 = 1;
-const END_HEADERS: u8 = 4;
 const REFUSED_STREAM: u32 = 7;
 
 /// How the upstream refuses a stream.

@@ -191,3 +191,13 @@ pub async fn one_waits(port: u16) -> bool {
     })
     .await
 }
+
+/// Runs pgbench against database `app` of the pooler on `port` as postgres, with `args`.
+pub fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(scalegate_testkit::postgres::bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("app")
+        .output()
+        .expect("pgbench")
+}
