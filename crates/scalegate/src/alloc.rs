@@ -1,5 +1,80 @@
 //! The process allocator and how idle memory goes back to the OS.
 
+#[cfg(feature = "mimalloc")]
+use std::alloc::{GlobalAlloc, Layout};
+#[cfg(feature = "mimalloc")]
+use std::ffi::c_void;
+
+#[cfg(feature = "mimalloc")]
+use libmimalloc_sys::{
+    mi_free, mi_malloc, mi_malloc_aligned, mi_realloc, mi_realloc_aligned, mi_zalloc,
+    mi_zalloc_aligned,
+};
+
+/// The alignment every mimalloc block has whatever it was asked for: blocks are whole words
+/// from word-aligned page starts (mimalloc's own `mi_realloc_aligned` treats an alignment up to
+/// this as no constraint).
+#[cfg(feature = "mimalloc")]
+const WORD: usize = std::mem::size_of::<usize>();
+
+/// mimalloc as the global allocator, asked for an aligned block only when the alignment is more
+/// than a word. The `mimalloc` crate passes every layout's alignment to `mi_malloc_aligned`,
+/// and mimalloc 3 serves a block over 1 KiB whose size is not a power of two by
+/// over-allocating and offsetting even when the alignment asked is 8, which every block has:
+/// 4 such allocations per proxied HTTP/2 request (the request's boxed future among them), about
+/// 1,000 of its ~60,000 user-space instructions, and up to a word of waste each.
+#[cfg(feature = "mimalloc")]
+pub struct Mimalloc;
+
+// SAFETY: every block comes from mimalloc and goes back to it (`mi_free` takes blocks of any
+// alignment); a layout's alignment is honoured either by mimalloc's word alignment (up to
+// `WORD`) or by its aligned entry points, and a size of 0 is never asked (GlobalAlloc's
+// contract).
+#[cfg(feature = "mimalloc")]
+unsafe impl GlobalAlloc for Mimalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: plain calls into the allocator; see the impl's comment.
+        unsafe {
+            if layout.align() <= WORD {
+                mi_malloc(layout.size()).cast()
+            } else {
+                mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as `alloc`.
+        unsafe {
+            if layout.align() <= WORD {
+                mi_zalloc(layout.size()).cast()
+            } else {
+                mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from this allocator (GlobalAlloc's contract).
+        unsafe { mi_free(ptr.cast::<c_void>()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from this allocator with `layout` (GlobalAlloc's contract).
+        unsafe {
+            if layout.align() <= WORD {
+                mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            } else {
+                mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
+
 /// mimalloc's `arena_eager_commit` option (see mimalloc.h, `mi_option_e`).
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;

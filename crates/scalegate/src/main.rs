@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Mimalloc = alloc::Mimalloc;
 
 /// The scaling tier of a web stack in one binary: HTTP gateway with load balancing, health checks
 /// and graceful reloads.
