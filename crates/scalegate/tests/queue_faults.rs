@@ -475,3 +475,56 @@ async fn a_keyed_job_resent_after_a_503_is_delivered_and_keys_are_per_route() {
     );
     quiescent(&gw).await;
 }
+
+/// A probe's finding: the route's JetStream consumer deleted (by an operator, or a tool that
+/// cleaned up) while the gateway runs. Every job after that was answered 202 and never
+/// delivered: pulls to a consumer that no longer exists bring nothing, and nothing was logged,
+/// reported or set up again (a reload did not help). The gateway now sees the consumer gone
+/// when a pull brings nothing and sets the queue up again; the jobs stored meanwhile are
+/// delivered.
+#[tokio::test]
+async fn jobs_taken_after_the_consumer_was_deleted_are_delivered() {
+    let (nats, sink, gw) = warm_nats_gateway("").await;
+    let deleted = nats
+        .request("$JS.API.CONSUMER.DELETE.SCALEGATE_JOBS.sg-hooks")
+        .await
+        .unwrap_or_default();
+    assert!(deleted.contains("\"success\":true"), "{deleted}");
+    let ids = post_jobs(&gw, 3).await;
+    // Before: none of the three was delivered, however long one waited.
+    until_delivered(&sink, &ids, 3, Duration::from_secs(40)).await;
+    quiescent(&gw).await;
+}
+
+/// A probe's finding: NATS restarted without its JetStream storage (a lost volume, a server
+/// moved). The stream and the consumer were gone and the gateway never made them again: every
+/// job got 503 for good (nothing lost, but the queue was down until the config was edited).
+/// Now the queue is set up again once a pull finds nothing there, and jobs are taken and
+/// delivered.
+#[tokio::test]
+async fn a_nats_restarted_without_its_storage_takes_jobs_again() {
+    let (mut nats, sink, gw) = warm_nats_gateway("").await;
+    assert!(nats.restart_empty().await, "nats-server did not come back");
+    let mut taken = Vec::new();
+    for i in 0..120 {
+        let req = http::Request::post(format!("http://{}/hooks/again-{i}", gw.http))
+            .body(Full::new(Bytes::from("job")))
+            .expect("request");
+        let r = Client::http1().send(req).await.expect("response");
+        if r.status == 202 {
+            taken.push(r.header("x-scalegate-job-id").to_string());
+            break;
+        }
+        // Reported, never a silent loss.
+        assert_eq!(r.status, 503, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Before: 503 for a minute and more (for good).
+    assert!(
+        !taken.is_empty(),
+        "no job was taken after NATS came back empty"
+    );
+    taken.extend(post_jobs(&gw, 2).await);
+    until_delivered(&sink, &taken, 3, Duration::from_secs(40)).await;
+    quiescent(&gw).await;
+}

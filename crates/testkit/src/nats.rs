@@ -56,6 +56,46 @@ impl NatsServer {
         crate::started(&mut self.child, port, 200, || accepts(port)).await
     }
 
+    /// Kills the server and starts it again on the same port with its JetStream store wiped
+    /// (a server whose storage was lost); true once it accepts connections.
+    pub async fn restart_empty(&mut self) -> bool {
+        self.kill();
+        let store = self._dir.path().join("jetstream");
+        let _ = std::fs::remove_dir_all(&store);
+        self.child = Some(spawn(self.port, self._dir.path(), self.jetstream));
+        let port = self.port;
+        crate::started(&mut self.child, port, 200, || accepts(port)).await
+    }
+
+    /// Sends an empty request to `subject` (a JetStream API call such as
+    /// `$JS.API.CONSUMER.DELETE.<stream>.<consumer>`) and returns the answer's payload.
+    pub async fn request(&self, subject: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        let msg = format!(
+            "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB _INBOX.testkit 1\r\nPUB {subject} _INBOX.testkit 0\r\n\r\nPING\r\n"
+        );
+        s.write_all(msg.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 8192];
+        let mut seen = String::new();
+        for _ in 0..20 {
+            match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if let Some(at) = seen.find("MSG _INBOX.testkit")
+                        && let Some(end) = seen[at..].find("\r\n")
+                        && seen[at + end + 2..].contains("\r\n")
+                    {
+                        return Some(seen[at + end + 2..].trim_end().to_string());
+                    }
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
     /// Stops the server in its tracks (SIGSTOP): connections stay open, nothing is answered.
     /// Returns once every thread of the server has stopped: SIGSTOP stops the threads one by
     /// one, and on a busy machine one of them went on for long enough to answer a request

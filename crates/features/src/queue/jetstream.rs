@@ -354,7 +354,7 @@ async fn consume(
     loop {
         let Some(this) = me.upgrade() else { return };
         let set_up = tokio::time::timeout(Duration::from_secs(5), setup(&this, &route)).await;
-        let (js, consumer) = match set_up {
+        let (js, mut consumer) = match set_up {
             Ok(Ok(ready)) => ready,
             failed => {
                 drop(this);
@@ -388,8 +388,13 @@ async fn consume(
                 .messages()
                 .await;
             let Ok(mut batch) = batch else { break };
+            let (mut got, mut failed) = (0, false);
             while let Some(next) = batch.next().await {
-                let Ok(msg) = next else { break };
+                let Ok(msg) = next else {
+                    failed = true;
+                    break;
+                };
+                got += 1;
                 if me.strong_count() == 0 || *phase.borrow() != Phase::Running {
                     // A reload replaced this route's queue, or the drain began: hand it back.
                     let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -406,10 +411,26 @@ async fn consume(
                     drop(permit);
                 });
             }
+            // A pull that failed, or brought nothing, may be one to a consumer or a stream
+            // that is gone (deleted by an operator, or a NATS server restarted without its
+            // storage): JetStream answers those pulls with nothing or a bare status, and pulling
+            // on would leave every job taken with a 202 undelivered. Set up again then.
+            if failed || (got == 0 && !exists(&mut consumer).await) {
+                break;
+            }
         }
         tracing::warn!(route, "job queue: JetStream pull failed; reconnecting");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the route's consumer (and so its stream) still exists; a NATS server that does not
+/// answer within 5 s counts as not.
+async fn exists(consumer: &mut consumer::PullConsumer) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), consumer.info()).await,
+        Ok(Ok(_))
+    )
 }
 
 /// `what` failed because of `e`.
