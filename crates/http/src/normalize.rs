@@ -29,7 +29,8 @@ pub enum EscapedSlashes {
     /// Refused with 400 (default).
     #[default]
     Reject,
-    /// Left as sent (escapes upper-cased): the backend must treat them as data, not as `/`.
+    /// Left encoded (escapes upper-cased, a literal `\` sent as `%5C`): the backend must treat
+    /// them as data, not as `/`.
     Keep,
     /// Decoded to `/` (a backslash too) and then normalised like any other slash.
     Decode,
@@ -115,7 +116,11 @@ fn method(m: &http::Method) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The normalised form of an authority (`host[:port]`), None when it is already normal.
+/// The normalised form of an authority (`host[:port]`), None when it is already normal. One
+/// that is not `host[:port]` is 400 (RFC 9112 §3.2): a port that is not 1 to 5 digits, an IPv6
+/// literal that is not one or has anything but a port after it, and a name with
+/// an empty label (`internal.example..` would keep a trailing dot once one is removed, and be
+/// another name to the rules than to a backend that removes it too).
 pub fn host(authority: &str) -> Result<Option<String>, ProxyError> {
     let b = authority.as_bytes();
     if b.contains(&b'@') {
@@ -123,11 +128,27 @@ pub fn host(authority: &str) -> Result<Option<String>, ProxyError> {
     }
     // The name ends where the port starts (an IPv6 literal ends at its bracket).
     let name_end = if b.first() == Some(&b'[') {
-        b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
+        b.iter()
+            .position(|&c| c == b']')
+            .map(|i| i + 1)
+            .ok_or(ProxyError::BadRequest(
+                "IPv6 host without its closing bracket",
+            ))?
     } else {
         b.iter().position(|&c| c == b':').unwrap_or(b.len())
     };
+    port(&b[name_end..])?;
+    if b.first() == Some(&b'[')
+        && authority[1..name_end - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_err()
+    {
+        return Err(ProxyError::BadRequest("host is not a valid IPv6 literal"));
+    }
     let dot = name_end > 1 && b[name_end - 1] == b'.';
+    if b[..name_end].windows(2).any(|w| w == b"..") || &b[..name_end] == b"." {
+        return Err(ProxyError::BadRequest("empty label in the host"));
+    }
     if !dot && !b.iter().any(u8::is_ascii_uppercase) {
         return Ok(None);
     }
@@ -137,6 +158,22 @@ pub fn host(authority: &str) -> Result<Option<String>, ProxyError> {
     out.push_str(&authority[name_end..]);
     out.make_ascii_lowercase();
     Ok(Some(out))
+}
+
+/// What follows a host's name: nothing, or `:` and a port of at most five digits (empty, as
+/// RFC 3986 allows, too).
+fn port(rest: &[u8]) -> Result<(), ProxyError> {
+    let Some(digits) = rest.strip_prefix(b":") else {
+        return if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(ProxyError::BadRequest("host is not host[:port]"))
+        };
+    };
+    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ProxyError::BadRequest("host port is not a number"));
+    }
+    Ok(())
 }
 
 /// The normalised form of an origin path (starting with `/`), None when it is already normal.
@@ -275,7 +312,10 @@ fn decode(p: &[u8], spec: &NormalizeSpec) -> Result<Vec<u8>, ProxyError> {
                     EscapedSlashes::Reject => {
                         return Err(ProxyError::BadRequest("backslash in path"));
                     }
-                    EscapedSlashes::Keep => out.push(b'\\'),
+                    // Left encoded, as a `%5C` is: a raw `\` would be a separator to a backend
+                    // that takes it for `/` (IIS, Windows file servers), after the rules
+                    // matched one segment.
+                    EscapedSlashes::Keep => push_escape(&mut out, b'\\'),
                     EscapedSlashes::Decode => slash(&mut out),
                 }
                 i += 1;
@@ -416,6 +456,11 @@ mod tests {
         };
         assert_eq!(norm_with("/a%2fb/../c", keep).expect("keep"), "/c");
         assert_eq!(norm_with("/a/b%2f..", keep).expect("keep"), "/a/b%2F..");
+        // A probe's finding: a literal backslash went upstream raw, a separator to IIS.
+        assert_eq!(
+            norm_with("/x\\..\\admin", keep).expect("keep"),
+            "/x%5C..%5Cadmin"
+        );
         let decode = NormalizeSpec {
             escaped_slashes: EscapedSlashes::Decode,
             ..NormalizeSpec::default()
@@ -473,6 +518,23 @@ mod tests {
         ] {
             assert_eq!(host(raw).expect(raw).as_deref(), want, "{raw}");
         }
+        // A probe's finding: two trailing dots lost one and passed a host-matched deny rule.
+        for bad in [
+            "internal.example..",
+            "internal.example..:80",
+            "a..b",
+            ".",
+            "x:abc",
+            "x:-1",
+            "x:+80",
+            "x:999999",
+            "[::1]x",
+            "[::1",
+            "[zz]:",
+        ] {
+            assert!(host(bad).is_err(), "{bad}");
+        }
+        assert_eq!(host("x:").expect("empty port").as_deref(), None);
         assert!(host("user@evil.example").is_err());
         assert!(host("user:pw@evil.example:80").is_err());
     }

@@ -204,7 +204,7 @@ impl Admin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .unwrap_or("");
         // Compare in constant time for equal lengths.
         let same = given.len() == token.len()
@@ -308,4 +308,13 @@ impl Admin {
             .collect();
         json!({ "version": snap.version, "draining": self.gw.is_draining(), "upstreams": ups })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive (RFC
+/// 9110 §11.1), and spaces may follow it (RFC 9110 §11.4's `1*SP`).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }

@@ -165,10 +165,15 @@ const NEW_TOKEN: &str = "new-token-9876543210";
 
 /// An admin call with a bearer token.
 async fn call(gw: &GatewayProcess, method: &str, path: &str, token: &str) -> u16 {
+    call_as(gw, method, path, &format!("Bearer {token}")).await
+}
+
+/// An admin call with this Authorization value.
+async fn call_as(gw: &GatewayProcess, method: &str, path: &str, authorization: &str) -> u16 {
     let req = http::Request::builder()
         .method(method)
         .uri(format!("http://{}{path}", gw.admin))
-        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", authorization)
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");
     Client::http1()
@@ -207,6 +212,12 @@ async fn a_reloaded_admin_token_is_in_force_at_once() {
         401,
         "the old one does not"
     );
+    // A probe's finding: the scheme is case-insensitive (RFC 9110 §11.1); `bearer` was 401.
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} {NEW_TOKEN}");
+        assert_eq!(call_as(&gw, "POST", &drain, &auth).await, 200, "{scheme}");
+    }
+    assert_eq!(call_as(&gw, "POST", &drain, NEW_TOKEN).await, 401);
     quiescent(&gw).await;
 }
 

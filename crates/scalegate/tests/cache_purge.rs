@@ -441,3 +441,51 @@ async fn reloadable(
     .await;
     (g, config)
 }
+
+/// A probe's finding: a key under the cache's prefix holding another type (a string written by
+/// some other program) made Redis answer WRONGTYPE. The tier took that for Redis being down on
+/// every instance that filled the URL ("redis down; carrying on from memory alone" every few
+/// seconds), and the in-order writer retried the refused fill for ever, so fills of every other
+/// URL waited behind it and the other instances went to the origin for them. Now the refused
+/// key is replaced by the fill and the tier stays up.
+#[tokio::test]
+async fn a_key_of_another_type_is_replaced_and_holds_no_other_fill_back() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let poisoned = "scalegate:cache:127.0.0.1/poison/1";
+    assert!(
+        redis
+            .command(&["SET", poisoned, "not a hash"])
+            .await
+            .is_some_and(|r| r.starts_with("+OK"))
+    );
+    // Every instance looks the URL up and fills it: each meets the refusal.
+    for (i, g) in gws.iter().enumerate() {
+        let r = get(g, "/poison/1", &[]).await;
+        assert!(r.body.starts_with("/poison/1 #"), "{i}: {}", r.body);
+    }
+    let others = paths("/after/", 5);
+    for p in &others {
+        assert_eq!(get(&gws[0], p, &[]).await.body, format!("{p} #1"));
+    }
+    // Before: none of these reached Redis while the poisoned key was there.
+    // Before: the other instances took Redis for down and went to the origin.
+    for p in &others {
+        reaches_redis(&redis, p).await;
+        for g in &gws[1..] {
+            assert_eq!(get(g, p, &[]).await.body, format!("{p} #1"));
+        }
+        assert_eq!(o.hits(p), 1, "{p}");
+    }
+    let kind = redis.command(&["TYPE", poisoned]).await.unwrap_or_default();
+    assert!(
+        kind.starts_with("+hash"),
+        "the fill replaced the key: {kind}"
+    );
+    for g in &gws {
+        let view = g.admin_get("/cache").await;
+        assert!(view.contains("\"up\":true"), "{view}");
+        quiescent(g).await;
+    }
+}

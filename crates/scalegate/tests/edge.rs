@@ -190,6 +190,18 @@ async fn encoded_slashes_can_be_kept_or_decoded_per_listener() {
         "kept",
     )
     .await;
+    // A probe's finding: a literal backslash was forwarded raw, a separator to backends that
+    // take it for `/` (IIS), after the rules had matched one segment.
+    assert_eq!(
+        h1(keep.http, b"GET /x\\..\\admin HTTP/1.1\r\nHost: s\r\n\r\n").await,
+        [200]
+    );
+    expect(
+        &rec,
+        &[plain("GET /x%5C..%5Cadmin HTTP/1.1", "s", &[], b"")],
+        "a backslash kept encoded",
+    )
+    .await;
     let decode = gateway_with("escaped_slashes = \"decode\"", &rec).await;
     assert_eq!(
         h1(

@@ -103,6 +103,10 @@ impl RedisLink {
                 Ok(Err(e)) if again && (e.is_connection_dropped() || e.is_io_error()) => {
                     again = false;
                 }
+                Ok(Err(e)) if refused_key(&e) => {
+                    self.refused(what, &e);
+                    return None;
+                }
                 Ok(Err(e)) => {
                     self.failed(what, &e);
                     return None;
@@ -136,6 +140,10 @@ impl RedisLink {
                 self.ok();
                 Ok(v)
             }
+            Ok(Err(e)) if refused_key(&e) => {
+                self.refused(what, &e);
+                Err(format!("{what}: {e}"))
+            }
             Ok(Err(e)) => {
                 self.failed(what, &e);
                 Err(format!("{what}: {e}"))
@@ -145,6 +153,14 @@ impl RedisLink {
                 Err(format!("{what}: timed out after {budget:?}"))
             }
         }
+    }
+
+    /// Redis answered, refusing one key (it holds another type): Redis is up, only that key
+    /// is skipped. Counted as an error, without a hold-off.
+    fn refused(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.ok();
+        tracing::debug!(error = %e, what, role = self.role, "redis refused a key of another type");
     }
 
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -163,6 +179,15 @@ impl RedisLink {
         }
     }
 }
+
+/// Whether Redis answered with a refusal of a key that holds another type (`WRONGTYPE`: a key
+/// written by something else under the prefix): an answer about that key, not Redis being down.
+pub fn refused_key(e: &redis::RedisError) -> bool {
+    e.code() == Some(WRONG_TYPE) || e.to_string().contains(WRONG_TYPE)
+}
+
+/// The error code of a command on a key of another type.
+pub const WRONG_TYPE: &str = "WRONGTYPE";
 
 async fn connect(link: Weak<RedisLink>) {
     loop {

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use scalegate_shared::redis_link::WRONG_TYPE;
 use tokio::sync::Notify;
 
 use super::l2::{BACKGROUND, L2, encode, ms};
@@ -93,11 +94,19 @@ pub async fn writer(l2: Weak<L2>, queue: Arc<WriteQueue>, store: Weak<Store>) {
                 }
                 continue;
             }
-            match me.write(&batch).await {
-                Ok(()) => {
+            let written = match me.write(&batch).await {
+                Ok(()) => Ok(batch.len()),
+                // One key of the batch holds another type (something else wrote under the
+                // prefix): Redis is up, and that key must not hold every fill back. The fills
+                // go one by one; the refused one replaces the key.
+                Err(e) if e.contains(WRONG_TYPE) => me.write_one_by_one(&batch).await,
+                Err(e) => Err((0, e)),
+            };
+            match written {
+                Ok(n) => {
                     backoff = BACKOFF.0;
                     me.writes
-                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     // A purge applied while the pipeline was in flight may have run before it.
                     let late: Vec<String> = batch
                         .iter()
@@ -108,7 +117,8 @@ pub async fn writer(l2: Weak<L2>, queue: Arc<WriteQueue>, store: Weak<Store>) {
                         let _ = me.delete(late).await;
                     }
                 }
-                Err(e) => {
+                Err((done, e)) => {
+                    let batch: Vec<Pending> = batch.into_iter().skip(done).collect();
                     tracing::debug!(error = %e, fills = batch.len(), "cache fills wait for redis");
                     queue.put_back(batch);
                     drop(me);
@@ -121,6 +131,38 @@ pub async fn writer(l2: Weak<L2>, queue: Arc<WriteQueue>, store: Weak<Store>) {
 }
 
 impl L2 {
+    /// Writes fills one at a time; a fill whose URL key holds another type replaces it, and one
+    /// refused even then (a tag or index key of another type) is dropped and counted. Ok with
+    /// how many were written; Err with how many were done (written or dropped) when Redis
+    /// fails otherwise.
+    async fn write_one_by_one(&self, batch: &[Pending]) -> Result<usize, (usize, String)> {
+        let mut written = 0;
+        for (done, item) in batch.iter().enumerate() {
+            let one = std::slice::from_ref(item);
+            match self.write(one).await {
+                Ok(()) => written += 1,
+                Err(e) if e.contains(WRONG_TYPE) => {
+                    let key = self.key(&item.obj.url);
+                    let _ = self
+                        .link
+                        .call_within("put", BACKGROUND, |mut c| async move {
+                            redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+                        })
+                        .await;
+                    if self.write(one).await.is_ok() {
+                        written += 1;
+                    } else {
+                        self.dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(url = %item.obj.url, "cache fill not written to redis: a key it needs holds another type");
+                    }
+                }
+                Err(e) => return Err((done, e)),
+            }
+        }
+        Ok(written)
+    }
+
     /// Writes fills in one pipeline: the hash fields, the tag sets, the URL index.
     async fn write(&self, batch: &[Pending]) -> Result<(), String> {
         let now = SystemTime::now();
