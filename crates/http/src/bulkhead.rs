@@ -53,15 +53,16 @@ struct Waiter {
 }
 
 struct State {
+    spec: BulkheadSpec,
     in_flight: usize,
     limit: usize,
     queues: [VecDeque<Waiter>; 3],
     aimd: Option<Aimd>,
 }
 
-/// One upstream's bulkhead.
+/// One upstream's (or route's) bulkhead. A reload that changes its settings changes them in
+/// place ([`Bulkhead::reconfigure`]): the requests in flight still count against the new cap.
 pub struct Bulkhead {
-    spec: BulkheadSpec,
     state: Mutex<State>,
     ids: AtomicU64,
 }
@@ -69,7 +70,7 @@ pub struct Bulkhead {
 impl std::fmt::Debug for Bulkhead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bulkhead")
-            .field("spec", &self.spec)
+            .field("spec", &self.spec())
             .finish_non_exhaustive()
     }
 }
@@ -89,19 +90,42 @@ impl std::fmt::Debug for Permit {
 impl Bulkhead {
     /// A bulkhead with these settings.
     pub fn new(spec: BulkheadSpec) -> Arc<Bulkhead> {
-        let aimd = spec
-            .adaptive
-            .map(|(min, tol)| Aimd::new(min, spec.max_in_flight, tol));
         Arc::new(Bulkhead {
             state: Mutex::new(State {
                 in_flight: 0,
                 limit: spec.max_in_flight.max(1),
                 queues: Default::default(),
-                aimd,
+                aimd: aimd(&spec),
+                spec,
             }),
-            spec,
             ids: AtomicU64::new(0),
         })
+    }
+
+    /// Takes new settings (a reload), keeping the requests in flight and waiting: a lowered
+    /// cap admits nobody until enough of those in flight have finished (a fresh bulkhead let
+    /// the upstream take the old and the new cap's worth at once, just when an operator
+    /// lowered it against an overload), a shorter queue sheds its newest lowest-priority
+    /// waiters, a raised cap admits waiters at once.
+    pub fn reconfigure(&self, spec: BulkheadSpec) {
+        let mut s = self.lock();
+        if s.spec == spec {
+            return;
+        }
+        if s.spec.max_in_flight != spec.max_in_flight || s.spec.adaptive != spec.adaptive {
+            s.limit = spec.max_in_flight.max(1);
+            s.aimd = aimd(&spec);
+        }
+        let mut queued: usize = s.queues.iter().map(VecDeque::len).sum();
+        while queued > spec.max_queue {
+            let Some(p) = (0..3).rev().find(|&p| !s.queues[p].is_empty()) else {
+                break;
+            };
+            drop(s.queues[p].pop_back());
+            queued -= 1;
+        }
+        s.spec = spec;
+        grant(&mut s);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -111,9 +135,9 @@ impl Bulkhead {
         }
     }
 
-    /// The settings it was built with.
-    pub fn spec(&self) -> &BulkheadSpec {
-        &self.spec
+    /// The settings in force.
+    pub fn spec(&self) -> BulkheadSpec {
+        self.lock().spec.clone()
     }
 
     /// (in flight, current limit, waiting) for the admin view and metrics.
@@ -129,14 +153,14 @@ impl Bulkhead {
     /// Admits a request of priority `prio`, waiting in the queue if need be.
     pub async fn acquire(self: &Arc<Self>, prio: Priority) -> Result<Permit, Shed> {
         let id = self.ids.fetch_add(1, Relaxed);
-        let rx = {
+        let (rx, queue_timeout) = {
             let mut s = self.lock();
             let queued: usize = s.queues.iter().map(VecDeque::len).sum();
             if s.in_flight < s.limit && queued == 0 {
                 s.in_flight += 1;
                 return Ok(self.permit());
             }
-            if queued >= self.spec.max_queue {
+            if queued >= s.spec.max_queue {
                 // Displace the newest waiter of the lowest priority below ours, if any.
                 let victim = (prio as usize + 1..3)
                     .rev()
@@ -148,7 +172,7 @@ impl Bulkhead {
             }
             let (tx, rx) = oneshot::channel();
             s.queues[prio as usize].push_back(Waiter { id, tx });
-            rx
+            (rx, s.spec.queue_timeout)
         };
         // From here the wait may be abandoned at any await (the client went away): the ticket
         // takes the waiter out of the queue, or gives back a slot granted too late, on drop.
@@ -159,7 +183,7 @@ impl Bulkhead {
             rx,
             settled: false,
         };
-        let granted = tokio::time::timeout(self.spec.queue_timeout, &mut ticket.rx).await;
+        let granted = tokio::time::timeout(queue_timeout, &mut ticket.rx).await;
         ticket.settled = true;
         match granted {
             Ok(Ok(())) => Ok(self.permit()),
@@ -194,13 +218,24 @@ impl Bulkhead {
         {
             s.limit = a.on_sample(latency, crate::clock::tick_at(now)).max(1);
         }
-        while s.in_flight < s.limit {
-            let Some(next) = s.queues.iter_mut().find_map(VecDeque::pop_front) else {
-                break;
-            };
-            if next.tx.send(()).is_ok() {
-                s.in_flight += 1;
-            }
+        grant(&mut s);
+    }
+}
+
+/// The adaptive controller `spec` asks for.
+fn aimd(spec: &BulkheadSpec) -> Option<Aimd> {
+    spec.adaptive
+        .map(|(min, tol)| Aimd::new(min, spec.max_in_flight, tol))
+}
+
+/// Grants free slots to waiters, highest priority first.
+fn grant(s: &mut State) {
+    while s.in_flight < s.limit {
+        let Some(next) = s.queues.iter_mut().find_map(VecDeque::pop_front) else {
+            break;
+        };
+        if next.tx.send(()).is_ok() {
+            s.in_flight += 1;
         }
     }
 }
@@ -283,6 +318,34 @@ mod tests {
         assert_eq!(b.snapshot(), (0, 1, 0), "the late grant was given back");
         let again = b.acquire(Priority::Normal).await.expect("free again");
         drop(again);
+    }
+
+    /// A probe's finding: a reload that lowered `max_in_flight` built a fresh bulkhead at zero,
+    /// so the upstream took the old cap's requests and the new cap's at once (3 to 5 in flight
+    /// against a new cap of 1).
+    #[tokio::test]
+    async fn a_lowered_cap_counts_the_requests_already_in_flight() {
+        let b = Bulkhead::new(spec(2, 4));
+        let first = b.acquire(Priority::Normal).await.expect("free slot");
+        let second = b.acquire(Priority::Normal).await.expect("free slot");
+        b.reconfigure(spec(1, 4));
+        let mut third = Box::pin(b.acquire(Priority::Normal));
+        assert!(futures_util::poll!(third.as_mut()).is_pending());
+        assert_eq!(b.snapshot(), (2, 1, 1), "two in flight, one waiting");
+        drop(first);
+        assert_eq!(b.snapshot(), (1, 1, 1), "still at the new cap");
+        drop(second);
+        assert_eq!(b.snapshot(), (1, 1, 0), "granted once under it");
+        let third = third.await.expect("granted");
+        // A raised cap admits at once; a shorter queue sheds its newest waiter.
+        b.reconfigure(spec(3, 0));
+        let more = b
+            .acquire(Priority::Normal)
+            .await
+            .expect("under the raised cap");
+        assert_eq!(b.snapshot(), (2, 3, 0));
+        drop((third, more));
+        assert_eq!(b.snapshot(), (0, 3, 0));
     }
 
     #[tokio::test]

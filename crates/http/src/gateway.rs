@@ -153,6 +153,8 @@ impl Gateway {
     ) -> Result<Arc<Snapshot>, ApplyError> {
         let _serial = lock(&self.apply_lock);
         let old = self.snapshot();
+        // Bulkheads kept with new settings, changed once nothing can refuse the config.
+        let mut resized = Vec::new();
 
         let mut listeners = Vec::with_capacity(spec.listeners.len());
         for l in &spec.listeners {
@@ -221,10 +223,11 @@ impl Gateway {
                 );
             }
             let bulkhead = u.bulkhead.as_ref().map(|spec| {
-                old.upstream(&u.name)
-                    .and_then(|o| o.bulkhead.clone())
-                    .filter(|b| b.spec() == spec)
-                    .unwrap_or_else(|| crate::bulkhead::Bulkhead::new(spec.clone()))
+                kept_bulkhead(
+                    old.upstream(&u.name).and_then(|o| o.bulkhead.clone()),
+                    spec,
+                    &mut resized,
+                )
             });
             upstreams.push(Arc::new(Upstream::new(u.clone(), eps, bulkhead)));
         }
@@ -246,12 +249,12 @@ impl Gateway {
                 metrics: self.metrics.route(&r.name, &r.upstream),
                 handler: built.handlers.get(&r.name).cloned(),
                 bulkhead: r.bulkhead.as_ref().map(|spec| {
-                    old.routes
+                    let kept = old
+                        .routes
                         .iter()
                         .find(|o| o.spec.name == r.name)
-                        .and_then(|o| o.bulkhead.clone())
-                        .filter(|b| b.spec() == spec)
-                        .unwrap_or_else(|| crate::bulkhead::Bulkhead::new(spec.clone()))
+                        .and_then(|o| o.bulkhead.clone());
+                    kept_bulkhead(kept, spec, &mut resized)
                 }),
                 limiter: r.rate_limit.as_ref().map(|rl| {
                     old.routes
@@ -294,6 +297,11 @@ impl Gateway {
             before_routing: built.before_routing,
             features: built.state,
         });
+        // Only now, with nothing left to refuse the config: the old snapshot's bulkheads stay
+        // as they were when a reload fails.
+        for (b, spec) in resized {
+            b.reconfigure(spec);
+        }
         self.current.store(snap.clone());
         // A removed endpoint is not marked draining: a request that loaded the old snapshot
         // an instant before the swap may still pick it (and must not get a 503 for an
@@ -421,5 +429,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
+    }
+}
+
+/// The bulkhead a reloaded upstream or route keeps: the old one when there is one (its requests
+/// in flight and waiting count on), noted in `resized` when its settings change; else a new one.
+fn kept_bulkhead(
+    old: Option<Arc<crate::bulkhead::Bulkhead>>,
+    spec: &crate::bulkhead::BulkheadSpec,
+    resized: &mut Vec<(
+        Arc<crate::bulkhead::Bulkhead>,
+        crate::bulkhead::BulkheadSpec,
+    )>,
+) -> Arc<crate::bulkhead::Bulkhead> {
+    match old {
+        Some(b) => {
+            if b.spec() != *spec {
+                resized.push((b.clone(), spec.clone()));
+            }
+            b
+        }
+        None => crate::bulkhead::Bulkhead::new(spec.clone()),
     }
 }

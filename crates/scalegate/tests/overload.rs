@@ -255,3 +255,58 @@ async fn an_adaptive_bulkhead_does_not_shed_an_upstream_with_fast_and_slow_paths
     assert!(shed * 50 < ok, "{shed} shed against {ok} served");
     quiescent(&gw).await;
 }
+
+/// A probe's finding: a reload that lowered an upstream's `max_in_flight` while requests were
+/// in flight built a fresh bulkhead at zero: the upstream then had the old cap's requests and
+/// the new cap's at once (3 to 5 in flight against a new cap of 1), just when an operator
+/// lowered it against an overload, and `/upstreams` showed only the new ones. The bulkhead now
+/// takes the new settings in place.
+#[tokio::test]
+async fn a_reload_that_lowers_a_bulkhead_counts_the_requests_in_flight() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.set_delay(Duration::from_secs(2));
+    let cap = |n: usize| {
+        two_upstreams(
+            &a,
+            &b,
+            &format!("concurrency = {{ max_in_flight = {n}, queue = 4, queue_timeout = \"10s\" }}"),
+        )
+    };
+    let gw = GatewayProcess::start(BIN, &cap(2)).await;
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let addr = gw.http;
+        calls.push(tokio::spawn(async move {
+            Client::http1().get(addr, "/a").await
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), || async { a.hits() == 2 }).await);
+    gw.write_config(&cap(1));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.admin_get("/upstreams").await.contains("\"limit\":1")
+        })
+        .await,
+        "the reload took"
+    );
+    let view = gw.admin_get("/upstreams").await;
+    assert!(view.contains("\"in_flight\":2"), "{view}");
+    let addr = gw.http;
+    calls.push(tokio::spawn(async move {
+        Client::http1().get(addr, "/a").await
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Before: 3 (the new request went straight to the upstream).
+    assert_eq!(
+        a.hits(),
+        2,
+        "a request over the new cap reached the upstream"
+    );
+    for c in calls {
+        let r = c.await.expect("join").expect("response");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(a.hits(), 3);
+    quiescent(&gw).await;
+}
