@@ -4,13 +4,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use scalegate_core::endpoint::Availability;
 use scalegate_http::{Gateway, clock};
@@ -52,9 +53,21 @@ pub async fn start(
         registry,
         token,
     });
+    let open = Arc::new(tokio::sync::Semaphore::new(MOST_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: try again shortly rather than spin.
+                    tracing::debug!(error = %e, "admin: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(place) = open.clone().try_acquire_owned() else {
+                // Over the cap: closed at once (the admin port shares the process's file
+                // descriptors with the data path).
                 continue;
             };
             let admin = admin.clone();
@@ -64,13 +77,25 @@ pub async fn start(
                     async move { Ok::<_, Infallible>(admin.serve(req, peer).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
+                drop(place);
             });
         }
     });
     Ok(local)
 }
+
+/// Most admin connections open at once; more are closed as they are accepted. A client that
+/// opened thousands of half-sent requests held as many file descriptors, which the data path
+/// shares (a probe's finding: 3,000 held for good).
+const MOST_CONNECTIONS: usize = 1024;
+
+/// How long an admin client has to send a request head, idle keep-alive included: slowloris
+/// clients are closed as on the public listeners.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What another host may read without the token: liveness, readiness, metrics, the upstreams'
 /// view and the dashboard that shows them (what `admin.expose_without_token` promises). The

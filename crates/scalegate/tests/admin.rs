@@ -285,3 +285,33 @@ async fn a_local_client_of_a_dual_stack_admin_address_is_local() {
     assert_eq!(r.status, 200, "{}", r.body);
     quiescent(&gw).await;
 }
+
+/// A probe's finding: the admin listener had no header-read timeout and no connection cap: a
+/// client that opened connections and sent half a request head held them for good (3,000 file
+/// descriptors, which the data path shares). A head not sent within 10 s now closes the
+/// connection, as on the public listeners.
+#[tokio::test]
+async fn a_half_sent_admin_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start(BIN, &app(&bs, "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.admin)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    // Before: still open after a minute.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the half-sent request was not closed");
+    quiescent(&gw).await;
+}
