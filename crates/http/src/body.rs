@@ -352,6 +352,16 @@ impl RespBody {
         Some(c)
     }
 
+    /// Drops an upstream body the gateway answers without (a stored copy served in its place):
+    /// the request is not cut short by it, as it would be by a body dropped unsent.
+    pub fn set_aside(mut self) {
+        if let RespBody::Upstream { inner, done, .. } = &mut self
+            && let Some(c) = done.take()
+        {
+            c.finish(inner.is_end_stream());
+        }
+    }
+
     /// The upstream's body, with its completion bookkeeping.
     pub fn upstream(inner: UpstreamBody, done: Completion) -> Self {
         RespBody::Upstream {
@@ -493,11 +503,20 @@ fn grpc_end(status: &'static str, message: &'static str) -> Frame<Bytes> {
 }
 
 impl Drop for RespBody {
+    /// An upstream body dropped before its end (the client left, or the drain timeout closed
+    /// its connection) was not delivered whole: its access log line and the route's count say
+    /// so, as for an upstream that broke off (a probe's finding: a response cut by the drain
+    /// was logged as a whole 200). A body with nothing left (HEAD, 204, 304, which hyper never
+    /// reads) is whole.
     fn drop(&mut self) {
         if let RespBody::Upstream { inner, done, .. } = self
             && let Some(c) = done.take()
         {
-            c.finish(inner.is_end_stream());
+            if inner.is_end_stream() {
+                c.finish(true);
+            } else {
+                c.cut_short();
+            }
         }
     }
 }

@@ -330,3 +330,35 @@ async fn a_removed_endpoint_leaves_no_series_and_no_idle_connection() {
     assert!(left.is_empty(), "{left:#?}");
     quiescent(&gw).await;
 }
+
+/// A probe's finding: a response the drain timeout cut off (its client got a truncated body)
+/// was logged as a whole 200 and not counted as incomplete, so responses lost to a shutdown
+/// could not be found. A response body dropped before its end is now logged `incomplete`, as
+/// one the upstream broke off is.
+#[tokio::test]
+async fn a_response_cut_by_the_drain_timeout_is_logged_incomplete() {
+    let bs = backends(1).await;
+    let mut gw = GatewayProcess::start_with(
+        BIN,
+        "[lifecycle]\ndrain_timeout = \"1s\"\n[log]\naccess_log = true",
+        &app(&bs, ""),
+    )
+    .await;
+    let addr = gw.http;
+    // 200 chunks, one every 50 ms: 10 s, far past the drain timeout.
+    let long = tokio::spawn(async move { Client::http1().get(addr, "/drip/200/50").await });
+    assert!(eventually(Duration::from_secs(5), || async { bs[0].hits() == 1 }).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+    let cut = long.await.expect("join");
+    assert!(cut.is_err(), "the client saw the body cut: {cut:?}");
+    let log = gw.stdout();
+    let line = log
+        .lines()
+        .find(|l| l.contains("/drip/200/50"))
+        .unwrap_or_else(|| panic!("no line for the cut response: {log}"));
+    // Before: a plain 200 line.
+    assert!(line.contains("\"incomplete\":true"), "{line}");
+}

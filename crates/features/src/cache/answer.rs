@@ -39,7 +39,7 @@ pub fn from_served(
     cs: HeaderValue,
     upstream: RespBody,
 ) -> Response<RespBody> {
-    drop(upstream);
+    upstream.set_aside();
     build(o, req, cs)
 }
 
