@@ -279,6 +279,9 @@ async fn unsafe_methods_invalidate_and_head_is_served_from_get() {
     assert_eq!(o.hits("/items"), 1);
     let post = c.post_with(g.http, "/items", &[]).await.expect("post");
     assert_eq!(post.status, 201);
+    // A probe's finding: responses to other methods carried no Cache-Status, though every
+    // response of a caching route does (README).
+    assert_eq!(status(&post), "scalegate; fwd=bypass; fwd-status=201");
     assert_eq!(
         get(&g, "/items", &[]).await.body,
         "/items #3",

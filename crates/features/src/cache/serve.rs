@@ -173,7 +173,7 @@ async fn pass_unsafe(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let resp = cx.origin(parts, Some(body), done).await?;
+    let resp = cx.origin(parts.clone(), Some(body), done).await?;
     let st = resp.status();
     if !safe && (st.is_success() || st.is_redirection()) {
         let normalize = &cx.ctx.edge.normalize;
@@ -194,7 +194,8 @@ async fn pass_unsafe(
             super::purger::invalidate_url(&cx.store, target);
         }
     }
-    Ok(resp)
+    // Cache-Status on every response of a caching route (README), these too.
+    Ok(finish_forwarded(cx, &parts, resp, Fwd::Bypass))
 }
 
 async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Served {
