@@ -5,7 +5,9 @@
 //! upstream) progress acknowledgements keep JetStream from handing it to anyone else; a drain
 //! hands jobs back at once (negative acknowledgement); an instance that dies holding jobs lets
 //! them be redelivered after `ack_wait` (15 s). The attempt number is JetStream's delivery
-//! count, so it only grows.
+//! count, so it only grows. A pull that fails, or brings nothing while the route's consumer no
+//! longer answers, sets the stream and the consumer up again (one deleted by an operator, a
+//! NATS server restarted without its storage): pulling on would leave every job taken undelivered.
 //! A job sent twice with the same Idempotency-Key within the stream's duplicate window is
 //! stored once (`Nats-Msg-Id`).
 //!
