@@ -414,7 +414,9 @@ impl Body for RespBody {
                         if let (Some(d), Some(c)) = (f.data_ref(), done.as_mut()) {
                             c.count_bytes(d.len() as u64);
                         }
-                        if inner.is_end_stream()
+                        // Trailers are the last frame (hyper reads no further, and a chunked
+                        // body never reports its end otherwise).
+                        if (f.is_trailers() || inner.is_end_stream())
                             && let Some(c) = done.take()
                         {
                             c.finish(true);

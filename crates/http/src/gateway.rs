@@ -222,13 +222,8 @@ impl Gateway {
                     "reload: endpoints' breakers closed (beyond the ejection cap, or the breaker turned off)"
                 );
             }
-            let bulkhead = u.bulkhead.as_ref().map(|spec| {
-                kept_bulkhead(
-                    old.upstream(&u.name).and_then(|o| o.bulkhead.clone()),
-                    spec,
-                    &mut resized,
-                )
-            });
+            let before = old.upstream(&u.name).and_then(|o| o.bulkhead.clone());
+            let bulkhead = kept_bulkhead(before, u.bulkhead.as_ref(), &mut resized);
             upstreams.push(Arc::new(Upstream::new(u.clone(), eps, bulkhead)));
         }
 
@@ -248,14 +243,14 @@ impl Gateway {
                 upstream: idx,
                 metrics: self.metrics.route(&r.name, &r.upstream),
                 handler: built.handlers.get(&r.name).cloned(),
-                bulkhead: r.bulkhead.as_ref().map(|spec| {
-                    let kept = old
-                        .routes
+                bulkhead: kept_bulkhead(
+                    old.routes
                         .iter()
                         .find(|o| o.spec.name == r.name)
-                        .and_then(|o| o.bulkhead.clone());
-                    kept_bulkhead(kept, spec, &mut resized)
-                }),
+                        .and_then(|o| o.bulkhead.clone()),
+                    r.bulkhead.as_ref(),
+                    &mut resized,
+                ),
                 limiter: r.rate_limit.as_ref().map(|rl| {
                     old.routes
                         .iter()
@@ -434,21 +429,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The bulkhead a reloaded upstream or route keeps: the old one when there is one (its requests
 /// in flight and waiting count on), noted in `resized` when its settings change; else a new one.
+/// A bulkhead the new config removes is noted to be opened without a cap, so that requests
+/// still waiting in it go at once, as new ones do.
 fn kept_bulkhead(
     old: Option<Arc<crate::bulkhead::Bulkhead>>,
-    spec: &crate::bulkhead::BulkheadSpec,
+    spec: Option<&crate::bulkhead::BulkheadSpec>,
     resized: &mut Vec<(
         Arc<crate::bulkhead::Bulkhead>,
         crate::bulkhead::BulkheadSpec,
     )>,
-) -> Arc<crate::bulkhead::Bulkhead> {
-    match old {
-        Some(b) => {
+) -> Option<Arc<crate::bulkhead::Bulkhead>> {
+    match (old, spec) {
+        (Some(b), Some(spec)) => {
             if b.spec() != *spec {
                 resized.push((b.clone(), spec.clone()));
             }
-            b
+            Some(b)
         }
-        None => crate::bulkhead::Bulkhead::new(spec.clone()),
+        (None, Some(spec)) => Some(crate::bulkhead::Bulkhead::new(spec.clone())),
+        (Some(b), None) => {
+            let open = crate::bulkhead::BulkheadSpec {
+                max_in_flight: usize::MAX,
+                adaptive: None,
+                ..b.spec()
+            };
+            resized.push((b, open));
+            None
+        }
+        (None, None) => None,
     }
 }

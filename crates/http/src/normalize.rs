@@ -117,10 +117,10 @@ fn method(m: &http::Method) -> Result<(), ProxyError> {
 }
 
 /// The normalised form of an authority (`host[:port]`), None when it is already normal. One
-/// that is not `host[:port]` is 400 (RFC 9112 §3.2): a port that is not 1 to 5 digits, an IPv6
-/// literal that is not one or has anything but a port after it, and a name with
-/// an empty label (`internal.example..` would keep a trailing dot once one is removed, and be
-/// another name to the rules than to a backend that removes it too).
+/// that is not `host[:port]` is 400 (RFC 9112 §3.2): a port that is not a number up to 65535,
+/// a port without a name, an IPv6 literal that is not one or has anything but a port after it,
+/// and a name with an empty label (`internal.example..` would keep a trailing dot once one is
+/// removed, and be another name to the rules than to a backend that removes it too).
 pub fn host(authority: &str) -> Result<Option<String>, ProxyError> {
     let b = authority.as_bytes();
     if b.contains(&b'@') {
@@ -146,8 +146,12 @@ pub fn host(authority: &str) -> Result<Option<String>, ProxyError> {
         return Err(ProxyError::BadRequest("host is not a valid IPv6 literal"));
     }
     let dot = name_end > 1 && b[name_end - 1] == b'.';
-    if b[..name_end].windows(2).any(|w| w == b"..") || &b[..name_end] == b"." {
+    let name = &b[..name_end];
+    if name.windows(2).any(|w| w == b"..") || name.first() == Some(&b'.') {
         return Err(ProxyError::BadRequest("empty label in the host"));
+    }
+    if name.is_empty() && !b.is_empty() {
+        return Err(ProxyError::BadRequest("host without a name"));
     }
     if !dot && !b.iter().any(u8::is_ascii_uppercase) {
         return Ok(None);
@@ -160,8 +164,8 @@ pub fn host(authority: &str) -> Result<Option<String>, ProxyError> {
     Ok(Some(out))
 }
 
-/// What follows a host's name: nothing, or `:` and a port of at most five digits (empty, as
-/// RFC 3986 allows, too).
+/// What follows a host's name: nothing, or `:` and a port up to 65535 (empty, as RFC 3986
+/// allows, too).
 fn port(rest: &[u8]) -> Result<(), ProxyError> {
     let Some(digits) = rest.strip_prefix(b":") else {
         return if rest.is_empty() {
@@ -172,6 +176,12 @@ fn port(rest: &[u8]) -> Result<(), ProxyError> {
     };
     if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(ProxyError::BadRequest("host port is not a number"));
+    }
+    let n = digits
+        .iter()
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    if n > u32::from(u16::MAX) {
+        return Err(ProxyError::BadRequest("host port is over 65535"));
     }
     Ok(())
 }
@@ -528,6 +538,9 @@ mod tests {
             "x:-1",
             "x:+80",
             "x:999999",
+            "x:65536",
+            ".example.com",
+            ":80",
             "[::1]x",
             "[::1",
             "[zz]:",

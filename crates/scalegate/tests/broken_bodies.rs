@@ -218,3 +218,39 @@ async fn a_body_cut_after_its_head_is_logged_and_counted_as_incomplete() {
     );
     quiescent(&gw).await;
 }
+
+/// A regression hunt's finding on the fix that marks bodies dropped before their end: a chunked
+/// body that ended with trailers never reports its end to the gateway (hyper reads no further
+/// after the trailers), so it was logged `incomplete` and counted although the client got it
+/// whole. Trailers are the last frame: the body is whole once they pass.
+#[tokio::test]
+async fn a_chunked_body_that_ends_with_trailers_is_whole() {
+    let b = Backend::start("b0").await;
+    let rest = routed(
+        &endpoints(std::slice::from_ref(&b)),
+        "/",
+        "",
+        "passive = { consecutive_failures = 0 }",
+    );
+    let gw = GatewayProcess::start_with(BIN, "[log]\naccess_log = true", &rest).await;
+    let (out, _) = raw(
+        gw.http,
+        b"POST /grpc/x HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "answer: {out:?}");
+    assert!(out.contains("grpc-status: 0"), "the trailers: {out:?}");
+    let logged = eventually(std::time::Duration::from_secs(5), || async {
+        gw.stdout().contains("/grpc/x")
+    })
+    .await;
+    assert!(logged, "log: {}", gw.stdout());
+    let log = gw.stdout();
+    assert!(!log.contains("\"incomplete\":true"), "{log}");
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        !metrics.contains("scalegate_http_responses_incomplete_total{route=\"route0\"} 1"),
+        "counted as incomplete"
+    );
+    quiescent(&gw).await;
+}

@@ -489,3 +489,40 @@ async fn a_key_of_another_type_is_replaced_and_holds_no_other_fill_back() {
         quiescent(g).await;
     }
 }
+
+/// A regression hunt's finding on the fix above: an index key of another type made every fill
+/// "dropped" (and, to repair it, deleted the URL's hash, other instances' variants with it),
+/// and a prefix purge answered 503 and was retried for as long as the key was there. The keys
+/// of another type are now removed, and only those: fills reach Redis and the purge is applied.
+#[tokio::test]
+async fn an_index_key_of_another_type_is_replaced_and_purges_go_through() {
+    let redis = RedisServer::start().await;
+    let o = origin().await;
+    let gws = three(&o, &redis).await;
+    let index = "scalegate:cache:idx:path";
+    assert!(
+        redis
+            .command(&["SET", index, "garbage"])
+            .await
+            .is_some_and(|r| r.starts_with("+OK"))
+    );
+    let fills = paths("/ix/", 3);
+    for p in &fills {
+        assert_eq!(get(&gws[0], p, &[]).await.body, format!("{p} #1"));
+    }
+    for p in &fills {
+        reaches_redis(&redis, p).await;
+        assert_eq!(get(&gws[1], p, &[]).await.body, format!("{p} #1"));
+    }
+    let kind = redis.command(&["TYPE", index]).await.unwrap_or_default();
+    assert!(kind.starts_with("+zset"), "the index is one again: {kind}");
+    let view = gws[0].admin_get("/cache").await;
+    assert!(view.contains("\"dropped_fills\":0"), "{view}");
+    // Before: 503 retrying, for as long as the key was there.
+    let r = purge(&gws[0], "prefix=/ix/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    all_purged(&gws, &fills).await;
+    for g in &gws {
+        quiescent(g).await;
+    }
+}

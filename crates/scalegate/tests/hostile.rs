@@ -96,6 +96,9 @@ fn h1_cases() -> Vec<H1Case> {
         ("Host port not a number", r("GET /p HTTP/1.1\r\nHost: s:abc\r\n\r\n"), vec![400], nothing()),
         ("Host port signed", r("GET /p HTTP/1.1\r\nHost: s:+80\r\n\r\n"), vec![400], nothing()),
         ("Host port too long", r("GET /p HTTP/1.1\r\nHost: s:999999\r\n\r\n"), vec![400], nothing()),
+        ("Host port over 65535", r("GET /p HTTP/1.1\r\nHost: s:65536\r\n\r\n"), vec![400], nothing()),
+        ("Host leading dot", r("GET /p HTTP/1.1\r\nHost: .admin.example\r\n\r\n"), vec![400], nothing()),
+        ("Host without a name", r("GET /p HTTP/1.1\r\nHost: :80\r\n\r\n"), vec![400], nothing()),
         ("Host IPv6 not one", r("GET /p HTTP/1.1\r\nHost: [zz]\r\n\r\n"), vec![400], nothing()),
         ("Host after IPv6", r("GET /p HTTP/1.1\r\nHost: [::1]x\r\n\r\n"), vec![400], nothing()),
         // --- Path matcher ---

@@ -310,3 +310,39 @@ async fn a_reload_that_lowers_a_bulkhead_counts_the_requests_in_flight() {
     assert_eq!(a.hits(), 3);
     quiescent(&gw).await;
 }
+
+/// A regression hunt's finding on the fix above: a reload that removed the concurrency block
+/// let new requests through at once, while those already waiting in the old bulkhead still went
+/// one at a time under the old cap. They now go at once too.
+#[tokio::test]
+async fn a_reload_that_removes_a_bulkhead_lets_its_waiters_go() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.set_delay(Duration::from_secs(3));
+    let capped = two_upstreams(
+        &a,
+        &b,
+        "concurrency = { max_in_flight = 1, queue = 4, queue_timeout = \"20s\" }",
+    );
+    let gw = GatewayProcess::start(BIN, &capped).await;
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let addr = gw.http;
+        calls.push(tokio::spawn(async move {
+            Client::http1().get(addr, "/a").await
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(eventually(Duration::from_secs(5), || async { a.hits() == 1 }).await);
+    gw.write_config(&two_upstreams(&a, &b, ""));
+    // Before: the waiter reached the upstream only once the first request ended (3 s).
+    assert!(
+        eventually(Duration::from_secs(2), || async { a.hits() == 2 }).await,
+        "the waiter was let go when the bulkhead went"
+    );
+    for c in calls {
+        let r = c.await.expect("join").expect("response");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    quiescent(&gw).await;
+}

@@ -14,6 +14,7 @@ use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
 use redis::AsyncCommands;
+use scalegate_shared::redis_link::WRONG_TYPE;
 
 use super::l2::{BACKGROUND, L2, ms};
 use super::l2_write::path_member;
@@ -61,8 +62,55 @@ impl L2 {
     }
 
     /// Applies a purge to Redis (soft purges remove too: only memory keeps soft-stale
-    /// copies). Returns how many URL keys it deleted, or what failed.
+    /// copies). Returns how many URL keys it deleted, or what failed. An index or tag key that
+    /// holds another type (written by something else under the prefix) is removed and the
+    /// purge made again: it would otherwise be retried for ever.
     pub async fn purge(&self, p: &Purge) -> Result<usize, String> {
+        match self.purge_once(p).await {
+            Err(e) if e.contains(WRONG_TYPE) => {
+                let (idx_url, idx_path, idx_exp) = self.indexes();
+                let mut keys = vec![(idx_url, "zset"), (idx_path, "zset"), (idx_exp, "zset")];
+                if let Matcher::Tag(t) = p.matcher() {
+                    keys.push((self.tag_key(&t), "set"));
+                }
+                self.remove_mistyped(keys).await;
+                self.purge_once(p).await
+            }
+            done => done,
+        }
+    }
+
+    /// Removes those of `keys` that hold another type than the one given (Redis's TYPE name);
+    /// a key that does not exist is left alone.
+    pub(super) async fn remove_mistyped(&self, keys: Vec<(String, &'static str)>) {
+        for (key, want) in keys {
+            let k = key.clone();
+            let kind: Result<String, String> = self
+                .link
+                .call_within("repair", BACKGROUND, |mut c| async move {
+                    redis::cmd("TYPE").arg(k).query_async(&mut c).await
+                })
+                .await;
+            let Ok(kind) = kind else { continue };
+            if kind == "none" || kind == want {
+                continue;
+            }
+            tracing::warn!(
+                key,
+                kind,
+                want,
+                "cache tier: a key under the prefix held another type; removed"
+            );
+            let _ = self
+                .link
+                .call_within("repair", BACKGROUND, |mut c| async move {
+                    redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+                })
+                .await;
+        }
+    }
+
+    async fn purge_once(&self, p: &Purge) -> Result<usize, String> {
         let (idx_url, idx_path, _) = self.indexes();
         match p.matcher() {
             Matcher::None => Ok(0),

@@ -131,8 +131,9 @@ pub async fn writer(l2: Weak<L2>, queue: Arc<WriteQueue>, store: Weak<Store>) {
 }
 
 impl L2 {
-    /// Writes fills one at a time; a fill whose URL key holds another type replaces it, and one
-    /// refused even then (a tag or index key of another type) is dropped and counted. Ok with
+    /// Writes fills one at a time; the keys a refused fill needs that hold another type (its
+    /// URL's, a tag's, an index's) are removed and the fill written again, and one refused even
+    /// then is dropped and counted. Ok with
     /// how many were written; Err with how many were done (written or dropped) when Redis
     /// fails otherwise.
     async fn write_one_by_one(&self, batch: &[Pending]) -> Result<usize, (usize, String)> {
@@ -142,13 +143,17 @@ impl L2 {
             match self.write(one).await {
                 Ok(()) => written += 1,
                 Err(e) if e.contains(WRONG_TYPE) => {
-                    let key = self.key(&item.obj.url);
-                    let _ = self
-                        .link
-                        .call_within("put", BACKGROUND, |mut c| async move {
-                            redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
-                        })
-                        .await;
+                    // Only the keys of another type go (not the URL's hash, which may hold
+                    // other instances' variants, when it was an index or tag key).
+                    let (idx_url, idx_path, idx_exp) = self.indexes();
+                    let mut keys = vec![
+                        (self.key(&item.obj.url), "hash"),
+                        (idx_url, "zset"),
+                        (idx_path, "zset"),
+                        (idx_exp, "zset"),
+                    ];
+                    keys.extend(item.obj.tags.iter().map(|t| (self.tag_key(t), "set")));
+                    self.remove_mistyped(keys).await;
                     if self.write(one).await.is_ok() {
                         written += 1;
                     } else {
