@@ -526,3 +526,50 @@ async fn an_index_key_of_another_type_is_replaced_and_purges_go_through() {
         quiescent(g).await;
     }
 }
+
+/// A probe's finding: once an instance held one variant of a URL in memory, a request for
+/// another variant went to the origin although Redis had it from another instance (Redis was
+/// asked only when memory had nothing for the URL). Memory's vary-miss now looks in Redis too.
+#[tokio::test]
+async fn a_second_variant_stored_by_another_instance_is_read_from_redis() {
+    let redis = RedisServer::start().await;
+    let o = Origin::start(|req, n| {
+        let v = req
+            .headers
+            .get("x-v")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        resp(
+            200,
+            &[("cache-control", "max-age=3600"), ("vary", "x-v")],
+            &format!("{} {v} #{n}", req.uri.path()),
+        )
+    })
+    .await;
+    let gws = three(&o, &redis).await;
+    // The first variant is stored through one instance and read by the second (from Redis);
+    // only then is the second variant stored, through the first instance.
+    assert_eq!(get(&gws[0], "/v/1", &[("x-v", "a")]).await.body, "/v/1 a #1");
+    reaches_redis(&redis, "/v/1").await;
+    assert_eq!(get(&gws[1], "/v/1", &[("x-v", "a")]).await.body, "/v/1 a #1");
+    assert_eq!(get(&gws[0], "/v/1", &[("x-v", "b")]).await.body, "/v/1 b #2");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            redis
+                .command(&["HLEN", "scalegate:cache:127.0.0.1/v/1"])
+                .await
+                .is_some_and(|r| r.starts_with(":3"))
+        })
+        .await,
+        "both variants (and the Vary field) reached redis"
+    );
+    // The second instance, holding the first variant, is asked for the second.
+    let b = get(&gws[1], "/v/1", &[("x-v", "b")]).await;
+    // Before: "/v/1 b #3", fetched from the origin again.
+    assert_eq!(b.body, "/v/1 b #2", "{}", status(&b));
+    assert_eq!(o.hits("/v/1"), 2);
+    for g in &gws {
+        quiescent(g).await;
+    }
+}

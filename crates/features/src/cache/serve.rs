@@ -25,7 +25,7 @@ use super::answer::{self, CACHE_STATUS, from_object, from_served};
 use super::fill::{Fill, tee};
 use super::flight::{self, FlightGuard, Join};
 use super::key;
-use super::object::{Object, Usable};
+use super::object::{Object, Usable, Variants};
 use super::revalidate::{NotModified, Revalidated};
 use super::spec::CacheSpec;
 use super::status::{self, Fwd};
@@ -198,6 +198,58 @@ async fn pass_unsafe(
     Ok(finish_forwarded(cx, &parts, resp, Fwd::Bypass))
 }
 
+/// Reads the URL's variants from the Redis tier into memory; whether any was added. With
+/// `held` (what memory has), only the variants memory lacks are taken, and only under the same
+/// Vary list (another list would replace what memory holds).
+async fn from_l2(cx: &Cx, url: &Arc<str>, now: SystemTime, held: Option<&Variants>) -> bool {
+    let Some(l2) = &cx.store.l2 else {
+        return false;
+    };
+    let Some((vary, objects)) = l2.get(url, url).await else {
+        return false;
+    };
+    if held.is_some_and(|h| h.vary != vary) {
+        return false;
+    }
+    let mut added = false;
+    for o in objects.into_iter().rev() {
+        if held.is_some_and(|h| h.find(&o.variant).is_some()) {
+            continue;
+        }
+        // A purge applied while Redis answered: the copy read may predate it.
+        if !cx.store.purged_since(now, &o) {
+            cx.store.put(vary.clone(), Arc::new(o));
+            added = true;
+        }
+    }
+    added
+}
+
+/// This request's variant key among `variants`, and the stored object for it. The key knows
+/// only the coding the gateway would choose: a coding the origin chose for another client's
+/// Accept-Encoding is not served to one that cannot decode it.
+fn pick(
+    cx: &Cx,
+    parts: &http::request::Parts,
+    variants: Option<&Variants>,
+) -> (String, Option<Arc<Object>>) {
+    let vary = variants.map(|v| v.vary.clone()).unwrap_or_default();
+    let variant = key::variant(
+        &cx.spec().key,
+        &vary,
+        (parts, cx.ctx.local_port, &cx.route.spec.name),
+        cx.encodings(),
+    );
+    let found = variants
+        .and_then(|v| v.find(&variant).cloned())
+        .filter(|o| {
+            o.headers
+                .get(header::CONTENT_ENCODING)
+                .is_none_or(|c| compress::accepts(&parts.headers, c))
+        });
+    (variant, found)
+}
+
 async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Served {
     let spec = cx.spec();
     let host = request_host(&parts.uri, &parts.headers);
@@ -206,38 +258,19 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
     loop {
         let now = SystemTime::now();
         let mut variants = cx.store.get(&url);
-        if variants.is_none()
-            && let Some(l2) = &cx.store.l2
-            && let Some((vary, objects)) = l2.get(&url, &url).await
-        {
-            for o in objects.into_iter().rev() {
-                // A purge applied while Redis answered: the copy read may predate it.
-                if !cx.store.purged_since(now, &o) {
-                    cx.store.put(vary.clone(), Arc::new(o));
-                }
-            }
+        if variants.is_none() && from_l2(cx, &url, now, None).await {
             variants = cx.store.get(&url);
         }
-        let vary = variants
-            .as_ref()
-            .map(|v| v.vary.clone())
-            .unwrap_or_default();
-        let variant = key::variant(
-            &spec.key,
-            &vary,
-            (&parts, cx.ctx.local_port, &cx.route.spec.name),
-            cx.encodings(),
-        );
-        // The key knows only the coding the gateway would choose: a coding the origin chose
-        // for another client's Accept-Encoding is not served to one that cannot decode it.
-        let found = variants
-            .as_ref()
-            .and_then(|v| v.find(&variant).cloned())
-            .filter(|o| {
-                o.headers
-                    .get(header::CONTENT_ENCODING)
-                    .is_none_or(|c| compress::accepts(&parts.headers, c))
-            });
+        let (mut variant, mut found) = pick(cx, &parts, variants.as_deref());
+        // Memory has the URL but not this variant: another instance may have stored it (a
+        // probe's finding: a second variant went to the origin although Redis had it).
+        if found.is_none()
+            && let Some(held) = variants.as_deref()
+            && from_l2(cx, &url, now, Some(held)).await
+        {
+            variants = cx.store.get(&url);
+            (variant, found) = pick(cx, &parts, variants.as_deref());
+        }
         let usable = found.as_ref().map(|o| o.usable(&parts.headers, now));
         let detail = (waited > 0).then_some("coalesced");
         match (&found, usable) {
