@@ -550,10 +550,19 @@ async fn a_second_variant_stored_by_another_instance_is_read_from_redis() {
     let gws = three(&o, &redis).await;
     // The first variant is stored through one instance and read by the second (from Redis);
     // only then is the second variant stored, through the first instance.
-    assert_eq!(get(&gws[0], "/v/1", &[("x-v", "a")]).await.body, "/v/1 a #1");
+    assert_eq!(
+        get(&gws[0], "/v/1", &[("x-v", "a")]).await.body,
+        "/v/1 a #1"
+    );
     reaches_redis(&redis, "/v/1").await;
-    assert_eq!(get(&gws[1], "/v/1", &[("x-v", "a")]).await.body, "/v/1 a #1");
-    assert_eq!(get(&gws[0], "/v/1", &[("x-v", "b")]).await.body, "/v/1 b #2");
+    assert_eq!(
+        get(&gws[1], "/v/1", &[("x-v", "a")]).await.body,
+        "/v/1 a #1"
+    );
+    assert_eq!(
+        get(&gws[0], "/v/1", &[("x-v", "b")]).await.body,
+        "/v/1 b #2"
+    );
     assert!(
         eventually(Duration::from_secs(10), || async {
             redis
