@@ -31,22 +31,7 @@ case ${PROTO:-h1} in
   *) FLAGS=(--h1 -c"$CONNS") ;;
 esac
 load() { h2load -t1 "${FLAGS[@]}" -n"$1" "http://127.0.0.1:$P_SG$URLPATH" | awk '/^requests:/ {print $8}'; }
+ready() { curl -sf "http://127.0.0.1:$P_SG$URLPATH"; }
 for entry in "$@"; do
-  name=${entry%%=*}; bin=${entry#*=}; out="$PWD/bench/out/callgrind.$name"
-  rm -f "$out" "$out".*
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run --config "$WORK/sg.toml" \
-    2>"$WORK/vg.$name.err" & VG=$!; PIDS+=($VG)
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$P_SG$URLPATH" >/dev/null 2>&1 && break; sleep 0.2; done
-  load "$WARM" >/dev/null
-  callgrind_control -z "$VG" >/dev/null
-  ok=$(load "$REQUESTS")
-  callgrind_control -d "$VG" >/dev/null
-  sleep 1
-  kill "$VG"; wait "$VG" 2>/dev/null || true
-  dump=$(ls -t "$out".* 2>/dev/null | head -1)
-  ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
-  awk -v n="$name" -v ir="$ir" -v r="$ok" 'BEGIN { printf "%s: %d requests, %.0f Ir per request (%s)\n", n, r, ir / r, "'"$dump"'" }'
-  if [ "$TOP" -gt 0 ]; then
-    callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null | awk '/file:function/ {go=1; getline; next} go && NF && !/\(100.0%\)/' | head -"$TOP" | sed 's/^/    /' || true
-  fi
+  callgrind_count "${entry%%=*}" "${entry#*=}" "$WORK/sg.toml" request ready load "$WARM" "$REQUESTS"
 done

@@ -88,3 +88,47 @@ balance = "round_robin"
 endpoints = ["127.0.0.1:$4", "127.0.0.1:$5"]
 SGC
 }
+
+# pg_start PORT SCALE [-c name=value ...] — a PostgreSQL of this machine's newest version in
+# $WORK/pg on 127.0.0.1:PORT (as the postgres user when run as root), with a `bench` database
+# initialised by pgbench at SCALE. Sets PGBIN, RUNAS and PID_direct.
+pg_start() {
+  local port=$1 scale=$2; shift 2
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  RUNAS=(); [ "$(id -u)" -eq 0 ] && RUNAS=(runuser -u postgres --)
+  chown -R postgres: "$WORK" 2>/dev/null || true
+  "${RUNAS[@]}" "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust --no-sync >/dev/null
+  "${RUNAS[@]}" "$PGBIN/postgres" -D "$WORK/pg" -p "$port" -h 127.0.0.1 -k "$WORK" \
+    -c fsync=off -c synchronous_commit=off "$@" >"$WORK/pg.log" 2>&1 & PIDS+=($!); PID_direct=$!
+  until "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port"; do sleep 0.2; done
+  "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -c "CREATE DATABASE bench" postgres
+  "$PGBIN/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$port" -U postgres bench >/dev/null 2>&1
+}
+
+# callgrind_count NAME BIN CONFIG UNIT READY LOAD WARM N — runs BIN with CONFIG alone under
+# callgrind, waits until the command READY succeeds, runs `LOAD WARM`, zeroes the counters, runs
+# `LOAD N` (which prints how many UNITs it completed) and prints the user-space instructions per
+# UNIT; the dump stays in bench/out/callgrind.NAME.* for callgrind_annotate. With TOP > 0, lists
+# the TOP costliest functions too.
+callgrind_count() {
+  local name=$1 bin=$2 config=$3 unit=$4 ready=$5 load=$6 warm=$7 n=$8
+  local out="$PWD/bench/out/callgrind.$name" vg ok dump ir
+  rm -f "$out" "$out".*
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run --config "$config" \
+    2>"$WORK/vg.$name.err" & vg=$!; PIDS+=($vg)
+  for _ in $(seq 600); do $ready >/dev/null 2>&1 && break; sleep 0.2; done
+  $load "$warm" >/dev/null
+  callgrind_control -z "$vg" >/dev/null
+  ok=$($load "$n")
+  callgrind_control -d "$vg" >/dev/null
+  sleep 1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  dump=$(ls -t "$out".* 2>/dev/null | head -1)
+  ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
+  awk -v n="$name" -v ir="$ir" -v r="$ok" -v u="$unit" -v d="$dump" \
+    'BEGIN { printf "%s: %d %s, %.0f Ir per %s (%s)\n", n, r, u "s", ir / r, u, d }'
+  if [ "${TOP:-0}" -gt 0 ]; then
+    callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null \
+      | awk '/file:function/ {go=1; getline; next} go && NF && !/\(100.0%\)/' | head -"$TOP" | sed 's/^/    /' || true
+  fi
+}

@@ -27,24 +27,13 @@ FLOOR=${FLOOR:-0}; DIRECT=${DIRECT:-1}
 source bench/lib.sh
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 need pgbench:postgresql-client pgbouncer:pgbouncer
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 if [ -z "${SG:-}" ]; then  # SG=path runs a prebuilt binary instead of this tree's release build
   cargo build --release --quiet -p scalegate
   SG=$PWD/target/release/scalegate
 fi
 
 PG=19401; P_BOUNCER=19402; P_SG=19403; P_FLOOR=19404; SG_ADMIN=19409
-RUNAS=(); [ "$(id -u)" -eq 0 ] && RUNAS=(runuser -u postgres --)
-chown -R postgres: "$WORK" 2>/dev/null || true
-
-# --- PostgreSQL ------------------------------------------------------------------------------
-"${RUNAS[@]}" "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust --no-sync >/dev/null
-"${RUNAS[@]}" "$PGBIN/postgres" -D "$WORK/pg" -p $PG -h 127.0.0.1 -k "$WORK" \
-  -c max_connections=600 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB \
-  >"$WORK/pg.log" 2>&1 & PIDS+=($!); PID_direct=$!
-until "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $PG; do sleep 0.2; done
-"$PGBIN/psql" -X -q -h 127.0.0.1 -p $PG -U postgres -c "CREATE DATABASE bench" postgres
-"$PGBIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p $PG -U postgres bench >/dev/null 2>&1
+pg_start $PG 10 -c max_connections=600 -c shared_buffers=256MB
 
 # --- PgBouncer -------------------------------------------------------------------------------
 echo '"postgres" ""' > "$WORK/users.txt"

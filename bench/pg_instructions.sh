@@ -19,16 +19,8 @@ POOL=${POOL:-20}; TOP=${TOP:-25}
 source bench/lib.sh
 need valgrind:valgrind pgbench:postgresql-client
 mkdir -p bench/out
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 PG=19421; P_SG=19423; SG_ADMIN=19429
-RUNAS=(); [ "$(id -u)" -eq 0 ] && RUNAS=(runuser -u postgres --)
-chown -R postgres: "$WORK" 2>/dev/null || true
-"${RUNAS[@]}" "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust --no-sync >/dev/null
-"${RUNAS[@]}" "$PGBIN/postgres" -D "$WORK/pg" -p $PG -h 127.0.0.1 -k "$WORK" \
-  -c max_connections=200 -c fsync=off -c synchronous_commit=off >"$WORK/pg.log" 2>&1 & PIDS+=($!)
-until "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $PG; do sleep 0.2; done
-"$PGBIN/psql" -X -q -h 127.0.0.1 -p $PG -U postgres -c "CREATE DATABASE bench" postgres
-"$PGBIN/pgbench" -i -q -s 1 -h 127.0.0.1 -p $PG -U postgres bench >/dev/null 2>&1
+pg_start $PG 1 -c max_connections=200
 cat > "$WORK/sg.toml" <<TOML
 [admin]
 listen = "127.0.0.1:$SG_ADMIN"
@@ -44,22 +36,7 @@ load() {
   "$PGBIN/pgbench" -h 127.0.0.1 -p $P_SG -U postgres -S -n -M "$MODE" -c "$CLIENTS" -j 1 -t "$1" bench 2>&1 \
     | awk '/^number of transactions actually processed:/ {split($6, a, "/"); print a[1]}'
 }
+ready() { "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $P_SG; }
 for entry in "$@"; do
-  name=${entry%%=*}; bin=${entry#*=}; out="$PWD/bench/out/callgrind.pg.$name"
-  rm -f "$out" "$out".*
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run --config "$WORK/sg.toml" \
-    2>"$WORK/vg.$name.err" & VG=$!; PIDS+=($VG)
-  for _ in $(seq 600); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $P_SG && break; sleep 0.2; done
-  load "$WARM" >/dev/null
-  callgrind_control -z "$VG" >/dev/null
-  ok=$(load "$TXNS")
-  callgrind_control -d "$VG" >/dev/null
-  sleep 1
-  kill "$VG"; wait "$VG" 2>/dev/null || true
-  dump=$(ls -t "$out".* 2>/dev/null | head -1)
-  ir=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
-  awk -v n="$name" -v ir="$ir" -v r="$ok" -v m="$MODE" 'BEGIN { printf "%s: %d %s transactions, %.0f Ir per transaction (%s)\n", n, r, m, ir / r, "'"$dump"'" }'
-  if [ "$TOP" -gt 0 ]; then
-    callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null | awk '/file:function/ {go=1; getline; next} go && NF && !/\(100.0%\)/' | head -"$TOP" | sed 's/^/    /' || true
-  fi
+  callgrind_count "pg.${entry%%=*}" "${entry#*=}" "$WORK/sg.toml" "$MODE transaction" ready load "$WARM" "$TXNS"
 done
