@@ -132,3 +132,15 @@ callgrind_count() {
       | awk '/file:function/ {go=1; getline; next} go && NF && !/\(100.0%\)/' | head -"$TOP" | sed 's/^/    /' || true
   fi
 }
+
+# pooler_config FILE PG_PORT LISTEN_PORT ADMIN_PORT POOL [LINE ...] — a scalegate config: a
+# transaction-mode pool of POOL connections to the `bench` database of the PostgreSQL on PG_PORT,
+# one worker, listening on LISTEN_PORT; each LINE is added to its [postgres] table.
+pooler_config() {
+  local file=$1 pg=$2 listen=$3 admin=$4 pool=$5; shift 5
+  {
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n[postgres]\nlisten = "127.0.0.1:%s"\nworker_threads = 1\n' "$admin" "$listen"
+    for line in "$@"; do printf '%s\n' "$line"; done
+    printf '[postgres.databases.bench]\nprimary = "postgres://postgres@127.0.0.1:%s/bench"\npool_mode = "transaction"\npool_size = %s\n' "$pg" "$pool"
+  } > "$file"
+}

@@ -64,18 +64,7 @@ chown postgres: "$WORK"/pgbouncer.ini "$WORK"/users.txt 2>/dev/null || true
 "${RUNAS[@]}" pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 & PIDS+=($!); PID_pgbouncer=$!
 
 # --- scalegate -------------------------------------------------------------------------------
-cat > "$WORK/sg.toml" <<TOML
-[admin]
-listen = "127.0.0.1:$SG_ADMIN"
-[postgres]
-listen = "127.0.0.1:$P_SG"
-worker_threads = 1
-max_client_conn = 2000
-[postgres.databases.bench]
-primary = "postgres://postgres@127.0.0.1:$PG/bench"
-pool_mode = "transaction"
-pool_size = $POOL
-TOML
+pooler_config "$WORK/sg.toml" $PG $P_SG $SG_ADMIN $POOL "max_client_conn = 2000"
 RUST_LOG=warn "$SG" run --config "$WORK/sg.toml" & PIDS+=($!); PID_scalegate=$!
 TARGETS="pgbouncer scalegate"; [ "$DIRECT" = 1 ] && TARGETS="direct $TARGETS"
 if [ "$FLOOR" = 1 ]; then

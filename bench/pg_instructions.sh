@@ -21,17 +21,7 @@ need valgrind:valgrind pgbench:postgresql-client
 mkdir -p bench/out
 PG=19421; P_SG=19423; SG_ADMIN=19429
 pg_start $PG 1 -c max_connections=200
-cat > "$WORK/sg.toml" <<TOML
-[admin]
-listen = "127.0.0.1:$SG_ADMIN"
-[postgres]
-listen = "127.0.0.1:$P_SG"
-worker_threads = 1
-[postgres.databases.bench]
-primary = "postgres://postgres@127.0.0.1:$PG/bench"
-pool_mode = "transaction"
-pool_size = $POOL
-TOML
+pooler_config "$WORK/sg.toml" $PG $P_SG $SG_ADMIN $POOL
 load() {
   "$PGBIN/pgbench" -h 127.0.0.1 -p $P_SG -U postgres -S -n -M "$MODE" -c "$CLIENTS" -j 1 -t "$1" bench 2>&1 \
     | awk '/^number of transactions actually processed:/ {split($6, a, "/"); print a[1]}'

@@ -26,6 +26,28 @@ const WORD: usize = std::mem::size_of::<usize>();
 #[cfg(feature = "mimalloc")]
 pub struct Mimalloc;
 
+/// A block for `layout` from `plain` (word alignment is enough) or `aligned` (more is asked):
+/// `mi_malloc`/`mi_malloc_aligned`, or their zeroing twins.
+///
+/// # Safety
+/// `layout` has a non-zero size (GlobalAlloc's contract).
+#[cfg(feature = "mimalloc")]
+#[inline(always)]
+unsafe fn block(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: plain calls into the allocator with a valid size and a power-of-two alignment.
+    unsafe {
+        if layout.align() <= WORD {
+            plain(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every block comes from mimalloc and goes back to it (`mi_free` takes blocks of any
 // alignment); a layout's alignment is honoured either by mimalloc's word alignment (up to
 // `WORD`) or by its aligned entry points, and a size of 0 is never asked (GlobalAlloc's
@@ -35,25 +57,13 @@ unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: plain calls into the allocator; see the impl's comment.
-        unsafe {
-            if layout.align() <= WORD {
-                mi_malloc(layout.size()).cast()
-            } else {
-                mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        unsafe { block(layout, mi_malloc, mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `alloc`.
-        unsafe {
-            if layout.align() <= WORD {
-                mi_zalloc(layout.size()).cast()
-            } else {
-                mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        unsafe { block(layout, mi_zalloc, mi_zalloc_aligned) }
     }
 
     #[inline]
