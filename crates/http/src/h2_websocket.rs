@@ -5,7 +5,8 @@
 //! `Sec-WebSocket-Key`) before routing, so routes, limits and balancing treat it like any
 //! WebSocket. When the upstream answers 101 with the right `Sec-WebSocket-Accept`, the client
 //! gets 200 and the frames flow between its stream and the upstream's upgraded connection
-//! (WebSocket frames are the same on both). Any other answer comes back as it is.
+//! (WebSocket frames are the same on both). A 2xx that is not a 101 is a 502 (it would tell the
+//! client its tunnel is open); any other answer comes back as it is.
 
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode, request, response};

@@ -551,10 +551,15 @@ fn calls(s: &[&Token], fx: &mut Effects) {
         }
         let name = ident(w);
         match &name[..] {
+            // The lock may not be taken (a `try` that found it held, a lock wait cancelled):
+            // pinned, then the catalogs are asked at the transaction's end.
             b"pg_advisory_lock"
             | b"pg_advisory_lock_shared"
             | b"pg_try_advisory_lock"
-            | b"pg_try_advisory_lock_shared" => fx.creates |= state::LOCK,
+            | b"pg_try_advisory_lock_shared" => {
+                fx.creates |= state::LOCK;
+                fx.verify = true;
+            }
             b"pg_advisory_unlock" | b"pg_advisory_unlock_shared" | b"pg_advisory_unlock_all" => {
                 fx.verify = true;
             }

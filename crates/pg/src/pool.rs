@@ -284,7 +284,12 @@ impl Pool {
                 Route::Primary => self.topology.primary(),
                 Route::Shard(i) => Some(i.min(self.hosts.len().saturating_sub(1))),
                 Route::Any if self.db.sharding.is_some() => self.least_busy_host(),
-                Route::Any => self.topology.primary(),
+                // Login (learning the server's parameters, checking a password): any host that
+                // answers, a replica while no primary is known, as reads are served then too.
+                Route::Any => self
+                    .topology
+                    .primary()
+                    .or_else(|| self.topology.replica_for(0)),
             };
             if let Some(i) = picked {
                 return Ok(i);
@@ -430,7 +435,7 @@ impl Pool {
         if let Ok(mut p) = self.params.lock()
             && p.is_empty()
         {
-            p.clone_from(&conn.params);
+            *p = read_write(&conn.params);
         }
         Ok(conn)
     }
@@ -714,3 +719,16 @@ impl Pool {
 #[cfg(test)]
 #[path = "pool_tests.rs"]
 mod tests;
+
+/// The parameters clients are told, from a server's: the pooler takes writes whichever host
+/// told them, so a replica's `in_hot_standby` (which libpq's `target_session_attrs=read-write`
+/// checks) is reported as a primary's.
+pub(crate) fn read_write(server: &[(String, String)]) -> Vec<(String, String)> {
+    server
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "in_hot_standby" => (k.clone(), "off".to_string()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
+}

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use pg_common::{bind, execute, parse, pgbench, sync};
+use pg_common::{bind, execute, parse, pgbench, rss_mib, sync};
 use scalegate_testkit::PgServer;
 use scalegate_testkit::postgres::{psql, psql_conn};
 use tokio_postgres::{Client as PgClient, NoTls};
@@ -1678,16 +1678,6 @@ async fn show_pools_maxwait_is_the_wait_in_progress() {
     assert_eq!(pool_row(port).2, 0, "nobody waits");
     drop((a, b));
     pg_common::pooler_quiescent(&gw, port).await;
-}
-
-/// The resident memory of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
 }
 
 /// A probe's finding (session 20): a server connection's read buffer grew to the largest

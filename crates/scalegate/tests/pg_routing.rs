@@ -2,7 +2,9 @@
 //! (pg_basebackup -R), through the pooler.
 
 mod common;
+mod pg_common;
 
+use std::io::Write;
 use std::time::Duration;
 
 use common::*;
@@ -290,5 +292,178 @@ async fn a_client_serializable_by_default_reads_from_the_primary() {
     let level: String = pg_one(&c2, "SHOW transaction_isolation").await;
     assert_eq!(level, "serializable");
     drop((c, c2));
+    quiescent(&gw).await;
+}
+
+/// `count` statements `sql` (padded with a comment to about 16 KiB each) as Parse, Bind and
+/// Execute of the unnamed statement, each followed by `end` (nothing, or a Sync).
+fn padded_statements(sql: &str, count: usize, end: &[u8]) -> Vec<Vec<u8>> {
+    use pg_common::{bind, execute, parse};
+    let padded = format!("{sql} /* {} */", "x".repeat(16_000));
+    let one = [parse("", &padded), bind(""), execute(0), end.to_vec()].concat();
+    vec![one; count]
+}
+
+/// The first column of every DataRow in `messages`, as text.
+fn row_values(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, row)| String::from_utf8_lossy(row.get(6..).unwrap_or_default()).into_owned())
+        .collect()
+}
+
+/// Writes `messages` on a clone of `s` from a thread while this one reads the answers up to
+/// the `last` ReadyForQuery; returns them and the pooler's peak resident memory meanwhile.
+fn exchange(
+    s: &mut std::net::TcpStream,
+    messages: Vec<Vec<u8>>,
+    readies: usize,
+    pid: u32,
+) -> (Vec<(u8, Vec<u8>)>, u64) {
+    let mut w = s.try_clone().expect("clone");
+    pg_common::peak_rss_while(pid, || {
+        let writer = std::thread::spawn(move || {
+            for m in &messages {
+                w.write_all(m).expect("write");
+            }
+        });
+        let mut got = Vec::new();
+        for _ in 0..readies {
+            got.extend(pg_common::read_until_ready(s));
+        }
+        writer.join().expect("writer");
+        got
+    })
+}
+
+/// A probe's finding (session 24): with replicas listed, the pooler held a client's batch
+/// until its end (Sync) to choose primary or replica. 300 MB of Parse/Bind/Execute without a
+/// Sync were held whole (316 MB resident, 8 s of CPU scanning it again at every read): one
+/// client could take the pooler's memory. Past 1 MiB such a batch now goes to the primary as
+/// it stands (the rest may write), and its answers stream back.
+#[tokio::test]
+async fn a_long_batch_without_sync_is_not_held_to_route_it() {
+    let (primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let pid = gw.pid().expect("pid");
+    let mut s = pg_common::raw_login(port);
+    let before = pg_common::rss_mib(pid);
+    let mut batch = padded_statements("SELECT inet_server_port()", 2_000, b"");
+    batch.push(pg_common::sync());
+    let (got, peak) = exchange(&mut s, batch, 1, pid);
+    let ports = row_values(&got);
+    assert_eq!(
+        ports.len(),
+        2_000,
+        "{:?}",
+        &got[got.len().saturating_sub(3)..]
+    );
+    assert!(
+        ports.iter().all(|p| *p == primary.port.to_string()),
+        "ran on {:?}",
+        ports.first()
+    );
+    // 32 MB were sent: before, all of them were held.
+    assert!(
+        peak < before + 16,
+        "{peak} MiB resident, {before} MiB before"
+    );
+    drop(s);
+    quiescent(&gw).await;
+}
+
+/// A probe's finding (session 24): a client pipelining batches faster than the server answered
+/// them had every one held by the pooler (a routed session sends one batch at a time, each to
+/// where it belongs), however many. Past 1 MiB the pooler now reads no more until the server
+/// answers, as PostgreSQL reads no more while it works; the kernel's buffers hold the rest.
+#[tokio::test]
+async fn pipelined_batches_wait_in_the_socket_while_the_server_answers() {
+    let (primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let pid = gw.pid().expect("pid");
+    let mut s = pg_common::raw_login(port);
+    let before = pg_common::rss_mib(pid);
+    let batches = padded_statements("SELECT inet_server_port()", 2_000, &pg_common::sync());
+    let (got, peak) = exchange(&mut s, batches, 2_000, pid);
+    let ports = row_values(&got);
+    assert_eq!(ports.len(), 2_000);
+    // Reads still go to the replica, one batch at a time.
+    assert!(ports.iter().all(|p| *p == replica.port.to_string()));
+    assert!(
+        peak < before + 16,
+        "{peak} MiB resident, {before} MiB before"
+    );
+    drop(s);
+    quiescent(&gw).await;
+}
+
+/// Kills the primary of a pooler's cluster and waits until the pooler's monitor has seen it.
+async fn primary_down(primary: &mut PgServer, port: u16) {
+    primary.kill();
+    let seen = eventually(Duration::from_secs(15), || async {
+        psql(port, "postgres", "scalegate", "SHOW HOSTS").is_ok_and(|h| h.contains("|down|"))
+    })
+    .await;
+    assert!(seen, "the monitor never saw the primary down");
+}
+
+/// A probe's finding (session 24): with the primary down, a client that had only read (from
+/// the replica) and sent Terminate was never let go: the pooler took a server connection for
+/// the Terminate, waited for a primary, answered 57P03 and tried again. asyncpg's close() waits
+/// for the server to close and hung with it, for good. A Terminate with no server held now
+/// ends the session at once.
+#[tokio::test]
+async fn a_client_leaving_while_the_primary_is_down_is_let_go() {
+    let (mut primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let mut s = pg_common::raw_login(port);
+    primary_down(&mut primary, port).await;
+    pg_common::query(&mut s, "SELECT inet_server_port()");
+    let got = pg_common::read_until_ready(&mut s);
+    assert_eq!(row_values(&got), vec![replica.port.to_string()], "{got:?}");
+    s.write_all(&pg_common::pg_message(b'X', &[]))
+        .expect("terminate");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut byte = [0u8; 1];
+    let end = std::io::Read::read(&mut s, &mut byte);
+    assert!(matches!(end, Ok(0)), "closed, not {end:?} ({byte:?})");
+    drop(s);
+    quiescent(&gw).await;
+}
+
+/// A probe's finding (session 24): with the primary down, the first client of a database and
+/// user (every application instance's first pool connection after a restart of the pooler)
+/// waited `wait_timeout` and got FATAL 57P03, although its reads could be served: the pooler
+/// learned the server's parameters from the primary only. A replica now tells them, and what
+/// it tells is a primary's (`in_hot_standby` off: writes are taken, they wait for a primary).
+#[tokio::test]
+async fn a_first_login_while_the_primary_is_down_is_served_by_a_replica() {
+    let (mut primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    primary_down(&mut primary, port).await;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", "postgres", "database", "app", ""] {
+        body.extend(part.as_bytes());
+        body.push(0);
+    }
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend(body);
+    s.write_all(&startup).expect("startup");
+    let login = pg_common::read_until_ready(&mut s);
+    assert_eq!(login.last().map(|m| m.0), Some(b'Z'), "{login:?}");
+    let standby = login
+        .iter()
+        .find(|(tag, body)| *tag == b'S' && body.starts_with(b"in_hot_standby\0"));
+    assert_eq!(
+        standby.map(|(_, body)| body.as_slice()),
+        Some(&b"in_hot_standby\0off\0"[..])
+    );
+    pg_common::query(&mut s, "SELECT inet_server_port()");
+    let got = pg_common::read_until_ready(&mut s);
+    assert_eq!(row_values(&got), vec![replica.port.to_string()], "{got:?}");
+    drop(s);
     quiescent(&gw).await;
 }

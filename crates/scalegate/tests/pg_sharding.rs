@@ -415,3 +415,42 @@ async fn a_wait_that_fails_inside_a_sharded_transaction_fails_the_transaction() 
     drop((holder, x));
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 24): in a sharded database the pooler held a client's batch
+/// until its end (Sync) to route each statement on its key, however long: one client could
+/// take the pooler's memory. A batch that reaches 16 MiB without its end is now refused
+/// (0A000, naming the limit), skipped to its Sync as after any error, and the connection goes
+/// on.
+#[tokio::test]
+async fn a_batch_too_long_to_hold_is_refused_and_the_connection_goes_on() {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
+    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
+    use pg_common::{bind, execute, parse, query, read_until, read_until_ready, sync};
+    let mut s = pg_common::raw_login(port);
+    let padded = format!("SELECT 1 /* {} */", "x".repeat(64_000));
+    let one = [parse("", &padded), bind(""), execute(0)].concat();
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        for _ in 0..(20 << 20) / one.len() {
+            w.write_all(&one).expect("write");
+        }
+        w.write_all(&sync()).expect("sync");
+    });
+    let got = read_until_ready(&mut s);
+    writer.join().expect("writer");
+    let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, vec![b'E', b'Z'], "{:?}", &got[..got.len().min(4)]);
+    let error = String::from_utf8_lossy(&got[0].1);
+    assert!(
+        error.contains("0A000") && error.contains("16 MiB"),
+        "{error}"
+    );
+    query(&mut s, "SELECT 'A'");
+    let got = read_until(&mut s, b'Z');
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"A"), "{got:?}");
+    drop(s);
+    quiescent(&gw).await;
+}

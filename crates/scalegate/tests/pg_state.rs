@@ -205,6 +205,42 @@ async fn an_advisory_lock_taken_through_parse_keeps_mutual_exclusion() {
     pooler_quiescent(&gw, port).await;
 }
 
+/// A probe's finding (session 24): a `pg_try_advisory_lock` that found the lock held (false:
+/// nothing taken) pinned its client until it left, so workers polling for a lock (leader
+/// election) each held a server connection and the rest of the pool got 53300. The catalogs
+/// are now asked at the transaction's end, as after an unlock.
+#[tokio::test]
+async fn a_try_lock_that_took_nothing_does_not_pin() {
+    let pg = PgServer::start().await;
+    let db = "pool_size = 2\non_session_state = \"pin\"";
+    let (gw, port) = pooler(BIN, &pg, db, "wait_timeout = \"10s\"").await;
+    let holder = app_client(port).await;
+    holder
+        .simple_query("SELECT pg_advisory_lock(42)")
+        .await
+        .expect("lock");
+    let poller = app_client(port).await;
+    for sql in [
+        "SELECT pg_try_advisory_lock(42)",
+        "SELECT pg_try_advisory_lock_shared(42)",
+    ] {
+        let got: bool = pg_one(&poller, sql).await;
+        assert!(!got, "{sql}: the holder has it");
+    }
+    let got: bool = poller
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&42i64])
+        .await
+        .expect("try lock through Parse")
+        .get(0);
+    assert!(!got);
+    // The holder keeps one server; the other is free for everyone else.
+    let other = app_client(port).await;
+    let served = tokio::time::timeout(Duration::from_secs(5), int(&other, "SELECT 1::int8")).await;
+    assert_eq!(served.expect("served while the poller is connected"), 1);
+    drop((holder, poller, other));
+    pooler_quiescent(&gw, port).await;
+}
+
 #[tokio::test]
 async fn state_that_is_gone_unpins_and_literals_never_pin() {
     let (_pg, gw, port) = one_server("pin").await;

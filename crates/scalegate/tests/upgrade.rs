@@ -288,6 +288,52 @@ async fn websocket_over_http2_becomes_an_http11_upgrade_upstream() {
     quiescent(&gw).await;
 }
 
+/// An upstream that answers every request with the status its path names (`/204` → 204) and
+/// no upgrade.
+async fn status_upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (head, _) = read_head(&mut s).await;
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|p| p.trim_start_matches('/').parse().ok())
+                    .unwrap_or(500);
+                let body = if status == 204 { "" } else { "ok" };
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A probe's finding (session 24): an HTTP/2 WebSocket (extended CONNECT) whose upstream
+/// answered 200 or 201 without switching protocols ended in RST_STREAM(INTERNAL_ERROR), and a
+/// 204 was passed on: RFC 9113 §8.5 makes any 2xx to a CONNECT an open tunnel, so the client
+/// was told it had a WebSocket the upstream never agreed to. A 2xx that is not a 101 is now a
+/// 502, as a wrong Sec-WebSocket-Accept is; other answers still come back as they are.
+#[tokio::test]
+async fn an_h2_websocket_answered_2xx_without_an_upgrade_is_a_bad_gateway() {
+    use scalegate_testkit::client::{extended_connect, h2c};
+
+    let up = status_upstream().await;
+    let gw = gateway_to(up).await;
+    let (mut tx, _) = h2c(gw.http, "/200").await;
+    for (path, want) in [("/200", 502), ("/201", 502), ("/204", 502), ("/404", 404)] {
+        let resp = extended_connect(&mut tx, gw.http, path, "websocket").await;
+        assert_eq!(resp.status(), want, "{path}");
+    }
+    drop(tx);
+    quiescent(&gw).await;
+}
+
 /// Found from outside: a tunnel whose upstream answered 101 and then never read stayed open
 /// for ever after the client had gone (`tunnels_open` still 1 fourteen minutes later): the copy
 /// waited on its write to the upstream and never looked at the client again. A side that

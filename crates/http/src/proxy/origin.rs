@@ -39,6 +39,12 @@ pub fn origin(
         let over_h2 = parts.extensions.remove::<crate::h2_websocket::Translated>();
         match forward(ctx, snap, route, parts, body, admitted, &mut done).await {
             Ok((mut head, upstream_body)) => {
+                // Any 2xx to an extended CONNECT tells the client its tunnel is open (RFC 9113
+                // §8.5): an upstream that answered without switching protocols opened none.
+                if over_h2.is_some() && head.status.is_success() {
+                    done.set_status(http::StatusCode::BAD_GATEWAY.as_u16());
+                    return Err((ProxyError::UpstreamReset, done));
+                }
                 if head.status == http::StatusCode::SWITCHING_PROTOCOLS
                     && let Some(io) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()
                 {

@@ -19,7 +19,9 @@ impl Session {
     pub(super) async fn shard_locally(&mut self, d: Decision) -> Option<End> {
         let (batch_len, syncs, flushed) = {
             let b = batch::read(&self.cbuf, &self.stmts, self.unnamed.as_deref());
-            let flushed = b.end == Some(b'H');
+            // A batch refused before its end (too long to hold, `waits_for_batch`) is skipped
+            // to its Sync as one ended by Flush.
+            let flushed = matches!(b.end, Some(b'H') | None);
             (b.len, if flushed { 0 } else { b.syncs.max(1) }, flushed)
         };
         let out = match d {

@@ -112,7 +112,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         // (and to report a refused login to the client that caused it).
         match pool.acquire(Route::Any, &mut WaitTimer::default()).await {
             Ok(lease) => {
-                let p = lease.conn.params.clone();
+                let p = crate::pool::read_write(&lease.conn.params);
                 pool.release(lease, true);
                 p
             }
@@ -324,6 +324,7 @@ impl Session {
                 Ok(Some(_)) => {}
                 Ok(None) => {}
             }
+            let held = self.holds_enough();
             let Some(lease) = self.lease.as_mut() else {
                 if self.pooler.is_closing() {
                     return End::Shutdown;
@@ -368,7 +369,9 @@ impl Session {
                         }
                     }
                 },
-                r = read_client(&mut self.client, &mut self.cbuf) => match r {
+                // Messages held back for the server's answer: past the limit the client waits
+                // (the kernel's buffers hold the rest), as PostgreSQL reads no more while busy.
+                r = read_client(&mut self.client, &mut self.cbuf), if !held => match r {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(n) => { self.pool.stats.bytes_in.fetch_add(n as u64, Relaxed); }
                 },
@@ -394,6 +397,11 @@ impl Session {
                 return end;
             }
         } else {
+            // A client that leaves holding no server needs none: taking one for its Terminate
+            // would keep it waiting on a primary that is down (asyncpg's close() hung).
+            if self.cbuf.first() == Some(&b'X') {
+                return Some(End::Client);
+            }
             if !self.drop_idle_flushes() {
                 return None;
             }
@@ -579,7 +587,13 @@ impl Session {
     /// Moves the first `consumed` bytes of the client's buffer, handled and sent, out of it; kept
     /// while the batch may be sent again. A whole buffer becomes the re-send one: nothing is
     /// copied, and it goes back to the spares when the batch is answered.
+    /// A batch past [`MAX_HELD`] is not kept: it goes on without a re-send, as it would after
+    /// the server's first answer, so that it streams through instead of being held whole.
     fn keep_for_resend(&mut self, consumed: usize) {
+        if self.resend_ok && self.resend.len() + consumed > MAX_HELD {
+            self.resend_ok = false;
+            resend::forget(&mut self.resend);
+        }
         if !self.resend_ok {
             self.cbuf.advance(consumed);
         } else if self.resend.is_empty() && consumed == self.cbuf.len() {
@@ -1156,7 +1170,10 @@ impl Session {
                 .is_some_and(|fx| fx.creates | fx.suspect != 0);
             seen = true;
         }
-        if seen && !primary {
+        if self.holds_a_long_batch() && !batch_ends(&self.cbuf) {
+            // Too long to wait for its end (`waits_for_batch`): what follows may write.
+            (Route::Primary, true)
+        } else if seen && !primary {
             let read = Route::Read {
                 min_lsn: self.min_lsn,
             };
@@ -1230,8 +1247,48 @@ impl Session {
                 return false;
             }
         }
-        !proto::messages(&self.cbuf).any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
+        // A batch that grows past its limit without an end goes on as it stands (`route`
+        // sends it to the primary, `shard_decision` refuses it): held, it would grow without
+        // bound.
+        !self.holds_a_long_batch() && !batch_ends(&self.cbuf)
     }
+
+    /// The most of the client's messages held: to route an unended batch, or while the server
+    /// answers the one before. A sharded database splits pipelined Bind/Execute pairs (asyncpg's
+    /// `executemany`) only whole, so it holds more.
+    pub(super) fn batch_limit(&self) -> usize {
+        if self.sharding.is_some() {
+            MAX_SHARDED_BATCH
+        } else {
+            MAX_HELD
+        }
+    }
+
+    /// Whether the client's buffer is at [`Self::batch_limit`].
+    fn holds_a_long_batch(&self) -> bool {
+        self.cbuf.len() >= self.batch_limit()
+    }
+
+    /// Whether no more of the client's messages are read until the server answers: the buffer
+    /// is at its limit and starts with a complete message (only a batch that has its end, or
+    /// one under the limit, waits; see `waits_for_batch`).
+    fn holds_enough(&self) -> bool {
+        self.holds_a_long_batch() && matches!(proto::tagged_len(&self.cbuf, self.max), Ok(Some(_)))
+    }
+}
+
+/// The most of a client's messages the pooler holds while it waits: for the end of a batch
+/// split between primary and replicas, or for the server's answer to the batch before. A single
+/// message may be longer (`max_message_bytes`).
+const MAX_HELD: usize = 1 << 20;
+
+/// The most of a batch without its end held in a sharded database.
+const MAX_SHARDED_BATCH: usize = 16 << 20;
+
+/// Whether the buffer holds a message that ends a batch: Sync, Query, FunctionCall, Flush or
+/// Terminate.
+fn batch_ends(buf: &[u8]) -> bool {
+    proto::messages(buf).any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
 }
 
 fn transaction_mode_split(pool: &Pool) -> bool {

@@ -108,6 +108,12 @@ impl Session {
             self.skip_to_sync |= skip;
             return Decision::Local(out);
         }
+        if b.end.is_none() {
+            return Decision::Reject(format!(
+                "a batch of over {} MiB without Sync cannot be routed in a sharded database: send Sync more often",
+                self.batch_limit() >> 20
+            ));
+        }
         if b.execs.is_empty() {
             if b.executes_earlier_portal {
                 return Decision::Shard(0);
@@ -291,7 +297,9 @@ impl Session {
         if frontend::query(&raise_sql(why), &mut q).is_err() {
             return Some(End::Fatal(Failure::NotSupported(why.to_string())));
         }
-        let forwarded = end != Some(b'H');
+        // Not before the end of a batch too long to hold (`waits_for_batch`): its rest is
+        // skipped to the Sync, as after a Flush.
+        let forwarded = matches!(end, Some(e) if e != b'H');
         if !forwarded {
             self.skip_to_sync = true;
         }

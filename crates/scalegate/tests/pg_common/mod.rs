@@ -201,3 +201,31 @@ pub fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
         .output()
         .expect("pgbench")
 }
+
+/// The resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// What `work` returns, and the highest resident memory of process `pid` (MiB) seen while it
+/// ran, sampled every 5 ms.
+pub fn peak_rss_while<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = rss_mib(pid);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_mib(pid));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak.max(rss_mib(pid))
+    });
+    let out = work();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.join().unwrap_or(0))
+}
