@@ -49,7 +49,7 @@ impl Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A listener could not bind.
-    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    #[error("listener {name:?}: cannot bind {addr}: {source}{held}")]
     Bind {
         /// Listener name.
         name: String,
@@ -57,6 +57,9 @@ pub enum ApplyError {
         addr: SocketAddr,
         /// OS error.
         source: std::io::Error,
+        /// What to do when a listener of the running config holds the port at another address
+        /// (empty otherwise).
+        held: &'static str,
     },
     /// A route names an upstream that does not exist (validation should have caught it).
     #[error("route {route:?}: unknown upstream {upstream:?}")]
@@ -161,16 +164,24 @@ impl Gateway {
             let reused = old
                 .listeners
                 .iter()
-                .find(|o| o.spec.name == l.name && o.spec.bind == l.bind);
+                .find(|o| crate::worker::same_socket(&o.spec, l));
             let sockets = match reused {
                 Some(o) => o.sockets.clone(),
-                None => {
-                    BoundSockets::bind(l.bind, self.workers).map_err(|source| ApplyError::Bind {
+                None => BoundSockets::bind(l.bind, self.workers).map_err(|source| {
+                    let port = l.bind.port();
+                    let held = old.listeners.iter().any(|o| o.spec.bind.port() == port);
+                    ApplyError::Bind {
                         name: l.name.clone(),
                         addr: l.bind,
                         source,
-                    })?
-                }
+                        held: if held && port != 0 {
+                            " (the running config listens on this port at another address: \
+                                 move it in two reloads through another port, or restart)"
+                        } else {
+                            ""
+                        },
+                    }
+                })?,
             };
             listeners.push(Listener {
                 spec: l.clone(),

@@ -269,8 +269,20 @@ fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
     }
 }
 
+/// What identifies a listener's socket across reloads: its address when it names a port, so
+/// that a renamed listener, or two that swap ports, keep their sockets (binding the new before
+/// the old closed would fail: "address in use"); with port 0 (one picked at bind) also its name.
 fn listener_key(spec: &ListenerSpec) -> String {
-    format!("{}@{}", spec.name, spec.bind)
+    if spec.bind.port() == 0 {
+        format!("{}@{}", spec.name, spec.bind)
+    } else {
+        spec.bind.to_string()
+    }
+}
+
+/// Whether a listener of a new config keeps the socket of one of the running config.
+pub(crate) fn same_socket(running: &ListenerSpec, new: &ListenerSpec) -> bool {
+    listener_key(running) == listener_key(new)
 }
 
 async fn accept_loop(

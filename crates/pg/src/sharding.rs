@@ -784,6 +784,11 @@ mod tests {
                 "SELECT user_id FROM users UNION SELECT user_id FROM orders",
                 "set operation",
             ),
+            // A probe's finding (session 24): refused, but as "a set operation".
+            (
+                "WITH x AS (DELETE FROM users WHERE score > 1 RETURNING *) SELECT count(*) FROM x",
+                "data-modifying",
+            ),
             (
                 "SELECT * FROM users u JOIN orders o ON o.total = u.score",
                 "join",

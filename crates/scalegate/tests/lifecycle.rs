@@ -102,6 +102,74 @@ async fn reload_adds_routes_upstreams_and_listeners() {
     quiescent(&gw).await;
 }
 
+/// Two listeners, `names` on ports `ports` in that order, each routed to its own upstream:
+/// the first listener's to backend `b0`, the second's to `b1`.
+fn two_listeners(names: [&str; 2], ports: [u16; 2], bs: &[Backend]) -> String {
+    let mut cfg = String::new();
+    for (i, (name, port)) in names.iter().zip(ports).enumerate() {
+        cfg.push_str(&format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\n\n\
+             [[routes]]\nlistener = \"{name}\"\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"u{i}\"\n\n\
+             [upstreams.u{i}]\nendpoints = [\"{}\"]\n\n",
+            bs[i].addr
+        ));
+    }
+    cfg
+}
+
+/// A probe's finding (session 24): a reload that kept a port but gave it to another listener
+/// (a renamed listener, two listeners swapping ports) was refused with "address already in
+/// use" (the new socket was bound before the old one closed), although the same file started
+/// fine: only a restart could apply it. A listener's socket is now kept by its address.
+#[tokio::test]
+async fn a_reload_may_rename_listeners_or_swap_their_ports() {
+    let bs = backends(2).await;
+    let gw = gateway(&bs[..1], "").await;
+    let [p, q] = scalegate_testkit::free_ports();
+    // A new connection each time: a kept-alive one stays its listener's (README, Reload).
+    let answer = |port: u16| async move {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Client::http1().get(addr, "/").await.map(|r| r.body)
+    };
+    for (round, (names, ports)) in [
+        (["x", "y"], [p, q]),
+        (["x", "y"], [q, p]),
+        (["renamed", "y"], [q, p]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        gw.write_config(&format!(
+            "{}{}",
+            two_listeners(names, ports, &bs),
+            app(&bs[..1], "")
+        ));
+        gw.signal(libc::SIGHUP);
+        let reloads = format!(
+            "scalegate_config_reloads_total{{result=\"ok\"}} {}",
+            round + 1
+        );
+        let none_rejected = "scalegate_config_reloads_total{result=\"error\"} 0\n";
+        let done = eventually(Duration::from_secs(10), || async {
+            let m = gw.admin_get("/metrics").await;
+            m.contains(&reloads) || !m.contains(none_rejected)
+        })
+        .await;
+        assert!(
+            done && !gw.stderr().contains("reload rejected"),
+            "{}",
+            gw.stderr()
+        );
+        let applied = eventually(Duration::from_secs(10), || async {
+            let first = answer(ports[0]).await.is_ok_and(|b| b == "b0");
+            first && answer(ports[1]).await.is_ok_and(|b| b == "b1")
+        })
+        .await;
+        assert!(applied, "{names:?} on {ports:?}: {}", gw.stderr());
+    }
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn a_changed_file_is_reloaded_without_a_signal() {
     let bs = backends(2).await;

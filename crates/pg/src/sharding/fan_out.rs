@@ -286,7 +286,15 @@ fn own_construct(q: &Query) -> Option<String> {
         SetExpr::Select(sel) => sel,
         SetExpr::Query(inner) => return own_construct(inner),
         SetExpr::Values(_) => return None,
-        _ => return Some("a set operation (UNION, INTERSECT, EXCEPT)".into()),
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+            return Some(
+                "a data-modifying statement in WITH (INSERT, UPDATE, DELETE, MERGE)".into(),
+            );
+        }
+        SetExpr::SetOperation { .. } => {
+            return Some("a set operation (UNION, INTERSECT, EXCEPT)".into());
+        }
+        SetExpr::Table(_) => return Some("TABLE".into()),
     };
     if sel.distinct.is_some() {
         return Some("DISTINCT".into());
