@@ -119,6 +119,11 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
     "last_value",
     "unnest",
     "exists",
+    // A client's session reset (asyncpg's on every pool release): a standby runs them, and a
+    // client that holds a lock is pinned to its server, never routed.
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
 ];
 
 /// Classifies `sql` (no cache).
@@ -192,6 +197,9 @@ fn statement(s: &Statement) -> Class {
             Class::Read
         }
         Statement::ShowVariable { .. } => Class::Read,
+        // The rest of a session reset (asyncpg's `CLOSE ALL; UNLISTEN *; RESET ALL`): a standby
+        // runs them, and nothing they end can be left on a server the client is not pinned to.
+        Statement::Close { .. } | Statement::UNLISTEN { .. } | Statement::Reset(_) => Class::Read,
         // A hot standby refuses SERIALIZABLE ("cannot use serializable mode in a hot
         // standby"): such a transaction stays on the primary, read only or not.
         Statement::StartTransaction { modes, .. }
@@ -363,6 +371,15 @@ mod tests {
             classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
             Class::ReadOnlyTransaction
         );
+    }
+
+    #[test]
+    fn a_session_reset_runs_on_a_replica() {
+        // asyncpg's reset query, sent on every pool release.
+        let reset = "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;";
+        assert_eq!(classify(reset), Class::Read);
+        assert_eq!(classify("RESET statement_timeout"), Class::Read);
+        assert_eq!(classify("SELECT pg_advisory_lock(1)"), Class::Write);
     }
 
     #[test]

@@ -467,3 +467,23 @@ async fn a_first_login_while_the_primary_is_down_is_served_by_a_replica() {
     drop(s);
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 24): with the primary down, every asyncpg pool release waited
+/// `wait_timeout` and failed with 57P03, and asyncpg dropped the connection: its reset query
+/// (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) called a function not
+/// known to be read-only, so it went to the primary. A session reset runs on a replica now
+/// (a client holding a lock or a listen is pinned to its server, never routed).
+#[tokio::test]
+async fn a_session_reset_runs_while_the_primary_is_down() {
+    let (mut primary, replica) = cluster().await;
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    let mut s = pg_common::raw_login(port);
+    primary_down(&mut primary, port).await;
+    let reset = "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;";
+    pg_common::query(&mut s, reset);
+    let got = pg_common::read_until_ready(&mut s);
+    let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"TDCCCCZ".to_vec(), "{got:?}");
+    drop(s);
+    quiescent(&gw).await;
+}
