@@ -352,12 +352,14 @@ impl RespBody {
         Some(c)
     }
 
-    /// Drops an upstream body the gateway answers without (a stored copy served in its place):
-    /// the request is not cut short by it, as it would be by a body dropped unsent.
-    pub fn set_aside(mut self) {
+    /// Drops an upstream body the gateway answers without (a stored copy of `sent` bytes served
+    /// in its place): the request is not cut short by it, as it would be by a body dropped
+    /// unsent, and the access log counts what was sent.
+    pub fn set_aside(mut self, sent: u64) {
         if let RespBody::Upstream { inner, done, .. } = &mut self
-            && let Some(c) = done.take()
+            && let Some(mut c) = done.take()
         {
+            c.count_bytes(sent);
             c.finish(inner.is_end_stream());
         }
     }

@@ -1222,3 +1222,45 @@ async fn a_range_miss_with_credentials_fetches_no_whole_object() {
     assert!(filled, "no background fill");
     quiescent(&g).await;
 }
+
+/// Left alone in session 23, fixed in session 24: the access log said `"bytes": 0` for a
+/// response the cache sent after a 304 revalidation (the stored body went out whole), and the
+/// stored body's whole length for a 304 or a Range answer to the client's own request.
+#[tokio::test]
+async fn the_access_log_counts_the_bytes_the_cache_sends() {
+    let o = Origin::start(|req, _| {
+        let tag = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
+        if req.headers.contains_key("if-none-match") {
+            return resp(304, &tag, "");
+        }
+        resp(200, &tag, "etag-body")
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "[log]\naccess_log = true\n").await;
+    assert_eq!(get(&g, "/e", &[]).await.body, "etag-body");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let revalidated = get(&g, "/e", &[]).await;
+    assert_eq!(
+        (revalidated.status.as_u16(), revalidated.body.as_str()),
+        (200, "etag-body")
+    );
+    let not_modified = get(&g, "/e", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status, 304);
+    let part = get(&g, "/e", &[("range", "bytes=0-3")]).await;
+    assert_eq!((part.status.as_u16(), part.body.as_str()), (206, "etag"));
+    let mut bytes = Vec::new();
+    let logged = eventually(Duration::from_secs(5), || {
+        bytes = g
+            .stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["bytes"].as_u64())
+            .collect();
+        let n = bytes.len();
+        async move { n >= 4 }
+    })
+    .await;
+    assert!(logged, "{bytes:?}");
+    assert_eq!(bytes, [9, 9, 0, 4]);
+    quiescent(&g).await;
+}

@@ -26,7 +26,8 @@ pub fn from_object(
 ) -> Response<RespBody> {
     let resp = build(o, req, cs);
     done.set_status(resp.status().as_u16());
-    done.count_bytes(o.body.len() as u64);
+    // What is sent: nothing for a 304, the part a Range asked for.
+    done.count_bytes(resp.body().whole_len());
     done.finish(true);
     resp
 }
@@ -39,8 +40,9 @@ pub fn from_served(
     cs: HeaderValue,
     upstream: RespBody,
 ) -> Response<RespBody> {
-    upstream.set_aside();
-    build(o, req, cs)
+    let resp = build(o, req, cs);
+    upstream.set_aside(resp.body().whole_len());
+    resp
 }
 
 fn build(o: &Object, req: &Parts, cs: HeaderValue) -> Response<RespBody> {
