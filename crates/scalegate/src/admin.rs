@@ -53,7 +53,7 @@ pub async fn start(
         registry,
         token,
     });
-    let open = Arc::new(tokio::sync::Semaphore::new(MOST_CONNECTIONS));
+    let places = Arc::new(crate::admin_places::Places::default());
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -65,9 +65,9 @@ pub async fn start(
                     continue;
                 }
             };
-            let Ok(place) = open.clone().try_acquire_owned() else {
-                // Over the cap: closed at once (the admin port shares the process's file
-                // descriptors with the data path).
+            let Some(place) = places.take(peer.ip()) else {
+                // Over a cap: closed at once (the admin port shares the process's file
+                // descriptors with the data path; admin_places.rs).
                 continue;
             };
             let admin = admin.clone();
@@ -87,11 +87,6 @@ pub async fn start(
     });
     Ok(local)
 }
-
-/// Most admin connections open at once; more are closed as they are accepted. A client that
-/// opened thousands of half-sent requests held as many file descriptors, which the data path
-/// shares (a probe's finding: 3,000 held for good).
-const MOST_CONNECTIONS: usize = 1024;
 
 /// How long an admin client has to send a request head, idle keep-alive included: slowloris
 /// clients are closed as on the public listeners.

@@ -6,6 +6,7 @@
 mod admin;
 mod admin_cache;
 mod admin_fanout;
+mod admin_places;
 mod admin_queue;
 mod alloc;
 mod config;

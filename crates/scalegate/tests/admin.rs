@@ -315,3 +315,37 @@ async fn a_half_sent_admin_request_is_closed() {
     assert_eq!(closed, Ok(true), "the half-sent request was not closed");
     quiescent(&gw).await;
 }
+
+/// Left alone in session 23, fixed in session 24: while one client held 1,024 half-sent admin
+/// requests (the listener's cap), `/ready` went unanswered for everyone, a Kubernetes
+/// readiness probe included, for as long as the client kept opening them. One address now
+/// holds at most 64 admin connections; others still get in.
+#[tokio::test]
+async fn one_address_holding_admin_connections_does_not_shut_out_others() {
+    use tokio::io::AsyncWriteExt;
+    let bs = backends(1).await;
+    let gw = GatewayProcess::start(BIN, &app(&bs, "")).await;
+    let from: std::net::SocketAddr = "127.0.0.2:0".parse().expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..1_100 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(from).expect("bind 127.0.0.2");
+        let Ok(mut s) = socket.connect(gw.admin).await else {
+            continue;
+        };
+        if s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_ok()
+        {
+            held.push(s);
+        }
+    }
+    let ready = Client::http1().get(gw.admin, "/ready").await;
+    assert!(
+        ready.as_ref().is_ok_and(|r| r.status == 200),
+        "{:?}",
+        ready.map(|r| r.status)
+    );
+    drop(held);
+    quiescent(&gw).await;
+}
