@@ -454,3 +454,31 @@ async fn a_batch_too_long_to_hold_is_refused_and_the_connection_goes_on() {
     drop(s);
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 24): a Query message whose text had no terminating NUL (or bytes
+/// after it) got 0A000 "cannot find the statement to route" from a sharded database, where
+/// PostgreSQL answers 08P01. The pooler now refuses it as PostgreSQL does, and the connection
+/// goes on.
+#[tokio::test]
+async fn a_malformed_query_is_a_protocol_violation() {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
+    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
+    use pg_common::{pg_message, query, read_until, read_until_ready};
+    let mut s = pg_common::raw_login(port);
+    for body in [&b"SELECT 1"[..], b"SELECT 1\0junk\0"] {
+        s.write_all(&pg_message(b'Q', &[body])).expect("query");
+        let got = read_until_ready(&mut s);
+        let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, vec![b'E', b'Z'], "{got:?}");
+        let error = String::from_utf8_lossy(&got[0].1);
+        assert!(error.contains("08P01"), "{error}");
+    }
+    query(&mut s, "SELECT 'A'");
+    let got = read_until(&mut s, b'Z');
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"A"), "{got:?}");
+    drop(s);
+    quiescent(&gw).await;
+}

@@ -630,13 +630,18 @@ impl Session {
             return None;
         }
         let n = proto::tagged_len(&self.cbuf, self.max).ok()??;
+        let mut out = BytesMut::new();
+        if let Some(why) = malformed_query(&self.cbuf[5..n]) {
+            // Text the pooler cannot read is not routed: refused as PostgreSQL refuses it.
+            Failure::Protocol(why.into()).write(&mut out, proto::Severity::Error);
+            return Some(self.answer_locally(n, out).await);
+        }
         let (sql, _) = statement_text(&self.cbuf[..n])?;
         let Some(fx) = self.pooler.analyzer.effects(sql) else {
             // Nothing to answer here; the forward loop need not look at it again.
             self.plain_first = n;
             return None;
         };
-        let mut out = BytesMut::new();
         if fx.creates != 0 && self.refuse_state {
             self.pool.stats.refusals.fetch_add(1, Relaxed);
             state::refusal(&mut out, fx.creates);
@@ -654,6 +659,11 @@ impl Session {
                 _ => return None,
             }
         }
+        Some(self.answer_locally(n, out).await)
+    }
+
+    /// Answers the client's first `n` bytes (a simple query) with `out` and a ReadyForQuery.
+    async fn answer_locally(&mut self, n: usize, mut out: BytesMut) -> Option<End> {
         let _ = self.cbuf.split_to(n);
         // Without a server the client is between transactions, unless a sharded BEGIN waits.
         let status = match (self.shard_txn_failed, self.deferred_begin) {
@@ -662,10 +672,10 @@ impl Session {
             (false, false) => b'I',
         };
         proto::ready(&mut out, status);
-        Some(match self.client.write_all(&out).await {
+        match self.client.write_all(&out).await {
             Ok(()) => None,
             Err(_) => Some(End::Client),
-        })
+        }
     }
 
     async fn acquire(&mut self) -> Result<(), AcquireError> {
@@ -1609,6 +1619,16 @@ fn parsed_name(msg: &[u8]) -> &[u8] {
 }
 
 /// The SQL text of a Query or Parse message, and whether it is a Query or an unnamed Parse.
+/// Why PostgreSQL would refuse a Query message's body (08P01): its text must end at its one
+/// NUL, the body's last byte.
+fn malformed_query(body: &[u8]) -> Option<&'static str> {
+    match body.iter().position(|&b| b == 0) {
+        None => Some("invalid string in message"),
+        Some(end) if end + 1 != body.len() => Some("invalid message format"),
+        Some(_) => None,
+    }
+}
+
 fn statement_text(msg: &[u8]) -> Option<(&[u8], bool)> {
     let mut body = &msg[5..];
     match msg[0] {
