@@ -143,10 +143,14 @@ impl Collector for PoolerMetrics {
                 continue;
             };
             for (i, h) in t.hosts.iter().enumerate() {
-                let base: Labels = vec![
+                let mut base: Labels = vec![
                     ("database", d.name.clone()),
                     ("host", format!("{}:{}", h.spec.host, h.spec.port)),
                 ];
+                // Two shards may live on one server (databases of their own): one series each.
+                if t.sharded {
+                    base.push(("shard", i.to_string()));
+                }
                 let mut role = base.clone();
                 role.push(("role", h.role().name().into()));
                 roles.push((role, 1));
@@ -154,11 +158,7 @@ impl Collector for PoolerMetrics {
                     lag_bytes.push((base.clone(), h.lag_bytes.load(Relaxed) as i64));
                     lag_seconds.push((base.clone(), (h.lag_ms.load(Relaxed) / 1000) as i64));
                 }
-                let mut x = base;
-                if t.sharded {
-                    x.push(("shard", i.to_string()));
-                }
-                host_xacts.push((x, h.xacts.load(Relaxed)));
+                host_xacts.push((base, h.xacts.load(Relaxed)));
             }
         }
         gauges(

@@ -123,6 +123,22 @@ pub fn plan(c: &Config, input: &PlanInput) -> String {
         );
     }
     for u in &c.gateway.upstreams {
+        if let (true, Some(dns)) = (u.endpoints.is_empty(), &u.dns) {
+            // How many endpoints DNS will give is not known here: say from how many it is enough.
+            let pool = u.pool.max_per_endpoint.max(1) as f64;
+            line(
+                w,
+                format!(
+                    "upstream {:?}: endpoints from DNS ({}); if all traffic went here, pool.max_per_endpoint = {} holds ~{} per instance with {} endpoint(s) or more",
+                    u.name,
+                    dns.name,
+                    u.pool.max_per_endpoint,
+                    n(per.ceil()),
+                    (per / pool).ceil().max(1.0) as u64
+                ),
+            );
+            continue;
+        }
         let eps = u.endpoints.len().max(1) as f64;
         let per_endpoint = (per / eps).ceil();
         let pool = u.pool.max_per_endpoint as f64;
@@ -294,6 +310,17 @@ fn autoscaling(w: &mut String, input: &PlanInput, per_instance: f64, f: &Fleet) 
         format!(
             "per-pod rate target (scalegate_http_requests_per_second averageValue): {} req/s = peak / {} instances, so the HPA runs {} at the peak",
             per_pod as u64, f.planned, f.planned
+        ),
+    );
+    let in_flight_per_pod =
+        (in_flight(input.peak_rps, input.latency) / f64::from(f.planned)).ceil();
+    line(
+        w,
+        format!(
+            "per-pod in-flight target (scalegate_http_in_flight averageValue): {} = peak × {} ms / {} instances (upstreams slower than --latency scale out before CPU rises)",
+            in_flight_per_pod as u64,
+            input.latency.as_millis(),
+            f.planned
         ),
     );
     line(

@@ -121,13 +121,22 @@ fn the_kubernetes_configmap_holds_a_valid_config_and_plan_reads_it() {
     };
     let (min, max) = (value("minReplicas:"), value("maxReplicas:"));
     let (cpu, rate) = (value("averageUtilization:"), value("averageValue:"));
+    // A probe's finding (session 24): the in-flight target (500) was in no plan's output, and
+    // at the planned count the HPA would have wanted about 20 pods.
+    let in_flight =
+        value("scalegate_http_in_flight }\n        target: { type: AverageValue, averageValue:");
     for want in [
         format!("minReplicas {min}, maxReplicas {max}"),
         format!("averageValue): {rate} req/s"),
+        format!("in-flight target (scalegate_http_in_flight averageValue): {in_flight} ="),
         format!("CPU target (averageUtilization): {cpu}%"),
     ] {
         assert!(text.contains(&want), "the plan says {want:?}? {text}");
     }
+    // A probe's finding (session 24): the config's upstream is found through DNS, and the plan
+    // divided as if it had one endpoint ("0 endpoint(s) … TOO LOW").
+    assert!(!text.contains("TOO LOW"), "{text}");
+    assert!(text.contains("endpoints from DNS"), "{text}");
 }
 
 /// A probe's finding (session 20): `plan` took a peak beyond its arithmetic ("run 0

@@ -482,3 +482,35 @@ async fn a_malformed_query_is_a_protocol_violation() {
     drop(s);
     quiescent(&gw).await;
 }
+
+/// A probe's finding (session 24): two shards on one server (databases of their own) exported
+/// `scalegate_pg_host_role` twice with identical labels (Prometheus drops one of a duplicate
+/// pair); `scalegate_pg_host_transactions_total` already had `shard`. Every host series of a
+/// sharded database now names its shard.
+#[tokio::test]
+async fn two_shards_on_one_server_have_a_series_each() {
+    let pg = PgServer::start().await;
+    for db in ["s0", "s1"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+        pg.psql(db, SCHEMA);
+    }
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n[postgres.databases.app]\n\
+         shards = [\"postgres://postgres@127.0.0.1:{p}/s0\", \"postgres://postgres@127.0.0.1:{p}/s1\"]\n\
+         sharding = {{ function = \"modulus\", keys = [\"users.user_id\"] }}\n",
+        p = pg.port
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let roles: Vec<String> = gw
+        .admin_get("/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with("scalegate_pg_host_role{"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(roles.len(), 2, "{roles:?}");
+    assert!(roles.iter().any(|l| l.contains("shard=\"0\"")), "{roles:?}");
+    assert!(roles.iter().any(|l| l.contains("shard=\"1\"")), "{roles:?}");
+    quiescent(&gw).await;
+}

@@ -207,6 +207,7 @@ fn database(c: &mut Check, name: &str, raw: &Spanned<RawDatabase>) -> Option<Dat
     };
     let sharding = sharding(c, d, raw, shards.len());
     let replicas: Vec<ServerSpec> = d.replicas.iter().filter_map(|u| server_url(c, u)).collect();
+    servers_once(c, name, d);
     let pool_mode = match d.pool_mode.as_ref().map(|m| m.get_ref().as_str()) {
         None | Some("transaction") => PoolMode::Transaction,
         Some("session") => PoolMode::Session,
@@ -444,6 +445,26 @@ fn sharding(
         keys,
         param,
     }))
+}
+
+/// Refuses a server listed twice in one database (as primary and replica, or as two shards):
+/// its health and role would be tracked twice, and its metrics series doubled.
+fn servers_once(c: &mut Check, name: &str, d: &RawDatabase) {
+    let mut seen = std::collections::HashSet::new();
+    for raw in d.primary.iter().chain(&d.shards).chain(&d.replicas) {
+        let Some(Ok(s)) = parse_url(raw.get_ref()) else {
+            continue;
+        };
+        if !seen.insert((s.host.to_ascii_lowercase(), s.port, s.dbname)) {
+            c.err(
+                raw.span(),
+                format!(
+                    "database {name}: {}:{} is listed twice; each server (host, port and database) once",
+                    s.host, s.port
+                ),
+            );
+        }
+    }
 }
 
 /// `postgres://[user[:password]@]host[:port][/dbname]`.

@@ -662,3 +662,25 @@ fn a_duration_over_the_limit_is_told_as_such() {
         "{p:?}"
     );
 }
+
+/// A probe's finding (session 24): the same server as primary and replica (or as two shards)
+/// was accepted; its role and health were tracked twice and its metrics series doubled.
+#[test]
+fn a_server_is_listed_once_per_database() {
+    let db = |servers: &str| {
+        format!("[postgres]\nlisten = \"127.0.0.1:0\"\n[postgres.databases.app]\n{servers}\n")
+    };
+    let twice =
+        db("primary = \"postgres://u@db1:5432/app\"\nreplicas = [\"postgres://u@DB1:5432/app\"]");
+    let p = problems(&twice);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("5:") && m.contains("DB1:5432 is listed twice")),
+        "{p:?}"
+    );
+    // Two databases of one server are two shards.
+    let shards = db(
+        "shards = [\"postgres://u@db1:5432/s0\", \"postgres://u@db1:5432/s1\"]\nsharding = { keys = [\"t.id\"] }",
+    );
+    assert!(problems(&shards).is_empty(), "{:?}", problems(&shards));
+}
