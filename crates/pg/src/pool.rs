@@ -432,12 +432,39 @@ impl Pool {
         );
         conn.prepared.set_cap(self.max_prepared);
         conn.counted = Some(Opened::new(&self.stats));
-        if let Ok(mut p) = self.params.lock()
+        // A replica's (learned while no primary was known) are not kept: see `client_params`.
+        if !self.is_replica(host)
+            && let Ok(mut p) = self.params.lock()
             && p.is_empty()
         {
-            *p = read_write(&conn.params);
+            p.clone_from(&conn.params);
         }
         Ok(conn)
+    }
+
+    /// Whether `host` is a replica of a database split between a primary and replicas (not
+    /// its primary, nor a shard, nor the one host of a database).
+    fn is_replica(&self, host: usize) -> bool {
+        self.topology.has_replicas() && self.topology.primary() != Some(host)
+    }
+
+    /// The server parameters a logging-in client is told, from the connection the pooler
+    /// logged in with. A replica's (no primary was known) are reported as a primary's, since
+    /// the pooler takes writes (`in_hot_standby` off: libpq's `target_session_attrs=read-write`
+    /// checks it), and are not kept for later logins: once a primary is back, its own are.
+    pub fn client_params(&self, lease: &Lease) -> Vec<(String, String)> {
+        if !self.is_replica(lease.host) {
+            return lease.conn.params.clone();
+        }
+        lease
+            .conn
+            .params
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "in_hot_standby" => (k.clone(), "off".to_string()),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect()
     }
 
     /// The host with the fewest leases out (the lowest index among equals).
@@ -719,16 +746,3 @@ impl Pool {
 #[cfg(test)]
 #[path = "pool_tests.rs"]
 mod tests;
-
-/// The parameters clients are told, from a server's: the pooler takes writes whichever host
-/// told them, so a replica's `in_hot_standby` (which libpq's `target_session_attrs=read-write`
-/// checks) is reported as a primary's.
-pub(crate) fn read_write(server: &[(String, String)]) -> Vec<(String, String)> {
-    server
-        .iter()
-        .map(|(k, v)| match k.as_str() {
-            "in_hot_standby" => (k.clone(), "off".to_string()),
-            _ => (k.clone(), v.clone()),
-        })
-        .collect()
-}

@@ -1248,6 +1248,16 @@ async fn the_access_log_counts_the_bytes_the_cache_sends() {
     assert_eq!(not_modified.status, 304);
     let part = get(&g, "/e", &[("range", "bytes=0-3")]).await;
     assert_eq!((part.status.as_u16(), part.body.as_str()), (206, "etag"));
+    // The regression hunt's findings (session 24): a Range answered after a revalidation was
+    // logged 200, and a HEAD hit with the stored body's length.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let part = get(&g, "/e", &[("range", "bytes=1-2")]).await;
+    assert_eq!((part.status.as_u16(), part.body.as_str()), (206, "ta"));
+    let head = Client::http1()
+        .request("HEAD", g.http, "/e", &[])
+        .await
+        .expect("head");
+    assert_eq!(head.status, 200);
     let mut bytes = Vec::new();
     let logged = eventually(Duration::from_secs(5), || {
         bytes = g
@@ -1257,10 +1267,17 @@ async fn the_access_log_counts_the_bytes_the_cache_sends() {
             .filter_map(|v| v["bytes"].as_u64())
             .collect();
         let n = bytes.len();
-        async move { n >= 4 }
+        async move { n >= 6 }
     })
     .await;
     assert!(logged, "{bytes:?}");
-    assert_eq!(bytes, [9, 9, 0, 4]);
+    assert_eq!(bytes, [9, 9, 0, 4, 2, 0]);
+    let statuses: Vec<u64> = g
+        .stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [200, 200, 304, 206, 206, 200]);
     quiescent(&g).await;
 }

@@ -442,17 +442,7 @@ async fn a_first_login_while_the_primary_is_down_is_served_by_a_replica() {
     let (mut primary, replica) = cluster().await;
     let (gw, port) = pooler(&primary, &replica, "").await;
     primary_down(&mut primary, port).await;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for part in ["user", "postgres", "database", "app", ""] {
-        body.extend(part.as_bytes());
-        body.push(0);
-    }
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend(body);
-    s.write_all(&startup).expect("startup");
-    let login = pg_common::read_until_ready(&mut s);
+    let (mut s, login) = pg_common::raw_startup(port);
     assert_eq!(login.last().map(|m| m.0), Some(b'Z'), "{login:?}");
     let standby = login
         .iter()
@@ -485,5 +475,79 @@ async fn a_session_reset_runs_while_the_primary_is_down() {
     let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, b"TDCCCCZ".to_vec(), "{got:?}");
     drop(s);
+    quiescent(&gw).await;
+}
+
+/// The value of ParameterStatus `name` in a login's messages.
+fn parameter(login: &[(u8, Vec<u8>)], name: &str) -> Option<String> {
+    login.iter().find_map(|(tag, body)| {
+        let mut parts = body.split(|b| *b == 0);
+        (*tag == b'S' && parts.next() == Some(name.as_bytes()))
+            .then(|| String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned())
+    })
+}
+
+/// The regression hunt's finding (session 24) in the fix above: parameters learned from a
+/// replica during an outage were kept for the pool's life, so a replica's
+/// `default_transaction_read_only = on` was every later client's too, and libpq's
+/// `target_session_attrs=read-write` refused the pooler after the primary was back. A
+/// replica's parameters now serve the logins of the outage only.
+#[tokio::test]
+async fn a_replicas_parameters_are_not_kept_once_the_primary_is_back() {
+    let mut primary = PgServer::start().await;
+    primary.psql("postgres", "CREATE TABLE t (n int)");
+    // The replica copies the setting from the primary's auto.conf; the primary never loads it.
+    primary.psql(
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    );
+    let replica = PgServer::replica_of(&primary).await;
+    primary.psql(
+        "postgres",
+        "ALTER SYSTEM RESET default_transaction_read_only",
+    );
+    let (gw, port) = pooler(&primary, &replica, "").await;
+    primary_down(&mut primary, port).await;
+    let (_, during) = pg_common::raw_startup(port);
+    assert_eq!(
+        parameter(&during, "default_transaction_read_only").as_deref(),
+        Some("on")
+    );
+    primary.restart_fast().await;
+    let back = eventually(Duration::from_secs(15), || async {
+        psql(port, "postgres", "scalegate", "SHOW HOSTS")
+            .is_ok_and(|h| h.contains(&format!("|{}|primary|", primary.port)))
+    })
+    .await;
+    assert!(back, "the monitor never saw the primary back");
+    let (_, after) = pg_common::raw_startup(port);
+    assert_eq!(
+        parameter(&after, "default_transaction_read_only").as_deref(),
+        Some("off")
+    );
+    quiescent(&gw).await;
+}
+
+/// The regression hunt's finding (session 24): a database whose one host is a hot standby (a
+/// reporting pool) was reported `in_hot_standby = off`, so libpq's
+/// `target_session_attrs=standby` refused it and `read-write` accepted it. Only a replica of a
+/// split database stands in for its primary.
+#[tokio::test]
+async fn a_standby_alone_is_reported_as_one() {
+    let (primary, replica) = cluster().await;
+    let port = free_port();
+    let cfg = format!(
+        "[postgres]\nlisten = \"127.0.0.1:{port}\"\n\
+         [postgres.databases.app]\nprimary = \"postgres://postgres@127.0.0.1:{}/postgres\"\n",
+        replica.port
+    );
+    let gw = GatewayProcess::start(BIN, &cfg).await;
+    let (_, login) = pg_common::raw_startup(port);
+    assert_eq!(
+        parameter(&login, "in_hot_standby").as_deref(),
+        Some("on"),
+        "{login:?}"
+    );
+    drop(primary);
     quiescent(&gw).await;
 }

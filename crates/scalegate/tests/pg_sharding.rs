@@ -54,6 +54,24 @@ fn hash_partitioned(s: &PgServer, name: &str, column: &str) {
     s.psql("postgres", &sql);
 }
 
+/// Two shards keyed by `users.user_id` (modulus) behind a gateway: the servers (kept alive),
+/// the gateway and the pooler's port.
+async fn keyed() -> ((PgServer, PgServer), GatewayProcess, u16) {
+    let (a, b) = shards().await;
+    let port = free_port();
+    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
+    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
+    ((a, b), gw, port)
+}
+
+/// Asserts that a raw client's connection still answers a query after what it just did.
+fn the_connection_goes_on(s: &mut std::net::TcpStream) {
+    pg_common::query(s, "SELECT 'A'");
+    let got = pg_common::read_until(s, b'Z');
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"A"), "{got:?}");
+}
+
 fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
@@ -337,11 +355,8 @@ async fn what_would_lose_rows_across_shards_is_refused_and_the_connection_goes_o
 /// one as its ROLLBACK's answer, and every later result came one query late.
 #[tokio::test]
 async fn a_refused_batch_in_a_transaction_gets_one_ready_for_query_per_sync() {
-    let (a, b) = shards().await;
-    let port = free_port();
-    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
-    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
-    use pg_common::{bind, execute, flush, parse, query, read_until, read_until_ready, sync};
+    let (_shards, gw, port) = keyed().await;
+    use pg_common::{bind, execute, flush, parse, query, read_until_ready, sync};
     let mut s = pg_common::raw_login(port);
     query(&mut s, "BEGIN");
     read_until_ready(&mut s);
@@ -365,10 +380,7 @@ async fn a_refused_batch_in_a_transaction_gets_one_ready_for_query_per_sync() {
     let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
     // Before: [E 25P02, Z] here, and the ROLLBACK's answer one query later.
     assert_eq!(tags, vec![b'C', b'Z'], "{got:?}");
-    query(&mut s, "SELECT 'A'");
-    let got = read_until(&mut s, b'Z');
-    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
-    assert!(row.1.ends_with(b"A"), "{got:?}");
+    the_connection_goes_on(&mut s);
     drop(s);
     quiescent(&gw).await;
 }
@@ -423,11 +435,8 @@ async fn a_wait_that_fails_inside_a_sharded_transaction_fails_the_transaction() 
 /// on.
 #[tokio::test]
 async fn a_batch_too_long_to_hold_is_refused_and_the_connection_goes_on() {
-    let (a, b) = shards().await;
-    let port = free_port();
-    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
-    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
-    use pg_common::{bind, execute, parse, query, read_until, read_until_ready, sync};
+    let (_shards, gw, port) = keyed().await;
+    use pg_common::{bind, execute, parse, read_until_ready, sync};
     let mut s = pg_common::raw_login(port);
     let padded = format!("SELECT 1 /* {} */", "x".repeat(64_000));
     let one = [parse("", &padded), bind(""), execute(0)].concat();
@@ -447,10 +456,7 @@ async fn a_batch_too_long_to_hold_is_refused_and_the_connection_goes_on() {
         error.contains("0A000") && error.contains("16 MiB"),
         "{error}"
     );
-    query(&mut s, "SELECT 'A'");
-    let got = read_until(&mut s, b'Z');
-    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
-    assert!(row.1.ends_with(b"A"), "{got:?}");
+    the_connection_goes_on(&mut s);
     drop(s);
     quiescent(&gw).await;
 }
@@ -461,11 +467,8 @@ async fn a_batch_too_long_to_hold_is_refused_and_the_connection_goes_on() {
 /// goes on.
 #[tokio::test]
 async fn a_malformed_query_is_a_protocol_violation() {
-    let (a, b) = shards().await;
-    let port = free_port();
-    let keys = "function = \"modulus\", keys = [\"users.user_id\"]";
-    let gw = GatewayProcess::start(BIN, &config(port, &a, &b, keys)).await;
-    use pg_common::{pg_message, query, read_until, read_until_ready};
+    let (_shards, gw, port) = keyed().await;
+    use pg_common::{pg_message, read_until_ready};
     let mut s = pg_common::raw_login(port);
     for body in [&b"SELECT 1"[..], b"SELECT 1\0junk\0"] {
         s.write_all(&pg_message(b'Q', &[body])).expect("query");
@@ -475,10 +478,7 @@ async fn a_malformed_query_is_a_protocol_violation() {
         let error = String::from_utf8_lossy(&got[0].1);
         assert!(error.contains("08P01"), "{error}");
     }
-    query(&mut s, "SELECT 'A'");
-    let got = read_until(&mut s, b'Z');
-    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
-    assert!(row.1.ends_with(b"A"), "{got:?}");
+    the_connection_goes_on(&mut s);
     drop(s);
     quiescent(&gw).await;
 }
@@ -512,5 +512,58 @@ async fn two_shards_on_one_server_have_a_series_each() {
     assert_eq!(roles.len(), 2, "{roles:?}");
     assert!(roles.iter().any(|l| l.contains("shard=\"0\"")), "{roles:?}");
     assert!(roles.iter().any(|l| l.contains("shard=\"1\"")), "{roles:?}");
+    quiescent(&gw).await;
+}
+
+/// The regression hunt's finding (session 24) in the bound on a held batch: one autocommit
+/// INSERT with a 17 MB parameter was refused ("a batch of over 16 MiB without Sync") when the
+/// buffer reached the limit before its Bind was read whole. One long message never decides
+/// alone now, wherever the reads split.
+#[tokio::test]
+async fn one_long_statement_is_not_a_long_batch() {
+    use pg_common::{execute, parse, pg_message, read_until_ready, sync};
+    let (_shards, gw, port) = keyed().await;
+    let mut s = pg_common::raw_login(port);
+    let name = "x".repeat(17 << 20);
+    let param = |v: &[u8]| [&(v.len() as i32).to_be_bytes()[..], v].concat();
+    // Alone, then inside a transaction (a server held: the batch is checked against its shard).
+    for (id, in_transaction) in [(b"7", false), (b"8", true)] {
+        if in_transaction {
+            pg_common::query(&mut s, "BEGIN");
+            read_until_ready(&mut s);
+        }
+        let bind = pg_message(
+            b'B',
+            &[
+                b"\0\0",
+                &[0, 0, 0, 2],
+                &param(id),
+                &param(name.as_bytes()),
+                &[0, 0],
+            ],
+        );
+        let insert = "INSERT INTO users (user_id, name) VALUES ($1, $2)";
+        let first = [parse("", insert), bind].concat();
+        // The buffer passes 16 MiB with the Bind still half read; the rest comes a moment later.
+        let cut = 16 << 20;
+        s.write_all(&first[..cut]).expect("first part");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        s.write_all(&[&first[cut..], &execute(0)[..], &sync()].concat())
+            .expect("the rest");
+        let got = read_until_ready(&mut s);
+        let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"12CZ".to_vec(), "{:?}", &got[..got.len().min(3)]);
+        if in_transaction {
+            pg_common::query(&mut s, "COMMIT");
+            read_until_ready(&mut s);
+        }
+    }
+    let c = client(port).await;
+    for id in [7, 8] {
+        let sql = format!("SELECT length(name) FROM users WHERE user_id = {id}");
+        let len: i32 = pg_one(&c, &sql).await;
+        assert_eq!(len as usize, name.len());
+    }
+    drop((s, c));
     quiescent(&gw).await;
 }

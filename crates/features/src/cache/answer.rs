@@ -26,23 +26,32 @@ pub fn from_object(
 ) -> Response<RespBody> {
     let resp = build(o, req, cs);
     done.set_status(resp.status().as_u16());
-    // What is sent: nothing for a 304, the part a Range asked for.
-    done.count_bytes(resp.body().whole_len());
+    done.count_bytes(sent(&resp, req));
     done.finish(true);
     resp
 }
 
 /// A response from a stored object while an upstream exchange (a 304 or a failed answer)
-/// finishes its bookkeeping as it is dropped.
+/// finishes its bookkeeping as it is dropped: the status and bytes recorded are the answer's.
 pub fn from_served(
     o: &Object,
     req: &Parts,
     cs: HeaderValue,
-    upstream: RespBody,
+    mut upstream: RespBody,
 ) -> Response<RespBody> {
     let resp = build(o, req, cs);
-    upstream.set_aside(resp.body().whole_len());
+    upstream.set_status(resp.status().as_u16());
+    upstream.set_aside(sent(&resp, req));
     resp
+}
+
+/// The body bytes an answer sends: none to HEAD or for a 304, the part a Range asked for.
+fn sent(resp: &Response<RespBody>, req: &Parts) -> u64 {
+    if req.method == Method::HEAD {
+        0
+    } else {
+        resp.body().whole_len()
+    }
 }
 
 fn build(o: &Object, req: &Parts, cs: HeaderValue) -> Response<RespBody> {

@@ -51,7 +51,7 @@ impl NotModified<'_> {
     /// exchange's bookkeeping). A 304 naming another representation than the stored one
     /// updates nothing (RFC 9111 §4.3.4): the stored copy is outdated and forgotten, and
     /// `upstream` comes back so that the request can be asked again without conditions.
-    pub fn answer(&self, fresh: &HeaderMap, mut upstream: RespBody) -> Revalidated {
+    pub fn answer(&self, fresh: &HeaderMap, upstream: RespBody) -> Revalidated {
         if names_another(&self.stored.headers, fresh) {
             self.forget();
             return Revalidated::Outdated(upstream);
@@ -77,7 +77,6 @@ impl NotModified<'_> {
             Err(why) if !why.from_response() => {}
             Err(_) => self.forget(),
         }
-        upstream.set_status(refreshed.status.as_u16());
         let detail = verdict.as_ref().err().map(|why| why.token());
         let cs = status::forward(Fwd::Stale, Some(304), verdict.is_ok(), detail);
         let mut r = from_served(&refreshed, self.request, cs, upstream);

@@ -377,7 +377,7 @@ async fn fetch(
             };
         }
     };
-    let (mut head, mut body) = resp.into_parts();
+    let (mut head, body) = resp.into_parts();
     let now = SystemTime::now();
     if let Some(o) = &stale {
         if head.status == StatusCode::NOT_MODIFIED {
@@ -405,7 +405,6 @@ async fn fetch(
         }
         if head.status.is_server_error() && o.serves_on_error(now) {
             cx.route.metrics.cache(CacheResult::StaleIfError);
-            body.set_status(o.status.as_u16());
             let cs = status::hit(o.ttl_secs(now), Some("stale-if-error"));
             return Ok(from_served(o, &parts, cs, body));
         }

@@ -42,8 +42,9 @@ pub fn origin(
                 // Any 2xx to an extended CONNECT tells the client its tunnel is open (RFC 9113
                 // §8.5): an upstream that answered without switching protocols opened none.
                 if over_h2.is_some() && head.status.is_success() {
-                    done.set_status(http::StatusCode::BAD_GATEWAY.as_u16());
-                    return Err((ProxyError::UpstreamReset, done));
+                    let e = ProxyError::BadResponse("a 2xx, not 101, to a WebSocket handshake");
+                    done.set_status(e.status().as_u16());
+                    return Err((e, done));
                 }
                 if head.status == http::StatusCode::SWITCHING_PROTOCOLS
                     && let Some(io) = head.extensions.remove::<hyper::upgrade::OnUpgrade>()

@@ -112,7 +112,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         // (and to report a refused login to the client that caused it).
         match pool.acquire(Route::Any, &mut WaitTimer::default()).await {
             Ok(lease) => {
-                let p = crate::pool::read_write(&lease.conn.params);
+                let p = pool.client_params(&lease);
                 pool.release(lease, true);
                 p
             }
@@ -1180,7 +1180,7 @@ impl Session {
                 .is_some_and(|fx| fx.creates | fx.suspect != 0);
             seen = true;
         }
-        if self.holds_a_long_batch() && !batch_ends(&self.cbuf) {
+        if self.holds_a_long_batch() {
             // Too long to wait for its end (`waits_for_batch`): what follows may write.
             (Route::Primary, true)
         } else if seen && !primary {
@@ -1260,7 +1260,8 @@ impl Session {
         // A batch that grows past its limit without an end goes on as it stands (`route`
         // sends it to the primary, `shard_decision` refuses it): held, it would grow without
         // bound.
-        !self.holds_a_long_batch() && !batch_ends(&self.cbuf)
+        let (ends, held) = batch_extent(&self.cbuf);
+        !ends && held < self.batch_limit()
     }
 
     /// The most of the client's messages held: to route an unended batch, or while the server
@@ -1274,16 +1275,22 @@ impl Session {
         }
     }
 
-    /// Whether the client's buffer is at [`Self::batch_limit`].
+    /// Whether the client's buffer holds a batch too long to wait for its end (see
+    /// [`batch_extent`]).
     fn holds_a_long_batch(&self) -> bool {
-        self.cbuf.len() >= self.batch_limit()
+        let (ends, held) = batch_extent(&self.cbuf);
+        !ends && held >= self.batch_limit()
     }
 
-    /// Whether no more of the client's messages are read until the server answers: the buffer
-    /// is at its limit and starts with a complete message (only a batch that has its end, or
-    /// one under the limit, waits; see `waits_for_batch`).
+    /// Whether no more of the client's messages are read until the server answers: the session
+    /// waits for the server (an answer owed, a statement's check), not for more of the client
+    /// (its batch's end, COPY data), and the buffer, which starts with a complete message, is
+    /// at its limit.
     fn holds_enough(&self) -> bool {
-        self.holds_a_long_batch() && matches!(proto::tagged_len(&self.cbuf, self.max), Ok(Some(_)))
+        (self.pending_z > 0 || self.swallow_lone_z > 0 || self.checking.is_some())
+            && !self.copy_in
+            && self.cbuf.len() >= self.batch_limit()
+            && matches!(proto::tagged_len(&self.cbuf, self.max), Ok(Some(_)))
     }
 }
 
@@ -1295,10 +1302,20 @@ const MAX_HELD: usize = 1 << 20;
 /// The most of a batch without its end held in a sharded database.
 const MAX_SHARDED_BATCH: usize = 16 << 20;
 
-/// Whether the buffer holds a message that ends a batch: Sync, Query, FunctionCall, Flush or
-/// Terminate.
-fn batch_ends(buf: &[u8]) -> bool {
-    proto::messages(buf).any(|(t, _)| matches!(t, b'S' | b'Q' | b'F' | b'H' | b'X'))
+/// What the client's buffer holds of its next batch: whether a message ends it (Sync, Query,
+/// FunctionCall, Flush or Terminate), and the bytes of its complete messages but the longest.
+/// A batch is held until that passes its limit, so one long message (a large bind parameter,
+/// up to `max_message_bytes`) never decides alone, wherever the reads happen to split.
+fn batch_extent(buf: &[u8]) -> (bool, usize) {
+    let (mut total, mut longest) = (0, 0);
+    for (tag, msg) in proto::messages(buf) {
+        if matches!(tag, b'S' | b'Q' | b'F' | b'H' | b'X') {
+            return (true, total);
+        }
+        total += msg.len();
+        longest = longest.max(msg.len());
+    }
+    (false, total - longest)
 }
 
 fn transaction_mode_split(pool: &Pool) -> bool {

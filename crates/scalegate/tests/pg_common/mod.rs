@@ -80,8 +80,14 @@ async fn pooler_settles(gw: &GatewayProcess, port: u16, clients_gone: bool) {
 
 /// A raw protocol client: startup for database `app`, read to the first ReadyForQuery.
 pub fn raw_login(port: u16) -> std::net::TcpStream {
+    raw_startup(port).0
+}
+
+/// A raw protocol client's startup for database `app`, and what the pooler answered up to
+/// the first ReadyForQuery (or the end of the connection; reads wait up to 30 s).
+pub fn raw_startup(port: u16) -> (std::net::TcpStream, Vec<(u8, Vec<u8>)>) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut body = 196_608i32.to_be_bytes().to_vec();
     for part in ["user", "postgres", "database", "app", ""] {
         body.extend(part.as_bytes());
@@ -90,8 +96,9 @@ pub fn raw_login(port: u16) -> std::net::TcpStream {
     let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     p.extend(body);
     s.write_all(&p).expect("startup");
-    read_until_ready(&mut s);
-    s
+    let login = read_until_ready(&mut s);
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    (s, login)
 }
 
 /// A simple-protocol Query message.
