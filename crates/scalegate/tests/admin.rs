@@ -93,8 +93,8 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist_with_their_types(
     // Every part the dashboard shows, configured: a caching route with a shared rate limit and a
     // Redis cache tier, a queued route, fan-out with a Redis bus, the pooler. The Redis and
     // PostgreSQL behind them are closed ports: the families are declared all the same.
-    let dead = DeadPort::new();
-    let dead = dead.port;
+    let (dead, other) = (DeadPort::new(), DeadPort::new());
+    let (dead, other) = (dead.port, other.port);
     let cfg = routed(
         &endpoints(&bs),
         "/",
@@ -106,7 +106,7 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist_with_their_types(
         "[cluster]\nredis = {{ url = \"{redis}\" }}\n[cache]\nredis = {{ url = \"{redis}/1\" }}\n\
          [fanout]\nredis = {{ url = \"{redis}\" }}\n\
          [postgres]\nlisten = \"127.0.0.1:{}\"\n[postgres.databases.app]\nprimary = \"postgres://app@127.0.0.1:{dead}/app\"\n\
-         replicas = [\"postgres://app@127.0.0.1:{dead}/app\"]\n{cfg}",
+         replicas = [\"postgres://app@127.0.0.1:{other}/app\"]\n{cfg}",
         free_port()
     );
     let gw = GatewayProcess::start(BIN, &cfg).await;

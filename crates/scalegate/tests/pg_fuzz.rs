@@ -136,12 +136,14 @@ async fn fuzz_client(port: u16, seed: u64) {
 async fn random_messages_never_break_the_pooler_or_leak_servers() {
     let pg = PgServer::start().await;
     let port = free_port();
+    let replica = PgServer::replica_of(&pg).await;
     let primary = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let standby = format!("postgres://postgres@127.0.0.1:{}/postgres", replica.port);
     let gw = GatewayProcess::start(
         BIN,
         &format!(
             "[postgres]\nlisten = \"127.0.0.1:{port}\"\nwait_timeout = \"2s\"\n\
-             [postgres.databases.app]\nprimary = \"{primary}\"\nreplicas = [\"{primary}\"]\npool_size = 3\n\
+             [postgres.databases.app]\nprimary = \"{primary}\"\nreplicas = [\"{standby}\"]\npool_size = 3\n\
              [postgres.databases.sess]\nprimary = \"{primary}\"\npool_mode = \"session\"\npool_size = 3\n"
         ),
     )
