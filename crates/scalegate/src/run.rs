@@ -341,6 +341,13 @@ fn reload(
                 running.postgres = Some(spec);
             }
             tracing::info!(version = snap.version, summary = %next.summary(), "config reloaded");
+            // New or changed listeners, with the port they got (a port-0 one's is new).
+            for l in &snap.listeners {
+                let known = running.gateway.listeners.iter().any(|o| o == &l.spec);
+                if !known {
+                    tracing::info!(listener = %l.spec.name, addr = %l.sockets.local_addr, "listening");
+                }
+            }
             if next.admin_token != running.admin_token {
                 admin_token.store(next.admin_token.clone().map(Arc::new));
                 tracing::info!("admin.token changed: the new one is in force");
