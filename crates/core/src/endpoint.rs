@@ -8,7 +8,8 @@
 //! Breaker states: **closed** (`ejected_until` in the past, not half-open) → **open** (`now <
 //! ejected_until`) → **half-open** (`ejected_until` passed, `half_open` set: at most
 //! `half_open_probes` requests at once) → closed on a success, or open again for longer on a
-//! failure.
+//! failure. Closed, an endpoint that serves well for as long as its last ejection lasted
+//! starts again from `base_ejection`; one that fails before then is ejected for longer.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -261,8 +262,12 @@ impl EndpointState {
                 self.window.clear();
                 return Some(BreakerEvent::Closed);
             }
-            if self.ejections.load(Relaxed) != 0
-                && now.since(Tick(self.ejected_until.load(Relaxed))) >= policy.max_ejection
+            // Served well for as long as it was last out: its next ejection starts again from
+            // base_ejection (a probe's finding: each ejection doubled for max_ejection, five
+            // minutes by default, however long the endpoint ran well in between).
+            let nth = self.ejections.load(Relaxed);
+            if nth != 0
+                && now.since(Tick(self.ejected_until.load(Relaxed))) >= policy.ejection_for(nth)
             {
                 self.ejections.store(0, Relaxed);
             }
@@ -522,6 +527,31 @@ mod tests {
         drop(load);
         assert!(!s.is_available(secs(31)));
         assert!(s.is_available(secs(32)));
+    }
+
+    /// A probe's finding: every ejection doubled the last one, however long the endpoint had
+    /// served well in between, until `max_ejection` (5 minutes by default) had passed.
+    #[test]
+    fn an_endpoint_that_served_as_long_as_it_was_out_starts_again_from_base() {
+        let p = policy(1);
+        let s = EndpointState::default();
+        let ten = Some(BreakerEvent::Opened(Duration::from_secs(10)));
+        assert_eq!(s.record_outcome(false, &p, secs(1)), ten);
+        assert_eq!(
+            s.record_outcome(true, &p, secs(12)),
+            Some(BreakerEvent::Closed)
+        );
+        // Back in rotation, it fails again 5 s later: out for twice as long.
+        assert_eq!(s.record_outcome(true, &p, secs(15)), None);
+        let twenty = Some(BreakerEvent::Opened(Duration::from_secs(20)));
+        assert_eq!(s.record_outcome(false, &p, secs(16)), twenty);
+        assert_eq!(
+            s.record_outcome(true, &p, secs(37)),
+            Some(BreakerEvent::Closed)
+        );
+        // Then it serves 20 s and more: the next ejection is base_ejection again.
+        assert_eq!(s.record_outcome(true, &p, secs(58)), None);
+        assert_eq!(s.record_outcome(false, &p, secs(60)), ten);
     }
 
     #[test]

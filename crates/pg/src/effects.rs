@@ -73,7 +73,8 @@ pub mod state {
         } else if bits & CONFIG != 0 {
             "set_config(…, false) with non-literal arguments"
         } else {
-            "a session-level command (SET SESSION AUTHORIZATION, LOAD, …)"
+            "a session-level command (SET SESSION AUTHORIZATION, LOAD, a search_path that \
+             puts pg_temp first, …)"
         }
     }
 
@@ -381,6 +382,13 @@ fn statement(s: &[&Token], fx: &mut Effects) {
     use state::*;
     let at = |i: usize| s.get(i);
     let first = at(0);
+    if is(first, "EXPLAIN") {
+        // EXPLAIN ANALYZE runs its statement (`EXPLAIN ANALYZE CREATE TEMP TABLE t AS …`).
+        if let Some(inner) = explained(s) {
+            statement(inner, fx);
+        }
+        return;
+    }
     if is(first, "DO") {
         do_block(s, fx);
     } else if is(first, "LISTEN") {
@@ -465,6 +473,31 @@ fn statement(s: &[&Token], fx: &mut Effects) {
     calls(s, fx);
 }
 
+/// The statement an `EXPLAIN` runs: the one after its options when they ask for ANALYZE
+/// (`EXPLAIN ANALYZE VERBOSE …`, `EXPLAIN (ANALYZE, BUFFERS) …`); `None` when it only plans.
+fn explained<'a, 'b>(s: &'a [&'b Token]) -> Option<&'a [&'b Token]> {
+    let analyze = |t: &&Token| is(Some(t), "ANALYZE") || is(Some(t), "ANALYSE");
+    if matches!(s.get(1), Some(Token::LParen)) {
+        let close = s.iter().position(|t| matches!(t, Token::RParen))?;
+        return s[2..close].iter().any(analyze).then(|| &s[close + 1..]);
+    }
+    let start = 1 + s[1..]
+        .iter()
+        .take_while(|t| analyze(t) || is(Some(t), "VERBOSE"))
+        .count();
+    s[1..start].iter().any(analyze).then(|| &s[start..])
+}
+
+/// Whether a search_path value puts `pg_temp` first, where tables made without a schema are
+/// temporary: `CREATE TABLE t` then makes session state no statement names.
+pub(crate) fn pg_temp_first(value: &str) -> bool {
+    value.split(',').next().is_some_and(|v| {
+        v.trim()
+            .trim_matches(['\'', '"'])
+            .eq_ignore_ascii_case("pg_temp")
+    })
+}
+
 /// Whether a statement updates `pg_settings`, which PostgreSQL documents as the same as SET.
 fn updates_pg_settings(s: &[&Token]) -> bool {
     let names = |i: usize| {
@@ -497,6 +530,28 @@ fn set(s: &[&Token], fx: &mut Effects) {
             .is_some_and(|w| ident(w) == b"search_path")
     {
         fx.local_search_path = Some(render(s));
+    }
+    let name = if is(at(1), "LOCAL") || is(at(1), "SESSION") {
+        2
+    } else {
+        1
+    };
+    let value = if is(at(name + 1), "TO") || matches!(at(name + 1), Some(Token::Eq)) {
+        name + 2
+    } else {
+        name + 1
+    };
+    let first_schema = match at(value) {
+        Some(Token::SingleQuotedString(v)) => Some(v.clone()),
+        Some(t) => word(t).map(|w| String::from_utf8_lossy(&ident(w)).into_owned()),
+        None => None,
+    };
+    if at(name)
+        .and_then(|t| word(t))
+        .is_some_and(|w| ident(w) == b"search_path")
+        && first_schema.is_some_and(|v| v == "pg_temp")
+    {
+        fx.creates |= state::OTHER;
     }
     if let Some(c) = settings::classify(&render(s)) {
         fx.settings.push(c);
@@ -587,6 +642,17 @@ fn set_config(s: &[&Token], i: usize, fx: &mut Effects) {
         },
         _ => None,
     };
+    if args
+        .first()
+        .and_then(|a| literal(a))
+        .is_some_and(|n| n.eq_ignore_ascii_case("search_path"))
+        && args
+            .get(1)
+            .and_then(|a| literal(a))
+            .is_some_and(|v| pg_temp_first(&v))
+    {
+        fx.creates |= state::OTHER;
+    }
     if local == Some(true) {
         return;
     }
@@ -740,6 +806,25 @@ mod tests {
         assert_eq!(creates("PREPARE p AS SELECT 1"), PREPARE);
         assert_eq!(creates("CREATE TEMP TABLE t (a int)"), TEMP);
         assert_eq!(creates("create temporary table t as select 1"), TEMP);
+        // Probe findings: the statement EXPLAIN ANALYZE runs, and a search_path that makes
+        // every new table temporary.
+        assert_eq!(
+            creates("EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1"),
+            TEMP
+        );
+        assert_eq!(
+            creates("explain (analyze, buffers) create temp table t as select 1"),
+            TEMP
+        );
+        assert_eq!(creates("EXPLAIN CREATE TEMP TABLE t AS SELECT 1"), 0);
+        assert_eq!(creates("SET search_path = pg_temp, public"), OTHER);
+        assert_eq!(creates("set local search_path to \"pg_temp\""), OTHER);
+        assert_eq!(
+            creates("SELECT set_config('search_path', 'pg_temp,public', true)"),
+            OTHER
+        );
+        assert_eq!(creates("SET search_path = public, pg_temp"), 0);
+        assert_eq!(creates("SET search_path = 'pg_temp, public'"), 0);
         assert_eq!(creates("CREATE TABLE pg_temp.t (a int)"), TEMP);
         assert_eq!(creates("SELECT 1 AS a INTO TEMP t"), TEMP);
         assert_eq!(

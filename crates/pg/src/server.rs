@@ -273,7 +273,8 @@ impl ServerConn {
         }
     }
 
-    /// Runs `sql` (one statement) and returns its first row as text values.
+    /// Runs `sql` and returns the first row it gives, as text values. An error the server
+    /// answers is of kind `Other`, and leaves the connection in step.
     pub async fn query_row(&mut self, sql: &str) -> io::Result<Vec<Option<String>>> {
         use fallible_iterator::FallibleIterator;
         let mut out = BytesMut::new();

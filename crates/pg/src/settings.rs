@@ -27,11 +27,17 @@ pub enum Change {
 /// What `RESET ALL` leaves in force.
 const RESET_ALL_KEEPS: [&str; 2] = ["role", "session_authorization"];
 
-/// Settings one client wants, in the order it made them.
+/// Settings one client wants: those of its startup packet, which PostgreSQL makes a session's
+/// defaults (`RESET` goes back to them), under those it made since with SET, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
+    /// From the startup packet: what RESET, RESET ALL and DISCARD ALL come back to.
+    startup: Vec<(String, String)>,
+    /// Made since, with SET or read back from a server.
     list: Vec<(String, String)>,
     fingerprint: u64,
+    /// The startup search_path puts `pg_temp` first.
+    temp_first: bool,
 }
 
 impl Settings {
@@ -49,6 +55,7 @@ impl Settings {
                 _ => s.set(k, v),
             }
         }
+        s.refingerprint();
         s
     }
 
@@ -56,10 +63,42 @@ impl Settings {
     /// startup packet or a config file: `search_path=a,public` is two schemas, where
     /// `SET search_path = 'a,public'` would make it the one schema `"a,public"`.
     fn set(&mut self, name: &str, value: &str) {
-        self.apply(&Change::Set {
-            name: name.to_ascii_lowercase(),
-            sql: set_config_sql(name, value),
-        });
+        let name = name.to_ascii_lowercase();
+        if name == "search_path" {
+            self.temp_first = crate::effects::pg_temp_first(value);
+        }
+        let sql = set_config_sql(&name, value);
+        self.startup.retain(|(n, _)| *n != name);
+        self.startup.push((name, sql));
+    }
+
+    /// Whether the startup search_path puts `pg_temp` first: every table the client makes
+    /// without a schema is temporary, session state no statement names.
+    pub fn startup_temp_first(&self) -> bool {
+        self.temp_first
+    }
+
+    /// Whether `c`, run on a server connection, leaves a setting at the server's default where
+    /// this client's is its startup value: the connection no longer holds the client's
+    /// settings (`RESET statement_timeout` after a startup `-c statement_timeout=5s`).
+    pub fn resets_a_startup_value(&self, c: &Change) -> bool {
+        match c {
+            Change::Set { .. } => false,
+            Change::Reset(name) => self.startup.iter().any(|(n, _)| n == name),
+            Change::ResetAll => self
+                .startup
+                .iter()
+                .any(|(n, _)| !RESET_ALL_KEEPS.contains(&n.as_str())),
+            Change::DiscardAll => !self.startup.is_empty(),
+        }
+    }
+
+    /// Drops `name` altogether, its startup value too (a parameter the server takes only at
+    /// login, which cannot be replayed).
+    pub fn forget(&mut self, name: &str) {
+        self.startup.retain(|(n, _)| n != name);
+        self.list.retain(|(n, _)| n != name);
+        self.refingerprint();
     }
 
     /// Applies a change.
@@ -75,14 +114,32 @@ impl Settings {
                 .retain(|(n, _)| RESET_ALL_KEEPS.contains(&n.as_str())),
             Change::DiscardAll => self.list.clear(),
         }
-        self.fingerprint = if self.list.is_empty() {
-            0
-        } else {
-            let mut h = DefaultHasher::new();
-            self.list.hash(&mut h);
-            // 0 means "server defaults" and u64::MAX "unknown": keep clear of both.
+        self.refingerprint();
+    }
+
+    fn refingerprint(&mut self) {
+        let mut h = DefaultHasher::new();
+        let mut any = false;
+        for e in self.effective() {
+            e.hash(&mut h);
+            any = true;
+        }
+        // 0 means "server defaults" and u64::MAX "unknown": keep clear of both.
+        self.fingerprint = if any {
             h.finish().clamp(1, u64::MAX - 1)
+        } else {
+            0
         };
+    }
+
+    /// The settings in force, as (name, statement): startup values not made over since, then
+    /// those made since, in order.
+    fn effective(&self) -> impl Iterator<Item = &(String, String)> {
+        let made = |name: &String| self.list.iter().any(|(n, _)| n == name);
+        self.startup
+            .iter()
+            .filter(move |(n, _)| !made(n))
+            .chain(self.list.iter())
     }
 
     /// 0 for no settings; equal settings give equal fingerprints.
@@ -95,7 +152,7 @@ impl Settings {
     /// client's are undone on their own.
     pub fn replay_sql(&self) -> String {
         let mut sql = String::from("RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE");
-        for (_, s) in &self.list {
+        for (_, s) in self.effective() {
             sql.push_str("; ");
             sql.push_str(s);
         }
@@ -103,8 +160,10 @@ impl Settings {
     }
 
     /// Records `value`, read back from a server, as this client's `name` (`None`: the server
-    /// does not know the name, so there is nothing to replay). A role of `none` is no role.
-    pub fn adopt(&mut self, name: &str, value: Option<&str>) {
+    /// has it at its default, or does not know the name). A role of `none` is no role.
+    /// Returns whether the server now differs from the client: at its default where the
+    /// client's is a startup value, which a RESET on the server went past.
+    pub fn adopt(&mut self, name: &str, value: Option<&str>) -> bool {
         let change = match value {
             Some(v) if !(name == "role" && v == "none") => Change::Set {
                 name: name.to_string(),
@@ -112,18 +171,19 @@ impl Settings {
             },
             _ => Change::Reset(name.to_string()),
         };
+        let differs = self.resets_a_startup_value(&change);
         self.apply(&change);
+        differs
     }
 
-    /// The names of the settings made, in order.
+    /// The names of the settings in force (startup values included), in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.list.iter().map(|(n, _)| n.as_str())
+        self.effective().map(|(n, _)| n.as_str())
     }
 
-    /// Value set for `name`, if any, as the statement text.
+    /// Value in force for `name`, if any, as the statement text.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.list
-            .iter()
+        self.effective()
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.as_str())
     }
@@ -362,6 +422,35 @@ mod tests {
                 set("application_name", r"a b\c"),
             )
         );
+    }
+
+    #[test]
+    fn resets_go_back_to_startup_values() {
+        let mut s = Settings::from_startup(&[("statement_timeout".into(), "444".into())]);
+        let startup = (s.replay_sql(), s.fingerprint());
+        for sql in ["SET statement_timeout = 5", "SET work_mem = '8MB'"] {
+            s.apply(&classify(sql).unwrap_or(Change::DiscardAll));
+        }
+        assert_eq!(
+            s.get("statement_timeout"),
+            Some("SET statement_timeout = 5")
+        );
+        for reset in [
+            Change::Reset("statement_timeout".into()),
+            Change::ResetAll,
+            Change::DiscardAll,
+        ] {
+            assert!(s.resets_a_startup_value(&reset));
+        }
+        assert!(!s.resets_a_startup_value(&Change::Reset("work_mem".into())));
+        s.apply(&Change::ResetAll);
+        assert_eq!((s.replay_sql(), s.fingerprint()), startup);
+        // A server read back at its default, where the client's is a startup value, differs.
+        assert!(s.adopt("statement_timeout", None));
+        assert!(!s.adopt("work_mem", None));
+        assert_eq!((s.replay_sql(), s.fingerprint()), startup);
+        s.forget("statement_timeout");
+        assert_eq!(s.fingerprint(), 0);
     }
 
     #[test]

@@ -336,6 +336,50 @@ async fn concurrent_misses_are_coalesced_into_one_origin_request() {
     quiescent(&g).await;
 }
 
+/// A probe's finding: clients waiting on a coalesced miss whose origin never answered got
+/// their 504 after up to four route timeouts (each waited a timeout per leader, three times,
+/// then went to the origin itself). The route's timeout now covers the whole wait.
+#[tokio::test]
+async fn clients_waiting_on_a_stalled_miss_get_their_504_within_the_route_timeout() {
+    let o = Origin::start(|_, n| {
+        resp(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("x-origin-delay-ms", "6000"),
+            ],
+            &format!("v{n}"),
+        )
+    })
+    .await;
+    let g = gw(
+        &o,
+        "cache = {}
+timeout = \"1s\"",
+        "",
+    )
+    .await;
+    let c = Client::http1();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (c, addr) = (c.clone(), g.http);
+        tasks.push(tokio::spawn(async move {
+            // Some together, some while the first ones wait.
+            tokio::time::sleep(Duration::from_millis(100 * (i % 4))).await;
+            let sent = std::time::Instant::now();
+            let r = c.get(addr, "/stalled").await.expect("response");
+            (r.status, sent.elapsed())
+        }));
+    }
+    for t in tasks {
+        let (code, took) = t.await.expect("task");
+        assert_eq!(code, 504);
+        // One timeout (1 s) and the scheduling around it; before: up to 4 s.
+        assert!(took < Duration::from_millis(2500), "504 after {took:?}");
+    }
+    quiescent(&g).await;
+}
+
 #[tokio::test]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
     let o = Origin::start(|_, n| {
@@ -368,6 +412,41 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
     );
     assert_eq!(o.hits("/swr"), 2, "one background refresh");
     quiescent(&g).await;
+}
+
+/// A probe's finding: a background refresh was counted in
+/// `scalegate_http_requests_total` as a request of its own, a failed one as `5xx`: dashboards
+/// showed errors no client got. Clients' requests are counted, the cache's own trips are not.
+#[tokio::test]
+async fn a_background_refresh_is_not_counted_as_a_clients_request() {
+    let o = Origin::start(|_, n| {
+        let (code, cc) = match n {
+            1 => (200, "max-age=1, stale-while-revalidate=60"),
+            _ => (503, "no-store"),
+        };
+        resp(code, &[("cache-control", cc)], &format!("v{n}"))
+    })
+    .await;
+    let g = gw(&o, "cache = {}", "").await;
+    assert_eq!(get(&g, "/swr", &[]).await.body, "v1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let r = get(&g, "/swr", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "v1", "stale served");
+    }
+    assert!(eventually(Duration::from_secs(5), || async { o.hits("/swr") >= 2 }).await);
+    quiescent(&g).await;
+    let m = g.admin_get("/metrics").await;
+    let count = |class: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("scalegate_http_requests_total{"))
+            .filter(|l| l.contains(&format!("class=\"{class}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(count("2xx"), 4.0, "the four client requests\n{m}");
+    assert_eq!(count("5xx"), 0.0, "no client got a 5xx\n{m}");
 }
 
 #[tokio::test]

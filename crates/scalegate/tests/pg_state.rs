@@ -890,3 +890,113 @@ async fn a_setting_made_by_one_of_many_bound_portals_is_not_the_next_clients() {
     drop(b);
     pooler_quiescent(&gw, port).await;
 }
+
+/// A probe's finding: RESET, RESET ALL and DISCARD ALL threw away the client's startup
+/// settings, where PostgreSQL goes back to them. asyncpg's pool sends RESET ALL at every
+/// release, so a pool made with `server_settings={'statement_timeout': ...}` ran without its
+/// timeout from the second acquire on. Each reset here is followed by another client on the
+/// one server connection, and by a multi-statement reset the pooler reads back.
+#[tokio::test]
+async fn a_reset_goes_back_to_the_clients_startup_settings() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let options = "options='-c statement_timeout=444 -c application_name=myapp'";
+    let a = pg_client_with(port, "app", options).await;
+    let other = app_client(port).await;
+    let resets = [
+        "RESET ALL",
+        "DISCARD ALL",
+        "RESET statement_timeout",
+        "SET statement_timeout = 5; RESET ALL",
+        "BEGIN; SET statement_timeout = 7; RESET statement_timeout; SAVEPOINT s; \
+         ROLLBACK TO SAVEPOINT s; COMMIT",
+    ];
+    for reset in resets {
+        a.batch_execute(reset).await.expect(reset);
+        let shown = pg_one::<String>(&a, "SHOW statement_timeout").await;
+        assert_eq!(shown, "444ms", "after {reset}, on the same server");
+        assert_eq!(
+            pg_one::<String>(&other, "SHOW statement_timeout").await,
+            "0"
+        );
+        let shown = pg_one::<String>(&a, "SHOW statement_timeout").await;
+        assert_eq!(shown, "444ms", "after {reset}, replayed");
+        assert_eq!(pg_one::<String>(&a, "SHOW application_name").await, "myapp");
+        let e = a
+            .simple_query("SELECT pg_sleep(1)")
+            .await
+            .expect_err("the timeout is in force");
+        assert_eq!(sqlstate(&e), "57014", "after {reset}: {e:?}");
+    }
+    drop((a, other));
+    pooler_quiescent(&gw, port).await;
+}
+
+/// A probe's finding: the pooler's own question to the catalogs (is a lock still held?) ran
+/// under the client's `statement_timeout`; at `1ms` it was cancelled, and the client stayed
+/// pinned, holding the only server connection, until it left: every other client got 53300.
+#[tokio::test]
+async fn the_state_check_runs_out_of_the_clients_statement_timeout() {
+    let (_pg, gw, port) = one_server("pin").await;
+    let a = app_client(port).await;
+    let b = app_client(port).await;
+    for round in 0..3 {
+        a.batch_execute("SELECT pg_advisory_lock(7)")
+            .await
+            .expect("lock");
+        a.batch_execute("SET statement_timeout = '1ms'")
+            .await
+            .expect("SET");
+        // The unlock itself may take over 1 ms on a busy machine: it is sent until it runs.
+        let mut unlocked = false;
+        for _ in 0..50 {
+            unlocked = a
+                .batch_execute("SELECT pg_advisory_unlock(7)")
+                .await
+                .is_ok();
+            if unlocked {
+                break;
+            }
+        }
+        assert!(unlocked, "round {round}: the unlock ran");
+        a.batch_execute("RESET statement_timeout")
+            .await
+            .expect("RESET");
+        let served = tokio::time::timeout(Duration::from_secs(5), int(&b, "SELECT 1::int8"));
+        let served = served.await.expect("served while A is connected");
+        assert_eq!(served, 1, "round {round}");
+    }
+    drop((a, b));
+    pooler_quiescent(&gw, port).await;
+}
+
+/// A probe's finding: with `pg_temp` first in its search_path, a client's `CREATE TABLE`
+/// made a temporary table no statement named, and `EXPLAIN ANALYZE CREATE TEMP TABLE … AS`
+/// was not looked into: the server went back to the pool holding them, and the next client's
+/// `SELECT * FROM accounts` read the first one's rows. Both pin now, or are refused.
+#[tokio::test]
+async fn temporary_tables_made_through_search_path_or_explain_stay_their_clients() {
+    let temp_tables = "SELECT count(*) FROM pg_class WHERE relpersistence = 't'";
+    let makers = [
+        "SET search_path = pg_temp, public; CREATE TABLE accounts (owner text)",
+        "SELECT set_config('search_path', 'pg_temp, public', false); CREATE TABLE t2 (x int)",
+        "EXPLAIN ANALYZE CREATE TEMP TABLE scratch AS SELECT 1 AS x",
+    ];
+    let (_pg, gw, port) = one_server("pin").await;
+    for sql in makers {
+        let a = app_client(port).await;
+        a.batch_execute(sql).await.expect(sql);
+        drop(a);
+        let b = app_client(port).await;
+        assert_eq!(int(&b, temp_tables).await, 0, "after {sql}");
+        drop(b);
+    }
+    pooler_quiescent(&gw, port).await;
+    let (_pg, gw, port) = one_server("refuse").await;
+    for sql in makers {
+        let a = app_client(port).await;
+        let e = a.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {e:?}");
+        assert_eq!(int(&a, temp_tables).await, 0, "after {sql}");
+    }
+    pooler_quiescent(&gw, port).await;
+}

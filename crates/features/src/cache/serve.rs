@@ -35,6 +35,7 @@ use scalegate_http::body::RespBody;
 use scalegate_http::cache_control::Directives;
 use scalegate_http::compress;
 use scalegate_http::compress::Encoding;
+use scalegate_http::error::ProxyError;
 use scalegate_http::gateway::Snapshot;
 use scalegate_http::metrics::CacheResult;
 use scalegate_http::plug::{BoxFut, Dispatch, RouteHandler, Served};
@@ -250,11 +251,14 @@ fn pick(
     (variant, found)
 }
 
-async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Served {
+async fn lookup(cx: &Cx, mut parts: http::request::Parts, done: Completion) -> Served {
     let spec = cx.spec();
     let host = request_host(&parts.uri, &parts.headers);
     let url: Arc<str> = key::url_key(&spec.key, host, parts.uri.path(), parts.uri.query()).into();
     let mut waited = 0;
+    // The route's timeout covers every wait behind another request and the client's own trip
+    // to the origin after it: a probe's clients waited up to four timeouts.
+    let mut since: Option<tokio::time::Instant> = None;
     loop {
         let now = SystemTime::now();
         let mut variants = cx.store.get(&url);
@@ -325,9 +329,15 @@ async fn lookup(cx: &Cx, parts: http::request::Parts, done: Completion) -> Serve
             }
             Join::Follower(rx) if waited < MAX_WAITS => {
                 waited += 1;
-                let limit = cx.route.spec.request_timeout;
-                if tokio::time::timeout(limit, flight::wait(rx)).await.is_err() {
-                    waited = MAX_WAITS;
+                let from = *since.get_or_insert_with(|| {
+                    let now = tokio::time::Instant::now();
+                    parts.extensions.insert(proxy::WaitedSince(now));
+                    now
+                });
+                let deadline = from + cx.route.spec.request_timeout;
+                if flight::wait(rx, deadline).await.is_err() {
+                    cx.route.metrics.cache(CacheResult::Miss);
+                    return Err((ProxyError::UpstreamTimeout, done));
                 }
             }
             Join::Follower(_) => return fetch(cx, parts, url, found, None, fwd, done).await,
@@ -498,6 +508,7 @@ fn keep(
                 fetched: sent,
                 guard,
             };
+            fill.guard.head_arrived();
             body = tee(body, Box::new(fill));
             true
         }
@@ -549,7 +560,7 @@ fn fill_whole(cx: &Cx, parts: &http::request::Parts, url: Arc<str>, guard: Fligh
         parts.headers.remove(h);
     }
     tokio::spawn(async move {
-        let done = Completion::background(&cx.ctx, &cx.route);
+        let done = Completion::cache_refresh(&cx.ctx, &cx.route);
         let sent = SystemTime::now();
         let Ok(resp) = cx.origin(copy_head(&parts), None, done).await else {
             return;
@@ -572,7 +583,7 @@ fn refresh_in_background(
     let cx = cx.clone();
     let parts = copy_head(parts);
     tokio::spawn(async move {
-        let done = Completion::background(&cx.ctx, &cx.route);
+        let done = Completion::cache_refresh(&cx.ctx, &cx.route);
         let url = stale.url.clone();
         if let Ok(resp) = fetch(&cx, parts, url, Some(stale), Some(guard), Fwd::Stale, done).await {
             // Reading the body to its end is what stores it.

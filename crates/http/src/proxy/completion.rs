@@ -40,6 +40,9 @@ pub struct Completion {
     lease: Option<Lease>,
     endpoint: Option<EndpointLoad>,
     log: Option<Box<AccessRecord>>,
+    /// Counted in its route's request metrics (requests, in flight, duration, incomplete): all
+    /// but a cache's own refresh, which no client waits for.
+    counted: bool,
 }
 
 impl Completion {
@@ -65,6 +68,7 @@ impl Completion {
             lease: None,
             endpoint: None,
             log,
+            counted: true,
         }
     }
 
@@ -73,6 +77,17 @@ impl Completion {
     pub fn background(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
         let mut done = Completion::start(conn, clock::now(), None);
         done.set_route(route);
+        done
+    }
+
+    /// Bookkeeping for a cache's own trip to the origin (a background refresh, a whole-object
+    /// fill behind a range request): no client waits for its answer, so the route's request
+    /// metrics do not count it (a probe's finding: refreshes showed as 5xx and `aborted`
+    /// requests no client made); the cache's own metrics do.
+    pub fn cache_refresh(conn: &Arc<ConnCtx>, route: &Arc<Route>) -> Completion {
+        let mut done = Completion::start(conn, clock::now(), None);
+        done.counted = false;
+        done.route = Some(route.clone());
         done
     }
 
@@ -187,16 +202,18 @@ impl Drop for Completion {
         self.permits = [None, None];
         self.global = GlobalSlot::default();
         self.conn.activity.end();
-        let m = self.metrics();
-        if self.route.is_some() {
-            m.in_flight.dec();
-        }
-        m.count(self.status);
-        if self.cut {
-            m.incomplete.inc();
-        }
         let elapsed = now.since(self.started);
-        m.duration.observe(elapsed.as_secs_f64());
+        if self.counted {
+            let m = self.metrics();
+            if self.route.is_some() {
+                m.in_flight.dec();
+            }
+            m.count(self.status);
+            if self.cut {
+                m.incomplete.inc();
+            }
+            m.duration.observe(elapsed.as_secs_f64());
+        }
         if let Some(mut log) = self.log.take() {
             if self.cut {
                 log.incomplete();

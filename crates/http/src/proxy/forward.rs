@@ -117,6 +117,10 @@ pub(super) fn forward(
         }
         let streaming = body.streams();
         let deadline = at + route.spec.request_timeout;
+        let deadline = parts
+            .extensions
+            .get::<super::WaitedSince>()
+            .map_or(deadline, |w| deadline.min(w.0 + route.spec.request_timeout));
         if let Some(b) = &route.budget {
             b.deposit(clock::tick_at(at));
         }

@@ -44,6 +44,12 @@ pub(crate) use exchange::Exchange;
 pub use origin::origin;
 pub use respond::copy_head;
 
+/// A request extension: the request already waited for another's response from this instant
+/// (a cache's coalesced miss), and the route's timeout runs from then, not from when it goes
+/// to the upstream itself.
+#[derive(Clone, Copy, Debug)]
+pub struct WaitedSince(pub tokio::time::Instant);
+
 /// Per-connection context handed to every request on it.
 #[derive(Debug)]
 pub struct ConnCtx {

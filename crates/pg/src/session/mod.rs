@@ -146,6 +146,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         return;
     }
     pool.stats.clients.fetch_add(1, Relaxed);
+    let settings = Settings::from_startup(&startup.params);
     let mut session = Session {
         max: spec.max_message_bytes,
         transaction: pool.mode() == PoolMode::Transaction,
@@ -170,7 +171,13 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         wrote: false,
         min_lsn: 0,
         stmts: Statements::default(),
-        pin: state::Pin::default(),
+        pin: state::Pin {
+            bits: match settings.startup_temp_first() {
+                true => crate::effects::state::OTHER,
+                false => 0,
+            },
+            ..state::Pin::default()
+        },
         resend: BytesMut::new(),
         resend_ok: false,
         resends: 0,
@@ -182,7 +189,7 @@ pub async fn run(pooler: Arc<Pooler>, tcp: TcpStream, peer: SocketAddr) {
         refuse_state: pool.db.on_session_state == OnSessionState::Refuse
             || pool.db.sharding.is_some(),
         track: Track {
-            settings: Settings::from_startup(&startup.params),
+            settings,
             changes: Vec::new(),
             unknown: None,
             sent: 0,
@@ -1013,9 +1020,14 @@ impl Session {
                     self.pin.verify = false;
                     match state::verify(&mut lease.conn, self.pin.bits).await {
                         Ok(bits) => self.pin.bits = bits,
-                        Err(e) => {
+                        // The server answered with an error: asked again at the next end.
+                        Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                            self.pin.verify = true;
                             tracing::warn!(error = %e, "asking a server for session state failed")
                         }
+                        // Its answer may still come: the connection is out of step, and the
+                        // state it holds for this client (a lock, a cursor) is gone with it.
+                        Err(e) => return Some(End::ServerLost(e.to_string())),
                     }
                 }
                 self.count_pin();
@@ -1026,8 +1038,11 @@ impl Session {
             }
             if (!self.track.reread.is_empty() || self.track.read_all)
                 && let Some(lease) = self.lease.as_mut()
+                && !reread_settings(&mut self.track, &mut lease.conn).await
             {
-                reread_settings(&mut self.track, &mut lease.conn).await;
+                // Its answer may still come: the connection cannot serve again.
+                self.release(false);
+                return None;
             }
             if !self.drop_stale_plans().await {
                 self.release(false);
@@ -1477,6 +1492,7 @@ impl Track {
                 // multi-statement string: `…; COMMIT AND CHAIN; ROLLBACK`), or whose statements
                 // the pooler could not follow one by one: only the server knows what stayed.
                 let mixed = commit && (rollback || error);
+                let mut past_startup = false;
                 let doubtful = (ambiguous && (!self.rolled_back || chained))
                     || mixed
                     || (unknown && !settled.is_empty());
@@ -1501,10 +1517,13 @@ impl Track {
                     }
                 } else if !error && !self.rolled_back {
                     for (_, c) in &settled {
+                        // The server went back to its own default where the client's is
+                        // its startup value: the next transaction replays the client's.
+                        past_startup |= self.settings.resets_a_startup_value(c);
                         self.settings.apply(c);
                     }
                 }
-                *server = if unknown || !self.reread.is_empty() {
+                *server = if unknown || !self.reread.is_empty() || past_startup {
                     SETTINGS_UNKNOWN
                 } else {
                     self.settings.fingerprint()
@@ -1555,7 +1574,8 @@ async fn linger(client: &mut ClientStream) {
 /// `track.read_all`, every setting the session has made (`pg_settings` source `session`) is
 /// read, and the client's others are reset. When the server cannot say, it stays unknown (the
 /// next client's settings are replayed whole) and the client keeps what it had before.
-async fn reread_settings(track: &mut Track, conn: &mut crate::server::ServerConn) {
+/// Returns false when the connection is out of step (lost, or its answer did not come in time).
+async fn reread_settings(track: &mut Track, conn: &mut crate::server::ServerConn) -> bool {
     let mut names = std::mem::take(&mut track.reread);
     let mut session: Option<Vec<String>> = None;
     if std::mem::take(&mut track.read_all) {
@@ -1582,35 +1602,45 @@ async fn reread_settings(track: &mut Track, conn: &mut crate::server::ServerConn
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading settings back from a server failed");
-                return;
+                return e.kind() == std::io::ErrorKind::Other;
             }
             Err(_) => {
                 tracing::warn!("reading settings back from a server timed out");
-                return;
+                return false;
             }
         }
     }
     if names.is_empty() {
         conn.settings = track.settings.fingerprint();
-        return;
+        return true;
     }
     let sql = crate::settings::read_back_sql(&names);
     let asked = conn.query_row(&sql);
     match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
         Ok(Ok(values)) => {
+            // A server at its default where the client's is a startup value stays unknown.
+            let mut past_startup = false;
             for (name, value) in names.iter().zip(values) {
                 // A setting the session has not made is at its default: reset for the client.
                 let made = session.as_ref().is_none_or(|s| s.contains(name));
-                track
+                past_startup |= track
                     .settings
                     .adopt(name, value.as_deref().filter(|_| made));
             }
-            if !std::mem::take(&mut track.unknown_kept) {
+            if !std::mem::take(&mut track.unknown_kept) && !past_startup {
                 conn.settings = track.settings.fingerprint();
             }
+            true
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "reading settings back from a server failed"),
-        Err(_) => tracing::warn!("reading settings back from a server timed out"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading settings back from a server failed");
+            // An error the server answered leaves the connection in step.
+            e.kind() == std::io::ErrorKind::Other
+        }
+        Err(_) => {
+            tracing::warn!("reading settings back from a server timed out");
+            false
+        }
     }
 }
 

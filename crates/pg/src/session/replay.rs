@@ -17,7 +17,7 @@ use std::io;
 use super::Session;
 use crate::pool::{AcquireError, Lease};
 use crate::server::{Refusal, SETTINGS_UNKNOWN, ServerConn};
-use crate::settings::{Change, Settings};
+use crate::settings::Settings;
 
 /// SQLSTATE of a setting that cannot be changed after connection start.
 const LOGIN_ONLY: &str = "55P02";
@@ -103,7 +103,7 @@ async fn drop_login_only(
         if let Err(e) = conn.run(&sql).await {
             match Refusal::of(&e) {
                 Some(r) if r.code == LOGIN_ONLY => {
-                    settings.apply(&Change::Reset(name.clone()));
+                    settings.forget(&name);
                     dropped.push(name);
                 }
                 Some(_) => {}

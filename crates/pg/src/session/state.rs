@@ -127,22 +127,26 @@ pub(super) fn complete(out: &mut BytesMut, tag: &str) {
 
 /// Counts the state the server can show: listening channels, holdable cursors, advisory locks,
 /// SQL-prepared statements, temporary objects (relations, types and domains, functions: each
-/// shadows a name for whoever uses the connection next).
-const VERIFY_SQL: &str = "SELECT \
+/// shadows a name for whoever uses the connection next). It runs out of the client's
+/// `statement_timeout` (a client's `1ms` had it fail, and the client stay pinned), and scans
+/// the catalogs only for a session that has a temporary schema.
+const VERIFY_SQL: &str = "SET LOCAL statement_timeout = 0; SELECT \
     (SELECT count(*) FROM pg_catalog.pg_listening_channels())::text, \
     (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)::text, \
     (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
         AND pid = pg_catalog.pg_backend_pid())::text, \
     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)::text, \
-    ((SELECT count(*) FROM pg_catalog.pg_class \
+    (CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0 ELSE \
+      (SELECT count(*) FROM pg_catalog.pg_class \
         WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
      + (SELECT count(*) FROM pg_catalog.pg_type \
         WHERE typnamespace = pg_catalog.pg_my_temp_schema()) \
      + (SELECT count(*) FROM pg_catalog.pg_proc \
-        WHERE pronamespace = pg_catalog.pg_my_temp_schema()))::text";
+        WHERE pronamespace = pg_catalog.pg_my_temp_schema()) END)::text";
 
 /// The state a server connection still holds, per the server's catalogs, with the bits it
-/// cannot see kept from `bits`; `bits` unchanged when the question fails.
+/// cannot see kept from `bits`. An error the server answered leaves the connection in step;
+/// a lost connection or one that did not answer in time (`TimedOut`) does not.
 pub(super) async fn verify(conn: &mut ServerConn, bits: u8) -> std::io::Result<u8> {
     let asked = conn.query_row(VERIFY_SQL);
     let row = tokio::time::timeout(std::time::Duration::from_secs(5), asked)
