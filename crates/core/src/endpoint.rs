@@ -38,6 +38,9 @@ pub struct EndpointState {
     probes: AtomicU64,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
+    /// When the breaker last closed (its half-open probe succeeded, or the ejection cap held
+    /// it): how long the endpoint has served since decides whether its ejections start over.
+    closed_at: AtomicU64,
     window: FailureWindow,
     draining: AtomicBool,
     weight_override: AtomicU32,
@@ -60,6 +63,7 @@ impl Default for EndpointState {
             probes: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            closed_at: AtomicU64::new(0),
             window: FailureWindow::default(),
             draining: AtomicBool::new(false),
             weight_override: AtomicU32::new(0),
@@ -258,16 +262,20 @@ impl EndpointState {
             }
             if half_open {
                 self.half_open.store(false, Relaxed);
+                self.closed_at.store(now.0.max(1), Relaxed);
                 self.new_probe_period();
                 self.window.clear();
                 return Some(BreakerEvent::Closed);
             }
-            // Served well for as long as it was last out: its next ejection starts again from
-            // base_ejection (a probe's finding: each ejection doubled for max_ejection, five
-            // minutes by default, however long the endpoint ran well in between).
+            // Served for as long as it was last out, since its breaker closed: its next
+            // ejection starts again from base_ejection (a probe's finding: each ejection
+            // doubled for max_ejection, five minutes by default, however long the endpoint ran
+            // well in between). Time out of traffic before the probe does not count.
             let nth = self.ejections.load(Relaxed);
+            let closed = self.closed_at.load(Relaxed);
             if nth != 0
-                && now.since(Tick(self.ejected_until.load(Relaxed))) >= policy.ejection_for(nth)
+                && closed > self.ejected_until.load(Relaxed)
+                && now.since(Tick(closed)) >= policy.ejection_for(nth)
             {
                 self.ejections.store(0, Relaxed);
             }
@@ -276,6 +284,7 @@ impl EndpointState {
         if half_open {
             if !may_open() {
                 self.half_open.store(false, Relaxed);
+                self.closed_at.store(now.0.max(1), Relaxed);
                 self.new_probe_period();
                 return Some(BreakerEvent::Held);
             }
@@ -552,6 +561,15 @@ mod tests {
         // Then it serves 20 s and more: the next ejection is base_ejection again.
         assert_eq!(s.record_outcome(true, &p, secs(58)), None);
         assert_eq!(s.record_outcome(false, &p, secs(60)), ten);
+        // A regression hunt's finding: time out of traffic before the probe is not service.
+        // Out 10 s (until 70 s), idle until 90 s, probed and closed, failing at once: twice
+        // as long.
+        assert_eq!(
+            s.record_outcome(true, &p, secs(90)),
+            Some(BreakerEvent::Closed)
+        );
+        assert_eq!(s.record_outcome(true, &p, secs(91)), None);
+        assert_eq!(s.record_outcome(false, &p, secs(92)), twenty);
     }
 
     #[test]

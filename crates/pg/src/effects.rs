@@ -548,7 +548,7 @@ fn set(s: &[&Token], fx: &mut Effects) {
     };
     if at(name)
         .and_then(|t| word(t))
-        .is_some_and(|w| ident(w) == b"search_path")
+        .is_some_and(|w| ident(w) == b"search_path" || ident(w) == b"schema")
         && first_schema.is_some_and(|v| v == "pg_temp")
     {
         fx.creates |= state::OTHER;
@@ -824,6 +824,7 @@ mod tests {
             OTHER
         );
         assert_eq!(creates("SET search_path = public, pg_temp"), 0);
+        assert_eq!(creates("SET SCHEMA 'pg_temp'"), OTHER);
         assert_eq!(creates("SET search_path = 'pg_temp, public'"), 0);
         assert_eq!(creates("CREATE TABLE pg_temp.t (a int)"), TEMP);
         assert_eq!(creates("SELECT 1 AS a INTO TEMP t"), TEMP);

@@ -298,9 +298,11 @@ pub fn classify(sql: &str) -> Option<Change> {
             if matches!(name, "local" | "transaction" | "constraints") {
                 return None;
             }
+            let rest: Vec<&str> = w.collect();
             let name = match name {
                 "time" => "timezone".to_string(),
                 "names" => "client_encoding".to_string(),
+                "schema" => "search_path".to_string(),
                 n => n
                     .split('=')
                     .next()
@@ -308,6 +310,14 @@ pub fn classify(sql: &str) -> Option<Change> {
                     .trim_matches('"')
                     .to_string(),
             };
+            // `SET name TO DEFAULT` is `RESET name`: back to the startup value.
+            let value = match rest.as_slice() {
+                ["to" | "=", value @ ..] => value,
+                value => value,
+            };
+            if value == ["default"] {
+                return Some(Change::Reset(name));
+            }
             Some(Change::Set {
                 name,
                 sql: t.to_string(),
@@ -366,6 +376,12 @@ mod tests {
             Some(Change::Reset("work_mem".into()))
         );
         assert_eq!(classify("RESET ALL"), Some(Change::ResetAll));
+        for reset in ["SET work_mem TO DEFAULT", "set session work_mem = default"] {
+            assert_eq!(classify(reset), Some(Change::Reset("work_mem".into())));
+        }
+        assert!(
+            matches!(classify("SET SCHEMA 'app'"), Some(Change::Set { name, .. }) if name == "search_path")
+        );
         assert_eq!(classify("DISCARD ALL"), Some(Change::DiscardAll));
         assert_eq!(classify("SELECT 1"), None);
     }

@@ -906,6 +906,7 @@ async fn a_reset_goes_back_to_the_clients_startup_settings() {
         "RESET ALL",
         "DISCARD ALL",
         "RESET statement_timeout",
+        "SET statement_timeout TO DEFAULT",
         "SET statement_timeout = 5; RESET ALL",
         "BEGIN; SET statement_timeout = 7; RESET statement_timeout; SAVEPOINT s; \
          ROLLBACK TO SAVEPOINT s; COMMIT",

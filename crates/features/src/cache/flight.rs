@@ -108,12 +108,12 @@ impl Drop for FlightGuard {
     }
 }
 
-/// Waits until the leader is done (its guard dropped); `Err` when `deadline` passes before the
-/// leader has a response head.
+/// Waits until the leader is done (its guard dropped), and tells whether it had a response
+/// head by then; `Err` when `deadline` passes before the leader has one.
 pub async fn wait(
     mut rx: watch::Receiver<bool>,
     deadline: tokio::time::Instant,
-) -> Result<(), tokio::time::error::Elapsed> {
+) -> Result<bool, tokio::time::error::Elapsed> {
     loop {
         let head = *rx.borrow_and_update();
         let changed = match head {
@@ -121,7 +121,7 @@ pub async fn wait(
             false => tokio::time::timeout_at(deadline, rx.changed()).await?,
         };
         if changed.is_err() {
-            return Ok(());
+            return Ok(head || *rx.borrow());
         }
     }
 }
@@ -144,7 +144,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(guard);
-        assert!(waiter.await.unwrap().is_ok());
+        assert_eq!(waiter.await.unwrap(), Ok(false), "no head");
         assert!(f.is_empty());
         assert!(matches!(f.join("k".into()), Join::Leader(_)));
     }
@@ -169,6 +169,6 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         assert!(!waiter.is_finished(), "the body is on its way");
         drop(guard);
-        assert!(waiter.await.unwrap().is_ok());
+        assert_eq!(waiter.await.unwrap(), Ok(true), "it had a head");
     }
 }

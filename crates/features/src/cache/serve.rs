@@ -335,9 +335,19 @@ async fn lookup(cx: &Cx, mut parts: http::request::Parts, done: Completion) -> S
                     now
                 });
                 let deadline = from + cx.route.spec.request_timeout;
-                if flight::wait(rx, deadline).await.is_err() {
-                    cx.route.metrics.cache(CacheResult::Miss);
-                    return Err((ProxyError::UpstreamTimeout, done));
+                match flight::wait(rx, deadline).await {
+                    Err(_) => {
+                        cx.route.metrics.cache(CacheResult::Miss);
+                        return Err((ProxyError::UpstreamTimeout, done));
+                    }
+                    // The origin answered the leader, whose body then broke off (a regression
+                    // hunt's finding: its followers got 504 at once): this request starts
+                    // over, its deadline from now.
+                    Ok(true) => {
+                        since = None;
+                        parts.extensions.remove::<proxy::WaitedSince>();
+                    }
+                    Ok(false) => {}
                 }
             }
             Join::Follower(_) => return fetch(cx, parts, url, found, None, fwd, done).await,
