@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::body::RespBody;
 use crate::clock;
+use crate::h2_resets::Cancels;
 use crate::proxy::{self, ConnCtx};
 use crate::spec::ListenerSpec;
 use crate::worker::Shutdown;
@@ -489,7 +490,7 @@ async fn serve_h2<I>(
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
-        (shutdown, &ctx.activity, fd),
+        (shutdown, &ctx.activity, fd, &ctx.h2_cancels),
         (every, check),
     )
     .await;
@@ -517,11 +518,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// `check` run every `period`. A check's `Finish` asks it to finish with `graceful` (HTTP/1.1:
 /// close once the response in flight is written; HTTP/2: GOAWAY, close once its streams are
 /// done). A shutdown does the same, and once the connection has stayed quiet for
-/// [`CLOSE_GRACE`] after that it is closed.
+/// [`CLOSE_GRACE`] after that it is closed. A client that cancels most of the streams it opens
+/// (`h2_resets.rs`) has its connection closed at once.
 async fn drive_with<C, G, T>(
     conn: C,
     mut graceful: G,
-    (shutdown, activity, fd): (&mut Shutdown, &Activity, std::os::fd::RawFd),
+    (shutdown, activity, fd, cancels): (&mut Shutdown, &Activity, std::os::fd::RawFd, &Cancels),
     (period, mut check): (Duration, T),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -554,6 +556,11 @@ async fn drive_with<C, G, T>(
                 if !finishing {
                     graceful(conn.as_mut());
                 }
+            }
+            () = cancels.tripped() => {
+                let (cancelled, answered) = cancels.counts();
+                tracing::warn!(cancelled, answered, "a client cancelled most of the HTTP/2 streams it opened (rapid reset); its connection is closed");
+                return;
             }
             _ = tick.tick() => match check() {
                 Check::Fine => {}
@@ -641,7 +648,7 @@ async fn serve_tls(
     drive_with(
         conn,
         |c| c.graceful_shutdown(),
-        (shutdown, &ctx.activity, fd),
+        (shutdown, &ctx.activity, fd, &ctx.h2_cancels),
         (every, check),
     )
     .await;
@@ -801,6 +808,7 @@ mod tests {
                 activity: Activity::default(),
                 tunnel: Default::default(),
                 h2_streams: Default::default(),
+                h2_cancels: Default::default(),
                 shutdown: None,
             });
             let (_trigger, shutdown) = crate::worker::shutdown_channel();

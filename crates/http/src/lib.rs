@@ -20,6 +20,7 @@ pub mod error;
 pub mod fallback;
 pub mod forwarded;
 pub mod gateway;
+pub mod h2_resets;
 pub mod h2_stall;
 pub mod h2_websocket;
 pub mod headers;

@@ -328,6 +328,7 @@ async fn accept_loop(
             activity: conn::Activity::default(),
             tunnel: Default::default(),
             h2_streams: Default::default(),
+            h2_cancels: Default::default(),
             shutdown: Some(w.shutdown.clone()),
         });
         let serving = conn::serve(

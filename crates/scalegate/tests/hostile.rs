@@ -298,3 +298,24 @@ async fn settled(rec: &Recorder, n: usize) -> Vec<Seen> {
     }
     rec.requests().iter().map(|r| wire::seen(r)).collect()
 }
+
+/// A probe's finding (CVE-2023-44487, rapid reset, in the variant that lets each stream be
+/// accepted before resetting it): one h2c connection had 7,900 requests reach the backend in
+/// 4 s, with no GOAWAY, and other clients got 504s. A connection that cancels most of the
+/// streams it opens is now closed once it has cancelled 100.
+#[tokio::test]
+async fn a_client_cancelling_the_streams_it_opened_is_cut_off() {
+    let bs = backends(1).await;
+    bs[0].set_delay(std::time::Duration::from_millis(200));
+    let gw = gateway(&bs, "").await;
+    let pause = std::time::Duration::from_millis(50);
+    let (opened, cut) =
+        scalegate_testkit::rapid_reset::rapid_reset(gw.http, b"/", 20, 100, pause).await;
+    assert!(cut, "the connection was let run: {opened} streams opened");
+    assert!(opened <= 500, "{opened} streams opened before it was cut");
+    // Other clients, and this one on a new connection, are served.
+    bs[0].set_delay(std::time::Duration::ZERO);
+    let r = Client::h2c().get(gw.http, "/").await.expect("response");
+    assert_eq!(r.status, 200);
+    quiescent(&gw).await;
+}

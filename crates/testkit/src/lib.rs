@@ -18,6 +18,7 @@ pub mod origin;
 pub mod postgres;
 pub mod process;
 pub mod python;
+pub mod rapid_reset;
 pub mod raw_h2;
 pub mod recorder;
 pub mod redis;

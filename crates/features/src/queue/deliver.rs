@@ -108,6 +108,7 @@ pub(super) async fn deliver(
         activity: Default::default(),
         tunnel: Default::default(),
         h2_streams: Default::default(),
+        h2_cancels: Default::default(),
         shutdown: None,
     });
     let done = Completion::background(&ctx, &route);

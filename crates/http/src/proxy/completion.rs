@@ -204,6 +204,7 @@ impl Drop for Completion {
         self.conn.activity.end();
         let elapsed = now.since(self.started);
         if self.counted {
+            self.conn.h2_cancels.ended(self.status != 0);
             let m = self.metrics();
             if self.route.is_some() {
                 m.in_flight.dec();

@@ -80,6 +80,8 @@ pub struct ConnCtx {
     /// HTTP/2: the response bodies watched for a client that stops taking them
     /// (`h2_stall.rs`).
     pub h2_streams: crate::h2_stall::Streams,
+    /// The ends of the connection's requests, answered or cancelled (`h2_resets.rs`).
+    pub h2_cancels: crate::h2_resets::Cancels,
     /// The gateway's stop signal, for tunnels that outlive their request's task (TLS and
     /// HTTP/2 upgrades): they close when the gateway shuts down, as plain HTTP/1.1 ones do.
     /// None where no client connection is behind the request (queued deliveries).
