@@ -199,6 +199,29 @@ async fn session_mode_resets_state_between_clients() {
     quiescent(&gw).await;
 }
 
+/// A regression hunt's finding: in session mode a client's startup parameters
+/// (`options='-c statement_timeout=…'`, `application_name`) were ignored; transaction mode
+/// applied them. The next client still gets a clean session.
+#[tokio::test]
+async fn session_mode_applies_the_clients_startup_parameters() {
+    let pg = PgServer::start().await;
+    let (gw, port) = pooler(&pg, "pool_size = 1\npool_mode = \"session\"", "").await;
+    {
+        let options = "options='-c statement_timeout=444' application_name=myapp";
+        let a = pg_client_with(port, "app", options).await;
+        assert_eq!(
+            pg_one::<String>(&a, "SHOW statement_timeout").await,
+            "444ms"
+        );
+        assert_eq!(pg_one::<String>(&a, "SHOW application_name").await, "myapp");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = client(port).await;
+    assert_eq!(pg_one::<String>(&b, "SHOW statement_timeout").await, "0");
+    drop(b);
+    quiescent(&gw).await;
+}
+
 /// A pooler with one server connection (waits of 300 ms at most), held by the returned client
 /// inside a transaction.
 async fn server_held() -> (PgServer, GatewayProcess, u16, PgClient) {

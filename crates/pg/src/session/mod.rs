@@ -738,7 +738,9 @@ impl Session {
                 () = self.client.closed() => return Err(AcquireError::ClientGone),
                 () = self.slot.queued.cancelled() => return Err(AcquireError::Cancelled),
             };
-            if self.transaction && lease.conn.settings != self.track.settings.fingerprint() {
+            // Session mode too: the client's startup parameters are its session's (a
+            // regression hunt's finding: `options='-c statement_timeout=5s'` was ignored).
+            if lease.conn.settings != self.track.settings.fingerprint() {
                 match self.replay(&mut lease, &mut retries).await {
                     Replay::Applied => {}
                     Replay::Again { reusable } => {
