@@ -147,6 +147,19 @@ impl Settings {
         self.fingerprint
     }
 
+    /// Whether the client gave settings at startup (what a reset comes back to).
+    pub fn has_startup(&self) -> bool {
+        !self.startup.is_empty()
+    }
+
+    /// The SQL that makes every setting in force again on a connection that already holds
+    /// this client's session (a reset on it went past a startup value), leaving what the
+    /// session made otherwise alone; `None` when there is nothing to set.
+    pub fn restore_sql(&self) -> Option<String> {
+        let sets: Vec<&str> = self.effective().map(|(_, s)| s.as_str()).collect();
+        (!sets.is_empty()).then(|| sets.join("; "))
+    }
+
     /// The SQL that turns a server connection's session into this one. `RESET ALL` leaves the
     /// session authorization and the role alone (PostgreSQL excludes them), so another
     /// client's are undone on their own.

@@ -27,7 +27,10 @@ async fn fill_unrelated(redis: &RedisServer, n: usize) {
         end return 1";
     for chunk in 0..n.div_ceil(CHUNK) {
         let reply = redis
-            .command(&["EVAL", script, "0", &chunk.to_string(), &CHUNK.to_string()])
+            .command_within(
+                &["EVAL", script, "0", &chunk.to_string(), &CHUNK.to_string()],
+                Duration::from_secs(60),
+            )
             .await;
         assert!(
             reply.as_deref().is_some_and(|r| r.starts_with(":1")),

@@ -932,6 +932,62 @@ async fn a_reset_goes_back_to_the_clients_startup_settings() {
     pooler_quiescent(&gw, port).await;
 }
 
+/// Left over from session 25's regression hunt: a client that keeps its server connection
+/// between transactions (session mode, or pinned by an advisory lock in transaction mode) lost
+/// its startup settings for good at a reset, since the pooler replayed them only when a client
+/// took a server (asyncpg in session mode: 199 of 201 checks ran without `server_settings`).
+/// What the client set itself and did not reset stays.
+#[tokio::test]
+async fn a_client_holding_its_server_gets_its_startup_settings_back_after_a_reset() {
+    let pg = PgServer::start().await;
+    for mode in ["session", "transaction"] {
+        let db = format!("pool_size = 1\npool_mode = \"{mode}\"");
+        let (gw, port) = pooler(BIN, &pg, &db, "wait_timeout = \"10s\"").await;
+        let options = "options='-c statement_timeout=444 -c application_name=myapp'";
+        let a = pg_client_with(port, "app", options).await;
+        a.batch_execute("SELECT pg_advisory_lock(9); SET work_mem = '7MB'")
+            .await
+            .expect("lock and SET");
+        // The last two let go of the lock (and with it, in transaction mode, the server).
+        let resets = [
+            ("RESET statement_timeout", true),
+            ("SET statement_timeout TO DEFAULT", true),
+            ("BEGIN; RESET statement_timeout; COMMIT", true),
+            ("RESET ALL", false),
+            ("SET statement_timeout = 5; RESET ALL", false),
+            ("DISCARD ALL", false),
+            (
+                "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL",
+                false,
+            ),
+        ];
+        for (reset, keeps_work_mem) in resets {
+            if !keeps_work_mem {
+                a.batch_execute("SELECT pg_advisory_lock(9)")
+                    .await
+                    .expect("lock");
+            }
+            a.batch_execute(reset).await.expect(reset);
+            let shown = pg_one::<String>(&a, "SHOW statement_timeout").await;
+            assert_eq!(shown, "444ms", "{mode} mode, after {reset}");
+            assert_eq!(pg_one::<String>(&a, "SHOW application_name").await, "myapp");
+            let work_mem = pg_one::<String>(&a, "SHOW work_mem").await;
+            assert_eq!(
+                work_mem == "7MB",
+                keeps_work_mem,
+                "{mode}, {reset}: {work_mem}"
+            );
+            let e = a
+                .simple_query("SELECT pg_sleep(1)")
+                .await
+                .expect_err("the timeout is in force");
+            assert_eq!(sqlstate(&e), "57014", "{mode} mode, after {reset}: {e:?}");
+        }
+        drop(a);
+        pooler_quiescent(&gw, port).await;
+    }
+}
+
 /// A probe's finding: the pooler's own question to the catalogs (is a lock still held?) ran
 /// under the client's `statement_timeout`; at `1ms` it was cancelled, and the client stayed
 /// pinned, holding the only server connection, until it left: every other client got 53300.

@@ -45,7 +45,13 @@ impl RedisServer {
 
     /// Sends one command (RESP array of bulk strings) and returns the first reply read.
     pub async fn command(&self, args: &[&str]) -> Option<String> {
-        command(self.port, args).await
+        command(self.port, args, Duration::from_secs(2)).await
+    }
+
+    /// Like [`RedisServer::command`], waiting up to `wait` for the reply: for a script that
+    /// runs long (filling Redis), on a machine busy with other tests.
+    pub async fn command_within(&self, args: &[&str], wait: Duration) -> Option<String> {
+        command(self.port, args, wait).await
     }
 
     /// Kills the server and starts a new, empty one on the same port; true once it answers.
@@ -84,12 +90,12 @@ fn spawn(port: u16, dir: &std::path::Path) -> Child {
 }
 
 async fn ping(port: u16) -> bool {
-    command(port, &["PING"])
+    command(port, &["PING"], Duration::from_secs(2))
         .await
         .is_some_and(|r| r.starts_with("+PONG"))
 }
 
-async fn command(port: u16, args: &[&str]) -> Option<String> {
+async fn command(port: u16, args: &[&str], wait: Duration) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -100,7 +106,7 @@ async fn command(port: u16, args: &[&str]) -> Option<String> {
     }
     s.write_all(msg.as_bytes()).await.ok()?;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+    let n = tokio::time::timeout(wait, s.read(&mut buf))
         .await
         .ok()?
         .ok()?;

@@ -18,6 +18,7 @@ use crate::classify::Class;
 mod batch;
 mod bound_settings;
 mod fan_out;
+mod held_settings;
 mod local_parse;
 mod merge;
 mod reload;
@@ -397,6 +398,9 @@ impl Session {
         self.plain_first = 0;
         let fresh = self.lease.is_none();
         if self.lease.is_some() {
+            if let Some(end) = self.guard_settings().await {
+                return Some(end);
+            }
             if let Some(end) = self.guard_transaction().await {
                 return end;
             }
@@ -570,6 +574,15 @@ impl Session {
                     state::bound(&mut self.pin, bound);
                 }
             } else {
+                // Session mode follows what a reset would undo (held_settings.rs), for a
+                // client with startup settings to come back to.
+                if tag == b'Q'
+                    && self.track.settings.has_startup()
+                    && let Some((sql, _)) = statement_text(msg)
+                    && let Some(fx) = self.pooler.analyzer.effects(sql)
+                {
+                    state::record_settings(&fx, segment, &mut self.track);
+                }
                 out.verbatim(msg);
             }
             // A routed session forwards one batch at a time: the next may go elsewhere.
@@ -897,6 +910,8 @@ impl Session {
                     }
                     if self.transaction {
                         self.pin.settle(self.track.segment_error);
+                    }
+                    if self.transaction || self.track.settings.has_startup() {
                         self.track.settle(self.status, &mut conn.settings);
                     }
                 }
