@@ -472,6 +472,7 @@ async fn serve_h2<I>(
         .h2
         .serve_connection(TokioIo::new(stream), service(&ctx, true));
     ctx.activity.touch();
+    ctx.gateway.h2_streams.register(ctx.worker, &ctx.h2_streams);
     // Every quarter of the idle timeout, bodies the client stopped taking are dropped, and a
     // connection with no stream open for the idle timeout is asked to go (GOAWAY), as nginx's
     // keepalive_timeout and Envoy's idle_timeout do for HTTP/2.
@@ -796,12 +797,11 @@ mod tests {
             .expect("gateway");
             let ctx = Arc::new(ConnCtx {
                 gateway: gw,
-                listener: Arc::from("t"),
+                rules: crate::proxy::ListenerRules::live("t", Default::default()),
                 peer: "127.0.0.1:1".parse().expect("addr"),
                 local_port: 0,
                 idle_timeout: Duration::from_secs(60),
                 max_head: 65536,
-                edge: Default::default(),
                 body_timeout: Duration::from_secs(60),
                 worker: 0,
                 scheme: "http",

@@ -53,7 +53,8 @@ pub struct ClientIp(pub IpAddr);
 
 /// Checks and normalises a request head in place; an Err is the client's fault (400 or 431).
 pub fn admit(ctx: &ConnCtx, parts: &mut Parts) -> Result<(), ProxyError> {
-    let edge = &ctx.edge;
+    let rules = ctx.rules.load();
+    let edge = &rules.edge;
     crate::headers::check_head(parts, ctx.max_head, edge.max_headers)?;
     crate::normalize::normalize(parts, &edge.normalize)?;
     // A tunnel to wherever the client names would pass no route's rules: only RFC 8441's

@@ -92,6 +92,8 @@ pub struct Gateway {
     pub unrouted: crate::metrics::RouteMetrics,
     /// Runtime switches from the admin API.
     pub switches: crate::switches::Switches,
+    /// Every HTTP/2 connection's watched streams, for a full pool to reclaim stalled ones.
+    pub h2_streams: crate::h2_stall::Registry,
 }
 
 impl Gateway {
@@ -127,6 +129,7 @@ impl Gateway {
             metrics,
             unrouted,
             switches: crate::switches::Switches::default(),
+            h2_streams: crate::h2_stall::Registry::default(),
         });
         gw.apply(spec, plugins)?;
         Ok(gw)

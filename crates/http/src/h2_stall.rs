@@ -193,3 +193,69 @@ impl Streams {
         stalled.len()
     }
 }
+
+/// How long a stream may have taken nothing of its response before it gives back what it holds
+/// to a request that finds its upstream's pool full (the listener's `idle_timeout` otherwise).
+pub const UNDER_PRESSURE: Duration = Duration::from_secs(2);
+
+/// The most often a full pool makes a worker look for stalled streams.
+const RECLAIM_EVERY: Duration = Duration::from_millis(100);
+
+/// The watched streams of every HTTP/2 connection, by the worker serving it. One client
+/// connection may open many streams: one that gives them no window held an upstream connection
+/// with each until `idle_timeout` (a session-25 probe: 256 streams held a worker's whole share
+/// of an upstream's pool for 60 s, and other clients got 503). A request that finds its pool
+/// full now first has this worker's streams that have taken nothing for [`UNDER_PRESSURE`]
+/// give back what they hold: a stalled reader keeps its streams only while nobody else needs
+/// the connections they hold.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<Vec<(usize, Weak<Streams>)>>,
+    /// Forgetting closed connections when the list reaches this length.
+    prune_at: std::sync::atomic::AtomicUsize,
+    /// When the last reclaim ran (a clock tick).
+    last: AtomicU64,
+}
+
+impl Registry {
+    /// Watches `streams`, of a connection served by `worker`.
+    pub fn register(&self, worker: usize, streams: &Arc<Streams>) {
+        let Ok(mut conns) = self.conns.lock() else {
+            return;
+        };
+        if conns.len() >= self.prune_at.load(Relaxed) {
+            conns.retain(|(_, s)| s.strong_count() > 0);
+            self.prune_at.store((conns.len() * 2).max(64), Relaxed);
+        }
+        conns.push((worker, Arc::downgrade(streams)));
+    }
+
+    /// Drops the bodies of `worker`'s streams that have taken nothing for [`UNDER_PRESSURE`]
+    /// (at most every [`RECLAIM_EVERY`]); returns how many.
+    pub fn reclaim(&self, worker: usize) -> usize {
+        let now = clock::now();
+        let last = self.last.load(Relaxed);
+        if last != 0 && now.since(scalegate_core::Tick(last)) < RECLAIM_EVERY {
+            return 0;
+        }
+        self.last.store(now.0.max(1), Relaxed);
+        let mine: Vec<Arc<Streams>> = match self.conns.lock() {
+            Ok(conns) => conns
+                .iter()
+                .filter(|(w, _)| *w == worker)
+                .filter_map(|(_, s)| s.upgrade())
+                .collect(),
+            Err(_) => return 0,
+        };
+        // Swept outside the list's lock: dropping a body runs its completion.
+        let cut: usize = mine.iter().map(|s| s.sweep(UNDER_PRESSURE)).sum();
+        if cut > 0 {
+            tracing::info!(
+                worker,
+                streams = cut,
+                "HTTP/2 streams whose client took nothing for 2s gave back their upstream connections to waiting requests"
+            );
+        }
+        cut
+    }
+}

@@ -123,6 +123,11 @@ impl EndpointPool {
         }
     }
 
+    /// Whether every HTTP/1.1 connection this pool may have is in use (a checkout would wait).
+    pub fn is_full(&self) -> bool {
+        self.protocol != UpstreamProtocol::Http2 && self.permits.available_permits() == 0
+    }
+
     /// A connection for one request: a live idle one if any, else a new one. Waits at most
     /// `connect_timeout` for a free slot and for the connect itself. `streaming`: the request's
     /// body is still arriving from the client (such requests share half of the pool).

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::conn::{self, ConnTracker, Protocols};
 use crate::gateway::Gateway;
-use crate::proxy::ConnCtx;
+use crate::proxy::{ConnCtx, ListenerRules, LiveRules};
 use crate::spec::ListenerSpec;
 
 /// How the workers and their connections are told to stop.
@@ -120,6 +120,8 @@ struct Running {
     task: JoinHandle<()>,
     /// Connections open on this listener in this worker, across accept-loop restarts.
     open: Arc<OpenCount>,
+    /// The name and edge rules its connections read at each request, across reloads.
+    rules: LiveRules,
 }
 
 /// Connections a listener has open in one worker. It outlives the accept loop, so a reload that
@@ -230,11 +232,14 @@ fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
             Some(r) => {
                 r.task.abort();
                 r.spec = l.spec.clone();
+                // Connections already open follow the new name and edge rules too.
+                let rules = ListenerRules::live(&l.spec.name, l.spec.edge.clone());
+                r.rules.store(rules.load_full());
                 r.task = tokio::spawn(accept_loop(
                     w.clone(),
                     l.spec.clone(),
                     r.socket.clone(),
-                    r.open.clone(),
+                    (r.open.clone(), r.rules.clone()),
                 ));
             }
             None => {
@@ -249,11 +254,12 @@ fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
                     }
                 };
                 let open = Arc::new(OpenCount::default());
+                let rules = ListenerRules::live(&l.spec.name, l.spec.edge.clone());
                 let task = tokio::spawn(accept_loop(
                     w.clone(),
                     l.spec.clone(),
                     socket.clone(),
-                    open.clone(),
+                    (open.clone(), rules.clone()),
                 ));
                 running.insert(
                     key,
@@ -262,6 +268,7 @@ fn reconcile(w: &WorkerCtx, running: &mut HashMap<String, Running>) {
                         socket,
                         task,
                         open,
+                        rules,
                     },
                 );
             }
@@ -289,11 +296,10 @@ async fn accept_loop(
     w: WorkerCtx,
     spec: ListenerSpec,
     socket: Arc<TcpListener>,
-    open: Arc<OpenCount>,
+    (open, rules): (Arc<OpenCount>, LiveRules),
 ) {
     let protocols = Arc::new(Protocols::new(&spec));
     let name: Arc<str> = Arc::from(spec.name.as_str());
-    let edge = Arc::new(spec.edge.clone());
     let local_port = socket.local_addr().map_or(0, |a| a.port());
     // This worker's share of the listener's connection limit.
     let cap = spec
@@ -316,12 +322,11 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ctx = Arc::new(ConnCtx {
             gateway: w.gw.clone(),
-            listener: name.clone(),
+            rules: rules.clone(),
             peer,
             local_port,
             idle_timeout: spec.idle_timeout,
             max_head: spec.max_header_bytes,
-            edge: edge.clone(),
             body_timeout: spec.body_timeout,
             worker: w.id,
             scheme: if spec.tls.is_some() { "https" } else { "http" },

@@ -170,6 +170,81 @@ async fn a_reload_may_rename_listeners_or_swap_their_ports() {
     quiescent(&gw).await;
 }
 
+/// Left alone in session 25: a keep-alive connection kept the name and edge rules its listener
+/// had when the connection was accepted. After a reload that renamed the listener (its routes
+/// now naming the new name) the client got 404 for as long as it kept the connection, and
+/// after one that tightened the edge rules (fewer header lines, fewer trusted proxies) it was
+/// still served by the old ones.
+#[tokio::test]
+async fn keep_alive_connections_follow_a_reload_of_their_listener() {
+    let bs = backends(2).await;
+    let gw = gateway(&bs[..1], "").await;
+    let [p, q] = scalegate_testkit::free_ports();
+    let config = |names: [&str; 2], limit: &str| {
+        let listeners = two_listeners(names, [p, q], &bs).replacen(
+            "\n\n[[routes]]",
+            &format!("\n{limit}\n[[routes]]"),
+            1,
+        );
+        // The catch-all route of the gateway's own listener answers b1.
+        format!("{listeners}{}", app(&bs[1..], ""))
+    };
+    gw.write_config(&config(["x", "y"], ""));
+    gw.signal(libc::SIGHUP);
+    assert!(reloaded(&gw, 1).await, "{}", gw.stderr());
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", p))
+        .await
+        .expect("connect");
+    let many: String = (0..20).map(|i| format!("x-h{i}: v\r\n")).collect();
+    assert_eq!(ask(&mut conn, "").await, (200, "b0".to_string()));
+    assert_eq!(ask(&mut conn, &many).await, (200, "b0".to_string()));
+    gw.write_config(&config(["renamed", "y"], "max_headers = 10"));
+    gw.signal(libc::SIGHUP);
+    assert!(reloaded(&gw, 2).await, "{}", gw.stderr());
+    let renamed = ask(&mut conn, "").await;
+    assert_eq!(renamed, (200, "b0".to_string()), "the new name");
+    assert_eq!(ask(&mut conn, &many).await.0, 431, "the new edge rules");
+    drop(conn);
+    quiescent(&gw).await;
+}
+
+/// Whether the gateway has applied `n` reloads.
+async fn reloaded(gw: &GatewayProcess, n: usize) -> bool {
+    let ok = format!("scalegate_config_reloads_total{{result=\"ok\"}} {n}");
+    eventually(Duration::from_secs(10), || async {
+        gw.admin_get("/metrics").await.contains(&ok)
+    })
+    .await
+}
+
+/// Sends a GET with header lines `extra` on `conn` and reads the response: status and body.
+/// (Async: the backends run on the test's own runtime.)
+async fn ask(conn: &mut tokio::net::TcpStream, extra: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET / HTTP/1.1\r\nhost: t\r\n{extra}\r\n");
+    conn.write_all(req.as_bytes()).await.expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if got.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap_or(0);
+                return (status, text[end + 4..end + 4 + len].to_string());
+            }
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf));
+        let n = read.await.expect("a response in time").expect("read");
+        assert!(n > 0, "closed after {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[tokio::test]
 async fn a_changed_file_is_reloaded_without_a_signal() {
     let bs = backends(2).await;

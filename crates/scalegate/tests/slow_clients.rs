@@ -265,6 +265,74 @@ async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
     quiescent(&gw).await;
 }
 
+/// A session-25 probe's finding: one HTTP/2 connection that opened many streams and gave them
+/// no flow-control window held an upstream connection with each until the listener's
+/// `idle_timeout` (60 s): 256 such streams took a worker's whole share of the upstream's pool,
+/// and other clients got 503. A request that finds the pool full now has the streams that took
+/// nothing for 2 s give their connections back.
+#[tokio::test]
+async fn http2_streams_given_no_window_give_way_to_requests_waiting_for_their_connections() {
+    let big = bytes::Bytes::from(vec![b'x'; 256 << 10]);
+    let o = scalegate_testkit::Origin::start(move |_, _| {
+        http::Response::builder()
+            .status(200)
+            .body(big.clone())
+            .expect("response")
+    })
+    .await;
+    // One worker: the stalled connection and the waiting client share its pool of 4.
+    let gw = GatewayProcess::start_full(
+        BIN,
+        "[runtime]\nworker_threads = 1\n",
+        "idle_timeout = \"60s\"",
+        &routed(
+            &format!("\"{}\"", o.addr),
+            "/",
+            "",
+            "pool = { max_per_endpoint = 4 }",
+        ),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let streams = (0..8).map(|_| {
+        let mut tx = tx.clone();
+        let req = http::Request::get(format!("http://{}/big", gw.http))
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        async move { tx.send_request(req).await }
+    });
+    let held = futures_util::future::join_all(streams).await;
+    let holding = held
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    assert_eq!(
+        holding, 4,
+        "the pool's 4 connections are held by stalled streams"
+    );
+    let c = Client::http1();
+    let served = eventually(Duration::from_secs(15), || async {
+        c.get(gw.http, "/small")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        served,
+        "the stalled streams kept the pool until the idle timeout"
+    );
+    drop(held);
+    quiescent(&gw).await;
+}
+
 #[tokio::test]
 async fn a_slow_but_steady_http2_reader_gets_its_whole_download() {
     // The protection above reset downloads whose client opened its window steadily but slowly:

@@ -177,7 +177,8 @@ async fn pass_unsafe(
     let resp = cx.origin(parts.clone(), Some(body), done).await?;
     let st = resp.status();
     if !safe && (st.is_success() || st.is_redirection()) {
-        let normalize = &cx.ctx.edge.normalize;
+        let rules = cx.ctx.rules.load_full();
+        let normalize = &rules.edge.normalize;
         let mut urls = Vec::with_capacity(3);
         for h in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(v) = resp.headers().get(h).and_then(|v| v.to_str().ok())

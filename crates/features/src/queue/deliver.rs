@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use super::{Job, StoredBody};
 use scalegate_http::Gateway;
 use scalegate_http::error::ProxyError;
-use scalegate_http::proxy::{Admitted, Completion, ConnCtx, origin};
+use scalegate_http::proxy::{Admitted, Completion, ConnCtx, ListenerRules, origin};
 
 /// What a delivery came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,17 +90,16 @@ pub(super) async fn deliver(
         .listeners
         .iter()
         .find(|l| route.spec.listener.as_deref() == Some(l.spec.name.as_str()))
-        .map(|l| Arc::new(l.spec.edge.clone()))
+        .map(|l| l.spec.edge.clone())
         .unwrap_or_default();
     let ctx = Arc::new(ConnCtx {
         gateway: gw.clone(),
-        listener: Arc::from(route.spec.listener.as_deref().unwrap_or("queue")),
+        rules: ListenerRules::live(route.spec.listener.as_deref().unwrap_or("queue"), edge),
         peer: job.peer(),
         local_port: 0,
         idle_timeout: std::time::Duration::from_secs(60),
         // A stored job's head was checked when it was queued.
         max_head: usize::MAX,
-        edge,
         body_timeout: std::time::Duration::from_secs(60),
         // Deliveries run on the control thread: its own pool, not a worker's.
         worker: scalegate_http::upstream::BACKGROUND,

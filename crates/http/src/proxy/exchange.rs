@@ -66,7 +66,7 @@ impl Exchange {
         let route = self
             .snap
             .routes
-            .find(&self.ctx.listener, &RouteKey::of(parts))
+            .find(&self.ctx.rules.load().name, &RouteKey::of(parts))
             .cloned()
             .ok_or(ProxyError::NoRoute)?;
         if let Some(done) = &mut self.done {

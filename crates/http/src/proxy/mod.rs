@@ -55,8 +55,9 @@ pub struct WaitedSince(pub tokio::time::Instant);
 pub struct ConnCtx {
     /// The gateway.
     pub gateway: Arc<Gateway>,
-    /// Listener the connection arrived on.
-    pub listener: Arc<str>,
+    /// The name and edge rules of the listener the connection arrived on, read at each
+    /// request: a reload that changes them reaches the connections already open.
+    pub rules: LiveRules,
     /// Client address.
     pub peer: SocketAddr,
     /// The port the client connected to (the listener's).
@@ -65,8 +66,6 @@ pub struct ConnCtx {
     pub idle_timeout: Duration,
     /// The listener's `max_header_bytes`: the largest request line and headers accepted.
     pub max_head: usize,
-    /// The listener's edge rules: normalisation, trusted proxies, header count, upgrades.
-    pub edge: Arc<crate::edge::EdgeSpec>,
     /// The listener's `body_timeout`: a request's whole body must arrive within it (408).
     pub body_timeout: Duration,
     /// Worker serving the connection (selects the connection pool).
@@ -79,13 +78,37 @@ pub struct ConnCtx {
     pub tunnel: crate::tunnel::Pending,
     /// HTTP/2: the response bodies watched for a client that stops taking them
     /// (`h2_stall.rs`).
-    pub h2_streams: crate::h2_stall::Streams,
+    pub h2_streams: Arc<crate::h2_stall::Streams>,
     /// The ends of the connection's requests, answered or cancelled (`h2_resets.rs`).
     pub h2_cancels: crate::h2_resets::Cancels,
     /// The gateway's stop signal, for tunnels that outlive their request's task (TLS and
     /// HTTP/2 upgrades): they close when the gateway shuts down, as plain HTTP/1.1 ones do.
     /// None where no client connection is behind the request (queued deliveries).
     pub shutdown: Option<crate::worker::Shutdown>,
+}
+
+/// A listener's name and edge rules as its connections see them (`ConnCtx::rules`).
+#[derive(Debug, Default)]
+pub struct ListenerRules {
+    /// The listener's name (routes name the listener they serve).
+    pub name: Arc<str>,
+    /// Normalisation, trusted proxies, header count, upgrades.
+    pub edge: crate::edge::EdgeSpec,
+}
+
+/// A listener's rules, shared by its connections and replaced by a reload: a keep-alive
+/// connection of a renamed listener reaches the routes of its new name, and one of a listener
+/// whose trusted proxies changed no longer believes the ones removed.
+pub type LiveRules = Arc<arc_swap::ArcSwap<ListenerRules>>;
+
+impl ListenerRules {
+    /// Rules to share between a listener's connections.
+    pub fn live(name: &str, edge: crate::edge::EdgeSpec) -> LiveRules {
+        Arc::new(arc_swap::ArcSwap::from_pointee(ListenerRules {
+            name: Arc::from(name),
+            edge,
+        }))
+    }
 }
 
 /// Entry point: one client request in, one response out. Never fails; failures are responses.
@@ -139,7 +162,7 @@ async fn before_routing(
         .snap
         .before_routing
         .as_ref()
-        .and_then(|b| b.claims(&x.ctx.listener, parts.uri.path()));
+        .and_then(|b| b.claims(&x.ctx.rules.load().name, parts.uri.path()));
     if let Some(claim) = claim {
         x.log_as("fanout");
         if let Some(b) = &x.snap.before_routing {

@@ -150,7 +150,7 @@ pub(super) fn rewrite_request(
     // Replaced from an untrusted peer, extended from a trusted proxy (forwarded.rs).
     crate::forwarded::apply(
         &mut parts.headers,
-        &ctx.edge.trust,
+        &ctx.rules.load().edge.trust,
         ctx.peer.ip(),
         client,
         ctx.scheme,

@@ -62,16 +62,19 @@ pub(super) async fn connect(
     fresh: bool,
     streaming: bool,
 ) -> Result<Lease, ProxyError> {
-    endpoint
-        .pool(ctx.worker)
-        .checkout(
-            &endpoint.dial(),
-            route.spec.connect_timeout,
-            now,
-            fresh,
-            streaming,
-        )
-        .await
+    let pool = endpoint.pool(ctx.worker);
+    if pool.is_full() {
+        // HTTP/2 streams whose clients stopped taking their responses give way (h2_stall.rs).
+        ctx.gateway.h2_streams.reclaim(ctx.worker);
+    }
+    pool.checkout(
+        &endpoint.dial(),
+        route.spec.connect_timeout,
+        now,
+        fresh,
+        streaming,
+    )
+    .await
 }
 
 /// Sends `out` on `lease` and waits for the response head, and for what of the body came with
