@@ -27,6 +27,26 @@ pub enum Change {
 /// What `RESET ALL` leaves in force.
 const RESET_ALL_KEEPS: [&str; 2] = ["role", "session_authorization"];
 
+/// Settings the server reports to the client when they change (ParameterStatus), and that the
+/// client's driver reads: the text encoding, how dates, intervals and string literals are
+/// written. A reset of one of them is followed, not undone: the server has told the client
+/// its default (a regression hunt's finding: after `RESET ALL`, psycopg was told UTF8 and
+/// wrote UTF-8 while the pooler had set the client's LATIN1 back, garbling text both ways).
+/// The client then has the server's value, as with PgBouncer, and never one it was not told.
+const REPORTED: [&str; 5] = [
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "standard_conforming_strings",
+    "timezone",
+];
+
+/// Whether a reset of `name` goes back to a startup value the pooler puts back (see
+/// [`REPORTED`]).
+fn restored(name: &str) -> bool {
+    !REPORTED.contains(&name)
+}
+
 /// Settings one client wants: those of its startup packet, which PostgreSQL makes a session's
 /// defaults (`RESET` goes back to them), under those it made since with SET, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,12 +104,12 @@ impl Settings {
     pub fn resets_a_startup_value(&self, c: &Change) -> bool {
         match c {
             Change::Set { .. } => false,
-            Change::Reset(name) => self.startup.iter().any(|(n, _)| n == name),
+            Change::Reset(name) => restored(name) && self.startup.iter().any(|(n, _)| n == name),
             Change::ResetAll => self
                 .startup
                 .iter()
-                .any(|(n, _)| !RESET_ALL_KEEPS.contains(&n.as_str())),
-            Change::DiscardAll => !self.startup.is_empty(),
+                .any(|(n, _)| !RESET_ALL_KEEPS.contains(&n.as_str()) && restored(n)),
+            Change::DiscardAll => self.startup.iter().any(|(n, _)| restored(n)),
         }
     }
 
@@ -108,11 +128,19 @@ impl Settings {
                 self.list.retain(|(n, _)| n != name);
                 self.list.push((name.clone(), sql.clone()));
             }
-            Change::Reset(name) => self.list.retain(|(n, _)| n != name),
-            Change::ResetAll => self
-                .list
-                .retain(|(n, _)| RESET_ALL_KEEPS.contains(&n.as_str())),
-            Change::DiscardAll => self.list.clear(),
+            Change::Reset(name) => {
+                self.list.retain(|(n, _)| n != name);
+                self.startup.retain(|(n, _)| n != name || restored(n));
+            }
+            Change::ResetAll => {
+                self.list
+                    .retain(|(n, _)| RESET_ALL_KEEPS.contains(&n.as_str()));
+                self.startup.retain(|(n, _)| restored(n));
+            }
+            Change::DiscardAll => {
+                self.list.clear();
+                self.startup.retain(|(n, _)| restored(n));
+            }
         }
         self.refingerprint();
     }
@@ -480,6 +508,33 @@ mod tests {
         assert_eq!((s.replay_sql(), s.fingerprint()), startup);
         s.forget("statement_timeout");
         assert_eq!(s.fingerprint(), 0);
+    }
+
+    #[test]
+    fn a_reset_of_a_setting_the_server_reports_follows_the_server() {
+        let params = [
+            ("client_encoding".into(), "LATIN1".into()),
+            ("statement_timeout".into(), "444".into()),
+        ];
+        for reset in [
+            Change::Reset("client_encoding".into()),
+            Change::ResetAll,
+            Change::DiscardAll,
+        ] {
+            let mut s = Settings::from_startup(&params);
+            s.apply(&reset);
+            assert_eq!(s.get("client_encoding"), None, "{reset:?}");
+            assert!(s.get("statement_timeout").is_some(), "{reset:?}");
+            assert!(!s.replay_sql().contains("client_encoding"), "{reset:?}");
+        }
+        let s = Settings::from_startup(&params[..1]);
+        for reset in [
+            Change::Reset("client_encoding".into()),
+            Change::ResetAll,
+            Change::DiscardAll,
+        ] {
+            assert!(!s.resets_a_startup_value(&reset), "{reset:?}");
+        }
     }
 
     #[test]

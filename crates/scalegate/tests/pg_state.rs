@@ -961,15 +961,25 @@ async fn a_client_holding_its_server_gets_its_startup_settings_back_after_a_rese
                 false,
             ),
         ];
-        for (reset, keeps_work_mem) in resets {
+        // Single statements go as prepared ones too (psycopg with prepare_threshold=0,
+        // asyncpg's fetch: Parse, Bind, Execute).
+        let runs = resets.iter().flat_map(|&(reset, keeps)| {
+            let protocols = if reset.contains(';') { 1 } else { 2 };
+            (0..protocols).map(move |p| (reset, keeps, p == 1))
+        });
+        for (reset, keeps_work_mem, extended) in runs {
             if !keeps_work_mem {
                 a.batch_execute("SELECT pg_advisory_lock(9)")
                     .await
                     .expect("lock");
             }
-            a.batch_execute(reset).await.expect(reset);
+            match extended {
+                false => a.batch_execute(reset).await.map(|_| 0),
+                true => a.execute(reset, &[]).await,
+            }
+            .expect(reset);
             let shown = pg_one::<String>(&a, "SHOW statement_timeout").await;
-            assert_eq!(shown, "444ms", "{mode} mode, after {reset}");
+            assert_eq!(shown, "444ms", "{mode} mode, {reset}, extended: {extended}");
             assert_eq!(pg_one::<String>(&a, "SHOW application_name").await, "myapp");
             let work_mem = pg_one::<String>(&a, "SHOW work_mem").await;
             assert_eq!(
@@ -986,6 +996,61 @@ async fn a_client_holding_its_server_gets_its_startup_settings_back_after_a_rese
         drop(a);
         pooler_quiescent(&gw, port).await;
     }
+}
+
+/// The regression hunt's finding: after `RESET ALL` (or `DISCARD ALL`, `RESET
+/// client_encoding`) the server told the client its own default encoding (UTF8), and the
+/// pooler then set the client's startup LATIN1 back without a word: psycopg wrote UTF-8 to a
+/// session reading LATIN1 (`length('é')` was 2), in both pool modes. A reset of a setting the
+/// server reports now follows the server, so the client is never told one encoding and
+/// served another.
+#[tokio::test]
+async fn after_a_reset_the_client_has_the_encoding_it_was_told() {
+    let pg = PgServer::start().await;
+    for mode in ["transaction", "session"] {
+        let db = format!("pool_size = 1\npool_mode = \"{mode}\"");
+        let (gw, port) = pooler(BIN, &pg, &db, "wait_timeout = \"10s\"").await;
+        let (mut a, login) = raw_startup_with(port, &[("client_encoding", "LATIN1")]);
+        let mut told = reported(&login, "client_encoding").expect("told at login");
+        assert_eq!(told, "LATIN1");
+        for reset in [
+            "RESET ALL",
+            "DISCARD ALL",
+            "RESET client_encoding",
+            "SET client_encoding TO DEFAULT",
+        ] {
+            query(&mut a, "SET client_encoding = 'LATIN1'");
+            told = reported(&read_until_ready(&mut a), "client_encoding").unwrap_or(told);
+            query(&mut a, reset);
+            told = reported(&read_until_ready(&mut a), "client_encoding").unwrap_or(told);
+            query(&mut a, "SHOW client_encoding");
+            let answer = read_until_ready(&mut a);
+            told = reported(&answer, "client_encoding").unwrap_or(told);
+            let shown = answer
+                .iter()
+                .find(|(t, _)| *t == b'D')
+                .map(|(_, d)| String::from_utf8_lossy(&d[6..]).to_string());
+            assert_eq!(
+                shown.as_deref(),
+                Some(told.as_str()),
+                "{mode} mode, {reset}"
+            );
+        }
+        drop(a);
+        pooler_quiescent(&gw, port).await;
+    }
+}
+
+/// The last value of `name` that ParameterStatus messages among `msgs` told.
+fn reported(msgs: &[(u8, Vec<u8>)], name: &str) -> Option<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'S')
+        .filter_map(|(_, body)| {
+            let mut parts = body.split(|b| *b == 0);
+            let (k, v) = (parts.next()?, parts.next()?);
+            (k == name.as_bytes()).then(|| String::from_utf8_lossy(v).to_string())
+        })
+        .next_back()
 }
 
 /// A probe's finding: the pooler's own question to the catalogs (is a lock still held?) ran

@@ -29,17 +29,22 @@ async fn big_download(
     idle_timeout: &str,
     upstream: &str,
 ) -> (scalegate_testkit::Origin, GatewayProcess) {
+    let o = download_origin(size).await;
+    let listener = format!("idle_timeout = \"{idle_timeout}\"");
+    let gw = gateway(&listener, &format!("\"{}\"", o.addr), "", upstream).await;
+    (o, gw)
+}
+
+/// An origin answering every request with `size` bytes.
+async fn download_origin(size: usize) -> scalegate_testkit::Origin {
     let big = bytes::Bytes::from(vec![b'x'; size]);
-    let o = scalegate_testkit::Origin::start(move |_, _| {
+    scalegate_testkit::Origin::start(move |_, _| {
         http::Response::builder()
             .status(200)
             .body(big.clone())
             .expect("response")
     })
-    .await;
-    let listener = format!("idle_timeout = \"{idle_timeout}\"");
-    let gw = gateway(&listener, &format!("\"{}\"", o.addr), "", upstream).await;
-    (o, gw)
+    .await
 }
 
 /// Sends a POST head announcing `len` body bytes (or chunked when `len` is None), then one byte
@@ -272,14 +277,7 @@ async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
 /// nothing for 2 s give their connections back.
 #[tokio::test]
 async fn http2_streams_given_no_window_give_way_to_requests_waiting_for_their_connections() {
-    let big = bytes::Bytes::from(vec![b'x'; 256 << 10]);
-    let o = scalegate_testkit::Origin::start(move |_, _| {
-        http::Response::builder()
-            .status(200)
-            .body(big.clone())
-            .expect("response")
-    })
-    .await;
+    let o = download_origin(256 << 10).await;
     // One worker: the stalled connection and the waiting client share its pool of 4.
     let gw = GatewayProcess::start_full(
         BIN,

@@ -9,6 +9,43 @@ use crate::effects::Effects;
 use crate::proto;
 use crate::settings::Change;
 
+/// Prepared statements that change settings, by name (the unnamed one's name is empty).
+pub(super) type SettingStatements = std::collections::HashMap<Vec<u8>, std::sync::Arc<Effects>>;
+
+/// Follows what a client message does to the settings made through prepared statements: a
+/// Parse that names a statement again forgets what it did, a Bind says what its portal will
+/// change, an Execute makes that the client's (in `segment`). `parsed`: the effects of the
+/// statement a Parse prepares, remembered when they change settings.
+pub(super) fn follow(
+    (tag, msg, segment): (u8, &[u8], u64),
+    parsed: Option<&std::sync::Arc<Effects>>,
+    statements: &mut SettingStatements,
+    bound: &mut BoundSettings,
+    track: &mut Track,
+) {
+    if !statements.is_empty() {
+        match tag {
+            b'B' => {
+                let kept = bound.bind(msg, statements);
+                // A portal's changes forgotten unrun: the server's to tell.
+                track.unknown = track.unknown.or((!kept).then_some(segment));
+            }
+            // A name parsed again is another statement.
+            b'P' => _ = statements.remove(super::parsed_name(msg)),
+            _ => {}
+        }
+    }
+    if tag == b'E' && !bound.is_empty() {
+        bound.execute(msg, segment, track);
+    }
+    if tag == b'P'
+        && let Some(fx) = parsed
+        && !(fx.settings.is_empty() && fx.param_settings.is_empty())
+    {
+        statements.insert(super::parsed_name(msg).to_vec(), fx.clone());
+    }
+}
+
 /// Portals bound and not yet run that are remembered (the oldest is forgotten first).
 const MAX_PENDING: usize = 64;
 
@@ -36,11 +73,7 @@ impl BoundSettings {
     /// the unnamed one's name is empty), what its portal will change. A portal bound again
     /// forgets what it held. Returns false when a portal's changes had to be forgotten unrun
     /// (too many pending): the server's settings are then the server's to tell.
-    pub(super) fn bind(
-        &mut self,
-        msg: &[u8],
-        statements: &std::collections::HashMap<Vec<u8>, std::sync::Arc<Effects>>,
-    ) -> bool {
+    pub(super) fn bind(&mut self, msg: &[u8], statements: &SettingStatements) -> bool {
         let mut body = &msg[5..];
         let (Some(portal), Some(name)) = (proto::cbytes(&mut body), proto::cbytes(&mut body))
         else {

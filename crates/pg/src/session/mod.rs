@@ -295,7 +295,7 @@ struct Session {
     /// The client's prepared statements that change settings when they run (psycopg prepares
     /// a `SET` it runs often; asyncpg runs `set_config('jit', $1, false)`), by name (the
     /// unnamed one too), with their effects: each Bind of one records the change.
-    setting_statements: std::collections::HashMap<Vec<u8>, Arc<crate::effects::Effects>>,
+    setting_statements: bound_settings::SettingStatements,
     /// What Binds of those statements change once their portals run.
     bound_settings: bound_settings::BoundSettings,
     track: Track,
@@ -503,29 +503,16 @@ impl Session {
             if self.transaction {
                 let mut sub = Sub::Forward;
                 let known_plain = consumed == n && self.plain_first == n;
-                if !self.setting_statements.is_empty() {
-                    match tag {
-                        b'B' => {
-                            let kept = self.bound_settings.bind(msg, &self.setting_statements);
-                            // A portal's changes forgotten unrun: the server's to tell.
-                            self.track.unknown = self.track.unknown.or((!kept).then_some(segment));
-                        }
-                        // A name parsed again is another statement.
-                        b'P' => _ = self.setting_statements.remove(parsed_name(msg)),
-                        _ => {}
-                    }
-                }
-                if tag == b'E' && !self.bound_settings.is_empty() {
-                    self.bound_settings.execute(msg, segment, &mut self.track);
-                }
-                if !known_plain
-                    && let Some((sql, unnamed)) = statement_text(msg)
-                    && let Some(fx) = self.pooler.analyzer.effects(sql)
-                {
-                    if tag == b'P' && !(fx.settings.is_empty() && fx.param_settings.is_empty()) {
-                        let name = parsed_name(msg).to_vec();
-                        self.setting_statements.insert(name, fx.clone());
-                    }
+                let text = statement_text(msg).filter(|_| !known_plain);
+                let fx = text.and_then(|(sql, _)| self.pooler.analyzer.effects(sql));
+                bound_settings::follow(
+                    (tag, msg, segment),
+                    fx.as_ref(),
+                    &mut self.setting_statements,
+                    &mut self.bound_settings,
+                    &mut self.track,
+                );
+                if let (Some((_, unnamed)), Some(fx)) = (text, fx) {
                     if let Some(path) = fx.search_path_change()
                         && (tag == b'Q' || unnamed)
                     {
@@ -576,12 +563,21 @@ impl Session {
             } else {
                 // Session mode follows what a reset would undo (held_settings.rs), for a
                 // client with startup settings to come back to.
-                if tag == b'Q'
-                    && self.track.settings.has_startup()
-                    && let Some((sql, _)) = statement_text(msg)
-                    && let Some(fx) = self.pooler.analyzer.effects(sql)
-                {
-                    state::record_settings(&fx, segment, &mut self.track);
+                if self.track.settings.has_startup() {
+                    let text = statement_text(msg);
+                    let fx = text.and_then(|(sql, _)| self.pooler.analyzer.effects(sql));
+                    if tag == b'Q'
+                        && let Some(fx) = &fx
+                    {
+                        state::record_settings(fx, segment, &mut self.track);
+                    }
+                    bound_settings::follow(
+                        (tag, msg, segment),
+                        fx.as_ref(),
+                        &mut self.setting_statements,
+                        &mut self.bound_settings,
+                        &mut self.track,
+                    );
                 }
                 out.verbatim(msg);
             }

@@ -86,13 +86,25 @@ pub fn raw_login(port: u16) -> std::net::TcpStream {
 /// A raw protocol client's startup for database `app`, and what the pooler answered up to
 /// the first ReadyForQuery (or the end of the connection; reads wait up to 30 s).
 pub fn raw_startup(port: u16) -> (std::net::TcpStream, Vec<(u8, Vec<u8>)>) {
+    raw_startup_with(port, &[])
+}
+
+/// [`raw_startup`] with more startup parameters.
+pub fn raw_startup_with(
+    port: u16,
+    params: &[(&str, &str)],
+) -> (std::net::TcpStream, Vec<(u8, Vec<u8>)>) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut body = 196_608i32.to_be_bytes().to_vec();
-    for part in ["user", "postgres", "database", "app", ""] {
-        body.extend(part.as_bytes());
-        body.push(0);
+    let fixed = [("user", "postgres"), ("database", "app")];
+    for (k, v) in fixed.iter().chain(params) {
+        for part in [k, v] {
+            body.extend(part.as_bytes());
+            body.push(0);
+        }
     }
+    body.push(0);
     let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     p.extend(body);
     s.write_all(&p).expect("startup");
