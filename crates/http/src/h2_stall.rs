@@ -201,6 +201,9 @@ pub const UNDER_PRESSURE: Duration = Duration::from_secs(2);
 /// The most often a full pool makes a worker look for stalled streams.
 const RECLAIM_EVERY: Duration = Duration::from_millis(100);
 
+/// How often a request waiting for a full pool looks again.
+pub const RECLAIM_WHILE_WAITING: Duration = Duration::from_millis(500);
+
 /// The watched streams of every HTTP/2 connection, by the worker serving it. One client
 /// connection may open many streams: one that gives them no window held an upstream connection
 /// with each until `idle_timeout` (a session-25 probe: 256 streams held a worker's whole share

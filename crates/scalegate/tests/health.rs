@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use common::*;
 
-const FAST_CHECKS: &str = "health = { path = \"/health\", interval = \"50ms\", timeout = \"200ms\", healthy_after = 2, unhealthy_after = 2 }";
+/// Checks every 50 ms. The timeout is long: on a machine busy with other test binaries a
+/// healthy endpoint's check can take over 200 ms, and with both endpoints out the upstream is
+/// in panic mode (every endpoint gets traffic), which these tests would take for a failure.
+const FAST_CHECKS: &str = "health = { path = \"/health\", interval = \"50ms\", timeout = \"1s\", healthy_after = 2, unhealthy_after = 2 }";
 
 async fn state_of(gw: &GatewayProcess, addr: std::net::SocketAddr) -> String {
     let body = gw.admin_get("/upstreams").await;

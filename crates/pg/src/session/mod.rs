@@ -500,11 +500,13 @@ impl Session {
                 b'H' if msg.len() > 5 => self.unsynced = true,
                 _ => {}
             }
-            if self.transaction {
-                let mut sub = Sub::Forward;
-                let known_plain = consumed == n && self.plain_first == n;
-                let text = statement_text(msg).filter(|_| !known_plain);
-                let fx = text.and_then(|(sql, _)| self.pooler.analyzer.effects(sql));
+            // Session mode follows only what a reset would undo (held_settings.rs), for a
+            // client with startup settings to come back to.
+            let follows = self.transaction || self.track.settings.has_startup();
+            let known_plain = consumed == n && self.plain_first == n;
+            let text = statement_text(msg).filter(|_| follows && !known_plain);
+            let fx = text.and_then(|(sql, _)| self.pooler.analyzer.effects(sql));
+            if follows {
                 bound_settings::follow(
                     (tag, msg, segment),
                     fx.as_ref(),
@@ -512,6 +514,9 @@ impl Session {
                     &mut self.bound_settings,
                     &mut self.track,
                 );
+            }
+            if self.transaction {
+                let mut sub = Sub::Forward;
                 if let (Some((_, unnamed)), Some(fx)) = (text, fx) {
                     if let Some(path) = fx.search_path_change()
                         && (tag == b'Q' || unnamed)
@@ -561,23 +566,10 @@ impl Session {
                     state::bound(&mut self.pin, bound);
                 }
             } else {
-                // Session mode follows what a reset would undo (held_settings.rs), for a
-                // client with startup settings to come back to.
-                if self.track.settings.has_startup() {
-                    let text = statement_text(msg);
-                    let fx = text.and_then(|(sql, _)| self.pooler.analyzer.effects(sql));
-                    if tag == b'Q'
-                        && let Some(fx) = &fx
-                    {
-                        state::record_settings(fx, segment, &mut self.track);
-                    }
-                    bound_settings::follow(
-                        (tag, msg, segment),
-                        fx.as_ref(),
-                        &mut self.setting_statements,
-                        &mut self.bound_settings,
-                        &mut self.track,
-                    );
+                if tag == b'Q'
+                    && let Some(fx) = &fx
+                {
+                    state::record_settings(fx, segment, &mut self.track);
                 }
                 out.verbatim(msg);
             }
