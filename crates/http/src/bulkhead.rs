@@ -140,6 +140,12 @@ impl Bulkhead {
         self.lock().spec.clone()
     }
 
+    /// Whether every place is taken (a request would wait or be shed).
+    pub fn is_full(&self) -> bool {
+        let s = self.lock();
+        s.in_flight >= s.limit
+    }
+
     /// (in flight, current limit, waiting) for the admin view and metrics.
     pub fn snapshot(&self) -> (usize, usize, usize) {
         let s = self.lock();

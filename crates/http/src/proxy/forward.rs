@@ -98,7 +98,16 @@ pub(super) fn forward(
         for (slot, bulkhead) in [(0, &route.bulkhead), (1, &upstream.bulkhead)] {
             let Some(bulkhead) = bulkhead else { continue };
             let waited = tokio::time::Instant::now();
-            let admitted = bulkhead.acquire(prio).await;
+            let admitted = match bulkhead.is_full() {
+                false => bulkhead.acquire(prio).await,
+                // Places held by HTTP/2 streams whose clients stopped taking their responses,
+                // on any worker (the bulkhead is shared), give way (h2_stall.rs).
+                true => {
+                    let streams = &ctx.gateway.h2_streams;
+                    let wait = bulkhead.acquire(prio);
+                    Box::pin(crate::h2_stall::reclaiming(streams, None, wait)).await
+                }
+            };
             let admitted_at = tokio::time::Instant::now();
             route
                 .metrics

@@ -69,29 +69,14 @@ pub(super) async fn connect(
     if !pool.is_full() {
         return checkout.await;
     }
-    Box::pin(reclaiming(ctx, checkout)).await
-}
-
-/// `checkout` from a full pool. HTTP/2 streams whose clients stopped taking their responses
-/// give way (h2_stall.rs): those stalled long enough now, and those that pass the limit while
-/// this request waits (a regression hunt's finding: a request that came 1.5 s into a stall got
-/// its 503 although the stall passed 2 s during its wait).
-async fn reclaiming(
-    ctx: &ConnCtx,
-    checkout: impl Future<Output = Result<Lease, ProxyError>>,
-) -> Result<Lease, ProxyError> {
+    // HTTP/2 streams whose clients stopped taking their responses give way (h2_stall.rs).
     let streams = &ctx.gateway.h2_streams;
-    streams.reclaim(ctx.worker);
-    let meanwhile = async {
-        loop {
-            tokio::time::sleep(crate::h2_stall::RECLAIM_WHILE_WAITING).await;
-            streams.reclaim(ctx.worker);
-        }
-    };
-    tokio::select! {
-        r = checkout => r,
-        () = meanwhile => Err(ProxyError::PoolExhausted),
-    }
+    Box::pin(crate::h2_stall::reclaiming(
+        streams,
+        Some(ctx.worker),
+        checkout,
+    ))
+    .await
 }
 
 /// Sends `out` on `lease` and waits for the response head, and for what of the body came with
