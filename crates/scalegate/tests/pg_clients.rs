@@ -115,6 +115,23 @@ async fn psycopg_defaults_with_two_clients_alternating_never_see_26000() {
     pooler_quiescent(&gw, port).await;
 }
 
+/// The regression hunt's finding: after RESET ALL a psycopg client that connected with
+/// client_encoding LATIN1 was told UTF8 and wrote UTF-8 while the pooler had set LATIN1 back:
+/// `length('é')` was 2. In both pool modes, with and without prepared statements.
+#[tokio::test]
+async fn psycopg_text_survives_a_reset_of_its_encoding() {
+    let pg = PgServer::start().await;
+    for mode in ["transaction", "session"] {
+        let db = format!("pool_size = 1\npool_mode = \"{mode}\"");
+        let (gw, port) = pooler(BIN, &pg, &db, "").await;
+        for threshold in ["none", "0"] {
+            let out = py("psycopg_encoding_reset.py", &[&dsn(port), threshold]).await;
+            assert!(out.contains("ok 12 checks"), "{mode}, {threshold}: {out}");
+        }
+        pooler_quiescent(&gw, port).await;
+    }
+}
+
 #[tokio::test]
 async fn psycopg_cancels_over_tls_succeed() {
     let pg = PgServer::start().await;

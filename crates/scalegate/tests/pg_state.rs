@@ -21,6 +21,12 @@ async fn one_server(mode: &str) -> (PgServer, GatewayProcess, u16) {
     (pg, gw, port)
 }
 
+/// A pooler of one server connection of `pg` in pool mode `mode`.
+async fn one_server_in(pg: &PgServer, mode: &str) -> (GatewayProcess, u16) {
+    let db = format!("pool_size = 1\npool_mode = \"{mode}\"");
+    pooler(BIN, pg, &db, "wait_timeout = \"10s\"").await
+}
+
 async fn int(c: &Client, sql: &str) -> i64 {
     pg_one::<i64>(c, sql).await
 }
@@ -941,8 +947,7 @@ async fn a_reset_goes_back_to_the_clients_startup_settings() {
 async fn a_client_holding_its_server_gets_its_startup_settings_back_after_a_reset() {
     let pg = PgServer::start().await;
     for mode in ["session", "transaction"] {
-        let db = format!("pool_size = 1\npool_mode = \"{mode}\"");
-        let (gw, port) = pooler(BIN, &pg, &db, "wait_timeout = \"10s\"").await;
+        let (gw, port) = one_server_in(&pg, mode).await;
         let options = "options='-c statement_timeout=444 -c application_name=myapp'";
         let a = pg_client_with(port, "app", options).await;
         a.batch_execute("SELECT pg_advisory_lock(9); SET work_mem = '7MB'")
@@ -1008,8 +1013,7 @@ async fn a_client_holding_its_server_gets_its_startup_settings_back_after_a_rese
 async fn after_a_reset_the_client_has_the_encoding_it_was_told() {
     let pg = PgServer::start().await;
     for mode in ["transaction", "session"] {
-        let db = format!("pool_size = 1\npool_mode = \"{mode}\"");
-        let (gw, port) = pooler(BIN, &pg, &db, "wait_timeout = \"10s\"").await;
+        let (gw, port) = one_server_in(&pg, mode).await;
         let (mut a, login) = raw_startup_with(port, &[("client_encoding", "LATIN1")]);
         let mut told = reported(&login, "client_encoding").expect("told at login");
         assert_eq!(told, "LATIN1");

@@ -50,6 +50,23 @@ async fn zero_window_client(
     tx
 }
 
+/// A gateway (listener `idle_timeout`) whose upstream admits one request at a time, that one
+/// place held by an HTTP/2 stream given no window (its response head is returned).
+async fn bulkhead_held_by_a_stalled_stream(
+    idle_timeout: &str,
+) -> (
+    scalegate_testkit::Origin,
+    GatewayProcess,
+    http::Response<hyper::body::Incoming>,
+) {
+    let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
+    let (o, gw) = big_download(1 << 20, idle_timeout, upstream).await;
+    let mut tx = zero_window_client(gw.http).await;
+    let held = tx.send_request(big(gw.http)).await.expect("response head");
+    assert_eq!(held.status(), 200);
+    (o, gw, held)
+}
+
 /// A GET of `/big` from `addr`.
 fn big(addr: SocketAddr) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
     http::Request::get(format!("http://{addr}/big"))
@@ -257,11 +274,7 @@ async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
     // A client advertising a stream window of 0 takes no byte of a response body, yet its
     // connection answers PINGs, so no idle or write-stall timer fired: the stream held its
     // bulkhead place (and upstream connection) for as long as the client liked.
-    let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
-    let (_o, gw) = big_download(1 << 20, "2s", upstream).await;
-    let mut tx = zero_window_client(gw.http).await;
-    let held = tx.send_request(big(gw.http)).await.expect("response head");
-    assert_eq!(held.status(), 200);
+    let (_o, gw, held) = bulkhead_held_by_a_stalled_stream("2s").await;
     // The head came (headers are not flow-controlled); the body cannot. The place is taken.
     let c = Client::http1();
     let taken = c.get(gw.http, "/small").await.expect("response");
@@ -286,11 +299,7 @@ async fn an_http2_stream_the_client_gives_no_window_frees_what_it_held() {
 /// they have taken nothing for 2 s, as a full pool does.
 #[tokio::test]
 async fn http2_streams_given_no_window_give_way_to_a_full_bulkhead() {
-    let upstream = "concurrency = { max_in_flight = 1, queue = 0 }";
-    let (_o, gw) = big_download(1 << 20, "60s", upstream).await;
-    let mut tx = zero_window_client(gw.http).await;
-    let held = tx.send_request(big(gw.http)).await.expect("response head");
-    assert_eq!(held.status(), 200);
+    let (_o, gw, held) = bulkhead_held_by_a_stalled_stream("60s").await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let served = Client::http1().get(gw.http, "/small").await;
     let status = served.map(|r| r.status.as_u16());
